@@ -1,0 +1,92 @@
+# sipmesh build, test and release targets. `make` alone lists them.
+# Lines starting with a target and carrying "## text" are the documentation
+# `make help` prints; keep one on every target meant to be typed.
+
+.DEFAULT_GOAL := help
+SHELL := bash
+
+# The official Go tarball installs to /usr/local/go; appending it lets `make`
+# work on a fresh machine whose login shell has not picked it up yet, while a
+# go already on PATH still wins.
+export PATH := $(PATH):/usr/local/go/bin
+
+# "## text" after a default documents the variable for `make help`. It is a
+# make comment; no space before it, or the value would end in one.
+GO           ?= go
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)## version stamped into binaries
+TEST_TIMEOUT ?= 20m## go test -timeout; the namespace and simulation tests are slow under -race
+BENCH        ?= .## benchmark name pattern for `make bench`
+BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
+FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
+MIPS_MAX     ?= 8388608## byte limit for the mipsle binary (8 MiB: small routers' flash)
+
+# -s -w drop the symbol table and DWARF: the binary has to fit on routers
+# with 8-16 MiB of flash. -trimpath keeps build paths out of it.
+LDFLAGS    := -s -w -X main.version=$(VERSION)
+BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
+
+# Go files we own; testdata may hold deliberately malformed inputs.
+GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
+
+.PHONY: help build test bench demo cross lint fmtcheck fuzz clean
+
+help: ## list the targets and variables
+	@echo 'Usage: make [target] [VARIABLE=value ...]'
+	@echo
+	@echo 'Targets:'
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## /{printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo 'Variables:'
+	@awk -F' *\\?= *|## ' '/^[A-Z_]+ +\?=.*## /{printf "  %-13s %s\n", $$1, $$3}' $(MAKEFILE_LIST)
+
+build: ## build a static bin/sipmesh for this machine
+	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o bin/sipmesh ./cmd/sipmesh
+
+test: fmtcheck ## everything CI runs: gofmt check, go vet, all tests with -race (root-only tests run as root)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+fmtcheck:
+	@files=$$(gofmt -l $(GOFILES)); \
+	if [ -n "$$files" ]; then echo "gofmt: these files need formatting (run gofmt -w):"; echo "$$files"; exit 1; fi
+
+bench: ## run the benchmarks (BENCH, BENCHTIME)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./...
+
+demo: ## run the built-in demo: a mesh on the in-memory network
+	$(GO) run ./cmd/sipmesh demo
+
+cross: ## build static binaries for router CPUs into bin/ and check the mipsle size limit
+	@set -e; for arch in amd64 arm64 arm mipsle; do \
+		case $$arch in \
+		arm)    extra=GOARM=7 ;; \
+		mipsle) extra=GOMIPS=softfloat ;; \
+		*)      extra= ;; \
+		esac; \
+		echo "linux/$$arch$${extra:+ $$extra}"; \
+		env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$extra $(GO) build $(BUILDFLAGS) -o bin/sipmesh-$$arch ./cmd/sipmesh; \
+	done
+	@for f in bin/sipmesh-amd64 bin/sipmesh-arm64 bin/sipmesh-arm bin/sipmesh-mipsle; do \
+		size=$$(stat -c %s $$f); \
+		awk -v f=$$f -v s=$$size 'BEGIN{printf "%-20s %9d bytes  %5.2f MiB\n", f, s, s/1048576}'; \
+	done
+	@size=$$(stat -c %s bin/sipmesh-mipsle); \
+	if [ $$size -gt $(MIPS_MAX) ]; then \
+		echo "FAIL: bin/sipmesh-mipsle is $$size bytes, over the $(MIPS_MAX)-byte limit"; exit 1; \
+	fi
+
+lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
+
+fuzz: ## run every Fuzz* target for FUZZTIME each (the corpus in testdata/fuzz is kept)
+	@set -eo pipefail; \
+	targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ {f[n++] = $$1; next} /^ok/ {for (i = 0; i < n; i++) print $$2 " " f[i]; n = 0}'); \
+	if [ -z "$$targets" ]; then echo "no fuzz targets"; exit 0; fi; \
+	while read -r pkg target; do \
+		echo "== $$pkg $$target"; \
+		$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done <<< "$$targets"
+
+clean: ## remove build outputs
+	rm -rf bin

@@ -1,0 +1,9 @@
+// Package gateway is the sipmesh node daemon: the only package that wires
+// the others together. It owns the SIP proxy and registrar for the "mesh"
+// domain (RFC 3261, digest authentication with MD5 and SHA-256 per RFC 8760,
+// outbound and +sip.instance per RFC 5626), keeping registrations in the
+// ring's DHT; routing of non-mesh URIs to the best live gateway node; the
+// Internet uplink (server location per RFC 3263, inbound and outbound
+// calls); firewall and NAT rules on real nodes; and the admin HTTP API, web
+// UI and metrics (RFC 6076 SIP performance metrics).
+package gateway

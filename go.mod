@@ -1,0 +1,3 @@
+module github.com/sipmesh/sipmesh
+
+go 1.25

@@ -1,0 +1,276 @@
+package ssr
+
+import (
+	"slices"
+	"time"
+)
+
+// The route cache is a tree rooted at this node (SSR, thesis §2.1.4.3): every
+// cached node has a parent, the previous hop on its source route, so routes
+// that share a prefix share memory and a broken link removes exactly the
+// subtree below it. A sorted index of the cached IDs answers the greedy
+// question "which known node is closest before this key" in O(log n).
+type cache struct {
+	self    NodeID
+	entries map[NodeID]*centry
+	sorted  []NodeID // cached IDs in ascending order, self excluded
+	max     int
+	path    []NodeID // scratch for route()
+}
+
+type centry struct {
+	id       NodeID
+	parent   NodeID // self for a neighbour
+	depth    int    // hops from self; may overestimate after a re-parent
+	children int
+	used     time.Time
+}
+
+func newCache(self NodeID, max int) *cache {
+	return &cache{self: self, entries: make(map[NodeID]*centry), max: max}
+}
+
+func (c *cache) len() int { return len(c.entries) }
+
+func (c *cache) has(id NodeID) bool { _, ok := c.entries[id]; return ok }
+
+// depth returns the hop count of the cached route to id, or 0 if unknown.
+func (c *cache) depth(id NodeID) int {
+	if e := c.entries[id]; e != nil {
+		return e.depth
+	}
+	return 0
+}
+
+// insert learns the physical path p (p[0] a neighbour, each element a
+// physical neighbour of the one before). Where a shorter route to a node on
+// p is already cached, the rest of p hangs below that route instead. It
+// reports whether a node was added or re-parented.
+func (c *cache) insert(p []NodeID, now time.Time) bool {
+	prev, d := c.self, 0
+	changed := false
+	for _, n := range p {
+		if n == c.self {
+			prev, d = c.self, 0
+			continue
+		}
+		d++
+		e := c.entries[n]
+		switch {
+		case e == nil:
+			e = &centry{id: n, parent: prev, depth: d}
+			c.entries[n] = e
+			c.addSorted(n)
+			c.child(prev, 1)
+			changed = true
+		case e.depth > d && !c.isAncestor(n, prev):
+			// A shorter route. Depths below n become overestimates; they
+			// only steer the choice between routes, never correctness.
+			if e.parent != prev {
+				c.child(e.parent, -1)
+				e.parent = prev
+				c.child(prev, 1)
+				changed = true
+			}
+			e.depth = d
+		}
+		e.used = now
+		prev, d = n, e.depth
+	}
+	return changed
+}
+
+// isAncestor reports whether a lies on the cached route to n (or is n).
+func (c *cache) isAncestor(a, n NodeID) bool {
+	for steps := 0; n != c.self && steps < 512; steps++ {
+		if n == a {
+			return true
+		}
+		e := c.entries[n]
+		if e == nil {
+			return false
+		}
+		n = e.parent
+	}
+	return false
+}
+
+func (c *cache) child(id NodeID, delta int) {
+	if e := c.entries[id]; e != nil {
+		e.children += delta
+	}
+}
+
+// route returns the cached path to id (first hop first, id last) in a
+// scratch slice valid until the next call, or nil.
+func (c *cache) route(id NodeID, now time.Time) []NodeID {
+	c.path = c.path[:0]
+	for n := id; n != c.self; {
+		e := c.entries[n]
+		if e == nil || len(c.path) > 255 {
+			return nil
+		}
+		e.used = now
+		c.path = append(c.path, n)
+		n = e.parent
+	}
+	slices.Reverse(c.path)
+	return c.path
+}
+
+// firstHop returns the neighbour a packet to id leaves through.
+func (c *cache) firstHop(id NodeID) (NodeID, bool) {
+	for steps := 0; steps < 512; steps++ {
+		e := c.entries[id]
+		if e == nil {
+			return 0, false
+		}
+		if e.parent == c.self {
+			return id, true
+		}
+		id = e.parent
+	}
+	return 0, false
+}
+
+// remove drops id and its whole subtree (routes through it).
+func (c *cache) remove(id NodeID) {
+	e := c.entries[id]
+	if e == nil {
+		return
+	}
+	c.child(e.parent, -1)
+	c.removeSubtree(id)
+}
+
+// removeEdge drops the subtree below b if its cached route uses link a→b.
+func (c *cache) removeEdge(a, b NodeID) bool {
+	e := c.entries[b]
+	if e == nil || e.parent != a {
+		return false
+	}
+	c.remove(b)
+	return true
+}
+
+func (c *cache) removeSubtree(id NodeID) {
+	// Collect the subtree by repeated scans of the (small, bounded) cache:
+	// cheaper than keeping child lists on every insert.
+	doomed := map[NodeID]bool{id: true}
+	if c.entries[id].children > 0 {
+		for grew := true; grew; {
+			grew = false
+			for n, e := range c.entries {
+				if !doomed[n] && doomed[e.parent] {
+					doomed[n] = true
+					grew = true
+				}
+			}
+		}
+	}
+	for n := range doomed {
+		delete(c.entries, n)
+		c.delSorted(n)
+	}
+}
+
+// evict removes least recently used leaves until the cache is at 7/8 of
+// its bound (batches amortise the scan). Routes to the pinned nodes —
+// neighbours, ring entries, fingers, the global maximum — and every node on
+// them are kept, so the bound is soft by the size of those routes.
+func (c *cache) evict(pinned []NodeID) {
+	if len(c.entries) <= c.max {
+		return
+	}
+	keep := make(map[NodeID]bool, 4*len(pinned))
+	for _, id := range pinned {
+		for steps := 0; id != c.self && !keep[id] && steps < 512; steps++ {
+			e := c.entries[id]
+			if e == nil {
+				break
+			}
+			keep[id] = true
+			id = e.parent
+		}
+	}
+	var leaves []*centry
+	for _, e := range c.entries {
+		if e.children == 0 && !keep[e.id] {
+			leaves = append(leaves, e)
+		}
+	}
+	slices.SortFunc(leaves, func(a, b *centry) int { return a.used.Compare(b.used) })
+	target := c.max * 7 / 8
+	for _, e := range leaves {
+		if len(c.entries) <= target {
+			break
+		}
+		c.remove(e.id)
+	}
+}
+
+func (c *cache) addSorted(n NodeID) {
+	i, found := slices.BinarySearch(c.sorted, n)
+	if !found {
+		c.sorted = slices.Insert(c.sorted, i, n)
+	}
+}
+
+func (c *cache) delSorted(n NodeID) {
+	if i, found := slices.BinarySearch(c.sorted, n); found {
+		c.sorted = slices.Delete(c.sorted, i, i+1)
+	}
+}
+
+// closestBefore returns the cached node or self that is nearest before key
+// going clockwise: the node minimising cw(n, key). If it is self, no known
+// node lies in (self, key] and this node is responsible for key.
+func (c *cache) closestBefore(key NodeID) NodeID {
+	best := c.self
+	if len(c.sorted) > 0 {
+		// Largest cached ID ≤ key, wrapping to the largest overall.
+		i, found := slices.BinarySearch(c.sorted, key)
+		var n NodeID
+		switch {
+		case found:
+			n = c.sorted[i]
+		case i > 0:
+			n = c.sorted[i-1]
+		default:
+			n = c.sorted[len(c.sorted)-1]
+		}
+		if cw(n, key) < cw(best, key) {
+			best = n
+		}
+	}
+	return best
+}
+
+// successors appends up to k cached nodes following self clockwise.
+func (c *cache) successors(dst []NodeID, k int) []NodeID {
+	n := len(c.sorted)
+	if n == 0 {
+		return dst
+	}
+	i, _ := slices.BinarySearch(c.sorted, c.self+1)
+	if c.self == ^NodeID(0) {
+		i = 0
+	}
+	for j := 0; j < k && j < n; j++ {
+		dst = append(dst, c.sorted[(i+j)%n])
+	}
+	return dst
+}
+
+// predecessors appends up to k cached nodes preceding self.
+func (c *cache) predecessors(dst []NodeID, k int) []NodeID {
+	n := len(c.sorted)
+	if n == 0 {
+		return dst
+	}
+	i, _ := slices.BinarySearch(c.sorted, c.self) // first ≥ self; self is not cached
+	for j := 1; j <= k && j <= n; j++ {
+		dst = append(dst, c.sorted[((i-j)%n+n)%n])
+	}
+	return dst
+}

@@ -1,0 +1,942 @@
+package ssr
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Node is one SSR router's protocol state: a state machine without I/O
+// (DESIGN.md). Its driver feeds it frames (HandleFrame), time (Tick) and
+// application requests (Send, Ping); it answers through Env. A Node is not
+// safe for concurrent use: one driver goroutine, or one simulator loop, owns it.
+type Node struct {
+	id  NodeID
+	p   Params
+	env Env
+	rng *rand.Rand
+
+	links map[LinkID]bool
+	nbrs  map[NodeID]*nbr
+	cache *cache
+	tomb  map[NodeID]time.Time // nodes believed dead, until the time given
+
+	started   bool
+	helloNext time.Time
+	helloSeq  uint32
+	ringNext  time.Time
+	ringIvl   time.Duration
+	lastSucc  NodeID
+	lastPred  NodeID
+	ringWait  map[NodeID]time.Time // notified, no answer since
+	fingers   []NodeID
+	fingerIdx int
+	fingerNxt time.Time
+
+	// Global maximum (thesis §2.1.4.2: the node whose successor wraps
+	// around announces itself so that partitions of the ring heal). Spread
+	// hop by hop in beacons as a path vector, refreshed by its sequence.
+	maxID    NodeID
+	maxSeq   uint32
+	maxPath  []NodeID
+	maxHeard time.Time
+
+	stats Stats
+
+	// Scratch, reused for every frame (nothing is allocated per forwarded frame).
+	in   routed
+	out  routed
+	hin  hello
+	buf  []byte
+	ids  []NodeID
+	ids2 []NodeID
+}
+
+type nbr struct {
+	id       NodeID
+	link     LinkID
+	addr     netip.AddrPort
+	sym      bool // it hears us too: usable for routing
+	q        float64
+	lastSeq  uint32
+	lastSeen time.Time
+}
+
+const (
+	maxVHops   = 64
+	tombstone  = 30 * time.Second
+	viewPerDir = 3
+	// MaxFrame bounds a routed frame; larger Send requests are refused.
+	MaxFrame = 8192
+)
+
+// ErrTooBig reports a datagram that does not fit in a frame.
+var ErrTooBig = errors.New("ssr: datagram too large")
+
+// New returns a node with the given ID. Zero fields of p take defaults;
+// seed makes its timer jitter reproducible.
+func New(id NodeID, p Params, env Env, seed uint64) *Node {
+	d := DefaultParams
+	if p.HelloInterval > 0 {
+		d.HelloInterval = p.HelloInterval
+	}
+	if p.NeighbourTimeout > 0 {
+		d.NeighbourTimeout = p.NeighbourTimeout
+	}
+	if p.RingInterval > 0 {
+		d.RingInterval = p.RingInterval
+	}
+	if p.RingIntervalMax > 0 {
+		d.RingIntervalMax = p.RingIntervalMax
+	}
+	if p.FingerInterval > 0 {
+		d.FingerInterval = p.FingerInterval
+	}
+	if p.MaxTimeout > 0 {
+		d.MaxTimeout = p.MaxTimeout
+	}
+	if p.SuccessorList > 0 {
+		d.SuccessorList = p.SuccessorList
+	}
+	if p.Fingers > 0 {
+		d.Fingers = min(p.Fingers, 63)
+	}
+	if p.CacheSize > 0 {
+		d.CacheSize = p.CacheSize
+	}
+	if p.MaxHops > 0 {
+		d.MaxHops = min(p.MaxHops, maxRoute)
+	}
+	return &Node{
+		id: id, p: d, env: env,
+		rng:      rand.New(rand.NewPCG(seed, uint64(id))),
+		links:    make(map[LinkID]bool),
+		nbrs:     make(map[NodeID]*nbr),
+		cache:    newCache(id, d.CacheSize),
+		tomb:     make(map[NodeID]time.Time),
+		ringWait: make(map[NodeID]time.Time),
+		fingers:  make([]NodeID, d.Fingers),
+		maxID:    id,
+		ringIvl:  d.RingInterval,
+	}
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() NodeID { return n.id }
+
+// AddLink tells the node about a mesh interface.
+func (n *Node) AddLink(l LinkID) { n.links[l] = true }
+
+// RemoveLink forgets an interface and the neighbours heard on it.
+func (n *Node) RemoveLink(l LinkID) {
+	delete(n.links, l)
+	for id, nb := range n.nbrs {
+		if nb.link == l {
+			n.dropNeighbour(id)
+		}
+	}
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats { return n.stats }
+
+// CacheLen is the number of nodes in the route cache.
+func (n *Node) CacheLen() int { return n.cache.len() }
+
+// Successor returns the believed ring successor.
+func (n *Node) Successor() (NodeID, bool) {
+	s := n.cache.successors(n.ids[:0], 1)
+	if len(s) == 0 {
+		return 0, false
+	}
+	return s[0], true
+}
+
+// Successors returns up to SuccessorList successors, nearest first.
+func (n *Node) Successors() []NodeID { return n.cache.successors(nil, n.p.SuccessorList) }
+
+// Predecessors returns up to SuccessorList predecessors, nearest first.
+func (n *Node) Predecessors() []NodeID { return n.cache.predecessors(nil, n.p.SuccessorList) }
+
+// Route returns a copy of the cached source route to id (id last), or nil.
+func (n *Node) Route(id NodeID) []NodeID {
+	return slices.Clone(n.cache.route(id, time.Time{}))
+}
+
+// Fingers returns the current long-distance fingers (zero: none).
+func (n *Node) Fingers() []NodeID { return slices.Clone(n.fingers) }
+
+// Neighbours lists the symmetric neighbours.
+func (n *Node) Neighbours() []Neighbour {
+	out := make([]Neighbour, 0, len(n.nbrs))
+	for _, nb := range n.nbrs {
+		if nb.sym {
+			out = append(out, Neighbour{ID: nb.id, Link: nb.link, Addr: nb.addr, Quality: nb.q, LastSeen: nb.lastSeen})
+		}
+	}
+	slices.SortFunc(out, func(a, b Neighbour) int { return cmpID(a.ID, b.ID) })
+	return out
+}
+
+func cmpID(a, b NodeID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (n *Node) isNbr(id NodeID) bool {
+	nb := n.nbrs[id]
+	return nb != nil && nb.sym
+}
+
+func (n *Node) jitter(d time.Duration) time.Duration {
+	// ±10 %, so that beacons and rounds of neighbours do not synchronise.
+	return d - d/10 + time.Duration(n.rng.Int64N(int64(d/5)+1))
+}
+
+// NextDeadline is when Tick next has work to do.
+func (n *Node) NextDeadline() time.Time {
+	t := n.helloNext
+	if n.ringNext.Before(t) {
+		t = n.ringNext
+	}
+	if !n.fingerNxt.IsZero() && n.fingerNxt.Before(t) {
+		t = n.fingerNxt
+	}
+	return t
+}
+
+// Tick runs the timers that are due and returns the next deadline.
+func (n *Node) Tick(now time.Time) time.Time {
+	if !n.started {
+		n.started = true
+		// Random phases: nodes switched on together must not beacon together.
+		n.helloNext = now.Add(time.Duration(n.rng.Int64N(int64(n.p.HelloInterval))))
+		n.ringNext = now.Add(n.p.RingInterval + time.Duration(n.rng.Int64N(int64(n.p.RingInterval))))
+		n.maxHeard = now
+	}
+	if !now.Before(n.helloNext) {
+		n.expireNeighbours(now)
+		n.sendHellos(now)
+		n.helloNext = now.Add(n.jitter(n.p.HelloInterval))
+	}
+	if !now.Before(n.ringNext) {
+		n.ringRound(now)
+		n.ringNext = now.Add(n.jitter(n.ringIvl))
+	}
+	if !n.fingerNxt.IsZero() && !now.Before(n.fingerNxt) {
+		n.fingerRound(now)
+	}
+	return n.NextDeadline()
+}
+
+func (n *Node) expireNeighbours(now time.Time) {
+	for id, nb := range n.nbrs {
+		if now.Sub(nb.lastSeen) > n.p.NeighbourTimeout {
+			n.dropNeighbour(id)
+		}
+	}
+	if n.maxID != n.id && now.Sub(n.maxHeard) > n.p.MaxTimeout {
+		n.maxID, n.maxPath = n.id, n.maxPath[:0]
+	}
+	for id, t := range n.tomb {
+		if now.After(t) {
+			delete(n.tomb, id)
+		}
+	}
+}
+
+func (n *Node) dropNeighbour(id NodeID) {
+	nb := n.nbrs[id]
+	if nb == nil {
+		return
+	}
+	delete(n.nbrs, id)
+	if nb.sym {
+		n.cache.removeEdge(n.id, id)
+	}
+}
+
+func (n *Node) sendHellos(now time.Time) {
+	n.helloSeq++
+	h := &n.hin
+	h.src, h.seq = n.id, n.helloSeq
+	h.hasMax = true
+	if n.maxID == n.id {
+		h.maxID, h.maxSeq, h.path = n.id, n.helloSeq, h.path[:0]
+	} else {
+		h.maxID, h.maxSeq, h.path = n.maxID, n.maxSeq, n.maxPath
+	}
+	for l := range n.links {
+		h.neigh = h.neigh[:0]
+		for _, nb := range n.nbrs {
+			if nb.link == l && len(h.neigh) < maxHelloNbr {
+				h.neigh = append(h.neigh, nb.id)
+			}
+		}
+		n.buf = h.appendTo(n.buf[:0])
+		n.transmit(l, netip.AddrPort{}, true)
+	}
+	h.path = nil
+}
+
+func (n *Node) transmit(l LinkID, to netip.AddrPort, control bool) {
+	n.stats.FramesOut++
+	if control {
+		n.stats.ControlOut++
+	}
+	n.env.SendFrame(l, to, n.buf)
+}
+
+// HandleFrame processes a frame received on link l from the link address
+// from. Malformed frames are counted and dropped.
+func (n *Node) HandleFrame(now time.Time, l LinkID, from netip.AddrPort, b []byte) {
+	n.stats.FramesIn++
+	if !n.started {
+		n.Tick(now)
+	}
+	t, err := frameType(b)
+	if err != nil {
+		n.stats.Malformed++
+		return
+	}
+	if t == typeHello {
+		if err := n.hin.decode(b); err != nil {
+			n.stats.Malformed++
+			return
+		}
+		n.handleHello(now, l, from, &n.hin)
+		return
+	}
+	if err := n.in.decode(b); err != nil {
+		n.stats.Malformed++
+		return
+	}
+	n.handleRouted(now, &n.in)
+}
+
+func (n *Node) handleHello(now time.Time, l LinkID, from netip.AddrPort, h *hello) {
+	if h.src == n.id {
+		return
+	}
+	nb := n.nbrs[h.src]
+	if nb == nil {
+		nb = &nbr{id: h.src, lastSeq: h.seq - 1}
+		n.nbrs[h.src] = nb
+		// Answer soon so the new neighbour sees the link as symmetric.
+		if t := now.Add(n.p.HelloInterval / 10); t.Before(n.helloNext) {
+			n.helloNext = t
+		}
+	}
+	// Link quality: an average over beacons, each missed one counting 0.
+	if gap := h.seq - nb.lastSeq; gap >= 1 && gap <= 16 {
+		for ; gap > 1; gap-- {
+			nb.q *= 0.8
+		}
+		nb.q = 0.8*nb.q + 0.2
+	}
+	nb.lastSeq, nb.lastSeen, nb.link, nb.addr = h.seq, now, l, from
+	sym := slices.Contains(h.neigh, n.id)
+	switch {
+	case sym && !nb.sym:
+		nb.sym = true
+		delete(n.tomb, h.src)
+		n.ids = append(n.ids[:0], h.src)
+		n.learn(n.ids, now)
+	case !sym && nb.sym:
+		nb.sym = false
+		n.cache.removeEdge(n.id, h.src)
+	}
+	if !nb.sym || !h.hasMax {
+		return
+	}
+	n.hearMax(now, h)
+}
+
+// seqNewer compares wrapping sequence numbers (RFC 1982 style).
+func seqNewer(a, b uint32) bool { return int32(a-b) > 0 }
+
+func (n *Node) hearMax(now time.Time, h *hello) {
+	if h.maxID <= n.id || len(h.path) >= n.p.MaxHops-1 || slices.Contains(h.path, n.id) {
+		return
+	}
+	switch {
+	case h.maxID > n.maxID:
+		// A larger maximum: tell the neighbours soon, it heals the ring.
+		if t := now.Add(n.p.HelloInterval / 10); t.Before(n.helloNext) {
+			n.helloNext = t
+		}
+	case h.maxID < n.maxID:
+		return
+	case seqNewer(h.maxSeq, n.maxSeq):
+	case h.maxSeq == n.maxSeq && len(h.path)+1 < len(n.maxPath):
+	default:
+		return
+	}
+	if h.maxID != n.maxID || seqNewer(h.maxSeq, n.maxSeq) {
+		n.maxHeard = now
+	}
+	n.maxID, n.maxSeq = h.maxID, h.maxSeq
+	n.maxPath = append(append(n.maxPath[:0], h.src), h.path...)
+	n.learn(n.maxPath, now)
+}
+
+// learn inserts a physical path into the route cache, cut before any node
+// believed dead, and keeps the cache within its bound.
+func (n *Node) learn(p []NodeID, now time.Time) {
+	if len(n.tomb) > 0 {
+		for i, id := range p {
+			if _, dead := n.tomb[id]; dead {
+				p = p[:i]
+				break
+			}
+		}
+	}
+	if len(p) == 0 || !n.isNbr(p[0]) {
+		return
+	}
+	if n.cache.insert(p, now) && n.cache.len() > n.p.CacheSize {
+		n.cache.evict(n.pinned())
+	}
+}
+
+func (n *Node) pinned() []NodeID {
+	ids := make([]NodeID, 0, len(n.nbrs)+2*n.p.SuccessorList+len(n.fingers)+1)
+	for id, nb := range n.nbrs {
+		if nb.sym {
+			ids = append(ids, id)
+		}
+	}
+	ids = n.cache.successors(ids, n.p.SuccessorList)
+	ids = n.cache.predecessors(ids, n.p.SuccessorList)
+	for _, f := range n.fingers {
+		if f != 0 {
+			ids = append(ids, f)
+		}
+	}
+	if n.maxID != n.id {
+		ids = append(ids, n.maxID)
+	}
+	return ids
+}
+
+// ---- routed frames ----
+
+func (n *Node) handleRouted(now time.Time, r *routed) {
+	pos := int(r.pos)
+	if pos == 0 || r.route[pos] != n.id {
+		n.stats.Dropped++
+		return
+	}
+	src := r.route[0]
+	if src != n.id {
+		delete(n.ringWait, src) // it is alive
+		if _, dead := n.tomb[src]; dead {
+			delete(n.tomb, src)
+		}
+	}
+	if r.hops < 255 {
+		r.hops++
+	}
+	n.tidy(r)
+	pos = int(r.pos)
+	if pos > 0 && (!n.cache.has(src) || n.cache.depth(src) > pos) {
+		n.ids = reverseInto(n.ids, r.route[:pos])
+		n.learn(n.ids, now)
+	}
+	if r.flags&flagHopByHop != 0 && r.proto == protoError {
+		n.hopError(r)
+	}
+	if pos < len(r.route)-1 {
+		n.forward(now, r)
+		return
+	}
+	n.decide(now, r)
+}
+
+func reverseInto(dst, src []NodeID) []NodeID {
+	dst = dst[:0]
+	for i := len(src) - 1; i >= 0; i-- {
+		dst = append(dst, src[i])
+	}
+	return dst
+}
+
+// tidy shortens the route at this hop (SSR route shortening): it removes a
+// loop through this node, skips history this node short-cuts as a direct
+// neighbour of an earlier hop (so replies and learned routes are shorter),
+// and skips planned hops when a later one is a direct neighbour.
+func (n *Node) tidy(r *routed) {
+	pos := int(r.pos)
+	for i := 0; i < pos; i++ {
+		if r.route[i] == n.id {
+			r.route = append(r.route[:i], r.route[pos:]...)
+			pos = i
+			break
+		}
+	}
+	for j := max(0, pos-6); j < pos-1; j++ {
+		if n.isNbr(r.route[j]) {
+			r.route = append(r.route[:j+1], r.route[pos:]...)
+			pos = j + 1
+			break
+		}
+	}
+	for k := min(len(r.route)-1, pos+6); k > pos+1; k-- {
+		if n.isNbr(r.route[k]) {
+			r.route = append(r.route[:pos+1], r.route[k:]...)
+			break
+		}
+	}
+	r.pos = uint8(pos)
+}
+
+// forward sends r to the next hop on its route, repairing a broken link.
+func (n *Node) forward(now time.Time, r *routed) {
+	pos := int(r.pos)
+	next := r.route[pos+1]
+	nb := n.nbrs[next]
+	if nb == nil || !nb.sym {
+		n.linkBroken(now, r, next)
+		return
+	}
+	if len(r.route) > n.p.MaxHops {
+		n.stats.Dropped++
+		return
+	}
+	r.pos++
+	n.buf = r.appendHeader(n.buf[:0])
+	n.buf = append(n.buf, r.payload...)
+	if r.route[0] != n.id {
+		n.stats.Forwarded++
+	}
+	n.transmit(nb.link, nb.addr, r.proto != protoData)
+}
+
+// linkBroken handles a next hop that is no longer a neighbour: it reports
+// the broken link back along the route so caches there drop it, and
+// re-routes the frame from here (local repair).
+func (n *Node) linkBroken(now time.Time, r *routed, next NodeID) {
+	pos := int(r.pos)
+	n.cache.removeEdge(n.id, next)
+	if r.proto == protoError {
+		n.stats.Dropped++
+		return
+	}
+	if pos > 0 {
+		n.stats.LinkBroken++
+		n.sendError(now, r, errLinkBroken, n.id, next)
+	}
+	r.route = r.route[:pos+1]
+	n.decide(now, r)
+}
+
+// decide makes a routing decision at the end of the frame's route: deliver
+// here, or extend the route greedily to the known node nearest before the
+// target (thesis §2.1.4.2: always virtually closer, so it terminates).
+func (n *Node) decide(now time.Time, r *routed) {
+	if r.target == n.id {
+		n.deliver(now, r)
+		return
+	}
+	best := n.cache.closestBefore(r.target)
+	if best == n.id {
+		if r.flags&flagClosest != 0 {
+			n.deliver(now, r)
+			return
+		}
+		n.unreachable(now, r, "no such node")
+		return
+	}
+	if int(r.vhops) >= maxVHops {
+		n.unreachable(now, r, "virtual hop budget exhausted")
+		return
+	}
+	path := n.cache.route(best, now)
+	if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
+		n.unreachable(now, r, "route too long")
+		return
+	}
+	r.route = append(r.route, path...)
+	r.vhops++
+	n.tidy(r)
+	n.forward(now, r)
+}
+
+func (n *Node) unreachable(now time.Time, r *routed, why string) {
+	n.stats.Dropped++
+	switch r.proto {
+	case protoError, protoEchoReply, protoFindReply:
+		return // nobody waits for these: no report about a report
+	case protoNotify:
+		if len(r.payload) > 0 && r.payload[0]&1 != 0 {
+			return
+		}
+	}
+	if r.route[0] == n.id {
+		switch r.proto {
+		case protoData, protoEcho:
+			n.env.Deliver(n.unreachableEvent(r, n.id, why))
+		case protoNotify:
+			if !n.isNbr(r.target) {
+				n.cache.remove(r.target)
+				n.tomb[r.target] = now.Add(tombstone)
+			}
+		}
+		return
+	}
+	n.stats.Unreachable++
+	n.sendError(now, r, errUnreachable, n.id, r.target)
+}
+
+func (n *Node) unreachableEvent(r *routed, at NodeID, why string) Unreachable {
+	u := Unreachable{Target: r.target, Mode: Exact, At: at, Reason: why}
+	if r.flags&flagClosest != 0 {
+		u.Mode = Closest
+	}
+	switch r.proto {
+	case protoData:
+		if len(r.payload) >= 4 {
+			u.DstPort = binary.BigEndian.Uint16(r.payload[2:])
+		}
+	case protoEcho:
+		if len(r.payload) >= 4 {
+			u.PingID = binary.BigEndian.Uint32(r.payload)
+		}
+	}
+	return u
+}
+
+// sendError reports code about (a, b) to the frame's source along the
+// reverse route; every node on the way processes it (hopError).
+func (n *Node) sendError(now time.Time, r *routed, code byte, a, b NodeID) {
+	o := &n.out
+	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoError, flagHopByHop, r.route[0], 0, 0, 0
+	o.route = reverseInto(o.route, r.route[:r.pos+1])
+	var p [1 + 8 + 8 + 1 + 4]byte
+	p[0] = code
+	binary.BigEndian.PutUint64(p[1:], uint64(a))
+	binary.BigEndian.PutUint64(p[9:], uint64(b))
+	p[17] = r.proto
+	if r.proto == protoData && len(r.payload) >= 4 {
+		binary.BigEndian.PutUint16(p[18:], binary.BigEndian.Uint16(r.payload[2:]))
+	}
+	if r.proto == protoEcho && len(r.payload) >= 4 {
+		copy(p[18:], r.payload[:4])
+	}
+	o.payload = p[:]
+	if len(o.route) == 1 {
+		return
+	}
+	n.forward(now, o)
+}
+
+// hopError applies an error report at every node it passes.
+func (n *Node) hopError(r *routed) {
+	if len(r.payload) < 22 {
+		return
+	}
+	a := NodeID(binary.BigEndian.Uint64(r.payload[1:]))
+	b := NodeID(binary.BigEndian.Uint64(r.payload[9:]))
+	switch r.payload[0] {
+	case errLinkBroken:
+		n.cache.removeEdge(a, b)
+	case errUnreachable:
+		if b != n.id && !n.isNbr(b) {
+			n.cache.remove(b)
+		}
+	}
+}
+
+// ---- local delivery ----
+
+func (n *Node) deliver(now time.Time, r *routed) {
+	switch r.proto {
+	case protoData:
+		if len(r.payload) < 4 {
+			n.stats.Malformed++
+			return
+		}
+		n.stats.Delivered++
+		m := Mode(r.flags & flagClosest)
+		n.env.Deliver(Datagram{
+			Src: r.route[0], Target: r.target, Mode: m,
+			SrcPort: binary.BigEndian.Uint16(r.payload), DstPort: binary.BigEndian.Uint16(r.payload[2:]),
+			Payload: slices.Clone(r.payload[4:]), Hops: int(r.hops),
+		})
+	case protoNotify:
+		n.handleNotify(now, r)
+	case protoFind:
+		if len(r.payload) >= 1 {
+			n.reply(now, r, protoFindReply, r.payload[:1])
+		}
+	case protoFindReply:
+		if len(r.payload) >= 1 && int(r.payload[0]) < len(n.fingers) && r.route[0] != n.id {
+			n.fingers[r.payload[0]] = r.route[0]
+		}
+	case protoEcho:
+		if len(r.payload) < 12 {
+			n.stats.Malformed++
+			return
+		}
+		// The reply carries the route the request took.
+		p := append(append(make([]byte, 0, 13+8*len(r.route)), r.payload[:12]...), byte(len(r.route)))
+		p = appendIDs(p, r.route)
+		n.reply(now, r, protoEchoReply, p)
+	case protoEchoReply:
+		n.handleEchoReply(r)
+	case protoError:
+		if len(r.payload) < 22 || r.payload[0] != errUnreachable {
+			return
+		}
+		a := NodeID(binary.BigEndian.Uint64(r.payload[1:]))
+		b := NodeID(binary.BigEndian.Uint64(r.payload[9:]))
+		if !n.isNbr(b) {
+			n.tomb[b] = now.Add(tombstone)
+		}
+		u := Unreachable{Target: b, At: a, Reason: "no such node"}
+		switch r.payload[17] {
+		case protoData:
+			u.DstPort = binary.BigEndian.Uint16(r.payload[18:])
+		case protoEcho:
+			u.PingID = binary.BigEndian.Uint32(r.payload[18:])
+		default:
+			return // our own control traffic: nothing waits for it
+		}
+		n.env.Deliver(u)
+	}
+}
+
+// reply answers r along its reverse route.
+func (n *Node) reply(now time.Time, r *routed, proto byte, payload []byte) {
+	o := &n.out
+	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = proto, 0, r.route[0], 0, 0, 0
+	o.route = reverseInto(o.route, r.route)
+	o.payload = payload
+	if len(o.route) == 1 {
+		n.decide(now, o) // a reply to ourselves
+		return
+	}
+	n.forward(now, o)
+}
+
+func (n *Node) handleEchoReply(r *routed) {
+	if len(r.payload) < 13 {
+		n.stats.Malformed++
+		return
+	}
+	id := binary.BigEndian.Uint32(r.payload)
+	sent := time.Unix(0, int64(binary.BigEndian.Uint64(r.payload[4:])))
+	route, _, err := readIDs(nil, r.payload[13:], int(r.payload[12]))
+	if err != nil {
+		n.stats.Malformed++
+		return
+	}
+	n.env.Deliver(PingReply{ID: id, From: r.route[0], Sent: sent, Route: route, Hops: len(route) - 1})
+}
+
+// ---- origination ----
+
+// Send originates an application datagram to target.
+func (n *Node) Send(now time.Time, target NodeID, mode Mode, srcPort, dstPort uint16, payload []byte) error {
+	if routedHdr+8*n.p.MaxHops+4+len(payload) > MaxFrame {
+		return fmt.Errorf("%w: %d bytes (at most %d)", ErrTooBig, len(payload), MaxFrame-routedHdr-8*n.p.MaxHops-4)
+	}
+	p := binary.BigEndian.AppendUint16(make([]byte, 0, 4+len(payload)), srcPort)
+	p = binary.BigEndian.AppendUint16(p, dstPort)
+	p = append(p, payload...)
+	n.originate(now, protoData, mode, target, p)
+	return nil
+}
+
+// Ping sends an echo request to the node target; the answer arrives as a
+// PingReply (or Unreachable) event carrying id.
+func (n *Node) Ping(now time.Time, target NodeID, id uint32) {
+	var p [12]byte
+	binary.BigEndian.PutUint32(p[:], id)
+	binary.BigEndian.PutUint64(p[4:], uint64(now.UnixNano()))
+	n.originate(now, protoEcho, Exact, target, p[:])
+}
+
+func (n *Node) originate(now time.Time, proto byte, mode Mode, target NodeID, payload []byte) {
+	if !n.started {
+		n.Tick(now)
+	}
+	o := &n.out
+	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = proto, 0, target, 0, 0, 0
+	if mode == Closest {
+		o.flags = flagClosest
+	}
+	o.route = append(o.route[:0], n.id)
+	o.payload = payload
+	n.decide(now, o)
+}
+
+// ---- ring maintenance ----
+
+// ringRound sends this round's notifications to the nearest successor and
+// predecessor (thesis §2.1.4.2) and declares silent ones dead.
+func (n *Node) ringRound(now time.Time) {
+	// Liveness: a ring neighbour that has not answered for three rounds
+	// of the fastest interval (and at least 2.5 current rounds) is gone.
+	limit := max(3*n.p.RingInterval, n.ringIvl*5/2)
+	for id, since := range n.ringWait {
+		if now.Sub(since) > limit {
+			delete(n.ringWait, id)
+			if !n.isNbr(id) {
+				n.cache.remove(id)
+				n.tomb[id] = now.Add(tombstone)
+			}
+		}
+	}
+	s := n.cache.successors(n.ids2[:0], 1)
+	s = n.cache.predecessors(s, 1)
+	n.ids2 = s
+	var succ, pred NodeID
+	if len(s) == 2 {
+		succ, pred = s[0], s[1]
+	}
+	if succ != n.lastSucc || pred != n.lastPred {
+		n.ringIvl = n.p.RingInterval
+	} else {
+		n.ringIvl = min(2*n.ringIvl, n.p.RingIntervalMax)
+		if n.fingerNxt.IsZero() && n.p.Fingers > 0 {
+			// The neighbourhood on the ring is settling: start fingers.
+			n.fingerNxt = now.Add(n.fingerStep())
+		}
+	}
+	n.lastSucc, n.lastPred = succ, pred
+	if len(s) == 0 {
+		return
+	}
+	n.notify(now, succ, false)
+	if pred != succ {
+		n.notify(now, pred, false)
+	}
+}
+
+// notify sends this node's ring view to id: its nearest successors and
+// predecessors with their routes. The receiver learns them and replies with
+// its own view, so both sides discover better ring neighbours.
+func (n *Node) notify(now time.Time, id NodeID, isReply bool) {
+	if !isReply {
+		if _, waiting := n.ringWait[id]; !waiting {
+			n.ringWait[id] = now
+		}
+	}
+	p := n.viewPayload(now, isReply)
+	o := &n.out
+	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoNotify, 0, id, 0, 0, 0
+	o.route = append(o.route[:0], n.id)
+	o.payload = p
+	n.decide(now, o)
+}
+
+func (n *Node) viewPayload(now time.Time, isReply bool) []byte {
+	var flags byte
+	if isReply {
+		flags = 1
+	}
+	view := n.cache.successors(n.ids2[:0], viewPerDir)
+	view = n.cache.predecessors(view, viewPerDir)
+	n.ids2 = view
+	p := make([]byte, 2, 2+len(view)*(9+8*8))
+	p[0] = flags
+	for i, id := range view {
+		if slices.Contains(view[:i], id) {
+			continue
+		}
+		rt := n.cache.route(id, now)
+		if len(rt) == 0 || len(rt) > 255 {
+			continue
+		}
+		p = binary.BigEndian.AppendUint64(p, uint64(id))
+		p = append(p, byte(len(rt)))
+		p = appendIDs(p, rt)
+		p[1]++
+	}
+	return p
+}
+
+func (n *Node) handleNotify(now time.Time, r *routed) {
+	if len(r.payload) < 2 {
+		n.stats.Malformed++
+		return
+	}
+	isReply := r.payload[0]&1 != 0
+	src := r.route[0]
+	if src == n.id {
+		return
+	}
+	// Route to the sender: the reverse of the frame's route (ends at src).
+	back := reverseInto(n.ids[:0], r.route[:len(r.route)-1])
+	n.ids = back
+	b := r.payload[2:]
+	for i := 0; i < int(r.payload[1]); i++ {
+		if len(b) < 9 {
+			n.stats.Malformed++
+			return
+		}
+		id := NodeID(binary.BigEndian.Uint64(b))
+		var rt []NodeID
+		var err error
+		rt, b, err = readIDs(n.ids2[:0], b[9:], int(b[8]))
+		n.ids2 = rt
+		if err != nil {
+			n.stats.Malformed++
+			return
+		}
+		if id == n.id || len(rt) == 0 || rt[len(rt)-1] != id {
+			continue
+		}
+		full := append(append(make([]NodeID, 0, len(back)+len(rt)), back...), rt...)
+		n.learn(full, now)
+	}
+	if !isReply {
+		n.replyNotify(now, r)
+	}
+}
+
+func (n *Node) replyNotify(now time.Time, r *routed) {
+	n.reply(now, r, protoNotify, n.viewPayload(now, true))
+}
+
+// ---- fingers ----
+
+func (n *Node) fingerStep() time.Duration {
+	return n.jitter(n.p.FingerInterval / time.Duration(n.p.Fingers))
+}
+
+// fingerRound refreshes one finger: a closest lookup of self + ring/2^(i+1).
+// Fingers give greedy routing its O(log n) virtual hops (Chord); lookups
+// stop at the first finger that falls before the successor.
+func (n *Node) fingerRound(now time.Time) {
+	n.fingerNxt = now.Add(n.fingerStep())
+	succ, ok := n.Successor()
+	if !ok {
+		return
+	}
+	i := n.fingerIdx
+	target := n.id + NodeID(uint64(1)<<(63-i))
+	if !Between(n.id, target, succ) && i < len(n.fingers) {
+		n.fingerIdx++
+		o := &n.out
+		o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoFind, flagClosest, target, 0, 0, 0
+		o.route = append(o.route[:0], n.id)
+		o.payload = []byte{byte(i)}
+		n.decide(now, o)
+		return
+	}
+	for j := i; j < len(n.fingers); j++ {
+		n.fingers[j] = 0
+	}
+	n.fingerIdx = 0
+}
