@@ -1,3 +1,5 @@
 module github.com/sipmesh/sipmesh
 
-go 1.25
+go 1.25.0
+
+require golang.org/x/sys v0.47.0

@@ -89,7 +89,7 @@ type Params struct {
 	FingerInterval   time.Duration // refresh period of each finger
 	MaxTimeout       time.Duration // global-max announcement lifetime
 	SuccessorList    int           // successors and predecessors kept
-	Fingers          int           // long-distance fingers (ring/2, ring/4, ...)
+	Fingers          int           // long-distance fingers (ring/2, ring/4, ...); negative: none
 	CacheSize        int           // route cache entries (soft bound; pinned routes excepted)
 	MaxHops          int           // physical hop budget of a frame (≤ 255)
 }

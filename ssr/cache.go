@@ -63,16 +63,15 @@ func (c *cache) insert(p []NodeID, now time.Time) bool {
 			c.addSorted(n)
 			c.child(prev, 1)
 			changed = true
+		case e.depth > d && e.parent == prev:
+			e.depth = d
 		case e.depth > d && !c.isAncestor(n, prev):
 			// A shorter route. Depths below n become overestimates; they
 			// only steer the choice between routes, never correctness.
-			if e.parent != prev {
-				c.child(e.parent, -1)
-				e.parent = prev
-				c.child(prev, 1)
-				changed = true
-			}
-			e.depth = d
+			c.child(e.parent, -1)
+			e.parent, e.depth = prev, d
+			c.child(prev, 1)
+			changed = true
 		}
 		e.used = now
 		prev, d = n, e.depth

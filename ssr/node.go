@@ -44,6 +44,10 @@ type Node struct {
 	maxSeq   uint32
 	maxPath  []NodeID
 	maxHeard time.Time
+	// The last maximum that expired: its stale adverts, still circulating
+	// among neighbours that have not expired it yet, must not revive it.
+	deadMax    NodeID
+	deadMaxSeq uint32
 
 	stats Stats
 
@@ -102,8 +106,8 @@ func New(id NodeID, p Params, env Env, seed uint64) *Node {
 	if p.SuccessorList > 0 {
 		d.SuccessorList = p.SuccessorList
 	}
-	if p.Fingers > 0 {
-		d.Fingers = min(p.Fingers, 63)
+	if p.Fingers != 0 {
+		d.Fingers = max(0, min(p.Fingers, 63)) // negative: none
 	}
 	if p.CacheSize > 0 {
 		d.CacheSize = p.CacheSize
@@ -245,6 +249,7 @@ func (n *Node) expireNeighbours(now time.Time) {
 		}
 	}
 	if n.maxID != n.id && now.Sub(n.maxHeard) > n.p.MaxTimeout {
+		n.deadMax, n.deadMaxSeq = n.maxID, n.maxSeq
 		n.maxID, n.maxPath = n.id, n.maxPath[:0]
 	}
 	for id, t := range n.tomb {
@@ -366,6 +371,9 @@ func seqNewer(a, b uint32) bool { return int32(a-b) > 0 }
 
 func (n *Node) hearMax(now time.Time, h *hello) {
 	if h.maxID <= n.id || len(h.path) >= n.p.MaxHops-1 || slices.Contains(h.path, n.id) {
+		return
+	}
+	if h.maxID == n.deadMax && !seqNewer(h.maxSeq, n.deadMaxSeq) {
 		return
 	}
 	switch {

@@ -1,0 +1,158 @@
+package ssrsim
+
+import (
+	"math"
+	"time"
+
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// Report is the outcome of Run; its JSON keys are what `sipmesh sim --json`
+// prints.
+type Report struct {
+	Nodes          int     `json:"nodes"`
+	Topology       string  `json:"topology"`
+	Seed           uint64  `json:"seed"`
+	Links          int     `json:"links"`
+	Diameter       int     `json:"diameter_hops"`
+	RingConsistent bool    `json:"ring_consistent"`
+	ConvergeS      float64 `json:"converge_s"`
+	DeliveryExact  float64 `json:"delivery_exact"`
+	DeliveryClose  float64 `json:"delivery_closest"`
+	StretchP50     float64 `json:"stretch_p50"`
+	StretchP95     float64 `json:"stretch_p95"`
+	HopsP50        float64 `json:"hops_p50"`
+	RouteCacheP95  float64 `json:"route_cache_p95"`
+	ControlPerNode float64 `json:"control_msgs_per_node_s"`
+	Probes         int     `json:"probes"`
+	Churn          *Churn  `json:"churn,omitempty"`
+	VirtualS       float64 `json:"virtual_s"`
+	WallS          float64 `json:"wall_s"`
+	PeakRSSMB      float64 `json:"peak_rss_mb"`
+}
+
+// Churn reports the second phase: nodes leave and join, the ring heals.
+type Churn struct {
+	Fraction       float64 `json:"fraction"`
+	Left           int     `json:"left"`
+	Joined         int     `json:"joined"`
+	RingConsistent bool    `json:"ring_consistent"`
+	ConvergeS      float64 `json:"converge_s"`
+	DeliveryExact  float64 `json:"delivery_exact"`
+	DeliveryClose  float64 `json:"delivery_closest"`
+	StretchP50     float64 `json:"stretch_p50"`
+	StretchP95     float64 `json:"stretch_p95"`
+}
+
+// Scenario is what Run does.
+type Scenario struct {
+	Churn    float64       // fraction of nodes that leave, and as many join
+	Probes   int           // probes of each mode per measurement (default min(1000, 10·nodes))
+	Limit    time.Duration // give up on convergence after this (virtual), default 30 min
+	Progress func(phase string, virtual time.Duration, consistent float64)
+}
+
+// Run builds nothing new: it drives s through convergence, measurement,
+// and optionally churn, and reports.
+func (s *Sim) Run(sc Scenario) Report {
+	if sc.Probes == 0 {
+		sc.Probes = min(1000, 10*len(s.nodes))
+	}
+	if sc.Limit == 0 {
+		sc.Limit = 30 * time.Minute
+	}
+	rep := Report{Nodes: len(s.nodes), Topology: s.cfg.Topology, Seed: s.cfg.Seed, Probes: sc.Probes}
+	for _, a := range s.topo.adj {
+		rep.Links += len(a)
+	}
+	rep.Links /= 2
+	rep.Diameter = s.diameterEstimate()
+
+	conv, ok := s.converge("converging", sc)
+	rep.ConvergeS, rep.RingConsistent = conv.Seconds(), ok
+	// Steady state: fingers fill in; control traffic is measured here.
+	c0, t0 := s.ControlFrames(), s.Now()
+	s.runWithProgress("settling", s.fingerWarmup(), sc)
+	rep.ControlPerNode = float64(s.ControlFrames()-c0) / float64(len(s.Live())) / (s.Now() - t0).Seconds()
+	d := s.MeasureDelivery(sc.Probes, 10*time.Second, 15*time.Second)
+	rep.DeliveryExact, rep.DeliveryClose = d.Exact, d.Closest
+	rep.StretchP50, rep.StretchP95, rep.HopsP50 = d.StretchP50, d.StretchP95, d.HopsP50
+	rep.RouteCacheP95 = s.CacheP95()
+
+	if sc.Churn > 0 {
+		k := int(math.Round(sc.Churn * float64(len(s.Live()))))
+		ch := &Churn{Fraction: sc.Churn, Left: k, Joined: k}
+		live := s.Live()
+		s.rng.Shuffle(len(live), func(i, j int) { live[i], live[j] = live[j], live[i] })
+		for _, i := range live[:k] {
+			s.Kill(i)
+		}
+		for range k {
+			s.Join()
+		}
+		s.Reconnect()
+		conv, ok := s.converge("churn", sc)
+		ch.ConvergeS, ch.RingConsistent = conv.Seconds(), ok
+		s.runWithProgress("settling", s.fingerWarmup(), sc)
+		d := s.MeasureDelivery(sc.Probes, 10*time.Second, 15*time.Second)
+		ch.DeliveryExact, ch.DeliveryClose = d.Exact, d.Closest
+		ch.StretchP50, ch.StretchP95 = d.StretchP50, d.StretchP95
+		rep.Churn = ch
+	}
+	rep.VirtualS = s.Now().Seconds()
+	return rep
+}
+
+func (s *Sim) fingerWarmup() time.Duration {
+	p := s.cfg.Params.FingerInterval
+	if p == 0 {
+		p = ssr.DefaultParams.FingerInterval
+	}
+	return p + 5*time.Second
+}
+
+// converge runs until the ring is consistent, checking every virtual
+// second, and returns the time it took.
+func (s *Sim) converge(phase string, sc Scenario) (time.Duration, bool) {
+	t0 := s.Now()
+	for s.Now()-t0 < sc.Limit {
+		s.RunFor(time.Second)
+		c := s.Consistency()
+		if sc.Progress != nil {
+			sc.Progress(phase, s.Now(), c)
+		}
+		if c == 1 {
+			return s.Now() - t0, true
+		}
+	}
+	return s.Now() - t0, false
+}
+
+func (s *Sim) runWithProgress(phase string, d time.Duration, sc Scenario) {
+	for end := s.Now() + d; s.Now() < end; {
+		s.RunFor(min(5*time.Second, end-s.Now()))
+		if sc.Progress != nil {
+			sc.Progress(phase, s.Now(), math.NaN())
+		}
+	}
+}
+
+// diameterEstimate is the eccentricity of a BFS from a far node (a
+// two-sweep lower bound, exact on trees and close on meshes).
+func (s *Sim) diameterEstimate() int {
+	alive := s.aliveMask()
+	dist := make([]int32, len(s.nodes))
+	dist = bfs(s.topo.adj, alive, 0, dist, nil)
+	far := 0
+	for i, d := range dist {
+		if d > dist[far] {
+			far = i
+		}
+	}
+	dist = bfs(s.topo.adj, alive, far, dist, nil)
+	m := int32(0)
+	for _, d := range dist {
+		m = max(m, d)
+	}
+	return int(m)
+}
