@@ -15,7 +15,8 @@ type cache struct {
 	entries map[NodeID]*centry
 	sorted  []NodeID // cached IDs in ascending order, self excluded
 	max     int
-	path    []NodeID // scratch for route()
+	ttl     time.Duration // an unconfirmed route is dropped after this
+	path    []NodeID      // scratch for route()
 }
 
 type centry struct {
@@ -23,11 +24,19 @@ type centry struct {
 	parent   NodeID // self for a neighbour
 	depth    int    // hops from self; may overestimate after a re-parent
 	children int
-	used     time.Time
+	used     time.Time // last used to send: the LRU order for eviction
+	// seen is the last first-hand evidence that the route works: a frame
+	// that travelled it, or a beacon. Second-hand routes (from another
+	// node's view or gossip) start out nearly expired, so stale knowledge
+	// of dead nodes cannot circulate for long.
+	seen time.Time
 }
 
-func newCache(self NodeID, max int) *cache {
-	return &cache{self: self, entries: make(map[NodeID]*centry), max: max}
+// secondHandTTL is how long an unconfirmed second-hand route is kept.
+const secondHandTTL = 15 * time.Second
+
+func newCache(self NodeID, max int, ttl time.Duration) *cache {
+	return &cache{self: self, entries: make(map[NodeID]*centry), max: max, ttl: ttl}
 }
 
 func (c *cache) len() int { return len(c.entries) }
@@ -46,7 +55,7 @@ func (c *cache) depth(id NodeID) int {
 // physical neighbour of the one before). Where a shorter route to a node on
 // p is already cached, the rest of p hangs below that route instead. It
 // reports whether a node was added or re-parented.
-func (c *cache) insert(p []NodeID, now time.Time) bool {
+func (c *cache) insert(p []NodeID, now time.Time, firstHand bool) bool {
 	prev, d := c.self, 0
 	changed := false
 	for _, n := range p {
@@ -58,7 +67,7 @@ func (c *cache) insert(p []NodeID, now time.Time) bool {
 		e := c.entries[n]
 		switch {
 		case e == nil:
-			e = &centry{id: n, parent: prev, depth: d}
+			e = &centry{id: n, parent: prev, depth: d, seen: now.Add(secondHandTTL - c.ttl)}
 			c.entries[n] = e
 			c.addSorted(n)
 			c.child(prev, 1)
@@ -73,10 +82,58 @@ func (c *cache) insert(p []NodeID, now time.Time) bool {
 			c.child(prev, 1)
 			changed = true
 		}
+		if firstHand {
+			e.seen = now
+		}
 		e.used = now
 		prev, d = n, e.depth
 	}
 	return changed
+}
+
+// confirm marks the cached route to the last node of p fresh if it is
+// exactly p (p[0] a neighbour): a frame just travelled it. A different
+// cached route proves nothing about itself and stays as it is.
+func (c *cache) confirm(p []NodeID, now time.Time) bool {
+	if len(p) == 0 {
+		return false
+	}
+	n := p[len(p)-1]
+	for i := len(p) - 1; i >= 0; i-- {
+		e := c.entries[n]
+		if e == nil || p[i] != n {
+			return false
+		}
+		n = e.parent
+	}
+	if n != c.self {
+		return false
+	}
+	for _, id := range p {
+		c.entries[id].seen = now
+	}
+	return true
+}
+
+// fresh reports whether id's route was confirmed first-hand since t.
+func (c *cache) fresh(id NodeID, t time.Time) bool {
+	e := c.entries[id]
+	return e != nil && !e.seen.Before(t)
+}
+
+// expire removes leaves whose routes have not been confirmed within the
+// cache's TTL, except the pinned ones.
+func (c *cache) expire(now time.Time, pinned []NodeID) {
+	limit := now.Add(-c.ttl)
+	var doomed []NodeID
+	for _, e := range c.entries {
+		if e.children == 0 && e.seen.Before(limit) && !slices.Contains(pinned, e.id) {
+			doomed = append(doomed, e.id)
+		}
+	}
+	for _, id := range doomed {
+		c.remove(id)
+	}
 }
 
 // isAncestor reports whether a lies on the cached route to n (or is n).
@@ -106,10 +163,12 @@ func (c *cache) route(id NodeID, now time.Time) []NodeID {
 	c.path = c.path[:0]
 	for n := id; n != c.self; {
 		e := c.entries[n]
-		if e == nil || len(c.path) > 255 {
+		if e == nil || len(c.path) >= maxRoute {
 			return nil
 		}
-		e.used = now
+		if !now.IsZero() {
+			e.used = now
+		}
 		c.path = append(c.path, n)
 		n = e.parent
 	}
@@ -181,6 +240,16 @@ func (c *cache) evict(pinned []NodeID) {
 	if len(c.entries) <= c.max {
 		return
 	}
+	// Each pass removes least recently used leaves; removing them can make
+	// their parents leaves, which the next pass takes.
+	for target := c.max * 7 / 8; len(c.entries) > target; {
+		if !c.evictPass(pinned, target) {
+			return
+		}
+	}
+}
+
+func (c *cache) evictPass(pinned []NodeID, target int) bool {
 	keep := make(map[NodeID]bool, 4*len(pinned))
 	for _, id := range pinned {
 		for steps := 0; id != c.self && !keep[id] && steps < 512; steps++ {
@@ -199,13 +268,13 @@ func (c *cache) evict(pinned []NodeID) {
 		}
 	}
 	slices.SortFunc(leaves, func(a, b *centry) int { return a.used.Compare(b.used) })
-	target := c.max * 7 / 8
 	for _, e := range leaves {
 		if len(c.entries) <= target {
 			break
 		}
 		c.remove(e.id)
 	}
+	return len(leaves) > 0
 }
 
 func (c *cache) addSorted(n NodeID) {

@@ -33,7 +33,7 @@ func ParseNodeID(s string) (NodeID, error) {
 		return id, nil
 	}
 	v, err := strconv.ParseUint(s, 16, 64)
-	if err != nil {
+	if err != nil || len(s) != 16 {
 		return 0, fmt.Errorf("ssr: bad node ID %q: want 16 hex digits or a mesh address", s)
 	}
 	return NodeID(v), nil

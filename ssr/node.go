@@ -26,6 +26,7 @@ type Node struct {
 	tomb  map[NodeID]time.Time // nodes believed dead, until the time given
 
 	started   bool
+	lastTick  time.Time
 	helloNext time.Time
 	helloSeq  uint32
 	ringNext  time.Time
@@ -71,6 +72,7 @@ type nbr struct {
 }
 
 const (
+	cacheTTL   = 60 * time.Second // unconfirmed routes are dropped after this
 	maxVHops   = 64
 	tombstone  = 30 * time.Second
 	viewPerDir = 3
@@ -120,7 +122,7 @@ func New(id NodeID, p Params, env Env, seed uint64) *Node {
 		rng:      rand.New(rand.NewPCG(seed, uint64(id))),
 		links:    make(map[LinkID]bool),
 		nbrs:     make(map[NodeID]*nbr),
-		cache:    newCache(id, d.CacheSize),
+		cache:    newCache(id, d.CacheSize, cacheTTL),
 		tomb:     make(map[NodeID]time.Time),
 		ringWait: make(map[NodeID]time.Time),
 		fingers:  make([]NodeID, d.Fingers),
@@ -227,6 +229,7 @@ func (n *Node) Tick(now time.Time) time.Time {
 		n.ringNext = now.Add(n.p.RingInterval + time.Duration(n.rng.Int64N(int64(n.p.RingInterval))))
 		n.maxHeard = now
 	}
+	n.lastTick = now
 	if !now.Before(n.helloNext) {
 		n.expireNeighbours(now)
 		n.sendHellos(now)
@@ -305,6 +308,7 @@ func (n *Node) transmit(l LinkID, to netip.AddrPort, control bool) {
 // from. Malformed frames are counted and dropped.
 func (n *Node) HandleFrame(now time.Time, l LinkID, from netip.AddrPort, b []byte) {
 	n.stats.FramesIn++
+	n.lastTick = now
 	if !n.started {
 		n.Tick(now)
 	}
@@ -355,10 +359,13 @@ func (n *Node) handleHello(now time.Time, l LinkID, from netip.AddrPort, h *hell
 		nb.sym = true
 		delete(n.tomb, h.src)
 		n.ids = append(n.ids[:0], h.src)
-		n.learn(n.ids, now)
+		n.learn(n.ids, now, true)
 	case !sym && nb.sym:
 		nb.sym = false
 		n.cache.removeEdge(n.id, h.src)
+	case sym:
+		n.ids = append(n.ids[:0], h.src)
+		n.learn(n.ids, now, true) // refresh
 	}
 	if !nb.sym || !h.hasMax {
 		return
@@ -394,12 +401,12 @@ func (n *Node) hearMax(now time.Time, h *hello) {
 	}
 	n.maxID, n.maxSeq = h.maxID, h.maxSeq
 	n.maxPath = append(append(n.maxPath[:0], h.src), h.path...)
-	n.learn(n.maxPath, now)
+	n.learn(n.maxPath, now, false)
 }
 
 // learn inserts a physical path into the route cache, cut before any node
 // believed dead, and keeps the cache within its bound.
-func (n *Node) learn(p []NodeID, now time.Time) {
+func (n *Node) learn(p []NodeID, now time.Time, firstHand bool) {
 	if len(n.tomb) > 0 {
 		for i, id := range p {
 			if _, dead := n.tomb[id]; dead {
@@ -411,9 +418,27 @@ func (n *Node) learn(p []NodeID, now time.Time) {
 	if len(p) == 0 || !n.isNbr(p[0]) {
 		return
 	}
-	if n.cache.insert(p, now) && n.cache.len() > n.p.CacheSize {
+	if n.cache.insert(p, now, firstHand) && n.cache.len() > n.p.CacheSize {
 		n.cache.evict(n.pinned())
 	}
+}
+
+// expiryPins are the routes kept even when unconfirmed: neighbours, the
+// nearest ring neighbours (ring liveness checks those), fingers and the
+// global maximum.
+func (n *Node) expiryPins(ring []NodeID) []NodeID {
+	ids := append([]NodeID(nil), ring...)
+	for id, nb := range n.nbrs {
+		if nb.sym {
+			ids = append(ids, id)
+		}
+	}
+	for _, f := range n.fingers {
+		if f != 0 {
+			ids = append(ids, f)
+		}
+	}
+	return append(ids, n.maxID)
 }
 
 func (n *Node) pinned() []NodeID {
@@ -456,9 +481,14 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 	}
 	n.tidy(r)
 	pos = int(r.pos)
-	if pos > 0 && (!n.cache.has(src) || n.cache.depth(src) > pos) {
-		n.ids = reverseInto(n.ids, r.route[:pos])
-		n.learn(n.ids, now)
+	if pos > 0 {
+		if d := n.cache.depth(src); d == 0 || d > pos {
+			n.ids = reverseInto(n.ids, r.route[:pos])
+			n.learn(n.ids, now, true)
+		} else {
+			n.ids = reverseInto(n.ids, r.route[:pos])
+			n.cache.confirm(n.ids, now)
+		}
 	}
 	if r.flags&flagHopByHop != 0 && r.proto == protoError {
 		n.hopError(r)
@@ -631,6 +661,9 @@ func (n *Node) sendError(now time.Time, r *routed, code byte, a, b NodeID) {
 	o.route = reverseInto(o.route, r.route[:r.pos+1])
 	var p [1 + 8 + 8 + 1 + 4]byte
 	p[0] = code
+	if r.flags&flagClosest != 0 {
+		p[0] |= errClosest // b is a key, not a node
+	}
 	binary.BigEndian.PutUint64(p[1:], uint64(a))
 	binary.BigEndian.PutUint64(p[9:], uint64(b))
 	p[17] = r.proto
@@ -654,11 +687,16 @@ func (n *Node) hopError(r *routed) {
 	}
 	a := NodeID(binary.BigEndian.Uint64(r.payload[1:]))
 	b := NodeID(binary.BigEndian.Uint64(r.payload[9:]))
-	switch r.payload[0] {
+	code := r.payload[0]
+	switch code &^ errClosest {
 	case errLinkBroken:
-		n.cache.removeEdge(a, b)
+		if a != n.id { // this node knows its own links better
+			n.cache.removeEdge(a, b)
+		}
 	case errUnreachable:
-		if b != n.id && !n.isNbr(b) {
+		// Another node's view may be wrong; what this node confirmed
+		// itself recently stands.
+		if code&errClosest == 0 && b != n.id && !n.isNbr(b) && !n.cache.fresh(b, n.lastTick.Add(-n.p.RingIntervalMax)) {
 			n.cache.remove(b)
 		}
 	}
@@ -702,15 +740,18 @@ func (n *Node) deliver(now time.Time, r *routed) {
 	case protoEchoReply:
 		n.handleEchoReply(r)
 	case protoError:
-		if len(r.payload) < 22 || r.payload[0] != errUnreachable {
+		if len(r.payload) < 22 || r.payload[0]&^errClosest != errUnreachable {
 			return
 		}
 		a := NodeID(binary.BigEndian.Uint64(r.payload[1:]))
 		b := NodeID(binary.BigEndian.Uint64(r.payload[9:]))
-		if !n.isNbr(b) {
+		u := Unreachable{Target: b, At: a, Reason: "no such node"}
+		if r.payload[0]&errClosest != 0 {
+			u.Mode, u.Reason = Closest, "no route"
+		} else if !n.isNbr(b) && !n.cache.fresh(b, now.Add(-n.p.RingIntervalMax)) {
+			n.cache.remove(b)
 			n.tomb[b] = now.Add(tombstone)
 		}
-		u := Unreachable{Target: b, At: a, Reason: "no such node"}
 		switch r.payload[17] {
 		case protoData:
 			u.DstPort = binary.BigEndian.Uint16(r.payload[18:])
@@ -800,14 +841,18 @@ func (n *Node) ringRound(now time.Time) {
 		if now.Sub(since) > limit {
 			delete(n.ringWait, id)
 			if !n.isNbr(id) {
+				// Silence may also be a route broken by someone else's
+				// death: forget the route, and block re-learning only
+				// briefly so a live node is not shut out for long.
 				n.cache.remove(id)
-				n.tomb[id] = now.Add(tombstone)
+				n.tomb[id] = now.Add(limit)
 			}
 		}
 	}
 	s := n.cache.successors(n.ids2[:0], 1)
 	s = n.cache.predecessors(s, 1)
 	n.ids2 = s
+	n.cache.expire(now, n.expiryPins(s))
 	var succ, pred NodeID
 	if len(s) == 2 {
 		succ, pred = s[0], s[1]
@@ -858,8 +903,11 @@ func (n *Node) viewPayload(now time.Time, isReply bool) []byte {
 	n.ids2 = view
 	p := make([]byte, 2, 2+len(view)*(9+8*8))
 	p[0] = flags
+	fresh := now.Add(-n.p.RingIntervalMax * 3 / 2)
 	for i, id := range view {
-		if slices.Contains(view[:i], id) {
+		// Only first-hand, recently confirmed knowledge is passed on, so
+		// stale routes to dead nodes cannot circulate.
+		if slices.Contains(view[:i], id) || !n.cache.fresh(id, fresh) {
 			continue
 		}
 		rt := n.cache.route(id, now)
@@ -906,7 +954,7 @@ func (n *Node) handleNotify(now time.Time, r *routed) {
 			continue
 		}
 		full := append(append(make([]NodeID, 0, len(back)+len(rt)), back...), rt...)
-		n.learn(full, now)
+		n.learn(full, now, false)
 	}
 	if !isReply {
 		n.replyNotify(now, r)

@@ -33,6 +33,7 @@ const (
 const (
 	errLinkBroken  = 1
 	errUnreachable = 2
+	errClosest     = 0x80 // or-ed into the code: the target was a key
 )
 
 const (
