@@ -6,4 +6,10 @@
 // Internet uplink (server location per RFC 3263, inbound and outbound
 // calls); firewall and NAT rules on real nodes; and the admin HTTP API, web
 // UI and metrics (RFC 6076 SIP performance metrics).
+//
+// A Node is the daemon of one machine (`sipmesh node`): it reads one
+// plain-text config file into validated Options (config.go), keeps the node
+// key in its state directory, runs the SSR router on the mesh interfaces
+// and serves a local control socket, HTTP with JSON over a Unix socket,
+// that `sipmesh status` and `sipmesh ping` talk to (control.go).
 package gateway

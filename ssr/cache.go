@@ -15,6 +15,7 @@ type cache struct {
 	entries map[NodeID]*centry
 	sorted  []NodeID // cached IDs in ascending order, self excluded
 	max     int
+	floor   int           // no eviction below this (pinned routes fill the cache)
 	ttl     time.Duration // an unconfirmed route is dropped after this
 	path    []NodeID      // scratch for route()
 }
@@ -237,15 +238,19 @@ func (c *cache) removeSubtree(id NodeID) {
 // neighbours, ring entries, fingers, the global maximum — and every node on
 // them are kept, so the bound is soft by the size of those routes.
 func (c *cache) evict(pinned []NodeID) {
-	if len(c.entries) <= c.max {
+	if len(c.entries) <= max(c.max, c.floor) {
 		return
 	}
 	// Each pass removes least recently used leaves; removing them can make
 	// their parents leaves, which the next pass takes.
-	for target := c.max * 7 / 8; len(c.entries) > target; {
-		if !c.evictPass(pinned, target) {
-			return
-		}
+	target := c.max * 7 / 8
+	for len(c.entries) > target && c.evictPass(pinned, target) {
+	}
+	// When pinned routes hold more than the target, scanning again on the
+	// next insert would free nothing: wait for another eighth to arrive.
+	c.floor = 0
+	if len(c.entries) > target {
+		c.floor = len(c.entries) + c.max/8
 	}
 }
 

@@ -359,7 +359,7 @@ func TestCacheRandomized(t *testing.T) {
 					c.expire(now, pinned)
 					checkRemoved(t, op, before, c, want)
 				default: // evict under a random bound and pinned set
-					c.max = 4 + rng.IntN(40)
+					c.max, c.floor = 4+rng.IntN(40), 0
 					var pinned []NodeID
 					for range rng.IntN(5) {
 						pinned = append(pinned, g.nodes[rng.IntN(len(g.nodes))])

@@ -418,7 +418,7 @@ func (n *Node) learn(p []NodeID, now time.Time, firstHand bool) {
 	if len(p) == 0 || !n.isNbr(p[0]) {
 		return
 	}
-	if n.cache.insert(p, now, firstHand) && n.cache.len() > n.p.CacheSize {
+	if n.cache.insert(p, now, firstHand) && n.cache.len() > max(n.p.CacheSize, n.cache.floor) {
 		n.cache.evict(n.pinned())
 	}
 }

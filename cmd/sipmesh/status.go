@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+func init() {
+	register(command{name: "status", summary: "show a running node's ring, neighbours and counters", run: runStatus})
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", "[flags]", `Status asks the running node, through its control socket, for its identity,
+mesh interfaces, neighbours (with link quality), ring successors and
+predecessors with their source routes, fingers, route cache size and counters.`, stderr)
+	control := fs.String("control", gateway.DefaultControl, "control `SOCKET` of the node")
+	asJSON := fs.Bool("json", false, "print the status as JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageErrorf("unexpected arguments %q", fs.Args())
+	}
+	c := gateway.NewControlClient(*control)
+	defer c.Close()
+	if *asJSON {
+		raw, err := c.StatusJSON(ctx)
+		if err != nil {
+			return err
+		}
+		var b bytes.Buffer
+		if err := json.Indent(&b, raw, "", "  "); err != nil {
+			return fmt.Errorf("status: bad JSON from the node: %w", err)
+		}
+		b.WriteByte('\n')
+		_, err = stdout.Write(bytes.TrimLeft(b.Bytes(), "\n"))
+		return err
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
+	printStatus(stdout, st)
+	return nil
+}
+
+func printStatus(w io.Writer, st gateway.NodeStatus) {
+	fmt.Fprintf(w, "node %s  id %s  addr %s", st.Name, st.ID, st.Addr)
+	if !st.Running {
+		fmt.Fprint(w, "  (stopped)")
+	}
+	fmt.Fprintln(w)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\ninterfaces:")
+	for _, is := range st.Interfaces {
+		state := "down"
+		if is.Up {
+			state = "up"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", is.Name, state, is.LinkLocal, is.LastError)
+	}
+	fmt.Fprintln(tw, "\nneighbours:\tiface\tquality\tlast seen")
+	for _, nb := range st.Neighbours {
+		fmt.Fprintf(tw, "  %s\t%s\t%.2f\t%.0fms ago\n", nb.ID, nb.Interface, nb.Quality, nb.LastSeen)
+	}
+	peers := func(title string, ps []ssr.PeerStatus) {
+		fmt.Fprintf(tw, "\n%s:\troute\n", title)
+		for _, p := range ps {
+			fmt.Fprintf(tw, "  %s\t%s\n", p.ID, strings.Join(p.Route, ">"))
+		}
+	}
+	peers("successors", st.Successors)
+	peers("predecessors", st.Predecessors)
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nfingers: %s\n", strings.Join(st.Fingers, " "))
+	fmt.Fprintf(w, "route cache: %d entries\n", st.CacheEntries)
+	s, d := st.Stats, st.Driver
+	fmt.Fprintf(w, "frames: in %d, out %d (control %d), forwarded %d, delivered %d, dropped %d, malformed %d\n",
+		s.FramesIn, s.FramesOut, s.ControlOut, s.Forwarded, s.Delivered, s.Dropped, s.Malformed)
+	fmt.Fprintf(w, "reports: link broken %d, unreachable %d\n", s.LinkBroken, s.Unreachable)
+	fmt.Fprintf(w, "driver: send errors %d, read errors %d, link not ready %d, no listener %d, socket queue full %d, undeliverable %d\n",
+		d.SendErrors, d.ReadErrors, d.LinkNotReady, d.NoListener, d.SocketQueueFull, d.UnreachableReport)
+}

@@ -1,0 +1,241 @@
+package gateway
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// Defaults of the node configuration.
+const (
+	DefaultName     = "sipmesh"
+	DefaultStateDir = "/var/lib/sipmesh"
+	// DefaultControl is where `sipmesh node` serves its control socket and
+	// where `sipmesh ping` and `sipmesh status` look for it.
+	DefaultControl = "/run/sipmesh/sipmesh.sock"
+)
+
+// Options are a node's validated settings: the typed form of the config
+// file, defaults first (DefaultOptions), then what the file sets.
+type Options struct {
+	// Name labels the node in logs and status; it is not its identity (the
+	// key is).
+	Name string
+	// StateDir keeps what must survive a restart: node.key, the ed25519
+	// key the node ID derives from (created on first start, mode 0600).
+	StateDir string
+	// MeshInterfaces are the interfaces SSR runs on (at least one).
+	MeshInterfaces []string
+	// MeshPort is the UDP port of SSR frames on the mesh interfaces.
+	MeshPort uint16
+	// Control is the path of the local control socket (HTTP+JSON over a
+	// Unix socket) that `sipmesh status` and `sipmesh ping` talk to; empty
+	// means none.
+	Control string
+	// LogLevel is the least severe level logged.
+	LogLevel slog.Level
+
+	// routerParams tune the SSR timers; tests make them fast. The config
+	// file does not expose them: the defaults suit real meshes.
+	routerParams ssr.Params
+}
+
+// DefaultOptions returns the settings of an empty config file (which is
+// still invalid: it names no mesh interface).
+func DefaultOptions() Options {
+	return Options{
+		Name:     DefaultName,
+		StateDir: DefaultStateDir,
+		MeshPort: ssr.DefaultPort,
+		Control:  DefaultControl,
+		LogLevel: slog.LevelInfo,
+	}
+}
+
+// ConfigError is a problem in a config file, located by line and field so a
+// user can fix it without reading code.
+type ConfigError struct {
+	File  string // empty when parsed from a reader without a name
+	Line  int    // 0: the file as a whole (a missing field)
+	Field string // the key, when known
+	Err   error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File + ": ")
+	}
+	b.WriteString("config")
+	if e.Line > 0 {
+		fmt.Fprintf(&b, " line %d", e.Line)
+	}
+	b.WriteString(": ")
+	if e.Field != "" {
+		b.WriteString(e.Field + ": ")
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// LoadConfig reads and validates the config file at path.
+func LoadConfig(path string) (Options, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Options{}, fmt.Errorf("reading config: %w", err)
+	}
+	defer f.Close()
+	opts, err := ParseConfig(f)
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		ce.File = path
+	}
+	return opts, err
+}
+
+// ParseConfig reads a config file: one "key value" per line, "#" starting
+// a comment (at the start of a line or after white space), blank lines
+// ignored. Unknown keys are errors, as are single-valued keys given twice:
+// a typo must not silently leave a default in force.
+//
+//	name node1
+//	state-dir /var/lib/sipmesh     # node.key lives here
+//	mesh-interface wlan0           # repeatable
+//	mesh-port 7447
+//	control /run/sipmesh/node1.sock
+//	log-level info                 # debug, info, warn or error
+func ParseConfig(r io.Reader) (Options, error) {
+	opts := DefaultOptions()
+	seen := make(map[string]int) // key → line it was first set on
+	sc := bufio.NewScanner(r)
+	lineNo := 0
+	for sc.Scan() {
+		lineNo++
+		fields := strings.Fields(stripComment(sc.Text()))
+		if len(fields) == 0 {
+			continue
+		}
+		key, vals := fields[0], fields[1:]
+		fail := func(format string, args ...any) error {
+			return &ConfigError{Line: lineNo, Field: key, Err: fmt.Errorf(format, args...)}
+		}
+		set, ok := setters[key]
+		if !ok {
+			return Options{}, &ConfigError{Line: lineNo, Err: fmt.Errorf("unknown key %q (known: %s)", key, knownKeys())}
+		}
+		if len(vals) == 0 {
+			return Options{}, fail("missing value")
+		}
+		if !set.repeat {
+			if first, dup := seen[key]; dup {
+				return Options{}, fail("set twice (first on line %d)", first)
+			}
+			if len(vals) > 1 {
+				return Options{}, fail("want one value, got %d: %q", len(vals), strings.Join(vals, " "))
+			}
+		}
+		seen[key] = lineNo
+		for _, v := range vals {
+			if err := set.fn(&opts, v); err != nil {
+				return Options{}, fail("%w", err)
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return Options{}, &ConfigError{Line: lineNo + 1, Err: err}
+	}
+	if err := opts.Validate(); err != nil {
+		return Options{}, err
+	}
+	return opts, nil
+}
+
+// Validate checks what no single line can: required fields.
+func (o Options) Validate() error {
+	if len(o.MeshInterfaces) == 0 {
+		return &ConfigError{Field: "mesh-interface", Err: errors.New("none given; list each mesh interface on a line of its own")}
+	}
+	return nil
+}
+
+func stripComment(line string) string {
+	for i, c := range line {
+		if c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
+			return line[:i]
+		}
+	}
+	return line
+}
+
+type setter struct {
+	repeat bool
+	fn     func(o *Options, v string) error
+}
+
+var setters = map[string]setter{
+	"name": {fn: func(o *Options, v string) error {
+		o.Name = v
+		return nil
+	}},
+	"state-dir": {fn: func(o *Options, v string) error {
+		if !filepath.IsAbs(v) {
+			return fmt.Errorf("%q is not an absolute path", v)
+		}
+		o.StateDir = filepath.Clean(v)
+		return nil
+	}},
+	"mesh-interface": {repeat: true, fn: func(o *Options, v string) error {
+		if len(v) > 15 || strings.ContainsAny(v, "/:") {
+			// IFNAMSIZ-1 on Linux; '/' and ':' are never in a name.
+			return fmt.Errorf("%q is not an interface name", v)
+		}
+		for _, have := range o.MeshInterfaces {
+			if have == v {
+				return fmt.Errorf("%s listed twice", v)
+			}
+		}
+		o.MeshInterfaces = append(o.MeshInterfaces, v)
+		return nil
+	}},
+	"mesh-port": {fn: func(o *Options, v string) error {
+		p, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || p == 0 {
+			return fmt.Errorf("%q is not a port", v)
+		}
+		o.MeshPort = uint16(p)
+		return nil
+	}},
+	"control": {fn: func(o *Options, v string) error {
+		if v == "none" {
+			o.Control = ""
+			return nil
+		}
+		if !filepath.IsAbs(v) {
+			return fmt.Errorf("%q is not an absolute path (or \"none\")", v)
+		}
+		o.Control = filepath.Clean(v)
+		return nil
+	}},
+	"log-level": {fn: func(o *Options, v string) error {
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("%q is not a level (debug, info, warn or error)", v)
+		}
+		o.LogLevel = l
+		return nil
+	}},
+}
+
+func knownKeys() string {
+	return "name, state-dir, mesh-interface, mesh-port, control, log-level"
+}

@@ -1,0 +1,100 @@
+package gateway
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseConfig(t *testing.T) {
+	full := `# a node
+name node1
+state-dir /var/lib/sipmesh        # node.key lives here
+mesh-interface veth0
+mesh-interface wlan0 wlan1
+mesh-port 7448
+control /run/sipmesh/node1.sock
+log-level debug
+`
+	want := Options{
+		Name: "node1", StateDir: "/var/lib/sipmesh",
+		MeshInterfaces: []string{"veth0", "wlan0", "wlan1"},
+		MeshPort:       7448, Control: "/run/sipmesh/node1.sock", LogLevel: slog.LevelDebug,
+	}
+	got, err := ParseConfig(strings.NewReader(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ParseConfig:\n got %+v\nwant %+v", got, want)
+	}
+
+	min, err := ParseConfig(strings.NewReader("mesh-interface eth1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := DefaultOptions()
+	def.MeshInterfaces = []string{"eth1"}
+	if !reflect.DeepEqual(min, def) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", min, def)
+	}
+
+	none, err := ParseConfig(strings.NewReader("mesh-interface eth1\ncontrol none\n"))
+	if err != nil || none.Control != "" {
+		t.Errorf("control none: %q, %v", none.Control, err)
+	}
+	hash, err := ParseConfig(strings.NewReader("mesh-interface eth1\nname a#b\n"))
+	if err != nil || hash.Name != "a#b" {
+		t.Errorf("# inside a value: %q, %v", hash.Name, err)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"bad port", "mesh-interface a\n\n\nmesh-port abc\n", `config line 4: mesh-port: "abc" is not a port`},
+		{"port zero", "mesh-port 0\n", `config line 1: mesh-port: "0" is not a port`},
+		{"port too big", "mesh-port 70000\n", `config line 1: mesh-port: "70000" is not a port`},
+		{"unknown key", "mesh-interface a\nmesh-iface b\n", `config line 2: unknown key "mesh-iface"`},
+		{"missing value", "name\n", `config line 1: name: missing value`},
+		{"twice", "name a\nname b\n", `config line 2: name: set twice (first on line 1)`},
+		{"two values", "name a b\n", `config line 1: name: want one value, got 2`},
+		{"relative state dir", "state-dir var/lib\n", `config line 1: state-dir: "var/lib" is not an absolute path`},
+		{"relative control", "control x.sock\n", `config line 1: control: "x.sock" is not an absolute path`},
+		{"bad level", "log-level loud\n", `config line 1: log-level: "loud" is not a level`},
+		{"long interface", "mesh-interface averyveryverylongname\n", `config line 1: mesh-interface: "averyveryverylongname" is not an interface name`},
+		{"duplicate interface", "mesh-interface a\nmesh-interface a\n", `config line 2: mesh-interface: a listed twice`},
+		{"no interface", "name a\n", `config: mesh-interface: none given`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig(strings.NewReader(tt.in))
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("ParseConfig(%q) = %v, want an error starting %q", tt.in, err, tt.want)
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Errorf("error %T is not a *ConfigError", err)
+			}
+		})
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "node.conf")
+	if err := os.WriteFile(path, []byte("mesh-interface a\nmesh-port x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadConfig(path)
+	if want := path + `: config line 2: mesh-port: "x" is not a port`; err == nil || err.Error() != want {
+		t.Errorf("LoadConfig: %v, want %q", err, want)
+	}
+	if _, err := LoadConfig(path + ".missing"); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("LoadConfig of a missing file: %v", err)
+	}
+}

@@ -1,0 +1,274 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// The control socket is the node's local admin interface: HTTP with JSON
+// bodies over a Unix socket, so only local users with access to the file
+// reach it and no port is opened. Endpoints:
+//
+//	GET /status                      NodeStatus
+//	GET /ping?dst=ADDR&timeout=2s    PingResult (dst: mesh address or node ID)
+//
+// Errors come back as {"error": "..."} with a 4xx/5xx status.
+
+// Ping timeouts the control socket accepts.
+const (
+	DefaultPingTimeout = 2 * time.Second
+	MaxPingTimeout     = 30 * time.Second
+)
+
+// NodeStatus is the answer of GET /status.
+type NodeStatus struct {
+	Name string `json:"name"`
+	ssr.RouterStatus
+}
+
+// PingResult is the answer of GET /ping.
+type PingResult struct {
+	Dst   string   `json:"dst"`    // the node ID pinged
+	Addr  string   `json:"addr"`   // its mesh address
+	RTTMs float64  `json:"rtt_ms"` // round trip in milliseconds
+	Hops  int      `json:"hops"`   // physical hops of the request
+	Route []string `json:"route"`  // node IDs, this node first, dst last
+}
+
+// ErrNoNode is returned by ControlClient when nothing answers on the
+// control socket: the node is not running, or runs with another socket.
+var ErrNoNode = errors.New("no node answering")
+
+type controlError struct {
+	Error string `json:"error"`
+}
+
+type controlServer struct {
+	path string
+	ln   net.Listener
+	node *Node
+	log  *slog.Logger
+}
+
+// listenControl opens the control socket at path. A socket file left by a
+// node that died is replaced; one that a running node answers on is not.
+func listenControl(path string, node *Node, log *slog.Logger) (*controlServer, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: a running node is using it", path)
+		}
+		log.Info("removing stale control socket", "path", path)
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket %s: removing stale file: %w", path, err)
+		}
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	// Status shows the topology and ping sends traffic: the node's own
+	// user and group only.
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	return &controlServer{path: path, ln: ln, node: node, log: log}, nil
+}
+
+// serve answers requests until ctx ends, then shuts the server down, waits
+// for its handlers and removes the socket file.
+func (s *controlServer) serve(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", s.handleStatus)
+	mux.HandleFunc("GET /ping", s.handlePing)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// Handlers (a ping waiting for its reply) see the node stop.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+	s.log.Info("control socket listening", "path", s.path)
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { errc <- srv.Serve(s.ln) })
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		// Serve failed on its own (the listener broke).
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil {
+		srv.Close()
+	}
+	wg.Wait()
+	if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		s.log.Warn("removing control socket", "path", s.path, "err", rerr)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("control socket %s: %w", s.path, err)
+	}
+	return nil
+}
+
+func (s *controlServer) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, NodeStatus{Name: s.node.opts.Name, RouterStatus: s.node.router.Status()})
+}
+
+func (s *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	dst, err := ssr.ParseNodeID(q.Get("dst"))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, controlError{fmt.Sprintf("dst: %v", err)})
+		return
+	}
+	timeout := DefaultPingTimeout
+	if t := q.Get("timeout"); t != "" {
+		timeout, err = time.ParseDuration(t)
+		if err != nil || timeout <= 0 || timeout > MaxPingTimeout {
+			writeJSON(w, http.StatusBadRequest, controlError{fmt.Sprintf("timeout: %q is not a duration in (0, %v]", t, MaxPingTimeout)})
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	reply, rtt, err := s.node.router.Ping(ctx, dst)
+	if err != nil {
+		code := http.StatusBadGateway // unreachable
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			code = http.StatusGatewayTimeout
+		case errors.Is(err, ssr.ErrRouterClosed), errors.Is(err, context.Canceled):
+			code = http.StatusServiceUnavailable
+		}
+		s.log.Debug("ping failed", "dst", dst, "err", err)
+		writeJSON(w, code, controlError{err.Error()})
+		return
+	}
+	res := PingResult{
+		Dst: dst.String(), Addr: dst.Addr().String(),
+		RTTMs: float64(rtt) / float64(time.Millisecond), Hops: reply.Hops,
+		Route: make([]string, 0, len(reply.Route)),
+	}
+	for _, id := range reply.Route {
+		res.Route = append(res.Route, id.String())
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v) // a failed write means the client went away
+}
+
+// ControlClient talks to a node's control socket.
+type ControlClient struct {
+	path string
+	hc   *http.Client
+}
+
+// NewControlClient returns a client for the control socket at path. Close
+// releases its idle connection.
+func NewControlClient(path string) *ControlClient {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		MaxIdleConns: 1,
+	}
+	return &ControlClient{path: path, hc: &http.Client{Transport: tr}}
+}
+
+// Close closes idle connections.
+func (c *ControlClient) Close() { c.hc.CloseIdleConnections() }
+
+// get fetches endpoint and decodes the JSON answer into v, or returns the
+// error the node reported.
+func (c *ControlClient) get(ctx context.Context, endpoint string, v any) error {
+	// The host part is ignored: the transport always dials the socket.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sipmesh"+endpoint, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("control socket %s: %w: %v", c.path, ErrNoNode, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("control socket %s: reading answer: %w", c.path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var ce controlError
+		if json.Unmarshal(body, &ce) == nil && ce.Error != "" {
+			return errors.New(ce.Error)
+		}
+		return fmt.Errorf("control socket %s: %s", c.path, resp.Status)
+	}
+	if raw, ok := v.(*json.RawMessage); ok {
+		*raw = body
+		return nil
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("control socket %s: bad answer: %w", c.path, err)
+	}
+	return nil
+}
+
+// Status returns the node's status.
+func (c *ControlClient) Status(ctx context.Context) (NodeStatus, error) {
+	var st NodeStatus
+	err := c.get(ctx, "/status", &st)
+	return st, err
+}
+
+// StatusJSON returns the node's status as the JSON the node sent.
+func (c *ControlClient) StatusJSON(ctx context.Context) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := c.get(ctx, "/status", &raw)
+	return raw, err
+}
+
+// Ping asks the node to ping dst (a mesh address or node ID) and wait up to
+// timeout for the reply.
+func (c *ControlClient) Ping(ctx context.Context, dst string, timeout time.Duration) (PingResult, error) {
+	v := url.Values{"dst": {dst}, "timeout": {timeout.String()}}
+	var res PingResult
+	err := c.get(ctx, "/ping?"+v.Encode(), &res)
+	return res, err
+}

@@ -1,0 +1,199 @@
+package gateway
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/sipmesh/sipmesh/netx"
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// KeyFile is the name of the node key inside the state directory.
+const KeyFile = "node.key"
+
+// Node is the sipmesh daemon of one machine: for now the SSR router on the
+// mesh interfaces and the local control socket.
+type Node struct {
+	opts   Options
+	log    *slog.Logger
+	base   *slog.Logger
+	router *ssr.Router
+}
+
+// NewNode loads (or, on first start, creates) the node key in
+// opts.StateDir and prepares the router on network (netx.Kernel{} on a
+// real machine). log is the base logger; each component adds its own
+// "component" attribute.
+func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	base := log.With("name", opts.Name)
+	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node")}
+	key, created, err := LoadOrCreateKey(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	n.router, err = ssr.NewRouter(ssr.RouterConfig{
+		Network:    network,
+		Key:        key,
+		Interfaces: opts.MeshInterfaces,
+		Port:       opts.MeshPort,
+		Params:     opts.routerParams,
+		Logger:     base,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
+	}
+	return n, nil
+}
+
+// Router returns the node's SSR router.
+func (n *Node) Router() *ssr.Router { return n.router }
+
+// Run runs the node until ctx ends, then stops everything it started and
+// returns after the last goroutine has ended, with the control socket file
+// removed. A failure of one part (the control socket cannot be opened, the
+// router fails) stops the others and is returned.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var ctl *controlServer
+	if n.opts.Control != "" {
+		var err error
+		// Opened before the router starts, so that a second node started
+		// by mistake with the same config fails at once.
+		ctl, err = listenControl(n.opts.Control, n, n.base.With("component", "gateway.control"))
+		if err != nil {
+			return err
+		}
+	}
+	n.log.Info("node starting", "id", n.router.ID(), "addr", n.router.Addr(),
+		"mesh_interfaces", n.opts.MeshInterfaces, "control", n.opts.Control)
+
+	var (
+		wg                sync.WaitGroup
+		routerErr, ctlErr error
+	)
+	wg.Go(func() {
+		routerErr = n.router.Run(ctx)
+		cancel()
+	})
+	if ctl != nil {
+		wg.Go(func() {
+			ctlErr = ctl.serve(ctx)
+			cancel()
+		})
+	}
+	<-ctx.Done()
+	wg.Wait()
+	n.log.Info("node stopped")
+	if err := errors.Join(routerErr, ctlErr); err != nil {
+		return fmt.Errorf("node %s: %w", n.opts.Name, err)
+	}
+	return nil
+}
+
+// LoadOrCreateKey returns the node key kept in dir/node.key, creating the
+// directory (mode 0700) and a fresh key (mode 0600) if there is none. The
+// key is PKCS #8 in PEM ("PRIVATE KEY"), so standard tools read it. created
+// reports a new key. A key file readable by others is refused, as ssh does:
+// whoever holds the key can impersonate the node.
+func LoadOrCreateKey(dir string) (key ed25519.PrivateKey, created bool, err error) {
+	path := filepath.Join(dir, KeyFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil, false, fmt.Errorf("node key %s: %w", path, err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			return nil, false, fmt.Errorf("node key %s: mode %04o lets others read it; chmod 600 it", path, fi.Mode().Perm())
+		}
+		key, err := parseKey(b)
+		if err != nil {
+			return nil, false, fmt.Errorf("node key %s: %w", path, err)
+		}
+		return key, false, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, false, fmt.Errorf("node key: %w", err)
+	}
+
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("state directory: %w", err)
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, false, fmt.Errorf("generating node key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, false, fmt.Errorf("encoding node key: %w", err)
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	// Write a temporary file and rename it: a crash never leaves a
+	// half-written key that would fail the next start.
+	tmp, err := os.CreateTemp(dir, KeyFile+".tmp*")
+	if err != nil {
+		return nil, false, fmt.Errorf("writing node key: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return nil, false, fmt.Errorf("writing node key: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return nil, false, fmt.Errorf("writing node key: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return nil, false, fmt.Errorf("writing node key: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, false, fmt.Errorf("writing node key: %w", err)
+	}
+	// Link rather than rename: if another process created the key in the
+	// meantime, keep its key instead of replacing it.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return LoadOrCreateKey(dir)
+		}
+		return nil, false, fmt.Errorf("writing node key: %w", err)
+	}
+	return priv, true, nil
+}
+
+func parseKey(b []byte) (ed25519.PrivateKey, error) {
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, errors.New("not a PEM \"PRIVATE KEY\" block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("a %T, want an ed25519 key", k)
+	}
+	return priv, nil
+}

@@ -1,0 +1,935 @@
+package ssr
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sipmesh/sipmesh/netx"
+)
+
+// Router defaults.
+const (
+	// DefaultPort is the UDP port of SSR frames on every mesh interface.
+	DefaultPort = 7447
+	// inboundQueue bounds the frames read from the links and not yet handed
+	// to the Node; it is also the number of receive buffers, so memory stays
+	// fixed whatever the load.
+	inboundQueue = 256
+	// requestQueue bounds application requests (sends, pings, status) waiting
+	// for the Node's goroutine; a writer blocks when it is full.
+	requestQueue = 256
+	// readBufSize holds the largest frame the core produces plus one byte,
+	// so a longer datagram shows up as oversized rather than truncated.
+	readBufSize = MaxFrame + 1
+	// linkRetry is how often an interface that could not be opened (missing,
+	// down, link-local address still tentative) is tried again.
+	linkRetry = time.Second
+	// logEvery rate-limits repeated warnings of one kind on one link.
+	logEvery = 10 * time.Second
+)
+
+// DefaultGroup is the IPv6 link-local multicast group of neighbour beacons:
+// ff02::73:6d ("sm"), scope 2 so beacons never leave the link (RFC 4291
+// §2.7).
+var DefaultGroup = netip.MustParseAddr("ff02::73:6d")
+
+// Router errors.
+var (
+	// ErrRouterClosed is returned by requests made after Run has returned.
+	ErrRouterClosed = errors.New("ssr: router stopped")
+	// ErrUnreachable wraps the reason an exact target could not be reached.
+	ErrUnreachable = errors.New("ssr: unreachable")
+	// ErrNotMesh is returned when a mesh socket is asked to send to an
+	// address outside MeshPrefix: mesh sockets only reach mesh nodes.
+	ErrNotMesh = errors.New("ssr: not a mesh address")
+	// ErrPortInUse is returned by ListenPacket for a port already bound.
+	ErrPortInUse = errors.New("ssr: mesh port already in use")
+)
+
+// RouterConfig configures a Router.
+type RouterConfig struct {
+	// Network opens the link sockets: netx.Kernel on a router, a memnet
+	// Host in tests, a network namespace in integration tests.
+	Network netx.Network
+	// Key is the node's identity; the node ID is derived from its public half.
+	Key ed25519.PrivateKey
+	// Interfaces are the mesh interfaces. LinkID i is Interfaces[i].
+	Interfaces []string
+	// Port is the UDP port of SSR frames (default DefaultPort).
+	Port uint16
+	// Group is the beacon multicast group (default DefaultGroup).
+	Group netip.Addr
+	// Params tune the protocol; zero fields take DefaultParams.
+	Params Params
+	// Logger receives the router's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Router drives a Node with real sockets and timers: it discovers
+// neighbours by multicast beacons on every mesh interface, exchanges frames
+// with them over UDP to their link-local addresses, and offers mesh sockets
+// (ListenPacket) bound to the node's mesh address.
+//
+// One goroutine (the one running Run) owns the Node: it handles inbound
+// frames, timers and application requests in turn, so the Node needs no
+// lock. Each link socket has one reader goroutine feeding it through a
+// bounded queue of reused buffers.
+type Router struct {
+	cfg  RouterConfig
+	id   NodeID
+	addr netip.Addr
+	log  *slog.Logger
+	node *Node
+
+	// Buffers circulate between free, the readers and inbound; there are
+	// exactly inboundQueue of them, so neither channel ever holds more.
+	free    chan *frameBuf
+	inbound chan *frameBuf
+	reqs    chan request
+	sendBuf sync.Pool // *[]byte payload copies of application sends
+
+	// Owned by the Run goroutine.
+	links       []*routerLink
+	owner       routerEnv
+	failPending bool // some link has failed set
+
+	runOnce atomic.Bool
+	started chan struct{} // closed when Run starts owning the Node
+	stopped chan struct{} // closed when Run stops owning the Node
+	nodeMu  sync.Mutex    // serialises Node reads once stopped (Status)
+
+	stats routerStats
+
+	mu      sync.Mutex
+	closing bool                    // Run is shutting down: open no more sockets
+	sockets map[net.PacketConn]bool // link sockets to close on shutdown
+	conns   map[uint16]*meshConn    // mesh sockets by port
+	pings   map[uint32]*pendingPing
+	nextEph uint16 // next ephemeral port to try
+}
+
+// routerLink is one mesh interface. Only the Run goroutine touches it.
+type routerLink struct {
+	id        LinkID
+	name      string
+	uc        packetConn     // unicast socket: sends everything, receives unicast
+	local     netip.Addr     // our link-local address on it
+	port      uint16         // the unicast socket's port
+	group     netip.AddrPort // beacon group with the interface as zone
+	lastErr   string
+	lastLog   time.Time
+	suppressd int         // send errors not logged since lastLog
+	down      bool        // the interface went down: removed from the Node
+	failed    bool        // a send said the interface is gone; apply after the Node call
+	isDown    atomic.Bool // down, for the watcher goroutine
+}
+
+// frameBuf is one receive buffer and what was read into it.
+type frameBuf struct {
+	b    [readBufSize]byte
+	n    int
+	link LinkID
+	from netip.AddrPort
+}
+
+type reqKind uint8
+
+const (
+	reqSend reqKind = iota + 1
+	reqPing
+	reqStatus
+	reqLinkUp
+	reqLinkState
+)
+
+// request is an application request for the Node's goroutine. It travels
+// by value through a channel, so it costs no allocation.
+type request struct {
+	kind             reqKind
+	target           NodeID
+	mode             Mode
+	srcPort, dstPort uint16
+	payload          *[]byte // reqSend: a pooled copy, returned after Send
+	pingID           uint32
+	status           chan<- RouterStatus
+	link             LinkID
+	uc               packetConn
+	local            netip.Addr
+	up               bool // reqLinkState
+}
+
+// pendingPing is a Ping waiting for its reply.
+type pendingPing struct {
+	sent time.Time // when the Node sent it; zero while still queued
+	ch   chan pingResult
+}
+
+type pingResult struct {
+	reply PingReply
+	rtt   time.Duration
+	err   error
+}
+
+// routerStats are the driver's own counters (the Node counts the protocol's).
+type routerStats struct {
+	oversize     atomic.Uint64 // frames longer than MaxFrame
+	otherIface   atomic.Uint64 // multicast heard on a sibling interface's socket
+	readErrors   atomic.Uint64
+	sendErrors   atomic.Uint64
+	linkNotReady atomic.Uint64 // frames for a link whose socket is not open
+	noListener   atomic.Uint64 // datagrams for a port nobody is bound to
+	queueFull    atomic.Uint64 // datagrams dropped at a full mesh socket
+	unreachable  atomic.Uint64 // datagrams reported undeliverable
+}
+
+// NewRouter checks cfg and returns a Router; Run starts it.
+func NewRouter(cfg RouterConfig) (*Router, error) {
+	if cfg.Network == nil {
+		return nil, errors.New("ssr: router: no Network")
+	}
+	if len(cfg.Key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("ssr: router: key is %d bytes, want an ed25519 private key of %d", len(cfg.Key), ed25519.PrivateKeySize)
+	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if !cfg.Group.IsValid() {
+		cfg.Group = DefaultGroup
+	}
+	if !cfg.Group.Is6() || !cfg.Group.IsMulticast() {
+		return nil, fmt.Errorf("ssr: router: beacon group %s is not an IPv6 multicast address", cfg.Group)
+	}
+	cfg.Group = cfg.Group.WithZone("")
+	cfg.Interfaces = slices.Clone(cfg.Interfaces)
+	for i, name := range cfg.Interfaces {
+		if name == "" {
+			return nil, fmt.Errorf("ssr: router: mesh interface %d has no name", i)
+		}
+		if slices.Contains(cfg.Interfaces[:i], name) {
+			return nil, fmt.Errorf("ssr: router: mesh interface %s listed twice", name)
+		}
+	}
+	id := IDFromPublicKey(cfg.Key.Public().(ed25519.PublicKey))
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "ssr.router", "node", id.String())
+	r := &Router{
+		cfg:     cfg,
+		id:      id,
+		addr:    id.Addr(),
+		log:     log,
+		free:    make(chan *frameBuf, inboundQueue),
+		inbound: make(chan *frameBuf, inboundQueue),
+		reqs:    make(chan request, requestQueue),
+		started: make(chan struct{}),
+		stopped: make(chan struct{}),
+		sockets: make(map[net.PacketConn]bool),
+		conns:   make(map[uint16]*meshConn),
+		pings:   make(map[uint32]*pendingPing),
+		nextEph: ephemeralLo + uint16(rand.N(ephemeralHi-ephemeralLo+1)),
+	}
+	r.sendBuf.New = func() any { b := make([]byte, 0, MaxFrame); return &b }
+	r.owner.r = r
+	r.node = New(id, cfg.Params, &r.owner, rand.Uint64())
+	for i, name := range cfg.Interfaces {
+		r.links = append(r.links, &routerLink{
+			id:    LinkID(i),
+			name:  name,
+			group: netip.AddrPortFrom(cfg.Group.WithZone(name), cfg.Port),
+		})
+		r.node.AddLink(LinkID(i))
+	}
+	for range inboundQueue {
+		r.free <- new(frameBuf)
+	}
+	return r, nil
+}
+
+// ID returns the node's ID.
+func (r *Router) ID() NodeID { return r.id }
+
+// Addr returns the node's mesh IPv6 address.
+func (r *Router) Addr() netip.Addr { return r.addr }
+
+// Run opens the mesh interfaces and runs the node until ctx ends. It returns
+// nil after a clean stop, once every goroutine it started has ended and
+// every socket it opened, mesh sockets included, is closed. An interface
+// that cannot be opened yet (missing, down, address still tentative) is
+// retried every second rather than failing the node: on a router, radios
+// come and go. Run may be called once.
+func (r *Router) Run(ctx context.Context) error {
+	if !r.runOnce.CompareAndSwap(false, true) {
+		return errors.New("ssr: router: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		r.shutdown()
+		wg.Wait()
+		r.closeMeshConns()
+		r.log.Info("router stopped")
+	}()
+
+	r.log.Info("router starting", "addr", r.addr, "interfaces", r.cfg.Interfaces, "port", r.cfg.Port)
+	for _, l := range r.links {
+		wg.Go(func() { r.openLink(ctx, &wg, l.id, l.name) })
+	}
+	wg.Go(func() { r.watchLinks(ctx) })
+	close(r.started)
+	r.loop(ctx)
+	return nil
+}
+
+// loop is the Node's goroutine: it serialises frames, timers and requests.
+func (r *Router) loop(ctx context.Context) {
+	// Fires at once: the Node has not started, its deadline is the zero time.
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var armed time.Time
+	for {
+		if next := r.node.NextDeadline(); !next.Equal(armed) {
+			armed = next
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case fb := <-r.inbound:
+			r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			r.free <- fb
+		case req := <-r.reqs:
+			r.handleRequest(req)
+		case <-timer.C:
+			armed = time.Time{}
+			r.node.Tick(time.Now())
+		}
+		if r.failPending {
+			r.applyFailures()
+		}
+	}
+}
+
+func (r *Router) handleRequest(req request) {
+	now := time.Now()
+	switch req.kind {
+	case reqSend:
+		if err := r.node.Send(now, req.target, req.mode, req.srcPort, req.dstPort, *req.payload); err != nil {
+			// Sizes are checked before queueing; this is a core change.
+			r.log.Warn("send refused", "target", req.target, "err", err)
+		}
+		*req.payload = (*req.payload)[:0]
+		r.sendBuf.Put(req.payload)
+	case reqPing:
+		r.mu.Lock()
+		p := r.pings[req.pingID]
+		if p != nil {
+			p.sent = now
+		}
+		r.mu.Unlock()
+		if p != nil { // else the caller gave up while it was queued
+			r.node.Ping(now, req.target, req.pingID)
+		}
+	case reqStatus:
+		req.status <- r.statusLocked(now)
+	case reqLinkUp:
+		l := r.links[req.link]
+		l.uc, l.local, l.port, l.lastErr = req.uc, req.local, req.srcPort, ""
+	case reqLinkState:
+		l := r.links[req.link]
+		switch {
+		case l.uc == nil:
+			// Not open yet: openLink brings it up.
+		case req.up && l.down:
+			l.down, l.failed, l.lastErr = false, false, ""
+			l.isDown.Store(false)
+			r.node.AddLink(l.id)
+			r.log.Info("mesh interface back up", "iface", l.name)
+		case !req.up && !l.down:
+			r.linkDown(l, "interface down or without its link-local address")
+		}
+	}
+}
+
+// applyFailures takes down the links whose sends reported the interface
+// gone. It runs after the Node call in which SendFrame saw the error, since
+// Env methods must not call back into the Node.
+func (r *Router) applyFailures() {
+	r.failPending = false
+	for _, l := range r.links {
+		if l.failed && !l.down {
+			r.linkDown(l, l.lastErr)
+		}
+		l.failed = false
+	}
+}
+
+// linkDown removes a link from the Node, which forgets the neighbours heard
+// on it at once instead of waiting for them to time out, so routes through
+// them are repaired right away. The watcher brings the link back.
+func (r *Router) linkDown(l *routerLink, why string) {
+	l.down = true
+	l.isDown.Store(true)
+	r.node.RemoveLink(l.id)
+	r.log.Warn("mesh interface down; its neighbours are dropped", "iface", l.name, "reason", why)
+}
+
+// watchLinks checks the mesh interfaces every linkRetry and tells the
+// Node's goroutine when one it uses went down (admin down, link-local
+// address gone) or one it took down came back. A send error takes a link
+// down sooner; this is how it comes back.
+func (r *Router) watchLinks(ctx context.Context) {
+	t := time.NewTicker(linkRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ifs, err := r.cfg.Network.Interfaces()
+		if err != nil {
+			continue
+		}
+		for _, l := range r.links {
+			i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == l.name })
+			up := i >= 0 && ifs[i].Up && ifs[i].LinkLocal().IsValid()
+			if up != l.isDown.Load() {
+				continue // the Node's goroutine already agrees
+			}
+			select {
+			case r.reqs <- request{kind: reqLinkState, link: l.id, up: up}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// linkGone reports whether a send error means the interface itself is
+// unusable (down, removed, its address gone) rather than one datagram lost.
+func linkGone(err error) bool {
+	for _, e := range []error{syscall.ENETDOWN, syscall.ENODEV, syscall.ENXIO, syscall.EADDRNOTAVAIL, syscall.ENETUNREACH} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// shutdown stops the Node's goroutine from being reachable and closes every
+// link socket, which ends the readers.
+func (r *Router) shutdown() {
+	r.nodeMu.Lock()
+	close(r.stopped)
+	r.nodeMu.Unlock()
+	r.mu.Lock()
+	r.closing = true
+	socks := make([]net.PacketConn, 0, len(r.sockets))
+	for c := range r.sockets {
+		socks = append(socks, c)
+	}
+	clear(r.sockets)
+	r.mu.Unlock()
+	for _, c := range socks {
+		c.Close()
+	}
+}
+
+// track registers a link socket for shutdown; it refuses (and closes the
+// socket) once shutdown has begun, so no socket outlives Run.
+func (r *Router) track(c net.PacketConn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing {
+		c.Close()
+		return false
+	}
+	r.sockets[c] = true
+	return true
+}
+
+// openLink opens the two sockets of one mesh interface, retrying until it
+// succeeds or ctx ends, then starts their readers and hands the unicast
+// socket to the Node's goroutine.
+func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, name string) {
+	log := r.log.With("iface", name)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		mc, uc, local, err := r.dialLink(ctx, name)
+		if err == nil {
+			if !r.track(uc) {
+				mc.Close()
+				return
+			}
+			if !r.track(mc) {
+				return
+			}
+			if failures > 0 {
+				log.Info("mesh interface up after retries", "local", local, "failures", failures)
+			} else {
+				log.Info("mesh interface up", "local", local)
+			}
+			pc := asPacketConn(uc)
+			wg.Go(func() { r.read(id, asPacketConn(mc), local, true) })
+			wg.Go(func() { r.read(id, pc, local, false) })
+			select {
+			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, local: local, srcPort: addrPortOf(uc.LocalAddr()).Port()}:
+			case <-ctx.Done():
+			}
+			return
+		}
+		failures++
+		// The first failure and then one a minute: a missing radio is worth
+		// a warning, not a log line per second.
+		if failures == 1 || failures%60 == 0 {
+			log.Warn("mesh interface not usable yet; retrying", "err", err, "failures", failures)
+		}
+		t.Reset(linkRetry)
+	}
+}
+
+// dialLink opens the beacon (multicast) and the unicast socket of an
+// interface. The unicast socket is bound to the interface's link-local
+// address so that frames leave through that interface and neighbours see a
+// stable source address; they learn it from our beacons, which leave from
+// it. It takes the mesh port when it can. A kernel whose multicast socket
+// holds the wildcard address on that port (package net binds group sockets
+// to [::]:port) refuses a second bind of the port; the unicast socket then
+// takes an ephemeral port, which works the same because neighbours answer
+// to the beacon's source port.
+func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketConn, local netip.Addr, err error) {
+	ifs, err := r.cfg.Network.Interfaces()
+	if err != nil {
+		return nil, nil, local, fmt.Errorf("listing interfaces: %w", err)
+	}
+	i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == name })
+	if i < 0 {
+		return nil, nil, local, fmt.Errorf("no interface %s", name)
+	}
+	if !ifs[i].Up {
+		return nil, nil, local, fmt.Errorf("interface %s is down", name)
+	}
+	local = ifs[i].LinkLocal()
+	if !local.IsValid() {
+		return nil, nil, local, fmt.Errorf("interface %s has no IPv6 link-local address", name)
+	}
+	mc, err = r.cfg.Network.ListenMulticast(ctx, name, netip.AddrPortFrom(r.cfg.Group, r.cfg.Port))
+	if err != nil {
+		return nil, nil, local, fmt.Errorf("beacon socket [%s%%%s]:%d: %w", r.cfg.Group, name, r.cfg.Port, err)
+	}
+	uaddr := netip.AddrPortFrom(local, r.cfg.Port)
+	uc, err = r.cfg.Network.ListenPacket(ctx, "udp6", uaddr.String())
+	if errors.Is(err, syscall.EADDRINUSE) {
+		uaddr = netip.AddrPortFrom(local, 0)
+		uc, err = r.cfg.Network.ListenPacket(ctx, "udp6", uaddr.String())
+		if err == nil {
+			r.log.Debug("mesh port taken by the beacon socket; unicast on an ephemeral port", "iface", name, "addr", uc.LocalAddr())
+		}
+	}
+	if err != nil {
+		mc.Close()
+		return nil, nil, local, fmt.Errorf("unicast socket %s: %w", uaddr, err)
+	}
+	return mc, uc, local, nil
+}
+
+// read is the reader goroutine of one link socket. It exits when the socket
+// is closed or the router stops.
+func (r *Router) read(id LinkID, c packetConn, local netip.Addr, beacon bool) {
+	name := r.cfg.Interfaces[id]
+	local = local.WithZone("")
+	var errs int
+	for {
+		var fb *frameBuf
+		select {
+		case fb = <-r.free:
+		case <-r.stopped:
+			return
+		}
+		n, from, err := c.ReadFromUDPAddrPort(fb.b[:])
+		if err != nil {
+			r.free <- fb
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			r.stats.readErrors.Add(1)
+			errs++
+			if errs == 1 || errs%1000 == 0 {
+				r.log.Warn("mesh read failed", "iface", name, "err", err, "count", errs)
+			}
+			// Do not spin on a socket that keeps failing.
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-r.stopped:
+				return
+			}
+			continue
+		}
+		switch {
+		case n > MaxFrame:
+			r.stats.oversize.Add(1)
+		case from.Addr().WithZone("") == local:
+			// Our own beacon, looped back by the kernel.
+		case beacon && from.Addr().Zone() != "" && from.Addr().Zone() != name:
+			// A multicast socket also hears the group on its siblings'
+			// interfaces (Linux matches memberships by group, not by
+			// interface); their own sockets report those.
+			r.stats.otherIface.Add(1)
+		default:
+			fb.n, fb.link, fb.from = n, id, from
+			r.inbound <- fb // never blocks: at most inboundQueue buffers exist
+			continue
+		}
+		r.free <- fb
+	}
+}
+
+// routerEnv is the Node's Env. Its methods run on the Node's goroutine.
+type routerEnv struct{ r *Router }
+
+// SendFrame implements Env.
+func (e *routerEnv) SendFrame(link LinkID, to netip.AddrPort, frame []byte) {
+	r := e.r
+	if int(link) < 0 || int(link) >= len(r.links) {
+		return
+	}
+	l := r.links[link]
+	if l.uc == nil || l.down {
+		r.stats.linkNotReady.Add(1)
+		return
+	}
+	if !to.IsValid() {
+		to = l.group
+	}
+	if _, err := l.uc.WriteToUDPAddrPort(frame, to); err != nil {
+		r.stats.sendErrors.Add(1)
+		l.lastErr = err.Error()
+		if linkGone(err) {
+			l.failed, r.failPending = true, true
+		}
+		// A cut cable makes every beacon fail: log the first, then a
+		// summary every logEvery.
+		if now := time.Now(); now.Sub(l.lastLog) >= logEvery {
+			r.log.Warn("mesh send failed", "iface", l.name, "to", to, "err", err, "suppressed", l.suppressd)
+			l.lastLog, l.suppressd = now, 0
+		} else {
+			l.suppressd++
+		}
+	}
+}
+
+// Deliver implements Env.
+func (e *routerEnv) Deliver(ev Event) {
+	r := e.r
+	switch ev := ev.(type) {
+	case Datagram:
+		r.mu.Lock()
+		c := r.conns[ev.DstPort]
+		r.mu.Unlock()
+		if c == nil {
+			r.stats.noListener.Add(1)
+			return
+		}
+		c.enqueue(meshPacket{src: ev.Src, srcPort: ev.SrcPort, payload: ev.Payload, hops: ev.Hops})
+	case PingReply:
+		r.resolvePing(ev.ID, pingResult{reply: ev})
+	case Unreachable:
+		if ev.PingID == 0 {
+			r.stats.unreachable.Add(1)
+			r.log.Debug("datagram undeliverable", "target", ev.Target, "port", ev.DstPort, "at", ev.At, "reason", ev.Reason)
+			return
+		}
+		r.resolvePing(ev.PingID, pingResult{err: unreachableError{ev.Reason, ev.At}})
+	}
+}
+
+// unreachableError is an Unreachable report; it is an ErrUnreachable.
+type unreachableError struct {
+	reason string
+	at     NodeID
+}
+
+func (e unreachableError) Error() string {
+	return fmt.Sprintf("unreachable: %s (reported by %s)", e.reason, e.at)
+}
+
+func (e unreachableError) Unwrap() error { return ErrUnreachable }
+
+// resolvePing hands the outcome of ping id to its caller. The round trip is
+// measured on the monotonic clock from the moment the Node sent the request.
+func (r *Router) resolvePing(id uint32, res pingResult) {
+	r.mu.Lock()
+	p := r.pings[id]
+	delete(r.pings, id)
+	r.mu.Unlock()
+	if p == nil || p.sent.IsZero() {
+		return // the caller gave up already, or a stray reply
+	}
+	if res.err == nil {
+		res.rtt = time.Since(p.sent)
+	}
+	p.ch <- res // buffered for the one result
+}
+
+// errGaveUp is enqueue's report that the caller's done channel closed
+// (context cancelled, deadline passed); callers replace it with their reason.
+var errGaveUp = errors.New("ssr: gave up waiting for the router")
+
+// enqueue hands a request to the Node's goroutine. It blocks while the
+// queue is full, until done or done2 is closed (nil: never) or the router
+// stops.
+func (r *Router) enqueue(req request, done, done2 <-chan struct{}) error {
+	select {
+	case <-r.stopped:
+		return ErrRouterClosed
+	default:
+	}
+	select {
+	case r.reqs <- req:
+		return nil
+	case <-r.stopped:
+		return ErrRouterClosed
+	case <-done:
+		return errGaveUp
+	case <-done2:
+		return errGaveUp
+	}
+}
+
+// maxPayload is the largest datagram Send accepts with the router's hop
+// budget (Node.Send's own check, made before queueing so that the caller
+// gets the error).
+func (r *Router) maxPayload() int {
+	hops := DefaultParams.MaxHops
+	if r.cfg.Params.MaxHops > 0 {
+		hops = min(r.cfg.Params.MaxHops, maxRoute)
+	}
+	return MaxFrame - routedHdr - 8*hops - 4
+}
+
+// SendTo sends b to the node key (Exact) or to the node responsible for key
+// (Closest), from srcPort to dstPort. It returns once the datagram is queued
+// for the Node; delivery is not confirmed (it is a datagram).
+func (r *Router) SendTo(key NodeID, mode Mode, srcPort, dstPort uint16, b []byte) error {
+	return r.send(key, mode, srcPort, dstPort, b, nil, nil)
+}
+
+func (r *Router) send(key NodeID, mode Mode, srcPort, dstPort uint16, b []byte, done, done2 <-chan struct{}) error {
+	if max := r.maxPayload(); len(b) > max {
+		return fmt.Errorf("%w: %d bytes (at most %d)", ErrTooBig, len(b), max)
+	}
+	p := r.sendBuf.Get().(*[]byte)
+	*p = append((*p)[:0], b...)
+	err := r.enqueue(request{kind: reqSend, target: key, mode: mode, srcPort: srcPort, dstPort: dstPort, payload: p}, done, done2)
+	if err != nil {
+		r.sendBuf.Put(p)
+	}
+	return err
+}
+
+// Ping sends an echo request to dst and waits for the reply, ctx's end, or
+// an unreachable report. It returns the reply (with the source route the
+// request took) and the round-trip time measured by this node's clock.
+func (r *Router) Ping(ctx context.Context, dst NodeID) (PingReply, time.Duration, error) {
+	ch := make(chan pingResult, 1)
+	r.mu.Lock()
+	var id uint32
+	for id == 0 || r.pings[id] != nil {
+		id = rand.Uint32()
+	}
+	r.pings[id] = &pendingPing{ch: ch}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.pings, id)
+		r.mu.Unlock()
+	}()
+	if err := r.enqueue(request{kind: reqPing, target: dst, pingID: id}, ctx.Done(), nil); err != nil {
+		if err == errGaveUp {
+			err = ctx.Err()
+		}
+		return PingReply{}, 0, fmt.Errorf("ssr: ping %s: %w", dst, err)
+	}
+	select {
+	case res := <-ch:
+		if res.err != nil {
+			return PingReply{}, 0, fmt.Errorf("ssr: ping %s: %w", dst, res.err)
+		}
+		return res.reply, res.rtt, nil
+	case <-ctx.Done():
+		return PingReply{}, 0, fmt.Errorf("ssr: ping %s: no reply: %w", dst, ctx.Err())
+	case <-r.stopped:
+		return PingReply{}, 0, fmt.Errorf("ssr: ping %s: %w", dst, ErrRouterClosed)
+	}
+}
+
+// RouterStatus is a snapshot of a router for humans and tools (JSON).
+type RouterStatus struct {
+	ID           string            `json:"id"`
+	Addr         string            `json:"addr"`
+	Running      bool              `json:"running"`
+	Interfaces   []InterfaceStatus `json:"interfaces"`
+	Successors   []PeerStatus      `json:"successors"`
+	Predecessors []PeerStatus      `json:"predecessors"`
+	Neighbours   []NeighbourStatus `json:"neighbours"`
+	Fingers      []string          `json:"fingers"`
+	CacheEntries int               `json:"cache_entries"`
+	Stats        Stats             `json:"stats"`        // the Node's protocol counters
+	Driver       DriverStats       `json:"driver_stats"` // the Router's own
+}
+
+// InterfaceStatus is one mesh interface.
+type InterfaceStatus struct {
+	Name      string `json:"name"`
+	Link      int    `json:"link"`
+	Up        bool   `json:"up"` // its sockets are open
+	LinkLocal string `json:"link_local,omitempty"`
+	Port      uint16 `json:"port,omitempty"` // of the unicast socket
+	LastError string `json:"last_error,omitempty"`
+}
+
+// PeerStatus is a ring neighbour and the cached source route to it.
+type PeerStatus struct {
+	ID    string   `json:"id"`
+	Addr  string   `json:"addr"`
+	Route []string `json:"route,omitempty"` // first hop first, the peer last
+}
+
+// NeighbourStatus is a node heard directly on a mesh interface.
+type NeighbourStatus struct {
+	ID        string  `json:"id"`
+	Addr      string  `json:"addr"`
+	Interface string  `json:"iface"`
+	LinkAddr  string  `json:"link_addr"`
+	Quality   float64 `json:"quality"` // fraction of recent beacons heard
+	LastSeen  float64 `json:"last_seen_ms"`
+}
+
+// DriverStats count what the Router itself saw and dropped.
+type DriverStats struct {
+	OversizeFrames    uint64 `json:"oversize_frames"`     // longer than MaxFrame
+	OtherIfaceFrames  uint64 `json:"other_iface_frames"`  // beacons heard on a sibling's socket
+	ReadErrors        uint64 `json:"read_errors"`         // link socket reads that failed
+	SendErrors        uint64 `json:"send_errors"`         // link socket writes that failed
+	LinkNotReady      uint64 `json:"link_not_ready"`      // frames for a link not open or down
+	NoListener        uint64 `json:"no_listener"`         // datagrams for an unbound mesh port
+	SocketQueueFull   uint64 `json:"socket_queue_full"`   // datagrams dropped at a full mesh socket
+	UnreachableReport uint64 `json:"unreachable_reports"` // datagrams reported undeliverable
+}
+
+// Status returns a snapshot of the router. Before Run it shows identity
+// only; while Run runs the Node's goroutine takes the snapshot.
+func (r *Router) Status() RouterStatus {
+	select {
+	case <-r.started:
+	default:
+		return r.staticStatus()
+	}
+	ch := make(chan RouterStatus, 1)
+	if err := r.enqueue(request{kind: reqStatus, status: ch}, nil, nil); err == nil {
+		select {
+		case st := <-ch:
+			return st
+		case <-r.stopped:
+		}
+	}
+	// Stopped: nobody owns the Node any more; nodeMu keeps concurrent
+	// Status calls from sharing its scratch space.
+	r.nodeMu.Lock()
+	defer r.nodeMu.Unlock()
+	st := r.statusLocked(time.Now())
+	st.Running = false
+	for i := range st.Interfaces {
+		st.Interfaces[i].Up = false
+	}
+	return st
+}
+
+func (r *Router) staticStatus() RouterStatus {
+	st := RouterStatus{ID: r.id.String(), Addr: r.addr.String(), Driver: r.driverStats()}
+	for i, name := range r.cfg.Interfaces {
+		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Link: i})
+	}
+	return st
+}
+
+func (r *Router) driverStats() DriverStats {
+	return DriverStats{
+		OversizeFrames:    r.stats.oversize.Load(),
+		OtherIfaceFrames:  r.stats.otherIface.Load(),
+		ReadErrors:        r.stats.readErrors.Load(),
+		SendErrors:        r.stats.sendErrors.Load(),
+		LinkNotReady:      r.stats.linkNotReady.Load(),
+		NoListener:        r.stats.noListener.Load(),
+		SocketQueueFull:   r.stats.queueFull.Load(),
+		UnreachableReport: r.stats.unreachable.Load(),
+	}
+}
+
+// statusLocked reads the Node: call it on the Node's goroutine, or with
+// nodeMu held after the router stopped.
+func (r *Router) statusLocked(now time.Time) RouterStatus {
+	n := r.node
+	st := RouterStatus{
+		ID: r.id.String(), Addr: r.addr.String(), Running: true,
+		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(),
+		Successors: r.peers(n.Successors()), Predecessors: r.peers(n.Predecessors()),
+		Interfaces: []InterfaceStatus{}, Neighbours: []NeighbourStatus{}, Fingers: []string{},
+	}
+	for _, l := range r.links {
+		is := InterfaceStatus{Name: l.name, Link: int(l.id), Up: l.uc != nil && !l.down, LastError: l.lastErr}
+		if l.local.IsValid() {
+			is.LinkLocal, is.Port = l.local.String(), l.port
+		}
+		st.Interfaces = append(st.Interfaces, is)
+	}
+	for _, nb := range n.Neighbours() {
+		ns := NeighbourStatus{
+			ID: nb.ID.String(), Addr: nb.ID.Addr().String(), LinkAddr: nb.Addr.String(),
+			Quality: nb.Quality, LastSeen: float64(now.Sub(nb.LastSeen)) / float64(time.Millisecond),
+		}
+		if int(nb.Link) >= 0 && int(nb.Link) < len(r.links) {
+			ns.Interface = r.links[nb.Link].name
+		}
+		st.Neighbours = append(st.Neighbours, ns)
+	}
+	for _, f := range n.Fingers() {
+		if f != 0 && !slices.Contains(st.Fingers, f.String()) {
+			st.Fingers = append(st.Fingers, f.String())
+		}
+	}
+	return st
+}
+
+func (r *Router) peers(ids []NodeID) []PeerStatus {
+	out := make([]PeerStatus, 0, len(ids))
+	for _, id := range ids {
+		p := PeerStatus{ID: id.String(), Addr: id.Addr().String()}
+		for _, hop := range r.node.Route(id) {
+			p.Route = append(p.Route, hop.String())
+		}
+		out = append(out, p)
+	}
+	return out
+}
