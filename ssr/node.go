@@ -153,7 +153,8 @@ func (n *Node) Stats() Stats { return n.stats }
 // CacheLen is the number of nodes in the route cache.
 func (n *Node) CacheLen() int { return n.cache.len() }
 
-// Successor returns the believed ring successor.
+// Successor returns the believed ring successor. Like every Node method it
+// must not run concurrently with another.
 func (n *Node) Successor() (NodeID, bool) {
 	s := n.cache.successors(n.ids[:0], 1)
 	if len(s) == 0 {
@@ -201,6 +202,11 @@ func cmpID(a, b NodeID) int {
 func (n *Node) isNbr(id NodeID) bool {
 	nb := n.nbrs[id]
 	return nb != nil && nb.sym
+}
+
+func (n *Node) recentNbr(id NodeID) bool {
+	nb := n.nbrs[id]
+	return nb != nil && nb.sym && n.lastTick.Sub(nb.lastSeen) <= n.p.HelloInterval*3/2
 }
 
 func (n *Node) jitter(d time.Duration) time.Duration {
@@ -522,7 +528,10 @@ func (n *Node) tidy(r *routed) {
 		}
 	}
 	for j := max(0, pos-6); j < pos-1; j++ {
-		if n.isNbr(r.route[j]) {
+		// Replies follow this history back: only a neighbour heard
+		// very recently may short-cut it (a link may have just died on
+		// the far side, unnoticed here until the neighbour times out).
+		if n.recentNbr(r.route[j]) {
 			r.route = append(r.route[:j+1], r.route[pos:]...)
 			pos = j + 1
 			break

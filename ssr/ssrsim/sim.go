@@ -471,9 +471,6 @@ func (s *Sim) Reconnect() {
 	for i := range s.topo.adj {
 		before[i] = len(s.topo.adj[i])
 	}
-	if s.topo.cell == nil {
-		return
-	}
 	s.topo.connect(s.aliveMask())
 	for i := range s.topo.adj {
 		for _, j := range s.topo.adj[i][before[i]:] {

@@ -1,0 +1,95 @@
+package ssrsim
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// TestClosestAgainstBruteForce checks closest-node delivery — the DHT's
+// primitive — against a brute-force reference (the live node with the
+// largest ID ≤ key, wrapping) over many random topologies and join/leave
+// sequences, as wireguard-go checks its allowedips trie against a list.
+func TestClosestAgainstBruteForce(t *testing.T) {
+	kinds := []string{"random", "grid", "line"}
+	for seed := uint64(1); seed <= 12; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		n := 8 + rng.IntN(40)
+		kind := kinds[int(seed)%len(kinds)]
+		t.Run(fmt.Sprintf("seed%d-%s-%d", seed, kind, n), func(t *testing.T) {
+			s, err := New(Config{Nodes: n, Topology: kind, Seed: seed})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := Scenario{Limit: 5 * time.Minute}
+			for round := 0; round < 4; round++ {
+				if _, ok := s.converge("test", sc); !ok {
+					t.Fatalf("round %d: ring not consistent after %v (%.3f)", round, sc.Limit, s.Consistency())
+				}
+				s.RunFor(s.fingerWarmup())
+				checkClosest(t, s, rng, 40)
+				// A join/leave step: up to 3 leave, up to 3 join.
+				live := s.Live()
+				for k := rng.IntN(min(3, len(live)-4) + 1); k > 0; k-- {
+					live = s.Live()
+					s.Kill(live[rng.IntN(len(live))])
+				}
+				for k := rng.IntN(4); k > 0; k-- {
+					s.Join()
+				}
+				s.Reconnect()
+			}
+		})
+	}
+}
+
+func checkClosest(t *testing.T, s *Sim, rng *rand.Rand, count int) {
+	t.Helper()
+	live := s.Live()
+	var ps []*probe
+	for i := 0; i < count; i++ {
+		key := ssr.NodeID(rng.Uint64())
+		if i%4 == 0 { // exactly a node's ID, and one past it: the edges
+			key = s.nodes[live[rng.IntN(len(live))]].id + ssr.NodeID(i%8/4)
+		}
+		ps = append(ps, s.Probe(live[rng.IntN(len(live))], ssr.Closest, key))
+		s.RunFor(50 * time.Millisecond)
+	}
+	s.RunFor(5 * time.Second)
+	for _, p := range ps {
+		if p.got != p.want {
+			t.Errorf("closest %v from n%d: delivered at %d, want n%d (%v)", p.key, p.src, p.got, p.want, s.nodes[p.want].id)
+		}
+	}
+}
+
+// TestSimReport runs the scenario of `sipmesh sim` on a small mesh with
+// churn and checks the report's claims.
+func TestSimReport(t *testing.T) {
+	s, err := New(Config{Nodes: 150, Topology: "random", Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.Run(Scenario{Churn: 0.05, Probes: 300})
+	if !r.RingConsistent || r.DeliveryExact < 0.999 || r.DeliveryClose < 0.999 {
+		t.Errorf("before churn: %+v", r)
+	}
+	if c := r.Churn; c == nil || !c.RingConsistent || c.DeliveryExact < 0.99 || c.DeliveryClose < 0.99 {
+		t.Errorf("after churn: %+v", c)
+	}
+	if r.StretchP50 < 1 || r.RouteCacheP95 <= 0 || r.ControlPerNode <= 0 || r.Diameter <= 0 {
+		t.Errorf("implausible report: %+v", r)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	if _, err := New(Config{Nodes: 10, Topology: "torus"}); err == nil {
+		t.Error("unknown topology accepted")
+	}
+	if _, err := New(Config{Nodes: 1, Topology: "line"}); err == nil {
+		t.Error("one node accepted")
+	}
+}
