@@ -39,18 +39,8 @@ fraction of nodes leave and as many join, then measures again.`, stderr)
 	if *churn < 0 || *churn >= 1 {
 		return usageErrorf("--churn %v: want a fraction in [0, 1)", *churn)
 	}
-	rep, err := simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: *topo, Seed: *seed},
-		ssrsim.Scenario{Churn: *churn, Probes: *probes}, stderr)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jsonSafe(rep))
-	}
-	printReport(stdout, rep)
-	return nil
+	return simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: *topo, Seed: *seed},
+		ssrsim.Scenario{Churn: *churn, Probes: *probes}, *asJSON, stdout, stderr)
 }
 
 // runDemo is the routing demo until the telephone demo exists: a 200-node
@@ -64,25 +54,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	rep, err := simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: "random", Seed: *seed},
-		ssrsim.Scenario{Churn: 0.05}, stderr)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jsonSafe(rep))
-	}
-	printReport(stdout, rep)
-	return nil
+	return simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: "random", Seed: *seed},
+		ssrsim.Scenario{Churn: 0.05}, *asJSON, stdout, stderr)
 }
 
-func simulate(ctx context.Context, cfg ssrsim.Config, sc ssrsim.Scenario, stderr io.Writer) (ssrsim.Report, error) {
+// simulate runs a scenario with a progress line on stderr and prints the
+// report on stdout, as a table or as JSON.
+func simulate(ctx context.Context, cfg ssrsim.Config, sc ssrsim.Scenario, asJSON bool, stdout, stderr io.Writer) error {
 	start := time.Now()
 	s, err := ssrsim.New(cfg)
 	if err != nil {
-		return ssrsim.Report{}, err
+		return err
 	}
 	bar := newProgress(stderr)
 	sc.Progress = func(phase string, virt time.Duration, consistent float64) {
@@ -91,14 +73,21 @@ func simulate(ctx context.Context, cfg ssrsim.Config, sc ssrsim.Scenario, stderr
 		}
 		bar.update(phase, virt, consistent)
 	}
+	sc.Stop = func() bool { return ctx.Err() != nil }
 	rep := s.Run(sc)
 	bar.done()
 	if err := ctx.Err(); err != nil {
-		return rep, err
+		return err
 	}
 	rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100
 	rep.PeakRSSMB = peakRSSMB()
-	return rep, nil
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(jsonSafe(rep))
+	}
+	printReport(stdout, rep)
+	return nil
 }
 
 // peakRSSMB is the process's peak resident set (Linux reports KiB).

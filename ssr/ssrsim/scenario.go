@@ -50,7 +50,10 @@ type Scenario struct {
 	Probes   int           // probes of each mode per measurement (default min(1000, 10·nodes))
 	Limit    time.Duration // give up on convergence after this (virtual), default 30 min
 	Progress func(phase string, virtual time.Duration, consistent float64)
+	Stop     func() bool // when it returns true, Run ends early (Ctrl-C)
 }
+
+func (sc Scenario) stopped() bool { return sc.Stop != nil && sc.Stop() }
 
 // Run builds nothing new: it drives s through convergence, measurement,
 // and optionally churn, and reports.
@@ -115,7 +118,7 @@ func (s *Sim) fingerWarmup() time.Duration {
 // second, and returns the time it took.
 func (s *Sim) converge(phase string, sc Scenario) (time.Duration, bool) {
 	t0 := s.Now()
-	for s.Now()-t0 < sc.Limit {
+	for s.Now()-t0 < sc.Limit && !sc.stopped() {
 		s.RunFor(time.Second)
 		c := s.Consistency()
 		if sc.Progress != nil {
@@ -129,7 +132,7 @@ func (s *Sim) converge(phase string, sc Scenario) (time.Duration, bool) {
 }
 
 func (s *Sim) runWithProgress(phase string, d time.Duration, sc Scenario) {
-	for end := s.Now() + d; s.Now() < end; {
+	for end := s.Now() + d; s.Now() < end && !sc.stopped(); {
 		s.RunFor(min(5*time.Second, end-s.Now()))
 		if sc.Progress != nil {
 			sc.Progress(phase, s.Now(), math.NaN())
