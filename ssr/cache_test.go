@@ -1,6 +1,7 @@
 package ssr
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -160,9 +161,9 @@ func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 	}
 	// (c) successors and predecessors are the brute-force ring orders.
 	succ := slices.Clone(ids)
-	slices.SortFunc(succ, func(a, b NodeID) int { return cmpU64(cw(c.self, a), cw(c.self, b)) })
+	slices.SortFunc(succ, func(a, b NodeID) int { return cmp.Compare(cw(c.self, a), cw(c.self, b)) })
 	pred := slices.Clone(ids)
-	slices.SortFunc(pred, func(a, b NodeID) int { return cmpU64(cw(a, c.self), cw(b, c.self)) })
+	slices.SortFunc(pred, func(a, b NodeID) int { return cmp.Compare(cw(a, c.self), cw(b, c.self)) })
 	for k := 0; k <= len(ids)+1; k++ {
 		m := min(k, len(ids))
 		if got := c.successors(nil, k); !slices.Equal(got, succ[:m]) {
@@ -237,16 +238,6 @@ func cacheStructureErr(c *cache) error {
 		}
 	}
 	return nil
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func TestCacheRandomized(t *testing.T) {

@@ -1,6 +1,7 @@
 package ssr
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -185,18 +186,8 @@ func (n *Node) Neighbours() []Neighbour {
 			out = append(out, Neighbour{ID: nb.id, Link: nb.link, Addr: nb.addr, Quality: nb.q, LastSeen: nb.lastSeen})
 		}
 	}
-	slices.SortFunc(out, func(a, b Neighbour) int { return cmpID(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b Neighbour) int { return cmp.Compare(a.ID, b.ID) })
 	return out
-}
-
-func cmpID(a, b NodeID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (n *Node) isNbr(id NodeID) bool {
