@@ -38,6 +38,8 @@ type Node struct {
 	fingers   []NodeID
 	fingerIdx int
 	fingerNxt time.Time
+	// fingerCycle is when the current refresh cycle started.
+	fingerCycle time.Time
 
 	// Global maximum (thesis §2.1.4.2: the node whose successor wraps
 	// around announces itself so that partitions of the ring heal). Spread
@@ -896,6 +898,7 @@ func (n *Node) ringRound(now time.Time) {
 		if n.fingerNxt.IsZero() && n.p.Fingers > 0 {
 			// The neighbourhood on the ring is settling: start fingers.
 			n.fingerNxt = now.Add(n.fingerStep())
+			n.fingerCycle = n.fingerNxt
 		}
 	}
 	n.lastSucc, n.lastPred = succ, pred
@@ -1027,4 +1030,11 @@ func (n *Node) fingerRound(now time.Time) {
 		n.fingers[j] = 0
 	}
 	n.fingerIdx = 0
+	// Only about log2(ring size) fingers lie beyond the successor: the
+	// next cycle starts a whole FingerInterval after this one did, not
+	// after a fraction of it, so a refresh costs the same in any mesh size.
+	if next := n.fingerCycle.Add(n.jitter(n.p.FingerInterval)); next.After(n.fingerNxt) {
+		n.fingerNxt = next
+	}
+	n.fingerCycle = n.fingerNxt
 }
