@@ -98,7 +98,7 @@ func (d *SDP) Rewrite(plan Plan) ([]byte, error) {
 		text string
 	}
 	edits := make(map[int][]edit, 2+2*len(d.Streams)) // by line index
-	inserts := make(map[int]string)                     // c= lines after a line index
+	inserts := make(map[int]string)                   // c= lines after a line index
 	edits[d.origin] = []edit{{d.oAddr, addrText(base)}}
 	if d.sessC >= 0 {
 		edits[d.sessC] = append(edits[d.sessC], edit{d.sessCA, addrText(sessOut)})

@@ -248,9 +248,9 @@ func TestOriginVersion(t *testing.T) {
 		port uint16
 		want string
 	}{
-		{offer, 20000, "18446744073709551615"},                                    // first: the sender's, even beyond 64 bits
-		{offer, 20000, "18446744073709551615"},                                    // retransmission / refresh
-		{offer, 20002, "18446744073709551616"},                                    // relay port moved, phone unchanged
+		{offer, 20000, "18446744073709551615"},                                     // first: the sender's, even beyond 64 bits
+		{offer, 20000, "18446744073709551615"},                                     // retransmission / refresh
+		{offer, 20002, "18446744073709551616"},                                     // relay port moved, phone unchanged
 		{strings.Replace(offer, "4000", "4002", 1), 20002, "18446744073709551616"}, // phone moved, relay hides it
 		{strings.Replace(offer, "\r\nt=", "\r\na=sendonly\r\nt=", 1), 20002, "18446744073709551617"},
 	}
