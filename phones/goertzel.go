@@ -60,20 +60,22 @@ const (
 // corrupting it, which makes detection robust to loss and jitter.
 type Detector struct {
 	frames [][FrameSamples]int16
+	lens   []int
 	n      int // frames written in total
 }
 
 // NewDetector keeps the last window frames (window ≥ minFrames).
 func NewDetector(window int) *Detector {
-	return &Detector{frames: make([][FrameSamples]int16, max(window, minFrames))}
+	w := max(window, minFrames)
+	return &Detector{frames: make([][FrameSamples]int16, w), lens: make([]int, w)}
 }
 
-// Add records one frame; frames shorter than FrameSamples are zero-padded
-// and longer ones cut.
+// Add records one frame (at most FrameSamples samples are kept). A short
+// frame is analysed on its own samples: zero padding would dilute the
+// tone's share by the padded fraction.
 func (d *Detector) Add(frame []int16) {
-	f := &d.frames[d.n%len(d.frames)]
-	*f = [FrameSamples]int16{}
-	copy(f[:], frame)
+	i := d.n % len(d.frames)
+	d.lens[i] = copy(d.frames[i][:], frame)
 	d.n++
 }
 
@@ -84,7 +86,7 @@ func (d *Detector) Frames() int { return min(d.n, len(d.frames)) }
 // freq, and how many frames are non-silent.
 func (d *Detector) Share(freq float64) (tone, loud int) {
 	for i := range d.Frames() {
-		f := d.frames[i][:]
+		f := d.frames[i][:d.lens[i]]
 		ms := MeanSquare(f)
 		if ms < silence {
 			continue
