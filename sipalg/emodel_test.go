@@ -152,3 +152,34 @@ func BenchmarkReceiverObserve(b *testing.B) {
 		i++
 	}
 }
+
+// FuzzReceiver feeds arbitrary datagrams (a relay sees whatever a peer
+// sends) and checks the counters stay consistent.
+func FuzzReceiver(f *testing.F) {
+	f.Add(rtpPkt(1, 160, 7), uint16(2), int64(20))
+	f.Add([]byte{0x80, 200, 0, 1}, uint16(65535), int64(-5))
+	f.Add(rtpPkt(65535, 0, 1), uint16(0), int64(1e9))
+	f.Fuzz(func(t *testing.T, pkt []byte, seq2 uint16, gapMs int64) {
+		var r Receiver
+		now := time.Unix(0, 0)
+		ok := r.Observe(pkt, now)
+		if ok != IsRTP(pkt) {
+			t.Fatalf("Observe %v, IsRTP %v", ok, IsRTP(pkt))
+		}
+		if ok {
+			p2 := append([]byte(nil), pkt...)
+			binary.BigEndian.PutUint16(p2[2:], seq2)
+			r.Observe(p2, now.Add(time.Duration(gapMs)*time.Millisecond))
+		}
+		rep := r.Report()
+		if ok && (rep.Received == 0 || rep.Expected == 0) {
+			t.Fatalf("after an RTP packet: %+v", rep)
+		}
+		if rep.LossRate < 0 || rep.LossRate > 1 || rep.Jitter < 0 {
+			t.Fatalf("out of range: %+v", rep)
+		}
+		if rep.Received > 0 && int64(rep.Expected)-int64(rep.Received) != rep.Lost {
+			t.Fatalf("inconsistent: %+v", rep)
+		}
+	})
+}
