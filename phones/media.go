@@ -173,10 +173,7 @@ func (m *MediaEndpoint) Run(ctx context.Context) error {
 // receive decodes RTP into the detector until the socket closes.
 func (m *MediaEndpoint) receive() {
 	buf := make([]byte, 1500)
-	var (
-		pkt     rtp.Packet
-		samples [FrameSamples]int16
-	)
+	var pkt rtp.Packet
 	errs := 0
 	for {
 		n, _, err := m.conn.ReadFrom(buf)
@@ -188,18 +185,22 @@ func (m *MediaEndpoint) receive() {
 			continue
 		}
 		errs = 0
-		now := time.Now()
-		m.mu.Lock()
-		if pkt.Unmarshal(buf[:n]) != nil || (pkt.PayloadType != PayloadPCMU && pkt.PayloadType != PayloadPCMA) ||
-			len(pkt.Payload) == 0 || len(pkt.Payload) > FrameSamples {
-			m.stats.Ignored++
-			m.mu.Unlock()
-			continue
-		}
-		m.stats.Received++
-		m.rx.Observe(buf[:n], now)
-		k := Decode(samples[:], pkt.Payload, pkt.PayloadType)
-		m.det.Add(samples[:k])
-		m.mu.Unlock()
+		m.handle(&pkt, buf[:n], time.Now())
 	}
+}
+
+// handle accounts and decodes one received datagram b.
+func (m *MediaEndpoint) handle(pkt *rtp.Packet, b []byte, now time.Time) {
+	var samples [FrameSamples]int16
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if pkt.Unmarshal(b) != nil || (pkt.PayloadType != PayloadPCMU && pkt.PayloadType != PayloadPCMA) ||
+		len(pkt.Payload) == 0 || len(pkt.Payload) > FrameSamples {
+		m.stats.Ignored++
+		return
+	}
+	m.stats.Received++
+	m.rx.Observe(b, now)
+	k := Decode(samples[:], pkt.Payload, pkt.PayloadType)
+	m.det.Add(samples[:k])
 }
