@@ -151,7 +151,12 @@ func TestRelayBothWaysByteIdentical(t *testing.T) {
 		pa, pac := open(t, n.a, phoneA, 4000), open(t, n.a, phoneA, 4001)
 		pb, pbc := open(t, n.b, peerB, 5000), open(t, n.b, peerB, 5001)
 		s.SetPeer(sipalg.SideA, netip.MustParseAddrPort("192.168.1.10:4000"), netip.MustParseAddrPort("192.168.1.10:4001"))
-		s.SetPeer(sipalg.SideB, netip.MustParseAddrPort("[fd00::2]:5000"), netip.MustParseAddrPort("[fd00::2]:5001"))
+		d, err := sipalg.Parse([]byte("v=0\r\no=- 1 1 IN IP6 fd00::2\r\ns=-\r\nc=IN IP6 fd00::2\r\nt=0 0\r\n" +
+			"m=audio 5000 RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96 opus/48000/2\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.SetPeerStream(sipalg.SideB, d.Streams[0])
 
 		for i := range 20 {
 			p := srtpLike(uint16(i))
@@ -177,8 +182,19 @@ func TestRelayBothWaysByteIdentical(t *testing.T) {
 		if got, _, ok := recv(t, pac); !ok || !bytes.Equal(got, sr) {
 			t.Fatal("RTCP B→A lost")
 		}
+		// B switches to Opus (PT 96, a=rtpmap 48 kHz): jitter is timed at
+		// 48000 Hz, as SetPeerStream learnt from its SDP.
+		p := srtpLike(2000)
+		p[1] = 96
+		send(t, pb, p, bRTP)
+		if _, _, ok := recv(t, pa); !ok {
+			t.Fatal("Opus packet lost")
+		}
+		if cr := s.Stats().B.RTP.ClockRate; cr != 48000 {
+			t.Errorf("clock rate of PT 96 = %d, want 48000", cr)
+		}
 		st := s.Stats()
-		if st.A.Packets != 20 || st.B.Packets != 20 || st.A.RTCPPackets != 1 || st.B.RTCPPackets != 1 ||
+		if st.A.Packets != 20 || st.B.Packets != 21 || st.A.RTCPPackets != 1 || st.B.RTCPPackets != 1 ||
 			st.A.Bytes != 20*182 || st.A.Dropped != 0 || st.A.RTP.Received != 20 || st.A.RTP.Lost != 0 {
 			t.Errorf("stats %+v", st)
 		}

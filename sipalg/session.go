@@ -128,6 +128,16 @@ func (s *Session) SetPeer(side Side, rtp, rtcp netip.AddrPort) {
 	}
 }
 
+// SetPeerStream is SetPeer with the addresses of a parsed SDP stream; it
+// also times the side's jitter with the stream's a=rtpmap clock rates
+// (dynamic payload types such as Opus at 48 kHz), not only the static ones.
+func (s *Session) SetPeerStream(side Side, st Stream) {
+	s.mu.Lock()
+	s.ends[side].rx.ClockRate = st.ClockRate
+	s.mu.Unlock()
+	s.SetPeer(side, st.RTP(), st.RTCP)
+}
+
 // AllowSource lets datagrams from ip latch side's sockets as well as those
 // from the SDP address: the source address of the peer's SIP messages
 // when a NAT between it and the relay rewrites its address. Up to four
