@@ -36,6 +36,11 @@ type MediaConfig struct {
 	// Window is how many received 20 ms frames the tone detector keeps
 	// (default 50, one second).
 	Window int
+	// Echo makes the endpoint the echo test's (3246) media: instead of a
+	// tone it sends back each G.711 frame it receives, as a new RTP stream
+	// of its own (own SSRC, sequence and timestamps, RFC 3550 §5.1), to
+	// Remote, or to the frame's source while Remote is unset.
+	Echo bool
 }
 
 // MediaEndpoint is the audio side of a simulated phone: every 20 ms it
@@ -52,6 +57,7 @@ type MediaEndpoint struct {
 	det    *Detector
 	rx     sipalg.Receiver
 	stats  MediaStats
+	echo   rtp.Header // the echo stream's next header
 }
 
 // MediaStats counts an endpoint's traffic.
@@ -81,7 +87,9 @@ func NewMediaEndpoint(cfg MediaConfig) (*MediaEndpoint, error) {
 	if cfg.SSRC == 0 {
 		cfg.SSRC = rand.Uint32() | 1
 	}
-	m := &MediaEndpoint{cfg: cfg, conn: cfg.Conn, remote: cfg.Remote, det: NewDetector(cfg.Window)}
+	m := &MediaEndpoint{cfg: cfg, conn: cfg.Conn, remote: cfg.Remote, det: NewDetector(cfg.Window),
+		echo: rtp.Header{Version: 2, Marker: true, SSRC: cfg.SSRC,
+			SequenceNumber: uint16(rand.Uint32()), Timestamp: rand.Uint32()}}
 	if ua, ok := cfg.Conn.LocalAddr().(*net.UDPAddr); ok {
 		m.local = ua.AddrPort()
 	}
@@ -143,6 +151,9 @@ func (m *MediaEndpoint) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
+		if m.cfg.Echo {
+			continue // receive sends
+		}
 		if m.cfg.ToneHz > 0 {
 			tone.Fill(samples[:])
 		}
@@ -173,10 +184,13 @@ func (m *MediaEndpoint) Run(ctx context.Context) error {
 // receive decodes RTP into the detector until the socket closes.
 func (m *MediaEndpoint) receive() {
 	buf := make([]byte, 1500)
-	var pkt rtp.Packet
+	var (
+		pkt     rtp.Packet
+		echoBuf [12 + FrameSamples]byte
+	)
 	errs := 0
 	for {
-		n, _, err := m.conn.ReadFrom(buf)
+		n, from, err := m.conn.ReadFrom(buf)
 		if err != nil {
 			// Stop on close, or on a socket that only fails.
 			if errs++; errors.Is(err, net.ErrClosed) || errs > 100 {
@@ -185,22 +199,50 @@ func (m *MediaEndpoint) receive() {
 			continue
 		}
 		errs = 0
-		m.handle(&pkt, buf[:n], time.Now())
+		if out, to := m.handle(&pkt, buf[:n], from, time.Now(), echoBuf[:]); len(out) > 0 {
+			if _, err := m.conn.WriteTo(out, to); err == nil {
+				m.mu.Lock()
+				m.stats.Sent++
+				m.mu.Unlock()
+			}
+		}
 	}
 }
 
-// handle accounts and decodes one received datagram b.
-func (m *MediaEndpoint) handle(pkt *rtp.Packet, b []byte, now time.Time) {
+// handle accounts and decodes one received datagram b from from. In echo
+// mode it returns the echo packet, marshalled into buf, and where to send
+// it.
+func (m *MediaEndpoint) handle(pkt *rtp.Packet, b []byte, from net.Addr, now time.Time, buf []byte) ([]byte, net.Addr) {
 	var samples [FrameSamples]int16
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if pkt.Unmarshal(b) != nil || (pkt.PayloadType != PayloadPCMU && pkt.PayloadType != PayloadPCMA) ||
 		len(pkt.Payload) == 0 || len(pkt.Payload) > FrameSamples {
 		m.stats.Ignored++
-		return
+		return nil, nil
 	}
 	m.stats.Received++
 	m.rx.Observe(b, now)
 	k := Decode(samples[:], pkt.Payload, pkt.PayloadType)
 	m.det.Add(samples[:k])
+	if !m.cfg.Echo {
+		return nil, nil
+	}
+	to := from
+	if m.remote.IsValid() {
+		to = net.UDPAddrFromAddrPort(m.remote)
+	}
+	if to == nil {
+		return nil, nil
+	}
+	m.echo.PayloadType = pkt.PayloadType
+	out := rtp.Packet{Header: m.echo, Payload: pkt.Payload}
+	n, err := out.MarshalTo(buf)
+	if err != nil {
+		return nil, nil
+	}
+	m.echo.Marker = false
+	m.echo.SequenceNumber++
+	m.echo.Timestamp += uint32(len(pkt.Payload))
+	return buf[:n], to
 }
