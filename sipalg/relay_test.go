@@ -15,6 +15,7 @@ import (
 
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/memnet"
+	"github.com/sipmesh/sipmesh/netx"
 	"github.com/sipmesh/sipmesh/sipalg"
 )
 
@@ -474,4 +475,49 @@ func TestRelayLossStats(t *testing.T) {
 		t.Logf("2%% loss link: received %d, lost %d (%.2f%%), jitter %v, R %.1f, MOS %.2f",
 			st.RTP.Received, st.RTP.Lost, 100*st.RTP.LossRate, st.RTP.Jitter, st.R, st.MOS)
 	})
+}
+
+// TestRelayKernelSockets runs the relay on real loopback sockets, IPv4 on
+// one side and IPv6 on the other, as on a router.
+func TestRelayKernelSockets(t *testing.T) {
+	leakcheck.Check(t)
+	lo4, lo6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
+	r := runRelay(t, sipalg.Config{
+		A: sipalg.SideConfig{Name: "lan", Addr: lo4, Listen: sipalg.NetworkListener(netx.Kernel{}, lo4), PortMin: 42000, PortMax: 42099},
+		B: sipalg.SideConfig{Name: "mesh", Addr: lo6, Listen: sipalg.NetworkListener(netx.Kernel{}, lo6), PortMin: 42000, PortMax: 42099},
+	})
+	s, err := r.Allocate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	kopen := func(network, addr string) sock {
+		c, err := netx.Kernel{}.ListenPacket(context.Background(), network, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(sock)
+	}
+	pa, pb := kopen("udp4", "127.0.0.1:0"), kopen("udp6", "[::1]:0")
+	aAddr := pa.LocalAddr().(*net.UDPAddr).AddrPort()
+	bAddr := pb.LocalAddr().(*net.UDPAddr).AddrPort()
+	s.SetPeer(sipalg.SideA, aAddr, netip.AddrPortFrom(aAddr.Addr(), aAddr.Port()+1))
+	s.SetPeer(sipalg.SideB, bAddr, netip.AddrPortFrom(bAddr.Addr(), bAddr.Port()+1))
+	aRTP, _ := s.Local(sipalg.SideA)
+	bRTP, _ := s.Local(sipalg.SideB)
+	for i := range 10 {
+		p := srtpLike(uint16(i))
+		send(t, pa, p, aRTP)
+		if got, from, ok := recv(t, pb); !ok || !bytes.Equal(got, p) || from != bRTP {
+			t.Fatalf("A→B %d: ok %v from %v", i, ok, from)
+		}
+		send(t, pb, p, bRTP)
+		if got, from, ok := recv(t, pa); !ok || !bytes.Equal(got, p) || from != aRTP {
+			t.Fatalf("B→A %d: ok %v from %v", i, ok, from)
+		}
+	}
+	if st := s.Stats(); st.A.RTP.Received != 10 || st.B.RTP.Received != 10 || !st.A.Latched || !st.B.Latched {
+		t.Errorf("stats %+v", st)
+	}
 }
