@@ -16,7 +16,7 @@ type limiter struct {
 	max   int
 	now   func() time.Time
 
-	mu       sync.Mutex
+	mu        sync.Mutex
 	buckets   map[netip.Addr]*bucket
 	overflow  bucket
 	lastSweep time.Time
