@@ -225,7 +225,7 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 		Upstreams: []netip.AddrPort{netip.AddrPortFrom(upV4, 53)},
 		Prefix:    netip.MustParsePrefix("2001:db8:64::/96"),
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Logger = testLogger(t)
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -309,3 +309,8 @@ func rrStrings(rrs []dns.RR) []string {
 }
 
 func newTestHost() *memnet.Host { return memnet.New(memnet.Config{}).AddHost("x") }
+
+// testLogger logs warnings and errors into the test's output.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
