@@ -3,6 +3,7 @@
 package dns64
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,7 +43,7 @@ func unboundConf(dir, iface string, port int, data []string) string {
 	do-daemonize: no
 	use-syslog: no
 	logfile: ""
-	verbosity: 0
+	verbosity: 1
 	username: ""
 	chroot: ""
 	directory: %q
@@ -78,30 +80,51 @@ func startUnbound(t testing.TB, ns *netns.NS, nw netx.Network, conf string, prob
 	} else {
 		cmd = exec.Command("unbound", "-d", "-c", path)
 	}
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	pw.Close()
+	// unbound logs "start of service" (verbosity 1) once its sockets are
+	// open: wait for that line rather than polling.
+	var mu sync.Mutex
+	var out strings.Builder
+	started := make(chan struct{})
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() {
+		defer close(exited)
+		sc := bufio.NewScanner(pr)
+		once := sync.Once{}
+		for sc.Scan() {
+			mu.Lock()
+			out.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if strings.Contains(sc.Text(), "start of service") {
+				once.Do(func() { close(started) })
+			}
+		}
+		cmd.Wait()
+		pr.Close()
+	}()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		cmd.Process.Kill() // by PID: only the process this test started
 		<-exited
 	})
-	// Each try waits up to 200 ms for an answer: the wait is the query's
-	// own timeout, bounded to 10 s in all.
-	for range 50 {
-		select {
-		case <-exited:
-			t.Fatalf("unbound exited: %s", out.String())
-		default:
-		}
-		if _, err := tryExchange(nw, "udp", probe, question("ready.invalid.", dns.TypeA), 200*time.Millisecond); err == nil {
-			return
-		}
+	output := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	select {
+	case <-started:
+	case <-exited:
+		t.Fatalf("unbound exited: %s", output())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("unbound did not start within 10 s: %s", output())
 	}
-	t.Fatalf("unbound on %v did not answer within 10 s: %s", probe, out.String())
+	if _, err := tryExchange(nw, "udp", probe, question("ready.invalid.", dns.TypeA), 5*time.Second); err != nil {
+		t.Fatalf("unbound on %v does not answer: %v\n%s", probe, err, output())
+	}
 }
 
 // TestRealPeers runs the server on kernel sockets in a network namespace,
