@@ -29,7 +29,7 @@ func BenchmarkMeshQueries(b *testing.B) {
 		Network: netx.Kernel{}, Port: -1, Listen: []Listen{{Addr: lo}},
 		Zone:   StaticZone{"node1.mesh": {netip.MustParseAddr("fd00::1")}},
 		Logger: testLogger(b),
-		Rate:   1e12, Burst: 1 << 30, // one client address: no limit
+		Rate:   1e12, Burst: 1 << 30,
 	}, make(chan error, 1))
 	ours := s.Addrs()[0]
 

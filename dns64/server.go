@@ -158,8 +158,8 @@ func (s *Server) Run(ctx context.Context) error {
 		udp := &handler{s: s, self: l.Self}
 		tcp := &handler{s: s, self: l.Self, tcp: true}
 		servers = append(servers,
-			&dns.Server{PacketConn: pc, Handler: udp, UDPSize: int(s.cfg.UDPSize), DecorateReader: s.limitReader,
-				MsgInvalidFunc: s.invalid},
+			&dns.Server{PacketConn: pc, Handler: udp, UDPSize: int(s.cfg.UDPSize),
+				DecorateReader: s.limitReader, MsgInvalidFunc: s.invalid},
 			&dns.Server{Listener: &limitListener{Listener: ln, s: s, slots: make(chan struct{}, s.cfg.MaxTCPConns)},
 				Handler: tcp, DecorateReader: s.limitReader, MsgInvalidFunc: s.invalid,
 				ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
@@ -188,19 +188,26 @@ func (s *Server) Run(ctx context.Context) error {
 		err = fmt.Errorf("dns64: serve: %w", err)
 	}
 	cancel() // ends look-ups in progress
+	// Shut all servers down at once, each waiting for its queries in
+	// progress.
+	var stop sync.WaitGroup
 	for i, srv := range servers {
-		// ShutdownContext fails on a server that has not started yet and
-		// would leave it running; wait for it to start or to end.
-		select {
-		case <-started[i]:
-			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if serr := srv.ShutdownContext(sctx); serr != nil {
-				s.log.Warn("shutdown", "err", serr)
+		stop.Go(func() {
+			// ShutdownContext fails on a server that has not started yet
+			// and would leave it running; wait for it to start or to end.
+			select {
+			case <-started[i]:
+				sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer scancel()
+				if serr := srv.ShutdownContext(sctx); serr != nil {
+					s.log.Warn("shutdown", "err", serr)
+					closeAll() // forces the stuck reader out
+				}
+			case <-done[i]:
 			}
-			scancel()
-		case <-done[i]:
-		}
+		})
 	}
+	stop.Wait()
 	wg.Wait()
 	// serveTCP closes its listener, serveUDP its socket; a server that
 	// never started owns sockets nobody closed.
