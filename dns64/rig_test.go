@@ -197,14 +197,26 @@ var testZone = StaticZone{
 	"empty.node3.mesh": {},
 }
 
-func newRig(t *testing.T, mod func(*Config)) *rig {
-	t.Helper()
+type testNet struct {
+	n                 *memnet.Network
+	node, client, uph *memnet.Host
+}
+
+// newTestNet is the LAN: node, client and upstream host on one segment.
+func newTestNet(t testing.TB) *testNet {
 	n := memnet.New(memnet.Config{Seed: 1})
 	seg := n.NewSegment("lan", memnet.LinkConfig{})
 	node, client, uph := n.AddHost("node"), n.AddHost("client"), n.AddHost("up")
 	seg.Attach(node.AddInterface("eth0", 1500, netip.PrefixFrom(nodeV4, 24), netip.PrefixFrom(nodeV6, 64)))
 	seg.Attach(client.AddInterface("eth0", 1500, netip.PrefixFrom(clientV4, 24), netip.MustParsePrefix("fd00::2/64")))
 	seg.Attach(uph.AddInterface("eth0", 1500, netip.PrefixFrom(upV4, 24)))
+	return &testNet{n, node, client, uph}
+}
+
+func newRig(t *testing.T, mod func(*Config)) *rig {
+	t.Helper()
+	tn := newTestNet(t)
+	n, node, client, uph := tn.n, tn.node, tn.client, tn.uph
 
 	up := newUpstream(t)
 	ctx := context.Background()

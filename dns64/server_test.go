@@ -354,3 +354,90 @@ func TestRunTwiceAndListenError(t *testing.T) {
 		t.Errorf("Run on a used port: %v", err)
 	}
 }
+
+// TestLimiter: a bucket per source refilling at the rate, a bounded table,
+// unknown sources sharing one bucket when it is full of active ones, and
+// idle sources reclaimed.
+func TestLimiter(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	l := newLimiter(10, 2, 3, func() time.Time { return now })
+	a := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
+	for range 2 {
+		if !l.allow(a(1)) {
+			t.Fatal("within the burst: refused")
+		}
+	}
+	if l.allow(a(1)) {
+		t.Error("beyond the burst: allowed")
+	}
+	now = now.Add(100 * time.Millisecond) // one token at 10/s
+	if !l.allow(a(1)) || l.allow(a(1)) {
+		t.Error("refill: want exactly one more")
+	}
+	// Fill the table with active sources; newcomers share the overflow
+	// bucket (burst 2) and the table does not grow.
+	l.allow(a(2))
+	l.allow(a(3))
+	allowed := 0
+	for i := 4; i < 104; i++ {
+		if l.allow(a(i)) {
+			allowed++
+		}
+	}
+	if allowed != 2 || l.size() != 3 {
+		t.Errorf("overflow: %d newcomers allowed, table %d; want 2 and 3", allowed, l.size())
+	}
+	// Once the known sources are idle (full again), they are reclaimed.
+	now = now.Add(time.Second)
+	if !l.allow(a(200)) || l.size() != 1 {
+		t.Errorf("after idle sweep: table %d, want 1", l.size())
+	}
+	// IPv4-mapped and plain IPv4 are one source.
+	mapped := netip.AddrFrom16(a(200).As16())
+	l.allow(mapped)
+	if l.size() != 1 {
+		t.Errorf("mapped address counted separately: table %d", l.size())
+	}
+}
+
+// blockingZone blocks look-ups until their context ends.
+type blockingZone struct{ entered chan struct{} }
+
+func (z blockingZone) LookupName(ctx context.Context, _ string) ([]netip.Addr, error) {
+	close(z.entered)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestShutdownWithQueryInFlight: cancelling Run ends a look-up in progress
+// at once (not after QueryTimeout) and Run returns with nothing left
+// running.
+func TestShutdownWithQueryInFlight(t *testing.T) {
+	leakcheck.Check(t)
+	n := newTestNet(t)
+	z := blockingZone{entered: make(chan struct{})}
+	s, err := New(Config{Network: n.node, Listen: []Listen{{Addr: nodeV4}}, Zone: z, QueryTimeout: time.Hour, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	<-s.Ready()
+	client := make(chan struct{})
+	go func() {
+		defer close(client)
+		tryExchange(n.client, "udp", s.Addrs()[0], question("node1.mesh.", dns.TypeA), 10*time.Second)
+	}()
+	<-z.entered
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel with a look-up in flight")
+	}
+	<-client
+}
