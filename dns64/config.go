@@ -38,8 +38,9 @@ type Config struct {
 	// QueryTimeout bounds all work for one client query (zone look-up or
 	// every upstream attempt); default 5 s, about when stubs retry.
 	QueryTimeout time.Duration
-	// MaxInflight bounds concurrent upstream exchanges and zone look-ups;
-	// default 256. Beyond it queries get SERVFAIL.
+	// MaxInflight bounds concurrent upstream look-ups, and separately
+	// concurrent zone look-ups; default 256 each. Beyond it queries get
+	// SERVFAIL.
 	MaxInflight int
 	// CacheSize bounds the upstream answer cache in entries; default 4096.
 	// Negative: no cache.

@@ -23,7 +23,8 @@ type Server struct {
 	log   *slog.Logger
 	cache *cache
 	lim   *limiter
-	sem   chan struct{} // bounds look-ups in flight (Config.MaxInflight)
+	sem   chan struct{} // bounds upstream look-ups in flight (Config.MaxInflight)
+	zsem  chan struct{} // bounds zone look-ups in flight, apart: a slow upstream must not starve .mesh
 	stats counters
 
 	running atomic.Bool
@@ -70,6 +71,7 @@ func New(cfg Config) (*Server, error) {
 		log:   cfg.Logger.With("component", "dns64"),
 		lim:   newLimiter(cfg.Rate, cfg.Burst, cfg.MaxSources, cfg.Now),
 		sem:   make(chan struct{}, cfg.MaxInflight),
+		zsem:  make(chan struct{}, cfg.MaxInflight),
 		ready: make(chan struct{}),
 	}
 	if cfg.CacheSize > 0 {
@@ -96,16 +98,16 @@ func (s *Server) Addrs() []netip.AddrPort {
 	return append([]netip.AddrPort(nil), s.addrs...)
 }
 
-func (s *Server) acquire() bool {
+// acquire takes a slot of sem without waiting: beyond the bound a query
+// fails at once rather than queueing.
+func acquire(sem chan struct{}) bool {
 	select {
-	case s.sem <- struct{}{}:
+	case sem <- struct{}{}:
 		return true
 	default:
 		return false
 	}
 }
-
-func (s *Server) release() { <-s.sem }
 
 // Run opens a UDP socket and a TCP listener on every Listen address and
 // serves until ctx is cancelled or a socket fails; then it shuts every

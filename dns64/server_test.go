@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -401,12 +402,36 @@ func TestLimiter(t *testing.T) {
 }
 
 // blockingZone blocks look-ups until their context ends.
-type blockingZone struct{ entered chan struct{} }
+type blockingZone struct {
+	entered chan struct{}
+	once    *sync.Once
+}
+
+func newBlockingZone() blockingZone { return blockingZone{make(chan struct{}), new(sync.Once)} }
 
 func (z blockingZone) LookupName(ctx context.Context, _ string) ([]netip.Addr, error) {
-	close(z.entered)
+	z.once.Do(func() { close(z.entered) })
 	<-ctx.Done()
 	return nil, ctx.Err()
+}
+
+// TestBusy: beyond MaxInflight zone look-ups, a query gets SERVFAIL at
+// once instead of queueing; the server's own names still answer.
+func TestBusy(t *testing.T) {
+	leakcheck.Check(t)
+	z := newBlockingZone()
+	r := newRig(t, func(c *Config) { c.Zone, c.MaxInflight, c.QueryTimeout = z, 1, time.Hour })
+	// The first look-up blocks until the server stops at the end of the
+	// test; its client then gets SERVFAIL and returns (leakcheck waits).
+	go tryExchange(r.client, "udp", r.lan, question("node1.mesh.", dns.TypeA), 5*time.Second)
+	<-z.entered
+	m := r.ask(t, r.lan, "node2.mesh.", dns.TypeA)
+	if m.Rcode != dns.RcodeServerFailure || r.srv.Stats().Busy != 1 {
+		t.Errorf("second look-up: rcode %s, busy %d", dns.RcodeToString[m.Rcode], r.srv.Stats().Busy)
+	}
+	if m := r.ask(t, r.lan, "sipserver.mesh.", dns.TypeA); len(m.Answer) != 1 {
+		t.Errorf("sipserver.mesh while busy: %v", m)
+	}
 }
 
 // TestShutdownWithQueryInFlight: cancelling Run ends a look-up in progress
@@ -415,7 +440,7 @@ func (z blockingZone) LookupName(ctx context.Context, _ string) ([]netip.Addr, e
 func TestShutdownWithQueryInFlight(t *testing.T) {
 	leakcheck.Check(t)
 	n := newTestNet(t)
-	z := blockingZone{entered: make(chan struct{})}
+	z := newBlockingZone()
 	s, err := New(Config{Network: n.node, Listen: []Listen{{Addr: nodeV4}}, Zone: z, QueryTimeout: time.Hour, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -182,11 +182,11 @@ func (s *Server) resolve(ctx context.Context, name string, qtype, qclass uint16)
 		s.stats.cacheHits.Add(1)
 		return r, nil
 	}
-	if !s.acquire() {
+	if !acquire(s.sem) {
 		s.stats.busy.Add(1)
 		return nil, errBusy
 	}
-	defer s.release()
+	defer func() { <-s.sem }()
 	q := &dns.Msg{}
 	q.SetQuestion(name, qtype)
 	q.Question[0].Qclass = qclass

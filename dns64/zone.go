@@ -129,13 +129,14 @@ func (s *Server) meshAnswer(ctx context.Context, m *dns.Msg, q dns.Question, nam
 
 // zoneAnswer answers a name the Zone owns.
 func (s *Server) zoneAnswer(ctx context.Context, m *dns.Msg, q dns.Question, name string, ttl uint32) {
-	if !s.acquire() {
+	if !acquire(s.zsem) {
 		s.stats.busy.Add(1)
+		m.Authoritative = false
 		m.Rcode = dns.RcodeServerFailure
 		return
 	}
 	addrs, err := s.cfg.Zone.LookupName(ctx, strings.TrimSuffix(name, "."))
-	s.release()
+	<-s.zsem
 	switch {
 	case errors.Is(err, ErrNoSuchName):
 		m.Rcode = dns.RcodeNameError
