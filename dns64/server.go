@@ -92,10 +92,14 @@ func (s *Server) Stats() Stats {
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 // Addrs returns the UDP (and TCP: the same ports) addresses served, in
-// Config.Listen order; valid once Ready is closed.
+// Config.Listen order, once Ready is closed; nil before.
 func (s *Server) Addrs() []netip.AddrPort {
-	<-s.ready
-	return append([]netip.AddrPort(nil), s.addrs...)
+	select {
+	case <-s.ready:
+		return append([]netip.AddrPort(nil), s.addrs...)
+	default:
+		return nil
+	}
 }
 
 // acquire takes a slot of sem without waiting: beyond the bound a query
