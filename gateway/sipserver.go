@@ -1,0 +1,550 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// maxDatagram is the largest SIP datagram read (RFC 3261 §18.1.1 allows
+// up to 65535 bytes over UDP).
+const maxDatagram = 65535
+
+type datagram struct {
+	data []byte
+	src  netip.AddrPort
+}
+
+// ServeUDP answers SIP datagrams on pc until ctx ends or pc fails, then
+// closes pc and returns after its workers have finished. The caller opens
+// pc (netx.Network.ListenPacket: kernel or memnet).
+//
+// Flood handling: a datagram over its source's rate is dropped before it
+// is parsed, silently. An answer (503) would cost as much as the request,
+// double the traffic on the radio links and could be aimed at a spoofed
+// victim; a real phone retransmits with back-off (RFC 3261 §17.1.2.2) and
+// gets through when the source slows down. A full worker queue (the node
+// as a whole overloaded) drops the same way.
+func (r *Registrar) ServeUDP(ctx context.Context, pc net.PacketConn) error {
+	queue := make(chan datagram, r.cfg.QueueLen)
+	var wg sync.WaitGroup
+	for range r.cfg.Workers {
+		wg.Go(func() {
+			for d := range queue {
+				r.handleDatagram(ctx, pc, d)
+			}
+		})
+	}
+	stop := context.AfterFunc(ctx, func() { pc.Close() })
+	defer stop()
+	buf := make([]byte, maxDatagram)
+	var err error
+	for {
+		n, addr, rerr := pc.ReadFrom(buf)
+		if rerr != nil {
+			if ctx.Err() == nil && !errors.Is(rerr, net.ErrClosed) {
+				err = rerr
+			}
+			break
+		}
+		r.received.Add(1)
+		src, ok := addrPortOf(addr)
+		if !ok {
+			continue
+		}
+		if r.limiter != nil && !r.limiter.allow(src.Addr(), r.cfg.Now()) {
+			r.rateLimited.Add(1)
+			continue
+		}
+		if n <= 4 && len(bytes.Trim(buf[:n], "\r\n\x00")) == 0 {
+			continue // keep-alive (RFC 5626 §3.5.1 CRLF)
+		}
+		select {
+		case queue <- datagram{data: bytes.Clone(buf[:n]), src: src}:
+		default:
+			r.queueFull.Add(1)
+		}
+	}
+	close(queue)
+	wg.Wait()
+	pc.Close()
+	return err
+}
+
+func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
+	case nil:
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err == nil
+}
+
+// handleDatagram parses one datagram and answers it.
+func (r *Registrar) handleDatagram(ctx context.Context, pc net.PacketConn, d datagram) {
+	out, dst := r.processDatagram(ctx, d.data, d.src)
+	if out != nil {
+		pc.WriteTo(out, net.UDPAddrFromAddrPort(dst))
+	}
+}
+
+// processDatagram is the transport-independent part of the UDP path: the
+// answer to send (nil for none) and where.
+func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.AddrPort) ([]byte, netip.AddrPort) {
+	msg, err := sip.ParseMessage(data)
+	if err != nil {
+		r.malformed.Add(1)
+		reason := describeParseError(err)
+		r.logBad(src, reason)
+		return badRequest(data, reason, r.cfg.ServerName), src
+	}
+	req, ok := msg.(*sip.Request)
+	if !ok {
+		return nil, src // a stray response: nothing to match it to
+	}
+	req.SetTransport("UDP")
+	if reason := rawContactProblem(data); reason != "" {
+		r.malformed.Add(1)
+		r.logBad(src, reason)
+		req.SetSource(src.String())
+		return []byte(r.response(req, 400, "Bad Request ("+reason+")").String()), src
+	}
+	key, ok := txKey(req)
+	if ok {
+		switch cached, state := r.txc.lookup(key, r.cfg.Now()); state {
+		case txDone:
+			r.retransmitted.Add(1)
+			return cached.data, cached.dst
+		case txPending:
+			return nil, src // first copy still being handled
+		}
+	}
+	res := r.HandleRequest(ctx, req, src, "udp")
+	if res == nil {
+		if ok {
+			r.txc.forget(key)
+		}
+		return nil, src
+	}
+	out := []byte(res.String())
+	dst := r.replyAddr(req, src)
+	if ok {
+		r.txc.store(key, out, dst, r.cfg.Now())
+	}
+	return out, dst
+}
+
+// replyAddr is where a UDP answer goes: the source (rport, RFC 3581 §4),
+// or with ViaPortReplies and no rport the Via port at the source address
+// (RFC 3261 §18.2.2).
+func (r *Registrar) replyAddr(req *sip.Request, src netip.AddrPort) netip.AddrPort {
+	if !r.cfg.ViaPortReplies {
+		return src
+	}
+	via := req.Via()
+	if via == nil || via.Params.Has("rport") {
+		return src
+	}
+	port := via.Port
+	if port <= 0 || port > 65535 {
+		port = 5060
+	}
+	return netip.AddrPortFrom(src.Addr(), uint16(port))
+}
+
+// describeParseError turns a sipgo parser error into the text of a 400
+// reason phrase.
+func describeParseError(err error) string {
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "reading body incomplete"), strings.Contains(s, "EOF"):
+		return "message shorter than its Content-Length or unterminated"
+	case strings.Contains(s, "is not a SIP message"):
+		return "malformed request line"
+	case strings.Contains(s, "ParseUint"), strings.Contains(s, "ParseInt"):
+		return "number out of range in " + guessHeader(s)
+	}
+	return "unparsable: " + s
+}
+
+func guessHeader(s string) string {
+	if i := strings.Index(s, "parsing "); i >= 0 {
+		return "a header (" + strings.TrimSpace(s[i:]) + ")"
+	}
+	return "a header"
+}
+
+// rawContactProblem finds what sipgo accepts but RFC 3261 §20.10 forbids:
+// a Contact in addr-spec form (no <>) whose URI has headers or several
+// URI parameters that can't be told from header parameters (RFC 4475
+// §3.1.2.13).
+func rawContactProblem(data []byte) string {
+	hdrEnd := bytes.Index(data, []byte("\r\n\r\n"))
+	if hdrEnd < 0 {
+		hdrEnd = len(data)
+	}
+	for _, line := range bytes.Split(data[:hdrEnd], []byte("\r\n")) {
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		n := strings.ToLower(strings.TrimSpace(string(name)))
+		if n != "contact" && n != "m" {
+			continue
+		}
+		v := strings.TrimSpace(string(val))
+		if v == "*" || strings.ContainsRune(v, '<') {
+			continue
+		}
+		if strings.ContainsAny(v, "?") {
+			return "Contact URI with headers must be enclosed in <>"
+		}
+	}
+	return ""
+}
+
+// badRequest builds a 400 for bytes sipgo could not parse, from the raw
+// header lines a response needs (RFC 3261 §8.2.6: Via, From, To, Call-ID,
+// CSeq). It returns nil when the bytes are not a request or have no Via,
+// since no response can then be addressed (RFC 3261 §18.2.1): those are
+// dropped.
+func badRequest(data []byte, reason, server string) []byte {
+	lines := bytes.Split(data, []byte("\n"))
+	if len(lines) < 2 {
+		return nil
+	}
+	first := strings.TrimSpace(string(lines[0]))
+	if first == "" || strings.HasPrefix(first, "SIP/") || !strings.Contains(first, "SIP/") {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("SIP/2.0 400 Bad Request (" + sanitizeReason(reason) + ")\r\n")
+	have := map[string]bool{}
+	for _, l := range lines[1:] {
+		l = bytes.TrimRight(l, "\r")
+		if len(l) == 0 {
+			break
+		}
+		if l[0] == ' ' || l[0] == '\t' {
+			continue // a folded continuation: the copy keeps the first line only
+		}
+		name, val, ok := bytes.Cut(l, []byte(":"))
+		if !ok {
+			continue
+		}
+		var canon string
+		switch strings.ToLower(strings.TrimSpace(string(name))) {
+		case "via", "v":
+			canon = "Via"
+		case "from", "f":
+			canon = "From"
+		case "to", "t":
+			canon = "To"
+		case "call-id", "i":
+			canon = "Call-ID"
+		case "cseq":
+			canon = "CSeq"
+		default:
+			continue
+		}
+		if canon != "Via" && have[canon] {
+			continue
+		}
+		v := strings.TrimSpace(string(val))
+		if !utf8.ValidString(v) || strings.ContainsAny(v, "\x00\r") || len(v) > 1024 {
+			continue
+		}
+		have[canon] = true
+		b.WriteString(canon + ": " + v + "\r\n")
+	}
+	if !have["Via"] {
+		return nil
+	}
+	b.WriteString("Server: " + server + "\r\nContent-Length: 0\r\n\r\n")
+	return []byte(b.String())
+}
+
+// sanitizeReason keeps a reason phrase to printable text on one line
+// (RFC 3261 §25.1 Reason-Phrase), at most 100 bytes.
+func sanitizeReason(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if b.Len() >= 100 {
+			break
+		}
+		if c < 0x20 || c == 0x7f || c == utf8.RuneError {
+			c = '?'
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// ServeTCP accepts SIP over TCP on ln until ctx ends, then closes ln and
+// every connection and returns after their goroutines ended. At most
+// MaxTCPConns connections are served; more are closed at once. A
+// connection idle for 10 minutes is closed (RFC 5626 keep-alives arrive
+// more often). Unparsable input gets a 400 where a response can be built,
+// then the connection is closed: the framing is lost (RFC 4475 §3.1.2.3).
+func (r *Registrar) ServeTCP(ctx context.Context, ln net.Listener) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = make(map[net.Conn]bool)
+	)
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	defer stop()
+	var err error
+	for {
+		c, aerr := ln.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil && !errors.Is(aerr, net.ErrClosed) {
+				var ne net.Error
+				if errors.As(aerr, &ne) && ne.Timeout() {
+					continue
+				}
+				err = aerr
+			}
+			break
+		}
+		mu.Lock()
+		if len(conns) >= r.cfg.MaxTCPConns || ctx.Err() != nil {
+			mu.Unlock()
+			c.Close()
+			continue
+		}
+		conns[c] = true
+		mu.Unlock()
+		wg.Go(func() {
+			r.serveConn(ctx, c)
+			mu.Lock()
+			delete(conns, c)
+			mu.Unlock()
+			c.Close()
+		})
+	}
+	ln.Close()
+	mu.Lock()
+	for c := range conns {
+		c.Close()
+	}
+	mu.Unlock()
+	wg.Wait()
+	return err
+}
+
+const tcpIdle = 10 * time.Minute
+
+func (r *Registrar) serveConn(ctx context.Context, c net.Conn) {
+	src, ok := addrPortOf(c.RemoteAddr())
+	if !ok {
+		return
+	}
+	ps := sip.NewParser().NewSIPStream()
+	defer ps.Close()
+	buf := make([]byte, 8192)
+	for {
+		c.SetReadDeadline(time.Now().Add(tcpIdle))
+		n, err := c.Read(buf)
+		if n > 0 {
+			ps.Write(buf[:n])
+			for {
+				msg, _, perr := ps.ParseNext()
+				if errors.Is(perr, io.ErrUnexpectedEOF) {
+					break
+				}
+				r.received.Add(1)
+				if r.limiter != nil && !r.limiter.allow(src.Addr(), r.cfg.Now()) {
+					r.rateLimited.Add(1)
+					if perr != nil {
+						return
+					}
+					continue
+				}
+				if perr != nil {
+					r.malformed.Add(1)
+					reason := describeParseError(perr)
+					r.logBad(src, reason)
+					if out := badRequest(ps.Buffer().Bytes(), reason, r.cfg.ServerName); out != nil {
+						c.Write(out)
+					}
+					return
+				}
+				req, ok := msg.(*sip.Request)
+				if !ok {
+					continue
+				}
+				req.SetTransport("TCP")
+				if res := r.HandleRequest(ctx, req, src, "tcp"); res != nil {
+					if _, err := c.Write([]byte(res.String())); err != nil {
+						return
+					}
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// txCache keeps the final responses of recent requests for Timer J, so a
+// retransmitted REGISTER gets the same answer without being processed
+// again (RFC 3261 §17.2.2), which would fail the CSeq check of §10.3.
+// It is bounded: beyond max entries the oldest is dropped early, which
+// only costs a retransmission the reprocessing it would have had anyway.
+type txCache struct {
+	max int
+
+	mu    sync.Mutex
+	m     map[string]*txEntry
+	order []string // FIFO of keys, oldest at head
+	head  int
+}
+
+type txEntry struct {
+	data    []byte // nil while the first copy is being handled
+	dst     netip.AddrPort
+	created time.Time
+}
+
+type txState int
+
+const (
+	txNew txState = iota
+	txPending
+	txDone
+)
+
+func newTxCache(max int) *txCache { return &txCache{max: max, m: make(map[string]*txEntry)} }
+
+// lookup returns the cached answer for key or marks key pending.
+func (t *txCache) lookup(key string, now time.Time) (txEntry, txState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expireLocked(now)
+	if e, ok := t.m[key]; ok {
+		if e.data == nil {
+			return txEntry{}, txPending
+		}
+		return *e, txDone
+	}
+	for len(t.m) >= t.max {
+		t.dropOldestLocked()
+	}
+	t.m[key] = &txEntry{created: now}
+	t.order = append(t.order, key)
+	return txEntry{}, txNew
+}
+
+func (t *txCache) store(key string, data []byte, dst netip.AddrPort, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.m[key]; ok {
+		e.data, e.dst, e.created = data, dst, now
+	}
+}
+
+func (t *txCache) forget(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.m, key)
+}
+
+func (t *txCache) expireLocked(now time.Time) {
+	for t.head < len(t.order) {
+		k := t.order[t.head]
+		if e, ok := t.m[k]; ok && now.Sub(e.created) < txLifetime {
+			break
+		}
+		t.dropOldestLocked()
+	}
+}
+
+func (t *txCache) dropOldestLocked() {
+	if t.head >= len(t.order) {
+		// Keys forgotten out of order: the map is authoritative.
+		clear(t.m)
+		t.order, t.head = t.order[:0], 0
+		return
+	}
+	delete(t.m, t.order[t.head])
+	t.order[t.head] = ""
+	t.head++
+	if t.head > 1024 && t.head*2 > len(t.order) {
+		t.order = append(t.order[:0], t.order[t.head:]...)
+		t.head = 0
+	}
+}
+
+func (t *txCache) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
+// txKey identifies a server transaction (RFC 3261 §17.2.3): the top Via
+// branch with its sent-by and the method; for RFC 2543 clients without a
+// magic-cookie branch, Call-ID, CSeq, From tag and sent-by.
+func txKey(req *sip.Request) (string, bool) {
+	via := req.Via()
+	if via == nil {
+		return "", false
+	}
+	sentBy := strings.ToLower(via.Host) + ":" + itoa(via.Port)
+	branch, _ := via.Params.Get("branch")
+	if strings.HasPrefix(branch, "z9hG4bK") && len(branch) > len("z9hG4bK") {
+		return branch + "|" + sentBy + "|" + string(req.Method), true
+	}
+	from := req.From()
+	tag := ""
+	if from != nil {
+		tag, _ = from.Params.Get("tag")
+	}
+	cseq := req.CSeq()
+	return "2543|" + string(*req.CallID()) + "|" + itoa(int(cseq.SeqNo)) + "|" + tag + "|" + sentBy + "|" + string(req.Method), true
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	if neg {
+		i--
+		b[i] = '-'
+	}
+	return string(b[i:])
+}
