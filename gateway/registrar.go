@@ -470,7 +470,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 			}
 			changes = append(changes, change{key: c.key(), add: &Binding{
 				AOR: aor, Node: r.cfg.Node, Contact: c.uri, Q: c.q,
-				Expires: now.Add(time.Duration(c.expires) * time.Second),
+				Expires:  now.Add(time.Duration(c.expires) * time.Second),
 				Instance: c.instance, RegID: c.regID, CallID: callID, CSeq: cseq,
 				Source: src, Transport: transport, UserAgent: ua,
 			}})
