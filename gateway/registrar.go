@@ -220,6 +220,12 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 		return nil
 	}
 	req.SetSource(src.String())
+	if req.Via() == nil {
+		// No response can be addressed without Via (RFC 3261 §18.2.2).
+		r.malformed.Add(1)
+		r.logBad(src, "request without Via")
+		return nil
+	}
 	if code, reason := checkRequest(req); code != 0 {
 		r.malformed.Add(1)
 		r.logBad(src, reason)
@@ -314,8 +320,8 @@ func (r *Registrar) response(req *sip.Request, code int, reason string) *sip.Res
 			}
 		}
 	}
+	// sipgo writes Content-Length itself.
 	res.AppendHeader(sip.NewHeader("Server", r.cfg.ServerName))
-	res.AppendHeader(sip.NewHeader("Content-Length", "0"))
 	return res
 }
 
