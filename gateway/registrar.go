@@ -231,6 +231,12 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 		r.logBad(src, reason)
 		return r.response(req, code, reason)
 	}
+	switch strings.ToLower(req.Recipient.Scheme) {
+	case "sip", "sips", "tel":
+	default:
+		// RFC 3261 §8.2.2.1 (RFC 4475 §3.3.2, §3.3.3).
+		return r.response(req, 416, "Unsupported URI Scheme")
+	}
 	if tags := unsupportedRequire(req); tags != "" {
 		// RFC 3261 §8.2.2.3: we implement no extension a client may require
 		// except outbound (RFC 5626), which the registrar honours.
@@ -274,7 +280,8 @@ func checkRequest(req *sip.Request) (int, string) {
 			return 400, "Bad Request (more than one " + name + " header)"
 		}
 	}
-	if cseq := req.CSeq(); cseq.MethodName != req.Method {
+	// sipgo upper-cases the request method but not the CSeq method.
+	if cseq := req.CSeq(); !strings.EqualFold(string(cseq.MethodName), string(req.Method)) {
 		return 400, "Bad Request (CSeq method does not match request method)"
 	}
 	if req.CallID() == nil || *req.CallID() == "" {

@@ -232,8 +232,20 @@ func badRequest(data []byte, reason, server string) []byte {
 	if first == "" || strings.HasPrefix(first, "SIP/") || !strings.Contains(first, "SIP/") {
 		return nil
 	}
+	status := "400 Bad Request (" + sanitizeReason(reason) + ")"
+	if parts := strings.Fields(first); len(parts) == 3 {
+		// A URI scheme sipgo does not know (RFC 4475 §3.3.3 soap.beep):
+		// 416, as for any scheme we do not serve (RFC 3261 §8.2.2.1).
+		if scheme, _, ok := strings.Cut(parts[1], ":"); ok && isToken(scheme) {
+			switch strings.ToLower(scheme) {
+			case "sip", "sips", "tel":
+			default:
+				status = "416 Unsupported URI Scheme"
+			}
+		}
+	}
 	var b strings.Builder
-	b.WriteString("SIP/2.0 400 Bad Request (" + sanitizeReason(reason) + ")\r\n")
+	b.WriteString("SIP/2.0 " + status + "\r\n")
 	have := map[string]bool{}
 	for _, l := range lines[1:] {
 		l = bytes.TrimRight(l, "\r")
@@ -277,6 +289,21 @@ func badRequest(data []byte, reason, server string) []byte {
 	}
 	b.WriteString("Server: " + server + "\r\nContent-Length: 0\r\n\r\n")
 	return []byte(b.String())
+}
+
+// isToken reports whether s is an RFC 3261 §25.1 token (a URI scheme is
+// narrower, but anything else is not a scheme).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range []byte(s) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.!%*_+`'~", c) >= 0
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // sanitizeReason keeps a reason phrase to printable text on one line
@@ -507,24 +534,26 @@ func (t *txCache) len() int {
 
 // txKey identifies a server transaction (RFC 3261 §17.2.3): the top Via
 // branch with its sent-by and the method; for RFC 2543 clients without a
-// magic-cookie branch, Call-ID, CSeq, From tag and sent-by.
+// magic-cookie branch, Call-ID, CSeq, From tag and sent-by. Call-ID and
+// CSeq are added to the RFC 3261 key too: a client that reuses a branch
+// for a new request (RFC 4475's messages do) must not get the answer to
+// the old one.
 func txKey(req *sip.Request) (string, bool) {
-	via := req.Via()
-	if via == nil {
-		return "", false
+	via, callID, cseq := req.Via(), req.CallID(), req.CSeq()
+	if via == nil || callID == nil || cseq == nil {
+		return "", false // not a valid request: answered without caching
 	}
 	sentBy := strings.ToLower(via.Host) + ":" + itoa(via.Port)
 	branch, _ := via.Params.Get("branch")
 	if strings.HasPrefix(branch, "z9hG4bK") && len(branch) > len("z9hG4bK") {
-		return branch + "|" + sentBy + "|" + string(req.Method), true
+		return branch + "|" + sentBy + "|" + string(req.Method) + "|" + string(*callID) + "|" + itoa(int(cseq.SeqNo)), true
 	}
 	from := req.From()
 	tag := ""
 	if from != nil {
 		tag, _ = from.Params.Get("tag")
 	}
-	cseq := req.CSeq()
-	return "2543|" + string(*req.CallID()) + "|" + itoa(int(cseq.SeqNo)) + "|" + tag + "|" + sentBy + "|" + string(req.Method), true
+	return "2543|" + string(*callID) + "|" + itoa(int(cseq.SeqNo)) + "|" + tag + "|" + sentBy + "|" + string(req.Method), true
 }
 
 func itoa(n int) string {
