@@ -220,10 +220,11 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 		return nil
 	}
 	req.SetSource(src.String())
-	if req.Via() == nil {
-		// No response can be addressed without Via (RFC 3261 §18.2.2).
+	if !answerable(req) {
+		// No response can be addressed without a usable Via (RFC 3261
+		// §18.2.2): drop.
 		r.malformed.Add(1)
-		r.logBad(src, "request without Via")
+		r.logBad(src, "request without a usable Via")
 		return nil
 	}
 	if code, reason := checkRequest(req); code != 0 {
@@ -263,16 +264,38 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 	}
 }
 
+// answerable reports whether a response to req can be built: a Via that
+// names a SIP transport and host, and echoed headers that are safe.
+func answerable(req *sip.Request) bool {
+	v := req.Via()
+	return v != nil && v.ProtocolName == "SIP" && v.ProtocolVersion != "" && v.Transport != "" && v.Host != "" && echoSafe(req)
+}
+
+// echoSafe reports whether the headers a response copies from the
+// request (RFC 3261 §8.2.6.2) serialize without a CR or LF of their own:
+// sipgo's parser can leave a bare LF inside a value, and echoing it would
+// break the response's framing (header injection).
+func echoSafe(req *sip.Request) bool {
+	for _, name := range []string{"Via", "From", "To", "Call-ID", "CSeq"} {
+		for _, h := range req.GetHeaders(name) {
+			if strings.ContainsAny(h.Value(), "\r\n") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // checkRequest validates what RFC 3261 §8.2 and §16.3 require of any
 // request, after sipgo parsed it. It returns 0 when the request is fine.
 func checkRequest(req *sip.Request) (int, string) {
-	if req.SipVersion != "SIP/2.0" {
-		return 505, "Version Not Supported"
-	}
 	for _, name := range []string{"Via", "From", "To", "Call-ID", "CSeq"} {
 		if req.GetHeader(name) == nil {
 			return 400, "Bad Request (missing " + name + " header)"
 		}
+	}
+	if req.SipVersion != "SIP/2.0" {
+		return 505, "Version Not Supported"
 	}
 	// Headers that may appear once (RFC 3261 §7.3.1, RFC 4475 §3.3.8).
 	for _, name := range []string{"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Expires"} {
@@ -310,6 +333,7 @@ func unsupportedRequire(req *sip.Request) string {
 // (received) and RFC 3581 (rport), which sipgo applies only with rport.
 func (r *Registrar) response(req *sip.Request, code int, reason string) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.SipVersion = "SIP/2.0" // sipgo copies the request's, even "SIP/7.0"
 	if via := res.Via(); via != nil {
 		// The response must not alias the request's Via: clone it.
 		v := via.Clone()

@@ -118,7 +118,7 @@ func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.
 		return nil, src // a stray response: nothing to match it to
 	}
 	req.SetTransport("UDP")
-	if reason := rawContactProblem(data); reason != "" {
+	if reason := rawContactProblem(data); reason != "" && answerable(req) {
 		r.malformed.Add(1)
 		r.logBad(src, reason)
 		req.SetSource(src.String())
@@ -392,33 +392,60 @@ func (r *Registrar) serveConn(ctx context.Context, c net.Conn) {
 	ps := sip.NewParser().NewSIPStream()
 	defer ps.Close()
 	buf := make([]byte, 8192)
+	// cur holds the bytes of the message being parsed (the parser
+	// consumes its buffer as it goes), for the 400 of a parse failure.
+	var cur []byte
+	mid := false // a message is partly parsed
 	for {
 		c.SetReadDeadline(time.Now().Add(tcpIdle))
 		n, err := c.Read(buf)
 		if n > 0 {
 			ps.Write(buf[:n])
+			cur = append(cur, buf[:n]...)
 			for {
-				msg, _, perr := ps.ParseNext()
+				if !mid {
+					// RFC 5626 §3.5.1 keep-alive: CRLFCRLF is answered
+					// with CRLF; stray CRLFs between messages are skipped
+					// (RFC 3261 §7.5).
+					pending := ps.Buffer()
+					for bytes.HasPrefix(pending.Bytes(), []byte("\r\n")) {
+						k := 2
+						if bytes.HasPrefix(pending.Bytes(), []byte("\r\n\r\n")) {
+							k = 4
+							c.Write([]byte("\r\n"))
+						}
+						pending.Next(k)
+						cur = cur[k:]
+					}
+					if pending.Len() == 0 {
+						break
+					}
+				}
+				msg, used, perr := ps.ParseNext()
 				if errors.Is(perr, io.ErrUnexpectedEOF) {
+					mid = true
 					break
 				}
+				mid = false
 				r.received.Add(1)
 				if r.limiter != nil && !r.limiter.allow(src.Addr(), r.cfg.Now()) {
 					r.rateLimited.Add(1)
 					if perr != nil {
 						return
 					}
+					cur = cur[min(used, len(cur)):]
 					continue
 				}
 				if perr != nil {
 					r.malformed.Add(1)
 					reason := describeParseError(perr)
 					r.logBad(src, reason)
-					if out := badRequest(ps.Buffer().Bytes(), reason, r.cfg.ServerName); out != nil {
+					if out := badRequest(cur, reason, r.cfg.ServerName); out != nil {
 						c.Write(out)
 					}
 					return
 				}
+				cur = cur[min(used, len(cur)):]
 				req, ok := msg.(*sip.Request)
 				if !ok {
 					continue
