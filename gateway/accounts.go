@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -109,31 +110,44 @@ func (a Account) Validate() error {
 	return nil
 }
 
-// ErrNoAccount is returned for an extension without account.
-var ErrNoAccount = errors.New("no such account")
+// Errors of account stores.
+var (
+	ErrNoAccount   = errors.New("no such account")
+	ErrStaleRecord = errors.New("account record older than the one stored")
+)
 
-// Accounts is where the registrar looks up subscribers. The DHT
-// implementation keeps each account as a record signed by the mesh
-// administrator key (SignAccount / OpenAccount).
+// Accounts is where the registrar looks up subscribers. Changes arrive as
+// records signed by the mesh administrator key (SignAccount), which the
+// store checks before keeping them, so a node without the key cannot add
+// or remove subscribers, and the DHT implementation can check every
+// replica's copy the same way.
 type Accounts interface {
 	// Account returns the account of ext, or an error wrapping ErrNoAccount.
 	Account(ctx context.Context, ext string) (Account, error)
-	PutAccount(ctx context.Context, a Account) error
-	// DeleteAccount removes ext; deleting a missing account returns an
-	// error wrapping ErrNoAccount.
-	DeleteAccount(ctx context.Context, ext string) error
 	// ListAccounts returns all accounts sorted by extension.
 	ListAccounts(ctx context.Context) ([]Account, error)
+	// PutRecord stores a signed account record or tombstone. A record not
+	// newer (Updated) than the stored version of its extension is refused
+	// with ErrStaleRecord, a bad signature with ErrAccountSignature.
+	PutRecord(ctx context.Context, rec []byte) error
 }
 
-// MemAccounts is an in-memory Accounts.
+// MemAccounts is an in-memory Accounts that trusts records signed by one
+// administrator key.
 type MemAccounts struct {
+	admin ed25519.PublicKey
+
 	mu sync.Mutex
-	m  map[string]Account
+	m  map[string]Account // live accounts
+	// gone keeps the time of each removal, so an older copy of a deleted
+	// account cannot bring it back.
+	gone map[string]time.Time
 }
 
-// NewMemAccounts returns an empty account store.
-func NewMemAccounts() *MemAccounts { return &MemAccounts{m: make(map[string]Account)} }
+// NewMemAccounts returns an empty account store trusting admin.
+func NewMemAccounts(admin ed25519.PublicKey) *MemAccounts {
+	return &MemAccounts{admin: admin, m: make(map[string]Account), gone: make(map[string]time.Time)}
+}
 
 // Account implements Accounts.
 func (s *MemAccounts) Account(_ context.Context, ext string) (Account, error) {
@@ -146,25 +160,28 @@ func (s *MemAccounts) Account(_ context.Context, ext string) (Account, error) {
 	return a, nil
 }
 
-// PutAccount implements Accounts.
-func (s *MemAccounts) PutAccount(_ context.Context, a Account) error {
-	if err := a.Validate(); err != nil {
+// PutRecord implements Accounts.
+func (s *MemAccounts) PutRecord(_ context.Context, rec []byte) error {
+	a, deleted, err := OpenAccount(s.admin, rec)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.m[a.Ext] = a
-	return nil
-}
-
-// DeleteAccount implements Accounts.
-func (s *MemAccounts) DeleteAccount(_ context.Context, ext string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.m[ext]; !ok {
-		return fmt.Errorf("%s: %w", ext, ErrNoAccount)
+	last := s.gone[a.Ext]
+	if old, ok := s.m[a.Ext]; ok {
+		last = old.Updated
 	}
-	delete(s.m, ext)
+	if !a.Updated.After(last) {
+		return fmt.Errorf("%s: %w", a.Ext, ErrStaleRecord)
+	}
+	if deleted {
+		delete(s.m, a.Ext)
+		s.gone[a.Ext] = a.Updated
+		return nil
+	}
+	delete(s.gone, a.Ext)
+	s.m[a.Ext] = a
 	return nil
 }
 
@@ -176,15 +193,7 @@ func (s *MemAccounts) ListAccounts(context.Context) ([]Account, error) {
 	for _, a := range s.m {
 		out = append(out, a)
 	}
-	slices.SortFunc(out, func(a, b Account) int {
-		if a.Ext < b.Ext {
-			return -1
-		}
-		if a.Ext > b.Ext {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Account) int { return strings.Compare(a.Ext, b.Ext) })
 	return out, nil
 }
 

@@ -209,28 +209,52 @@ func FuzzAccountRecord(f *testing.F) {
 
 func TestMemAccounts(t *testing.T) {
 	ctx := context.Background()
-	s := NewMemAccounts()
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	s := NewMemAccounts(pub)
 	if _, err := s.Account(ctx, "201"); !errors.Is(err, ErrNoAccount) {
 		t.Errorf("missing: %v", err)
 	}
-	for _, ext := range []string{"202", "201"} {
-		a, _ := NewAccount(ext, "secret"+ext, "")
-		if err := s.PutAccount(ctx, a); err != nil {
+	put := func(a Account, deleted bool) error {
+		rec, err := SignAccount(priv, a, deleted)
+		if err != nil {
 			t.Fatal(err)
 		}
+		return s.PutRecord(ctx, rec)
 	}
-	if err := s.PutAccount(ctx, Account{Ext: "203"}); err == nil {
-		t.Error("account without HA1 accepted")
+	var a201 Account
+	for _, ext := range []string{"202", "201"} {
+		a, _ := NewAccount(ext, "secret"+ext, "")
+		if err := put(a, false); err != nil {
+			t.Fatal(err)
+		}
+		a201 = a
 	}
 	l, _ := s.ListAccounts(ctx)
 	if len(l) != 2 || l[0].Ext != "201" || l[1].Ext != "202" {
 		t.Errorf("list %+v", l)
 	}
-	if err := s.DeleteAccount(ctx, "201"); err != nil {
-		t.Error(err)
+	// The same version again (a replayed record) is refused.
+	if err := put(a201, false); !errors.Is(err, ErrStaleRecord) {
+		t.Errorf("replayed record: %v", err)
 	}
-	if err := s.DeleteAccount(ctx, "201"); !errors.Is(err, ErrNoAccount) {
-		t.Errorf("second delete: %v", err)
+	// A record signed by someone else is refused.
+	_, other, _ := ed25519.GenerateKey(nil)
+	evil, _ := NewAccount("666", "secret666", "")
+	rec, _ := SignAccount(other, evil, false)
+	if err := s.PutRecord(ctx, rec); !errors.Is(err, ErrAccountSignature) {
+		t.Errorf("forged record: %v", err)
+	}
+	// Deletion is a newer tombstone; the old record cannot revive it.
+	old, _ := SignAccount(priv, a201, false)
+	tomb := Account{Ext: "201", Updated: a201.Updated.Add(time.Second)}
+	if err := put(tomb, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Account(ctx, "201"); !errors.Is(err, ErrNoAccount) {
+		t.Errorf("after delete: %v", err)
+	}
+	if err := s.PutRecord(ctx, old); !errors.Is(err, ErrStaleRecord) {
+		t.Errorf("old record after delete: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -50,14 +51,7 @@ type rig struct {
 func newRig(t *testing.T, mod ...func(*RegistrarConfig)) *rig {
 	t.Helper()
 	clock := newFakeClock()
-	accts := NewMemAccounts()
-	for _, ext := range []string{"201", "202"} {
-		a, err := NewAccount(ext, "secret"+ext, "Phone "+ext)
-		if err != nil {
-			t.Fatal(err)
-		}
-		accts.PutAccount(context.Background(), a)
-	}
+	accts := newTestAccounts(t, "201", "202")
 	loc := NewMemLocation()
 	cfg := RegistrarConfig{Node: 0x1111, Locations: loc, Accounts: accts, Now: clock.Now,
 		Addrs: []netip.Addr{netip.MustParseAddr("10.120.0.1"), netip.MustParseAddr("fd00::1")}, Rate: -1}
@@ -69,6 +63,24 @@ func newRig(t *testing.T, mod ...func(*RegistrarConfig)) *rig {
 		t.Fatal(err)
 	}
 	return &rig{t: t, r: r, clock: clock, loc: loc, accts: accts, src: netip.MustParseAddrPort("192.168.1.50:5062")}
+}
+
+// newTestAccounts returns a store with an account per extension, password
+// "secret" + ext.
+func newTestAccounts(t testing.TB, exts ...string) *MemAccounts {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	accts := NewMemAccounts(pub)
+	for _, ext := range exts {
+		a, err := NewAccount(ext, "secret"+ext, "Phone "+ext)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, _ := SignAccount(priv, a, false)
+		if err := accts.PutRecord(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return accts
 }
 
 // reg describes a REGISTER to build.
@@ -663,7 +675,7 @@ func TestNewRegistrarErrors(t *testing.T) {
 	if _, err := NewRegistrar(RegistrarConfig{}); err == nil {
 		t.Error("no stores accepted")
 	}
-	_, err := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(), MinExpires: 100, MaxExpires: 50})
+	_, err := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(nil), MinExpires: 100, MaxExpires: 50})
 	if err == nil || !strings.Contains(err.Error(), "expires limits") {
 		t.Errorf("bad limits: %v", err)
 	}

@@ -237,11 +237,11 @@ func FuzzProcessDatagram(f *testing.F) {
 		b, _ := os.ReadFile(p)
 		f.Add(b)
 	}
-	r, err := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(), Rate: -1, Domains: []string{"example.com"}})
+	r, err := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(nil), Rate: -1, Domains: []string{"example.com"}})
 	if err != nil {
 		f.Fatal(err)
 	}
-	r2, _ := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(), Rate: -1, Domains: []string{"example.com"}, noAuth: true})
+	r2, _ := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(nil), Rate: -1, Domains: []string{"example.com"}, noAuth: true})
 	src := mustAddrPort("192.0.2.1:5060")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, reg := range []*Registrar{r, r2} {
@@ -335,7 +335,7 @@ func heapInUse() uint64 {
 func BenchmarkFloodMemory(b *testing.B) {
 	const n = 100000
 	for b.Loop() {
-		r, _ := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(), Rate: -1})
+		r, _ := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: NewMemAccounts(nil), Rate: -1})
 		h0 := heapInUse()
 		flood(r, n)
 		h1 := heapInUse()
