@@ -183,11 +183,12 @@ func (m *nonceMinter) tracked() int {
 
 // challenges returns the WWW-Authenticate values for a 401: SHA-256 first,
 // then MD5, as RFC 8760 §2.4 asks (the client takes the first it
-// supports), both with the same nonce and qop=auth.
-func (m *nonceMinter) challenges(now time.Time, stale bool) []string {
+// supports), all with the same nonce and qop=auth; algs overrides the
+// list for legacy clients.
+func (m *nonceMinter) challenges(now time.Time, stale bool, algs []string) []string {
 	nonce := m.mint(now)
-	out := make([]string, 0, 2)
-	for _, alg := range []string{"SHA-256", "MD5"} {
+	out := make([]string, 0, len(algs))
+	for _, alg := range algs {
 		c := digest.Challenge{Realm: Realm, Nonce: nonce, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
 		out = append(out, c.String())
 	}

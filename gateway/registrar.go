@@ -81,6 +81,15 @@ type RegistrarConfig struct {
 	// the phones on a node's LAN send from their listening port anyway.
 	ViaPortReplies bool
 
+	// Algorithms are the digest algorithms a 401 offers, one
+	// WWW-Authenticate each, in this order; default SHA-256 then MD5 (RFC
+	// 8760 §2.4: order of preference). Credentials of either are accepted
+	// whatever is offered. Legacy UAs need ["MD5"]: sipsak 0.9.8 reads
+	// only the first challenge and knows only MD5, and baresip 1.0.0 with
+	// libre 1.1.0 (Debian 12) fails on any non-MD5 challenge ("Register:
+	// Function not implemented").
+	Algorithms []string
+
 	ServerName string           // Server header; default "sipmesh"
 	Now        func() time.Time // default time.Now
 	Logger     *slog.Logger
@@ -151,6 +160,14 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 	}
 	if cfg.MinExpires < 0 || cfg.MaxExpires < cfg.MinExpires || cfg.DefaultExpires < cfg.MinExpires || cfg.DefaultExpires > cfg.MaxExpires {
 		return nil, fmt.Errorf("registrar: expires limits: want 0 <= min (%d) <= default (%d) <= max (%d)", cfg.MinExpires, cfg.DefaultExpires, cfg.MaxExpires)
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = []string{"SHA-256", "MD5"}
+	}
+	for _, a := range cfg.Algorithms {
+		if a != "SHA-256" && a != "MD5" {
+			return nil, fmt.Errorf("registrar: digest algorithm %q: want SHA-256 or MD5", a)
+		}
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = "sipmesh"
@@ -432,7 +449,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 		case authChallenge, authStale:
 			r.challenged.Add(1)
 			res := r.response(req, 401, "Unauthorized")
-			for _, c := range r.nonces.challenges(now, outcome == authStale) {
+			for _, c := range r.nonces.challenges(now, outcome == authStale, r.cfg.Algorithms) {
 				res.AppendHeader(sip.NewHeader("WWW-Authenticate", c))
 			}
 			return res
