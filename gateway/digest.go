@@ -11,11 +11,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/icholy/digest"
 )
 
 // Digest authentication of REGISTER (RFC 3261 §22, with RFC 7616's
@@ -189,30 +188,134 @@ func (m *nonceMinter) challenges(now time.Time, stale bool, algs []string) []str
 	nonce := m.mint(now)
 	out := make([]string, 0, len(algs))
 	for _, alg := range algs {
-		c := digest.Challenge{Realm: Realm, Nonce: nonce, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
-		out = append(out, c.String())
+		v := `Digest realm="` + Realm + `", nonce="` + nonce + `", algorithm=` + alg + `, qop="auth"`
+		if stale {
+			v += ", stale=true"
+		}
+		out = append(out, v)
 	}
 	return out
+}
+
+// digestParams are the parameters of a Digest challenge or credentials
+// (RFC 7616 §3.3, §3.4).
+type digestParams struct {
+	username, realm, nonce, uri, response, algorithm, cnonce, qop string
+	nc                                                            uint32
+	stale                                                         bool
+}
+
+// parseDigest parses a WWW-Authenticate or Authorization value of the
+// Digest scheme: comma-separated auth-params, values tokens or quoted
+// strings (RFC 7235 §2.1). It allocates only the strings it keeps (the
+// registrar parses one per REGISTER). ok is false for another scheme or
+// malformed parameters.
+func parseDigest(h string) (p digestParams, ok bool) {
+	h = strings.TrimLeft(h, " \t")
+	if len(h) < 7 || !strings.EqualFold(h[:6], "Digest") || (h[6] != ' ' && h[6] != '\t') {
+		return p, false
+	}
+	s := h[7:]
+	for {
+		s = strings.TrimLeft(s, " \t,")
+		if s == "" {
+			return p, true
+		}
+		eq := strings.IndexByte(s, '=')
+		if eq <= 0 {
+			return p, false
+		}
+		key := strings.ToLower(strings.TrimRight(s[:eq], " \t"))
+		s = strings.TrimLeft(s[eq+1:], " \t")
+		var val string
+		if strings.HasPrefix(s, `"`) {
+			var b []byte
+			i, esc, closed := 1, false, false
+			for ; i < len(s); i++ {
+				c := s[i]
+				switch {
+				case esc:
+					b = append(b, c)
+					esc = false
+				case c == '\\':
+					esc = true
+					if b == nil {
+						b = append(b, s[1:i]...)
+					}
+				case c == '"':
+					closed = true
+				default:
+					if b != nil {
+						b = append(b, c)
+					}
+				}
+				if closed {
+					break
+				}
+			}
+			if !closed {
+				return p, false
+			}
+			if b != nil {
+				val = string(b)
+			} else {
+				val = s[1:i]
+			}
+			s = s[i+1:]
+		} else {
+			end := strings.IndexAny(s, ", \t")
+			if end < 0 {
+				end = len(s)
+			}
+			val, s = s[:end], s[end:]
+		}
+		switch key {
+		case "username":
+			p.username = val
+		case "realm":
+			p.realm = val
+		case "nonce":
+			p.nonce = val
+		case "uri":
+			p.uri = val
+		case "response":
+			p.response = val
+		case "algorithm":
+			p.algorithm = val
+		case "cnonce":
+			p.cnonce = val
+		case "qop":
+			p.qop = val
+		case "nc":
+			n, err := strconv.ParseUint(val, 16, 32)
+			if err != nil {
+				return p, false
+			}
+			p.nc = uint32(n)
+		case "stale":
+			p.stale = strings.EqualFold(val, "true")
+		}
+	}
 }
 
 // digestResponse computes the expected response for credentials c of a
 // request with method, given the account's HA1 for c's algorithm (RFC 7616
 // §3.4.1; RFC 2069 form without qop).
-func digestResponse(newHash func() hash.Hash, ha1 []byte, method string, c *digest.Credentials) string {
+func digestResponse(newHash func() hash.Hash, ha1 []byte, method string, c *digestParams) string {
 	h := func(s string) string {
 		x := newHash()
 		x.Write([]byte(s))
 		return hex.EncodeToString(x.Sum(nil))
 	}
-	ha2 := h(method + ":" + c.URI)
+	ha2 := h(method + ":" + c.uri)
 	ha1hex := hex.EncodeToString(ha1)
-	if c.QOP == "" {
-		return h(ha1hex + ":" + c.Nonce + ":" + ha2)
+	if c.qop == "" {
+		return h(ha1hex + ":" + c.nonce + ":" + ha2)
 	}
-	return h(ha1hex + ":" + c.Nonce + ":" + nc8(c.Nc) + ":" + c.Cnonce + ":" + c.QOP + ":" + ha2)
+	return h(ha1hex + ":" + c.nonce + ":" + nc8(c.nc) + ":" + c.cnonce + ":" + c.qop + ":" + ha2)
 }
 
-func nc8(n int) string {
+func nc8(n uint32) string {
 	const digits = "0123456789abcdef"
 	var b [8]byte
 	for i := 7; i >= 0; i-- {
@@ -236,13 +339,13 @@ const (
 // Authorization headers) for a request with method by the owner of acct
 // (nil: unknown user). reason explains a failure for logs and the 403.
 func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Account, now time.Time) (authOutcome, string) {
-	var cred *digest.Credentials
+	var cred *digestParams
 	for _, v := range hdrs {
-		c, err := digest.ParseCredentials(v)
-		if err != nil || !strings.EqualFold(c.Realm, Realm) {
+		c, ok := parseDigest(v)
+		if !ok || !strings.EqualFold(c.realm, Realm) {
 			continue // another scheme or realm (RFC 4475 regaut01): not ours
 		}
-		cred = c
+		cred = &c
 		break
 	}
 	if cred == nil {
@@ -250,7 +353,7 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 	}
 	var newHash func() hash.Hash
 	var ha1 []byte
-	switch strings.ToUpper(cred.Algorithm) {
+	switch strings.ToUpper(cred.algorithm) {
 	case "", "MD5":
 		newHash = md5.New
 		if acct != nil {
@@ -262,19 +365,19 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 			ha1 = acct.HA1SHA256
 		}
 	default:
-		return authChallenge, "unsupported algorithm " + cred.Algorithm
+		return authChallenge, "unsupported algorithm"
 	}
-	if cred.QOP != "" && cred.QOP != "auth" {
-		return authChallenge, "unsupported qop " + cred.QOP
+	if cred.qop != "" && cred.qop != "auth" {
+		return authChallenge, "unsupported qop"
 	}
-	minted, err := m.check(cred.Nonce, now)
+	minted, err := m.check(cred.nonce, now)
 	switch {
 	case errors.Is(err, errNonceStale):
 		return authStale, "stale nonce"
 	case err != nil:
 		return authChallenge, "unknown nonce"
 	}
-	if cred.Username != ext {
+	if cred.username != ext {
 		return authForbidden, "username does not match the address of record"
 	}
 	if acct == nil {
@@ -282,17 +385,17 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 		return authForbidden, "unknown user or wrong password"
 	}
 	want := digestResponse(newHash, ha1, method, cred)
-	if subtle.ConstantTimeCompare([]byte(strings.ToLower(cred.Response)), []byte(want)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(strings.ToLower(cred.response)), []byte(want)) != 1 {
 		return authForbidden, "unknown user or wrong password"
 	}
 	nc := uint32(0)
-	if cred.QOP != "" {
-		if cred.Nc <= 0 {
+	if cred.qop != "" {
+		if cred.nc == 0 {
 			return authForbidden, "bad nonce count"
 		}
-		nc = uint32(cred.Nc)
+		nc = cred.nc
 	}
-	switch err := m.use(cred.Nonce, nc, minted, now); {
+	switch err := m.use(cred.nonce, nc, minted, now); {
 	case errors.Is(err, errNonceStale):
 		return authStale, "nonce no longer tracked"
 	case err != nil:

@@ -88,7 +88,7 @@ func TestRegisterSipsakNetns(t *testing.T) {
 	reg := func(password string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		cmd := n.phone.Command(ctx, sipsak, "-U", "-vv", "-i", "-H", "10.77.0.2", "-l", "5062",
+		cmd := n.phone.Command(ctx, sipsak, "-U", "-vvv", "-i", "-H", "10.77.0.2", "-l", "5062",
 			"-C", "sip:201@10.77.0.2:5062", "-x", "300", "-u", "201", "-a", password, "-s", "sip:201@10.77.0.1")
 		out, err := cmd.CombinedOutput()
 		return string(out), err

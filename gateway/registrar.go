@@ -23,11 +23,11 @@ import (
 // sipgo starts a goroutine for every request and keeps every non-INVITE
 // server transaction for Timer J (32 s, ~5 KB each), and it drops
 // unparsable requests without an answer. Here the UDP and TCP loops
-// (sipserver.go) rate-limit each source before parsing, hand packets to a
-// fixed set of workers through a bounded queue, answer malformed requests
-// with 400 and a reason, and absorb retransmissions with a bounded cache
-// of final responses (RFC 3261 §17.2.2 behaviour for non-INVITE server
-// transactions). Every structure a peer can grow is bounded.
+// (sipserver.go) rate-limit each source before parsing, run a fixed set of
+// worker goroutines, answer malformed requests with 400 and a reason, and
+// absorb retransmissions with a bounded cache of final responses (RFC 3261
+// §17.2.2 behaviour for non-INVITE server transactions). Every structure
+// a peer can grow is bounded.
 
 // Registrar defaults.
 const (
@@ -39,7 +39,6 @@ const (
 	DefaultBurst          = 100
 	DefaultRateSources    = 4096
 	DefaultWorkers        = 16
-	DefaultQueueLen       = 1024
 	DefaultMaxTxCache     = 8192
 	DefaultMaxTCPConns    = 256
 	// txLifetime is Timer J for UDP: 64·T1 (RFC 3261 §17.2.2), how long a
@@ -69,8 +68,7 @@ type RegistrarConfig struct {
 	Rate        float64
 	Burst       int
 	RateSources int
-	Workers     int // per UDP socket
-	QueueLen    int // datagrams waiting for a worker, per UDP socket
+	Workers     int // goroutines reading each UDP socket
 	MaxTxCache  int // final responses kept for retransmissions
 	MaxTCPConns int
 
@@ -103,7 +101,6 @@ type RegistrarConfig struct {
 type RegistrarStats struct {
 	Received      uint64 `json:"received"`       // datagrams and stream messages read
 	RateLimited   uint64 `json:"rate_limited"`   // dropped by the per-source limit
-	QueueFull     uint64 `json:"queue_full"`     // dropped: all workers busy
 	Malformed     uint64 `json:"malformed"`      // answered 400 or dropped as unparsable
 	Retransmitted uint64 `json:"retransmitted"`  // answered from the response cache
 	Challenged    uint64 `json:"challenged"`     // 401 sent
@@ -128,8 +125,8 @@ type Registrar struct {
 	locks   [64]sync.Mutex // per-AOR stripes: one writer of a record at a time
 	badLog  logGate
 
-	received, rateLimited, queueFull, malformed, retransmitted atomic.Uint64
-	challenged, forbidden, registered, storeErrors             atomic.Uint64
+	received, rateLimited, malformed, retransmitted atomic.Uint64
+	challenged, forbidden, registered, storeErrors  atomic.Uint64
 }
 
 // NewRegistrar checks cfg and returns a registrar.
@@ -149,7 +146,6 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 	def(&cfg.Burst, DefaultBurst)
 	def(&cfg.RateSources, DefaultRateSources)
 	def(&cfg.Workers, DefaultWorkers)
-	def(&cfg.QueueLen, DefaultQueueLen)
 	def(&cfg.MaxTxCache, DefaultMaxTxCache)
 	def(&cfg.MaxTCPConns, DefaultMaxTCPConns)
 	if cfg.Rate == 0 {
@@ -201,7 +197,7 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 // Stats returns the counters.
 func (r *Registrar) Stats() RegistrarStats {
 	s := RegistrarStats{
-		Received: r.received.Load(), RateLimited: r.rateLimited.Load(), QueueFull: r.queueFull.Load(),
+		Received: r.received.Load(), RateLimited: r.rateLimited.Load(),
 		Malformed: r.malformed.Load(), Retransmitted: r.retransmitted.Load(), Challenged: r.challenged.Load(),
 		Forbidden: r.forbidden.Load(), Registered: r.registered.Load(), StoreErrors: r.storeErrors.Load(),
 		TxCached: r.txc.len(), NoncesTracked: r.nonces.tracked(),
@@ -233,18 +229,26 @@ func AOR(user string) string { return "sip:" + user + "@" + Realm }
 // (ACK). It is safe for concurrent use; callers that serve their own
 // sockets must apply their own retransmission handling.
 func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src netip.AddrPort, transport string) *sip.Response {
+	return r.handle(ctx, req, src, transport, false)
+}
+
+// handle is HandleRequest; rawChecked says the caller already verified
+// that the raw header lines hold no bare CR or LF (see bareCRLF), which
+// saves serialising the echoed headers again.
+func (r *Registrar) handle(ctx context.Context, req *sip.Request, src netip.AddrPort, transport string, rawChecked bool) *sip.Response {
 	if req.IsAck() {
 		return nil
 	}
 	req.SetSource(src.String())
-	if !answerable(req) {
+	if !answerable(req) || !rawChecked && !echoSafe(req) {
 		// No response can be addressed without a usable Via (RFC 3261
-		// §18.2.2): drop.
+		// §18.2.2), nor echo unsafe headers: drop.
 		r.malformed.Add(1)
 		r.logBad(src, "request without a usable Via")
 		return nil
 	}
-	if code, reason := checkRequest(req); code != 0 {
+	var rh reqHeaders
+	if code, reason := checkRequest(req, &rh); code != 0 {
 		r.malformed.Add(1)
 		r.logBad(src, reason)
 		return r.response(req, code, reason)
@@ -255,7 +259,7 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 		// RFC 3261 §8.2.2.1 (RFC 4475 §3.3.2, §3.3.3).
 		return r.response(req, 416, "Unsupported URI Scheme")
 	}
-	if tags := unsupportedRequire(req); tags != "" {
+	if tags := unsupportedRequire(rh.require); tags != "" {
 		// RFC 3261 §8.2.2.3: we implement no extension a client may require
 		// except outbound (RFC 5626), which the registrar honours.
 		res := r.response(req, 420, "Bad Extension")
@@ -264,7 +268,7 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 	}
 	switch req.Method {
 	case sip.REGISTER:
-		return r.register(ctx, req, src, transport)
+		return r.register(ctx, req, &rh, src, transport)
 	case sip.OPTIONS:
 		res := r.response(req, 200, "OK")
 		res.AppendHeader(sip.NewHeader("Allow", "REGISTER, OPTIONS"))
@@ -281,11 +285,11 @@ func (r *Registrar) HandleRequest(ctx context.Context, req *sip.Request, src net
 	}
 }
 
-// answerable reports whether a response to req can be built: a Via that
-// names a SIP transport and host, and echoed headers that are safe.
+// answerable reports whether a response to req can be addressed: a Via
+// that names a SIP transport and host.
 func answerable(req *sip.Request) bool {
 	v := req.Via()
-	return v != nil && v.ProtocolName == "SIP" && v.ProtocolVersion != "" && v.Transport != "" && v.Host != "" && echoSafe(req)
+	return v != nil && v.ProtocolName == "SIP" && v.ProtocolVersion != "" && v.Transport != "" && v.Host != ""
 }
 
 // echoSafe reports whether the headers a response copies from the
@@ -303,22 +307,60 @@ func echoSafe(req *sip.Request) bool {
 	return true
 }
 
+// reqHeaders are the headers of a request the registrar reads, collected
+// in one pass by checkRequest.
+type reqHeaders struct {
+	contacts           []sip.Header
+	expires            sip.Header
+	auth               []string
+	require, supported []string
+	userAgent          string
+}
+
 // checkRequest validates what RFC 3261 §8.2 and §16.3 require of any
 // request, after sipgo parsed it. It returns 0 when the request is fine.
-func checkRequest(req *sip.Request) (int, string) {
-	for _, name := range []string{"Via", "From", "To", "Call-ID", "CSeq"} {
-		if req.GetHeader(name) == nil {
-			return 400, "Bad Request (missing " + name + " header)"
+func checkRequest(req *sip.Request, rh *reqHeaders) (int, string) {
+	// One pass over the headers counts the ones RFC 3261 §8.1.1 requires
+	// and those that may appear once (§7.3.1, RFC 4475 §3.3.8), and
+	// collects the ones the registrar reads (sipgo's GetHeader scans all
+	// headers for each name).
+	names := [...]string{"Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Expires"}
+	var count [len(names)]int
+	for _, h := range req.Headers() {
+		n := h.Name()
+		for i, want := range names {
+			if len(n) == len(want) && strings.EqualFold(n, want) {
+				count[i]++
+				break
+			}
+		}
+		switch {
+		case strings.EqualFold(n, "Contact"):
+			rh.contacts = append(rh.contacts, h)
+		case strings.EqualFold(n, "Expires"):
+			rh.expires = h
+		case strings.EqualFold(n, "Authorization"):
+			rh.auth = append(rh.auth, h.Value())
+		case strings.EqualFold(n, "Require"):
+			rh.require = append(rh.require, h.Value())
+		case strings.EqualFold(n, "Supported"), n == "k":
+			rh.supported = append(rh.supported, h.Value())
+		case strings.EqualFold(n, "User-Agent"):
+			rh.userAgent = h.Value()
+		}
+	}
+	for i := range 5 {
+		if count[i] == 0 {
+			return 400, "Bad Request (missing " + names[i] + " header)"
+		}
+	}
+	for i := 1; i < len(names); i++ {
+		if count[i] > 1 {
+			return 400, "Bad Request (more than one " + names[i] + " header)"
 		}
 	}
 	if req.SipVersion != "SIP/2.0" {
 		return 505, "Version Not Supported"
-	}
-	// Headers that may appear once (RFC 3261 §7.3.1, RFC 4475 §3.3.8).
-	for _, name := range []string{"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Expires"} {
-		if len(req.GetHeaders(name)) > 1 {
-			return 400, "Bad Request (more than one " + name + " header)"
-		}
 	}
 	// sipgo upper-cases the request method but not the CSeq method.
 	if cseq := req.CSeq(); !strings.EqualFold(string(cseq.MethodName), string(req.Method)) {
@@ -333,10 +375,10 @@ func checkRequest(req *sip.Request) (int, string) {
 	return 0, ""
 }
 
-func unsupportedRequire(req *sip.Request) string {
+func unsupportedRequire(require []string) string {
 	var bad []string
-	for _, h := range req.GetHeaders("Require") {
-		for _, tag := range strings.Split(h.Value(), ",") {
+	for _, h := range require {
+		for _, tag := range strings.Split(h, ",") {
 			tag = strings.TrimSpace(tag)
 			if tag != "" && !strings.EqualFold(tag, "outbound") {
 				bad = append(bad, tag)
@@ -406,7 +448,7 @@ func (c *contactReq) key() string {
 }
 
 // register runs RFC 3261 §10.3 steps 1–8.
-func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.AddrPort, transport string) *sip.Response {
+func (r *Registrar) register(ctx context.Context, req *sip.Request, rh *reqHeaders, src netip.AddrPort, transport string) *sip.Response {
 	now := r.cfg.Now()
 	// Step 1: the Request-URI names a domain this registrar serves.
 	ruri := req.Recipient
@@ -440,11 +482,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 			r.log.Warn("account lookup failed", "ext", ext, "err", err)
 			return r.retryLater(req, "account store unavailable")
 		}
-		var hdrs []string
-		for _, h := range req.GetHeaders("Authorization") {
-			hdrs = append(hdrs, h.Value())
-		}
-		outcome, why := r.nonces.verifyDigest(hdrs, string(req.Method), ext, ap, now)
+		outcome, why := r.nonces.verifyDigest(rh.auth, string(req.Method), ext, ap, now)
 		switch outcome {
 		case authChallenge, authStale:
 			r.challenged.Add(1)
@@ -461,7 +499,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 	}
 
 	// Step 5: Require was checked in HandleRequest. Step 6: contacts.
-	contacts, wildcard, code, reason := r.parseContacts(req)
+	contacts, wildcard, code, reason := r.parseContacts(rh)
 	if code != 0 {
 		if code == 400 {
 			r.malformed.Add(1)
@@ -488,7 +526,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 	if !wildcard && len(contacts) == 0 {
 		// Fetch (RFC 3261 §10.2.3).
 		r.registered.Add(1)
-		return r.ok(req, cur, now)
+		return r.ok(req, rh, cur, now)
 	}
 
 	// Step 7: Call-ID/CSeq ordering per binding, then the changes.
@@ -518,10 +556,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 				changes = append(changes, change{key: c.key()})
 				continue
 			}
-			ua := ""
-			if h := req.GetHeader("User-Agent"); h != nil {
-				ua = truncate(h.Value(), 128)
-			}
+			ua := truncate(rh.userAgent, 128)
 			changes = append(changes, change{key: c.key(), add: &Binding{
 				AOR: aor, Node: r.cfg.Node, Contact: c.uri, Q: c.q,
 				Expires:  now.Add(time.Duration(c.expires) * time.Second),
@@ -587,7 +622,7 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, src netip.Ad
 	}
 	r.registered.Add(1)
 	r.log.Debug("registered", "aor", aor, "contacts", len(merged), "src", src)
-	return r.ok(req, merged, now)
+	return r.ok(req, rh, merged, now)
 }
 
 func deleteKey(bs []Binding, key string) []Binding {
@@ -624,7 +659,7 @@ func (r *Registrar) retryLater(req *sip.Request, why string) *sip.Response {
 
 // ok is the 200 of step 8: every current binding with its remaining
 // expires, plus the RFC 5626 parameters it was registered with.
-func (r *Registrar) ok(req *sip.Request, bs []Binding, now time.Time) *sip.Response {
+func (r *Registrar) ok(req *sip.Request, rh *reqHeaders, bs []Binding, now time.Time) *sip.Response {
 	res := r.response(req, 200, "OK")
 	outbound := false
 	for _, b := range bs {
@@ -646,7 +681,7 @@ func (r *Registrar) ok(req *sip.Request, bs []Binding, now time.Time) *sip.Respo
 		}
 		res.AppendHeader(sip.NewHeader("Contact", v.String()))
 	}
-	if outbound && supports(req, "outbound") {
+	if outbound && supports(rh.supported, "outbound") {
 		// RFC 5626 §6: the registrar supports outbound and kept the flow.
 		res.AppendHeader(sip.NewHeader("Require", "outbound"))
 	}
@@ -654,13 +689,11 @@ func (r *Registrar) ok(req *sip.Request, bs []Binding, now time.Time) *sip.Respo
 	return res
 }
 
-func supports(req *sip.Request, tag string) bool {
-	for _, name := range []string{"Supported", "k"} {
-		for _, h := range req.GetHeaders(name) {
-			for _, t := range strings.Split(h.Value(), ",") {
-				if strings.EqualFold(strings.TrimSpace(t), tag) {
-					return true
-				}
+func supports(supported []string, tag string) bool {
+	for _, h := range supported {
+		for _, t := range strings.Split(h, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), tag) {
+				return true
 			}
 		}
 	}
@@ -669,16 +702,16 @@ func supports(req *sip.Request, tag string) bool {
 
 // parseContacts reads the Contact headers and Expires of a REGISTER (RFC
 // 3261 §10.3 step 6, RFC 5626 §6). A non-zero code is the answer to send.
-func (r *Registrar) parseContacts(req *sip.Request) (cs []contactReq, wildcard bool, code int, reason string) {
+func (r *Registrar) parseContacts(rh *reqHeaders) (cs []contactReq, wildcard bool, code int, reason string) {
 	hdrExpires := r.cfg.DefaultExpires
-	if h := req.GetHeader("Expires"); h != nil {
+	if h := rh.expires; h != nil {
 		if v, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32); err == nil {
 			hdrExpires = int(min(v, 1<<31-1))
 		}
 		// An unparsable Expires is treated as absent (RFC 4475 §3.1.2.4).
 	}
 	var hs []*sip.ContactHeader
-	for _, h := range req.GetHeaders("Contact") {
+	for _, h := range rh.contacts {
 		c, ok := h.(*sip.ContactHeader)
 		if !ok {
 			return nil, false, 400, "Bad Request (malformed Contact header)"
@@ -692,7 +725,7 @@ func (r *Registrar) parseContacts(req *sip.Request) (cs []contactReq, wildcard b
 	}
 	if wildcard {
 		// RFC 3261 §10.2.2: "*" only alone and only with Expires: 0.
-		h := req.GetHeader("Expires")
+		h := rh.expires
 		if len(hs) != 1 || h == nil || strings.TrimSpace(h.Value()) != "0" {
 			return nil, false, 400, "Bad Request (Contact * needs Expires: 0 and no other Contact)"
 		}

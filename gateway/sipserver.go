@@ -19,48 +19,78 @@ import (
 // up to 65535 bytes over UDP).
 const maxDatagram = 65535
 
-type datagram struct {
-	data []byte
-	src  netip.AddrPort
-}
-
 // ServeUDP answers SIP datagrams on pc until ctx ends or pc fails, then
 // closes pc and returns after its workers have finished. The caller opens
 // pc (netx.Network.ListenPacket: kernel or memnet).
+//
+// Workers goroutines read the socket concurrently, each handling its own
+// datagram to the end, as Kamailio's worker processes share one socket: no
+// hand-off between goroutines, and the kernel's socket buffer is the
+// bounded queue (it drops when full).
 //
 // Flood handling: a datagram over its source's rate is dropped before it
 // is parsed, silently. An answer (503) would cost as much as the request,
 // double the traffic on the radio links and could be aimed at a spoofed
 // victim; a real phone retransmits with back-off (RFC 3261 §17.1.2.2) and
-// gets through when the source slows down. A full worker queue (the node
-// as a whole overloaded) drops the same way.
+// gets through when the source slows down.
 func (r *Registrar) ServeUDP(ctx context.Context, pc net.PacketConn) error {
-	queue := make(chan datagram, r.cfg.QueueLen)
+	stop := context.AfterFunc(ctx, func() { pc.Close() })
+	defer stop()
+	errs := make(chan error, r.cfg.Workers)
 	var wg sync.WaitGroup
 	for range r.cfg.Workers {
 		wg.Go(func() {
-			for d := range queue {
-				r.handleDatagram(ctx, pc, d)
-			}
+			err := r.udpWorker(ctx, pc)
+			errs <- err
+			pc.Close() // one worker's failure stops the others
 		})
 	}
-	stop := context.AfterFunc(ctx, func() { pc.Close() })
-	defer stop()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addrPortReader is the allocation-free read of *net.UDPConn (and the
+// netns wrapper).
+type addrPortReader interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+}
+
+func (r *Registrar) udpWorker(ctx context.Context, pc net.PacketConn) error {
 	buf := make([]byte, maxDatagram)
-	var err error
+	fast, _ := pc.(addrPortReader)
 	for {
-		n, addr, rerr := pc.ReadFrom(buf)
-		if rerr != nil {
-			if ctx.Err() == nil && !errors.Is(rerr, net.ErrClosed) {
-				err = rerr
+		var (
+			n   int
+			src netip.AddrPort
+			err error
+		)
+		if fast != nil {
+			n, src, err = fast.ReadFromUDPAddrPort(buf)
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		} else {
+			var addr net.Addr
+			n, addr, err = pc.ReadFrom(buf)
+			if err == nil {
+				var ok bool
+				if src, ok = addrPortOf(addr); !ok {
+					continue
+				}
 			}
-			break
+		}
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
 		}
 		r.received.Add(1)
-		src, ok := addrPortOf(addr)
-		if !ok {
-			continue
-		}
 		if r.limiter != nil && !r.limiter.allow(src.Addr(), r.cfg.Now()) {
 			r.rateLimited.Add(1)
 			continue
@@ -68,16 +98,16 @@ func (r *Registrar) ServeUDP(ctx context.Context, pc net.PacketConn) error {
 		if n <= 4 && len(bytes.Trim(buf[:n], "\r\n\x00")) == 0 {
 			continue // keep-alive (RFC 5626 §3.5.1 CRLF)
 		}
-		select {
-		case queue <- datagram{data: bytes.Clone(buf[:n]), src: src}:
-		default:
-			r.queueFull.Add(1)
+		out, dst := r.processDatagram(ctx, buf[:n], src)
+		if out == nil {
+			continue
+		}
+		if fast != nil {
+			fast.WriteToUDPAddrPort(out, dst)
+		} else {
+			pc.WriteTo(out, net.UDPAddrFromAddrPort(dst))
 		}
 	}
-	close(queue)
-	wg.Wait()
-	pc.Close()
-	return err
 }
 
 func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
@@ -95,17 +125,16 @@ func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err == nil
 }
 
-// handleDatagram parses one datagram and answers it.
-func (r *Registrar) handleDatagram(ctx context.Context, pc net.PacketConn, d datagram) {
-	out, dst := r.processDatagram(ctx, d.data, d.src)
-	if out != nil {
-		pc.WriteTo(out, net.UDPAddrFromAddrPort(dst))
-	}
-}
-
 // processDatagram is the transport-independent part of the UDP path: the
 // answer to send (nil for none) and where.
 func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.AddrPort) ([]byte, netip.AddrPort) {
+	if bareCRLF(data) {
+		// sipgo would keep the bare CR or LF inside a header value, and
+		// echoing it would break the response's framing.
+		r.malformed.Add(1)
+		r.logBad(src, "bare CR or LF in a header")
+		return nil, src
+	}
 	msg, err := sip.ParseMessage(data)
 	if err != nil {
 		r.malformed.Add(1)
@@ -134,7 +163,7 @@ func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.
 			return nil, src // first copy still being handled
 		}
 	}
-	res := r.HandleRequest(ctx, req, src, "udp")
+	res := r.handle(ctx, req, src, "udp", true)
 	if res == nil {
 		if ok {
 			r.txc.forget(key)
@@ -167,6 +196,29 @@ func (r *Registrar) replyAddr(req *sip.Request, src netip.AddrPort) netip.AddrPo
 	return netip.AddrPortFrom(src.Addr(), uint16(port))
 }
 
+// bareCRLF reports a CR or LF in the header section of data that is not
+// part of a CRLF pair (RFC 3261 §7: lines end in CRLF).
+func bareCRLF(data []byte) bool {
+	end := bytes.Index(data, []byte("\r\n\r\n"))
+	if end < 0 {
+		end = len(data)
+	}
+	h := data[:end]
+	for i, c := range h {
+		switch c {
+		case '\r':
+			if i+1 >= len(h) || h[i+1] != '\n' {
+				return true
+			}
+		case '\n':
+			if i == 0 || h[i-1] != '\r' {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // describeParseError turns a sipgo parser error into the text of a 400
 // reason phrase.
 func describeParseError(err error) string {
@@ -194,24 +246,27 @@ func guessHeader(s string) string {
 // URI parameters that can't be told from header parameters (RFC 4475
 // §3.1.2.13).
 func rawContactProblem(data []byte) string {
-	hdrEnd := bytes.Index(data, []byte("\r\n\r\n"))
-	if hdrEnd < 0 {
-		hdrEnd = len(data)
-	}
-	for _, line := range bytes.Split(data[:hdrEnd], []byte("\r\n")) {
-		name, val, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
+	for len(data) > 0 {
+		line := data
+		if k := bytes.IndexByte(data, '\n'); k >= 0 {
+			line, data = data[:k], data[k+1:]
+		} else {
+			data = nil
+		}
+		line = bytes.TrimRight(line, "\r")
+		if len(line) == 0 {
+			break // end of the headers
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon < 0 {
 			continue
 		}
-		n := strings.ToLower(strings.TrimSpace(string(name)))
-		if n != "contact" && n != "m" {
+		name := bytes.TrimSpace(line[:colon])
+		if !bytes.EqualFold(name, []byte("contact")) && !bytes.EqualFold(name, []byte("m")) {
 			continue
 		}
-		v := strings.TrimSpace(string(val))
-		if v == "*" || strings.ContainsRune(v, '<') {
-			continue
-		}
-		if strings.ContainsAny(v, "?") {
+		v := bytes.TrimSpace(line[colon+1:])
+		if bytes.IndexByte(v, '<') < 0 && bytes.IndexByte(v, '?') >= 0 {
 			return "Contact URI with headers must be enclosed in <>"
 		}
 	}
