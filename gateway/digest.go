@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,6 +46,9 @@ const (
 type nonceMinter struct {
 	key      [32]byte
 	lifetime time.Duration
+	// seq makes nonces unique without a crypto/rand read each: the HMAC
+	// tag, not this part, makes them unforgeable.
+	seq atomic.Uint64
 
 	mu   sync.Mutex
 	seen map[string]nonceUse // nonce → highest nc
@@ -64,6 +68,11 @@ func newNonceMinter(lifetime time.Duration) *nonceMinter {
 	if _, err := rand.Read(m.key[:]); err != nil {
 		panic("gateway: no randomness for nonce key: " + err.Error())
 	}
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		panic("gateway: no randomness for nonce key: " + err.Error())
+	}
+	m.seq.Store(binary.BigEndian.Uint64(seed[:]))
 	return m
 }
 
@@ -78,7 +87,7 @@ func (m *nonceMinter) tag(ts []byte, rnd []byte) []byte {
 func (m *nonceMinter) mint(now time.Time) string {
 	var b [8 + nonceRandLen + nonceTagLen]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli()))
-	rand.Read(b[8 : 8+nonceRandLen])
+	binary.BigEndian.PutUint64(b[8:8+nonceRandLen], m.seq.Add(1))
 	copy(b[8+nonceRandLen:], m.tag(b[:8], b[8:8+nonceRandLen]))
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }

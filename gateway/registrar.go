@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -124,6 +126,7 @@ type Registrar struct {
 	txc     *txCache
 	locks   [64]sync.Mutex // per-AOR stripes: one writer of a record at a time
 	badLog  logGate
+	tagSeq  atomic.Uint64
 
 	received, rateLimited, malformed, retransmitted atomic.Uint64
 	challenged, forbidden, registered, storeErrors  atomic.Uint64
@@ -182,6 +185,9 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 		nonces:  newNonceMinter(cfg.NonceLifetime),
 		txc:     newTxCache(cfg.MaxTxCache),
 	}
+	var seed [8]byte
+	rand.Read(seed[:])
+	r.tagSeq.Store(binary.LittleEndian.Uint64(seed[:]))
 	if cfg.Rate > 0 {
 		r.limiter = newRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
 	}
@@ -388,31 +394,62 @@ func unsupportedRequire(require []string) string {
 	return strings.Join(bad, ", ")
 }
 
-// response builds a reply to req with the Via fixes of RFC 3261 §18.2.1
-// (received) and RFC 3581 (rport), which sipgo applies only with rport.
+// response builds a reply to req (RFC 3261 §8.2.6.2: Via, From, To with
+// our tag, Call-ID, CSeq copied) with the Via fixes of RFC 3261 §18.2.1
+// (received) and RFC 3581 (rport). It does what sipgo's
+// NewResponseFromRequest does without its per-response UUID (a
+// crypto/rand read) and with received also when rport is absent.
 func (r *Registrar) response(req *sip.Request, code int, reason string) *sip.Response {
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
-	res.SipVersion = "SIP/2.0" // sipgo copies the request's, even "SIP/7.0"
-	if via := res.Via(); via != nil {
-		// The response must not alias the request's Via: clone it.
-		v := via.Clone()
-		res.ReplaceHeader(v)
-		if src, err := netip.ParseAddrPort(req.Source()); err == nil {
+	res := sip.NewResponse(code, reason)
+	res.SipVersion = "SIP/2.0" // never echo a request's "SIP/7.0"
+	src, srcErr := netip.ParseAddrPort(req.Source())
+	top := true
+	for _, h := range req.Headers() {
+		via, ok := h.(*sip.ViaHeader)
+		if !ok {
+			continue
+		}
+		if top && srcErr == nil {
+			// The response must not alias the request's Via: clone it.
+			v := via.Clone()
 			if rp, ok := v.Params.Get("rport"); ok && rp == "" {
-				// NewResponseFromRequest added received and rport after
-				// the empty rport: keep one of each.
 				v.Params.Remove("rport")
-				v.Params.Remove("received")
 				v.Params.Add("rport", strconv.Itoa(int(src.Port())))
+				v.Params.Remove("received")
 				v.Params.Add("received", src.Addr().String())
 			} else if canonHost(v.Host) != src.Addr().Unmap().String() && !v.Params.Has("received") {
 				v.Params.Add("received", src.Addr().String())
 			}
+			via = v
 		}
+		top = false
+		res.AppendHeader(via)
 	}
-	// sipgo writes Content-Length itself.
+	if h := req.From(); h != nil {
+		res.AppendHeader(h)
+	}
+	if h := req.To(); h != nil {
+		to := &sip.ToHeader{DisplayName: h.DisplayName, Address: h.Address, Params: h.Params.Clone()}
+		if !to.Params.Has("tag") && code != 100 {
+			to.Params.Add("tag", r.toTag())
+		}
+		res.AppendHeader(to)
+	}
+	if h := req.CallID(); h != nil {
+		res.AppendHeader(h)
+	}
+	if h := req.CSeq(); h != nil {
+		res.AppendHeader(h)
+	}
 	res.AppendHeader(sip.NewHeader("Server", r.cfg.ServerName))
+	res.SetBody(nil) // Content-Length: 0
 	return res
+}
+
+// toTag returns a fresh To tag: unique per response of this registrar,
+// unguessable from outside (it starts at a random value), no syscall.
+func (r *Registrar) toTag() string {
+	return strconv.FormatUint(r.tagSeq.Add(0x9e3779b97f4a7c15), 36)
 }
 
 // logBad logs peer errors at most once a second, so a flood of garbage
