@@ -48,7 +48,8 @@ type nonceMinter struct {
 	lifetime time.Duration
 	// seq makes nonces unique without a crypto/rand read each: the HMAC
 	// tag, not this part, makes them unforgeable.
-	seq atomic.Uint64
+	seq  atomic.Uint64
+	macs sync.Pool // of keyed HMAC-SHA-256 states
 
 	mu   sync.Mutex
 	seen map[string]nonceUse // nonce → highest nc
@@ -77,10 +78,16 @@ func newNonceMinter(lifetime time.Duration) *nonceMinter {
 }
 
 func (m *nonceMinter) tag(ts []byte, rnd []byte) []byte {
-	mac := hmac.New(sha256.New, m.key[:])
+	mac, _ := m.macs.Get().(hash.Hash)
+	if mac == nil {
+		mac = hmac.New(sha256.New, m.key[:])
+	}
+	mac.Reset()
 	mac.Write(ts)
 	mac.Write(rnd)
-	return mac.Sum(nil)[:nonceTagLen]
+	t := mac.Sum(nil)[:nonceTagLen]
+	m.macs.Put(mac)
+	return t
 }
 
 // mint returns a fresh nonce stamped with now.

@@ -153,7 +153,13 @@ func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.
 		req.SetSource(src.String())
 		return []byte(r.response(req, 400, "Bad Request ("+reason+")").String()), src
 	}
-	key, ok := txKey(req)
+	// Only REGISTERs that can change bindings need their answer kept:
+	// a 401 is stateless (a retransmission just gets a fresh nonce), and
+	// so a flood of unauthenticated requests costs no cache memory.
+	key, ok := "", false
+	if req.Method == sip.REGISTER && (r.cfg.noAuth || req.GetHeader("Authorization") != nil) {
+		key, ok = txKey(req)
+	}
 	if ok {
 		switch cached, state := r.txc.lookup(key, r.cfg.Now()); state {
 		case txDone:
