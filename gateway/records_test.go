@@ -338,3 +338,36 @@ func TestNonceTableBounded(t *testing.T) {
 		t.Errorf("order queue holds %d", len(m.order)-m.head)
 	}
 }
+
+func TestParseDigest(t *testing.T) {
+	tests := []struct {
+		in   string
+		ok   bool
+		want digestParams
+	}{
+		{`Digest username="201", realm="mesh", nonce="abc", uri="sip:mesh", response="0123", algorithm=MD5, qop=auth, nc=0000000a, cnonce="x y"`, true,
+			digestParams{username: "201", realm: "mesh", nonce: "abc", uri: "sip:mesh", response: "0123", algorithm: "MD5", qop: "auth", nc: 10, cnonce: "x y"}},
+		{`digest  realm = "me\"sh" ,nonce="n",stale=TRUE`, true, digestParams{realm: `me"sh`, nonce: "n", stale: true}},
+		{`Digest realm="mesh", nonce="n", qop="auth"`, true, digestParams{realm: "mesh", nonce: "n", qop: "auth"}},
+		{`Basic dXNlcjpwYXNz`, false, digestParams{}},
+		{`DigestX realm="a"`, false, digestParams{}},
+		{`Digest realm="unterminated`, false, digestParams{}},
+		{`Digest nc=zz`, false, digestParams{}},
+		{`Digest =x`, false, digestParams{}},
+		{`Digest`, false, digestParams{}},
+	}
+	for _, tt := range tests {
+		got, ok := parseDigest(tt.in)
+		if ok != tt.ok || ok && got != tt.want {
+			t.Errorf("parseDigest(%q) = %+v, %v; want %+v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func FuzzParseDigest(f *testing.F) {
+	f.Add(`Digest username="201", realm="mesh", nonce="abc", uri="sip:mesh", response="0123", qop=auth, nc=00000001, cnonce="x"`)
+	f.Add(`Digest realm="a\\b\"c"`)
+	f.Fuzz(func(t *testing.T, s string) {
+		parseDigest(s) // must not panic or loop
+	})
+}
