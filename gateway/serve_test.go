@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -145,6 +146,13 @@ func TestServeUDPAndTCP(t *testing.T) {
 	}
 	if !transports["udp"] || !transports["tcp"] {
 		t.Errorf("flows %+v", bs)
+	}
+	// RFC 5626 §3.5.1 keep-alive: CRLFCRLF gets CRLF.
+	conn.Write([]byte("\r\n\r\n"))
+	pong := make([]byte, 2)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(conn, pong); err != nil || string(pong) != "\r\n" {
+		t.Errorf("keep-alive answer %q, %v", pong, err)
 	}
 	// Garbage on TCP: a 400, then the connection is closed.
 	conn.Write([]byte("REGISTER sip:mesh SIP/2.0\r\nVia: SIP/2.0/TCP 10.120.0.2:5063;branch=z9hG4bKx\r\nContent-Length: -5\r\n\r\n"))
