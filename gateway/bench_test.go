@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -186,6 +187,17 @@ func runHelperRegistrar() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	if path := os.Getenv("SIPMESH_BENCH_CPUPROFILE"); path != "" {
+		// Profile the registrar process alone: go tool pprof PATH.PID.
+		f, err := os.Create(fmt.Sprintf("%s.%d", path, os.Getpid()))
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() {
+				pprof.StopCPUProfile()
+				f.Close()
+			}()
+		}
 	}
 	fmt.Println(pc.LocalAddr().String())
 	if err := r.ServeUDP(ctx, pc); err != nil {

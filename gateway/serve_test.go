@@ -225,3 +225,50 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestRun listens through netx on two addresses (IPv4 LAN, IPv6 mesh)
+// and stops cleanly; a busy port fails at once.
+func TestRun(t *testing.T) {
+	leakcheck.Check(t)
+	n := memnet.New(memnet.Config{})
+	seg := n.NewSegment("lan", memnet.LinkConfig{})
+	node, phone := n.AddHost("node"), n.AddHost("phone")
+	seg.Attach(node.AddInterface("eth0", 1500, netip.MustParsePrefix("10.120.0.1/24"), netip.MustParsePrefix("fd00::1/64")))
+	seg.Attach(phone.AddInterface("eth0", 1500, netip.MustParsePrefix("10.120.0.2/24"), netip.MustParsePrefix("fd00::2/64")))
+	g := newRig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.r.Run(ctx, node, "10.120.0.1:5060", "[fd00::1]:5060") }()
+	pc, err := phone.ListenPacket(ctx, "udp", "[fd00::2]:5062")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	// Run listens asynchronously and memnet drops datagrams to unbound
+	// ports silently: retransmit as a SIP client does (Timer E) until the
+	// answer comes.
+	var res *sip.Response
+	for i := 0; res == nil && i < 50; i++ {
+		pc.WriteTo([]byte(g.build(reg{viaSentBy: "[fd00::2]:5062", ruri: "sip:[fd00::1]"})), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[fd00::1]:5060")))
+		buf := make([]byte, 4096)
+		pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, _, err := pc.ReadFrom(buf); err == nil {
+			m, _ := sip.ParseMessage(buf[:n])
+			res, _ = m.(*sip.Response)
+		}
+	}
+	wantCode(t, res, 401)
+	// The Via names the source address itself (IPv6, written without
+	// brackets by sipgo): no received parameter.
+	if res.Via().Params.Has("received") {
+		t.Errorf("Via %s", res.Via())
+	}
+	// A second registrar on the same addresses fails at once.
+	if err := g.r.Run(ctx, node, "10.120.0.1:5060"); err == nil {
+		t.Error("second Run on a busy port succeeded")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/netx"
 )
 
 // maxDatagram is the largest SIP datagram read (RFC 3261 §18.1.1 allows
@@ -664,4 +666,62 @@ func itoa(n int) string {
 		b[i] = '-'
 	}
 	return string(b[i:])
+}
+
+// Run listens on UDP and TCP at each of addrs (host:port, e.g.
+// "10.120.0.1:5060" on the phone LAN and "[fd00::1]:5060" on the mesh) on
+// netw and serves until ctx ends or a socket fails; it returns after every
+// socket is closed and every goroutine it started has ended. A failure to
+// listen closes what was opened and returns at once.
+func (r *Registrar) Run(ctx context.Context, netw netx.Network, addrs ...string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		pcs []net.PacketConn
+		lns []net.Listener
+	)
+	closeAll := func() {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for _, a := range addrs {
+		pc, err := netw.ListenPacket(ctx, "udp", a)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("registrar: %w", err)
+		}
+		pcs = append(pcs, pc)
+		ln, err := netw.Listen(ctx, "tcp", a)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("registrar: %w", err)
+		}
+		lns = append(lns, ln)
+	}
+	r.log.Info("registrar listening", "addrs", addrs)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(err error) {
+		if err != nil {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+			cancel()
+		}
+	}
+	for _, pc := range pcs {
+		wg.Go(func() { fail(r.ServeUDP(ctx, pc)) })
+	}
+	for _, ln := range lns {
+		wg.Go(func() { fail(r.ServeTCP(ctx, ln)) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
