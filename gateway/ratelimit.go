@@ -12,8 +12,9 @@ import (
 // addresses is bounded by the worker queue instead (and memory by the
 // table size), while one noisy source is bounded here.
 //
-// IPv6 sources are keyed by their /64: one host owns a whole /64 and could
-// otherwise rotate addresses to escape its bucket.
+// Global IPv6 sources are keyed by their /64: one host owns a whole /64
+// and could otherwise rotate addresses to escape its bucket. Link-local
+// ones share fe80::/64 on every link, so they are keyed by address.
 type rateLimiter struct {
 	rate  float64 // tokens per second
 	burst float64
@@ -37,8 +38,8 @@ func newRateLimiter(rate float64, burst int, max int) *rateLimiter {
 }
 
 func rateKey(a netip.Addr) netip.Addr {
-	a = a.Unmap()
-	if a.Is6() {
+	a = a.Unmap().WithZone("")
+	if a.Is6() && !a.IsLinkLocalUnicast() {
 		p, _ := a.Prefix(64)
 		return p.Addr()
 	}

@@ -301,6 +301,14 @@ func TestRateLimiter(t *testing.T) {
 	if r.allow(v6b, now) {
 		t.Error("another address of the same /64 escaped the limit")
 	}
+	// Link-local addresses are distinct sources.
+	ll1, ll2 := netip.MustParseAddr("fe80::1"), netip.MustParseAddr("fe80::2")
+	for range 5 {
+		r.allow(ll1, now)
+	}
+	if !r.allow(ll2, now) {
+		t.Error("two link-local hosts share a bucket")
+	}
 	// The table stays at 3 sources; the least recently seen is evicted.
 	for i := range 10 {
 		r.allow(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), now)
