@@ -42,6 +42,13 @@ type Options struct {
 	Control string
 	// LogLevel is the least severe level logged.
 	LogLevel slog.Level
+	// AdminKey is the path of the mesh administrator key (ed25519, PKCS #8
+	// PEM), which signs subscriber account records. Empty: this node cannot
+	// add or remove subscribers (`sipmesh user add` fails on it), but it
+	// still serves them. Created on first start when the path is set and
+	// no file exists; copy that one file to every node from which
+	// subscribers are managed.
+	AdminKey string
 
 	// routerParams tune the SSR timers; tests make them fast. The config
 	// file does not expose them: the defaults suit real meshes.
@@ -114,6 +121,7 @@ func LoadConfig(path string) (Options, error) {
 //	mesh-port 7447
 //	control /run/sipmesh/node1.sock
 //	log-level info                 # debug, info, warn or error
+//	admin-key /etc/sipmesh/admin.key  # mesh administrator key: manage subscribers here
 func ParseConfig(r io.Reader) (Options, error) {
 	opts := DefaultOptions()
 	seen := make(map[string]int) // key → line it was first set on
@@ -226,6 +234,13 @@ var setters = map[string]setter{
 		o.Control = filepath.Clean(v)
 		return nil
 	}},
+	"admin-key": {fn: func(o *Options, v string) error {
+		if !filepath.IsAbs(v) {
+			return fmt.Errorf("%q is not an absolute path", v)
+		}
+		o.AdminKey = filepath.Clean(v)
+		return nil
+	}},
 	"log-level": {fn: func(o *Options, v string) error {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(v)); err != nil {
@@ -237,5 +252,5 @@ var setters = map[string]setter{
 }
 
 func knownKeys() string {
-	return "name, state-dir, mesh-interface, mesh-port, control, log-level"
+	return "name, state-dir, mesh-interface, mesh-port, control, log-level, admin-key"
 }

@@ -19,11 +19,13 @@ mesh-interface wlan0 wlan1
 mesh-port 7448
 control /run/sipmesh/node1.sock
 log-level debug
+admin-key /etc/sipmesh/admin.key
 `
 	want := Options{
 		Name: "node1", StateDir: "/var/lib/sipmesh",
 		MeshInterfaces: []string{"veth0", "wlan0", "wlan1"},
 		MeshPort:       7448, Control: "/run/sipmesh/node1.sock", LogLevel: slog.LevelDebug,
+		AdminKey: "/etc/sipmesh/admin.key",
 	}
 	got, err := ParseConfig(strings.NewReader(full))
 	if err != nil {
@@ -67,6 +69,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"relative state dir", "state-dir var/lib\n", `config line 1: state-dir: "var/lib" is not an absolute path`},
 		{"relative control", "control x.sock\n", `config line 1: control: "x.sock" is not an absolute path`},
 		{"bad level", "log-level loud\n", `config line 1: log-level: "loud" is not a level`},
+		{"relative admin key", "admin-key admin.key\n", `config line 1: admin-key: "admin.key" is not an absolute path`},
 		{"long interface", "mesh-interface averyveryverylongname\n", `config line 1: mesh-interface: "averyveryverylongname" is not an interface name`},
 		{"duplicate interface", "mesh-interface a\nmesh-interface a\n", `config line 2: mesh-interface: a listed twice`},
 		{"no interface", "name a\n", `config: mesh-interface: none given`},

@@ -25,6 +25,9 @@ import (
 //
 //	GET /status                      NodeStatus
 //	GET /ping?dst=ADDR&timeout=2s    PingResult (dst: mesh address or node ID)
+//	GET /users                       []UserInfo
+//	POST /users                      Account (HA1s, no password) → UserInfo
+//	DELETE /users/{ext}              UserInfo of the removed account
 //
 // Errors come back as {"error": "..."} with a 4xx/5xx status.
 
@@ -104,6 +107,9 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", s.handleStatus)
 	mux.HandleFunc("GET /ping", s.handlePing)
+	mux.HandleFunc("GET /users", s.handleUsers)
+	mux.HandleFunc("POST /users", s.handleAddUser)
+	mux.HandleFunc("DELETE /users/{ext}", s.handleDeleteUser)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -11,5 +11,17 @@
 // plain-text config file into validated Options (config.go), keeps the node
 // key in its state directory, runs the SSR router on the mesh interfaces
 // and serves a local control socket, HTTP with JSON over a Unix socket,
-// that `sipmesh status` and `sipmesh ping` talk to (control.go).
+// that `sipmesh status` and `sipmesh ping` talk to (control.go), and
+// `sipmesh user` (control_users.go).
+//
+// The registrar (registrar.go, sipserver.go) answers REGISTER for "mesh",
+// "sipserver.mesh" and the node's own addresses on UDP and TCP sockets from
+// netx: digest authentication with stateless HMAC nonces and nonce-count
+// replay protection (digest.go), RFC 3261 §10.3 binding rules with RFC 5626
+// instance/reg-id and RFC 3581 rport, per-source rate limits (ratelimit.go)
+// and bounded transaction memory. It keeps bindings in a LocationStore and
+// looks subscribers up in Accounts (location.go, accounts.go): interfaces
+// the DHT implements, with in-memory versions for tests and single nodes.
+// Binding and account records have versioned binary encodings, the bytes
+// the DHT stores; account records are signed by the mesh administrator key.
 package gateway

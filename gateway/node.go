@@ -28,6 +28,10 @@ type Node struct {
 	log    *slog.Logger
 	base   *slog.Logger
 	router *ssr.Router
+	// admin signs account records (nil without admin-key); accounts is
+	// the subscriber store behind the control socket's /users.
+	admin    ed25519.PrivateKey
+	accounts Accounts
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -61,8 +65,25 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	if created {
 		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
 	}
+	var adminPub ed25519.PublicKey
+	if opts.AdminKey != "" {
+		var created bool
+		n.admin, created, err = LoadOrCreateAdminKey(opts.AdminKey)
+		if err != nil {
+			return nil, err
+		}
+		adminPub = n.admin.Public().(ed25519.PublicKey)
+		if created {
+			n.log.Info("created mesh administrator key", "file", opts.AdminKey)
+		}
+	}
+	// Until the DHT backs it, subscribers live in memory on this node.
+	n.accounts = NewMemAccounts(adminPub)
 	return n, nil
 }
+
+// Accounts returns the node's subscriber store.
+func (n *Node) Accounts() Accounts { return n.accounts }
 
 // Router returns the node's SSR router.
 func (n *Node) Router() *ssr.Router { return n.router }

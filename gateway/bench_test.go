@@ -1,0 +1,309 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sipmesh/sipmesh/netx"
+)
+
+// Benchmark parameters: both registrars get the same client, the same
+// users and the same number of registrations.
+const (
+	benchUsers  = 1000
+	benchWindow = 64    // registrations in flight
+	benchRegs   = 20000 // per registrar per iteration (40 000 transactions)
+	// benchRounds interleaves the two registrars in rounds of
+	// benchRegs/benchRounds, alternating which goes first, so that load
+	// from other processes on the machine falls on both alike.
+	benchRounds = 10
+)
+
+// kamailioCfg finds the reference configuration (shared/peers/kamailio).
+func kamailioCfg(tb testing.TB) string {
+	for _, p := range []string{"../../shared/peers/kamailio/kamailio.cfg", "/work/shared/peers/kamailio/kamailio.cfg"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p := os.Getenv("SIPMESH_KAMAILIO_CFG"); p != "" {
+		return p
+	}
+	tb.Fatal("shared/peers/kamailio/kamailio.cfg not found (or set SIPMESH_KAMAILIO_CFG)")
+	return ""
+}
+
+// freeUDPPort returns a high port free on 127.0.0.1 now.
+func freeUDPPort(tb testing.TB) int {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// startKamailio runs Kamailio from Debian as a plain in-memory registrar
+// (registrar + usrloc db_mode 0, the shared reference config) with digest
+// authentication (-A WITH_AUTH: user uNNNN, password pwNNNN, qop=auth, MD5)
+// on 127.0.0.1:port, and stops it (by PID: SIGTERM, then SIGKILL) when
+// the benchmark ends. A missing kamailio fails the benchmark.
+func startKamailio(tb testing.TB) netip.AddrPort {
+	bin, err := exec.LookPath("kamailio")
+	if err != nil {
+		tb.Fatal("kamailio not installed (Debian package kamailio): the benchmark compares against it")
+	}
+	cfg, err := os.ReadFile(kamailioCfg(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	port := freeUDPPort(tb)
+	text := strings.Replace(string(cfg), "listen=udp:127.0.0.1:5070", fmt.Sprintf("listen=udp:127.0.0.1:%d", port), 1)
+	if text == string(cfg) {
+		tb.Fatal("kamailio.cfg: no listen=udp:127.0.0.1:5070 line to move to a free port")
+	}
+	dir := tb.TempDir()
+	cfgPath := filepath.Join(dir, "kamailio.cfg")
+	os.WriteFile(cfgPath, []byte(strings.Replace(text, "debug=2", "debug=1", 1)), 0o644)
+	cmd := exec.Command(bin, "-f", cfgPath, "-DD", "-E", "-m", "256", "-M", "16", "-Y", dir, "-P", filepath.Join(dir, "kamailio.pid"), "-A", "WITH_AUTH")
+	log, _ := os.Create(filepath.Join(dir, "kamailio.log"))
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("starting kamailio: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	tb.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+		log.Close()
+	})
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+	// Ready when it answers OPTIONS (its config replies 200 Keepalive).
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 4096)
+	for i := range 100 {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(filepath.Join(dir, "kamailio.log"))
+			tb.Fatalf("kamailio exited at start:\n%s", b)
+		default:
+		}
+		fmt.Fprintf(c, "OPTIONS sip:127.0.0.1:%d SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKping%d;rport\r\nMax-Forwards: 70\r\nFrom: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ping%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+			port, c.LocalAddr(), i, i)
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := c.Read(buf)
+		if err == nil && strings.HasPrefix(string(buf[:n]), "SIP/2.0 200") {
+			return addr
+		}
+		if err != nil && !isTimeout(err) {
+			// Port unreachable: not listening yet. Kamailio gives no
+			// readiness signal but its log, so wait a little.
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	tb.Fatal("kamailio did not answer OPTIONS within 10 s")
+	return netip.AddrPort{}
+}
+
+// newBenchRegistrar returns a registrar with accounts u0000..u0999
+// (password pwNNNN), rate limit off (the load comes from one source, and
+// Kamailio's reference config has no pike limit either).
+func newBenchRegistrar(tb testing.TB) *Registrar {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	accts := NewMemAccounts(pub)
+	for i := range benchUsers {
+		a, err := NewAccount(fmt.Sprintf("u%04d", i), fmt.Sprintf("pw%04d", i), "")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		rec, _ := SignAccount(priv, a, false)
+		if err := accts.PutRecord(context.Background(), rec); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	r, err := NewRegistrar(RegistrarConfig{Locations: NewMemLocation(), Accounts: accts, Rate: -1,
+		Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, MaxTxCache: 1 << 16, Workers: benchWorkers()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// benchWorkers lets a run try other worker counts
+// (SIPMESH_BENCH_WORKERS=n); 0 is the registrar's default.
+func benchWorkers() int {
+	n, _ := strconv.Atoi(os.Getenv("SIPMESH_BENCH_WORKERS"))
+	return n
+}
+
+// helperEnv makes the test binary a registrar process (see TestMain).
+const helperEnv = "SIPMESH_BENCH_REGISTRAR"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		os.Exit(runHelperRegistrar())
+	}
+	os.Exit(m.Run())
+}
+
+// runHelperRegistrar serves the benchmark registrar on kernel UDP
+// 127.0.0.1 (a free port, printed on stdout) until stdin closes or
+// SIGTERM: the registrar runs in its own process, as Kamailio does, so
+// neither shares the load client's process.
+func runHelperRegistrar() int {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	r := newBenchRegistrar(&testing.B{})
+	pc, err := netx.Kernel{}.ListenPacket(ctx, "udp4", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if path := os.Getenv("SIPMESH_BENCH_CPUPROFILE"); path != "" {
+		// Profile the registrar process alone: go tool pprof PATH.PID.
+		f, err := os.Create(fmt.Sprintf("%s.%d", path, os.Getpid()))
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() {
+				pprof.StopCPUProfile()
+				f.Close()
+			}()
+		}
+	}
+	fmt.Println(pc.LocalAddr().String())
+	if err := r.ServeUDP(ctx, pc); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// startRegistrarProcess runs the registrar in a child process (this test
+// binary in helper mode) and stops it by PID when the benchmark ends.
+func startRegistrarProcess(tb testing.TB) netip.AddrPort {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		stdin.Close()
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		tb.Fatalf("registrar process: %v", err)
+	}
+	addr, err := netip.ParseAddrPort(strings.TrimSpace(line))
+	if err != nil {
+		tb.Fatalf("registrar process printed %q", line)
+	}
+	return addr
+}
+
+// BenchmarkRegisterVsKamailio measures REGISTER with digest (401, then
+// MD5 credentials, then 200: two transactions per registration) handled
+// by one sipmesh registrar and by Kamailio from Debian, side by side in
+// the same run, same load client, same users and count. Each registrar
+// runs in its own process (Kamailio with its reference config's 4
+// workers, sipmesh as this test binary in helper mode with GOMAXPROCS =
+// cores), the client in this one. Metrics: each
+// side's registrations/s and transactions/s, and their ratio
+// (sipmesh/kamailio; above 1 means sipmesh is faster).
+func BenchmarkRegisterVsKamailio(b *testing.B) {
+	kam := startKamailio(b)
+	own := startRegistrarProcess(b)
+	ctx := context.Background()
+	// Kamailio's realm is the From domain, so both are addressed by IP.
+	lc := &loadClient{users: benchUsers, window: benchWindow, domain: "127.0.0.1", rto: 500 * time.Millisecond}
+	// Warm both up: every user registered once, caches filled.
+	for _, dst := range []netip.AddrPort{own, kam} {
+		if _, err := lc.run(ctx, dst, benchUsers); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var ownT, kamT time.Duration
+	var ownRes, kamRes loadResult
+	type side struct {
+		dst netip.AddrPort
+		sum *loadResult
+		t   *time.Duration
+	}
+	sides := []side{{own, &ownRes, &ownT}, {kam, &kamRes, &kamT}}
+	for b.Loop() {
+		for round := range benchRounds {
+			for i := range sides {
+				s := sides[(i+round)%2]
+				res, err := lc.run(ctx, s.dst, benchRegs/benchRounds)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.sum.ok += res.ok
+				s.sum.failed += res.failed
+				s.sum.retrans += res.retrans
+				*s.t += res.elapsed
+			}
+		}
+	}
+	for name, res := range map[string]loadResult{"sipmesh": ownRes, "kamailio": kamRes} {
+		if res.failed > 0 || res.ok == 0 {
+			b.Errorf("%s: %d registrations failed, %d ok, %d retransmissions", name, res.failed, res.ok, res.retrans)
+		}
+	}
+	ownRate := float64(ownRes.ok) / ownT.Seconds()
+	kamRate := float64(kamRes.ok) / kamT.Seconds()
+	b.ReportMetric(ownRate, "sipmesh-reg/s")
+	b.ReportMetric(kamRate, "kamailio-reg/s")
+	b.ReportMetric(2*ownRate, "sipmesh-tx/s")
+	b.ReportMetric(2*kamRate, "kamailio-tx/s")
+	b.ReportMetric(ownRate/kamRate, "ratio")
+	b.ReportMetric(float64(ownRes.retrans+kamRes.retrans), "retransmissions")
+	b.Logf("sipmesh %d ok in %v (%d retrans), kamailio %d ok in %v (%d retrans)",
+		ownRes.ok, ownT, ownRes.retrans, kamRes.ok, kamT, kamRes.retrans)
+}

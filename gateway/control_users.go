@@ -1,0 +1,175 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// UserInfo is what the control socket shows of an account: never the
+// HA1 values, which are password equivalents for digest authentication.
+type UserInfo struct {
+	Ext     string    `json:"ext"`
+	Display string    `json:"display,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+func userInfo(a Account) UserInfo {
+	return UserInfo{Ext: a.Ext, Display: a.Display, Updated: a.Updated}
+}
+
+// maxControlBody bounds request bodies on the control socket.
+const maxControlBody = 64 << 10
+
+func (s *controlServer) handleUsers(w http.ResponseWriter, r *http.Request) {
+	accts, err := s.node.accounts.ListAccounts(r.Context())
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, controlError{err.Error()})
+		return
+	}
+	out := make([]UserInfo, 0, len(accts))
+	for _, a := range accts {
+		out = append(out, userInfo(a))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleAddUser stores an account (new or changed password): the client
+// computed the HA1 values (NewAccount), so the password never reaches the
+// node; the node signs the record with the mesh administrator key.
+func (s *controlServer) handleAddUser(w http.ResponseWriter, r *http.Request) {
+	var a Account
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxControlBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		writeJSON(w, http.StatusBadRequest, controlError{"bad account: " + err.Error()})
+		return
+	}
+	// Versions are ordered by the node's clock, never the client's.
+	a.Updated = time.Now().UTC().Truncate(time.Millisecond)
+	if old, err := s.node.accounts.Account(r.Context(), a.Ext); err == nil && !a.Updated.After(old.Updated) {
+		a.Updated = old.Updated.Add(time.Millisecond)
+	}
+	if err := a.Validate(); err != nil {
+		writeJSON(w, http.StatusBadRequest, controlError{err.Error()})
+		return
+	}
+	if !s.putRecord(w, r, a, false) {
+		return
+	}
+	s.log.Info("subscriber stored", "ext", a.Ext)
+	writeJSON(w, http.StatusOK, userInfo(a))
+}
+
+func (s *controlServer) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
+	ext := r.PathValue("ext")
+	old, err := s.node.accounts.Account(r.Context(), ext)
+	if errors.Is(err, ErrNoAccount) {
+		writeJSON(w, http.StatusNotFound, controlError{fmt.Sprintf("no subscriber %q", ext)})
+		return
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, controlError{err.Error()})
+		return
+	}
+	tomb := Account{Ext: ext, Updated: time.Now().UTC().Truncate(time.Millisecond)}
+	if !tomb.Updated.After(old.Updated) {
+		tomb.Updated = old.Updated.Add(time.Millisecond)
+	}
+	if !s.putRecord(w, r, tomb, true) {
+		return
+	}
+	s.log.Info("subscriber removed", "ext", ext)
+	writeJSON(w, http.StatusOK, userInfo(old))
+}
+
+func (s *controlServer) putRecord(w http.ResponseWriter, r *http.Request, a Account, deleted bool) bool {
+	if s.node.admin == nil {
+		writeJSON(w, http.StatusForbidden, controlError{"this node has no admin-key configured: subscribers are managed on a node that holds the mesh administrator key"})
+		return false
+	}
+	rec, err := SignAccount(s.node.admin, a, deleted)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, controlError{err.Error()})
+		return false
+	}
+	if err := s.node.accounts.PutRecord(r.Context(), rec); err != nil {
+		code := http.StatusServiceUnavailable
+		if errors.Is(err, ErrStaleRecord) {
+			code = http.StatusConflict
+		}
+		writeJSON(w, code, controlError{err.Error()})
+		return false
+	}
+	return true
+}
+
+// do sends a request with an optional JSON body and decodes the answer.
+func (c *ControlClient) do(ctx context.Context, method, endpoint string, body, v any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://sipmesh"+endpoint, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("control socket %s: %w: %v", c.path, ErrNoNode, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("control socket %s: reading answer: %w", c.path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var ce controlError
+		if json.Unmarshal(b, &ce) == nil && ce.Error != "" {
+			return errors.New(ce.Error)
+		}
+		return fmt.Errorf("control socket %s: %s", c.path, resp.Status)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("control socket %s: bad answer: %w", c.path, err)
+	}
+	return nil
+}
+
+// Users lists the node's subscribers.
+func (c *ControlClient) Users(ctx context.Context) ([]UserInfo, error) {
+	var out []UserInfo
+	err := c.do(ctx, http.MethodGet, "/users", nil, &out)
+	return out, err
+}
+
+// AddUser stores account a (from NewAccount) on the node.
+func (c *ControlClient) AddUser(ctx context.Context, a Account) (UserInfo, error) {
+	var out UserInfo
+	err := c.do(ctx, http.MethodPost, "/users", a, &out)
+	return out, err
+}
+
+// DeleteUser removes the subscriber ext.
+func (c *ControlClient) DeleteUser(ctx context.Context, ext string) (UserInfo, error) {
+	var out UserInfo
+	err := c.do(ctx, http.MethodDelete, "/users/"+url.PathEscape(ext), nil, &out)
+	return out, err
+}

@@ -1,0 +1,113 @@
+package gateway
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// rateLimiter is a token bucket per source IP address, with a bounded
+// table: when it is full, the bucket idle the longest is reused. Sources
+// that evict each other start with a full burst, so a flood from many
+// addresses is bounded by the worker queue instead (and memory by the
+// table size), while one noisy source is bounded here.
+//
+// Global IPv6 sources are keyed by their /64: one host owns a whole /64
+// and could otherwise rotate addresses to escape its bucket. Link-local
+// ones share fe80::/64 on every link, so they are keyed by address.
+type rateLimiter struct {
+	rate  float64 // tokens per second
+	burst float64
+	max   int
+
+	mu      sync.Mutex
+	buckets map[netip.Addr]*bucket
+	// lru is a doubly linked list through the buckets, most recent first.
+	head, tail *bucket
+}
+
+type bucket struct {
+	key        netip.Addr
+	tokens     float64
+	last       time.Time
+	prev, next *bucket
+}
+
+func newRateLimiter(rate float64, burst int, max int) *rateLimiter {
+	return &rateLimiter{rate: rate, burst: float64(burst), max: max, buckets: make(map[netip.Addr]*bucket)}
+}
+
+func rateKey(a netip.Addr) netip.Addr {
+	a = a.Unmap().WithZone("")
+	if a.Is6() && !a.IsLinkLocalUnicast() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// allow takes a token for src at now and reports whether there was one.
+func (r *rateLimiter) allow(src netip.Addr, now time.Time) bool {
+	if r == nil || r.rate <= 0 {
+		return true
+	}
+	k := rateKey(src)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.buckets[k]
+	if !ok {
+		if len(r.buckets) >= r.max && r.tail != nil {
+			b = r.tail
+			r.unlink(b)
+			delete(r.buckets, b.key)
+			*b = bucket{}
+		} else {
+			b = new(bucket)
+		}
+		b.key, b.tokens, b.last = k, r.burst, now
+		r.buckets[k] = b
+	} else {
+		r.unlink(b)
+		if dt := now.Sub(b.last).Seconds(); dt > 0 {
+			b.tokens = min(r.burst, b.tokens+dt*r.rate)
+		}
+		b.last = now
+	}
+	r.pushFront(b)
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func (r *rateLimiter) unlink(b *bucket) {
+	if b.prev != nil {
+		b.prev.next = b.next
+	} else {
+		r.head = b.next
+	}
+	if b.next != nil {
+		b.next.prev = b.prev
+	} else {
+		r.tail = b.prev
+	}
+	b.prev, b.next = nil, nil
+}
+
+func (r *rateLimiter) pushFront(b *bucket) {
+	b.next = r.head
+	if r.head != nil {
+		r.head.prev = b
+	}
+	r.head = b
+	if r.tail == nil {
+		r.tail = b
+	}
+}
+
+func (r *rateLimiter) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.buckets)
+}
