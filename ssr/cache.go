@@ -241,7 +241,7 @@ func (c *cache) removeSubtree(id NodeID) {
 	}
 }
 
-// evict removes least recently used leaves until the cache is at 7/8 of
+// evict removes least recently used leaves until the cache is at 3/4 of
 // its bound (batches amortise the scan). Routes to the pinned nodes —
 // neighbours, ring entries, fingers, the global maximum — and every node on
 // them are kept, so the bound is soft by the size of those routes.
@@ -251,14 +251,14 @@ func (c *cache) evict(pinned []NodeID) {
 	}
 	// Each pass removes least recently used leaves; removing them can make
 	// their parents leaves, which the next pass takes.
-	target := c.max * 7 / 8
+	target := c.max * 3 / 4
 	for len(c.entries) > target && c.evictPass(pinned, target) {
 	}
 	// When pinned routes hold more than the target, scanning again on the
-	// next insert would free nothing: wait for another eighth to arrive.
+	// next insert would free nothing: wait for another quarter to arrive.
 	c.floor = 0
 	if len(c.entries) > target {
-		c.floor = len(c.entries) + c.max/8
+		c.floor = len(c.entries) + c.max/4
 	}
 }
 
