@@ -56,17 +56,17 @@ type Call struct {
 
 	// Dialog state (RFC 3261 §12); set before the call goroutine or the
 	// handler starts and changed only by it, except where noted.
-	localURI, remoteURI    sip.Uri
-	localTag, remoteTag    string
-	remoteTarget           sip.Uri
-	routeSet               []sip.Uri
-	localSeq               uint32
-	invite                 *sip.Request // our INVITE (outgoing) or theirs (incoming)
-	localSDP               []byte
-	answerOnce             sync.Once
-	answered, ended        chan struct{}
-	ringingDone            chan struct{}
-	ringOnce               sync.Once
+	localURI, remoteURI sip.Uri
+	localTag, remoteTag string
+	remoteTarget        sip.Uri
+	routeSet            []sip.Uri
+	localSeq            uint32
+	invite              *sip.Request // our INVITE (outgoing) or theirs (incoming)
+	localSDP            []byte
+	answerOnce          sync.Once
+	answered, ended     chan struct{}
+	ringingDone         chan struct{}
+	ringOnce            sync.Once
 
 	hangupCh chan struct{} // local hangup or cancel request
 	hangOnce sync.Once

@@ -209,11 +209,24 @@ func New(cfg Config) (*Phone, error) {
 		sipgo.WithUserAgentHostname(uriHost(cfg.LocalAddr)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(log)),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log)),
+		// The phone never resolves names (targets and Server are IP
+		// literals); if sipgo ever tried, it must not ask the host's DNS.
+		sipgo.WithUserAgentDNSResolver(&net.Resolver{PreferGo: true,
+			Dial: func(context.Context, string, string) (net.Conn, error) {
+				return nil, errors.New("phones: no DNS")
+			}}),
 	)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("phones: %w", err)
 	}
+	// Put the socket in sipgo's connection pool now: ServeUDP adds it only
+	// once its goroutine runs, and a request sent before that would make
+	// sipgo bind a kernel socket to Laddr (a race seen in tests: "listen
+	// udp 192.168.1.10:5060: bind: cannot assign requested address").
+	// Listener: true keeps sipgo from closing it; Run does.
+	ua.TransportLayer().Pool("udp").Add(local.String(),
+		&sip.UDPConnection{PacketConn: conn, PacketAddr: local.String(), Listener: true})
 	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log))
 	if err != nil {
 		conn.Close()
