@@ -518,6 +518,7 @@ func (c *Call) runUAC(tx sip.ClientTransaction, dest netip.AddrPort) {
 		cancelling  bool
 		cancelSent  bool
 		hangup      = c.hangupCh
+		stopping    = c.p.base.Done()
 		cancelWait  <-chan time.Time
 	)
 	sendCancel := func() {
@@ -585,13 +586,13 @@ func (c *Call) runUAC(tx sip.ClientTransaction, dest netip.AddrPort) {
 		case <-hangup:
 			hangup, cancelling = nil, true
 			sendCancel()
-		case <-p.base.Done():
+		case <-stopping:
 			if !provisional {
 				tx.Terminate()
 				c.finish(0, "", ErrClosed)
 				return
 			}
-			cancelling = true
+			stopping, cancelling = nil, true // a closed channel would spin the loop
 			sendCancel()
 		case <-cancelWait:
 			tx.Terminate()
@@ -794,4 +795,47 @@ func (c *Call) hangup(stopping bool) {
 		c.finish(200, "OK", nil)
 		return
 	}
+}
+
+// Reinvite refreshes an established session with a re-INVITE carrying
+// the same SDP (RFC 3261 §14.1, a session refresh), and ACKs its 2xx. It
+// tests that proxies route mid-dialog INVITEs along the route set.
+func (c *Call) Reinvite(ctx context.Context) error {
+	if c.State() != Established {
+		return errors.New("phones: re-INVITE outside an established call")
+	}
+	c.mu.Lock()
+	c.localSeq++
+	seq := c.localSeq
+	c.mu.Unlock()
+	req, err := c.inDialog(sip.INVITE, seq)
+	if err != nil {
+		return err
+	}
+	ct := sip.ContentTypeHeader("application/sdp")
+	req.AppendHeader(&ct)
+	req.SetBody(c.localSDP)
+	tx, err := c.p.cli.TransactionRequest(context.Background(), req, prebuilt)
+	if err != nil {
+		return fmt.Errorf("phones: re-INVITE: %w", err)
+	}
+	defer tx.Terminate()
+	res, err := finalResponse(ctx, tx)
+	if err != nil {
+		return fmt.Errorf("phones: re-INVITE: %w", err)
+	}
+	if !res.IsSuccess() {
+		return &StatusError{Method: "INVITE", Code: res.StatusCode, Reason: res.Reason}
+	}
+	ack, err := c.inDialog(sip.ACK, seq)
+	if err != nil {
+		return err
+	}
+	if err := c.p.cli.WriteRequest(ack, prebuilt); err != nil {
+		return fmt.Errorf("phones: ACK: %w", err)
+	}
+	if st, _, err := audio(res.Body()); err == nil {
+		c.media.SetRemote(st.RTP())
+	}
+	return nil
 }
