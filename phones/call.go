@@ -463,7 +463,6 @@ func (p *Phone) Dial(ctx context.Context, target string, opts CallOptions) (*Cal
 	req.SetBody(c.localSDP)
 	c.invite = req
 
-	c.started = p.now()
 	tx, err := p.send(req, dest)
 	if err != nil {
 		c.finish(0, "", fmt.Errorf("phones: INVITE: %w", err))

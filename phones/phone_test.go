@@ -48,10 +48,15 @@ func newRig(t *testing.T, loss float64) *rig {
 	return r
 }
 
-// host adds a host with address ip/24 on the LAN.
+// host adds a host with address ip/24 (IPv6: /64) on the LAN.
 func (r *rig) host(name, ip string) *memnet.Host {
 	h := r.nw.AddHost(name)
-	r.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(netip.MustParseAddr(ip), 24)))
+	a := netip.MustParseAddr(ip)
+	bits := 24
+	if a.Is6() {
+		bits = 64
+	}
+	r.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(a, bits)))
 	return h
 }
 
@@ -104,13 +109,21 @@ func statusOf(err error) int {
 // other's Contact, no server); each hears the other's tone and not its
 // own; hanging up on either side ends both.
 func TestPeerToPeer(t *testing.T) {
-	for _, byCaller := range []bool{true, false} {
-		t.Run(fmt.Sprintf("hangup-by-caller=%v", byCaller), func(t *testing.T) {
+	for _, tc := range []struct {
+		ipA, ipB string
+		byCaller bool
+	}{
+		{"192.168.1.10", "192.168.1.11", true},
+		{"192.168.1.10", "192.168.1.11", false},
+		{"fd00:1::10", "fd00:1::11", true},
+	} {
+		byCaller := tc.byCaller
+		t.Run(fmt.Sprintf("%s/hangup-by-caller=%v", tc.ipA, byCaller), func(t *testing.T) {
 			leakcheck.Check(t)
 			synctest.Test(t, func(t *testing.T) {
 				r := newRig(t, 0)
-				a := r.phone("201", "192.168.1.10", toneA, phones.Policy{}, netip.AddrPort{})
-				b := r.phone("202", "192.168.1.11", toneB,
+				a := r.phone("201", tc.ipA, toneA, phones.Policy{}, netip.AddrPort{})
+				b := r.phone("202", tc.ipB, toneB,
 					phones.Policy{RingDelay: 800 * time.Millisecond, ExpectHz: toneA}, netip.AddrPort{})
 
 				c, err := a.Call(r.ctx, b.Contact(), phones.CallOptions{ExpectHz: toneB})
@@ -118,6 +131,9 @@ func TestPeerToPeer(t *testing.T) {
 					t.Fatalf("call: %v", err)
 				}
 				in := <-b.Incoming()
+				if c.LocalMedia().Addr() != a.Local().Addr() || in.LocalMedia().Addr() != b.Local().Addr() {
+					t.Errorf("media on %v and %v", c.LocalMedia(), in.LocalMedia())
+				}
 				time.Sleep(2 * time.Second) // talk
 
 				if !c.HeardRemote() || c.Heard(toneA) {
