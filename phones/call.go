@@ -552,8 +552,8 @@ func (c *Call) runUAC(tx sip.ClientTransaction, dest netip.AddrPort) {
 				if !c.onAnswer(tx, res) {
 					return
 				}
-				if cancelling {
-					c.hangup(true)
+				if cancelling { // answered as the CANCEL went out
+					c.hangup(p.base.Err() != nil)
 					return
 				}
 				c.established()
@@ -565,7 +565,9 @@ func (c *Call) runUAC(tx sip.ClientTransaction, dest netip.AddrPort) {
 					c.finish(code, res.Reason, &StatusError{Method: "INVITE", Code: code, Reason: res.Reason})
 					return
 				}
+				c.mu.Lock()
 				c.localSeq = c.invite.CSeq().SeqNo
+				c.mu.Unlock()
 				var err error
 				if tx, err = p.send(c.invite, dest); err != nil {
 					c.finish(0, "", fmt.Errorf("phones: INVITE: %w", err))

@@ -95,6 +95,8 @@ var (
 	ErrClosed = errors.New("phones: phone closed")
 	// ErrTooManyCalls is returned by Dial when MaxCalls calls are up.
 	ErrTooManyCalls = errors.New("phones: too many calls")
+
+	errDuplicate = errors.New("phones: duplicate Call-ID")
 )
 
 // StatusError is a SIP final response that ended a request: a failed call
@@ -499,7 +501,7 @@ func (p *Phone) admit(c *Call) error {
 		return ErrTooManyCalls
 	}
 	if _, dup := p.calls[c.id]; dup {
-		return fmt.Errorf("phones: duplicate Call-ID %q", c.id)
+		return fmt.Errorf("%w %q", errDuplicate, c.id)
 	}
 	p.calls[c.id] = c
 	p.wg.Add(1)

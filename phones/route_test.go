@@ -185,3 +185,61 @@ func TestRecordRoute(t *testing.T) {
 		})
 	})
 }
+
+// TestBadRequests: requests a phone cannot take get the RFC 3261 answer,
+// and garbage does not stop it.
+func TestBadRequests(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, 0)
+		x := newRawProxy(r, "192.168.1.30")
+		b := r.phone("202", "192.168.1.11", toneB, phones.Policy{Mode: phones.Manual}, x.addr)
+		phone := net.UDPAddrFromAddrPort(b.Local())
+		n := 0
+		req := func(method, callID, extra string, body []byte) {
+			n++
+			s := fmt.Sprintf("%[1]s sip:202@192.168.1.11:5060 SIP/2.0\r\n"+
+				"Via: SIP/2.0/UDP 192.168.1.30:5060;branch=z9hG4bK-bad-%[2]d\r\n"+
+				"From: <sip:999@mesh>;tag=t%[2]d\r\nTo: <sip:202@mesh>\r\nCall-ID: %[3]s\r\nCSeq: 1 %[1]s\r\n"+
+				"Max-Forwards: 70\r\n%[4]sContent-Length: %[5]d\r\n\r\n%[6]s", method, n, callID, extra, len(body), body)
+			if _, err := x.conn.WriteTo([]byte(s), phone); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const contact = "Contact: <sip:999@192.168.1.40:5060>\r\nContent-Type: application/sdp\r\n"
+		expect := func(code, what string) {
+			t.Helper()
+			m, _ := x.next(code)
+			if m == nil {
+				t.Errorf("%s: no %s", what, code)
+			}
+		}
+
+		pcma := []byte("v=0\r\no=- 1 1 IN IP4 192.168.1.30\r\ns=-\r\nc=IN IP4 192.168.1.30\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n")
+		req("INVITE", "bad-1", contact, pcma)
+		expect("488", "PCMA-only offer")
+		req("INVITE", "bad-2", contact, []byte("not sdp at all"))
+		expect("488", "garbage SDP")
+		req("INVITE", "bad-3", "Content-Type: application/sdp\r\n", sdpAt("192.168.1.30", 4000))
+		expect("400", "INVITE without Contact")
+		if _, err := x.conn.WriteTo([]byte("\x00\x01garbage\r\n\r\nINVITE"), phone); err != nil {
+			t.Fatal(err)
+		}
+		req("BYE", "no-such-call", "", nil)
+		expect("481", "BYE outside a dialog")
+		req("CANCEL", "no-such-call", "", nil)
+		expect("481", "unmatched CANCEL")
+		req("INVITE", "dup", contact, sdpAt("192.168.1.30", 4000))
+		in := <-b.Incoming()
+		req("INVITE", "dup", contact, sdpAt("192.168.1.30", 4000))
+		expect("482", "merged request")
+		req("OPTIONS", "opt", "", nil)
+		expect("200", "OPTIONS")
+		in.Reject(603)
+		expect("603", "rejected call")
+		<-in.Done()
+		if statusOf(in.Err()) != 603 {
+			t.Errorf("rejected call: %v", in.Err())
+		}
+	})
+}

@@ -2,6 +2,7 @@ package phones
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -47,9 +48,14 @@ func (p *Phone) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	if err := p.admit(c); err != nil {
 		c.media.conn.Close()
-		if errors.Is(err, ErrTooManyCalls) {
+		switch {
+		case errors.Is(err, ErrTooManyCalls):
 			p.respond(tx, req, 486, "Busy Here", nil, "")
-		} else {
+		case errors.Is(err, errDuplicate):
+			// The same call again on another branch: a merged request
+			// (§8.2.2.2).
+			p.respond(tx, req, 482, "Loop Detected", nil, "")
+		default:
 			p.respond(tx, req, 503, "Service Unavailable", nil, "")
 		}
 		return
@@ -58,7 +64,8 @@ func (p *Phone) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	c.localSDP = p.sdp(c.media.Local(), randUint32()>>1, dtmf)
 
 	cancelled := make(chan struct{})
-	if !tx.OnCancel(func(*sip.Request) { close(cancelled) }) {
+	var once sync.Once
+	if !tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) }) {
 		c.finish(487, "Request Terminated", &StatusError{Method: "INVITE", Code: 487, Reason: "Request Terminated"})
 		return
 	}
