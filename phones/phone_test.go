@@ -278,8 +278,8 @@ func TestCancel(t *testing.T) {
 	})
 }
 
-// TestReject: a callee that rejects gives the caller a typed 486; a phone
-// at MaxCalls answers 486 itself.
+// TestReject: a callee that rejects gives the caller a typed 486; a call
+// nobody answers fails with 408; a phone at MaxCalls answers 486 itself.
 func TestReject(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {
@@ -294,6 +294,15 @@ func TestReject(t *testing.T) {
 		}
 		if pdd := c.PostDialDelay(); pdd == 0 || pdd > 10*time.Millisecond {
 			t.Errorf("post-dial delay %v", pdd)
+		}
+
+		// Nobody there: Timer B (64*T1) gives 408 (§8.1.3.1).
+		start := time.Now()
+		if _, err := a.Call(r.ctx, "sip:209@192.168.1.99", phones.CallOptions{}); statusOf(err) != 408 {
+			t.Errorf("call to nobody: %v", err)
+		}
+		if d := time.Since(start); d != 32*time.Second {
+			t.Errorf("408 after %v, want Timer B = 32 s", d)
 		}
 
 		// Busy: MaxCalls is 1 and one call rings.
