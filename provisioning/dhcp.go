@@ -213,7 +213,7 @@ func NewDHCPServer(cfg DHCPConfig) (*DHCPServer, error) {
 
 	// Option values that do not depend on the client (RFC 2132 sections).
 	mask := net.CIDRMask(cfg.Subnet.Bits(), 32)
-	s.params[dhcpv4.OptionSubnetMask.Code()] = []byte(mask)           // §3.3
+	s.params[dhcpv4.OptionSubnetMask.Code()] = []byte(mask)                    // §3.3
 	s.params[dhcpv4.OptionRouter.Code()] = ipv4Bytes([]netip.Addr{cfg.Router}) // §3.5
 	s.params[dhcpv4.OptionDomainNameServer.Code()] = ipv4Bytes(cfg.DNS)        // §3.8
 	s.params[dhcpv4.OptionDomainName.Code()] = []byte(cfg.Domain)              // §3.17
