@@ -636,7 +636,10 @@ func TestConfigErrors(t *testing.T) {
 		{"Interface", func(c *DHCPConfig) { c.Interface = "" }},
 		{"Subnet", func(c *DHCPConfig) { c.Subnet = netip.MustParsePrefix("2001:db8::/64") }},
 		{"ServerIP", func(c *DHCPConfig) { c.ServerIP = netip.MustParseAddr("10.64.7.255") }},
-		{"PoolStart/PoolEnd", func(c *DHCPConfig) { c.PoolStart = netip.MustParseAddr("10.64.7.20"); c.PoolEnd = netip.MustParseAddr("10.64.7.10") }},
+		{"PoolStart/PoolEnd", func(c *DHCPConfig) {
+			c.PoolStart = netip.MustParseAddr("10.64.7.20")
+			c.PoolEnd = netip.MustParseAddr("10.64.7.10")
+		}},
 		{"T1/T2", func(c *DHCPConfig) { c.LeaseTime = time.Hour; c.T1 = 2 * time.Hour }},
 		{"LeaseTime", func(c *DHCPConfig) { c.LeaseTime = time.Second }},
 		{"Domain", func(c *DHCPConfig) { c.Domain = "bad domain" }},

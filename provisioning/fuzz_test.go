@@ -2,10 +2,10 @@ package provisioning
 
 import (
 	"encoding/binary"
-	"net"
-	"net/netip"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
 
