@@ -80,8 +80,10 @@ type DHCPConfig struct {
 	TFTPServers []netip.Addr
 	// Reservations tie MACs to fixed addresses and extensions.
 	Reservations []Reservation
-	// LeaseFile persists the leases (written atomically on every change);
-	// "" keeps them in memory only, which loses them on restart.
+	// LeaseFile persists the leases, written atomically (temporary file,
+	// fsync, rename, directory fsync): new bindings, releases and declines
+	// before the reply, renewals within a second and when Run stops. ""
+	// keeps them in memory only, which loses them on restart.
 	LeaseFile string
 	// OnLease is called, outside any lock, after every DHCPACK that grants
 	// or renews a lease (the DNS publishes <hostname>.<node>.mesh from it).
@@ -100,8 +102,9 @@ type DHCPStats struct {
 	// serve; Ignored counts valid ones we stay silent on (another server
 	// chosen, INIT-REBOOT without a record, pool exhausted...).
 	Malformed, Ignored uint64
-	// PersistErrors counts lease file writes that failed; the DHCPACK is
-	// withheld then, since the binding would not survive a restart.
+	// PersistErrors counts lease file writes that failed; the DHCPACK of
+	// a new binding is withheld then, since it would not survive a
+	// restart.
 	PersistErrors uint64
 }
 
@@ -117,9 +120,16 @@ type DHCPServer struct {
 	stats   DHCPStats
 	lastLog time.Time // rate limit of peer-caused warnings
 	muted   int
+	dirty   bool      // the store has renewals the lease file lacks
+	flushed time.Time // last lease file write
 
-	persistMu sync.Mutex // serialises lease file writes, in order
+	// persistMu serialises lease file writes and is taken before mu, so
+	// snapshots reach the file in the order they were taken.
+	persistMu sync.Mutex
 }
+
+// flushEvery bounds how long a renewal waits to reach the lease file.
+const flushEvery = time.Second
 
 // NewDHCPServer validates cfg, fills in defaults and loads the lease file.
 func NewDHCPServer(cfg DHCPConfig) (*DHCPServer, error) {
@@ -320,12 +330,22 @@ func (s *DHCPServer) Run(ctx context.Context) error {
 		if stop() {
 			pc.Close()
 		}
+		if err := s.Flush(); err != nil {
+			s.log.Error("lease file not written at stop", "err", err)
+		}
 	}()
 	s.log.Info("DHCP server running", "subnet", s.cfg.Subnet, "server", s.cfg.ServerIP, "broadcast", bcast)
 	// RFC 2131 §2: a client must accept 576-byte messages; larger ones
 	// (option 57) still fit one Ethernet frame.
 	buf := make([]byte, 1500)
 	for {
+		if s.flushDue() {
+			if err := s.Flush(); err != nil {
+				s.log.Error("lease file not written", "err", err)
+			}
+		}
+		// Wake at least every flushEvery to write pending renewals.
+		pc.SetReadDeadline(time.Now().Add(flushEvery))
 		n, addr, err := pc.ReadFrom(buf)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -401,9 +421,10 @@ const minMessage = 240
 
 // Handle processes one datagram that arrived on the server port from
 // `from` and returns the reply, if any. It is the server's protocol core:
-// it does no network I/O and is safe for concurrent use; it writes the
-// lease file when a binding changes, before the reply that announces it
-// (so a restart never forgets a lease a client holds).
+// it does no network I/O and is safe for concurrent use. It writes the
+// lease file when a binding is created, released or declined, before the
+// reply that announces it (so a restart never forgets an address a client
+// holds); a renewal is left for Flush.
 func (s *DHCPServer) Handle(pkt []byte, from netip.AddrPort) (Reply, bool) {
 	fail := func(why string, args ...any) (Reply, bool) {
 		s.mu.Lock()
@@ -443,6 +464,7 @@ func (s *DHCPServer) Handle(pkt []byte, from netip.AddrPort) (Reply, bool) {
 	st := s.store
 	var r Reply
 	var ok, persist bool
+	durable := true // write the lease file now; false for a pure renewal
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:
 		s.stats.Discover++
@@ -457,7 +479,7 @@ func (s *DHCPServer) Handle(pkt []byte, from netip.AddrPort) (Reply, bool) {
 		r, ok = s.replyLocked(m, dhcpv4.MessageTypeOffer, e, ""), true
 	case dhcpv4.MessageTypeRequest:
 		s.stats.Request++
-		r, ok, persist = s.requestLocked(m, key, sid, now)
+		r, ok, persist, durable = s.requestLocked(m, key, sid, now)
 	case dhcpv4.MessageTypeDecline:
 		s.stats.Decline++
 		// RFC 2131 §4.3.3: the address is in option 50.
@@ -490,17 +512,16 @@ func (s *DHCPServer) Handle(pkt []byte, from netip.AddrPort) (Reply, bool) {
 		s.mu.Unlock()
 		return Reply{}, false
 	}
-	var snap []record
 	if persist && s.cfg.LeaseFile != "" {
-		snap = st.snapshot()
+		s.dirty = true
 	}
 	s.mu.Unlock()
 
-	if snap != nil {
-		if err := s.persist(snap); err != nil {
-			s.mu.Lock()
-			s.stats.PersistErrors++
-			s.mu.Unlock()
+	// A new binding, a release or a decline reaches the disk (fsynced)
+	// before the reply; a renewal only marks the store dirty, and Run
+	// writes it within flushEvery and when it stops.
+	if persist && durable && s.cfg.LeaseFile != "" {
+		if err := s.flush(); err != nil {
 			s.log.Error("lease file not written; reply withheld", "err", err)
 			return Reply{}, false
 		}
@@ -520,12 +541,45 @@ func (s *DHCPServer) Handle(pkt []byte, from netip.AddrPort) (Reply, bool) {
 	return r, ok
 }
 
-// persist writes a snapshot; writes are serialised so the file never goes
-// back in time.
-func (s *DHCPServer) persist(snap []record) error {
+// Flush writes pending renewals to the lease file (fsynced). Run calls it
+// within a second of a renewal and when it stops; a caller driving Handle
+// itself calls it.
+func (s *DHCPServer) Flush() error {
+	if s.cfg.LeaseFile == "" {
+		return nil
+	}
+	return s.flush()
+}
+
+// flush writes the store if it is dirty.
+func (s *DHCPServer) flush() error {
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
-	return writeLeaseFile(s.cfg.LeaseFile, s.cfg.Subnet.String(), snap)
+	s.mu.Lock()
+	if !s.dirty {
+		s.mu.Unlock()
+		return nil
+	}
+	snap := s.store.snapshot()
+	s.dirty = false
+	s.mu.Unlock()
+	err := writeLeaseFile(s.cfg.LeaseFile, s.cfg.Subnet.String(), snap)
+	s.mu.Lock()
+	if err != nil {
+		s.dirty = true
+		s.stats.PersistErrors++
+	} else {
+		s.flushed = time.Now()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// flushDue reports whether pending renewals have waited flushEvery.
+func (s *DHCPServer) flushDue() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dirty && time.Since(s.flushed) >= flushEvery
 }
 
 // note records the client's host name and FQDN on its entry.
@@ -539,8 +593,10 @@ func (s *DHCPServer) note(e *entry, m *dhcpv4.DHCPv4) {
 }
 
 // requestLocked answers a DHCPREQUEST according to the client state it
-// comes from (RFC 2131 §4.3.2). persist reports a changed binding.
-func (s *DHCPServer) requestLocked(m *dhcpv4.DHCPv4, key clientKey, sid netip.Addr, now time.Time) (r Reply, ok, persist bool) {
+// comes from (RFC 2131 §4.3.2). persist reports a changed binding;
+// durable is false when the change is only a later expiry of the client's
+// existing binding (a renewal).
+func (s *DHCPServer) requestLocked(m *dhcpv4.DHCPv4, key clientKey, sid netip.Addr, now time.Time) (r Reply, ok, persist, durable bool) {
 	st := s.store
 	ci := ip4(m.ClientIPAddr)
 	hasCI := ci.IsValid() && !ci.IsUnspecified()
@@ -552,12 +608,12 @@ func (s *DHCPServer) requestLocked(m *dhcpv4.DHCPv4, key clientKey, sid netip.Ad
 		// SELECTING, and the client chose another server's offer.
 		st.cancelOffer(key, now)
 		s.stats.Ignored++
-		return Reply{}, false, false
+		return Reply{}, false, false, false
 	case sid.IsValid():
 		// SELECTING: ciaddr MUST be zero, requested IP MUST be filled in.
 		if !req.IsValid() || hasCI {
 			s.stats.Malformed++
-			return Reply{}, false, false
+			return Reply{}, false, false, false
 		}
 		kind, ip = reqSelecting, req
 	case req.IsValid():
@@ -569,24 +625,30 @@ func (s *DHCPServer) requestLocked(m *dhcpv4.DHCPv4, key clientKey, sid netip.Ad
 		kind, ip = reqRenewing, ci
 	default:
 		s.stats.Malformed++
-		return Reply{}, false, false
+		return Reply{}, false, false, false
 	}
 	if !s.cfg.Subnet.Contains(ip) {
-		return s.replyLocked(m, dhcpv4.MessageTypeNak, nil, fmt.Sprintf("%v is not on subnet %v", ip, s.cfg.Subnet)), true, false
+		return s.replyLocked(m, dhcpv4.MessageTypeNak, nil, fmt.Sprintf("%v is not on subnet %v", ip, s.cfg.Subnet)), true, false, false
 	}
+	prev := st.byIP[ip]
+	renewal := prev != nil && prev.key == key && prev.state == stateBound
 	e, err := st.request(kind, key, m.ClientHWAddr, ip, now)
 	switch {
 	case errors.Is(err, ErrNoRecord):
 		s.stats.Ignored++
-		return Reply{}, false, false
+		return Reply{}, false, false, false
 	case err != nil:
-		return s.replyLocked(m, dhcpv4.MessageTypeNak, nil, fmt.Sprintf("%v is not available to this client", ip)), true, false
+		return s.replyLocked(m, dhcpv4.MessageTypeNak, nil, fmt.Sprintf("%v is not available to this client", ip)), true, false, false
 	}
 	s.note(e, m)
 	r = s.replyLocked(m, dhcpv4.MessageTypeAck, e, "")
 	l := st.leaseOf(e)
 	r.Granted = &l
-	return r, true, true
+	// Only a new binding must be on disk before the ACK: if a crash loses
+	// a renewal, the restarted server still has the client's binding
+	// (with its earlier end), gives that address to nobody else while
+	// fresh ones remain, and grants the client's next renewal.
+	return r, true, true, !renewal
 }
 
 // replyLocked builds an OFFER, ACK or NAK for m. e is the binding (nil for

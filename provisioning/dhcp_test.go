@@ -680,3 +680,30 @@ func TestMalformed(t *testing.T) {
 		t.Errorf("Malformed = %d, want %d", st.Malformed, len(cases))
 	}
 }
+
+// TestRenewalFlush: a renewal reaches the lease file at the next Flush
+// (Run flushes within a second and when it stops); a crash before that
+// loses only the later lease end, never the binding.
+func TestRenewalFlush(t *testing.T) {
+	e := newTestServer(t, nil)
+	ack := e.lease(mac(1))
+	ip := addr(ack.YourIPAddr)
+	firstEnd := e.srv.Leases()[0].Expiry
+
+	e.clock.Advance(30 * time.Minute)
+	e.mustReply(renew(t, ack), dhcpv4.MessageTypeAck)
+	e.restart() // a crash: no Flush
+	ls := e.srv.Leases()
+	if len(ls) != 1 || ls[0].IP != ip || !ls[0].Expiry.Equal(firstEnd) {
+		t.Fatalf("after a crash: %+v, want the binding with its first end %v", ls, firstEnd)
+	}
+
+	e.mustReply(renew(t, ack), dhcpv4.MessageTypeAck)
+	if err := e.srv.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	e.restart()
+	if ls := e.srv.Leases(); len(ls) != 1 || !ls[0].Expiry.Equal(e.clock.t.Add(time.Hour)) {
+		t.Fatalf("after Flush and restart: %+v, want the renewed end", ls)
+	}
+}
