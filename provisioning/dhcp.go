@@ -376,6 +376,7 @@ func (s *DHCPServer) Run(ctx context.Context) error {
 			s.warn("DHCP send failed", "to", to, "err", err)
 			continue
 		}
+		s.log.Debug("DHCP reply sent", "type", r.Type, "to", to, "from", from)
 		if r.Granted != nil && s.cfg.OnLease != nil {
 			s.cfg.OnLease(*r.Granted)
 		}

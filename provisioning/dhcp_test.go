@@ -2,6 +2,7 @@ package provisioning
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -705,5 +706,43 @@ func TestRenewalFlush(t *testing.T) {
 	e.restart()
 	if ls := e.srv.Leases(); len(ls) != 1 || !ls[0].Expiry.Equal(e.clock.t.Add(time.Hour)) {
 		t.Fatalf("after Flush and restart: %+v, want the renewed end", ls)
+	}
+}
+
+// TestReplyFitsMessageSize: when the requested options would not fit the
+// client's maximum message size (576 by default, RFC 2132 §9.10), the
+// least preferred requested ones are left out.
+func TestReplyFitsMessageSize(t *testing.T) {
+	long := strings.Repeat("p", 200)
+	var names []string
+	for i := range 4 {
+		names = append(names, fmt.Sprintf("%s%d.mesh", strings.Repeat("s", 50), i))
+	}
+	e := newTestServer(t, func(c *DHCPConfig) {
+		c.SIPServers = names
+		c.ProvisioningURL = "http://10.64.7.1/" + long
+	})
+	// 120 first, then 66, then 160: 160 is dropped.
+	prl := []dhcpv4.OptionCode{dhcpv4.OptionSIPServers, dhcpv4.OptionTFTPServerName, dhcpv4.GenericOptionCode(160), dhcpv4.OptionSubnetMask}
+	m, err := dhcpv4.NewDiscovery(mac(1), dhcpv4.WithRequestedOptions(prl...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer, r := e.mustReply(m, dhcpv4.MessageTypeOffer)
+	if len(r.Packet) > 548 {
+		t.Fatalf("reply of %d bytes", len(r.Packet))
+	}
+	if !offer.Options.Has(dhcpv4.OptionSIPServers) || offer.Options.Has(dhcpv4.GenericOptionCode(160)) {
+		t.Fatalf("options kept: %v", offer.Options)
+	}
+	// A client that accepts 1500 bytes gets everything.
+	m.UpdateOption(dhcpv4.OptMaxMessageSize(1500))
+	r2, ok := e.srv.Handle(m.ToBytes(), clientPort)
+	if !ok {
+		t.Fatal("no reply")
+	}
+	big, _ := dhcpv4.FromBytes(r2.Packet)
+	if !big.Options.Has(dhcpv4.GenericOptionCode(160)) || !big.Options.Has(dhcpv4.OptionSubnetMask) {
+		t.Fatalf("with option 57 = 1500: %v", big.Options)
 	}
 }

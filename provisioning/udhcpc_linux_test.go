@@ -183,7 +183,11 @@ func TestUdhcpcRealClient(t *testing.T) {
 	if renewed.vars["ip"] != ip.String() || renewed.vars["sipsrv"] != "sipserver.mesh" {
 		t.Fatalf("after the restart udhcpc has %v, want %v", renewed.vars, ip)
 	}
-	if st := srv.Stats(); st.Ack != 1 || st.Nak != 0 {
+	// busybox sends the unicast renew from a short-lived socket bound to
+	// its address; an ACK that arrives before it closes that socket is
+	// lost, and udhcpc broadcasts the renewal a second later. Either way
+	// the restarted server answered with ACKs only.
+	if st := srv.Stats(); st.Ack < 1 || st.Nak != 0 {
 		t.Errorf("restarted server's stats: %+v", st)
 	}
 	if ls := srv.Leases(); len(ls) != 1 || ls[0].IP != ip || ls[0].Hostname != "deskphone" {
