@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -98,5 +99,28 @@ func TestClaimSubnetCollision(t *testing.T) {
 	boom := errors.New("dht unreachable")
 	if _, err := ClaimSubnet(ctx, &mapRegistry{err: boom}, DefaultSupernet, 24, me, 0); !errors.Is(err, boom) {
 		t.Fatalf("registry error: %v", err)
+	}
+}
+
+func TestHostLabelAndFQDN(t *testing.T) {
+	for in, want := range map[string]string{
+		"Yealink T46S": "yealink-t46s", "SEP001122334455.corp": "sep001122334455",
+		"-_-": "", "ümlaut": "mlaut", strings.Repeat("a", 80): strings.Repeat("a", 63),
+	} {
+		if got := hostLabel(in); got != want {
+			t.Errorf("hostLabel(%q) = %q, want %q", in, got, want)
+		}
+	}
+	wire := append([]byte{0x05, 0, 0}, 5, 'd', 'e', 's', 'k', '1', 4, 'm', 'e', 's', 'h', 0)
+	if got := decodeFQDN(wire); got != "desk1.mesh" {
+		t.Errorf("FQDN with E flag = %q", got)
+	}
+	if got := decodeFQDN(append([]byte{0, 0, 0}, "desk1.example."...)); got != "desk1.example" {
+		t.Errorf("ASCII FQDN = %q", got)
+	}
+	for _, bad := range [][]byte{nil, {0, 0}, append([]byte{0, 0, 0}, "bad name"...), {0x04, 0, 0, 0xc0, 0x00}} {
+		if got := decodeFQDN(bad); got != "" {
+			t.Errorf("decodeFQDN(% x) = %q, want nothing", bad, got)
+		}
 	}
 }
