@@ -107,7 +107,11 @@ func (r *kernelRig) dora(tb testing.TB, k int) {
 }
 
 func (r *kernelRig) run(b *testing.B) {
-	r.dora(b, 0) // the server is up
+	// Every phone has its lease before the timer starts: the benchmark
+	// measures returning phones, the steady state of a LAN.
+	for k := range benchClients {
+		r.dora(b, k)
+	}
 	b.ResetTimer()
 	for i := range b.N {
 		r.dora(b, i%benchClients)
@@ -116,9 +120,10 @@ func (r *kernelRig) run(b *testing.B) {
 }
 
 // BenchmarkKernelDORA measures full DISCOVER→OFFER→REQUEST→ACK exchanges
-// per second over kernel sockets on a veth pair between two namespaces,
-// for this server (with its fsynced lease file) and, in the same run, for
-// dnsmasq (Debian's dnsmasq-base) on the same rig and client.
+// per second of returning phones over kernel sockets on a veth pair
+// between two namespaces, for this server (with its lease file) and, in
+// the same run, for dnsmasq (Debian's dnsmasq-base) on the same rig and
+// client.
 func BenchmarkKernelDORA(b *testing.B) {
 	netns.RequireRoot(b)
 	b.Run("sipmesh", func(b *testing.B) {
