@@ -17,6 +17,4 @@ var (
 	// ErrSubnetsExhausted means every candidate LAN subnet is claimed by
 	// another node.
 	ErrSubnetsExhausted = errors.New("provisioning: no unclaimed LAN subnet left")
-	// ErrUnknownMAC means no account or lease is known for a phone's MAC.
-	ErrUnknownMAC = errors.New("provisioning: unknown MAC address")
 )
