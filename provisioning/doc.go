@@ -1,6 +1,17 @@
 // Package provisioning brings an unmodified desk phone onto the mesh: a
-// DHCPv4 server on each node's phone LAN handing out persistent leases with
-// the SIP server option 120 (RFC 3361) set to sipserver.mesh, DNS, domain,
-// NTP and a provisioning URL, and the phone configuration files for common
-// desk phones served over HTTP and TFTP.
+// DHCPv4 server (RFC 2131, options RFC 2132) on each node's phone LAN
+// handing out persistent leases with the SIP server option 120 (RFC 3361)
+// set to sipserver.mesh, DNS, domain, NTP and a provisioning URL; the
+// deterministic derivation of a node's LAN subnet from its node ID with a
+// collision-checked claim; and an HTTP server for the per-MAC
+// configuration files of common desk phones (Yealink, Grandstream,
+// Polycom) and a Yealink remote phonebook.
+//
+// The DHCP server uses insomniacslk/dhcp's dhcpv4 message codec but drives
+// its own read loop on a socket from netx.Network (server4 starts one
+// goroutine per packet and opens its own kernel socket, which neither the
+// in-memory network nor Run's wait-for-everything contract allows). The
+// protocol core (DHCPServer.Handle) does no I/O: it takes a datagram and
+// returns the reply and where to send it, per the delivery rules of RFC 2131
+// §4.1.
 package provisioning

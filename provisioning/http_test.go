@@ -1,0 +1,272 @@
+package provisioning
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"flag"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/memnet"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+
+type mapAccounts map[string]Account
+
+func (m mapAccounts) AccountForMAC(_ context.Context, mac net.HardwareAddr) (Account, bool, error) {
+	if mac.String() == "de:ad:00:00:00:00" {
+		return Account{}, false, errors.New("store offline")
+	}
+	a, ok := m[mac.String()]
+	return a, ok, nil
+}
+
+type listDirectory []DirectoryEntry
+
+func (l listDirectory) Entries(context.Context) ([]DirectoryEntry, error) { return l, nil }
+
+// The accounts carry characters that need escaping, and one tries to
+// inject a configuration line through its display name.
+var (
+	yealinkMAC = "001565a1b2c3"
+	gsMAC      = "000b82d4e5f6"
+	polyMAC    = "0004f2112233"
+	testAccts  = mapAccounts{
+		"00:15:65:a1:b2:c3": {Extension: "201", Password: `p&ss<w>"rd'`, DisplayName: `Zoë "Z" <Ops> & Co`},
+		"00:0b:82:d4:e5:f6": {Extension: "202", AuthUser: "u202", Password: "s3cret", DisplayName: "Bob\naccount.1.password = evil"},
+		"00:04:f2:11:22:33": {Extension: "203", Password: "a<b", DisplayName: "Conf & Room"},
+	}
+	testDir = listDirectory{
+		{Name: "Zoë & Co", Number: "201"},
+		{Name: "Bob", Number: "202"},
+		{Name: `<Conf "Room">`, Number: "203"},
+	}
+)
+
+func newTestHTTP(t *testing.T, mod func(*HTTPConfig)) *HTTPServer {
+	t.Helper()
+	cfg := HTTPConfig{Network: memnet.New(memnet.Config{}).AddHost("n"), Address: "10.64.7.1:80",
+		Accounts: testAccts, Directory: testDir}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := NewHTTPServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func get(t *testing.T, h http.Handler, path, ua string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "http://10.64.7.1"+path, nil)
+	req.RemoteAddr = "10.64.7.23:4711"
+	if ua != "" {
+		req.Header.Set("User-Agent", ua)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", "golden", name)
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("golden file: %v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+func TestPhoneConfigsGolden(t *testing.T) {
+	s := newTestHTTP(t, nil)
+	tests := []struct {
+		golden, path, ua, ctype string
+		xml                     bool
+	}{
+		{"yealink.cfg", "/" + yealinkMAC + ".cfg", "Yealink SIP-T46S 66.86.0.15 00:15:65:a1:b2:c3", "text/plain", false},
+		{"grandstream.xml", "/cfg" + gsMAC + ".xml", "Grandstream Model HW GXP2170 SW 1.0.11.3 DevId 000b82d4e5f6", "application/xml", true},
+		{"polycom-master.cfg", "/" + polyMAC + ".cfg", "FileTransport PolycomVVX-VVX_410-UA/5.9.5.0614", "application/xml", true},
+		{"polycom-phone.cfg", "/" + polyMAC + "-phone.cfg", "FileTransport PolycomVVX-VVX_410-UA/5.9.5.0614", "application/xml", true},
+		{"phonebook.xml", "/phonebook.xml", "", "application/xml", true},
+		{"yealink-upper.cfg", "/" + strings.ToUpper(yealinkMAC) + ".cfg", "", "text/plain", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.golden, func(t *testing.T) {
+			w := get(t, s, tc.path, tc.ua)
+			if w.Code != http.StatusOK {
+				t.Fatalf("GET %s: %d %s", tc.path, w.Code, w.Body)
+			}
+			if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, tc.ctype) {
+				t.Errorf("Content-Type %q, want %s", ct, tc.ctype)
+			}
+			body := w.Body.String()
+			golden(t, tc.golden, body)
+			if tc.xml {
+				// Well-formed XML: the escaping held.
+				d := xml.NewDecoder(strings.NewReader(body))
+				for {
+					_, err := d.Token()
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						t.Fatalf("not well-formed XML: %v", err)
+					}
+				}
+			}
+		})
+	}
+	// The display name with a newline did not inject a key into the
+	// line-based Yealink format.
+	body := get(t, s, "/"+gsMAC+".cfg", "").Body.String()
+	for line := range strings.Lines(body) {
+		if strings.HasPrefix(line, "account.1.password = evil") {
+			t.Errorf("display name injected a line:\n%s", body)
+		}
+	}
+	if !strings.Contains(body, "account.1.display_name = Bob account.1.password = evil\n") {
+		t.Errorf("display name not kept on one line:\n%s", body)
+	}
+}
+
+func TestPhonebookParsesBack(t *testing.T) {
+	s := newTestHTTP(t, nil)
+	var dir struct {
+		Entries []struct {
+			Name      string `xml:"Name"`
+			Telephone string `xml:"Telephone"`
+		} `xml:"DirectoryEntry"`
+	}
+	if err := xml.Unmarshal(get(t, s, "/phonebook.xml", "").Body.Bytes(), &dir); err != nil {
+		t.Fatal(err)
+	}
+	if len(dir.Entries) != 3 || dir.Entries[0].Name != `<Conf "Room">` || dir.Entries[2].Name != "Zoë & Co" {
+		t.Fatalf("phonebook = %+v", dir.Entries)
+	}
+}
+
+func TestProvisioningErrors(t *testing.T) {
+	s := newTestHTTP(t, nil)
+	for _, tc := range []struct {
+		path string
+		code int
+	}{
+		{"/112233445566.cfg", http.StatusNotFound}, // unknown MAC
+		{"/cfg112233445566.xml", http.StatusNotFound},
+		{"/001565a1b2c.cfg", http.StatusNotFound},  // 11 digits
+		{"/001565a1b2cx.cfg", http.StatusNotFound}, // not hex
+		{"/../etc/passwd", http.StatusNotFound},
+		{"/", http.StatusNotFound},
+		{"/dead00000000.cfg", http.StatusServiceUnavailable}, // store error
+	} {
+		if w := get(t, s, tc.path, ""); w.Code != tc.code {
+			t.Errorf("GET %s: %d, want %d", tc.path, w.Code, tc.code)
+		}
+	}
+	req := httptest.NewRequest(http.MethodPost, "/phonebook.xml", nil)
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, req)
+	if w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %d", w.Code)
+	}
+	noDir := newTestHTTP(t, func(c *HTTPConfig) { c.Directory = nil })
+	if w := get(t, noDir, "/phonebook.xml", ""); w.Code != http.StatusNotFound {
+		t.Errorf("phonebook without directory: %d", w.Code)
+	}
+	if strings.Contains(get(t, noDir, "/"+yealinkMAC+".cfg", "").Body.String(), "phonebook") {
+		t.Error("phonebook URL in a config without a directory")
+	}
+	if _, err := NewHTTPServer(HTTPConfig{Network: noDir.cfg.Network, Address: ":80"}); err == nil || !strings.Contains(err.Error(), "Accounts") {
+		t.Errorf("missing Accounts: %v", err)
+	}
+}
+
+type leaseMap map[string]netip.Addr
+
+func (m leaseMap) LeaseByMAC(mac net.HardwareAddr) (Lease, bool) {
+	ip, ok := m[mac.String()]
+	return Lease{MAC: mac, IP: ip}, ok
+}
+
+func TestConfigOnlyToLeaseHolder(t *testing.T) {
+	s := newTestHTTP(t, func(c *HTTPConfig) {
+		c.Leases = leaseMap{"00:15:65:a1:b2:c3": netip.MustParseAddr("10.64.7.23")}
+	})
+	if w := get(t, s, "/"+yealinkMAC+".cfg", ""); w.Code != http.StatusOK {
+		t.Fatalf("lease holder: %d", w.Code)
+	}
+	// get() requests from 10.64.7.23; the Polycom's lease is elsewhere or absent.
+	if w := get(t, s, "/"+polyMAC+"-phone.cfg", ""); w.Code != http.StatusForbidden {
+		t.Fatalf("not the lease holder: %d", w.Code)
+	}
+}
+
+// TestHTTPOverMemnet runs the server on the in-memory network and fetches
+// a phone's file with net/http's client, as a phone would after DHCP.
+func TestHTTPOverMemnet(t *testing.T) {
+	leakcheck.Check(t)
+	mn := memnet.New(memnet.Config{})
+	lan := mn.NewSegment("lan", memnet.LinkConfig{})
+	node := mn.AddHost("node")
+	lan.Attach(node.AddInterface("lan0", 0, netip.MustParsePrefix("10.64.7.1/24")))
+	phone := mn.AddHost("phone")
+	lan.Attach(phone.AddInterface("eth0", 0, netip.MustParsePrefix("10.64.7.23/24")))
+
+	s, err := NewHTTPServer(HTTPConfig{Network: node, Address: "10.64.7.1:80", Accounts: testAccts, Directory: testDir,
+		Leases: leaseMap{"00:15:65:a1:b2:c3": netip.MustParseAddr("10.64.7.23")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := node.Listen(context.Background(), "tcp", "10.64.7.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return phone.Dial(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := client.Get("http://10.64.7.1/" + yealinkMAC + ".cfg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "account.1.user_name = 201") ||
+		!strings.Contains(string(body), "remote_phonebook.data.1.url = http://10.64.7.1/phonebook.xml") {
+		t.Fatalf("%d:\n%s", resp.StatusCode, body)
+	}
+}

@@ -1,0 +1,438 @@
+package provisioning
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Lease is a binding of an address to a phone, as the admin API lists it
+// and as the grant hook receives it.
+type Lease struct {
+	MAC       net.HardwareAddr
+	IP        netip.Addr
+	Hostname  string    // option 12, reduced to a DNS label ("" if none usable)
+	FQDN      string    // option 81 (RFC 4702), as the client sent it
+	Expiry    time.Time // end of the lease
+	Extension string    // from the MAC's reservation, if any
+}
+
+// Reservation ties a MAC address to a fixed address and to the telephone
+// extension the phone gets (DHCP "static lease").
+type Reservation struct {
+	MAC       net.HardwareAddr
+	IP        netip.Addr
+	Extension string
+	Hostname  string // optional; sent as option 12 when the client asks
+}
+
+type leaseState uint8
+
+const (
+	stateOffered  leaseState = iota + 1 // reserved for an OFFER until expiry
+	stateBound                          // leased until expiry
+	stateReleased                       // free; remembered so the client gets it back
+	stateDeclined                       // in quarantine until expiry (RFC 2131 §4.3.3)
+)
+
+func (s leaseState) String() string {
+	switch s {
+	case stateOffered:
+		return "offered"
+	case stateBound:
+		return "bound"
+	case stateReleased:
+		return "released"
+	case stateDeclined:
+		return "declined"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// clientKey identifies a DHCP client: its client identifier (option 61)
+// if it sent one, else its hardware address (RFC 2131 §4.2).
+type clientKey string
+
+func keyFromID(id []byte) clientKey { return clientKey("id:" + fmt.Sprintf("%x", id)) }
+func keyFromMAC(mac net.HardwareAddr) clientKey {
+	return clientKey("hw:" + fmt.Sprintf("%x", []byte(mac)))
+}
+
+// entry is one address's record. Each entry holds one address and each
+// client at most one entry, so the store never holds more entries than the
+// pool (plus reservations) has addresses.
+type entry struct {
+	key      clientKey // "" for a declined address
+	mac      net.HardwareAddr
+	ip       netip.Addr
+	state    leaseState
+	expiry   time.Time
+	hostname string
+	fqdn     string
+}
+
+// free reports whether the entry's address may be given to another client.
+func (e *entry) free(now time.Time) bool {
+	switch e.state {
+	case stateReleased:
+		return true
+	default: // offered, bound, declined: until expiry
+		return !now.Before(e.expiry)
+	}
+}
+
+// leaseTimes are the durations the store applies.
+type leaseTimes struct {
+	lease, offer, decline time.Duration
+}
+
+// leaseStore is the address pool and the bindings: a state machine without
+// I/O or clock of its own (the caller passes now). Not safe for concurrent
+// use; DHCPServer guards it with its mutex.
+type leaseStore struct {
+	subnet     netip.Prefix
+	server     netip.Addr
+	start, end uint32 // dynamic pool, inclusive
+	times      leaseTimes
+
+	byIP   map[netip.Addr]*entry
+	byKey  map[clientKey]*entry
+	resMAC map[string]Reservation // by string(mac)
+	resIP  map[netip.Addr]string  // reserved address → string(mac)
+	cursor uint32                 // next address to try for a fresh client
+}
+
+func u32(a netip.Addr) uint32 { return binary.BigEndian.Uint32(a.AsSlice()) }
+func addrOf32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func newLeaseStore(subnet netip.Prefix, server, start, end netip.Addr, t leaseTimes) *leaseStore {
+	return &leaseStore{
+		subnet: subnet, server: server, start: u32(start), end: u32(end), times: t,
+		byIP: make(map[netip.Addr]*entry), byKey: make(map[clientKey]*entry),
+		resMAC: make(map[string]Reservation), resIP: make(map[netip.Addr]string),
+		cursor: u32(start),
+	}
+}
+
+func (s *leaseStore) inPool(ip netip.Addr) bool {
+	if !ip.Is4() || ip == s.server {
+		return false
+	}
+	v := u32(ip)
+	return v >= s.start && v <= s.end
+}
+
+// setReservations replaces the reservations. Bindings that contradict a new
+// reservation are left to expire: the phone is NAKed at its next renewal
+// and then gets its reserved address.
+func (s *leaseStore) setReservations(rs []Reservation) error {
+	byMAC := make(map[string]Reservation, len(rs))
+	byIP := make(map[netip.Addr]string, len(rs))
+	for i, r := range rs {
+		if len(r.MAC) != 6 {
+			return fmt.Errorf("provisioning: reservation %d: MAC %q is not a 6-byte Ethernet address", i, r.MAC)
+		}
+		if !r.IP.Is4() || !s.subnet.Contains(r.IP) || r.IP == s.server ||
+			r.IP == s.subnet.Masked().Addr() || r.IP == broadcastOf(s.subnet) {
+			return fmt.Errorf("provisioning: reservation %d (%v): address %v is not a host address of %v other than the node's %v", i, r.MAC, r.IP, s.subnet, s.server)
+		}
+		if _, dup := byMAC[string(r.MAC)]; dup {
+			return fmt.Errorf("provisioning: reservation %d: MAC %v reserved twice", i, r.MAC)
+		}
+		if other, dup := byIP[r.IP]; dup {
+			return fmt.Errorf("provisioning: reservation %d: %v already reserved for %v", i, r.IP, net.HardwareAddr(other))
+		}
+		r.MAC = append(net.HardwareAddr(nil), r.MAC...)
+		byMAC[string(r.MAC)] = r
+		byIP[r.IP] = string(r.MAC)
+	}
+	s.resMAC, s.resIP = byMAC, byIP
+	return nil
+}
+
+// assignable reports whether ip may be bound to the client (key, mac).
+func (s *leaseStore) assignable(ip netip.Addr, key clientKey, mac net.HardwareAddr, now time.Time) bool {
+	if r, ok := s.resMAC[string(mac)]; ok {
+		if ip != r.IP {
+			return false // a reserved phone gets its reserved address only
+		}
+	} else if owner, ok := s.resIP[ip]; ok && owner != string(mac) {
+		return false
+	} else if !ok && !s.inPool(ip) {
+		return false
+	}
+	e := s.byIP[ip]
+	switch {
+	case e == nil:
+		return true
+	case e.state == stateDeclined:
+		return !now.Before(e.expiry)
+	case e.key == key:
+		return true
+	default:
+		return e.free(now)
+	}
+}
+
+// take gives ip to the client, dropping the client's record of any other
+// address and the previous holder's record of this one.
+func (s *leaseStore) take(ip netip.Addr, key clientKey, mac net.HardwareAddr) *entry {
+	if old := s.byKey[key]; old != nil && old.ip != ip {
+		delete(s.byIP, old.ip)
+		delete(s.byKey, key)
+	}
+	e := s.byIP[ip]
+	if e != nil && e.key != key {
+		if e.key != "" {
+			delete(s.byKey, e.key)
+		}
+		e = nil
+	}
+	if e == nil {
+		e = &entry{ip: ip}
+		s.byIP[ip] = e
+	}
+	e.key, e.mac = key, append(e.mac[:0], mac...)
+	s.byKey[key] = e
+	return e
+}
+
+// offer picks the address to offer (RFC 2131 §4.3.1, in its order of
+// preference: the client's reservation, its current or previous binding,
+// the address it asked for, a free one) and holds it for the offer time.
+func (s *leaseStore) offer(key clientKey, mac net.HardwareAddr, requested netip.Addr, now time.Time) (*entry, error) {
+	var ip netip.Addr
+	if r, ok := s.resMAC[string(mac)]; ok {
+		if !s.assignable(r.IP, key, mac, now) {
+			return nil, fmt.Errorf("%w: reserved %v is still leased to another client", ErrNotAssignable, r.IP)
+		}
+		ip = r.IP
+	} else if e := s.byKey[key]; e != nil && s.assignable(e.ip, key, mac, now) {
+		ip = e.ip
+	} else if requested.IsValid() && s.assignable(requested, key, mac, now) {
+		ip = requested
+	} else {
+		var ok bool
+		if ip, ok = s.pick(key, mac, now); !ok {
+			return nil, ErrPoolExhausted
+		}
+	}
+	e := s.take(ip, key, mac)
+	if e.state == stateBound && now.Before(e.expiry) {
+		return e, nil // a bound client that rebooted keeps its lease as is
+	}
+	e.state, e.expiry = stateOffered, now.Add(s.times.offer)
+	return e, nil
+}
+
+// pick finds a free pool address: a never-used one first (scanning from a
+// cursor, so consecutive clients get consecutive addresses), else the one
+// released or expired longest ago, which keeps recent clients' addresses
+// available to them for as long as possible.
+func (s *leaseStore) pick(key clientKey, mac net.HardwareAddr, now time.Time) (netip.Addr, bool) {
+	n := s.end - s.start + 1
+	var oldest *entry
+	for i := uint32(0); i < n; i++ {
+		v := s.cursor
+		if s.cursor == s.end {
+			s.cursor = s.start
+		} else {
+			s.cursor++
+		}
+		ip := addrOf32(v)
+		if ip == s.server {
+			continue
+		}
+		if _, reserved := s.resIP[ip]; reserved {
+			continue
+		}
+		e := s.byIP[ip]
+		if e == nil {
+			return ip, true
+		}
+		if e.free(now) && (oldest == nil || e.expiry.Before(oldest.expiry)) {
+			oldest = e
+		}
+	}
+	if oldest == nil {
+		return netip.Addr{}, false
+	}
+	return oldest.ip, true
+}
+
+// requestKind is the client state a DHCPREQUEST comes from (RFC 2131
+// §4.3.2).
+type requestKind uint8
+
+const (
+	reqSelecting  requestKind = iota + 1 // answers our OFFER
+	reqInitReboot                        // verifies a remembered address
+	reqRenewing                          // extends a lease (unicast or broadcast)
+)
+
+// request binds ip to the client for a lease time, or says why not:
+// ErrNotAssignable means DHCPNAK, ErrNoRecord means silence.
+func (s *leaseStore) request(kind requestKind, key clientKey, mac net.HardwareAddr, ip netip.Addr, now time.Time) (*entry, error) {
+	if kind == reqInitReboot {
+		// §4.3.2: "If the DHCP server has no record of this client, then
+		// it MUST remain silent". A reservation is a record.
+		_, reserved := s.resMAC[string(mac)]
+		if s.byKey[key] == nil && !reserved {
+			return nil, ErrNoRecord
+		}
+	}
+	if !s.assignable(ip, key, mac, now) {
+		return nil, ErrNotAssignable
+	}
+	// SELECTING after an offer expired, RENEWING after a restart that lost
+	// state: an address nobody else holds is granted again (the server is
+	// authoritative for its LAN).
+	e := s.take(ip, key, mac)
+	e.state, e.expiry = stateBound, now.Add(s.times.lease)
+	return e, nil
+}
+
+// release frees the client's binding of ip (RFC 2131 §4.3.4); the entry is
+// remembered so the client gets the address back later.
+func (s *leaseStore) release(key clientKey, ip netip.Addr, now time.Time) bool {
+	e := s.byIP[ip]
+	if e == nil || e.key != key || e.state == stateReleased || e.state == stateDeclined {
+		return false
+	}
+	e.state, e.expiry = stateReleased, now
+	return true
+}
+
+// cancelOffer drops an offer the client turned down by choosing another
+// server (RFC 2131 §4.3.2, SELECTING with someone else's server identifier).
+func (s *leaseStore) cancelOffer(key clientKey, now time.Time) {
+	if e := s.byKey[key]; e != nil && e.state == stateOffered {
+		e.state, e.expiry = stateReleased, now
+	}
+}
+
+// decline quarantines ip, which the client found in use by someone else
+// (RFC 2131 §4.3.3), if the client held it.
+func (s *leaseStore) decline(key clientKey, ip netip.Addr, now time.Time) bool {
+	e := s.byIP[ip]
+	if e == nil || e.key != key || e.state == stateDeclined {
+		return false
+	}
+	delete(s.byKey, key)
+	*e = entry{ip: ip, state: stateDeclined, expiry: now.Add(s.times.decline)}
+	return true
+}
+
+// bound returns the client's unexpired binding, if any.
+func (s *leaseStore) bound(key clientKey, now time.Time) *entry {
+	if e := s.byKey[key]; e != nil && e.state == stateBound && now.Before(e.expiry) {
+		return e
+	}
+	return nil
+}
+
+func (s *leaseStore) leaseOf(e *entry) Lease {
+	l := Lease{MAC: append(net.HardwareAddr(nil), e.mac...), IP: e.ip,
+		Hostname: e.hostname, FQDN: e.fqdn, Expiry: e.expiry}
+	if r, ok := s.resMAC[string(e.mac)]; ok {
+		l.Extension = r.Extension
+	}
+	return l
+}
+
+// leases lists the unexpired bindings in address order.
+func (s *leaseStore) leases(now time.Time) []Lease {
+	out := make([]Lease, 0, len(s.byKey))
+	for _, e := range s.byIP {
+		if e.state == stateBound && now.Before(e.expiry) {
+			out = append(out, s.leaseOf(e))
+		}
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
+	return out
+}
+
+// record is an entry as the lease file stores it.
+type record struct {
+	Key      string    `json:"key,omitempty"`
+	MAC      string    `json:"mac,omitempty"`
+	IP       string    `json:"ip"`
+	State    string    `json:"state"`
+	Expiry   time.Time `json:"expiry"`
+	Hostname string    `json:"hostname,omitempty"`
+	FQDN     string    `json:"fqdn,omitempty"`
+}
+
+// snapshot returns the entries worth keeping across a restart: bindings
+// (also expired ones, so their clients get their addresses back),
+// released addresses and quarantined ones. Offers are not kept: a client
+// whose offer is lost retransmits its DISCOVER.
+func (s *leaseStore) snapshot() []record {
+	out := make([]record, 0, len(s.byIP))
+	for _, e := range s.byIP {
+		if e.state == stateOffered {
+			continue
+		}
+		r := record{Key: string(e.key), IP: e.ip.String(), State: e.state.String(),
+			Expiry: e.expiry.UTC(), Hostname: e.hostname, FQDN: e.fqdn}
+		if len(e.mac) > 0 {
+			r.MAC = e.mac.String()
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b record) int { return cmp.Compare(a.IP, b.IP) })
+	return out
+}
+
+// restore loads records into an empty store. Records that do not fit the
+// current configuration (address outside the subnet, say, after the LAN
+// moved) are returned as errors and skipped; the rest load.
+func (s *leaseStore) restore(recs []record) []error {
+	var errs []error
+	for i, r := range recs {
+		ip, err := netip.ParseAddr(r.IP)
+		if err != nil || !ip.Is4() || !s.subnet.Contains(ip) || ip == s.server {
+			errs = append(errs, fmt.Errorf("record %d: address %q is not in %v", i, r.IP, s.subnet))
+			continue
+		}
+		if s.byIP[ip] != nil {
+			errs = append(errs, fmt.Errorf("record %d: address %v listed twice", i, ip))
+			continue
+		}
+		e := &entry{ip: ip, expiry: r.Expiry, hostname: r.Hostname, fqdn: r.FQDN}
+		switch r.State {
+		case "bound":
+			e.state = stateBound
+		case "released":
+			e.state = stateReleased
+		case "declined":
+			e.state = stateDeclined
+		default:
+			errs = append(errs, fmt.Errorf("record %d (%v): unknown state %q", i, ip, r.State))
+			continue
+		}
+		if e.state != stateDeclined {
+			mac, err := net.ParseMAC(r.MAC)
+			if err != nil || len(mac) != 6 || r.Key == "" {
+				errs = append(errs, fmt.Errorf("record %d (%v): bad client MAC %q or key %q", i, ip, r.MAC, r.Key))
+				continue
+			}
+			if s.byKey[clientKey(r.Key)] != nil {
+				errs = append(errs, fmt.Errorf("record %d (%v): client %s listed twice", i, ip, r.Key))
+				continue
+			}
+			e.key, e.mac = clientKey(r.Key), mac
+			s.byKey[e.key] = e
+		}
+		s.byIP[ip] = e
+	}
+	return errs
+}
