@@ -24,11 +24,10 @@ func (Kernel) ListenMulticast(_ context.Context, ifname string, group netip.Addr
 	if err != nil {
 		return nil, fmt.Errorf("netx: multicast on %q: %w", ifname, err)
 	}
-	network := "udp4"
 	if group.Addr().Is6() {
-		network = "udp6"
+		return ListenGroup6(ifi.Index, group)
 	}
-	return net.ListenMulticastUDP(network, ifi, net.UDPAddrFromAddrPort(group))
+	return net.ListenMulticastUDP("udp4", ifi, net.UDPAddrFromAddrPort(group))
 }
 
 // Listen implements Network.

@@ -18,6 +18,8 @@ type cache struct {
 	floor   int           // no eviction below this (pinned routes fill the cache)
 	ttl     time.Duration // an unconfirmed route is dropped after this
 	path    []NodeID      // scratch for route()
+	pass    uint32        // evictPass counter (marks pinned routes)
+	leaves  []*centry     // scratch for evictPass
 }
 
 type centry struct {
@@ -31,6 +33,7 @@ type centry struct {
 	// node's view or gossip) start out nearly expired, so stale knowledge
 	// of dead nodes cannot circulate for long.
 	seen time.Time
+	mark uint32 // evictPass: on a pinned route in pass number mark
 }
 
 // secondHandTTL is how long an unconfirmed second-hand route is kept.
@@ -213,10 +216,15 @@ func (c *cache) removeEdge(a, b NodeID) bool {
 }
 
 func (c *cache) removeSubtree(id NodeID) {
+	if c.entries[id].children == 0 {
+		delete(c.entries, id)
+		c.delSorted(id)
+		return
+	}
 	// Collect the subtree by repeated scans of the (small, bounded) cache:
 	// cheaper than keeping child lists on every insert.
 	doomed := map[NodeID]bool{id: true}
-	if c.entries[id].children > 0 {
+	{
 		for grew := true; grew; {
 			grew = false
 			for n, e := range c.entries {
@@ -255,20 +263,22 @@ func (c *cache) evict(pinned []NodeID) {
 }
 
 func (c *cache) evictPass(pinned []NodeID, target int) bool {
-	keep := make(map[NodeID]bool, 4*len(pinned))
+	// Mark the routes to pinned nodes with this pass's number instead of
+	// collecting them in a set: eviction runs often in large meshes.
+	c.pass++
 	for _, id := range pinned {
-		for steps := 0; id != c.self && !keep[id] && steps < 512; steps++ {
+		for steps := 0; id != c.self && steps < 512; steps++ {
 			e := c.entries[id]
-			if e == nil {
+			if e == nil || e.mark == c.pass {
 				break
 			}
-			keep[id] = true
+			e.mark = c.pass
 			id = e.parent
 		}
 	}
-	var leaves []*centry
+	leaves := c.leaves[:0]
 	for _, e := range c.entries {
-		if e.children == 0 && !keep[e.id] {
+		if e.children == 0 && e.mark != c.pass {
 			leaves = append(leaves, e)
 		}
 	}
@@ -279,6 +289,8 @@ func (c *cache) evictPass(pinned []NodeID, target int) bool {
 		}
 		c.remove(e.id)
 	}
+	clear(leaves)
+	c.leaves = leaves[:0]
 	return len(leaves) > 0
 }
 

@@ -38,6 +38,8 @@ type Node struct {
 	fingers   []NodeID
 	fingerIdx int
 	fingerNxt time.Time
+	// fingerCycle is when the current refresh cycle started.
+	fingerCycle time.Time
 
 	// Global maximum (thesis §2.1.4.2: the node whose successor wraps
 	// around announces itself so that partitions of the ring heal). Spread
@@ -77,6 +79,12 @@ const (
 	maxVHops   = 64
 	tombstone  = 30 * time.Second
 	viewPerDir = 3
+	// confirmEvery bounds how often a forwarded frame's route back to its
+	// source is re-confirmed in the cache.
+	confirmEvery = time.Second
+	// transitSample: a relay with a full cache learns one in this many
+	// unknown transit sources (see worthLearning).
+	transitSample = 8
 	// MaxFrame bounds a routed frame; larger Send requests are refused.
 	MaxFrame = 8192
 )
@@ -479,10 +487,12 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 	n.tidy(r)
 	pos = int(r.pos)
 	if pos > 0 {
-		if d := n.cache.depth(src); d == 0 || d > pos {
+		if d := n.cache.depth(src); (d == 0 && n.worthLearning(src, pos < len(r.route)-1)) || d > pos {
 			n.ids = reverseInto(n.ids, r.route[:pos])
 			n.learn(n.ids, now, true)
-		} else {
+		} else if !n.cache.fresh(src, now.Add(-confirmEvery)) {
+			// Confirming walks the whole route: once a second is
+			// plenty for the TTLs it refreshes.
 			n.ids = reverseInto(n.ids, r.route[:pos])
 			n.cache.confirm(n.ids, now)
 		}
@@ -495,6 +505,30 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 		return
 	}
 	n.decide(now, r)
+}
+
+// worthLearning decides whether the route back to an unknown source of a
+// frame is cached. The destination always learns it (it will likely
+// answer), and so does any node whose cache has room. A relay with a full
+// cache learns sources that are closer ring neighbours than the ones it
+// knows (that is how the ring finds itself, thesis §2.1.4.2) and a sample
+// of the rest: learning every transit source churns a large mesh's caches,
+// evicting useful routes for ones that are never used, at a cost that grows
+// with the square of the route length.
+func (n *Node) worthLearning(src NodeID, transit bool) bool {
+	if !transit || n.cache.len() < n.p.CacheSize*3/4 {
+		return true
+	}
+	var b [2]NodeID
+	ring := n.cache.predecessors(n.cache.successors(b[:0], 1), 1)
+	if len(ring) < 2 {
+		return true
+	}
+	succ, pred := ring[0], ring[1]
+	if Between(n.id, src, succ) || Between(pred, src, n.id) {
+		return true // nearer on the ring than a ring neighbour we know
+	}
+	return n.rng.IntN(transitSample) == 0
 }
 
 func reverseInto(dst, src []NodeID) []NodeID {
@@ -864,6 +898,7 @@ func (n *Node) ringRound(now time.Time) {
 		if n.fingerNxt.IsZero() && n.p.Fingers > 0 {
 			// The neighbourhood on the ring is settling: start fingers.
 			n.fingerNxt = now.Add(n.fingerStep())
+			n.fingerCycle = n.fingerNxt
 		}
 	}
 	n.lastSucc, n.lastPred = succ, pred
@@ -995,4 +1030,11 @@ func (n *Node) fingerRound(now time.Time) {
 		n.fingers[j] = 0
 	}
 	n.fingerIdx = 0
+	// Only about log2(ring size) fingers lie beyond the successor: the
+	// next cycle starts a whole FingerInterval after this one did, not
+	// after a fraction of it, so a refresh costs the same in any mesh size.
+	if next := n.fingerCycle.Add(n.jitter(n.p.FingerInterval)); next.After(n.fingerNxt) {
+		n.fingerNxt = next
+	}
+	n.fingerCycle = n.fingerNxt
 }

@@ -134,7 +134,7 @@ func (n nsNetwork) ListenMulticast(_ context.Context, ifname string, group netip
 			return err
 		}
 		if group.Addr().Is6() {
-			c, err = listenGroup6(idx, group)
+			c, err = netx.ListenGroup6(idx, group)
 			return err
 		}
 		// Only Index is used: joining the group and choosing the
@@ -149,40 +149,6 @@ func (n nsNetwork) ListenMulticast(_ context.Context, ifname string, group netip
 		return newConn(u)
 	}
 	return c, nil
-}
-
-// listenGroup6 opens a UDP socket that receives group on interface idx only.
-func listenGroup6(idx int, group netip.AddrPort) (net.PacketConn, error) {
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
-	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
-	}
-	mreq := &unix.IPv6Mreq{Multiaddr: group.Addr().As16(), Interface: uint32(idx)}
-	steps := []struct {
-		what string
-		err  func() error
-	}{
-		// Several listeners of one group on one interface may coexist, as
-		// with package net's multicast sockets.
-		{"SO_REUSEADDR", func() error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) }},
-		{"SO_BINDTOIFINDEX", func() error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX, idx) }},
-		{"IPV6_MULTICAST_IF", func() error { return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_IF, idx) }},
-		// Only the group joined here, not every group of the host.
-		{"IPV6_MULTICAST_ALL", func() error { return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_ALL, 0) }},
-		{"IPV6_JOIN_GROUP", func() error { return unix.SetsockoptIPv6Mreq(fd, unix.IPPROTO_IPV6, unix.IPV6_JOIN_GROUP, mreq) }},
-		{"bind", func() error {
-			return unix.Bind(fd, &unix.SockaddrInet6{Port: int(group.Port()), Addr: group.Addr().As16(), ZoneId: uint32(idx)})
-		}},
-	}
-	for _, s := range steps {
-		if err := s.err(); err != nil {
-			unix.Close(fd)
-			return nil, os.NewSyscallError(s.what, err)
-		}
-	}
-	f := os.NewFile(uintptr(fd), "multicast "+group.String())
-	defer f.Close() // FilePacketConn holds a duplicate
-	return net.FilePacketConn(f)
 }
 
 // Listen implements netx.Network.

@@ -1,0 +1,124 @@
+package dns64
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// fuzzSeeds are query/upstream-answer pairs: the cases of the memnet tests
+// as wire bytes.
+func fuzzSeeds(t testing.TB) [][2][]byte {
+	pack := func(m *dns.Msg) []byte {
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	up := newUpstream(t)
+	answer := func(name string, qtype uint16) []byte {
+		w := &captureWriter{}
+		up.ServeDNS(w, question(name, qtype))
+		return pack(w.m)
+	}
+	edns := question("big.node1.mesh.", dns.TypeAAAA)
+	edns.SetEdns0(4096, true)
+	ptr := reverseName6(netip.MustParseAddr("64:ff9b::808:808"))
+	return [][2][]byte{
+		{pack(question("sipserver.mesh.", dns.TypeA)), nil},
+		{pack(question("mesh.", dns.TypeNAPTR)), nil},
+		{pack(question("nosuch.mesh.", dns.TypeANY)), nil},
+		{pack(edns), nil},
+		{pack(question("v4only.example.", dns.TypeAAAA)), answer("v4only.example.", dns.TypeA)},
+		{pack(question("alias.example.", dns.TypeAAAA)), answer("alias.example.", dns.TypeA)},
+		{pack(question("mixed.example.", dns.TypeAAAA)), answer("mixed.example.", dns.TypeAAAA)},
+		{pack(question("nosuch.example.", dns.TypeAAAA)), answer("nosuch.example.", dns.TypeAAAA)},
+		{pack(question(ptr, dns.TypePTR)), answer("10.100.51.198.in-addr.arpa.", dns.TypePTR)},
+		{[]byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'e', 'x'}, []byte{1, 2, 3}},
+	}
+}
+
+type captureWriter struct {
+	dns.ResponseWriter
+	m *dns.Msg
+}
+
+func (w *captureWriter) WriteMsg(m *dns.Msg) error { w.m = m; return nil }
+func (w *captureWriter) RemoteAddr() net.Addr      { return &net.UDPAddr{} }
+
+// FuzzServer feeds arbitrary query bytes through the path the miekg server
+// takes (header check, unpack) into respond, with arbitrary bytes as every
+// upstream answer, so the DNS64 logic sees hostile upstream data too. The
+// reply must pack and, over UDP, fit the size the query allows.
+func FuzzServer(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s[0], s[1])
+	}
+	s, err := New(Config{
+		Network:   newTestHost(),
+		Listen:    []Listen{{Addr: nodeV4}},
+		Zone:      testZone,
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(upV4, 53)},
+		CacheSize: -1, // each input on its own
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, query, upstreamAnswer []byte) {
+		s.exchangeHook = func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+			r := new(dns.Msg)
+			if err := r.Unpack(upstreamAnswer); err != nil {
+				return nil, errors.New("bad upstream bytes")
+			}
+			return r, nil
+		}
+		req := new(dns.Msg)
+		if len(query) < 12 {
+			return // the miekg server drops runts
+		}
+		if err := req.Unpack(query); err != nil {
+			return // the miekg server answers FORMERR itself (TestMalformed)
+		}
+		if dns.DefaultMsgAcceptFunc(dnsHeader(req)) != dns.MsgAccept {
+			return
+		}
+		for _, tcp := range []bool{false, true} {
+			m := s.respond(context.Background(), req.Copy(), []netip.Addr{nodeV4}, tcp)
+			b, err := m.Pack()
+			if err != nil {
+				t.Fatalf("reply does not pack: %v\n%v", err, m)
+			}
+			limit := 512
+			if opt := req.IsEdns0(); opt != nil {
+				limit = max(512, min(int(opt.UDPSize()), 1232))
+			}
+			if !tcp && len(b) > limit {
+				t.Fatalf("UDP reply of %d bytes, limit %d", len(b), limit)
+			}
+			if m.Id != req.Id || !m.Response {
+				t.Fatalf("reply header %+v", m.MsgHdr)
+			}
+		}
+	})
+}
+
+// dnsHeader rebuilds the wire header the miekg server's accept function
+// looks at.
+func dnsHeader(m *dns.Msg) dns.Header {
+	var h dns.Header
+	h.Id = m.Id
+	h.Bits = uint16(m.Opcode&0xf) << 11
+	if m.Response {
+		h.Bits |= 1 << 15
+	}
+	h.Qdcount = uint16(len(m.Question))
+	h.Ancount = uint16(len(m.Answer))
+	h.Nscount = uint16(len(m.Ns))
+	h.Arcount = uint16(len(m.Extra))
+	return h
+}

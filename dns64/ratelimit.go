@@ -1,0 +1,88 @@
+package dns64
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// limiter is a per-source token bucket with a bounded table, so a flood
+// from many (possibly spoofed) sources cannot grow memory: when the table
+// is full and no idle entry can be reclaimed, unknown sources share one
+// overflow bucket and compete with each other, not with known clients.
+type limiter struct {
+	rate  float64 // tokens per second
+	burst float64
+	max   int
+	now   func() time.Time
+
+	mu        sync.Mutex
+	buckets   map[netip.Addr]*bucket
+	overflow  bucket
+	lastSweep time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(rate float64, burst, max int, now func() time.Time) *limiter {
+	return &limiter{rate: rate, burst: float64(burst), max: max, now: now,
+		buckets: make(map[netip.Addr]*bucket), overflow: bucket{tokens: float64(burst)}}
+}
+
+// allow takes one token from src's bucket and reports whether there was
+// one. A zero rate disables limiting.
+func (l *limiter) allow(src netip.Addr) bool {
+	if l.rate == 0 {
+		return true
+	}
+	src = src.Unmap().WithZone("")
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[src]
+	if !ok {
+		// Sweeping costs O(max); at most once a second, so a flood of
+		// new sources cannot make every packet pay for it.
+		if len(l.buckets) >= l.max && now.Sub(l.lastSweep) >= time.Second {
+			l.lastSweep = now
+			l.sweepLocked(now)
+		}
+		if len(l.buckets) >= l.max {
+			return l.takeLocked(&l.overflow, now)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[src] = b
+	}
+	return l.takeLocked(b, now)
+}
+
+func (l *limiter) takeLocked(b *bucket, now time.Time) bool {
+	if el := now.Sub(b.last).Seconds(); el > 0 {
+		b.tokens = min(l.burst, b.tokens+el*l.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// sweepLocked forgets sources whose bucket has refilled: forgetting them
+// changes nothing, a new bucket starts full.
+func (l *limiter) sweepLocked(now time.Time) {
+	for a, b := range l.buckets {
+		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+			delete(l.buckets, a)
+		}
+	}
+}
+
+func (l *limiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.buckets)
+}
