@@ -1,0 +1,504 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/memnet"
+	"github.com/sipmesh/sipmesh/phones"
+	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// meshRig is a few gateway nodes on the in-memory network: each with a
+// LAN segment of IPv4 phones (10.N.0.0/24, node 10.N.0.1) and an address
+// on one shared IPv6 mesh segment (fd00::N), sharing a MemLocation that
+// stands in for the DHT.
+type meshRig struct {
+	t      *testing.T
+	nw     *memnet.Network
+	mesh   *memnet.Link
+	loc    *MemLocation
+	accts  *MemAccounts
+	nodes  []*meshNode
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type meshNode struct {
+	id     ssr.NodeID
+	host   *memnet.Host
+	lan    *memnet.Link
+	lanIP  netip.Addr
+	meshIP netip.Addr
+	svc    *SIPService
+	relay  *sipalg.Relay
+}
+
+func nodeID(i int) ssr.NodeID { return ssr.NodeID(0x1000 + i) }
+
+func meshIP(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00::%d", i)) }
+
+func newMeshRig(t *testing.T, n int, mod ...func(*SIPServiceConfig)) *meshRig {
+	t.Helper()
+	m := &meshRig{t: t, nw: memnet.New(memnet.Config{Seed: 7}), loc: NewMemLocation(),
+		accts: newTestAccounts(t, "201", "202", "203", "204")}
+	m.mesh = m.nw.NewSegment("mesh", memnet.LinkConfig{Delay: 5 * time.Millisecond})
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	for i := 1; i <= n; i++ {
+		nd := &meshNode{id: nodeID(i), host: m.nw.AddHost(fmt.Sprintf("node%d", i)),
+			lanIP: netip.MustParseAddr(fmt.Sprintf("10.%d.0.1", i)), meshIP: meshIP(i)}
+		nd.lan = m.nw.NewSegment(fmt.Sprintf("lan%d", i), memnet.LinkConfig{Delay: time.Millisecond})
+		nd.lan.Attach(nd.host.AddInterface("lan0", 1500, netip.PrefixFrom(nd.lanIP, 24)))
+		m.mesh.Attach(nd.host.AddInterface("mesh0", 1500, netip.PrefixFrom(nd.meshIP, 64)))
+		reg, err := NewRegistrar(RegistrarConfig{Node: nd.id, Locations: m.loc, Accounts: m.accts,
+			Addrs: []netip.Addr{nd.lanIP, nd.meshIP}, Rate: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd.relay, err = sipalg.NewRelay(sipalg.Config{
+			A: sipalg.SideConfig{Name: "lan", Addr: nd.lanIP, Listen: sipalg.NetworkListener(nd.host, nd.lanIP), PortMin: 20000, PortMax: 20199},
+			B: sipalg.SideConfig{Name: "mesh", Addr: nd.meshIP, Listen: sipalg.NetworkListener(nd.host, nd.meshIP), PortMin: 30000, PortMax: 30199},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lanAP := netip.AddrPortFrom(nd.lanIP, 5060)
+		meshAP := netip.AddrPortFrom(nd.meshIP, 5060)
+		lanPC, err := nd.host.ListenPacket(m.ctx, "udp", lanAP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		meshPC, err := nd.host.ListenPacket(m.ctx, "udp", meshAP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := SIPServiceConfig{Node: nd.id, LANAddr: lanAP, MeshAddr: meshAP, LANUDP: lanPC, MeshUDP: meshPC,
+			Registrar: reg, Locations: m.loc, Accounts: m.accts, Relay: nd.relay,
+			NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort {
+				return netip.AddrPortFrom(meshIP(int(id-0x1000)), 5060)
+			},
+			LANPrefix: netip.PrefixFrom(nd.lanIP, 24).Masked(),
+			Rate:      -1}
+		for _, f := range mod {
+			f(&cfg)
+		}
+		nd.svc, err = NewSIPService(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.wg.Go(func() { nd.relay.Run(m.ctx) })
+		m.wg.Go(func() {
+			if err := nd.svc.Run(m.ctx); err != nil {
+				t.Errorf("node %d: %v", i, err)
+			}
+		})
+		m.nodes = append(m.nodes, nd)
+	}
+	t.Cleanup(m.stop)
+	return m
+}
+
+func (m *meshRig) stop() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// tphone is a test phone speaking raw SIP over UDP on a node's LAN, so
+// the test sees (and asserts) every message as it is on the wire.
+type tphone struct {
+	t     *testing.T
+	ext   string
+	node  *meshNode
+	addr  netip.AddrPort
+	host  *memnet.Host
+	pc    net.PacketConn
+	in    chan sip.Message
+	seq   int
+	media *phones.MediaEndpoint
+}
+
+func (m *meshRig) phone(node int, ext string, last byte) *tphone {
+	m.t.Helper()
+	nd := m.nodes[node-1]
+	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
+	h := m.nw.AddHost("phone-" + ext + fmt.Sprint(last))
+	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	p := &tphone{t: m.t, ext: ext, node: nd, addr: netip.AddrPortFrom(ip, 5060), host: h, in: make(chan sip.Message, 64)}
+	var err error
+	if p.pc, err = h.ListenPacket(m.ctx, "udp", p.addr.String()); err != nil {
+		m.t.Fatal(err)
+	}
+	m.wg.Go(func() {
+		buf := make([]byte, 65535)
+		for {
+			n, _, err := p.pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			msg, err := sip.ParseMessage(append([]byte(nil), buf[:n]...))
+			if err != nil {
+				m.t.Errorf("%s got unparsable %q: %v", ext, buf[:n], err)
+				continue
+			}
+			select {
+			case p.in <- msg:
+			default:
+				m.t.Errorf("%s: inbox full", ext)
+			}
+		}
+	})
+	context.AfterFunc(m.ctx, func() { p.pc.Close() })
+	return p
+}
+
+func (p *tphone) server() netip.AddrPort { return netip.AddrPortFrom(p.node.lanIP, 5060) }
+
+func (p *tphone) sendTo(to netip.AddrPort, raw string) {
+	p.t.Helper()
+	if _, err := p.pc.WriteTo([]byte(raw), net.UDPAddrFromAddrPort(to)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *tphone) recv() sip.Message {
+	p.t.Helper()
+	select {
+	case m := <-p.in:
+		return m
+	case <-time.After(40 * time.Second):
+		p.t.Fatalf("%s: nothing received", p.ext)
+		return nil
+	}
+}
+
+// response returns the next response other than 100 Trying.
+func (p *tphone) response() *sip.Response {
+	p.t.Helper()
+	for {
+		m := p.recv()
+		if res, ok := m.(*sip.Response); ok {
+			if res.StatusCode == 100 {
+				continue
+			}
+			return res
+		}
+		p.t.Fatalf("%s: want a response, got\n%s", p.ext, m)
+	}
+}
+
+func (p *tphone) request(method sip.RequestMethod) *sip.Request {
+	p.t.Helper()
+	for {
+		m := p.recv()
+		if req, ok := m.(*sip.Request); ok && req.Method == method {
+			return req
+		}
+		if res, ok := m.(*sip.Response); ok && res.StatusCode == 100 {
+			continue
+		}
+		p.t.Fatalf("%s: want %s, got\n%s", p.ext, method, m)
+	}
+}
+
+// quiet checks nothing but retransmissions arrives for d.
+func (p *tphone) quiet(d time.Duration) {
+	p.t.Helper()
+	select {
+	case m := <-p.in:
+		p.t.Fatalf("%s: unexpected\n%s", p.ext, m)
+	case <-time.After(d):
+	}
+}
+
+func (p *tphone) via() string {
+	p.seq++
+	return fmt.Sprintf("Via: SIP/2.0/UDP %s;branch=z9hG4bK%s-%d;rport\r\n", p.addr, p.ext, p.seq)
+}
+
+// register registers the phone with digest authentication.
+func (p *tphone) register() {
+	p.t.Helper()
+	build := func(cseq int, auth string) string {
+		s := "REGISTER sip:mesh SIP/2.0\r\n" + p.via() +
+			"Max-Forwards: 70\r\n" +
+			fmt.Sprintf("From: <sip:%s@mesh>;tag=reg%s\r\nTo: <sip:%s@mesh>\r\n", p.ext, p.ext, p.ext) +
+			fmt.Sprintf("Call-ID: reg-%s-%s\r\nCSeq: %d REGISTER\r\n", p.ext, p.addr.Addr(), cseq) +
+			fmt.Sprintf("Contact: <sip:%s@%s>\r\nExpires: 3600\r\n", p.ext, p.addr)
+		if auth != "" {
+			s += "Authorization: " + auth + "\r\n"
+		}
+		return s + "Content-Length: 0\r\n\r\n"
+	}
+	p.sendTo(p.server(), build(1, ""))
+	res := p.response()
+	wantCode(p.t, res, 401)
+	p.sendTo(p.server(), build(2, authorize(p.t, res, "", p.ext, "secret"+p.ext, 1)))
+	wantCode(p.t, p.response(), 200)
+}
+
+func offerSDP(ap netip.AddrPort) string {
+	return fmt.Sprintf("v=0\r\no=- 1001 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+		ap.Addr(), ap.Addr(), ap.Port())
+}
+
+// invite sends an INVITE for target with an SDP offer for media at
+// mediaAddr and returns its raw text's identifying parts.
+type call struct {
+	callID, fromTag, branch string
+	ruri                    string
+	cseq                    int
+	raw                     string
+}
+
+func (p *tphone) invite(ruri string, media netip.AddrPort, extra string) *call {
+	p.seq++
+	c := &call{callID: fmt.Sprintf("call-%s-%d", p.ext, p.seq), fromTag: "from" + p.ext, ruri: ruri, cseq: 1,
+		branch: fmt.Sprintf("z9hG4bK%s-inv%d", p.ext, p.seq)}
+	body := offerSDP(media)
+	c.raw = fmt.Sprintf("INVITE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=%s;rport\r\n", ruri, p.addr, c.branch) +
+		"Max-Forwards: 70\r\n" +
+		fmt.Sprintf("From: <sip:%s@mesh>;tag=%s\r\nTo: <%s>\r\n", p.ext, c.fromTag, ruri) +
+		fmt.Sprintf("Call-ID: %s\r\nCSeq: 1 INVITE\r\n", c.callID) +
+		fmt.Sprintf("Contact: <sip:%s@%s>\r\n", p.ext, p.addr) + extra +
+		fmt.Sprintf("Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	p.sendTo(p.server(), c.raw)
+	return c
+}
+
+// cancel sends the CANCEL of an INVITE (same branch, RFC 3261 §9.1).
+func (p *tphone) cancel(c *call) {
+	p.sendTo(p.server(), fmt.Sprintf("CANCEL %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=%s;rport\r\n", c.ruri, p.addr, c.branch)+
+		"Max-Forwards: 70\r\n"+
+		fmt.Sprintf("From: <sip:%s@mesh>;tag=%s\r\nTo: <%s>\r\n", p.ext, c.fromTag, c.ruri)+
+		fmt.Sprintf("Call-ID: %s\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n", c.callID))
+}
+
+// ackNon2xx acknowledges a final non-2xx response hop by hop (§17.1.1.3).
+func (p *tphone) ackNon2xx(c *call, res *sip.Response) {
+	p.sendTo(p.server(), fmt.Sprintf("ACK %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=%s;rport\r\n", c.ruri, p.addr, c.branch)+
+		"Max-Forwards: 70\r\n"+
+		fmt.Sprintf("From: <sip:%s@mesh>;tag=%s\r\n%s\r\n", p.ext, c.fromTag, res.To().String())+
+		fmt.Sprintf("Call-ID: %s\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", c.callID))
+}
+
+// answer sends a response to req from this phone with To tag tag.
+func (p *tphone) answer(req *sip.Request, code int, reason, tag, body string) {
+	p.t.Helper()
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	if to := res.To(); to != nil && code > 100 {
+		to.Params.Add("tag", tag)
+	}
+	if code > 100 && code < 300 && req.IsInvite() {
+		res.AppendHeader(sip.NewHeader("Contact", fmt.Sprintf("<sip:%s@%s>", p.ext, p.addr)))
+	}
+	if body != "" {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.SetBody([]byte(body))
+	}
+	src, err := netip.ParseAddrPort(req.Source())
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.sendTo(src, res.String())
+}
+
+// inDialog sends a request of a dialog: to the first Route of routes, or
+// to the contact when there is none (RFC 3261 §12.2.1.1).
+func (p *tphone) inDialog(method, ruri, from, to, callID string, cseq int, routes []string) {
+	p.t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s SIP/2.0\r\n%sMax-Forwards: 70\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %d %s\r\n",
+		method, ruri, p.via(), from, to, callID, cseq, method)
+	for _, r := range routes {
+		fmt.Fprintf(&b, "Route: %s\r\n", r)
+	}
+	b.WriteString("Content-Length: 0\r\n\r\n")
+	dst := ruri
+	if len(routes) > 0 {
+		dst = strings.Trim(routes[0], "<>")
+	}
+	var u sip.Uri
+	if err := sip.ParseUri(dst, &u); err != nil {
+		p.t.Fatal(err)
+	}
+	ap, ok := uriAddr(&u)
+	if !ok {
+		p.t.Fatalf("next hop %q is not an address", dst)
+	}
+	p.sendTo(ap, b.String())
+}
+
+func headerValues(m interface{ GetHeaders(string) []sip.Header }, name string) []string {
+	var out []string
+	for _, h := range m.GetHeaders(name) {
+		out = append(out, h.Value())
+	}
+	return out
+}
+
+func reversed(s []string) []string {
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[len(s)-1-i] = v
+	}
+	return out
+}
+
+func contactURI(m interface{ GetHeader(string) sip.Header }) string {
+	v := m.GetHeader("Contact").Value()
+	return v[strings.Index(v, "<")+1 : strings.Index(v, ">")]
+}
+
+func sdpOf(t *testing.T, body []byte) sipalg.Stream {
+	t.Helper()
+	d, err := sipalg.Parse(body)
+	if err != nil || len(d.Streams) != 1 {
+		t.Fatalf("SDP %v:\n%s", err, body)
+	}
+	return d.Streams[0]
+}
+
+// mediaEP starts a G.711 endpoint with a tone on the phone's host.
+func (m *meshRig) mediaEP(p *tphone, port uint16, tone float64) *phones.MediaEndpoint {
+	m.t.Helper()
+	c, err := p.host.ListenPacket(m.ctx, "udp", netip.AddrPortFrom(p.addr.Addr(), port).String())
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	ep, err := phones.NewMediaEndpoint(phones.MediaConfig{Conn: c, ToneHz: tone})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return ep
+}
+
+func inRelayRange(port uint16, side sipalg.Side) bool {
+	if side == sipalg.SideA {
+		return port >= 20000 && port <= 20199
+	}
+	return port >= 30000 && port <= 30199
+}
+
+// TestProxyCallAcrossNodes: 201 on node 1 calls 202 on node 2 through
+// both proxies: 180/200/ACK/BYE follow the double Record-Route, each phone
+// sees SDP of its own family pointing at its node's relay, the mesh leg is
+// IPv6 only, and tones cross both relays in both directions.
+func TestProxyCallAcrossNodes(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		ea, eb := m.mediaEP(a, 4000, 440), m.mediaEP(b, 4000, 1000)
+
+		c := a.invite("sip:202@mesh", ea.Local(), "")
+		inv := b.request(sip.INVITE)
+		if got := inv.Recipient.String(); got != "sip:202@10.2.0.10:5060" {
+			t.Errorf("Request-URI at the callee %s, want its contact", got)
+		}
+		wantRR := []string{"<sip:10.2.0.1:5060;lr>", "<sip:[fd00::2]:5060;lr>", "<sip:[fd00::1]:5060;lr>", "<sip:10.1.0.1:5060;lr>"}
+		if got := headerValues(inv, "Record-Route"); strings.Join(got, ",") != strings.Join(wantRR, ",") {
+			t.Errorf("Record-Route at the callee\n%v, want\n%v", got, wantRR)
+		}
+		if got := len(inv.GetHeaders("Via")); got != 3 {
+			t.Errorf("%d Vias at the callee, want 3", got)
+		}
+		if mf := inv.MaxForwards().Val(); mf != 68 {
+			t.Errorf("Max-Forwards %d at the callee, want 68", mf)
+		}
+		offer := sdpOf(t, inv.Body())
+		if offer.Addr != m.nodes[1].lanIP || !inRelayRange(offer.Port, sipalg.SideA) {
+			t.Errorf("offer at the callee points at %v, want node 2's LAN relay", offer.RTP())
+		}
+		if !strings.Contains(string(inv.Body()), "c=IN IP4 10.2.0.1\r\n") || !strings.Contains(string(inv.Body()), "o=- 1001 1 IN IP4 10.2.0.1\r\n") {
+			t.Errorf("offer at the callee:\n%s", inv.Body())
+		}
+		eb.SetRemote(offer.RTP())
+
+		b.answer(inv, 180, "Ringing", "tag202", "")
+		ring := a.response()
+		wantCode(t, ring, 180)
+		if got := headerValues(ring, "Record-Route"); len(got) != 4 {
+			t.Errorf("180 carries Record-Route %v", got)
+		}
+		b.answer(inv, 200, "OK", "tag202", offerSDP(eb.Local()))
+		ok := a.response()
+		wantCode(t, ok, 200)
+		ans := sdpOf(t, ok.Body())
+		if ans.Addr != m.nodes[0].lanIP || !inRelayRange(ans.Port, sipalg.SideA) || !strings.Contains(string(ok.Body()), "c=IN IP4 10.1.0.1\r\n") {
+			t.Errorf("answer at the caller:\n%s", ok.Body())
+		}
+		ea.SetRemote(ans.RTP())
+
+		// ACK for the 2xx: along the route set, to the callee's contact.
+		routes := reversed(headerValues(ok, "Record-Route"))
+		from := fmt.Sprintf("<sip:201@mesh>;tag=%s", c.fromTag)
+		to := ok.To().Value()
+		a.inDialog("ACK", contactURI(ok), from, to, c.callID, 1, routes)
+		ack := b.request(sip.ACK)
+		if got := ack.Recipient.String(); got != "sip:202@10.2.0.10:5060" {
+			t.Errorf("ACK Request-URI %s", got)
+		}
+		if len(ack.GetHeaders("Route")) != 0 {
+			t.Errorf("ACK still has Route %v", headerValues(ack, "Route"))
+		}
+
+		// The mesh leg is IPv6 on both nodes.
+		for i, nd := range m.nodes {
+			leg := nd.svc.findLeg(c.callID, c.fromTag)
+			if leg == nil || len(leg.sessions()) != 1 {
+				t.Fatalf("node %d: no media state for the call", i+1)
+			}
+			s := leg.sessions()[0]
+			if p := s.StreamPlan(sipalg.SideB); !p.Addr.Is6() || !inRelayRange(p.Port, sipalg.SideB) {
+				t.Errorf("node %d mesh side %+v", i+1, p)
+			}
+		}
+
+		// Audio, both ways, through both relays.
+		mctx, mcancel := context.WithCancel(m.ctx)
+		var mwg sync.WaitGroup
+		mwg.Go(func() { ea.Run(mctx) })
+		mwg.Go(func() { eb.Run(mctx) })
+		time.Sleep(2 * time.Second)
+		mcancel()
+		mwg.Wait()
+		t.Logf("201 %+v\n202 %+v", ea.Stats(), eb.Stats())
+		if !ea.Heard(1000) || !eb.Heard(440) {
+			t.Errorf("two-way audio: 201 heard 202 %v, 202 heard 201 %v", ea.Heard(1000), eb.Heard(440))
+		}
+		for i, nd := range m.nodes {
+			st := nd.svc.findLeg(c.callID, c.fromTag).sessions()[0].Stats()
+			if !st.B.Latched || !st.B.Peer.Addr().Is6() || st.B.Packets < 50 || st.A.Packets < 50 {
+				t.Errorf("node %d relay: %+v", i+1, st)
+			}
+		}
+
+		// BYE from the callee: along the Record-Route in order.
+		b.inDialog("BYE", contactURI(inv), "<sip:202@mesh>;tag=tag202", inv.From().Value(), c.callID, 1, headerValues(inv, "Record-Route"))
+		bye := a.request(sip.BYE)
+		if got := bye.Recipient.String(); got != "sip:201@10.1.0.10:5060" {
+			t.Errorf("BYE Request-URI %s", got)
+		}
+		a.answer(bye, 200, "OK", c.fromTag, "")
+		wantCode(t, b.response(), 200)
+		for i, nd := range m.nodes {
+			synctest.Wait()
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
+	})
+}
