@@ -262,6 +262,12 @@ type call struct {
 }
 
 func (p *tphone) invite(ruri string, media netip.AddrPort, extra string) *call {
+	c := p.buildInvite(ruri, media, extra)
+	p.sendTo(p.server(), c.raw)
+	return c
+}
+
+func (p *tphone) buildInvite(ruri string, media netip.AddrPort, extra string) *call {
 	p.seq++
 	c := &call{callID: fmt.Sprintf("call-%s-%d", p.ext, p.seq), fromTag: "from" + p.ext, ruri: ruri, cseq: 1,
 		branch: fmt.Sprintf("z9hG4bK%s-inv%d", p.ext, p.seq)}
@@ -272,7 +278,6 @@ func (p *tphone) invite(ruri string, media netip.AddrPort, extra string) *call {
 		fmt.Sprintf("Call-ID: %s\r\nCSeq: 1 INVITE\r\n", c.callID) +
 		fmt.Sprintf("Contact: <sip:%s@%s>\r\n", p.ext, p.addr) + extra +
 		fmt.Sprintf("Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	p.sendTo(p.server(), c.raw)
 	return c
 }
 
@@ -337,6 +342,17 @@ func (p *tphone) inDialog(method, ruri, from, to, callID string, cseq int, route
 		p.t.Fatalf("next hop %q is not an address", dst)
 	}
 	p.sendTo(ap, b.String())
+}
+
+// setHeader replaces the value of the first header line called name.
+func setHeader(raw, name, value string) string {
+	i := strings.Index(raw, "\r\n"+name+": ")
+	if i < 0 {
+		panic("no " + name)
+	}
+	i += len(name) + 4
+	j := strings.Index(raw[i:], "\r\n")
+	return raw[:i] + value + raw[i+j:]
 }
 
 func headerValues(m interface{ GetHeaders(string) []sip.Header }, name string) []string {
@@ -498,6 +514,82 @@ func TestProxyCallAcrossNodes(t *testing.T) {
 			synctest.Wait()
 			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
 				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
+	})
+}
+
+// TestProxyFinalResponses: the answers a caller gets when no phone
+// answers: 404 for an extension without an account, 480 for one with no
+// binding, 486 relayed from the callee, 483 for Max-Forwards 0, 400 for
+// malformed INVITEs, 416 for a non-SIP Request-URI.
+func TestProxyFinalResponses(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		media := netip.MustParseAddrPort("10.1.0.10:4000")
+
+		c := a.invite("sip:999@mesh", media, "")
+		res := a.response()
+		wantCode(t, res, 404)
+		a.ackNon2xx(c, res)
+
+		c = a.invite("sip:203@sipserver.mesh", media, "")
+		res = a.response()
+		wantCode(t, res, 480)
+		a.ackNon2xx(c, res)
+
+		// A bare extension at the node's address is the mesh domain too.
+		c = a.invite("sip:202@10.1.0.1", media, "")
+		inv := b.request(sip.INVITE)
+		b.answer(inv, 486, "Busy Here", "busy", "")
+		// The proxy at node 2 acknowledges the 486 hop by hop.
+		if ack := b.request(sip.ACK); ack.CSeq().SeqNo != inv.CSeq().SeqNo {
+			t.Errorf("ACK of 486: %s", ack)
+		}
+		res = a.response()
+		wantCode(t, res, 486)
+		a.ackNon2xx(c, res)
+
+		// Max-Forwards 0: 483 from node 1, nothing reaches the callee.
+		c = a.buildInvite("sip:202@mesh", media, "")
+		a.sendTo(a.server(), setHeader(c.raw, "Max-Forwards", "0"))
+		res = a.response()
+		wantCode(t, res, 483)
+		a.ackNon2xx(c, res)
+
+		// Max-Forwards 1: node 1 forwards with 0, node 2 answers 483.
+		c = a.buildInvite("sip:202@mesh", media, "")
+		a.sendTo(a.server(), setHeader(c.raw, "Max-Forwards", "1"))
+		res = a.response()
+		wantCode(t, res, 483)
+		a.ackNon2xx(c, res)
+
+		// Malformed: shorter than its Content-Length (answered before sipgo), CSeq method
+		// not the request's, no SIP URI.
+		c = a.buildInvite("sip:202@mesh", media, "")
+		a.sendTo(a.server(), setHeader(c.raw, "Content-Length", "999"))
+		res = a.response()
+		wantCode(t, res, 400)
+		if !strings.Contains(res.Reason, "Bad Request") || res.CallID() == nil || string(*res.CallID()) != c.callID {
+			t.Errorf("400 for an unparsable INVITE:\n%s", res)
+		}
+		c = a.buildInvite("sip:202@mesh", media, "")
+		a.sendTo(a.server(), setHeader(c.raw, "CSeq", "1 OPTIONS"))
+		res = a.response()
+		wantCode(t, res, 400)
+		c = a.buildInvite("sip:202@mesh", media, "")
+		a.sendTo(a.server(), strings.Replace(c.raw, "INVITE sip:202@mesh SIP/2.0", "INVITE tel:202 SIP/2.0", 1))
+		res = a.response()
+		wantCode(t, res, 416)
+
+		b.quiet(time.Second)
+		for i, nd := range m.nodes {
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d: %d calls, %d relay sessions left", i+1, st.Calls, nd.relay.Sessions())
 			}
 		}
 	})

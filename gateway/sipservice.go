@@ -104,9 +104,9 @@ type SIPStats struct {
 
 // sock is one of the service's sockets.
 type sock struct {
-	name string
-	addr netip.AddrPort
-	side sipalg.Side
+	name  string
+	addr  netip.AddrPort
+	side  sipalg.Side
 	laddr sip.Addr
 }
 
@@ -122,13 +122,13 @@ type SIPService struct {
 	lan     *sock
 	mesh    *sock
 
-	live                                       atomic.Int64 // server transactions alive
+	live                                        atomic.Int64 // server transactions alive
 	rateLimited, overloaded, malformed, proxied atomic.Uint64
 
-	mu      sync.Mutex
-	closing bool
+	mu       sync.Mutex
+	closing  bool
 	handlers sync.WaitGroup // request handlers and the goroutines they start
-	calls   map[string]*callLeg
+	calls    map[string]*callLeg
 
 	ctx    context.Context // ends when Run ends
 	cancel context.CancelFunc
