@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -708,6 +709,14 @@ func (p *proxyTx) loop(invite bool) {
 			}
 		case ev := <-p.events:
 			b := ev.b
+			if s.log.Enabled(s.ctx, slog.LevelDebug) {
+				st := 0
+				if ev.res != nil {
+					st = ev.res.StatusCode
+				}
+				s.log.Debug("branch event", "call_id", p.req.CallID().Value(), "dst", b.req.Destination(),
+					"status", st, "err", ev.err, "timer_c", ev.timerC, "pending", pending)
+			}
 			if b.final != nil {
 				continue
 			}

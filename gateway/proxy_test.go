@@ -3,8 +3,10 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -90,6 +92,9 @@ func newMeshRig(t *testing.T, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 			},
 			LANPrefix: netip.PrefixFrom(nd.lanIP, 24).Masked(),
 			Rate:      -1}
+		if testing.Verbose() && os.Getenv("SIPLOG") != "" {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", i)
+		}
 		for _, f := range mod {
 			f(&cfg)
 		}
@@ -511,7 +516,7 @@ func TestProxyCallAcrossNodes(t *testing.T) {
 		a.answer(bye, 200, "OK", c.fromTag, "")
 		wantCode(t, b.response(), 200)
 		for i, nd := range m.nodes {
-			synctest.Wait()
+
 			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
 				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
 			}
@@ -590,6 +595,118 @@ func TestProxyFinalResponses(t *testing.T) {
 		for i, nd := range m.nodes {
 			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
 				t.Errorf("node %d: %d calls, %d relay sessions left", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
+	})
+}
+
+// TestProxyCancel: a CANCEL before the answer gets 200 and the INVITE 487
+// at the caller, and the ringing callee on the far node gets its CANCEL at
+// once (not after a transaction timer); the media state is dropped.
+func TestProxyCancel(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		c := a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		inv := b.request(sip.INVITE)
+		b.answer(inv, 180, "Ringing", "tag202", "")
+		wantCode(t, a.response(), 180)
+		if n := m.nodes[0].relay.Sessions() + m.nodes[1].relay.Sessions(); n != 2 {
+			t.Errorf("%d relay sessions while ringing, want one per node", n)
+		}
+
+		start := time.Now()
+		a.cancel(c)
+		var got []int
+		for range 2 {
+			res := a.response()
+			got = append(got, res.StatusCode)
+			if res.StatusCode == 487 {
+				a.ackNon2xx(c, res)
+			}
+		}
+		if fmt.Sprint(got) != "[200 487]" && fmt.Sprint(got) != "[487 200]" {
+			t.Errorf("caller got %v, want 200 (CANCEL) and 487 (INVITE)", got)
+		}
+		cancel := b.request(sip.CANCEL)
+		if d := time.Since(start); d > 100*time.Millisecond {
+			t.Errorf("callee's CANCEL after %v", d)
+		}
+		if cancel.Via().Value() != inv.Via().Value() || cancel.CSeq().SeqNo != inv.CSeq().SeqNo {
+			t.Errorf("CANCEL does not match the INVITE:\n%s", cancel)
+		}
+		b.answer(cancel, 200, "OK", "tag202", "")
+		b.answer(inv, 487, "Request Terminated", "tag202", "")
+		b.request(sip.ACK)
+		time.Sleep(time.Second) // fake time: messages in flight land
+		for i, nd := range m.nodes {
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d after CANCEL: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
+		a.quiet(10 * time.Second)
+		b.quiet(10 * time.Second)
+	})
+}
+
+// TestProxyFork: 202 is registered from two phones, one on the caller's
+// node and one on another node. Both ring; the remote one answers first
+// and wins, the local one gets CANCEL. The local branch's SDP is not
+// rewritten (same LAN, no family change); the remote one's is.
+func TestProxyFork(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a := m.phone(1, "201", 10)
+		local, remote := m.phone(1, "202", 20), m.phone(2, "202", 30)
+		a.register()
+		local.register()
+		remote.register()
+		media := netip.MustParseAddrPort("10.1.0.10:4000")
+		c := a.invite("sip:202@mesh", media, "")
+		li, ri := local.request(sip.INVITE), remote.request(sip.INVITE)
+		if got := sdpOf(t, li.Body()).RTP(); got != media {
+			t.Errorf("local branch SDP points at %v, want the caller's %v untouched", got, media)
+		}
+		if got := headerValues(li, "Record-Route"); len(got) != 1 || got[0] != "<sip:10.1.0.1:5060;lr>" {
+			t.Errorf("local branch Record-Route %v", got)
+		}
+		if got := sdpOf(t, ri.Body()); got.Addr != m.nodes[1].lanIP {
+			t.Errorf("remote branch SDP points at %v", got.RTP())
+		}
+		local.answer(li, 180, "Ringing", "local", "")
+		remote.answer(ri, 180, "Ringing", "remote", "")
+		wantCode(t, a.response(), 180)
+		wantCode(t, a.response(), 180)
+		remote.answer(ri, 200, "OK", "remote", offerSDP(netip.MustParseAddrPort("10.2.0.30:4000")))
+		ok := a.response()
+		wantCode(t, ok, 200)
+		if tag, _ := ok.To().Params.Get("tag"); tag != "remote" {
+			t.Errorf("200 from %q", tag)
+		}
+		if got := sdpOf(t, ok.Body()); got.Addr != m.nodes[0].lanIP {
+			t.Errorf("answer at the caller points at %v", got.RTP())
+		}
+		cancel := local.request(sip.CANCEL)
+		local.answer(cancel, 200, "OK", "local", "")
+		local.answer(li, 487, "Request Terminated", "local", "")
+		local.request(sip.ACK)
+		// The 487 of the losing branch is not forwarded: the call has its 2xx.
+		a.inDialog("ACK", contactURI(ok), fmt.Sprintf("<sip:201@mesh>;tag=%s", c.fromTag), ok.To().Value(), c.callID, 1, reversed(headerValues(ok, "Record-Route")))
+		remote.request(sip.ACK)
+		a.quiet(5 * time.Second)
+		// Caller hangs up.
+		a.inDialog("BYE", contactURI(ok), fmt.Sprintf("<sip:201@mesh>;tag=%s", c.fromTag), ok.To().Value(), c.callID, 2, reversed(headerValues(ok, "Record-Route")))
+		bye := remote.request(sip.BYE)
+		remote.answer(bye, 200, "OK", "remote", "")
+		wantCode(t, a.response(), 200)
+		time.Sleep(time.Second) // fake time: messages in flight land
+		for i, nd := range m.nodes {
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
 			}
 		}
 	})
