@@ -461,7 +461,7 @@ func parseFlowToken(s string) (netip.AddrPort, string, bool) {
 		return netip.AddrPort{}, "", false
 	}
 	var ap netip.AddrPort
-	if ap.UnmarshalBinary(b) != nil {
+	if ap.UnmarshalBinary(b) != nil || !ap.Addr().IsValid() || ap.Port() == 0 {
 		return netip.AddrPort{}, "", false
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), strings.ToUpper(tr), true
@@ -739,15 +739,16 @@ func (p *proxyTx) loop(invite bool) {
 				b.final, b.local = s.respond(p.req, code, reason), true
 				pending--
 			case ev.res.StatusCode < 200:
+				// Any provisional, 100 included, allows a CANCEL (§9.1).
+				b.provisional = true
+				if b.cancelWanted {
+					p.cancelBranch(b)
+				}
 				if ev.res.StatusCode == 100 {
 					continue // hop by hop (§16.7 step 5)
 				}
-				b.provisional = true
 				if b.timC != nil {
 					b.timC.Reset(s.cfg.TimerC) // §16.7 step 2
-				}
-				if b.cancelWanted {
-					p.cancelBranch(b)
 				}
 				if !p.finalSent && !p.cancelled {
 					p.relayUp(b, ev.res)

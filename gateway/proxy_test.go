@@ -181,7 +181,7 @@ func (p *tphone) recv() sip.Message {
 	select {
 	case m := <-p.in:
 		return m
-	case <-time.After(40 * time.Second):
+	case <-time.After(5 * time.Minute): // fake time (synctest)
 		p.t.Fatalf("%s: nothing received", p.ext)
 		return nil
 	}
@@ -708,6 +708,126 @@ func TestProxyFork(t *testing.T) {
 			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
 				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
 			}
+		}
+	})
+}
+
+// TestProxyTimerC: a callee that rings and never answers is cancelled
+// after Timer C (RFC 3261 §16.8) and the caller gets 408.
+func TestProxyTimerC(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2, func(c *SIPServiceConfig) { c.TimerC = 3*time.Minute + 10*time.Second })
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		start := time.Now()
+		c := a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		inv := b.request(sip.INVITE)
+		b.answer(inv, 180, "Ringing", "tag202", "")
+		wantCode(t, a.response(), 180)
+		// Node 1's Timer C fires first: its CANCEL reaches the callee through
+		// node 2.
+		cancel := b.request(sip.CANCEL)
+		if d := time.Since(start); d < 3*time.Minute || d > 4*time.Minute {
+			t.Errorf("CANCEL after %v, want Timer C", d)
+		}
+		b.answer(cancel, 200, "OK", "tag202", "")
+		b.answer(inv, 487, "Request Terminated", "tag202", "")
+		b.request(sip.ACK)
+		res := a.response()
+		wantCode(t, res, 408)
+		a.ackNon2xx(c, res)
+		time.Sleep(time.Second)
+		for i, nd := range m.nodes {
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
+	})
+}
+
+// TestProxyMessageAndOptions: an out-of-dialog MESSAGE to an AOR is
+// proxied across nodes (non-INVITE, no Record-Route), and an OPTIONS to
+// the node itself is answered by it.
+func TestProxyMessageAndOptions(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		a.inDialog("MESSAGE", "sip:202@mesh", "<sip:201@mesh>;tag=m1", "<sip:202@mesh>", "msg-1", 1, []string{"<sip:10.1.0.1;lr>"})
+		msg := b.request(sip.MESSAGE)
+		if rr := msg.GetHeaders("Record-Route"); len(rr) != 0 || len(msg.GetHeaders("Route")) != 0 {
+			t.Errorf("MESSAGE at the callee:\n%s", msg)
+		}
+		b.answer(msg, 200, "OK", "m2", "")
+		wantCode(t, a.response(), 200)
+
+		a.inDialog("OPTIONS", "sip:10.1.0.1", "<sip:201@mesh>;tag=o1", "<sip:10.1.0.1>", "opt-1", 1, nil)
+		res := a.response()
+		wantCode(t, res, 200)
+		if res.GetHeader("Allow") == nil {
+			t.Errorf("OPTIONS answer without Allow:\n%s", res)
+		}
+		b.quiet(time.Second)
+	})
+}
+
+// TestSIPServiceRateLimit: datagrams over a source's rate are dropped
+// before sipgo sees them.
+func TestSIPServiceRateLimit(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 1, func(c *SIPServiceConfig) { c.Rate, c.Burst = 1, 3 })
+		a := m.phone(1, "201", 10)
+		for i := range 10 {
+			a.inDialog("OPTIONS", "sip:10.1.0.1", "<sip:201@mesh>;tag=o1", "<sip:10.1.0.1>", fmt.Sprintf("opt-%d", i), 1, nil)
+		}
+		for range 3 {
+			wantCode(t, a.response(), 200)
+		}
+		a.quiet(time.Second)
+		if st := m.nodes[0].svc.Stats(); st.RateLimited != 7 {
+			t.Errorf("stats %+v, want 7 rate-limited", st)
+		}
+	})
+}
+
+func TestFlowToken(t *testing.T) {
+	for _, c := range []struct {
+		ap netip.AddrPort
+		tr string
+	}{{netip.MustParseAddrPort("10.1.0.10:5062"), "udp"}, {netip.MustParseAddrPort("[fd00::9]:5060"), "tcp"}} {
+		tok := flowToken(c.ap, c.tr)
+		var u sip.Uri
+		if err := sip.ParseUri("sip:"+tok+"@[fd00::1]:5060;lr", &u); err != nil || u.User != tok {
+			t.Errorf("token %q in a URI: %v %q", tok, err, u.User)
+		}
+		ap, tr, ok := parseFlowToken(tok)
+		if !ok || ap != c.ap || tr != strings.ToUpper(c.tr) {
+			t.Errorf("%q → %v %s %v", tok, ap, tr, ok)
+		}
+	}
+	for _, bad := range []string{"", "smf-", "smf-udp-", "smf-sctp-0a01000a13c6", "smf-udp-zz", "smf-udp-0a01"} {
+		if _, _, ok := parseFlowToken(bad); ok {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// FuzzFlowToken: the flow token comes from other nodes' Route headers.
+func FuzzFlowToken(f *testing.F) {
+	f.Add(flowToken(netip.MustParseAddrPort("10.1.0.10:5062"), "udp"))
+	f.Add("smf-tcp-")
+	f.Fuzz(func(t *testing.T, s string) {
+		ap, tr, ok := parseFlowToken(s)
+		if !ok {
+			return
+		}
+		if back, _, ok2 := parseFlowToken(flowToken(ap, tr)); !ok2 || back != ap {
+			t.Fatalf("%q → %v does not round-trip", s, ap)
 		}
 	})
 }
