@@ -327,13 +327,21 @@ func (p *tphone) answer(req *sip.Request, code int, reason, tag, body string) {
 // to the contact when there is none (RFC 3261 §12.2.1.1).
 func (p *tphone) inDialog(method, ruri, from, to, callID string, cseq int, routes []string) {
 	p.t.Helper()
+	p.inDialogBody(method, ruri, from, to, callID, cseq, routes, "")
+}
+
+func (p *tphone) inDialogBody(method, ruri, from, to, callID string, cseq int, routes []string, body string) {
+	p.t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s SIP/2.0\r\n%sMax-Forwards: 70\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %d %s\r\n",
 		method, ruri, p.via(), from, to, callID, cseq, method)
 	for _, r := range routes {
 		fmt.Fprintf(&b, "Route: %s\r\n", r)
 	}
-	b.WriteString("Content-Length: 0\r\n\r\n")
+	if body != "" {
+		fmt.Fprintf(&b, "Contact: <sip:%s@%s>\r\nContent-Type: application/sdp\r\n", p.ext, p.addr)
+	}
+	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
 	dst := ruri
 	if len(routes) > 0 {
 		dst = strings.Trim(routes[0], "<>")
@@ -506,6 +514,31 @@ func TestProxyCallAcrossNodes(t *testing.T) {
 				t.Errorf("node %d relay: %+v", i+1, st)
 			}
 		}
+
+		// Re-INVITE from the callee (hold): it follows the route set, and
+		// the caller sees its node's relay with the o= version bumped
+		// (RFC 3264 §8) because the description changed.
+		hold := strings.Replace(offerSDP(eb.Local()), "a=sendrecv", "a=sendonly", 1)
+		hold = strings.Replace(hold, "o=- 1001 1 ", "o=- 1001 2 ", 1)
+		b.inDialogBody("INVITE", contactURI(inv), "<sip:202@mesh>;tag=tag202", inv.From().Value(), c.callID, 5,
+			headerValues(inv, "Record-Route"), hold)
+		reinv := a.request(sip.INVITE)
+		if got := reinv.Recipient.String(); got != "sip:201@10.1.0.10:5060" {
+			t.Errorf("re-INVITE Request-URI %s", got)
+		}
+		body := string(reinv.Body())
+		if !strings.Contains(body, "o=- 1001 2 IN IP4 10.1.0.1\r\n") || !strings.Contains(body, "c=IN IP4 10.1.0.1\r\n") ||
+			!strings.Contains(body, "a=sendonly") || sdpOf(t, reinv.Body()).Port != ans.Port {
+			t.Errorf("re-INVITE at the caller:\n%s", body)
+		}
+		a.answer(reinv, 200, "OK", c.fromTag, offerSDP(ea.Local()))
+		reok := b.response()
+		wantCode(t, reok, 200)
+		if got := sdpOf(t, reok.Body()); got.RTP() != offer.RTP() {
+			t.Errorf("re-INVITE answer at the callee points at %v, was %v", got.RTP(), offer.RTP())
+		}
+		b.inDialog("ACK", contactURI(inv), "<sip:202@mesh>;tag=tag202", inv.From().Value(), c.callID, 5, headerValues(inv, "Record-Route"))
+		a.request(sip.ACK)
 
 		// BYE from the callee: along the Record-Route in order.
 		b.inDialog("BYE", contactURI(inv), "<sip:202@mesh>;tag=tag202", inv.From().Value(), c.callID, 1, headerValues(inv, "Record-Route"))
@@ -828,6 +861,31 @@ func FuzzFlowToken(f *testing.F) {
 		}
 		if back, _, ok2 := parseFlowToken(flowToken(ap, tr)); !ok2 || back != ap {
 			t.Fatalf("%q → %v does not round-trip", s, ap)
+		}
+	})
+}
+
+// TestSIPServiceShutdownInFlight: stopping nodes while a call rings ends
+// every handler, transaction and relay session before Run returns.
+func TestSIPServiceShutdownInFlight(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		inv := b.request(sip.INVITE)
+		b.answer(inv, 180, "Ringing", "tag202", "")
+		wantCode(t, a.response(), 180)
+		m.stop()
+		for i, nd := range m.nodes {
+			if n := nd.relay.Sessions(); n != 0 {
+				t.Errorf("node %d: %d relay sessions after Run", i+1, n)
+			}
+			if st := nd.svc.Stats(); st.Calls != 0 {
+				t.Errorf("node %d: %+v after Run", i+1, st)
+			}
 		}
 	})
 }
