@@ -85,7 +85,11 @@ func newMeshRig(t *testing.T, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg := SIPServiceConfig{Node: nd.id, LANAddr: lanAP, MeshAddr: meshAP, LANUDP: lanPC, MeshUDP: meshPC,
+		lanTCP, err := nd.host.Listen(m.ctx, "tcp", lanAP.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := SIPServiceConfig{Node: nd.id, LANAddr: lanAP, MeshAddr: meshAP, LANUDP: lanPC, MeshUDP: meshPC, LANTCP: lanTCP,
 			Registrar: reg, Locations: m.loc, Accounts: m.accts, Relay: nd.relay,
 			NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort {
 				return netip.AddrPortFrom(meshIP(int(id-0x1000)), 5060)
@@ -887,5 +891,102 @@ func TestSIPServiceShutdownInFlight(t *testing.T) {
 				t.Errorf("node %d: %+v after Run", i+1, st)
 			}
 		}
+	})
+}
+
+// tcpPhone is a phone registered over TCP: calls reach it over the same
+// connection (RFC 5626 flow), not a new one.
+type tcpPhone struct {
+	t    *testing.T
+	conn net.Conn
+	in   chan sip.Message
+	addr netip.AddrPort
+}
+
+func (m *meshRig) tcpPhone(node int, ext string, last byte) *tcpPhone {
+	m.t.Helper()
+	nd := m.nodes[node-1]
+	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
+	h := m.nw.AddHost("tcp-phone-" + ext)
+	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	conn, err := h.Dial(m.ctx, "tcp", netip.AddrPortFrom(nd.lanIP, 5060).String())
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	ap, _ := addrPortOf(conn.LocalAddr())
+	p := &tcpPhone{t: m.t, conn: conn, in: make(chan sip.Message, 16), addr: ap}
+	m.wg.Go(func() {
+		ps := sip.NewParser().NewSIPStream()
+		defer ps.Close()
+		buf := make([]byte, 8192)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			ps.Write(buf[:n])
+			for {
+				msg, _, err := ps.ParseNext()
+				if err != nil {
+					break
+				}
+				p.in <- msg
+			}
+		}
+	})
+	context.AfterFunc(m.ctx, func() { conn.Close() })
+	return p
+}
+
+func (p *tcpPhone) recv() sip.Message {
+	p.t.Helper()
+	for {
+		select {
+		case m := <-p.in:
+			if res, ok := m.(*sip.Response); ok && res.StatusCode == 100 {
+				continue
+			}
+			return m
+		case <-time.After(time.Minute):
+			p.t.Fatal("tcp phone: nothing received")
+			return nil
+		}
+	}
+}
+
+func TestProxyTCPFlow(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a := m.phone(1, "201", 10)
+		a.register()
+		b := m.tcpPhone(2, "202", 40)
+		reg := func(cseq int, auth string) string {
+			s := "REGISTER sip:mesh SIP/2.0\r\n" +
+				fmt.Sprintf("Via: SIP/2.0/TCP %s;branch=z9hG4bKt%d\r\n", b.addr, cseq) +
+				"Max-Forwards: 70\r\nFrom: <sip:202@mesh>;tag=t1\r\nTo: <sip:202@mesh>\r\n" +
+				fmt.Sprintf("Call-ID: tcp-reg\r\nCSeq: %d REGISTER\r\nContact: <sip:202@%s;transport=tcp>\r\n", cseq, b.addr)
+			if auth != "" {
+				s += "Authorization: " + auth + "\r\n"
+			}
+			return s + "Content-Length: 0\r\n\r\n"
+		}
+		b.conn.Write([]byte(reg(1, "")))
+		res := b.recv().(*sip.Response)
+		wantCode(t, res, 401)
+		b.conn.Write([]byte(reg(2, authorize(t, res, "", "202", "secret202", 1))))
+		wantCode(t, b.recv().(*sip.Response), 200)
+
+		a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		inv, ok := b.recv().(*sip.Request)
+		if !ok || !inv.IsInvite() || inv.Via().Transport != "TCP" {
+			t.Fatalf("want the INVITE over TCP, got\n%v", inv)
+		}
+		if rr := headerValues(inv, "Record-Route"); len(rr) != 4 || rr[0] != "<sip:10.2.0.1:5060;transport=tcp;lr>" {
+			t.Errorf("Record-Route over TCP: %v", rr)
+		}
+		res486 := sip.NewResponseFromRequest(inv, 486, "Busy Here", nil)
+		b.conn.Write([]byte(res486.String()))
+		wantCode(t, a.response(), 486)
 	})
 }

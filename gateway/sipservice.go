@@ -36,6 +36,18 @@ import (
 // retransmissions over lossy multi-hop radio links depend on, and the
 // transaction cap bounds memory without shortening Timer J.
 
+// sipgo refuses UDP messages over UDPMTUSize-200 bytes (1300 by default)
+// and has no fallback to TCP (libraries.md §1 pitfall 4). An INVITE with
+// SDP, four Record-Routes and three Vias from a chatty phone passes that;
+// the mesh carries SSR frames of 8 KiB and the LAN fragments, so allow
+// SIP messages of up to 4 KiB. Set once here, before any sipgo traffic,
+// since it is a package variable of sipgo.
+func init() {
+	if sip.UDPMTUSize < 4096+200 {
+		sip.UDPMTUSize = 4096 + 200
+	}
+}
+
 // SIP service defaults.
 const (
 	DefaultTimerC          = 3 * time.Minute // RFC 3261 §16.6 step 11: > 3 min
