@@ -636,6 +636,19 @@ func TestProxyFinalResponses(t *testing.T) {
 		wantCode(t, res, 483)
 		a.ackNon2xx(c, res)
 
+		// A request that comes back carrying a Via of ours with the loop
+		// hash it would get now is a loop (RFC 3261 §16.3 step 4): 482.
+		c = a.buildInvite("sip:202@mesh", media, "")
+		parsed, err := sip.ParseMessage([]byte(c.raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours := "Via: SIP/2.0/UDP [fd00::1]:5060;branch=z9hG4bKsm" + loopHash(parsed.(*sip.Request)) + ".0a0b0c\r\n"
+		a.sendTo(a.server(), strings.Replace(c.raw, "Max-Forwards: 70\r\n", ours+"Max-Forwards: 70\r\n", 1))
+		res = a.response()
+		wantCode(t, res, 482)
+		a.ackNon2xx(c, res)
+
 		// Malformed: shorter than its Content-Length (answered before sipgo), CSeq method
 		// not the request's, no SIP URI.
 		c = a.buildInvite("sip:202@mesh", media, "")
