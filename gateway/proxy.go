@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -45,6 +46,9 @@ import (
 //
 // Non-ACK requests are proxied statefully on sipgo transactions; the ACK
 // of a 2xx (its own transaction, §13.2.2.4) is forwarded statelessly.
+
+// lookupTimeout bounds an account or location lookup of the proxy.
+const lookupTimeout = 5 * time.Second
 
 // target is where one branch goes.
 type target struct {
@@ -302,14 +306,18 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	if ext == "" || ValidExt(ext) != nil {
 		return nil, 404, "Not Found"
 	}
-	if _, err := s.cfg.Accounts.Account(s.ctx, ext); err != nil {
+	// The stores are the DHT: bound the wait, the caller is listening to
+	// silence meanwhile.
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	if _, err := s.cfg.Accounts.Account(ctx, ext); err != nil {
 		if errors.Is(err, ErrNoAccount) {
 			return nil, 404, "Not Found"
 		}
 		s.log.Warn("account lookup failed", "ext", ext, "err", err)
 		return nil, 500, "Server Internal Error (account store unavailable)"
 	}
-	all, err := s.cfg.Locations.Bindings(s.ctx, AOR(ext))
+	all, err := s.cfg.Locations.Bindings(ctx, AOR(ext))
 	if err != nil {
 		s.log.Warn("location lookup failed", "ext", ext, "err", err)
 		return nil, 500, "Server Internal Error (location store unavailable)"
@@ -640,7 +648,13 @@ func (p *proxyTx) start(b *branch, invite bool) {
 	}
 	if b.err != nil {
 		s.log.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
-		b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
+		if b.req.Transport() == "TCP" {
+			// The phone's connection is gone: it is not reachable until
+			// it registers again.
+			b.final, b.local = s.respond(p.req, 480, "Temporarily Unavailable"), true
+		} else {
+			b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
+		}
 		return
 	}
 	s.proxied.Add(1)

@@ -1073,3 +1073,32 @@ func BenchmarkProxyCallSetup(b *testing.B) {
 		})
 	}
 }
+
+// TestProxyIdleCallReclaimed: a call whose BYE never comes (a phone lost
+// power) loses its relay sessions to the relay's idle reclaim, and the
+// proxy then drops its media state.
+func TestProxyIdleCallReclaimed(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		c := a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		inv := b.request(sip.INVITE)
+		b.answer(inv, 200, "OK", "tag202", offerSDP(netip.MustParseAddrPort("10.2.0.10:4000")))
+		ok := a.response()
+		wantCode(t, ok, 200)
+		a.inDialog("ACK", contactURI(ok), "<sip:201@mesh>;tag="+c.fromTag, ok.To().Value(), c.callID, 1, reversed(headerValues(ok, "Record-Route")))
+		b.request(sip.ACK)
+		if st := m.nodes[0].svc.Stats(); st.Calls != 1 {
+			t.Fatalf("node 1 during the call: %+v", st)
+		}
+		time.Sleep(sipalg.DefaultIdleTimeout + 30*time.Second)
+		for i, nd := range m.nodes {
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d after the idle timeout: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
+	})
+}
