@@ -1102,3 +1102,48 @@ func TestProxyIdleCallReclaimed(t *testing.T) {
 		}
 	})
 }
+
+// TestProxyALGErrors: an INVITE whose SDP cannot be parsed gets 400 with
+// the reason, and a call beyond the node's media capacity gets 503; in
+// both cases nothing reaches the callee.
+func TestProxyALGErrors(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2, func(c *SIPServiceConfig) { c.MaxCalls = 1 })
+		a, b := m.phone(1, "201", 10), m.phone(2, "202", 10)
+		a.register()
+		b.register()
+		media := netip.MustParseAddrPort("10.1.0.10:4000")
+
+		c := a.buildInvite("sip:202@mesh", media, "")
+		i := strings.Index(c.raw, "\r\n\r\n")
+		bad := "v=0\r\nx=what\r\n"
+		a.sendTo(a.server(), setHeader(c.raw[:i+4], "Content-Length", fmt.Sprint(len(bad)))+bad)
+		res := a.response()
+		wantCode(t, res, 400)
+		if !strings.Contains(res.Reason, "SDP") {
+			t.Errorf("reason %q does not name the SDP", res.Reason)
+		}
+		a.ackNon2xx(c, res)
+
+		first := a.invite("sip:202@mesh", media, "")
+		inv := b.request(sip.INVITE)
+		b.answer(inv, 180, "Ringing", "tag202", "")
+		wantCode(t, a.response(), 180)
+		c = a.invite("sip:202@mesh", media, "")
+		res = a.response()
+		wantCode(t, res, 503)
+		a.ackNon2xx(c, res)
+		b.quiet(time.Second)
+
+		a.cancel(first)
+		for range 2 {
+			if res := a.response(); res.StatusCode == 487 {
+				a.ackNon2xx(first, res)
+			}
+		}
+		b.answer(b.request(sip.CANCEL), 200, "OK", "tag202", "")
+		b.answer(inv, 487, "Request Terminated", "tag202", "")
+		b.request(sip.ACK)
+	})
+}
