@@ -636,13 +636,7 @@ func isSDP(m interface{ GetHeader(string) sip.Header }) bool {
 // start sends one branch and pumps its responses into p.events.
 func (p *proxyTx) start(b *branch, invite bool) {
 	s := p.s
-	if b.req.Transport() == "TCP" {
-		// TCP reaches a phone only over the connection it registered on
-		// (RFC 5626 flow); sipgo would otherwise dial from the OS.
-		if _, err := s.ua.TransportLayer().GetConnection("tcp", b.req.Destination()); err != nil {
-			b.err = fmt.Errorf("no TCP flow to %s", b.req.Destination())
-		}
-	}
+	b.err = s.connReady(b.req)
 	if b.err == nil {
 		b.tx, b.err = s.client.TransactionRequest(s.ctx, b.req, noBuild)
 	}
@@ -689,6 +683,25 @@ func (p *proxyTx) start(b *branch, invite bool) {
 		tx.Terminate()
 		b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
 	}
+}
+
+// connReady checks that sipgo has the connection a request must leave
+// on: our listening UDP socket, or the TCP connection a phone registered
+// over (RFC 5626 flow). Without it sipgo would open a socket of the
+// operating system (libraries.md §1 pitfall 2), outside the Network we
+// were given.
+func (s *SIPService) connReady(r *sip.Request) error {
+	key := r.Laddr.String()
+	network := "udp"
+	if r.Transport() == "TCP" {
+		key, network = r.Destination(), "tcp"
+	}
+	c, err := s.ua.TransportLayer().GetConnection(network, key)
+	if err != nil {
+		return fmt.Errorf("no %s connection for %s: %w", network, key, err)
+	}
+	c.TryClose() // GetConnection took a reference
+	return nil
 }
 
 func (p *proxyTx) event(ev brEvent) {
@@ -812,6 +825,10 @@ func (p *proxyTx) cancelBranch(b *branch) {
 	c := cancelRequest(b.req)
 	s := p.s
 	s.goTracked(func() {
+		if err := s.connReady(c); err != nil {
+			s.log.Info("CANCEL not sent", "err", err)
+			return
+		}
 		tx, err := s.client.TransactionRequest(s.ctx, c, noBuild)
 		if err != nil {
 			s.log.Info("CANCEL not sent", "dst", c.Destination(), "err", err)
@@ -947,6 +964,10 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	p.leg = s.findLeg(callID, fromTag, toTag)
 	r, _, err := p.build(base, t, false, callID, fromTag)
 	if err != nil {
+		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		return
+	}
+	if err := s.connReady(r); err != nil {
 		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return
 	}

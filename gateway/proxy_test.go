@@ -13,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
@@ -1145,5 +1146,137 @@ func TestProxyALGErrors(t *testing.T) {
 		b.answer(b.request(sip.CANCEL), 200, "OK", "tag202", "")
 		b.answer(inv, 487, "Request Terminated", "tag202", "")
 		b.request(sip.ACK)
+	})
+}
+
+// sipgoPhone is a phone built on sipgo's own dialog layer, to check the
+// proxy against a real UA stack's handling of route sets, CANCEL and 2xx
+// retransmission.
+type sipgoPhone struct {
+	ext     string
+	ip      netip.Addr
+	server  netip.AddrPort
+	cli     *sipgo.Client
+	srv     *sipgo.Server
+	contact sip.ContactHeader
+	dcc     *sipgo.DialogClientCache
+	dsc     *sipgo.DialogServerCache
+}
+
+func (m *meshRig) sipgoPhone(node int, ext string, last byte) *sipgoPhone {
+	m.t.Helper()
+	nd := m.nodes[node-1]
+	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
+	h := m.nw.AddHost("sipgo-" + ext)
+	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	addr := netip.AddrPortFrom(ip, 5060)
+	pc, err := h.ListenPacket(m.ctx, "udp", addr.String())
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(ext), sipgo.WithUserAgentHostname(ip.String()),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	p := &sipgoPhone{ext: ext, ip: ip, server: netip.AddrPortFrom(nd.lanIP, 5060)}
+	p.srv, _ = sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	p.cli, _ = sipgo.NewClient(ua, sipgo.WithClientLogger(quiet), sipgo.WithClientConnectionAddr(addr.String()),
+		sipgo.WithClientHostname(ip.String()), sipgo.WithClientPort(5060))
+	p.contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: ext, Host: ip.String(), Port: 5060}}
+	p.dcc = sipgo.NewDialogClientCache(p.cli, p.contact)
+	p.dsc = sipgo.NewDialogServerCache(p.cli, p.contact)
+	p.srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { p.dsc.ReadAck(req, tx) })
+	p.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		if p.dcc.ReadBye(req, tx) != nil {
+			p.dsc.ReadBye(req, tx)
+		}
+	})
+	m.wg.Go(func() { p.srv.ServeUDP(pc) })
+	context.AfterFunc(m.ctx, func() { pc.Close(); ua.Close() })
+	return p
+}
+
+func (p *sipgoPhone) register(t testing.TB, ctx context.Context) {
+	t.Helper()
+	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: "mesh"})
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: p.ext, Host: "mesh"}}
+	from.Params.Add("tag", "reg"+p.ext)
+	req.AppendHeader(from)
+	req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: p.ext, Host: "mesh"}})
+	req.AppendHeader(&p.contact)
+	req.SetDestination(p.server.String())
+	res, err := p.cli.Do(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode == 401 {
+		if res, err = p.cli.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: p.ext, Password: "secret" + p.ext}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantStatus(t, res, 200)
+}
+
+// TestProxySipgoPhones: phones on sipgo's dialog layer call each other
+// across two nodes; the callee hangs up.
+func TestProxySipgoPhones(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 2)
+		ctx := m.ctx
+		a, b := m.sipgoPhone(1, "201", 50), m.sipgoPhone(2, "202", 50)
+		synctest.Wait() // sipgo has put the phones' sockets in its pool
+		a.register(t, ctx)
+		b.register(t, ctx)
+		answered := make(chan *sipgo.DialogServerSession, 1)
+		b.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+			ds, err := b.dsc.ReadInvite(req, tx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got := sdpOf(t, req.Body()); got.Addr != m.nodes[1].lanIP {
+				t.Errorf("offer at the sipgo callee points at %v", got.RTP())
+			}
+			ds.Respond(180, "Ringing", nil)
+			if err := ds.RespondSDP([]byte(offerSDP(netip.MustParseAddrPort("10.2.0.50:4000")))); err != nil {
+				t.Errorf("callee: %v", err)
+				return
+			}
+			answered <- ds
+		})
+		inv := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "202", Host: "mesh"})
+		inv.SetBody([]byte(offerSDP(netip.MustParseAddrPort("10.1.0.50:4000"))))
+		inv.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		inv.SetDestination(a.server.String())
+		sess, err := a.dcc.WriteInvite(ctx, inv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := sdpOf(t, sess.InviteResponse.Body()); got.Addr != m.nodes[0].lanIP {
+			t.Errorf("answer at the sipgo caller points at %v", got.RTP())
+		}
+		if err := sess.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ds := <-answered
+		if err := ds.Bye(ctx); err != nil {
+			t.Fatalf("callee's BYE: %v", err)
+		}
+		<-sess.Context().Done()
+		sess.Close()
+		ds.Close()
+		time.Sleep(time.Second)
+		for i, nd := range m.nodes {
+			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
+			}
+		}
 	})
 }
