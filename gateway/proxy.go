@@ -583,8 +583,8 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 	}
 	if rr {
 		// Step 4, with RFC 5658 §4 double record-routing when the request
-		// changes sockets (and so address family).
-		if out != p.in {
+		// changes sockets (and so address family) or transport.
+		if out != p.in || !strings.EqualFold(t.transport, p.req.Transport()) {
 			r.PrependHeader(recordRoute(p.in, strings.ToUpper(p.req.Transport())))
 		}
 		r.PrependHeader(recordRoute(out, t.transport))
