@@ -1221,33 +1221,48 @@ func (p *sipgoPhone) register(t testing.TB, ctx context.Context) {
 }
 
 // TestProxySipgoPhones: phones on sipgo's dialog layer call each other
-// across two nodes; the callee hangs up.
+// across two nodes, the callee hangs up; on a clean mesh and with 10%
+// loss on the mesh link, where calls still connect thanks to the
+// transaction layers' retransmissions (the proxies' towards each other,
+// the phones' 2xx/ACK end to end).
 func TestProxySipgoPhones(t *testing.T) {
-	leakcheck.Check(t)
-	synctest.Test(t, func(t *testing.T) {
-		m := newMeshRig(t, 2)
-		ctx := m.ctx
-		a, b := m.sipgoPhone(1, "201", 50), m.sipgoPhone(2, "202", 50)
-		synctest.Wait() // sipgo has put the phones' sockets in its pool
-		a.register(t, ctx)
-		b.register(t, ctx)
-		answered := make(chan *sipgo.DialogServerSession, 1)
-		b.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
-			ds, err := b.dsc.ReadInvite(req, tx)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if got := sdpOf(t, req.Body()); got.Addr != m.nodes[1].lanIP {
-				t.Errorf("offer at the sipgo callee points at %v", got.RTP())
-			}
-			ds.Respond(180, "Ringing", nil)
-			if err := ds.RespondSDP([]byte(offerSDP(netip.MustParseAddrPort("10.2.0.50:4000")))); err != nil {
-				t.Errorf("callee: %v", err)
-				return
-			}
-			answered <- ds
+	for _, tc := range []struct {
+		loss  float64
+		calls int
+	}{{0, 1}, {0.1, 5}} {
+		t.Run(fmt.Sprintf("loss=%v", tc.loss), func(t *testing.T) {
+			leakcheck.Check(t)
+			synctest.Test(t, func(t *testing.T) { sipgoCalls(t, tc.loss, tc.calls) })
 		})
+	}
+}
+
+func sipgoCalls(t *testing.T, loss float64, calls int) {
+	m := newMeshRig(t, 2)
+	m.mesh.Set(memnet.LinkConfig{Delay: 5 * time.Millisecond, Loss: loss})
+	ctx := m.ctx
+	a, b := m.sipgoPhone(1, "201", 50), m.sipgoPhone(2, "202", 50)
+	synctest.Wait() // sipgo has put the phones' sockets in its pool
+	a.register(t, ctx)
+	b.register(t, ctx)
+	answered := make(chan *sipgo.DialogServerSession, 1)
+	b.srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		ds, err := b.dsc.ReadInvite(req, tx)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if got := sdpOf(t, req.Body()); got.Addr != m.nodes[1].lanIP {
+			t.Errorf("offer at the sipgo callee points at %v", got.RTP())
+		}
+		ds.Respond(180, "Ringing", nil)
+		if err := ds.RespondSDP([]byte(offerSDP(netip.MustParseAddrPort("10.2.0.50:4000")))); err != nil {
+			t.Errorf("callee: %v", err)
+			return
+		}
+		answered <- ds
+	})
+	for i := range calls {
 		inv := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "202", Host: "mesh"})
 		inv.SetBody([]byte(offerSDP(netip.MustParseAddrPort("10.1.0.50:4000"))))
 		inv.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
@@ -1257,7 +1272,7 @@ func TestProxySipgoPhones(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
-			t.Fatal(err)
+			t.Fatalf("call %d: %v", i, err)
 		}
 		if got := sdpOf(t, sess.InviteResponse.Body()); got.Addr != m.nodes[0].lanIP {
 			t.Errorf("answer at the sipgo caller points at %v", got.RTP())
@@ -1267,16 +1282,16 @@ func TestProxySipgoPhones(t *testing.T) {
 		}
 		ds := <-answered
 		if err := ds.Bye(ctx); err != nil {
-			t.Fatalf("callee's BYE: %v", err)
+			t.Fatalf("call %d: callee's BYE: %v", i, err)
 		}
 		<-sess.Context().Done()
 		sess.Close()
 		ds.Close()
-		time.Sleep(time.Second)
-		for i, nd := range m.nodes {
-			if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
-				t.Errorf("node %d after BYE: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
-			}
+	}
+	time.Sleep(time.Second)
+	for i, nd := range m.nodes {
+		if st := nd.svc.Stats(); st.Calls != 0 || nd.relay.Sessions() != 0 {
+			t.Errorf("node %d after the calls: %d calls, %d relay sessions", i+1, st.Calls, nd.relay.Sessions())
 		}
-	})
+	}
 }
