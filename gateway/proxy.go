@@ -939,6 +939,10 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	if !answerable(req) {
 		return
 	}
+	if code, _ := checkRequest(req); code != 0 {
+		s.malformed.Add(1)
+		return // an ACK is never answered (RFC 3261 §17.2.3)
+	}
 	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 0 {
 		return
 	}
