@@ -36,6 +36,7 @@ var (
 // callLeg is the ALG state of one dialog at this node.
 type callLeg struct {
 	key     string
+	callID  string
 	relay   *sipalg.Relay
 	created time.Time
 
@@ -59,7 +60,7 @@ func (s *SIPService) legFor(callID, callerTag string) (*callLeg, error) {
 	if len(s.calls) >= s.cfg.MaxCalls {
 		return nil, errCallsFull
 	}
-	l := &callLeg{key: key, relay: s.cfg.Relay, created: time.Now()}
+	l := &callLeg{key: key, callID: callID, relay: s.cfg.Relay, created: time.Now()}
 	s.calls[key] = l
 	return l, nil
 }
@@ -217,4 +218,32 @@ func (l *callLeg) rewrite(ctx context.Context, body []byte, from, to sipalg.Side
 		plan.Streams = append(plan.Streams, sess.StreamPlan(to))
 	}
 	return d.Rewrite(plan)
+}
+
+// CallStats is the media state of one call at this node.
+type CallStats struct {
+	CallID   string                `json:"call_id"`
+	Answered bool                  `json:"answered"`
+	Streams  []sipalg.SessionStats `json:"streams"` // per relayed m= line: packets, loss, jitter, MOS per side
+}
+
+// Calls returns the calls whose media this node relays, with the relay's
+// per-stream statistics (sipalg.SessionStats: side A is the LAN, B the
+// mesh).
+func (s *SIPService) Calls() []CallStats {
+	s.mu.Lock()
+	legs := make([]*callLeg, 0, len(s.calls))
+	for _, l := range s.calls {
+		legs = append(legs, l)
+	}
+	s.mu.Unlock()
+	out := make([]CallStats, 0, len(legs))
+	for _, l := range legs {
+		cs := CallStats{CallID: l.callID, Answered: l.isAnswered()}
+		for _, sess := range l.sessions() {
+			cs.Streams = append(cs.Streams, sess.Stats())
+		}
+		out = append(out, cs)
+	}
+	return out
 }

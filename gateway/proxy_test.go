@@ -540,6 +540,9 @@ func TestProxyCallAcrossNodes(t *testing.T) {
 			t.Errorf("two-way audio: 201 heard 202 %v, 202 heard 201 %v", ea.Heard(1000), eb.Heard(440))
 		}
 		for i, nd := range m.nodes {
+			if cs := nd.svc.Calls(); len(cs) != 1 || cs[0].CallID != c.callID || !cs[0].Answered || len(cs[0].Streams) != 1 || cs[0].Streams[0].B.MOS < 4 {
+				t.Errorf("node %d calls: %+v", i+1, cs)
+			}
 			st := nd.svc.findLeg(c.callID, c.fromTag).sessions()[0].Stats()
 			if !st.B.Latched || !st.B.Peer.Addr().Is6() || st.B.Packets < 50 || st.A.Packets < 50 {
 				t.Errorf("node %d relay: %+v", i+1, st)
