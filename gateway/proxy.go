@@ -1,0 +1,983 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// The stateful proxy of the mesh domain (RFC 3261 §16).
+//
+// Routing. A request whose Request-URI names the mesh domain
+// (sip:202@mesh, sip:202@sipserver.mesh, or an extension at one of the
+// node's own addresses) is looked up in the location store and forked in
+// parallel to every live binding (§16.5–16.7). A binding taken by this
+// node is reached at the address its REGISTER came from (the flow,
+// RFC 3581/5626) over the LAN socket. A binding of another node is
+// reached through that node: the request goes over the mesh socket to
+// NodeSIPAddr(node), with the Request-URI set to the phone's contact and a
+// Route naming that node whose user part is a flow token (RFC 5626 §5.3
+// style) carrying the phone's source address and transport. The far node
+// pops its own Route, sees the token and delivers to the flow without a
+// second lookup, so a stale binding can never bounce a call between nodes.
+//
+// Record-Route (§16.6 step 4) on every node, with the address of each
+// socket the request crosses: two entries when it enters on the LAN and
+// leaves on the mesh or the other way round (double record-routing, RFC
+// 5658 §4), so every hop of the route set is reachable in its own address
+// family. In-dialog requests (ACK, BYE, re-INVITE, UPDATE, INFO, MESSAGE,
+// …) follow the route set: each node pops the entries that are its own
+// (§16.4) and forwards to the next Route, or, when none is left, to the
+// Request-URI, which is then the contact of a phone on its own LAN. So an
+// IPv4 contact is only ever used by the node on that phone's LAN.
+//
+// Non-ACK requests are proxied statefully on sipgo transactions; the ACK
+// of a 2xx (its own transaction, §13.2.2.4) is forwarded statelessly.
+
+// lookupTimeout bounds an account or location lookup of the proxy.
+const lookupTimeout = 5 * time.Second
+
+// target is where one branch goes.
+type target struct {
+	uri       sip.Uri
+	dst       netip.AddrPort
+	transport string           // "UDP" or "TCP"
+	route     *sip.RouteHeader // pushed on top: the flow token for another node
+}
+
+// branch is one client transaction of a proxied request.
+type branch struct {
+	req  *sip.Request
+	out  *sock
+	tx   sip.ClientTransaction
+	err  error // could not be sent
+	timC *time.Timer
+
+	provisional  bool
+	cancelWanted bool
+	cancelSent   bool
+	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
+	final        *sip.Response
+	local        bool // final was generated here (no Via of ours to pop)
+}
+
+type brEvent struct {
+	b      *branch
+	res    *sip.Response
+	err    error
+	timerC bool
+}
+
+// proxyTx proxies one request (one server transaction).
+type proxyTx struct {
+	s   *SIPService
+	req *sip.Request
+	tx  sip.ServerTransaction
+	in  *sock
+	src netip.AddrPort
+
+	upDest    string
+	leg       *callLeg
+	branches  []*branch
+	events    chan brEvent
+	done      chan struct{}
+	cancelUp  chan struct{}
+	cancelOne sync.Once
+	finalSent bool
+	cancelled bool
+}
+
+// noBuild is a sipgo request option that leaves the request as built
+// here: with no option, sipgo would fill in headers of its own.
+func noBuild(*sipgo.Client, *sip.Request) error { return nil }
+
+// reply answers the request with a response of our own.
+func (p *proxyTx) reply(code int, reason string) {
+	res := p.s.respond(p.req, code, reason)
+	if p.upDest != "" {
+		res.SetDestination(p.upDest)
+	}
+	p.tx.Respond(res)
+}
+
+func (p *proxyTx) run() {
+	s, req := p.s, p.req
+	if !answerable(req) {
+		s.malformed.Add(1)
+		return // no response can be addressed (RFC 3261 §18.2.1)
+	}
+	if strings.EqualFold(req.Transport(), "UDP") && p.src.IsValid() {
+		// Answer where the request came from (RFC 3581 behaviour for
+		// everyone, as the registrar does): what reaches a phone behind
+		// NAT, and the LAN phones send from their listening port anyway.
+		p.upDest = p.src.String()
+	}
+	if code, reason := checkRequest(req, &reqHeaders{}); code != 0 {
+		s.malformed.Add(1)
+		p.reply(code, reason)
+		return
+	}
+	switch strings.ToLower(req.Recipient.Scheme) {
+	case "sip", "sips":
+	default:
+		p.reply(416, "Unsupported URI Scheme") // RFC 3261 §16.3 step 2
+		return
+	}
+	forUs := s.ourHost(req.Recipient.Host) && req.Recipient.User == "" && req.Route() == nil
+	if forUs && req.Method == sip.OPTIONS {
+		// An OPTIONS to the node itself (phones use it as a keep-alive):
+		// answered whatever its Max-Forwards (RFC 3261 §16.3 step 3).
+		res := s.respond(req, 200, "OK")
+		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, MESSAGE, PRACK, REFER, SUBSCRIBE, NOTIFY"))
+		res.AppendHeader(sip.NewHeader("Accept", "application/sdp"))
+		if p.upDest != "" {
+			res.SetDestination(p.upDest)
+		}
+		p.tx.Respond(res)
+		return
+	}
+	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 0 {
+		p.reply(483, "Too Many Hops") // §16.3 step 3
+		return
+	}
+	if s.looped(req) {
+		p.reply(482, "Loop Detected") // §16.3 step 4, RFC 5393 §4.2
+		return
+	}
+	if h := req.GetHeader("Proxy-Require"); h != nil {
+		// §16.3 step 5: we support no extension a proxy may be required to.
+		res := s.respond(req, 420, "Bad Extension")
+		res.AppendHeader(sip.NewHeader("Unsupported", sanitizeReason(h.Value())))
+		p.tx.Respond(res)
+		return
+	}
+	invite := req.IsInvite()
+	if invite {
+		// §16.2: a stateful proxy answers an INVITE with 100 at once, so
+		// the upstream stops retransmitting over the radio links.
+		trying := s.respond(req, 100, "Trying")
+		if p.upDest != "" {
+			trying.SetDestination(p.upDest)
+		}
+		p.tx.Respond(trying)
+	}
+
+	base := req.Clone()
+	fixVia(base, p.src)
+	popped, flow := s.popRoutes(base, p.in)
+	var targets []target
+	if flow != nil {
+		targets = []target{*flow}
+	} else if t, ok, code, reason := s.nextHop(base, popped); code != 0 {
+		p.reply(code, reason)
+		return
+	} else if ok {
+		targets = []target{t}
+	} else {
+		var code int
+		var reason string
+		if targets, code, reason = p.lookup(base.Recipient.User); code != 0 {
+			p.reply(code, reason)
+			return
+		}
+	}
+
+	// The ALG state of the dialog, if it has some.
+	callID := string(*req.CallID())
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	p.leg = s.findLeg(callID, fromTag, toTag)
+
+	// Build every branch first: an ALG failure answers the request before
+	// anything is sent.
+	rr := toTag == "" && recordRoutes(req.Method)
+	for _, t := range targets {
+		r, out, err := p.build(base, t, rr, callID, fromTag)
+		if err != nil {
+			code, reason := 500, "Server Internal Error"
+			switch {
+			case errors.Is(err, errCallsFull), errors.Is(err, errRelayFull):
+				code, reason = 503, "Service Unavailable (media relay full)"
+			case errors.Is(err, errBadSDP):
+				code, reason = 400, "Bad Request ("+sanitizeReason(err.Error())+")"
+			}
+			s.log.Info("cannot forward", "call_id", callID, "err", err)
+			p.reply(code, reason)
+			p.endLegIfUnanswered(invite)
+			return
+		}
+		p.branches = append(p.branches, &branch{req: r, out: out})
+	}
+
+	p.events = make(chan brEvent, 2*len(p.branches)+2)
+	p.done = make(chan struct{})
+	defer close(p.done)
+	p.cancelUp = make(chan struct{})
+	if invite {
+		if !p.tx.OnCancel(func(*sip.Request) { p.cancelOne.Do(func() { close(p.cancelUp) }) }) {
+			p.cancelOne.Do(func() { close(p.cancelUp) })
+		}
+	}
+	for _, b := range p.branches {
+		p.start(b, invite)
+	}
+	p.loop(invite)
+
+	for _, b := range p.branches {
+		if b.timC != nil {
+			b.timC.Stop()
+		}
+	}
+	if !p.finalSent && !p.cancelled && s.ctx.Err() == nil {
+		p.sendBest()
+	}
+	switch {
+	case req.Method == sip.BYE:
+		// RFC 3261 §15: the BYE ends the dialog and its media.
+		if p.leg != nil {
+			s.endLeg(p.leg)
+		}
+	default:
+		p.endLegIfUnanswered(invite)
+	}
+}
+
+// endLegIfUnanswered drops the ALG state of an initial INVITE that got no
+// 2xx (failed, cancelled, timed out).
+func (p *proxyTx) endLegIfUnanswered(invite bool) {
+	if !invite || p.leg == nil {
+		return
+	}
+	if toTag, _ := p.req.To().Params.Get("tag"); toTag != "" {
+		return // a re-INVITE that failed leaves the call as it was (§14.1)
+	}
+	if !p.leg.isAnswered() {
+		p.s.endLeg(p.leg)
+	}
+}
+
+// recordRoutes reports the methods that create dialogs, whose initial
+// requests we record-route (RFC 3261 §12.1, RFC 6665 §4.1, RFC 3515).
+func recordRoutes(m sip.RequestMethod) bool {
+	switch m {
+	case sip.INVITE, sip.SUBSCRIBE, sip.REFER, sip.NOTIFY:
+		return true
+	}
+	return false
+}
+
+// fixVia adds received (RFC 3261 §18.2.1) and fills rport (RFC 3581 §4)
+// in the top Via of the request being forwarded, so responses find their
+// way back to the source.
+func fixVia(r *sip.Request, src netip.AddrPort) {
+	v := r.Via()
+	if v == nil || !src.IsValid() {
+		return
+	}
+	if rp, ok := v.Params.Get("rport"); ok && rp == "" {
+		v.Params.Remove("rport")
+		v.Params.Remove("received")
+		v.Params.Add("rport", strconv.Itoa(int(src.Port())))
+		v.Params.Add("received", src.Addr().String())
+		return
+	}
+	if canonHost(v.Host) != src.Addr().String() && !v.Params.Has("received") {
+		v.Params.Add("received", src.Addr().String())
+	}
+}
+
+// lookup turns an extension into targets (RFC 3261 §16.5): 404 without an
+// account, 480 without a live binding.
+func (p *proxyTx) lookup(ext string) ([]target, int, string) {
+	s := p.s
+	if ext == "" || ValidExt(ext) != nil {
+		return nil, 404, "Not Found"
+	}
+	// The stores are the DHT: bound the wait, the caller is listening to
+	// silence meanwhile.
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	if _, err := s.cfg.Accounts.Account(ctx, ext); err != nil {
+		if errors.Is(err, ErrNoAccount) {
+			return nil, 404, "Not Found"
+		}
+		s.log.Warn("account lookup failed", "ext", ext, "err", err)
+		return nil, 500, "Server Internal Error (account store unavailable)"
+	}
+	all, err := s.cfg.Locations.Bindings(ctx, AOR(ext))
+	if err != nil {
+		s.log.Warn("location lookup failed", "ext", ext, "err", err)
+		return nil, 500, "Server Internal Error (location store unavailable)"
+	}
+	bs := MergeBindings(all, time.Now())
+	// Highest q first (RFC 3261 §16.6); all are tried in parallel anyway.
+	slices.SortStableFunc(bs, func(a, b Binding) int { return int(b.Q) - int(a.Q) })
+	var ts []target
+	for _, b := range bs {
+		if len(ts) == maxForks {
+			break
+		}
+		var u sip.Uri
+		if err := sip.ParseUri(b.Contact, &u); err != nil || u.Host == "" {
+			continue
+		}
+		if b.Node == s.cfg.Node {
+			dst := b.Source
+			if !dst.IsValid() {
+				var ok bool
+				if dst, ok = uriAddr(&u); !ok {
+					continue
+				}
+			}
+			tr := "UDP"
+			if strings.EqualFold(b.Transport, "tcp") {
+				tr = "TCP"
+			}
+			ts = append(ts, target{uri: u, dst: dst, transport: tr})
+			continue
+		}
+		na := s.cfg.NodeSIPAddr(b.Node)
+		if !na.IsValid() || na == s.cfg.MeshAddr || !b.Source.IsValid() {
+			continue
+		}
+		ts = append(ts, target{uri: u, dst: na, transport: "UDP", route: &sip.RouteHeader{Address: sip.Uri{
+			Scheme: "sip", User: flowToken(b.Source, b.Transport), Host: uriHost(na.Addr()), Port: int(na.Port()),
+			UriParams: sip.HeaderParams{{K: "lr"}},
+		}}})
+	}
+	if len(ts) == 0 {
+		return nil, 480, "Temporarily Unavailable"
+	}
+	return ts, 0, ""
+}
+
+// nextHop routes a request that needs no lookup: by its next Route, or,
+// once we popped our own Route (we are on the route set) or inside a
+// dialog, by an IP-literal Request-URI. ok is false when the Request-URI
+// names the mesh domain (lookup); a non-zero code is the answer.
+func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, code int, reason string) {
+	if rt := r.Route(); rt != nil {
+		dst, good := uriAddr(&rt.Address)
+		if !good {
+			return t, false, 404, "Not Found (Route is not an IP address)"
+		}
+		return target{uri: r.Recipient, dst: dst, transport: uriTransport(&rt.Address)}, true, 0, ""
+	}
+	ru := &r.Recipient
+	if s.ourHost(ru.Host) {
+		if ru.User == "" {
+			return t, false, 404, "Not Found (no user in Request-URI)"
+		}
+		return t, false, 0, ""
+	}
+	toTag, _ := r.To().Params.Get("tag")
+	if popped || toTag != "" {
+		if dst, good := uriAddr(ru); good {
+			return target{uri: r.Recipient, dst: dst, transport: uriTransport(ru)}, true, 0, ""
+		}
+	}
+	// Other domains are the Internet gateway's business, not this proxy's.
+	return t, false, 404, "Not Found (domain not served here)"
+}
+
+// popRoutes removes the Route entries naming this node from the top of
+// r (RFC 3261 §16.4; both of a double record-route, RFC 5658). A flow
+// token in one that came in over the mesh is returned as the target.
+func (s *SIPService) popRoutes(r *sip.Request, in *sock) (popped bool, flow *target) {
+	for range 3 {
+		rt := r.Route()
+		if rt == nil || !s.ourRoute(&rt.Address) {
+			break
+		}
+		if in == s.mesh && strings.HasPrefix(rt.Address.User, flowPrefix) && flow == nil {
+			if ap, tr, ok := parseFlowToken(rt.Address.User); ok && s.flowAllowed(ap) {
+				flow = &target{dst: ap, transport: tr}
+			}
+		}
+		r.RemoveHeader("Route")
+		popped = true
+	}
+	if flow != nil {
+		flow.uri = r.Recipient
+	}
+	return popped, flow
+}
+
+// ourRoute reports whether a Route URI names this node: one of its
+// socket addresses (with our port or none) or the mesh domain.
+func (s *SIPService) ourRoute(u *sip.Uri) bool {
+	h := canonHost(u.Host)
+	for _, sk := range []*sock{s.lan, s.mesh} {
+		if h == sk.addr.Addr().WithZone("").String() {
+			return u.Port == 0 || u.Port == int(sk.addr.Port())
+		}
+	}
+	return s.domains[h] && !isIPLiteral(h)
+}
+
+func isIPLiteral(h string) bool {
+	_, err := netip.ParseAddr(h)
+	return err == nil
+}
+
+func (s *SIPService) flowAllowed(ap netip.AddrPort) bool {
+	if !ap.IsValid() || ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+		return false
+	}
+	if s.cfg.LANPrefix.IsValid() && !s.cfg.LANPrefix.Contains(ap.Addr()) {
+		return false
+	}
+	return ap.Addr() != s.lan.addr.Addr() && ap.Addr() != s.mesh.addr.Addr()
+}
+
+// The flow token: "smf-" transport "-" hex of the address and port.
+const flowPrefix = "smf-"
+
+func flowToken(ap netip.AddrPort, transport string) string {
+	b, _ := ap.MarshalBinary()
+	tr := "udp"
+	if strings.EqualFold(transport, "tcp") {
+		tr = "tcp"
+	}
+	return flowPrefix + tr + "-" + hex.EncodeToString(b)
+}
+
+func parseFlowToken(s string) (netip.AddrPort, string, bool) {
+	rest, ok := strings.CutPrefix(s, flowPrefix)
+	if !ok {
+		return netip.AddrPort{}, "", false
+	}
+	tr, h, ok := strings.Cut(rest, "-")
+	if !ok || (tr != "udp" && tr != "tcp") {
+		return netip.AddrPort{}, "", false
+	}
+	b, err := hex.DecodeString(h)
+	if err != nil {
+		return netip.AddrPort{}, "", false
+	}
+	var ap netip.AddrPort
+	if ap.UnmarshalBinary(b) != nil || !ap.Addr().IsValid() || ap.Port() == 0 {
+		return netip.AddrPort{}, "", false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), strings.ToUpper(tr), true
+}
+
+// uriAddr is the address of an IP-literal URI (port 5060 by default).
+func uriAddr(u *sip.Uri) (netip.AddrPort, bool) {
+	a, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
+	if err != nil || a.Zone() != "" {
+		return netip.AddrPort{}, false
+	}
+	port := u.Port
+	if port == 0 {
+		port = 5060
+	}
+	if port < 0 || port > 65535 {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a.Unmap(), uint16(port)), true
+}
+
+func uriTransport(u *sip.Uri) string {
+	if t, ok := u.UriParams.Get("transport"); ok && strings.EqualFold(t, "tcp") {
+		return "TCP"
+	}
+	return "UDP"
+}
+
+// uriHost writes an address as a URI host: IPv6 in brackets
+// (libraries.md §1 pitfall 1).
+func uriHost(a netip.Addr) string {
+	a = a.WithZone("").Unmap()
+	if a.Is6() {
+		return "[" + a.String() + "]"
+	}
+	return a.String()
+}
+
+// looped applies the loop check of RFC 3261 §16.3 step 4 (RFC 5393
+// §4.2): a Via of ours whose branch carries the hash this request would
+// get now means the request came back unchanged.
+func (s *SIPService) looped(req *sip.Request) bool {
+	prefix := "z9hG4bKsm" + loopHash(req) + "."
+	for _, h := range req.GetHeaders("Via") {
+		v, ok := h.(*sip.ViaHeader)
+		if !ok {
+			continue
+		}
+		host := canonHost(v.Host)
+		for _, sk := range []*sock{s.lan, s.mesh} {
+			if host == sk.addr.Addr().WithZone("").String() && (v.Port == 0 || v.Port == int(sk.addr.Port())) {
+				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// loopHash covers what decides where a request goes (§16.6 step 8):
+// Request-URI, top Route, Call-ID, tags and CSeq number.
+func loopHash(req *sip.Request) string {
+	h := fnv.New64a()
+	h.Write([]byte(req.Recipient.String()))
+	if rt := req.Route(); rt != nil {
+		h.Write([]byte(rt.Value()))
+	}
+	if c := req.CallID(); c != nil {
+		h.Write([]byte(*c))
+	}
+	if f := req.From(); f != nil {
+		t, _ := f.Params.Get("tag")
+		h.Write([]byte("|" + t))
+	}
+	if to := req.To(); to != nil {
+		t, _ := to.Params.Get("tag")
+		h.Write([]byte("|" + t))
+	}
+	if c := req.CSeq(); c != nil {
+		h.Write([]byte("|" + strconv.FormatUint(uint64(c.SeqNo), 10)))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// build makes the request of one branch (RFC 3261 §16.6).
+func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag string) (*sip.Request, *sock, error) {
+	s := p.s
+	r := base.Clone()
+	r.Recipient = *t.uri.Clone()
+	if t.route != nil {
+		r.PrependHeader(t.route.Clone())
+	}
+	// Step 3: Max-Forwards (sipgo's Clone shares the header: replace it).
+	mf := sip.MaxForwardsHeader(70)
+	if old := base.MaxForwards(); old != nil {
+		mf = sip.MaxForwardsHeader(old.Val() - 1)
+		r.ReplaceHeader(&mf)
+	} else {
+		r.AppendHeader(&mf)
+	}
+	out := s.sockFor(t.dst.Addr())
+	if out == s.mesh && t.transport == "TCP" {
+		t.transport = "UDP" // the mesh socket is datagrams only
+	}
+	if rr {
+		// Step 4, with RFC 5658 §4 double record-routing when the request
+		// changes sockets (and so address family) or transport.
+		if out != p.in || !strings.EqualFold(t.transport, p.req.Transport()) {
+			r.PrependHeader(recordRoute(p.in, strings.ToUpper(p.req.Transport())))
+		}
+		r.PrependHeader(recordRoute(out, t.transport))
+	}
+	// Step 8: our Via, with the loop-detection hash in the branch.
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.transport,
+		Host: out.addr.Addr().WithZone("").String(), Port: int(out.addr.Port())}
+	via.Params.Add("branch", "z9hG4bKsm"+loopHash(p.req)+"."+randomHex(6))
+	r.PrependHeader(via)
+
+	if body := r.Body(); s.cfg.Relay != nil && out.side != p.in.side && isSDP(r) && len(body) > 0 {
+		if p.leg == nil {
+			leg, err := s.legFor(callID, fromTag)
+			if err != nil {
+				return nil, nil, err
+			}
+			p.leg = leg
+		}
+		nb, err := p.leg.rewrite(s.ctx, body, p.in.side, out.side, out.addr.Addr(), p.src.Addr())
+		if err != nil {
+			return nil, nil, err
+		}
+		r.SetBody(nb)
+	}
+	r.SetTransport(t.transport)
+	r.SetDestination(t.dst.String())
+	if t.transport == "UDP" {
+		out.laddr.Copy(&r.Laddr)
+	} else {
+		r.Laddr = sip.Addr{}
+	}
+	return r, out, nil
+}
+
+func recordRoute(sk *sock, transport string) *sip.RecordRouteHeader {
+	u := sip.Uri{Scheme: "sip", Host: uriHost(sk.addr.Addr()), Port: int(sk.addr.Port())}
+	if strings.EqualFold(transport, "TCP") {
+		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "transport", V: "tcp"})
+	}
+	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr"})
+	return &sip.RecordRouteHeader{Address: u}
+}
+
+func isSDP(m interface{ GetHeader(string) sip.Header }) bool {
+	ct := m.GetHeader("Content-Type")
+	return ct != nil && strings.HasPrefix(strings.ToLower(strings.TrimSpace(ct.Value())), "application/sdp")
+}
+
+// start sends one branch and pumps its responses into p.events.
+func (p *proxyTx) start(b *branch, invite bool) {
+	s := p.s
+	b.err = s.connReady(b.req)
+	if b.err == nil {
+		b.tx, b.err = s.client.TransactionRequest(s.ctx, b.req, noBuild)
+	}
+	if b.err != nil {
+		s.log.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
+		if b.req.Transport() == "TCP" {
+			// The phone's connection is gone: it is not reachable until
+			// it registers again.
+			b.final, b.local = s.respond(p.req, 480, "Temporarily Unavailable"), true
+		} else {
+			b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
+		}
+		return
+	}
+	s.proxied.Add(1)
+	if invite {
+		b.tx.OnRetransmission(func(res *sip.Response) {
+			// RFC 3261 §16.7 step 5: 2xx retransmissions go upstream too.
+			if res.IsSuccess() {
+				p.relayUp(b, res)
+			}
+		})
+		b.timC = time.AfterFunc(s.cfg.TimerC, func() { p.event(brEvent{b: b, timerC: true}) })
+	}
+	tx := b.tx
+	if !s.goTracked(func() {
+		for {
+			select {
+			case res := <-tx.Responses():
+				p.event(brEvent{b: b, res: res})
+				if res.StatusCode >= 200 {
+					return
+				}
+			case <-tx.Done():
+				err := tx.Err()
+				if err == nil {
+					err = sip.ErrTransactionTerminated
+				}
+				p.event(brEvent{b: b, err: err})
+				return
+			}
+		}
+	}) {
+		tx.Terminate()
+		b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
+	}
+}
+
+// connReady checks that sipgo has the connection a request must leave
+// on: our listening UDP socket, or the TCP connection a phone registered
+// over (RFC 5626 flow). Without it sipgo would open a socket of the
+// operating system (libraries.md §1 pitfall 2), outside the Network we
+// were given.
+func (s *SIPService) connReady(r *sip.Request) error {
+	key := r.Laddr.String()
+	network := "udp"
+	if r.Transport() == "TCP" {
+		key, network = r.Destination(), "tcp"
+	}
+	c, err := s.ua.TransportLayer().GetConnection(network, key)
+	if err != nil {
+		return fmt.Errorf("no %s connection for %s: %w", network, key, err)
+	}
+	c.TryClose() // GetConnection took a reference
+	return nil
+}
+
+func (p *proxyTx) event(ev brEvent) {
+	select {
+	case p.events <- ev:
+	case <-p.done:
+	}
+}
+
+// loop collects the branches' responses until each has a final one
+// (RFC 3261 §16.7).
+func (p *proxyTx) loop(invite bool) {
+	s := p.s
+	pending := 0
+	for _, b := range p.branches {
+		if b.final == nil {
+			pending++
+		}
+	}
+	cancelUp := p.cancelUp
+	for pending > 0 {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-cancelUp:
+			// §16.10: CANCEL every pending branch; sipgo already answered
+			// the CANCEL with 200 and the INVITE with 487.
+			cancelUp = nil
+			p.cancelled = true
+			for _, b := range p.branches {
+				p.cancelBranch(b)
+			}
+		case ev := <-p.events:
+			b := ev.b
+			if s.log.Enabled(s.ctx, slog.LevelDebug) {
+				st := 0
+				if ev.res != nil {
+					st = ev.res.StatusCode
+				}
+				s.log.Debug("branch event", "call_id", p.req.CallID().Value(), "dst", b.req.Destination(),
+					"status", st, "err", ev.err, "timer_c", ev.timerC, "pending", pending)
+			}
+			if b.final != nil {
+				continue
+			}
+			switch {
+			case ev.timerC:
+				// §16.8: Timer C fired.
+				if b.provisional {
+					b.timedOut = true
+					p.cancelBranch(b)
+					continue
+				}
+				b.tx.Terminate()
+				b.final, b.local = s.respond(p.req, 408, "Request Timeout"), true
+				pending--
+			case ev.res == nil:
+				code, reason := 503, "Service Unavailable"
+				if errors.Is(ev.err, sip.ErrTransactionTimeout) {
+					code, reason = 408, "Request Timeout" // §16.7 step 2 / §16.8
+				}
+				b.final, b.local = s.respond(p.req, code, reason), true
+				pending--
+			case ev.res.StatusCode < 200:
+				// Any provisional, 100 included, allows a CANCEL (§9.1).
+				b.provisional = true
+				if b.cancelWanted {
+					p.cancelBranch(b)
+				}
+				if ev.res.StatusCode == 100 {
+					continue // hop by hop (§16.7 step 5)
+				}
+				if b.timC != nil {
+					b.timC.Reset(s.cfg.TimerC) // §16.7 step 2
+				}
+				if !p.finalSent && !p.cancelled {
+					p.relayUp(b, ev.res)
+				}
+			case ev.res.IsSuccess():
+				b.final = ev.res
+				pending--
+				if p.leg != nil && invite {
+					p.leg.setAnswered()
+				}
+				p.relayUp(b, ev.res) // every 2xx goes upstream (§16.7 step 5)
+				p.finalSent = true
+				for _, o := range p.branches {
+					p.cancelBranch(o) // §16.7 step 10
+				}
+			default:
+				if b.timedOut && ev.res.StatusCode == 487 {
+					b.final, b.local = s.respond(p.req, 408, "Request Timeout"), true
+				} else {
+					b.final = ev.res
+				}
+				pending--
+				if ev.res.StatusCode >= 600 {
+					for _, o := range p.branches {
+						p.cancelBranch(o) // §16.7 step 5
+					}
+				}
+			}
+			if b.final != nil && b.timC != nil {
+				b.timC.Stop()
+			}
+		}
+	}
+}
+
+// cancelBranch sends CANCEL for a pending INVITE branch, once it has had
+// a provisional response (§9.1: not before).
+func (p *proxyTx) cancelBranch(b *branch) {
+	if b.final != nil || b.cancelSent || b.tx == nil || !b.req.IsInvite() {
+		return
+	}
+	b.cancelWanted = true
+	if !b.provisional {
+		return
+	}
+	b.cancelSent = true
+	c := cancelRequest(b.req)
+	s := p.s
+	s.goTracked(func() {
+		if err := s.connReady(c); err != nil {
+			s.log.Info("CANCEL not sent", "err", err)
+			return
+		}
+		tx, err := s.client.TransactionRequest(s.ctx, c, noBuild)
+		if err != nil {
+			s.log.Info("CANCEL not sent", "dst", c.Destination(), "err", err)
+			return
+		}
+		defer tx.Terminate()
+		select {
+		case <-tx.Responses():
+		case <-tx.Done():
+		}
+	})
+}
+
+// cancelRequest builds the CANCEL of a forwarded INVITE (RFC 3261 §9.1):
+// same Request-URI, top Via (branch), Route, Call-ID, From, To and CSeq
+// number.
+func cancelRequest(inv *sip.Request) *sip.Request {
+	c := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
+	c.AppendHeader(inv.Via().Clone())
+	for _, h := range inv.GetHeaders("Route") {
+		if rt, ok := h.(*sip.RouteHeader); ok {
+			c.AppendHeader(rt.Clone())
+		}
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.AppendHeader(inv.From())
+	c.AppendHeader(inv.To())
+	c.AppendHeader(inv.CallID())
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	c.SetTransport(inv.Transport())
+	c.SetDestination(inv.Destination())
+	inv.Laddr.Copy(&c.Laddr)
+	return c
+}
+
+// relayUp forwards a response of branch b upstream (§16.7 step 9): our
+// Via removed, the SDP rewritten for the upstream side.
+func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
+	out := res.Clone()
+	out.RemoveHeader("Via")
+	if out.Via() == nil {
+		return // a response that was not ours to forward
+	}
+	if body := out.Body(); p.leg != nil && b.out.side != p.in.side && isSDP(out) && len(body) > 0 {
+		if nb, err := p.leg.rewrite(p.s.ctx, body, b.out.side, p.in.side, p.in.addr.Addr(), netip.Addr{}); err == nil {
+			out.SetBody(nb)
+		} else {
+			p.s.log.Info("SDP of a response not rewritten", "call_id", res.CallID(), "err", err)
+		}
+	}
+	out.SetTransport(p.req.Transport())
+	if p.upDest != "" {
+		out.SetDestination(p.upDest)
+	} else {
+		out.SetDestination(p.req.Source())
+	}
+	if p.cancelled && res.IsSuccess() {
+		// The server transaction already answered 487; a 2xx that
+		// crossed the CANCEL is still forwarded (§16.7 step 5), statelessly.
+		p.s.srv.WriteResponse(out)
+		return
+	}
+	if err := p.tx.Respond(out); err != nil {
+		p.s.log.Debug("response not relayed", "status", res.StatusCode, "err", err)
+	}
+}
+
+// sendBest forwards the best final response when no branch answered 2xx
+// (§16.7 step 6): a 6xx if any, else the lowest class; 503 becomes 500.
+func (p *proxyTx) sendBest() {
+	var best *branch
+	rank := func(b *branch) int {
+		c := b.final.StatusCode
+		if c >= 600 {
+			return 0
+		}
+		return c / 100 * 1000 // lower class is better; within it, first come
+	}
+	for _, b := range p.branches {
+		if b.final == nil {
+			continue
+		}
+		if best == nil || rank(b) < rank(best) {
+			best = b
+		}
+	}
+	if best == nil {
+		p.reply(408, "Request Timeout")
+		return
+	}
+	code := best.final.StatusCode
+	if best.local || code == 503 {
+		reason := best.final.Reason
+		if code == 503 {
+			code, reason = 500, "Server Internal Error (next hop unavailable)"
+		}
+		p.reply(code, reason)
+		return
+	}
+	p.relayUp(best, best.final)
+}
+
+// forwardACK forwards an ACK outside any transaction: the ACK of a 2xx,
+// routed by its Route set (RFC 3261 §16.11 behaviour, §13.2.2.4).
+func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) {
+	if !answerable(req) {
+		return
+	}
+	if code, _ := checkRequest(req, &reqHeaders{}); code != 0 {
+		s.malformed.Add(1)
+		return // an ACK is never answered (RFC 3261 §17.2.3)
+	}
+	if mf := req.MaxForwards(); mf != nil && mf.Val() <= 0 {
+		return
+	}
+	if s.looped(req) {
+		return
+	}
+	base := req.Clone()
+	fixVia(base, src)
+	popped, flow := s.popRoutes(base, in)
+	var t target
+	if flow != nil {
+		t = *flow
+	} else {
+		var ok bool
+		if t, ok, _, _ = s.nextHop(base, popped); !ok {
+			return // an ACK needs no lookup: nothing to route it to
+		}
+	}
+	p := &proxyTx{s: s, req: req, in: in, src: src}
+	callID := string(*req.CallID())
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	p.leg = s.findLeg(callID, fromTag, toTag)
+	r, _, err := p.build(base, t, false, callID, fromTag)
+	if err != nil {
+		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		return
+	}
+	if err := s.connReady(r); err != nil {
+		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		return
+	}
+	if err := s.client.WriteRequest(r, noBuild); err != nil {
+		s.log.Info("ACK not forwarded", "call_id", callID, "dst", r.Destination(), "err", err)
+		return
+	}
+	s.proxied.Add(1)
+}

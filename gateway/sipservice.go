@@ -1,0 +1,493 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// The SIP service of a node: it owns the node's SIP sockets (UDP and
+// optionally TCP on the phone LAN, UDP on the mesh), runs them on sipgo's
+// transport and transaction layers, answers REGISTER through the Registrar
+// and proxies everything else (proxy.go, RFC 3261 §16) with the SIP ALG of
+// callleg.go where a call crosses between the IPv4 LAN and the IPv6 mesh.
+//
+// Why sipgo's transaction layer here and not the registrar's own loops:
+// a proxy needs client and server INVITE transactions, CANCEL matching and
+// retransmission handling, which sipgo has. Its costs are bounded around
+// it: every datagram passes a guard (guardConn) that drops sources over
+// their rate and, while too many server transactions are alive (sipgo
+// keeps each non-INVITE one for Timer J, 32 s on UDP), new requests other
+// than ACK, CANCEL and BYE; it also answers what sipgo cannot parse with a
+// 400, which sipgo would drop silently (libraries.md §1 pitfall 10).
+// SIP timers stay at RFC 3261's defaults: T1 = 500 ms is the RTT estimate
+// retransmissions over lossy multi-hop radio links depend on, and the
+// transaction cap bounds memory without shortening Timer J.
+
+// sipgo refuses UDP messages over UDPMTUSize-200 bytes (1300 by default)
+// and has no fallback to TCP (libraries.md §1 pitfall 4). An INVITE with
+// SDP, four Record-Routes and three Vias from a chatty phone passes that;
+// the mesh carries SSR frames of 8 KiB and the LAN fragments, so allow
+// SIP messages of up to 4 KiB. Set once here, before any sipgo traffic,
+// since it is a package variable of sipgo.
+func init() {
+	if sip.UDPMTUSize < 4096+200 {
+		sip.UDPMTUSize = 4096 + 200
+	}
+}
+
+// SIP service defaults.
+const (
+	DefaultTimerC          = 3 * time.Minute // RFC 3261 §16.6 step 11: > 3 min
+	DefaultMaxTransactions = 4096
+	DefaultMaxCalls        = 1024
+	DefaultSIPRate         = 100 // datagrams per second per source
+	DefaultSIPBurst        = 200
+	maxForks               = 16
+)
+
+// SIPServiceConfig configures a node's SIP service. The node provides the
+// sockets and the components; zero values take defaults.
+type SIPServiceConfig struct {
+	Node ssr.NodeID // this node: compared with Binding.Node
+
+	// LANAddr and MeshAddr are the addresses of the two sockets as peers
+	// reach them (the LAN IPv4 address and the node's mesh IPv6 address,
+	// each with the SIP port, normally 5060). They go into Via and
+	// Record-Route and decide which socket a destination is sent from.
+	LANAddr, MeshAddr netip.AddrPort
+	// LANUDP and MeshUDP are the sockets bound to those addresses (in
+	// production: netx.Network.ListenPacket on the LAN, the SSR router's
+	// mesh PacketConn on the mesh). The service closes them when Run ends.
+	LANUDP, MeshUDP net.PacketConn
+	// LANTCP optionally serves SIP over TCP on the LAN address.
+	LANTCP net.Listener
+
+	Registrar *Registrar    // answers REGISTER (required)
+	Locations LocationStore // the bindings (required)
+	Accounts  Accounts      // which extensions exist (required)
+	// Relay anchors media of calls that cross between the LAN (its side A)
+	// and the mesh (its side B). Nil passes SDP untouched.
+	Relay *sipalg.Relay
+	// NodeSIPAddr gives another node's SIP address on the mesh
+	// (production: netip.AddrPortFrom(id.Addr(), 5060)). Required.
+	NodeSIPAddr func(ssr.NodeID) netip.AddrPort
+
+	// Domains are accepted as the mesh domain besides "mesh",
+	// "sipserver.mesh" and the node's own addresses.
+	Domains []string
+	// LANPrefix, if set, limits the phone flows a request from another
+	// node may direct this node to (the flow token of proxy.go) to this
+	// prefix.
+	LANPrefix netip.Prefix
+
+	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
+	MaxTransactions int           // live server transactions before new requests are dropped
+	MaxCalls        int           // calls with ALG state
+	Rate            float64       // datagrams/s per source; < 0 disables
+	Burst           int
+	RateSources     int
+
+	ServerName string
+	Logger     *slog.Logger
+}
+
+// SIPStats are counters of the SIP service.
+type SIPStats struct {
+	RateLimited  uint64 `json:"rate_limited"`
+	Overloaded   uint64 `json:"overloaded"` // requests dropped: too many live transactions
+	Malformed    uint64 `json:"malformed"`  // answered 400 before sipgo
+	Proxied      uint64 `json:"proxied"`    // requests forwarded (per branch)
+	Transactions int64  `json:"transactions"`
+	Calls        int    `json:"calls"` // calls with ALG state
+}
+
+// sock is one of the service's sockets.
+type sock struct {
+	name  string
+	addr  netip.AddrPort
+	side  sipalg.Side
+	laddr sip.Addr
+}
+
+// SIPService is a node's SIP endpoint: registrar, proxy and ALG.
+type SIPService struct {
+	cfg     SIPServiceConfig
+	log     *slog.Logger
+	ua      *sipgo.UserAgent
+	srv     *sipgo.Server
+	client  *sipgo.Client
+	limiter *rateLimiter
+	domains map[string]bool
+	lan     *sock
+	mesh    *sock
+
+	live                                        atomic.Int64 // server transactions alive
+	rateLimited, overloaded, malformed, proxied atomic.Uint64
+
+	mu       sync.Mutex
+	closing  bool
+	handlers sync.WaitGroup // request handlers and the goroutines they start
+	calls    map[string]*callLeg
+
+	ctx    context.Context // ends when Run ends
+	cancel context.CancelFunc
+}
+
+// NewSIPService checks cfg and prepares the service; Run serves.
+func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
+	switch {
+	case cfg.Registrar == nil || cfg.Locations == nil || cfg.Accounts == nil:
+		return nil, errors.New("sip service: Registrar, Locations and Accounts are required")
+	case cfg.NodeSIPAddr == nil:
+		return nil, errors.New("sip service: NodeSIPAddr is required")
+	case cfg.LANUDP == nil || cfg.MeshUDP == nil:
+		return nil, errors.New("sip service: LANUDP and MeshUDP are required")
+	case !cfg.LANAddr.IsValid() || !cfg.LANAddr.Addr().Is4():
+		return nil, fmt.Errorf("sip service: LANAddr %v: want an IPv4 address and port", cfg.LANAddr)
+	case !cfg.MeshAddr.IsValid() || !cfg.MeshAddr.Addr().Is6() || cfg.MeshAddr.Addr().Is4In6():
+		return nil, fmt.Errorf("sip service: MeshAddr %v: want an IPv6 address and port", cfg.MeshAddr)
+	}
+	if cfg.TimerC <= 0 {
+		cfg.TimerC = DefaultTimerC
+	}
+	if cfg.MaxTransactions <= 0 {
+		cfg.MaxTransactions = DefaultMaxTransactions
+	}
+	if cfg.MaxCalls <= 0 {
+		cfg.MaxCalls = DefaultMaxCalls
+	}
+	if cfg.Rate == 0 {
+		cfg.Rate = DefaultSIPRate
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = DefaultSIPBurst
+	}
+	if cfg.RateSources <= 0 {
+		cfg.RateSources = DefaultRateSources
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = "sipmesh"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &SIPService{
+		cfg:     cfg,
+		log:     log.With("component", "gateway.sip"),
+		domains: map[string]bool{"mesh": true, "sipserver.mesh": true},
+		calls:   make(map[string]*callLeg),
+	}
+	for _, d := range cfg.Domains {
+		s.domains[canonHost(d)] = true
+	}
+	s.domains[cfg.LANAddr.Addr().String()] = true
+	s.domains[cfg.MeshAddr.Addr().WithZone("").String()] = true
+	if cfg.Rate > 0 {
+		s.limiter = newRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
+	}
+	mk := func(name string, ap netip.AddrPort, side sipalg.Side) *sock {
+		return &sock{name: name, addr: ap, side: side,
+			laddr: sip.Addr{IP: net.IP(ap.Addr().WithZone("").AsSlice()), Port: int(ap.Port())}}
+	}
+	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
+	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
+
+	// sipgo logs every unparsable datagram at error level with its
+	// content; the guard answers those, so keep sipgo's own log quiet
+	// below warnings.
+	sipLog := slog.New(levelHandler{min: slog.LevelWarn, h: log.Handler()}).With("component", "gateway.sipgo")
+	noDNS := &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		// Destinations are always IP literals (proxy.go); a name reaching
+		// sipgo's resolver is a bug, not a reason to query the OS.
+		return nil, errors.New("sip service: no DNS")
+	}}
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.ServerName),
+		sipgo.WithUserAgentHostname(cfg.LANAddr.Addr().String()),
+		sipgo.WithUserAgentDNSResolver(noDNS),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog),
+			sip.WithTransactionLayerUnhandledResponseHandler(s.strayResponse)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)))
+	if err != nil {
+		return nil, err
+	}
+	s.ua = ua
+	if s.srv, err = sipgo.NewServer(ua, sipgo.WithServerLogger(sipLog)); err != nil {
+		return nil, err
+	}
+	if s.client, err = sipgo.NewClient(ua, sipgo.WithClientLogger(sipLog),
+		sipgo.WithClientHostname(cfg.LANAddr.Addr().String()), sipgo.WithClientPort(int(cfg.LANAddr.Port()))); err != nil {
+		return nil, err
+	}
+	s.srv.OnNoRoute(s.handle)
+	return s, nil
+}
+
+// levelHandler drops records below min.
+type levelHandler struct {
+	min slog.Level
+	h   slog.Handler
+}
+
+func (l levelHandler) Enabled(ctx context.Context, lv slog.Level) bool {
+	return lv >= l.min && l.h.Enabled(ctx, lv)
+}
+func (l levelHandler) Handle(ctx context.Context, r slog.Record) error { return l.h.Handle(ctx, r) }
+func (l levelHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelHandler{min: l.min, h: l.h.WithAttrs(a)}
+}
+func (l levelHandler) WithGroup(g string) slog.Handler {
+	return levelHandler{min: l.min, h: l.h.WithGroup(g)}
+}
+
+// Stats returns the service's counters.
+func (s *SIPService) Stats() SIPStats {
+	s.mu.Lock()
+	calls := len(s.calls)
+	s.mu.Unlock()
+	return SIPStats{RateLimited: s.rateLimited.Load(), Overloaded: s.overloaded.Load(),
+		Malformed: s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: s.live.Load(), Calls: calls}
+}
+
+// Run serves the sockets until ctx ends, then closes them, terminates
+// every transaction, ends the calls' relay sessions and returns after
+// every goroutine it started (and sipgo's handlers) has ended.
+func (s *SIPService) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.ctx != nil {
+		s.mu.Unlock()
+		return errors.New("sip service: Run called twice")
+	}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.mu.Unlock()
+	defer s.cancel()
+
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	lan := &guardConn{PacketConn: s.cfg.LANUDP, s: s}
+	mesh := &guardConn{PacketConn: s.cfg.MeshUDP, s: s}
+	wg.Go(func() { errs[0] = s.srv.ServeUDP(lan); s.cancel() })
+	wg.Go(func() { errs[1] = s.srv.ServeUDP(mesh); s.cancel() })
+	if s.cfg.LANTCP != nil {
+		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.cfg.LANTCP); s.cancel() })
+	}
+	wg.Go(func() { s.janitor(s.ctx) })
+	s.log.Info("sip service started", "lan", s.cfg.LANAddr, "mesh", s.cfg.MeshAddr, "tcp", s.cfg.LANTCP != nil)
+
+	<-s.ctx.Done()
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.cfg.LANUDP.Close()
+	s.cfg.MeshUDP.Close()
+	if s.cfg.LANTCP != nil {
+		s.cfg.LANTCP.Close()
+	}
+	wg.Wait()
+	// Terminating every transaction wakes the handlers blocked on them.
+	s.ua.Close()
+	s.handlers.Wait()
+	s.mu.Lock()
+	legs := make([]*callLeg, 0, len(s.calls))
+	for _, l := range s.calls {
+		legs = append(legs, l)
+	}
+	clear(s.calls)
+	s.mu.Unlock()
+	for _, l := range legs {
+		l.close()
+	}
+	s.log.Info("sip service stopped")
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+			return fmt.Errorf("sip service: %w", err)
+		}
+	}
+	return nil
+}
+
+// enter registers a handler goroutine; false while shutting down.
+func (s *SIPService) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || s.ctx == nil {
+		return false
+	}
+	s.handlers.Add(1)
+	return true
+}
+
+// goTracked runs f in a goroutine Run waits for.
+func (s *SIPService) goTracked(f func()) bool {
+	if !s.enter() {
+		return false
+	}
+	go func() {
+		defer s.handlers.Done()
+		f()
+	}()
+	return true
+}
+
+// handle is sipgo's handler for every request. It blocks until the
+// request's fate is decided (libraries.md §1 pitfall 5: sipgo terminates
+// the server transaction when the handler returns).
+func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
+	if !s.enter() {
+		if !req.IsAck() {
+			tx.Respond(s.respond(req, 503, "Service Unavailable (shutting down)"))
+		}
+		return
+	}
+	defer s.handlers.Done()
+	s.live.Add(1)
+	if !tx.OnTerminate(func(string, error) { s.live.Add(-1) }) {
+		s.live.Add(-1)
+	}
+	in := s.arrival(tx)
+	src, _ := netip.ParseAddrPort(req.Source())
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	switch req.Method {
+	case sip.REGISTER:
+		res := s.cfg.Registrar.HandleRequest(s.ctx, req, src, strings.ToLower(req.Transport()))
+		if res != nil {
+			tx.Respond(res)
+		}
+	case sip.ACK:
+		s.forwardACK(req, in, src)
+	case sip.CANCEL:
+		// A CANCEL sipgo matched to an INVITE never gets here (OnCancel in
+		// proxy.go); this one matches nothing (RFC 3261 §9.2).
+		tx.Respond(s.respond(req, 481, "Call/Transaction Does Not Exist"))
+	default:
+		p := &proxyTx{s: s, req: req, tx: tx, in: in, src: src}
+		p.run()
+	}
+}
+
+// arrival is the socket a request came in on.
+func (s *SIPService) arrival(tx sip.ServerTransaction) *sock {
+	if st, ok := tx.(*sip.ServerTx); ok && st.Connection() != nil {
+		if ap, ok := addrPortOf(st.Connection().LocalAddr()); ok && ap.Addr() == s.mesh.addr.Addr() {
+			return s.mesh
+		}
+	}
+	return s.lan
+}
+
+// sockFor is the socket that reaches dst: the mesh for IPv6, else the LAN.
+func (s *SIPService) sockFor(dst netip.Addr) *sock {
+	if dst.Unmap().Is6() {
+		return s.mesh
+	}
+	return s.lan
+}
+
+// respond builds a response of our own to req, with the registrar's Via
+// fixes (received/rport) and Server header.
+func (s *SIPService) respond(req *sip.Request, code int, reason string) *sip.Response {
+	return s.cfg.Registrar.response(req, code, reason)
+}
+
+// strayResponse handles responses that match no client transaction: 2xx
+// retransmissions of INVITEs whose transaction ended (RFC 3261 §16.7 step
+// 5 would forward them statelessly; by then our transaction with the
+// upstream is gone too, and the UAS retransmits only until its ACK, which
+// the caller sends after the first 2xx we forwarded). Dropped.
+func (s *SIPService) strayResponse(res *sip.Response) {
+	s.log.Debug("stray response", "status", res.StatusCode, "call_id", res.CallID())
+}
+
+// janitor drops the ALG state of calls whose media ended (the relay
+// reclaimed idle sessions) or that never got an answer.
+func (s *SIPService) janitor(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.reapCalls(now)
+		}
+	}
+}
+
+// ourHost reports whether a URI host names this node or the mesh domain.
+func (s *SIPService) ourHost(host string) bool { return s.domains[canonHost(host)] }
+
+// guardConn is the PacketConn sipgo reads: it drops datagrams over their
+// source's rate and new requests while too many transactions are alive,
+// and answers unparsable requests with 400, all before sipgo parses them
+// (so before sipgo allocates a transaction and a goroutine).
+type guardConn struct {
+	net.PacketConn
+	s *SIPService
+}
+
+func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	s := g.s
+	for {
+		n, addr, err := g.PacketConn.ReadFrom(b)
+		if err != nil {
+			return n, addr, err
+		}
+		src, ok := addrPortOf(addr)
+		if !ok {
+			continue
+		}
+		if s.limiter != nil && !s.limiter.allow(src.Addr(), time.Now()) {
+			s.rateLimited.Add(1)
+			continue
+		}
+		data := b[:n]
+		if n <= 4 || strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
+			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive or response
+		}
+		if s.live.Load() >= int64(s.cfg.MaxTransactions) && !endsSomething(data) {
+			s.overloaded.Add(1)
+			continue
+		}
+		if _, perr := sip.ParseMessage(data); perr != nil {
+			s.malformed.Add(1)
+			if out := badRequest(data, describeParseError(perr), s.cfg.ServerName); out != nil {
+				g.PacketConn.WriteTo(out, net.UDPAddrFromAddrPort(src))
+			}
+			continue
+		}
+		return n, net.UDPAddrFromAddrPort(src), nil
+	}
+}
+
+// WriteTo normalises sipgo's addresses (IPv4 as 16-byte IPs) so that
+// every Network implementation sees the family it expects.
+func (g *guardConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if ap, ok := addrPortOf(addr); ok {
+		return g.PacketConn.WriteTo(b, net.UDPAddrFromAddrPort(ap))
+	}
+	return g.PacketConn.WriteTo(b, addr)
+}
+
+// endsSomething reports requests that end calls or transactions: they
+// pass even when the node is overloaded, so load sheds new work only.
+func endsSomething(data []byte) bool {
+	for _, m := range []string{"ACK ", "CANCEL ", "BYE "} {
+		if len(data) >= len(m) && string(data[:len(m)]) == m {
+			return true
+		}
+	}
+	return false
+}
