@@ -20,6 +20,9 @@ func init() {
 }
 
 func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "dht" {
+		return runSimDHT(ctx, args[1:], stdout, stderr)
+	}
 	fs := newFlagSet("sim", "[flags]", `Sim runs the real SSR code for --nodes routers on the in-memory network in
 virtual time, waits for a consistent ring, measures delivery of random exact
 and closest (DHT) datagrams and their stretch, and with --churn lets that
