@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -56,7 +57,7 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 		Nodes: *nodes, AORs: *aors, Kill: *kill, Join: *join, Seed: *seed, Topology: *topo, Samples: *samples,
 		Progress: func(phase string, virt time.Duration, done float64) {
 			if ctx.Err() == nil {
-				bar.update(phase, virt, done)
+				bar.updateDone(phase, virt, done)
 			}
 		},
 		Stop: func() bool { return ctx.Err() != nil },
@@ -80,6 +81,22 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 	}
 	printDHTReport(stdout, rep)
 	return nil
+}
+
+// updateDone is update with a generic "done" bar: the fraction of the
+// ring that is consistent while converging, of requests issued otherwise.
+func (p *progress) updateDone(phase string, virt time.Duration, done float64) {
+	if time.Since(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last, p.used = time.Now(), true
+	line := fmt.Sprintf("%-10s t=%5.0fs", phase, virt.Seconds())
+	if !math.IsNaN(done) {
+		const width = 30
+		k := int(done * width)
+		line += fmt.Sprintf(" [%s%s] %5.1f%%", strings.Repeat("#", k), strings.Repeat(".", width-k), 100*done)
+	}
+	fmt.Fprintf(p.w, "\r%-72s", line)
 }
 
 func printDHTReport(w io.Writer, r dhtsim.Report) {

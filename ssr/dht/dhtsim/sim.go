@@ -84,6 +84,10 @@ type Report struct {
 	HandoffsSent     uint64  `json:"handoffs_sent"`
 	HandoffsAcked    uint64  `json:"handoffs_acked"`
 	Pushed           uint64  `json:"replica_pushes"`
+	GetsServed       uint64  `json:"gets_served"`     // by owners
+	ConsultsServed   uint64  `json:"consults_served"` // owners asking replicas
+	SyncRounds       uint64  `json:"sync_rounds"`
+	SyncMismatches   uint64  `json:"sync_mismatches"`
 	VirtualS         float64 `json:"virtual_s"`
 	WallS            float64 `json:"wall_s"`
 	PeakRSSMB        float64 `json:"peak_rss_mb"`
@@ -100,7 +104,7 @@ type Sim struct {
 	aors    []aor
 	waiting map[opKey]*op
 	ops     []*op
-	gone    Report // metrics of dead nodes, summed
+	gone    dht.Metrics // of dead nodes, summed
 }
 
 type aor struct {
@@ -342,17 +346,22 @@ func (s *Sim) Run() Report {
 	rep.RecordsP95 = quantile(recs, 0.95)
 	for _, n := range s.nodes {
 		if n.alive {
-			m := n.d.Metrics()
-			rep.HandoffsSent += m.HandoffsSent
-			rep.HandoffsAcked += m.HandoffsAcked
-			rep.Pushed += m.Pushed
+			s.addMetrics(&rep, n.d.Metrics())
 		}
 	}
-	rep.HandoffsSent += s.gone.HandoffsSent
-	rep.HandoffsAcked += s.gone.HandoffsAcked
-	rep.Pushed += s.gone.Pushed
+	s.addMetrics(&rep, s.gone)
 	rep.VirtualS = s.ss.Now().Seconds()
 	return rep
+}
+
+func (s *Sim) addMetrics(rep *Report, m dht.Metrics) {
+	rep.HandoffsSent += m.HandoffsSent
+	rep.HandoffsAcked += m.HandoffsAcked
+	rep.Pushed += m.Pushed
+	rep.GetsServed += m.GetsServed
+	rep.ConsultsServed += m.ConsultsServed
+	rep.SyncRounds += m.SyncRounds
+	rep.SyncMismatches += m.SyncMismatches
 }
 
 func (s *Sim) syncInterval() time.Duration {
@@ -365,9 +374,14 @@ func (s *Sim) syncInterval() time.Duration {
 func (s *Sim) kill(i int) {
 	n := s.nodes[i]
 	m := n.d.Metrics()
-	s.gone.HandoffsSent += m.HandoffsSent
-	s.gone.HandoffsAcked += m.HandoffsAcked
-	s.gone.Pushed += m.Pushed
+	g := &s.gone
+	g.HandoffsSent += m.HandoffsSent
+	g.HandoffsAcked += m.HandoffsAcked
+	g.Pushed += m.Pushed
+	g.GetsServed += m.GetsServed
+	g.ConsultsServed += m.ConsultsServed
+	g.SyncRounds += m.SyncRounds
+	g.SyncMismatches += m.SyncMismatches
 	n.alive = false
 	if n.timer != nil {
 		n.timer.Stop()
