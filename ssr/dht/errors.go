@@ -31,6 +31,10 @@ const (
 	codeQuota     = 4
 	codeForbidden = 5
 	codeExpired   = 6
+	// codeKeep answers a hand-off: stored, and the sender is one of the
+	// receiver's replicas, so it keeps its copy (the owner's view of its
+	// replica set wins over the sender's view of its successors).
+	codeKeep = 7
 )
 
 func codeOf(err error) byte {
@@ -53,7 +57,7 @@ func codeOf(err error) byte {
 
 func errOf(code byte) error {
 	switch code {
-	case codeOK:
+	case codeOK, codeKeep:
 		return nil
 	case codeBadSig:
 		return ErrBadSignature

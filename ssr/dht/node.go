@@ -193,6 +193,8 @@ type Node struct {
 	own      map[string]ownRec // this writer's latest version per key
 	pending  map[uint64]*request
 	handoffs map[recID]uint64 // record → hand-off request in flight
+	keep     map[recID]uint64 // records the owner told us to keep, in ring epoch
+	epoch    uint64           // ring view changes seen
 	nextReq  uint64
 
 	succ, pred  []ssr.NodeID
@@ -269,6 +271,7 @@ func New(self ssr.NodeID, priv ed25519.PrivateKey, p Params, env Env, seed uint6
 		own:      make(map[string]ownRec),
 		pending:  make(map[uint64]*request),
 		handoffs: make(map[recID]uint64),
+		keep:     make(map[recID]uint64),
 	}
 	n.nextReq = n.rng.Uint64() | 1
 	return n
@@ -550,6 +553,8 @@ func (n *Node) pollRing(now time.Time) {
 	n.pred = append(n.pred[:0], pred...)
 	if changed {
 		n.ringChanged = now
+		n.epoch++
+		clear(n.keep)
 		// A new neighbour: sync soon, after the ring had a moment to settle.
 		if soon := now.Add(n.jitter(time.Second)); soon.Before(n.nextSync) {
 			n.nextSync = soon
@@ -603,12 +608,15 @@ func (n *Node) replicas() []ssr.NodeID {
 func (n *Node) syncRound(now time.Time) {
 	n.m.SyncRounds++
 	n.m.Expired += uint64(n.st.expire(now))
+	if len(n.keep) > len(n.st.recs) {
+		clear(n.keep) // bounded by the store; a record dropped since is forgotten
+	}
 	started := 0
 	for _, id := range n.st.index() {
 		if started >= n.p.MaxHandoffs || len(n.pending) >= n.p.MaxPending {
 			break
 		}
-		if n.rank(id.key) >= 0 || n.handoffs[id] != 0 {
+		if n.rank(id.key) >= 0 || n.handoffs[id] != 0 || n.keep[id] == n.epoch+1 {
 			continue
 		}
 		e := n.st.recs[id]
@@ -701,7 +709,11 @@ func (n *Node) handleStore(now time.Time, d ssr.Datagram, m *message) {
 		n.fanOut(now, r)
 	}
 	if m.flags&storeAck != 0 {
-		n.send(now, d.Src, encodeStoreAck(n.buf[:0], m.req, codeOf(err)))
+		code := codeOf(err)
+		if m.flags&storeHandoff != 0 && code == codeOK && slices.Contains(n.replicas(), d.Src) {
+			code = codeKeep
+		}
+		n.send(now, d.Src, encodeStoreAck(n.buf[:0], m.req, code))
 	}
 }
 
@@ -730,9 +742,13 @@ func (n *Node) handleStoreAck(now time.Time, m *message) {
 		delete(n.handoffs, q.rid)
 		// Stored there, or something at least as new is: drop ours if it
 		// is still the version handed off and still not ours to keep.
+		if m.code == codeKeep {
+			n.keep[q.rid] = n.epoch + 1
+		}
 		if m.code == codeOK || m.code == codeStale {
 			if e := n.st.recs[q.rid]; e != nil && e.rec.Seq <= q.seq && n.rank(q.rid.key) < 0 {
 				n.st.remove(q.rid)
+				delete(n.keep, q.rid)
 				n.m.HandoffsAcked++
 			}
 		}

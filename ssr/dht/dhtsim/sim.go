@@ -71,7 +71,7 @@ type Report struct {
 	ResolvableBefore float64 `json:"resolvable_before"`
 	ResolvableAfter  float64 `json:"resolvable_after"`
 	Samples          int     `json:"samples_per_aor"`
-	RecoveryS        float64 `json:"recovery_s"` // -1: not within the limit
+	RecoveryS        float64 `json:"recovery_s"` // churn to the end of the first round where every AOR resolved; -1: not within Limit
 	RecoveryRounds   int     `json:"recovery_rounds"`
 	Lost             int     `json:"lost"`
 	UnderReplicated  int     `json:"under_replicated"` // fewer than replicas live copies at the end
@@ -418,7 +418,13 @@ func (s *Sim) rate() float64 { return max(200, 2*float64(len(s.live()))) }
 // issue spreads count requests over virtual time at rate(), calling f for
 // each, then waits until all have an outcome.
 func (s *Sim) issue(phase string, count int, f func(k int)) {
-	step := time.Duration(float64(time.Second) / s.rate())
+	rate := s.rate()
+	if phase == "recover" {
+		// Recovery rounds check every AOR within about 3 s so that
+		// recovery_s is not coarser than that.
+		rate = max(rate, float64(count)/3)
+	}
+	step := time.Duration(float64(time.Second) / rate)
 	const batch = 10 * time.Millisecond
 	per := max(1, int(batch/max(step, 1)))
 	for k := 0; k < count && !s.stopped(); {
@@ -429,7 +435,7 @@ func (s *Sim) issue(phase string, count int, f func(k int)) {
 		s.ss.RunFor(time.Duration(per) * step)
 		s.progress(phase, float64(k)/float64(count))
 	}
-	for w := 0; len(s.waiting) > 0 && w < 600 && !s.stopped(); w++ {
+	for w := 0; len(s.waiting) > 0 && w < 1200 && !s.stopped(); w++ {
 		s.ss.RunFor(100 * time.Millisecond)
 	}
 }
