@@ -18,9 +18,10 @@ type Params struct {
 	RequestTimeout time.Duration // first attempt of a put/get/delete; later attempts wait longer
 	Retries        int           // further attempts after the first
 	ConsultTimeout time.Duration // an owner's wait for its replicas' answers
-	// HandoffWindow: for this long after its ring view changed, an owner
-	// merges its replicas' records into every answer, not only when it
-	// holds nothing for the key.
+	// HandoffWindow: for this long after its first successor or
+	// predecessor changed (it joined, or its range moved), an owner merges
+	// its replicas' records into every answer, not only when it holds
+	// nothing for the key.
 	HandoffWindow time.Duration
 	// TombstoneLifetime is a deletion's lifetime when the writer does not
 	// know the lifetime of what it deletes.
@@ -198,7 +199,7 @@ type Node struct {
 	nextReq  uint64
 
 	succ, pred  []ssr.NodeID
-	ringChanged time.Time
+	nearChanged time.Time // the first successor or predecessor changed
 	started     bool
 	nextSync    time.Time
 	nextPoll    time.Time
@@ -549,10 +550,12 @@ func (n *Node) pollRing(now time.Time) {
 	succ, pred := n.env.Ring()
 	k := n.p.Replicas + 1
 	changed := !slices.Equal(head(succ, k), head(n.succ, k)) || !slices.Equal(head(pred, k), head(n.pred, k))
+	if !slices.Equal(head(succ, 1), head(n.succ, 1)) || !slices.Equal(head(pred, 1), head(n.pred, 1)) {
+		n.nearChanged = now
+	}
 	n.succ = append(n.succ[:0], succ...)
 	n.pred = append(n.pred[:0], pred...)
 	if changed {
-		n.ringChanged = now
 		n.epoch++
 		clear(n.keep)
 		// A new neighbour: sync soon, after the ring had a moment to settle.
@@ -765,7 +768,7 @@ func (n *Node) handleGet(now time.Time, d ssr.Datagram, m *message) {
 	n.m.GetsServed++
 	have := len(n.st.forKey(now, m.key)) > 0
 	reps := n.replicas()
-	if (have && now.Sub(n.ringChanged) >= n.p.HandoffWindow) || len(reps) == 0 || len(n.pending) >= n.p.MaxPending {
+	if (have && now.Sub(n.nearChanged) >= n.p.HandoffWindow) || len(reps) == 0 || len(n.pending) >= n.p.MaxPending {
 		n.answer(now, d.Src, m.req, hops, m.key)
 		return
 	}
