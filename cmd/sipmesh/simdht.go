@@ -60,6 +60,10 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 				bar.updateDone(phase, virt, done)
 			}
 		},
+		Logf: func(format string, args ...any) {
+			bar.done()
+			fmt.Fprintf(stderr, format+"\n", args...)
+		},
 		Stop: func() bool { return ctx.Err() != nil },
 	}
 	cfg.Params.Replicas = *replicas

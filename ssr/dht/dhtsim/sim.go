@@ -52,7 +52,9 @@ type Config struct {
 	// Limit bounds the wait for recovery (virtual, default 10 min).
 	Limit    time.Duration
 	Progress func(phase string, virtual time.Duration, done float64)
-	Stop     func() bool
+	// Logf, if set, receives a line per phase outcome (for stderr).
+	Logf func(format string, args ...any)
+	Stop func() bool
 }
 
 // Report is the outcome; its JSON keys are what `sipmesh sim dht --json`
@@ -285,6 +287,12 @@ func (n *node) schedule(now time.Time) {
 
 func (s *Sim) live() []int { return s.ss.Live() }
 
+func (s *Sim) logf(format string, args ...any) {
+	if s.cfg.Logf != nil {
+		s.cfg.Logf("t=%5.1fs "+format, append([]any{s.ss.Now().Seconds()}, args...)...)
+	}
+}
+
 func (s *Sim) stopped() bool { return s.cfg.Stop != nil && s.cfg.Stop() }
 
 func (s *Sim) progress(phase string, done float64) {
@@ -302,14 +310,17 @@ func (s *Sim) Run() Report {
 	if cfg.Params.Replicas > 0 {
 		rep.Replicas = cfg.Params.Replicas
 	}
-	conv, _ := s.converge("ring")
+	conv, ok := s.converge("ring")
 	rep.RingConvergeS = conv.Seconds()
+	s.logf("ring consistent: %v", ok)
 	s.runFor("settle", 10*time.Second)
 
 	s.write(&rep)
+	s.logf("%d bindings written, %d failed", rep.PutsOK, rep.PutsFailed)
 	s.runFor("replicate", 3*s.syncInterval())
 	var hops, ms []float64
 	rep.ResolvableBefore = s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	s.logf("resolvable before churn: %.4f", rep.ResolvableBefore)
 
 	// Churn: random live nodes die (adjacent or not, as chance has it);
 	// new ones join at random places.
@@ -326,7 +337,9 @@ func (s *Sim) Run() Report {
 	for s.ss.Now()-t0 < cfg.Limit && !s.stopped() {
 		rep.RecoveryRounds++
 		var h, m []float64
-		if f := s.measure("recover", 1, nil, &h, &m); f == 1 {
+		f := s.measure("recover", 1, nil, &h, &m)
+		s.logf("recovery round %d: %.4f resolvable, ring consistency %.3f", rep.RecoveryRounds, f, s.ss.Consistency())
+		if f == 1 {
 			rep.RecoveryS = math.Round((s.ss.Now()-t0).Seconds()*10) / 10
 			break
 		}
@@ -334,6 +347,7 @@ func (s *Sim) Run() Report {
 	}
 	s.runFor("settle", s.syncInterval())
 	rep.ResolvableAfter = s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	s.logf("resolvable after churn: %.4f", rep.ResolvableAfter)
 	rep.LookupHopsP50 = quantile(hops, 0.5)
 	rep.LookupMsP50 = quantile(ms, 0.5)
 	rep.LookupMsP95 = quantile(ms, 0.95)
