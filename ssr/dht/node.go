@@ -306,6 +306,17 @@ func (n *Node) Local(now time.Time, key string) []Record {
 	return out
 }
 
+// Records returns every live record held (tombstones included).
+func (n *Node) Records(now time.Time) []Record {
+	out := make([]Record, 0, len(n.st.recs))
+	for _, id := range n.st.index() {
+		if e := n.st.get(now, id); e != nil {
+			out = append(out, e.record(now))
+		}
+	}
+	return out
+}
+
 // Len is the number of records held.
 func (n *Node) Len() int { return len(n.st.recs) }
 

@@ -73,26 +73,28 @@ type Report struct {
 	ResolvableBefore float64 `json:"resolvable_before"`
 	ResolvableAfter  float64 `json:"resolvable_after"`
 	Samples          int     `json:"samples_per_aor"`
-	RecoveryS        float64 `json:"recovery_s"` // churn to the end of the first round where every AOR resolved; -1: not within Limit
-	RecoveryRounds   int     `json:"recovery_rounds"`
-	Lost             int     `json:"lost"`
-	UnderReplicated  int     `json:"under_replicated"` // fewer than replicas live copies at the end
-	RecordsP95       float64 `json:"records_per_node_p95"`
-	LookupHopsP50    float64 `json:"lookup_hops_p50"`
-	LookupMsP50      float64 `json:"lookup_ms_p50"`
-	LookupMsP95      float64 `json:"lookup_ms_p95"`
-	Gets             int     `json:"gets"`
-	GetsFailed       int     `json:"gets_failed"`
-	HandoffsSent     uint64  `json:"handoffs_sent"`
-	HandoffsAcked    uint64  `json:"handoffs_acked"`
-	Pushed           uint64  `json:"replica_pushes"`
-	GetsServed       uint64  `json:"gets_served"`     // by owners
-	ConsultsServed   uint64  `json:"consults_served"` // owners asking replicas
-	SyncRounds       uint64  `json:"sync_rounds"`
-	SyncMismatches   uint64  `json:"sync_mismatches"`
-	VirtualS         float64 `json:"virtual_s"`
-	WallS            float64 `json:"wall_s"`
-	PeakRSSMB        float64 `json:"peak_rss_mb"`
+	// RecoveryS: from the churn to the end of the first round in which
+	// every AOR with a live copy left resolved; -1: not within Limit.
+	RecoveryS       float64 `json:"recovery_s"`
+	RecoveryRounds  int     `json:"recovery_rounds"`
+	Lost            int     `json:"lost"`
+	UnderReplicated int     `json:"under_replicated"` // fewer than replicas live copies at the end
+	RecordsP95      float64 `json:"records_per_node_p95"`
+	LookupHopsP50   float64 `json:"lookup_hops_p50"`
+	LookupMsP50     float64 `json:"lookup_ms_p50"`
+	LookupMsP95     float64 `json:"lookup_ms_p95"`
+	Gets            int     `json:"gets"`
+	GetsFailed      int     `json:"gets_failed"`
+	HandoffsSent    uint64  `json:"handoffs_sent"`
+	HandoffsAcked   uint64  `json:"handoffs_acked"`
+	Pushed          uint64  `json:"replica_pushes"`
+	GetsServed      uint64  `json:"gets_served"`     // by owners
+	ConsultsServed  uint64  `json:"consults_served"` // owners asking replicas
+	SyncRounds      uint64  `json:"sync_rounds"`
+	SyncMismatches  uint64  `json:"sync_mismatches"`
+	VirtualS        float64 `json:"virtual_s"`
+	WallS           float64 `json:"wall_s"`
+	PeakRSSMB       float64 `json:"peak_rss_mb"`
 }
 
 // Sim is a DHT on a simulated mesh.
@@ -337,9 +339,22 @@ func (s *Sim) Run() Report {
 	for s.ss.Now()-t0 < cfg.Limit && !s.stopped() {
 		rep.RecoveryRounds++
 		var h, m []float64
-		f := s.measure("recover", 1, nil, &h, &m)
-		s.logf("recovery round %d: %.4f resolvable, ring consistency %.3f", rep.RecoveryRounds, f, s.ss.Consistency())
-		if f == 1 {
+		f, bad := s.measureBad("recover", 1, nil, &h, &m)
+		// Done when every AOR that still has a copy somewhere resolves:
+		// the lost ones (every copy died) never will.
+		copies := s.copies()
+		unrecoverable, pending := 0, 0
+		for k, b := range bad {
+			switch {
+			case copies[k] == 0:
+				unrecoverable++
+			case b:
+				pending++
+			}
+		}
+		s.logf("recovery round %d: %.4f resolvable (%d unresolved with a live copy, %d lost), ring consistency %.3f",
+			rep.RecoveryRounds, f, pending, unrecoverable, s.ss.Consistency())
+		if pending == 0 {
 			rep.RecoveryS = math.Round((s.ss.Now()-t0).Seconds()*10) / 10
 			break
 		}
@@ -495,6 +510,12 @@ func (s *Sim) write(rep *Report) {
 // measure gets every AOR from samples distinct random live nodes and
 // returns the fraction of AORs for which every get found the binding.
 func (s *Sim) measure(phase string, samples int, rep *Report, hops, ms *[]float64) float64 {
+	f, _ := s.measureBad(phase, samples, rep, hops, ms)
+	return f
+}
+
+// measureBad is measure that also returns which AORs failed.
+func (s *Sim) measureBad(phase string, samples int, rep *Report, hops, ms *[]float64) (float64, []bool) {
 	live := s.live()
 	samples = min(samples, len(live))
 	type get struct{ aor, node int }
@@ -549,7 +570,7 @@ func (s *Sim) measure(phase string, samples int, rep *Report, hops, ms *[]float6
 			good++
 		}
 	}
-	return float64(good) / float64(len(s.aors))
+	return float64(good) / float64(len(s.aors)), bad
 }
 
 // found reports whether recs hold AOR k's binding as written.
@@ -563,22 +584,33 @@ func (s *Sim) found(k int, recs []dht.Record) bool {
 	return false
 }
 
-// groundTruth counts, over the stores of all live nodes, AORs with no copy
-// of their binding left and AORs with fewer than r copies.
-func (s *Sim) groundTruth(r int) (lost, under int) {
+// copies counts, over the stores of all live nodes, the copies of every
+// AOR's binding as written.
+func (s *Sim) copies() []int {
 	now := s.clock.Now()
-	live := s.live()
+	byKey := make(map[string]int, len(s.aors))
 	for k := range s.aors {
-		copies := 0
-		for _, i := range live {
-			if s.found(k, s.nodes[i].d.Local(now, s.aors[k].key)) {
-				copies++
+		byKey[s.aors[k].key] = k
+	}
+	n := make([]int, len(s.aors))
+	for _, i := range s.live() {
+		for _, r := range s.nodes[i].d.Records(now) {
+			if k, ok := byKey[r.Key]; ok && s.found(k, []dht.Record{r}) {
+				n[k]++
 			}
 		}
-		if copies == 0 {
+	}
+	return n
+}
+
+// groundTruth counts AORs with no copy of their binding left on a live
+// node and AORs with fewer than r copies.
+func (s *Sim) groundTruth(r int) (lost, under int) {
+	for _, c := range s.copies() {
+		if c == 0 {
 			lost++
 		}
-		if copies < r {
+		if c < r {
 			under++
 		}
 	}
