@@ -941,6 +941,9 @@ func (n *Node) handleDigest(now time.Time, from ssr.NodeID, m *message) {
 	}
 	var want []recID
 	for _, d := range m.dig {
+		if !inRange(m.lo, m.hi, d.id.key) {
+			continue
+		}
 		if e := n.st.get(now, d.id); e == nil || e.rec.Seq < d.seq {
 			want = append(want, d.id)
 		}
