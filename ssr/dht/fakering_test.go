@@ -28,6 +28,7 @@ type fakeRing struct {
 type fnode struct {
 	r       *fakeRing
 	id      ssr.NodeID
+	key     ed25519.PrivateKey
 	n       *Node
 	alive   bool
 	results map[uint64]Result
@@ -62,7 +63,7 @@ func (r *fakeRing) add() *fnode {
 	r.seed++
 	k := testKey(r.seed)
 	id := ssr.IDFromPublicKey(k.Public().(ed25519.PublicKey))
-	f := &fnode{r: r, id: id, alive: true, results: make(map[uint64]Result)}
+	f := &fnode{r: r, id: id, key: k, alive: true, results: make(map[uint64]Result)}
 	f.n = New(id, k, r.params, f, r.seed)
 	r.nodes[id] = f
 	return f

@@ -383,3 +383,37 @@ func TestRank(t *testing.T) {
 		}
 	}
 }
+
+// TestTombstoneOutlivesDeleted: a writer that restarted deletes with the
+// default tombstone lifetime, shorter than the record's; the holders keep
+// the deletion until the record would have expired, so a replay of the old
+// version later is still refused.
+func TestTombstoneOutlivesDeleted(t *testing.T) {
+	r := newFakeRing(t, 6, Params{TombstoneLifetime: time.Minute})
+	w := anyNode(r, 0)
+	key := "user:205"
+	if err := w.put(key, "account", 10*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	r.run(time.Second)
+	var old Record
+	for _, rec := range r.copies(key) {
+		old = rec
+	}
+	// The writer restarts: same key, no memory of the lifetime.
+	w.n = New(w.id, w.key, r.params, w, 99)
+	if err := w.del(key); err != nil {
+		t.Fatal(err)
+	}
+	r.run(5 * time.Minute)
+	for id, f := range r.nodes {
+		storeAt(f, id, &old)
+	}
+	r.run(6 * time.Second)
+	if got := anyNode(r, 3).get(key); len(got) != 0 {
+		t.Fatalf("deleted record came back after the tombstone's own lifetime: %q", values(got))
+	}
+	if c := r.copies(key); len(c) != 3 {
+		t.Fatalf("tombstone held by %d nodes, want 3", len(c))
+	}
+}

@@ -41,8 +41,9 @@ type Record struct {
 	Sig       []byte // ed25519 over everything above (sigInput)
 
 	// Remaining is the time left to live as the sender counted it; it is
-	// not signed (each holder counts down on its own clock) but never
-	// exceeds Lifetime.
+	// not signed (each holder counts down on its own clock) and never
+	// exceeds Lifetime — except for a tombstone, which holders extend to
+	// the expiry of the version it replaced (maxRemaining).
 	Remaining time.Duration
 }
 
@@ -180,8 +181,20 @@ func readRecord(b []byte) (Record, []byte, error) {
 	if rem > uint64(MaxLifetime/time.Millisecond) {
 		rem = uint64(MaxLifetime / time.Millisecond)
 	}
-	r.Remaining = min(time.Duration(rem)*time.Millisecond, r.Lifetime)
+	r.Remaining = min(time.Duration(rem)*time.Millisecond, r.maxRemaining())
 	return r, b[vl+64+8:], nil
+}
+
+// maxRemaining bounds the unsigned remaining time: the signed lifetime for
+// a value; for a tombstone MaxLifetime, since a holder extends it to
+// outlive what it deleted (a writer that restarted does not know that
+// lifetime). Stretching a tombstone harms nobody: its writer can still
+// write a newer version, and quotas bound what is held.
+func (r *Record) maxRemaining() time.Duration {
+	if r.Tombstone {
+		return MaxLifetime
+	}
+	return r.Lifetime
 }
 
 // Validator is a policy on top of signatures, e.g. "records under user:

@@ -110,7 +110,13 @@ func (s *store) put(now time.Time, r *Record, validate Validator) (changed bool,
 	}
 	rec := *r
 	rec.Remaining = 0
-	e := &entry{rec: rec, expires: now.Add(r.Remaining), sum: sumOf(id, r.Seq, r.Tombstone), size: size}
+	e := &entry{rec: rec, expires: now.Add(min(r.Remaining, r.maxRemaining())), sum: sumOf(id, r.Seq, r.Tombstone), size: size}
+	if r.Tombstone && old != nil && old.expires.After(e.expires) {
+		// A deletion lives at least as long as what it deleted, so that a
+		// copy of the old version surfacing later (an island healing, a
+		// replay) still meets it.
+		e.expires = old.expires
+	}
 	if old == nil {
 		s.perWriter[id.writer]++
 		s.perKey[id.key]++
@@ -228,6 +234,6 @@ func (s *store) summary(now time.Time, lo, hi ssr.NodeID, scratch []recID) (uint
 // record returns a copy of e's record with its remaining time at now.
 func (e *entry) record(now time.Time) Record {
 	r := e.rec
-	r.Remaining = min(e.expires.Sub(now), r.Lifetime)
+	r.Remaining = min(e.expires.Sub(now), r.maxRemaining())
 	return r
 }
