@@ -58,6 +58,7 @@ type Driver struct {
 
 type call struct {
 	op    Op
+	rec   *Record // PutRecord
 	key   string
 	value []byte
 	ttl   time.Duration
@@ -208,7 +209,11 @@ func (d *Driver) handleCall(c call) {
 	var err error
 	switch c.op {
 	case OpPut:
-		id, err = d.node.Put(now, c.key, c.value, c.ttl)
+		if c.rec != nil {
+			id, err = d.node.PutRecord(now, *c.rec)
+		} else {
+			id, err = d.node.Put(now, c.key, c.value, c.ttl)
+		}
 	case OpGet:
 		id, err = d.node.Get(now, c.key)
 	case OpDelete:
@@ -255,6 +260,13 @@ func (d *Driver) do(ctx context.Context, c call) (Result, error) {
 // the key's owner stored it.
 func (d *Driver) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	_, err := d.do(ctx, call{op: OpPut, key: key, value: append([]byte(nil), value...), ttl: ttl})
+	return err
+}
+
+// PutRecord stores a record signed with another key (NewRecord), such as an
+// account signed by the administrator; a tombstone record deletes.
+func (d *Driver) PutRecord(ctx context.Context, r Record) error {
+	_, err := d.do(ctx, call{op: OpPut, key: r.Key, rec: &r})
 	return err
 }
 

@@ -161,6 +161,18 @@ func TestDriverPutGetDelete(t *testing.T) {
 		if total != 6 { // 2 records (one a tombstone) × 3 copies
 			t.Fatalf("%d copies held in all, want 6", total)
 		}
+		// An account signed by the administrator key, written at one node
+		// and read at another.
+		acct, err := dht.NewRecord(key(1000), "user:201", []byte("ha1"), 24*time.Hour, 1, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.drivers[2].PutRecord(ctx, acct); err != nil {
+			t.Fatal(err)
+		}
+		if recs, err := m.drivers[0].Get(ctx, "user:201"); err != nil || len(recs) != 1 || !recs[0].Writer.Equal(key(1000).Public()) {
+			t.Fatalf("account: %v %v", recs, err)
+		}
 		if err := m.drivers[1].Put(ctx, "", []byte("x"), time.Hour); !errors.Is(err, dht.ErrInvalid) {
 			t.Fatalf("empty key: %v", err)
 		}

@@ -397,6 +397,37 @@ func (n *Node) write(now time.Time, op Op, key string, value []byte, ttl time.Du
 	return id, nil
 }
 
+// PutRecord stores a record signed elsewhere (NewRecord), e.g. an account
+// signed by the administrator key; a tombstone deletes. The outcome arrives
+// through Env.Complete.
+func (n *Node) PutRecord(now time.Time, r Record) (uint64, error) {
+	n.start(now)
+	if len(n.pending) >= n.p.MaxPending {
+		return 0, ErrBusy
+	}
+	if r.Remaining <= 0 || r.Remaining > r.Lifetime {
+		r.Remaining = r.Lifetime
+	}
+	if err := r.Verify(); err != nil {
+		return 0, err
+	}
+	if n.p.Validate != nil {
+		if err := n.p.Validate(&r); err != nil {
+			return 0, err
+		}
+	}
+	kind := kPut
+	if r.Tombstone {
+		kind = kDelete
+	}
+	id := n.newID()
+	q := &request{kind: kind, id: id, key: r.Key, target: KeyOf(r.Key), mode: ssr.Closest, start: now,
+		payload: encodeStore(nil, id, storeAck, &r)}
+	n.m.Requests++
+	n.launch(now, q)
+	return id, nil
+}
+
 // Get asks the key's owner for every live record under key. The answer
 // arrives through Env.Complete with the returned ID.
 func (n *Node) Get(now time.Time, key string) (uint64, error) {

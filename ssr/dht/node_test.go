@@ -417,3 +417,52 @@ func TestTombstoneOutlivesDeleted(t *testing.T) {
 		t.Fatalf("tombstone held by %d nodes, want 3", len(c))
 	}
 }
+
+// TestAdminRecords: accounts are written with the administrator key from
+// any node, overwritten from another, and deleted by an admin tombstone.
+func TestAdminRecords(t *testing.T) {
+	admin := testKey(1000)
+	r := newFakeRing(t, 6, Params{Validate: RequireWriter("user:", admin.Public().(ed25519.PublicKey))})
+	a, b := anyNode(r, 0), anyNode(r, 3)
+	put := func(f *fnode, rec Record) error {
+		id, err := f.n.PutRecord(r.now, rec)
+		if err != nil {
+			return err
+		}
+		return f.wait(id).Err
+	}
+	v1, err := NewRecord(admin, "user:201", []byte("ha1=..."), 24*time.Hour, 1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := put(a, v1); err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := NewRecord(admin, "user:201", []byte("ha1=new"), 24*time.Hour, 2, false)
+	if err := put(b, v2); err != nil {
+		t.Fatal(err)
+	}
+	if err := put(a, v1); !errors.Is(err, ErrStale) {
+		t.Fatalf("older admin version from another node: %v, want ErrStale", err)
+	}
+	if got := values(anyNode(r, 5).get("user:201")); !slices.Equal(got, []string{"ha1=new"}) {
+		t.Fatalf("get = %q", got)
+	}
+	del, _ := NewRecord(admin, "user:201", nil, 24*time.Hour, 3, true)
+	if err := put(b, del); err != nil {
+		t.Fatal(err)
+	}
+	if got := anyNode(r, 5).get("user:201"); len(got) != 0 {
+		t.Fatalf("deleted account still found: %q", values(got))
+	}
+	// A node key cannot write an account.
+	forged, _ := NewRecord(a.key, "user:202", []byte("x"), time.Hour, 1, false)
+	if _, err := a.n.PutRecord(r.now, forged); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("account signed by a node: %v", err)
+	}
+	bad := v2
+	bad.Value = []byte("tampered")
+	if _, err := a.n.PutRecord(r.now, bad); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("tampered record: %v", err)
+	}
+}

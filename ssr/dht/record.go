@@ -83,6 +83,27 @@ func (r *Record) Sign(priv ed25519.PrivateKey) {
 	r.Sig = ed25519.Sign(priv, r.sigInput(nil))
 }
 
+// NewRecord makes a record of key → value for ttl (whole seconds), version
+// seq, signed by priv: for records written with another key than the
+// node's, such as accounts signed by the mesh administrator key. A
+// tombstone has no value. A time-based seq (microseconds since 1970) lets
+// writes from different machines with the same key order themselves; a
+// writer whose clock may be behind reads the record first and uses its seq
+// + 1.
+func NewRecord(priv ed25519.PrivateKey, key string, value []byte, ttl time.Duration, seq uint64, tombstone bool) (Record, error) {
+	if len(priv) != ed25519.PrivateKeySize {
+		return Record{}, fmt.Errorf("%w: private key of %d bytes", ErrInvalid, len(priv))
+	}
+	ttl = (ttl + time.Second - 1).Truncate(time.Second)
+	r := Record{Key: key, Writer: priv.Public().(ed25519.PublicKey), Seq: seq, Lifetime: ttl, Tombstone: tombstone,
+		Value: bytes.Clone(value), Remaining: ttl, Sig: make([]byte, ed25519.SignatureSize)}
+	if err := r.check(); err != nil {
+		return Record{}, err
+	}
+	r.Sign(priv)
+	return r, nil
+}
+
 // check verifies a record's bounds (not its signature).
 func (r *Record) check() error {
 	switch {
