@@ -115,7 +115,7 @@ func printDHTReport(w io.Writer, r dhtsim.Report) {
 		fmt.Fprintf(tw, "recovery\tnot within the limit (%d rounds)\n", r.RecoveryRounds)
 	}
 	fmt.Fprintf(tw, "resolvable after\t%.4f\n", r.ResolvableAfter)
-	fmt.Fprintf(tw, "lost\t%d  (under-replicated %d)\n", r.Lost, r.UnderReplicated)
+	fmt.Fprintf(tw, "lost\t%d  (every copy on a killed node: %d; under-replicated at the end: %d)\n", r.Lost, r.AllCopiesKilled, r.UnderReplicated)
 	fmt.Fprintf(tw, "records per node p95\t%.0f\n", r.RecordsP95)
 	fmt.Fprintf(tw, "lookup\thops p50 %.0f, latency p50 %.0f ms, p95 %.0f ms (%d gets, %d failed)\n", r.LookupHopsP50, r.LookupMsP50, r.LookupMsP95, r.Gets, r.GetsFailed)
 	fmt.Fprintf(tw, "hand-offs\t%d sent, %d acknowledged; %d replica pushes\n", r.HandoffsSent, r.HandoffsAcked, r.Pushed)

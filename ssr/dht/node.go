@@ -755,7 +755,10 @@ func (n *Node) handleStore(now time.Time, d ssr.Datagram, m *message) {
 	}
 	if m.flags&storeAck != 0 {
 		code := codeOf(err)
-		if m.flags&storeHandoff != 0 && code == codeOK && slices.Contains(n.replicas(), d.Src) {
+		// A hand-off that routing delivered back to its sender (the views
+		// of ring and routing differ for now), or that comes from one of
+		// our replicas: the sender keeps its copy.
+		if m.flags&storeHandoff != 0 && code == codeOK && (d.Src == n.self || slices.Contains(n.replicas(), d.Src)) {
 			code = codeKeep
 		}
 		n.send(now, d.Src, encodeStoreAck(n.buf[:0], m.req, code))

@@ -75,9 +75,12 @@ type Report struct {
 	Samples          int     `json:"samples_per_aor"`
 	// RecoveryS: from the churn to the end of the first round in which
 	// every AOR with a live copy left resolved; -1: not within Limit.
-	RecoveryS       float64 `json:"recovery_s"`
-	RecoveryRounds  int     `json:"recovery_rounds"`
-	Lost            int     `json:"lost"`
+	RecoveryS      float64 `json:"recovery_s"`
+	RecoveryRounds int     `json:"recovery_rounds"`
+	Lost           int     `json:"lost"`
+	// AllCopiesKilled counts AORs whose every copy, right before the
+	// churn, was on a node that was killed: no store can keep those.
+	AllCopiesKilled int     `json:"all_copies_killed"`
 	UnderReplicated int     `json:"under_replicated"` // fewer than replicas live copies at the end
 	RecordsP95      float64 `json:"records_per_node_p95"`
 	LookupHopsP50   float64 `json:"lookup_hops_p50"`
@@ -328,6 +331,7 @@ func (s *Sim) Run() Report {
 	// new ones join at random places.
 	live := s.live()
 	s.rng.Shuffle(len(live), func(i, j int) { live[i], live[j] = live[j], live[i] })
+	rep.AllCopiesKilled = s.allCopiesOn(live[:cfg.Kill])
 	for _, i := range live[:cfg.Kill] {
 		s.kill(i)
 	}
@@ -598,6 +602,38 @@ func (s *Sim) copies() []int {
 			if k, ok := byKey[r.Key]; ok && s.found(k, []dht.Record{r}) {
 				n[k]++
 			}
+		}
+	}
+	return n
+}
+
+// allCopiesOn counts the AORs whose every copy is on one of nodes.
+func (s *Sim) allCopiesOn(nodes []int) int {
+	now := s.clock.Now()
+	byKey := make(map[string]int, len(s.aors))
+	for k := range s.aors {
+		byKey[s.aors[k].key] = k
+	}
+	on := make([]bool, len(s.nodes))
+	for _, i := range nodes {
+		on[i] = true
+	}
+	inside, outside := make([]int, len(s.aors)), make([]int, len(s.aors))
+	for _, i := range s.live() {
+		for _, r := range s.nodes[i].d.Records(now) {
+			if k, ok := byKey[r.Key]; ok && s.found(k, []dht.Record{r}) {
+				if on[i] {
+					inside[k]++
+				} else {
+					outside[k]++
+				}
+			}
+		}
+	}
+	n := 0
+	for k := range s.aors {
+		if inside[k] > 0 && outside[k] == 0 {
+			n++
 		}
 	}
 	return n

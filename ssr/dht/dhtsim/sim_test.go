@@ -45,6 +45,24 @@ func TestChurn(t *testing.T) {
 	}
 }
 
+// TestHeavyChurn kills a third of the nodes at once: AORs whose every
+// copy died are gone, but the DHT must lose nothing else, and everything
+// else must resolve again.
+func TestHeavyChurn(t *testing.T) {
+	s, err := New(Config{Nodes: 48, AORs: 300, Kill: 16, Join: 4, Seed: 4, Samples: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := s.Run()
+	t.Logf("%+v", rep)
+	if rep.Lost != rep.AllCopiesKilled {
+		t.Errorf("%d AORs lost, but only %d had every copy on a killed node", rep.Lost, rep.AllCopiesKilled)
+	}
+	if want := 1 - float64(rep.Lost)/float64(rep.AORs); rep.ResolvableAfter != want || rep.RecoveryS < 0 {
+		t.Errorf("resolvable after %.4f (recovery %v s), want %.4f", rep.ResolvableAfter, rep.RecoveryS, want)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []Config{
 		{Nodes: 1, AORs: 1},
