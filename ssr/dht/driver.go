@@ -276,7 +276,9 @@ func (d *Driver) Get(ctx context.Context, key string) ([]Record, error) {
 	return r.Records, err
 }
 
-// GetResult is Get with the lookup's hops and latency.
+// GetResult is Get with the lookup's latency and attempts. (Its Hops is 0:
+// mesh sockets do not report the hops a datagram took; the simulator,
+// which drives Node directly, does.)
 func (d *Driver) GetResult(ctx context.Context, key string) (Result, error) {
 	return d.do(ctx, call{op: OpGet, key: key})
 }
