@@ -225,9 +225,6 @@ func (s *Sim) Node(i int) *ssr.Node { return s.nodes[i].node }
 // Len is the number of nodes ever created (live or not).
 func (s *Sim) Len() int { return len(s.nodes) }
 
-// Alive reports whether node i runs.
-func (s *Sim) Alive(i int) bool { return s.nodes[i].alive }
-
 // Clock is the simulation's virtual clock.
 func (s *Sim) Clock() *memnet.VirtualClock { return s.clock }
 
