@@ -16,7 +16,7 @@ type Params struct {
 	SyncInterval   time.Duration // maintenance round (±20 % jitter)
 	RingPoll       time.Duration // how often the ring view is read
 	RequestTimeout time.Duration // first attempt of a put/get/delete; later attempts wait longer
-	Retries        int           // further attempts after the first
+	Retries        int           // further attempts after the first (negative: none)
 	ConsultTimeout time.Duration // an owner's wait for its replicas' answers
 	// HandoffWindow: for this long after its first successor or
 	// predecessor changed (it joined, or its range moved), an owner merges
