@@ -21,10 +21,14 @@ func init() {
 }
 
 func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "dht" {
+		return runSimDHT(ctx, args[1:], stdout, stderr)
+	}
 	fs := newFlagSet("sim", "[flags]", `Sim runs the real SSR code for --nodes routers on the in-memory network in
 virtual time, waits for a consistent ring, measures delivery of random exact
 and closest (DHT) datagrams and their stretch, and with --churn lets that
-fraction of nodes leave and as many join, then measures again.`, stderr)
+fraction of nodes leave and as many join, then measures again.
+'sipmesh sim dht -h' describes the DHT simulation.`, stderr)
 	nodes := fs.Int("nodes", 100, "number of nodes")
 	topo := fs.String("topology", "random", "line, grid or random (geometric radio mesh)")
 	seed := fs.Uint64("seed", 1, "random seed (same seed, same run)")

@@ -45,6 +45,13 @@ type Sim struct {
 	// Probes in flight: payload tag → probe.
 	probes map[uint64]*probe
 	seq    uint64
+
+	// App receives the events of every node that are not probes
+	// (datagrams to other ports, unreachable reports): the hook an
+	// application simulated on top (package dhtsim) plugs into. It is
+	// called from inside the node's frame handling and must not call back
+	// into the node; queue the event and handle it in a clock event.
+	App func(node int, ev ssr.Event)
 }
 
 type simNode struct {
@@ -162,10 +169,20 @@ func (n *simNode) SendFrame(l ssr.LinkID, to netip.AddrPort, frame []byte) {
 	_ = n.ifcs[l].Send(port, to, frame) // a down link drops, as radio does
 }
 
-// Deliver implements ssr.Env: probes are recognised by their tag.
+// probePort is the port of probe datagrams.
+const probePort = 9
+
+// Deliver implements ssr.Env: probes are recognised by their port and tag;
+// everything else goes to the App hook.
 func (n *simNode) Deliver(ev ssr.Event) {
 	d, ok := ev.(ssr.Datagram)
-	if !ok || len(d.Payload) != 8 {
+	if !ok || d.DstPort != probePort {
+		if u, isU := ev.(ssr.Unreachable); n.sim.App != nil && (!isU || u.DstPort != probePort) {
+			n.sim.App(n.idx, ev)
+		}
+		return
+	}
+	if len(d.Payload) != 8 {
 		return
 	}
 	var tag uint64
@@ -199,6 +216,29 @@ func (n *simNode) schedule(now time.Time) {
 		n.node.Tick(t)
 		n.schedule(t)
 	})
+}
+
+// Node returns node i's protocol core, for reading (Successors, ID);
+// sending goes through Send so that the node's timer is rearmed.
+func (s *Sim) Node(i int) *ssr.Node { return s.nodes[i].node }
+
+// Len is the number of nodes ever created (live or not).
+func (s *Sim) Len() int { return len(s.nodes) }
+
+// Clock is the simulation's virtual clock.
+func (s *Sim) Clock() *memnet.VirtualClock { return s.clock }
+
+// Send originates an application datagram at live node i, as a Router's
+// SendTo does.
+func (s *Sim) Send(i int, target ssr.NodeID, mode ssr.Mode, srcPort, dstPort uint16, payload []byte) error {
+	n := s.nodes[i]
+	if !n.alive {
+		return fmt.Errorf("ssrsim: node %d is dead", i)
+	}
+	now := s.clock.Now()
+	err := n.node.Send(now, target, mode, srcPort, dstPort, payload)
+	n.schedule(now)
+	return err
 }
 
 // Now is the virtual time since the start.
@@ -323,7 +363,7 @@ func (s *Sim) Probe(src int, mode ssr.Mode, key ssr.NodeID) *probe {
 	}
 	n := s.nodes[src]
 	now := s.clock.Now()
-	_ = n.node.Send(now, key, mode, 9, 9, b[:])
+	_ = n.node.Send(now, key, mode, probePort, probePort, b[:])
 	n.schedule(now)
 	return p
 }

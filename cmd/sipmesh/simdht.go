@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sipmesh/sipmesh/ssr/dht/dhtsim"
+)
+
+// runSimDHT is `sipmesh sim dht`: the replicated registrar database under
+// churn, in virtual time (package dhtsim).
+func runSimDHT(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sim dht", "[flags]", `Sim dht runs the real SSR and DHT code for --nodes routers in virtual time:
+it waits for a consistent ring, writes --aors registration bindings through
+random nodes, measures how many resolve, kills --kill random nodes and joins
+--join new ones, measures every few seconds until every AOR resolves again,
+and reports. An AOR counts as resolvable when gets from several random
+nodes all find its binding; "lost" is checked over every live node's store.`, stderr)
+	nodes := fs.Int("nodes", 100, "number of nodes")
+	aors := fs.Int("aors", 2000, "registration bindings written")
+	kill := fs.Int("kill", 10, "random live nodes killed after the writes")
+	join := fs.Int("join", 10, "nodes joined at the same time")
+	seed := fs.Uint64("seed", 1, "random seed (same seed, same run)")
+	topo := fs.String("topology", "random", "line, grid or random (geometric radio mesh)")
+	samples := fs.Int("samples", 3, "random asking nodes per AOR in a measurement")
+	replicas := fs.Int("replicas", 3, "copies of each record")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageErrorf("unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case *nodes < 2:
+		return usageErrorf("--nodes %d: want at least 2", *nodes)
+	case *aors < 1:
+		return usageErrorf("--aors %d: want at least 1", *aors)
+	case *kill < 0 || *kill > *nodes-2:
+		return usageErrorf("--kill %d: want 0..%d", *kill, *nodes-2)
+	case *join < 0:
+		return usageErrorf("--join %d: want ≥ 0", *join)
+	case *replicas < 1 || *replicas > 5:
+		return usageErrorf("--replicas %d: want 1..5", *replicas)
+	case *samples < 1:
+		return usageErrorf("--samples %d: want ≥ 1", *samples)
+	}
+	start := time.Now()
+	bar := newProgress(stderr)
+	cfg := dhtsim.Config{
+		Nodes: *nodes, AORs: *aors, Kill: *kill, Join: *join, Seed: *seed, Topology: *topo, Samples: *samples,
+		Progress: func(phase string, virt time.Duration, done float64) {
+			if ctx.Err() == nil {
+				bar.updateDone(phase, virt, done)
+			}
+		},
+		Logf: func(format string, args ...any) {
+			bar.done()
+			fmt.Fprintf(stderr, format+"\n", args...)
+		},
+		Stop: func() bool { return ctx.Err() != nil },
+	}
+	cfg.Params.Replicas = *replicas
+	s, err := dhtsim.New(cfg)
+	if err != nil {
+		return err
+	}
+	rep := s.Run()
+	bar.done()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100
+	rep.PeakRSSMB = peakRSSMB()
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printDHTReport(stdout, rep)
+	return nil
+}
+
+// updateDone is update with a generic "done" bar: the fraction of the
+// ring that is consistent while converging, of requests issued otherwise.
+func (p *progress) updateDone(phase string, virt time.Duration, done float64) {
+	if time.Since(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last, p.used = time.Now(), true
+	line := fmt.Sprintf("%-10s t=%5.0fs", phase, virt.Seconds())
+	if !math.IsNaN(done) {
+		const width = 30
+		k := int(done * width)
+		line += fmt.Sprintf(" [%s%s] %5.1f%%", strings.Repeat("#", k), strings.Repeat(".", width-k), 100*done)
+	}
+	fmt.Fprintf(p.w, "\r%-72s", line)
+}
+
+func printDHTReport(w io.Writer, r dhtsim.Report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "nodes\t%d (seed %d), ring consistent after %.0f s (virtual)\n", r.Nodes, r.Seed, r.RingConvergeS)
+	fmt.Fprintf(tw, "bindings\t%d written (%d failed), value p50 %d bytes, %d copies each\n", r.PutsOK, r.PutsFailed, r.ValueBytesP50, r.Replicas)
+	fmt.Fprintf(tw, "resolvable before\t%.4f  (%d random nodes per AOR)\n", r.ResolvableBefore, r.Samples)
+	fmt.Fprintf(tw, "churn\t%d killed, %d joined\n", r.Killed, r.Joined)
+	if r.RecoveryS >= 0 {
+		fmt.Fprintf(tw, "recovery\t%.1f s (virtual, %d rounds)\n", r.RecoveryS, r.RecoveryRounds)
+	} else {
+		fmt.Fprintf(tw, "recovery\tnot within the limit (%d rounds)\n", r.RecoveryRounds)
+	}
+	fmt.Fprintf(tw, "resolvable after\t%.4f\n", r.ResolvableAfter)
+	fmt.Fprintf(tw, "lost\t%d  (every copy on a killed node: %d; under-replicated at the end: %d)\n", r.Lost, r.AllCopiesKilled, r.UnderReplicated)
+	fmt.Fprintf(tw, "records per node p95\t%.0f\n", r.RecordsP95)
+	fmt.Fprintf(tw, "lookup\thops p50 %.0f, latency p50 %.0f ms, p95 %.0f ms (%d gets, %d failed)\n", r.LookupHopsP50, r.LookupMsP50, r.LookupMsP95, r.Gets, r.GetsFailed)
+	fmt.Fprintf(tw, "hand-offs\t%d sent, %d acknowledged; %d replica pushes\n", r.HandoffsSent, r.HandoffsAcked, r.Pushed)
+	fmt.Fprintf(tw, "time\t%.0f s virtual in %.1f s wall, peak RSS %.0f MB\n", r.VirtualS, r.WallS, r.PeakRSSMB)
+	tw.Flush()
+}

@@ -1,0 +1,208 @@
+package dht_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/memnet"
+	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/ssr/dht"
+)
+
+var fastSSR = ssr.Params{
+	HelloInterval:    100 * time.Millisecond,
+	NeighbourTimeout: 350 * time.Millisecond,
+	RingInterval:     100 * time.Millisecond,
+	RingIntervalMax:  400 * time.Millisecond,
+	FingerInterval:   2 * time.Second,
+	MaxTimeout:       2 * time.Second,
+}
+
+var fastDHT = dht.Params{RingPoll: 200 * time.Millisecond, SyncInterval: time.Second, RequestTimeout: 500 * time.Millisecond}
+
+func key(seed uint64) ed25519.PrivateKey {
+	var s [ed25519.SeedSize]byte
+	binary.BigEndian.PutUint64(s[:], seed)
+	copy(s[8:], "sipmesh dht driver test")
+	return ed25519.NewKeyFromSeed(s[:])
+}
+
+// meshDHT is routers on a memnet line, each with a DHT driver.
+type meshDHT struct {
+	routers []*ssr.Router
+	drivers []*dht.Driver
+	cancel  []context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func newMeshDHT(t *testing.T, n int) *meshDHT {
+	t.Helper()
+	net := memnet.New(memnet.Config{Seed: 1})
+	m := &meshDHT{}
+	hosts := make([]*memnet.Host, n)
+	ifn := make([][]string, n)
+	for i := range hosts {
+		hosts[i] = net.AddHost(fmt.Sprintf("n%d", i))
+	}
+	for i := 0; i+1 < n; i++ {
+		a := hosts[i].AddInterface(fmt.Sprintf("m%d", i+1), 1500)
+		b := hosts[i+1].AddInterface(fmt.Sprintf("m%d", i), 1500)
+		ifn[i], ifn[i+1] = append(ifn[i], a.Name()), append(ifn[i+1], b.Name())
+		net.Connect(a, b, memnet.LinkConfig{Delay: 2 * time.Millisecond})
+	}
+	for i, h := range hosts {
+		k := key(uint64(i + 1))
+		r, err := ssr.NewRouter(ssr.RouterConfig{Network: h, Key: k, Interfaces: ifn[i], Params: fastSSR})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := dht.NewDriver(dht.DriverConfig{Router: r, Key: k, Params: fastDHT})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		m.routers, m.drivers, m.cancel = append(m.routers, r), append(m.drivers, d), append(m.cancel, cancel)
+		m.wg.Go(func() {
+			if err := r.Run(ctx); err != nil {
+				t.Errorf("router Run: %v", err)
+			}
+		})
+		m.wg.Go(func() {
+			if err := d.Run(ctx); err != nil {
+				t.Errorf("dht Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(m.stop)
+	return m
+}
+
+func (m *meshDHT) stop() {
+	for _, c := range m.cancel {
+		c()
+	}
+	m.wg.Wait()
+}
+
+// waitRing waits (virtual time) until every router's first successor is
+// the true one.
+func (m *meshDHT) waitRing(t *testing.T) {
+	t.Helper()
+	var ids []ssr.NodeID
+	for _, r := range m.routers {
+		ids = append(ids, r.ID())
+	}
+	slices.Sort(ids)
+	for range 600 {
+		ok := true
+		for _, r := range m.routers {
+			i := slices.Index(ids, r.ID())
+			st := r.Status()
+			if len(st.Successors) == 0 || st.Successors[0].ID != ids[(i+1)%len(ids)].String() {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("ring not formed")
+}
+
+func TestDriverPutGetDelete(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshDHT(t, 5)
+		m.waitRing(t)
+		time.Sleep(2 * time.Second) // the drivers read the ring
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		const k = "aor:sip:201@mesh"
+		if err := m.drivers[0].Put(ctx, k, []byte("contact at n0"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.drivers[3].Put(ctx, k, []byte("contact at n3"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		res, err := m.drivers[4].GetResult(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range res.Records {
+			got = append(got, string(r.Value))
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, []string{"contact at n0", "contact at n3"}) {
+			t.Fatalf("get = %q", got)
+		}
+		if err := m.drivers[0].Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := m.drivers[2].Get(ctx, k)
+		if err != nil || len(recs) != 1 || string(recs[0].Value) != "contact at n3" {
+			t.Fatalf("after delete: %v %v", recs, err)
+		}
+		time.Sleep(3 * time.Second) // replication
+		total := 0
+		for _, d := range m.drivers {
+			total += d.Metrics().Records
+		}
+		if total != 6 { // 2 records (one a tombstone) × 3 copies
+			t.Fatalf("%d copies held in all, want 6", total)
+		}
+		// An account signed by the administrator key, written at one node
+		// and read at another.
+		acct, err := dht.NewRecord(key(1000), "user:201", []byte("ha1"), 24*time.Hour, 1, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.drivers[2].PutRecord(ctx, acct); err != nil {
+			t.Fatal(err)
+		}
+		if recs, err := m.drivers[0].Get(ctx, "user:201"); err != nil || len(recs) != 1 || !recs[0].Writer.Equal(key(1000).Public()) {
+			t.Fatalf("account: %v %v", recs, err)
+		}
+		if err := m.drivers[1].Put(ctx, "", []byte("x"), time.Hour); !errors.Is(err, dht.ErrInvalid) {
+			t.Fatalf("empty key: %v", err)
+		}
+		// A stopped driver answers ErrClosed, promptly.
+		m.cancel[1]()
+		time.Sleep(100 * time.Millisecond)
+		if _, err := m.drivers[1].Get(ctx, k); !errors.Is(err, dht.ErrClosed) {
+			t.Fatalf("get on a stopped driver: %v", err)
+		}
+	})
+}
+
+// TestDriverCancel: a call whose context ends returns at once, and Run
+// still stops cleanly with requests in flight.
+func TestDriverCancel(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshDHT(t, 2)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		// Before the ring formed the get may take long: it must obey ctx.
+		_, err := m.drivers[0].Get(ctx, "name:nowhere")
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("get: %v", err)
+		}
+		for range 20 {
+			go func() { _, _ = m.drivers[1].Get(context.Background(), "name:x") }()
+		}
+		time.Sleep(5 * time.Millisecond)
+		m.stop()
+		synctest.Wait()
+	})
+}

@@ -1,0 +1,1005 @@
+package dht
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// Params tune a Node. Zero fields take DefaultParams.
+type Params struct {
+	Replicas       int           // copies of each record: owner + Replicas−1 predecessors
+	SyncInterval   time.Duration // maintenance round (±20 % jitter)
+	RingPoll       time.Duration // how often the ring view is read
+	RequestTimeout time.Duration // first attempt of a put/get/delete; later attempts wait longer
+	Retries        int           // further attempts after the first (negative: none)
+	ConsultTimeout time.Duration // an owner's wait for its replicas' answers
+	// HandoffWindow: for this long after its first successor or
+	// predecessor changed (it joined, or its range moved), an owner merges
+	// its replicas' records into every answer, not only when it holds
+	// nothing for the key.
+	HandoffWindow time.Duration
+	// TombstoneLifetime is a deletion's lifetime when the writer does not
+	// know the lifetime of what it deletes.
+	TombstoneLifetime time.Duration
+
+	MaxRecords   int // records held, all writers
+	MaxBytes     int // bytes held, roughly
+	MaxPerWriter int // records of one writer held
+	MaxPerKey    int // writers under one key
+	MaxPending   int // own requests in flight
+	MaxHandoffs  int // hand-offs started per round
+	MaxPush      int // records pushed in answer to one digest or want
+
+	// Validate is the policy on top of signatures (RequireWriter); nil
+	// accepts every correctly signed record.
+	Validate Validator
+}
+
+// DefaultParams suit a mesh of up to some thousand routers.
+var DefaultParams = Params{
+	Replicas:          3,
+	SyncInterval:      5 * time.Second,
+	RingPoll:          time.Second,
+	RequestTimeout:    2 * time.Second,
+	Retries:           3,
+	ConsultTimeout:    time.Second,
+	HandoffWindow:     20 * time.Second,
+	TombstoneLifetime: time.Hour,
+	MaxRecords:        65536,
+	MaxBytes:          32 << 20,
+	MaxPerWriter:      8192,
+	MaxPerKey:         32,
+	MaxPending:        8192,
+	MaxHandoffs:       256,
+	MaxPush:           128,
+}
+
+func (p Params) withDefaults() Params {
+	d := DefaultParams
+	set := func(dst *int, v int) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	setD := func(dst *time.Duration, v time.Duration) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	set(&d.Replicas, p.Replicas)
+	setD(&d.SyncInterval, p.SyncInterval)
+	setD(&d.RingPoll, p.RingPoll)
+	setD(&d.RequestTimeout, p.RequestTimeout)
+	if p.Retries != 0 {
+		d.Retries = max(p.Retries, 0)
+	}
+	setD(&d.ConsultTimeout, p.ConsultTimeout)
+	setD(&d.HandoffWindow, p.HandoffWindow)
+	setD(&d.TombstoneLifetime, p.TombstoneLifetime)
+	set(&d.MaxRecords, p.MaxRecords)
+	set(&d.MaxBytes, p.MaxBytes)
+	set(&d.MaxPerWriter, p.MaxPerWriter)
+	set(&d.MaxPerKey, p.MaxPerKey)
+	set(&d.MaxPending, p.MaxPending)
+	set(&d.MaxHandoffs, p.MaxHandoffs)
+	set(&d.MaxPush, p.MaxPush)
+	// One key's digest entries must fit one DIGEST datagram.
+	d.MaxPerKey = min(d.MaxPerKey, maxDigest)
+	d.Validate = p.Validate
+	return d
+}
+
+// Env is what a Node needs from the world. The Node calls it synchronously
+// from its methods; an implementation must not call back into the Node.
+type Env interface {
+	// Send delivers payload to target over the ring on Port: to the node
+	// target (ssr.Exact) or to the node responsible for key target
+	// (ssr.Closest). payload is only valid during the call.
+	Send(now time.Time, target ssr.NodeID, mode ssr.Mode, payload []byte)
+	// Ring returns this node's successors and predecessors, nearest first,
+	// as its routing layer sees them now (ssr.Node.Successors, Predecessors).
+	Ring() (succ, pred []ssr.NodeID)
+	// Complete reports the outcome of a Put, Get or Delete.
+	Complete(r Result)
+}
+
+// Op is an application request.
+type Op uint8
+
+// Ops.
+const (
+	OpPut Op = iota + 1
+	OpGet
+	OpDelete
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpPut:
+		return "put"
+	case OpGet:
+		return "get"
+	case OpDelete:
+		return "delete"
+	}
+	return fmt.Sprintf("op%d", uint8(o))
+}
+
+// Result is the outcome of a Put, Get or Delete.
+type Result struct {
+	ID  uint64 // as returned by the call
+	Op  Op
+	Key string
+	Err error
+	// Records are a Get's answer: the live records under Key, one per
+	// writer, signatures checked. Empty means not found.
+	Records []Record
+	// Hops is how many physical hops the request took to the node that
+	// answered it (for a Get: to the key's owner).
+	Hops     int
+	Latency  time.Duration // from the call to the answer, retries included
+	Attempts int
+}
+
+// Metrics are a node's counters and its store's size.
+type Metrics struct {
+	Records    int `json:"records"`
+	Tombstones int `json:"tombstones"`
+	Bytes      int `json:"bytes"`
+
+	PutsServed     uint64 `json:"puts_served"`     // STOREs from writers, as owner
+	GetsServed     uint64 `json:"gets_served"`     // GETs, as owner
+	ConsultsServed uint64 `json:"consults_served"` // GETs of an owner asking its replicas
+	Stored         uint64 `json:"stored"`          // new versions stored, any source
+	Refused        uint64 `json:"refused"`         // records refused, any reason
+	RefusedSig     uint64 `json:"refused_signature"`
+	RefusedStale   uint64 `json:"refused_stale"`
+	RefusedQuota   uint64 `json:"refused_quota"`
+	Expired        uint64 `json:"expired"`
+
+	HandoffsSent     uint64 `json:"handoffs_sent"`
+	HandoffsAcked    uint64 `json:"handoffs_acked"` // and dropped here
+	HandoffsReceived uint64 `json:"handoffs_received"`
+	Pushed           uint64 `json:"pushed"` // copies sent to replicas
+	SyncRounds       uint64 `json:"sync_rounds"`
+	SyncMismatches   uint64 `json:"sync_mismatches"` // summaries that differed, as replica
+	Malformed        uint64 `json:"malformed"`
+
+	Requests   uint64 `json:"requests"` // own puts, gets, deletes
+	Timeouts   uint64 `json:"timeouts"` // of those, given up
+	Retries    uint64 `json:"retries"`
+	Lookups    uint64 `json:"lookups"`     // completed gets
+	LookupHops uint64 `json:"lookup_hops"` // their hops, summed
+}
+
+// Node is one router's DHT state: a state machine without I/O. Its driver
+// feeds it datagrams (HandleDatagram), failures (HandleUnreachable), time
+// (Tick) and application requests (Put, Get, Delete); it answers through
+// Env. A Node is not safe for concurrent use.
+type Node struct {
+	self ssr.NodeID
+	priv ed25519.PrivateKey
+	pub  ed25519.PublicKey
+	wid  ssr.NodeID
+	p    Params
+	env  Env
+	rng  *rand.Rand
+	st   *store
+
+	own      map[string]ownRec // this writer's latest version per key
+	pending  map[uint64]*request
+	handoffs map[recID]uint64 // record → hand-off request in flight
+	keep     map[recID]uint64 // records the owner told us to keep, in ring epoch
+	epoch    uint64           // ring view changes seen
+	nextReq  uint64
+
+	succ, pred  []ssr.NodeID
+	nearChanged time.Time // the first successor or predecessor changed
+	started     bool
+	nextSync    time.Time
+	nextPoll    time.Time
+
+	m       Metrics
+	buf     []byte
+	scratch []recID
+}
+
+type ownRec struct {
+	seq      uint64
+	lifetime time.Duration
+}
+
+type reqKind uint8
+
+const (
+	kPut reqKind = iota + 1
+	kGet
+	kDelete
+	kHandoff
+	kConsult
+)
+
+// request is something this node waits an answer for.
+type request struct {
+	kind     reqKind
+	id       uint64
+	key      string
+	target   ssr.NodeID
+	mode     ssr.Mode
+	payload  []byte // to send again
+	attempts int
+	deadline time.Time
+	start    time.Time
+	// Get and consult answers arrive in parts.
+	parts map[byte][]Record
+	last  int
+	hops  int
+	// kHandoff
+	rid recID
+	seq uint64
+	// kConsult: the owner's pending answer this feeds
+	parent *consult
+}
+
+// consult is an owner's answer to a GET, waiting for its replicas.
+type consult struct {
+	requester ssr.NodeID
+	req       uint64
+	hops      byte
+	key       string
+	waiting   int
+}
+
+// New returns a node for the ring node self, writing with priv. Zero
+// fields of p take DefaultParams; seed makes its jitter reproducible.
+func New(self ssr.NodeID, priv ed25519.PrivateKey, p Params, env Env, seed uint64) *Node {
+	p = p.withDefaults()
+	pub := priv.Public().(ed25519.PublicKey)
+	n := &Node{
+		self:     self,
+		priv:     priv,
+		pub:      pub,
+		wid:      WriterID(pub),
+		p:        p,
+		env:      env,
+		rng:      rand.New(rand.NewPCG(seed, uint64(self))),
+		st:       newStore(p),
+		own:      make(map[string]ownRec),
+		pending:  make(map[uint64]*request),
+		handoffs: make(map[recID]uint64),
+		keep:     make(map[recID]uint64),
+	}
+	n.nextReq = n.rng.Uint64() | 1
+	return n
+}
+
+// ID returns the ring node's ID.
+func (n *Node) ID() ssr.NodeID { return n.self }
+
+// PublicKey returns the key this node signs its records with.
+func (n *Node) PublicKey() ed25519.PublicKey { return n.pub }
+
+// Metrics returns the node's counters.
+func (n *Node) Metrics() Metrics {
+	m := n.m
+	m.Records, m.Bytes, m.Tombstones = len(n.st.recs), n.st.bytes, 0
+	for _, e := range n.st.recs {
+		if e.rec.Tombstone {
+			m.Tombstones++
+		}
+	}
+	return m
+}
+
+// Local returns the live records (tombstones included) this node holds
+// under key: what a ground-truth check or a status page looks at.
+func (n *Node) Local(now time.Time, key string) []Record {
+	var out []Record
+	for _, e := range n.st.forKey(now, key) {
+		out = append(out, e.record(now))
+	}
+	return out
+}
+
+// Records returns every live record held (tombstones included).
+func (n *Node) Records(now time.Time) []Record {
+	out := make([]Record, 0, len(n.st.recs))
+	for _, id := range n.st.index() {
+		if e := n.st.get(now, id); e != nil {
+			out = append(out, e.record(now))
+		}
+	}
+	return out
+}
+
+// Len is the number of records held.
+func (n *Node) Len() int { return len(n.st.recs) }
+
+func (n *Node) jitter(d time.Duration) time.Duration {
+	return d*4/5 + time.Duration(n.rng.Int64N(int64(d)*2/5+1))
+}
+
+func (n *Node) newID() uint64 {
+	for {
+		n.nextReq++
+		if n.nextReq != 0 && n.pending[n.nextReq] == nil {
+			return n.nextReq
+		}
+	}
+}
+
+// ---- application requests ----
+
+// Put stores value under key for ttl (rounded up to whole seconds), signed
+// by this node; it replaces this writer's earlier value. The outcome
+// arrives through Env.Complete with the returned ID once the key's owner
+// stored it.
+func (n *Node) Put(now time.Time, key string, value []byte, ttl time.Duration) (uint64, error) {
+	if ttl <= 0 || ttl > MaxLifetime {
+		return 0, fmt.Errorf("%w: ttl %v (want (0, %v])", ErrInvalid, ttl, MaxLifetime)
+	}
+	ttl = (ttl + time.Second - 1).Truncate(time.Second)
+	return n.write(now, OpPut, key, value, ttl, false)
+}
+
+// Delete replaces this writer's value under key by a signed tombstone,
+// which wins over every older version wherever they meet, until the
+// deleted value would have expired.
+func (n *Node) Delete(now time.Time, key string) (uint64, error) {
+	lt := n.p.TombstoneLifetime
+	if o, ok := n.own[key]; ok && o.lifetime > 0 {
+		lt = o.lifetime
+	}
+	return n.write(now, OpDelete, key, nil, lt, true)
+}
+
+func (n *Node) write(now time.Time, op Op, key string, value []byte, ttl time.Duration, tomb bool) (uint64, error) {
+	n.start(now)
+	if len(n.pending) >= n.p.MaxPending {
+		return 0, ErrBusy
+	}
+	seq := uint64(max(now.UnixMicro(), 1))
+	if o, ok := n.own[key]; ok && o.seq >= seq {
+		seq = o.seq + 1
+	}
+	r := Record{Key: key, Writer: n.pub, Seq: seq, Lifetime: ttl, Tombstone: tomb, Value: value, Remaining: ttl}
+	r.Sig = make([]byte, ed25519.SignatureSize) // placeholder for check
+	if err := r.check(); err != nil {
+		return 0, err
+	}
+	r.Sign(n.priv)
+	if n.p.Validate != nil {
+		if err := n.p.Validate(&r); err != nil {
+			return 0, err
+		}
+	}
+	if len(n.own) >= n.p.MaxPerWriter {
+		for k := range n.own { // forget one; time-based seqs stay monotonic
+			delete(n.own, k)
+			break
+		}
+	}
+	n.own[key] = ownRec{seq: seq, lifetime: ttl}
+	id := n.newID()
+	kind := kPut
+	if op == OpDelete {
+		kind = kDelete
+	}
+	q := &request{kind: kind, id: id, key: key, target: KeyOf(key), mode: ssr.Closest, start: now,
+		payload: encodeStore(nil, id, storeAck, &r)}
+	n.m.Requests++
+	n.launch(now, q)
+	return id, nil
+}
+
+// PutRecord stores a record signed elsewhere (NewRecord), e.g. an account
+// signed by the administrator key; a tombstone deletes. The outcome arrives
+// through Env.Complete.
+func (n *Node) PutRecord(now time.Time, r Record) (uint64, error) {
+	n.start(now)
+	if len(n.pending) >= n.p.MaxPending {
+		return 0, ErrBusy
+	}
+	if r.Remaining <= 0 || r.Remaining > r.Lifetime {
+		r.Remaining = r.Lifetime
+	}
+	if err := r.Verify(); err != nil {
+		return 0, err
+	}
+	if n.p.Validate != nil {
+		if err := n.p.Validate(&r); err != nil {
+			return 0, err
+		}
+	}
+	kind := kPut
+	if r.Tombstone {
+		kind = kDelete
+	}
+	id := n.newID()
+	q := &request{kind: kind, id: id, key: r.Key, target: KeyOf(r.Key), mode: ssr.Closest, start: now,
+		payload: encodeStore(nil, id, storeAck, &r)}
+	n.m.Requests++
+	n.launch(now, q)
+	return id, nil
+}
+
+// Get asks the key's owner for every live record under key. The answer
+// arrives through Env.Complete with the returned ID.
+func (n *Node) Get(now time.Time, key string) (uint64, error) {
+	n.start(now)
+	if len(key) == 0 || len(key) > MaxKey {
+		return 0, fmt.Errorf("%w: key of %d bytes (1..%d)", ErrInvalid, len(key), MaxKey)
+	}
+	if len(n.pending) >= n.p.MaxPending {
+		return 0, ErrBusy
+	}
+	id := n.newID()
+	q := &request{kind: kGet, id: id, key: key, target: KeyOf(key), mode: ssr.Closest, start: now,
+		payload: encodeGet(nil, id, 0, key)}
+	n.m.Requests++
+	n.launch(now, q)
+	return id, nil
+}
+
+// launch sends a request's first attempt and waits for its answer.
+func (n *Node) launch(now time.Time, q *request) {
+	n.pending[q.id] = q
+	q.attempts = 1
+	q.deadline = now.Add(n.timeout(q))
+	n.env.Send(now, q.target, q.mode, q.payload)
+}
+
+func (n *Node) timeout(q *request) time.Duration {
+	switch q.kind {
+	case kConsult:
+		return n.p.ConsultTimeout
+	case kHandoff:
+		return n.p.RequestTimeout
+	}
+	return n.p.RequestTimeout * time.Duration(q.attempts)
+}
+
+func (n *Node) finish(now time.Time, q *request, err error, recs []Record) {
+	delete(n.pending, q.id)
+	r := Result{ID: q.id, Key: q.key, Err: err, Records: recs, Hops: q.hops, Latency: now.Sub(q.start), Attempts: q.attempts}
+	switch q.kind {
+	case kPut:
+		r.Op = OpPut
+	case kDelete:
+		r.Op = OpDelete
+	case kGet:
+		r.Op = OpGet
+		if err == nil {
+			n.m.Lookups++
+			n.m.LookupHops += uint64(q.hops)
+		}
+	default:
+		return
+	}
+	if err != nil {
+		r.Hops = 0
+	}
+	n.env.Complete(r)
+}
+
+// ---- time ----
+
+func (n *Node) start(now time.Time) {
+	if n.started {
+		return
+	}
+	n.started = true
+	n.nextPoll = now
+	n.nextSync = now.Add(n.jitter(n.p.SyncInterval))
+}
+
+// NextDeadline is when Tick must be called next (the zero time before the
+// node has started: call Tick now).
+func (n *Node) NextDeadline() time.Time {
+	if !n.started {
+		return time.Time{}
+	}
+	d := n.nextPoll
+	if n.nextSync.Before(d) {
+		d = n.nextSync
+	}
+	for _, q := range n.pending {
+		if q.deadline.Before(d) {
+			d = q.deadline
+		}
+	}
+	return d
+}
+
+// Tick runs what is due at now: ring polling, the maintenance round,
+// request retries and timeouts.
+func (n *Node) Tick(now time.Time) {
+	n.start(now)
+	if !now.Before(n.nextPoll) {
+		n.nextPoll = now.Add(n.p.RingPoll)
+		n.pollRing(now)
+	}
+	if !now.Before(n.nextSync) {
+		n.nextSync = now.Add(n.jitter(n.p.SyncInterval))
+		n.syncRound(now)
+	}
+	var due []*request
+	for _, q := range n.pending {
+		if !now.Before(q.deadline) {
+			due = append(due, q)
+		}
+	}
+	slices.SortFunc(due, func(a, b *request) int { return a.deadline.Compare(b.deadline) })
+	for _, q := range due {
+		n.expireRequest(now, q)
+	}
+}
+
+func (n *Node) expireRequest(now time.Time, q *request) {
+	switch q.kind {
+	case kHandoff:
+		delete(n.pending, q.id)
+		delete(n.handoffs, q.rid)
+	case kConsult:
+		delete(n.pending, q.id)
+		n.consultDone(now, q.parent)
+	default:
+		if q.attempts > n.p.Retries {
+			n.m.Timeouts++
+			n.finish(now, q, fmt.Errorf("%w: %s %q after %d attempts", ErrTimeout, kindOp(q.kind), q.key, q.attempts), nil)
+			return
+		}
+		q.attempts++
+		n.m.Retries++
+		q.parts, q.last = nil, 0
+		q.deadline = now.Add(n.timeout(q))
+		n.env.Send(now, q.target, q.mode, q.payload)
+	}
+}
+
+func kindOp(k reqKind) Op {
+	switch k {
+	case kPut:
+		return OpPut
+	case kDelete:
+		return OpDelete
+	}
+	return OpGet
+}
+
+// HandleUnreachable learns that a datagram this node sent could not be
+// delivered: requests to that target are retried at once rather than at
+// their timeout.
+func (n *Node) HandleUnreachable(now time.Time, u ssr.Unreachable) {
+	if u.DstPort != 0 && u.DstPort != Port {
+		return
+	}
+	for _, q := range n.pending {
+		if q.target == u.Target && q.mode == u.Mode && now.Before(q.deadline) {
+			q.deadline = now
+		}
+	}
+}
+
+// ---- ring view ----
+
+func (n *Node) pollRing(now time.Time) {
+	succ, pred := n.env.Ring()
+	k := n.p.Replicas + 1
+	changed := !slices.Equal(head(succ, k), head(n.succ, k)) || !slices.Equal(head(pred, k), head(n.pred, k))
+	if !slices.Equal(head(succ, 1), head(n.succ, 1)) || !slices.Equal(head(pred, 1), head(n.pred, 1)) {
+		n.nearChanged = now
+	}
+	n.succ = append(n.succ[:0], succ...)
+	n.pred = append(n.pred[:0], pred...)
+	if changed {
+		n.epoch++
+		clear(n.keep)
+		// A new neighbour: sync soon, after the ring had a moment to settle.
+		if soon := now.Add(n.jitter(time.Second)); soon.Before(n.nextSync) {
+			n.nextSync = soon
+		}
+	}
+}
+
+func head(s []ssr.NodeID, k int) []ssr.NodeID { return s[:min(k, len(s))] }
+
+// rank is this node's place among the key's holders by its view: 0 the
+// owner, i the i-th predecessor of the owner (its i-th successor is the
+// owner), −1 not among the Replicas holders. Gaps in the view count as
+// responsible: holding a copy too many is harmless, dropping the last is
+// not.
+func (n *Node) rank(k ssr.NodeID) int {
+	s := n.succ
+	if len(s) == 0 || inRange(n.self, s[0], k) {
+		return 0
+	}
+	for i := 1; i < n.p.Replicas; i++ {
+		if i >= len(s) || s[i] == n.self || slices.Contains(s[:i], s[i]) {
+			return i // the view ends, or the ring is smaller than it
+		}
+		if inRange(s[i-1], s[i], k) {
+			return i
+		}
+	}
+	return -1
+}
+
+// replicas are the nodes holding copies of what this node owns: its
+// Replicas−1 nearest predecessors.
+func (n *Node) replicas() []ssr.NodeID {
+	var out []ssr.NodeID
+	for _, p := range n.pred {
+		if len(out) >= n.p.Replicas-1 {
+			break
+		}
+		if p != n.self && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ---- maintenance ----
+
+// syncRound is the periodic maintenance (package doc): expire, hand off
+// what this node is no longer responsible for, and compare the owned range
+// with the replicas.
+func (n *Node) syncRound(now time.Time) {
+	n.m.SyncRounds++
+	n.m.Expired += uint64(n.st.expire(now))
+	if len(n.keep) > len(n.st.recs) {
+		clear(n.keep) // bounded by the store; a record dropped since is forgotten
+	}
+	started := 0
+	for _, id := range n.st.index() {
+		if started >= n.p.MaxHandoffs || len(n.pending) >= n.p.MaxPending {
+			break
+		}
+		if n.rank(id.key) >= 0 || n.handoffs[id] != 0 || n.keep[id] == n.epoch+1 {
+			continue
+		}
+		e := n.st.recs[id]
+		r := e.record(now)
+		q := &request{kind: kHandoff, id: n.newID(), key: r.Key, target: id.key, mode: ssr.Closest, start: now, rid: id, seq: r.Seq}
+		q.payload = encodeStore(n.buf[:0], q.id, storeAck|storeHandoff, &r)
+		n.handoffs[id] = q.id
+		n.m.HandoffsSent++
+		started++
+		n.launch(now, q)
+		q.payload = nil // hand-offs are not resent: the next round starts anew
+	}
+	if len(n.succ) == 0 {
+		return
+	}
+	lo, hi := n.self, n.succ[0]
+	var c uint32
+	var h uint64
+	c, h, n.scratch = n.st.summary(now, lo, hi, n.scratch)
+	for _, p := range n.replicas() {
+		n.send(now, p, encodeSummary(n.buf[:0], lo, hi, c, h))
+	}
+}
+
+func (n *Node) send(now time.Time, to ssr.NodeID, b []byte) {
+	n.buf = b[:0]
+	n.env.Send(now, to, ssr.Exact, b)
+}
+
+// ---- datagrams ----
+
+// HandleDatagram processes a DHT datagram that arrived from the ring.
+func (n *Node) HandleDatagram(now time.Time, d ssr.Datagram) {
+	n.start(now)
+	m, err := decode(d.Payload)
+	if err != nil {
+		n.m.Malformed++
+		return
+	}
+	switch m.typ {
+	case msgStore:
+		n.handleStore(now, d, &m)
+	case msgStoreAck:
+		n.handleStoreAck(now, &m)
+	case msgGet:
+		n.handleGet(now, d, &m)
+	case msgGetReply:
+		n.handleGetReply(now, d, &m)
+	case msgSummary:
+		n.handleSummary(now, d.Src, &m)
+	case msgDigest:
+		n.handleDigest(now, d.Src, &m)
+	case msgWant:
+		n.handleWant(now, d.Src, &m)
+	}
+}
+
+// accept stores r and counts the outcome.
+func (n *Node) accept(now time.Time, r *Record) (bool, error) {
+	changed, err := n.st.put(now, r, n.p.Validate)
+	switch {
+	case err == nil:
+		if changed {
+			n.m.Stored++
+		}
+	default:
+		n.m.Refused++
+		switch codeOf(err) {
+		case codeBadSig:
+			n.m.RefusedSig++
+		case codeStale:
+			n.m.RefusedStale++
+		case codeQuota:
+			n.m.RefusedQuota++
+		}
+	}
+	return changed, err
+}
+
+func (n *Node) handleStore(now time.Time, d ssr.Datagram, m *message) {
+	r := &m.recs[0]
+	switch {
+	case m.flags&storeHandoff != 0:
+		n.m.HandoffsReceived++
+	case m.flags&storeReplica == 0 && m.flags&storeAck != 0:
+		n.m.PutsServed++
+	}
+	changed, err := n.accept(now, r)
+	if changed && m.flags&storeReplica == 0 {
+		n.fanOut(now, r)
+	}
+	if m.flags&storeAck != 0 {
+		code := codeOf(err)
+		// A hand-off that routing delivered back to its sender (the views
+		// of ring and routing differ for now), or that comes from one of
+		// our replicas: the sender keeps its copy.
+		if m.flags&storeHandoff != 0 && code == codeOK && (d.Src == n.self || slices.Contains(n.replicas(), d.Src)) {
+			code = codeKeep
+		}
+		n.send(now, d.Src, encodeStoreAck(n.buf[:0], m.req, code))
+	}
+}
+
+// fanOut pushes a new version to the replicas.
+func (n *Node) fanOut(now time.Time, r *Record) {
+	for _, p := range n.replicas() {
+		n.m.Pushed++
+		n.send(now, p, encodeStore(n.buf[:0], 0, storeReplica, r))
+	}
+}
+
+func (n *Node) handleStoreAck(now time.Time, m *message) {
+	q := n.pending[m.req]
+	if q == nil {
+		return
+	}
+	switch q.kind {
+	case kPut, kDelete:
+		var err error
+		if m.code != codeOK {
+			err = fmt.Errorf("%s %q: %w", kindOp(q.kind), q.key, errOf(m.code))
+		}
+		n.finish(now, q, err, nil)
+	case kHandoff:
+		delete(n.pending, q.id)
+		delete(n.handoffs, q.rid)
+		// Stored there, or something at least as new is: drop ours if it
+		// is still the version handed off and still not ours to keep.
+		if m.code == codeKeep {
+			n.keep[q.rid] = n.epoch + 1
+		}
+		if m.code == codeOK || m.code == codeStale {
+			if e := n.st.recs[q.rid]; e != nil && e.rec.Seq <= q.seq && n.rank(q.rid.key) < 0 {
+				n.st.remove(q.rid)
+				delete(n.keep, q.rid)
+				n.m.HandoffsAcked++
+			}
+		}
+	}
+}
+
+func (n *Node) handleGet(now time.Time, d ssr.Datagram, m *message) {
+	hops := byte(min(d.Hops, 255))
+	if m.flags&getLocal != 0 {
+		n.m.ConsultsServed++
+		n.answer(now, d.Src, m.req, hops, m.key)
+		return
+	}
+	n.m.GetsServed++
+	have := len(n.st.forKey(now, m.key)) > 0
+	reps := n.replicas()
+	if (have && now.Sub(n.nearChanged) >= n.p.HandoffWindow) || len(reps) == 0 || len(n.pending) >= n.p.MaxPending {
+		n.answer(now, d.Src, m.req, hops, m.key)
+		return
+	}
+	c := &consult{requester: d.Src, req: m.req, hops: hops, key: m.key}
+	for _, p := range reps {
+		q := &request{kind: kConsult, id: n.newID(), key: m.key, target: p, mode: ssr.Exact, start: now, parent: c}
+		q.payload = encodeGet(n.buf[:0], q.id, getLocal, m.key)
+		c.waiting++
+		n.launch(now, q)
+		q.payload = nil
+	}
+}
+
+// answer sends the records held under key to the asker, in parts that
+// each fit MaxMessage.
+func (n *Node) answer(now time.Time, to ssr.NodeID, req uint64, hops byte, key string) {
+	es := n.st.forKey(now, key)
+	var parts [][]*Record
+	var cur []*Record
+	size := getReplyHdr
+	for _, e := range es {
+		r := e.record(now)
+		if sz := r.encodedLen(); size+sz > MaxMessage && len(cur) > 0 {
+			parts = append(parts, cur)
+			cur, size = nil, getReplyHdr
+		}
+		cur = append(cur, &r)
+		size += r.encodedLen()
+	}
+	parts = append(parts, cur)
+	parts = parts[:min(len(parts), 256)]
+	for i, p := range parts {
+		n.send(now, to, encodeGetReply(n.buf[:0], req, codeOK, hops, byte(i), byte(len(parts)-1), p))
+	}
+}
+
+func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
+	q := n.pending[m.req]
+	if q == nil || (q.kind != kGet && q.kind != kConsult) {
+		return
+	}
+	if q.parts == nil {
+		q.parts = make(map[byte][]Record)
+		q.last = int(m.last)
+	}
+	if int(m.last) != q.last {
+		return // a part of another attempt's answer
+	}
+	q.parts[m.part] = m.recs
+	q.hops = int(m.hops)
+	if len(q.parts) <= q.last {
+		return
+	}
+	var all []Record
+	for i := 0; i <= q.last; i++ {
+		all = append(all, q.parts[byte(i)]...)
+	}
+	if q.kind == kConsult {
+		delete(n.pending, q.id)
+		// Read repair: what a replica holds under a key this node owns is
+		// stored here (signatures checked by the store).
+		for i := range all {
+			n.accept(now, &all[i])
+		}
+		n.consultDone(now, q.parent)
+		return
+	}
+	n.finish(now, q, nil, liveRecords(q.key, all))
+}
+
+// consultDone counts one replica's answer (or its silence) and answers
+// the asker after the last.
+func (n *Node) consultDone(now time.Time, c *consult) {
+	if c.waiting--; c.waiting > 0 {
+		return
+	}
+	n.answer(now, c.requester, c.req, c.hops, c.key)
+}
+
+// liveRecords checks an answer: the newest correctly signed version per
+// writer of key, tombstones removed.
+func liveRecords(key string, all []Record) []Record {
+	best := make(map[ssr.NodeID]int)
+	var out []Record
+	for _, r := range all {
+		if r.Key != key || r.Verify() != nil {
+			continue
+		}
+		w := WriterID(r.Writer)
+		if i, ok := best[w]; ok {
+			if out[i].Seq < r.Seq {
+				out[i] = r
+			}
+			continue
+		}
+		best[w] = len(out)
+		out = append(out, r)
+	}
+	return slices.DeleteFunc(out, func(r Record) bool { return r.Tombstone })
+}
+
+// handleSummary is a replica's side of the sync: on a mismatch it sends
+// its digest of [lo, hi) to the owner, in chunks covering consecutive
+// sub-ranges so that the owner can compare each on its own.
+func (n *Node) handleSummary(now time.Time, from ssr.NodeID, m *message) {
+	c, h, ids := n.st.summary(now, m.lo, m.hi, n.scratch)
+	n.scratch = ids
+	if c == m.count && h == m.hash {
+		return
+	}
+	n.m.SyncMismatches++
+	var ds []digest
+	lo := m.lo
+	for i := 0; i < len(ids); {
+		j := i
+		for j < len(ids) && ids[j].key == ids[i].key {
+			j++
+		}
+		if len(ds)+(j-i) > maxDigest && len(ds) > 0 {
+			hi := ids[i].key
+			n.send(now, from, encodeDigest(n.buf[:0], lo, hi, ds))
+			ds, lo = ds[:0], hi
+		}
+		for ; i < j; i++ {
+			if e := n.st.get(now, ids[i]); e != nil {
+				ds = append(ds, digest{id: ids[i], seq: e.rec.Seq, tomb: e.rec.Tombstone})
+			}
+		}
+	}
+	n.send(now, from, encodeDigest(n.buf[:0], lo, m.hi, ds))
+}
+
+// handleDigest is the owner's side: push what the replica lacks, ask for
+// what it has newer.
+func (n *Node) handleDigest(now time.Time, from ssr.NodeID, m *message) {
+	theirs := make(map[recID]digest, len(m.dig))
+	for _, d := range m.dig {
+		if inRange(m.lo, m.hi, d.id.key) {
+			theirs[d.id] = d
+		}
+	}
+	pushed := 0
+	n.scratch = n.st.inRangeIDs(m.lo, m.hi, n.scratch[:0])
+	for _, id := range n.scratch {
+		e := n.st.get(now, id)
+		if e == nil {
+			continue
+		}
+		if t, ok := theirs[id]; ok && t.seq >= e.rec.Seq {
+			continue
+		}
+		if pushed >= n.p.MaxPush {
+			break
+		}
+		r := e.record(now)
+		n.m.Pushed++
+		pushed++
+		n.send(now, from, encodeStore(n.buf[:0], 0, storeReplica, &r))
+	}
+	var want []recID
+	for _, d := range m.dig {
+		if !inRange(m.lo, m.hi, d.id.key) {
+			continue
+		}
+		if e := n.st.get(now, d.id); e == nil || e.rec.Seq < d.seq {
+			want = append(want, d.id)
+		}
+	}
+	for len(want) > 0 {
+		k := min(len(want), maxWant)
+		n.send(now, from, encodeWant(n.buf[:0], want[:k]))
+		want = want[k:]
+	}
+}
+
+// handleWant sends the owner the versions it asked for, as writes it fans
+// out to its other replicas.
+func (n *Node) handleWant(now time.Time, from ssr.NodeID, m *message) {
+	for i, id := range m.want {
+		if i >= n.p.MaxPush {
+			break
+		}
+		if e := n.st.get(now, id); e != nil {
+			r := e.record(now)
+			n.m.Pushed++
+			n.send(now, from, encodeStore(n.buf[:0], 0, 0, &r))
+		}
+	}
+}
