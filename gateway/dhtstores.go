@@ -1,0 +1,420 @@
+package gateway
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/ssr/dht"
+)
+
+// DHT is what the node's stores need from the distributed hash table
+// (*dht.Driver on a real node).
+type DHT interface {
+	Put(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	PutRecord(ctx context.Context, r dht.Record) error
+	Get(ctx context.Context, key string) ([]dht.Record, error)
+	Delete(ctx context.Context, key string) error
+}
+
+// Key namespaces in the DHT. Every key is hashed (dht.KeyOf), so the
+// prefixes only keep the namespaces apart.
+const (
+	aorKeyPrefix    = "aor:"    // + AOR: one BindingList per registering node
+	userKeyPrefix   = "user:"   // + extension: the admin-signed account
+	usersKeyPrefix  = "users:"  // + shard: admin-signed list of extensions
+	nameKeyPrefix   = "name:"   // + node name: claims of the name
+	hostKeyPrefix   = "host:"   // + host.node: a DHCP client's address
+	subnetKeyPrefix = "subnet:" // + prefix: claims of a LAN subnet
+)
+
+// bindingGrace keeps a location record a little longer than its longest
+// binding, so a refresh that arrives late does not find a gap.
+const bindingGrace = time.Minute
+
+// DHTLocation is the registrar's LocationStore on the DHT: each node
+// writes, under the AOR's key, one record with the bindings it registered
+// (signed with its node key, so no node can place bindings in another's
+// name), and a lookup merges every node's record.
+type DHTLocation struct {
+	DHT DHT
+	Now func() time.Time // time.Now when nil
+}
+
+var _ LocationStore = (*DHTLocation)(nil)
+
+func (l *DHTLocation) now() time.Time {
+	if l.Now != nil {
+		return l.Now()
+	}
+	return time.Now()
+}
+
+// Bindings implements LocationStore.
+func (l *DHTLocation) Bindings(ctx context.Context, aor string) ([]Binding, error) {
+	recs, err := l.DHT.Get(ctx, aorKeyPrefix+aor)
+	if err != nil {
+		return nil, fmt.Errorf("location of %s: %w", aor, err)
+	}
+	var all []Binding
+	for _, r := range recs {
+		if r.Tombstone {
+			continue
+		}
+		var bl BindingList
+		if err := bl.UnmarshalBinary(r.Value); err != nil {
+			continue // one writer's bad record does not hide the others
+		}
+		writer := dht.WriterID(r.Writer)
+		for _, b := range bl {
+			// A node speaks only for the phones registered with it.
+			if b.Node == writer && b.AOR == aor {
+				all = append(all, b)
+			}
+		}
+	}
+	return all, nil
+}
+
+// SetBindings implements LocationStore.
+func (l *DHTLocation) SetBindings(ctx context.Context, aor string, node ssr.NodeID, bs []Binding) error {
+	if len(bs) == 0 {
+		return l.DHT.Delete(ctx, aorKeyPrefix+aor)
+	}
+	val, err := BindingList(bs).MarshalBinary()
+	if err != nil {
+		return err
+	}
+	now := l.now()
+	ttl := bindingGrace
+	for _, b := range bs {
+		ttl = max(ttl, b.Expires.Sub(now)+bindingGrace)
+	}
+	if err := l.DHT.Put(ctx, aorKeyPrefix+aor, val, ttl); err != nil {
+		return fmt.Errorf("storing %d bindings of %s: %w", len(bs), aor, err)
+	}
+	return nil
+}
+
+// accountLifetime is how long an account record lives in the DHT; nodes
+// holding the administrator key republish the accounts they list
+// (republishAccounts) long before.
+const accountLifetime = 365 * 24 * time.Hour
+
+// userShards spread the list of extensions over several records, each
+// within the DHT's value limit.
+const userShards = 16
+
+// DHTAccounts is the subscriber store on the DHT. Records are written with
+// the mesh administrator key, so a node without it can read and check
+// accounts but not change them; a record signed by anyone else is ignored.
+type DHTAccounts struct {
+	DHT   DHT
+	Admin ed25519.PublicKey
+	// Key is the administrator's private key, on the nodes accounts are
+	// managed from; nil elsewhere.
+	Key ed25519.PrivateKey
+}
+
+var _ Accounts = (*DHTAccounts)(nil)
+
+// ErrNoAdminKey reports a change attempted on a node without the mesh
+// administrator key.
+var ErrNoAdminKey = errors.New("this node has no administrator key (config admin-key)")
+
+// Account implements Accounts.
+func (s *DHTAccounts) Account(ctx context.Context, ext string) (Account, error) {
+	a, deleted, found, err := s.newest(ctx, ext)
+	switch {
+	case err != nil:
+		return Account{}, err
+	case !found || deleted:
+		return Account{}, fmt.Errorf("%w: %s", ErrNoAccount, ext)
+	}
+	return a, nil
+}
+
+// newest returns the newest version of ext's account signed by the
+// administrator.
+func (s *DHTAccounts) newest(ctx context.Context, ext string) (a Account, deleted, found bool, err error) {
+	recs, err := s.DHT.Get(ctx, userKeyPrefix+ext)
+	if err != nil {
+		return Account{}, false, false, fmt.Errorf("account %s: %w", ext, err)
+	}
+	for _, r := range recs {
+		if r.Tombstone || !r.Writer.Equal(s.Admin) {
+			continue
+		}
+		b, del, err := OpenAccount(s.Admin, r.Value)
+		if err != nil || b.Ext != ext {
+			continue
+		}
+		if !found || b.Updated.After(a.Updated) {
+			a, deleted, found = b, del, true
+		}
+	}
+	return a, deleted, found, nil
+}
+
+// PutRecord implements Accounts: it checks the record, stores it under the
+// extension and adds the extension to (or, for a tombstone, keeps it in)
+// the directory shard, which ListAccounts reads.
+func (s *DHTAccounts) PutRecord(ctx context.Context, rec []byte) error {
+	if s.Key == nil {
+		return ErrNoAdminKey
+	}
+	a, _, err := OpenAccount(s.Admin, rec)
+	if err != nil {
+		return err
+	}
+	cur, _, found, err := s.newest(ctx, a.Ext)
+	if err != nil {
+		return err
+	}
+	if found && !a.Updated.After(cur.Updated) {
+		return fmt.Errorf("%w: %s", ErrStaleRecord, a.Ext)
+	}
+	r, err := dht.NewRecord(s.Key, userKeyPrefix+a.Ext, rec, accountLifetime, uint64(a.Updated.UnixMicro()), false)
+	if err != nil {
+		return err
+	}
+	if err := s.DHT.PutRecord(ctx, r); err != nil {
+		return fmt.Errorf("storing account %s: %w", a.Ext, err)
+	}
+	return s.listExt(ctx, a.Ext)
+}
+
+func userShard(ext string) string {
+	return usersKeyPrefix + strconv.Itoa(int(uint64(dht.KeyOf(ext))%userShards))
+}
+
+// listExt adds ext to its directory shard. Deleted accounts stay listed
+// (as tombstones they answer "no account"), so the shard only grows with
+// the number of extensions ever created.
+func (s *DHTAccounts) listExt(ctx context.Context, ext string) error {
+	key := userShard(ext)
+	exts, seq, err := s.shard(ctx, key)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(exts, ext) {
+		return nil
+	}
+	exts = append(exts, ext)
+	slices.Sort(exts)
+	val := []byte(strings.Join(exts, ","))
+	// A time-based version orders writes from several machines; +1 keeps
+	// it above the stored one if this machine's clock is behind.
+	r, err := dht.NewRecord(s.Key, key, val, accountLifetime, max(uint64(time.Now().UnixMicro()), seq+1), false)
+	if err != nil {
+		return fmt.Errorf("directory shard %s: %w", key, err)
+	}
+	return s.DHT.PutRecord(ctx, r)
+}
+
+// shard reads one directory shard: the extensions and the record's version.
+func (s *DHTAccounts) shard(ctx context.Context, key string) ([]string, uint64, error) {
+	recs, err := s.DHT.Get(ctx, key)
+	if err != nil {
+		return nil, 0, fmt.Errorf("directory %s: %w", key, err)
+	}
+	var best *dht.Record
+	for i := range recs {
+		r := &recs[i]
+		if r.Tombstone || !r.Writer.Equal(s.Admin) {
+			continue
+		}
+		if best == nil || r.Seq > best.Seq {
+			best = r
+		}
+	}
+	if best == nil || len(best.Value) == 0 {
+		return nil, 0, nil
+	}
+	return strings.Split(string(best.Value), ","), best.Seq, nil
+}
+
+// ListAccounts implements Accounts.
+func (s *DHTAccounts) ListAccounts(ctx context.Context) ([]Account, error) {
+	var out []Account
+	for i := range userShards {
+		exts, _, err := s.shard(ctx, usersKeyPrefix+strconv.Itoa(i))
+		if err != nil {
+			return nil, err
+		}
+		for _, ext := range exts {
+			a, err := s.Account(ctx, ext)
+			if errors.Is(err, ErrNoAccount) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, func(a, b Account) int { return strings.Compare(a.Ext, b.Ext) })
+	return out, nil
+}
+
+// claimLifetime is how long a name or subnet claim lives unless renewed;
+// the node renews its claims while it runs.
+const claimLifetime = time.Hour
+
+// A claim is a name or subnet a node holds: the first claimant (earliest
+// signed claim time, then lowest node ID) keeps it while it renews it.
+type claim struct {
+	since  time.Time
+	addr   netip.Addr // the claimed name's address (names only)
+	writer ssr.NodeID
+}
+
+func encodeClaim(since time.Time, addr netip.Addr) []byte {
+	b := binary.BigEndian.AppendUint64(nil, uint64(since.UnixMicro()))
+	if addr.IsValid() {
+		b = append(b, addr.AsSlice()...)
+	}
+	return b
+}
+
+func decodeClaim(v []byte) (claim, bool) {
+	if len(v) < 8 {
+		return claim{}, false
+	}
+	c := claim{since: time.UnixMicro(int64(binary.BigEndian.Uint64(v)))}
+	if a, ok := netip.AddrFromSlice(v[8:]); ok {
+		c.addr = a.Unmap()
+	} else if len(v) != 8 {
+		return claim{}, false
+	}
+	return c, true
+}
+
+// firstClaim returns the winning claim among recs.
+func firstClaim(recs []dht.Record) (claim, bool) {
+	var best claim
+	found := false
+	for _, r := range recs {
+		if r.Tombstone {
+			continue
+		}
+		c, ok := decodeClaim(r.Value)
+		if !ok {
+			continue
+		}
+		c.writer = dht.WriterID(r.Writer)
+		if !found || c.since.Before(best.since) || c.since.Equal(best.since) && c.writer < best.writer {
+			best, found = c, true
+		}
+	}
+	return best, found
+}
+
+// Claims publishes and resolves first-come names and subnets on the DHT:
+// node names (`<name>.mesh`), DHCP host names (`<host>.<node>.mesh`) and
+// LAN subnets. It is the dns64.Zone and the provisioning.SubnetRegistry of
+// a node.
+type Claims struct {
+	DHT  DHT
+	Self ssr.NodeID
+	// Since is when this node first claimed what it holds; a restart keeps
+	// it (the node's state directory), so the node keeps its claims.
+	Since time.Time
+}
+
+// ErrNameTaken reports a name or subnet another node claimed first.
+var ErrNameTaken = errors.New("claimed by another node")
+
+// ClaimName publishes name → addr for this node and reports the node that
+// holds the name (this one unless another claimed it first).
+func (c *Claims) ClaimName(ctx context.Context, name string, addr netip.Addr) (ssr.NodeID, error) {
+	key := nameKeyPrefix + strings.ToLower(name)
+	if err := c.DHT.Put(ctx, key, encodeClaim(c.Since, addr), claimLifetime); err != nil {
+		return 0, fmt.Errorf("claiming name %s: %w", name, err)
+	}
+	recs, err := c.DHT.Get(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("claiming name %s: %w", name, err)
+	}
+	if w, ok := firstClaim(recs); ok && w.writer != c.Self {
+		return w.writer, fmt.Errorf("name %s: %w %v", name, ErrNameTaken, w.writer)
+	}
+	return c.Self, nil
+}
+
+// PublishHost publishes host.node → addr (a DHCP client that sent its
+// host name); only the node holding the node name is believed.
+func (c *Claims) PublishHost(ctx context.Context, host, node string, addr netip.Addr) error {
+	key := hostKeyPrefix + strings.ToLower(host+"."+node)
+	return c.DHT.Put(ctx, key, encodeClaim(c.Since, addr), claimLifetime)
+}
+
+// LookupName answers the .mesh zone from the DHT: "node.mesh" and
+// "host.node.mesh" (dns64.Zone); a name nobody claimed is
+// dns64.ErrNoSuchName (NXDOMAIN).
+func (c *Claims) LookupName(ctx context.Context, name string) ([]netip.Addr, error) {
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	rest, ok := strings.CutSuffix(name, ".mesh")
+	if !ok || rest == "" {
+		return nil, dns64.ErrNoSuchName
+	}
+	labels := strings.Split(rest, ".")
+	switch len(labels) {
+	case 1:
+		recs, err := c.DHT.Get(ctx, nameKeyPrefix+labels[0])
+		if err != nil {
+			return nil, err
+		}
+		if w, ok := firstClaim(recs); ok && w.addr.IsValid() {
+			return []netip.Addr{w.addr}, nil
+		}
+	case 2:
+		owner, err := c.DHT.Get(ctx, nameKeyPrefix+labels[1])
+		if err != nil {
+			return nil, err
+		}
+		o, ok := firstClaim(owner)
+		if !ok {
+			break
+		}
+		recs, err := c.DHT.Get(ctx, hostKeyPrefix+rest)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			if dht.WriterID(r.Writer) != o.writer || r.Tombstone {
+				continue
+			}
+			if h, ok := decodeClaim(r.Value); ok && h.addr.IsValid() {
+				return []netip.Addr{h.addr}, nil
+			}
+		}
+	}
+	return nil, dns64.ErrNoSuchName
+}
+
+// Claim claims a LAN subnet for node (provisioning.SubnetRegistry): it
+// returns the node holding the subnet after the claim.
+func (c *Claims) Claim(ctx context.Context, subnet netip.Prefix, node uint64) (uint64, error) {
+	key := subnetKeyPrefix + subnet.String()
+	if err := c.DHT.Put(ctx, key, encodeClaim(c.Since, netip.Addr{}), claimLifetime); err != nil {
+		return 0, fmt.Errorf("claiming subnet %s: %w", subnet, err)
+	}
+	recs, err := c.DHT.Get(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("claiming subnet %s: %w", subnet, err)
+	}
+	if w, ok := firstClaim(recs); ok {
+		return uint64(w.writer), nil
+	}
+	return node, nil
+}
