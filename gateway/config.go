@@ -2,15 +2,20 @@ package gateway
 
 import (
 	"bufio"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/sipmesh/sipmesh/dns64"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -49,6 +54,33 @@ type Options struct {
 	// no file exists; copy that one file to every node from which
 	// subscribers are managed.
 	AdminKey string
+	// AdminPublicKey is the mesh administrator's public key (hex), which
+	// every node needs to check subscriber records; taken from AdminKey
+	// when that is set.
+	AdminPublicKey []byte
+
+	// LANInterface is the interface phones plug into (empty: a relay-only
+	// mesh node without phones).
+	LANInterface string
+	// LANAddress is the node's IPv4 address and subnet on it. Zero: derived
+	// from the node ID inside LANSupernet and claimed in the DHT, so that
+	// no two nodes hand out the same addresses.
+	LANAddress netip.Prefix
+	// LANSupernet is where derived LAN subnets come from.
+	LANSupernet netip.Prefix
+	// DHCP serves addresses and option 120 on the LAN (default on).
+	DHCP bool
+	// SIPPort is the SIP port on the LAN and mesh addresses.
+	SIPPort uint16
+	// DigestAlgorithms are offered in challenges, in order (RFC 8760);
+	// older phones need MD5 alone.
+	DigestAlgorithms []string
+	// DNSUpstreams are the resolvers names outside .mesh go to (DNS64).
+	DNSUpstreams []netip.AddrPort
+	// NAT64Prefix synthesises AAAA records (RFC 6052/6147).
+	NAT64Prefix netip.Prefix
+	// RelayPorts bound the RTP relay's ports on each side.
+	RelayPortMin, RelayPortMax uint16
 
 	// routerParams tune the SSR timers; tests make them fast. The config
 	// file does not expose them: the defaults suit real meshes.
@@ -64,6 +96,14 @@ func DefaultOptions() Options {
 		MeshPort: ssr.DefaultPort,
 		Control:  DefaultControl,
 		LogLevel: slog.LevelInfo,
+
+		LANSupernet:      netip.MustParsePrefix("10.64.0.0/10"),
+		DHCP:             true,
+		SIPPort:          5060,
+		DigestAlgorithms: []string{"SHA-256", "MD5"},
+		NAT64Prefix:      netip.MustParsePrefix("64:ff9b::/96"),
+		RelayPortMin:     20000,
+		RelayPortMax:     29999,
 	}
 }
 
@@ -241,6 +281,102 @@ var setters = map[string]setter{
 		o.AdminKey = filepath.Clean(v)
 		return nil
 	}},
+	"admin-public-key": {fn: func(o *Options, v string) error {
+		b, err := hex.DecodeString(v)
+		if err != nil || len(b) != ed25519.PublicKeySize {
+			return fmt.Errorf("%q is not an ed25519 public key in hex (%d bytes)", v, ed25519.PublicKeySize)
+		}
+		o.AdminPublicKey = b
+		return nil
+	}},
+	"lan-interface": {fn: func(o *Options, v string) error {
+		if len(v) > 15 || strings.ContainsAny(v, "/:") {
+			return fmt.Errorf("%q is not an interface name", v)
+		}
+		o.LANInterface = v
+		return nil
+	}},
+	"lan-address": {fn: func(o *Options, v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() || p.Bits() > 30 || p.Addr() == p.Masked().Addr() {
+			return fmt.Errorf("%q is not an IPv4 host address with its subnet, like 10.64.7.1/24", v)
+		}
+		o.LANAddress = p
+		return nil
+	}},
+	"lan-supernet": {fn: func(o *Options, v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() || p.Bits() > 24 || p != p.Masked() {
+			return fmt.Errorf("%q is not an IPv4 network of /24 or larger, like 10.64.0.0/10", v)
+		}
+		o.LANSupernet = p
+		return nil
+	}},
+	"dhcp": {fn: func(o *Options, v string) error {
+		switch v {
+		case "on":
+			o.DHCP = true
+		case "off":
+			o.DHCP = false
+		default:
+			return fmt.Errorf("%q: want on or off", v)
+		}
+		return nil
+	}},
+	"sip-port": {fn: func(o *Options, v string) error {
+		p, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || p == 0 {
+			return fmt.Errorf("%q is not a port", v)
+		}
+		o.SIPPort = uint16(p)
+		return nil
+	}},
+	"digest-algorithms": {fn: func(o *Options, v string) error {
+		var algs []string
+		for _, a := range strings.Split(v, ",") {
+			switch strings.ToUpper(a) {
+			case "MD5", "SHA-256":
+				algs = append(algs, strings.ToUpper(a))
+			default:
+				return fmt.Errorf("%q: want SHA-256, MD5 or both, comma-separated", a)
+			}
+		}
+		o.DigestAlgorithms = algs
+		return nil
+	}},
+	"dns-upstream": {repeat: true, fn: func(o *Options, v string) error {
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			a, err2 := netip.ParseAddr(v)
+			if err2 != nil {
+				return fmt.Errorf("%q is not an address or address:port", v)
+			}
+			ap = netip.AddrPortFrom(a, 53)
+		}
+		o.DNSUpstreams = append(o.DNSUpstreams, ap)
+		return nil
+	}},
+	"nat64-prefix": {fn: func(o *Options, v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is6() {
+			return fmt.Errorf("%q is not an IPv6 prefix", v)
+		}
+		if err := dns64.ValidatePrefix(p); err != nil {
+			return err
+		}
+		o.NAT64Prefix = p
+		return nil
+	}},
+	"relay-ports": {fn: func(o *Options, v string) error {
+		lo, hi, ok := strings.Cut(v, "-")
+		a, err1 := strconv.ParseUint(lo, 10, 16)
+		b, err2 := strconv.ParseUint(hi, 10, 16)
+		if !ok || err1 != nil || err2 != nil || a < 1024 || b < a+3 {
+			return fmt.Errorf("%q is not a port range like 20000-29999 (above 1023, at least 4 ports)", v)
+		}
+		o.RelayPortMin, o.RelayPortMax = uint16(a), uint16(b)
+		return nil
+	}},
 	"log-level": {fn: func(o *Options, v string) error {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(v)); err != nil {
@@ -252,5 +388,10 @@ var setters = map[string]setter{
 }
 
 func knownKeys() string {
-	return "name, state-dir, mesh-interface, mesh-port, control, log-level, admin-key"
+	keys := make([]string, 0, len(setters))
+	for k := range setters {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return strings.Join(keys, ", ")
 }

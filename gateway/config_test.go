@@ -21,12 +21,11 @@ control /run/sipmesh/node1.sock
 log-level debug
 admin-key /etc/sipmesh/admin.key
 `
-	want := Options{
-		Name: "node1", StateDir: "/var/lib/sipmesh",
-		MeshInterfaces: []string{"veth0", "wlan0", "wlan1"},
-		MeshPort:       7448, Control: "/run/sipmesh/node1.sock", LogLevel: slog.LevelDebug,
-		AdminKey: "/etc/sipmesh/admin.key",
-	}
+	want := DefaultOptions()
+	want.Name, want.StateDir = "node1", "/var/lib/sipmesh"
+	want.MeshInterfaces = []string{"veth0", "wlan0", "wlan1"}
+	want.MeshPort, want.Control, want.LogLevel = 7448, "/run/sipmesh/node1.sock", slog.LevelDebug
+	want.AdminKey = "/etc/sipmesh/admin.key"
 	got, err := ParseConfig(strings.NewReader(full))
 	if err != nil {
 		t.Fatal(err)

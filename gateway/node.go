@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -32,6 +33,14 @@ type Node struct {
 	// the subscriber store behind the control socket's /users.
 	admin    ed25519.PrivateKey
 	accounts Accounts
+
+	network netx.Network
+	svc     *services
+	cancel  context.CancelFunc // stops Run
+	// dnsPort is the DNS server's port (0: 53); addLANAddress puts a
+	// derived LAN address on the interface (nil: the caller does).
+	dnsPort       int
+	addLANAddress func(ifname string, addr netip.Prefix) error
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -46,7 +55,10 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 		log = slog.New(slog.DiscardHandler)
 	}
 	base := log.With("name", opts.Name)
-	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node")}
+	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network}
+	if _, kernel := network.(netx.Kernel); kernel {
+		n.addLANAddress = addAddressIP
+	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {
 		return nil, err
@@ -65,20 +77,26 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	if created {
 		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
 	}
-	var adminPub ed25519.PublicKey
+	adminPub := ed25519.PublicKey(opts.AdminPublicKey)
 	if opts.AdminKey != "" {
 		var created bool
 		n.admin, created, err = LoadOrCreateAdminKey(opts.AdminKey)
 		if err != nil {
 			return nil, err
 		}
-		adminPub = n.admin.Public().(ed25519.PublicKey)
+		if pub := n.admin.Public().(ed25519.PublicKey); adminPub != nil && !pub.Equal(adminPub) {
+			return nil, &ConfigError{Field: "admin-public-key", Err: fmt.Errorf("does not match the key in %s", opts.AdminKey)}
+		} else {
+			adminPub = pub
+		}
 		if created {
 			n.log.Info("created mesh administrator key", "file", opts.AdminKey)
 		}
 	}
-	// Until the DHT backs it, subscribers live in memory on this node.
-	n.accounts = NewMemAccounts(adminPub)
+	if err := n.newServices(key, adminPub); err != nil {
+		return nil, err
+	}
+	n.accounts = n.svc.accounts
 	return n, nil
 }
 
@@ -95,6 +113,7 @@ func (n *Node) Router() *ssr.Router { return n.router }
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	n.cancel = cancel
 
 	var ctl *controlServer
 	if n.opts.Control != "" {
@@ -110,11 +129,15 @@ func (n *Node) Run(ctx context.Context) error {
 		"mesh_interfaces", n.opts.MeshInterfaces, "control", n.opts.Control)
 
 	var (
-		wg                sync.WaitGroup
-		routerErr, ctlErr error
+		wg                        sync.WaitGroup
+		routerErr, ctlErr, svcErr error
 	)
 	wg.Go(func() {
 		routerErr = n.router.Run(ctx)
+		cancel()
+	})
+	wg.Go(func() {
+		svcErr = n.runServices(ctx)
 		cancel()
 	})
 	if ctl != nil {
@@ -126,7 +149,7 @@ func (n *Node) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 	n.log.Info("node stopped")
-	if err := errors.Join(routerErr, ctlErr); err != nil {
+	if err := errors.Join(routerErr, ctlErr, svcErr); err != nil {
 		return fmt.Errorf("node %s: %w", n.opts.Name, err)
 	}
 	return nil
