@@ -110,6 +110,7 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux.HandleFunc("GET /users", s.handleUsers)
 	mux.HandleFunc("POST /users", s.handleAddUser)
 	mux.HandleFunc("DELETE /users/{ext}", s.handleDeleteUser)
+	mux.HandleFunc("GET /bindings/{ext}", s.handleBindings)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -183,6 +183,8 @@ type nsNode struct {
 	id   ssr.NodeID
 	log  string
 	cmd  *exec.Cmd
+	// extra config lines
+	extra string
 }
 
 func (nd *nsNode) start(t *testing.T, bin, tmp string, ifaces []string) {
@@ -193,6 +195,7 @@ func (nd *nsNode) start(t *testing.T, bin, tmp string, ifaces []string) {
 	for _, ifn := range ifaces {
 		fmt.Fprintf(&cfg, "mesh-interface %s\n", ifn)
 	}
+	cfg.WriteString(nd.extra)
 	cfgPath := filepath.Join(dir, "node.conf")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
 		t.Fatal(err)
