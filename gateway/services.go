@@ -55,7 +55,13 @@ type services struct {
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
 func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) error {
-	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Logger: n.base})
+	var p dht.Params
+	if adminPub != nil {
+		// Every holder refuses subscriber records not written by the
+		// administrator, so a node cannot plant accounts.
+		p.Validate = dht.Validators(dht.RequireWriter(userKeyPrefix, adminPub), dht.RequireWriter(usersKeyPrefix, adminPub))
+	}
+	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Params: p, Logger: n.base})
 	if err != nil {
 		return err
 	}

@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht/dhtsim"
 )
 
@@ -67,6 +71,7 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 		Stop: func() bool { return ctx.Err() != nil },
 	}
 	cfg.Params.Replicas = *replicas
+	cfg.Value = registrarBinding
 	s, err := dhtsim.New(cfg)
 	if err != nil {
 		return err
@@ -121,4 +126,35 @@ func printDHTReport(w io.Writer, r dhtsim.Report) {
 	fmt.Fprintf(tw, "hand-offs\t%d sent, %d acknowledged; %d replica pushes\n", r.HandoffsSent, r.HandoffsAcked, r.Pushed)
 	fmt.Fprintf(tw, "time\t%.0f s virtual in %.1f s wall, peak RSS %.0f MB\n", r.VirtualS, r.WallS, r.PeakRSSMB)
 	tw.Flush()
+}
+
+// simEpoch is the virtual clock's start in dhtsim (bindings expire an
+// hour after it).
+var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// registrarBinding is the value the registrar stores for a phone that
+// registered through node (gateway.DHTLocation): the node's BindingList
+// for the AOR, here with the one binding a desk phone's REGISTER creates
+// (RFC 5626 instance, a LAN contact, the NAT source).
+func registrarBinding(i int, aor string, node ssr.NodeID, rng *rand.Rand) []byte {
+	user := strings.TrimSuffix(strings.TrimPrefix(aor, "sip:"), "@mesh")
+	ip := netip.AddrFrom4([4]byte{10, byte(64 + rng.IntN(64)), byte(rng.IntN(256)), byte(2 + rng.IntN(250))})
+	b := gateway.Binding{
+		AOR: aor, Node: node, Q: -1,
+		Contact:   fmt.Sprintf("sip:%s@%s:5060;transport=udp", user, ip),
+		Expires:   simEpoch.Add(time.Hour),
+		Updated:   simEpoch,
+		Instance:  fmt.Sprintf("<urn:uuid:%08x-%04x-%04x-%04x-%012x>", rng.Uint32(), rng.IntN(1<<16), rng.IntN(1<<16), rng.IntN(1<<16), rng.Uint64()&(1<<48-1)),
+		RegID:     1,
+		CallID:    fmt.Sprintf("%016x@%s", rng.Uint64(), ip),
+		CSeq:      uint32(1 + i%100),
+		Source:    netip.AddrPortFrom(ip, 5060),
+		Transport: "udp",
+		UserAgent: "Yealink SIP-T46U 108.86.0.45",
+	}
+	v, err := gateway.BindingList{b}.MarshalBinary()
+	if err != nil {
+		panic(fmt.Sprintf("encoding a simulated binding: %v", err)) // a bug in this function
+	}
+	return v
 }
