@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/ssr/dht"
 )
 
 // The control socket is the node's local admin interface: HTTP with JSON
@@ -41,6 +42,12 @@ const (
 type NodeStatus struct {
 	Name string `json:"name"`
 	ssr.RouterStatus
+	// DHT: records held, hand-offs, lookups and their hops.
+	DHT *dht.Metrics `json:"dht,omitempty"`
+	// LAN is the phone LAN address, when the node has one and it is up.
+	LAN string `json:"lan,omitempty"`
+	// SIP: registrar, proxy and relay counters.
+	SIP *SIPStats `json:"sip,omitempty"`
 }
 
 // PingResult is the answer of GET /ping.
@@ -145,7 +152,7 @@ func (s *controlServer) serve(ctx context.Context) error {
 }
 
 func (s *controlServer) handleStatus(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, NodeStatus{Name: s.node.opts.Name, RouterStatus: s.node.router.Status()})
+	writeJSON(w, http.StatusOK, s.node.Status())
 }
 
 func (s *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {

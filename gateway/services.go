@@ -43,14 +43,16 @@ type services struct {
 	locs     *DHTLocation
 	accounts *DHTAccounts
 
-	// Set up by start on a node with a phone LAN.
+	// Set by startLAN once the phone LAN is up; read by status.
+	mu      sync.Mutex
 	lanAddr netip.Prefix
 	sip     *SIPService
-	reg     *Registrar
-	relay   *sipalg.Relay
-	dns     *dns64.Server
-	dhcp    *provisioning.DHCPServer
-	hosts   chan provisioning.Lease
+
+	reg   *Registrar
+	relay *sipalg.Relay
+	dns   *dns64.Server
+	dhcp  *provisioning.DHCPServer
+	hosts chan provisioning.Lease
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
@@ -143,7 +145,6 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 			return err
 		}
 	}
-	s.lanAddr = lan
 	nw := n.network
 	meshAddr := n.router.Addr()
 	sipLAN := netip.AddrPortFrom(lan.Addr(), n.opts.SIPPort)
@@ -187,7 +188,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		lanTCP.Close()
 		return fmt.Errorf("SIP on the mesh: %w", err)
 	}
-	s.sip, err = NewSIPService(SIPServiceConfig{
+	sip, err := NewSIPService(SIPServiceConfig{
 		Node: n.router.ID(), LANAddr: sipLAN, MeshAddr: sipMesh,
 		LANUDP: lanUDP, MeshUDP: meshUDP, LANTCP: lanTCP,
 		Registrar: s.reg, Locations: s.locs, Accounts: s.accounts, Relay: s.relay,
@@ -203,7 +204,10 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		return err
 	}
 	run("relay", s.relay.Run)
-	run("sip", s.sip.Run)
+	run("sip", sip.Run)
+	s.mu.Lock()
+	s.lanAddr, s.sip = lan, sip
+	s.mu.Unlock()
 
 	s.dns, err = dns64.New(dns64.Config{
 		Network:   nw,
@@ -352,13 +356,34 @@ func (n *Node) publishHosts(ctx context.Context) error {
 
 // LANAddress is the node's address on its phone LAN (zero before it is up
 // or without one).
-func (n *Node) LANAddress() netip.Prefix { return n.svc.lanAddr }
+func (n *Node) LANAddress() netip.Prefix {
+	n.svc.mu.Lock()
+	defer n.svc.mu.Unlock()
+	return n.svc.lanAddr
+}
 
 // SIP returns the node's SIP service (nil before the LAN is up).
-func (n *Node) SIP() *SIPService { return n.svc.sip }
+func (n *Node) SIP() *SIPService {
+	n.svc.mu.Lock()
+	defer n.svc.mu.Unlock()
+	return n.svc.sip
+}
 
 // DHT returns the node's DHT driver.
 func (n *Node) DHT() *dht.Driver { return n.svc.dht }
 
 // Locations returns the node's view of the location service.
 func (n *Node) Locations() LocationStore { return n.svc.locs }
+
+// Status is the node's state for the control socket.
+func (n *Node) Status() NodeStatus {
+	st := NodeStatus{Name: n.opts.Name, RouterStatus: n.router.Status()}
+	m := n.svc.dht.Metrics()
+	st.DHT = &m
+	if sip := n.SIP(); sip != nil {
+		ss := sip.Stats()
+		st.SIP = &ss
+		st.LAN = n.LANAddress().String()
+	}
+	return st
+}
