@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/internal/netns"
+	"github.com/sipmesh/sipmesh/ssr"
 )
 
 // TestPlugInDHCPAndDNS (issue 5): phones on the LANs of real `sipmesh
@@ -236,17 +238,25 @@ func (m *lineMesh) startAll() {
 	}
 }
 
-// waitRing waits until every node has a ring successor.
+// waitRing waits until the ring is right: every node's first successor
+// is the next ID clockwise. Before that, nodes may disagree on which node
+// holds a DHT key, and a record just stored may not be found yet.
 func (m *lineMesh) waitRing() {
 	m.t.Helper()
+	ids := make([]ssr.NodeID, 0, len(m.nodes))
+	for _, nd := range m.nodes {
+		ids = append(ids, nd.id)
+	}
+	slices.Sort(ids)
 	waitFor(m.t, 30*time.Second, "the ring", func() (bool, string) {
 		for _, nd := range m.nodes {
 			st, err := nd.status(m.bin)
 			if err != nil {
 				return false, err.Error()
 			}
-			if len(st.Successors) == 0 {
-				return false, nd.name + " has no successor"
+			want := ids[(slices.Index(ids, nd.id)+1)%len(ids)].String()
+			if len(st.Successors) == 0 || st.Successors[0].ID != want {
+				return false, fmt.Sprintf("%s: successors %+v, want %s first", nd.name, st.Successors, want)
 			}
 		}
 		return true, ""
