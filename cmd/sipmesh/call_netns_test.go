@@ -94,7 +94,7 @@ func TestBaresipProvisionedByDHCP(t *testing.T) {
 	// The phone on n3 dials the bare extension: baresip completes it with
 	// its domain, sip:201@sipserver.mesh.
 	res := runCall(t, ph[1].ua, ph[0].ua, "201")
-	t.Logf("call 202 (n3) → 201 (n1): ringing after %v, answered after %v", res.ringing, res.established)
+	t.Logf("call 202 (n3) → 201 (n1): %v", res)
 	checkTones(t, "201 on n1 (called)", ph[0].dir, ph[1].tone, ph[0].tone)
 	checkTones(t, "202 on n3 (caller)", ph[1].dir, ph[0].tone, ph[1].tone)
 }
@@ -169,7 +169,7 @@ func TestBaresipCallAcrossMesh(t *testing.T) {
 	t.Logf("sipmesh ping n1→n4:\n%s", out)
 
 	res := runCall(t, ph[0].ua, ph[1].ua, "202")
-	t.Logf("call 201 (n1) → 202 (n4), 3 mesh hops: ringing after %v, answered (call set up) after %v", res.ringing, res.established)
+	t.Logf("call 201 (n1) → 202 (n4), 3 mesh hops: %v", res)
 	checkTones(t, "202 on n4 (called)", ph[1].dir, ph[0].tone, ph[1].tone)
 	checkTones(t, "201 on n1 (caller)", ph[0].dir, ph[1].tone, ph[0].tone)
 }
@@ -319,44 +319,62 @@ func (ua *baresipUA) command(t *testing.T, cmd, params string) string {
 	return ""
 }
 
-// waitEvent returns the time of the next event of type typ, failing t
-// after limit.
-func (ua *baresipUA) waitEvent(t *testing.T, limit time.Duration, typ string) time.Time {
+// waitEvent returns the time of the next event of type typ, and the
+// events before it, failing t after limit.
+func (ua *baresipUA) waitEvent(t *testing.T, limit time.Duration, typ string) (time.Time, []baresipEvent) {
 	t.Helper()
 	timer := time.NewTimer(limit)
 	defer timer.Stop()
+	var before []baresipEvent
 	for {
 		select {
 		case ev := <-ua.events:
 			if ev.Type == typ {
-				return ev.at
+				return ev.at, before
 			}
 			if ev.Type == "CALL_CLOSED" {
 				t.Fatalf("baresip %s: call closed (%s) while waiting for %s", ua.name, ev.Param, typ)
 			}
+			before = append(before, ev)
 		case <-timer.C:
 			t.Fatalf("baresip %s: no %s within %v", ua.name, typ, limit)
 		}
 	}
 }
 
+// callResult is what the caller saw: ringing (180; zero if the callee
+// answered at once, as an auto-answering baresip may without ringing)
+// and the answer.
 type callResult struct{ ringing, established time.Duration }
 
+func (r callResult) String() string {
+	ring := "no 180"
+	if r.ringing > 0 {
+		ring = "ringing after " + r.ringing.String()
+	}
+	return fmt.Sprintf("%s, answered (call set up) %v after the dial", ring, r.established)
+}
+
 // runCall makes caller dial target, waits for the callee to answer (auto)
-// and for both to see the call end when the caller's 5 s WAV runs out
-// (baresip's menu hangs up then), so the recordings are complete.
+// and for both to see the call end when the 5 s WAVs run out (baresip's
+// menu hangs up then), so the recordings are complete.
 func runCall(t *testing.T, caller, callee *baresipUA, target string) callResult {
 	t.Helper()
 	start := time.Now()
 	caller.command(t, "dial", target)
-	ring := caller.waitEvent(t, 10*time.Second, "CALL_RINGING")
-	est := caller.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
+	est, before := caller.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
+	res := callResult{established: est.Sub(start).Round(100 * time.Microsecond)}
+	for _, ev := range before {
+		if ev.Type == "CALL_RINGING" {
+			res.ringing = ev.at.Sub(start).Round(100 * time.Microsecond)
+		}
+	}
 	callee.waitEvent(t, 5*time.Second, "CALL_ESTABLISHED")
 	// The BYE of whichever side's WAV ends first crosses the mesh along
 	// the route set; both must see the call close.
 	caller.waitEvent(t, 15*time.Second, "CALL_CLOSED")
 	callee.waitEvent(t, 10*time.Second, "CALL_CLOSED")
-	return callResult{ringing: ring.Sub(start).Round(time.Millisecond), established: est.Sub(start).Round(time.Millisecond)}
+	return res
 }
 
 func readNetstring(r *bufio.Reader) ([]byte, error) {
