@@ -201,36 +201,23 @@ func (nd *nsNode) start(t *testing.T, bin, tmp string, ifaces []string) {
 		t.Fatal(err)
 	}
 	nd.log = filepath.Join(dir, "node.log")
-	logf, err := os.Create(nd.log)
+	// Appended to, so a restarted node's log follows the first run's.
+	logf, err := os.OpenFile(nd.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// `ip netns exec` execs the command, so the PID is the node's own.
-	nd.cmd = exec.Command("ip", "netns", "exec", nd.ns.Name, bin, "node", "--config", cfgPath)
-	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
-	if err := nd.cmd.Start(); err != nil {
+	cmd := exec.Command("ip", "netns", "exec", nd.ns.Name, bin, "node", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
 		logf.Close()
 		t.Fatalf("starting %s: %v", nd.name, err)
 	}
+	nd.cmd = cmd
 	t.Cleanup(func() {
 		defer logf.Close()
-		// SIGTERM is a clean stop: the node must exit 0 and remove its
-		// control socket.
-		nd.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- nd.cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s did not stop cleanly on SIGTERM: %v", nd.name, err)
-			}
-		case <-time.After(10 * time.Second):
-			nd.cmd.Process.Kill()
-			<-done
-			t.Errorf("%s still running 10s after SIGTERM; killed", nd.name)
-		}
-		if _, err := os.Stat(nd.sock); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left its control socket %s behind", nd.name, nd.sock)
+		if cmd.ProcessState == nil { // not stopped by the test already
+			nd.stopCmd(t, cmd)
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(nd.log)
@@ -240,6 +227,34 @@ func (nd *nsNode) start(t *testing.T, bin, tmp string, ifaces []string) {
 			t.Logf("last lines of %s's log:\n%s", nd.name, b)
 		}
 	})
+}
+
+// stop stops the node's process (as a restart or a test's cleanup does).
+func (nd *nsNode) stop(t *testing.T) {
+	t.Helper()
+	nd.stopCmd(t, nd.cmd)
+}
+
+func (nd *nsNode) stopCmd(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	// SIGTERM is a clean stop: the node must exit 0 and remove its
+	// control socket.
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s did not stop cleanly on SIGTERM: %v", nd.name, err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Errorf("%s still running 10s after SIGTERM; killed", nd.name)
+	}
+	if _, err := os.Stat(nd.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left its control socket %s behind", nd.name, nd.sock)
+	}
 }
 
 // status runs `sipmesh status --json` against the node.
