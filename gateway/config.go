@@ -87,6 +87,11 @@ type Options struct {
 	routerParams ssr.Params
 }
 
+// SetRouterParams sets the SSR timers and bounds (zero fields: the
+// defaults). The config file does not expose them; the in-memory demo
+// (`sipmesh demo`) and tests outside this package use it for fast timers.
+func (o *Options) SetRouterParams(p ssr.Params) { o.routerParams = p }
+
 // DefaultOptions returns the settings of an empty config file (which is
 // still invalid: it names no mesh interface).
 func DefaultOptions() Options {
