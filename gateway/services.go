@@ -55,7 +55,7 @@ type services struct {
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
 func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) error {
-	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Logger: n.base})
+	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Params: n.opts.dhtParams, Logger: n.base})
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/phones"
 	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/ssr/dht"
 )
 
 // The telephone mesh of `sipmesh demo` and of this package's call tests:
@@ -37,6 +38,17 @@ var demoParams = ssr.Params{
 	RingIntervalMax:  800 * time.Millisecond,
 	FingerInterval:   3 * time.Second,
 	MaxTimeout:       2 * time.Second,
+}
+
+// demoDHTParams are the DHT's: request timeouts for links of milliseconds
+// rather than a radio mesh's hundreds, so a datagram lost on a lossy link
+// costs a fraction of a second, not two.
+var demoDHTParams = dht.Params{
+	SyncInterval:   time.Second,
+	RingPoll:       100 * time.Millisecond,
+	RequestTimeout: 400 * time.Millisecond,
+	ConsultTimeout: 150 * time.Millisecond,
+	HandoffWindow:  5 * time.Second,
 }
 
 // meshConfig describes a telephone mesh.
@@ -159,6 +171,7 @@ func (m *telMesh) build() error {
 			o.AdminKey = adminPath // node 1 manages the subscribers
 		}
 		o.SetRouterParams(demoParams)
+		o.SetDHTParams(demoDHTParams)
 		node, err := gateway.NewNode(o, m.hosts[i], m.cfg.Log)
 		if err != nil {
 			return err
