@@ -240,12 +240,23 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 		return rep, errors.New("demo: fewer than two phones registered")
 	}
 
-	plan := planCalls(m, cfg.Calls, cfg.Echo, regErrs)
+	var live []*meshPhone
+	for i, p := range m.phones {
+		if regErrs[i] == nil {
+			live = append(live, p)
+		}
+	}
+	plan := planCalls(m, live, cfg.Calls, cfg.Echo)
 	plog.printf("placing %d calls at once (%d to the echo test)", len(plan), cfg.Echo)
 	rep.Calls = make([]callResult, len(plan))
+	// Every call stays up until all have been judged: they are concurrent.
+	judged := make(chan struct{})
+	var pending sync.WaitGroup
+	pending.Add(len(plan))
+	go func() { pending.Wait(); close(judged) }()
 	for i, pc := range plan {
 		wg.Go(func() {
-			rep.Calls[i] = m.call(ctx, pc.a, pc.b, cfg.Hold)
+			rep.Calls[i] = m.call(ctx, pc.a, pc.b, cfg.Hold, pending.Done, judged)
 			r := rep.Calls[i]
 			if r.Error != "" {
 				plog.printf("  %s → %s: %s", r.From, r.To, r.Error)
@@ -280,54 +291,59 @@ func yesNo(b bool) string {
 // plannedCall is a caller and a callee (nil: the echo test).
 type plannedCall struct{ a, b *meshPhone }
 
-// planCalls picks calls phone → phone: the pairs farthest apart in mesh
-// hops first, each phone in one call while there are free ones; then echo
-// calls from the first phones. Phones that did not register sit out.
-func planCalls(m *telMesh, calls, echo int, regErrs []error) []plannedCall {
-	var live []*meshPhone
-	for i, p := range m.phones {
-		if regErrs == nil || regErrs[i] == nil {
-			live = append(live, p)
-		}
-	}
+// planCalls picks calls phone → phone among ps: the pairs farthest apart
+// in mesh hops first, each phone in one call while there are free ones,
+// then in more, up to an even share (MaxCalls of a phone bounds it
+// anyway); then echo calls from the first phones.
+func planCalls(m *telMesh, ps []*meshPhone, calls, echo int) []plannedCall {
 	type pair struct{ a, b, hops int }
 	var pairs []pair
-	for i := range live {
-		for j := i + 1; j < len(live); j++ {
-			pairs = append(pairs, pair{i, j, m.hops(live[i].Node, live[j].Node)})
+	for i := range ps {
+		for j := i + 1; j < len(ps); j++ {
+			pairs = append(pairs, pair{i, j, m.hops(ps[i].Node, ps[j].Node)})
 		}
 	}
 	slices.SortStableFunc(pairs, func(x, y pair) int { return cmp.Compare(y.hops, x.hops) })
 	var plan []plannedCall
-	used := make([]bool, len(live))
+	share := (2*calls+len(ps)-1)/max(len(ps), 1) + 1
+	inCalls := make([]int, len(ps))
 	taken := make([]bool, len(pairs))
-	for pass := 0; pass < 2 && len(plan) < calls; pass++ {
+	for limit := 1; limit <= share && len(plan) < calls; limit++ {
 		for k, p := range pairs {
 			if len(plan) == calls {
 				break
 			}
-			if taken[k] || (pass == 0 && (used[p.a] || used[p.b])) {
+			if taken[k] || inCalls[p.a] >= limit || inCalls[p.b] >= limit || ps[p.a].Hz == ps[p.b].Hz {
 				continue
 			}
-			taken[k], used[p.a], used[p.b] = true, true, true
-			a, b := live[p.a], live[p.b]
+			taken[k] = true
+			inCalls[p.a]++
+			inCalls[p.b]++
+			a, b := ps[p.a], ps[p.b]
 			if len(plan)%2 == 1 {
-				a, b = b, a // both directions of INVITE across the table
+				a, b = b, a // INVITEs in both directions across the table
 			}
 			plan = append(plan, plannedCall{a, b})
 		}
 	}
-	for i := 0; i < echo && i < len(live); i++ {
-		plan = append(plan, plannedCall{a: live[i]})
+	for i := 0; i < echo && i < len(ps); i++ {
+		plan = append(plan, plannedCall{a: ps[i]})
 	}
 	return plan
 }
 
 // call places one call from a to b (nil: the echo test 3246), holds it
 // until both sides hear the other's tone and at least hold has passed (or
-// demoAudioWait), records what each side heard, and hangs up.
-func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration) callResult {
+// demoAudioWait), records what each side heard, calls judged (if not
+// nil), and hangs up once release is closed (nil: at once).
+func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration, judged func(), release <-chan struct{}) callResult {
 	r := callResult{From: a.Ext, FromNode: nodeName(a.Node)}
+	if judged != nil {
+		var once sync.Once
+		done := judged
+		defer once.Do(done) // also when the call failed
+		judged = func() { once.Do(done) }
+	}
 	target, expect := gateway.EchoExtension, a.Hz
 	if b != nil {
 		target, expect = b.Ext, b.Hz
@@ -348,6 +364,15 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration)
 		return r
 	}
 	defer func() {
+		if judged != nil {
+			judged()
+		}
+		if release != nil {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		c.Hangup(hctx)
