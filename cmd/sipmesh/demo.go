@@ -30,7 +30,7 @@ const (
 	// judged: the tone detector needs 200 ms, the MOS a second of packets.
 	demoHold = time.Second
 	// demoAudioWait bounds the wait for two-way audio after the answer.
-	demoAudioWait = 5 * time.Second
+	demoAudioWait = 10 * time.Second
 )
 
 // demoReport is the demo's result (--json prints it).
@@ -379,9 +379,7 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 	}()
 	answered := time.Now()
 	var bc *phones.Call // the callee's side of the call: same Call-ID
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
+	heard := func() (ab, ba bool) {
 		if b != nil && bc == nil {
 			for _, x := range b.Calls() {
 				if x.ID() == c.ID() {
@@ -389,12 +387,28 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 				}
 			}
 		}
-		r.AudioBA = c.HeardRemote()
+		ba = c.HeardRemote()
 		if b == nil {
-			r.AudioAB = r.AudioBA // the echo: what it heard is what came back
-		} else {
-			r.AudioAB = bc != nil && bc.Heard(a.Hz)
+			return ba, ba // the echo: what the caller heard is what came back
 		}
+		return bc != nil && bc.Heard(a.Hz), ba
+	}
+	if release != nil {
+		// Once every call has been judged, all are up at once: check that
+		// each still carries both tones (the detector judges the last
+		// second received) before hanging up.
+		defer func() {
+			ab, ba := heard()
+			r.AudioAB, r.AudioBA = r.AudioAB && ab, r.AudioBA && ba
+			if !r.ok() && r.Error == "" {
+				r.Error = "no two-way audio with every call up"
+			}
+		}()
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		r.AudioAB, r.AudioBA = heard()
 		waited := time.Since(answered)
 		if (r.AudioAB && r.AudioBA && waited >= hold) || waited >= demoAudioWait {
 			break

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
@@ -15,8 +16,8 @@ import (
 	"github.com/sipmesh/sipmesh/phones"
 )
 
-// startMesh runs a telephone mesh for a test and stops it at cleanup,
-// failing the test if a node or phone failed.
+// startMesh runs a telephone mesh for a test and waits for its ring;
+// the caller stops it (stopMesh).
 func startMesh(t *testing.T, cfg meshConfig) *telMesh {
 	t.Helper()
 	m, err := newTelMesh(cfg)
@@ -24,20 +25,19 @@ func startMesh(t *testing.T, cfg meshConfig) *telMesh {
 		t.Fatal(err)
 	}
 	m.start(context.Background())
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			if err := m.stop(); err != nil {
-				t.Errorf("mesh: %v", err)
-			}
-		}
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := m.waitRing(ctx); err != nil {
+		m.stop()
 		t.Fatal(err)
 	}
 	return m
+}
+
+func stopMesh(t *testing.T, m *telMesh) {
+	if err := m.stop(); err != nil {
+		t.Errorf("mesh: %v", err)
+	}
 }
 
 // addPhones plugs n phones per node into every node (extensions from
@@ -88,17 +88,28 @@ func farthest(m *telMesh, ps []*meshPhone) (a, b *meshPhone) {
 	return a, b
 }
 
-// runCalls places the calls at once, keeps them all up until every one
-// is judged, and returns the results.
-func runCalls(m *telMesh, plan []plannedCall, hold time.Duration) []callResult {
-	res := make([]callResult, len(plan))
-	judged := make(chan struct{})
-	var pending, wg sync.WaitGroup
-	pending.Add(len(plan))
-	go func() { pending.Wait(); close(judged) }()
-	for i, pc := range plan {
-		wg.Go(func() { res[i] = m.call(context.Background(), pc.a, pc.b, hold, pending.Done, judged) })
+// runCalls places the calls in waves of wave calls (0: all at once):
+// each wave starts once the calls before it are judged (two-way audio
+// heard, or given up), and every call stays up until all are judged, so
+// at the end all of them are up at the same time; then each checks its
+// audio again and hangs up.
+func runCalls(m *telMesh, plan []plannedCall, hold time.Duration, wave int) []callResult {
+	if wave <= 0 {
+		wave = len(plan)
 	}
+	res := make([]callResult, len(plan))
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for start := 0; start < len(plan); start += wave {
+		batch := plan[start:min(start+wave, len(plan))]
+		var judged sync.WaitGroup
+		judged.Add(len(batch))
+		for i, pc := range batch {
+			wg.Go(func() { res[start+i] = m.call(context.Background(), pc.a, pc.b, hold, judged.Done, release) })
+		}
+		judged.Wait()
+	}
+	close(release)
 	wg.Wait()
 	return res
 }
@@ -141,16 +152,26 @@ func checkIdle(t *testing.T, m *telMesh) {
 // a call across the diameter, 100 concurrent calls, a call to an unknown
 // extension and one to an unregistered one, a call cancelled while it
 // rings, and calls with 2 % loss on every mesh link.
+//
+// It runs in a synctest bubble: the nodes, phones and links keep virtual
+// time, so a machine too slow to carry 100 calls of 50 packets per second
+// each in real time (two cores under -race) delays the test but does not
+// drop packets the way an overloaded router would.
 func TestMeshCalls(t *testing.T) {
 	leakcheck.Check(t)
+	synctest.Test(t, meshCalls)
+}
+
+func meshCalls(t *testing.T) {
 	m := startMesh(t, meshConfig{Nodes: 20, Seed: 7, MinDiameter: 5})
+	defer stopMesh(t, m)
 	if d := m.diameter(); d < 5 {
 		t.Fatalf("diameter %d hops, want at least 5", d)
 	}
 	addPhones(t, m, 2, phones.Policy{Mode: phones.AutoAnswer})
 	ctx := context.Background()
 
-	t.Run("far call", func(t *testing.T) {
+	{ // far call
 		a, b := farthest(m, m.phones)
 		r := m.call(ctx, a, b, 500*time.Millisecond, nil, nil)
 		t.Logf("%s on %s → %s on %s, %d hops: setup %.0f ms, MOS %.2f/%.2f", r.From, r.FromNode, r.To, r.ToNode, r.Hops, r.SetupMs, r.MOSAB, r.MOSBA)
@@ -163,21 +184,21 @@ func TestMeshCalls(t *testing.T) {
 		if r.MOS < 4 {
 			t.Errorf("MOS %.2f on a lossless mesh", r.MOS)
 		}
-	})
+	}
 
-	t.Run("echo", func(t *testing.T) {
+	{ // echo
 		var plan []plannedCall
 		for _, p := range m.phones[:4] {
 			plan = append(plan, plannedCall{a: p})
 		}
-		for _, r := range runCalls(m, plan, 300*time.Millisecond) {
+		for _, r := range runCalls(m, plan, 300*time.Millisecond, 0) {
 			if !r.ok() || r.Hops != 0 || r.ToNode != r.FromNode {
 				t.Errorf("echo test: %+v", r)
 			}
 		}
-	})
+	}
 
-	t.Run("unknown and unregistered", func(t *testing.T) {
+	{ // unknown and unregistered
 		a := m.phones[0]
 		_, err := a.Call(ctx, "299", phones.CallOptions{})
 		if se := (*phones.StatusError)(nil); !errors.As(err, &se) || se.Code != 404 {
@@ -190,9 +211,9 @@ func TestMeshCalls(t *testing.T) {
 		if se := (*phones.StatusError)(nil); !errors.As(err, &se) || se.Code != 480 {
 			t.Errorf("call to an extension without a phone: %v, want 480", err)
 		}
-	})
+	}
 
-	t.Run("cancel", func(t *testing.T) {
+	{ // cancel
 		// A phone that rings until told otherwise, at the far end.
 		a, far := farthest(m, m.phones)
 		b, err := m.addPhone(far.Node, "290", toneFor(24), phones.Policy{Mode: phones.Manual})
@@ -235,9 +256,9 @@ func TestMeshCalls(t *testing.T) {
 		if in.Status() != 487 || b.Ringing() != 0 {
 			t.Errorf("callee: status %d, %d ringing", in.Status(), b.Ringing())
 		}
-	})
+	}
 
-	t.Run("100 concurrent", func(t *testing.T) {
+	{ // 100 concurrent
 		// 40 phones in 100 calls, the most distant pairs first; each
 		// phone takes part in five.
 		plan := planCalls(m, m.phones[:40], 100, 0)
@@ -245,7 +266,7 @@ func TestMeshCalls(t *testing.T) {
 			t.Fatalf("planned %d calls", len(plan))
 		}
 		start := time.Now()
-		res := runCalls(m, plan, 300*time.Millisecond)
+		res := runCalls(m, plan, 300*time.Millisecond, 0)
 		bad, hops := 0, 0
 		for _, r := range res {
 			hops += r.Hops
@@ -255,10 +276,28 @@ func TestMeshCalls(t *testing.T) {
 			}
 		}
 		t.Logf("100 concurrent calls, mean %.1f hops, all judged and hung up in %v", float64(hops)/100, time.Since(start).Round(time.Millisecond))
+		var qf, sent uint64
+		for _, l := range m.links {
+			st := l.Stats()
+			qf += st.QueueFull
+			sent += st.Sent
+		}
+		var lanQF uint64
+		for _, l := range m.lans {
+			lanQF += l.Stats().QueueFull
+		}
+		var sq, dropped uint64
+		for _, n := range m.nodes {
+			st := n.Router().Status()
+			sq += st.Driver.SocketQueueFull
+			dropped += st.Stats.Dropped
+		}
+		t.Logf("mesh links: %d datagrams sent, %d dropped at full queues; LANs: %d dropped; routers: %d dropped at full sockets, %d frames dropped",
+			sent, qf, lanQF, sq, dropped)
 		checkIdle(t, m)
-	})
+	}
 
-	t.Run("2% loss", func(t *testing.T) {
+	{ // 2% loss
 		for _, l := range m.links {
 			l.Set(memnet.LinkConfig{Delay: 2 * time.Millisecond, Loss: 0.02})
 		}
@@ -268,7 +307,7 @@ func TestMeshCalls(t *testing.T) {
 			}
 		}()
 		plan := planCalls(m, m.phones[:40], 10, 0)
-		for _, r := range runCalls(m, plan, time.Second) {
+		for _, r := range runCalls(m, plan, time.Second, 0) {
 			t.Logf("%s → %s, %d hops: setup %.0f ms, MOS %.2f/%.2f, lost %d/%d", r.From, r.To, r.Hops, r.SetupMs, r.MOSAB, r.MOSBA, r.LostAB, r.LostBA)
 			if r.Status != 200 || !r.ok() {
 				t.Errorf("%s → %s with 2 %% loss: %+v", r.From, r.To, r)
@@ -278,7 +317,7 @@ func TestMeshCalls(t *testing.T) {
 			}
 		}
 		checkIdle(t, m)
-	})
+	}
 	checkIdle(t, m)
 }
 

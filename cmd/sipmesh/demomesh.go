@@ -33,7 +33,10 @@ import (
 // the ring forms in a second or two of real time instead of tens.
 var demoParams = ssr.Params{
 	HelloInterval:    100 * time.Millisecond,
-	NeighbourTimeout: 600 * time.Millisecond,
+	// Several lost beacons in a row, not one late goroutine, should end a
+	// neighbourship: on a loaded machine (tests under -race) the routers
+	// run late.
+	NeighbourTimeout: 2 * time.Second,
 	RingInterval:     100 * time.Millisecond,
 	RingIntervalMax:  800 * time.Millisecond,
 	FingerInterval:   3 * time.Second,
@@ -118,7 +121,10 @@ func newTelMesh(cfg meshConfig) (*telMesh, error) {
 		return nil, err
 	}
 	m := &telMesh{cfg: cfg, dir: dir, rng: rand.New(rand.NewPCG(cfg.Seed, 0xde30)),
-		nw: memnet.New(memnet.Config{Seed: int64(cfg.Seed)})}
+		// Socket queues of a router's size rather than memnet's small
+		// default: one process emulates the whole mesh, so a burst of
+		// calls makes the routers' goroutines late, not the links full.
+		nw: memnet.New(memnet.Config{Seed: int64(cfg.Seed), SocketQueue: 4096, LinkQueue: 4096})}
 	m.adj = meshTopology(cfg.Nodes, cfg.MinDiameter, m.rng)
 	if err := m.build(); err != nil {
 		os.RemoveAll(dir)
