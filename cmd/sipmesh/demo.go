@@ -235,7 +235,7 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 			plog.printf("phone %s on %s: registration failed: %v", m.phones[i].Ext, nodeName(m.phones[i].Node), err)
 		}
 	}
-	plog.printf("%d of %d phones registered", rep.Registered, len(m.phones))
+	plog.printf("%d of %d phones registered (each found its SIP server as sipserver.mesh through its node's DNS)", rep.Registered, len(m.phones))
 	if rep.Registered < 2 {
 		return rep, errors.New("demo: fewer than two phones registered")
 	}

@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/memnet"
@@ -32,7 +35,7 @@ import (
 // than the defaults (which suit radio links and real routers), so that
 // the ring forms in a second or two of real time instead of tens.
 var demoParams = ssr.Params{
-	HelloInterval:    100 * time.Millisecond,
+	HelloInterval: 100 * time.Millisecond,
 	// Several lost beacons in a row, not one late goroutine, should end a
 	// neighbourship: on a loaded machine (tests under -race) the routers
 	// run late.
@@ -302,9 +305,16 @@ func (m *telMesh) addPhone(node int, ext string, hz float64, policy phones.Polic
 	addr := netip.AddrFrom4(ip)
 	h := m.nw.AddHost("phone-" + ext)
 	m.lans[node].Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(addr, lan.Bits())))
+	// The phone finds its SIP server as a provisioned phone does: the name
+	// sipserver.mesh (DHCP option 120, RFC 3361) resolved by the DNS
+	// server DHCP names, the node's LAN address (RFC 3263 §4.2, A record).
+	server, err := resolveSIPServer(m.ctx, h, lan.Addr())
+	if err != nil {
+		return nil, fmt.Errorf("phone %s: %w", ext, err)
+	}
 	p, err := phones.New(phones.Config{
 		Settings: phones.Settings{User: ext, Password: phonePassword(ext), DisplayName: "Phone " + ext,
-			Server: netip.AddrPortFrom(lan.Addr(), 5060), LocalAddr: addr, ToneHz: hz, MaxCalls: 16},
+			Server: netip.AddrPortFrom(server, 5060), LocalAddr: addr, ToneHz: hz, MaxCalls: 16},
 		Policy:  policy,
 		Network: h,
 		Logger:  m.cfg.Log,
@@ -320,6 +330,52 @@ func (m *telMesh) addPhone(node int, ext string, hz float64, policy phones.Polic
 		}
 	})
 	return mp, nil
+}
+
+// resolveSIPServer asks the DNS server at dnsServer (port 53) for the A
+// record of sipserver.mesh from host h, retrying a lost datagram.
+func resolveSIPServer(ctx context.Context, h *memnet.Host, dnsServer netip.Addr) (netip.Addr, error) {
+	pc, err := h.ListenPacket(ctx, "udp4", "0.0.0.0:0")
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer pc.Close()
+	q := new(dns.Msg)
+	q.SetQuestion("sipserver.mesh.", dns.TypeA)
+	out, err := q.Pack()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	buf := make([]byte, 1500)
+	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(dnsServer, 53))
+	for range 5 {
+		if _, err := pc.WriteTo(out, to); err != nil {
+			return netip.Addr{}, err
+		}
+		pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				break // timeout: ask again
+			}
+			var r dns.Msg
+			if r.Unpack(buf[:n]) != nil || r.Id != q.Id {
+				continue
+			}
+			for _, rr := range r.Answer {
+				if a, ok := rr.(*dns.A); ok {
+					if addr, ok := netip.AddrFromSlice(a.A.To4()); ok {
+						return addr, nil
+					}
+				}
+			}
+			return netip.Addr{}, fmt.Errorf("sipserver.mesh: no A record (rcode %s)", dns.RcodeToString[r.Rcode])
+		}
+		if ctx.Err() != nil {
+			return netip.Addr{}, ctx.Err()
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("sipserver.mesh: no answer from %v", dnsServer)
 }
 
 // register registers p, retrying while the registrar cannot yet read
