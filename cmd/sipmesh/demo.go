@@ -444,14 +444,18 @@ func printDemo(w io.Writer, r demoReport) {
 		r.Nodes, r.Links, r.Diameter, 100*r.Loss, r.Seed, r.RingS)
 	fmt.Fprintf(w, "%d of %d phones registered\n\n", r.Registered, len(r.Phones))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "caller\tcallee\tnodes\thops\tpost-dial ms\tsetup ms\taudio A→B\taudio B→A\tMOS\tresult\t\n")
+	fmt.Fprintf(tw, "caller\tcallee\tnodes\thops\tpost-dial ms\tsetup ms\taudio A→B\taudio B→A\tMOS\t  result\n")
 	for _, c := range r.Calls {
 		res := "ok"
 		if !c.ok() {
 			res = c.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%.0f\t%.0f\t%s\t%s\t%.2f\t%s\t\n", c.From, c.To, c.FromNode, c.ToNode, c.Hops,
-			c.PostDialDelayMs, c.SetupMs, yesNo(c.AudioAB), yesNo(c.AudioBA), c.MOS, res)
+		pdd := "-" // answered without ringing (the echo test)
+		if c.PostDialDelayMs > 0 {
+			pdd = fmt.Sprintf("%.0f", c.PostDialDelayMs)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%s\t%.0f\t%s\t%s\t%.2f\t  %s\n", c.From, c.To, c.FromNode, c.ToNode, c.Hops,
+			pdd, c.SetupMs, yesNo(c.AudioAB), yesNo(c.AudioBA), c.MOS, res)
 	}
 	tw.Flush()
 	ok := 0

@@ -53,6 +53,7 @@ var demoDHTParams = dht.Params{
 	SyncInterval:   time.Second,
 	RingPoll:       100 * time.Millisecond,
 	RequestTimeout: 400 * time.Millisecond,
+	Retries:        5,
 	ConsultTimeout: 150 * time.Millisecond,
 	HandoffWindow:  5 * time.Second,
 }
@@ -273,9 +274,13 @@ func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
 		}
 		// The DHT may still be settling: a few tries.
 		for try := 0; ; try++ {
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			err = m.nodes[0].Accounts().PutRecord(cctx, rec)
 			cancel()
+			if try > 0 && errors.Is(err, gateway.ErrStaleRecord) {
+				// An earlier try stored it; only its answer was lost.
+				err = nil
+			}
 			if err == nil || try == 4 || ctx.Err() != nil {
 				break
 			}
