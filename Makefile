@@ -53,7 +53,7 @@ fmtcheck:
 bench: ## run the benchmarks (BENCH, BENCHTIME)
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./...
 
-demo: ## run the built-in demo: a mesh on the in-memory network
+demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
 	$(GO) run ./cmd/sipmesh demo
 
 cross: ## build static binaries for router CPUs into bin/ and check the mipsle size limit

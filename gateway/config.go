@@ -17,6 +17,7 @@ import (
 
 	"github.com/sipmesh/sipmesh/dns64"
 	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/ssr/dht"
 )
 
 // Defaults of the node configuration.
@@ -85,7 +86,19 @@ type Options struct {
 	// routerParams tune the SSR timers; tests make them fast. The config
 	// file does not expose them: the defaults suit real meshes.
 	routerParams ssr.Params
+	// dhtParams tune the DHT's timers the same way.
+	dhtParams dht.Params
 }
+
+// SetRouterParams sets the SSR timers and bounds (zero fields: the
+// defaults). The config file does not expose them; the in-memory demo
+// (`sipmesh demo`) and tests outside this package use it for fast timers.
+func (o *Options) SetRouterParams(p ssr.Params) { o.routerParams = p }
+
+// SetDHTParams sets the DHT's timers and bounds (zero fields: the
+// defaults), for the same uses: the defaults' request timeouts suit radio
+// links, not an in-memory mesh with millisecond links.
+func (o *Options) SetDHTParams(p dht.Params) { o.dhtParams = p }
 
 // DefaultOptions returns the settings of an empty config file (which is
 // still invalid: it names no mesh interface).

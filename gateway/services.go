@@ -57,7 +57,7 @@ type services struct {
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
 func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) error {
-	var p dht.Params
+	p := n.opts.dhtParams
 	if adminPub != nil {
 		// Every holder refuses subscriber records not written by the
 		// administrator, so a node cannot plant accounts.
@@ -196,6 +196,10 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		LANPrefix:   lan.Masked(),
 		ServerName:  "sipmesh " + n.opts.Name,
 		Logger:      log,
+		// The echo test's media, on the LAN address (echo.go).
+		EchoListen: func(ctx context.Context) (net.PacketConn, error) {
+			return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
+		},
 	})
 	if err != nil {
 		lanUDP.Close()

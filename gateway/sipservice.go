@@ -93,6 +93,12 @@ type SIPServiceConfig struct {
 	// prefix.
 	LANPrefix netip.Prefix
 
+	// EchoListen, if set, opens a media socket on the LAN address for
+	// the echo test (3246, echo.go), which phones on the LAN then reach;
+	// nil: no echo test. MaxEchoSessions bounds its calls.
+	EchoListen      func(context.Context) (net.PacketConn, error)
+	MaxEchoSessions int
+
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped
 	MaxCalls        int           // calls with ALG state
@@ -133,6 +139,7 @@ type SIPService struct {
 	domains map[string]bool
 	lan     *sock
 	mesh    *sock
+	echo    *echoService // nil without EchoListen
 
 	live                                        atomic.Int64 // server transactions alive
 	rateLimited, overloaded, malformed, proxied atomic.Uint64
@@ -231,6 +238,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	if s.client, err = sipgo.NewClient(ua, sipgo.WithClientLogger(sipLog),
 		sipgo.WithClientHostname(cfg.LANAddr.Addr().String()), sipgo.WithClientPort(int(cfg.LANAddr.Port()))); err != nil {
 		return nil, err
+	}
+	if cfg.EchoListen != nil {
+		s.echo = newEchoService(s, cfg.EchoListen, cfg.MaxEchoSessions)
 	}
 	s.srv.OnNoRoute(s.handle)
 	return s, nil
@@ -360,6 +370,9 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if s.echo != nil && s.echo.handle(req, tx, in, src) {
+		return
+	}
 	switch req.Method {
 	case sip.REGISTER:
 		res := s.cfg.Registrar.HandleRequest(s.ctx, req, src, strings.ToLower(req.Transport()))

@@ -342,12 +342,12 @@ func (ua *baresipUA) waitEvent(t *testing.T, limit time.Duration, typ string) (t
 	}
 }
 
-// callResult is what the caller saw: ringing (180; zero if the callee
+// baresipCall is what the caller saw: ringing (180; zero if the callee
 // answered at once, as an auto-answering baresip may without ringing)
 // and the answer.
-type callResult struct{ ringing, established time.Duration }
+type baresipCall struct{ ringing, established time.Duration }
 
-func (r callResult) String() string {
+func (r baresipCall) String() string {
 	ring := "no 180"
 	if r.ringing > 0 {
 		ring = "ringing after " + r.ringing.String()
@@ -358,12 +358,12 @@ func (r callResult) String() string {
 // runCall makes caller dial target, waits for the callee to answer (auto)
 // and for both to see the call end when the 5 s WAVs run out (baresip's
 // menu hangs up then), so the recordings are complete.
-func runCall(t *testing.T, caller, callee *baresipUA, target string) callResult {
+func runCall(t *testing.T, caller, callee *baresipUA, target string) baresipCall {
 	t.Helper()
 	start := time.Now()
 	caller.command(t, "dial", target)
 	est, before := caller.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
-	res := callResult{established: est.Sub(start).Round(100 * time.Microsecond)}
+	res := baresipCall{established: est.Sub(start).Round(100 * time.Microsecond)}
 	for _, ev := range before {
 		if ev.Type == "CALL_RINGING" {
 			res.ringing = ev.at.Sub(start).Round(100 * time.Microsecond)

@@ -17,7 +17,6 @@ import (
 
 func init() {
 	register(command{name: "sim", summary: "simulate SSR routing on N in-memory nodes in virtual time", run: runSim})
-	register(command{name: "demo", summary: "run the demo on the embedded in-memory mesh", run: runDemo})
 }
 
 func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -46,21 +45,6 @@ fraction of nodes leave and as many join, then measures again.
 	}
 	return simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: *topo, Seed: *seed},
 		ssrsim.Scenario{Churn: *churn, Probes: *probes}, *asJSON, stdout, stderr)
-}
-
-// runDemo is the routing demo until the telephone demo exists: a 200-node
-// radio mesh forms its ring, delivers, loses and gains 5 % of its nodes, and
-// heals.
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "[flags]", "Demo forms an SSR mesh in memory, routes across it, churns it and heals it.", stderr)
-	nodes := fs.Int("nodes", 200, "number of nodes")
-	seed := fs.Uint64("seed", 1, "random seed")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: "random", Seed: *seed},
-		ssrsim.Scenario{Churn: 0.05}, *asJSON, stdout, stderr)
 }
 
 // simulate runs a scenario with a progress line on stderr and prints the

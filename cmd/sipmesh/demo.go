@@ -1,0 +1,468 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/phones"
+)
+
+func init() {
+	register(command{name: "demo", summary: "telephone demo: phones call each other across an in-memory mesh", run: runDemo})
+}
+
+// Demo defaults.
+const (
+	demoNodes  = 12
+	demoPhones = 8
+	// demoHold is how long a call's media runs at least before it is
+	// judged: the tone detector needs 200 ms, the MOS a second of packets.
+	demoHold = time.Second
+	// demoAudioWait bounds the wait for two-way audio after the answer.
+	demoAudioWait = 10 * time.Second
+)
+
+// demoReport is the demo's result (--json prints it).
+type demoReport struct {
+	Nodes      int          `json:"nodes"`
+	Links      int          `json:"links"`
+	Diameter   int          `json:"diameter"`
+	Seed       uint64       `json:"seed"`
+	Loss       float64      `json:"loss"`
+	RingS      float64      `json:"ring_s"` // until the ring was consistent
+	Phones     []phoneInfo  `json:"phones"`
+	Registered int          `json:"registered"`
+	Calls      []callResult `json:"calls"`
+	OK         bool         `json:"ok"` // every call had two-way audio
+	WallS      float64      `json:"wall_s"`
+}
+
+type phoneInfo struct {
+	Ext  string  `json:"ext"`
+	Node string  `json:"node"`
+	Hz   float64 `json:"tone_hz"`
+}
+
+// callResult is one call of the demo or a test.
+type callResult struct {
+	From     string `json:"from"`
+	To       string `json:"to"`
+	FromNode string `json:"from_node"`
+	ToNode   string `json:"to_node"`
+	Hops     int    `json:"hops"` // shortest mesh path between the nodes
+	// PostDialDelayMs is INVITE → 180 (ITU-T E.721), SetupMs INVITE → 200.
+	PostDialDelayMs float64 `json:"post_dial_delay_ms"`
+	SetupMs         float64 `json:"setup_ms"`
+	AudioAB         bool    `json:"audio_ab"` // the callee heard the caller's tone
+	AudioBA         bool    `json:"audio_ba"` // the caller heard the callee's (for the echo test: its own)
+	// MOS is the worse direction's ITU-T G.107 E-model estimate at the
+	// receiving phone; MOSAB and MOSBA are each direction's.
+	MOS   float64 `json:"mos"`
+	MOSAB float64 `json:"mos_ab"`
+	MOSBA float64 `json:"mos_ba"`
+	// LostAB and LostBA are the RTP packets the receiving phone counted
+	// lost (RFC 3550 §6.4.1 cumulative loss).
+	LostAB int64  `json:"lost_ab"`
+	LostBA int64  `json:"lost_ba"`
+	Status int    `json:"status"` // final status of the INVITE
+	Error  string `json:"error,omitempty"`
+}
+
+// ok reports two-way audio.
+func (r callResult) ok() bool { return r.AudioAB && r.AudioBA && r.Error == "" }
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("demo", "[flags]", `Demo starts --nodes sipmesh nodes (router, DHT, registrar, proxy, media relay,
+DNS, DHCP: the real code) on the in-memory network, joined by radio links in a
+random multi-hop topology, plugs --phones simulated IPv4 phones into random
+nodes, registers them, and calls between the phones farthest apart and to the
+echo test (3246). Every phone sends a tone of its own; tone detection proves
+audio both ways. Progress goes to stderr, a summary table (or --json) to
+stdout; the exit status is 1 if any call lacked two-way audio.
+The routing-only simulation is 'sipmesh sim'.`, stderr)
+	nodes := fs.Int("nodes", demoNodes, "number of mesh nodes")
+	nphones := fs.Int("phones", demoPhones, "number of phones")
+	seed := fs.Uint64("seed", 1, "random seed (topology, phone placement, link loss)")
+	loss := fs.Float64("loss", 0, "datagram loss on every mesh link, a fraction (0.02 is 2 %)")
+	calls := fs.Int("calls", -1, "phone-to-phone calls (default phones/2)")
+	echo := fs.Int("echo", 1, "calls to the echo test 3246")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	verbose := fs.Bool("v", false, "log the nodes' info messages on stderr")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() != 0:
+		return usageErrorf("unexpected arguments %q", fs.Args())
+	case *nodes < 2 || *nodes > 250:
+		return usageErrorf("--nodes %d: want 2 to 250", *nodes)
+	case *nphones < 2 || *nphones > 500:
+		return usageErrorf("--phones %d: want 2 to 500", *nphones)
+	case *loss < 0 || *loss >= 0.5:
+		return usageErrorf("--loss %v: want a fraction in [0, 0.5)", *loss)
+	case *echo < 0 || *echo > *nphones:
+		return usageErrorf("--echo %d: want 0 to --phones", *echo)
+	}
+	if *calls < 0 {
+		*calls = *nphones / 2
+	}
+	if *calls > 1000 {
+		return usageErrorf("--calls %d: want at most 1000", *calls)
+	}
+	var log *slog.Logger
+	if *verbose {
+		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	rep, err := demo(ctx, demoConfig{Mesh: meshConfig{Nodes: *nodes, Seed: *seed, Loss: *loss, Log: log},
+		Phones: *nphones, Calls: *calls, Echo: *echo, Hold: demoHold}, newDemoLog(stderr))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printDemo(stdout, rep)
+	}
+	if !rep.OK {
+		bad := 0
+		for _, c := range rep.Calls {
+			if !c.ok() {
+				bad++
+			}
+		}
+		return fmt.Errorf("demo: %d of %d calls without two-way audio", bad, len(rep.Calls))
+	}
+	return nil
+}
+
+// demoConfig is one run of the demo.
+type demoConfig struct {
+	Mesh   meshConfig
+	Phones int
+	Calls  int           // phone-to-phone calls, all at once
+	Echo   int           // calls to the echo test, at the same time
+	Hold   time.Duration // media time before a call is judged
+}
+
+// demoLog prints progress lines with the time since the start.
+type demoLog struct {
+	w     io.Writer
+	start time.Time
+	mu    sync.Mutex
+}
+
+func newDemoLog(w io.Writer) *demoLog { return &demoLog{w: w, start: time.Now()} }
+
+func (l *demoLog) printf(format string, args ...any) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(l.w, "[%5.1fs] %s\n", time.Since(l.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// demo runs the telephone demo and returns its report. An error means the
+// mesh could not be set up; failed calls are in the report.
+func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, err error) {
+	start := time.Now()
+	m, err := newTelMesh(cfg.Mesh)
+	if err != nil {
+		return rep, err
+	}
+	rep = demoReport{Nodes: cfg.Mesh.Nodes, Links: len(m.links), Diameter: m.diameter(), Seed: cfg.Mesh.Seed, Loss: cfg.Mesh.Loss}
+	plog.printf("mesh: %d nodes, %d radio links, diameter %d hops, %.0f %% loss per link", rep.Nodes, rep.Links, rep.Diameter, 100*rep.Loss)
+	m.start(ctx)
+	defer func() {
+		if serr := m.stop(); serr != nil && err == nil && ctx.Err() == nil {
+			err = serr
+		}
+	}()
+
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := m.waitRing(rctx); err != nil {
+		return rep, err
+	}
+	rep.RingS = math.Round(time.Since(start).Seconds()*100) / 100
+	plog.printf("ring formed: every node knows its successor")
+
+	exts := make([]string, cfg.Phones)
+	for i := range exts {
+		exts[i] = fmt.Sprint(201 + i)
+	}
+	if err := m.addAccounts(rctx, exts); err != nil {
+		return rep, err
+	}
+	plog.printf("accounts %s…%s stored in the DHT (signed on n1)", exts[0], exts[len(exts)-1])
+
+	// Phones on random nodes (different ones while there are enough),
+	// each with a tone of its own.
+	perm := m.rng.Perm(cfg.Mesh.Nodes)
+	for i, ext := range exts {
+		node := perm[i%len(perm)]
+		p, err := m.addPhone(node, ext, toneFor(i), phones.Policy{Mode: phones.AutoAnswer, RingDelay: 100 * time.Millisecond})
+		if err != nil {
+			return rep, err
+		}
+		rep.Phones = append(rep.Phones, phoneInfo{Ext: ext, Node: nodeName(node), Hz: p.Hz})
+	}
+	var wg sync.WaitGroup
+	regErrs := make([]error, len(m.phones))
+	for i, p := range m.phones {
+		wg.Go(func() { regErrs[i] = m.register(rctx, p) })
+	}
+	wg.Wait()
+	for i, err := range regErrs {
+		if err == nil {
+			rep.Registered++
+		} else {
+			plog.printf("phone %s on %s: registration failed: %v", m.phones[i].Ext, nodeName(m.phones[i].Node), err)
+		}
+	}
+	plog.printf("%d of %d phones registered (each found its SIP server as sipserver.mesh through its node's DNS)", rep.Registered, len(m.phones))
+	if rep.Registered < 2 {
+		return rep, errors.New("demo: fewer than two phones registered")
+	}
+
+	var live []*meshPhone
+	for i, p := range m.phones {
+		if regErrs[i] == nil {
+			live = append(live, p)
+		}
+	}
+	plan := planCalls(m, live, cfg.Calls, cfg.Echo)
+	plog.printf("placing %d calls at once (%d to the echo test)", len(plan), cfg.Echo)
+	rep.Calls = make([]callResult, len(plan))
+	// Every call stays up until all have been judged: they are concurrent.
+	judged := make(chan struct{})
+	var pending sync.WaitGroup
+	pending.Add(len(plan))
+	go func() { pending.Wait(); close(judged) }()
+	for i, pc := range plan {
+		wg.Go(func() {
+			rep.Calls[i] = m.call(ctx, pc.a, pc.b, cfg.Hold, pending.Done, judged)
+			r := rep.Calls[i]
+			if r.Error != "" {
+				plog.printf("  %s → %s: %s", r.From, r.To, r.Error)
+			} else {
+				plog.printf("  %s → %s: answered in %.0f ms, audio %s/%s, MOS %.2f", r.From, r.To, r.SetupMs, yesNo(r.AudioAB), yesNo(r.AudioBA), r.MOS)
+			}
+		})
+	}
+	wg.Wait()
+	rep.OK = len(rep.Calls) > 0
+	for _, c := range rep.Calls {
+		rep.OK = rep.OK && c.ok()
+	}
+	rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100
+	plog.printf("done")
+	return rep, ctx.Err()
+}
+
+// toneFor gives phone i a tone at least 130 Hz from every other phone's
+// (the detector tells tones 100 Hz apart), inside the telephone band.
+func toneFor(i int) float64 { return float64(350 + 130*(i%25)) }
+
+func nodeName(i int) string { return fmt.Sprintf("n%d", i+1) }
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
+}
+
+// plannedCall is a caller and a callee (nil: the echo test).
+type plannedCall struct{ a, b *meshPhone }
+
+// planCalls picks calls phone → phone among ps: the pairs farthest apart
+// in mesh hops first, each phone in one call while there are free ones,
+// then in more, up to an even share (MaxCalls of a phone bounds it
+// anyway); then echo calls from the first phones.
+func planCalls(m *telMesh, ps []*meshPhone, calls, echo int) []plannedCall {
+	type pair struct{ a, b, hops int }
+	var pairs []pair
+	for i := range ps {
+		for j := i + 1; j < len(ps); j++ {
+			pairs = append(pairs, pair{i, j, m.hops(ps[i].Node, ps[j].Node)})
+		}
+	}
+	slices.SortStableFunc(pairs, func(x, y pair) int { return cmp.Compare(y.hops, x.hops) })
+	var plan []plannedCall
+	share := (2*calls+len(ps)-1)/max(len(ps), 1) + 1
+	inCalls := make([]int, len(ps))
+	taken := make([]bool, len(pairs))
+	for limit := 1; limit <= share && len(plan) < calls; limit++ {
+		for k, p := range pairs {
+			if len(plan) == calls {
+				break
+			}
+			if taken[k] || inCalls[p.a] >= limit || inCalls[p.b] >= limit || ps[p.a].Hz == ps[p.b].Hz {
+				continue
+			}
+			taken[k] = true
+			inCalls[p.a]++
+			inCalls[p.b]++
+			a, b := ps[p.a], ps[p.b]
+			if len(plan)%2 == 1 {
+				a, b = b, a // INVITEs in both directions across the table
+			}
+			plan = append(plan, plannedCall{a, b})
+		}
+	}
+	for i := 0; i < echo && i < len(ps); i++ {
+		plan = append(plan, plannedCall{a: ps[i]})
+	}
+	return plan
+}
+
+// call places one call from a to b (nil: the echo test 3246), holds it
+// until both sides hear the other's tone and at least hold has passed (or
+// demoAudioWait), records what each side heard, calls judged (if not
+// nil), and hangs up once release is closed (nil: at once).
+func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration, judged func(), release <-chan struct{}) callResult {
+	r := callResult{From: a.Ext, FromNode: nodeName(a.Node)}
+	if judged != nil {
+		var once sync.Once
+		done := judged
+		defer once.Do(done) // also when the call failed
+		judged = func() { once.Do(done) }
+	}
+	target, expect := gateway.EchoExtension, a.Hz
+	if b != nil {
+		target, expect = b.Ext, b.Hz
+		r.To, r.ToNode, r.Hops = b.Ext, nodeName(b.Node), m.hops(a.Node, b.Node)
+	} else {
+		r.To, r.ToNode = gateway.EchoExtension+" (echo)", nodeName(a.Node)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := a.Call(cctx, target, phones.CallOptions{ExpectHz: expect})
+	if c != nil {
+		r.Status = c.Status()
+		r.PostDialDelayMs = ms(c.PostDialDelay())
+		r.SetupMs = ms(c.SetupTime())
+	}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer func() {
+		if judged != nil {
+			judged()
+		}
+		if release != nil {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c.Hangup(hctx)
+	}()
+	answered := time.Now()
+	var bc *phones.Call // the callee's side of the call: same Call-ID
+	heard := func() (ab, ba bool) {
+		if b != nil && bc == nil {
+			for _, x := range b.Calls() {
+				if x.ID() == c.ID() {
+					bc = x
+				}
+			}
+		}
+		ba = c.HeardRemote()
+		if b == nil {
+			return ba, ba // the echo: what the caller heard is what came back
+		}
+		return bc != nil && bc.Heard(a.Hz), ba
+	}
+	if release != nil {
+		// Once every call has been judged, all are up at once: check that
+		// each still carries both tones (the detector judges the last
+		// second received) before hanging up.
+		defer func() {
+			ab, ba := heard()
+			r.AudioAB, r.AudioBA = r.AudioAB && ab, r.AudioBA && ba
+			if !r.ok() && r.Error == "" {
+				r.Error = "no two-way audio with every call up"
+			}
+		}()
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		r.AudioAB, r.AudioBA = heard()
+		waited := time.Since(answered)
+		if (r.AudioAB && r.AudioBA && waited >= hold) || waited >= demoAudioWait {
+			break
+		}
+		select {
+		case <-cctx.Done():
+			r.Error = "call timed out"
+			return r
+		case <-t.C:
+		}
+	}
+	st := c.Stats()
+	r.MOSBA, r.LostBA = round2(st.MOS), st.RTP.Lost
+	if bc != nil {
+		bs := bc.Stats()
+		r.MOSAB, r.LostAB = round2(bs.MOS), bs.RTP.Lost
+	} else {
+		r.MOSAB, r.LostAB = r.MOSBA, r.LostBA
+	}
+	r.MOS = min(r.MOSAB, r.MOSBA)
+	if !r.AudioAB || !r.AudioBA {
+		r.Error = "no two-way audio"
+	}
+	return r
+}
+
+func ms(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Millisecond)*10) / 10 }
+
+func round2(f float64) float64 { return math.Round(f*100) / 100 }
+
+func printDemo(w io.Writer, r demoReport) {
+	fmt.Fprintf(w, "%d nodes, %d radio links, diameter %d hops, %.0f %% loss per link, seed %d; ring formed after %.1f s\n",
+		r.Nodes, r.Links, r.Diameter, 100*r.Loss, r.Seed, r.RingS)
+	fmt.Fprintf(w, "%d of %d phones registered\n\n", r.Registered, len(r.Phones))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "caller\tcallee\tnodes\thops\tpost-dial ms\tsetup ms\taudio A→B\taudio B→A\tMOS\t  result\n")
+	for _, c := range r.Calls {
+		res := "ok"
+		if !c.ok() {
+			res = c.Error
+		}
+		pdd := "-" // answered without ringing (the echo test)
+		if c.PostDialDelayMs > 0 {
+			pdd = fmt.Sprintf("%.0f", c.PostDialDelayMs)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%s\t%.0f\t%s\t%s\t%.2f\t  %s\n", c.From, c.To, c.FromNode, c.ToNode, c.Hops,
+			pdd, c.SetupMs, yesNo(c.AudioAB), yesNo(c.AudioBA), c.MOS, res)
+	}
+	tw.Flush()
+	ok := 0
+	for _, c := range r.Calls {
+		if c.ok() {
+			ok++
+		}
+	}
+	fmt.Fprintf(w, "\n%d of %d calls with two-way audio, in %.1f s\n", ok, len(r.Calls), r.WallS)
+}

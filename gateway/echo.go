@@ -1,0 +1,501 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/sipmesh/sipmesh/phones"
+	"github.com/sipmesh/sipmesh/sipalg"
+)
+
+// The echo test. A phone on this node's LAN that calls 3246 ("ECHO" on a
+// keypad) or the name "echo" in the mesh domain is answered by the node
+// itself: a small UAS (RFC 3261 §8.2, §13.3) that answers the INVITE with
+// 200 and an SDP answer (RFC 3264 §6) pointing at an echo media endpoint
+// on the node's LAN address, which sends every G.711 frame it receives
+// back to the caller as an RTP stream of its own. It is answered by the
+// caller's own node on purpose: it tests the phone, its cable and the
+// node's SIP service, without the mesh in the way, and needs no account
+// and no DHT lookup. A call to 3246 arriving over the mesh is not an echo
+// test (it would be another node's); it is routed like any extension.
+//
+// Sessions are bounded (MaxEchoSessions; more callers hear 486 Busy Here),
+// end on the caller's BYE, on the service stopping, and on their own after
+// echoIdle without RTP or echoMaxDuration, with a BYE of ours
+// (RFC 3261 §15.1.1).
+
+// EchoExtension is the echo test's extension.
+const EchoExtension = "3246"
+
+// Echo test defaults and bounds.
+const (
+	DefaultMaxEchoSessions = 8
+	echoIdle               = 30 * time.Second
+	echoMaxDuration        = time.Hour
+)
+
+// echoService answers the echo test for the SIP service.
+type echoService struct {
+	s      *SIPService
+	listen func(context.Context) (net.PacketConn, error)
+	max    int
+
+	mu       sync.Mutex
+	sessions map[string]*echoSession // by Call-ID
+}
+
+// echoSession is one echo call: its dialog (RFC 3261 §12.1.1, UAS side)
+// and its media.
+type echoSession struct {
+	e         *echoService
+	callID    string
+	localTag  string
+	remoteTag string
+	invite    *sip.Request   // the initial INVITE, for our BYE
+	src       netip.AddrPort // where the INVITE came from: the caller's flow
+	answer    []byte         // our SDP answer
+	conn      net.PacketConn // the media socket (the endpoint closes it when it runs)
+	media     *phones.MediaEndpoint
+	cancel    context.CancelFunc
+
+	ackSeq  uint32
+	acked   chan struct{}
+	ackOnce sync.Once
+	bye     chan struct{} // the caller hung up
+	byeOnce sync.Once
+	ended   chan struct{} // we hang up
+	endOnce sync.Once
+}
+
+func newEchoService(s *SIPService, listen func(context.Context) (net.PacketConn, error), max int) *echoService {
+	if max <= 0 {
+		max = DefaultMaxEchoSessions
+	}
+	return &echoService{s: s, listen: listen, max: max, sessions: make(map[string]*echoSession)}
+}
+
+// EchoSessions returns how many echo test calls are up.
+func (s *SIPService) EchoSessions() int {
+	if s.echo == nil {
+		return 0
+	}
+	s.echo.mu.Lock()
+	defer s.echo.mu.Unlock()
+	return len(s.echo.sessions)
+}
+
+// isEchoTarget reports whether the Request-URI names the echo test in
+// the mesh domain (or at this node), with no Route other than our own.
+func (e *echoService) isEchoTarget(req *sip.Request) bool {
+	ru := &req.Recipient
+	if ru.User != EchoExtension && !strings.EqualFold(ru.User, "echo") {
+		return false
+	}
+	if !e.s.ourHost(ru.Host) {
+		return false
+	}
+	for _, h := range req.GetHeaders("Route") {
+		rt, ok := h.(*sip.RouteHeader)
+		if !ok || !e.s.ourRoute(&rt.Address) {
+			return false
+		}
+	}
+	return true
+}
+
+// handle takes the requests of the echo test: a new INVITE to it from
+// the LAN, and the in-dialog requests of its sessions. It reports whether
+// it took req; the others go to the registrar and the proxy.
+func (e *echoService) handle(req *sip.Request, tx sip.ServerTransaction, in *sock, src netip.AddrPort) bool {
+	cid := req.CallID()
+	to := req.To()
+	if cid == nil || to == nil || !answerable(req) {
+		return false
+	}
+	if toTag, _ := to.Params.Get("tag"); toTag != "" {
+		e.mu.Lock()
+		sess := e.sessions[cid.Value()]
+		e.mu.Unlock()
+		if sess == nil || sess.localTag != toTag {
+			return false
+		}
+		e.inDialog(sess, req, tx, src)
+		return true
+	}
+	if req.Method != sip.INVITE || in != e.s.lan || !e.isEchoTarget(req) {
+		return false
+	}
+	e.invite(req, tx, src)
+	return true
+}
+
+// reply answers req with a response of our own, sent back where it came
+// from (as the proxy does, RFC 3581 behaviour for every UDP client).
+func (e *echoService) reply(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response) {
+	if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
+		res.SetDestination(src.String())
+	}
+	if err := tx.Respond(res); err != nil {
+		e.s.log.Debug("echo test: response not sent", "status", res.StatusCode, "err", err)
+	}
+}
+
+func (e *echoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, code int, reason string) {
+	e.reply(req, tx, src, e.s.respond(req, code, reason))
+}
+
+// invite answers a new call to the echo test and, once the caller ACKs
+// our 2xx, leaves the session running on its own goroutine.
+func (e *echoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
+	s := e.s
+	if code, reason := checkRequest(req, &reqHeaders{}); code != 0 {
+		s.malformed.Add(1)
+		e.replyCode(req, tx, src, code, reason)
+		return
+	}
+	if req.Contact() == nil {
+		e.replyCode(req, tx, src, 400, "Bad Request (INVITE without Contact)") // §8.1.1.8
+		return
+	}
+	idx, pt, err := echoStream(req.Body())
+	if err != nil {
+		// §13.3.1.3 and RFC 3264 §6: an offer we cannot take.
+		e.replyCode(req, tx, src, 488, "Not Acceptable Here ("+sanitizeReason(err.Error())+")")
+		return
+	}
+	cid := req.CallID().Value()
+	e.mu.Lock()
+	_, dup := e.sessions[cid]
+	full := len(e.sessions) >= e.max
+	if !dup && !full {
+		e.sessions[cid] = nil // reserved while the media socket opens
+	}
+	e.mu.Unlock()
+	switch {
+	case dup:
+		e.replyCode(req, tx, src, 482, "Loop Detected") // a merged request (§8.2.2.2)
+		return
+	case full:
+		e.replyCode(req, tx, src, 486, "Busy Here (echo test in use)")
+		return
+	}
+	sess, res, err := e.newSession(req, src, idx, pt)
+	if err != nil {
+		e.mu.Lock()
+		delete(e.sessions, cid)
+		e.mu.Unlock()
+		s.log.Warn("echo test: cannot answer", "call_id", cid, "err", err)
+		e.replyCode(req, tx, src, 503, "Service Unavailable (echo test)")
+		return
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	sess.cancel = cancel
+	e.mu.Lock()
+	e.sessions[cid] = sess
+	e.mu.Unlock()
+	if !s.goTracked(func() { e.run(ctx, sess) }) {
+		cancel()
+		sess.conn.Close()
+		e.forget(sess)
+		e.replyCode(req, tx, src, 503, "Service Unavailable (shutting down)")
+		return
+	}
+	s.log.Info("echo test answered", "call_id", cid, "caller", req.From().Address.String(), "media", sess.media.Local())
+	if !e.answer(ctx, req, tx, src, res, sess) {
+		s.log.Info("echo test: no ACK for our 2xx", "call_id", cid)
+		sess.end()
+	}
+}
+
+// newSession opens the session's media and builds the 2xx with our SDP
+// answer, our Contact and the Record-Route of the INVITE (§12.1.1).
+func (e *echoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8) (*echoSession, *sip.Response, error) {
+	s := e.s
+	d, _ := sipalg.Parse(req.Body()) // echoStream parsed it already
+	st := d.Streams[idx]
+	conn, err := e.listen(s.ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("media socket: %w", err)
+	}
+	remote := st.RTP()
+	if st.Hold() || !remote.Addr().IsValid() {
+		remote = netip.AddrPort{} // echo to wherever the frames come from
+	}
+	media, err := phones.NewMediaEndpoint(phones.MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: true})
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	res := s.respond(req, 200, "OK")
+	localTag, _ := res.To().Params.Get("tag")
+	remoteTag, _ := req.From().Params.Get("tag")
+	sess := &echoSession{
+		e: e, callID: req.CallID().Value(), localTag: localTag, remoteTag: remoteTag,
+		invite: req, src: src, conn: conn, media: media, ackSeq: req.CSeq().SeqNo,
+		acked: make(chan struct{}), bye: make(chan struct{}), ended: make(chan struct{}),
+	}
+	sess.answer = echoAnswer(d, idx, pt, s.lan.addr.Addr(), media.Local().Port())
+	for _, h := range req.GetHeaders("Record-Route") {
+		res.AppendHeader(h)
+	}
+	e.dialogHeaders(req, res, sess, true)
+	return sess, res, nil
+}
+
+// dialogHeaders adds our Contact (the node's LAN address, where the
+// caller sends its in-dialog requests) and, if sdp, the answer.
+func (e *echoService) dialogHeaders(req *sip.Request, res *sip.Response, sess *echoSession, sdp bool) {
+	u := sip.Uri{Scheme: "sip", User: EchoExtension, Host: uriHost(e.s.lan.addr.Addr()), Port: int(e.s.lan.addr.Port())}
+	if strings.EqualFold(req.Transport(), "TCP") {
+		u.UriParams = sip.HeaderParams{{K: "transport", V: "tcp"}}
+	}
+	res.AppendHeader(&sip.ContactHeader{Address: u})
+	res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"))
+	if sdp {
+		ct := sip.ContentTypeHeader("application/sdp")
+		res.AppendHeader(&ct)
+		res.SetBody(sess.answer)
+	}
+}
+
+// answer sends the 2xx and, as a UAS core must (RFC 3261 §13.3.1.4),
+// retransmits it from T1 doubling up to T2 until the ACK comes, for at
+// most 64*T1. sipgo ends the server transaction when the handler returns
+// (libraries.md §1 pitfall 5), so the handler waits here.
+func (e *echoService) answer(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response, sess *echoSession) bool {
+	e.reply(req, tx, src, res)
+	interval := sip.T1
+	deadline := time.NewTimer(64 * sip.T1)
+	defer deadline.Stop()
+	for {
+		t := time.NewTimer(interval)
+		select {
+		case <-sess.acked:
+			t.Stop()
+			return true
+		case <-sess.bye: // the ACK was lost, the BYE was not
+			t.Stop()
+			return true
+		case <-ctx.Done():
+			t.Stop()
+			return true
+		case <-deadline.C:
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		e.reply(req, tx, src, res)
+		interval = min(2*interval, sip.T2)
+	}
+}
+
+// inDialog answers a request inside an echo session's dialog.
+func (e *echoService) inDialog(sess *echoSession, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
+	if ft, _ := req.From().Params.Get("tag"); ft != sess.remoteTag {
+		if !req.IsAck() {
+			e.replyCode(req, tx, src, 481, "Call/Transaction Does Not Exist")
+		}
+		return
+	}
+	switch req.Method {
+	case sip.ACK:
+		if cs := req.CSeq(); cs != nil && cs.SeqNo == sess.ackSeq {
+			sess.ackOnce.Do(func() { close(sess.acked) })
+		}
+	case sip.BYE:
+		e.replyCode(req, tx, src, 200, "OK")
+		sess.byeOnce.Do(func() { close(sess.bye) })
+	case sip.INVITE, sip.UPDATE:
+		// A session refresh or a new offer (re-INVITE §14, UPDATE RFC
+		// 3311): follow a new RTP address, answer with the same
+		// description (RFC 3264 §8: unchanged, same version).
+		if len(req.Body()) > 0 {
+			idx, _, err := echoStream(req.Body())
+			if err != nil {
+				e.replyCode(req, tx, src, 488, "Not Acceptable Here")
+				return
+			}
+			d, _ := sipalg.Parse(req.Body())
+			if st := d.Streams[idx]; !st.Hold() && st.RTP().Addr().IsValid() {
+				sess.media.SetRemote(st.RTP())
+			}
+		}
+		res := e.s.respond(req, 200, "OK")
+		e.dialogHeaders(req, res, sess, true)
+		e.reply(req, tx, src, res)
+	default:
+		// OPTIONS, INFO (DTMF), MESSAGE, NOTIFY: acknowledged, nothing to do.
+		e.replyCode(req, tx, src, 200, "OK")
+	}
+}
+
+// run is a session's life: media until the caller's BYE, the service
+// stopping, or the session outliving its bounds, which ends it with our BYE.
+func (e *echoService) run(ctx context.Context, sess *echoSession) {
+	defer e.forget(sess)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer sess.cancel() // stops the media first
+	wg.Go(func() {
+		if err := sess.media.Run(ctx); err != nil {
+			e.s.log.Warn("echo test media", "call_id", sess.callID, "err", err)
+		}
+	})
+	check := time.NewTicker(echoIdle / 3)
+	defer check.Stop()
+	maxT := time.NewTimer(echoMaxDuration)
+	defer maxT.Stop()
+	var lastRx uint64
+	lastAt := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sess.bye:
+			return
+		case <-sess.ended:
+			e.sendBye(ctx, sess)
+			return
+		case <-maxT.C:
+			e.s.log.Info("echo test: session too long, hanging up", "call_id", sess.callID)
+			e.sendBye(ctx, sess)
+			return
+		case now := <-check.C:
+			if rx := sess.media.Stats().Received; rx != lastRx {
+				lastRx, lastAt = rx, now
+			} else if now.Sub(lastAt) >= echoIdle {
+				e.s.log.Info("echo test: no audio, hanging up", "call_id", sess.callID)
+				e.sendBye(ctx, sess)
+				return
+			}
+		}
+	}
+}
+
+// end asks the session to end with a BYE of ours.
+func (sess *echoSession) end() { sess.endOnce.Do(func() { close(sess.ended) }) }
+
+// sendBye ends the dialog from our side (RFC 3261 §15.1.1): an in-dialog
+// request to the caller's flow, which is on our LAN (the echo test only
+// answers phones there).
+func (e *echoService) sendBye(ctx context.Context, sess *echoSession) {
+	s := e.s
+	inv := sess.invite
+	target := inv.Contact().Address
+	bye := sip.NewRequest(sip.BYE, *target.Clone())
+	tr := strings.ToUpper(inv.Transport())
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: tr,
+		Host: s.lan.addr.Addr().String(), Port: int(s.lan.addr.Port())}
+	via.Params.Add("branch", sip.GenerateBranchN(16))
+	bye.AppendHeader(via)
+	mf := sip.MaxForwardsHeader(70)
+	bye.AppendHeader(&mf)
+	to := inv.To()
+	bye.AppendHeader(&sip.FromHeader{DisplayName: to.DisplayName, Address: to.Address, Params: tagParams(sess.localTag)})
+	from := inv.From()
+	bye.AppendHeader(&sip.ToHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
+	bye.AppendHeader(inv.CallID())
+	bye.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.BYE})
+	bye.SetBody(nil)
+	bye.SetTransport(tr)
+	bye.SetDestination(sess.src.String())
+	if tr == "UDP" {
+		s.lan.laddr.Copy(&bye.Laddr)
+	}
+	if err := s.connReady(bye); err != nil {
+		s.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
+		return
+	}
+	tx, err := s.client.TransactionRequest(ctx, bye, noBuild)
+	if err != nil {
+		s.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
+		return
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.StatusCode >= 200 {
+				return
+			}
+		case <-tx.Done():
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func tagParams(tag string) sip.HeaderParams {
+	hp := sip.NewParams()
+	hp.Add("tag", tag)
+	return hp
+}
+
+// forget removes a session from the table.
+func (e *echoService) forget(sess *echoSession) {
+	e.mu.Lock()
+	if e.sessions[sess.callID] == sess {
+		delete(e.sessions, sess.callID)
+	}
+	e.mu.Unlock()
+}
+
+// echoStream picks the audio stream of an offer that the echo endpoint
+// can take: RTP/AVP with PCMU or PCMA (RFC 3551 payload types 0 and 8).
+// It returns the stream's index among the offer's m= lines.
+func echoStream(body []byte) (int, uint8, error) {
+	if len(body) == 0 {
+		return 0, 0, errors.New("no SDP offer")
+	}
+	d, err := sipalg.Parse(body)
+	if err != nil {
+		return 0, 0, errors.New("bad SDP")
+	}
+	for i, st := range d.Streams {
+		if st.Media != "audio" || st.Rejected() || st.Proto != "RTP/AVP" {
+			continue
+		}
+		for _, f := range st.Formats {
+			switch f {
+			case "0":
+				return i, phones.PayloadPCMU, nil
+			case "8":
+				return i, phones.PayloadPCMA, nil
+			}
+		}
+	}
+	return 0, 0, errors.New("no G.711 audio stream")
+}
+
+// echoAnswer is the SDP answer (RFC 3264 §6): one m= line per offered
+// one, the chosen audio stream with the one codec at our address, every
+// other stream rejected with port 0.
+func echoAnswer(offer *sipalg.SDP, idx int, pt uint8, addr netip.Addr, port uint16) []byte {
+	codec := "PCMU/8000"
+	if pt == phones.PayloadPCMA {
+		codec = "PCMA/8000"
+	}
+	b := fmt.Appendf(nil, "v=0\r\no=sipmesh %d 1 IN IP4 %s\r\ns=sipmesh echo test\r\nc=IN IP4 %s\r\nt=0 0\r\n",
+		time.Now().UnixNano()&0x7fffffff, addr, addr)
+	for i, st := range offer.Streams {
+		if i != idx {
+			f := "0"
+			if len(st.Formats) > 0 {
+				f = st.Formats[0]
+			}
+			b = fmt.Appendf(b, "m=%s 0 %s %s\r\n", st.Media, st.Proto, f)
+			continue
+		}
+		b = fmt.Appendf(b, "m=audio %d RTP/AVP %d\r\na=rtpmap:%d %s\r\na=ptime:20\r\na=sendrecv\r\n", port, pt, pt, codec)
+	}
+	return b
+}
