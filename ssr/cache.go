@@ -1,6 +1,7 @@
 package ssr
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -282,7 +283,14 @@ func (c *cache) evictPass(pinned []NodeID, target int) bool {
 			leaves = append(leaves, e)
 		}
 	}
-	slices.SortFunc(leaves, func(a, b *centry) int { return a.used.Compare(b.used) })
+	// Ties broken by ID: map order is random, and a simulation must
+	// replay the same under the same seed.
+	slices.SortFunc(leaves, func(a, b *centry) int {
+		if c := a.used.Compare(b.used); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.id, b.id)
+	})
 	for _, e := range leaves {
 		if len(c.entries) <= target {
 			break

@@ -545,21 +545,30 @@ func reverseInto(dst, src []NodeID) []NodeID {
 // and skips planned hops when a later one is a direct neighbour.
 func (n *Node) tidy(r *routed) {
 	pos := int(r.pos)
-	for i := 0; i < pos; i++ {
-		if r.route[i] == n.id {
-			r.route = append(r.route[:i], r.route[pos:]...)
-			pos = i
-			break
+	// The history is shortened (loop cut, neighbour short-cut) unless an
+	// application datagram's history runs through this node after a
+	// relay's routing decision: the frame bounced off a stale route, the
+	// loop runs through the node that decided, and an error report must
+	// pass that node on its way back (else the frame bounces until its
+	// virtual hop budget ends). Control frames keep short histories: their
+	// replies cross lossy paths, and a stale route is found by their
+	// sender's own ring maintenance.
+	loop := slices.Index(r.route[:pos], n.id)
+	if loop < 0 || r.vhops <= 1 || r.proto != protoData {
+		if loop >= 0 {
+			r.route = append(r.route[:loop], r.route[pos:]...)
+			pos = loop
 		}
-	}
-	for j := max(0, pos-6); j < pos-1; j++ {
-		// Replies follow this history back: only a neighbour heard
-		// very recently may short-cut it (a link may have just died on
-		// the far side, unnoticed here until the neighbour times out).
-		if n.recentNbr(r.route[j]) {
-			r.route = append(r.route[:j+1], r.route[pos:]...)
-			pos = j + 1
-			break
+		for j := max(0, pos-6); j < pos-1; j++ {
+			// Replies follow this history back: only a neighbour heard
+			// very recently may short-cut it (a link may have just died
+			// on the far side, unnoticed here until the neighbour times
+			// out).
+			if n.recentNbr(r.route[j]) {
+				r.route = append(r.route[:j+1], r.route[pos:]...)
+				pos = j + 1
+				break
+			}
 		}
 	}
 	for k := min(len(r.route)-1, pos+6); k > pos+1; k-- {
