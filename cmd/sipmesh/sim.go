@@ -67,6 +67,10 @@ func simulate(ctx context.Context, cfg ssrsim.Config, sc ssrsim.Scenario, asJSON
 		bar.update(phase, virt, consistent)
 	}
 	sc.Stop = func() bool { return ctx.Err() != nil }
+	sc.Logf = func(format string, args ...any) {
+		bar.done()
+		fmt.Fprintf(stderr, format+"\n", args...)
+	}
 	rep := s.Run(sc)
 	bar.done()
 	if err := ctx.Err(); err != nil {

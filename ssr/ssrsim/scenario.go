@@ -51,6 +51,15 @@ type Scenario struct {
 	Limit    time.Duration // give up on convergence after this (virtual), default 30 min
 	Progress func(phase string, virtual time.Duration, consistent float64)
 	Stop     func() bool // when it returns true, Run ends early (Ctrl-C)
+	// Logf, when set, gets each phase's outcome as it ends, so a long run
+	// shows its results before the report.
+	Logf func(format string, args ...any)
+}
+
+func (sc Scenario) logf(format string, args ...any) {
+	if sc.Logf != nil {
+		sc.Logf(format, args...)
+	}
 }
 
 func (sc Scenario) stopped() bool { return sc.Stop != nil && sc.Stop() }
@@ -73,6 +82,7 @@ func (s *Sim) Run(sc Scenario) Report {
 
 	conv, ok := s.converge("converging", sc)
 	rep.ConvergeS, rep.RingConsistent = conv.Seconds(), ok
+	sc.logf("t=%v ring consistent: %v, after %v", s.Now().Round(time.Second), ok, conv)
 	// Steady state: fingers fill in; control traffic is measured here.
 	c0, t0 := s.ControlFrames(), s.Now()
 	s.runWithProgress("settling", s.fingerWarmup(), sc)
@@ -81,6 +91,8 @@ func (s *Sim) Run(sc Scenario) Report {
 	rep.DeliveryExact, rep.DeliveryClose = d.Exact, d.Closest
 	rep.StretchP50, rep.StretchP95, rep.HopsP50 = d.StretchP50, d.StretchP95, d.HopsP50
 	rep.RouteCacheP95 = s.CacheP95()
+	sc.logf("t=%v delivery exact %.4f closest %.4f, stretch p50 %.2f p95 %.2f, route cache p95 %.0f, %.1f control frames/node/s",
+		s.Now(), d.Exact, d.Closest, d.StretchP50, d.StretchP95, rep.RouteCacheP95, rep.ControlPerNode)
 
 	if sc.Churn > 0 {
 		k := int(math.Round(sc.Churn * float64(len(s.Live()))))
@@ -96,6 +108,7 @@ func (s *Sim) Run(sc Scenario) Report {
 		s.Reconnect()
 		conv, ok := s.converge("churn", sc)
 		ch.ConvergeS, ch.RingConsistent = conv.Seconds(), ok
+		sc.logf("t=%v after %d left and %d joined: ring consistent: %v, after %v", s.Now().Round(time.Second), k, k, ok, conv)
 		s.runWithProgress("settling", s.fingerWarmup(), sc)
 		d := s.MeasureDelivery(sc.Probes, 10*time.Second, 15*time.Second)
 		ch.DeliveryExact, ch.DeliveryClose = d.Exact, d.Closest
