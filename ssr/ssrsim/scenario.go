@@ -92,7 +92,7 @@ func (s *Sim) Run(sc Scenario) Report {
 	rep.StretchP50, rep.StretchP95, rep.HopsP50 = d.StretchP50, d.StretchP95, d.HopsP50
 	rep.RouteCacheP95 = s.CacheP95()
 	sc.logf("t=%v delivery exact %.4f closest %.4f, stretch p50 %.2f p95 %.2f, route cache p95 %.0f, %.1f control frames/node/s",
-		s.Now(), d.Exact, d.Closest, d.StretchP50, d.StretchP95, rep.RouteCacheP95, rep.ControlPerNode)
+		s.Now().Round(time.Second), d.Exact, d.Closest, d.StretchP50, d.StretchP95, rep.RouteCacheP95, rep.ControlPerNode)
 
 	if sc.Churn > 0 {
 		k := int(math.Round(sc.Churn * float64(len(s.Live()))))
