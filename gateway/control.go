@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -229,39 +228,7 @@ func (c *ControlClient) Close() { c.hc.CloseIdleConnections() }
 // get fetches endpoint and decodes the JSON answer into v, or returns the
 // error the node reported.
 func (c *ControlClient) get(ctx context.Context, endpoint string, v any) error {
-	// The host part is ignored: the transport always dials the socket.
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://sipmesh"+endpoint, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("control socket %s: %w: %v", c.path, ErrNoNode, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("control socket %s: reading answer: %w", c.path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var ce controlError
-		if json.Unmarshal(body, &ce) == nil && ce.Error != "" {
-			return errors.New(ce.Error)
-		}
-		return fmt.Errorf("control socket %s: %s", c.path, resp.Status)
-	}
-	if raw, ok := v.(*json.RawMessage); ok {
-		*raw = body
-		return nil
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("control socket %s: bad answer: %w", c.path, err)
-	}
-	return nil
+	return c.do(ctx, http.MethodGet, endpoint, nil, v)
 }
 
 // Status returns the node's status.

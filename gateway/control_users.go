@@ -147,6 +147,10 @@ func (c *ControlClient) do(ctx context.Context, method, endpoint string, body, v
 		}
 		return fmt.Errorf("control socket %s: %s", c.path, resp.Status)
 	}
+	if raw, ok := v.(*json.RawMessage); ok {
+		*raw = b
+		return nil
+	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("control socket %s: bad answer: %w", c.path, err)
 	}
