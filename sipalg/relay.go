@@ -280,7 +280,7 @@ func (r *Relay) bind(ctx context.Context, side Side, sc SideConfig, e *end) erro
 		if err == nil {
 			var rtcp net.PacketConn
 			if rtcp, err = sc.Listen(ctx, port+1); err == nil {
-				e.conn = [2]packetConn{asPacketConn(rtp), asPacketConn(rtcp)}
+				e.conn = [2]netx.AddrPortConn{netx.AsAddrPortConn(rtp), netx.AsAddrPortConn(rtcp)}
 				e.local = [2]netip.AddrPort{netip.AddrPortFrom(sc.Addr, port), netip.AddrPortFrom(sc.Addr, port+1)}
 				return nil
 			}
@@ -305,43 +305,4 @@ func (r *Relay) release(s *Session) {
 			delete(r.ports[i].used, lp.Port())
 		}
 	}
-}
-
-// packetConn is what the relay needs of a socket: datagrams addressed by
-// netip.AddrPort, which *net.UDPConn, memnet and SSR mesh sockets offer
-// without allocating per packet.
-type packetConn interface {
-	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
-	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
-	Close() error
-}
-
-// asPacketConn returns c's allocation-free methods when it has them, and
-// otherwise adapts its net.Addr methods (which allocate).
-func asPacketConn(c net.PacketConn) packetConn {
-	if pc, ok := c.(packetConn); ok {
-		return pc
-	}
-	return addrConn{c}
-}
-
-type addrConn struct{ net.PacketConn }
-
-func (c addrConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
-	n, a, err := c.ReadFrom(b)
-	if err != nil {
-		return n, netip.AddrPort{}, err
-	}
-	var ap netip.AddrPort
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		ap = a.AddrPort()
-	default:
-		ap, _ = netip.ParseAddrPort(a.String())
-	}
-	return n, ap, nil
-}
-
-func (c addrConn) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
-	return c.WriteTo(b, net.UDPAddrFromAddrPort(to))
 }

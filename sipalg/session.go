@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sipmesh/sipmesh/netx"
 )
 
 // Session relays one media stream of one call leg: an RTP and an RTCP
@@ -43,11 +45,11 @@ type Session struct {
 // end is one side of a session.
 type end struct {
 	side  Side
-	conn  [2]packetConn     // [0] RTP, [1] RTCP
-	local [2]netip.AddrPort // their addresses as advertised
-	peer  [2]peer           // where this side's peer is
-	allow []netip.Addr      // extra latch-allowed source IPs
-	hold  bool              // peer asked for no media (c=0.0.0.0)
+	conn  [2]netx.AddrPortConn // [0] RTP, [1] RTCP
+	local [2]netip.AddrPort    // their addresses as advertised
+	peer  [2]peer              // where this side's peer is
+	allow []netip.Addr         // extra latch-allowed source IPs
+	hold  bool                 // peer asked for no media (c=0.0.0.0)
 
 	rx    Receiver
 	stats StreamStats

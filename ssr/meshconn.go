@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sipmesh/sipmesh/netx"
 )
 
 // Mesh socket bounds.
@@ -21,53 +23,6 @@ const (
 	ephemeralLo = 49152
 	ephemeralHi = 65535
 )
-
-// packetConn is what the router needs of a link socket: datagrams addressed
-// by netip.AddrPort, which *net.UDPConn offers without allocating per packet.
-type packetConn interface {
-	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
-	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
-	Close() error
-}
-
-// asPacketConn returns c's allocation-free methods when it has them (kernel
-// sockets do), and otherwise adapts its net.Addr methods.
-func asPacketConn(c net.PacketConn) packetConn {
-	if pc, ok := c.(packetConn); ok {
-		return pc
-	}
-	return addrConn{c}
-}
-
-type addrConn struct{ net.PacketConn }
-
-func (c addrConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
-	n, a, err := c.ReadFrom(b)
-	if err != nil {
-		return n, netip.AddrPort{}, err
-	}
-	return n, addrPortOf(a), nil
-}
-
-func (c addrConn) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
-	return c.WriteTo(b, net.UDPAddrFromAddrPort(to))
-}
-
-// addrPortOf converts a datagram address; anything but UDP becomes invalid.
-func addrPortOf(a net.Addr) netip.AddrPort {
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	case interface{ AddrPort() netip.AddrPort }:
-		return a.AddrPort()
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
-}
 
 // ListenPacket opens a mesh socket bound to [mesh address]:port; port 0
 // picks a free port from the dynamic range. Datagrams sent to it with
@@ -229,7 +184,7 @@ func (c *meshConn) isClosed() bool { return isClosed(c.closed) }
 // WriteTo implements net.PacketConn. addr must be a *net.UDPAddr (or any
 // address whose String is host:port) inside MeshPrefix.
 func (c *meshConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	ap := addrPortOf(addr)
+	ap := netx.AddrPortOf(addr)
 	if !ap.IsValid() {
 		return 0, c.opError("write", addr, fmt.Errorf("%w: %v", ErrNotMesh, addr))
 	}

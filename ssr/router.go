@@ -123,10 +123,10 @@ type Router struct {
 type routerLink struct {
 	id        LinkID
 	name      string
-	uc        packetConn     // unicast socket: sends everything, receives unicast
-	local     netip.Addr     // our link-local address on it
-	port      uint16         // the unicast socket's port
-	group     netip.AddrPort // beacon group with the interface as zone
+	uc        netx.AddrPortConn // unicast socket: sends everything, receives unicast
+	local     netip.Addr        // our link-local address on it
+	port      uint16            // the unicast socket's port
+	group     netip.AddrPort    // beacon group with the interface as zone
 	lastErr   string
 	lastLog   time.Time
 	suppressd int         // send errors not logged since lastLog
@@ -164,7 +164,7 @@ type request struct {
 	pingID           uint32
 	status           chan<- RouterStatus
 	link             LinkID
-	uc               packetConn
+	uc               netx.AddrPortConn
 	local            netip.Addr
 	up               bool // reqLinkState
 }
@@ -490,11 +490,11 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 			} else {
 				log.Info("mesh interface up", "local", local)
 			}
-			pc := asPacketConn(uc)
-			wg.Go(func() { r.read(id, asPacketConn(mc), local, true) })
+			pc := netx.AsAddrPortConn(uc)
+			wg.Go(func() { r.read(id, netx.AsAddrPortConn(mc), local, true) })
 			wg.Go(func() { r.read(id, pc, local, false) })
 			select {
-			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, local: local, srcPort: addrPortOf(uc.LocalAddr()).Port()}:
+			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, local: local, srcPort: netx.AddrPortOf(uc.LocalAddr()).Port()}:
 			case <-ctx.Done():
 			}
 			return
@@ -556,7 +556,7 @@ func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketCo
 
 // read is the reader goroutine of one link socket. It exits when the socket
 // is closed or the router stops.
-func (r *Router) read(id LinkID, c packetConn, local netip.Addr, beacon bool) {
+func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon bool) {
 	name := r.cfg.Interfaces[id]
 	local = local.WithZone("")
 	var errs int
