@@ -118,6 +118,8 @@ type Stats struct {
 	Dropped             uint64 // frames dropped (hop budget, no route, loops)
 	LinkBroken          uint64 // broken-link reports sent
 	Unreachable         uint64 // unreachable reports sent
+	Redirected          uint64 // relayed frames sent to a node closer to their target than planned
+	Shortened           uint64 // relayed frames given a shorter cached route to their planned end
 }
 
 // Neighbour is a node heard directly on a link.

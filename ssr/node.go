@@ -21,7 +21,7 @@ type Node struct {
 	env Env
 	rng *rand.Rand
 
-	links map[LinkID]bool
+	links []LinkID // sorted: beacons go out in a fixed order (replayable simulations)
 	nbrs  map[NodeID]*nbr
 	cache *cache
 	tomb  map[NodeID]time.Time // nodes believed dead, until the time given
@@ -129,7 +129,6 @@ func New(id NodeID, p Params, env Env, seed uint64) *Node {
 	return &Node{
 		id: id, p: d, env: env,
 		rng:      rand.New(rand.NewPCG(seed, uint64(id))),
-		links:    make(map[LinkID]bool),
 		nbrs:     make(map[NodeID]*nbr),
 		cache:    newCache(id, d.CacheSize, cacheTTL),
 		tomb:     make(map[NodeID]time.Time),
@@ -144,11 +143,17 @@ func New(id NodeID, p Params, env Env, seed uint64) *Node {
 func (n *Node) ID() NodeID { return n.id }
 
 // AddLink tells the node about a mesh interface.
-func (n *Node) AddLink(l LinkID) { n.links[l] = true }
+func (n *Node) AddLink(l LinkID) {
+	if i, found := slices.BinarySearch(n.links, l); !found {
+		n.links = slices.Insert(n.links, i, l)
+	}
+}
 
 // RemoveLink forgets an interface and the neighbours heard on it.
 func (n *Node) RemoveLink(l LinkID) {
-	delete(n.links, l)
+	if i, found := slices.BinarySearch(n.links, l); found {
+		n.links = slices.Delete(n.links, i, i+1)
+	}
 	for id, nb := range n.nbrs {
 		if nb.link == l {
 			n.dropNeighbour(id)
@@ -288,7 +293,7 @@ func (n *Node) sendHellos(now time.Time) {
 	} else {
 		h.maxID, h.maxSeq, h.path = n.maxID, n.maxSeq, n.maxPath
 	}
-	for l := range n.links {
+	for _, l := range n.links {
 		h.neigh = h.neigh[:0]
 		for _, nb := range n.nbrs {
 			if nb.link == l && len(h.neigh) < maxHelloNbr {
@@ -501,10 +506,66 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 		n.hopError(r)
 	}
 	if pos < len(r.route)-1 {
+		if r.flags&flagHopByHop == 0 && n.improve(now, r) {
+			return
+		}
 		n.forward(now, r)
 		return
 	}
 	n.decide(now, r)
+}
+
+// improve lets a relay revise the rest of a frame's route with what it
+// knows itself, as every node on an SSR path may (thesis §2.1.4.3): a
+// cached node virtually closer to the target than the planned end becomes
+// the new end (a routing decision, counted as a virtual hop), else a
+// shorter cached route to the planned end replaces the planned one. Both
+// keep routing loop-free: the end's distance to the target only shrinks,
+// and for a fixed end the remaining hop count only shrinks (a cached depth
+// never underestimates). It reports whether it took over the frame
+// (delivered it or handed it to decide).
+func (n *Node) improve(now time.Time, r *routed) bool {
+	pos := int(r.pos)
+	end := r.route[len(r.route)-1]
+	// A re-route around a broken link picks the repairing node's best
+	// guess, which may be virtually farther than the end planned before;
+	// a relay still holding the stale route to that earlier end would
+	// send the frame back into the break, over and over. Such frames
+	// keep their end.
+	redirect := r.flags&flagRepaired == 0 && end != r.target && int(r.vhops) < maxVHops
+	if redirect && cw(n.id, r.target) < cw(end, r.target) {
+		// This relay is itself a better decision point than the end.
+		best := n.cache.closestBefore(r.target)
+		if best != n.id || r.flags&flagClosest != 0 {
+			n.stats.Redirected++
+			r.route = r.route[:pos+1]
+			n.decide(now, r)
+			return true
+		}
+	} else if redirect {
+		// Only to a node this relay heard from recently: its cache also
+		// holds second-hand and old routes, some to nodes long gone.
+		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) &&
+			n.cache.fresh(best, now.Add(-n.p.RingIntervalMax)) {
+			if path := n.cache.route(best, now); len(path) > 0 && pos+1+len(path) <= n.p.MaxHops {
+				n.stats.Redirected++
+				r.route = append(r.route[:pos+1], path...)
+				r.vhops++
+				n.tidy(r)
+				return false
+			}
+		}
+	}
+	if rest := len(r.route) - 1 - pos; rest > 1 {
+		if d := n.cache.depth(end); d > 0 && d < rest && n.cache.fresh(end, now.Add(-n.p.RingIntervalMax)) {
+			if path := n.cache.route(end, now); len(path) > 0 && len(path) < rest {
+				n.stats.Shortened++
+				r.route = append(r.route[:pos+1], path...)
+				n.tidy(r)
+			}
+		}
+	}
+	return false
 }
 
 // worthLearning decides whether the route back to an unknown source of a
@@ -617,6 +678,7 @@ func (n *Node) linkBroken(now time.Time, r *routed, next NodeID) {
 		n.sendError(now, r, errLinkBroken, n.id, next)
 	}
 	r.route = r.route[:pos+1]
+	r.flags |= flagRepaired
 	n.decide(now, r)
 }
 

@@ -618,3 +618,69 @@ func TestNodeLossyRing(t *testing.T) {
 		t.Errorf("with 10 %% frame loss per link the ring was wrong in %d of %d samples (more than 25 %%; live nodes tombstoned: %d node·seconds)", wrong, samples, tombed)
 	}
 }
+
+// TestNodeRelayImproves: a relay revises the rest of a frame's route with
+// what it knows first-hand — a node virtually closer to a closest frame's key
+// than the planned end, or a shorter route to that end — but not with stale
+// knowledge, and not a frame already re-routed around a broken link.
+func TestNodeRelayImproves(t *testing.T) {
+	const (
+		X   = NodeID(0x1000000000000000) // the relay
+		S   = NodeID(0xf000000000000000) // the source, X's neighbour
+		A   = NodeID(0x2000000000000000) // planned path X→A→B→C→E
+		B   = NodeID(0x3000000000000000)
+		C   = NodeID(0x4000000000000000)
+		E   = NodeID(0x5000000000000000)
+		N   = NodeID(0x7000000000000000) // X's other neighbour
+		R   = NodeID(0x8000000000000000) // behind N: responsible for key
+		key = NodeID(0x8800000000000000)
+	)
+	planned := []NodeID{S, X, A, B, C, E}
+	cases := []struct {
+		name     string
+		target   NodeID
+		flags    uint8
+		learn    []NodeID // X's route to learn, first-hand unless stale
+		stale    bool
+		want     []NodeID
+		vhops    uint8
+		counters [2]uint64 // Redirected, Shortened
+	}{
+		{"closer node", key, flagClosest, []NodeID{N, R}, false, []NodeID{S, X, N, R}, 2, [2]uint64{1, 0}},
+		{"closer node, stale", key, flagClosest, []NodeID{N, R}, true, planned, 1, [2]uint64{}},
+		{"closer node, repaired frame", key, flagClosest | flagRepaired, []NodeID{N, R}, false, planned, 1, [2]uint64{}},
+		{"shorter route", E, 0, []NodeID{N, E}, false, []NodeID{S, X, N, E}, 1, [2]uint64{0, 1}},
+		{"shorter route, stale", E, 0, []NodeID{N, E}, true, planned, 1, [2]uint64{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env := &fenv{}
+			n := New(X, Params{}, env, 1)
+			n.AddLink(0)
+			now := t0
+			for i, id := range []NodeID{S, A, N} {
+				h := hello{src: id, seq: 1, neigh: []NodeID{X}}
+				n.HandleFrame(now, 0, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 7447), h.appendTo(nil))
+			}
+			n.learn([]NodeID{A, B, C, E}, now, false)
+			n.learn(c.learn, now, !c.stale)
+			env.frames = nil
+			in := routed{proto: protoData, flags: c.flags, target: c.target, vhops: 1, pos: 1, route: planned,
+				payload: []byte{0, 1, 0, 9, 'x'}}
+			n.HandleFrame(now, 0, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), 7447), append(in.appendHeader(nil), in.payload...))
+			if len(env.frames) != 1 {
+				t.Fatalf("%d frames sent, want 1", len(env.frames))
+			}
+			var out routed
+			if err := out.decode(env.frames[0].b); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(out.route, c.want) || out.vhops != c.vhops || out.pos != 2 {
+				t.Errorf("sent route %v vhops %d pos %d, want %v vhops %d pos 2", out.route, out.vhops, out.pos, c.want, c.vhops)
+			}
+			if st := n.Stats(); st.Redirected != c.counters[0] || st.Shortened != c.counters[1] {
+				t.Errorf("redirected %d shortened %d, want %v", st.Redirected, st.Shortened, c.counters)
+			}
+		})
+	}
+}

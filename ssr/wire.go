@@ -28,6 +28,9 @@ const (
 const (
 	flagClosest  = 1 << 0 // closest delivery (else exact)
 	flagHopByHop = 1 << 1 // every node on the route processes the payload
+	// flagRepaired marks a frame re-routed around a broken link: relays
+	// no longer redirect it (see Node.improve), they only shorten its route.
+	flagRepaired = 1 << 2
 )
 
 const (

@@ -25,23 +25,26 @@ type Report struct {
 	RouteCacheP95  float64 `json:"route_cache_p95"`
 	ControlPerNode float64 `json:"control_msgs_per_node_s"`
 	Probes         int     `json:"probes"`
-	Churn          *Churn  `json:"churn,omitempty"`
-	VirtualS       float64 `json:"virtual_s"`
-	WallS          float64 `json:"wall_s"`
-	PeakRSSMB      float64 `json:"peak_rss_mb"`
+	// Failures counts the probes that failed, by mode and cause.
+	Failures  map[string]int `json:"failures,omitempty"`
+	Churn     *Churn         `json:"churn,omitempty"`
+	VirtualS  float64        `json:"virtual_s"`
+	WallS     float64        `json:"wall_s"`
+	PeakRSSMB float64        `json:"peak_rss_mb"`
 }
 
 // Churn reports the second phase: nodes leave and join, the ring heals.
 type Churn struct {
-	Fraction       float64 `json:"fraction"`
-	Left           int     `json:"left"`
-	Joined         int     `json:"joined"`
-	RingConsistent bool    `json:"ring_consistent"`
-	ConvergeS      float64 `json:"converge_s"`
-	DeliveryExact  float64 `json:"delivery_exact"`
-	DeliveryClose  float64 `json:"delivery_closest"`
-	StretchP50     float64 `json:"stretch_p50"`
-	StretchP95     float64 `json:"stretch_p95"`
+	Fraction       float64        `json:"fraction"`
+	Left           int            `json:"left"`
+	Joined         int            `json:"joined"`
+	RingConsistent bool           `json:"ring_consistent"`
+	ConvergeS      float64        `json:"converge_s"`
+	DeliveryExact  float64        `json:"delivery_exact"`
+	DeliveryClose  float64        `json:"delivery_closest"`
+	StretchP50     float64        `json:"stretch_p50"`
+	StretchP95     float64        `json:"stretch_p95"`
+	Failures       map[string]int `json:"failures,omitempty"`
 }
 
 // Scenario is what Run does.
@@ -91,8 +94,9 @@ func (s *Sim) Run(sc Scenario) Report {
 	rep.DeliveryExact, rep.DeliveryClose = d.Exact, d.Closest
 	rep.StretchP50, rep.StretchP95, rep.HopsP50 = d.StretchP50, d.StretchP95, d.HopsP50
 	rep.RouteCacheP95 = s.CacheP95()
-	sc.logf("t=%v delivery exact %.4f closest %.4f, stretch p50 %.2f p95 %.2f, route cache p95 %.0f, %.1f control frames/node/s",
-		s.Now().Round(time.Second), d.Exact, d.Closest, d.StretchP50, d.StretchP95, rep.RouteCacheP95, rep.ControlPerNode)
+	rep.Failures = d.Failures
+	sc.logf("t=%v delivery exact %.4f closest %.4f, stretch p50 %.2f p95 %.2f, route cache p95 %.0f, %.1f control frames/node/s, failures %v",
+		s.Now().Round(time.Second), d.Exact, d.Closest, d.StretchP50, d.StretchP95, rep.RouteCacheP95, rep.ControlPerNode, d.Failures)
 
 	if sc.Churn > 0 {
 		k := int(math.Round(sc.Churn * float64(len(s.Live()))))
@@ -113,6 +117,7 @@ func (s *Sim) Run(sc Scenario) Report {
 		d := s.MeasureDelivery(sc.Probes, 10*time.Second, 15*time.Second)
 		ch.DeliveryExact, ch.DeliveryClose = d.Exact, d.Closest
 		ch.StretchP50, ch.StretchP95 = d.StretchP50, d.StretchP95
+		ch.Failures = d.Failures
 		rep.Churn = ch
 	}
 	rep.VirtualS = s.Now().Seconds()

@@ -75,6 +75,7 @@ type probe struct {
 	mode      ssr.Mode
 	got       int // receiving node, -1 until delivered
 	hops      int
+	why       string // the unreachable report's reason, if one came back
 }
 
 // New builds the topology and its nodes; nothing runs until Run.
@@ -177,7 +178,12 @@ const probePort = 9
 func (n *simNode) Deliver(ev ssr.Event) {
 	d, ok := ev.(ssr.Datagram)
 	if !ok || d.DstPort != probePort {
-		if u, isU := ev.(ssr.Unreachable); n.sim.App != nil && (!isU || u.DstPort != probePort) {
+		u, isU := ev.(ssr.Unreachable)
+		if isU && u.DstPort == probePort {
+			n.sim.probeFailed(n.idx, u)
+			return
+		}
+		if n.sim.App != nil {
 			n.sim.App(n.idx, ev)
 		}
 		return
@@ -191,6 +197,16 @@ func (n *simNode) Deliver(ev ssr.Event) {
 	}
 	if p := n.sim.probes[tag]; p != nil && p.got < 0 {
 		p.got, p.hops = n.idx, d.Hops
+	}
+}
+
+// probeFailed notes why a probe from src did not arrive: reports carry
+// no tag, so it goes to the undelivered probes from src to that target.
+func (s *Sim) probeFailed(src int, u ssr.Unreachable) {
+	for _, p := range s.probes {
+		if p.src == src && p.key == u.Target && p.got < 0 && p.why == "" {
+			p.why = u.Reason
+		}
 	}
 }
 
@@ -370,9 +386,13 @@ func (s *Sim) Probe(src int, mode ssr.Mode, key ssr.NodeID) *probe {
 
 // DeliveryResult summarises a batch of probes.
 type DeliveryResult struct {
-	Exact, Closest           float64 // fraction delivered to the right node
-	StretchP50, StretchP95   float64 // exact probes: hops taken / shortest path
-	HopsP50                  float64
+	Exact, Closest         float64 // fraction delivered to the right node
+	StretchP50, StretchP95 float64 // exact probes: hops taken / shortest path
+	HopsP50                float64
+	// Failures counts the probes that went wrong by what happened: the
+	// reason of the unreachable report that came back, "wrong node", or
+	// "lost" (no report).
+	Failures                 map[string]int
 	exactN, closestN, failed int
 }
 
@@ -420,6 +440,17 @@ func (s *Sim) MeasureDelivery(count int, spread, settle time.Duration) DeliveryR
 		}
 		if !okp {
 			res.failed++
+			why := p.why
+			switch {
+			case p.got >= 0:
+				why = "wrong node"
+			case why == "":
+				why = "lost"
+			}
+			if res.Failures == nil {
+				res.Failures = make(map[string]int)
+			}
+			res.Failures[p.mode.String()+": "+why]++
 		}
 	}
 	res.Exact /= float64(max(res.exactN, 1))
