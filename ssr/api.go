@@ -86,7 +86,7 @@ type Params struct {
 	NeighbourTimeout time.Duration // a neighbour silent this long is gone
 	RingInterval     time.Duration // fastest ring maintenance round
 	RingIntervalMax  time.Duration // slowest, once the ring is stable
-	FingerInterval   time.Duration // refresh period of each finger
+	FingerInterval   time.Duration // finger refresh cycle (backs off up to 4× while fingers stay put)
 	MaxTimeout       time.Duration // global-max announcement lifetime
 	SuccessorList    int           // successors and predecessors kept
 	Fingers          int           // long-distance fingers (ring/2, ring/4, ...); negative: none

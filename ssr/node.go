@@ -38,8 +38,13 @@ type Node struct {
 	fingers   []NodeID
 	fingerIdx int
 	fingerNxt time.Time
-	// fingerCycle is when the current refresh cycle started.
-	fingerCycle time.Time
+	// fingerCycle is when the current refresh cycle started; fingerIvl is
+	// how long a cycle lasts: FingerInterval, doubled (up to
+	// fingerBackoff times) after each cycle that found every finger where it
+	// was, as the ring interval backs off in a stable ring.
+	fingerCycle   time.Time
+	fingerIvl     time.Duration
+	fingerChanged bool
 
 	// Global maximum (thesis §2.1.4.2: the node whose successor wraps
 	// around announces itself so that partitions of the ring heal). Spread
@@ -82,6 +87,9 @@ const (
 	// confirmEvery bounds how often a forwarded frame's route back to its
 	// source is re-confirmed in the cache.
 	confirmEvery = time.Second
+	// fingerBackoff bounds the finger refresh cycle in a stable ring, in
+	// multiples of FingerInterval.
+	fingerBackoff = 4
 	// transitSample: a relay with a full cache learns one in this many
 	// unknown transit sources (see worthLearning).
 	transitSample = 8
@@ -831,7 +839,10 @@ func (n *Node) deliver(now time.Time, r *routed) {
 		}
 	case protoFindReply:
 		if len(r.payload) >= 1 && int(r.payload[0]) < len(n.fingers) && r.route[0] != n.id {
-			n.fingers[r.payload[0]] = r.route[0]
+			if i := r.payload[0]; n.fingers[i] != r.route[0] {
+				n.fingers[i] = r.route[0]
+				n.fingerChanged = true
+			}
 		}
 	case protoEcho:
 		if len(r.payload) < 12 {
@@ -1098,13 +1109,25 @@ func (n *Node) fingerRound(now time.Time) {
 		return
 	}
 	for j := i; j < len(n.fingers); j++ {
-		n.fingers[j] = 0
+		if n.fingers[j] != 0 {
+			n.fingers[j] = 0
+			n.fingerChanged = true
+		}
 	}
 	n.fingerIdx = 0
+	// A cycle that changed nothing suggests a stable ring: the next one
+	// comes later (fingers are an optimisation; ring maintenance and
+	// error reports keep routing correct meanwhile).
+	if n.fingerChanged || n.fingerIvl == 0 {
+		n.fingerIvl = n.p.FingerInterval
+	} else {
+		n.fingerIvl = min(2*n.fingerIvl, fingerBackoff*n.p.FingerInterval)
+	}
+	n.fingerChanged = false
 	// Only about log2(ring size) fingers lie beyond the successor: the
-	// next cycle starts a whole FingerInterval after this one did, not
+	// next cycle starts a whole cycle length after this one did, not
 	// after a fraction of it, so a refresh costs the same in any mesh size.
-	if next := n.fingerCycle.Add(n.jitter(n.p.FingerInterval)); next.After(n.fingerNxt) {
+	if next := n.fingerCycle.Add(n.jitter(n.fingerIvl)); next.After(n.fingerNxt) {
 		n.fingerNxt = next
 	}
 	n.fingerCycle = n.fingerNxt

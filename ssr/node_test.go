@@ -684,3 +684,34 @@ func TestNodeRelayImproves(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeFingerBackoff: in a stable ring, finger refresh cycles that find
+// every finger where it was come less often (up to fingerBackoff times
+// FingerInterval); a cycle that finds a finger moved brings the pace back.
+func TestNodeFingerBackoff(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	w := newTNet(randomIDs(rng, 16), Params{FingerInterval: 10 * time.Second}).line()
+	w.run(5 * time.Minute)
+	if errs := w.ringErrors(); len(errs) > 0 {
+		t.Fatalf("ring not consistent: %v", errs)
+	}
+	n := w.nodes[0].Node
+	if n.fingerIvl != fingerBackoff*10*time.Second {
+		t.Fatalf("finger cycle after 5 stable minutes: %v, want %v", n.fingerIvl, fingerBackoff*10*time.Second)
+	}
+	// A finger that moved (here: forged) is found by the next cycle.
+	i := slices.IndexFunc(n.fingers, func(f NodeID) bool { return f != 0 })
+	if i < 0 {
+		t.Fatal("node 0 has no fingers")
+	}
+	want := n.fingers[i]
+	n.fingers[i] = want + 1
+	shortest := n.fingerIvl
+	for range fingerBackoff * 12 {
+		w.run(time.Second)
+		shortest = min(shortest, n.fingerIvl)
+	}
+	if n.fingers[i] != want || shortest != 10*time.Second {
+		t.Errorf("after a finger moved: finger %v (want %v), shortest cycle %v (want 10s)", n.fingers[i], want, shortest)
+	}
+}
