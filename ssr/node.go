@@ -1052,6 +1052,23 @@ func (n *Node) handleNotify(now time.Time, r *routed) {
 	// Route to the sender: the reverse of the frame's route (ends at src).
 	back := reverseInto(n.ids[:0], r.route[:len(r.route)-1])
 	n.ids = back
+	// Entries that are no news are skipped: a node cached with a route as
+	// short, or — when the cache is filling up — one farther on the ring
+	// than the ring neighbours kept (learning walks the whole route, and
+	// views arrive every round from both sides).
+	var lo, hi NodeID // the SuccessorList-th predecessor and successor
+	room := n.cache.len() < n.p.CacheSize*3/4
+	if !room {
+		var b [2 * 8]NodeID
+		k := min(n.p.SuccessorList, 8)
+		succ := n.cache.successors(b[:0], k)
+		pred := n.cache.predecessors(b[len(succ):len(succ)], k)
+		if len(succ) < k || len(pred) < k {
+			room = true
+		} else {
+			lo, hi = pred[k-1], succ[k-1]
+		}
+	}
 	b := r.payload[2:]
 	for i := 0; i < int(r.payload[1]); i++ {
 		if len(b) < 9 {
@@ -1068,6 +1085,12 @@ func (n *Node) handleNotify(now time.Time, r *routed) {
 			return
 		}
 		if id == n.id || len(rt) == 0 || rt[len(rt)-1] != id {
+			continue
+		}
+		if d := n.cache.depth(id); d > 0 && d <= len(back)+len(rt) {
+			continue
+		}
+		if !room && !Between(n.id, id, hi) && !Between(lo, id, n.id) {
 			continue
 		}
 		full := append(append(make([]NodeID, 0, len(back)+len(rt)), back...), rt...)

@@ -2,7 +2,6 @@ package ssr
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -505,25 +504,22 @@ func TestNodeRouteAccessorKeepsLRU(t *testing.T) {
 	n.AddLink(1)
 	n.Tick(t0)
 	feedNeighbours(n, t0, 1) // A, B, M
-	view := func(ys ...NodeID) []byte {
-		p := []byte{1, byte(len(ys))} // a reply: no answer
+	learn := func(at time.Time, ys ...NodeID) {
 		for _, y := range ys {
-			p = binary.BigEndian.AppendUint64(p, uint64(y))
-			p = appendIDs(append(p, 1), []NodeID{y})
+			n.learn([]NodeID{fzA, y}, at, false)
 		}
-		return p
 	}
 	t1 := t0.Add(time.Second)
-	n.HandleFrame(t1, 0, fzAddrA, rframe(protoNotify, 0, fzX, 1, []NodeID{fzA, fzX}, view(0x12, 0x13, 0x14, 0x15)))
+	learn(t1, 0x12, 0x13, 0x14, 0x15)
 	// 0x11 is learned last: the next eviction must take older entries.
-	n.HandleFrame(t1.Add(time.Second/2), 0, fzAddrA, rframe(protoNotify, 0, fzX, 1, []NodeID{fzA, fzX}, view(0x11)))
+	learn(t1.Add(time.Second/2), 0x11)
 	if n.CacheLen() != 8 {
 		t.Fatalf("setup: %d cached", n.CacheLen())
 	}
 	if r := n.Route(0x11); !slices.Equal(r, []NodeID{fzA, 0x11}) {
 		t.Fatalf("Route(0x11) = %v", r)
 	}
-	n.HandleFrame(t1.Add(time.Second), 0, fzAddrA, rframe(protoNotify, 0, fzX, 1, []NodeID{fzA, fzX}, view(0x16)))
+	learn(t1.Add(time.Second), 0x16)
 	if !n.cache.has(0x11) {
 		knownBug(t, "Node.Route passes the zero time to cache.route, which stamps every node on the route as used at the zero time: looking at a route makes it the first evicted (0x11 went, while 0x12…0x15, learned earlier, stayed: %v)", n.cache.sorted)
 	}
