@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"os"
 	"runtime/debug"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -34,6 +38,7 @@ fraction of nodes leave and as many join, then measures again.
 	churn := fs.Float64("churn", 0, "fraction of nodes that leave, and as many join, after convergence")
 	probes := fs.Int("probes", 0, "probes per mode per measurement (default min(1000, 10*nodes))")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -42,6 +47,17 @@ fraction of nodes leave and as many join, then measures again.
 	}
 	if *churn < 0 || *churn >= 1 {
 		return usageErrorf("--churn %v: want a fraction in [0, 1)", *churn)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	return simulate(ctx, ssrsim.Config{Nodes: *nodes, Topology: *topo, Seed: *seed},
 		ssrsim.Scenario{Churn: *churn, Probes: *probes}, *asJSON, stdout, stderr)
@@ -128,14 +144,23 @@ func printReport(w io.Writer, r ssrsim.Report) {
 	fmt.Fprintf(tw, "stretch p50 / p95\t%.2f / %.2f  (hops p50 %.0f)\n", r.StretchP50, r.StretchP95, r.HopsP50)
 	fmt.Fprintf(tw, "route cache p95\t%.0f entries\n", r.RouteCacheP95)
 	fmt.Fprintf(tw, "control traffic\t%.2f frames/node/s\n", r.ControlPerNode)
+	printFailures(tw, "failed probes", r.Failures)
 	if c := r.Churn; c != nil {
 		fmt.Fprintf(tw, "churn\t%d left, %d joined (%.0f %%)\n", c.Left, c.Joined, 100*c.Fraction)
 		fmt.Fprintf(tw, "  ring consistent\t%v after %.0f s (virtual)\n", c.RingConsistent, c.ConvergeS)
 		fmt.Fprintf(tw, "  delivery exact / closest\t%.4f / %.4f\n", c.DeliveryExact, c.DeliveryClose)
 		fmt.Fprintf(tw, "  stretch p50 / p95\t%.2f / %.2f\n", c.StretchP50, c.StretchP95)
+		printFailures(tw, "  failed probes", c.Failures)
 	}
 	fmt.Fprintf(tw, "time\t%.0f s virtual in %.1f s wall, peak RSS %.0f MB\n", r.VirtualS, r.WallS, r.PeakRSSMB)
 	tw.Flush()
+}
+
+func printFailures(w io.Writer, label string, f map[string]int) {
+	keys := slices.Sorted(maps.Keys(f))
+	for _, k := range keys {
+		fmt.Fprintf(w, "%s\t%d %s\n", label, f[k], k)
+	}
 }
 
 // progress draws one self-overwriting status line on stderr, at most a few
