@@ -2,6 +2,7 @@ package ssr
 
 import (
 	"cmp"
+	"iter"
 	"slices"
 	"time"
 )
@@ -11,49 +12,111 @@ import (
 // that share a prefix share memory and a broken link removes exactly the
 // subtree below it. A sorted index of the cached IDs answers the greedy
 // question "which known node is closest before this key" in O(log n).
+//
+// Entries live by value in one slice (a slab) and point to their parents by
+// slot, so walking a route follows indices instead of hashing every hop, and
+// the whole cache holds no Go pointers for the garbage collector to trace:
+// a simulated mesh holds millions of entries.
 type cache struct {
-	self    NodeID
-	entries map[NodeID]*centry
-	sorted  []NodeID // cached IDs in ascending order, self excluded
-	max     int
-	floor   int           // no eviction below this (pinned routes fill the cache)
-	ttl     time.Duration // an unconfirmed route is dropped after this
-	path    []NodeID      // scratch for route()
-	pass    uint32        // evictPass counter (marks pinned routes)
-	leaves  []*centry     // scratch for evictPass
+	self   NodeID
+	slot   map[NodeID]int32 // cached ID → index in ents
+	ents   []centry         // the slab; free slots have free set
+	free   []int32          // free slots, reused first
+	sorted []NodeID         // cached IDs in ascending order, self excluded
+	max    int
+	floor  int           // no eviction below this (pinned routes fill the cache)
+	ttl    time.Duration // an unconfirmed route is dropped after this
+	path   []NodeID      // scratch for route()
+	pass   uint32        // evictPass counter (marks pinned routes)
+	leaves []int32       // scratch for evictPass
+	doomed []int32       // scratch for removeSubtree
 }
+
+// root is the parent slot of a neighbour: the parent is self.
+const root = -1
 
 type centry struct {
 	id       NodeID
 	parent   NodeID // self for a neighbour
-	depth    int    // hops from self; may overestimate after a re-parent
-	children int
-	used     time.Time // last used to send: the LRU order for eviction
+	up       int32  // the parent's slot, root for a neighbour
+	depth    int32  // hops from self; may overestimate after a re-parent
+	children int32
+	mark     uint32 // evictPass: on a pinned route in pass number mark
+	used     stamp  // last used to send: the LRU order for eviction
 	// seen is the last first-hand evidence that the route works: a frame
 	// that travelled it, or a beacon. Second-hand routes (from another
 	// node's view or gossip) start out nearly expired, so stale knowledge
 	// of dead nodes cannot circulate for long.
-	seen time.Time
-	mark uint32 // evictPass: on a pinned route in pass number mark
+	seen stamp
+	free bool
+}
+
+// stamp is a time in Unix nanoseconds: a pointer-free time.Time.
+type stamp int64
+
+func stampOf(t time.Time) stamp {
+	if t.IsZero() {
+		return 0 // UnixNano is undefined so far back
+	}
+	return stamp(t.UnixNano())
 }
 
 // secondHandTTL is how long an unconfirmed second-hand route is kept.
 const secondHandTTL = 15 * time.Second
 
 func newCache(self NodeID, max int, ttl time.Duration) *cache {
-	return &cache{self: self, entries: make(map[NodeID]*centry), max: max, ttl: ttl}
+	return &cache{self: self, slot: make(map[NodeID]int32), max: max, ttl: ttl}
 }
 
-func (c *cache) len() int { return len(c.entries) }
+func (c *cache) len() int { return len(c.slot) }
 
-func (c *cache) has(id NodeID) bool { _, ok := c.entries[id]; return ok }
+func (c *cache) has(id NodeID) bool { _, ok := c.slot[id]; return ok }
+
+// get returns id's entry, valid until the next insertion, or nil.
+func (c *cache) get(id NodeID) *centry {
+	if i, ok := c.slot[id]; ok {
+		return &c.ents[i]
+	}
+	return nil
+}
+
+// all iterates over the cached entries (tests and scans).
+func (c *cache) all() iter.Seq2[NodeID, *centry] {
+	return func(yield func(NodeID, *centry) bool) {
+		for i := range c.ents {
+			if e := &c.ents[i]; !e.free && !yield(e.id, e) {
+				return
+			}
+		}
+	}
+}
 
 // depth returns the hop count of the cached route to id, or 0 if unknown.
 func (c *cache) depth(id NodeID) int {
-	if e := c.entries[id]; e != nil {
-		return e.depth
+	if e := c.get(id); e != nil {
+		return int(e.depth)
 	}
 	return 0
+}
+
+// add caches id below the parent in slot up and returns its slot.
+func (c *cache) add(id NodeID, up int32, parent NodeID, depth int32, seen, used stamp) int32 {
+	e := centry{id: id, parent: parent, up: up, depth: depth, seen: seen, used: used}
+	var i int32
+	if k := len(c.free); k > 0 {
+		i = c.free[k-1]
+		c.free = c.free[:k-1]
+		c.ents[i] = e
+	} else {
+		i = int32(len(c.ents))
+		c.ents = append(c.ents, e)
+	}
+	c.slot[id] = i
+	c.addSorted(id)
+	if up != root {
+		c.ents[up].children++
+	}
+	return i
 }
 
 // insert learns the physical path p (p[0] a neighbour, each element a
@@ -61,37 +124,39 @@ func (c *cache) depth(id NodeID) int {
 // p is already cached, the rest of p hangs below that route instead. It
 // reports whether a node was added or re-parented.
 func (c *cache) insert(p []NodeID, now time.Time, firstHand bool) bool {
-	prev, d := c.self, 0
+	prev, up, d := c.self, int32(root), int32(0)
+	t := stampOf(now)
 	changed := false
 	for _, n := range p {
 		if n == c.self {
-			prev, d = c.self, 0
+			prev, up, d = c.self, root, 0
 			continue
 		}
 		d++
-		e := c.entries[n]
-		switch {
-		case e == nil:
-			e = &centry{id: n, parent: prev, depth: d, seen: now.Add(secondHandTTL - c.ttl)}
-			c.entries[n] = e
-			c.addSorted(n)
-			c.child(prev, 1)
+		i, ok := c.slot[n]
+		if !ok {
+			i = c.add(n, up, prev, d, stampOf(now.Add(secondHandTTL-c.ttl)), t)
 			changed = true
-		case e.depth > d && e.parent == prev:
+		} else if e := &c.ents[i]; e.depth > d && e.up == up {
 			e.depth = d
-		case e.depth > d && !c.isAncestor(n, prev):
+		} else if e.depth > d && !c.isAncestorSlot(i, up) {
 			// A shorter route. Depths below n become overestimates; they
 			// only steer the choice between routes, never correctness.
-			c.child(e.parent, -1)
-			e.parent, e.depth = prev, d
-			c.child(prev, 1)
+			if e.up != root {
+				c.ents[e.up].children--
+			}
+			e.parent, e.up, e.depth = prev, up, d
+			if up != root {
+				c.ents[up].children++
+			}
 			changed = true
 		}
+		e := &c.ents[i]
 		if firstHand {
-			e.seen = now
+			e.seen = t
 		}
-		e.used = now
-		prev, d = n, e.depth
+		e.used = t
+		prev, up, d = n, i, e.depth
 	}
 	return changed
 }
@@ -103,36 +168,41 @@ func (c *cache) confirm(p []NodeID, now time.Time) bool {
 	if len(p) == 0 {
 		return false
 	}
-	n := p[len(p)-1]
-	for i := len(p) - 1; i >= 0; i-- {
-		e := c.entries[n]
-		if e == nil || p[i] != n {
-			return false
-		}
-		n = e.parent
-	}
-	if n != c.self {
+	i, ok := c.slot[p[len(p)-1]]
+	if !ok {
 		return false
 	}
-	for _, id := range p {
-		c.entries[id].seen = now
+	last := i
+	for k := len(p) - 1; k >= 0; k-- {
+		if i == root || c.ents[i].id != p[k] {
+			return false
+		}
+		i = c.ents[i].up
+	}
+	if i != root {
+		return false
+	}
+	t := stampOf(now)
+	for i = last; i != root; i = c.ents[i].up {
+		c.ents[i].seen = t
 	}
 	return true
 }
 
 // fresh reports whether id's route was confirmed first-hand since t.
 func (c *cache) fresh(id NodeID, t time.Time) bool {
-	e := c.entries[id]
-	return e != nil && !e.seen.Before(t)
+	e := c.get(id)
+	return e != nil && e.seen >= stampOf(t)
 }
 
 // expire removes leaves whose routes have not been confirmed within the
 // cache's TTL, except the pinned ones.
 func (c *cache) expire(now time.Time, pinned []NodeID) {
-	limit := now.Add(-c.ttl)
+	limit := stampOf(now.Add(-c.ttl))
 	var doomed []NodeID
-	for _, e := range c.entries {
-		if e.children == 0 && e.seen.Before(limit) && !slices.Contains(pinned, e.id) {
+	for i := range c.ents {
+		e := &c.ents[i]
+		if !e.free && e.children == 0 && e.seen < limit && !slices.Contains(pinned, e.id) {
 			doomed = append(doomed, e.id)
 		}
 	}
@@ -143,39 +213,49 @@ func (c *cache) expire(now time.Time, pinned []NodeID) {
 
 // isAncestor reports whether a lies on the cached route to n (or is n).
 func (c *cache) isAncestor(a, n NodeID) bool {
-	for steps := 0; n != c.self && steps < 512; steps++ {
+	ia, ok := c.slot[a]
+	if !ok {
+		return false
+	}
+	in, ok := c.slot[n]
+	if !ok {
+		return false
+	}
+	return c.isAncestorSlot(ia, in)
+}
+
+func (c *cache) isAncestorSlot(a, n int32) bool {
+	for steps := 0; n != root && steps < 512; steps++ {
 		if n == a {
 			return true
 		}
-		e := c.entries[n]
-		if e == nil {
-			return false
-		}
-		n = e.parent
+		n = c.ents[n].up
 	}
 	return false
 }
 
-func (c *cache) child(id NodeID, delta int) {
-	if e := c.entries[id]; e != nil {
-		e.children += delta
-	}
-}
-
 // route returns the cached path to id (first hop first, id last) in a
-// scratch slice valid until the next call, or nil.
+// scratch slice valid until the next call, or nil. A non-zero now marks
+// every node on it used.
 func (c *cache) route(id NodeID, now time.Time) []NodeID {
 	c.path = c.path[:0]
-	for n := id; n != c.self; {
-		e := c.entries[n]
-		if e == nil || len(c.path) >= maxRoute {
+	i, ok := c.slot[id]
+	if !ok {
+		return nil
+	}
+	t := stamp(0)
+	if !now.IsZero() {
+		t = stampOf(now)
+	}
+	for ; i != root; i = c.ents[i].up {
+		if len(c.path) >= maxRoute {
 			return nil
 		}
-		if !now.IsZero() {
-			e.used = now
+		e := &c.ents[i]
+		if t != 0 {
+			e.used = t
 		}
-		c.path = append(c.path, n)
-		n = e.parent
+		c.path = append(c.path, e.id)
 	}
 	slices.Reverse(c.path)
 	return c.path
@@ -183,32 +263,35 @@ func (c *cache) route(id NodeID, now time.Time) []NodeID {
 
 // firstHop returns the neighbour a packet to id leaves through.
 func (c *cache) firstHop(id NodeID) (NodeID, bool) {
+	i, ok := c.slot[id]
+	if !ok {
+		return 0, false
+	}
 	for steps := 0; steps < 512; steps++ {
-		e := c.entries[id]
-		if e == nil {
-			return 0, false
+		e := &c.ents[i]
+		if e.up == root {
+			return e.id, true
 		}
-		if e.parent == c.self {
-			return id, true
-		}
-		id = e.parent
+		i = e.up
 	}
 	return 0, false
 }
 
 // remove drops id and its whole subtree (routes through it).
 func (c *cache) remove(id NodeID) {
-	e := c.entries[id]
-	if e == nil {
+	i, ok := c.slot[id]
+	if !ok {
 		return
 	}
-	c.child(e.parent, -1)
-	c.removeSubtree(id)
+	if up := c.ents[i].up; up != root {
+		c.ents[up].children--
+	}
+	c.removeSubtree(i)
 }
 
 // removeEdge drops the subtree below b if its cached route uses link a→b.
 func (c *cache) removeEdge(a, b NodeID) bool {
-	e := c.entries[b]
+	e := c.get(b)
 	if e == nil || e.parent != a {
 		return false
 	}
@@ -216,30 +299,40 @@ func (c *cache) removeEdge(a, b NodeID) bool {
 	return true
 }
 
-func (c *cache) removeSubtree(id NodeID) {
-	if c.entries[id].children == 0 {
-		delete(c.entries, id)
-		c.delSorted(id)
+func (c *cache) drop(i int32) {
+	e := &c.ents[i]
+	delete(c.slot, e.id)
+	c.delSorted(e.id)
+	*e = centry{free: true}
+	c.free = append(c.free, i)
+}
+
+func (c *cache) removeSubtree(i int32) {
+	if c.ents[i].children == 0 {
+		c.drop(i)
 		return
 	}
-	// Collect the subtree by repeated scans of the (small, bounded) cache:
-	// cheaper than keeping child lists on every insert.
-	doomed := map[NodeID]bool{id: true}
-	{
-		for grew := true; grew; {
-			grew = false
-			for n, e := range c.entries {
-				if !doomed[n] && doomed[e.parent] {
-					doomed[n] = true
-					grew = true
-				}
+	// Collect the subtree by scans of the (small, bounded) slab, each
+	// taking the entries whose parent is already doomed: cheaper than
+	// keeping child lists on every insert.
+	c.pass++
+	c.ents[i].mark = c.pass
+	doomed := append(c.doomed[:0], i)
+	for grew := true; grew; {
+		grew = false
+		for j := range c.ents {
+			e := &c.ents[j]
+			if !e.free && e.mark != c.pass && e.up != root && c.ents[e.up].mark == c.pass {
+				e.mark = c.pass
+				doomed = append(doomed, int32(j))
+				grew = true
 			}
 		}
 	}
-	for n := range doomed {
-		delete(c.entries, n)
-		c.delSorted(n)
+	for _, j := range doomed {
+		c.drop(j)
 	}
+	c.doomed = doomed[:0]
 }
 
 // evict removes least recently used leaves until the cache is at 3/4 of
@@ -247,19 +340,19 @@ func (c *cache) removeSubtree(id NodeID) {
 // neighbours, ring entries, fingers, the global maximum — and every node on
 // them are kept, so the bound is soft by the size of those routes.
 func (c *cache) evict(pinned []NodeID) {
-	if len(c.entries) <= max(c.max, c.floor) {
+	if c.len() <= max(c.max, c.floor) {
 		return
 	}
 	// Each pass removes least recently used leaves; removing them can make
 	// their parents leaves, which the next pass takes.
 	target := c.max * 3 / 4
-	for len(c.entries) > target && c.evictPass(pinned, target) {
+	for c.len() > target && c.evictPass(pinned, target) {
 	}
 	// When pinned routes hold more than the target, scanning again on the
 	// next insert would free nothing: wait for another quarter to arrive.
 	c.floor = 0
-	if len(c.entries) > target {
-		c.floor = len(c.entries) + c.max/4
+	if c.len() > target {
+		c.floor = c.len() + c.max/4
 	}
 }
 
@@ -268,36 +361,43 @@ func (c *cache) evictPass(pinned []NodeID, target int) bool {
 	// collecting them in a set: eviction runs often in large meshes.
 	c.pass++
 	for _, id := range pinned {
-		for steps := 0; id != c.self && steps < 512; steps++ {
-			e := c.entries[id]
-			if e == nil || e.mark == c.pass {
+		i, ok := c.slot[id]
+		for steps := 0; ok && i != root && steps < 512; steps++ {
+			e := &c.ents[i]
+			if e.mark == c.pass {
 				break
 			}
 			e.mark = c.pass
-			id = e.parent
+			i = e.up
 		}
 	}
 	leaves := c.leaves[:0]
-	for _, e := range c.entries {
-		if e.children == 0 && e.mark != c.pass {
-			leaves = append(leaves, e)
+	for i := range c.ents {
+		if e := &c.ents[i]; !e.free && e.children == 0 && e.mark != c.pass {
+			leaves = append(leaves, int32(i))
 		}
 	}
-	// Ties broken by ID: map order is random, and a simulation must
-	// replay the same under the same seed.
-	slices.SortFunc(leaves, func(a, b *centry) int {
-		if c := a.used.Compare(b.used); c != 0 {
+	// Ties broken by ID: slot order depends on history, and a simulation
+	// must replay the same under the same seed.
+	slices.SortFunc(leaves, func(a, b int32) int {
+		ea, eb := &c.ents[a], &c.ents[b]
+		if c := cmp.Compare(ea.used, eb.used); c != 0 {
 			return c
 		}
-		return cmp.Compare(a.id, b.id)
+		return cmp.Compare(ea.id, eb.id)
 	})
-	for _, e := range leaves {
-		if len(c.entries) <= target {
+	n := 0
+	for _, i := range leaves {
+		if c.len() <= target {
 			break
 		}
-		c.remove(e.id)
+		e := &c.ents[i]
+		if up := e.up; up != root {
+			c.ents[up].children--
+		}
+		c.drop(i)
+		n++
 	}
-	clear(leaves)
 	c.leaves = leaves[:0]
 	return len(leaves) > 0
 }

@@ -85,21 +85,21 @@ func (g *cgraph) walk(rng *rand.Rand) []NodeID {
 // subtree lists id and every entry whose parent chain reaches id.
 func subtree(c *cache, id NodeID) map[NodeID]bool {
 	out := map[NodeID]bool{}
-	for n := range c.entries {
-		for m, steps := n, 0; m != c.self && steps <= len(c.entries); steps++ {
+	for n := range c.all() {
+		for m, steps := n, 0; m != c.self && steps <= c.len(); steps++ {
 			if m == id {
 				out[n] = true
 				break
 			}
-			m = c.entries[m].parent
+			m = c.get(m).parent
 		}
 	}
 	return out
 }
 
 func parents(c *cache) map[NodeID]NodeID {
-	m := make(map[NodeID]NodeID, len(c.entries))
-	for id, e := range c.entries {
+	m := make(map[NodeID]NodeID, c.len())
+	for id, e := range c.all() {
 		m[id] = e.parent
 	}
 	return m
@@ -109,21 +109,21 @@ func parents(c *cache) map[NodeID]NodeID {
 // LRU times route() touches, so that checking does not steer eviction.
 func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 	t.Helper()
-	used := make(map[NodeID]time.Time, len(c.entries))
-	for id, e := range c.entries {
+	used := make(map[NodeID]stamp, c.len())
+	for id, e := range c.all() {
 		used[id] = e.used
 	}
 	defer func() {
-		for id, e := range c.entries {
+		for id, e := range c.all() {
 			e.used = used[id]
 		}
 	}()
 	if err := cacheStructureErr(c); err != nil {
 		t.Fatal(err)
 	}
-	ids := slices.Sorted(maps.Keys(c.entries))
+	ids := slices.Sorted(maps.Keys(c.slot))
 	for _, id := range ids {
-		e := c.entries[id]
+		e := c.get(id)
 		// (a) the route is a physical path from a neighbour of self.
 		r := c.route(id, time.Time{})
 		prev := c.self
@@ -136,7 +136,7 @@ func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 		if fh, ok := c.firstHop(id); !ok || fh != r[0] {
 			t.Fatalf("firstHop(%v) = %v, %v; route %v", id, fh, ok, r)
 		}
-		if !c.has(id) || c.depth(id) != e.depth {
+		if !c.has(id) || c.depth(id) != int(e.depth) {
 			t.Fatalf("has/depth(%v)", id)
 		}
 	}
@@ -180,21 +180,35 @@ func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 // (d) children counts are real, and (a) every route is loop-free, without
 // self, and ends at its node.
 func cacheStructureErr(c *cache) error {
-	ids := slices.Sorted(maps.Keys(c.entries))
+	ids := slices.Sorted(maps.Keys(c.slot))
 	if c.len() != len(ids) {
 		return fmt.Errorf("len %d, entries %d", c.len(), len(ids))
 	}
 	if !slices.Equal(c.sorted, ids) {
 		return fmt.Errorf("sorted index %v\nentries      %v", c.sorted, ids)
 	}
-	children := map[NodeID]int{}
+	live := 0
+	for i := range c.ents {
+		if !c.ents[i].free {
+			live++
+		} else if !slices.Contains(c.free, int32(i)) {
+			return fmt.Errorf("slot %d is free but not in the free list", i)
+		}
+	}
+	if live != len(ids) || live+len(c.free) != len(c.ents) {
+		return fmt.Errorf("slab: %d live, %d free, %d slots, %d cached", live, len(c.free), len(c.ents), len(ids))
+	}
+	children := map[NodeID]int32{}
 	for _, id := range ids {
-		e := c.entries[id]
-		if e.id != id || id == c.self {
-			return fmt.Errorf("entry %v has id %v (self %v)", id, e.id, c.self)
+		e := c.get(id)
+		if e.id != id || id == c.self || e.free {
+			return fmt.Errorf("entry %v has id %v (self %v, free %v)", id, e.id, c.self, e.free)
+		}
+		if (e.parent == c.self) != (e.up == root) || (e.up != root && c.ents[e.up].id != e.parent) {
+			return fmt.Errorf("%v: parent %v, parent slot %d", id, e.parent, e.up)
 		}
 		if e.parent != c.self {
-			p := c.entries[e.parent]
+			p := c.get(e.parent)
 			if p == nil {
 				return fmt.Errorf("%v: parent %v not cached", id, e.parent)
 			}
@@ -207,30 +221,30 @@ func cacheStructureErr(c *cache) error {
 		children[e.parent]++
 	}
 	for _, id := range ids {
-		e := c.entries[id]
+		e := c.get(id)
 		if e.children != children[id] {
 			return fmt.Errorf("%v: children %d, real %d", id, e.children, children[id])
 		}
 		// Walk the parents directly: route() gives up after 256 hops.
 		var r []NodeID
-		for n := id; n != c.self; n = c.entries[n].parent {
+		for n := id; n != c.self; n = c.get(n).parent {
 			if slices.Contains(r, n) {
 				return fmt.Errorf("cycle through %v on the route to %v", n, id)
 			}
 			r = append(r, n)
 		}
-		if len(r) > e.depth {
+		if len(r) > int(e.depth) {
 			return fmt.Errorf("route to %v has %d hops, depth says %d", id, len(r), e.depth)
 		}
 		slices.Reverse(r)
 		if len(r) <= 255 {
-			used := make([]time.Time, len(r))
+			used := make([]stamp, len(r))
 			for i, n := range r {
-				used[i] = c.entries[n].used
+				used[i] = c.get(n).used
 			}
-			got := c.route(id, e.used)
+			got := c.route(id, time.Unix(0, int64(e.used)))
 			for i, n := range r {
-				c.entries[n].used = used[i] // route() marks them used; undo that
+				c.get(n).used = used[i] // route() marks them used; undo that
 			}
 			if !slices.Equal(got, r) {
 				return fmt.Errorf("route(%v) = %v, parents say %v", id, got, r)
@@ -303,10 +317,10 @@ func TestCacheRandomized(t *testing.T) {
 					delete(g.adj[a], b)
 					delete(g.adj[b], a)
 					want := map[NodeID]bool{}
-					if e := c.entries[b]; e != nil && e.parent == a {
+					if e := c.get(b); e != nil && e.parent == a {
 						maps.Copy(want, subtree(c, b))
 					}
-					if e := c.entries[a]; e != nil && e.parent == b {
+					if e := c.get(a); e != nil && e.parent == b {
 						maps.Copy(want, subtree(c, a))
 					}
 					pb, okb := before[b]
@@ -323,7 +337,7 @@ func TestCacheRandomized(t *testing.T) {
 					a := g.nodes[rng.IntN(len(g.nodes))]
 					b := g.nodes[rng.IntN(len(g.nodes))]
 					want := map[NodeID]bool{}
-					if e := c.entries[b]; e != nil && e.parent == a {
+					if e := c.get(b); e != nil && e.parent == a {
 						want = subtree(c, b)
 					}
 					if got := c.removeEdge(a, b); got != (len(want) > 0) {
@@ -342,8 +356,8 @@ func TestCacheRandomized(t *testing.T) {
 						}
 					}
 					want := map[NodeID]bool{}
-					for id, e := range c.entries {
-						if e.children == 0 && e.seen.Before(now.Add(-ttl)) && !slices.Contains(pinned, id) {
+					for id, e := range c.all() {
+						if e.children == 0 && e.seen < stampOf(now.Add(-ttl)) && !slices.Contains(pinned, id) {
 							want[id] = true
 						}
 					}
@@ -384,15 +398,15 @@ func checkEvict(t *testing.T, c *cache, pinned []NodeID) {
 	for _, id := range pinned {
 		for id != c.self && c.has(id) && !keep[id] {
 			keep[id] = true
-			id = c.entries[id].parent
+			id = c.get(id).parent
 		}
 	}
 	type leaf struct {
 		id   NodeID
-		used time.Time
+		used stamp
 	}
 	var cand []leaf
-	for id, e := range c.entries {
+	for id, e := range c.all() {
 		if e.children == 0 && !keep[id] {
 			cand = append(cand, leaf{id, e.used})
 		}
@@ -412,25 +426,25 @@ func checkEvict(t *testing.T, c *cache, pinned []NodeID) {
 	}
 	// The first pass removes the least recently used of the leaves there
 	// were; removing them can make parents leaves, which later passes take.
-	var newest time.Time
+	var newest stamp
 	firstPass := 0
 	for _, l := range cand {
 		if !c.has(l.id) {
 			firstPass++
-			if l.used.After(newest) {
+			if l.used > newest {
 				newest = l.used
 			}
 		}
 	}
 	if firstPass < len(cand) {
 		for _, l := range cand {
-			if c.has(l.id) && l.used.Before(newest) {
+			if c.has(l.id) && l.used < newest {
 				t.Fatalf("evict kept leaf %v (used %v) and removed a newer one (%v)", l.id, l.used, newest)
 			}
 		}
 	}
 	if target := c.max * 7 / 8; c.len() > target {
-		for id, e := range c.entries {
+		for id, e := range c.all() {
 			if e.children == 0 && !keep[id] {
 				t.Fatalf("evict stopped at %d > %d with unpinned leaf %v left", c.len(), target, id)
 			}
@@ -480,8 +494,8 @@ func TestCacheInsertKeepsShorter(t *testing.T) {
 	if r := c.route(9, now); !slices.Equal(r, []NodeID{9}) {
 		t.Fatalf("route(9) = %v", r)
 	}
-	if c.entries[3].children != 0 || c.entries[5].children != 1 || c.entries[4].children != 1 {
-		t.Fatalf("children: 3:%d 5:%d 4:%d", c.entries[3].children, c.entries[5].children, c.entries[4].children)
+	if c.get(3).children != 0 || c.get(5).children != 1 || c.get(4).children != 1 {
+		t.Fatalf("children: 3:%d 5:%d 4:%d", c.get(3).children, c.get(5).children, c.get(4).children)
 	}
 }
 
@@ -501,14 +515,14 @@ func TestCacheReparentNoCycle(t *testing.T) {
 	}
 	check := func(step string) {
 		t.Helper()
-		for id := range c.entries {
+		for id := range c.all() {
 			seen := map[NodeID]bool{}
-			for n := id; n != self; n = c.entries[n].parent {
+			for n := id; n != self; n = c.get(n).parent {
 				if seen[n] {
 					t.Fatalf("%s: cycle through %v", step, n)
 				}
 				seen[n] = true
-				if c.entries[n] == nil {
+				if c.get(n) == nil {
 					t.Fatalf("%s: %v has no entry", step, n)
 				}
 			}
@@ -525,7 +539,7 @@ func TestCacheReparentNoCycle(t *testing.T) {
 	} {
 		ins(c, p, now)
 		check(fmt.Sprint("path ", i, " ", p))
-		for id := range c.entries {
+		for id := range c.all() {
 			r := c.route(id, now)
 			if len(r) == 0 || r[len(r)-1] != id || slices.Contains(r, self) {
 				t.Fatalf("path %d: route(%v) = %v", i, id, r)
@@ -564,15 +578,15 @@ func TestCacheRemoveEdgeSubtree(t *testing.T) {
 	if !c.removeEdge(1, 2) {
 		t.Fatal("removeEdge(1, 2) = false")
 	}
-	got := slices.Sorted(maps.Keys(c.entries))
+	got := slices.Sorted(maps.Keys(c.slot))
 	if !slices.Equal(got, []NodeID{1, 7, 8}) || !slices.Equal(c.sorted, got) {
 		t.Fatalf("after removeEdge(1, 2): %v (sorted %v)", got, c.sorted)
 	}
-	if c.entries[1].children != 0 {
-		t.Fatalf("children of 1: %d", c.entries[1].children)
+	if c.get(1).children != 0 {
+		t.Fatalf("children of 1: %d", c.get(1).children)
 	}
 	if !c.removeEdge(0, 7) || c.len() != 1 {
-		t.Fatalf("removeEdge(self, 7): %v", slices.Sorted(maps.Keys(c.entries)))
+		t.Fatalf("removeEdge(self, 7): %v", slices.Sorted(maps.Keys(c.slot)))
 	}
 }
 
@@ -599,11 +613,11 @@ func TestCacheEvictPinned(t *testing.T) {
 	// Least recently used first: of 22 candidate leaves the 20 oldest go.
 	for _, id := range []NodeID{82, 83} {
 		if !c.has(id) {
-			t.Fatalf("evicted recently used leaf %v: %v", id, slices.Sorted(maps.Keys(c.entries)))
+			t.Fatalf("evicted recently used leaf %v: %v", id, slices.Sorted(maps.Keys(c.slot)))
 		}
 	}
 	if c.has(12) || c.has(72) || c.has(73) {
-		t.Fatalf("kept old leaves: %v", slices.Sorted(maps.Keys(c.entries)))
+		t.Fatalf("kept old leaves: %v", slices.Sorted(maps.Keys(c.slot)))
 	}
 	// All pinned: nothing to do, the bound is soft.
 	c = testCache(0, 2)
