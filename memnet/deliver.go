@@ -400,6 +400,9 @@ func (ifc *Interface) zoned(ap netip.AddrPort) netip.AddrPort {
 	if !a.Is6() || !a.IsLinkLocalUnicast() {
 		return ap
 	}
+	if a == ifc.lastSrc {
+		return netip.AddrPortFrom(ifc.lastZoned, ap.Port()) // a point-to-point link has one peer
+	}
 	z, ok := ifc.zones[a]
 	if !ok {
 		if ifc.zones == nil || len(ifc.zones) >= 1024 {
@@ -408,6 +411,7 @@ func (ifc *Interface) zoned(ap netip.AddrPort) netip.AddrPort {
 		z = a.WithZone(ifc.name)
 		ifc.zones[a] = z
 	}
+	ifc.lastSrc, ifc.lastZoned = a, z
 	return netip.AddrPortFrom(z, ap.Port())
 }
 

@@ -147,6 +147,8 @@ type Interface struct {
 	handlers []portHandler // few per interface: a scan beats a map
 	mcast    []*udpConn    // ListenMulticast sockets on this interface
 	zones    map[netip.Addr]netip.Addr
+	// lastSrc → lastZoned: the last zones lookup, the common case.
+	lastSrc, lastZoned netip.Addr
 }
 
 type portHandler struct {
