@@ -500,10 +500,11 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 	n.tidy(r)
 	pos = int(r.pos)
 	if pos > 0 {
-		if d := n.cache.depth(src); (d == 0 && n.worthLearning(src, pos < len(r.route)-1)) || d > pos {
+		e := n.cache.get(src)
+		if (e == nil && n.worthLearning(src, pos < len(r.route)-1)) || (e != nil && int(e.depth) > pos) {
 			n.ids = reverseInto(n.ids, r.route[:pos])
 			n.learn(n.ids, now, true)
-		} else if !n.cache.fresh(src, now.Add(-confirmEvery)) {
+		} else if e != nil && e.seen < stampOf(now.Add(-confirmEvery)) {
 			// Confirming walks the whole route: once a second is
 			// plenty for the TTLs it refreshes.
 			n.ids = reverseInto(n.ids, r.route[:pos])
@@ -565,7 +566,7 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		}
 	}
 	if rest := len(r.route) - 1 - pos; rest > 1 {
-		if d := n.cache.depth(end); d > 0 && d < rest && n.cache.fresh(end, now.Add(-n.p.RingIntervalMax)) {
+		if e := n.cache.get(end); e != nil && int(e.depth) < rest && e.seen >= stampOf(now.Add(-n.p.RingIntervalMax)) {
 			if path := n.cache.route(end, now); len(path) > 0 && len(path) < rest {
 				n.stats.Shortened++
 				r.route = append(r.route[:pos+1], path...)

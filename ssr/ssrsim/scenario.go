@@ -90,7 +90,7 @@ func (s *Sim) Run(sc Scenario) Report {
 	c0, t0 := s.ControlFrames(), s.Now()
 	s.runWithProgress("settling", s.fingerWarmup(), sc)
 	rep.ControlPerNode = float64(s.ControlFrames()-c0) / float64(len(s.Live())) / (s.Now() - t0).Seconds()
-	d := s.MeasureDelivery(sc.Probes, 10*time.Second, 15*time.Second)
+	d := s.MeasureDelivery(sc.Probes, 10*time.Second, probeSettle)
 	rep.DeliveryExact, rep.DeliveryClose = d.Exact, d.Closest
 	rep.StretchP50, rep.StretchP95, rep.HopsP50 = d.StretchP50, d.StretchP95, d.HopsP50
 	rep.RouteCacheP95 = s.CacheP95()
@@ -114,7 +114,7 @@ func (s *Sim) Run(sc Scenario) Report {
 		ch.ConvergeS, ch.RingConsistent = conv.Seconds(), ok
 		sc.logf("t=%v after %d left and %d joined: ring consistent: %v, after %v", s.Now().Round(time.Second), k, k, ok, conv)
 		s.runWithProgress("settling", s.fingerWarmup(), sc)
-		d := s.MeasureDelivery(sc.Probes, 10*time.Second, 15*time.Second)
+		d := s.MeasureDelivery(sc.Probes, 10*time.Second, probeSettle)
 		ch.DeliveryExact, ch.DeliveryClose = d.Exact, d.Closest
 		ch.StretchP50, ch.StretchP95 = d.StretchP50, d.StretchP95
 		ch.Failures = d.Failures
@@ -177,3 +177,8 @@ func (s *Sim) diameterEstimate() int {
 	}
 	return int(m)
 }
+
+// probeSettle is how long a measurement waits after the last probe: a frame
+// lives at most 255 hops of a few milliseconds each, and so does the
+// unreachable report about it.
+const probeSettle = 5 * time.Second
