@@ -705,16 +705,16 @@ func (n *Node) decide(now time.Time, r *routed) {
 			n.deliver(now, r)
 			return
 		}
-		n.unreachable(now, r, "no such node")
+		n.unreachable(now, r, whyNoNode)
 		return
 	}
 	if int(r.vhops) >= maxVHops {
-		n.unreachable(now, r, "virtual hop budget exhausted")
+		n.unreachable(now, r, whyVHops)
 		return
 	}
 	path := n.cache.route(best, now)
 	if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
-		n.unreachable(now, r, "route too long")
+		n.unreachable(now, r, whyTooLong)
 		return
 	}
 	r.route = append(r.route, path...)
@@ -723,7 +723,26 @@ func (n *Node) decide(now time.Time, r *routed) {
 	n.forward(now, r)
 }
 
-func (n *Node) unreachable(now time.Time, r *routed, why string) {
+// Why a frame was unreachable: the reason byte of an unreachable report.
+const (
+	whyNoNode  = 1 // no node known closer to the target: it does not exist
+	whyVHops   = 2 // the virtual hop budget ran out
+	whyTooLong = 3 // the route would exceed MaxHops
+)
+
+var whyText = [...]string{whyNoNode: "no such node", whyVHops: "virtual hop budget exhausted", whyTooLong: "route too long"}
+
+func reasonText(why byte, closest bool) string {
+	if int(why) < len(whyText) && whyText[why] != "" && !(closest && why == whyNoNode) {
+		return whyText[why]
+	}
+	if closest {
+		return "no route"
+	}
+	return "no such node"
+}
+
+func (n *Node) unreachable(now time.Time, r *routed, why byte) {
 	n.stats.Dropped++
 	switch r.proto {
 	case protoError, protoEchoReply, protoFindReply:
@@ -736,7 +755,7 @@ func (n *Node) unreachable(now time.Time, r *routed, why string) {
 	if r.route[0] == n.id {
 		switch r.proto {
 		case protoData, protoEcho:
-			n.env.Deliver(n.unreachableEvent(r, n.id, why))
+			n.env.Deliver(n.unreachableEvent(r, n.id, reasonText(why, r.flags&flagClosest != 0)))
 		case protoNotify:
 			if !n.isNbr(r.target) {
 				n.cache.remove(r.target)
@@ -746,7 +765,7 @@ func (n *Node) unreachable(now time.Time, r *routed, why string) {
 		return
 	}
 	n.stats.Unreachable++
-	n.sendError(now, r, errUnreachable, n.id, r.target)
+	n.sendError(now, r, errUnreachable|uint16(why)<<8, n.id, r.target)
 }
 
 func (n *Node) unreachableEvent(r *routed, at NodeID, why string) Unreachable {
@@ -769,12 +788,12 @@ func (n *Node) unreachableEvent(r *routed, at NodeID, why string) Unreachable {
 
 // sendError reports code about (a, b) to the frame's source along the
 // reverse route; every node on the way processes it (hopError).
-func (n *Node) sendError(now time.Time, r *routed, code byte, a, b NodeID) {
+func (n *Node) sendError(now time.Time, r *routed, code uint16, a, b NodeID) {
 	o := &n.out
 	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoError, flagHopByHop, r.route[0], 0, 0, 0
 	o.route = reverseInto(o.route, r.route[:r.pos+1])
-	var p [1 + 8 + 8 + 1 + 4]byte
-	p[0] = code
+	var p [1 + 8 + 8 + 1 + 4 + 1]byte
+	p[0], p[22] = byte(code), byte(code>>8) // the reason: unreachable reports only
 	if r.flags&flagClosest != 0 {
 		p[0] |= errClosest // b is a key, not a node
 	}
@@ -794,6 +813,15 @@ func (n *Node) sendError(now time.Time, r *routed, code byte, a, b NodeID) {
 	n.forward(now, o)
 }
 
+// errReason is an unreachable report's reason; reports without one (22
+// bytes, from before the reason byte) mean the target does not exist.
+func errReason(p []byte) byte {
+	if len(p) > 22 && p[22] != 0 {
+		return p[22]
+	}
+	return whyNoNode
+}
+
 // hopError applies an error report at every node it passes.
 func (n *Node) hopError(r *routed) {
 	if len(r.payload) < 22 {
@@ -809,8 +837,10 @@ func (n *Node) hopError(r *routed) {
 		}
 	case errUnreachable:
 		// Another node's view may be wrong; what this node confirmed
-		// itself recently stands.
-		if code&errClosest == 0 && b != n.id && !n.isNbr(b) && !n.cache.fresh(b, n.lastTick.Add(-n.p.RingIntervalMax)) {
+		// itself recently stands. A frame that ran out of budget says
+		// nothing about its target.
+		if code&errClosest == 0 && errReason(r.payload) == whyNoNode && b != n.id && !n.isNbr(b) &&
+			!n.cache.fresh(b, n.lastTick.Add(-n.p.RingIntervalMax)) {
 			n.cache.remove(b)
 		}
 	}
@@ -862,10 +892,11 @@ func (n *Node) deliver(now time.Time, r *routed) {
 		}
 		a := NodeID(binary.BigEndian.Uint64(r.payload[1:]))
 		b := NodeID(binary.BigEndian.Uint64(r.payload[9:]))
-		u := Unreachable{Target: b, At: a, Reason: "no such node"}
+		why := errReason(r.payload)
+		u := Unreachable{Target: b, At: a, Reason: reasonText(why, r.payload[0]&errClosest != 0)}
 		if r.payload[0]&errClosest != 0 {
-			u.Mode, u.Reason = Closest, "no route"
-		} else if !n.isNbr(b) && !n.cache.fresh(b, now.Add(-n.p.RingIntervalMax)) {
+			u.Mode = Closest
+		} else if why == whyNoNode && !n.isNbr(b) && !n.cache.fresh(b, now.Add(-n.p.RingIntervalMax)) {
 			n.cache.remove(b)
 			n.tomb[b] = now.Add(tombstone)
 		}

@@ -303,7 +303,8 @@ func TestNodeSendUnreachable(t *testing.T) {
 		u0, ok0 := ev[0].(Unreachable)
 		u1, ok1 := ev[1].(Unreachable)
 		if !ok0 || !ok1 || u0.Target != ghost || u0.DstPort != 8 || u0.Mode != Exact || u0.PingID != 0 ||
-			u1.Target != ghost || u1.PingID != 99 || u0.At != lineIDs[0] || u1.At != lineIDs[0] {
+			u1.Target != ghost || u1.PingID != 99 || u0.At != lineIDs[0] || u1.At != lineIDs[0] ||
+			u0.Reason != "no such node" || u1.Reason != "no such node" {
 			t.Fatalf("sender %d: events %+v", src, ev)
 		}
 		for i := range w.nodes {
@@ -709,5 +710,50 @@ func TestNodeFingerBackoff(t *testing.T) {
 	}
 	if n.fingers[i] != want || shortest != 10*time.Second {
 		t.Errorf("after a finger moved: finger %v (want %v), shortest cycle %v (want 10s)", n.fingers[i], want, shortest)
+	}
+}
+
+// TestNodeUnreachableReason: a relay that gives up because the route would
+// exceed its hop budget says so in its report, and the source neither
+// forgets nor tombstones the target (it exists).
+func TestNodeUnreachableReason(t *testing.T) {
+	const (
+		X = NodeID(0x1000000000000000) // decides, with a small hop budget
+		S = NodeID(0xf000000000000000) // the source
+		A = NodeID(0x2000000000000000)
+		B = NodeID(0x3000000000000000)
+		R = NodeID(0x4000000000000000) // the target, three hops behind X
+	)
+	addr := func(i byte) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, i}), 7447) }
+	xenv, senv := &fenv{}, &fenv{}
+	x := New(X, Params{MaxHops: 4}, xenv, 1)
+	src := New(S, Params{}, senv, 2)
+	x.AddLink(0)
+	src.AddLink(0)
+	for _, h := range []hello{{src: S, seq: 1, neigh: []NodeID{X}}, {src: A, seq: 1, neigh: []NodeID{X}}} {
+		x.HandleFrame(t0, 0, addr(byte(h.src>>60)), h.appendTo(nil))
+	}
+	src.HandleFrame(t0, 0, addr(1), (&hello{src: X, seq: 1, neigh: []NodeID{S}}).appendTo(nil))
+	x.learn([]NodeID{A, B, R}, t0, true)
+	src.learn([]NodeID{X, A, B, R}, t0, false) // second-hand: not protected by freshness
+	in := routed{proto: protoData, target: R, vhops: 1, pos: 1, route: []NodeID{S, X}, payload: []byte{0, 1, 0, 9}}
+	xenv.frames = nil
+	x.HandleFrame(t0, 0, addr(15), append(in.appendHeader(nil), in.payload...))
+	if len(xenv.frames) != 1 {
+		t.Fatalf("X sent %d frames, want one report", len(xenv.frames))
+	}
+	var rep routed
+	if err := rep.decode(xenv.frames[0].b); err != nil || rep.proto != protoError || len(rep.payload) != 23 || rep.payload[22] != whyTooLong {
+		t.Fatalf("report %+v (%v)", rep, err)
+	}
+	src.HandleFrame(t0, 0, addr(1), xenv.frames[0].b)
+	if len(senv.events) != 1 {
+		t.Fatalf("source got %+v, want one Unreachable", senv.events)
+	}
+	if u, ok := senv.events[0].(Unreachable); !ok || u.Reason != "route too long" || u.Target != R || u.At != X || u.DstPort != 9 {
+		t.Errorf("source got %+v", senv.events[0])
+	}
+	if !src.cache.has(R) || len(src.tomb) != 0 {
+		t.Errorf("source forgot R (cached %v) or tombstoned it (%v)", src.cache.has(R), src.tomb)
 	}
 }
