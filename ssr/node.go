@@ -525,7 +525,9 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 }
 
 // improve lets a relay revise the rest of a frame's route with what it
-// knows itself, as every node on an SSR path may (thesis §2.1.4.3): a
+// knows itself. In the thesis (§2.1.4.2) relays forward blindly until the
+// route's end; in a mesh of thousands that zig-zags, each planned piece
+// crossing the mesh toward a node chosen only for its ID. Here a
 // cached node virtually closer to the target than the planned end becomes
 // the new end (a routing decision, counted as a virtual hop), else a
 // shorter cached route to the planned end replaces the planned one. Both
