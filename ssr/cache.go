@@ -439,6 +439,26 @@ func (c *cache) closestBefore(key NodeID) NodeID {
 	return best
 }
 
+// before calls fn for up to k cached nodes virtually closer to key than
+// self — in (self, key] — nearest to key first, until fn returns false.
+func (c *cache) before(key NodeID, k int, fn func(NodeID) bool) {
+	n := len(c.sorted)
+	if n == 0 {
+		return
+	}
+	// The largest cached ID ≤ key, wrapping to the largest overall.
+	i, found := slices.BinarySearch(c.sorted, key)
+	if !found {
+		i--
+	}
+	for j := 0; j < k && j < n; j++ {
+		id := c.sorted[((i-j)%n+n)%n]
+		if cw(id, key) >= cw(c.self, key) || !fn(id) {
+			return
+		}
+	}
+}
+
 // successors appends up to k cached nodes following self clockwise.
 func (c *cache) successors(dst []NodeID, k int) []NodeID {
 	n := len(c.sorted)

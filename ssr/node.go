@@ -87,6 +87,9 @@ const (
 	// confirmEvery bounds how often a forwarded frame's route back to its
 	// source is re-confirmed in the cache.
 	confirmEvery = time.Second
+	// fallbackCandidates: how many nodes nearest the target a decision
+	// tries when the route to the nearest would exceed MaxHops.
+	fallbackCandidates = 16
 	// fingerBackoff bounds the finger refresh cycle in a stable ring, in
 	// multiples of FingerInterval.
 	fingerBackoff = 4
@@ -716,13 +719,42 @@ func (n *Node) decide(now time.Time, r *routed) {
 	}
 	path := n.cache.route(best, now)
 	if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
-		n.unreachable(now, r, whyTooLong)
-		return
+		// Over budget: drop the loops the history kept, then settle for
+		// a node nearly as close to the target with a shorter route (it
+		// still makes progress; the long way would not fit at all).
+		compactHistory(r)
+		path = nil
+		n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
+			if d := n.cache.depth(c); d > 0 && len(r.route)+d <= n.p.MaxHops {
+				path = n.cache.route(c, now)
+				return len(path) == 0
+			}
+			return true
+		})
+		if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
+			n.unreachable(now, r, whyTooLong)
+			return
+		}
 	}
 	r.route = append(r.route, path...)
 	r.vhops++
 	n.tidy(r)
 	n.forward(now, r)
+}
+
+// compactHistory removes every loop from the travelled part of r's route
+// (up to and including this node, the last element): a loop-free history
+// is still a physical path back to the source.
+func compactHistory(r *routed) {
+	for i := 0; i < len(r.route); i++ {
+		for j := len(r.route) - 1; j > i; j-- {
+			if r.route[j] == r.route[i] {
+				r.route = append(r.route[:i], r.route[j:]...)
+				break
+			}
+		}
+	}
+	r.pos = uint8(len(r.route) - 1)
 }
 
 // Why a frame was unreachable: the reason byte of an unreachable report.

@@ -720,8 +720,8 @@ func TestNodeUnreachableReason(t *testing.T) {
 	const (
 		X = NodeID(0x1000000000000000) // decides, with a small hop budget
 		S = NodeID(0xf000000000000000) // the source
-		A = NodeID(0x2000000000000000)
-		B = NodeID(0x3000000000000000)
+		A = NodeID(0x8000000000000000) // A and B are no progress toward R:
+		B = NodeID(0x9000000000000000) // no shorter way to get closer
 		R = NodeID(0x4000000000000000) // the target, three hops behind X
 	)
 	addr := func(i byte) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, i}), 7447) }
@@ -755,5 +755,42 @@ func TestNodeUnreachableReason(t *testing.T) {
 	}
 	if !src.cache.has(R) || len(src.tomb) != 0 {
 		t.Errorf("source forgot R (cached %v) or tombstoned it (%v)", src.cache.has(R), src.tomb)
+	}
+}
+
+// TestNodeDecideFallback: when the route to the node nearest the target
+// would exceed the hop budget, a decision settles for a node nearly as
+// close with a route that fits (still virtual progress), after dropping
+// loops from the history.
+func TestNodeDecideFallback(t *testing.T) {
+	const (
+		X = NodeID(0x1000000000000000) // decides, with a small hop budget
+		S = NodeID(0xf000000000000000) // the source
+		A = NodeID(0x2000000000000000) // X→A→B→R
+		B = NodeID(0x3000000000000000)
+		R = NodeID(0x4000000000000000) // nearest the key, three hops away
+	)
+	addr := func(i byte) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, i}), 7447) }
+	env := &fenv{}
+	x := New(X, Params{MaxHops: 4}, env, 1)
+	x.AddLink(0)
+	for _, h := range []hello{{src: S, seq: 1, neigh: []NodeID{X}}, {src: A, seq: 1, neigh: []NodeID{X}}} {
+		x.HandleFrame(t0, 0, addr(byte(h.src>>60)), h.appendTo(nil))
+	}
+	x.learn([]NodeID{A, B, R}, t0, true)
+	// The history S→X→A→X holds a loop: kept (a data frame after a
+	// decision by a relay), it makes the route too long even for B.
+	in := routed{proto: protoData, flags: flagClosest, target: R + 5, vhops: 2, pos: 3, route: []NodeID{S, X, A, X}, payload: []byte{0, 1, 0, 9}}
+	env.frames = nil
+	x.HandleFrame(t0, 0, addr(2), append(in.appendHeader(nil), in.payload...))
+	if len(env.frames) != 1 {
+		t.Fatalf("X sent %d frames, want one", len(env.frames))
+	}
+	var out routed
+	if err := out.decode(env.frames[0].b); err != nil {
+		t.Fatal(err)
+	}
+	if out.proto != protoData || !slices.Equal(out.route, []NodeID{S, X, A, B}) || out.vhops != 3 {
+		t.Errorf("sent %+v, want the data frame routed S→X→A→B", out)
 	}
 }
