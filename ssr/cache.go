@@ -371,35 +371,47 @@ func (c *cache) evictPass(pinned []NodeID, target int) bool {
 			i = e.up
 		}
 	}
-	leaves := c.leaves[:0]
+	// Every unpinned entry, least recently used first and, among equals,
+	// deepest first: using a route marks every node on it, so a parent is
+	// never older than its children and comes after them. Removing in this
+	// order takes a whole stale branch in one pass, leaf by leaf, instead
+	// of one pass per level of the tree (routes in a large mesh are tens of
+	// hops deep).
+	cand := c.leaves[:0]
 	for i := range c.ents {
-		if e := &c.ents[i]; !e.free && e.children == 0 && e.mark != c.pass {
-			leaves = append(leaves, int32(i))
+		if e := &c.ents[i]; !e.free && e.mark != c.pass {
+			cand = append(cand, int32(i))
 		}
 	}
 	// Ties broken by ID: slot order depends on history, and a simulation
 	// must replay the same under the same seed.
-	slices.SortFunc(leaves, func(a, b int32) int {
+	slices.SortFunc(cand, func(a, b int32) int {
 		ea, eb := &c.ents[a], &c.ents[b]
 		if c := cmp.Compare(ea.used, eb.used); c != 0 {
 			return c
 		}
+		if c := cmp.Compare(eb.depth, ea.depth); c != 0 {
+			return c
+		}
 		return cmp.Compare(ea.id, eb.id)
 	})
-	n := 0
-	for _, i := range leaves {
+	removed := false
+	for _, i := range cand {
 		if c.len() <= target {
 			break
 		}
 		e := &c.ents[i]
+		if e.free || e.children > 0 {
+			continue
+		}
 		if up := e.up; up != root {
 			c.ents[up].children--
 		}
 		c.drop(i)
-		n++
+		removed = true
 	}
-	c.leaves = leaves[:0]
-	return len(leaves) > 0
+	c.leaves = cand[:0]
+	return removed
 }
 
 func (c *cache) addSorted(n NodeID) {

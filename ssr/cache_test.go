@@ -610,14 +610,12 @@ func TestCacheEvictPinned(t *testing.T) {
 	if c.len() != 16*3/4 {
 		t.Fatalf("evict left %d entries, want %d", c.len(), 16*3/4)
 	}
-	// Least recently used first: of 22 candidate leaves the 20 oldest go.
-	for _, id := range []NodeID{82, 83} {
-		if !c.has(id) {
-			t.Fatalf("evicted recently used leaf %v: %v", id, slices.Sorted(maps.Keys(c.slot)))
-		}
-	}
-	if c.has(12) || c.has(72) || c.has(73) {
-		t.Fatalf("kept old leaves: %v", slices.Sorted(maps.Keys(c.slot)))
+	// Least recently used first, whole branches in one pass (a parent is
+	// used whenever a child's route is): the pinned routes stay, the
+	// branches of 70 and 80 (the newest) stay, everything else goes.
+	want := []NodeID{10, 11, 20, 23, 70, 71, 72, 73, 80, 81, 82, 83}
+	if got := slices.Sorted(maps.Keys(c.slot)); !slices.Equal(got, want) {
+		t.Fatalf("after evict: %v, want %v", got, want)
 	}
 	// All pinned: nothing to do, the bound is soft.
 	c = testCache(0, 2)
