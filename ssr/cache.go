@@ -3,6 +3,7 @@ package ssr
 import (
 	"cmp"
 	"iter"
+	"math/bits"
 	"slices"
 	"time"
 )
@@ -19,7 +20,7 @@ import (
 // a simulated mesh holds millions of entries.
 type cache struct {
 	self   NodeID
-	slot   map[NodeID]int32 // cached ID → index in ents
+	slot   slotIndex        // cached ID → index in ents
 	ents   []centry         // the slab; free slots have free set
 	free   []int32          // free slots, reused first
 	sorted []NodeID         // cached IDs in ascending order, self excluded
@@ -30,6 +31,99 @@ type cache struct {
 	pass   uint32        // evictPass counter (marks pinned routes)
 	leaves []int32       // scratch for evictPass
 	doomed []int32       // scratch for removeSubtree
+}
+
+// slotIndex maps cached IDs to slab slots: open addressing with linear
+// probing over a power-of-two table of slot+1 (0: empty), at most half
+// full. IDs are hashes, but tests use small ones, so they are mixed
+// (Fibonacci hashing) before taking the top bits. A Go map did the same at
+// several times the cost: lookups are most of what a relay does.
+type slotIndex struct {
+	tab   []int32
+	n     int
+	shift uint8
+}
+
+func (x *slotIndex) home(id NodeID) int {
+	return int((uint64(id) * 0x9e3779b97f4a7c15) >> x.shift)
+}
+
+func (x *slotIndex) find(ents []centry, id NodeID) (int32, bool) {
+	if len(x.tab) == 0 {
+		return 0, false
+	}
+	mask := len(x.tab) - 1
+	for i := x.home(id); ; i = (i + 1) & mask {
+		s := x.tab[i]
+		if s == 0 {
+			return 0, false
+		}
+		if ents[s-1].id == id {
+			return s - 1, true
+		}
+	}
+}
+
+// add indexes id (not yet indexed) at slot.
+func (x *slotIndex) add(ents []centry, id NodeID, slot int32) {
+	if 2*(x.n+1) > len(x.tab) {
+		x.grow(ents)
+	}
+	mask := len(x.tab) - 1
+	i := x.home(id)
+	for x.tab[i] != 0 {
+		i = (i + 1) & mask
+	}
+	x.tab[i] = slot + 1
+	x.n++
+}
+
+func (x *slotIndex) grow(ents []centry) {
+	old := x.tab
+	size := max(16, 2*len(old))
+	x.tab = make([]int32, size)
+	x.shift = uint8(64 - bits.TrailingZeros(uint(size)))
+	mask := size - 1
+	for _, s := range old {
+		if s != 0 {
+			i := x.home(ents[s-1].id)
+			for x.tab[i] != 0 {
+				i = (i + 1) & mask
+			}
+			x.tab[i] = s
+		}
+	}
+}
+
+// remove unindexes id (its slab entry still holds the ID), shifting later
+// entries of the probe run back so that no tombstones are needed.
+func (x *slotIndex) remove(ents []centry, id NodeID) {
+	if len(x.tab) == 0 {
+		return
+	}
+	mask := len(x.tab) - 1
+	i := x.home(id)
+	for {
+		s := x.tab[i]
+		if s == 0 {
+			return
+		}
+		if ents[s-1].id == id {
+			break
+		}
+		i = (i + 1) & mask
+	}
+	x.tab[i] = 0
+	x.n--
+	for j := (i + 1) & mask; x.tab[j] != 0; j = (j + 1) & mask {
+		// The entry at j may move to the hole at i unless its home lies
+		// cyclically in (i, j].
+		k := x.home(ents[x.tab[j]-1].id)
+		if (i < j && (k <= i || k > j)) || (i > j && k <= i && k > j) {
+			x.tab[i], x.tab[j] = x.tab[j], 0
+			i = j
+		}
+	}
 }
 
 // root is the parent slot of a neighbour: the parent is self.
@@ -65,16 +159,16 @@ func stampOf(t time.Time) stamp {
 const secondHandTTL = 15 * time.Second
 
 func newCache(self NodeID, max int, ttl time.Duration) *cache {
-	return &cache{self: self, slot: make(map[NodeID]int32), max: max, ttl: ttl}
+	return &cache{self: self, max: max, ttl: ttl}
 }
 
-func (c *cache) len() int { return len(c.slot) }
+func (c *cache) len() int { return c.slot.n }
 
-func (c *cache) has(id NodeID) bool { _, ok := c.slot[id]; return ok }
+func (c *cache) has(id NodeID) bool { _, ok := c.slot.find(c.ents, id); return ok }
 
 // get returns id's entry, valid until the next insertion, or nil.
 func (c *cache) get(id NodeID) *centry {
-	if i, ok := c.slot[id]; ok {
+	if i, ok := c.slot.find(c.ents, id); ok {
 		return &c.ents[i]
 	}
 	return nil
@@ -89,6 +183,17 @@ func (c *cache) all() iter.Seq2[NodeID, *centry] {
 			}
 		}
 	}
+}
+
+// ids lists the cached IDs in ascending order, from the slab (tests check
+// the sorted index and the slot index against it).
+func (c *cache) ids() []NodeID {
+	var out []NodeID
+	for id := range c.all() {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // depth returns the hop count of the cached route to id, or 0 if unknown.
@@ -111,7 +216,7 @@ func (c *cache) add(id NodeID, up int32, parent NodeID, depth int32, seen, used 
 		i = int32(len(c.ents))
 		c.ents = append(c.ents, e)
 	}
-	c.slot[id] = i
+	c.slot.add(c.ents, id, i)
 	c.addSorted(id)
 	if up != root {
 		c.ents[up].children++
@@ -133,7 +238,7 @@ func (c *cache) insert(p []NodeID, now time.Time, firstHand bool) bool {
 			continue
 		}
 		d++
-		i, ok := c.slot[n]
+		i, ok := c.slot.find(c.ents, n)
 		if !ok {
 			i = c.add(n, up, prev, d, stampOf(now.Add(secondHandTTL-c.ttl)), t)
 			changed = true
@@ -168,7 +273,7 @@ func (c *cache) confirm(p []NodeID, now time.Time) bool {
 	if len(p) == 0 {
 		return false
 	}
-	i, ok := c.slot[p[len(p)-1]]
+	i, ok := c.slot.find(c.ents, p[len(p)-1])
 	if !ok {
 		return false
 	}
@@ -213,11 +318,11 @@ func (c *cache) expire(now time.Time, pinned []NodeID) {
 
 // isAncestor reports whether a lies on the cached route to n (or is n).
 func (c *cache) isAncestor(a, n NodeID) bool {
-	ia, ok := c.slot[a]
+	ia, ok := c.slot.find(c.ents, a)
 	if !ok {
 		return false
 	}
-	in, ok := c.slot[n]
+	in, ok := c.slot.find(c.ents, n)
 	if !ok {
 		return false
 	}
@@ -239,7 +344,7 @@ func (c *cache) isAncestorSlot(a, n int32) bool {
 // every node on it used.
 func (c *cache) route(id NodeID, now time.Time) []NodeID {
 	c.path = c.path[:0]
-	i, ok := c.slot[id]
+	i, ok := c.slot.find(c.ents, id)
 	if !ok {
 		return nil
 	}
@@ -263,7 +368,7 @@ func (c *cache) route(id NodeID, now time.Time) []NodeID {
 
 // firstHop returns the neighbour a packet to id leaves through.
 func (c *cache) firstHop(id NodeID) (NodeID, bool) {
-	i, ok := c.slot[id]
+	i, ok := c.slot.find(c.ents, id)
 	if !ok {
 		return 0, false
 	}
@@ -279,7 +384,7 @@ func (c *cache) firstHop(id NodeID) (NodeID, bool) {
 
 // remove drops id and its whole subtree (routes through it).
 func (c *cache) remove(id NodeID) {
-	i, ok := c.slot[id]
+	i, ok := c.slot.find(c.ents, id)
 	if !ok {
 		return
 	}
@@ -301,7 +406,7 @@ func (c *cache) removeEdge(a, b NodeID) bool {
 
 func (c *cache) drop(i int32) {
 	e := &c.ents[i]
-	delete(c.slot, e.id)
+	c.slot.remove(c.ents, e.id)
 	c.delSorted(e.id)
 	*e = centry{free: true}
 	c.free = append(c.free, i)
@@ -361,7 +466,7 @@ func (c *cache) evictPass(pinned []NodeID, target int) bool {
 	// collecting them in a set: eviction runs often in large meshes.
 	c.pass++
 	for _, id := range pinned {
-		i, ok := c.slot[id]
+		i, ok := c.slot.find(c.ents, id)
 		for steps := 0; ok && i != root && steps < 512; steps++ {
 			e := &c.ents[i]
 			if e.mark == c.pass {

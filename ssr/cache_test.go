@@ -121,7 +121,7 @@ func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 	if err := cacheStructureErr(c); err != nil {
 		t.Fatal(err)
 	}
-	ids := slices.Sorted(maps.Keys(c.slot))
+	ids := c.ids()
 	for _, id := range ids {
 		e := c.get(id)
 		// (a) the route is a physical path from a neighbour of self.
@@ -180,7 +180,7 @@ func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 // (d) children counts are real, and (a) every route is loop-free, without
 // self, and ends at its node.
 func cacheStructureErr(c *cache) error {
-	ids := slices.Sorted(maps.Keys(c.slot))
+	ids := c.ids()
 	if c.len() != len(ids) {
 		return fmt.Errorf("len %d, entries %d", c.len(), len(ids))
 	}
@@ -203,6 +203,9 @@ func cacheStructureErr(c *cache) error {
 		e := c.get(id)
 		if e.id != id || id == c.self || e.free {
 			return fmt.Errorf("entry %v has id %v (self %v, free %v)", id, e.id, c.self, e.free)
+		}
+		if i, ok := c.slot.find(c.ents, id); !ok || &c.ents[i] != e {
+			return fmt.Errorf("%v: slot index finds %d, %v", id, i, ok)
 		}
 		if (e.parent == c.self) != (e.up == root) || (e.up != root && c.ents[e.up].id != e.parent) {
 			return fmt.Errorf("%v: parent %v, parent slot %d", id, e.parent, e.up)
@@ -578,7 +581,7 @@ func TestCacheRemoveEdgeSubtree(t *testing.T) {
 	if !c.removeEdge(1, 2) {
 		t.Fatal("removeEdge(1, 2) = false")
 	}
-	got := slices.Sorted(maps.Keys(c.slot))
+	got := c.ids()
 	if !slices.Equal(got, []NodeID{1, 7, 8}) || !slices.Equal(c.sorted, got) {
 		t.Fatalf("after removeEdge(1, 2): %v (sorted %v)", got, c.sorted)
 	}
@@ -586,7 +589,7 @@ func TestCacheRemoveEdgeSubtree(t *testing.T) {
 		t.Fatalf("children of 1: %d", c.get(1).children)
 	}
 	if !c.removeEdge(0, 7) || c.len() != 1 {
-		t.Fatalf("removeEdge(self, 7): %v", slices.Sorted(maps.Keys(c.slot)))
+		t.Fatalf("removeEdge(self, 7): %v", c.ids())
 	}
 }
 
@@ -614,7 +617,7 @@ func TestCacheEvictPinned(t *testing.T) {
 	// used whenever a child's route is): the pinned routes stay, the
 	// branches of 70 and 80 (the newest) stay, everything else goes.
 	want := []NodeID{10, 11, 20, 23, 70, 71, 72, 73, 80, 81, 82, 83}
-	if got := slices.Sorted(maps.Keys(c.slot)); !slices.Equal(got, want) {
+	if got := c.ids(); !slices.Equal(got, want) {
 		t.Fatalf("after evict: %v, want %v", got, want)
 	}
 	// All pinned: nothing to do, the bound is soft.
@@ -671,5 +674,45 @@ func TestCacheEmptyAndWrap(t *testing.T) {
 	ins(c, []NodeID{0, 0}, time.Time{})
 	if c.len() != 0 || c.closestBefore(7) != 0 {
 		t.Fatal("self inserted into its own cache")
+	}
+}
+
+// TestSlotIndexAgainstMap drives the open-addressing index with random
+// adds and removes (clustered small IDs too, the worst case for probing)
+// and compares every lookup with a Go map.
+func TestSlotIndexAgainstMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	var x slotIndex
+	var ents []centry
+	ref := map[NodeID]int32{}
+	randomID := func() NodeID {
+		if rng.IntN(2) == 0 {
+			return NodeID(rng.IntN(64))
+		}
+		return NodeID(rng.Uint64())
+	}
+	for op := range 20000 {
+		id := randomID()
+		if s, ok := ref[id]; ok && rng.IntN(2) == 0 {
+			x.remove(ents, id)
+			delete(ref, id)
+			ents[s] = centry{free: true}
+		} else if !ok {
+			s := int32(len(ents))
+			ents = append(ents, centry{id: id})
+			x.add(ents, id, s)
+			ref[id] = s
+		}
+		if x.n != len(ref) {
+			t.Fatalf("op %d: %d indexed, want %d", op, x.n, len(ref))
+		}
+		for range 4 {
+			q := randomID()
+			got, ok := x.find(ents, q)
+			want, wok := ref[q]
+			if ok != wok || (ok && got != want) {
+				t.Fatalf("op %d: find(%v) = %d, %v; want %d, %v", op, q, got, ok, want, wok)
+			}
+		}
 	}
 }
