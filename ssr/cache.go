@@ -20,10 +20,10 @@ import (
 // a simulated mesh holds millions of entries.
 type cache struct {
 	self   NodeID
-	slot   slotIndex        // cached ID → index in ents
-	ents   []centry         // the slab; free slots have free set
-	free   []int32          // free slots, reused first
-	sorted []NodeID         // cached IDs in ascending order, self excluded
+	slot   slotIndex // cached ID → index in ents
+	ents   []centry  // the slab; free slots have free set
+	free   []int32   // free slots, reused first
+	sorted []NodeID  // cached IDs in ascending order, self excluded
 	max    int
 	floor  int           // no eviction below this (pinned routes fill the cache)
 	ttl    time.Duration // an unconfirmed route is dropped after this
