@@ -10,41 +10,48 @@ import (
 // Report is the outcome of Run; its JSON keys are what `sipmesh sim --json`
 // prints.
 type Report struct {
-	Nodes          int     `json:"nodes"`
-	Topology       string  `json:"topology"`
-	Seed           uint64  `json:"seed"`
-	Links          int     `json:"links"`
-	Diameter       int     `json:"diameter_hops"`
+	Nodes    int    `json:"nodes"`
+	Topology string `json:"topology"`
+	Seed     uint64 `json:"seed"`
+	Links    int    `json:"links"`
+	Diameter int    `json:"diameter_hops"`
+	Phase
+	HopsP50        float64 `json:"hops_p50"`
+	RouteCacheP95  float64 `json:"route_cache_p95"`
+	ControlPerNode float64 `json:"control_msgs_per_node_s"`
+	Probes         int     `json:"probes"`
+	Churn          *Churn  `json:"churn,omitempty"`
+	VirtualS       float64 `json:"virtual_s"`
+	WallS          float64 `json:"wall_s"`
+	PeakRSSMB      float64 `json:"peak_rss_mb"`
+}
+
+// Churn reports the second phase: nodes leave and join, the ring heals.
+type Churn struct {
+	Fraction float64 `json:"fraction"`
+	Left     int     `json:"left"`
+	Joined   int     `json:"joined"`
+	Phase
+}
+
+// Phase is what the formation and the churn phase each report: how the
+// ring converged, then how probes fared.
+type Phase struct {
 	RingConsistent bool    `json:"ring_consistent"`
 	ConvergeS      float64 `json:"converge_s"`
 	DeliveryExact  float64 `json:"delivery_exact"`
 	DeliveryClose  float64 `json:"delivery_closest"`
 	StretchP50     float64 `json:"stretch_p50"`
 	StretchP95     float64 `json:"stretch_p95"`
-	HopsP50        float64 `json:"hops_p50"`
-	RouteCacheP95  float64 `json:"route_cache_p95"`
-	ControlPerNode float64 `json:"control_msgs_per_node_s"`
-	Probes         int     `json:"probes"`
 	// Failures counts the probes that failed, by mode and cause.
-	Failures  map[string]int `json:"failures,omitempty"`
-	Churn     *Churn         `json:"churn,omitempty"`
-	VirtualS  float64        `json:"virtual_s"`
-	WallS     float64        `json:"wall_s"`
-	PeakRSSMB float64        `json:"peak_rss_mb"`
+	Failures map[string]int `json:"failures,omitempty"`
 }
 
-// Churn reports the second phase: nodes leave and join, the ring heals.
-type Churn struct {
-	Fraction       float64        `json:"fraction"`
-	Left           int            `json:"left"`
-	Joined         int            `json:"joined"`
-	RingConsistent bool           `json:"ring_consistent"`
-	ConvergeS      float64        `json:"converge_s"`
-	DeliveryExact  float64        `json:"delivery_exact"`
-	DeliveryClose  float64        `json:"delivery_closest"`
-	StretchP50     float64        `json:"stretch_p50"`
-	StretchP95     float64        `json:"stretch_p95"`
-	Failures       map[string]int `json:"failures,omitempty"`
+// measured records a delivery measurement.
+func (p *Phase) measured(d DeliveryResult) {
+	p.DeliveryExact, p.DeliveryClose = d.Exact, d.Closest
+	p.StretchP50, p.StretchP95 = d.StretchP50, d.StretchP95
+	p.Failures = d.Failures
 }
 
 // Scenario is what Run does.
@@ -91,10 +98,8 @@ func (s *Sim) Run(sc Scenario) Report {
 	s.runWithProgress("settling", s.fingerWarmup(), sc)
 	rep.ControlPerNode = float64(s.ControlFrames()-c0) / float64(len(s.Live())) / (s.Now() - t0).Seconds()
 	d := s.MeasureDelivery(sc.Probes, 10*time.Second, probeSettle)
-	rep.DeliveryExact, rep.DeliveryClose = d.Exact, d.Closest
-	rep.StretchP50, rep.StretchP95, rep.HopsP50 = d.StretchP50, d.StretchP95, d.HopsP50
-	rep.RouteCacheP95 = s.CacheP95()
-	rep.Failures = d.Failures
+	rep.measured(d)
+	rep.HopsP50, rep.RouteCacheP95 = d.HopsP50, s.CacheP95()
 	sc.logf("t=%v delivery exact %.4f closest %.4f, stretch p50 %.2f p95 %.2f, route cache p95 %.0f, %.1f control frames/node/s, failures %v",
 		s.Now().Round(time.Second), d.Exact, d.Closest, d.StretchP50, d.StretchP95, rep.RouteCacheP95, rep.ControlPerNode, d.Failures)
 
@@ -115,12 +120,10 @@ func (s *Sim) Run(sc Scenario) Report {
 		sc.logf("t=%v after %d left and %d joined: ring consistent: %v, after %v", s.Now().Round(time.Second), k, k, ok, conv)
 		s.runWithProgress("settling", s.fingerWarmup(), sc)
 		d := s.MeasureDelivery(sc.Probes, 10*time.Second, probeSettle)
-		ch.DeliveryExact, ch.DeliveryClose = d.Exact, d.Closest
-		ch.StretchP50, ch.StretchP95 = d.StretchP50, d.StretchP95
-		ch.Failures = d.Failures
+		ch.measured(d)
 		rep.Churn = ch
 	}
-	rep.VirtualS = s.Now().Seconds()
+	rep.VirtualS = math.Round(s.Now().Seconds()*1000) / 1000
 	return rep
 }
 
