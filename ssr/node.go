@@ -258,7 +258,7 @@ func (n *Node) Tick(now time.Time) time.Time {
 	}
 	if !now.Before(n.ringNext) {
 		n.ringRound(now)
-		n.ringNext = now.Add(n.jitter(n.nextRound(now)))
+		n.ringNext = now.Add(n.jitter(n.ringIvl))
 	}
 	if !n.fingerNxt.IsZero() && !now.Before(n.fingerNxt) {
 		n.fingerRound(now)
@@ -1039,13 +1039,9 @@ func (n *Node) ringRound(now time.Time) {
 	if len(s) == 2 {
 		succ, pred = s[0], s[1]
 	}
-	switch {
-	case succ != n.lastSucc || pred != n.lastPred:
+	if succ != n.lastSucc || pred != n.lastPred {
 		n.ringIvl = n.p.RingInterval
-	case n.overdue(now, s):
-		// Probing a silent ring neighbour (nextRound): no back-off, so
-		// the liveness limit does not grow while it stays silent.
-	default:
+	} else {
 		n.ringIvl = min(2*n.ringIvl, n.p.RingIntervalMax)
 		if n.fingerNxt.IsZero() && n.p.Fingers > 0 {
 			// The neighbourhood on the ring is settling: start fingers.
@@ -1061,30 +1057,6 @@ func (n *Node) ringRound(now time.Time) {
 	if pred != succ {
 		n.notify(now, pred, false)
 	}
-}
-
-// nextRound is the time to the next ring round: the current interval, but
-// the fastest while a ring neighbour owes an answer from an earlier round.
-// Over many lossy hops a notify and its reply often both get through only
-// once in several tries; probing again soon (the liveness limit stays that
-// of the current interval) keeps a live neighbour from being declared dead.
-func (n *Node) nextRound(now time.Time) time.Duration {
-	var b [2]NodeID
-	if n.overdue(now, n.cache.predecessors(n.cache.successors(b[:0], 1), 1)) {
-		return n.p.RingInterval
-	}
-	return n.ringIvl
-}
-
-// overdue reports whether one of the ring neighbours ring has not answered
-// a notify sent in an earlier round.
-func (n *Node) overdue(now time.Time, ring []NodeID) bool {
-	for _, id := range ring {
-		if since, ok := n.ringWait[id]; ok && now.Sub(since) > n.p.RingInterval {
-			return true
-		}
-	}
-	return false
 }
 
 // notify sends this node's ring view to id: its nearest successors and

