@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipmesh/sipmesh/proxy"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
 )
@@ -46,7 +47,7 @@ type NodeStatus struct {
 	// LAN is the phone LAN address, when the node has one and it is up.
 	LAN string `json:"lan,omitempty"`
 	// SIP: registrar, proxy and relay counters.
-	SIP *SIPStats `json:"sip,omitempty"`
+	SIP *proxy.SIPStats `json:"sip,omitempty"`
 }
 
 // PingResult is the answer of GET /ping.

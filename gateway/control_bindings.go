@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/sipmesh/sipmesh/registrar"
 )
 
 // BindingInfo is a current registration as the control socket shows it.
@@ -20,19 +22,19 @@ type BindingInfo struct {
 // whichever node they were registered with.
 func (s *controlServer) handleBindings(w http.ResponseWriter, r *http.Request) {
 	ext := r.PathValue("ext")
-	if err := ValidExt(ext); err != nil {
+	if err := registrar.ValidExt(ext); err != nil {
 		writeJSON(w, http.StatusBadRequest, controlError{err.Error()})
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	all, err := s.node.Locations().Bindings(ctx, AOR(ext))
+	all, err := s.node.Locations().Bindings(ctx, registrar.AOR(ext))
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, controlError{err.Error()})
 		return
 	}
 	out := []BindingInfo{}
-	for _, b := range MergeBindings(all, time.Now()) {
+	for _, b := range registrar.MergeBindings(all, time.Now()) {
 		bi := BindingInfo{Node: b.Node.String(), Contact: b.Contact, Expires: b.Expires}
 		if b.Source.IsValid() {
 			bi.Source = b.Source.String()

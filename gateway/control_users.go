@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/sipmesh/sipmesh/registrar"
 )
 
 // UserInfo is what the control socket shows of an account: never the
@@ -20,7 +22,7 @@ type UserInfo struct {
 	Updated time.Time `json:"updated"`
 }
 
-func userInfo(a Account) UserInfo {
+func userInfo(a registrar.Account) UserInfo {
 	return UserInfo{Ext: a.Ext, Display: a.Display, Updated: a.Updated}
 }
 
@@ -44,7 +46,7 @@ func (s *controlServer) handleUsers(w http.ResponseWriter, r *http.Request) {
 // computed the HA1 values (NewAccount), so the password never reaches the
 // node; the node signs the record with the mesh administrator key.
 func (s *controlServer) handleAddUser(w http.ResponseWriter, r *http.Request) {
-	var a Account
+	var a registrar.Account
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxControlBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&a); err != nil {
@@ -70,7 +72,7 @@ func (s *controlServer) handleAddUser(w http.ResponseWriter, r *http.Request) {
 func (s *controlServer) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
 	ext := r.PathValue("ext")
 	old, err := s.node.accounts.Account(r.Context(), ext)
-	if errors.Is(err, ErrNoAccount) {
+	if errors.Is(err, registrar.ErrNoAccount) {
 		writeJSON(w, http.StatusNotFound, controlError{fmt.Sprintf("no subscriber %q", ext)})
 		return
 	}
@@ -78,7 +80,7 @@ func (s *controlServer) handleDeleteUser(w http.ResponseWriter, r *http.Request)
 		writeJSON(w, http.StatusServiceUnavailable, controlError{err.Error()})
 		return
 	}
-	tomb := Account{Ext: ext, Updated: time.Now().UTC().Truncate(time.Millisecond)}
+	tomb := registrar.Account{Ext: ext, Updated: time.Now().UTC().Truncate(time.Millisecond)}
 	if !tomb.Updated.After(old.Updated) {
 		tomb.Updated = old.Updated.Add(time.Millisecond)
 	}
@@ -89,19 +91,19 @@ func (s *controlServer) handleDeleteUser(w http.ResponseWriter, r *http.Request)
 	writeJSON(w, http.StatusOK, userInfo(old))
 }
 
-func (s *controlServer) putRecord(w http.ResponseWriter, r *http.Request, a Account, deleted bool) bool {
+func (s *controlServer) putRecord(w http.ResponseWriter, r *http.Request, a registrar.Account, deleted bool) bool {
 	if s.node.admin == nil {
 		writeJSON(w, http.StatusForbidden, controlError{"this node has no admin-key configured: subscribers are managed on a node that holds the mesh administrator key"})
 		return false
 	}
-	rec, err := SignAccount(s.node.admin, a, deleted)
+	rec, err := registrar.SignAccount(s.node.admin, a, deleted)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, controlError{err.Error()})
 		return false
 	}
 	if err := s.node.accounts.PutRecord(r.Context(), rec); err != nil {
 		code := http.StatusServiceUnavailable
-		if errors.Is(err, ErrStaleRecord) {
+		if errors.Is(err, registrar.ErrStaleRecord) {
 			code = http.StatusConflict
 		}
 		writeJSON(w, code, controlError{err.Error()})
@@ -165,7 +167,7 @@ func (c *ControlClient) Users(ctx context.Context) ([]UserInfo, error) {
 }
 
 // AddUser stores account a (from NewAccount) on the node.
-func (c *ControlClient) AddUser(ctx context.Context, a Account) (UserInfo, error) {
+func (c *ControlClient) AddUser(ctx context.Context, a registrar.Account) (UserInfo, error) {
 	var out UserInfo
 	err := c.do(ctx, http.MethodPost, "/users", a, &out)
 	return out, err

@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/sipmesh/sipmesh/netx"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -32,7 +33,7 @@ type Node struct {
 	// admin signs account records (nil without admin-key); accounts is
 	// the subscriber store behind the control socket's /users.
 	admin    ed25519.PrivateKey
-	accounts Accounts
+	accounts registrar.Accounts
 
 	network netx.Network
 	svc     *services
@@ -101,7 +102,7 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 }
 
 // Accounts returns the node's subscriber store.
-func (n *Node) Accounts() Accounts { return n.accounts }
+func (n *Node) Accounts() registrar.Accounts { return n.accounts }
 
 // Router returns the node's SSR router.
 func (n *Node) Router() *ssr.Router { return n.router }

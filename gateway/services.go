@@ -16,6 +16,8 @@ import (
 
 	"github.com/sipmesh/sipmesh/dns64"
 	"github.com/sipmesh/sipmesh/provisioning"
+	"github.com/sipmesh/sipmesh/proxy"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipalg"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
@@ -40,15 +42,15 @@ const hostPublishQueue = 64
 type services struct {
 	dht      *dht.Driver
 	claims   *Claims
-	locs     *DHTLocation
-	accounts *DHTAccounts
+	locs     *registrar.DHTLocation
+	accounts *registrar.DHTAccounts
 
 	// Set by startLAN once the phone LAN is up; read by status.
 	mu      sync.Mutex
 	lanAddr netip.Prefix
-	sip     *SIPService
+	sip     *proxy.SIPService
 
-	reg   *Registrar
+	reg   *registrar.Registrar
 	relay *sipalg.Relay
 	dns   *dns64.Server
 	dhcp  *provisioning.DHCPServer
@@ -61,7 +63,7 @@ func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) e
 	if adminPub != nil {
 		// Every holder refuses subscriber records not written by the
 		// administrator, so a node cannot plant accounts.
-		p.Validate = dht.Validators(dht.RequireWriter(userKeyPrefix, adminPub), dht.RequireWriter(usersKeyPrefix, adminPub))
+		p.Validate = registrar.AccountValidator(adminPub)
 	}
 	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Params: p, Logger: n.base})
 	if err != nil {
@@ -74,8 +76,8 @@ func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) e
 	n.svc = &services{
 		dht:      d,
 		claims:   &Claims{DHT: d, Self: n.router.ID(), Since: since},
-		locs:     &DHTLocation{DHT: d},
-		accounts: &DHTAccounts{DHT: d, Admin: adminPub, Key: n.admin},
+		locs:     &registrar.DHTLocation{DHT: d},
+		accounts: &registrar.DHTAccounts{DHT: d, Admin: adminPub, Key: n.admin},
 		hosts:    make(chan provisioning.Lease, hostPublishQueue),
 	}
 	return nil
@@ -152,7 +154,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 	log := n.base
 
 	var err error
-	s.reg, err = NewRegistrar(RegistrarConfig{
+	s.reg, err = registrar.NewRegistrar(registrar.RegistrarConfig{
 		Node: n.router.ID(), Locations: s.locs, Accounts: s.accounts,
 		Addrs: []netip.Addr{lan.Addr(), meshAddr}, Algorithms: n.opts.DigestAlgorithms,
 		// A DHT record holds one node's bindings of an AOR (dht.MaxValue).
@@ -188,7 +190,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		lanTCP.Close()
 		return fmt.Errorf("SIP on the mesh: %w", err)
 	}
-	sip, err := NewSIPService(SIPServiceConfig{
+	sip, err := proxy.NewSIPService(proxy.SIPServiceConfig{
 		Node: n.router.ID(), LANAddr: sipLAN, MeshAddr: sipMesh,
 		LANUDP: lanUDP, MeshUDP: meshUDP, LANTCP: lanTCP,
 		Registrar: s.reg, Locations: s.locs, Accounts: s.accounts, Relay: s.relay,
@@ -367,7 +369,7 @@ func (n *Node) LANAddress() netip.Prefix {
 }
 
 // SIP returns the node's SIP service (nil before the LAN is up).
-func (n *Node) SIP() *SIPService {
+func (n *Node) SIP() *proxy.SIPService {
 	n.svc.mu.Lock()
 	defer n.svc.mu.Unlock()
 	return n.svc.sip
@@ -377,7 +379,7 @@ func (n *Node) SIP() *SIPService {
 func (n *Node) DHT() *dht.Driver { return n.svc.dht }
 
 // Locations returns the node's view of the location service.
-func (n *Node) Locations() LocationStore { return n.svc.locs }
+func (n *Node) Locations() registrar.LocationStore { return n.svc.locs }
 
 // Status is the node's state for the control socket.
 func (n *Node) Status() NodeStatus {

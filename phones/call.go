@@ -13,6 +13,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/sipnet"
 )
 
 // Direction tells who placed a call.
@@ -448,7 +449,7 @@ func (p *Phone) Dial(ctx context.Context, target string, opts CallOptions) (*Cal
 	req := sip.NewRequest(sip.INVITE, ruri)
 	req.AppendHeader(p.via())
 	req.AppendHeader(&sip.FromHeader{DisplayName: p.cfg.DisplayName, Address: c.localURI,
-		Params: tagParams(c.localTag)})
+		Params: sipnet.TagParams(c.localTag)})
 	req.AppendHeader(&sip.ToHeader{Address: c.remoteURI, Params: sip.NewParams()})
 	cid := sip.CallIDHeader(c.id)
 	req.AppendHeader(&cid)
@@ -503,8 +504,11 @@ func (p *Phone) target(t string) (sip.Uri, netip.AddrPort, error) {
 	if p.cfg.Server.IsValid() {
 		return u, p.cfg.Server, nil
 	}
-	dest, err := uriAddr(u)
-	return u, dest, err
+	dest, err := sipnet.URIAddr(&u)
+	if err != nil {
+		return u, dest, fmt.Errorf("phones: %w (the phone does no DNS)", err)
+	}
+	return u, dest, nil
 }
 
 // runUAC drives an outgoing INVITE (RFC 3261 §13.2.2) to its answer or
@@ -720,7 +724,7 @@ func (c *Call) inDialog(method sip.RequestMethod, seq uint32) (*sip.Request, err
 		req.AppendHeader(&sip.RouteHeader{Address: *r.Clone()})
 	}
 	req.AppendHeader(&sip.FromHeader{DisplayName: c.p.cfg.DisplayName, Address: c.localURI,
-		Params: tagParams(c.localTag)})
+		Params: sipnet.TagParams(c.localTag)})
 	to := &sip.ToHeader{Address: c.remoteURI, Params: sip.NewParams()}
 	if c.remoteTag != "" {
 		to.Params.Add("tag", c.remoteTag)
@@ -739,9 +743,9 @@ func (c *Call) inDialog(method sip.RequestMethod, seq uint32) (*sip.Request, err
 	if len(routes) > 0 {
 		next = routes[0]
 	}
-	dest, err := uriAddr(next)
+	dest, err := sipnet.URIAddr(&next)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("phones: %w", err)
 	}
 	c.p.route(req, dest)
 	return req, nil

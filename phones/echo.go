@@ -1,9 +1,10 @@
-package gateway
+package phones
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -12,8 +13,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
-	"github.com/sipmesh/sipmesh/phones"
 	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/sipnet"
 )
 
 // The echo test. A phone on this node's LAN that calls 3246 ("ECHO" on a
@@ -27,9 +28,13 @@ import (
 // and no DHT lookup. A call to 3246 arriving over the mesh is not an echo
 // test (it would be another node's); it is routed like any extension.
 //
-// Sessions are bounded (MaxEchoSessions; more callers hear 486 Busy Here),
+// The node's SIP service (package proxy) hands the echo test its requests
+// and lends it what a UAS needs of a SIP stack, through EchoHost; the echo
+// test knows nothing of the proxy or the registrar.
+//
+// Sessions are bounded (EchoConfig.Max; more callers hear 486 Busy Here),
 // end on the caller's BYE, on the service stopping, and on their own after
-// echoIdle without RTP or echoMaxDuration, with a BYE of ours
+// EchoIdle without RTP or echoMaxDuration, with a BYE of ours
 // (RFC 3261 §15.1.1).
 
 // EchoExtension is the echo test's extension.
@@ -38,13 +43,49 @@ const EchoExtension = "3246"
 // Echo test defaults and bounds.
 const (
 	DefaultMaxEchoSessions = 8
-	echoIdle               = 30 * time.Second
+	EchoIdle               = 30 * time.Second
 	echoMaxDuration        = time.Hour
 )
 
-// echoService answers the echo test for the SIP service.
-type echoService struct {
-	s      *SIPService
+// EchoHost is what the echo test needs of the SIP service that hands it
+// its requests.
+type EchoHost interface {
+	// Context ends when the service stops; sessions end with it.
+	Context() context.Context
+	// Go runs f on a goroutine the service waits for when it stops. It
+	// reports false, without running f, while the service is stopping.
+	Go(f func()) bool
+	// Respond builds a response of the node's own to req (Via with
+	// received and rport, a To tag, Server).
+	Respond(req *sip.Request, code int, reason string) *sip.Response
+	// Check validates req as RFC 3261 §8.2 requires of any request: 0
+	// when it is fine, else the status and reason to answer (and the
+	// service counts it as malformed).
+	Check(req *sip.Request) (int, string)
+	// OurHost reports whether a URI host names this node or the mesh
+	// domain; OurRoute whether a Route URI names this node.
+	OurHost(host string) bool
+	OurRoute(u *sip.Uri) bool
+	// LANAddr is the address of the service's LAN socket: the echo
+	// test's Contact, Via and media address.
+	LANAddr() netip.AddrPort
+	// Request sends req from the LAN socket on a client transaction.
+	Request(ctx context.Context, req *sip.Request) (sip.ClientTransaction, error)
+}
+
+// EchoConfig configures the echo test.
+type EchoConfig struct {
+	Host EchoHost // required
+	// Listen opens a media socket on the LAN address (required).
+	Listen func(context.Context) (net.PacketConn, error)
+	Max    int // sessions at once (default DefaultMaxEchoSessions)
+	Logger *slog.Logger
+}
+
+// EchoService answers the echo test for a node's SIP service.
+type EchoService struct {
+	h      EchoHost
+	log    *slog.Logger
 	listen func(context.Context) (net.PacketConn, error)
 	max    int
 
@@ -55,7 +96,7 @@ type echoService struct {
 // echoSession is one echo call: its dialog (RFC 3261 §12.1.1, UAS side)
 // and its media.
 type echoSession struct {
-	e         *echoService
+	e         *EchoService
 	callID    string
 	localTag  string
 	remoteTag string
@@ -63,7 +104,7 @@ type echoSession struct {
 	src       netip.AddrPort // where the INVITE came from: the caller's flow
 	answer    []byte         // our SDP answer
 	conn      net.PacketConn // the media socket (the endpoint closes it when it runs)
-	media     *phones.MediaEndpoint
+	media     *MediaEndpoint
 	cancel    context.CancelFunc
 
 	ackSeq  uint32
@@ -75,49 +116,57 @@ type echoSession struct {
 	endOnce sync.Once
 }
 
-func newEchoService(s *SIPService, listen func(context.Context) (net.PacketConn, error), max int) *echoService {
-	if max <= 0 {
-		max = DefaultMaxEchoSessions
+// NewEchoService prepares the echo test; the host hands it requests
+// (Handle) while it serves.
+func NewEchoService(cfg EchoConfig) (*EchoService, error) {
+	if cfg.Host == nil || cfg.Listen == nil {
+		return nil, errors.New("echo test: Host and Listen are required")
 	}
-	return &echoService{s: s, listen: listen, max: max, sessions: make(map[string]*echoSession)}
+	if cfg.Max <= 0 {
+		cfg.Max = DefaultMaxEchoSessions
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &EchoService{h: cfg.Host, log: log, listen: cfg.Listen, max: cfg.Max, sessions: make(map[string]*echoSession)}, nil
 }
 
-// EchoSessions returns how many echo test calls are up.
-func (s *SIPService) EchoSessions() int {
-	if s.echo == nil {
-		return 0
-	}
-	s.echo.mu.Lock()
-	defer s.echo.mu.Unlock()
-	return len(s.echo.sessions)
+// Sessions returns how many echo test calls are up.
+func (e *EchoService) Sessions() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.sessions)
 }
 
 // isEchoTarget reports whether the Request-URI names the echo test in
 // the mesh domain (or at this node), with no Route other than our own.
-func (e *echoService) isEchoTarget(req *sip.Request) bool {
+func (e *EchoService) isEchoTarget(req *sip.Request) bool {
 	ru := &req.Recipient
 	if ru.User != EchoExtension && !strings.EqualFold(ru.User, "echo") {
 		return false
 	}
-	if !e.s.ourHost(ru.Host) {
+	if !e.h.OurHost(ru.Host) {
 		return false
 	}
 	for _, h := range req.GetHeaders("Route") {
 		rt, ok := h.(*sip.RouteHeader)
-		if !ok || !e.s.ourRoute(&rt.Address) {
+		if !ok || !e.h.OurRoute(&rt.Address) {
 			return false
 		}
 	}
 	return true
 }
 
-// handle takes the requests of the echo test: a new INVITE to it from
-// the LAN, and the in-dialog requests of its sessions. It reports whether
-// it took req; the others go to the registrar and the proxy.
-func (e *echoService) handle(req *sip.Request, tx sip.ServerTransaction, in *sock, src netip.AddrPort) bool {
+// Handle takes the requests of the echo test: a new INVITE to it that
+// came in on the LAN socket (fromLAN), and the in-dialog requests of its
+// sessions. It reports whether it took req; the host handles the others.
+// The host passes only requests a response can be addressed to (a Via
+// with a transport and host).
+func (e *EchoService) Handle(req *sip.Request, tx sip.ServerTransaction, fromLAN bool, src netip.AddrPort) bool {
 	cid := req.CallID()
 	to := req.To()
-	if cid == nil || to == nil || !answerable(req) {
+	if cid == nil || to == nil {
 		return false
 	}
 	if toTag, _ := to.Params.Get("tag"); toTag != "" {
@@ -130,7 +179,7 @@ func (e *echoService) handle(req *sip.Request, tx sip.ServerTransaction, in *soc
 		e.inDialog(sess, req, tx, src)
 		return true
 	}
-	if req.Method != sip.INVITE || in != e.s.lan || !e.isEchoTarget(req) {
+	if req.Method != sip.INVITE || !fromLAN || !e.isEchoTarget(req) {
 		return false
 	}
 	e.invite(req, tx, src)
@@ -139,25 +188,23 @@ func (e *echoService) handle(req *sip.Request, tx sip.ServerTransaction, in *soc
 
 // reply answers req with a response of our own, sent back where it came
 // from (as the proxy does, RFC 3581 behaviour for every UDP client).
-func (e *echoService) reply(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response) {
+func (e *EchoService) reply(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response) {
 	if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
 		res.SetDestination(src.String())
 	}
 	if err := tx.Respond(res); err != nil {
-		e.s.log.Debug("echo test: response not sent", "status", res.StatusCode, "err", err)
+		e.log.Debug("echo test: response not sent", "status", res.StatusCode, "err", err)
 	}
 }
 
-func (e *echoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, code int, reason string) {
-	e.reply(req, tx, src, e.s.respond(req, code, reason))
+func (e *EchoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, code int, reason string) {
+	e.reply(req, tx, src, e.h.Respond(req, code, reason))
 }
 
 // invite answers a new call to the echo test and, once the caller ACKs
 // our 2xx, leaves the session running on its own goroutine.
-func (e *echoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
-	s := e.s
-	if code, reason := checkRequest(req, &reqHeaders{}); code != 0 {
-		s.malformed.Add(1)
+func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
+	if code, reason := e.h.Check(req); code != 0 {
 		e.replyCode(req, tx, src, code, reason)
 		return
 	}
@@ -168,7 +215,7 @@ func (e *echoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 	idx, pt, err := echoStream(req.Body())
 	if err != nil {
 		// §13.3.1.3 and RFC 3264 §6: an offer we cannot take.
-		e.replyCode(req, tx, src, 488, "Not Acceptable Here ("+sanitizeReason(err.Error())+")")
+		e.replyCode(req, tx, src, 488, "Not Acceptable Here ("+sipnet.SanitizeReason(err.Error())+")")
 		return
 	}
 	cid := req.CallID().Value()
@@ -192,36 +239,35 @@ func (e *echoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 		e.mu.Lock()
 		delete(e.sessions, cid)
 		e.mu.Unlock()
-		s.log.Warn("echo test: cannot answer", "call_id", cid, "err", err)
+		e.log.Warn("echo test: cannot answer", "call_id", cid, "err", err)
 		e.replyCode(req, tx, src, 503, "Service Unavailable (echo test)")
 		return
 	}
-	ctx, cancel := context.WithCancel(s.ctx)
+	ctx, cancel := context.WithCancel(e.h.Context())
 	sess.cancel = cancel
 	e.mu.Lock()
 	e.sessions[cid] = sess
 	e.mu.Unlock()
-	if !s.goTracked(func() { e.run(ctx, sess) }) {
+	if !e.h.Go(func() { e.run(ctx, sess) }) {
 		cancel()
 		sess.conn.Close()
 		e.forget(sess)
 		e.replyCode(req, tx, src, 503, "Service Unavailable (shutting down)")
 		return
 	}
-	s.log.Info("echo test answered", "call_id", cid, "caller", req.From().Address.String(), "media", sess.media.Local())
+	e.log.Info("echo test answered", "call_id", cid, "caller", req.From().Address.String(), "media", sess.media.Local())
 	if !e.answer(ctx, req, tx, src, res, sess) {
-		s.log.Info("echo test: no ACK for our 2xx", "call_id", cid)
+		e.log.Info("echo test: no ACK for our 2xx", "call_id", cid)
 		sess.end()
 	}
 }
 
 // newSession opens the session's media and builds the 2xx with our SDP
 // answer, our Contact and the Record-Route of the INVITE (§12.1.1).
-func (e *echoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8) (*echoSession, *sip.Response, error) {
-	s := e.s
+func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8) (*echoSession, *sip.Response, error) {
 	d, _ := sipalg.Parse(req.Body()) // echoStream parsed it already
 	st := d.Streams[idx]
-	conn, err := e.listen(s.ctx)
+	conn, err := e.listen(e.h.Context())
 	if err != nil {
 		return nil, nil, fmt.Errorf("media socket: %w", err)
 	}
@@ -229,12 +275,12 @@ func (e *echoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 	if st.Hold() || !remote.Addr().IsValid() {
 		remote = netip.AddrPort{} // echo to wherever the frames come from
 	}
-	media, err := phones.NewMediaEndpoint(phones.MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: true})
+	media, err := NewMediaEndpoint(MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: true})
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
-	res := s.respond(req, 200, "OK")
+	res := e.h.Respond(req, 200, "OK")
 	localTag, _ := res.To().Params.Get("tag")
 	remoteTag, _ := req.From().Params.Get("tag")
 	sess := &echoSession{
@@ -242,7 +288,7 @@ func (e *echoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 		invite: req, src: src, conn: conn, media: media, ackSeq: req.CSeq().SeqNo,
 		acked: make(chan struct{}), bye: make(chan struct{}), ended: make(chan struct{}),
 	}
-	sess.answer = echoAnswer(d, idx, pt, s.lan.addr.Addr(), media.Local().Port())
+	sess.answer = echoAnswer(d, idx, pt, e.h.LANAddr().Addr(), media.Local().Port())
 	for _, h := range req.GetHeaders("Record-Route") {
 		res.AppendHeader(h)
 	}
@@ -252,8 +298,9 @@ func (e *echoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 
 // dialogHeaders adds our Contact (the node's LAN address, where the
 // caller sends its in-dialog requests) and, if sdp, the answer.
-func (e *echoService) dialogHeaders(req *sip.Request, res *sip.Response, sess *echoSession, sdp bool) {
-	u := sip.Uri{Scheme: "sip", User: EchoExtension, Host: uriHost(e.s.lan.addr.Addr()), Port: int(e.s.lan.addr.Port())}
+func (e *EchoService) dialogHeaders(req *sip.Request, res *sip.Response, sess *echoSession, sdp bool) {
+	lan := e.h.LANAddr()
+	u := sip.Uri{Scheme: "sip", User: EchoExtension, Host: sipnet.URIHost(lan.Addr()), Port: int(lan.Port())}
 	if strings.EqualFold(req.Transport(), "TCP") {
 		u.UriParams = sip.HeaderParams{{K: "transport", V: "tcp"}}
 	}
@@ -270,7 +317,7 @@ func (e *echoService) dialogHeaders(req *sip.Request, res *sip.Response, sess *e
 // retransmits it from T1 doubling up to T2 until the ACK comes, for at
 // most 64*T1. sipgo ends the server transaction when the handler returns
 // (libraries.md §1 pitfall 5), so the handler waits here.
-func (e *echoService) answer(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response, sess *echoSession) bool {
+func (e *EchoService) answer(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response, sess *echoSession) bool {
 	e.reply(req, tx, src, res)
 	interval := sip.T1
 	deadline := time.NewTimer(64 * sip.T1)
@@ -298,7 +345,7 @@ func (e *echoService) answer(ctx context.Context, req *sip.Request, tx sip.Serve
 }
 
 // inDialog answers a request inside an echo session's dialog.
-func (e *echoService) inDialog(sess *echoSession, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
+func (e *EchoService) inDialog(sess *echoSession, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
 	if ft, _ := req.From().Params.Get("tag"); ft != sess.remoteTag {
 		if !req.IsAck() {
 			e.replyCode(req, tx, src, 481, "Call/Transaction Does Not Exist")
@@ -328,7 +375,7 @@ func (e *echoService) inDialog(sess *echoSession, req *sip.Request, tx sip.Serve
 				sess.media.SetRemote(st.RTP())
 			}
 		}
-		res := e.s.respond(req, 200, "OK")
+		res := e.h.Respond(req, 200, "OK")
 		e.dialogHeaders(req, res, sess, true)
 		e.reply(req, tx, src, res)
 	default:
@@ -339,17 +386,17 @@ func (e *echoService) inDialog(sess *echoSession, req *sip.Request, tx sip.Serve
 
 // run is a session's life: media until the caller's BYE, the service
 // stopping, or the session outliving its bounds, which ends it with our BYE.
-func (e *echoService) run(ctx context.Context, sess *echoSession) {
+func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 	defer e.forget(sess)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer sess.cancel() // stops the media first
 	wg.Go(func() {
 		if err := sess.media.Run(ctx); err != nil {
-			e.s.log.Warn("echo test media", "call_id", sess.callID, "err", err)
+			e.log.Warn("echo test media", "call_id", sess.callID, "err", err)
 		}
 	})
-	check := time.NewTicker(echoIdle / 3)
+	check := time.NewTicker(EchoIdle / 3)
 	defer check.Stop()
 	maxT := time.NewTimer(echoMaxDuration)
 	defer maxT.Stop()
@@ -365,14 +412,14 @@ func (e *echoService) run(ctx context.Context, sess *echoSession) {
 			e.sendBye(ctx, sess)
 			return
 		case <-maxT.C:
-			e.s.log.Info("echo test: session too long, hanging up", "call_id", sess.callID)
+			e.log.Info("echo test: session too long, hanging up", "call_id", sess.callID)
 			e.sendBye(ctx, sess)
 			return
 		case now := <-check.C:
 			if rx := sess.media.Stats().Received; rx != lastRx {
 				lastRx, lastAt = rx, now
-			} else if now.Sub(lastAt) >= echoIdle {
-				e.s.log.Info("echo test: no audio, hanging up", "call_id", sess.callID)
+			} else if now.Sub(lastAt) >= EchoIdle {
+				e.log.Info("echo test: no audio, hanging up", "call_id", sess.callID)
 				e.sendBye(ctx, sess)
 				return
 			}
@@ -386,20 +433,20 @@ func (sess *echoSession) end() { sess.endOnce.Do(func() { close(sess.ended) }) }
 // sendBye ends the dialog from our side (RFC 3261 §15.1.1): an in-dialog
 // request to the caller's flow, which is on our LAN (the echo test only
 // answers phones there).
-func (e *echoService) sendBye(ctx context.Context, sess *echoSession) {
-	s := e.s
+func (e *EchoService) sendBye(ctx context.Context, sess *echoSession) {
 	inv := sess.invite
+	lan := e.h.LANAddr()
 	target := inv.Contact().Address
 	bye := sip.NewRequest(sip.BYE, *target.Clone())
 	tr := strings.ToUpper(inv.Transport())
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: tr,
-		Host: s.lan.addr.Addr().String(), Port: int(s.lan.addr.Port())}
+		Host: lan.Addr().String(), Port: int(lan.Port())}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
 	bye.AppendHeader(via)
 	mf := sip.MaxForwardsHeader(70)
 	bye.AppendHeader(&mf)
 	to := inv.To()
-	bye.AppendHeader(&sip.FromHeader{DisplayName: to.DisplayName, Address: to.Address, Params: tagParams(sess.localTag)})
+	bye.AppendHeader(&sip.FromHeader{DisplayName: to.DisplayName, Address: to.Address, Params: sipnet.TagParams(sess.localTag)})
 	from := inv.From()
 	bye.AppendHeader(&sip.ToHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
 	bye.AppendHeader(inv.CallID())
@@ -407,16 +454,9 @@ func (e *echoService) sendBye(ctx context.Context, sess *echoSession) {
 	bye.SetBody(nil)
 	bye.SetTransport(tr)
 	bye.SetDestination(sess.src.String())
-	if tr == "UDP" {
-		s.lan.laddr.Copy(&bye.Laddr)
-	}
-	if err := s.connReady(bye); err != nil {
-		s.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
-		return
-	}
-	tx, err := s.client.TransactionRequest(ctx, bye, noBuild)
+	tx, err := e.h.Request(ctx, bye)
 	if err != nil {
-		s.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
+		e.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
 		return
 	}
 	defer tx.Terminate()
@@ -434,14 +474,8 @@ func (e *echoService) sendBye(ctx context.Context, sess *echoSession) {
 	}
 }
 
-func tagParams(tag string) sip.HeaderParams {
-	hp := sip.NewParams()
-	hp.Add("tag", tag)
-	return hp
-}
-
 // forget removes a session from the table.
-func (e *echoService) forget(sess *echoSession) {
+func (e *EchoService) forget(sess *echoSession) {
 	e.mu.Lock()
 	if e.sessions[sess.callID] == sess {
 		delete(e.sessions, sess.callID)
@@ -467,9 +501,9 @@ func echoStream(body []byte) (int, uint8, error) {
 		for _, f := range st.Formats {
 			switch f {
 			case "0":
-				return i, phones.PayloadPCMU, nil
+				return i, PayloadPCMU, nil
 			case "8":
-				return i, phones.PayloadPCMA, nil
+				return i, PayloadPCMA, nil
 			}
 		}
 	}
@@ -481,7 +515,7 @@ func echoStream(body []byte) (int, uint8, error) {
 // other stream rejected with port 0.
 func echoAnswer(offer *sipalg.SDP, idx int, pt uint8, addr netip.Addr, port uint16) []byte {
 	codec := "PCMU/8000"
-	if pt == phones.PayloadPCMA {
+	if pt == PayloadPCMA {
 		codec = "PCMA/8000"
 	}
 	b := fmt.Appendf(nil, "v=0\r\no=sipmesh %d 1 IN IP4 %s\r\ns=sipmesh echo test\r\nc=IN IP4 %s\r\nt=0 0\r\n",

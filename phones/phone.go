@@ -16,6 +16,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/sipmesh/sipmesh/netx"
+	"github.com/sipmesh/sipmesh/sipnet"
 )
 
 // Settings are what a desk phone learns from provisioning (DHCP option 120
@@ -208,7 +209,7 @@ func New(cfg Config) (*Phone, error) {
 	}
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("sipmesh-phone"),
-		sipgo.WithUserAgentHostname(uriHost(cfg.LocalAddr)),
+		sipgo.WithUserAgentHostname(sipnet.URIHost(cfg.LocalAddr)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(log)),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log)),
 		// The phone never resolves names (targets and Server are IP
@@ -388,7 +389,7 @@ func (p *Phone) response(req *sip.Request, code int, reason string, body []byte,
 }
 
 func (p *Phone) contactURI() sip.Uri {
-	return sip.Uri{Scheme: "sip", User: p.cfg.User, Host: uriHost(p.cfg.LocalAddr), Port: int(p.cfg.SIPPort)}
+	return sip.Uri{Scheme: "sip", User: p.cfg.User, Host: sipnet.URIHost(p.cfg.LocalAddr), Port: int(p.cfg.SIPPort)}
 }
 
 func (p *Phone) contactHeader() *sip.ContactHeader {
@@ -516,32 +517,6 @@ func (p *Phone) forget(c *Call) {
 	p.mu.Unlock()
 }
 
-// uriHost formats an address as a SIP URI host: IPv6 in brackets (RFC 3261
-// §25.1; sipgo's parser keeps them, libraries.md §1 pitfall 1).
-func uriHost(a netip.Addr) string {
-	if a.Is6() {
-		return "[" + a.String() + "]"
-	}
-	return a.String()
-}
-
-// uriAddr is where a SIP URI with an IP literal host points (RFC 3263 §4.2
-// default port 5060). Names are not resolved: the phone has no DNS.
-func uriAddr(u sip.Uri) (netip.AddrPort, error) {
-	a, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("phones: %q is not an IP literal (the phone does no DNS): %w", u.Host, err)
-	}
-	port := u.Port
-	if port == 0 {
-		port = 5060
-	}
-	if port < 0 || port > 65535 {
-		return netip.AddrPort{}, fmt.Errorf("phones: bad port %d", port)
-	}
-	return netip.AddrPortFrom(a.Unmap(), uint16(port)), nil
-}
-
 // expiresOf is the registration lifetime a 2xx to REGISTER grants: the
 // expires parameter of our Contact, else Expires (RFC 3261 §10.2.4).
 func (p *Phone) expiresOf(res *sip.Response, asked time.Duration) time.Duration {
@@ -566,12 +541,6 @@ func (p *Phone) expiresOf(res *sip.Response, asked time.Duration) time.Duration 
 		}
 	}
 	return asked
-}
-
-func tagParams(tag string) sip.HeaderParams {
-	hp := sip.NewParams()
-	hp.Add("tag", tag)
-	return hp
 }
 
 // reasons are the reason phrases of the final statuses a phone sends

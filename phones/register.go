@@ -10,6 +10,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+
+	"github.com/sipmesh/sipmesh/sipnet"
 )
 
 // maxAuthTries bounds digest retries of one request: a second challenge
@@ -113,7 +115,7 @@ func (p *Phone) register(ctx context.Context, expires time.Duration) (time.Durat
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: p.cfg.Domain})
 	req.AppendHeader(p.via())
 	req.AppendHeader(&sip.FromHeader{DisplayName: p.cfg.DisplayName, Address: p.aor,
-		Params: tagParams(sip.GenerateTagN(10))})
+		Params: sipnet.TagParams(sip.GenerateTagN(10))})
 	req.AppendHeader(&sip.ToHeader{DisplayName: p.cfg.DisplayName, Address: p.aor, Params: sip.NewParams()})
 	cid := sip.CallIDHeader(p.regCallID)
 	req.AppendHeader(&cid)

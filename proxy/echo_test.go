@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"context"
@@ -87,7 +87,7 @@ func TestEchoTest(t *testing.T) {
 
 // TestEchoTestBounds: sessions beyond the bound get 486, an offer without
 // G.711 gets 488, a call that is never ACKed ends with our BYE, and a
-// session without audio ends after echoIdle with our BYE.
+// session without audio ends after phones.EchoIdle with our BYE.
 func TestEchoTestBounds(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {
@@ -118,7 +118,7 @@ func TestEchoTestBounds(t *testing.T) {
 		raw.ackNon2xx(g722, res)
 
 		// Answered but never ACKed: the node hangs up (no ACK within 64*T1,
-		// or no audio for echoIdle, whichever comes first).
+		// or no audio for phones.EchoIdle, whichever comes first).
 		inv = raw.invite("sip:3246@mesh", netip.MustParseAddrPort("10.1.0.21:4000"), "")
 		res = raw.response()
 		wantStatus(t, res, 200)
@@ -159,8 +159,8 @@ func TestEchoTestBounds(t *testing.T) {
 			fmt.Sprintf("Call-ID: %s\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", inv.callID))
 		start := time.Now()
 		bye = raw.request(sip.BYE)
-		if d := time.Since(start); d < echoIdle || d > 2*echoIdle {
-			t.Errorf("idle session hung up after %v, want about %v", d, echoIdle)
+		if d := time.Since(start); d < phones.EchoIdle || d > 2*phones.EchoIdle {
+			t.Errorf("idle session hung up after %v, want about %v", d, phones.EchoIdle)
 		}
 		raw.answer(bye, 200, "OK", "", "")
 		time.Sleep(100 * time.Millisecond) // the 200 crosses the LAN

@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"context"
@@ -17,6 +17,9 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/sipmesh/sipmesh/registrar"
+	"github.com/sipmesh/sipmesh/sipnet"
 )
 
 // The stateful proxy of the mesh domain (RFC 3261 §16).
@@ -115,7 +118,7 @@ func (p *proxyTx) reply(code int, reason string) {
 
 func (p *proxyTx) run() {
 	s, req := p.s, p.req
-	if !answerable(req) {
+	if !registrar.Answerable(req) {
 		s.malformed.Add(1)
 		return // no response can be addressed (RFC 3261 §18.2.1)
 	}
@@ -125,7 +128,7 @@ func (p *proxyTx) run() {
 		// NAT, and the LAN phones send from their listening port anyway.
 		p.upDest = p.src.String()
 	}
-	if code, reason := checkRequest(req, &reqHeaders{}); code != 0 {
+	if code, reason := registrar.CheckRequest(req); code != 0 {
 		s.malformed.Add(1)
 		p.reply(code, reason)
 		return
@@ -160,7 +163,7 @@ func (p *proxyTx) run() {
 	if h := req.GetHeader("Proxy-Require"); h != nil {
 		// §16.3 step 5: we support no extension a proxy may be required to.
 		res := s.respond(req, 420, "Bad Extension")
-		res.AppendHeader(sip.NewHeader("Unsupported", sanitizeReason(h.Value())))
+		res.AppendHeader(sip.NewHeader("Unsupported", sipnet.SanitizeReason(h.Value())))
 		p.tx.Respond(res)
 		return
 	}
@@ -212,7 +215,7 @@ func (p *proxyTx) run() {
 			case errors.Is(err, errCallsFull), errors.Is(err, errRelayFull):
 				code, reason = 503, "Service Unavailable (media relay full)"
 			case errors.Is(err, errBadSDP):
-				code, reason = 400, "Bad Request ("+sanitizeReason(err.Error())+")"
+				code, reason = 400, "Bad Request ("+sipnet.SanitizeReason(err.Error())+")"
 			}
 			s.log.Info("cannot forward", "call_id", callID, "err", err)
 			p.reply(code, reason)
@@ -294,7 +297,7 @@ func fixVia(r *sip.Request, src netip.AddrPort) {
 		v.Params.Add("received", src.Addr().String())
 		return
 	}
-	if canonHost(v.Host) != src.Addr().String() && !v.Params.Has("received") {
+	if registrar.CanonHost(v.Host) != src.Addr().String() && !v.Params.Has("received") {
 		v.Params.Add("received", src.Addr().String())
 	}
 }
@@ -303,7 +306,7 @@ func fixVia(r *sip.Request, src netip.AddrPort) {
 // account, 480 without a live binding.
 func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	s := p.s
-	if ext == "" || ValidExt(ext) != nil {
+	if ext == "" || registrar.ValidExt(ext) != nil {
 		return nil, 404, "Not Found"
 	}
 	// The stores are the DHT: bound the wait, the caller is listening to
@@ -311,20 +314,20 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
 	defer cancel()
 	if _, err := s.cfg.Accounts.Account(ctx, ext); err != nil {
-		if errors.Is(err, ErrNoAccount) {
+		if errors.Is(err, registrar.ErrNoAccount) {
 			return nil, 404, "Not Found"
 		}
 		s.log.Warn("account lookup failed", "ext", ext, "err", err)
 		return nil, 500, "Server Internal Error (account store unavailable)"
 	}
-	all, err := s.cfg.Locations.Bindings(ctx, AOR(ext))
+	all, err := s.cfg.Locations.Bindings(ctx, registrar.AOR(ext))
 	if err != nil {
 		s.log.Warn("location lookup failed", "ext", ext, "err", err)
 		return nil, 500, "Server Internal Error (location store unavailable)"
 	}
-	bs := MergeBindings(all, time.Now())
+	bs := registrar.MergeBindings(all, time.Now())
 	// Highest q first (RFC 3261 §16.6); all are tried in parallel anyway.
-	slices.SortStableFunc(bs, func(a, b Binding) int { return int(b.Q) - int(a.Q) })
+	slices.SortStableFunc(bs, func(a, b registrar.Binding) int { return int(b.Q) - int(a.Q) })
 	var ts []target
 	for _, b := range bs {
 		if len(ts) == maxForks {
@@ -337,8 +340,8 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 		if b.Node == s.cfg.Node {
 			dst := b.Source
 			if !dst.IsValid() {
-				var ok bool
-				if dst, ok = uriAddr(&u); !ok {
+				var err error
+				if dst, err = sipnet.URIAddr(&u); err != nil {
 					continue
 				}
 			}
@@ -354,7 +357,7 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 			continue
 		}
 		ts = append(ts, target{uri: u, dst: na, transport: "UDP", route: &sip.RouteHeader{Address: sip.Uri{
-			Scheme: "sip", User: flowToken(b.Source, b.Transport), Host: uriHost(na.Addr()), Port: int(na.Port()),
+			Scheme: "sip", User: flowToken(b.Source, b.Transport), Host: sipnet.URIHost(na.Addr()), Port: int(na.Port()),
 			UriParams: sip.HeaderParams{{K: "lr"}},
 		}}})
 	}
@@ -370,8 +373,8 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 // names the mesh domain (lookup); a non-zero code is the answer.
 func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, code int, reason string) {
 	if rt := r.Route(); rt != nil {
-		dst, good := uriAddr(&rt.Address)
-		if !good {
+		dst, err := sipnet.URIAddr(&rt.Address)
+		if err != nil {
 			return t, false, 404, "Not Found (Route is not an IP address)"
 		}
 		return target{uri: r.Recipient, dst: dst, transport: uriTransport(&rt.Address)}, true, 0, ""
@@ -385,7 +388,7 @@ func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, co
 	}
 	toTag, _ := r.To().Params.Get("tag")
 	if popped || toTag != "" {
-		if dst, good := uriAddr(ru); good {
+		if dst, err := sipnet.URIAddr(ru); err == nil {
 			return target{uri: r.Recipient, dst: dst, transport: uriTransport(ru)}, true, 0, ""
 		}
 	}
@@ -419,7 +422,7 @@ func (s *SIPService) popRoutes(r *sip.Request, in *sock) (popped bool, flow *tar
 // ourRoute reports whether a Route URI names this node: one of its
 // socket addresses (with our port or none) or the mesh domain.
 func (s *SIPService) ourRoute(u *sip.Uri) bool {
-	h := canonHost(u.Host)
+	h := registrar.CanonHost(u.Host)
 	for _, sk := range []*sock{s.lan, s.mesh} {
 		if h == sk.addr.Addr().WithZone("").String() {
 			return u.Port == 0 || u.Port == int(sk.addr.Port())
@@ -475,37 +478,11 @@ func parseFlowToken(s string) (netip.AddrPort, string, bool) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), strings.ToUpper(tr), true
 }
 
-// uriAddr is the address of an IP-literal URI (port 5060 by default).
-func uriAddr(u *sip.Uri) (netip.AddrPort, bool) {
-	a, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
-	if err != nil || a.Zone() != "" {
-		return netip.AddrPort{}, false
-	}
-	port := u.Port
-	if port == 0 {
-		port = 5060
-	}
-	if port < 0 || port > 65535 {
-		return netip.AddrPort{}, false
-	}
-	return netip.AddrPortFrom(a.Unmap(), uint16(port)), true
-}
-
 func uriTransport(u *sip.Uri) string {
 	if t, ok := u.UriParams.Get("transport"); ok && strings.EqualFold(t, "tcp") {
 		return "TCP"
 	}
 	return "UDP"
-}
-
-// uriHost writes an address as a URI host: IPv6 in brackets
-// (libraries.md §1 pitfall 1).
-func uriHost(a netip.Addr) string {
-	a = a.WithZone("").Unmap()
-	if a.Is6() {
-		return "[" + a.String() + "]"
-	}
-	return a.String()
 }
 
 // looped applies the loop check of RFC 3261 §16.3 step 4 (RFC 5393
@@ -518,7 +495,7 @@ func (s *SIPService) looped(req *sip.Request) bool {
 		if !ok {
 			continue
 		}
-		host := canonHost(v.Host)
+		host := registrar.CanonHost(v.Host)
 		for _, sk := range []*sock{s.lan, s.mesh} {
 			if host == sk.addr.Addr().WithZone("").String() && (v.Port == 0 || v.Port == int(sk.addr.Port())) {
 				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
@@ -620,7 +597,7 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 }
 
 func recordRoute(sk *sock, transport string) *sip.RecordRouteHeader {
-	u := sip.Uri{Scheme: "sip", Host: uriHost(sk.addr.Addr()), Port: int(sk.addr.Port())}
+	u := sip.Uri{Scheme: "sip", Host: sipnet.URIHost(sk.addr.Addr()), Port: int(sk.addr.Port())}
 	if strings.EqualFold(transport, "TCP") {
 		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "transport", V: "tcp"})
 	}
@@ -936,10 +913,10 @@ func (p *proxyTx) sendBest() {
 // forwardACK forwards an ACK outside any transaction: the ACK of a 2xx,
 // routed by its Route set (RFC 3261 §16.11 behaviour, §13.2.2.4).
 func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) {
-	if !answerable(req) {
+	if !registrar.Answerable(req) {
 		return
 	}
-	if code, _ := checkRequest(req, &reqHeaders{}); code != 0 {
+	if code, _ := registrar.CheckRequest(req); code != 0 {
 		s.malformed.Add(1)
 		return // an ACK is never answered (RFC 3261 §17.2.3)
 	}

@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/memnet"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -52,8 +53,8 @@ func newHandlerService(t testing.TB) *SIPService {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lan.Close(); mesh.Close() })
-	loc, accts := NewMemLocation(), newTestAccounts(t, "201", "202")
-	reg, err := NewRegistrar(RegistrarConfig{Node: 1, Locations: loc, Accounts: accts, Rate: -1})
+	loc, accts := registrar.NewMemLocation(), newTestAccounts(t, "201", "202")
+	reg, err := registrar.NewRegistrar(registrar.RegistrarConfig{Node: 1, Locations: loc, Accounts: accts, Rate: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

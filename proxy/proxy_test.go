@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"context"
@@ -19,7 +19,9 @@ import (
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/phones"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -31,8 +33,8 @@ type meshRig struct {
 	t      testing.TB
 	nw     *memnet.Network
 	mesh   *memnet.Link
-	loc    *MemLocation
-	accts  *MemAccounts
+	loc    *registrar.MemLocation
+	accts  *registrar.MemAccounts
 	nodes  []*meshNode
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -55,7 +57,7 @@ func meshIP(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00::%d
 
 func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 	t.Helper()
-	m := &meshRig{t: t, nw: memnet.New(memnet.Config{Seed: 7}), loc: NewMemLocation(),
+	m := &meshRig{t: t, nw: memnet.New(memnet.Config{Seed: 7}), loc: registrar.NewMemLocation(),
 		accts: newTestAccounts(t, "201", "202", "203", "204")}
 	m.mesh = m.nw.NewSegment("mesh", memnet.LinkConfig{Delay: 5 * time.Millisecond})
 	m.ctx, m.cancel = context.WithCancel(context.Background())
@@ -65,7 +67,7 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		nd.lan = m.nw.NewSegment(fmt.Sprintf("lan%d", i), memnet.LinkConfig{Delay: time.Millisecond})
 		nd.lan.Attach(nd.host.AddInterface("lan0", 1500, netip.PrefixFrom(nd.lanIP, 24)))
 		m.mesh.Attach(nd.host.AddInterface("mesh0", 1500, netip.PrefixFrom(nd.meshIP, 64)))
-		reg, err := NewRegistrar(RegistrarConfig{Node: nd.id, Locations: m.loc, Accounts: m.accts,
+		reg, err := registrar.NewRegistrar(registrar.RegistrarConfig{Node: nd.id, Locations: m.loc, Accounts: m.accts,
 			Addrs: []netip.Addr{nd.lanIP, nd.meshIP}, Rate: -1})
 		if err != nil {
 			t.Fatal(err)
@@ -356,8 +358,8 @@ func (p *tphone) inDialogBody(method, ruri, from, to, callID string, cseq int, r
 	if err := sip.ParseUri(dst, &u); err != nil {
 		p.t.Fatal(err)
 	}
-	ap, ok := uriAddr(&u)
-	if !ok {
+	ap, err := sipnet.URIAddr(&u)
+	if err != nil {
 		p.t.Fatalf("next hop %q is not an address", dst)
 	}
 	p.sendTo(ap, b.String())
@@ -956,7 +958,7 @@ func (m *meshRig) tcpPhone(node int, ext string, last byte) *tcpPhone {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	ap, _ := addrPortOf(conn.LocalAddr())
+	ap, _ := sipnet.AddrPortOf(conn.LocalAddr())
 	p := &tcpPhone{t: m.t, conn: conn, in: make(chan sip.Message, 16), addr: ap}
 	m.wg.Go(func() {
 		ps := sip.NewParser().NewSIPStream()

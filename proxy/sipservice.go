@@ -1,4 +1,4 @@
-package gateway
+package proxy
 
 import (
 	"context"
@@ -14,7 +14,10 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/phones"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -75,9 +78,9 @@ type SIPServiceConfig struct {
 	// LANTCP optionally serves SIP over TCP on the LAN address.
 	LANTCP net.Listener
 
-	Registrar *Registrar    // answers REGISTER (required)
-	Locations LocationStore // the bindings (required)
-	Accounts  Accounts      // which extensions exist (required)
+	Registrar *registrar.Registrar    // answers REGISTER (required)
+	Locations registrar.LocationStore // the bindings (required)
+	Accounts  registrar.Accounts      // which extensions exist (required)
 	// Relay anchors media of calls that cross between the LAN (its side A)
 	// and the mesh (its side B). Nil passes SDP untouched.
 	Relay *sipalg.Relay
@@ -135,11 +138,11 @@ type SIPService struct {
 	ua      *sipgo.UserAgent
 	srv     *sipgo.Server
 	client  *sipgo.Client
-	limiter *rateLimiter
+	limiter *sipnet.RateLimiter
 	domains map[string]bool
 	lan     *sock
 	mesh    *sock
-	echo    *echoService // nil without EchoListen
+	echo    *phones.EchoService // nil without EchoListen
 
 	live                                        atomic.Int64 // server transactions alive
 	rateLimited, overloaded, malformed, proxied atomic.Uint64
@@ -183,7 +186,7 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		cfg.Burst = DefaultSIPBurst
 	}
 	if cfg.RateSources <= 0 {
-		cfg.RateSources = DefaultRateSources
+		cfg.RateSources = registrar.DefaultRateSources
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = "sipmesh"
@@ -199,12 +202,12 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		calls:   make(map[string]*callLeg),
 	}
 	for _, d := range cfg.Domains {
-		s.domains[canonHost(d)] = true
+		s.domains[registrar.CanonHost(d)] = true
 	}
 	s.domains[cfg.LANAddr.Addr().String()] = true
 	s.domains[cfg.MeshAddr.Addr().WithZone("").String()] = true
 	if cfg.Rate > 0 {
-		s.limiter = newRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
+		s.limiter = sipnet.NewRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
 	}
 	mk := func(name string, ap netip.AddrPort, side sipalg.Side) *sock {
 		return &sock{name: name, addr: ap, side: side,
@@ -240,10 +243,21 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		return nil, err
 	}
 	if cfg.EchoListen != nil {
-		s.echo = newEchoService(s, cfg.EchoListen, cfg.MaxEchoSessions)
+		if s.echo, err = phones.NewEchoService(phones.EchoConfig{Host: echoHost{s}, Listen: cfg.EchoListen,
+			Max: cfg.MaxEchoSessions, Logger: s.log}); err != nil {
+			return nil, err
+		}
 	}
 	s.srv.OnNoRoute(s.handle)
 	return s, nil
+}
+
+// EchoSessions returns how many echo test calls are up.
+func (s *SIPService) EchoSessions() int {
+	if s.echo == nil {
+		return 0
+	}
+	return s.echo.Sessions()
 }
 
 // levelHandler drops records below min.
@@ -370,7 +384,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	if s.echo != nil && s.echo.handle(req, tx, in, src) {
+	if s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
 		return
 	}
 	switch req.Method {
@@ -394,7 +408,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 // arrival is the socket a request came in on.
 func (s *SIPService) arrival(tx sip.ServerTransaction) *sock {
 	if st, ok := tx.(*sip.ServerTx); ok && st.Connection() != nil {
-		if ap, ok := addrPortOf(st.Connection().LocalAddr()); ok && ap.Addr() == s.mesh.addr.Addr() {
+		if ap, ok := sipnet.AddrPortOf(st.Connection().LocalAddr()); ok && ap.Addr() == s.mesh.addr.Addr() {
 			return s.mesh
 		}
 	}
@@ -412,7 +426,7 @@ func (s *SIPService) sockFor(dst netip.Addr) *sock {
 // respond builds a response of our own to req, with the registrar's Via
 // fixes (received/rport) and Server header.
 func (s *SIPService) respond(req *sip.Request, code int, reason string) *sip.Response {
-	return s.cfg.Registrar.response(req, code, reason)
+	return s.cfg.Registrar.Response(req, code, reason)
 }
 
 // strayResponse handles responses that match no client transaction: 2xx
@@ -440,7 +454,7 @@ func (s *SIPService) janitor(ctx context.Context) {
 }
 
 // ourHost reports whether a URI host names this node or the mesh domain.
-func (s *SIPService) ourHost(host string) bool { return s.domains[canonHost(host)] }
+func (s *SIPService) ourHost(host string) bool { return s.domains[registrar.CanonHost(host)] }
 
 // guardConn is the PacketConn sipgo reads: it drops datagrams over their
 // source's rate and new requests while too many transactions are alive,
@@ -458,11 +472,11 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if err != nil {
 			return n, addr, err
 		}
-		src, ok := addrPortOf(addr)
+		src, ok := sipnet.AddrPortOf(addr)
 		if !ok {
 			continue
 		}
-		if s.limiter != nil && !s.limiter.allow(src.Addr(), time.Now()) {
+		if s.limiter != nil && !s.limiter.Allow(src.Addr(), time.Now()) {
 			s.rateLimited.Add(1)
 			continue
 		}
@@ -476,7 +490,7 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		if _, perr := sip.ParseMessage(data); perr != nil {
 			s.malformed.Add(1)
-			if out := badRequest(data, describeParseError(perr), s.cfg.ServerName); out != nil {
+			if out := sipnet.BadRequest(data, sipnet.DescribeParseError(perr), s.cfg.ServerName); out != nil {
 				g.PacketConn.WriteTo(out, net.UDPAddrFromAddrPort(src))
 			}
 			continue
@@ -488,7 +502,7 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 // WriteTo normalises sipgo's addresses (IPv4 as 16-byte IPs) so that
 // every Network implementation sees the family it expects.
 func (g *guardConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if ap, ok := addrPortOf(addr); ok {
+	if ap, ok := sipnet.AddrPortOf(addr); ok {
 		return g.PacketConn.WriteTo(b, net.UDPAddrFromAddrPort(ap))
 	}
 	return g.PacketConn.WriteTo(b, addr)

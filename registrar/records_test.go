@@ -1,4 +1,4 @@
-package gateway
+package registrar
 
 import (
 	"bytes"
@@ -8,8 +8,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -255,66 +253,6 @@ func TestMemAccounts(t *testing.T) {
 	}
 	if err := s.PutRecord(ctx, old); !errors.Is(err, ErrStaleRecord) {
 		t.Errorf("old record after delete: %v", err)
-	}
-}
-
-func TestAdminKey(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "keys", "admin.key")
-	k1, created, err := LoadOrCreateAdminKey(path)
-	if err != nil || !created {
-		t.Fatalf("create: %v %v", created, err)
-	}
-	k2, created, err := LoadOrCreateAdminKey(path)
-	if err != nil || created || !k1.Equal(k2) {
-		t.Fatalf("reload: %v %v", created, err)
-	}
-	os.Chmod(path, 0o644)
-	if _, _, err := LoadOrCreateAdminKey(path); err == nil {
-		t.Error("world-readable key accepted")
-	}
-}
-
-func TestRateLimiter(t *testing.T) {
-	r := newRateLimiter(10, 5, 3)
-	now := time.Unix(0, 0)
-	a := netip.MustParseAddr("192.168.1.5")
-	n := 0
-	for range 20 {
-		if r.allow(a, now) {
-			n++
-		}
-	}
-	if n != 5 {
-		t.Errorf("burst: %d allowed, want 5", n)
-	}
-	if r.allow(a, now.Add(50*time.Millisecond)) {
-		t.Error("allowed before a token refilled")
-	}
-	if !r.allow(a, now.Add(100*time.Millisecond)) {
-		t.Error("refused after a token refilled")
-	}
-	// IPv6 sources share a bucket per /64.
-	v6a, v6b := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2:3")
-	for range 5 {
-		r.allow(v6a, now)
-	}
-	if r.allow(v6b, now) {
-		t.Error("another address of the same /64 escaped the limit")
-	}
-	// Link-local addresses are distinct sources.
-	ll1, ll2 := netip.MustParseAddr("fe80::1"), netip.MustParseAddr("fe80::2")
-	for range 5 {
-		r.allow(ll1, now)
-	}
-	if !r.allow(ll2, now) {
-		t.Error("two link-local hosts share a bucket")
-	}
-	// The table stays at 3 sources; the least recently seen is evicted.
-	for i := range 10 {
-		r.allow(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), now)
-	}
-	if r.size() != 3 {
-		t.Errorf("table holds %d sources, bound 3", r.size())
 	}
 }
 

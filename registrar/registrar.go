@@ -1,4 +1,4 @@
-package gateway
+package registrar
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -122,7 +123,7 @@ type Registrar struct {
 	log     *slog.Logger
 	domains map[string]bool
 	nonces  *nonceMinter
-	limiter *rateLimiter
+	limiter *sipnet.RateLimiter
 	txc     *txCache
 	locks   [64]sync.Mutex // per-AOR stripes: one writer of a record at a time
 	badLog  logGate
@@ -189,7 +190,7 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 	rand.Read(seed[:])
 	r.tagSeq.Store(binary.LittleEndian.Uint64(seed[:]))
 	if cfg.Rate > 0 {
-		r.limiter = newRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
+		r.limiter = sipnet.NewRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
 	}
 	for _, d := range cfg.Domains {
 		r.domains[canonHost(d)] = true
@@ -209,7 +210,7 @@ func (r *Registrar) Stats() RegistrarStats {
 		TxCached: r.txc.len(), NoncesTracked: r.nonces.tracked(),
 	}
 	if r.limiter != nil {
-		s.RateSources = r.limiter.size()
+		s.RateSources = r.limiter.Size()
 	}
 	return s
 }

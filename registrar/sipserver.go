@@ -1,4 +1,4 @@
-package gateway
+package registrar
 
 import (
 	"bytes"
@@ -11,10 +11,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/netx"
+	"github.com/sipmesh/sipmesh/sipnet"
 )
 
 // maxDatagram is the largest SIP datagram read (RFC 3261 §18.1.1 allows
@@ -57,16 +57,9 @@ func (r *Registrar) ServeUDP(ctx context.Context, pc net.PacketConn) error {
 	return nil
 }
 
-// addrPortReader is the allocation-free read of *net.UDPConn (and the
-// netns wrapper).
-type addrPortReader interface {
-	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
-	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
-}
-
 func (r *Registrar) udpWorker(ctx context.Context, pc net.PacketConn) error {
 	buf := make([]byte, maxDatagram)
-	fast, _ := pc.(addrPortReader)
+	fast, _ := pc.(sipnet.AddrPortConn)
 	for {
 		var (
 			n   int
@@ -81,7 +74,7 @@ func (r *Registrar) udpWorker(ctx context.Context, pc net.PacketConn) error {
 			n, addr, err = pc.ReadFrom(buf)
 			if err == nil {
 				var ok bool
-				if src, ok = addrPortOf(addr); !ok {
+				if src, ok = sipnet.AddrPortOf(addr); !ok {
 					continue
 				}
 			}
@@ -93,7 +86,7 @@ func (r *Registrar) udpWorker(ctx context.Context, pc net.PacketConn) error {
 			return err
 		}
 		r.received.Add(1)
-		if r.limiter != nil && !r.limiter.allow(src.Addr(), r.cfg.Now()) {
+		if r.limiter != nil && !r.limiter.Allow(src.Addr(), r.cfg.Now()) {
 			r.rateLimited.Add(1)
 			continue
 		}
@@ -112,25 +105,10 @@ func (r *Registrar) udpWorker(ctx context.Context, pc net.PacketConn) error {
 	}
 }
 
-func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
-	case *net.TCPAddr:
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
-	case nil:
-		return netip.AddrPort{}, false
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err == nil
-}
-
 // processDatagram is the transport-independent part of the UDP path: the
 // answer to send (nil for none) and where.
 func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.AddrPort) ([]byte, netip.AddrPort) {
-	if bareCRLF(data) {
+	if sipnet.BareCRLF(data) {
 		// sipgo would keep the bare CR or LF inside a header value, and
 		// echoing it would break the response's framing.
 		r.malformed.Add(1)
@@ -140,16 +118,16 @@ func (r *Registrar) processDatagram(ctx context.Context, data []byte, src netip.
 	msg, err := sip.ParseMessage(data)
 	if err != nil {
 		r.malformed.Add(1)
-		reason := describeParseError(err)
+		reason := sipnet.DescribeParseError(err)
 		r.logBad(src, reason)
-		return badRequest(data, reason, r.cfg.ServerName), src
+		return sipnet.BadRequest(data, reason, r.cfg.ServerName), src
 	}
 	req, ok := msg.(*sip.Request)
 	if !ok {
 		return nil, src // a stray response: nothing to match it to
 	}
 	req.SetTransport("UDP")
-	if reason := rawContactProblem(data); reason != "" && answerable(req) {
+	if reason := sipnet.RawContactProblem(data); reason != "" && answerable(req) {
 		r.malformed.Add(1)
 		r.logBad(src, reason)
 		req.SetSource(src.String())
@@ -202,187 +180,6 @@ func (r *Registrar) replyAddr(req *sip.Request, src netip.AddrPort) netip.AddrPo
 		port = 5060
 	}
 	return netip.AddrPortFrom(src.Addr(), uint16(port))
-}
-
-// bareCRLF reports a CR or LF in the header section of data that is not
-// part of a CRLF pair (RFC 3261 §7: lines end in CRLF).
-func bareCRLF(data []byte) bool {
-	end := bytes.Index(data, []byte("\r\n\r\n"))
-	if end < 0 {
-		end = len(data)
-	}
-	h := data[:end]
-	for i, c := range h {
-		switch c {
-		case '\r':
-			if i+1 >= len(h) || h[i+1] != '\n' {
-				return true
-			}
-		case '\n':
-			if i == 0 || h[i-1] != '\r' {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// describeParseError turns a sipgo parser error into the text of a 400
-// reason phrase.
-func describeParseError(err error) string {
-	s := err.Error()
-	switch {
-	case strings.Contains(s, "reading body incomplete"), strings.Contains(s, "EOF"):
-		return "message shorter than its Content-Length or unterminated"
-	case strings.Contains(s, "is not a SIP message"):
-		return "malformed request line"
-	case strings.Contains(s, "ParseUint"), strings.Contains(s, "ParseInt"):
-		return "number out of range in " + guessHeader(s)
-	}
-	return "unparsable: " + s
-}
-
-func guessHeader(s string) string {
-	if i := strings.Index(s, "parsing "); i >= 0 {
-		return "a header (" + strings.TrimSpace(s[i:]) + ")"
-	}
-	return "a header"
-}
-
-// rawContactProblem finds what sipgo accepts but RFC 3261 §20.10 forbids:
-// a Contact in addr-spec form (no <>) whose URI has headers or several
-// URI parameters that can't be told from header parameters (RFC 4475
-// §3.1.2.13).
-func rawContactProblem(data []byte) string {
-	for len(data) > 0 {
-		line := data
-		if k := bytes.IndexByte(data, '\n'); k >= 0 {
-			line, data = data[:k], data[k+1:]
-		} else {
-			data = nil
-		}
-		line = bytes.TrimRight(line, "\r")
-		if len(line) == 0 {
-			break // end of the headers
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon < 0 {
-			continue
-		}
-		name := bytes.TrimSpace(line[:colon])
-		if !bytes.EqualFold(name, []byte("contact")) && !bytes.EqualFold(name, []byte("m")) {
-			continue
-		}
-		v := bytes.TrimSpace(line[colon+1:])
-		if bytes.IndexByte(v, '<') < 0 && bytes.IndexByte(v, '?') >= 0 {
-			return "Contact URI with headers must be enclosed in <>"
-		}
-	}
-	return ""
-}
-
-// badRequest builds a 400 for bytes sipgo could not parse, from the raw
-// header lines a response needs (RFC 3261 §8.2.6: Via, From, To, Call-ID,
-// CSeq). It returns nil when the bytes are not a request or have no Via,
-// since no response can then be addressed (RFC 3261 §18.2.1): those are
-// dropped.
-func badRequest(data []byte, reason, server string) []byte {
-	lines := bytes.Split(data, []byte("\n"))
-	if len(lines) < 2 {
-		return nil
-	}
-	first := strings.TrimSpace(string(lines[0]))
-	if first == "" || strings.HasPrefix(first, "SIP/") || !strings.Contains(first, "SIP/") {
-		return nil
-	}
-	status := "400 Bad Request (" + sanitizeReason(reason) + ")"
-	if parts := strings.Fields(first); len(parts) == 3 {
-		// A URI scheme sipgo does not know (RFC 4475 §3.3.3 soap.beep):
-		// 416, as for any scheme we do not serve (RFC 3261 §8.2.2.1).
-		if scheme, _, ok := strings.Cut(parts[1], ":"); ok && isToken(scheme) {
-			switch strings.ToLower(scheme) {
-			case "sip", "sips", "tel":
-			default:
-				status = "416 Unsupported URI Scheme"
-			}
-		}
-	}
-	var b strings.Builder
-	b.WriteString("SIP/2.0 " + status + "\r\n")
-	have := map[string]bool{}
-	for _, l := range lines[1:] {
-		l = bytes.TrimRight(l, "\r")
-		if len(l) == 0 {
-			break
-		}
-		if l[0] == ' ' || l[0] == '\t' {
-			continue // a folded continuation: the copy keeps the first line only
-		}
-		name, val, ok := bytes.Cut(l, []byte(":"))
-		if !ok {
-			continue
-		}
-		var canon string
-		switch strings.ToLower(strings.TrimSpace(string(name))) {
-		case "via", "v":
-			canon = "Via"
-		case "from", "f":
-			canon = "From"
-		case "to", "t":
-			canon = "To"
-		case "call-id", "i":
-			canon = "Call-ID"
-		case "cseq":
-			canon = "CSeq"
-		default:
-			continue
-		}
-		if canon != "Via" && have[canon] {
-			continue
-		}
-		v := strings.TrimSpace(string(val))
-		if !utf8.ValidString(v) || strings.ContainsAny(v, "\x00\r") || len(v) > 1024 {
-			continue
-		}
-		have[canon] = true
-		b.WriteString(canon + ": " + v + "\r\n")
-	}
-	if !have["Via"] {
-		return nil
-	}
-	b.WriteString("Server: " + server + "\r\nContent-Length: 0\r\n\r\n")
-	return []byte(b.String())
-}
-
-// isToken reports whether s is an RFC 3261 §25.1 token (a URI scheme is
-// narrower, but anything else is not a scheme).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range []byte(s) {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.!%*_+`'~", c) >= 0
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// sanitizeReason keeps a reason phrase to printable text on one line
-// (RFC 3261 §25.1 Reason-Phrase), at most 100 bytes.
-func sanitizeReason(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if b.Len() >= 100 {
-			break
-		}
-		if c < 0x20 || c == 0x7f || c == utf8.RuneError {
-			c = '?'
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
 }
 
 // ServeTCP accepts SIP over TCP on ln until ctx ends, then closes ln and
@@ -448,7 +245,7 @@ func (r *Registrar) ServeTCP(ctx context.Context, ln net.Listener) error {
 const tcpIdle = 10 * time.Minute
 
 func (r *Registrar) serveConn(ctx context.Context, c net.Conn) {
-	src, ok := addrPortOf(c.RemoteAddr())
+	src, ok := sipnet.AddrPortOf(c.RemoteAddr())
 	if !ok {
 		return
 	}
@@ -491,7 +288,7 @@ func (r *Registrar) serveConn(ctx context.Context, c net.Conn) {
 				}
 				mid = false
 				r.received.Add(1)
-				if r.limiter != nil && !r.limiter.allow(src.Addr(), r.cfg.Now()) {
+				if r.limiter != nil && !r.limiter.Allow(src.Addr(), r.cfg.Now()) {
 					r.rateLimited.Add(1)
 					if perr != nil {
 						return
@@ -501,9 +298,9 @@ func (r *Registrar) serveConn(ctx context.Context, c net.Conn) {
 				}
 				if perr != nil {
 					r.malformed.Add(1)
-					reason := describeParseError(perr)
+					reason := sipnet.DescribeParseError(perr)
 					r.logBad(src, reason)
-					if out := badRequest(cur, reason, r.cfg.ServerName); out != nil {
+					if out := sipnet.BadRequest(cur, reason, r.cfg.ServerName); out != nil {
 						c.Write(out)
 					}
 					return

@@ -1,4 +1,4 @@
-package gateway
+package sipnet
 
 import (
 	"net/netip"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// rateLimiter is a token bucket per source IP address, with a bounded
+// RateLimiter is a token bucket per source IP address, with a bounded
 // table: when it is full, the bucket idle the longest is reused. Sources
 // that evict each other start with a full burst, so a flood from many
 // addresses is bounded by the worker queue instead (and memory by the
@@ -15,7 +15,7 @@ import (
 // Global IPv6 sources are keyed by their /64: one host owns a whole /64
 // and could otherwise rotate addresses to escape its bucket. Link-local
 // ones share fe80::/64 on every link, so they are keyed by address.
-type rateLimiter struct {
+type RateLimiter struct {
 	rate  float64 // tokens per second
 	burst float64
 	max   int
@@ -33,8 +33,10 @@ type bucket struct {
 	prev, next *bucket
 }
 
-func newRateLimiter(rate float64, burst int, max int) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: float64(burst), max: max, buckets: make(map[netip.Addr]*bucket)}
+// NewRateLimiter allows rate datagrams per second per source with bursts
+// of burst, remembering at most max sources.
+func NewRateLimiter(rate float64, burst int, max int) *RateLimiter {
+	return &RateLimiter{rate: rate, burst: float64(burst), max: max, buckets: make(map[netip.Addr]*bucket)}
 }
 
 func rateKey(a netip.Addr) netip.Addr {
@@ -46,8 +48,8 @@ func rateKey(a netip.Addr) netip.Addr {
 	return a
 }
 
-// allow takes a token for src at now and reports whether there was one.
-func (r *rateLimiter) allow(src netip.Addr, now time.Time) bool {
+// Allow takes a token for src at now and reports whether there was one.
+func (r *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
 	if r == nil || r.rate <= 0 {
 		return true
 	}
@@ -81,7 +83,7 @@ func (r *rateLimiter) allow(src netip.Addr, now time.Time) bool {
 	return true
 }
 
-func (r *rateLimiter) unlink(b *bucket) {
+func (r *RateLimiter) unlink(b *bucket) {
 	if b.prev != nil {
 		b.prev.next = b.next
 	} else {
@@ -95,7 +97,7 @@ func (r *rateLimiter) unlink(b *bucket) {
 	b.prev, b.next = nil, nil
 }
 
-func (r *rateLimiter) pushFront(b *bucket) {
+func (r *RateLimiter) pushFront(b *bucket) {
 	b.next = r.head
 	if r.head != nil {
 		r.head.prev = b
@@ -106,7 +108,8 @@ func (r *rateLimiter) pushFront(b *bucket) {
 	}
 }
 
-func (r *rateLimiter) size() int {
+// Size is how many sources the table holds.
+func (r *RateLimiter) Size() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.buckets)

@@ -14,7 +14,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/phones"
 )
 
@@ -344,12 +343,12 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 		defer once.Do(done) // also when the call failed
 		judged = func() { once.Do(done) }
 	}
-	target, expect := gateway.EchoExtension, a.Hz
+	target, expect := phones.EchoExtension, a.Hz
 	if b != nil {
 		target, expect = b.Ext, b.Hz
 		r.To, r.ToNode, r.Hops = b.Ext, nodeName(b.Node), m.hops(a.Node, b.Node)
 	} else {
-		r.To, r.ToNode = gateway.EchoExtension+" (echo)", nodeName(a.Node)
+		r.To, r.ToNode = phones.EchoExtension+" (echo)", nodeName(a.Node)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

@@ -21,6 +21,7 @@ import (
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/phones"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
 )
@@ -264,11 +265,11 @@ func (m *telMesh) waitRing(ctx context.Context) error {
 // node 1, which holds the administrator key, as `sipmesh user add` does.
 func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
 	for _, ext := range exts {
-		a, err := gateway.NewAccount(ext, phonePassword(ext), "Phone "+ext)
+		a, err := registrar.NewAccount(ext, phonePassword(ext), "Phone "+ext)
 		if err != nil {
 			return err
 		}
-		rec, err := gateway.SignAccount(m.admin, a, false)
+		rec, err := registrar.SignAccount(m.admin, a, false)
 		if err != nil {
 			return err
 		}
@@ -277,7 +278,7 @@ func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
 			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			err = m.nodes[0].Accounts().PutRecord(cctx, rec)
 			cancel()
-			if try > 0 && errors.Is(err, gateway.ErrStaleRecord) {
+			if try > 0 && errors.Is(err, registrar.ErrStaleRecord) {
 				// An earlier try stored it; only its answer was lost.
 				err = nil
 			}

@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht/dhtsim"
 )
@@ -133,13 +133,13 @@ func printDHTReport(w io.Writer, r dhtsim.Report) {
 var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // registrarBinding is the value the registrar stores for a phone that
-// registered through node (gateway.DHTLocation): the node's BindingList
+// registered through node (registrar.DHTLocation): the node's BindingList
 // for the AOR, here with the one binding a desk phone's REGISTER creates
 // (RFC 5626 instance, a LAN contact, the NAT source).
 func registrarBinding(i int, aor string, node ssr.NodeID, rng *rand.Rand) []byte {
 	user := strings.TrimSuffix(strings.TrimPrefix(aor, "sip:"), "@mesh")
 	ip := netip.AddrFrom4([4]byte{10, byte(64 + rng.IntN(64)), byte(rng.IntN(256)), byte(2 + rng.IntN(250))})
-	b := gateway.Binding{
+	b := registrar.Binding{
 		AOR: aor, Node: node, Q: -1,
 		Contact:   fmt.Sprintf("sip:%s@%s:5060;transport=udp", user, ip),
 		Expires:   simEpoch.Add(time.Hour),
@@ -152,7 +152,7 @@ func registrarBinding(i int, aor string, node ssr.NodeID, rng *rand.Rand) []byte
 		Transport: "udp",
 		UserAgent: "Yealink SIP-T46U 108.86.0.45",
 	}
-	v, err := gateway.BindingList{b}.MarshalBinary()
+	v, err := registrar.BindingList{b}.MarshalBinary()
 	if err != nil {
 		panic(fmt.Sprintf("encoding a simulated binding: %v", err)) // a bug in this function
 	}

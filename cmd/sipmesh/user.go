@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/registrar"
 )
 
 func init() {
@@ -65,14 +66,14 @@ func runUserAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usageErrorf("want exactly one EXT, got %d arguments", fs.NArg())
 	}
 	ext := fs.Arg(0)
-	if err := gateway.ValidExt(ext); err != nil {
+	if err := registrar.ValidExt(ext); err != nil {
 		return usageErrorf("%v", err)
 	}
 	pw, err := readPassword(stderr, ext)
 	if err != nil {
 		return err
 	}
-	a, err := gateway.NewAccount(ext, pw, *display)
+	a, err := registrar.NewAccount(ext, pw, *display)
 	if err != nil {
 		return err
 	}
