@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os/exec"
 	"slices"
@@ -84,20 +85,43 @@ func TestOnlyCmdSipmeshIsMain(t *testing.T) {
 	}
 }
 
-// TestImportDirection checks that lower layers never depend on higher ones.
-// Rules look at what a package's non-test code pulls in transitively (Deps),
-// because that is what ends up in the router binary and what a cycle would
-// form through; tests may use other packages' fakes.
-func TestImportDirection(t *testing.T) {
-	// The application packages that only gateway wires together.
-	app := []string{"gateway", "sipalg", "dns64", "provisioning", "phones", "nat64"}
+// rule is one allowed import direction: for the packages it applies to,
+// which of the module's packages their non-test code may depend on.
+type rule struct {
+	name    string
+	applies func(p string) bool   // to the importing package
+	allowed func(dep string) bool // for a dependency inside the module
+	why     string                // printed on violation
+}
 
-	rules := []struct {
-		name    string
-		applies func(p string) bool   // to the importing package
-		allowed func(dep string) bool // for a dependency inside the module
-		why     string                // printed on violation
-	}{
+// anyOf reports whether p is one of the module packages rels (or below).
+func anyOf(p string, rels ...string) bool {
+	return slices.ContainsFunc(rels, func(r string) bool { return under(p, r) })
+}
+
+// none allows no dependency among rels.
+func none(rels ...string) func(string) bool {
+	return func(dep string) bool { return !anyOf(dep, rels...) }
+}
+
+// The layers, bottom up:
+//
+//	netx ← memnet, sipnet, the protocol packages, ssr ← registrar ← proxy ← gateway ← cmd/sipmesh
+//	                                         phones (features, simulated phone) ← proxy
+//
+// The SIP roles are the registrar (REGISTER, digest, accounts, location),
+// the proxy (RFC 3261 §16, call legs, the SIP service) and the features
+// in phones; sipnet is the transport layer they share; gateway is the
+// daemon that wires everything.
+var (
+	// app are the packages above mesh routing: only gateway wires them
+	// to the router and the DHT.
+	app = []string{"gateway", "registrar", "proxy", "sipnet", "sipalg", "dns64", "provisioning", "phones", "nat64"}
+	// protocols are the packages of one protocol each, below every SIP
+	// role and the daemon.
+	protocols = []string{"sipalg", "dns64", "provisioning", "nat64"}
+
+	rules = []rule{
 		{
 			name:    "netx",
 			applies: func(p string) bool { return under(p, "netx") },
@@ -107,29 +131,115 @@ func TestImportDirection(t *testing.T) {
 		{
 			name:    "memnet",
 			applies: func(p string) bool { return under(p, "memnet") },
-			allowed: func(dep string) bool { return under(dep, "memnet") || under(dep, "netx") },
+			allowed: func(dep string) bool { return anyOf(dep, "memnet", "netx") },
 			why:     "memnet is the in-memory network every package's tests use; it may import only netx",
 		},
 		{
 			name:    "ssr",
 			applies: func(p string) bool { return under(p, "ssr") },
-			allowed: func(dep string) bool {
-				return !slices.ContainsFunc(app, func(a string) bool { return under(dep, a) })
-			},
-			why: "mesh routing and the DHT are below the telephone services; only gateway wires them together",
+			allowed: none(app...),
+			why:     "mesh routing and the DHT are below the telephone services; only gateway wires them together",
+		},
+		{
+			name:    "sipnet",
+			applies: func(p string) bool { return under(p, "sipnet") },
+			allowed: func(dep string) bool { return under(dep, "sipnet") },
+			why:     "sipnet is the SIP transport layer below every SIP role; it imports nothing from sipmesh",
+		},
+		{
+			name:    "protocols",
+			applies: func(p string) bool { return anyOf(p, protocols...) },
+			allowed: none("gateway", "registrar", "proxy", "phones"),
+			why:     "the protocol packages (SIP ALG, DNS64, DHCP, NAT64) know no SIP role and no daemon",
+		},
+		{
+			name:    "phones",
+			applies: func(p string) bool { return under(p, "phones") },
+			allowed: none("gateway", "registrar", "proxy"),
+			why:     "features and the simulated phone are below the roles: the proxy calls the features (phones.EchoHost), never the reverse",
+		},
+		{
+			name:    "registrar",
+			applies: func(p string) bool { return under(p, "registrar") },
+			allowed: none("gateway", "proxy", "phones"),
+			why:     "the registrar answers REGISTER and keeps location and accounts; the proxy reads them, not the reverse",
+		},
+		{
+			name:    "proxy",
+			applies: func(p string) bool { return under(p, "proxy") },
+			allowed: none("gateway"),
+			why:     "the proxy is a SIP role; only the daemon (gateway) starts it",
 		},
 	}
-	for _, p := range loadPackages(t) {
+)
+
+// violations lists the forbidden dependencies among pkgs. Rules look at
+// what a package's non-test code pulls in transitively (Deps), because
+// that is what ends up in the router binary and what a cycle would form
+// through; tests may use other packages' fakes.
+func violations(pkgs []pkg) []string {
+	var out []string
+	for _, p := range pkgs {
 		for _, r := range rules {
 			if !r.applies(p.ImportPath) {
 				continue
 			}
 			for _, dep := range p.Deps {
 				if inModule(dep) && !r.allowed(dep) {
-					t.Errorf("%s imports %s: %s", rel(p.ImportPath), rel(dep), r.why)
+					out = append(out, fmt.Sprintf("%s imports %s (rule %s): %s", rel(p.ImportPath), rel(dep), r.name, r.why))
 				}
 			}
 		}
+	}
+	return out
+}
+
+// TestImportDirection checks that lower layers never depend on higher ones.
+func TestImportDirection(t *testing.T) {
+	for _, v := range violations(loadPackages(t)) {
+		t.Error(v)
+	}
+}
+
+// TestImportRulesFail shows that the rules fail on a forbidden import:
+// each synthetic package below adds one, and the legal ones pass.
+func TestImportRulesFail(t *testing.T) {
+	m := func(rel string) string { return module + "/" + rel }
+	for _, tt := range []struct {
+		name     string
+		pkg, dep string
+		wantRule string // "" for a legal import
+	}{
+		{"registrar imports proxy", "registrar", "proxy", "registrar"},
+		{"registrar imports the daemon", "registrar", "gateway", "registrar"},
+		{"feature imports the daemon", "phones", "gateway", "phones"},
+		{"feature imports the proxy", "phones", "proxy", "phones"},
+		{"feature imports the registrar", "phones", "registrar", "phones"},
+		{"transport imports the registrar", "sipnet", "registrar", "sipnet"},
+		{"transport imports the proxy", "sipnet", "proxy", "sipnet"},
+		{"transport imports ssr", "sipnet", "ssr", "sipnet"},
+		{"proxy imports the daemon", "proxy", "gateway", "proxy"},
+		{"ALG imports the proxy", "sipalg", "proxy", "protocols"},
+		{"DNS64 imports the daemon", "dns64", "gateway", "protocols"},
+		{"DHT imports the registrar", "ssr/dht", "registrar", "ssr"},
+		{"netx imports memnet", "netx", "memnet", "netx"},
+		{"proxy imports registrar", "proxy", "registrar", ""},
+		{"proxy imports phones", "proxy", "phones", ""},
+		{"registrar imports sipnet", "registrar", "sipnet", ""},
+		{"phones imports sipnet", "phones", "sipnet", ""},
+		{"gateway imports everything", "gateway", "proxy", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := violations([]pkg{{ImportPath: m(tt.pkg), Deps: []string{m(tt.dep), "net/netip"}}})
+			switch {
+			case tt.wantRule == "" && len(got) != 0:
+				t.Errorf("legal import reported: %v", got)
+			case tt.wantRule != "" && len(got) == 0:
+				t.Errorf("%s → %s not reported", tt.pkg, tt.dep)
+			case tt.wantRule != "" && !strings.Contains(got[0], "(rule "+tt.wantRule+")"):
+				t.Errorf("reported %q, want rule %s", got[0], tt.wantRule)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,19 @@
+// Package proxy is a node's SIP service: the stateful proxy of the "mesh"
+// domain (RFC 3261 §16) and the sipgo endpoint it runs on.
+//
+// SIPService (sipservice.go) owns the node's SIP sockets, UDP and
+// optionally TCP on the phone LAN and UDP on the mesh, behind a guard that
+// rate-limits each source, sheds new work while too many transactions are
+// alive and answers what sipgo cannot parse (sipnet). It hands REGISTER to
+// the registrar (package registrar), calls to the echo test to phones,
+// and proxies everything else (proxy.go): a lookup of the Request-URI's
+// extension in the location store, parallel forking to its bindings,
+// Record-Route on every node, flow tokens that carry a phone's flow
+// between nodes (RFC 5626), CANCEL, Timer C and loop detection (RFC 5393).
+// Calls that cross between the IPv4 LAN and the IPv6 mesh get their SDP
+// rewritten and their media anchored on the node's relay (sipalg) per call
+// leg (callleg.go).
+//
+// Planned, not here yet: routing of URIs outside the mesh domain to the
+// Internet uplink (RFC 3263, trunks), beside this package or in it.
+package proxy
