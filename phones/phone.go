@@ -214,10 +214,7 @@ func New(cfg Config) (*Phone, error) {
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log)),
 		// The phone never resolves names (targets and Server are IP
 		// literals); if sipgo ever tried, it must not ask the host's DNS.
-		sipgo.WithUserAgentDNSResolver(&net.Resolver{PreferGo: true,
-			Dial: func(context.Context, string, string) (net.Conn, error) {
-				return nil, errors.New("phones: no DNS")
-			}}),
+		sipgo.WithUserAgentDNSResolver(sipnet.NoDNS("phones")),
 	)
 	if err != nil {
 		conn.Close()

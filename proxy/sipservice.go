@@ -30,7 +30,7 @@ import (
 // Why sipgo's transaction layer here and not the registrar's own loops:
 // a proxy needs client and server INVITE transactions, CANCEL matching and
 // retransmission handling, which sipgo has. Its costs are bounded around
-// it: every datagram passes a guard (guardConn) that drops sources over
+// it: every datagram passes a guard (sipnet.Guard) that drops sources over
 // their rate and, while too many server transactions are alive (sipgo
 // keeps each non-INVITE one for Timer J, 32 s on UDP), new requests other
 // than ACK, CANCEL and BYE; it also answers what sipgo cannot parse with a
@@ -38,18 +38,6 @@ import (
 // SIP timers stay at RFC 3261's defaults: T1 = 500 ms is the RTT estimate
 // retransmissions over lossy multi-hop radio links depend on, and the
 // transaction cap bounds memory without shortening Timer J.
-
-// sipgo refuses UDP messages over UDPMTUSize-200 bytes (1300 by default)
-// and has no fallback to TCP (libraries.md §1 pitfall 4). An INVITE with
-// SDP, four Record-Routes and three Vias from a chatty phone passes that;
-// the mesh carries SSR frames of 8 KiB and the LAN fragments, so allow
-// SIP messages of up to 4 KiB. Set once here, before any sipgo traffic,
-// since it is a package variable of sipgo.
-func init() {
-	if sip.UDPMTUSize < 4096+200 {
-		sip.UDPMTUSize = 4096 + 200
-	}
-}
 
 // SIP service defaults.
 const (
@@ -138,14 +126,13 @@ type SIPService struct {
 	ua      *sipgo.UserAgent
 	srv     *sipgo.Server
 	client  *sipgo.Client
-	limiter *sipnet.RateLimiter
+	guard   sipnet.Guard // screens every datagram sipgo reads; counts
 	domains map[string]bool
 	lan     *sock
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
 
-	live                                        atomic.Int64 // server transactions alive
-	rateLimited, overloaded, malformed, proxied atomic.Uint64
+	malformed, proxied atomic.Uint64 // malformed: requests sipgo parsed that we answered 400
 
 	mu       sync.Mutex
 	closing  bool
@@ -206,8 +193,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	}
 	s.domains[cfg.LANAddr.Addr().String()] = true
 	s.domains[cfg.MeshAddr.Addr().WithZone("").String()] = true
+	s.guard.MaxLive, s.guard.ServerName = int64(cfg.MaxTransactions), cfg.ServerName
 	if cfg.Rate > 0 {
-		s.limiter = sipnet.NewRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
+		s.guard.Limiter = sipnet.NewRateLimiter(cfg.Rate, cfg.Burst, cfg.RateSources)
 	}
 	mk := func(name string, ap netip.AddrPort, side sipalg.Side) *sock {
 		return &sock{name: name, addr: ap, side: side,
@@ -219,12 +207,10 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	// sipgo logs every unparsable datagram at error level with its
 	// content; the guard answers those, so keep sipgo's own log quiet
 	// below warnings.
-	sipLog := slog.New(levelHandler{min: slog.LevelWarn, h: log.Handler()}).With("component", "gateway.sipgo")
-	noDNS := &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
-		// Destinations are always IP literals (proxy.go); a name reaching
-		// sipgo's resolver is a bug, not a reason to query the OS.
-		return nil, errors.New("sip service: no DNS")
-	}}
+	sipLog := slog.New(sipnet.MinLevel(log.Handler(), slog.LevelWarn)).With("component", "gateway.sipgo")
+	// Destinations are always IP literals (proxy.go); a name reaching
+	// sipgo's resolver is a bug, not a reason to query the OS.
+	noDNS := sipnet.NoDNS("sip service")
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.ServerName),
 		sipgo.WithUserAgentHostname(cfg.LANAddr.Addr().String()),
 		sipgo.WithUserAgentDNSResolver(noDNS),
@@ -260,30 +246,14 @@ func (s *SIPService) EchoSessions() int {
 	return s.echo.Sessions()
 }
 
-// levelHandler drops records below min.
-type levelHandler struct {
-	min slog.Level
-	h   slog.Handler
-}
-
-func (l levelHandler) Enabled(ctx context.Context, lv slog.Level) bool {
-	return lv >= l.min && l.h.Enabled(ctx, lv)
-}
-func (l levelHandler) Handle(ctx context.Context, r slog.Record) error { return l.h.Handle(ctx, r) }
-func (l levelHandler) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelHandler{min: l.min, h: l.h.WithAttrs(a)}
-}
-func (l levelHandler) WithGroup(g string) slog.Handler {
-	return levelHandler{min: l.min, h: l.h.WithGroup(g)}
-}
-
 // Stats returns the service's counters.
 func (s *SIPService) Stats() SIPStats {
 	s.mu.Lock()
 	calls := len(s.calls)
 	s.mu.Unlock()
-	return SIPStats{RateLimited: s.rateLimited.Load(), Overloaded: s.overloaded.Load(),
-		Malformed: s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: s.live.Load(), Calls: calls}
+	g := &s.guard
+	return SIPStats{RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
+		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls}
 }
 
 // Run serves the sockets until ctx ends, then closes them, terminates
@@ -301,8 +271,8 @@ func (s *SIPService) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
-	lan := &guardConn{PacketConn: s.cfg.LANUDP, s: s}
-	mesh := &guardConn{PacketConn: s.cfg.MeshUDP, s: s}
+	lan := s.guard.Conn(s.cfg.LANUDP)
+	mesh := s.guard.Conn(s.cfg.MeshUDP)
 	wg.Go(func() { errs[0] = s.srv.ServeUDP(lan); s.cancel() })
 	wg.Go(func() { errs[1] = s.srv.ServeUDP(mesh); s.cancel() })
 	if s.cfg.LANTCP != nil {
@@ -377,9 +347,9 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	defer s.handlers.Done()
-	s.live.Add(1)
-	if !tx.OnTerminate(func(string, error) { s.live.Add(-1) }) {
-		s.live.Add(-1)
+	s.guard.Live.Add(1)
+	if !tx.OnTerminate(func(string, error) { s.guard.Live.Add(-1) }) {
+		s.guard.Live.Add(-1)
 	}
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
@@ -455,66 +425,3 @@ func (s *SIPService) janitor(ctx context.Context) {
 
 // ourHost reports whether a URI host names this node or the mesh domain.
 func (s *SIPService) ourHost(host string) bool { return s.domains[registrar.CanonHost(host)] }
-
-// guardConn is the PacketConn sipgo reads: it drops datagrams over their
-// source's rate and new requests while too many transactions are alive,
-// and answers unparsable requests with 400, all before sipgo parses them
-// (so before sipgo allocates a transaction and a goroutine).
-type guardConn struct {
-	net.PacketConn
-	s *SIPService
-}
-
-func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	s := g.s
-	for {
-		n, addr, err := g.PacketConn.ReadFrom(b)
-		if err != nil {
-			return n, addr, err
-		}
-		src, ok := sipnet.AddrPortOf(addr)
-		if !ok {
-			continue
-		}
-		if s.limiter != nil && !s.limiter.Allow(src.Addr(), time.Now()) {
-			s.rateLimited.Add(1)
-			continue
-		}
-		data := b[:n]
-		if n <= 4 || strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
-			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive or response
-		}
-		if s.live.Load() >= int64(s.cfg.MaxTransactions) && !endsSomething(data) {
-			s.overloaded.Add(1)
-			continue
-		}
-		if _, perr := sip.ParseMessage(data); perr != nil {
-			s.malformed.Add(1)
-			if out := sipnet.BadRequest(data, sipnet.DescribeParseError(perr), s.cfg.ServerName); out != nil {
-				g.PacketConn.WriteTo(out, net.UDPAddrFromAddrPort(src))
-			}
-			continue
-		}
-		return n, net.UDPAddrFromAddrPort(src), nil
-	}
-}
-
-// WriteTo normalises sipgo's addresses (IPv4 as 16-byte IPs) so that
-// every Network implementation sees the family it expects.
-func (g *guardConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if ap, ok := sipnet.AddrPortOf(addr); ok {
-		return g.PacketConn.WriteTo(b, net.UDPAddrFromAddrPort(ap))
-	}
-	return g.PacketConn.WriteTo(b, addr)
-}
-
-// endsSomething reports requests that end calls or transactions: they
-// pass even when the node is overloaded, so load sheds new work only.
-func endsSomething(data []byte) bool {
-	for _, m := range []string{"ACK ", "CANCEL ", "BYE "} {
-		if len(data) >= len(m) && string(data[:len(m)]) == m {
-			return true
-		}
-	}
-	return false
-}

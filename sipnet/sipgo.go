@@ -1,0 +1,144 @@
+package sipnet
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// What a sipmesh package that runs sipgo needs around it: a bigger UDP
+// message limit, a guard in front of sipgo's reads, a resolver that never
+// asks the host's DNS, and a logger kept quiet.
+
+// sipgo refuses UDP messages over UDPMTUSize-200 bytes (1300 by default)
+// and has no fallback to TCP (libraries.md §1 pitfall 4). An INVITE with
+// SDP, four Record-Routes and three Vias from a chatty phone passes that;
+// the mesh carries SSR frames of 8 KiB and the LAN fragments, so allow
+// SIP messages of up to 4 KiB. Set once here, before any sipgo traffic,
+// since it is a package variable of sipgo: every package that runs sipgo
+// (proxy, phones) imports this one.
+func init() {
+	if sip.UDPMTUSize < 4096+200 {
+		sip.UDPMTUSize = 4096 + 200
+	}
+}
+
+// NoDNS is a resolver for sipgo that fails every query: sipmesh sends only
+// to IP literals, and a name reaching sipgo's resolver is a bug, not a
+// reason to query the host's DNS. who names the caller in the error.
+func NoDNS(who string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New(who + ": no DNS")
+	}}
+}
+
+// MinLevel wraps h to drop records below min. sipgo logs every
+// unparsable datagram at error level with its content; Guard answers
+// those, so a sipgo logger is kept quiet below warnings.
+func MinLevel(h slog.Handler, min slog.Level) slog.Handler { return levelHandler{min: min, h: h} }
+
+// levelHandler drops records below min.
+type levelHandler struct {
+	min slog.Level
+	h   slog.Handler
+}
+
+func (l levelHandler) Enabled(ctx context.Context, lv slog.Level) bool {
+	return lv >= l.min && l.h.Enabled(ctx, lv)
+}
+func (l levelHandler) Handle(ctx context.Context, r slog.Record) error { return l.h.Handle(ctx, r) }
+func (l levelHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelHandler{min: l.min, h: l.h.WithAttrs(a)}
+}
+func (l levelHandler) WithGroup(g string) slog.Handler {
+	return levelHandler{min: l.min, h: l.h.WithGroup(g)}
+}
+
+// Guard screens the datagrams a sipgo server reads, before sipgo parses
+// them (so before sipgo allocates a transaction and a goroutine): it drops
+// datagrams over their source's rate and new requests while too many
+// transactions are alive, and answers unparsable requests with 400, which
+// sipgo would drop silently. Set its fields before the first Conn is read;
+// the counters are read at any time.
+type Guard struct {
+	Limiter    *RateLimiter // per-source rate; nil: none
+	MaxLive    int64        // live server transactions before new requests are dropped; 0: no bound
+	ServerName string       // Server header of the 400s
+
+	// Live is the server transactions alive: the server's request
+	// handler adds one per transaction and removes it when it ends.
+	Live atomic.Int64
+	// RateLimited, Overloaded and Malformed count the datagrams dropped
+	// over their source's rate, the requests dropped while MaxLive
+	// transactions were alive, and those answered 400 here.
+	RateLimited, Overloaded, Malformed atomic.Uint64
+}
+
+// Conn wraps pc for sipgo's ServeUDP: its reads pass the guard.
+func (g *Guard) Conn(pc net.PacketConn) net.PacketConn { return &guardConn{PacketConn: pc, g: g} }
+
+// guardConn is the PacketConn sipgo reads.
+type guardConn struct {
+	net.PacketConn
+	g *Guard
+}
+
+func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	s := g.g
+	for {
+		n, addr, err := g.PacketConn.ReadFrom(b)
+		if err != nil {
+			return n, addr, err
+		}
+		src, ok := AddrPortOf(addr)
+		if !ok {
+			continue
+		}
+		if s.Limiter != nil && !s.Limiter.Allow(src.Addr(), time.Now()) {
+			s.RateLimited.Add(1)
+			continue
+		}
+		data := b[:n]
+		if n <= 4 || strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
+			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive or response
+		}
+		if s.MaxLive > 0 && s.Live.Load() >= s.MaxLive && !endsSomething(data) {
+			s.Overloaded.Add(1)
+			continue
+		}
+		if _, perr := sip.ParseMessage(data); perr != nil {
+			s.Malformed.Add(1)
+			if out := BadRequest(data, DescribeParseError(perr), s.ServerName); out != nil {
+				g.PacketConn.WriteTo(out, net.UDPAddrFromAddrPort(src))
+			}
+			continue
+		}
+		return n, net.UDPAddrFromAddrPort(src), nil
+	}
+}
+
+// WriteTo normalises sipgo's addresses (IPv4 as 16-byte IPs) so that
+// every Network implementation sees the family it expects.
+func (g *guardConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if ap, ok := AddrPortOf(addr); ok {
+		return g.PacketConn.WriteTo(b, net.UDPAddrFromAddrPort(ap))
+	}
+	return g.PacketConn.WriteTo(b, addr)
+}
+
+// endsSomething reports requests that end calls or transactions: they
+// pass even when the node is overloaded, so load sheds new work only.
+func endsSomething(data []byte) bool {
+	for _, m := range []string{"ACK ", "CANCEL ", "BYE "} {
+		if len(data) >= len(m) && string(data[:len(m)]) == m {
+			return true
+		}
+	}
+	return false
+}

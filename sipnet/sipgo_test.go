@@ -1,0 +1,96 @@
+package sipnet
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// scriptConn hands out the datagrams of in, one per read, then fails with
+// net.ErrClosed; writes are recorded.
+type scriptConn struct {
+	net.PacketConn // nil: only ReadFrom and WriteTo are called
+	in             []datagram
+	out            []datagram
+}
+
+type datagram struct {
+	data string
+	addr netip.AddrPort
+}
+
+func (c *scriptConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	if len(c.in) == 0 {
+		return 0, nil, net.ErrClosed
+	}
+	d := c.in[0]
+	c.in = c.in[1:]
+	return copy(b, d.data), net.UDPAddrFromAddrPort(d.addr), nil
+}
+
+func (c *scriptConn) WriteTo(b []byte, a net.Addr) (int, error) {
+	ap, _ := AddrPortOf(a)
+	c.out = append(c.out, datagram{string(b), ap})
+	return len(b), nil
+}
+
+const guardInvite = "INVITE sip:201@mesh SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1\r\n" +
+	"From: <sip:202@mesh>;tag=a\r\nTo: <sip:201@mesh>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+
+// reads returns what sipgo would read through g from the datagrams in.
+func reads(g *Guard, c *scriptConn) []string {
+	pc := g.Conn(c)
+	var got []string
+	buf := make([]byte, 2048)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			return got
+		}
+		got = append(got, string(buf[:n]))
+	}
+}
+
+func TestGuard(t *testing.T) {
+	src := netip.MustParseAddrPort("10.0.0.5:5060")
+	other := netip.MustParseAddrPort("10.0.0.6:5060")
+	bye := strings.Replace(strings.Replace(guardInvite, "INVITE sip", "BYE sip", 1), "1 INVITE", "2 BYE", 1)
+	garbage := "INVITE sip:201@mesh SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK2\r\nCSeq: x\r\nContent-Length: 99\r\n\r\n"
+
+	t.Run("rate", func(t *testing.T) {
+		g := &Guard{Limiter: NewRateLimiter(1, 2, 16)}
+		c := &scriptConn{in: []datagram{{guardInvite, src}, {guardInvite, src}, {guardInvite, src}, {guardInvite, other}}}
+		if got := reads(g, c); len(got) != 3 {
+			t.Errorf("%d datagrams passed, want the burst of 2 from one source and 1 from another", len(got))
+		}
+		if g.RateLimited.Load() != 1 {
+			t.Errorf("RateLimited = %d, want 1", g.RateLimited.Load())
+		}
+	})
+	t.Run("overload", func(t *testing.T) {
+		g := &Guard{MaxLive: 1}
+		g.Live.Add(1)
+		c := &scriptConn{in: []datagram{{guardInvite, src}, {bye, src}, {"SIP/2.0 200 OK\r\n\r\n", src}, {"\r\n\r\n", src}}}
+		got := reads(g, c)
+		if len(got) != 3 || !strings.HasPrefix(got[0], "BYE ") {
+			t.Errorf("passed %q, want the BYE, the response and the keep-alive", got)
+		}
+		if g.Overloaded.Load() != 1 {
+			t.Errorf("Overloaded = %d, want 1", g.Overloaded.Load())
+		}
+	})
+	t.Run("malformed", func(t *testing.T) {
+		g := &Guard{ServerName: "test"}
+		c := &scriptConn{in: []datagram{{garbage, src}}}
+		if got := reads(g, c); len(got) != 0 {
+			t.Errorf("a malformed request reached sipgo: %q", got)
+		}
+		if g.Malformed.Load() != 1 || len(c.out) != 1 {
+			t.Fatalf("Malformed = %d, %d answers; want 1 and one 400", g.Malformed.Load(), len(c.out))
+		}
+		if a := c.out[0]; !strings.HasPrefix(a.data, "SIP/2.0 400 ") || a.addr != src || !strings.Contains(a.data, "Server: test\r\n") {
+			t.Errorf("answer to %v: %q", a.addr, a.data)
+		}
+	})
+}
