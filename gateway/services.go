@@ -198,7 +198,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		LANPrefix:   lan.Masked(),
 		ServerName:  "sipmesh " + n.opts.Name,
 		Logger:      log,
-		// The echo test's media, on the LAN address (echo.go).
+		// The echo test's media, on the LAN address (phones/echo.go).
 		EchoListen: func(ctx context.Context) (net.PacketConn, error) {
 			return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
 		},

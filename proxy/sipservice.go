@@ -85,7 +85,7 @@ type SIPServiceConfig struct {
 	LANPrefix netip.Prefix
 
 	// EchoListen, if set, opens a media socket on the LAN address for
-	// the echo test (3246, echo.go), which phones on the LAN then reach;
+	// the echo test (3246, phones.EchoService), which phones on the LAN reach;
 	// nil: no echo test. MaxEchoSessions bounds its calls.
 	EchoListen      func(context.Context) (net.PacketConn, error)
 	MaxEchoSessions int

@@ -4,8 +4,9 @@ import "github.com/emiago/sipgo/sip"
 
 // What the proxy of the same node shares with the registrar: the request
 // checks every SIP role applies first and the responses a node builds of
-// its own. They are the registrar's because it was the first role to
-// need them; exported here so that registrar.go stays as it was.
+// its own, so that a request gets the same answer whichever role it
+// reaches. The registrar keeps them because it answers most requests
+// without sipgo's transaction layer and builds its responses by hand.
 
 // CheckRequest validates what RFC 3261 §8.2 and §16.3 require of any
 // request, after sipgo parsed it: 0 when the request is fine, else the
