@@ -162,7 +162,7 @@ var (
 			name:    "registrar",
 			applies: func(p string) bool { return under(p, "registrar") },
 			allowed: none("gateway", "proxy", "phones"),
-			why:     "the registrar answers REGISTER and keeps location and accounts; the proxy reads them, not the reverse",
+			why:     "the registrar (REGISTER, location, accounts) is below the proxy, the features and the daemon, which build on it",
 		},
 		{
 			name:    "proxy",
