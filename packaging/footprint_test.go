@@ -207,4 +207,3 @@ func procStatus(tb testing.TB, path string) map[string]int64 {
 	}
 	return v
 }
-
