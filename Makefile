@@ -102,8 +102,8 @@ package: cross ## OpenWrt .ipk for mipsle, arm, arm64 and a Debian .deb for amd6
 	$(MKPKG) -format ipk -arch $(IPK_ARCH_ARM) -bin bin/sipmesh-arm >/dev/null; \
 	$(MKPKG) -format ipk -arch $(IPK_ARCH_ARM64) -bin bin/sipmesh-arm64 >/dev/null; \
 	$(MKPKG) -format deb -arch amd64 -bin bin/sipmesh-amd64 >/dev/null; \
-	echo; printf '%-60s %10s\n' package bytes; \
-	for p in bin/pkg/*; do printf '%-60s %10d\n' $$p $$(stat -c %s $$p); done
+	echo; printf '%-66s %10s\n' package bytes; \
+	for p in bin/pkg/*; do printf '%-66s %10d\n' $$p $$(stat -c %s $$p); done
 
 lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
 	$(GO) vet ./...

@@ -205,8 +205,12 @@ func TestMakePackageOutput(t *testing.T) {
 			if err != nil {
 				t.Fatalf("/usr/bin/sipmesh: %v", err)
 			}
-			if f.Machine != machines[arch] {
-				t.Errorf("binary for %v, want %v", f.Machine, machines[arch])
+			want, ok := machines[arch]
+			if !ok {
+				t.Fatalf("architecture %s is not one of the defaults (IPK_ARCH_*); no CPU to check against", arch)
+			}
+			if f.Machine != want {
+				t.Errorf("binary for %v, want %v", f.Machine, want)
 			}
 			for _, prog := range f.Progs {
 				if prog.Type == elf.PT_INTERP {
