@@ -18,7 +18,12 @@ TEST_TIMEOUT ?= 20m## go test -timeout; the namespace and simulation tests are s
 BENCH        ?= .## benchmark name pattern for `make bench`
 BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
-MIPS_MAX     ?= 8388608## byte limit for the mipsle binary (8 MiB: small routers' flash)
+MIPS_MAX     ?= 12000000## byte limit for the stripped mipsle binary (12 MB)
+MIPS_XZ_MAX  ?= 3000000## byte limit for the mipsle binary after xz -9e (3 MB: what a router's flash holds)
+PKG_VERSION  ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$$v" | sed 's/^v//; s/-/+git/; s/-/./g' || echo "0.0.0+git$$(git rev-list --count HEAD 2>/dev/null || echo 0).$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")## package version (v1.2-3-gabc → 1.2+git3.gabc)
+IPK_ARCH_MIPSLE ?= mipsel_24kc## OpenWrt architecture of the mipsle .ipk (opkg print-architecture)
+IPK_ARCH_ARM    ?= arm_cortex-a7_neon-vfpv4## OpenWrt architecture of the arm (GOARM=7) .ipk
+IPK_ARCH_ARM64  ?= aarch64_cortex-a53## OpenWrt architecture of the arm64 .ipk
 
 # -s -w drop the symbol table and DWARF: the binary has to fit on routers
 # with 8-16 MiB of flash. -trimpath keeps build paths out of it.
@@ -28,7 +33,7 @@ BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
 # Go files we own; testdata may hold deliberately malformed inputs.
 GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 
-.PHONY: help build test bench demo cross lint fmtcheck fuzz clean
+.PHONY: help build test bench demo cross package lint fmtcheck fuzz clean
 
 help: ## list the targets and variables
 	@echo 'Usage: make [target] [VARIABLE=value ...]'
@@ -37,7 +42,7 @@ help: ## list the targets and variables
 	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## /{printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo 'Variables:'
-	@awk -F' *\\?= *|## ' '/^[A-Z_]+ +\?=.*## /{printf "  %-13s %s\n", $$1, $$3}' $(MAKEFILE_LIST)
+	@awk -F' *\\?= *|## ' '/^[A-Z0-9_]+ +\?=.*## /{printf "  %-16s %s\n", $$1, $$3}' $(MAKEFILE_LIST)
 
 build: ## build a static bin/sipmesh for this machine
 	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o bin/sipmesh ./cmd/sipmesh
@@ -56,7 +61,7 @@ bench: ## run the benchmarks (BENCH, BENCHTIME)
 demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
 	$(GO) run ./cmd/sipmesh demo
 
-cross: ## build static binaries for router CPUs into bin/ and check the mipsle size limit
+cross: ## build static binaries for router CPUs into bin/; print their stripped and xz sizes; check the mipsle budget
 	@set -e; for arch in amd64 arm64 arm mipsle; do \
 		case $$arch in \
 		arm)    extra=GOARM=7 ;; \
@@ -66,14 +71,39 @@ cross: ## build static binaries for router CPUs into bin/ and check the mipsle s
 		echo "linux/$$arch$${extra:+ $$extra}"; \
 		env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$extra $(GO) build $(BUILDFLAGS) -o bin/sipmesh-$$arch ./cmd/sipmesh; \
 	done
-	@for f in bin/sipmesh-amd64 bin/sipmesh-arm64 bin/sipmesh-arm bin/sipmesh-mipsle; do \
-		size=$$(stat -c %s $$f); \
-		awk -v f=$$f -v s=$$size 'BEGIN{printf "%-20s %9d bytes  %5.2f MiB\n", f, s, s/1048576}'; \
-	done
-	@size=$$(stat -c %s bin/sipmesh-mipsle); \
-	if [ $$size -gt $(MIPS_MAX) ]; then \
-		echo "FAIL: bin/sipmesh-mipsle is $$size bytes, over the $(MIPS_MAX)-byte limit"; exit 1; \
-	fi
+	@$(footprint)
+
+# footprint prints each binary's stripped size and its size after xz -9e
+# (what a squashfs/jffs2 flash really holds) and fails when the mipsle
+# binary is over MIPS_MAX or MIPS_XZ_MAX. The four xz runs go in parallel:
+# each takes some 15 s of CPU.
+define footprint
+set -e; \
+command -v xz >/dev/null || { echo "FAIL: the size check needs xz (Debian package xz-utils)"; exit 1; }; \
+for a in amd64 arm64 arm mipsle; do xz -9e -c bin/sipmesh-$$a | wc -c > bin/.xz-$$a & done; wait; \
+printf '%-20s %10s %10s %9s\n' binary stripped xz-9e "xz MB"; \
+for a in amd64 arm64 arm mipsle; do \
+	awk -v f=bin/sipmesh-$$a -v s=$$(stat -c %s bin/sipmesh-$$a) -v x=$$(cat bin/.xz-$$a) \
+		'BEGIN{printf "%-20s %10d %10d %9.2f\n", f, s, x, x/1e6}'; \
+done; \
+size=$$(stat -c %s bin/sipmesh-mipsle); xzsize=$$(cat bin/.xz-mipsle); rm -f bin/.xz-*; \
+if [ $$size -gt $(MIPS_MAX) ]; then echo "FAIL: bin/sipmesh-mipsle is $$size bytes stripped, over the $(MIPS_MAX)-byte budget"; exit 1; fi; \
+if [ $$xzsize -gt $(MIPS_XZ_MAX) ]; then echo "FAIL: bin/sipmesh-mipsle is $$xzsize bytes after xz -9e, over the $(MIPS_XZ_MAX)-byte budget"; exit 1; fi; \
+echo "mipsle within budget: stripped $$size <= $(MIPS_MAX), xz $$xzsize <= $(MIPS_XZ_MAX) bytes"
+endef
+
+# MKPKG writes one package (packaging/mkpkg.go, a build tool outside the
+# binary); the commit time as entry mtime makes packages reproducible.
+MKPKG = SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run packaging/mkpkg.go -version '$(PKG_VERSION)' -out bin/pkg
+
+package: cross ## OpenWrt .ipk for mipsle, arm, arm64 and a Debian .deb for amd64 into bin/pkg/ (after `make cross`)
+	@set -e; rm -rf bin/pkg; \
+	$(MKPKG) -format ipk -arch $(IPK_ARCH_MIPSLE) -bin bin/sipmesh-mipsle >/dev/null; \
+	$(MKPKG) -format ipk -arch $(IPK_ARCH_ARM) -bin bin/sipmesh-arm >/dev/null; \
+	$(MKPKG) -format ipk -arch $(IPK_ARCH_ARM64) -bin bin/sipmesh-arm64 >/dev/null; \
+	$(MKPKG) -format deb -arch amd64 -bin bin/sipmesh-amd64 >/dev/null; \
+	echo; printf '%-66s %10s\n' package bytes; \
+	for p in bin/pkg/*; do printf '%-66s %10d\n' $$p $$(stat -c %s $$p); done
 
 lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
 	$(GO) vet ./...
