@@ -287,6 +287,8 @@ type journal struct {
 	size, base int
 	full       bool   // the next flush rewrites the file
 	seqSaved   uint64 // the node's seq floor as last written
+	slack      int    // compactSlack; smaller in tests
+	rewrites   int    // rewrites handed out
 }
 
 // loadReport says what a load found.
@@ -303,7 +305,7 @@ func openJournal(dir string, log *slog.Logger) *journal {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &journal{file: newDiskFile(dir), log: log}
+	return &journal{file: newDiskFile(dir), log: log, slack: compactSlack}
 }
 
 // load reads the file into n, whose store must be empty, and starts
@@ -320,6 +322,14 @@ func (j *journal) load(now time.Time, n *Node) (loadReport, error) {
 	if err != nil {
 		return loadReport{}, fmt.Errorf("dht: read %s: %w", j.file.path, err)
 	}
+	rep := j.apply(now, n, b)
+	n.keepChanges()
+	j.full = true
+	return rep, nil
+}
+
+// apply loads the contents b of a records file into n (load).
+func (j *journal) apply(now time.Time, n *Node, b []byte) loadReport {
 	c := decodeDisk(b)
 	rep := loadReport{Corrupt: c.corrupt, CorruptBytes: c.corruptBytes, Bad: c.bad, Header: c.header || len(b) == 0, FileBytes: len(b)}
 	n.seqFloor = max(n.seqFloor, c.seq)
@@ -352,9 +362,7 @@ func (j *journal) load(now time.Time, n *Node) (loadReport, error) {
 	} else {
 		j.log.Info("records loaded from disk", attrs...)
 	}
-	n.keepChanges()
-	j.full = true
-	return rep, nil
+	return rep
 }
 
 // sync writes what flush returns, here and now: at start (the rewrite
@@ -381,7 +389,7 @@ func (j *journal) flush(now time.Time, n *Node) (op diskOp, ok bool) {
 	// A fresh buffer each time: the op owns its bytes, which may be
 	// written while the next flush runs.
 	var b []byte
-	if j.full || st.overflow || j.size > 2*j.base+compactSlack {
+	if j.full || st.overflow || j.size > 2*j.base+j.slack {
 		for _, id := range st.index() {
 			if e := st.get(now, id); e != nil {
 				r := e.record(now)
@@ -396,6 +404,7 @@ func (j *journal) flush(now time.Time, n *Node) (op diskOp, ok bool) {
 		j.seqSaved = n.seqFloor
 		j.base = len(diskMagic) + len(b)
 		j.size = j.base
+		j.rewrites++
 		return diskOp{rewrite: true, data: b}, true
 	}
 	for id := range st.changes {
