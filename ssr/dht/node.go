@@ -191,7 +191,7 @@ type Node struct {
 	rng  *rand.Rand
 	st   *store
 
-	own      map[string]ownRec // this writer's latest version per key
+	own map[string]ownRec // this writer's latest version per key
 	// seqFloor is the highest seq this node signed, kept on disk: a node
 	// whose clock went back (a router without a clock, restarted) still
 	// writes versions newer than those the ring holds.
