@@ -26,6 +26,10 @@ type diskRing struct {
 	next       time.Time
 	logs       *syncBuffer
 	log        *slog.Logger
+	// writers, if not nil, carry out each node's writes on a goroutine of
+	// its own, as the driver does; nil writes in the loop.
+	writers map[ssr.NodeID]chan diskOp
+	wg      sync.WaitGroup
 }
 
 type syncBuffer struct {
@@ -54,7 +58,13 @@ func adminParams() Params {
 }
 
 func newDiskRing(t *testing.T, n int, p Params) *diskRing {
-	d := &diskRing{fakeRing: newFakeRing(t, n, p), dir: t.TempDir(), journals: make(map[ssr.NodeID]*journal),
+	d := newDiskRingIn(t, t.TempDir(), n, p)
+	t.Cleanup(d.close)
+	return d
+}
+
+func newDiskRingIn(t *testing.T, dir string, n int, p Params) *diskRing {
+	d := &diskRing{fakeRing: newFakeRing(t, n, p), dir: dir, journals: make(map[ssr.NodeID]*journal),
 		flushEvery: DefaultFlushInterval, logs: &syncBuffer{}}
 	d.log = slog.New(slog.NewTextHandler(d.logs, nil))
 	for _, f := range d.sorted() {
@@ -62,12 +72,17 @@ func newDiskRing(t *testing.T, n int, p Params) *diskRing {
 	}
 	d.next = d.now.Add(d.flushEvery)
 	d.onStep = d.tick
-	t.Cleanup(func() {
-		for _, j := range d.journals {
-			j.file.close()
-		}
-	})
 	return d
+}
+
+func (d *diskRing) close() {
+	for _, ch := range d.writers {
+		close(ch)
+	}
+	d.wg.Wait()
+	for _, j := range d.journals {
+		j.file.close()
+	}
 }
 
 // open loads f's file into f's (fresh) node, as Driver.Run does.
@@ -91,7 +106,29 @@ func (d *diskRing) tick() {
 	}
 	d.next = d.now.Add(d.flushEvery)
 	for _, f := range d.sorted() {
-		if err := d.journals[f.id].sync(d.now, f.n); err != nil {
+		j := d.journals[f.id]
+		if d.writers != nil {
+			// As Driver.flush: the write runs beside the loop.
+			ch := d.writers[f.id]
+			if ch == nil {
+				ch = make(chan diskOp, 1)
+				d.writers[f.id] = ch
+				d.wg.Go(func() {
+					for op := range ch {
+						if err := j.file.do(op); err != nil {
+							panic(err)
+						}
+					}
+				})
+			}
+			if len(ch) == 0 {
+				if op, ok := j.flush(d.now, f.n); ok {
+					ch <- op
+				}
+			}
+			continue
+		}
+		if err := j.sync(d.now, f.n); err != nil {
 			d.t.Fatal(err)
 		}
 	}
