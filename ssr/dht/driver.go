@@ -65,6 +65,8 @@ type Driver struct {
 	flushEvery time.Duration
 	diskOps    chan diskOp // to the writer; one queued at most
 	diskFailed atomic.Bool // a write failed: rewrite the file next time
+	diskErrors atomic.Uint64
+	loaded     loadReport
 
 	// Owned by the loop.
 	waiters map[uint64]chan Result
@@ -125,9 +127,11 @@ func (d *Driver) Run(ctx context.Context) error {
 	if d.journal != nil {
 		// A file that cannot be read stops the start: running empty
 		// would overwrite what it holds.
-		if _, err := d.journal.load(time.Now(), d.node); err != nil {
+		rep, err := d.journal.load(time.Now(), d.node)
+		if err != nil {
 			return err
 		}
+		d.loaded = rep
 		defer d.journal.file.close()
 		if err := d.journal.sync(time.Now(), d.node); err != nil {
 			d.log.Error("records file not rewritten; retrying at the next flush", "err", err)
@@ -208,6 +212,7 @@ func (d *Driver) writeDisk() {
 		switch {
 		case err != nil:
 			d.diskFailed.Store(true)
+			d.diskErrors.Add(1)
 			if !failing {
 				d.log.Error("records not written to disk; retrying", "err", err)
 			}
@@ -291,8 +296,14 @@ func (d *Driver) refreshRing() {
 func (d *Driver) handleCall(c call) {
 	now := time.Now()
 	if c.snap {
+		m := d.node.Metrics()
+		if j := d.journal; j != nil {
+			m.DiskLoaded, m.DiskRefused = uint64(d.loaded.Loaded), uint64(d.loaded.Refused)
+			m.DiskDamaged = uint64(d.loaded.Corrupt + d.loaded.Bad)
+			m.DiskBytes, m.DiskRewrites, m.DiskErrors = uint64(j.size), uint64(j.rewrites), d.diskErrors.Load()
+		}
 		d.mu.Lock()
-		d.metrics = d.node.Metrics()
+		d.metrics = m
 		d.mu.Unlock()
 		c.res <- Result{}
 		return

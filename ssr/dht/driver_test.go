@@ -263,9 +263,16 @@ func TestDriverRestartFromDisk(t *testing.T) {
 
 		m = newMeshDHTIn(t, nodes, dirs)
 		time.Sleep(time.Millisecond) // the drivers load their files
-		held := 0
+		held, loaded := 0, uint64(0)
 		for _, d := range m.drivers {
-			held += d.Metrics().Records
+			mt := d.Metrics()
+			held, loaded = held+mt.Records, loaded+mt.DiskLoaded
+			if mt.DiskRefused != 0 || mt.DiskDamaged != 0 || mt.DiskBytes == 0 {
+				t.Fatalf("disk metrics after a clean stop: %+v", mt)
+			}
+		}
+		if loaded != uint64(held) {
+			t.Fatalf("%d records held, %d loaded from disk", held, loaded)
 		}
 		if held < 3*(keys+2) {
 			t.Fatalf("%d copies loaded, want %d", held, 3*(keys+2))

@@ -175,6 +175,14 @@ type Metrics struct {
 	Retries    uint64 `json:"retries"`
 	Lookups    uint64 `json:"lookups"`     // completed gets
 	LookupHops uint64 `json:"lookup_hops"` // their hops, summed
+
+	// The records file, of a Driver with a StateDir.
+	DiskLoaded   uint64 `json:"disk_loaded,omitempty"`   // records loaded at start
+	DiskRefused  uint64 `json:"disk_refused,omitempty"`  // read at start and refused: signature, policy, quota
+	DiskDamaged  uint64 `json:"disk_damaged,omitempty"`  // damaged stretches and entries skipped at start
+	DiskBytes    uint64 `json:"disk_bytes,omitempty"`    // size of the file
+	DiskRewrites uint64 `json:"disk_rewrites,omitempty"` // compactions
+	DiskErrors   uint64 `json:"disk_errors,omitempty"`   // failed writes
 }
 
 // Node is one router's DHT state: a state machine without I/O. Its driver
