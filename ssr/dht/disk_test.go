@@ -264,9 +264,10 @@ func TestRestartOneNodeOfRing(t *testing.T) {
 
 // (b) A power cut of the whole mesh: every node restarts from its own file.
 // Accounts come back; bindings come back unless their expiry passed during
-// the outage (RFC 3261 §10.2.1.1: a binding lives until its expiration interval ends); a
-// deletion stays a deletion; and writes after the restart win even though
-// the clocks of the routers went back (no RTC, no NTP yet).
+// the outage (RFC 3261 §10.2.1.1: a binding lives until its expiration
+// interval ends); a deletion stays a deletion; and writes after the
+// restart win even though the clocks of the routers went back (no RTC, no
+// NTP yet).
 func TestRestartWholeMesh(t *testing.T) {
 	r := newDiskRing(t, 8, adminParams())
 	nodes := r.sorted()

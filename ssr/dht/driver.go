@@ -66,6 +66,7 @@ type Driver struct {
 	diskOps    chan diskOp // to the writer; one queued at most
 	diskFailed atomic.Bool // a write failed: rewrite the file next time
 	diskErrors atomic.Uint64
+	diskBusy   atomic.Int32 // writes queued or running
 	loaded     loadReport
 
 	// Owned by the loop.
@@ -209,6 +210,7 @@ func (d *Driver) writeDisk() {
 	failing := false
 	for op := range d.diskOps {
 		err := d.journal.file.do(op)
+		d.diskBusy.Add(-1)
 		switch {
 		case err != nil:
 			d.diskFailed.Store(true)
@@ -234,6 +236,7 @@ func (d *Driver) flush() {
 		d.journal.failed()
 	}
 	if op, ok := d.journal.flush(time.Now(), d.node); ok {
+		d.diskBusy.Add(1)
 		d.diskOps <- op
 	}
 }
@@ -301,6 +304,10 @@ func (d *Driver) handleCall(c call) {
 			m.DiskLoaded, m.DiskRefused = uint64(d.loaded.Loaded), uint64(d.loaded.Refused)
 			m.DiskDamaged = uint64(d.loaded.Corrupt + d.loaded.Bad)
 			m.DiskBytes, m.DiskRewrites, m.DiskErrors = uint64(j.size), uint64(j.rewrites), d.diskErrors.Load()
+			m.DiskPending = uint64(len(d.node.st.changes)) + uint64(d.diskBusy.Load())
+			if d.node.st.overflow || j.full {
+				m.DiskPending++
+			}
 		}
 		d.mu.Lock()
 		d.metrics = m

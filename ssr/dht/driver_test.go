@@ -247,6 +247,11 @@ func TestDriverRestartFromDisk(t *testing.T) {
 		}
 		// The writer flushed them (every 2 s).
 		time.Sleep(3 * time.Second)
+		for _, d := range m.drivers {
+			if mt := d.Metrics(); mt.DiskPending != 0 || mt.DiskBytes == 0 {
+				t.Fatalf("3 s after the writes: %+v", mt)
+			}
+		}
 		for _, dir := range dirs {
 			if fi, err := os.Stat(filepath.Join(dir, dht.StoreFile)); err != nil || fi.Size() < 1000 {
 				t.Fatalf("records file after a flush: %v %v", fi, err)

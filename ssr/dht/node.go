@@ -183,6 +183,9 @@ type Metrics struct {
 	DiskBytes    uint64 `json:"disk_bytes,omitempty"`    // size of the file
 	DiskRewrites uint64 `json:"disk_rewrites,omitempty"` // compactions
 	DiskErrors   uint64 `json:"disk_errors,omitempty"`   // failed writes
+	// DiskPending counts changes not yet written, plus one while a write
+	// is queued or running: 0 means what the node holds is on disk.
+	DiskPending uint64 `json:"disk_pending"`
 }
 
 // Node is one router's DHT state: a state machine without I/O. Its driver
