@@ -524,6 +524,8 @@ func TestDiskChangeOverflow(t *testing.T) {
 	}
 }
 
+// A records file that cannot be read fails the start (Driver.Run returns
+// the error) rather than letting the node run empty and overwrite it.
 func TestDiskUnreadable(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, StoreFile), 0o700); err != nil {
