@@ -65,7 +65,9 @@ func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) e
 		// administrator, so a node cannot plant accounts.
 		p.Validate = registrar.AccountValidator(adminPub)
 	}
-	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Params: p, Logger: n.base})
+	// The records this node holds live in the state directory too, so a
+	// restart — of this node or of the whole mesh — keeps them.
+	d, err := dht.NewDriver(dht.DriverConfig{Router: n.router, Key: key, Params: p, Logger: n.base, StateDir: n.opts.StateDir})
 	if err != nil {
 		return err
 	}

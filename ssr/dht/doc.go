@@ -34,8 +34,16 @@
 // keep serving what they hold; after they heal the same exchange merges
 // them, per (key, writer) by sequence number.
 //
+// Restarts. A Driver with a state directory keeps the records its node
+// holds in a file there (disk.go): changes appended every couple of
+// seconds, the file rewritten atomically when it doubled, entries framed
+// with a length and a checksum so a torn write loses one entry. At start
+// it loads them with the checks of records from the network and the
+// remaining time counted down by the outage, so a restart of one node or
+// of the whole mesh keeps accounts and unexpired bindings.
+//
 // The protocol core (Node) is a state machine without I/O, like ssr.Node;
 // Driver runs it on an *ssr.Router with real time, and package dhtsim runs
-// thousands of them in virtual time on package ssrsim. The wire format is
-// documented in FORMAT.md.
+// thousands of them in virtual time on package ssrsim. The wire format and
+// the records file are documented in FORMAT.md.
 package dht

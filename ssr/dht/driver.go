@@ -1,6 +1,7 @@
 package dht
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -21,6 +22,9 @@ const (
 	driverInbound = 256
 	// driverRequests bounds application calls waiting for the loop.
 	driverRequests = 256
+	// DefaultFlushInterval is how often changes of the store are written
+	// to disk: what a power cut can lose of what this node alone holds.
+	DefaultFlushInterval = 2 * time.Second
 )
 
 // DriverConfig configures a Driver.
@@ -32,6 +36,14 @@ type DriverConfig struct {
 	Key    ed25519.PrivateKey
 	Params Params
 	Logger *slog.Logger
+	// StateDir, if set, keeps the records this node holds in
+	// StateDir/StoreFile, loaded (and checked) when Run starts, so they
+	// survive a restart; empty keeps them in memory only.
+	StateDir string
+	// FlushInterval is how often changes are written to disk
+	// (DefaultFlushInterval when zero). Writes run beside the loop, so a
+	// slow disk delays them, never the DHT.
+	FlushInterval time.Duration
 }
 
 // Driver runs a Node on an ssr.Router with real time: one goroutine owns
@@ -46,6 +58,16 @@ type Driver struct {
 	started chan struct{}
 	stopped chan struct{}
 	runOnce atomic.Bool
+
+	// Disk: the journal is owned by the loop, the file by the writer
+	// goroutine while Run runs.
+	journal    *journal
+	flushEvery time.Duration
+	diskOps    chan diskOp // to the writer; one queued at most
+	diskFailed atomic.Bool // a write failed: rewrite the file next time
+	diskErrors atomic.Uint64
+	diskBusy   atomic.Int32 // writes queued or running
+	loaded     loadReport
 
 	// Owned by the loop.
 	waiters map[uint64]chan Result
@@ -86,6 +108,11 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		stopped: make(chan struct{}),
 		waiters: make(map[uint64]chan Result),
 	}
+	if cfg.StateDir != "" {
+		d.journal = openJournal(cfg.StateDir, d.log)
+		d.flushEvery = cmp.Or(cfg.FlushInterval, DefaultFlushInterval)
+		d.diskOps = make(chan diskOp, 1)
+	}
 	d.node = New(cfg.Router.ID(), cfg.Key, cfg.Params, (*driverEnv)(d), uint64(time.Now().UnixNano()))
 	return d, nil
 }
@@ -98,6 +125,19 @@ func (d *Driver) Run(ctx context.Context) error {
 		return errors.New("dht: driver: Run called twice")
 	}
 	defer close(d.stopped)
+	if d.journal != nil {
+		// A file that cannot be read stops the start: running empty
+		// would overwrite what it holds.
+		rep, err := d.journal.load(time.Now(), d.node)
+		if err != nil {
+			return err
+		}
+		d.loaded = rep
+		defer d.journal.file.close()
+		if err := d.journal.sync(time.Now(), d.node); err != nil {
+			d.log.Error("records file not rewritten; retrying at the next flush", "err", err)
+		}
+	}
 	conn, err := d.r.ListenPacket(Port)
 	if err != nil {
 		return fmt.Errorf("dht: %w", err)
@@ -106,10 +146,26 @@ func (d *Driver) Run(ctx context.Context) error {
 	in := make(chan ssr.Datagram, driverInbound)
 	var wg sync.WaitGroup
 	wg.Go(func() { d.read(ctx, conn, in) })
+	if d.journal != nil {
+		wg.Go(d.writeDisk)
+	}
 	defer func() {
 		cancel()
 		conn.Close()
+		if d.journal != nil {
+			close(d.diskOps)
+		}
 		wg.Wait()
+		if d.journal != nil {
+			// What changed since the last flush, written before Run
+			// returns: a clean stop loses nothing.
+			if d.diskFailed.Load() {
+				d.journal.failed()
+			}
+			if err := d.journal.sync(time.Now(), d.node); err != nil {
+				d.log.Error("records not written at stop", "err", err)
+			}
+		}
 		for id, ch := range d.waiters {
 			ch <- Result{ID: id, Err: ErrClosed}
 			delete(d.waiters, id)
@@ -149,9 +205,51 @@ func (d *Driver) read(ctx context.Context, conn net.PacketConn, in chan<- ssr.Da
 	}
 }
 
+// writeDisk carries out the journal's writes in order, beside the loop.
+func (d *Driver) writeDisk() {
+	failing := false
+	for op := range d.diskOps {
+		err := d.journal.file.do(op)
+		d.diskBusy.Add(-1)
+		switch {
+		case err != nil:
+			d.diskFailed.Store(true)
+			d.diskErrors.Add(1)
+			if !failing {
+				d.log.Error("records not written to disk; retrying", "err", err)
+			}
+		case failing:
+			d.log.Info("records written to disk again")
+		}
+		failing = err != nil
+	}
+}
+
+// flush hands the changes since the last flush to the writer, unless it is
+// still busy: then they wait in the store's change set (bounded) for the
+// next flush.
+func (d *Driver) flush() {
+	if len(d.diskOps) > 0 {
+		return
+	}
+	if d.diskFailed.Swap(false) {
+		d.journal.failed()
+	}
+	if op, ok := d.journal.flush(time.Now(), d.node); ok {
+		d.diskBusy.Add(1)
+		d.diskOps <- op
+	}
+}
+
 func (d *Driver) loop(ctx context.Context, in <-chan ssr.Datagram) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var flushC <-chan time.Time
+	if d.journal != nil {
+		t := time.NewTicker(d.flushEvery)
+		defer t.Stop()
+		flushC = t.C
+	}
 	var armed time.Time
 	d.refreshRing()
 	for {
@@ -166,6 +264,8 @@ func (d *Driver) loop(ctx context.Context, in <-chan ssr.Datagram) {
 			d.node.HandleDatagram(time.Now(), dg)
 		case c := <-d.reqs:
 			d.handleCall(c)
+		case <-flushC:
+			d.flush()
 		case <-timer.C:
 			armed = time.Time{}
 			// The ring view is read from the router once per RingPoll,
@@ -199,8 +299,18 @@ func (d *Driver) refreshRing() {
 func (d *Driver) handleCall(c call) {
 	now := time.Now()
 	if c.snap {
+		m := d.node.Metrics()
+		if j := d.journal; j != nil {
+			m.DiskLoaded, m.DiskRefused = uint64(d.loaded.Loaded), uint64(d.loaded.Refused)
+			m.DiskDamaged = uint64(d.loaded.Corrupt + d.loaded.Bad)
+			m.DiskBytes, m.DiskRewrites, m.DiskErrors = uint64(j.size), uint64(j.rewrites), d.diskErrors.Load()
+			m.DiskPending = uint64(len(d.node.st.changes)) + uint64(d.diskBusy.Load())
+			if d.node.st.overflow || j.full {
+				m.DiskPending++
+			}
+		}
 		d.mu.Lock()
-		d.metrics = d.node.Metrics()
+		d.metrics = m
 		d.mu.Unlock()
 		c.res <- Result{}
 		return

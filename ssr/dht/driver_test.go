@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -44,7 +46,11 @@ type meshDHT struct {
 	wg      sync.WaitGroup
 }
 
-func newMeshDHT(t *testing.T, n int) *meshDHT {
+func newMeshDHT(t *testing.T, n int) *meshDHT { t.Helper(); return newMeshDHTIn(t, n, nil) }
+
+// newMeshDHTIn is newMeshDHT with node i keeping its records in dirs[i]
+// (none when dirs is nil).
+func newMeshDHTIn(t *testing.T, n int, dirs []string) *meshDHT {
 	t.Helper()
 	net := memnet.New(memnet.Config{Seed: 1})
 	m := &meshDHT{}
@@ -65,7 +71,11 @@ func newMeshDHT(t *testing.T, n int) *meshDHT {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := dht.NewDriver(dht.DriverConfig{Router: r, Key: k, Params: fastDHT})
+		cfg := dht.DriverConfig{Router: r, Key: k, Params: fastDHT}
+		if dirs != nil {
+			cfg.StateDir = dirs[i]
+		}
+		d, err := dht.NewDriver(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,5 +214,89 @@ func TestDriverCancel(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 		m.stop()
 		synctest.Wait()
+	})
+}
+
+// TestDriverRestartFromDisk: every driver of a mesh stops and a new mesh
+// starts on the same state directories and keys: every record resolves
+// again, the account signed by the administrator included.
+func TestDriverRestartFromDisk(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		const nodes, keys = 4, 12
+		var dirs []string
+		for range nodes {
+			dirs = append(dirs, t.TempDir())
+		}
+		m := newMeshDHTIn(t, nodes, dirs)
+		m.waitRing(t)
+		time.Sleep(2 * time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for i := range keys {
+			if err := m.drivers[i%nodes].Put(ctx, fmt.Sprintf("aor:sip:%d@mesh", 200+i), []byte("contact"), time.Hour); err != nil {
+				t.Fatal(err)
+			}
+		}
+		acct, err := dht.NewRecord(key(1000), "user:201", []byte("ha1"), 24*time.Hour, 1, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.drivers[1].PutRecord(ctx, acct); err != nil {
+			t.Fatal(err)
+		}
+		// The writer flushed them (every 2 s).
+		time.Sleep(3 * time.Second)
+		for _, d := range m.drivers {
+			if mt := d.Metrics(); mt.DiskPending != 0 || mt.DiskBytes == 0 {
+				t.Fatalf("3 s after the writes: %+v", mt)
+			}
+		}
+		for _, dir := range dirs {
+			if fi, err := os.Stat(filepath.Join(dir, dht.StoreFile)); err != nil || fi.Size() < 1000 {
+				t.Fatalf("records file after a flush: %v %v", fi, err)
+			}
+		}
+		// One more, stopped once its copies arrived (100 ms), before the
+		// next flush: the last flush at stop keeps it.
+		if err := m.drivers[0].Put(ctx, fmt.Sprintf("aor:sip:%d@mesh", 200+keys), []byte("contact"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		m.stop()
+		time.Sleep(time.Hour / 2)
+
+		m = newMeshDHTIn(t, nodes, dirs)
+		time.Sleep(time.Millisecond) // the drivers load their files
+		held, loaded := 0, uint64(0)
+		for _, d := range m.drivers {
+			mt := d.Metrics()
+			held, loaded = held+mt.Records, loaded+mt.DiskLoaded
+			if mt.DiskRefused != 0 || mt.DiskDamaged != 0 || mt.DiskBytes == 0 {
+				t.Fatalf("disk metrics after a clean stop: %+v", mt)
+			}
+		}
+		if loaded != uint64(held) {
+			t.Fatalf("%d records held, %d loaded from disk", held, loaded)
+		}
+		if held < 3*(keys+2) {
+			t.Fatalf("%d copies loaded, want %d", held, 3*(keys+2))
+		}
+		m.waitRing(t)
+		time.Sleep(2 * time.Second)
+		ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for i := range keys + 1 {
+			recs, err := m.drivers[(i+1)%nodes].Get(ctx, fmt.Sprintf("aor:sip:%d@mesh", 200+i))
+			if err != nil || len(recs) != 1 || string(recs[0].Value) != "contact" {
+				t.Fatalf("aor %d after restart: %v %v", 200+i, recs, err)
+			}
+			if rem := recs[0].Remaining; rem > time.Hour/2 {
+				t.Fatalf("aor %d: %v left after half an hour off", 200+i, rem)
+			}
+		}
+		if recs, err := m.drivers[3].Get(ctx, "user:201"); err != nil || len(recs) != 1 || !recs[0].Writer.Equal(key(1000).Public()) {
+			t.Fatalf("account after restart: %v %v", recs, err)
+		}
 	})
 }

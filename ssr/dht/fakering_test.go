@@ -23,6 +23,7 @@ type fakeRing struct {
 	island func(ssr.NodeID) int // nil: one island
 	seed   uint64
 	params Params
+	onStep func() // after every step, if set
 }
 
 type fnode struct {
@@ -169,6 +170,9 @@ func (r *fakeRing) run(d time.Duration) {
 			if dl := f.n.NextDeadline(); !r.now.Before(dl) {
 				f.n.Tick(r.now)
 			}
+		}
+		if r.onStep != nil {
+			r.onStep()
 		}
 	}
 }

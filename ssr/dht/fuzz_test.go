@@ -40,12 +40,14 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	if os.Getenv("DHT_WRITE_FUZZ_CORPUS") == "" {
 		t.Skip("set DHT_WRITE_FUZZ_CORPUS=1 to rewrite testdata/fuzz")
 	}
-	for _, fz := range []string{"FuzzDecode", "FuzzNodeHandleDatagram"} {
+	for fz, seeds := range map[string]map[string][]byte{
+		"FuzzDecode": fuzzSeeds(), "FuzzNodeHandleDatagram": fuzzSeeds(), "FuzzDecodeDisk": diskFuzzSeeds(),
+	} {
 		dir := filepath.Join("testdata", "fuzz", fz)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		for name, b := range fuzzSeeds() {
+		for name, b := range seeds {
 			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
 			if err := os.WriteFile(filepath.Join(dir, "seed-"+name), []byte(body), 0o644); err != nil {
 				t.Fatal(err)

@@ -175,6 +175,17 @@ type Metrics struct {
 	Retries    uint64 `json:"retries"`
 	Lookups    uint64 `json:"lookups"`     // completed gets
 	LookupHops uint64 `json:"lookup_hops"` // their hops, summed
+
+	// The records file, of a Driver with a StateDir.
+	DiskLoaded   uint64 `json:"disk_loaded,omitempty"`   // records loaded at start
+	DiskRefused  uint64 `json:"disk_refused,omitempty"`  // read at start and refused: signature, policy, quota
+	DiskDamaged  uint64 `json:"disk_damaged,omitempty"`  // damaged stretches and entries skipped at start
+	DiskBytes    uint64 `json:"disk_bytes,omitempty"`    // size of the file
+	DiskRewrites uint64 `json:"disk_rewrites,omitempty"` // compactions
+	DiskErrors   uint64 `json:"disk_errors,omitempty"`   // failed writes
+	// DiskPending counts changes not yet written, plus one while a write
+	// is queued or running: 0 means what the node holds is on disk.
+	DiskPending uint64 `json:"disk_pending"`
 }
 
 // Node is one router's DHT state: a state machine without I/O. Its driver
@@ -191,7 +202,11 @@ type Node struct {
 	rng  *rand.Rand
 	st   *store
 
-	own      map[string]ownRec // this writer's latest version per key
+	own map[string]ownRec // this writer's latest version per key
+	// seqFloor is the highest seq this node signed, kept on disk: a node
+	// whose clock went back (a router without a clock, restarted) still
+	// writes versions newer than those the ring holds.
+	seqFloor uint64
 	pending  map[uint64]*request
 	handoffs map[recID]uint64 // record → hand-off request in flight
 	keep     map[recID]uint64 // records the owner told us to keep, in ring epoch
@@ -363,7 +378,7 @@ func (n *Node) write(now time.Time, op Op, key string, value []byte, ttl time.Du
 	if len(n.pending) >= n.p.MaxPending {
 		return 0, ErrBusy
 	}
-	seq := uint64(max(now.UnixMicro(), 1))
+	seq := max(uint64(max(now.UnixMicro(), 1)), n.seqFloor+1)
 	if o, ok := n.own[key]; ok && o.seq >= seq {
 		seq = o.seq + 1
 	}
@@ -385,6 +400,7 @@ func (n *Node) write(now time.Time, op Op, key string, value []byte, ttl time.Du
 		}
 	}
 	n.own[key] = ownRec{seq: seq, lifetime: ttl}
+	n.seqFloor = max(n.seqFloor, seq)
 	id := n.newID()
 	kind := kPut
 	if op == OpDelete {
@@ -739,6 +755,29 @@ func (n *Node) accept(now time.Time, r *Record) (bool, error) {
 		}
 	}
 	return changed, err
+}
+
+// keepChanges makes the store note its changes for the journal.
+func (n *Node) keepChanges() {
+	if n.st.changes == nil {
+		n.st.changes = make(map[recID]struct{})
+	}
+}
+
+// load stores a record read from disk with the checks of one from the
+// network, without passing it on: the ring's maintenance moves it to its
+// current holders. This node's own records restore its version floor.
+func (n *Node) load(now time.Time, r *Record) error {
+	if _, err := n.accept(now, r); err != nil {
+		return err
+	}
+	if WriterID(r.Writer) == n.wid {
+		n.seqFloor = max(n.seqFloor, r.Seq)
+		if o := n.own[r.Key]; o.seq < r.Seq && len(n.own) < n.p.MaxPerWriter {
+			n.own[r.Key] = ownRec{seq: r.Seq, lifetime: r.Lifetime}
+		}
+	}
+	return nil
 }
 
 func (n *Node) handleStore(now time.Time, d ssr.Datagram, m *message) {

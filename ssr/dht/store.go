@@ -26,6 +26,13 @@ type store struct {
 	sorted    []recID // by key, then writer; rebuilt when dirty
 	dirty     bool
 
+	// changes are the records stored or removed since the journal last
+	// took them (disk.go); nil when the node keeps nothing on disk. At
+	// maxRecords entries it stops growing and overflow asks the journal
+	// for a full rewrite instead.
+	changes  map[recID]struct{}
+	overflow bool
+
 	maxRecords, maxBytes, maxPerWriter, maxPerKey int
 }
 
@@ -124,7 +131,21 @@ func (s *store) put(now time.Time, r *Record, validate Validator) (changed bool,
 	}
 	s.bytes += grow
 	s.recs[id] = e
+	s.changed(id)
 	return true, nil
+}
+
+// changed notes id for the journal.
+func (s *store) changed(id recID) {
+	if s.changes == nil || s.overflow {
+		return
+	}
+	if len(s.changes) >= s.maxRecords {
+		s.overflow = true
+		clear(s.changes)
+		return
+	}
+	s.changes[id] = struct{}{}
 }
 
 func (s *store) remove(id recID) {
@@ -141,6 +162,7 @@ func (s *store) remove(id recID) {
 		delete(s.perKey, id.key)
 	}
 	s.dirty = true
+	s.changed(id)
 }
 
 // get returns the entry for id if it is alive.
