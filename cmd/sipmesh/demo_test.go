@@ -58,7 +58,7 @@ func addPhones(t *testing.T, m *telMesh, perNode int, policy phones.Policy) {
 			exts = append(exts, ext)
 		}
 	}
-	if err := m.addAccounts(ctx, exts); err != nil {
+	if err := m.addAccounts(ctx, exts, nil); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -215,7 +215,7 @@ func meshCalls(t *testing.T) {
 		if se := (*phones.StatusError)(nil); !errors.As(err, &se) || se.Code != 404 {
 			t.Errorf("call to an unknown extension: %v, want 404", err)
 		}
-		if err := m.addAccounts(ctx, []string{"298"}); err != nil {
+		if err := m.addAccounts(ctx, []string{"298"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		_, err = a.Call(ctx, "298", phones.CallOptions{})
@@ -231,7 +231,7 @@ func meshCalls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := m.addAccounts(ctx, []string{"290"}); err != nil {
+		if err := m.addAccounts(ctx, []string{"290"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.register(ctx, b); err != nil {

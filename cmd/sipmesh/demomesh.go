@@ -13,10 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/memnet"
@@ -78,6 +81,7 @@ type telMesh struct {
 	cfg   meshConfig
 	nw    *memnet.Network
 	dir   string // state directories of the nodes
+	rmDir func() // removes dir, also when a second signal forces the exit
 	adj   [][]int
 	hosts []*memnet.Host
 	lans  []*memnet.Link
@@ -120,21 +124,46 @@ func newTelMesh(cfg meshConfig) (*telMesh, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	dir, err := os.MkdirTemp("", "sipmesh-demo")
+	reapDemoDirs()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", demoDirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
-	m := &telMesh{cfg: cfg, dir: dir, rng: rand.New(rand.NewPCG(cfg.Seed, 0xde30)),
+	// The directory holds the nodes' and the administrator's private keys.
+	rmDir := atExit(func() { os.RemoveAll(dir) })
+	m := &telMesh{cfg: cfg, dir: dir, rmDir: rmDir, rng: rand.New(rand.NewPCG(cfg.Seed, 0xde30)),
 		// Socket queues of a router's size rather than memnet's small
 		// default: one process emulates the whole mesh, so a burst of
 		// calls makes the routers' goroutines late, not the links full.
 		nw: memnet.New(memnet.Config{Seed: int64(cfg.Seed), SocketQueue: 4096, LinkQueue: 4096})}
 	m.adj = meshTopology(cfg.Nodes, cfg.MinDiameter, m.rng)
 	if err := m.build(); err != nil {
-		os.RemoveAll(dir)
+		rmDir()
 		return nil, err
 	}
 	return m, nil
+}
+
+// demoDirPrefix names the demo's temporary directories, followed by the
+// PID of the process that made them.
+const demoDirPrefix = "sipmesh-demo-"
+
+// reapDemoDirs removes the temporary directories of demo processes that
+// no longer exist: SIGKILL (or a crash) gives a process no chance to
+// remove its own, and they hold private keys.
+func reapDemoDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), demoDirPrefix+"*-*"))
+	for _, d := range dirs {
+		rest := strings.TrimPrefix(filepath.Base(d), demoDirPrefix)
+		pid, err := strconv.Atoi(rest[:strings.IndexByte(rest, '-')])
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		// Signal 0 checks existence; EPERM means alive, another user's.
+		if errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 func (m *telMesh) build() error {
@@ -216,7 +245,7 @@ func (m *telMesh) stop() error {
 		m.cancel()
 	}
 	m.wg.Wait()
-	os.RemoveAll(m.dir)
+	m.rmDir()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return errors.Join(m.errs...)
@@ -262,8 +291,9 @@ func (m *telMesh) waitRing(ctx context.Context) error {
 
 // addAccounts stores accounts for exts (password "secret"+ext) through
 // node 1, which holds the administrator key, as `sipmesh user add` does.
-func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
-	for _, ext := range exts {
+// progress, if not nil, gets the number stored after each.
+func (m *telMesh) addAccounts(ctx context.Context, exts []string, progress func(done int)) error {
+	for i, ext := range exts {
 		a, err := gateway.NewAccount(ext, phonePassword(ext), "Phone "+ext)
 		if err != nil {
 			return err
@@ -286,7 +316,10 @@ func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("account %s: %w", ext, err)
+			return err // the store names the account
+		}
+		if progress != nil {
+			progress(i + 1)
 		}
 	}
 	return nil
