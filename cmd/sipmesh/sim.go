@@ -87,6 +87,8 @@ func simulate(ctx context.Context, cfg ssrsim.Config, sc ssrsim.Scenario, asJSON
 	if err != nil {
 		return err
 	}
+	// A line before the long silence of a big run, on a pipe too.
+	fmt.Fprintf(stderr, "%d nodes built; simulating (Ctrl-C stops with partial results)\n", cfg.Nodes)
 	bar := newProgress(stderr)
 	sc.Progress = func(phase string, virt time.Duration, consistent float64) {
 		if ctx.Err() != nil {

@@ -84,6 +84,7 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(stderr, "%d nodes built; simulating (Ctrl-C stops with partial results)\n", *nodes)
 	rep := s.Run()
 	bar.done()
 	rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100
