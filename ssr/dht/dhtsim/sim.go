@@ -22,6 +22,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/stats"
 	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
@@ -712,12 +713,13 @@ func (s *Sim) groundTruth(r int) (lost, under int) {
 	return lost, under
 }
 
+// quantile is stats.Quantile with -1 for "no data": the report is JSON,
+// which has no NaN.
 func quantile(v []float64, q float64) float64 {
-	if len(v) == 0 {
-		return -1
+	if x := stats.Quantile(v, q); !math.IsNaN(x) {
+		return x
 	}
-	slices.Sort(v)
-	return v[min(len(v)-1, int(q*float64(len(v))))]
+	return -1
 }
 
 // Binding is the default value generator: a registration binding as the
