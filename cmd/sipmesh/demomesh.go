@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -26,6 +25,7 @@ import (
 	"github.com/sipmesh/sipmesh/phones"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
+	"github.com/sipmesh/sipmesh/ssr/ssrsim"
 )
 
 // The telephone mesh of `sipmesh demo` and of this package's call tests:
@@ -433,101 +433,37 @@ func (m *telMesh) register(ctx context.Context, p *meshPhone) error {
 
 // hops is the shortest physical path between two nodes, in mesh hops.
 func (m *telMesh) hops(a, b int) int {
-	return int(bfs(m.adj, a)[b])
+	return int(ssrsim.HopDistances(m.adj, a)[b])
 }
 
 // diameter is the longest shortest path of the mesh, in hops.
 func (m *telMesh) diameter() int { return diameter(m.adj) }
 
 // meshTopology returns the adjacency of a connected radio mesh of n nodes
-// with a hop diameter of at least minDiam: a random geometric graph (nodes
-// at random spots of a 3:1 strip hear each other within a radius that
-// gives about three neighbours each) patched to one component, redrawn
-// until it is wide enough; after 50 draws (or with n ≤ minDiam) a line.
+// with a hop diameter of at least minDiam: ssrsim's random radio mesh on a
+// 3:1 strip with about three neighbours per node, redrawn until it is wide
+// enough; after 50 draws (or with n ≤ minDiam) a line.
 func meshTopology(n, minDiam int, rng *rand.Rand) [][]int {
-	line := func() [][]int {
-		adj := make([][]int, n)
-		for i := 0; i+1 < n; i++ {
-			adj[i], adj[i+1] = append(adj[i], i+1), append(adj[i+1], i)
-		}
-		return adj
-	}
-	if n <= minDiam {
-		return line()
-	}
-	const width, degree = 3.0, 3.0
-	radius := math.Sqrt(degree * width / (math.Pi * float64(n)))
-	for range 50 {
-		x, y := make([]float64, n), make([]float64, n)
-		for i := range n {
-			x[i], y[i] = rng.Float64()*width, rng.Float64()
-		}
-		adj := make([][]int, n)
-		link := func(a, b int) {
-			if !slices.Contains(adj[a], b) {
-				adj[a], adj[b] = append(adj[a], b), append(adj[b], a)
+	if n > minDiam {
+		const width, degree = 3.0, 3.0
+		for range 50 {
+			if adj := ssrsim.RadioMesh(n, width, degree, rng); diameter(adj) >= minDiam {
+				return adj
 			}
-		}
-		for i := range n {
-			for j := i + 1; j < n; j++ {
-				if math.Hypot(x[i]-x[j], y[i]-y[j]) <= radius {
-					link(i, j)
-				}
-			}
-		}
-		// Join stray components to node 0's by their closest pair, as an
-		// operator would add a longer link.
-		for {
-			d := bfs(adj, 0)
-			bi, bj, bd := -1, -1, math.Inf(1)
-			for i := range n {
-				if d[i] >= 0 {
-					continue
-				}
-				for j := range n {
-					if d[j] >= 0 {
-						if h := math.Hypot(x[i]-x[j], y[i]-y[j]); h < bd {
-							bi, bj, bd = i, j, h
-						}
-					}
-				}
-			}
-			if bi < 0 {
-				break
-			}
-			link(bi, bj)
-		}
-		if diameter(adj) >= minDiam {
-			return adj
 		}
 	}
-	return line()
+	adj := make([][]int, n)
+	for i := 0; i+1 < n; i++ {
+		adj[i], adj[i+1] = append(adj[i], i+1), append(adj[i+1], i)
+	}
+	return adj
 }
 
-// bfs returns hop distances from s (-1: unreachable).
-func bfs(adj [][]int, s int) []int32 {
-	dist := make([]int32, len(adj))
-	for i := range dist {
-		dist[i] = -1
-	}
-	dist[s] = 0
-	queue := []int{s}
-	for k := 0; k < len(queue); k++ {
-		u := queue[k]
-		for _, v := range adj[u] {
-			if dist[v] < 0 {
-				dist[v] = dist[u] + 1
-				queue = append(queue, v)
-			}
-		}
-	}
-	return dist
-}
-
+// diameter is the longest shortest path of the mesh adj, in hops.
 func diameter(adj [][]int) int {
 	d := 0
 	for s := range adj {
-		for _, h := range bfs(adj, s) {
+		for _, h := range ssrsim.HopDistances(adj, s) {
 			d = max(d, int(h))
 		}
 	}
