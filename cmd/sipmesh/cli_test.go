@@ -154,6 +154,33 @@ func TestNoProgressIntoPipes(t *testing.T) {
 	if isTerminal(f) || isTerminal(&bytes.Buffer{}) {
 		t.Error("isTerminal says a file or a buffer is a terminal")
 	}
+	// A pseudo-terminal's master side answers TCGETS as a terminal does.
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("opening a pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	if !isTerminal(ptmx) {
+		t.Error("isTerminal(/dev/ptmx) = false")
+	}
+
+	// The demo's status line (accounts stored under loss) shows on a
+	// terminal only, and the next log line clears it.
+	var b bytes.Buffer
+	for _, tty := range []bool{false, true} {
+		b.Reset()
+		l := &demoLog{w: &b, tty: tty, start: time.Now()}
+		l.status("storing accounts in the DHT: %d of %d", 3, 8)
+		l.printf("accounts stored")
+		switch out := b.String(); {
+		case !tty && out != strings.TrimPrefix(out, "\r"), !tty && strings.Contains(out, "storing"):
+			t.Errorf("status line into a non-terminal: %q", out)
+		case tty && !strings.Contains(out, "\r[  0.0s] storing accounts in the DHT: 3 of 8"):
+			t.Errorf("no status line on a terminal: %q", out)
+		case tty && !strings.Contains(out, "\r"+strings.Repeat(" ", 72)+"\r[  0.0s] accounts stored\n"):
+			t.Errorf("status line not cleared before the next line: %q", out)
+		}
+	}
 }
 
 // TestJSONNamesSnakeCase checks that every field of every JSON the CLI

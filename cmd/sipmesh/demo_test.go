@@ -356,8 +356,16 @@ func TestDemoCommand(t *testing.T) {
 			t.Errorf("call %+v", c)
 		}
 	}
+	// The echo call: the number dialled, and the feature it reached.
+	if c := rep.Calls[len(rep.Calls)-1]; c.To != "3246" || c.Feature != "echo" {
+		t.Errorf("echo call to %q, feature %q; want 3246 and echo", c.To, c.Feature)
+	}
 	if !strings.Contains(stderr, "ring formed") || !strings.Contains(stderr, "phones registered") {
 		t.Errorf("no progress on stderr:\n%s", stderr)
+	}
+	// Into a pipe: no self-overwriting lines, no sipgo log lines.
+	if strings.Contains(stderr, "\r") || strings.Contains(stderr, "INFO") {
+		t.Errorf("stderr has a \\r or an INFO log line:\n%q", stderr)
 	}
 
 	for _, args := range [][]string{
