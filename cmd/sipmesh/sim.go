@@ -35,7 +35,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 virtual time, waits for a consistent ring, measures delivery of random exact
 and closest (DHT) datagrams and their stretch, and with --churn lets that
 fraction of nodes leave and as many join, then measures again.
-'sipmesh sim dht -h' describes the DHT simulation.`, stderr)
+'sipmesh help sim dht' describes the DHT simulation.`, stderr)
 	nodes := fs.Int("nodes", 100, "number of nodes")
 	topo := fs.String("topology", "random", "line, grid or random (geometric radio mesh)")
 	seed := fs.Uint64("seed", 1, "random seed (same seed, same run)")
