@@ -77,7 +77,12 @@ type controlServer struct {
 // listenControl opens the control socket at path. A socket file left by a
 // node that died is replaced; one that a running node answers on is not.
 func listenControl(path string, node *Node, log *slog.Logger) (*controlServer, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	// Only the socket's own directory (/run/sipmesh) is created, never a
+	// tree: a mistyped path fails here instead of appearing somewhere.
+	switch err := os.Mkdir(filepath.Dir(path), 0o755); {
+	case err == nil:
+		log.Info("created control socket directory", "dir", filepath.Dir(path))
+	case !errors.Is(err, fs.ErrExist):
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	if fi, err := os.Lstat(path); err == nil {

@@ -210,7 +210,13 @@ func New(cfg Config) (*Phone, error) {
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("sipmesh-phone"),
 		sipgo.WithUserAgentHostname(sipnet.URIHost(cfg.LocalAddr)),
-		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(log)),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(log),
+			// A retransmitted final response after its transaction ended
+			// (RFC 3261 §17.1.1.2) is normal under loss; without this
+			// handler sipgo reports it on the global slog logger at Info.
+			sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) {
+				log.Debug("response without a transaction", "msg", r.Short())
+			})),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log)),
 		// The phone never resolves names (targets and Server are IP
 		// literals); if sipgo ever tried, it must not ask the host's DNS.

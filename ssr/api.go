@@ -110,16 +110,17 @@ var DefaultParams = Params{
 
 // Stats are a node's counters.
 type Stats struct {
-	FramesIn, FramesOut uint64 // every frame received / sent on a link
-	ControlOut          uint64 // frames sent that were not application data
-	Malformed           uint64 // frames dropped because they did not decode
-	Forwarded           uint64 // frames relayed for others
-	Delivered           uint64 // datagrams delivered locally
-	Dropped             uint64 // frames dropped (hop budget, no route, loops)
-	LinkBroken          uint64 // broken-link reports sent
-	Unreachable         uint64 // unreachable reports sent
-	Redirected          uint64 // relayed frames sent to a node closer to their target than planned
-	Shortened           uint64 // relayed frames given a shorter cached route to their planned end
+	FramesIn    uint64 `json:"frames_in"`   // every frame received on a link
+	FramesOut   uint64 `json:"frames_out"`  // every frame sent on a link
+	ControlOut  uint64 `json:"control_out"` // frames sent that were not application data
+	Malformed   uint64 `json:"malformed"`   // frames dropped because they did not decode
+	Forwarded   uint64 `json:"forwarded"`   // frames relayed for others
+	Delivered   uint64 `json:"delivered"`   // datagrams delivered locally
+	Dropped     uint64 `json:"dropped"`     // frames dropped (hop budget, no route, loops)
+	LinkBroken  uint64 `json:"link_broken"` // broken-link reports sent
+	Unreachable uint64 `json:"unreachable"` // unreachable reports sent
+	Redirected  uint64 `json:"redirected"`  // relayed frames sent to a node closer to their target than planned
+	Shortened   uint64 `json:"shortened"`   // relayed frames given a shorter cached route to their planned end
 }
 
 // Neighbour is a node heard directly on a link.

@@ -45,6 +45,8 @@ type demoReport struct {
 	Calls      []callResult `json:"calls"`
 	OK         bool         `json:"ok"` // every call had two-way audio
 	WallS      float64      `json:"wall_s"`
+	// Interrupted: a signal stopped the demo; the report is partial.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 type phoneInfo struct {
@@ -55,8 +57,11 @@ type phoneInfo struct {
 
 // callResult is one call of the demo or a test.
 type callResult struct {
-	From     string `json:"from"`
-	To       string `json:"to"`
+	From string `json:"from"`
+	To   string `json:"to"` // the dialled extension
+	// Feature names the service a call reached instead of a phone
+	// ("echo": the echo test); empty for phone-to-phone calls.
+	Feature  string `json:"feature,omitempty"`
 	FromNode string `json:"from_node"`
 	ToNode   string `json:"to_node"`
 	Hops     int    `json:"hops"` // shortest mesh path between the nodes
@@ -78,6 +83,14 @@ type callResult struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// callee is the dialled number as the table shows it: "3246 (echo)".
+func (r callResult) callee() string {
+	if r.Feature != "" {
+		return r.To + " (" + r.Feature + ")"
+	}
+	return r.To
+}
+
 // ok reports two-way audio.
 func (r callResult) ok() bool { return r.AudioAB && r.AudioBA && r.Error == "" }
 
@@ -94,7 +107,8 @@ The routing-only simulation is 'sipmesh sim'.`, stderr)
 	nphones := fs.Int("phones", demoPhones, "number of phones")
 	seed := fs.Uint64("seed", 1, "random seed (topology, phone placement, link loss)")
 	loss := fs.Float64("loss", 0, "datagram loss on every mesh link, a fraction (0.02 is 2 %)")
-	calls := fs.Int("calls", -1, "phone-to-phone calls (default phones/2)")
+	var calls optInt
+	fs.Var(&calls, "calls", "`N` phone-to-phone calls (default phones/2)")
 	echo := fs.Int("echo", 1, "calls to the echo test 3246")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	verbose := fs.Bool("v", false, "log the nodes' info messages on stderr")
@@ -111,21 +125,23 @@ The routing-only simulation is 'sipmesh sim'.`, stderr)
 	case *loss < 0 || *loss >= 0.5:
 		return usageErrorf("--loss %v: want a fraction in [0, 0.5)", *loss)
 	case *echo < 0 || *echo > *nphones:
-		return usageErrorf("--echo %d: want 0 to --phones", *echo)
-	}
-	if *calls < 0 {
-		*calls = *nphones / 2
-	}
-	if *calls > 1000 {
-		return usageErrorf("--calls %d: want at most 1000", *calls)
+		return usageErrorf("--echo %d: want 0 to --phones (%d)", *echo, *nphones)
+	case calls.or(0) < 0 || calls.or(0) > 1000:
+		return usageErrorf("--calls %d: want 0 to 1000", calls.v)
+	case calls.or(1) == 0 && *echo == 0:
+		return usageErrorf("--calls 0 and --echo 0: nothing to call")
 	}
 	var log *slog.Logger
 	if *verbose {
 		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	rep, err := demo(ctx, demoConfig{Mesh: meshConfig{Nodes: *nodes, Seed: *seed, Loss: *loss, Log: log},
-		Phones: *nphones, Calls: *calls, Echo: *echo, Hold: demoHold}, newDemoLog(stderr))
-	if err != nil {
+		Phones: *nphones, Calls: calls.or(*nphones / 2), Echo: *echo, Hold: demoHold}, newDemoLog(stderr))
+	if ctx.Err() != nil {
+		// A signal: what was measured so far, then exit 128+signal.
+		rep.Interrupted = true
+		err = context.Cause(ctx)
+	} else if err != nil {
 		return err
 	}
 	if *asJSON {
@@ -136,6 +152,9 @@ The routing-only simulation is 'sipmesh sim'.`, stderr)
 		}
 	} else {
 		printDemo(stdout, rep)
+	}
+	if rep.Interrupted {
+		return err
 	}
 	if !rep.OK {
 		bad := 0
@@ -158,14 +177,17 @@ type demoConfig struct {
 	Hold   time.Duration // media time before a call is judged
 }
 
-// demoLog prints progress lines with the time since the start.
+// demoLog prints progress lines with the time since the start and, on a
+// terminal, a self-overwriting status line for slow steps.
 type demoLog struct {
 	w     io.Writer
+	tty   bool
 	start time.Time
 	mu    sync.Mutex
+	shown bool // a status line is on the screen
 }
 
-func newDemoLog(w io.Writer) *demoLog { return &demoLog{w: w, start: time.Now()} }
+func newDemoLog(w io.Writer) *demoLog { return &demoLog{w: w, tty: isTerminal(w), start: time.Now()} }
 
 func (l *demoLog) printf(format string, args ...any) {
 	if l == nil {
@@ -173,7 +195,26 @@ func (l *demoLog) printf(format string, args ...any) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.clearLocked()
 	fmt.Fprintf(l.w, "[%5.1fs] %s\n", time.Since(l.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// status replaces the status line; it shows only on a terminal.
+func (l *demoLog) status(format string, args ...any) {
+	if l == nil || !l.tty {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(l.w, "\r%-72s", fmt.Sprintf("[%5.1fs] %s", time.Since(l.start).Seconds(), fmt.Sprintf(format, args...)))
+	l.shown = true
+}
+
+func (l *demoLog) clearLocked() {
+	if l.shown {
+		fmt.Fprintf(l.w, "\r%-72s\r", "")
+		l.shown = false
+	}
 }
 
 // demo runs the telephone demo and returns its report. An error means the
@@ -184,6 +225,7 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 	if err != nil {
 		return rep, err
 	}
+	defer func() { rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100 }()
 	rep = demoReport{Nodes: cfg.Mesh.Nodes, Links: len(m.links), Diameter: m.diameter(), Seed: cfg.Mesh.Seed, Loss: cfg.Mesh.Loss}
 	plog.printf("mesh: %d nodes, %d radio links, diameter %d hops, %.0f %% loss per link", rep.Nodes, rep.Links, rep.Diameter, 100*rep.Loss)
 	m.start(ctx)
@@ -205,7 +247,11 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 	for i := range exts {
 		exts[i] = fmt.Sprint(201 + i)
 	}
-	if err := m.addAccounts(rctx, exts); err != nil {
+	// Under loss the writes take retries: show how far they got.
+	err = m.addAccounts(rctx, exts, func(done int) {
+		plog.status("storing accounts in the DHT: %d of %d", done, len(exts))
+	})
+	if err != nil {
 		return rep, err
 	}
 	plog.printf("accounts %s…%s stored in the DHT (signed on n1)", exts[0], exts[len(exts)-1])
@@ -257,20 +303,26 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 		wg.Go(func() {
 			rep.Calls[i] = m.call(ctx, pc.a, pc.b, cfg.Hold, pending.Done, judged)
 			r := rep.Calls[i]
-			if r.Error != "" {
-				plog.printf("  %s → %s: %s", r.From, r.To, r.Error)
-			} else {
-				plog.printf("  %s → %s: answered in %.0f ms, audio %s/%s, MOS %.2f", r.From, r.To, r.SetupMs, yesNo(r.AudioAB), yesNo(r.AudioBA), r.MOS)
+			switch {
+			case ctx.Err() != nil:
+			case r.Error != "":
+				plog.printf("  %s → %s: %s", r.From, r.callee(), r.Error)
+			default:
+				plog.printf("  %s → %s: answered in %.0f ms, audio %s/%s, MOS %.2f", r.From, r.callee(), r.SetupMs, yesNo(r.AudioAB), yesNo(r.AudioBA), r.MOS)
 			}
 		})
 	}
 	wg.Wait()
 	rep.OK = len(rep.Calls) > 0
-	for _, c := range rep.Calls {
+	for i, c := range rep.Calls {
 		rep.OK = rep.OK && c.ok()
+		if ctx.Err() != nil && c.Error != "" {
+			rep.Calls[i].Error = "interrupted"
+		}
 	}
-	rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100
-	plog.printf("done")
+	if ctx.Err() == nil {
+		plog.printf("done")
+	}
 	return rep, ctx.Err()
 }
 
@@ -348,7 +400,7 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 		target, expect = b.Ext, b.Hz
 		r.To, r.ToNode, r.Hops = b.Ext, nodeName(b.Node), m.hops(a.Node, b.Node)
 	} else {
-		r.To, r.ToNode = phones.EchoExtension+" (echo)", nodeName(a.Node)
+		r.To, r.Feature, r.ToNode = phones.EchoExtension, "echo", nodeName(a.Node)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -439,9 +491,26 @@ func ms(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Mil
 func round2(f float64) float64 { return math.Round(f*100) / 100 }
 
 func printDemo(w io.Writer, r demoReport) {
-	fmt.Fprintf(w, "%d nodes, %d radio links, diameter %d hops, %.0f %% loss per link, seed %d; ring formed after %.1f s\n",
-		r.Nodes, r.Links, r.Diameter, 100*r.Loss, r.Seed, r.RingS)
-	fmt.Fprintf(w, "%d of %d phones registered\n\n", r.Registered, len(r.Phones))
+	if r.Nodes == 0 {
+		fmt.Fprintf(w, "interrupted before the mesh was built\n")
+		return
+	}
+	ring := fmt.Sprintf("ring formed after %.1f s", r.RingS)
+	if r.RingS == 0 {
+		ring = "ring not formed"
+	}
+	fmt.Fprintf(w, "%d nodes, %d radio links, diameter %d hops, %.0f %% loss per link, seed %d; %s\n",
+		r.Nodes, r.Links, r.Diameter, 100*r.Loss, r.Seed, ring)
+	if len(r.Phones) > 0 {
+		fmt.Fprintf(w, "%d of %d phones registered\n", r.Registered, len(r.Phones))
+	}
+	if len(r.Calls) == 0 {
+		if r.Interrupted {
+			fmt.Fprintf(w, "interrupted after %.1f s, before any call\n", r.WallS)
+		}
+		return
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "caller\tcallee\tnodes\thops\tpost-dial ms\tsetup ms\taudio A→B\taudio B→A\tMOS\t  result\n")
 	for _, c := range r.Calls {
@@ -453,10 +522,11 @@ func printDemo(w io.Writer, r demoReport) {
 		if c.PostDialDelayMs > 0 {
 			pdd = fmt.Sprintf("%.0f", c.PostDialDelayMs)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%s\t%.0f\t%s\t%s\t%.2f\t  %s\n", c.From, c.To, c.FromNode, c.ToNode, c.Hops,
+		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%s\t%.0f\t%s\t%s\t%.2f\t  %s\n", c.From, c.callee(), c.FromNode, c.ToNode, c.Hops,
 			pdd, c.SetupMs, yesNo(c.AudioAB), yesNo(c.AudioBA), c.MOS, res)
 	}
 	tw.Flush()
+	fmt.Fprint(w, demoLegend)
 	ok := 0
 	for _, c := range r.Calls {
 		if c.ok() {
@@ -464,4 +534,16 @@ func printDemo(w io.Writer, r demoReport) {
 		}
 	}
 	fmt.Fprintf(w, "\n%d of %d calls with two-way audio, in %.1f s\n", ok, len(r.Calls), r.WallS)
+	if r.Interrupted {
+		fmt.Fprintf(w, "interrupted: partial results\n")
+	}
 }
+
+// demoLegend explains the table's columns.
+const demoLegend = `
+post-dial ms: INVITE sent until the callee's phone rings (180 Ringing; ITU-T
+  E.721 post-dial delay); "-" when nothing rang (the echo test answers at once).
+setup ms: INVITE sent until the call is answered (200 OK).
+audio: the other side's tone was detected. MOS: ITU-T G.107 E-model estimate
+  of the worse direction's voice quality, 1 (bad) to 4.4 (best for G.711).
+`

@@ -58,7 +58,7 @@ func addPhones(t *testing.T, m *telMesh, perNode int, policy phones.Policy) {
 			exts = append(exts, ext)
 		}
 	}
-	if err := m.addAccounts(ctx, exts); err != nil {
+	if err := m.addAccounts(ctx, exts, nil); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -215,7 +215,7 @@ func meshCalls(t *testing.T) {
 		if se := (*phones.StatusError)(nil); !errors.As(err, &se) || se.Code != 404 {
 			t.Errorf("call to an unknown extension: %v, want 404", err)
 		}
-		if err := m.addAccounts(ctx, []string{"298"}); err != nil {
+		if err := m.addAccounts(ctx, []string{"298"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		_, err = a.Call(ctx, "298", phones.CallOptions{})
@@ -231,7 +231,7 @@ func meshCalls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := m.addAccounts(ctx, []string{"290"}); err != nil {
+		if err := m.addAccounts(ctx, []string{"290"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.register(ctx, b); err != nil {
@@ -356,8 +356,16 @@ func TestDemoCommand(t *testing.T) {
 			t.Errorf("call %+v", c)
 		}
 	}
+	// The echo call: the number dialled, and the feature it reached.
+	if c := rep.Calls[len(rep.Calls)-1]; c.To != "3246" || c.Feature != "echo" {
+		t.Errorf("echo call to %q, feature %q; want 3246 and echo", c.To, c.Feature)
+	}
 	if !strings.Contains(stderr, "ring formed") || !strings.Contains(stderr, "phones registered") {
 		t.Errorf("no progress on stderr:\n%s", stderr)
+	}
+	// Into a pipe: no self-overwriting lines, no sipgo log lines.
+	if strings.Contains(stderr, "\r") || strings.Contains(stderr, "INFO") {
+		t.Errorf("stderr has a \\r or an INFO log line:\n%q", stderr)
 	}
 
 	for _, args := range [][]string{

@@ -6,17 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/memnet"
@@ -24,6 +26,7 @@ import (
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
+	"github.com/sipmesh/sipmesh/ssr/ssrsim"
 )
 
 // The telephone mesh of `sipmesh demo` and of this package's call tests:
@@ -79,6 +82,7 @@ type telMesh struct {
 	cfg   meshConfig
 	nw    *memnet.Network
 	dir   string // state directories of the nodes
+	rmDir func() // removes dir, also when a second signal forces the exit
 	adj   [][]int
 	hosts []*memnet.Host
 	lans  []*memnet.Link
@@ -121,21 +125,46 @@ func newTelMesh(cfg meshConfig) (*telMesh, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	dir, err := os.MkdirTemp("", "sipmesh-demo")
+	reapDemoDirs()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", demoDirPrefix, os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
-	m := &telMesh{cfg: cfg, dir: dir, rng: rand.New(rand.NewPCG(cfg.Seed, 0xde30)),
+	// The directory holds the nodes' and the administrator's private keys.
+	rmDir := atExit(func() { os.RemoveAll(dir) })
+	m := &telMesh{cfg: cfg, dir: dir, rmDir: rmDir, rng: rand.New(rand.NewPCG(cfg.Seed, 0xde30)),
 		// Socket queues of a router's size rather than memnet's small
 		// default: one process emulates the whole mesh, so a burst of
 		// calls makes the routers' goroutines late, not the links full.
 		nw: memnet.New(memnet.Config{Seed: int64(cfg.Seed), SocketQueue: 4096, LinkQueue: 4096})}
 	m.adj = meshTopology(cfg.Nodes, cfg.MinDiameter, m.rng)
 	if err := m.build(); err != nil {
-		os.RemoveAll(dir)
+		rmDir()
 		return nil, err
 	}
 	return m, nil
+}
+
+// demoDirPrefix names the demo's temporary directories, followed by the
+// PID of the process that made them.
+const demoDirPrefix = "sipmesh-demo-"
+
+// reapDemoDirs removes the temporary directories of demo processes that
+// no longer exist: SIGKILL (or a crash) gives a process no chance to
+// remove its own, and they hold private keys.
+func reapDemoDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), demoDirPrefix+"*-*"))
+	for _, d := range dirs {
+		rest := strings.TrimPrefix(filepath.Base(d), demoDirPrefix)
+		pid, err := strconv.Atoi(rest[:strings.IndexByte(rest, '-')])
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			continue
+		}
+		// Signal 0 checks existence; EPERM means alive, another user's.
+		if errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 func (m *telMesh) build() error {
@@ -217,7 +246,7 @@ func (m *telMesh) stop() error {
 		m.cancel()
 	}
 	m.wg.Wait()
-	os.RemoveAll(m.dir)
+	m.rmDir()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return errors.Join(m.errs...)
@@ -263,8 +292,9 @@ func (m *telMesh) waitRing(ctx context.Context) error {
 
 // addAccounts stores accounts for exts (password "secret"+ext) through
 // node 1, which holds the administrator key, as `sipmesh user add` does.
-func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
-	for _, ext := range exts {
+// progress, if not nil, gets the number stored after each.
+func (m *telMesh) addAccounts(ctx context.Context, exts []string, progress func(done int)) error {
+	for i, ext := range exts {
 		a, err := registrar.NewAccount(ext, phonePassword(ext), "Phone "+ext)
 		if err != nil {
 			return err
@@ -287,7 +317,10 @@ func (m *telMesh) addAccounts(ctx context.Context, exts []string) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("account %s: %w", ext, err)
+			return err // the store names the account
+		}
+		if progress != nil {
+			progress(i + 1)
 		}
 	}
 	return nil
@@ -401,101 +434,37 @@ func (m *telMesh) register(ctx context.Context, p *meshPhone) error {
 
 // hops is the shortest physical path between two nodes, in mesh hops.
 func (m *telMesh) hops(a, b int) int {
-	return int(bfs(m.adj, a)[b])
+	return int(ssrsim.HopDistances(m.adj, a)[b])
 }
 
 // diameter is the longest shortest path of the mesh, in hops.
 func (m *telMesh) diameter() int { return diameter(m.adj) }
 
 // meshTopology returns the adjacency of a connected radio mesh of n nodes
-// with a hop diameter of at least minDiam: a random geometric graph (nodes
-// at random spots of a 3:1 strip hear each other within a radius that
-// gives about three neighbours each) patched to one component, redrawn
-// until it is wide enough; after 50 draws (or with n ≤ minDiam) a line.
+// with a hop diameter of at least minDiam: ssrsim's random radio mesh on a
+// 3:1 strip with about three neighbours per node, redrawn until it is wide
+// enough; after 50 draws (or with n ≤ minDiam) a line.
 func meshTopology(n, minDiam int, rng *rand.Rand) [][]int {
-	line := func() [][]int {
-		adj := make([][]int, n)
-		for i := 0; i+1 < n; i++ {
-			adj[i], adj[i+1] = append(adj[i], i+1), append(adj[i+1], i)
-		}
-		return adj
-	}
-	if n <= minDiam {
-		return line()
-	}
-	const width, degree = 3.0, 3.0
-	radius := math.Sqrt(degree * width / (math.Pi * float64(n)))
-	for range 50 {
-		x, y := make([]float64, n), make([]float64, n)
-		for i := range n {
-			x[i], y[i] = rng.Float64()*width, rng.Float64()
-		}
-		adj := make([][]int, n)
-		link := func(a, b int) {
-			if !slices.Contains(adj[a], b) {
-				adj[a], adj[b] = append(adj[a], b), append(adj[b], a)
+	if n > minDiam {
+		const width, degree = 3.0, 3.0
+		for range 50 {
+			if adj := ssrsim.RadioMesh(n, width, degree, rng); diameter(adj) >= minDiam {
+				return adj
 			}
-		}
-		for i := range n {
-			for j := i + 1; j < n; j++ {
-				if math.Hypot(x[i]-x[j], y[i]-y[j]) <= radius {
-					link(i, j)
-				}
-			}
-		}
-		// Join stray components to node 0's by their closest pair, as an
-		// operator would add a longer link.
-		for {
-			d := bfs(adj, 0)
-			bi, bj, bd := -1, -1, math.Inf(1)
-			for i := range n {
-				if d[i] >= 0 {
-					continue
-				}
-				for j := range n {
-					if d[j] >= 0 {
-						if h := math.Hypot(x[i]-x[j], y[i]-y[j]); h < bd {
-							bi, bj, bd = i, j, h
-						}
-					}
-				}
-			}
-			if bi < 0 {
-				break
-			}
-			link(bi, bj)
-		}
-		if diameter(adj) >= minDiam {
-			return adj
 		}
 	}
-	return line()
+	adj := make([][]int, n)
+	for i := 0; i+1 < n; i++ {
+		adj[i], adj[i+1] = append(adj[i], i+1), append(adj[i+1], i)
+	}
+	return adj
 }
 
-// bfs returns hop distances from s (-1: unreachable).
-func bfs(adj [][]int, s int) []int32 {
-	dist := make([]int32, len(adj))
-	for i := range dist {
-		dist[i] = -1
-	}
-	dist[s] = 0
-	queue := []int{s}
-	for k := 0; k < len(queue); k++ {
-		u := queue[k]
-		for _, v := range adj[u] {
-			if dist[v] < 0 {
-				dist[v] = dist[u] + 1
-				queue = append(queue, v)
-			}
-		}
-	}
-	return dist
-}
-
+// diameter is the longest shortest path of the mesh adj, in hops.
 func diameter(adj [][]int) int {
 	d := 0
 	for s := range adj {
-		for _, h := range bfs(adj, s) {
+		for _, h := range ssrsim.HopDistances(adj, s) {
 			d = max(d, int(h))
 		}
 	}

@@ -21,24 +21,28 @@
 //		...
 //	}
 //
-// A command's context is cancelled on SIGINT or SIGTERM; a long-running
-// command (node, demo) shuts down, waits for its goroutines and returns nil
-// for a clean stop. Exit codes: 0 success, 1 the command failed, 2 bad usage.
+// A command's context is cancelled on SIGINT, SIGTERM, SIGHUP or SIGPIPE
+// (signals.go); a long-running command shuts down, waits for its goroutines
+// and either returns nil (the node: a stop is what SIGTERM asks for) or
+// prints its partial results and returns the context's cause (demo, sim),
+// which exits 128+signal (130 after Ctrl-C). Requested help goes to stdout.
+// Exit codes: 0 success, 1 the command failed, 2 bad usage, 128+N stopped by
+// signal N.
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 )
 
@@ -51,6 +55,9 @@ var version = "dev"
 type command struct {
 	name    string // the word typed after "sipmesh"
 	summary string // one line for "sipmesh help", lower case, no period
+	// subcommands are the words after name that select another flag set
+	// ("sim dht", "user add"), so that "sipmesh help sim dht" works.
+	subcommands []string
 	// run executes the command. args are the arguments after the command
 	// name. Output goes to stdout and stderr rather than os.Stdout so tests
 	// can capture it. ctx is cancelled on SIGINT/SIGTERM.
@@ -85,11 +92,8 @@ func main() {
 // runMain runs the command named by args[0] and returns the process exit
 // code. It is main without os.Exit, so tests can drive the whole CLI.
 func runMain(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifySignals(stderr)
 	defer stop()
-	// After the first signal, restore the default handlers so that a second
-	// Ctrl-C kills a node whose shutdown is stuck instead of being swallowed.
-	context.AfterFunc(ctx, stop)
 
 	if len(args) == 0 {
 		// A newcomer typing the bare name gets the same list as "help".
@@ -107,22 +111,39 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sipmesh: unknown command %q\nRun 'sipmesh help' for a list of commands.\n", name)
 		return 2
 	}
-	return exitCode(c.name, c.run(ctx, rest, stdout, stderr), stderr)
+	return exitCode(ctx, c.name, c.run(ctx, rest, stdout, stderr), stdout, stderr)
 }
 
-// exitCode reports err on stderr (unless the flag package already did) and
-// maps it to the process exit code.
-func exitCode(name string, err error, stderr io.Writer) int {
-	var ue *usageError
+// exitCode reports err (unless the flag package already did) and maps it to
+// the process exit code. Requested help goes to stdout, so that
+// "sipmesh demo --help | less" shows it.
+func exitCode(ctx context.Context, name string, err error, stdout, stderr io.Writer) int {
+	var (
+		ue   *usageError
+		help *helpRequest
+		sig  *signalError
+	)
 	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		// -h is a request, not a failure: the usage went to stderr already.
+	case err == nil:
+		return 0
+	case errors.As(err, &help):
+		io.WriteString(stdout, help.text)
+		return 0
+	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
 		if !ue.printed {
+			if ue.cmd != "" {
+				name = ue.cmd
+			}
 			fmt.Fprintf(stderr, "sipmesh %s: %v\nRun 'sipmesh help %s' for usage.\n", name, ue.err, name)
 		}
 		return 2
+	case errors.As(err, &sig), errors.Is(err, context.Canceled) && errors.As(context.Cause(ctx), &sig):
+		// Stopped by a signal: the command printed what it had; say why
+		// it ends early, once, without the chain of wrapped cancellations.
+		fmt.Fprintf(stderr, "sipmesh %s: stopped by %v\n", name, sig)
+		return sig.exitCode()
 	default:
 		fmt.Fprintf(stderr, "sipmesh: %v\n", err)
 		return 1
@@ -133,7 +154,8 @@ func exitCode(name string, err error, stderr io.Writer) int {
 // failure of the command itself (exit code 1).
 type usageError struct {
 	err     error
-	printed bool // the flag package already printed it with the usage
+	printed bool   // the flag package already printed it with the usage
+	cmd     string // the (sub)command it belongs to, when not the top one
 }
 
 func (e *usageError) Error() string { return e.err.Error() }
@@ -145,6 +167,23 @@ func usageErrorf(format string, args ...any) error {
 	return &usageError{err: fmt.Errorf(format, args...)}
 }
 
+// inSubcommand marks a usage error of subcommand cmd ("sim dht") so that
+// the hint names its help.
+func inSubcommand(cmd string, err error) error {
+	var ue *usageError
+	if errors.As(err, &ue) && ue.cmd == "" {
+		ue.cmd = cmd
+	}
+	return err
+}
+
+// helpRequest is what parseFlags returns for -h: the usage text, which
+// exitCode prints on stdout with exit status 0. It wraps flag.ErrHelp.
+type helpRequest struct{ text string }
+
+func (h *helpRequest) Error() string { return flag.ErrHelp.Error() }
+func (h *helpRequest) Unwrap() error { return flag.ErrHelp }
+
 // newFlagSet returns a FlagSet for command name that reports errors instead
 // of exiting, so commands stay testable through runMain. argsUsage follows
 // the command name in the usage line ("[flags] ADDR"); doc is the paragraph
@@ -153,29 +192,70 @@ func newFlagSet(name, argsUsage, doc string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("sipmesh "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s\n", strings.TrimSpace("sipmesh "+name+" "+argsUsage))
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: %s\n", strings.TrimSpace("sipmesh "+name+" "+argsUsage))
 		if doc != "" {
-			fmt.Fprintf(stderr, "\n%s\n", strings.TrimSpace(doc))
+			fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(doc))
 		}
 		hasFlags := false
 		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 		if hasFlags {
-			fmt.Fprintf(stderr, "\nFlags:\n")
+			fmt.Fprintf(w, "\nFlags:\n")
 			fs.PrintDefaults()
 		}
 	}
 	return fs
 }
 
-// parseFlags parses args into fs and marks a bad flag as a usage error. The
-// flag package has already printed the error and the usage on fs's output,
-// so runMain only sets the exit code.
+// parseFlags parses args into fs. A bad flag is a usage error whose message
+// and usage it prints on fs's output (stderr); -h returns a helpRequest
+// carrying the usage, which exitCode prints on stdout.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	out := fs.Output()
+	var buf bytes.Buffer
+	fs.SetOutput(&buf)
 	err := fs.Parse(args)
-	if err == nil || errors.Is(err, flag.ErrHelp) {
-		return err
+	fs.SetOutput(out)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		return &helpRequest{text: buf.String()}
 	}
+	out.Write(buf.Bytes())
 	return &usageError{err: err, printed: true}
+}
+
+// optInt is an int flag whose default is computed from other flags
+// ("default phones/2"): unset, it prints no "(default …)" of its own, and
+// the command can tell "not given" from any value, negative ones included.
+type optInt struct {
+	v   int
+	set bool
+}
+
+func (o *optInt) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.Itoa(o.v)
+}
+
+func (o *optInt) Set(s string) error {
+	v, err := strconv.ParseInt(s, 0, strconv.IntSize)
+	if err != nil {
+		return errors.New("not an integer")
+	}
+	o.v, o.set = int(v), true
+	return nil
+}
+
+// or returns the flag's value, or def when it was not given.
+func (o *optInt) or(def int) int {
+	if o.set {
+		return o.v
+	}
+	return def
 }
 
 func printUsage(w io.Writer) {
@@ -195,7 +275,7 @@ func printUsage(w io.Writer) {
 }
 
 func runHelp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("help", "[command]", "Help lists the commands, or shows the flags of one command.", stderr)
+	fs := newFlagSet("help", "[command [subcommand]]", "Help lists the commands, or shows the flags of one command or subcommand.", stderr)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -204,15 +284,23 @@ func runHelp(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		// Asked-for help goes to stdout so it can be piped into a pager.
 		printUsage(stdout)
 		return nil
-	case 1:
+	case 1, 2:
 		c, ok := commands[fs.Arg(0)]
 		if !ok {
 			return usageErrorf("unknown command %q", fs.Arg(0))
 		}
-		// Every command answers -h with its usage and flag.ErrHelp.
-		return c.run(ctx, []string{"-h"}, stdout, stderr)
+		args := []string{"-h"}
+		if fs.NArg() == 2 {
+			// Only a listed subcommand: "help ping ADDR" must not ping.
+			if !slices.Contains(c.subcommands, fs.Arg(1)) {
+				return usageErrorf("%s has no subcommand %q", c.name, fs.Arg(1))
+			}
+			args = []string{fs.Arg(1), "-h"}
+		}
+		// Every command answers -h with its usage in a helpRequest.
+		return c.run(ctx, args, stdout, stderr)
 	default:
-		return usageErrorf("want at most one command name, got %d arguments", fs.NArg())
+		return usageErrorf("want a command and at most one subcommand, got %d arguments", fs.NArg())
 	}
 }
 

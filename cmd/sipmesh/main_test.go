@@ -120,24 +120,30 @@ func TestExitCodes(t *testing.T) {
 		args       []string
 		code       int
 		wantStderr string
+		wantStdout string // requested help goes to stdout, errors to stderr
 	}{
-		{"command error", []string{"fail", "-n", "1", "pipe"}, 1, "sipmesh: broken pipe 1\n"},
-		{"bad flag", []string{"fail", "-bogus", "x"}, 2, "flag provided but not defined: -bogus"},
-		{"bad flag value", []string{"fail", "-n", "many", "x"}, 2, `invalid value "many" for flag -n`},
-		{"missing argument", []string{"fail"}, 2, "sipmesh fail: want one WORD, got 0 arguments"},
-		{"command -h", []string{"fail", "-h"}, 0, "Usage: sipmesh fail [flags] WORD"},
-		{"help command", []string{"help", "fail"}, 0, "Usage: sipmesh fail [flags] WORD"},
-		{"help unknown", []string{"help", "nope"}, 2, `unknown command "nope"`},
-		{"help too many", []string{"help", "a", "b"}, 2, "want at most one command name"},
+		{"command error", []string{"fail", "-n", "1", "pipe"}, 1, "sipmesh: broken pipe 1\n", ""},
+		{"bad flag", []string{"fail", "-bogus", "x"}, 2, "flag provided but not defined: -bogus", ""},
+		{"bad flag value", []string{"fail", "-n", "many", "x"}, 2, `invalid value "many" for flag -n`, ""},
+		{"missing argument", []string{"fail"}, 2, "sipmesh fail: want one WORD, got 0 arguments", ""},
+		{"command -h", []string{"fail", "-h"}, 0, "", "Usage: sipmesh fail [flags] WORD"},
+		{"command --help", []string{"fail", "--help"}, 0, "", "Usage: sipmesh fail [flags] WORD"},
+		{"help command", []string{"help", "fail"}, 0, "", "Usage: sipmesh fail [flags] WORD"},
+		{"help unknown", []string{"help", "nope"}, 2, `unknown command "nope"`, ""},
+		{"help no such subcommand", []string{"help", "fail", "b"}, 2, `fail has no subcommand "b"`, ""},
+		{"help too many", []string{"help", "a", "b", "c"}, 2, "want a command and at most one subcommand", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, _, stderr := run(t, tt.args...)
+			code, stdout, stderr := run(t, tt.args...)
 			if code != tt.code {
 				t.Errorf("exit code %d, want %d; stderr:\n%s", code, tt.code, stderr)
 			}
-			if !strings.Contains(stderr, tt.wantStderr) {
+			if !strings.Contains(stderr, tt.wantStderr) || tt.wantStderr == "" && stderr != "" {
 				t.Errorf("stderr = %q, want it to contain %q", stderr, tt.wantStderr)
+			}
+			if !strings.Contains(stdout, tt.wantStdout) || tt.wantStdout == "" && stdout != "" {
+				t.Errorf("stdout = %q, want it to contain %q", stdout, tt.wantStdout)
 			}
 		})
 	}

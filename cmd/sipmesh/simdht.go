@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,8 +29,9 @@ and reports. An AOR counts as resolvable when gets from several random
 nodes all find its binding; "lost" is checked over every live node's store.`, stderr)
 	nodes := fs.Int("nodes", 100, "number of nodes")
 	aors := fs.Int("aors", 2000, "registration bindings written")
-	kill := fs.Int("kill", 10, "random live nodes killed after the writes")
-	join := fs.Int("join", 10, "nodes joined at the same time")
+	var kill, join optInt
+	fs.Var(&kill, "kill", "`N` random live nodes killed after the writes (default 10 % of --nodes)")
+	fs.Var(&join, "join", "`N` nodes joined at the same time (default as many as --kill)")
 	seed := fs.Uint64("seed", 1, "random seed (same seed, same run)")
 	topo := fs.String("topology", "random", "line, grid or random (geometric radio mesh)")
 	samples := fs.Int("samples", 3, "random asking nodes per AOR in a measurement")
@@ -41,15 +43,21 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 	if fs.NArg() != 0 {
 		return usageErrorf("unexpected arguments %q", fs.Args())
 	}
-	switch {
-	case *nodes < 2:
+	if *nodes < 2 {
 		return usageErrorf("--nodes %d: want at least 2", *nodes)
+	}
+	// Defaults scale with the mesh: 10 % churn (100 nodes: 10).
+	nkill := kill.or(min(int(math.Round(0.1*float64(*nodes))), *nodes-2))
+	njoin := join.or(nkill)
+	switch {
 	case *aors < 1:
 		return usageErrorf("--aors %d: want at least 1", *aors)
-	case *kill < 0 || *kill > *nodes-2:
-		return usageErrorf("--kill %d: want 0..%d", *kill, *nodes-2)
-	case *join < 0:
-		return usageErrorf("--join %d: want ≥ 0", *join)
+	case nkill < 0 || nkill > *nodes-2:
+		return usageErrorf("--kill %d: want 0 to %d (--nodes minus 2)", nkill, *nodes-2)
+	case njoin < 0:
+		return usageErrorf("--join %d: want ≥ 0", njoin)
+	case !slices.Contains(simTopologies, *topo):
+		return usageErrorf("--topology %q: want line, grid or random", *topo)
 	case *replicas < 1 || *replicas > 5:
 		return usageErrorf("--replicas %d: want 1..5", *replicas)
 	case *samples < 1:
@@ -58,7 +66,7 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 	start := time.Now()
 	bar := newProgress(stderr)
 	cfg := dhtsim.Config{
-		Nodes: *nodes, AORs: *aors, Kill: *kill, Join: *join, Seed: *seed, Topology: *topo, Samples: *samples,
+		Nodes: *nodes, AORs: *aors, Kill: nkill, Join: njoin, Seed: *seed, Topology: *topo, Samples: *samples,
 		Progress: func(phase string, virt time.Duration, done float64) {
 			if ctx.Err() == nil {
 				bar.updateDone(phase, virt, done)
@@ -76,26 +84,28 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(stderr, "%d nodes built; simulating (Ctrl-C stops with partial results)\n", *nodes)
 	rep := s.Run()
 	bar.done()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	rep.WallS = math.Round(time.Since(start).Seconds()*100) / 100
 	rep.PeakRSSMB = peakRSSMB()
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		printDHTReport(stdout, rep)
 	}
-	printDHTReport(stdout, rep)
-	return nil
+	// Interrupted: the partial report is out; exit 128+signal.
+	return context.Cause(ctx)
 }
 
 // updateDone is update with a generic "done" bar: the fraction of the
 // ring that is consistent while converging, of requests issued otherwise.
 func (p *progress) updateDone(phase string, virt time.Duration, done float64) {
-	if time.Since(p.last) < 200*time.Millisecond {
+	if !p.tty || time.Since(p.last) < 200*time.Millisecond {
 		return
 	}
 	p.last, p.used = time.Now(), true
@@ -110,21 +120,45 @@ func (p *progress) updateDone(phase string, virt time.Duration, done float64) {
 
 func printDHTReport(w io.Writer, r dhtsim.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "nodes\t%d (seed %d), ring consistent after %.0f s (virtual)\n", r.Nodes, r.Seed, r.RingConvergeS)
-	fmt.Fprintf(tw, "bindings\t%d written (%d failed), value p50 %d bytes, %d copies each\n", r.PutsOK, r.PutsFailed, r.ValueBytesP50, r.Replicas)
-	fmt.Fprintf(tw, "resolvable before\t%.4f  (%d random nodes per AOR)\n", r.ResolvableBefore, r.Samples)
-	fmt.Fprintf(tw, "churn\t%d killed, %d joined\n", r.Killed, r.Joined)
-	if r.RecoveryS >= 0 {
-		fmt.Fprintf(tw, "recovery\t%.1f s (virtual, %d rounds)\n", r.RecoveryS, r.RecoveryRounds)
-	} else {
-		fmt.Fprintf(tw, "recovery\tnot within the limit (%d rounds)\n", r.RecoveryRounds)
+	// A stopped run (r.Interrupted) prints the phases it reached.
+	ring := "consistent"
+	if r.Interrupted == "ring" {
+		ring = "not consistent"
 	}
-	fmt.Fprintf(tw, "resolvable after\t%.4f\n", r.ResolvableAfter)
-	fmt.Fprintf(tw, "lost\t%d  (every copy on a killed node: %d; under-replicated at the end: %d)\n", r.Lost, r.AllCopiesKilled, r.UnderReplicated)
-	fmt.Fprintf(tw, "records per node p95\t%.0f\n", r.RecordsP95)
-	fmt.Fprintf(tw, "lookup\thops p50 %.0f, latency p50 %.0f ms, p95 %.0f ms (%d gets, %d failed)\n", r.LookupHopsP50, r.LookupMsP50, r.LookupMsP95, r.Gets, r.GetsFailed)
+	fmt.Fprintf(tw, "nodes\t%d (seed %d), ring %s after %.0f s (virtual)\n", r.Nodes, r.Seed, ring, r.RingConvergeS)
+	wrote := r.Interrupted != "ring" && r.Interrupted != "settle"
+	if wrote {
+		fmt.Fprintf(tw, "bindings\t%d written (%d failed), value p50 %d bytes, %d copies each\n", r.PutsOK, r.PutsFailed, r.ValueBytesP50, r.Replicas)
+	}
+	if r.ResolvableBefore >= 0 {
+		fmt.Fprintf(tw, "resolvable before\t%.4f  (%d random nodes per AOR)\n", r.ResolvableBefore, r.Samples)
+	}
+	if r.Interrupted == "" || r.RecoveryRounds > 0 {
+		fmt.Fprintf(tw, "churn\t%d killed, %d joined\n", r.Killed, r.Joined)
+		switch {
+		case r.RecoveryS >= 0:
+			fmt.Fprintf(tw, "recovery\t%.1f s (virtual, %d rounds)\n", r.RecoveryS, r.RecoveryRounds)
+		case r.Interrupted != "":
+			fmt.Fprintf(tw, "recovery\tnot yet (%d rounds)\n", r.RecoveryRounds)
+		default:
+			fmt.Fprintf(tw, "recovery\tnot within the limit (%d rounds)\n", r.RecoveryRounds)
+		}
+	}
+	if r.ResolvableAfter >= 0 {
+		fmt.Fprintf(tw, "resolvable after\t%.4f\n", r.ResolvableAfter)
+	}
+	if wrote && r.Interrupted != "write" {
+		fmt.Fprintf(tw, "lost\t%d  (every copy on a killed node: %d; under-replicated at the end: %d)\n", r.Lost, r.AllCopiesKilled, r.UnderReplicated)
+		fmt.Fprintf(tw, "records per node p95\t%.0f\n", r.RecordsP95)
+	}
+	if r.Gets > 0 {
+		fmt.Fprintf(tw, "lookup\thops p50 %.0f, latency p50 %.0f ms, p95 %.0f ms (%d gets, %d failed)\n", r.LookupHopsP50, r.LookupMsP50, r.LookupMsP95, r.Gets, r.GetsFailed)
+	}
 	fmt.Fprintf(tw, "hand-offs\t%d sent, %d acknowledged; %d replica pushes\n", r.HandoffsSent, r.HandoffsAcked, r.Pushed)
 	fmt.Fprintf(tw, "time\t%.0f s virtual in %.1f s wall, peak RSS %.0f MB\n", r.VirtualS, r.WallS, r.PeakRSSMB)
+	if r.Interrupted != "" {
+		fmt.Fprintf(tw, "interrupted\tduring %s: partial results\n", r.Interrupted)
+	}
 	tw.Flush()
 }
 

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,7 +20,8 @@ import (
 )
 
 func init() {
-	register(command{name: "user", summary: "add, remove or list subscribers (user add|del|list)", run: runUser})
+	register(command{name: "user", summary: "add, remove or list subscribers (user add|del|list)", run: runUser,
+		subcommands: []string{"add", "del", "list"}})
 }
 
 // stdin is where `user add` reads the password; tests replace it.
@@ -46,11 +49,11 @@ func runUser(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sub, rest := args[0], args[1:]
 	switch sub {
 	case "add":
-		return runUserAdd(ctx, rest, stdout, stderr)
+		return inSubcommand("user add", runUserAdd(ctx, rest, stdout, stderr))
 	case "del", "delete", "rm":
-		return runUserDel(ctx, rest, stdout, stderr)
+		return inSubcommand("user del", runUserDel(ctx, rest, stdout, stderr))
 	case "list", "ls":
-		return runUserList(ctx, rest, stdout, stderr)
+		return inSubcommand("user list", runUserList(ctx, rest, stdout, stderr))
 	}
 	return usageErrorf("unknown subcommand %q (want add, del or list)", sub)
 }
@@ -69,6 +72,11 @@ func runUserAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := registrar.ValidExt(ext); err != nil {
 		return usageErrorf("%v", err)
 	}
+	// Ask for the password only once a node listens: typing it for nothing
+	// is the worst way to learn that the node is down.
+	if err := checkControl(*control); err != nil {
+		return fmt.Errorf("user add %s: %w", ext, err)
+	}
 	pw, err := readPassword(stderr, ext)
 	if err != nil {
 		return err
@@ -85,6 +93,16 @@ func runUserAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stdout, "stored subscriber %s (sip:%s@mesh)\n", info.Ext, info.Ext)
 	return nil
+}
+
+// checkControl reports whether a node listens on the control socket at
+// path. It only connects: the client never creates files or directories.
+func checkControl(path string) error {
+	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w: %v", path, gateway.ErrNoNode, err)
+	}
+	return c.Close()
 }
 
 // readPassword reads one line from stdin, with terminal echo off when

@@ -24,6 +24,10 @@ type Report struct {
 	VirtualS       float64 `json:"virtual_s"`
 	WallS          float64 `json:"wall_s"`
 	PeakRSSMB      float64 `json:"peak_rss_mb"`
+	// Interrupted names the phase during which Scenario.Stop ended the
+	// run ("converging", "settling", "churn"); what was not measured is
+	// NaN (and Churn nil when the churn had not started).
+	Interrupted string `json:"interrupted,omitempty"`
 }
 
 // Churn reports the second phase: nodes leave and join, the ring heals.
@@ -45,6 +49,12 @@ type Phase struct {
 	StretchP95     float64 `json:"stretch_p95"`
 	// Failures counts the probes that failed, by mode and cause.
 	Failures map[string]int `json:"failures,omitempty"`
+}
+
+// unmeasured marks the delivery figures as not measured (NaN).
+func (p *Phase) unmeasured() {
+	nan := math.NaN()
+	p.DeliveryExact, p.DeliveryClose, p.StretchP50, p.StretchP95 = nan, nan, nan, nan
 }
 
 // measured records a delivery measurement.
@@ -83,19 +93,37 @@ func (s *Sim) Run(sc Scenario) Report {
 	if sc.Limit == 0 {
 		sc.Limit = 30 * time.Minute
 	}
-	rep := Report{Nodes: len(s.nodes), Topology: s.cfg.Topology, Seed: s.cfg.Seed, Probes: sc.Probes}
+	nan := math.NaN()
+	rep := Report{Nodes: len(s.nodes), Topology: s.cfg.Topology, Seed: s.cfg.Seed, Probes: sc.Probes,
+		HopsP50: nan, RouteCacheP95: nan, ControlPerNode: nan}
+	rep.unmeasured()
 	for _, a := range s.topo.adj {
 		rep.Links += len(a)
 	}
 	rep.Links /= 2
 	rep.Diameter = s.diameterEstimate()
+	// interrupted ends a run stopped during phase with what it has.
+	interrupted := func(phase string) bool {
+		if !sc.stopped() {
+			return false
+		}
+		rep.Interrupted = phase
+		rep.VirtualS = math.Round(s.Now().Seconds()*1000) / 1000
+		return true
+	}
 
 	conv, ok := s.converge("converging", sc)
 	rep.ConvergeS, rep.RingConsistent = conv.Seconds(), ok
+	if interrupted("converging") {
+		return rep
+	}
 	sc.logf("t=%v ring consistent: %v, after %v", s.Now().Round(time.Second), ok, conv)
 	// Steady state: fingers fill in; control traffic is measured here.
 	c0, t0 := s.ControlFrames(), s.Now()
 	s.runWithProgress("settling", s.fingerWarmup(), sc)
+	if interrupted("settling") {
+		return rep
+	}
 	rep.ControlPerNode = float64(s.ControlFrames()-c0) / float64(len(s.Live())) / (s.Now() - t0).Seconds()
 	d := s.MeasureDelivery(sc.Probes, 10*time.Second, probeSettle)
 	rep.measured(d)
@@ -106,6 +134,8 @@ func (s *Sim) Run(sc Scenario) Report {
 	if sc.Churn > 0 {
 		k := int(math.Round(sc.Churn * float64(len(s.Live()))))
 		ch := &Churn{Fraction: sc.Churn, Left: k, Joined: k}
+		ch.unmeasured()
+		rep.Churn = ch
 		live := s.Live()
 		s.rng.Shuffle(len(live), func(i, j int) { live[i], live[j] = live[j], live[i] })
 		for _, i := range live[:k] {
@@ -117,11 +147,16 @@ func (s *Sim) Run(sc Scenario) Report {
 		s.Reconnect()
 		conv, ok := s.converge("churn", sc)
 		ch.ConvergeS, ch.RingConsistent = conv.Seconds(), ok
+		if interrupted("churn") {
+			return rep
+		}
 		sc.logf("t=%v after %d left and %d joined: ring consistent: %v, after %v", s.Now().Round(time.Second), k, k, ok, conv)
 		s.runWithProgress("settling", s.fingerWarmup(), sc)
+		if interrupted("settling after churn") {
+			return rep
+		}
 		d := s.MeasureDelivery(sc.Probes, 10*time.Second, probeSettle)
 		ch.measured(d)
-		rep.Churn = ch
 	}
 	rep.VirtualS = math.Round(s.Now().Seconds()*1000) / 1000
 	return rep

@@ -7,12 +7,12 @@ package ssrsim
 
 import (
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/stats"
 	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
@@ -455,18 +455,10 @@ func (s *Sim) MeasureDelivery(count int, spread, settle time.Duration) DeliveryR
 	}
 	res.Exact /= float64(max(res.exactN, 1))
 	res.Closest /= float64(max(res.closestN, 1))
-	res.StretchP50, res.StretchP95 = quantile(stretch, 0.5), quantile(stretch, 0.95)
-	res.HopsP50 = quantile(hops, 0.5)
+	res.StretchP50, res.StretchP95 = stats.Quantile(stretch, 0.5), stats.Quantile(stretch, 0.95)
+	res.HopsP50 = stats.Quantile(hops, 0.5)
 	clear(s.probes)
 	return res
-}
-
-func quantile(v []float64, q float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	slices.Sort(v)
-	return v[min(len(v)-1, int(q*float64(len(v))))]
 }
 
 // CacheP95 is the 95th percentile of route cache entries per live node.
@@ -477,7 +469,7 @@ func (s *Sim) CacheP95() float64 {
 			v = append(v, float64(n.node.CacheLen()))
 		}
 	}
-	return quantile(v, 0.95)
+	return stats.Quantile(v, 0.95)
 }
 
 // ControlFrames is the total of control frames sent by live nodes.

@@ -2,6 +2,7 @@ package ssrsim
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -91,5 +92,33 @@ func TestBadConfig(t *testing.T) {
 	}
 	if _, err := New(Config{Nodes: 1, Topology: "line"}); err == nil {
 		t.Error("one node accepted")
+	}
+}
+
+// TestStopInEveryPhase stops runs during each phase, as Ctrl-C does
+// through Scenario.Stop: the report names the phase and leaves what it
+// did not measure NaN rather than a made-up zero.
+func TestStopInEveryPhase(t *testing.T) {
+	for _, phase := range []string{"converging", "settling", "churn"} {
+		t.Run(phase, func(t *testing.T) {
+			s, err := New(Config{Nodes: 40, Topology: "random", Seed: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := false
+			r := s.Run(Scenario{Churn: 0.1, Probes: 50,
+				Progress: func(p string, _ time.Duration, _ float64) { stop = stop || p == phase },
+				Stop:     func() bool { return stop }})
+			if r.Interrupted != phase {
+				t.Fatalf("interrupted during %q, want %q", r.Interrupted, phase)
+			}
+			measured := phase == "churn"
+			if !math.IsNaN(r.DeliveryExact) != measured || !math.IsNaN(r.ControlPerNode) != measured {
+				t.Errorf("delivery %v, control %v; measured before the stop: %v", r.DeliveryExact, r.ControlPerNode, measured)
+			}
+			if c := r.Churn; measured && (c == nil || !math.IsNaN(c.DeliveryExact)) {
+				t.Errorf("churn phase %+v, want its delivery not measured", c)
+			}
+		})
 	}
 }

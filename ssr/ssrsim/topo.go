@@ -47,25 +47,50 @@ func makeTopology(kind string, n int, rng *rand.Rand) (*topology, error) {
 			}
 		}
 	case "random":
-		// A random geometric graph in the unit square (routers hear each
-		// other within a radius), patched to one connected component.
-		t.radius = math.Sqrt(meanDegree / (math.Pi * float64(n)))
-		t.cell = make(map[[2]int][]int)
-		for i := range t.x {
-			t.place(i, rng.Float64(), rng.Float64())
-		}
-		for i := 0; i < n; i++ {
-			for _, j := range t.inRange(i) {
-				if j > i {
-					t.addEdge(i, j)
-				}
-			}
-		}
-		t.connect(nil)
+		t.geometric(1, meanDegree, rng)
 	default:
 		return nil, fmt.Errorf("ssrsim: unknown topology %q (want line, grid or random)", kind)
 	}
 	return t, nil
+}
+
+// RadioMesh returns the adjacency lists of a connected random radio mesh
+// of n routers: a random geometric graph (routers at random spots of a
+// width × 1 strip hear each other within the radius that gives about
+// degree neighbours each), patched to one component by linking each
+// stray component to the largest by its geometrically closest pair, as an
+// operator would add a longer link. It is the "random" topology of Sim
+// (width 1, degree 8) and the demo's mesh (a wider, sparser strip, so that
+// a dozen routers span several hops).
+func RadioMesh(n int, width, degree float64, rng *rand.Rand) [][]int {
+	t := &topology{adj: make([][]int, n), x: make([]float64, n), y: make([]float64, n)}
+	t.geometric(width, degree, rng)
+	return t.adj
+}
+
+// geometric places the nodes of t at random in a width × 1 strip and links
+// those within radio range, then connects the graph.
+func (t *topology) geometric(width, degree float64, rng *rand.Rand) {
+	n := len(t.adj)
+	t.radius = math.Sqrt(degree * width / (math.Pi * float64(n)))
+	t.cell = make(map[[2]int][]int)
+	for i := range t.x {
+		t.place(i, rng.Float64()*width, rng.Float64())
+	}
+	for i := 0; i < n; i++ {
+		for _, j := range t.inRange(i) {
+			if j > i {
+				t.addEdge(i, j)
+			}
+		}
+	}
+	t.connect(nil)
+}
+
+// HopDistances returns the hop distance from s to every node of the graph
+// adj (-1: unreachable).
+func HopDistances(adj [][]int, s int) []int32 {
+	return bfs(adj, nil, s, make([]int32, len(adj)), nil)
 }
 
 // inRange lists the nodes within radius of i, using the cell index so the
@@ -151,7 +176,8 @@ func components(adj [][]int, alive []bool) [][]int {
 	return out
 }
 
-// bfs returns hop distances from s over live nodes (-1: unreachable).
+// bfs returns hop distances from s over live nodes (alive nil: all) into
+// dist (-1: unreachable).
 func bfs(adj [][]int, alive []bool, s int, dist []int32, queue []int) []int32 {
 	for i := range dist {
 		dist[i] = -1
@@ -161,7 +187,7 @@ func bfs(adj [][]int, alive []bool, s int, dist []int32, queue []int) []int32 {
 	for k := 0; k < len(queue); k++ {
 		u := queue[k]
 		for _, v := range adj[u] {
-			if dist[v] < 0 && alive[v] {
+			if dist[v] < 0 && (alive == nil || alive[v]) {
 				dist[v] = dist[u] + 1
 				queue = append(queue, v)
 			}

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/stats"
 	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
@@ -98,6 +99,10 @@ type Report struct {
 	VirtualS        float64 `json:"virtual_s"`
 	WallS           float64 `json:"wall_s"`
 	PeakRSSMB       float64 `json:"peak_rss_mb"`
+	// Interrupted names the phase during which Config.Stop ended the run
+	// ("ring", "write", "measure", "recover", …); the measurements not
+	// reached are -1 (Killed and Joined 0 when the churn was not reached).
+	Interrupted string `json:"interrupted,omitempty"`
 }
 
 // Sim is a DHT on a simulated mesh.
@@ -310,22 +315,49 @@ func (s *Sim) progress(phase string, done float64) {
 // measure.
 func (s *Sim) Run() Report {
 	cfg := s.cfg
-	rep := Report{Nodes: cfg.Nodes, AORs: cfg.AORs, Killed: cfg.Kill, Joined: cfg.Join, Seed: cfg.Seed,
-		Replicas: dht.DefaultParams.Replicas, Samples: cfg.Samples, RecoveryS: -1}
+	rep := Report{Nodes: cfg.Nodes, AORs: cfg.AORs, Seed: cfg.Seed,
+		Replicas: dht.DefaultParams.Replicas, Samples: cfg.Samples, RecoveryS: -1,
+		ResolvableBefore: -1, ResolvableAfter: -1, LookupHopsP50: -1, LookupMsP50: -1, LookupMsP95: -1}
 	if cfg.Params.Replicas > 0 {
 		rep.Replicas = cfg.Params.Replicas
 	}
+	var hops, ms []float64
+	// interrupted ends a run stopped during phase with what it has.
+	interrupted := func(phase string) bool {
+		if !s.stopped() {
+			return false
+		}
+		rep.Interrupted = phase
+		s.finish(&rep, hops, ms)
+		return true
+	}
 	conv, ok := s.converge("ring")
 	rep.RingConvergeS = conv.Seconds()
+	if interrupted("ring") {
+		return rep
+	}
 	s.logf("ring consistent: %v", ok)
 	s.runFor("settle", 10*time.Second)
+	if interrupted("settle") {
+		return rep
+	}
 
 	s.write(&rep)
+	if interrupted("write") {
+		return rep
+	}
 	s.logf("%d bindings written, %d failed", rep.PutsOK, rep.PutsFailed)
 	s.runFor("replicate", 3*s.syncInterval())
-	var hops, ms []float64
-	rep.ResolvableBefore = s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	if interrupted("replicate") {
+		return rep
+	}
+	f := s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	if interrupted("measure") {
+		return rep
+	}
+	rep.ResolvableBefore = f
 	s.logf("resolvable before churn: %.4f", rep.ResolvableBefore)
+	rep.Killed, rep.Joined = cfg.Kill, cfg.Join
 
 	// Churn: random live nodes die (adjacent or not, as chance has it);
 	// new ones join at random places.
@@ -344,6 +376,9 @@ func (s *Sim) Run() Report {
 		rep.RecoveryRounds++
 		var h, m []float64
 		f, bad := s.measureBad("recover", 1, nil, &h, &m)
+		if s.stopped() {
+			break // a partial round proves nothing
+		}
 		// Done when every AOR that still has a copy somewhere resolves:
 		// the lost ones (every copy died) never will.
 		copies := s.copies()
@@ -365,8 +400,22 @@ func (s *Sim) Run() Report {
 		s.runFor("recover", 2*time.Second)
 	}
 	s.runFor("settle", s.syncInterval())
-	rep.ResolvableAfter = s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	if interrupted("recover") {
+		return rep
+	}
+	f = s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	if interrupted("measure") {
+		return rep
+	}
+	rep.ResolvableAfter = f
 	s.logf("resolvable after churn: %.4f", rep.ResolvableAfter)
+	s.finish(&rep, hops, ms)
+	return rep
+}
+
+// finish fills in the report's lookup statistics, ground truth, store
+// sizes and counters: the parts that are known whenever the run ends.
+func (s *Sim) finish(rep *Report, hops, ms []float64) {
 	rep.LookupHopsP50 = quantile(hops, 0.5)
 	rep.LookupMsP50 = quantile(ms, 0.5)
 	rep.LookupMsP95 = quantile(ms, 0.95)
@@ -379,12 +428,11 @@ func (s *Sim) Run() Report {
 	rep.RecordsP95 = quantile(recs, 0.95)
 	for _, n := range s.nodes {
 		if n.alive {
-			s.addMetrics(&rep, n.d.Metrics())
+			s.addMetrics(rep, n.d.Metrics())
 		}
 	}
-	s.addMetrics(&rep, s.gone)
+	s.addMetrics(rep, s.gone)
 	rep.VirtualS = s.ss.Now().Seconds()
-	return rep
 }
 
 func (s *Sim) addMetrics(rep *Report, m dht.Metrics) {
@@ -500,13 +548,22 @@ func (s *Sim) write(rep *Report) {
 		}
 		s.waiting[opKey{i, id}] = o
 	})
+	// A stopped run issued only a prefix of the writes: the rest are not
+	// AORs of this run.
+	n := 0
+	for n < len(ops) && ops[n] != nil {
+		n++
+	}
+	ops, s.aors = ops[:n], s.aors[:n]
 	for k, o := range ops {
-		if o.done && o.res.Err == nil {
+		switch {
+		case o.done && o.res.Err == nil:
 			s.aors[k].ok = true
 			rep.PutsOK++
-		} else {
+		case o.done || !s.stopped():
 			rep.PutsFailed++
 		}
+		// else: still in flight when the run was stopped
 	}
 	rep.ValueBytesP50 = int(quantile(sizes, 0.5))
 }
@@ -554,6 +611,9 @@ func (s *Sim) measureBad(phase string, samples int, rep *Report, hops, ms *[]flo
 	clear(s.waiting)
 	bad := make([]bool, len(s.aors))
 	for _, o := range ops {
+		if o == nil {
+			break // not issued: the run was stopped
+		}
 		ok := o.done && o.res.Err == nil && s.found(o.aor, o.res.Records)
 		if !ok {
 			bad[o.aor] = true
@@ -653,12 +713,13 @@ func (s *Sim) groundTruth(r int) (lost, under int) {
 	return lost, under
 }
 
+// quantile is stats.Quantile with -1 for "no data": the report is JSON,
+// which has no NaN.
 func quantile(v []float64, q float64) float64 {
-	if len(v) == 0 {
-		return -1
+	if x := stats.Quantile(v, q); !math.IsNaN(x) {
+		return x
 	}
-	slices.Sort(v)
-	return v[min(len(v)-1, int(q*float64(len(v))))]
+	return -1
 }
 
 // Binding is the default value generator: a registration binding as the

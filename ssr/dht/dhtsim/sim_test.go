@@ -2,6 +2,7 @@ package dhtsim
 
 import (
 	"testing"
+	"time"
 )
 
 // TestChurn runs the real SSR and DHT code on a random radio mesh: 10 % of
@@ -73,5 +74,50 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := New(c); err == nil {
 			t.Errorf("%+v accepted", c)
 		}
+	}
+}
+
+// TestStopInEveryPhase stops runs in the middle of each phase (as Ctrl-C
+// does through Config.Stop): Run returns a partial report naming the
+// phase, without a panic, counting no write still in flight as failed and
+// claiming no measurement it did not finish.
+func TestStopInEveryPhase(t *testing.T) {
+	for _, phase := range []string{"ring", "write", "measure", "recover"} {
+		t.Run(phase, func(t *testing.T) {
+			stop := false
+			cfg := Config{Nodes: 30, AORs: 300, Kill: 3, Join: 3, Seed: 2, Samples: 2,
+				Progress: func(p string, _ time.Duration, done float64) {
+					// Half-way through the phase's requests (or its
+					// first second, for the ring).
+					if p == phase && (p == "ring" || done >= 0.5) {
+						stop = true
+					}
+				},
+				Stop: func() bool { return stop },
+			}
+			s, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep := s.Run()
+			if !stop || rep.Interrupted != phase {
+				t.Fatalf("stopped %v, report interrupted during %q; want %q", stop, rep.Interrupted, phase)
+			}
+			if rep.PutsFailed != 0 {
+				t.Errorf("%d puts counted failed; the run was only stopped", rep.PutsFailed)
+			}
+			if phase == "write" && (rep.PutsOK == 0 || rep.PutsOK >= cfg.AORs) {
+				t.Errorf("stopped half-way through the writes, %d of %d acknowledged", rep.PutsOK, cfg.AORs)
+			}
+			if rep.ResolvableAfter != -1 {
+				t.Errorf("resolvable after churn %v, want -1 (not measured)", rep.ResolvableAfter)
+			}
+			if phase != "recover" && rep.ResolvableBefore != -1 {
+				t.Errorf("resolvable before churn %v, want -1 (not measured)", rep.ResolvableBefore)
+			}
+			if phase == "recover" && (rep.RecoveryS != -1 || rep.Killed != 3) {
+				t.Errorf("recovery %v s after %d killed; want -1 after 3", rep.RecoveryS, rep.Killed)
+			}
+		})
 	}
 }
