@@ -178,6 +178,26 @@ func (s *leaseStore) probedFreeFor(ip netip.Addr, key clientKey, now time.Time) 
 	return ok && m.state == probedFree && m.key == key && now.Sub(m.at) < probeValid
 }
 
+// probedForKey returns an address a fresh probe found free for key and
+// that is still assignable to it. O(probes), which the pool bounds.
+func (s *leaseStore) probedForKey(key clientKey, mac net.HardwareAddr, now time.Time) (netip.Addr, bool) {
+	for ip, m := range s.probes {
+		if m.state == probedFree && m.key == key && now.Sub(m.at) < probeValid {
+			if s.assignable(ip, key, mac, now) || s.reclaimCandidate(ip, key, now) {
+				return ip, true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// reclaimCandidate reports whether ip holds a first lease old enough to
+// be reclaimed if its address is silent.
+func (s *leaseStore) reclaimCandidate(ip netip.Addr, key clientKey, now time.Time) bool {
+	e := s.byIP[ip]
+	return e != nil && e.state == stateBound && e.first && e.key != key && now.Sub(e.granted) >= reclaimAfter && s.inPool(ip)
+}
+
 // needProbe decides whether ip must be probed before it is offered to
 // key: it returns false when it may be offered now (the client's own
 // unexpired binding, or a fresh probe found it free for this client),
@@ -230,11 +250,8 @@ func (s *leaseStore) probed(ip netip.Addr, key clientKey, inUse bool, now time.T
 func (s *leaseStore) reclaimable(key clientKey, now time.Time) (netip.Addr, bool) {
 	var best *entry
 	for ip, e := range s.byIP {
-		if e.state != stateBound || !e.first || e.key == key || now.Sub(e.granted) < reclaimAfter || !s.inPool(ip) {
+		if !s.reclaimCandidate(ip, key, now) {
 			continue
-		}
-		if s.probedFreeFor(ip, key, now) {
-			return ip, true
 		}
 		if m, ok := s.probes[ip]; ok && (m.state == probedAlive && now.Sub(m.at) < aliveFor || s.probeBusy(ip, key, now)) {
 			continue
@@ -379,6 +396,8 @@ func (s *leaseStore) offer(key clientKey, mac net.HardwareAddr, requested netip.
 		ip = e.ip
 	} else if requested.IsValid() && s.assignable(requested, key, mac, now) {
 		ip = requested
+	} else if p, ok := s.probedForKey(key, mac, now); ok {
+		ip = p // the DISCOVER re-run after its probe
 	} else {
 		var ok bool
 		if ip, ok = s.pick(key, mac, now); !ok {
