@@ -42,8 +42,9 @@ func checkStore(t *testing.T, s *leaseStore) {
 	}
 }
 
-// FuzzHandle feeds arbitrary datagrams to the server, interleaved with a
-// legitimate client's exchanges: it must never panic, the store must stay
+// FuzzHandle feeds arbitrary datagrams to the server (packet in, reply
+// out), interleaved with a legitimate client's exchanges: it must never
+// panic, every reply must decode, the store must stay
 // consistent, the lease file must stay loadable, and the legitimate
 // client's lease must survive.
 func FuzzHandle(f *testing.F) {
@@ -77,15 +78,35 @@ func FuzzHandle(f *testing.F) {
 			c.Reservations = []Reservation{{MAC: mac(3), IP: netip.MustParseAddr("10.64.7.20"), Extension: "203"}}
 		})
 		good := e.lease(mac(1))
-		e.srv.Handle(pkt, clientPort)
+		// Every reply the input draws decodes, is a BOOTREPLY for the
+		// input's transaction and fits a 576-byte datagram unless the
+		// client allowed more: what the client receives is readable.
+		handle := func(p []byte) {
+			r, ok := e.srv.Handle(p, clientPort)
+			if !ok {
+				return
+			}
+			m, err := dhcpv4.FromBytes(r.Packet)
+			if err != nil {
+				t.Fatalf("reply does not decode: %v", err)
+			}
+			in, _ := dhcpv4.FromBytes(p)
+			if m.OpCode != dhcpv4.OpcodeBootReply || in == nil || m.TransactionID != in.TransactionID {
+				t.Fatalf("reply %v for %v", m.Summary(), in)
+			}
+			if len(r.Packet) > 1500-28 {
+				t.Fatalf("reply of %d bytes", len(r.Packet))
+			}
+		}
+		handle(pkt)
 		// The same bytes as a second client (other MAC) and after time
 		// passes: state-dependent paths.
 		if len(pkt) >= 34 {
 			p2 := append([]byte(nil), pkt...)
 			binary.BigEndian.PutUint32(p2[30:34], 0x00000002)
 			e.clock.Advance(time.Duration(advance%7200) * time.Second)
-			e.srv.Handle(p2, clientPort)
-			e.srv.Handle(pkt, clientPort)
+			handle(p2)
+			handle(pkt)
 		}
 		checkStore(t, e.srv.store)
 		// The legitimate client's renewal is answered (ACK, or NAK if the
