@@ -90,9 +90,11 @@ type DHCPConfig struct {
 	// client that does not hold it (RFC 2131 §2.2); an address that
 	// answers is quarantined for DeclineHold. With a Prober, when the pool
 	// is exhausted the oldest first lease (unrenewed, over 30 s old) whose
-	// address does not answer is reclaimed. Nil: no probes (NewICMPProber
-	// on a real node).
+	// address does not answer is reclaimed. Nil: an ICMPProber when
+	// Network is netx.Kernel (a real node), else no probes.
 	Prober Prober
+	// NoProbe turns probing off even on netx.Kernel.
+	NoProbe bool
 	// MaxProbes bounds the probes in flight (default 4); a DISCOVER that
 	// needs a probe beyond it is dropped (the client retransmits).
 	MaxProbes int
@@ -275,6 +277,12 @@ func NewDHCPServer(cfg DHCPConfig) (*DHCPServer, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if _, kernel := cfg.Network.(netx.Kernel); cfg.Prober == nil && kernel {
+		cfg.Prober = &ICMPProber{Network: cfg.Network}
+	}
+	if cfg.NoProbe {
+		cfg.Prober = nil
 	}
 	s := &DHCPServer{cfg: cfg, now: cfg.Now, log: cfg.Logger, params: make(map[uint8][]byte)}
 	if s.log == nil {
@@ -474,7 +482,9 @@ func (s *DHCPServer) Run(ctx context.Context) error {
 					return
 				}
 				if err != nil {
-					s.log.Error("address probe failed; offering unprobed", "addr", r.Probe, "err", err)
+					// Rate-limited: a prober that cannot open its socket
+					// fails every time.
+					s.warn("address probe failed; offering unprobed", "addr", r.Probe, "err", err)
 				}
 				s.ProbeResult(r, inUse)
 				var ok bool
