@@ -40,8 +40,20 @@ type Config struct {
 	QueryTimeout time.Duration
 	// MaxInflight bounds concurrent upstream look-ups, and separately
 	// concurrent zone look-ups; default 256 each. Beyond it queries get
-	// SERVFAIL.
+	// SERVFAIL. Concurrent look-ups of the same name and type share one
+	// upstream exchange (and one slot).
 	MaxInflight int
+	// ForwardRate caps the upstream look-ups of the whole node per second
+	// (a token bucket of ForwardBurst), on top of the per-source Rate:
+	// without it 64 LAN sources asking random names each within their own
+	// rate had every query forwarded. Defaults 200/s and 400: a LAN of 250
+	// hosts making one uncached look-up every second or two stays under
+	// it, and 200 queries/s (about 20 KB/s) is what a gateway's resolver
+	// across a few radio hops can take from one node. Cache hits and the
+	// .mesh zone are never capped. Look-ups over the cap get SERVFAIL at
+	// once (see errCapped). -1 disables the cap.
+	ForwardRate  float64
+	ForwardBurst int
 	// CacheSize bounds the upstream answer cache in entries; default 4096.
 	// Negative: no cache.
 	CacheSize int
@@ -106,6 +118,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 256
+	}
+	if c.ForwardRate == 0 {
+		c.ForwardRate = 200
+	}
+	if c.ForwardBurst == 0 {
+		c.ForwardBurst = 400
 	}
 	if c.CacheSize == 0 {
 		c.CacheSize = 4096
@@ -191,6 +209,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("dns64: config: NegativeTTL %v: want 1s..3h (RFC 2308 §5)", c.NegativeTTL)
 	case c.UDPSize < 512:
 		return fmt.Errorf("dns64: config: UDPSize %d: below 512 (RFC 6891 §6.2.5)", c.UDPSize)
+	case c.ForwardRate < 0 && c.ForwardRate != -1 || c.ForwardBurst < 1:
+		return errors.New("dns64: config: ForwardRate must be > 0 (or -1: no cap) and ForwardBurst ≥ 1")
 	case c.Rate < 0 || c.Burst < 1:
 		return errors.New("dns64: config: Rate must be ≥ 0 and Burst ≥ 1")
 	case c.MaxSources < 1:

@@ -26,5 +26,10 @@
 // The server is not a DNSSEC validator and asks upstreams without DO, so
 // its answers carry no DNSSEC records. Every resource is bounded: queries
 // per source address (a token bucket in a table of bounded size), TCP
-// connections, upstream and zone look-ups in flight, the cache.
+// connections, upstream and zone look-ups in flight, the cache, and the
+// node's upstream look-ups per second (one token bucket for all sources;
+// over it a query gets SERVFAIL at once, while cached answers and the .mesh
+// zone are never capped). Identical upstream look-ups in progress share one
+// exchange. Log lines naming what a client asked for are rate-limited and
+// truncated (internal/ratelog).
 package dns64

@@ -3,9 +3,11 @@ package dns64
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -54,7 +56,8 @@ func (w *captureWriter) RemoteAddr() net.Addr      { return &net.UDPAddr{} }
 // FuzzServer feeds arbitrary query bytes through the path the miekg server
 // takes (header check, unpack) into respond, with arbitrary bytes as every
 // upstream answer, so the DNS64 logic sees hostile upstream data too. The
-// reply must pack and, over UDP, fit the size the query allows.
+// reply must pack, parse back and, over UDP, fit the size the query
+// allows.
 func FuzzServer(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s[0], s[1])
@@ -65,6 +68,9 @@ func FuzzServer(f *testing.F) {
 		Zone:      testZone,
 		Upstreams: []netip.AddrPort{netip.AddrPortFrom(upV4, 53)},
 		CacheSize: -1, // each input on its own
+		// Without a cap: the fuzzer's millions of look-ups would all get
+		// SERVFAIL after the first few hundred and explore nothing else.
+		ForwardRate: -1,
 	})
 	if err != nil {
 		f.Fatal(err)
@@ -103,6 +109,15 @@ func FuzzServer(f *testing.F) {
 			if m.Id != req.Id || !m.Response {
 				t.Fatalf("reply header %+v", m.MsgHdr)
 			}
+			// What the client receives parses back (a stub must be able
+			// to read every answer), with the question echoed.
+			var back dns.Msg
+			if err := back.Unpack(b); err != nil {
+				t.Fatalf("reply does not parse: %v\n%v", err, m)
+			}
+			if len(back.Question) != len(req.Question) {
+				t.Fatalf("reply has %d questions, query %d", len(back.Question), len(req.Question))
+			}
 		}
 	})
 }
@@ -121,4 +136,81 @@ func dnsHeader(m *dns.Msg) dns.Header {
 	h.Nscount = uint16(len(m.Ns))
 	h.Arcount = uint16(len(m.Extra))
 	return h
+}
+
+// FuzzServeUDP is the server end to end: arbitrary bytes arrive as a UDP
+// datagram at a running Server (miekg's header check, unpacking and
+// FORMERR path, the rate limiter's reader, respond, the reply's packing),
+// with the test upstream behind it. Whatever comes back must parse, and a
+// liveness query sent after it must still be answered.
+func FuzzServeUDP(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s[0])
+	}
+	f.Add([]byte{})
+	f.Add(make([]byte, 12))
+	f.Add([]byte{0xab, 0xcd, 0x01, 0x00, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1})
+
+	tn := newTestNet(f)
+	up := newUpstream(f)
+	ctx := context.Background()
+	upc, err := tn.uph.ListenPacket(ctx, "udp", "10.0.0.53:53")
+	if err != nil {
+		f.Fatal(err)
+	}
+	upl, err := tn.uph.Listen(ctx, "tcp", "10.0.0.53:53")
+	if err != nil {
+		f.Fatal(err)
+	}
+	serveMiekg(f, up, upc, upl)
+	srv := startServer(f, Config{
+		Network:   tn.node,
+		Listen:    []Listen{{Addr: nodeV4}},
+		Port:      -1,
+		Zone:      testZone,
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(upV4, 53)},
+		Rate:      1e9, Burst: 1 << 30, // the fuzzer is one source sending fast
+		ForwardRate: -1,
+		Logger:      slog.New(slog.DiscardHandler),
+	}, make(chan error, 1))
+	to := net.UDPAddrFromAddrPort(srv.Addrs()[0])
+	pc, err := tn.client.ListenPacket(ctx, "udp4", "10.0.0.2:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { pc.Close() })
+	live := question("sipserver.mesh.", dns.TypeA)
+	var liveID uint16
+	buf := make([]byte, 65536)
+
+	f.Fuzz(func(t *testing.T, b []byte) {
+		// The LAN's MTU (1500) bounds a datagram; memnet refuses more.
+		b = b[:min(len(b), 1400)]
+		if _, err := pc.WriteTo(b, to); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		liveID++
+		live.Id = liveID
+		lb, _ := live.Pack()
+		if _, err := pc.WriteTo(lb, to); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		// Replies to the input (none, or one) and to the liveness query
+		// arrive in either order; stale replies of earlier inputs whose
+		// look-ups took longer may arrive too.
+		for {
+			pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("no answer to the liveness query after the input: %v", err)
+			}
+			var m dns.Msg
+			if err := m.Unpack(buf[:n]); err != nil {
+				t.Fatalf("reply does not parse: %v\n% x", err, buf[:n])
+			}
+			if m.Id == live.Id && len(m.Question) == 1 && m.Question[0].Name == "sipserver.mesh." && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 {
+				return
+			}
+		}
+	})
 }

@@ -60,8 +60,13 @@ func (l *limiter) allow(src netip.Addr) bool {
 }
 
 func (l *limiter) takeLocked(b *bucket, now time.Time) bool {
+	return b.take(now, l.rate, l.burst)
+}
+
+// take refills b at rate up to burst and takes one token if there is one.
+func (b *bucket) take(now time.Time, rate, burst float64) bool {
 	if el := now.Sub(b.last).Seconds(); el > 0 {
-		b.tokens = min(l.burst, b.tokens+el*l.rate)
+		b.tokens = min(burst, b.tokens+el*rate)
 	}
 	b.last = now
 	if b.tokens < 1 {

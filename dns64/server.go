@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 )
 
 // Server is the DNS server of one node. Create it with New, run it with
@@ -24,8 +26,15 @@ type Server struct {
 	cache *cache
 	lim   *limiter
 	sem   chan struct{} // bounds upstream look-ups in flight (Config.MaxInflight)
-	zsem  chan struct{} // bounds zone look-ups in flight, apart: a slow upstream must not starve .mesh
-	stats counters
+	fwd   *forwardCap   // the node's cap on upstream look-ups (Config.ForwardRate)
+	// peerLog logs what peers cause (names they asked for), rate-limited
+	// and truncated.
+	peerLog *slog.Logger
+
+	flightMu sync.Mutex
+	flights  map[cacheKey]*flight // upstream look-ups in progress; ≤ MaxInflight, each holds a sem slot
+	zsem     chan struct{}        // bounds zone look-ups in flight, apart: a slow upstream must not starve .mesh
+	stats    counters
 
 	running atomic.Bool
 	ready   chan struct{}
@@ -38,7 +47,7 @@ type Server struct {
 
 type counters struct {
 	queries, mesh, forwarded, synthesized, cacheHits, tcpRetries,
-	rateLimited, malformed, busy atomic.Uint64
+	rateLimited, malformed, busy, capped, coalesced atomic.Uint64
 }
 
 // Stats are the server's counters since New.
@@ -52,6 +61,8 @@ type Stats struct {
 	RateLimited uint64 // queries and TCP connections dropped by the rate limit
 	Malformed   uint64 // messages that did not parse (answered FORMERR if they had a header)
 	Busy        uint64 // look-ups refused because MaxInflight were running
+	Capped      uint64 // look-ups refused by the node's ForwardRate cap
+	Coalesced   uint64 // look-ups that joined an identical one in progress
 }
 
 // New validates cfg and returns a Server.
@@ -67,13 +78,16 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{
-		cfg:   cfg,
-		log:   cfg.Logger.With("component", "dns64"),
-		lim:   newLimiter(cfg.Rate, cfg.Burst, cfg.MaxSources, cfg.Now),
-		sem:   make(chan struct{}, cfg.MaxInflight),
-		zsem:  make(chan struct{}, cfg.MaxInflight),
-		ready: make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "dns64"),
+		lim:     newLimiter(cfg.Rate, cfg.Burst, cfg.MaxSources, cfg.Now),
+		sem:     make(chan struct{}, cfg.MaxInflight),
+		zsem:    make(chan struct{}, cfg.MaxInflight),
+		fwd:     newForwardCap(cfg.ForwardRate, cfg.ForwardBurst, cfg.Now),
+		flights: make(map[cacheKey]*flight),
+		ready:   make(chan struct{}),
 	}
+	s.peerLog = slog.New(ratelog.New(s.log.Handler(), ratelog.Options{Now: cfg.Now}))
 	if cfg.CacheSize > 0 {
 		s.cache = newCache(cfg.CacheSize, cfg.CacheMaxTTL)
 	}
@@ -85,7 +99,8 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{Queries: c.queries.Load(), Mesh: c.mesh.Load(), Forwarded: c.forwarded.Load(),
 		Synthesized: c.synthesized.Load(), CacheHits: c.cacheHits.Load(), TCPRetries: c.tcpRetries.Load(),
-		RateLimited: c.rateLimited.Load(), Malformed: c.malformed.Load(), Busy: c.busy.Load()}
+		RateLimited: c.rateLimited.Load(), Malformed: c.malformed.Load(), Busy: c.busy.Load(),
+		Capped: c.capped.Load(), Coalesced: c.coalesced.Load()}
 }
 
 // Ready is closed once Run has opened every socket.
@@ -236,7 +251,7 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	defer cancel()
 	m := h.s.respond(ctx, req, h.self, h.tcp)
 	if err := w.WriteMsg(m); err != nil {
-		h.s.log.Debug("write reply", "to", w.RemoteAddr(), "err", err)
+		h.s.peerLog.Debug("write reply", "to", w.RemoteAddr(), "err", err)
 	}
 }
 
@@ -331,7 +346,7 @@ func fit(m *dns.Msg, size int) {
 
 func (s *Server) invalid(m []byte, err error) {
 	s.stats.malformed.Add(1)
-	s.log.Debug("malformed query", "len", len(m), "err", err)
+	s.peerLog.Debug("malformed query", "len", len(m), "err", err)
 }
 
 // limitReader wraps the miekg reader so that queries over the per-source

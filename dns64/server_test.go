@@ -3,10 +3,14 @@ package dns64
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -465,4 +469,143 @@ func TestShutdownWithQueryInFlight(t *testing.T) {
 		t.Fatal("Run did not return after cancel with a look-up in flight")
 	}
 	<-client
+}
+
+// TestForwardCap: 64 LAN sources ask random names, each within its own
+// rate: the upstream sees at most ForwardBurst + ForwardRate·t look-ups,
+// the rest get SERVFAIL at once, and .mesh names and cached answers are
+// still answered while the cap bites.
+func TestForwardCap(t *testing.T) {
+	leakcheck.Check(t)
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	const rate, burst, sources, rounds, perRound = 50, 100, 64, 5, 10
+	r := newRig(t, func(c *Config) {
+		c.Rate, c.Burst = 1000, 1000 // per source: not what this test is about
+		c.ForwardRate, c.ForwardBurst = rate, burst
+		c.Now = clock
+	})
+	// Cached before the flood.
+	if m := r.ask(t, r.lan, "v4only.example.", dns.TypeA); m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("v4only.example: %v", m)
+	}
+	before := r.up.total()
+
+	ifc := r.client.Interface("eth0")
+	conns := make([]net.PacketConn, sources)
+	for i := range conns {
+		a := netip.AddrFrom4([4]byte{10, 0, 0, byte(100 + i)})
+		r.client.AddAddress(ifc, netip.PrefixFrom(a, 24))
+		pc, err := r.client.ListenPacket(context.Background(), "udp4", netip.AddrPortFrom(a, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		conns[i] = pc
+	}
+	var rcodes [dns.RcodeBadCookie + 1]atomic.Int64
+	for round := range rounds {
+		var wg sync.WaitGroup
+		for i, pc := range conns {
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(round), uint64(i)))
+				buf := make([]byte, 1500)
+				for range perRound {
+					q := question(fmt.Sprintf("r%x.example.", rng.Uint64()), dns.TypeA)
+					b, _ := q.Pack()
+					if _, err := pc.WriteTo(b, net.UDPAddrFromAddrPort(r.lan)); err != nil {
+						t.Error(err)
+						return
+					}
+					pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+					n, _, err := pc.ReadFrom(buf)
+					if err != nil {
+						t.Errorf("source %d: no answer: %v", i, err)
+						return
+					}
+					var m dns.Msg
+					if err := m.Unpack(buf[:n]); err != nil || m.Id != q.Id {
+						t.Errorf("source %d: bad answer %v", i, err)
+						return
+					}
+					rcodes[m.Rcode].Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		// While the cap bites: the zone and the cache still answer.
+		if m := r.ask(t, r.lan, "sipserver.mesh.", dns.TypeA); len(m.Answer) != 1 {
+			t.Errorf("round %d: sipserver.mesh: %v", round, m)
+		}
+		if m := r.ask(t, r.lan, "node2.mesh.", dns.TypeAAAA); len(m.Answer) != 1 {
+			t.Errorf("round %d: node2.mesh: %v", round, m)
+		}
+		if m := r.ask(t, r.lan, "v4only.example.", dns.TypeA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+			t.Errorf("round %d: cached v4only.example: %v", round, m)
+		}
+		mu.Lock()
+		now = now.Add(time.Second)
+		mu.Unlock()
+	}
+	sent := sources * rounds * perRound
+	up := r.up.total() - before
+	limit := burst + rate*(rounds-1)
+	st := r.srv.Stats()
+	t.Logf("%d queries from %d sources over %d s: upstream saw %d (cap %d), NXDOMAIN %d, SERVFAIL %d; stats %+v",
+		sent, sources, rounds, up, limit, rcodes[dns.RcodeNameError].Load(), rcodes[dns.RcodeServerFailure].Load(), st)
+	if up > limit {
+		t.Errorf("upstream saw %d look-ups, cap %d", up, limit)
+	}
+	if up < limit*9/10 {
+		t.Errorf("upstream saw %d look-ups, want about the cap %d (the cap must not bite early)", up, limit)
+	}
+	if got := rcodes[dns.RcodeNameError].Load() + rcodes[dns.RcodeServerFailure].Load(); got != int64(sent) {
+		t.Errorf("%d of %d queries answered NXDOMAIN or SERVFAIL", got, sent)
+	}
+	if int(st.Capped) != sent-up {
+		t.Errorf("Capped = %d, want %d", st.Capped, sent-up)
+	}
+}
+
+// TestCoalesce: identical look-ups in progress share one upstream
+// exchange.
+func TestCoalesce(t *testing.T) {
+	leakcheck.Check(t)
+	s, err := New(Config{Network: newTestHost(), Listen: []Listen{{Addr: nodeV4}}, Zone: testZone,
+		Upstreams: []netip.AddrPort{netip.AddrPortFrom(upV4, 53)}, CacheSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var calls atomic.Int64
+	s.exchangeHook = func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		calls.Add(1)
+		<-release
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = []dns.RR{&dns.A{Hdr: hdr(q.Question[0].Name, dns.TypeA, 60), A: net.IPv4(192, 0, 2, 1)}}
+		return m, nil
+	}
+	var wg sync.WaitGroup
+	const n = 20
+	for range n {
+		wg.Go(func() {
+			r, err := s.resolve(context.Background(), "same.example.", dns.TypeA, dns.ClassINET)
+			if err != nil || len(r.Answer) != 1 {
+				t.Errorf("resolve: %v %v", r, err)
+			}
+		})
+	}
+	for s.Stats().Coalesced < n-1 {
+		runtime.Gosched() // wait until all but the leader have joined
+	}
+	close(release)
+	wg.Wait()
+	if c := calls.Load(); c != 1 {
+		t.Errorf("%d upstream exchanges for %d identical look-ups", c, n)
+	}
+	if len(s.flights) != 0 || len(s.sem) != 0 {
+		t.Errorf("flight table %d, slots %d after the look-ups", len(s.flights), len(s.sem))
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -176,17 +178,53 @@ func (s *Server) synthesizePTR(ctx context.Context, m *dns.Msg, q dns.Question, 
 
 // resolve returns the upstream response to (name, qtype, qclass), from the
 // cache if it has one. The returned message is the caller's to modify.
+//
+// A cache miss joins an identical look-up in progress if there is one;
+// else it needs a slot of MaxInflight (errBusy without) and a token of the
+// node's forwarding cap (errCapped without), so the upstream sees at most
+// ForwardBurst + ForwardRate·t look-ups whatever the LAN sends.
 func (s *Server) resolve(ctx context.Context, name string, qtype, qclass uint16) (*dns.Msg, error) {
 	k := cacheKey{name: name, qtype: qtype, qclass: qclass}
 	if r := s.cache.get(k, s.cfg.Now()); r != nil {
 		s.stats.cacheHits.Add(1)
 		return r, nil
 	}
+	s.flightMu.Lock()
+	if f, ok := s.flights[k]; ok {
+		s.flightMu.Unlock()
+		s.stats.coalesced.Add(1)
+		select {
+		case <-f.done:
+			if f.err != nil {
+				return nil, f.err
+			}
+			return f.r.Copy(), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if !acquire(s.sem) {
+		s.flightMu.Unlock()
 		s.stats.busy.Add(1)
 		return nil, errBusy
 	}
-	defer func() { <-s.sem }()
+	if !s.fwd.allow() {
+		s.flightMu.Unlock()
+		<-s.sem
+		s.stats.capped.Add(1)
+		return nil, errCapped
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flights[k] = f
+	s.flightMu.Unlock()
+	defer func() {
+		s.flightMu.Lock()
+		delete(s.flights, k)
+		s.flightMu.Unlock()
+		close(f.done)
+		<-s.sem
+	}()
+
 	q := &dns.Msg{}
 	q.SetQuestion(name, qtype)
 	q.Question[0].Qclass = qclass
@@ -195,12 +233,65 @@ func (s *Server) resolve(ctx context.Context, name string, qtype, qclass uint16)
 	// clear: this server does not validate and strips DNSSEC records.
 	q.SetEdns0(s.cfg.UDPSize, false)
 	r, err := s.exchange(ctx, q)
+	if err == nil {
+		err = reencodes(r)
+	}
 	if err != nil {
-		s.log.Warn("upstream query failed", "name", name, "type", dns.TypeToString[qtype], "err", err)
+		f.err = err
+		// The name is a client's: the line is rate-limited and bounded.
+		s.peerLog.Warn("upstream query failed", "name", name, "type", dns.TypeToString[qtype], "err", err)
 		return nil, err
 	}
 	s.cache.put(k, r, s.cfg.Now())
+	f.r = r.Copy()
 	return r, nil
+}
+
+// reencodes checks that r packs into a message that parses again. miekg
+// accepts records it cannot write back faithfully (an SOA with empty
+// RDATA unpacks, then packs into bytes no parser reads); relayed to a
+// client, such an answer would be unreadable (found by FuzzServer). An
+// upstream answer that fails is treated as no answer (SERVFAIL).
+func reencodes(r *dns.Msg) error {
+	b, err := r.Pack()
+	if err == nil {
+		err = new(dns.Msg).Unpack(b)
+	}
+	if err != nil {
+		return fmt.Errorf("upstream answer does not re-encode: %w", err)
+	}
+	return nil
+}
+
+// flight is an upstream look-up in progress that identical ones wait for.
+// r and err are set before done is closed.
+type flight struct {
+	done chan struct{}
+	r    *dns.Msg
+	err  error
+}
+
+// forwardCap is the node-wide token bucket on upstream look-ups.
+type forwardCap struct {
+	rate, burst float64 // rate < 0: no cap
+	now         func() time.Time
+
+	mu sync.Mutex
+	b  bucket
+}
+
+func newForwardCap(rate float64, burst int, now func() time.Time) *forwardCap {
+	return &forwardCap{rate: rate, burst: float64(burst), now: now, b: bucket{tokens: float64(burst), last: now()}}
+}
+
+func (c *forwardCap) allow() bool {
+	if c.rate < 0 {
+		return true
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.take(now, c.rate, c.burst)
 }
 
 // exchange asks the upstreams in order until one gives a usable answer:

@@ -141,7 +141,7 @@ func (s *Server) zoneAnswer(ctx context.Context, m *dns.Msg, q dns.Question, nam
 	case errors.Is(err, ErrNoSuchName):
 		m.Rcode = dns.RcodeNameError
 	case err != nil:
-		s.log.Warn("zone look-up failed", "name", name, "err", err)
+		s.peerLog.Warn("zone look-up failed", "name", name, "err", err)
 		m.Authoritative = false
 		m.Rcode = dns.RcodeServerFailure
 	default:

@@ -47,6 +47,9 @@ func benchConfig(leaseFile string) DHCPConfig {
 		Subnet: testSubnet, ServerIP: testServer,
 		PoolStart: netip.MustParseAddr("10.64.7.10"), PoolEnd: netip.MustParseAddr("10.64.7.209"),
 		LeaseFile: leaseFile,
+		// The benchmarks measure the protocol and the lease file, not the
+		// new-client limit (TestDiscoverFlood covers it).
+		NewClientRate: 1e9, NewClientBurst: 1 << 30,
 	}
 }
 
@@ -108,4 +111,30 @@ func BenchmarkHandleDORA(b *testing.B) {
 		exchange(i % benchClients)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "DORA/s")
+}
+
+// BenchmarkDiscoverFlood is the cost of one DISCOVER of a flood from
+// made-up MACs once the new-client limit bites (decode, admission table,
+// silence): what a flood costs the node's CPU.
+func BenchmarkDiscoverFlood(b *testing.B) {
+	cfg := benchConfig("")
+	cfg.NewClientRate, cfg.NewClientBurst = 0, 0 // the defaults
+	srv, err := NewDHCPServer(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pkts := make([][]byte, 4096)
+	for i := range pkts {
+		hw := net.HardwareAddr{0x02, 0x44, 0, byte(i >> 16), byte(i >> 8), byte(i)}
+		d, _ := dhcpv4.NewDiscovery(hw, dhcpv4.WithRequestedOptions(phoneParams...))
+		pkts[i] = d.ToBytes()
+	}
+	from := netip.AddrPortFrom(netip.IPv4Unspecified(), ClientPort)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		srv.Handle(pkts[i%len(pkts)], from)
+	}
+	if st := srv.Stats(); st.Throttled == 0 {
+		b.Fatalf("nothing throttled: %+v", st)
+	}
 }

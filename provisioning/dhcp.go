@@ -15,6 +15,7 @@ import (
 	"github.com/insomniacslk/dhcp/iana"
 	"github.com/insomniacslk/dhcp/rfc1035label"
 
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/netx"
 )
 
@@ -27,7 +28,11 @@ const (
 // Defaults of DHCPConfig.
 const (
 	DefaultLeaseTime   = 12 * time.Hour
-	DefaultOfferHold   = 60 * time.Second
+	DefaultFirstLease  = 10 * time.Minute
+	DefaultOfferHold   = 10 * time.Second
+	DefaultNewRate     = 2 // new clients admitted per second and LAN
+	DefaultNewBurst    = 20
+	DefaultMaxProbes   = 4 // probes in flight per LAN
 	DefaultDeclineHold = 10 * time.Minute
 	DefaultDomain      = "mesh"
 	DefaultSIPServer   = "sipserver.mesh"
@@ -60,10 +65,39 @@ type DHCPConfig struct {
 	// LeaseTime (option 51) defaults to 12 h; T1 (58) to half of it and
 	// T2 (59) to 7/8 (RFC 2131 §4.4.5).
 	LeaseTime, T1, T2 time.Duration
+	// FirstLeaseTime is the lease of a client's first binding (default
+	// 10 min, at most LeaseTime); its first renewal, and any later
+	// binding of a client that once renewed, get LeaseTime. RFC 2131 §3.3
+	// lets the server choose the lease; a short first lease means a DORA
+	// flood from made-up MACs, which never renew, holds addresses for
+	// minutes rather than for LeaseTime.
+	FirstLeaseTime time.Duration
 	// OfferHold is how long an offered address stays reserved for the
-	// client (default 60 s); DeclineHold how long a declined address is
-	// quarantined (default 10 min).
+	// client (default 10 s: a client sends its REQUEST within a second
+	// or two of the OFFER, and a DISCOVER flood must not hold the pool);
+	// DeclineHold how long a declined address, or one a probe found in
+	// use, is quarantined (default 10 min).
 	OfferHold, DeclineHold time.Duration
+	// NewClientRate and NewClientBurst bound how many new clients (MACs
+	// the server has no lease record of) get an offer, or a binding
+	// without one, on this LAN: a token bucket, default 2/s and 20. A
+	// quarter of the burst is kept for clients that retransmit after
+	// being refused, so a real phone gets through a flood of made-up
+	// MACs (see admission). Known clients are never limited.
+	NewClientRate  float64
+	NewClientBurst int
+	// Prober, if set, probes every address before it is offered to a
+	// client that does not hold it (RFC 2131 §2.2); an address that
+	// answers is quarantined for DeclineHold. With a Prober, when the pool
+	// is exhausted the oldest first lease (unrenewed, over 30 s old) whose
+	// address does not answer is reclaimed. Nil: an ICMPProber when
+	// Network is netx.Kernel (a real node), else no probes.
+	Prober Prober
+	// NoProbe turns probing off even on netx.Kernel.
+	NoProbe bool
+	// MaxProbes bounds the probes in flight (default 4); a DISCOVER that
+	// needs a probe beyond it is dropped (the client retransmits).
+	MaxProbes int
 	// SIPServers are the names sent in option 120 with encoding 0 (RFC 3361
 	// §3.1); default ["sipserver.mesh"]. SIPServerAddrs, if set, sends
 	// encoding 1 (§3.2) with these IPv4 addresses instead; setting both is
@@ -100,8 +134,13 @@ type DHCPStats struct {
 	Offer, Ack, Nak                             uint64
 	// Malformed counts datagrams that are not DHCP client messages we
 	// serve; Ignored counts valid ones we stay silent on (another server
-	// chosen, INIT-REBOOT without a record, pool exhausted...).
+	// chosen, INIT-REBOOT without a record, pool exhausted, rate
+	// limited...).
 	Malformed, Ignored uint64
+	// Throttled counts new clients' messages refused by the new-client
+	// rate limit; Probes the address probes asked for; InUse the probes
+	// a host without a lease answered (its address was quarantined).
+	Throttled, Probes, InUse uint64
 	// PersistErrors counts lease file writes that failed; the DHCPACK of
 	// a new binding is withheld then, since it would not survive a
 	// restart.
@@ -115,11 +154,14 @@ type DHCPServer struct {
 	now    func() time.Time
 	params map[uint8][]byte // static option values, by code
 
+	// peerLog logs what clients cause, rate-limited and truncated.
+	peerLog *slog.Logger
+	peerH   *ratelog.Handler
+
 	mu      sync.Mutex // guards the fields below
 	store   *leaseStore
+	admit   *admission
 	stats   DHCPStats
-	lastLog time.Time // rate limit of peer-caused warnings
-	muted   int
 	dirty   bool      // the store has renewals the lease file lacks
 	flushed time.Time // last lease file write
 
@@ -200,6 +242,27 @@ func NewDHCPServer(cfg DHCPConfig) (*DHCPServer, error) {
 	if cfg.T1 <= 0 || cfg.T1 >= cfg.T2 || cfg.T2 >= cfg.LeaseTime {
 		return bad("T1/T2", "want 0 < T1 (%v) < T2 (%v) < LeaseTime (%v)", cfg.T1, cfg.T2, cfg.LeaseTime)
 	}
+	if cfg.FirstLeaseTime == 0 {
+		cfg.FirstLeaseTime = min(DefaultFirstLease, cfg.LeaseTime)
+	}
+	if cfg.FirstLeaseTime < 10*time.Second || cfg.FirstLeaseTime > cfg.LeaseTime {
+		return bad("FirstLeaseTime", "%v is not between 10 s and LeaseTime (%v)", cfg.FirstLeaseTime, cfg.LeaseTime)
+	}
+	if cfg.NewClientRate == 0 {
+		cfg.NewClientRate = DefaultNewRate
+	}
+	if cfg.NewClientBurst == 0 {
+		cfg.NewClientBurst = DefaultNewBurst
+	}
+	if cfg.NewClientRate < 0 || cfg.NewClientBurst < 1 {
+		return bad("NewClientRate/NewClientBurst", "want a rate > 0 and a burst ≥ 1")
+	}
+	if cfg.MaxProbes == 0 {
+		cfg.MaxProbes = DefaultMaxProbes
+	}
+	if cfg.MaxProbes < 0 {
+		return bad("MaxProbes", "negative")
+	}
 	if cfg.OfferHold == 0 {
 		cfg.OfferHold = DefaultOfferHold
 	}
@@ -215,11 +278,20 @@ func NewDHCPServer(cfg DHCPConfig) (*DHCPServer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if _, kernel := cfg.Network.(netx.Kernel); cfg.Prober == nil && kernel {
+		cfg.Prober = &ICMPProber{Network: cfg.Network}
+	}
+	if cfg.NoProbe {
+		cfg.Prober = nil
+	}
 	s := &DHCPServer{cfg: cfg, now: cfg.Now, log: cfg.Logger, params: make(map[uint8][]byte)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("component", "dhcp", "interface", cfg.Interface)
+	s.peerH = ratelog.New(s.log.Handler(), ratelog.Options{Now: cfg.Now})
+	s.peerLog = slog.New(s.peerH)
+	s.admit = newAdmission(cfg.NewClientRate, cfg.NewClientBurst, DefaultMaxNewClients, cfg.Now())
 
 	// Option values that do not depend on the client (RFC 2132 sections).
 	mask := net.CIDRMask(cfg.Subnet.Bits(), 32)
@@ -262,7 +334,7 @@ func NewDHCPServer(cfg DHCPConfig) (*DHCPServer, error) {
 	}
 
 	s.store = newLeaseStore(cfg.Subnet, cfg.ServerIP, cfg.PoolStart, cfg.PoolEnd,
-		leaseTimes{lease: cfg.LeaseTime, offer: cfg.OfferHold, decline: cfg.DeclineHold})
+		leaseTimes{lease: cfg.LeaseTime, first: cfg.FirstLeaseTime, offer: cfg.OfferHold, decline: cfg.DeclineHold})
 	if err := s.store.setReservations(cfg.Reservations); err != nil {
 		return bad("Reservations", "%v", err)
 	}
@@ -318,23 +390,45 @@ func (s *DHCPServer) SetReservations(rs []Reservation) error {
 }
 
 // Run serves DHCP on the LAN until ctx is done; it returns nil then, or
-// the error that stopped it. It starts no goroutines besides the one that
-// closes the socket when ctx ends, and waits for it.
+// the error that stopped it. Besides the goroutine that closes the socket
+// when ctx ends it starts one per address probe (at most MaxProbes), and
+// waits for all of them.
 func (s *DHCPServer) Run(ctx context.Context) error {
 	pc, bcast, err := listenDHCP(ctx, s.cfg.Network, s.cfg.Interface, s.cfg.Subnet)
 	if err != nil {
 		return fmt.Errorf("provisioning: DHCP on %s: %w", s.cfg.Interface, err)
 	}
 	stop := context.AfterFunc(ctx, func() { pc.Close() })
+	var probes sync.WaitGroup
+	slots := make(chan struct{}, max(1, s.cfg.MaxProbes))
 	defer func() {
 		if stop() {
 			pc.Close()
 		}
+		probes.Wait()
 		if err := s.Flush(); err != nil {
 			s.log.Error("lease file not written at stop", "err", err)
 		}
+		s.peerH.Flush(context.Background())
 	}()
-	s.log.Info("DHCP server running", "subnet", s.cfg.Subnet, "server", s.cfg.ServerIP, "broadcast", bcast)
+	s.log.Info("DHCP server running", "subnet", s.cfg.Subnet, "server", s.cfg.ServerIP, "broadcast", bcast,
+		"probes", s.cfg.Prober != nil)
+	send := func(r Reply, from netip.AddrPort) {
+		to := r.To
+		if to.Addr() == limitedBroadcast {
+			to = netip.AddrPortFrom(bcast, to.Port())
+		}
+		if _, err := pc.WriteTo(r.Packet, net.UDPAddrFromAddrPort(to)); err != nil {
+			if ctx.Err() == nil {
+				s.warn("DHCP send failed", "to", to, "err", err)
+			}
+			return
+		}
+		s.log.Debug("DHCP reply sent", "type", r.Type, "to", to, "from", from)
+		if r.Granted != nil && s.cfg.OnLease != nil {
+			s.cfg.OnLease(*r.Granted)
+		}
+	}
 	// RFC 2131 §2: a client must accept 576-byte messages; larger ones
 	// (option 57) still fit one Ethernet frame.
 	buf := make([]byte, 1500)
@@ -353,6 +447,7 @@ func (s *DHCPServer) Run(ctx context.Context) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
+				s.peerH.Flush(ctx) // report what a flood that ended suppressed
 				continue
 			}
 			return fmt.Errorf("provisioning: DHCP read on %s: %w", s.cfg.Interface, err)
@@ -362,24 +457,73 @@ func (s *DHCPServer) Run(ctx context.Context) error {
 			from = ua.AddrPort()
 		}
 		r, ok := s.Handle(buf[:n], from)
-		if !ok {
+		if ok {
+			send(r, from)
 			continue
 		}
-		to := r.To
-		if to.Addr() == limitedBroadcast {
-			to = netip.AddrPortFrom(bcast, to.Port())
+		if !r.Probe.IsValid() {
+			continue
 		}
-		if _, err := pc.WriteTo(r.Packet, net.UDPAddrFromAddrPort(to)); err != nil {
-			if ctx.Err() != nil {
-				return nil
+		select {
+		case slots <- struct{}{}:
+		default:
+			s.ProbeAbandoned(r) // the client retransmits its DISCOVER
+			continue
+		}
+		pkt := append([]byte(nil), buf[:n]...)
+		probes.Go(func() {
+			defer func() { <-slots }()
+			// A DISCOVER whose address turned out in use is re-run with
+			// the next candidate, a few times at most.
+			for range 3 {
+				inUse, err := s.cfg.Prober.Probe(ctx, r.Probe)
+				if ctx.Err() != nil {
+					s.ProbeAbandoned(r)
+					return
+				}
+				if err != nil {
+					// Rate-limited: a prober that cannot open its socket
+					// fails every time.
+					s.warn("address probe failed; offering unprobed", "addr", r.Probe, "err", err)
+				}
+				s.ProbeResult(r, inUse)
+				var ok bool
+				if r, ok = s.Handle(pkt, from); ok {
+					send(r, from)
+					return
+				}
+				if !r.Probe.IsValid() {
+					return
+				}
 			}
-			s.warn("DHCP send failed", "to", to, "err", err)
-			continue
-		}
-		s.log.Debug("DHCP reply sent", "type", r.Type, "to", to, "from", from)
-		if r.Granted != nil && s.cfg.OnLease != nil {
-			s.cfg.OnLease(*r.Granted)
-		}
+			s.ProbeAbandoned(r)
+		})
+	}
+}
+
+// ProbeResult records the result of the probe a Reply asked for (Reply.Probe);
+// the caller then passes the same datagram to Handle again for the offer.
+func (s *DHCPServer) ProbeResult(r Reply, inUse bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if inUse {
+		s.stats.InUse++
+	}
+	if s.store.probed(r.Probe, r.probeKey, inUse, s.now()) && s.cfg.LeaseFile != "" {
+		s.dirty = true
+	}
+	if inUse {
+		s.peerLog.Warn("DHCP: address answers a probe; not offered", "addr", r.Probe, "quarantine", s.cfg.DeclineHold)
+	}
+}
+
+// ProbeAbandoned releases the address a Reply's probe held when the probe
+// is not made or its result is not used.
+func (s *DHCPServer) ProbeAbandoned(r Reply) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.store.probes[r.Probe]; ok && m.state == probing && m.key == r.probeKey {
+		delete(s.store.probes, r.Probe)
 	}
 }
 
@@ -396,26 +540,17 @@ type Reply struct {
 	Type dhcpv4.MessageType
 	// Granted is the lease a DHCPACK grants or renews, for the OnLease hook.
 	Granted *Lease
+	// Probe, in a Reply that Handle returns with ok false, is an address
+	// to probe before the DISCOVER can be answered (Config.Prober): the
+	// caller probes it, reports with ProbeResult (or ProbeAbandoned) and
+	// passes the datagram to Handle again.
+	Probe    netip.Addr
+	probeKey clientKey
 }
 
-// warn logs a peer-caused problem, at most one line per second (DESIGN.md:
-// bad input gets a rate-limited log line).
-func (s *DHCPServer) warn(msg string, args ...any) {
-	s.mu.Lock()
-	now := s.now()
-	if now.Sub(s.lastLog) < time.Second {
-		s.muted++
-		s.mu.Unlock()
-		return
-	}
-	muted := s.muted
-	s.lastLog, s.muted = now, 0
-	s.mu.Unlock()
-	if muted > 0 {
-		args = append(args, "suppressed", muted)
-	}
-	s.log.Warn(msg, args...)
-}
+// warn logs a peer-caused problem through the rate-limited logger
+// (per source and in total, values truncated: internal/ratelog).
+func (s *DHCPServer) warn(msg string, args ...any) { s.peerLog.Warn(msg, args...) }
 
 // minMessage is the BOOTP header plus the magic cookie (RFC 2131 §2).
 const minMessage = 240
@@ -469,12 +604,30 @@ func (s *DHCPServer) Handle(pkt []byte, from netip.AddrPort) (Reply, bool) {
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:
 		s.stats.Discover++
-		e, err := st.offer(key, m.ClientHWAddr, ip4(m.RequestedIPAddress()), now)
+		isNew := !st.known(key, m.ClientHWAddr)
+		if isNew && !s.admit.admit(m.ClientHWAddr, now) {
+			// Counted, not logged: a flood would only fill the log.
+			s.stats.Ignored++
+			s.stats.Throttled++
+			s.mu.Unlock()
+			return Reply{}, false
+		}
+		e, probe, err := st.offer(key, m.ClientHWAddr, ip4(m.RequestedIPAddress()), now, s.cfg.Prober != nil)
+		if probe.IsValid() {
+			s.stats.Probes++
+			s.mu.Unlock()
+			return Reply{Probe: probe, probeKey: key}, false
+		}
 		if err != nil {
 			s.stats.Ignored++
 			s.mu.Unlock()
-			s.warn("DHCPDISCOVER not answered", "mac", net.HardwareAddr(m.ClientHWAddr), "err", err)
+			if !errors.Is(err, errProbing) {
+				s.warn("DHCPDISCOVER not answered", "mac", net.HardwareAddr(m.ClientHWAddr), "err", err)
+			}
 			return Reply{}, false
+		}
+		if isNew {
+			s.admit.offered(m.ClientHWAddr, now)
 		}
 		s.note(e, m)
 		r, ok = s.replyLocked(m, dhcpv4.MessageTypeOffer, e, ""), true
@@ -616,13 +769,27 @@ func (s *DHCPServer) requestLocked(m *dhcpv4.DHCPv4, key clientKey, sid netip.Ad
 			s.stats.Malformed++
 			return Reply{}, false, false, false
 		}
+		if !st.known(key, m.ClientHWAddr) && st.byKey[key] == nil {
+			// No offer was made to this client (or it was lost in a
+			// restart): binding addresses without one would bypass the
+			// new-client limit and the probe. The NAK sends the client
+			// back to DISCOVER (RFC 2131 §3.1 step 4 / §4.3.2).
+			return s.replyLocked(m, dhcpv4.MessageTypeNak, nil, "no offer for this client; restart with DHCPDISCOVER"), true, false, false
+		}
 		kind, ip = reqSelecting, req
 	case req.IsValid():
 		// INIT-REBOOT: verify a remembered address. A wrong subnet (the
 		// phone moved LANs) gets a NAK so it starts over.
 		kind, ip = reqInitReboot, req
 	case hasCI:
-		// RENEWING (unicast) or REBINDING (broadcast): same answer.
+		// RENEWING (unicast) or REBINDING (broadcast): same answer. A
+		// client the server has no record of (state lost) counts as a
+		// new client.
+		if !st.known(key, m.ClientHWAddr) && !s.admit.admit(m.ClientHWAddr, now) {
+			s.stats.Ignored++
+			s.stats.Throttled++
+			return Reply{}, false, false, false
+		}
 		kind, ip = reqRenewing, ci
 	default:
 		s.stats.Malformed++
@@ -692,7 +859,7 @@ func (s *DHCPServer) replyLocked(m *dhcpv4.DHCPv4, mt dhcpv4.MessageType, e *ent
 		out.ServerIPAddr = s.cfg.ServerIP.AsSlice()
 		// The lease trio (RFC 2131 Table 3: 51 MUST, 58/59 MAY): sent with
 		// every address so the client's timers follow our configuration.
-		left := s.cfg.LeaseTime
+		left, _ := s.store.grantTime(e.key) // what a REQUEST would get
 		if e.state == stateBound {
 			left = e.expiry.Sub(s.now()).Round(time.Second)
 		}

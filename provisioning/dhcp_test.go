@@ -55,9 +55,12 @@ func newTestServerFile(t *testing.T, leaseFile string, mod func(*DHCPConfig)) *t
 		Subnet:    testSubnet,
 		ServerIP:  testServer,
 		LeaseTime: time.Hour,
-		NTP:       []netip.Addr{testServer},
-		LeaseFile: leaseFile,
-		Now:       clock.Now,
+		// The tests of lease mechanics use one lease length; the short
+		// first lease has tests of its own (TestFirstLease).
+		FirstLeaseTime: time.Hour,
+		NTP:            []netip.Addr{testServer},
+		LeaseFile:      leaseFile,
+		Now:            clock.Now,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -443,6 +446,9 @@ func TestDeclineQuarantine(t *testing.T) {
 	if ls := e.srv.Leases(); len(ls) != 0 {
 		t.Fatalf("declined lease still listed: %+v", ls)
 	}
+	// RFC 2131 §3.1 step 5: the client waits ten seconds before it
+	// starts again.
+	e.clock.Advance(10 * time.Second)
 	// The same client and another one get the other address; a third
 	// finds the pool empty while the quarantine lasts.
 	a := e.lease(mac(1))
@@ -735,7 +741,9 @@ func TestReplyFitsMessageSize(t *testing.T) {
 	if !offer.Options.Has(dhcpv4.OptionSIPServers) || offer.Options.Has(dhcpv4.GenericOptionCode(160)) {
 		t.Fatalf("options kept: %v", offer.Options)
 	}
-	// A client that accepts 1500 bytes gets everything.
+	// A client that accepts 1500 bytes gets everything (one offer per
+	// MAC per perMACInterval: this is the next DISCOVER).
+	e.clock.Advance(perMACInterval)
 	m.UpdateOption(dhcpv4.OptMaxMessageSize(1500))
 	r2, ok := e.srv.Handle(m.ToBytes(), clientPort)
 	if !ok {

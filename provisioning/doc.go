@@ -14,4 +14,15 @@
 // protocol core (DHCPServer.Handle) does no I/O: it takes a datagram and
 // returns the reply and where to send it, per the delivery rules of RFC 2131
 // §4.1.
+//
+// Against a hostile LAN (DHCP starvation): clients the server has no
+// record of are admitted at a bounded rate per LAN, with a reserve for
+// clients that retransmit, and get at most one offer per MAC every 2 s;
+// offers expire in 10 s; a client's first lease is short (10 min) and
+// only its renewal gets the full lease; before an address is offered it is
+// probed with an ICMP echo (RFC 2131 §2.2, Prober), an address that
+// answers is quarantined, and when the pool is exhausted the oldest
+// unrenewed first lease whose address is silent is reclaimed. Every table
+// is bounded (the pool, the admission table of MACs), and log lines caused
+// by clients are rate-limited and truncated (internal/ratelog).
 package provisioning

@@ -17,4 +17,8 @@ var (
 	// ErrSubnetsExhausted means every candidate LAN subnet is claimed by
 	// another node.
 	ErrSubnetsExhausted = errors.New("provisioning: no unclaimed LAN subnet left")
+
+	// errProbing: the address for this client is being probed; the
+	// DISCOVER is answered when the probe ends.
+	errProbing = errors.New("provisioning: address probe in progress")
 )

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/netx"
 )
 
@@ -60,6 +61,9 @@ type HTTPConfig struct {
 type HTTPServer struct {
 	cfg HTTPConfig
 	log *slog.Logger
+	// peerLog logs per-request lines, which any LAN host can cause at
+	// will: rate-limited per requester and in total, values truncated.
+	peerLog *slog.Logger
 }
 
 // NewHTTPServer validates cfg and fills in defaults.
@@ -95,7 +99,8 @@ func NewHTTPServer(cfg HTTPConfig) (*HTTPServer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &HTTPServer{cfg: cfg, log: log.With("component", "provisioning-http")}, nil
+	log = log.With("component", "provisioning-http")
+	return &HTTPServer{cfg: cfg, log: log, peerLog: slog.New(ratelog.New(log.Handler(), ratelog.Options{}))}, nil
 }
 
 // Run serves until ctx is done, then shuts down and returns nil once
@@ -117,7 +122,8 @@ func (s *HTTPServer) Serve(ctx context.Context, ln net.Listener) error {
 		WriteTimeout:      20 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// net/http logs peers' TLS and protocol errors here.
+		ErrorLog: slog.NewLogLogger(s.peerLog.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -176,7 +182,7 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		l, ok := s.cfg.Leases.LeaseByMAC(mac)
 		remote, err := netip.ParseAddrPort(r.RemoteAddr)
 		if !ok || err != nil || remote.Addr().Unmap() != l.IP {
-			s.log.Warn("configuration file refused: requester does not hold the MAC's lease", "mac", mac, "remote", r.RemoteAddr)
+			s.peerLog.Warn("configuration file refused: requester does not hold the MAC's lease", "mac", mac, "remote", r.RemoteAddr)
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
 		}
@@ -206,7 +212,7 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "polycom-phone":
 		body, ctype = polycomPhone(p, acct), "application/xml; charset=utf-8"
 	}
-	s.log.Info("configuration served", "mac", mac, "format", kind, "extension", acct.Extension, "remote", r.RemoteAddr)
+	s.peerLog.Info("configuration served", "mac", mac, "format", kind, "extension", acct.Extension, "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", ctype)
 	w.Header().Set("Cache-Control", "no-store") // it carries a password
 	w.Write([]byte(body))

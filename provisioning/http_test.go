@@ -1,6 +1,8 @@
 package provisioning
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/xml"
 	"errors"
@@ -269,4 +271,36 @@ func TestHTTPOverMemnet(t *testing.T) {
 		!strings.Contains(string(body), "remote_phonebook.data.1.url = http://10.64.7.1/phonebook.xml") {
 		t.Fatalf("%d:\n%s", resp.StatusCode, body)
 	}
+}
+
+// FuzzHTTPRequest feeds raw request bytes, as a LAN host sends them,
+// through net/http's request parser into the provisioning handler: no
+// panic, an answer the handler means (200 with a content type, 400, 403,
+// 404, 405), and a configuration file only for a MAC with an account.
+func FuzzHTTPRequest(f *testing.F) {
+	for _, p := range []string{"/" + yealinkMAC + ".cfg", "/cfg" + gsMAC + ".xml", "/" + polyMAC + "-phone.cfg",
+		"/phonebook.xml", "/" + strings.ToUpper(yealinkMAC) + ".cfg", "/../etc/passwd", "/cfg.xml", "/-phone.cfg"} {
+		f.Add([]byte("GET " + p + " HTTP/1.1\r\nHost: 10.64.7.1\r\nUser-Agent: Polycom/1\r\n\r\n"))
+	}
+	f.Add([]byte("POST /phonebook.xml HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"))
+	f.Add([]byte("GET /" + yealinkMAC + ".cfg HTTP/1.0\r\nHost: a/b?c\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		s := newTestHTTP(t, nil)
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil {
+			return // net/http answers 400 itself
+		}
+		req.RemoteAddr = "10.64.7.23:4711"
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		switch w.Code {
+		case http.StatusOK:
+			if w.Header().Get("Content-Type") == "" {
+				t.Fatal("200 without a content type")
+			}
+		case http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed:
+		default:
+			t.Fatalf("status %d for %q", w.Code, raw)
+		}
+	})
 }

@@ -73,6 +73,12 @@ type entry struct {
 	expiry   time.Time
 	hostname string
 	fqdn     string
+	// first marks a binding that is the client's first lease, granted
+	// for FirstLeaseTime and not yet renewed; granted is when it was
+	// granted. Under pool exhaustion such a binding whose address does
+	// not answer a probe is reclaimed (reclaimable).
+	first   bool
+	granted time.Time
 }
 
 // free reports whether the entry's address may be given to another client.
@@ -87,7 +93,44 @@ func (e *entry) free(now time.Time) bool {
 
 // leaseTimes are the durations the store applies.
 type leaseTimes struct {
-	lease, offer, decline time.Duration
+	lease, first, offer, decline time.Duration
+}
+
+// Probe bookkeeping (RFC 2131 §2.2: probe a reused address before
+// allocating it).
+const (
+	// probeValid is how long a probe that found an address free lets it be
+	// offered to the client it was made for: long enough for the server
+	// to re-run the DISCOVER that asked, short enough that a host which
+	// comes up meanwhile is seen at the next offer.
+	probeValid = 10 * time.Second
+	// probeStale is when a probe in progress no longer holds its address
+	// (its result never came back).
+	probeStale = 5 * time.Second
+	// aliveFor is how long a reclaim candidate that answered a probe is
+	// left alone.
+	aliveFor = time.Minute
+	// reclaimAfter is the age a first lease must reach before, with the
+	// pool exhausted and no answer to a probe, its address is reclaimed:
+	// a real client configures its address within seconds of the ACK
+	// (RFC 2131 §4.4.1) and then answers.
+	reclaimAfter = 30 * time.Second
+)
+
+type probeState uint8
+
+const (
+	probing     probeState = iota + 1 // a probe for key is out
+	probedFree                        // nobody answered: key may have it
+	probedAlive                       // the bound holder answered
+)
+
+// probeMark is the state of probing one pool address. The map holding
+// them is keyed by pool addresses only, so it is bounded by the pool.
+type probeMark struct {
+	key   clientKey
+	state probeState
+	at    time.Time
 }
 
 // leaseStore is the address pool and the bindings: a state machine without
@@ -104,6 +147,7 @@ type leaseStore struct {
 	resMAC map[string]Reservation // by string(mac)
 	resIP  map[netip.Addr]string  // reserved address → string(mac)
 	cursor uint32                 // next address to try for a fresh client
+	probes map[netip.Addr]probeMark
 }
 
 func u32(a netip.Addr) uint32 { return binary.BigEndian.Uint32(a.AsSlice()) }
@@ -118,8 +162,131 @@ func newLeaseStore(subnet netip.Prefix, server, start, end netip.Addr, t leaseTi
 		subnet: subnet, server: server, start: u32(start), end: u32(end), times: t,
 		byIP: make(map[netip.Addr]*entry), byKey: make(map[clientKey]*entry),
 		resMAC: make(map[string]Reservation), resIP: make(map[netip.Addr]string),
-		cursor: u32(start),
+		cursor: u32(start), probes: make(map[netip.Addr]probeMark),
 	}
+}
+
+// probeBusy reports whether a probe for another client holds ip.
+func (s *leaseStore) probeBusy(ip netip.Addr, key clientKey, now time.Time) bool {
+	m, ok := s.probes[ip]
+	return ok && m.state == probing && m.key != key && now.Sub(m.at) < probeStale
+}
+
+// probedFreeFor reports whether a fresh probe found ip free for key.
+func (s *leaseStore) probedFreeFor(ip netip.Addr, key clientKey, now time.Time) bool {
+	m, ok := s.probes[ip]
+	return ok && m.state == probedFree && m.key == key && now.Sub(m.at) < probeValid
+}
+
+// probedForKey returns an address a fresh probe found free for key and
+// that is still assignable to it. O(probes), which the pool bounds.
+func (s *leaseStore) probedForKey(key clientKey, mac net.HardwareAddr, now time.Time) (netip.Addr, bool) {
+	for ip, m := range s.probes {
+		if m.state == probedFree && m.key == key && now.Sub(m.at) < probeValid {
+			if s.assignable(ip, key, mac, now) || s.reclaimCandidate(ip, key, now) {
+				return ip, true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// reclaimCandidate reports whether ip holds a first lease old enough to
+// be reclaimed if its address is silent.
+func (s *leaseStore) reclaimCandidate(ip netip.Addr, key clientKey, now time.Time) bool {
+	e := s.byIP[ip]
+	return e != nil && e.state == stateBound && e.first && e.key != key && now.Sub(e.granted) >= reclaimAfter && s.inPool(ip)
+}
+
+// needProbe decides whether ip must be probed before it is offered to
+// key: it returns false when it may be offered now (the client's own
+// unexpired binding, or a fresh probe found it free for this client),
+// and true after marking a probe for key as started; errProbing means a
+// probe for this client is still out.
+func (s *leaseStore) needProbe(ip netip.Addr, key clientKey, now time.Time) (bool, error) {
+	if e := s.byIP[ip]; e != nil && e.key == key && e.state == stateBound && now.Before(e.expiry) {
+		return false, nil
+	}
+	if s.probedFreeFor(ip, key, now) {
+		return false, nil
+	}
+	if m, ok := s.probes[ip]; ok && m.state == probing && m.key == key && now.Sub(m.at) < probeStale {
+		return false, errProbing
+	}
+	s.probes[ip] = probeMark{key: key, state: probing, at: now}
+	return true, nil
+}
+
+// probed records the result of a probe of ip made for key. An address
+// that answered is either a live bound client (left alone for aliveFor)
+// or a host using it without a lease: then it is quarantined like a
+// declined address (RFC 2131 §4.3.3) and never offered until then. It
+// reports whether the store changed in a way the lease file keeps.
+func (s *leaseStore) probed(ip netip.Addr, key clientKey, inUse bool, now time.Time) bool {
+	m, ok := s.probes[ip]
+	if !ok || m.state != probing || m.key != key {
+		return false // superseded
+	}
+	if !inUse {
+		s.probes[ip] = probeMark{key: key, state: probedFree, at: now}
+		return false
+	}
+	if e := s.byIP[ip]; e != nil && e.state == stateBound && now.Before(e.expiry) && e.key != key {
+		s.probes[ip] = probeMark{state: probedAlive, at: now}
+		return false
+	}
+	delete(s.probes, ip)
+	if e := s.byIP[ip]; e != nil && e.key != "" {
+		delete(s.byKey, e.key)
+	}
+	s.byIP[ip] = &entry{ip: ip, state: stateDeclined, expiry: now.Add(s.times.decline)}
+	return true
+}
+
+// reclaimable returns the oldest first lease, granted at least
+// reclaimAfter ago and not found alive lately, whose address a probe may
+// show unused; a fresh free probe result for key is preferred, so the
+// DISCOVER re-run after the probe gets the address that was probed.
+func (s *leaseStore) reclaimable(key clientKey, now time.Time) (netip.Addr, bool) {
+	var best *entry
+	for ip, e := range s.byIP {
+		if !s.reclaimCandidate(ip, key, now) {
+			continue
+		}
+		if m, ok := s.probes[ip]; ok && (m.state == probedAlive && now.Sub(m.at) < aliveFor || s.probeBusy(ip, key, now)) {
+			continue
+		}
+		if best == nil || e.granted.Before(best.granted) || e.granted.Equal(best.granted) && e.ip.Less(best.ip) {
+			best = e
+		}
+	}
+	if best == nil {
+		return netip.Addr{}, false
+	}
+	return best.ip, true
+}
+
+// known reports whether the store has any record of the client or its
+// MAC is reserved: such clients are not new clients for rate limiting.
+func (s *leaseStore) known(key clientKey, mac net.HardwareAddr) bool {
+	if _, ok := s.resMAC[string(mac)]; ok {
+		return true
+	}
+	e := s.byKey[key]
+	// An offer alone does not make a client known: a DISCOVER flood
+	// would otherwise make its MACs known with one offer each.
+	return e != nil && !(e.state == stateOffered && e.first)
+}
+
+// grantTime is the lease a REQUEST from key would get now: the full lease
+// for a client with a binding that is not a first lease (a renewal, or a
+// returning client), FirstLeaseTime otherwise (RFC 2131 §3.3 leaves the
+// lease length to the server).
+func (s *leaseStore) grantTime(key clientKey) (time.Duration, bool) {
+	if e := s.byKey[key]; e != nil && !e.first {
+		return s.times.lease, false
+	}
+	return s.times.first, true
 }
 
 func (s *leaseStore) inPool(ip netip.Addr) bool {
@@ -169,6 +336,9 @@ func (s *leaseStore) assignable(ip netip.Addr, key clientKey, mac net.HardwareAd
 	} else if !ok && !s.inPool(ip) {
 		return false
 	}
+	if s.probeBusy(ip, key, now) {
+		return false
+	}
 	e := s.byIP[ip]
 	switch {
 	case e == nil:
@@ -208,29 +378,55 @@ func (s *leaseStore) take(ip netip.Addr, key clientKey, mac net.HardwareAddr) *e
 // offer picks the address to offer (RFC 2131 §4.3.1, in its order of
 // preference: the client's reservation, its current or previous binding,
 // the address it asked for, a free one) and holds it for the offer time.
-func (s *leaseStore) offer(key clientKey, mac net.HardwareAddr, requested netip.Addr, now time.Time) (*entry, error) {
+//
+// With probing on, an address not already bound to the client is first
+// probed (RFC 2131 §2.2): offer returns the address in probe and no entry,
+// and the caller re-runs the DISCOVER once the probe result is recorded
+// (probed). If the pool is exhausted, the oldest first lease whose
+// address does not answer a probe is reclaimed: a DORA flood from made-up
+// MACs holds addresses no host uses.
+func (s *leaseStore) offer(key clientKey, mac net.HardwareAddr, requested netip.Addr, now time.Time, probe bool) (e *entry, probeIP netip.Addr, err error) {
 	var ip netip.Addr
 	if r, ok := s.resMAC[string(mac)]; ok {
 		if !s.assignable(r.IP, key, mac, now) {
-			return nil, fmt.Errorf("%w: reserved %v is still leased to another client", ErrNotAssignable, r.IP)
+			return nil, netip.Addr{}, fmt.Errorf("%w: reserved %v is still leased to another client", ErrNotAssignable, r.IP)
 		}
 		ip = r.IP
 	} else if e := s.byKey[key]; e != nil && s.assignable(e.ip, key, mac, now) {
 		ip = e.ip
 	} else if requested.IsValid() && s.assignable(requested, key, mac, now) {
 		ip = requested
+	} else if p, ok := s.probedForKey(key, mac, now); ok {
+		ip = p // the DISCOVER re-run after its probe
 	} else {
 		var ok bool
 		if ip, ok = s.pick(key, mac, now); !ok {
-			return nil, ErrPoolExhausted
+			if !probe {
+				return nil, netip.Addr{}, ErrPoolExhausted
+			}
+			if ip, ok = s.reclaimable(key, now); !ok {
+				return nil, netip.Addr{}, ErrPoolExhausted
+			}
 		}
 	}
-	e := s.take(ip, key, mac)
+	if probe {
+		need, err := s.needProbe(ip, key, now)
+		if err != nil {
+			return nil, netip.Addr{}, err
+		}
+		if need {
+			return nil, ip, nil
+		}
+	}
+	prev := s.byKey[key]
+	first := prev == nil || prev.first // a new client, until it renews
+	e = s.take(ip, key, mac)
+	e.first = first
 	if e.state == stateBound && now.Before(e.expiry) {
-		return e, nil // a bound client that rebooted keeps its lease as is
+		return e, netip.Addr{}, nil // a bound client that rebooted keeps its lease as is
 	}
 	e.state, e.expiry = stateOffered, now.Add(s.times.offer)
-	return e, nil
+	return e, netip.Addr{}, nil
 }
 
 // pick finds a free pool address: a never-used one first (scanning from a
@@ -252,6 +448,9 @@ func (s *leaseStore) pick(key clientKey, mac net.HardwareAddr, now time.Time) (n
 			continue
 		}
 		if _, reserved := s.resIP[ip]; reserved {
+			continue
+		}
+		if s.probeBusy(ip, key, now) {
 			continue
 		}
 		e := s.byIP[ip]
@@ -294,9 +493,18 @@ func (s *leaseStore) request(kind requestKind, key clientKey, mac net.HardwareAd
 	}
 	// SELECTING after an offer expired, RENEWING after a restart that lost
 	// state: an address nobody else holds is granted again (the server is
-	// authoritative for its LAN).
+	// authoritative for its LAN). A client's first lease is short (see
+	// grantTime); renewing it gives the full lease.
+	d, first := s.grantTime(key)
+	if e := s.byIP[ip]; e != nil && e.key == key && e.state == stateBound && now.Before(e.expiry) {
+		d, first = s.times.lease, false // renewing a lease it holds
+	}
 	e := s.take(ip, key, mac)
-	e.state, e.expiry = stateBound, now.Add(s.times.lease)
+	e.state, e.expiry, e.first = stateBound, now.Add(d), first
+	if first {
+		e.granted = now
+	}
+	delete(s.probes, ip)
 	return e, nil
 }
 
@@ -369,6 +577,7 @@ type record struct {
 	Expiry   time.Time `json:"expiry"`
 	Hostname string    `json:"hostname,omitempty"`
 	FQDN     string    `json:"fqdn,omitempty"`
+	First    bool      `json:"first,omitempty"` // a first lease, not yet renewed
 }
 
 // snapshot returns the entries worth keeping across a restart: bindings
@@ -382,7 +591,7 @@ func (s *leaseStore) snapshot() []record {
 			continue
 		}
 		r := record{Key: string(e.key), IP: e.ip.String(), State: e.state.String(),
-			Expiry: e.expiry.UTC(), Hostname: e.hostname, FQDN: e.fqdn}
+			Expiry: e.expiry.UTC(), Hostname: e.hostname, FQDN: e.fqdn, First: e.first}
 		if len(e.mac) > 0 {
 			r.MAC = e.mac.String()
 		}
@@ -407,7 +616,10 @@ func (s *leaseStore) restore(recs []record) []error {
 			errs = append(errs, fmt.Errorf("record %d: address %v listed twice", i, ip))
 			continue
 		}
-		e := &entry{ip: ip, expiry: r.Expiry, hostname: r.Hostname, fqdn: r.FQDN}
+		e := &entry{ip: ip, expiry: r.Expiry, hostname: r.Hostname, fqdn: r.FQDN, first: r.First}
+		if e.first {
+			e.granted = r.Expiry.Add(-s.times.first)
+		}
 		switch r.State {
 		case "bound":
 			e.state = stateBound

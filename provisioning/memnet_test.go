@@ -214,3 +214,54 @@ func TestRunListenError(t *testing.T) {
 		t.Fatalf("Run on a busy port: %v", err)
 	}
 }
+
+// memnetProber answers a probe as ARP would on the in-memory LAN: an
+// address is in use if a host on it has the address configured.
+type memnetProber struct{ hosts []*memnet.Host }
+
+func (p memnetProber) Probe(_ context.Context, a netip.Addr) (bool, error) {
+	for _, h := range p.hosts {
+		ifs, err := h.Interfaces()
+		if err != nil {
+			return false, err
+		}
+		for _, ifc := range ifs {
+			for _, pfx := range ifc.Addrs {
+				if pfx.Addr() == a {
+					return true, nil
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
+// TestMemnetProbe runs the server with a Prober on an in-memory LAN where
+// a printer uses 10.64.7.2 without a lease: the phone is offered .3, the
+// printer's address is quarantined, and Run waits for its probes.
+func TestMemnetProbe(t *testing.T) {
+	leakcheck.Check(t)
+	mn := memnet.New(memnet.Config{})
+	lan := mn.NewSegment("lan", memnet.LinkConfig{})
+	node := mn.AddHost("node")
+	lan.Attach(node.AddInterface("lan0", 0, netip.MustParsePrefix("10.64.7.1/24")))
+	printer := mn.AddHost("printer")
+	lan.Attach(printer.AddInterface("eth0", 0, netip.MustParsePrefix("10.64.7.2/24")))
+	phone := mn.AddHost("phone")
+	lan.Attach(phone.AddInterface("eth0", 0))
+
+	srv, err := NewDHCPServer(DHCPConfig{Network: node, Interface: "lan0", Subnet: testSubnet, ServerIP: testServer,
+		Prober: memnetProber{hosts: []*memnet.Host{printer, phone}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runServer(t, srv)
+	c := newDHCPClient(t, phone, mac(1))
+	_, ack := c.dora()
+	if got := addr(ack.YourIPAddr); got != netip.MustParseAddr("10.64.7.3") {
+		t.Fatalf("phone got %v, want 10.64.7.3 (10.64.7.2 is the printer's)", got)
+	}
+	if st := srv.Stats(); st.InUse != 1 || st.Probes < 2 {
+		t.Errorf("stats %+v, want 1 address in use and ≥ 2 probes", st)
+	}
+}
