@@ -398,7 +398,7 @@ type Reply struct {
 	Granted *Lease
 }
 
-// warn logs a peer-caused problem, at most one line per second (DESIGN.md:
+// warn logs a peer-caused problem, at most one line per second (docs/DESIGN.md:
 // bad input gets a rate-limited log line).
 func (s *DHCPServer) warn(msg string, args ...any) {
 	s.mu.Lock()
