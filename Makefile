@@ -47,19 +47,36 @@ help: ## list the targets and variables
 build: ## build a static bin/sipmesh for this machine
 	CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o bin/sipmesh ./cmd/sipmesh
 
-test: fmtcheck ## everything CI runs: gofmt check, go vet, all tests with -race (root-only tests run as root)
+# test first sets up the Debian packages the tests use (scripts/test-deps.sh:
+# installs them as root, names them otherwise), then runs go test with -json
+# through internal/testsum, which prints what plain go test would plus a
+# list of every skipped test and why. Without a C compiler there is no cgo,
+# so no -race: the run says so instead of failing on it.
+test: fmtcheck ## everything CI runs: installs the test packages (as root), gofmt check, go vet, all tests with -race, a list of skipped tests
+	@scripts/test-deps.sh
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@set -o pipefail; race=-race; \
+	if [ "$$($(GO) env CGO_ENABLED)" != 1 ]; then \
+		echo "*** no C compiler (Debian package gcc): testing WITHOUT the race detector ***"; race=; \
+	fi; \
+	echo "$(GO) test $$race -count=1 -timeout $(TEST_TIMEOUT) ./... (-json, summarized by internal/testsum)"; \
+	$(GO) build -o bin/testsum ./internal/testsum && \
+	$(GO) test $$race -json -count=1 -timeout $(TEST_TIMEOUT) ./... | bin/testsum
 
 fmtcheck:
 	@files=$$(gofmt -l $(GOFILES)); \
 	if [ -n "$$files" ]; then echo "gofmt: these files need formatting (run gofmt -w):"; echo "$$files"; exit 1; fi
 
-bench: ## run the benchmarks (BENCH, BENCHTIME)
+bench: ## run the benchmarks (BENCH, BENCHTIME); installs the peers they compare against (as root)
+	@scripts/test-deps.sh
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem ./...
 
+# demo builds first and says so: the first build compiles every dependency
+# (about a minute on two cores) and go run would be silent meanwhile.
 demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
-	$(GO) run ./cmd/sipmesh demo
+	@echo "building sipmesh (the first build compiles all dependencies: about a minute)…"
+	@CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o bin/sipmesh ./cmd/sipmesh
+	bin/sipmesh demo
 
 cross: ## build static binaries for router CPUs into bin/; print their stripped and xz sizes; check the mipsle budget
 	@set -e; for arch in amd64 arm64 arm mipsle; do \

@@ -10,7 +10,8 @@ import (
 
 // Default LAN addressing: every node's phone LAN is one /24 inside
 // 10.64.0.0/10 (16384 subnets), picked from the node ID so that nodes
-// rarely collide even before they claim (DESIGN.md: node IDs are uniform).
+// rarely collide even before they claim (docs/DESIGN.md: node IDs
+// are uniform).
 var (
 	DefaultSupernet = netip.MustParsePrefix("10.64.0.0/10")
 )
@@ -46,9 +47,9 @@ type SubnetClaim struct {
 
 // DeriveSubnet returns the attempt-th candidate LAN subnet of a node: a
 // prefix of length bits inside supernet, chosen by SHA-256 of the node ID
-// and the attempt number (CONVENTIONS: keys are hashed with a cryptographic
-// hash). The same inputs always give the same subnet, so a node that
-// restarts without its state derives the subnet it had.
+// and the attempt number (docs/DESIGN.md: keys are hashed with a
+// cryptographic hash). The same inputs always give the same subnet, so a
+// node that restarts without its state derives the subnet it had.
 func DeriveSubnet(supernet netip.Prefix, bits int, nodeID uint64, attempt int) (netip.Prefix, error) {
 	supernet = supernet.Masked()
 	if !supernet.IsValid() || !supernet.Addr().Is4() {

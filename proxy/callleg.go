@@ -11,7 +11,7 @@ import (
 	"github.com/sipmesh/sipmesh/sipalg"
 )
 
-// The SIP ALG of a node (DESIGN.md, package sipalg): when a request or
+// The SIP ALG of a node (docs/DESIGN.md, package sipalg): when a request or
 // response with SDP crosses between the LAN socket (IPv4, relay side A)
 // and the mesh socket (IPv6, relay side B), the node anchors the call's
 // media on its relay and rewrites the SDP so that each side sees an

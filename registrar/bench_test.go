@@ -34,18 +34,14 @@ const (
 	benchRounds = 10
 )
 
-// kamailioCfg finds the reference configuration (shared/peers/kamailio).
+// kamailioCfg is the reference configuration: the repository's
+// testdata/kamailio (see the comments in it).
 func kamailioCfg(tb testing.TB) string {
-	for _, p := range []string{"../../shared/peers/kamailio/kamailio.cfg", "/work/shared/peers/kamailio/kamailio.cfg"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
+	const p = "../testdata/kamailio/kamailio.cfg"
+	if _, err := os.Stat(p); err != nil {
+		tb.Fatalf("Kamailio reference config: %v", err)
 	}
-	if p := os.Getenv("SIPMESH_KAMAILIO_CFG"); p != "" {
-		return p
-	}
-	tb.Fatal("shared/peers/kamailio/kamailio.cfg not found (or set SIPMESH_KAMAILIO_CFG)")
-	return ""
+	return p
 }
 
 // freeUDPPort returns a high port free on 127.0.0.1 now.
@@ -59,9 +55,9 @@ func freeUDPPort(tb testing.TB) int {
 }
 
 // startKamailio runs Kamailio from Debian as a plain in-memory registrar
-// (registrar + usrloc db_mode 0, the shared reference config) with digest
-// authentication (-A WITH_AUTH: user uNNNN, password pwNNNN, qop=auth, MD5)
-// on 127.0.0.1:port, and stops it (by PID: SIGTERM, then SIGKILL) when
+// (registrar + usrloc db_mode 0, the reference config in testdata/kamailio)
+// with digest authentication (-A WITH_AUTH: user uNNNN, password pwNNNN,
+// qop=auth, MD5) on 127.0.0.1:port, and stops it (by PID: SIGTERM, then SIGKILL) when
 // the benchmark ends. A missing kamailio fails the benchmark.
 func startKamailio(tb testing.TB) netip.AddrPort {
 	bin, err := exec.LookPath("kamailio")

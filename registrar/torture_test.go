@@ -15,20 +15,15 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// rfc4475Dir holds the RFC 4475 torture messages (shared test data beside
-// the repository, see its README and manifest.tsv).
+// rfc4475Dir holds the RFC 4475 torture messages: the repository's
+// testdata/rfc4475 (see its README and manifest.tsv).
 func rfc4475Dir(t testing.TB) string {
 	t.Helper()
-	for _, d := range []string{"../../shared/testdata/rfc4475", "/work/shared/testdata/rfc4475"} {
-		if _, err := os.Stat(filepath.Join(d, "manifest.tsv")); err == nil {
-			return d
-		}
+	const d = "../testdata/rfc4475"
+	if _, err := os.Stat(filepath.Join(d, "manifest.tsv")); err != nil {
+		t.Fatalf("RFC 4475 corpus: %v", err)
 	}
-	if dir := os.Getenv("SIPMESH_RFC4475"); dir != "" {
-		return dir
-	}
-	t.Fatal("RFC 4475 corpus not found (shared/testdata/rfc4475 beside the repository, or SIPMESH_RFC4475)")
-	return ""
+	return d
 }
 
 type tortureCase struct {

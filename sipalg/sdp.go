@@ -136,9 +136,9 @@ type span struct{ start, end int }
 // may rewrite sits, so that Rewrite changes those bytes and nothing else.
 // pion/sdp is not used here on purpose: its Marshal turns LF into CRLF,
 // drops trailing spaces, moves a media c= before a=, and it rejects SDP
-// without a final CRLF or with unknown line types (measured on v3.0.20,
-// ../shared/research/libraries.md §2), while the ALG must pass everything
-// it does not rewrite byte for byte.
+// without a final CRLF or with unknown line types (measured on v3.0.20),
+// while the ALG must pass everything it does not rewrite byte for byte
+// (RFC 4566 §5: lines end in CRLF, but parsers should accept LF alone).
 type SDP struct {
 	src   []byte
 	lines []line

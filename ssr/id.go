@@ -49,7 +49,7 @@ func IDFromPublicKey(pub ed25519.PublicKey) NodeID {
 }
 
 // KeyID hashes an application key (an AOR, a name) onto the ring with a
-// cryptographic hash truncated to the ID width (DESIGN.md: never djb2).
+// cryptographic hash truncated to the ID width (docs/DESIGN.md: never djb2).
 func KeyID(key []byte) NodeID {
 	sum := sha256.Sum256(key)
 	return NodeID(binary.BigEndian.Uint64(sum[:8]))

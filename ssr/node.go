@@ -12,7 +12,7 @@ import (
 )
 
 // Node is one SSR router's protocol state: a state machine without I/O
-// (DESIGN.md). Its driver feeds it frames (HandleFrame), time (Tick) and
+// (docs/DESIGN.md). Its driver feeds it frames (HandleFrame), time (Tick) and
 // application requests (Send, Ping); it answers through Env. A Node is not
 // safe for concurrent use: one driver goroutine, or one simulator loop, owns it.
 type Node struct {

@@ -300,7 +300,7 @@ func needTool(t *testing.T, tool, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(tool)
 	if err != nil {
-		t.Fatalf("%s not found (Debian package %s; .ci/run installs it): this test needs the real tool: %v", tool, pkg, err)
+		t.Fatalf("%s not found (Debian package %s; make test installs it as root): this test needs the real tool: %v", tool, pkg, err)
 	}
 	return p
 }

@@ -17,15 +17,16 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("node", "--config FILE", `Node runs the sipmesh daemon on this machine: SSR on the mesh interfaces
 named in the config file, and the local control socket that 'sipmesh status'
 and 'sipmesh ping' use. The node key is created in the state directory on
-first start and kept. The config file has one "key value" per line:
+first start and kept. The config file has one "key value" per line, "#"
+starting a comment; only mesh-interface is required:
 
   name node1
-  state-dir /var/lib/sipmesh
-  mesh-interface wlan0          # one line per mesh interface
-  mesh-port 7447
-  control /run/sipmesh/sipmesh.sock
-  log-level info
+  mesh-interface wlan0
+  lan-interface eth0
 
+Keys:
+
+`+gateway.ConfigKeysText()+`
 It runs until SIGINT or SIGTERM, then shuts down cleanly.`, stderr)
 	config := fs.String("config", "", "config `FILE` (required)")
 	if err := parseFlags(fs, args); err != nil {

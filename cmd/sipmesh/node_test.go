@@ -116,3 +116,18 @@ func TestPingAndStatusAgainstNode(t *testing.T) {
 		t.Errorf("ping of a missing node: exit %d\n%s", code, stdout)
 	}
 }
+
+// TestNodeHelpListsConfigKeys: `sipmesh node --help` lists every config key
+// with its default (the same table as the README's).
+func TestNodeHelpListsConfigKeys(t *testing.T) {
+	code, stdout, stderr := run(t, "node", "--help")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	help := stdout + stderr // the stream help goes to is the CLI's business
+	for _, k := range gateway.ConfigKeys() {
+		if !regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(k.Name) + ` +` + regexp.QuoteMeta(k.Default) + ` `).MatchString(help) {
+			t.Errorf("help lacks the line of %s (default %s):\n%s", k.Name, k.Default, help)
+		}
+	}
+}

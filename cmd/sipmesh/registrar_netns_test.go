@@ -27,7 +27,7 @@ func TestRegistrarAcrossNodes(t *testing.T) {
 	netns.RequireRoot(t)
 	sipsak, err := exec.LookPath("sipsak")
 	if err != nil {
-		t.Fatalf("sipsak not found (Debian package sipsak; .ci/run installs it): %v", err)
+		t.Fatalf("sipsak not found (Debian package sipsak; make test installs it as root): %v", err)
 	}
 	bin := buildSipmesh(t)
 	tmp := t.TempDir()

@@ -1,8 +1,8 @@
 // Package leakcheck fails a test that leaves goroutines running.
 //
 // Every sipmesh component promises that Close (or the return of Run) waits
-// for each goroutine it started (CONVENTIONS.md, "Concurrency and
-// lifecycle"); goroutine leaks are the most reported bug class in the SIP and
+// for each goroutine it started (docs/CONVENTIONS.md, "Concurrency
+// and lifecycle"); goroutine leaks are the most reported bug class in the SIP and
 // mesh daemons this project learns from. Call Check first thing in a test:
 //
 //	func TestRelay(t *testing.T) {

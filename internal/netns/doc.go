@@ -8,9 +8,10 @@
 // Everything it creates is removed by t.Cleanup, and only what it created:
 // namespaces of other tests or of the host are never touched. Tests that
 // need it call RequireRoot first: without root they are skipped with a loud
-// message on a developer's machine and fail in CI (CI=true), because a
-// real-network test must run in CI rather than skip silently
-// (CONVENTIONS.md, "Tests").
+// message on a developer's machine (and listed at the end of `make test`),
+// and they fail in CI (CI=true) and as root without ip or sysctl, because a
+// real-network test must run rather than skip silently
+// (docs/CONVENTIONS.md, "Tests").
 //
 // The package is Linux-only.
 package netns

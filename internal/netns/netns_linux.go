@@ -15,29 +15,28 @@ import (
 	"time"
 )
 
-// RequireRoot skips t when the process is not root and not in CI, with a
-// message nobody can miss, and fails t in CI: CI runs as root, so a missing
-// privilege or tool there is a broken setup, not a reason to skip.
+// RequireRoot skips t when the process is not root, with a message nobody
+// can miss, and fails t when it runs as root without the ip or sysctl
+// command or in CI without root: as root, `make test` installs what is
+// missing (scripts/test-deps.sh), so a missing tool there is a broken set-up
+// to fix, not a reason to skip.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	var why string
-	switch {
-	case os.Geteuid() != 0:
-		why = "needs root (network namespaces and veth pairs)"
-	default:
-		if _, err := exec.LookPath("ip"); err != nil {
-			why = "needs the ip command (Debian package iproute2)"
-		} else if _, err := exec.LookPath("sysctl"); err != nil {
-			why = "needs the sysctl command (Debian package procps)"
+	if os.Geteuid() != 0 {
+		const why = "needs root (network namespaces and veth pairs)"
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s: this test %s, and CI must run it", t.Name(), why)
+		}
+		// No test name in the message: go test's "--- SKIP: name" line has
+		// it, and the same text for every such test lets `make test` group
+		// them in its summary.
+		t.Skipf("\n*** SKIPPED: this test %s. Run `make test` as root (as CI does) to cover it. ***", why)
+	}
+	for _, tool := range []struct{ cmd, pkg string }{{"ip", "iproute2"}, {"sysctl", "procps"}} {
+		if _, err := exec.LookPath(tool.cmd); err != nil {
+			t.Fatalf("%s needs the %s command (Debian package %s; `make test` installs it as root): %v", t.Name(), tool.cmd, tool.pkg, err)
 		}
 	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s: this test %s, and CI must run it", t.Name(), why)
-	}
-	t.Skipf("\n*** SKIPPED %s: it %s. Run `go test` as root (as CI does) to cover it. ***", t.Name(), why)
 }
 
 // seq numbers the namespaces this process creates.

@@ -1,0 +1,113 @@
+package gateway
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// ConfigKey documents one key of the config file: the README's table of
+// keys and `sipmesh node --help` are both made from ConfigKeys, and a test
+// checks that it names exactly the keys ParseConfig knows.
+type ConfigKey struct {
+	Name string
+	// Repeatable keys may be given on several lines; each adds a value.
+	Repeatable bool
+	// Default is the value in force when the file does not set the key,
+	// formatted from DefaultOptions.
+	Default string
+	// Doc says what the key sets, in one line.
+	Doc string
+}
+
+// configKeyDocs lists the keys in the order a config file would set them.
+// show formats the key's value in o; an empty string means "not set", for
+// which unset (or "none") is printed.
+var configKeyDocs = []struct {
+	name, unset, doc string
+	show             func(o Options) string
+}{
+	{"name", "", "label of the node in logs and status (not its identity: the key is)",
+		func(o Options) string { return o.Name }},
+	{"state-dir", "", "directory of node.key and other state that survives a restart",
+		func(o Options) string { return o.StateDir }},
+	{"mesh-interface", "required", "interface SSR runs on; at least one",
+		func(o Options) string { return strings.Join(o.MeshInterfaces, " ") }},
+	{"mesh-port", "", "UDP port of SSR frames on the mesh interfaces",
+		func(o Options) string { return strconv.Itoa(int(o.MeshPort)) }},
+	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `lookup` (none: no socket)",
+		func(o Options) string { return o.Control }},
+	{"log-level", "", "least severe level logged: debug, info, warn or error",
+		func(o Options) string { return strings.ToLower(o.LogLevel.String()) }},
+	{"admin-key", "none", "mesh administrator key (created if missing); subscribers are managed on nodes that have it",
+		func(o Options) string { return o.AdminKey }},
+	{"admin-public-key", "from admin-key", "the administrator key's public half (hex), on nodes without admin-key",
+		func(o Options) string { return fmt.Sprintf("%x", o.AdminPublicKey) }},
+	{"lan-interface", "none", "interface phones plug into (none: the node only routes and stores)",
+		func(o Options) string { return o.LANInterface }},
+	{"lan-address", "derived", "the node's IPv4 address/prefix on the LAN (default: derived from the node ID inside lan-supernet and claimed in the DHT)",
+		func(o Options) string {
+			if !o.LANAddress.IsValid() {
+				return ""
+			}
+			return o.LANAddress.String()
+		}},
+	{"lan-supernet", "", "where derived LAN subnets come from",
+		func(o Options) string { return o.LANSupernet.String() }},
+	{"dhcp", "", "serve DHCP (addresses, DNS = the node, option 120 sipserver.mesh) on the LAN: on or off",
+		func(o Options) string {
+			if o.DHCP {
+				return "on"
+			}
+			return "off"
+		}},
+	{"sip-port", "", "SIP port on the LAN and mesh addresses",
+		func(o Options) string { return strconv.Itoa(int(o.SIPPort)) }},
+	{"digest-algorithms", "", "digest algorithms offered in challenges, in order (RFC 8760): SHA-256, MD5 or both",
+		func(o Options) string { return strings.Join(o.DigestAlgorithms, ",") }},
+	{"dns-upstream", "none", "resolver (address or address:port) for names outside .mesh",
+		func(o Options) string {
+			s := make([]string, len(o.DNSUpstreams))
+			for i, u := range o.DNSUpstreams {
+				s[i] = u.String()
+			}
+			return strings.Join(s, " ")
+		}},
+	{"nat64-prefix", "", "prefix of the AAAA records DNS64 synthesises (RFC 6052, RFC 6147)",
+		func(o Options) string { return o.NAT64Prefix.String() }},
+	{"relay-ports", "", "UDP ports of the RTP relay on each side",
+		func(o Options) string { return fmt.Sprintf("%d-%d", o.RelayPortMin, o.RelayPortMax) }},
+}
+
+// ConfigKeys returns every key of the config file with its default, in the
+// order a config file would set them.
+func ConfigKeys() []ConfigKey {
+	def := DefaultOptions()
+	keys := make([]ConfigKey, len(configKeyDocs))
+	for i, k := range configKeyDocs {
+		d := k.show(def)
+		if d == "" {
+			d = "(" + k.unset + ")"
+		}
+		keys[i] = ConfigKey{Name: k.name, Repeatable: setters[k.name].repeat, Default: d, Doc: k.doc}
+	}
+	return keys
+}
+
+// ConfigKeysText is the table of keys for `sipmesh node --help`: key,
+// default, what it sets.
+func ConfigKeysText() string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "  key\tdefault\tsets\n")
+	for _, k := range ConfigKeys() {
+		doc := k.Doc
+		if k.Repeatable {
+			doc += " (repeatable)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", k.Name, k.Default, doc)
+	}
+	tw.Flush()
+	return b.String()
+}
