@@ -368,12 +368,19 @@ func busybox(t *testing.T) string {
 	return p
 }
 
+// needTool fails t when tool is not on PATH, naming the Debian package
+// that has it (scripts/test-deps.sh installs them all for make test).
+func needTool(t *testing.T, tool, pkg string) {
+	t.Helper()
+	if _, err := exec.LookPath(tool); err != nil {
+		t.Fatalf("needs %s (Debian package %s): %v", tool, pkg, err)
+	}
+}
+
 // checkDpkgDeb has dpkg-deb, the reference, read the .deb.
 func checkDpkgDeb(t *testing.T, path string) {
 	t.Helper()
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Fatalf("needs dpkg-deb (Debian package dpkg): %v", err)
-	}
+	needTool(t, "dpkg-deb", "dpkg")
 	out, err := exec.Command("dpkg-deb", "--info", path).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), " Package: sipmesh\n") {
 		t.Errorf("dpkg-deb --info: %v\n%s", err, out)
@@ -382,9 +389,7 @@ func checkDpkgDeb(t *testing.T, path string) {
 	if err != nil || !strings.Contains(string(out), " ./lib/systemd/system/sipmesh.service\n") {
 		t.Errorf("dpkg-deb --contents: %v\n%s", err, out)
 	}
-	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Fatalf("needs systemd-analyze to check the unit (Debian package systemd): %v", err)
-	}
+	needTool(t, "systemd-analyze", "systemd") // checks the unit
 	root := t.TempDir()
 	if out, err := exec.Command("dpkg-deb", "--extract", path, root).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb --extract: %v\n%s", err, out)
