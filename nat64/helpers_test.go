@@ -177,8 +177,11 @@ func verify4(b []byte) error {
 		if csum(l4, 0) != 0 {
 			return fmt.Errorf("ICMP checksum bad")
 		}
-		if len(l4) >= 28 && l4[0] != 0 && l4[0] != 8 {
-			if csum(l4[8:28], 0) != 0 {
+		if ihl := 0; len(l4) >= 28 && l4[0] != 0 && l4[0] != 8 {
+			if ihl = int(l4[8]&0xf) * 4; ihl < 20 || len(l4) < 8+ihl {
+				return fmt.Errorf("quoted IPv4 header length %d", ihl)
+			}
+			if csum(l4[8:8+ihl], 0) != 0 {
 				return fmt.Errorf("quoted IPv4 header checksum bad")
 			}
 		}

@@ -60,13 +60,16 @@ func l4ports(proto uint8, l4 []byte) (sport, dport uint16, err error) {
 // newPseudo. Lengths and protocol number weigh the same in both
 // pseudo-headers, so only addresses change. A quoted (inner) segment may be
 // truncated; it keeps what fits.
-func rewriteL4(o, l4 []byte, proto uint8, sport, dport uint16, oldPseudo, newPseudo uint64, inner bool) (int, error) {
+func rewriteL4(o, l4 []byte, proto uint8, sport, dport uint16, oldPseudo, newPseudo uint64, inner, frag bool) (int, error) {
 	hdr, csOff := 20, 16
 	if proto == protoUDP {
 		hdr, csOff = 8, 6
 	}
 	if !inner && len(l4) < hdr {
 		return 0, ErrTruncated
+	}
+	if !inner && !frag && proto == protoUDP && int(binary.BigEndian.Uint16(l4[4:])) != len(l4) {
+		return 0, ErrMalformed // the UDP length must match the IP payload (RFC 768)
 	}
 	n := copy(o, l4)
 	if n < 4 || (!inner && n < len(l4)) {
@@ -114,7 +117,7 @@ func (t *Translator) to4(h *hdr6, tu *tuple4, ih *hdr6, itu *tuple4, o []byte, i
 	default:
 		oldP := sum(sum(0, h.src[:]), h.dst[:])
 		newP := sum(sum(0, tu.src[:]), tu.dst[:])
-		n, err = rewriteL4(body, h.l4, proto, tu.sport, tu.dport, oldP, newP, inner)
+		n, err = rewriteL4(body, h.l4, proto, tu.sport, tu.dport, oldP, newP, inner, h.frag && (h.more || h.fragOff != 0))
 		if err == nil && !inner && proto == protoUDP && binary.BigEndian.Uint16(body[6:]) == 0 {
 			err = ErrChecksum // RFC 8200 §8.1: a zero UDP checksum is invalid in IPv6
 		}
@@ -176,7 +179,7 @@ func (t *Translator) to6(h *hdr4, tu *tuple6, ih *hdr4, itu *tuple6, o []byte, i
 	default:
 		oldP := sum(sum(0, h.src[:]), h.dst[:])
 		newP := sum(sum(0, tu.src[:]), tu.dst[:])
-		n, err = rewriteL4(body, h.l4, proto, tu.sport, tu.dport, oldP, newP, inner)
+		n, err = rewriteL4(body, h.l4, proto, tu.sport, tu.dport, oldP, newP, inner, h.fragment())
 		if err == nil && !inner && proto == protoUDP && binary.BigEndian.Uint16(body[6:]) == 0 {
 			// RFC 7915 §4.5: compute the checksum IPv4 left out; a
 			// fragment cannot be, so it is dropped (RFC 6146 §3.4).
