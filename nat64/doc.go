@@ -29,8 +29,12 @@
 // Translator.In6 and Translator.In4 are the interface a TUN loop drives:
 // one packet in, one packet (or an ICMP error for the sender) out.
 //
-// Not here yet: reassembly or fragment state (non-first fragments, which
-// carry no ports, are dropped), fragmenting IPv4 packets without DF that
+// Fragments after the first carry no ports (RFC 6146 §3.4): rather than
+// reassembling, the translator remembers the addresses it gave each first
+// fragment for FRAGMENT_MIN (2 s, RFC 6146 §4) in a bounded table and
+// gives them to the rest; a fragment arriving before its first is dropped.
+//
+// Not here yet: fragmenting IPv4 packets without DF that
 // outgrow the IPv6 MTU (dropped, ErrNeedFragment), static bindings (IPv4
 // hosts cannot open sessions), hairpinning (RFC 6146 §3.8), and the TUN
 // data plane itself.

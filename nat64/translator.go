@@ -38,6 +38,9 @@ type Config struct {
 	// ICMPErrorsPerSecond bounds the ICMP errors the translator itself
 	// originates (RFC 4443 §2.4(f), RFC 1812 §4.3.2.8); default 100.
 	ICMPErrorsPerSecond int
+	// MaxFragments bounds the datagrams whose first fragment's translation
+	// is remembered for the fragments after it (default 1024).
+	MaxFragments int
 	// Now is the clock; default time.Now. Tests inject virtual time.
 	Now func() time.Time
 }
@@ -53,6 +56,7 @@ type Translator struct {
 
 	mu       sync.Mutex
 	tab      table
+	frags    frags
 	ipID     uint16
 	rnd      rng
 	tokens   float64
@@ -105,6 +109,7 @@ func New(cfg Config) (*Translator, error) {
 	def(&cfg.MTU4, 1500)
 	def(&cfg.MTU6, 1280)
 	def(&cfg.ICMPErrorsPerSecond, 100)
+	def(&cfg.MaxFragments, 1024)
 	if cfg.MTU4 < 576 || cfg.MTU6 < 1280 {
 		return nil, fmt.Errorf("nat64: config: MTU4 %d, MTU6 %d: below the IPv4 576 / IPv6 1280 minimum", cfg.MTU4, cfg.MTU6)
 	}
@@ -139,6 +144,7 @@ func New(cfg Config) (*Translator, error) {
 		adf:    make(map[adfKey]int),
 		perSrc: make(map[[8]byte]int),
 	}
+	t.frags = frags{m: make(map[fragKey]fragEntry), ring: make([]fragQItem, cfg.MaxFragments)}
 	now := cfg.Now()
 	t.rnd = rng(uint64(now.UnixNano()) | 1)
 	t.tokens = float64(cfg.ICMPErrorsPerSecond)
@@ -213,6 +219,7 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 	defer t.mu.Unlock()
 	now := t.cfg.Now()
 	t.expireLocked(now)
+	t.frags.expire(now)
 	if h.segLeft != 0 { // RFC 7915 §5.1: Parameter Problem at Segments Left
 		return t.reply6Locked(out, pkt, &h, icmp6ParamProblem, 0, uint32(h.segLeft), ErrRoutingHeader, now)
 	}
@@ -222,13 +229,16 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 	if h.proto != protoTCP && h.proto != protoUDP && h.proto != protoICMPv6 {
 		return t.drop(ErrProto) // RFC 6146 §3.1: TCP, UDP and ICMP only
 	}
-	if !h.first() {
-		return t.drop(ErrFragment) // no ports to find the binding with
-	}
 	var tu, itu tuple4
 	var ihp *hdr6
 	var ih hdr6
-	if h.proto == protoICMPv6 && len(h.l4) >= 8 && isICMP6Error(h.l4[0]) {
+	if !h.first() {
+		e, ok := t.frags.m[frag6Key(&h)]
+		if !ok {
+			return t.drop(ErrFragment) // no ports, and no first fragment seen
+		}
+		tu = e.tu4
+	} else if h.proto == protoICMPv6 && len(h.l4) >= 8 && isICMP6Error(h.l4[0]) {
 		// RFC 6146 §3.5.3: the quoted packet went out to this IPv6 host
 		// through the translator; its binding gives the addresses.
 		if ih, err = parse6(h.l4[8:], true); err != nil {
@@ -305,6 +315,9 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 		t.dropped.Add(1)
 		return 0, false, err
 	}
+	if h.frag && h.more && h.fragOff == 0 {
+		t.frags.add(frag6Key(&h), fragEntry{tu4: tu, expires: now.Add(FragmentTimeout)})
+	}
 	t.out4.Add(1)
 	return n, false, nil
 }
@@ -328,6 +341,7 @@ func (t *Translator) In4(pkt, out []byte) (n int, reply bool, err error) {
 	defer t.mu.Unlock()
 	now := t.cfg.Now()
 	t.expireLocked(now)
+	t.frags.expire(now)
 	if h.ttl <= 1 { // RFC 7915 §4.1
 		return t.reply4Locked(out, pkt, &h, icmp4TimeExceeded, 0, 0, ErrHopLimit, now)
 	}
@@ -337,13 +351,16 @@ func (t *Translator) In4(pkt, out []byte) (n int, reply bool, err error) {
 	if h.proto != protoTCP && h.proto != protoUDP && h.proto != protoICMP {
 		return t.drop(ErrProto)
 	}
-	if !h.first() {
-		return t.drop(ErrFragment)
-	}
 	var tu, itu tuple6
 	var ihp *hdr4
 	var ih hdr4
-	if h.proto == protoICMP && len(h.l4) >= 8 && isICMP4Error(h.l4[0]) {
+	if !h.first() {
+		e, ok := t.frags.m[frag4Key(&h)]
+		if !ok {
+			return t.drop(ErrFragment)
+		}
+		tu = e.tu6
+	} else if h.proto == protoICMP && len(h.l4) >= 8 && isICMP4Error(h.l4[0]) {
 		if ih, err = parse4(h.l4[8:], true); err != nil {
 			return t.drop(err)
 		}
@@ -409,6 +426,9 @@ func (t *Translator) In4(pkt, out []byte) (n int, reply bool, err error) {
 	if err != nil {
 		t.dropped.Add(1)
 		return 0, false, err
+	}
+	if h.mf && h.fragOff == 0 {
+		t.frags.add(frag4Key(&h), fragEntry{tu6: tu, expires: now.Add(FragmentTimeout)})
 	}
 	t.out6.Add(1)
 	return n, false, nil

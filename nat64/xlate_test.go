@@ -269,7 +269,7 @@ func TestICMPErrors6to4(t *testing.T) {
 }
 
 func TestFragments(t *testing.T) {
-	tr, _ := newTestTranslator(t, nil)
+	tr, c := newTestTranslator(t, nil)
 	// IPv6 first fragment (M=1) → IPv4 MF, Identification from the
 	// Fragment Header (RFC 7915 §5.1.1).
 	seg := udpSeg(40000, 7, make([]byte, 32))
@@ -304,10 +304,56 @@ func TestFragments(t *testing.T) {
 	if got[6] != nhFragment || got[40] != protoUDP || binary.BigEndian.Uint16(got[42:]) != 1 || binary.BigEndian.Uint32(got[44:]) != 0x4321 {
 		t.Fatalf("fragment header % x", got[40:48])
 	}
-	// Non-first fragments carry no ports: dropped (no fragment state).
-	in4 = pkt4(server4, pool4, 64, protoUDP, 0x4321, 5, seg4, false)
-	if _, _, err := tr.In4(in4, out); !errors.Is(err, ErrFragment) {
-		t.Fatalf("non-first fragment: %v", err)
+	// Later fragments carry no ports; they get the first one's addresses
+	// (RFC 6146 §3.4).
+	rest := []byte("0123456789abcdef")
+	n, _, err = tr.In4(pkt4(server4, pool4, 64, protoUDP, 0x4321, 5, rest, false), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pkt6(wkp(server4), host6, 63, protoUDP, rest, []byte{0, 0, 0, 5 << 3, 0, 0, 0x43, 0x21})
+	copy(want[48:], rest) // pkt6 wrote a UDP checksum into what is mid-datagram data
+	golden(t, "IPv4 last fragment", out[:n], want)
+	n, _, err = tr.In6(pkt6(host6, wkp(server4), 64, protoUDP, rest, []byte{0, 0, 0, 4 << 3, 0xca, 0xfe, 0xba, 0xbe}), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = out[:n]
+	if err := verify4(got); err != nil || binary.BigEndian.Uint16(got[6:]) != 4 || !bytes.Equal(got[12:20], append(pool4[:], server4[:]...)) {
+		t.Fatalf("IPv6 last fragment: %v % x", err, got)
+	}
+	// A fragment of a datagram whose first fragment was not seen, or
+	// after FRAGMENT_MIN, is dropped.
+	if _, _, err := tr.In4(pkt4(server4, pool4, 64, protoUDP, 0x9999, 5, rest, false), out); !errors.Is(err, ErrFragment) {
+		t.Fatalf("orphan fragment: %v", err)
+	}
+	c.advance(FragmentTimeout)
+	if _, _, err := tr.In4(pkt4(server4, pool4, 64, protoUDP, 0x4321, 7, rest, false), out); !errors.Is(err, ErrFragment) {
+		t.Fatalf("fragment after the timeout: %v", err)
+	}
+}
+
+func TestFragmentTableBounded(t *testing.T) {
+	tr, _ := newTestTranslator(t, func(c *Config) { c.MaxFragments = 2 })
+	out := make([]byte, 200)
+	sent := out6to4(t, tr, pkt6(host6, wkp(server4), 64, protoUDP, udpSeg(40000, 7, nil), nil))
+	port := binary.BigEndian.Uint16(sent[20:])
+	seg := udpSeg(7, port, make([]byte, 16))
+	binary.BigEndian.PutUint16(seg[4:], 100)
+	seg[6] = 1
+	for id := uint16(1); id <= 3; id++ {
+		if _, _, err := tr.In4(pkt4(server4, pool4, 64, protoUDP, id, 0x2000, seg, false), out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(tr.frags.m) != 2 {
+		t.Fatalf("%d fragment entries, want 2", len(tr.frags.m))
+	}
+	if _, _, err := tr.In4(pkt4(server4, pool4, 64, protoUDP, 1, 3, seg, false), out); !errors.Is(err, ErrFragment) {
+		t.Fatalf("evicted datagram's fragment: %v", err)
+	}
+	if _, _, err := tr.In4(pkt4(server4, pool4, 64, protoUDP, 3, 3, seg, false), out); err != nil {
+		t.Fatalf("newest datagram's fragment: %v", err)
 	}
 }
 
