@@ -34,8 +34,10 @@
 // fragment for FRAGMENT_MIN (2 s, RFC 6146 §4) in a bounded table and
 // gives them to the rest; a fragment arriving before its first is dropped.
 //
-// Not here yet: fragmenting IPv4 packets without DF that
-// outgrow the IPv6 MTU (dropped, ErrNeedFragment), static bindings (IPv4
-// hosts cannot open sessions), hairpinning (RFC 6146 §3.8), and the TUN
-// data plane itself.
+// An IPv4 packet without DF whose translation outgrows the IPv6 MTU is
+// split into IPv6 fragments by Translator.In4Split (RFC 7915 §4.1);
+// Translator.In4 drops it with ErrNeedFragment.
+//
+// Not here yet: static bindings (IPv4 hosts cannot open sessions),
+// hairpinning (RFC 6146 §3.8), and the TUN data plane itself.
 package nat64

@@ -64,6 +64,7 @@ func seeds4() [][]byte {
 		pkt4(router4, pool4, 64, protoICMP, 5, 0, te, true),
 		pkt4(router4, pool4, 64, protoICMP, 6, 0, fn, true),
 		pkt4(server4, pool4, 1, protoUDP, 7, 0, udpSeg(53, 4000, nil), true),
+		pkt4(server4, pool4, 64, protoUDP, 8, 0, udpSeg(53, 4000, make([]byte, 1400)), true),
 	}
 }
 
@@ -103,8 +104,8 @@ func FuzzTranslate6to4(f *testing.F) {
 	})
 }
 
-// FuzzTranslate4to6 feeds IPv4 packets to the pool address to In4, with
-// bindings for UDP, TCP and ICMP in place.
+// FuzzTranslate4to6 feeds IPv4 packets to the pool address to In4Split,
+// with bindings for UDP, TCP and ICMP in place.
 func FuzzTranslate4to6(f *testing.F) {
 	for _, s := range seeds4() {
 		f.Add(s)
@@ -135,9 +136,18 @@ func FuzzTranslate4to6(f *testing.F) {
 				}
 			}
 		}
-		n, reply, err := tr.In4(p, out)
-		if n > len(out) || (n > 0) == (err != nil && !reply) {
-			t.Fatalf("n=%d reply=%v err=%v", n, reply, err)
+		frags := 0
+		n, reply, err := tr.In4Split(p, out, func(f []byte) {
+			frags++
+			if len(f) > tr.cfg.MTU6 {
+				t.Fatalf("fragment of %d bytes", len(f))
+			}
+			if err := verify6(f); err != nil {
+				t.Fatalf("fragment: %v\nin  % x\nout % x", err, p, f)
+			}
+		})
+		if n > len(out) || (n > 0) == (err != nil && !reply) && frags == 0 || frags > 0 && (n != 0 || err != nil) {
+			t.Fatalf("n=%d reply=%v err=%v fragments=%d", n, reply, err, frags)
 		}
 		if n == 0 {
 			return

@@ -327,6 +327,20 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 // growth of a quoted packet). Results as for In6; a reply is an ICMPv4
 // error (RFC 7915 §4.1, RFC 6146 §3.5).
 func (t *Translator) In4(pkt, out []byte) (n int, reply bool, err error) {
+	return t.in4(pkt, out, nil)
+}
+
+// In4Split is In4 that also fragments: an IPv4 packet without DF whose
+// translation outgrows MTU6 is translated and split into IPv6 fragments
+// of at most MTU6 bytes (RFC 7915 §4.1), each passed to emit in turn, and
+// In4Split returns n == 0 with a nil error. emit must be done with a
+// fragment before it returns: the next one is written over its tail. out
+// must hold len(pkt)+56 bytes.
+func (t *Translator) In4Split(pkt, out []byte, emit func(frag []byte)) (n int, reply bool, err error) {
+	return t.in4(pkt, out, emit)
+}
+
+func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool, err error) {
 	h, err := parse4(pkt, false)
 	if err != nil {
 		return t.drop(err)
@@ -420,10 +434,20 @@ func (t *Translator) In4(pkt, out []byte) (n int, reply bool, err error) {
 			mtu := t.cfg.MTU6 - (size - len(pkt))
 			return t.reply4Locked(out, pkt, &h, icmp4DstUnreach, 4, uint32(mtu), ErrTooBig, now)
 		}
-		return t.drop(ErrNeedFragment)
-	}
-	n, err = t.to6(&h, &tu, ihp, &itu, out, false)
-	if err != nil {
+		if emit == nil {
+			return t.drop(ErrNeedFragment)
+		}
+		if len(out) < size+fragHeaderLen {
+			return t.drop(ErrShortBuffer)
+		}
+		// Translate 8 bytes in, leaving room for a Fragment Header.
+		if n, err = t.to6(&h, &tu, nil, nil, out[fragHeaderLen:], false); err != nil {
+			t.dropped.Add(1)
+			return 0, false, err
+		}
+		t.fragment6(out, n, emit)
+		n = 0
+	} else if n, err = t.to6(&h, &tu, ihp, &itu, out, false); err != nil {
 		t.dropped.Add(1)
 		return 0, false, err
 	}
@@ -548,4 +572,52 @@ func (t *Translator) reply4Locked(out, pkt []byte, h *hdr4, typ, code uint8, par
 	binary.BigEndian.PutUint16(m[2:], checksum(sum(0, m)))
 	t.replies.Add(1)
 	return n, true, cause
+}
+
+// fragment6 splits the IPv6 packet at buf[8:8+n] into fragments of at
+// most MTU6 bytes and passes each to emit (RFC 8200 §4.5). A packet that
+// is already a fragment (it has a Fragment Header) is split further,
+// keeping its Identification and offsetting its pieces. Each fragment's
+// 48 header bytes are written over the tail of the fragment before it,
+// which emit has finished with.
+func (t *Translator) fragment6(buf []byte, n int, emit func([]byte)) {
+	var hdr [ipv6HeaderLen]byte
+	var base int // where the fragmentable part starts
+	var proto uint8
+	var id uint32
+	var off0 int
+	var more0 bool
+	pk := buf[fragHeaderLen : fragHeaderLen+n]
+	if pk[6] == nhFragment {
+		f := pk[ipv6HeaderLen:]
+		proto, id = f[0], binary.BigEndian.Uint32(f[4:])
+		fo := binary.BigEndian.Uint16(f[2:])
+		off0, more0 = int(fo>>3)*8, fo&1 != 0
+		copy(hdr[:], pk[:ipv6HeaderLen])
+		base = fragHeaderLen + ipv6HeaderLen + fragHeaderLen
+	} else {
+		proto = pk[6]
+		copy(hdr[:], pk[:ipv6HeaderLen])
+		id = uint32(t.nextID())
+		base = fragHeaderLen + ipv6HeaderLen
+	}
+	hdr[6] = nhFragment
+	end := fragHeaderLen + n
+	chunk := (t.cfg.MTU6 - ipv6HeaderLen - fragHeaderLen) &^ 7
+	for at := base; at < end; at += chunk {
+		stop := min(at+chunk, end)
+		last := stop == end
+		h := buf[at-ipv6HeaderLen-fragHeaderLen : stop]
+		copy(h, hdr[:])
+		binary.BigEndian.PutUint16(h[4:], uint16(fragHeaderLen+stop-at))
+		f := h[ipv6HeaderLen:]
+		f[0], f[1] = proto, 0
+		fo := uint16((off0+at-base)/8) << 3
+		if !last || more0 {
+			fo |= 1
+		}
+		binary.BigEndian.PutUint16(f[2:], fo)
+		binary.BigEndian.PutUint32(f[4:], id)
+		emit(h)
+	}
 }

@@ -518,3 +518,72 @@ func TestNoAllocs(t *testing.T) {
 		t.Errorf("In4: %v allocs per packet", a)
 	}
 }
+
+// TestIn4Split: an IPv4 packet without DF that outgrows the IPv6 MTU is
+// sent as IPv6 fragments (RFC 7915 §4.1); reassembled, it is the
+// translation, checksum and all.
+func TestIn4Split(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flags uint16 // of the IPv4 packet
+	}{
+		{"whole datagram", 0},
+		{"first IPv4 fragment", 0x2000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, _ := newTestTranslator(t, nil)
+			sent := out6to4(t, tr, pkt6(host6, wkp(server4), 64, protoUDP, udpSeg(40000, 7, nil), nil))
+			port := binary.BigEndian.Uint16(sent[20:])
+			data := make([]byte, 3000)
+			for i := range data {
+				data[i] = byte(i * 7)
+			}
+			in := pkt4(server4, pool4, 64, protoUDP, 0x5555, tc.flags, udpSeg(7, port, data), true)
+			out := make([]byte, len(in)+56)
+			var whole []byte
+			var ids []uint32
+			next := 0
+			n, reply, err := tr.In4Split(in, out, func(f []byte) {
+				if len(f) > 1280 {
+					t.Errorf("fragment of %d bytes", len(f))
+				}
+				if err := verify6(f); err != nil {
+					t.Error(err)
+				}
+				if f[6] != nhFragment || f[40] != protoUDP {
+					t.Fatalf("fragment header % x", f[:48])
+				}
+				fo := binary.BigEndian.Uint16(f[42:])
+				if int(fo>>3)*8 != next {
+					t.Fatalf("offset %d, want %d", fo>>3*8, next)
+				}
+				next += len(f) - 48
+				ids = append(ids, binary.BigEndian.Uint32(f[44:]))
+				if whole == nil {
+					whole = append(whole, f[:40]...)
+				}
+				whole = append(whole, f[48:]...)
+				if last := next == 3008; last != (fo&1 == 0) && tc.flags == 0 {
+					t.Fatalf("M flag %d at %d", fo&1, next)
+				}
+			})
+			if n != 0 || reply || err != nil {
+				t.Fatalf("n=%d reply=%v err=%v", n, reply, err)
+			}
+			if len(ids) != 3 || ids[0] != ids[1] || ids[1] != ids[2] {
+				t.Fatalf("fragment ids %v", ids)
+			}
+			if tc.flags == 0 {
+				binary.BigEndian.PutUint16(whole[4:], uint16(len(whole)-40))
+				whole[6] = protoUDP
+				golden(t, "reassembled", whole, pkt6(wkp(server4), host6, 63, protoUDP, udpSeg(7, 40000, data), nil))
+			} else if ids[0] != 0x5555 {
+				t.Fatalf("id %#x, want the IPv4 one", ids[0])
+			}
+			// In4 alone does not fragment.
+			if _, _, err := tr.In4(in, out); !errors.Is(err, ErrNeedFragment) {
+				t.Fatalf("In4: %v", err)
+			}
+		})
+	}
+}
