@@ -28,6 +28,7 @@
 //
 // Translator.In6 and Translator.In4 are the interface a TUN loop drives:
 // one packet in, one packet (or an ICMP error for the sender) out.
+// Package nat64/tun64 is that loop.
 //
 // Fragments after the first carry no ports (RFC 6146 §3.4): rather than
 // reassembling, the translator remembers the addresses it gave each first
@@ -38,6 +39,8 @@
 // split into IPv6 fragments by Translator.In4Split (RFC 7915 §4.1);
 // Translator.In4 drops it with ErrNeedFragment.
 //
-// Not here yet: static bindings (IPv4 hosts cannot open sessions),
-// hairpinning (RFC 6146 §3.8), and the TUN data plane itself.
+// Not here: static bindings (IPv4 hosts cannot open sessions), an
+// explicit hairpinning path (RFC 6146 §3.8; with the pool routed into the
+// TUN device the kernel sends a packet for a pool address back through
+// In4), and translation of protocols other than TCP, UDP and ICMP.
 package nat64

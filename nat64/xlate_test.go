@@ -587,3 +587,21 @@ func TestIn4Split(t *testing.T) {
 		})
 	}
 }
+
+// TestICMPErrorAboutEcho: an IPv4 router's Time Exceeded about a
+// translated echo request comes back with the host's own identifier in
+// the quoted ICMPv6 echo.
+func TestICMPErrorAboutEcho(t *testing.T) {
+	tr, _ := newTestTranslator(t, nil)
+	orig := pkt6(host6, wkp(server4), 64, protoICMPv6, echoMsg(icmp6Echo, 0x1234, 9, []byte("ttl probe")), nil)
+	sent := out6to4(t, tr, orig)
+	msg := append([]byte{icmp4TimeExceeded, 0, 0, 0, 0, 0, 0, 0}, sent[:28]...)
+	got := out4to6(t, tr, pkt4(router4, pool4, 64, protoICMP, 5, 0, msg, true))
+	inner := got[48:]
+	if got[40] != icmp6TimeExceeded || inner[40] != icmp6Echo || binary.BigEndian.Uint16(inner[44:]) != 0x1234 {
+		t.Fatalf("got % x", got)
+	}
+	want := append([]byte(nil), orig[:48]...)
+	want[7] = 63
+	golden(t, "quoted echo", inner, want)
+}

@@ -5,6 +5,12 @@
 // translation, or the ICMP error answering it, back into the same device
 // for the kernel to route on.
 //
+// The wiring, as TestNetnsTAYGAWiring sets it up: the device up, the
+// prefix routed into it (ip -6 route add 64:ff9b::/96 dev nat64), the pool
+// too (ip route add 192.0.2.1/32 dev nat64), and on a gateway IPv4
+// forwarding from the device to the uplink. No firewall rules are needed:
+// the translator is the stateful NAT, and the pool addresses are its own.
+//
 // The device is anything with the batch I/O of wireguard-go's tun.Device
 // (golang.zx2c4.com/wireguard/tun), which satisfies Device as it is.
 // Opening a real one (OpenTUN) is behind the build tag nat64tun: the
