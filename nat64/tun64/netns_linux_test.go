@@ -21,7 +21,7 @@ import (
 
 // openIn creates a TUN device inside namespace ns: on a locked thread
 // switched there with setns(2) and back.
-func openIn(t *testing.T, ns *netns.NS, name string, mtu int) Device {
+func openIn(t testing.TB, ns *netns.NS, name string, mtu int) Device {
 	t.Helper()
 	type res struct {
 		d   Device
@@ -61,20 +61,25 @@ func openIn(t *testing.T, ns *netns.NS, name string, mtu int) Device {
 	return r.d
 }
 
-// TestNetnsTAYGAWiring runs the translator on a real TUN device in a
-// namespace wired as TAYGA is: the NAT64 prefix and the IPv4 pool routed
-// into the device. An IPv6 socket reaches an IPv4-only UDP echo server
-// through 64:ff9b::/96, and ping6 gets its echo reply from an IPv4
-// address.
-func TestNetnsTAYGAWiring(t *testing.T) {
+// rig is one namespace wired as TAYGA is: the NAT64 prefix and the IPv4
+// pool routed into a TUN device the translator runs on, an IPv4-only UDP
+// echo server at 198.51.100.7:7 and an IPv6 host address 2001:db8::10.
+type rig struct {
+	ns   *netns.NS
+	tr   *nat64.Translator
+	dst6 netip.Addr // the echo server under 64:ff9b::/96
+}
+
+func newRig(t testing.TB) *rig {
+	t.Helper()
 	netns.RequireRoot(t)
-	leakcheck.Check(t)
 	ns := netns.New(t, "nat64")
 	dev := openIn(t, ns, "nat64", 1500)
 	ns.Run(t, "ip", "link", "set", "nat64", "up")
 	ns.Run(t, "ip", "-6", "route", "add", "64:ff9b::/96", "dev", "nat64")
 	ns.Run(t, "ip", "route", "add", "192.0.2.1/32", "dev", "nat64")
 	ns.Run(t, "ip", "addr", "add", "198.51.100.7/32", "dev", "lo")
+	ns.Run(t, "ip", "addr", "add", "198.51.100.8/32", "dev", "lo")
 	ns.Run(t, "ip", "-6", "addr", "add", "2001:db8::10/128", "dev", "lo")
 	ns.Run(t, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.nat64.rp_filter=0")
 
@@ -85,40 +90,57 @@ func TestNetnsTAYGAWiring(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() { res <- Run(ctx, dev, tr, nil) }()
-	defer func() {
-		cancel()
-		if err := <-res; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-
-	netw := ns.Network()
-	echo, err := netw.ListenPacket(ctx, "udp4", "198.51.100.7:7")
+	echo, err := ns.Network().ListenPacket(ctx, "udp4", "198.51.100.7:7")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer echo.Close()
+	echoDone := make(chan struct{})
 	go func() {
+		defer close(echoDone)
 		buf := make([]byte, 2000)
 		for {
 			n, from, err := echo.ReadFrom(buf)
 			if err != nil {
 				return
 			}
-			if !strings.HasPrefix(from.String(), "192.0.2.1:") {
+			if ap, ok := from.(*net.UDPAddr); ok && ap.IP.String() != "192.0.2.1" && ap.IP.String() != "198.51.100.8" {
 				buf = append(buf[:0], "wrong source "+from.String()...)
 				n = len(buf)
 			}
 			echo.WriteTo(buf[:n], from)
 		}
 	}()
-	client, err := netw.ListenPacket(ctx, "udp6", "[2001:db8::10]:0")
+	t.Cleanup(func() {
+		cancel()
+		echo.Close()
+		<-echoDone
+		if err := <-res; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	dst, _ := nat64.Embed(nat64.WellKnownPrefix, netip.MustParseAddr("198.51.100.7"))
+	return &rig{ns: ns, tr: tr, dst6: dst}
+}
+
+// client opens a UDP socket in the rig's namespace.
+func (r *rig) client(t testing.TB, network, addr string) net.PacketConn {
+	t.Helper()
+	c, err := r.ns.Network().ListenPacket(context.Background(), network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	dst, _ := nat64.Embed(nat64.WellKnownPrefix, netip.MustParseAddr("198.51.100.7"))
-	udpDst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 7))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestNetnsTAYGAWiring: an IPv6 socket reaches the IPv4-only UDP echo
+// server through 64:ff9b::/96 and the TUN loop, the server sees the pool
+// address, and ping6 gets its echo reply from an IPv4 address.
+func TestNetnsTAYGAWiring(t *testing.T) {
+	leakcheck.Check(t)
+	r := newRig(t)
+	client := r.client(t, "udp6", "[2001:db8::10]:0")
+	udpDst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.dst6, 7))
 	client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 2000)
 	for _, msg := range []string{"hello over NAT64", strings.Repeat("x", 1400)} {
@@ -127,16 +149,48 @@ func TestNetnsTAYGAWiring(t *testing.T) {
 		}
 		n, from, err := client.ReadFrom(buf)
 		if err != nil {
-			t.Fatalf("no echo: %v (translator %+v)", err, tr.Stats())
+			t.Fatalf("no echo: %v (translator %+v)", err, r.tr.Stats())
 		}
 		if string(buf[:n]) != msg || from.String() != udpDst.String() {
 			t.Fatalf("echo %q from %v", buf[:min(n, 40)], from)
 		}
 	}
-	if out, err := ns.Try("ping", "-6", "-c", "1", "-W", "5", dst.String()); err != nil {
+	if out, err := r.ns.Try("ping", "-6", "-c", "1", "-W", "5", r.dst6.String()); err != nil {
 		t.Fatalf("ping6 through NAT64: %v\n%s", err, out)
 	}
-	if s := tr.Stats(); s.Out4 < 3 || s.Out6 < 3 {
+	if s := r.tr.Stats(); s.Out4 < 3 || s.Out6 < 3 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// BenchmarkNetnsUDPEcho measures a UDP round trip to the IPv4 echo server
+// through the NAT64 (IPv6 socket, TUN loop, kernel) against the same
+// round trip over IPv4 with no translation (kernel loopback): ns/op is
+// the round-trip time, the difference what the translator adds (two
+// translations and two TUN crossings).
+func BenchmarkNetnsUDPEcho(b *testing.B) {
+	r := newRig(b)
+	for _, tc := range []struct {
+		name, network, local string
+		to                   netip.AddrPort
+	}{
+		{"nat64", "udp6", "[2001:db8::10]:0", netip.AddrPortFrom(r.dst6, 7)},
+		{"ipv4-direct", "udp4", "198.51.100.8:0", netip.MustParseAddrPort("198.51.100.7:7")},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			c := r.client(b, tc.network, tc.local)
+			to := net.UDPAddrFromAddrPort(tc.to)
+			msg := make([]byte, 64)
+			buf := make([]byte, 2000)
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			for b.Loop() {
+				if _, err := c.WriteTo(msg, to); err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := c.ReadFrom(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
