@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -103,7 +106,8 @@ func newRig(t testing.TB) *rig {
 			if err != nil {
 				return
 			}
-			if ap, ok := from.(*net.UDPAddr); ok && ap.IP.String() != "192.0.2.1" && ap.IP.String() != "198.51.100.8" {
+			// The pool, the direct client, or TAYGA's dynamic pool.
+			if ap, ok := from.(*net.UDPAddr); ok && ap.IP.String() != "192.0.2.1" && ap.IP.String() != "198.51.100.8" && !strings.HasPrefix(ap.IP.String(), "192.168.255.") {
 				buf = append(buf[:0], "wrong source "+from.String()...)
 				n = len(buf)
 			}
@@ -163,18 +167,48 @@ func TestNetnsTAYGAWiring(t *testing.T) {
 	}
 }
 
+// startTAYGA runs TAYGA (Debian's tayga, a userspace stateless NAT64 on a
+// TUN device) in the rig's namespace beside the translator: prefix
+// 2001:db8:64::/96, dynamic pool 192.168.255.0/24 on device "tayga".
+func (r *rig) startTAYGA(t testing.TB) netip.Addr {
+	t.Helper()
+	if _, err := exec.LookPath("tayga"); err != nil {
+		t.Fatal("tayga not installed (Debian package tayga): it is the comparison")
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "tayga.conf")
+	if err := os.WriteFile(conf, []byte("tun-device tayga\nipv4-addr 192.168.255.1\nprefix 2001:db8:64::/96\ndynamic-pool 192.168.255.0/24\ndata-dir "+dir+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.ns.Run(t, "tayga", "-c", conf, "--mktun")
+	r.ns.Run(t, "ip", "link", "set", "tayga", "up")
+	r.ns.Run(t, "ip", "-6", "route", "add", "2001:db8:64::/96", "dev", "tayga")
+	r.ns.Run(t, "ip", "route", "add", "192.168.255.0/24", "dev", "tayga")
+	r.ns.Run(t, "sysctl", "-q", "-w", "net.ipv4.conf.tayga.rp_filter=0")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := r.ns.Command(ctx, "tayga", "-c", conf, "--nodetach")
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	return netip.MustParseAddr("2001:db8:64::198.51.100.7")
+}
+
 // BenchmarkNetnsUDPEcho measures a UDP round trip to the IPv4 echo server
-// through the NAT64 (IPv6 socket, TUN loop, kernel) against the same
-// round trip over IPv4 with no translation (kernel loopback): ns/op is
-// the round-trip time, the difference what the translator adds (two
-// translations and two TUN crossings).
+// through this NAT64 (IPv6 socket, TUN loop, kernel), through TAYGA on
+// the same kind of wiring, and over IPv4 with no translation (kernel
+// loopback): ns/op is the round-trip time; the difference to
+// ipv4-direct is what two translations and two TUN crossings add.
 func BenchmarkNetnsUDPEcho(b *testing.B) {
 	r := newRig(b)
+	tayga := r.startTAYGA(b)
 	for _, tc := range []struct {
 		name, network, local string
 		to                   netip.AddrPort
 	}{
 		{"nat64", "udp6", "[2001:db8::10]:0", netip.AddrPortFrom(r.dst6, 7)},
+		{"tayga", "udp6", "[2001:db8::10]:0", netip.AddrPortFrom(tayga, 7)},
 		{"ipv4-direct", "udp4", "198.51.100.8:0", netip.MustParseAddrPort("198.51.100.7:7")},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
