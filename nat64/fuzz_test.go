@@ -80,7 +80,7 @@ func FuzzTranslate6to4(f *testing.F) {
 		if len(p) >= 40 {
 			p[0] = 0x60 | p[0]&0x0f
 			binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
-			if h, err := parse6(p, false); err == nil && !h.frag {
+			if h, err := parse6(p, false); err == nil && h.first() && !h.more { // whole, or an atomic fragment
 				fixL4(h.proto, h.l4, ph6(h.src, h.dst, len(h.l4), h.proto))
 			}
 		}
