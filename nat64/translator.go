@@ -198,8 +198,9 @@ func (r *rng) next() uint64 {
 }
 
 // In6 translates pkt, an IPv6 packet towards the NAT64 prefix, into out.
-// out should hold len(pkt) bytes (translation never grows an IPv6
-// packet). On success out[:n] is an IPv4 packet for the uplink and err is
+// out should hold len(pkt)+48 bytes: translation never grows an IPv6
+// packet, but an ICMPv6 error quoting it is 48 bytes longer (and is
+// truncated to fit). On success out[:n] is an IPv4 packet for the uplink and err is
 // nil. Otherwise err says why pkt was dropped and, when reply is true,
 // out[:n] is an ICMPv6 error to send back to pkt's source (RFC 7915 §5.1,
 // RFC 6146 §3.5).
