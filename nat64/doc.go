@@ -24,7 +24,8 @@
 //     choice, a bounded table with a per-/64 session limit so no IPv6 host
 //     takes every port, and rate-limited ICMP errors of its own (Time
 //     Exceeded, Packet Too Big / Fragmentation Needed, address
-//     unreachable when no binding can be made).
+//     unreachable when no binding can be made). ICMP errors are translated
+//     only when the packet they quote belongs to a session.
 //
 // Translator.In6 and Translator.In4 are the interface a TUN loop drives:
 // one packet in, one packet (or an ICMP error for the sender) out.

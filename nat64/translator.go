@@ -257,7 +257,7 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 			return t.drop(ErrNoMapping)
 		}
 		b := t.tab.bib6[bibKey6{ih.dst, dp, protoOf6(ih.proto)}]
-		if b == nil {
+		if b == nil || !t.quotedSessionLocked(b, src4, sp, ih.proto == protoICMPv6) {
 			return t.drop(ErrNoMapping)
 		}
 		itu = tuple4{src: src4, dst: b.k4.addr, sport: sp, dport: b.k4.port}
@@ -387,7 +387,7 @@ func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool,
 			return t.drop(err)
 		}
 		b := t.tab.bib4[bibKey4{ih.src, sp, protoOf4(ih.proto)}]
-		if b == nil {
+		if b == nil || !t.quotedSessionLocked(b, ih.dst, dp, ih.proto == protoICMP) {
 			return t.drop(ErrNoMapping)
 		}
 		itu = tuple6{src: b.k6.addr, dst: t.pfx.embed(ih.dst), sport: b.k6.port, dport: dp}
@@ -457,6 +457,19 @@ func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool,
 	}
 	t.out6.Add(1)
 	return n, false, nil
+}
+
+// quotedSessionLocked reports whether the packet an ICMP error quotes
+// belongs to a session of b with the remote raddr:rport: errors about
+// flows the translator never carried are dropped, so an off-path host
+// cannot reset or shrink the MTU of flows by guessing a pool port (the
+// check stateful firewalls make for "related" ICMP).
+func (t *Translator) quotedSessionLocked(b *bib, raddr [4]byte, rport uint16, icmp bool) bool {
+	if icmp {
+		rport = 0
+	}
+	_, ok := t.tab.sess[sessKey{b.k4, raddr, rport}]
+	return ok
 }
 
 // touchLocked refreshes a session for a packet that passes.

@@ -605,3 +605,18 @@ func TestICMPErrorAboutEcho(t *testing.T) {
 	want[7] = 63
 	golden(t, "quoted echo", inner, want)
 }
+
+// TestICMPErrorUnrelated: an ICMPv4 error quoting a flow the translator
+// never carried (right pool port, another remote) is dropped.
+func TestICMPErrorUnrelated(t *testing.T) {
+	tr, _ := newTestTranslator(t, nil)
+	sent := out6to4(t, tr, pkt6(host6, wkp(server4), 64, protoUDP, udpSeg(40000, 7, nil), nil))
+	forged := append([]byte(nil), sent[:28]...)
+	copy(forged[16:20], router4[:]) // quoted destination: not a session
+	binary.BigEndian.PutUint16(forged[10:], 0)
+	binary.BigEndian.PutUint16(forged[10:], csum(forged[:20], 0))
+	msg := append([]byte{icmp4DstUnreach, 4, 0, 0, 0, 0, 2, 0}, forged...)
+	if _, _, err := tr.In4(pkt4(router4, pool4, 64, protoICMP, 5, 0, msg, true), make([]byte, 200)); !errors.Is(err, ErrNoMapping) {
+		t.Fatalf("unrelated ICMP error: %v", err)
+	}
+}
