@@ -21,6 +21,9 @@ type tnet struct {
 	links map[[2]int]bool
 	q     []tframe // in time order: every frame takes the same 1 ms
 	drop  func() bool
+	// maxHops is the most physical hops any routed frame was sent with
+	// (its hop count after this transmission); sent counts transmissions.
+	maxHops, sent int
 }
 
 type tnode struct {
@@ -63,6 +66,10 @@ func (w *tnet) line() *tnet {
 }
 
 func (n *tnode) SendFrame(_ LinkID, to netip.AddrPort, b []byte) {
+	n.w.sent++
+	if len(b) >= routedHdr && b[1] == typeRouted {
+		n.w.maxHops = max(n.w.maxHops, int(b[13])+1)
+	}
 	for _, o := range n.w.nodes {
 		if o != n && n.w.links[[2]int{min(n.i, o.i), max(n.i, o.i)}] && (!to.IsValid() || to == o.addr) {
 			n.w.q = append(n.w.q, tframe{n.w.now.Add(time.Millisecond), n.i, o.i, bytes.Clone(b)})
