@@ -888,7 +888,12 @@ func (n *Node) probe(now time.Time, nb *nbr) {
 func (n *Node) linkBroken(now time.Time, r *routed, next NodeID) {
 	pos := int(r.pos)
 	n.cutEdge(n.id, next)
-	if r.proto == protoError {
+	if r.proto == protoError || (r.proto != protoData && r.flags&flagRepaired != 0) {
+		// Control frames are repaired once. Their histories are kept
+		// short (tidy), so the report of a second break may miss the
+		// node whose stale route caused it, and the frame could follow
+		// that route again; ring maintenance re-sends what matters.
+		// Data frames keep their loops for the report to find it.
 		n.stats.Dropped++
 		return
 	}

@@ -589,12 +589,11 @@ func TestNodeSendSizeLimit(t *testing.T) {
 }
 
 // TestNodeLossyRing: with 10 % of frames lost on every link, an 8-node line
-// keeps a consistent ring (sampled every second from 60 s to 180 s) most of
-// the time. The goal is "nearly always" (≤ 1 % of samples); today it is
-// wrong in about 20 % of them, because a notify and its reply over a 7-hop
-// path with 10 % loss per link get through only ~23 % of the time, so three
-// silent rounds often tombstone a live ring neighbour. The bound below
-// catches regressions from today's level; the issue notes say what is left.
+// keeps a consistent ring (sampled every second from 60 s to 180 s) in at
+// least 99 % of the samples. A notify and its reply over a 7-hop path with
+// 10 % loss per link get through only ~23 % of the time; silent ring
+// neighbours are re-notified at round-trip pace (RingProbes times) before
+// silence alone declares them gone, so a live one answers one of them.
 func TestNodeLossyRing(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 5))
 	samples, wrong, tombed := 0, 0, 0
@@ -618,8 +617,8 @@ func TestNodeLossyRing(t *testing.T) {
 		}
 	}
 	t.Logf("10 %% frame loss per link: ring wrong in %d of %d samples, live nodes tombstoned %d node·seconds", wrong, samples, tombed)
-	if wrong*100 > 12*samples {
-		t.Errorf("with 10 %% frame loss per link the ring was wrong in %d of %d samples (more than 12 %%; live nodes tombstoned: %d node·seconds)", wrong, samples, tombed)
+	if wrong*100 > samples {
+		t.Errorf("with 10 %% frame loss per link the ring was wrong in %d of %d samples (more than 1 %%; live nodes tombstoned: %d node·seconds)", wrong, samples, tombed)
 	}
 }
 

@@ -127,3 +127,56 @@ func TestNodeRingCutRepairs(t *testing.T) {
 	}
 	t.Logf("%d runs: longest audio gap %v (a→b), %v (b→a); longest ring outage %v", runs, worst[0], worst[1], worstRing)
 }
+
+// TestNodeNoLoopsUnderCuts sends 1,000 datagrams between random nodes of a
+// 6×5 grid at once and cuts links while they are in flight (and again as
+// the repairs run): every transmission's hop count is checked against the
+// hop bound, and no frame may even reach it — a frame that circulated
+// would.
+func TestNodeNoLoopsUnderCuts(t *testing.T) {
+	const (
+		wd, ht = 6, 5
+		bound  = 40
+	)
+	for seed := range 20 {
+		rng := rand.New(rand.NewPCG(uint64(seed), 2))
+		w := newTNet(randomIDs(rng, wd*ht), Params{MaxHops: bound})
+		var edges [][2]int
+		for i := range wd * ht {
+			if i%wd < wd-1 {
+				edges = append(edges, [2]int{i, i + 1})
+			}
+			if i+wd < wd*ht {
+				edges = append(edges, [2]int{i, i + wd})
+			}
+		}
+		for _, e := range edges {
+			w.connect(e[0], e[1], true)
+		}
+		w.run(60 * time.Second)
+		if errs := w.ringErrors(); len(errs) > 0 {
+			t.Fatalf("seed %d: ring not formed: %v", seed, errs)
+		}
+		w.maxHops, w.sent = 0, 0
+		for k := range 1000 {
+			src, dst := rng.IntN(len(w.nodes)), rng.IntN(len(w.nodes))
+			w.nodes[src].Send(w.now, w.nodes[dst].ID(), Exact, 1, uint16(k), nil)
+		}
+		// Cut links as the datagrams spread, then more while the
+		// repairs of the first cuts run.
+		for range 6 {
+			w.run(time.Duration(1+rng.IntN(3)) * time.Millisecond)
+			e := edges[rng.IntN(len(edges))]
+			w.connect(e[0], e[1], false)
+		}
+		w.run(10 * time.Second)
+		var limit uint64
+		for _, n := range w.nodes {
+			limit += n.Stats().HopLimit
+		}
+		if w.maxHops > bound || limit > 0 {
+			t.Errorf("seed %d: a frame took %d hops (bound %d); %d frames reached the bound", seed, w.maxHops, bound, limit)
+		}
+		t.Logf("seed %d: %d transmissions, longest frame %d hops (bound %d)", seed, w.sent, w.maxHops, bound)
+	}
+}
