@@ -70,6 +70,10 @@ type Node struct {
 
 	stats Stats
 
+	// The link and address the frame in n.in arrived from.
+	inLink LinkID
+	inFrom netip.AddrPort
+
 	// Scratch, reused for every frame (nothing is allocated per forwarded frame).
 	in   routed
 	out  routed
@@ -439,6 +443,7 @@ func (n *Node) HandleFrame(now time.Time, l LinkID, from netip.AddrPort, b []byt
 		n.stats.Malformed++
 		return
 	}
+	n.inLink, n.inFrom = l, from
 	n.handleRouted(now, &n.in)
 	n.repairLost(now)
 }
@@ -814,10 +819,14 @@ func (n *Node) forward(now time.Time, r *routed) {
 }
 
 // heardFrom notes a frame received from neighbour id: proof the link works
-// in its direction, and (since it routes to us) in ours.
+// in its direction, and (since it routes to us) in ours. Only a frame that
+// came from the neighbour's own link address counts.
 func (n *Node) heardFrom(now time.Time, id NodeID) {
 	nb := n.nbrs[id]
-	if nb == nil {
+	// Zones are compared loosely: sockets may name the same interface
+	// differently (a name, an index), the link says which it is.
+	if nb == nil || nb.link != n.inLink || nb.addr.Port() != n.inFrom.Port() ||
+		nb.addr.Addr().WithZone("") != n.inFrom.Addr().WithZone("") {
 		return
 	}
 	nb.heard, nb.pending = now, time.Time{}
