@@ -201,11 +201,13 @@ func (n *Node) RemoveLink(l LinkID) {
 	if i, found := slices.BinarySearch(n.links, l); found {
 		n.links = slices.Delete(n.links, i, i+1)
 	}
+	var gone []NodeID
 	for id, nb := range n.nbrs {
 		if nb.link == l {
-			n.dropNeighbour(id)
+			gone = append(gone, id)
 		}
 	}
+	n.dropNeighbours(gone)
 	if n.started {
 		n.repairLost(n.lastTick)
 	}
@@ -322,11 +324,13 @@ func (n *Node) Tick(now time.Time) time.Time {
 }
 
 func (n *Node) expireNeighbours(now time.Time) {
+	var gone []NodeID
 	for id, nb := range n.nbrs {
 		if now.Sub(nb.heard) > n.p.NeighbourTimeout {
-			n.dropNeighbour(id)
+			gone = append(gone, id)
 		}
 	}
+	n.dropNeighbours(gone)
 	if n.maxID != n.id && now.Sub(n.maxHeard) > n.p.MaxTimeout {
 		n.deadMax, n.deadMaxSeq = n.maxID, n.maxSeq
 		n.maxID, n.maxPath = n.id, n.maxPath[:0]
@@ -335,6 +339,16 @@ func (n *Node) expireNeighbours(now time.Time) {
 		if now.After(t) {
 			delete(n.tomb, id)
 		}
+	}
+}
+
+// dropNeighbours drops ids in ID order: the ring neighbours queued for
+// repair, and so the frames sent, must not depend on map order (the
+// simulator replays a run from its seed).
+func (n *Node) dropNeighbours(ids []NodeID) {
+	slices.Sort(ids)
+	for _, id := range ids {
+		n.dropNeighbour(id)
 	}
 }
 
@@ -376,6 +390,7 @@ func (n *Node) repairLost(now time.Time) {
 	// rounds settle it (each cut removes an edge that existed).
 	for round := 0; len(n.lost) > 0 && round < 4; round++ {
 		k := len(n.lost)
+		slices.Sort(n.lost[:k])
 		for _, id := range n.lost[:k] {
 			if _, dead := n.tomb[id]; !dead && !n.cache.has(id) && id != n.id {
 				n.notify(now, id, false)
@@ -1386,16 +1401,21 @@ func (n *Node) retryRing(now time.Time) {
 // RingProbes notifications within ringLimit.
 func (n *Node) ringSilence(now time.Time) {
 	limit := n.ringLimit()
+	var gone []NodeID
 	for id, w := range n.ringWait {
 		if now.Sub(w.since) > limit && (w.tries >= n.p.RingProbes || !n.cache.has(id)) {
-			delete(n.ringWait, id)
-			if !n.isNbr(id) {
-				// Silence may also be a route broken by someone else's
-				// death: forget the route, and block re-learning only
-				// briefly so a live node is not shut out for long.
-				n.cache.remove(id)
-				n.tomb[id] = now.Add(limit)
-			}
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone) // removal order shapes the cache's slab: replayable runs
+	for _, id := range gone {
+		delete(n.ringWait, id)
+		if !n.isNbr(id) {
+			// Silence may also be a route broken by someone else's
+			// death: forget the route, and block re-learning only
+			// briefly so a live node is not shut out for long.
+			n.cache.remove(id)
+			n.tomb[id] = now.Add(limit)
 		}
 	}
 }
