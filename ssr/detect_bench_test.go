@@ -9,7 +9,8 @@ import (
 // BenchmarkControlPerLink measures what failure detection costs: control
 // frames (beacons, keepalive probes and their answers, ring and finger
 // maintenance) sent per physical link per second, on a physical ring of
-// five nodes with the default timers, in three states of the link carrying
+// five nodes with the default timers (each node on one radio channel: a
+// beacon reaches both its neighbours), in three states of the link carrying
 // a stream between two nodes two hops apart: idle, a call (50 datagrams/s
 // each way: the traffic itself proves the link alive, no probes), and a
 // one-way stream (50/s: the receiver is silent, so the sender probes it

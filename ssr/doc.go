@@ -51,7 +51,9 @@
 //     RTMGRP_LINK on Linux), drops the neighbours on that link at once.
 //   - Beacons: every HelloInterval (1 s, ±10 %) on every link, a neighbour
 //     unheard (no frame of any kind) for NeighbourTimeout (3.5 s) is gone.
-//     This is the idle cost: about 2 beacons per link per second.
+//     This is the idle cost: one beacon per interface per second, so two
+//     per point-to-point link; on a radio channel one beacon reaches every
+//     neighbour in range.
 //   - Links carrying data (BFD, RFC 5880, and Babel's hello/IHU, RFC 8966
 //     §3.4, in spirit): a neighbour sent data that has not been heard from
 //     for FastInterval (100 ms) is probed every FastInterval/2 with a
