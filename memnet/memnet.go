@@ -92,6 +92,7 @@ type Host struct {
 	tcp     portTable[*listener]
 	nextUDP uint16
 	nextTCP uint16
+	watches []*linkWatch // WatchLinks subscriptions
 }
 
 var _ netx.Network = (*Host)(nil)

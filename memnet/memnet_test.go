@@ -17,6 +17,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sipmesh/sipmesh/netx"
 )
 
 var ctx = context.Background()
@@ -948,4 +950,48 @@ func bubbleGoroutines() int {
 		}
 	}
 	return count
+}
+
+// TestWatchLinksCarrier: SetCarrier reports to the watchers of both ends;
+// SetDown cuts silently.
+func TestWatchLinksCarrier(t *testing.T) {
+	n := New(Config{Seed: 1})
+	a, b := n.AddHost("a"), n.AddHost("b")
+	ia, ib := a.AddInterface("m0", 0), b.AddInterface("m1", 0)
+	l := n.Connect(ia, ib, LinkConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	evs := make(chan netx.LinkEvent, 8)
+	var wg sync.WaitGroup
+	for _, h := range []*Host{a, b} {
+		wg.Go(func() { h.WatchLinks(ctx, func(ev netx.LinkEvent) { evs <- ev }) })
+	}
+	// WatchLinks registers before it blocks; wait until both have.
+	for {
+		n.mu.Lock()
+		k := len(a.watches) + len(b.watches)
+		n.mu.Unlock()
+		if k == 2 {
+			break
+		}
+		runtime.Gosched()
+	}
+	l.SetDown(true)
+	l.SetDown(false)
+	l.SetCarrier(false)
+	got := map[string]bool{}
+	for range 2 {
+		ev := <-evs
+		if ev.Up {
+			t.Errorf("event %+v: want carrier lost", ev)
+		}
+		got[ev.Name] = true
+	}
+	if !got["m0"] || !got["m1"] || len(evs) != 0 {
+		t.Errorf("events for %v (and %d more), want m0 and m1 once", got, len(evs))
+	}
+	if ifs, _ := a.Interfaces(); ifs[0].Up {
+		t.Errorf("interface up after the carrier was lost")
+	}
+	cancel()
+	wg.Wait()
 }

@@ -84,20 +84,33 @@ func (Unreachable) isEvent() {}
 type Params struct {
 	HelloInterval    time.Duration // neighbour beacons
 	NeighbourTimeout time.Duration // a neighbour silent this long is gone
-	RingInterval     time.Duration // fastest ring maintenance round
-	RingIntervalMax  time.Duration // slowest, once the ring is stable
-	FingerInterval   time.Duration // finger refresh cycle (backs off up to 4× while fingers stay put)
-	MaxTimeout       time.Duration // global-max announcement lifetime
-	SuccessorList    int           // successors and predecessors kept
-	Fingers          int           // long-distance fingers (ring/2, ring/4, ...); negative: none
-	CacheSize        int           // route cache entries (soft bound; pinned routes excepted)
-	MaxHops          int           // physical hop budget of a frame (≤ 255)
+	// FastInterval and FastTimeout watch a neighbour this node is sending
+	// application data to (BFD-like, RFC 5880 §6.8.4): unanswered for
+	// FastInterval it is probed every FastInterval/2; silent for
+	// FastTimeout it is no longer routed through until heard again.
+	FastInterval    time.Duration
+	FastTimeout     time.Duration
+	RingInterval    time.Duration // fastest ring maintenance round
+	RingIntervalMax time.Duration // slowest, once the ring is stable
+	FingerInterval  time.Duration // finger refresh cycle (backs off up to 4× while fingers stay put)
+	MaxTimeout      time.Duration // global-max announcement lifetime
+	SuccessorList   int           // successors and predecessors kept
+	Fingers         int           // long-distance fingers (ring/2, ring/4, ...); negative: none
+	CacheSize       int           // route cache entries (soft bound; pinned routes excepted)
+	MaxHops         int           // route length bound and physical hop budget of a frame (≤ 255)
+	// RingProbes is how many notifications a silent ring neighbour is
+	// sent, spaced by its round-trip time, before silence alone declares
+	// it gone (evidence — a broken-link or unreachable report, a
+	// neighbour timeout — removes it at once).
+	RingProbes int
 }
 
 // DefaultParams are tuned for radio meshes of up to some ten thousand nodes.
 var DefaultParams = Params{
 	HelloInterval:    time.Second,
 	NeighbourTimeout: 3500 * time.Millisecond,
+	FastInterval:     100 * time.Millisecond,
+	FastTimeout:      350 * time.Millisecond,
 	RingInterval:     time.Second,
 	RingIntervalMax:  8 * time.Second,
 	FingerInterval:   30 * time.Second,
@@ -106,6 +119,7 @@ var DefaultParams = Params{
 	Fingers:          24,
 	CacheSize:        512,
 	MaxHops:          255,
+	RingProbes:       8,
 }
 
 // Stats are a node's counters.
@@ -121,6 +135,10 @@ type Stats struct {
 	Unreachable uint64 `json:"unreachable"` // unreachable reports sent
 	Redirected  uint64 `json:"redirected"`  // relayed frames sent to a node closer to their target than planned
 	Shortened   uint64 `json:"shortened"`   // relayed frames given a shorter cached route to their planned end
+	Detoured    uint64 `json:"detoured"`     // frames sent past a target this node has no route to, to its ring successor side
+	HopLimit    uint64 `json:"hop_limit"`    // frames dropped after MaxHops physical hops (a loop guard; never in a sound mesh)
+	Probes      uint64 `json:"probes"`       // keepalive probes sent to neighbours carrying traffic
+	Suspected   uint64 `json:"suspected"`    // neighbours taken out of routing by the fast timeout
 }
 
 // Neighbour is a node heard directly on a link.

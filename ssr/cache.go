@@ -556,6 +556,29 @@ func (c *cache) closestBefore(key NodeID) NodeID {
 	return best
 }
 
+// closestAfterOr returns the cached node nearest after key clockwise, or 0
+// if the cache is empty.
+func (c *cache) closestAfterOr(key NodeID) NodeID {
+	var id NodeID
+	c.after(key, 1, func(x NodeID) bool { id = x; return false })
+	return id
+}
+
+// after calls fn for up to k cached nodes following key clockwise (key
+// excluded), nearest first, until fn returns false.
+func (c *cache) after(key NodeID, k int, fn func(NodeID) bool) {
+	n := len(c.sorted)
+	i, found := slices.BinarySearch(c.sorted, key)
+	if found {
+		i++
+	}
+	for j := 0; j < k && j < n; j++ {
+		if id := c.sorted[(i+j)%n]; id == key || !fn(id) {
+			return
+		}
+	}
+}
+
 // before calls fn for up to k cached nodes virtually closer to key than
 // self — in (self, key] — nearest to key first, until fn returns false.
 func (c *cache) before(key NodeID, k int, fn func(NodeID) bool) {

@@ -158,6 +158,24 @@ func checkCache(t *testing.T, c *cache, g *cgraph, rng *rand.Rand) {
 		if got := c.closestBefore(key); got != best {
 			t.Fatalf("closestBefore(%v) = %v, want %v (self %v, cached %v)", key, got, best, c.self, ids)
 		}
+		// after: the cached nodes other than key in clockwise order
+		// from key (detours start there).
+		var want []NodeID
+		for _, n := range ids {
+			if n != key {
+				want = append(want, n)
+			}
+		}
+		slices.SortFunc(want, func(a, b NodeID) int { return cmp.Compare(cw(key, a), cw(key, b)) })
+		want = want[:min(len(want), 3)]
+		var got []NodeID
+		c.after(key, 3, func(n NodeID) bool { got = append(got, n); return true })
+		if !slices.Equal(got, want) {
+			t.Fatalf("after(%v, 3) = %v, want %v (cached %v)", key, got, want, ids)
+		}
+		if first := c.closestAfterOr(key); len(want) > 0 && first != want[0] || len(want) == 0 && first != 0 {
+			t.Fatalf("closestAfterOr(%v) = %v, want %v", key, first, want)
+		}
 	}
 	// (c) successors and predecessors are the brute-force ring orders.
 	succ := slices.Clone(ids)

@@ -27,6 +27,57 @@
 //   - Chord fingers (closest lookups of self + 2^63, 2^62, ...) give greedy
 //     routing O(log n) virtual hops.
 //
+// Repair (what a broken link does). One node's local view never declares a
+// live node gone: a node that loses its route to a target with a link (a
+// neighbour timed out, a send error, a carrier loss, a broken-link report)
+// and so finds no cached node between itself and the target sends the frame
+// on to the nearest known node after the target — the target's successor
+// side, which keeps a route to it by ring maintenance — flagged as a
+// detour; only if that side has no route either is the target reported as
+// "no such node" (both ring neighbours of the gap agree). A ring neighbour
+// whose route broke is notified at once through such a detour, and the
+// reply brings a fresh route back, so the ring is whole again within a
+// round trip instead of a ring round. Repaired and detoured frames are
+// never handed straight back to the node that repaired them (split
+// horizon: that node told nobody ahead of it), relays do not shorten them
+// with routes that may run into the same break, and control frames are
+// repaired once. Every frame carries its physical hop count and is dropped
+// after MaxHops transmissions, whatever the routing decisions did: a frame
+// cannot circulate.
+//
+// Failure detection, and what it costs per link:
+//   - Link events: a send error that says the interface is gone, or a
+//     carrier loss reported by the link layer (netx.LinkWatcher: netlink
+//     RTMGRP_LINK on Linux), drops the neighbours on that link at once.
+//   - Beacons: every HelloInterval (1 s, ±10 %) on every link, a neighbour
+//     unheard (no frame of any kind) for NeighbourTimeout (3.5 s) is gone.
+//     This is the idle cost: one beacon per interface per second, so two
+//     per point-to-point link; on a radio channel one beacon reaches every
+//     neighbour in range.
+//   - Links carrying data (BFD, RFC 5880, and Babel's hello/IHU, RFC 8966
+//     §3.4, in spirit): a neighbour sent data that has not been heard from
+//     for FastInterval (100 ms) is probed every FastInterval/2 with a
+//     unicast echo (ping ID 0) it answers at once; unheard for FastTimeout
+//     (350 ms) it is taken out of routing until it is heard again, and the
+//     frames that follow are repaired through other neighbours. A link with
+//     traffic both ways (a call) costs nothing extra: the traffic is the
+//     proof of life. A one-way stream costs about 6 probes and 6 answers per
+//     second on each link it crosses. An idle mesh stays at its beacons.
+//     `make bench` (BenchmarkControlPerLink) reports these numbers.
+//
+// Lossy links versus dead nodes. Ring maintenance waits for answers to its
+// notifications; silence from a ring neighbour is ambiguous (a lossy path
+// loses a notification or its reply three times in four at 10 % loss per
+// link over 7 hops and back; a dead node answers none). The two are told
+// apart by evidence rather than by one timer: a dead node's physical
+// neighbours time it out, and the notifications sent to it then come back
+// as broken-link and unreachable reports, which remove it at once. Silence
+// alone declares a ring neighbour gone only after RingProbes (8)
+// notifications went unanswered, re-sent at a round-trip pace (four
+// smoothed round trips, RFC 6298 §2, between 200 ms and RingInterval), and
+// no sooner than before (three ring rounds): patience under loss costs no
+// time under churn.
+//
 // The wire format is versioned and documented in FORMAT.md; every decoder of
 // peer bytes is fuzzed, and malformed frames are counted and dropped.
 package ssr

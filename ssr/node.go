@@ -34,7 +34,17 @@ type Node struct {
 	ringIvl   time.Duration
 	lastSucc  NodeID
 	lastPred  NodeID
-	ringWait  map[NodeID]time.Time // notified, no answer since
+	ringWait  map[NodeID]*ringWait // notified, no answer since
+	// srtt is the smoothed round trip of notifications (RFC 6298 §2), which
+	// spaces the re-sends to a silent ring neighbour.
+	srtt time.Duration
+	// soonNext is when the sub-second work is due (probes of busy
+	// neighbours, re-sent notifications); zero: none pending.
+	soonNext time.Time
+	// lost are ring neighbours whose route this node just lost with a
+	// link; they are notified (through a detour) once the current event
+	// is handled, so the ring re-learns a route within a round trip.
+	lost      []NodeID
 	fingers   []NodeID
 	fingerIdx int
 	fingerNxt time.Time
@@ -60,6 +70,10 @@ type Node struct {
 
 	stats Stats
 
+	// The link and address the frame in n.in arrived from.
+	inLink LinkID
+	inFrom netip.AddrPort
+
 	// Scratch, reused for every frame (nothing is allocated per forwarded frame).
 	in   routed
 	out  routed
@@ -76,7 +90,19 @@ type nbr struct {
 	sym      bool // it hears us too: usable for routing
 	q        float64
 	lastSeq  uint32
-	lastSeen time.Time
+	lastSeen time.Time // last beacon
+	heard    time.Time // last frame of any kind
+	// pending is when the first data frame was sent to it since it was
+	// last heard (zero: none): the fast liveness check runs from there.
+	pending time.Time
+	probed  time.Time // last keepalive probe
+	suspect bool      // taken out of routing by the fast timeout; any frame heard restores it
+}
+
+// ringWait is a notified ring neighbour that has not answered yet.
+type ringWait struct {
+	since, last time.Time // first and latest notification unanswered
+	tries       int
 }
 
 const (
@@ -113,6 +139,15 @@ func New(id NodeID, p Params, env Env, seed uint64) *Node {
 	if p.NeighbourTimeout > 0 {
 		d.NeighbourTimeout = p.NeighbourTimeout
 	}
+	if p.FastInterval > 0 {
+		d.FastInterval = p.FastInterval
+	}
+	if p.FastTimeout > 0 {
+		d.FastTimeout = p.FastTimeout
+	}
+	if p.RingProbes > 0 {
+		d.RingProbes = p.RingProbes
+	}
 	if p.RingInterval > 0 {
 		d.RingInterval = p.RingInterval
 	}
@@ -143,7 +178,8 @@ func New(id NodeID, p Params, env Env, seed uint64) *Node {
 		nbrs:     make(map[NodeID]*nbr),
 		cache:    newCache(id, d.CacheSize, cacheTTL),
 		tomb:     make(map[NodeID]time.Time),
-		ringWait: make(map[NodeID]time.Time),
+		ringWait: make(map[NodeID]*ringWait),
+		srtt:     d.RingInterval / 4,
 		fingers:  make([]NodeID, d.Fingers),
 		maxID:    id,
 		ringIvl:  d.RingInterval,
@@ -165,10 +201,15 @@ func (n *Node) RemoveLink(l LinkID) {
 	if i, found := slices.BinarySearch(n.links, l); found {
 		n.links = slices.Delete(n.links, i, i+1)
 	}
+	var gone []NodeID
 	for id, nb := range n.nbrs {
 		if nb.link == l {
-			n.dropNeighbour(id)
+			gone = append(gone, id)
 		}
+	}
+	n.dropNeighbours(gone)
+	if n.started {
+		n.repairLost(n.lastTick)
 	}
 }
 
@@ -238,7 +279,17 @@ func (n *Node) NextDeadline() time.Time {
 	if !n.fingerNxt.IsZero() && n.fingerNxt.Before(t) {
 		t = n.fingerNxt
 	}
+	if !n.soonNext.IsZero() && n.soonNext.Before(t) {
+		t = n.soonNext
+	}
 	return t
+}
+
+// soonAt makes sure the sub-second timer fires by t.
+func (n *Node) soonAt(t time.Time) {
+	if n.soonNext.IsZero() || t.Before(n.soonNext) {
+		n.soonNext = t
+	}
 }
 
 // Tick runs the timers that are due and returns the next deadline.
@@ -263,15 +314,23 @@ func (n *Node) Tick(now time.Time) time.Time {
 	if !n.fingerNxt.IsZero() && !now.Before(n.fingerNxt) {
 		n.fingerRound(now)
 	}
+	if !n.soonNext.IsZero() && !now.Before(n.soonNext) {
+		n.soonNext = time.Time{}
+		n.watchBusy(now)
+		n.retryRing(now)
+	}
+	n.repairLost(now)
 	return n.NextDeadline()
 }
 
 func (n *Node) expireNeighbours(now time.Time) {
+	var gone []NodeID
 	for id, nb := range n.nbrs {
-		if now.Sub(nb.lastSeen) > n.p.NeighbourTimeout {
-			n.dropNeighbour(id)
+		if now.Sub(nb.heard) > n.p.NeighbourTimeout {
+			gone = append(gone, id)
 		}
 	}
+	n.dropNeighbours(gone)
 	if n.maxID != n.id && now.Sub(n.maxHeard) > n.p.MaxTimeout {
 		n.deadMax, n.deadMaxSeq = n.maxID, n.maxSeq
 		n.maxID, n.maxPath = n.id, n.maxPath[:0]
@@ -283,6 +342,16 @@ func (n *Node) expireNeighbours(now time.Time) {
 	}
 }
 
+// dropNeighbours drops ids in ID order: the ring neighbours queued for
+// repair, and so the frames sent, must not depend on map order (the
+// simulator replays a run from its seed).
+func (n *Node) dropNeighbours(ids []NodeID) {
+	slices.Sort(ids)
+	for _, id := range ids {
+		n.dropNeighbour(id)
+	}
+}
+
 func (n *Node) dropNeighbour(id NodeID) {
 	nb := n.nbrs[id]
 	if nb == nil {
@@ -290,8 +359,46 @@ func (n *Node) dropNeighbour(id NodeID) {
 	}
 	delete(n.nbrs, id)
 	if nb.sym {
-		n.cache.removeEdge(n.id, id)
+		n.cutEdge(n.id, id)
 	}
+}
+
+// cutEdge drops the cached routes over link a→b. A nearest ring neighbour
+// whose route went with it is queued for repairLost: the node is most
+// likely alive (only a link broke), and waiting for the next ring round
+// would leave the ring open for seconds.
+func (n *Node) cutEdge(a, b NodeID) {
+	var buf [2]NodeID
+	ring := n.cache.predecessors(n.cache.successors(buf[:0], 1), 1)
+	if !n.cache.removeEdge(a, b) {
+		return
+	}
+	for _, id := range ring {
+		if !n.cache.has(id) && !slices.Contains(n.lost, id) && len(n.lost) < 2*viewPerDir {
+			n.lost = append(n.lost, id)
+		}
+	}
+}
+
+// repairLost notifies the ring neighbours whose routes broke. The
+// notification finds a way through other neighbours (decide detours past a
+// target it has no route to), and the reply brings a fresh route back.
+// It runs at the end of each event: notify must not run inside another
+// frame's handling (they share scratch space).
+func (n *Node) repairLost(now time.Time) {
+	// A notification may break another link and queue more; a few
+	// rounds settle it (each cut removes an edge that existed).
+	for round := 0; len(n.lost) > 0 && round < 4; round++ {
+		k := len(n.lost)
+		slices.Sort(n.lost[:k])
+		for _, id := range n.lost[:k] {
+			if _, dead := n.tomb[id]; !dead && !n.cache.has(id) && id != n.id {
+				n.notify(now, id, false)
+			}
+		}
+		n.lost = append(n.lost[:0], n.lost[k:]...)
+	}
+	n.lost = n.lost[:0]
 }
 
 func (n *Node) sendHellos(now time.Time) {
@@ -344,13 +451,16 @@ func (n *Node) HandleFrame(now time.Time, l LinkID, from netip.AddrPort, b []byt
 			return
 		}
 		n.handleHello(now, l, from, &n.hin)
+		n.repairLost(now)
 		return
 	}
 	if err := n.in.decode(b); err != nil {
 		n.stats.Malformed++
 		return
 	}
+	n.inLink, n.inFrom = l, from
 	n.handleRouted(now, &n.in)
+	n.repairLost(now)
 }
 
 func (n *Node) handleHello(now time.Time, l LinkID, from netip.AddrPort, h *hello) {
@@ -373,7 +483,8 @@ func (n *Node) handleHello(now time.Time, l LinkID, from netip.AddrPort, h *hell
 		}
 		nb.q = 0.8*nb.q + 0.2
 	}
-	nb.lastSeq, nb.lastSeen, nb.link, nb.addr = h.seq, now, l, from
+	nb.lastSeq, nb.lastSeen, nb.heard, nb.link, nb.addr = h.seq, now, now, l, from
+	nb.pending, nb.suspect = time.Time{}, false
 	sym := slices.Contains(h.neigh, n.id)
 	switch {
 	case sym && !nb.sym:
@@ -383,7 +494,7 @@ func (n *Node) handleHello(now time.Time, l LinkID, from netip.AddrPort, h *hell
 		n.learn(n.ids, now, true)
 	case !sym && nb.sym:
 		nb.sym = false
-		n.cache.removeEdge(n.id, h.src)
+		n.cutEdge(n.id, h.src)
 	case sym:
 		n.ids = append(n.ids[:0], h.src)
 		n.learn(n.ids, now, true) // refresh
@@ -490,9 +601,19 @@ func (n *Node) handleRouted(now time.Time, r *routed) {
 		n.stats.Dropped++
 		return
 	}
+	n.heardFrom(now, r.route[pos-1])
+	r.from = 0
+	if r.flags&(flagRepaired|flagDetour) != 0 {
+		r.from = r.route[pos-1]
+	}
 	src := r.route[0]
 	if src != n.id {
-		delete(n.ringWait, src) // it is alive
+		if w := n.ringWait[src]; w != nil {
+			// It is alive; the wait since the last notification is a
+			// (pessimistic) round-trip sample.
+			n.srtt += (now.Sub(w.last) - n.srtt) / 8
+			delete(n.ringWait, src)
+		}
 		if _, dead := n.tomb[src]; dead {
 			delete(n.tomb, src)
 		}
@@ -547,6 +668,22 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 	// send the frame back into the break, over and over. Such frames
 	// keep their end.
 	redirect := r.flags&flagRepaired == 0 && end != r.target && int(r.vhops) < maxVHops
+	if r.flags&flagDetour != 0 {
+		// A detour heads past the target to nodes that should know it,
+		// because the node that sent it has no route. Only a relay that
+		// knows the target itself may take the frame there; any other
+		// decision could hand it back to the node it came from.
+		if end != r.target && n.cache.closestBefore(r.target) == r.target &&
+			n.cache.fresh(r.target, now.Add(-n.p.RingIntervalMax)) {
+			if path := n.cache.route(r.target, now); len(path) > 0 && path[0] != r.from && pos+1+len(path) <= n.p.MaxHops {
+				n.stats.Redirected++
+				r.route = append(r.route[:pos+1], path...)
+				r.vhops++
+				n.tidy(r)
+			}
+		}
+		redirect = false
+	}
 	if redirect && cw(n.id, r.target) < cw(end, r.target) {
 		// This relay is itself a better decision point than the end.
 		best := n.cache.closestBefore(r.target)
@@ -570,9 +707,15 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 			}
 		}
 	}
-	if rest := len(r.route) - 1 - pos; rest > 1 {
+	// A repaired frame keeps the route its repairing node chose: that node
+	// has just learned of a broken link, which relays ahead may not know
+	// of yet; their shorter route could lead straight back into the break
+	// (and the repair back out of it, until the hop budget ends).
+	if rest := len(r.route) - 1 - pos; rest > 1 && r.flags&flagRepaired == 0 {
 		if e := n.cache.get(end); e != nil && int(e.depth) < rest && e.seen >= stampOf(now.Add(-n.p.RingIntervalMax)) {
-			if path := n.cache.route(end, now); len(path) > 0 && len(path) < rest {
+			// Never back to the hop the frame came from: that node
+			// routed it here, so a way back through it is stale.
+			if path := n.cache.route(end, now); len(path) > 0 && len(path) < rest && (pos == 0 || path[0] != r.route[pos-1]) {
 				n.stats.Shortened++
 				r.route = append(r.route[:pos+1], path...)
 				n.tidy(r)
@@ -668,13 +811,99 @@ func (n *Node) forward(now time.Time, r *routed) {
 		n.stats.Dropped++
 		return
 	}
+	if int(r.hops) >= n.p.MaxHops {
+		// The loop guard: whatever the routing decisions did, no frame
+		// is transmitted more than MaxHops times.
+		n.stats.Dropped++
+		n.stats.HopLimit++
+		return
+	}
 	r.pos++
 	n.buf = r.appendHeader(n.buf[:0])
 	n.buf = append(n.buf, r.payload...)
 	if r.route[0] != n.id {
 		n.stats.Forwarded++
 	}
+	if r.proto == protoData && nb.pending.IsZero() {
+		// Traffic on this link: from now on its silence is watched at
+		// the fast pace (watchBusy).
+		nb.pending = now
+		n.soonAt(now.Add(n.p.FastInterval))
+	}
 	n.transmit(nb.link, nb.addr, r.proto != protoData)
+}
+
+// heardFrom notes a frame received from neighbour id: proof the link works
+// in its direction, and (since it routes to us) in ours. Only a frame that
+// came from the neighbour's own link address counts.
+func (n *Node) heardFrom(now time.Time, id NodeID) {
+	nb := n.nbrs[id]
+	// Zones are compared loosely: sockets may name the same interface
+	// differently (a name, an index), the link says which it is.
+	if nb == nil || nb.link != n.inLink || nb.addr.Port() != n.inFrom.Port() ||
+		nb.addr.Addr().WithZone("") != n.inFrom.Addr().WithZone("") {
+		return
+	}
+	nb.heard, nb.pending = now, time.Time{}
+	if nb.suspect {
+		nb.suspect, nb.sym = false, true
+		n.ids = append(n.ids[:0], id)
+		n.learn(n.ids, now, true)
+	}
+}
+
+// watchBusy is the fast liveness check of the links carrying data (in the
+// spirit of BFD, RFC 5880, and Babel's hello/IHU, RFC 8966 §3.4): a
+// neighbour sent data that has not been heard from for FastInterval is
+// probed every FastInterval/2 (an echo with ping ID 0, answered at once);
+// unheard for FastTimeout it is taken out of routing, and the frames that
+// follow are repaired through other neighbours. Idle links cost nothing
+// beyond their beacons; a link with traffic both ways costs nothing either,
+// since the traffic itself is the proof of life.
+func (n *Node) watchBusy(now time.Time) {
+	var ids []NodeID // few: the neighbours this node sent data to
+	for id, nb := range n.nbrs {
+		if !nb.pending.IsZero() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids) // map order must not decide the order of sends
+	for _, id := range ids {
+		nb := n.nbrs[id]
+		if nb == nil || nb.pending.IsZero() {
+			continue
+		}
+		if !nb.sym {
+			nb.pending = time.Time{}
+			continue
+		}
+		silent := now.Sub(nb.pending)
+		switch {
+		case silent >= n.p.FastTimeout:
+			n.stats.Suspected++
+			nb.sym, nb.suspect, nb.pending = false, true, time.Time{}
+			n.cutEdge(n.id, id)
+			continue
+		case silent >= n.p.FastInterval && now.Sub(nb.probed) >= n.p.FastInterval/2:
+			nb.probed = now
+			n.probe(now, nb)
+		}
+		n.soonAt(now.Add(n.p.FastInterval / 2))
+	}
+}
+
+// probe sends a keepalive to a neighbour: an echo request with ping ID 0,
+// whose reply is not reported to the application.
+func (n *Node) probe(now time.Time, nb *nbr) {
+	n.stats.Probes++
+	var p [12]byte
+	binary.BigEndian.PutUint64(p[4:], uint64(now.UnixNano()))
+	o := &n.out
+	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoEcho, 0, nb.id, 0, 0, 0
+	o.from = 0
+	o.route = append(o.route[:0], n.id, nb.id)
+	o.payload = p[:]
+	n.forward(now, o)
 }
 
 // linkBroken handles a next hop that is no longer a neighbour: it reports
@@ -682,8 +911,13 @@ func (n *Node) forward(now time.Time, r *routed) {
 // re-routes the frame from here (local repair).
 func (n *Node) linkBroken(now time.Time, r *routed, next NodeID) {
 	pos := int(r.pos)
-	n.cache.removeEdge(n.id, next)
-	if r.proto == protoError {
+	n.cutEdge(n.id, next)
+	if r.proto == protoError || (r.proto != protoData && r.flags&flagRepaired != 0) {
+		// Control frames are repaired once. Their histories are kept
+		// short (tidy), so the report of a second break may miss the
+		// node whose stale route caused it, and the frame could follow
+		// that route again; ring maintenance re-sends what matters.
+		// Data frames keep their loops for the report to find it.
 		n.stats.Dropped++
 		return
 	}
@@ -710,6 +944,9 @@ func (n *Node) decide(now time.Time, r *routed) {
 			n.deliver(now, r)
 			return
 		}
+		if r.flags&flagDetour == 0 && n.detour(now, r) {
+			return
+		}
 		n.unreachable(now, r, whyNoNode)
 		return
 	}
@@ -718,6 +955,26 @@ func (n *Node) decide(now time.Time, r *routed) {
 		return
 	}
 	path := n.cache.route(best, now)
+	if back := n.bounceFrom(r); back != 0 && len(path) > 0 && path[0] == back {
+		// Split horizon for repairs: the node that just re-routed this
+		// frame around a broken link would send it into the same break
+		// (it may be the source, so no report told this node). Settle
+		// for another node nearly as close, or detour past the target.
+		path = nil
+		n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
+			if h, ok := n.cache.firstHop(c); ok && h != back && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+				path = n.cache.route(c, now)
+				return len(path) == 0
+			}
+			return true
+		})
+		if len(path) == 0 {
+			if r.flags&(flagDetour|flagClosest) == 0 && n.detour(now, r) {
+				return
+			}
+			path = n.cache.route(best, now)
+		}
+	}
 	if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
 		// Over budget: drop the loops the history kept, then settle for
 		// a node nearly as close to the target with a shorter route (it
@@ -741,6 +998,51 @@ func (n *Node) decide(now time.Time, r *routed) {
 	n.tidy(r)
 	n.forward(now, r)
 }
+
+// detour handles an exact frame for a target this node would be the ring
+// predecessor of: the ID is in none of its routes. That may only mean this
+// node lost its route with a link (one node's local view must never declare
+// a live node gone), so the frame goes on to the nearest known node after
+// the target — the target's successor side, which keeps a route to its
+// predecessor by ring maintenance — flagged as a detour. Only if that side
+// has no route either is the target reported missing: then both ring
+// neighbours of the gap agree that it is not there.
+func (n *Node) detour(now time.Time, r *routed) bool {
+	if int(r.vhops) >= maxVHops {
+		return false
+	}
+	back := n.bounceFrom(r)
+	var path []NodeID
+	n.cache.after(r.target, fallbackCandidates, func(c NodeID) bool {
+		if h, ok := n.cache.firstHop(c); ok && h != back && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+			path = n.cache.route(c, now)
+			return len(path) == 0
+		}
+		return true
+	})
+	if len(path) == 0 && back != 0 {
+		// The only way on is back: the node there may still know more.
+		if c := n.cache.closestAfterOr(r.target); c != 0 && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+			path = n.cache.route(c, now)
+		}
+	}
+	if len(path) == 0 {
+		return false
+	}
+	n.stats.Detoured++
+	r.flags |= flagDetour
+	r.route = append(r.route, path...)
+	r.vhops++
+	n.tidy(r)
+	n.forward(now, r)
+	return true
+}
+
+// bounceFrom is the hop a frame came from if that node repaired or
+// detoured it (zero for others): a decision should not hand the frame
+// straight back to it, since that node has just found it has no working
+// route to the target, and it told nobody ahead of it.
+func (n *Node) bounceFrom(r *routed) NodeID { return r.from }
 
 // compactHistory removes every loop from the travelled part of r's route
 // (up to and including this node, the last element): a loop-free history
@@ -791,9 +1093,11 @@ func (n *Node) unreachable(now time.Time, r *routed, why byte) {
 		case protoData, protoEcho:
 			n.env.Deliver(n.unreachableEvent(r, n.id, reasonText(why, r.flags&flagClosest != 0)))
 		case protoNotify:
+			// This node's own view, even after a detour: the route is
+			// forgotten, but the node is not held dead (only a report
+			// from the ring does that, see deliver).
 			if !n.isNbr(r.target) {
 				n.cache.remove(r.target)
-				n.tomb[r.target] = now.Add(tombstone)
 			}
 		}
 		return
@@ -825,6 +1129,7 @@ func (n *Node) unreachableEvent(r *routed, at NodeID, why string) Unreachable {
 func (n *Node) sendError(now time.Time, r *routed, code uint16, a, b NodeID) {
 	o := &n.out
 	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoError, flagHopByHop, r.route[0], 0, 0, 0
+	o.from = 0
 	o.route = reverseInto(o.route, r.route[:r.pos+1])
 	var p [1 + 8 + 8 + 1 + 4 + 1]byte
 	p[0], p[22] = byte(code), byte(code>>8) // the reason: unreachable reports only
@@ -867,7 +1172,7 @@ func (n *Node) hopError(r *routed) {
 	switch code &^ errClosest {
 	case errLinkBroken:
 		if a != n.id { // this node knows its own links better
-			n.cache.removeEdge(a, b)
+			n.cutEdge(a, b)
 		}
 	case errUnreachable:
 		// Another node's view may be wrong; what this node confirmed
@@ -950,6 +1255,7 @@ func (n *Node) deliver(now time.Time, r *routed) {
 func (n *Node) reply(now time.Time, r *routed, proto byte, payload []byte) {
 	o := &n.out
 	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = proto, 0, r.route[0], 0, 0, 0
+	o.from = 0
 	o.route = reverseInto(o.route, r.route)
 	o.payload = payload
 	if len(o.route) == 1 {
@@ -965,6 +1271,9 @@ func (n *Node) handleEchoReply(r *routed) {
 		return
 	}
 	id := binary.BigEndian.Uint32(r.payload)
+	if id == 0 {
+		return // a keepalive (probe): hearing it was the point
+	}
 	sent := time.Unix(0, int64(binary.BigEndian.Uint64(r.payload[4:])))
 	route, _, err := readIDs(nil, r.payload[13:], int(r.payload[12]))
 	if err != nil {
@@ -1003,6 +1312,7 @@ func (n *Node) originate(now time.Time, proto byte, mode Mode, target NodeID, pa
 	}
 	o := &n.out
 	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = proto, 0, target, 0, 0, 0
+	o.from = 0
 	if mode == Closest {
 		o.flags = flagClosest
 	}
@@ -1016,21 +1326,7 @@ func (n *Node) originate(now time.Time, proto byte, mode Mode, target NodeID, pa
 // ringRound sends this round's notifications to the nearest successor and
 // predecessor (thesis §2.1.4.2) and declares silent ones dead.
 func (n *Node) ringRound(now time.Time) {
-	// Liveness: a ring neighbour that has not answered for three rounds
-	// of the fastest interval (and at least 2.5 current rounds) is gone.
-	limit := max(3*n.p.RingInterval, n.ringIvl*5/2)
-	for id, since := range n.ringWait {
-		if now.Sub(since) > limit {
-			delete(n.ringWait, id)
-			if !n.isNbr(id) {
-				// Silence may also be a route broken by someone else's
-				// death: forget the route, and block re-learning only
-				// briefly so a live node is not shut out for long.
-				n.cache.remove(id)
-				n.tomb[id] = now.Add(limit)
-			}
-		}
-	}
+	n.ringSilence(now)
 	s := n.cache.successors(n.ids2[:0], 1)
 	s = n.cache.predecessors(s, 1)
 	n.ids2 = s
@@ -1059,18 +1355,89 @@ func (n *Node) ringRound(now time.Time) {
 	}
 }
 
+// ringLimit is how long a ring neighbour may stay silent before it is
+// declared gone (three rounds of the fastest interval, at least 2.5 of the
+// current one), if RingProbes notifications went unanswered too.
+func (n *Node) ringLimit() time.Duration {
+	return max(3*n.p.RingInterval, n.ringIvl*5/2)
+}
+
+// ringRTO spaces the notifications re-sent to a silent ring neighbour: four
+// smoothed round trips (RFC 6298 §2 uses srtt + 4·rttvar), at least
+// 2·FastInterval, at most the fastest ring interval.
+func (n *Node) ringRTO() time.Duration {
+	return min(max(4*n.srtt, 2*n.p.FastInterval), n.p.RingInterval)
+}
+
+// retryRing re-sends a notification to each silent ring neighbour whose
+// last one has had a round-trip timeout to be answered, until RingProbes
+// went out. A lossy path loses a notification or its reply often (10 %
+// loss per link over 7 hops and back: 3 in 4); a live node answers one of
+// several, a dead one none — and a dead one is usually known sooner from
+// evidence: its neighbours' timeouts produce broken-link and unreachable
+// reports for the very notifications sent to it.
+func (n *Node) retryRing(now time.Time) {
+	if len(n.ringWait) == 0 {
+		return
+	}
+	rto := n.ringRTO()
+	var ids []NodeID // not scratch: notify uses it
+	for id, w := range n.ringWait {
+		if w.tries < n.p.RingProbes && now.Sub(w.last) >= rto {
+			ids = append(ids, id)
+		} else if w.tries < n.p.RingProbes {
+			n.soonAt(w.last.Add(rto))
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if n.ringWait[id] != nil && n.cache.has(id) {
+			n.notify(now, id, false)
+		}
+	}
+}
+
+// ringSilence declares gone the ring neighbours that answered none of
+// RingProbes notifications within ringLimit.
+func (n *Node) ringSilence(now time.Time) {
+	limit := n.ringLimit()
+	var gone []NodeID
+	for id, w := range n.ringWait {
+		if now.Sub(w.since) > limit && (w.tries >= n.p.RingProbes || !n.cache.has(id)) {
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone) // removal order shapes the cache's slab: replayable runs
+	for _, id := range gone {
+		delete(n.ringWait, id)
+		if !n.isNbr(id) {
+			// Silence may also be a route broken by someone else's
+			// death: forget the route, and block re-learning only
+			// briefly so a live node is not shut out for long.
+			n.cache.remove(id)
+			n.tomb[id] = now.Add(limit)
+		}
+	}
+}
+
 // notify sends this node's ring view to id: its nearest successors and
 // predecessors with their routes. The receiver learns them and replies with
 // its own view, so both sides discover better ring neighbours.
 func (n *Node) notify(now time.Time, id NodeID, isReply bool) {
 	if !isReply {
-		if _, waiting := n.ringWait[id]; !waiting {
-			n.ringWait[id] = now
+		w := n.ringWait[id]
+		if w == nil {
+			w = &ringWait{since: now}
+			n.ringWait[id] = w
 		}
+		w.last = now
+		w.tries++
+		n.soonAt(now.Add(n.ringRTO()))
 	}
 	p := n.viewPayload(now, isReply)
 	o := &n.out
 	o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoNotify, 0, id, 0, 0, 0
+	o.from = 0
 	o.route = append(o.route[:0], n.id)
 	o.payload = p
 	n.decide(now, o)
@@ -1192,6 +1559,7 @@ func (n *Node) fingerRound(now time.Time) {
 		n.fingerIdx++
 		o := &n.out
 		o.proto, o.flags, o.target, o.vhops, o.hops, o.pos = protoFind, flagClosest, target, 0, 0, 0
+		o.from = 0
 		o.route = append(o.route[:0], n.id)
 		o.payload = []byte{byte(i)}
 		n.decide(now, o)

@@ -133,6 +133,9 @@ type routerLink struct {
 	down      bool        // the interface went down: removed from the Node
 	failed    bool        // a send said the interface is gone; apply after the Node call
 	isDown    atomic.Bool // down, for the watcher goroutine
+	// noCarrier: the link watcher reported the carrier lost, and not back
+	// yet; the poll must not bring the link up meanwhile.
+	noCarrier atomic.Bool
 }
 
 // frameBuf is one receive buffer and what was read into it.
@@ -151,6 +154,7 @@ const (
 	reqStatus
 	reqLinkUp
 	reqLinkState
+	reqCarrier // reqLinkState from a link event (netx.LinkWatcher)
 )
 
 // request is an application request for the Node's goroutine. It travels
@@ -289,6 +293,9 @@ func (r *Router) Run(ctx context.Context) error {
 		wg.Go(func() { r.openLink(ctx, &wg, l.id, l.name) })
 	}
 	wg.Go(func() { r.watchLinks(ctx) })
+	if lw, ok := r.cfg.Network.(netx.LinkWatcher); ok {
+		wg.Go(func() { r.watchLinkEvents(ctx, lw) })
+	}
 	close(r.started)
 	r.loop(ctx)
 	return nil
@@ -348,8 +355,12 @@ func (r *Router) handleRequest(req request) {
 	case reqLinkUp:
 		l := r.links[req.link]
 		l.uc, l.local, l.port, l.lastErr = req.uc, req.local, req.srcPort, ""
-	case reqLinkState:
+	case reqLinkState, reqCarrier:
 		l := r.links[req.link]
+		why := "interface down or without its link-local address"
+		if req.kind == reqCarrier {
+			why = "carrier lost (link event)"
+		}
 		switch {
 		case l.uc == nil:
 			// Not open yet: openLink brings it up.
@@ -359,7 +370,7 @@ func (r *Router) handleRequest(req request) {
 			r.node.AddLink(l.id)
 			r.log.Info("mesh interface back up", "iface", l.name)
 		case !req.up && !l.down:
-			r.linkDown(l, "interface down or without its link-local address")
+			r.linkDown(l, why)
 		}
 	}
 }
@@ -406,7 +417,7 @@ func (r *Router) watchLinks(ctx context.Context) {
 		}
 		for _, l := range r.links {
 			i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == l.name })
-			up := i >= 0 && ifs[i].Up && ifs[i].LinkLocal().IsValid()
+			up := i >= 0 && ifs[i].Up && ifs[i].LinkLocal().IsValid() && !l.noCarrier.Load()
 			if up != l.isDown.Load() {
 				continue // the Node's goroutine already agrees
 			}
@@ -416,6 +427,31 @@ func (r *Router) watchLinks(ctx context.Context) {
 				return
 			}
 		}
+	}
+}
+
+// watchLinkEvents hands the link watcher's carrier changes of the mesh
+// interfaces to the Node's goroutine as they happen (on Linux a netlink
+// RTM_NEWLINK, within milliseconds of a cable pulled or a veth peer gone),
+// so the neighbours on a dead link are dropped at once and the frames for
+// them repaired, instead of after NeighbourTimeout or the next poll.
+func (r *Router) watchLinkEvents(ctx context.Context, lw netx.LinkWatcher) {
+	err := lw.WatchLinks(ctx, func(ev netx.LinkEvent) {
+		i := slices.Index(r.cfg.Interfaces, ev.Name)
+		if i < 0 {
+			return
+		}
+		l := r.links[i]
+		if l.noCarrier.Swap(!ev.Up) == !ev.Up && ev.Up != l.isDown.Load() {
+			return // no news
+		}
+		select {
+		case r.reqs <- request{kind: reqCarrier, link: l.id, up: ev.Up}:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		r.log.Warn("link events unavailable; mesh links are polled every second", "err", err)
 	}
 }
 

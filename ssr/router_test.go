@@ -74,6 +74,12 @@ type mesh struct {
 // a synctest bubble, which gives the whole network virtual time.
 func newMesh(t *testing.T, n int, edges [][2]int, delay time.Duration) *mesh {
 	t.Helper()
+	return newMeshWith(t, n, edges, delay, fastParams)
+}
+
+// newMeshWith is newMesh with the given protocol parameters.
+func newMeshWith(t *testing.T, n int, edges [][2]int, delay time.Duration, params ssr.Params) *mesh {
+	t.Helper()
 	m := &mesh{t: t, net: memnet.New(memnet.Config{Seed: 1}), links: make(map[[2]int]*memnet.Link)}
 	hosts := make([]*memnet.Host, n)
 	ifnames := make([][]string, n)
@@ -93,7 +99,7 @@ func newMesh(t *testing.T, n int, edges [][2]int, delay time.Duration) *mesh {
 	for i, h := range hosts {
 		r, err := ssr.NewRouter(ssr.RouterConfig{
 			Network: h, Key: testKey(uint64(i + 1)), Interfaces: ifnames[i],
-			Params: fastParams, Logger: testLogger(t).With("host", h.Name()),
+			Params: params, Logger: testLogger(t).With("host", h.Name()),
 		})
 		if err != nil {
 			t.Fatal(err)

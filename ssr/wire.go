@@ -31,6 +31,10 @@ const (
 	// flagRepaired marks a frame re-routed around a broken link: relays
 	// no longer redirect it (see Node.improve), they only shorten its route.
 	flagRepaired = 1 << 2
+	// flagDetour marks a frame sent past its exact target, to the target's
+	// successor side, by a node with no route to it (Node.detour); it is
+	// not detoured twice.
+	flagDetour = 1 << 3
 )
 
 const (
@@ -72,6 +76,9 @@ type routed struct {
 	pos          uint8 // index in route of the node that receives the frame
 	route        []NodeID
 	payload      []byte
+	// from is not on the wire: the hop a repaired or detoured frame
+	// arrived from (Node.bounceFrom), zero otherwise.
+	from NodeID
 }
 
 func appendIDs(b []byte, ids []NodeID) []byte {
