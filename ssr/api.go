@@ -135,10 +135,10 @@ type Stats struct {
 	Unreachable uint64 `json:"unreachable"` // unreachable reports sent
 	Redirected  uint64 `json:"redirected"`  // relayed frames sent to a node closer to their target than planned
 	Shortened   uint64 `json:"shortened"`   // relayed frames given a shorter cached route to their planned end
-	Detoured    uint64 `json:"detoured"`     // frames sent past a target this node has no route to, to its ring successor side
-	HopLimit    uint64 `json:"hop_limit"`    // frames dropped after MaxHops physical hops (a loop guard; never in a sound mesh)
-	Probes      uint64 `json:"probes"`       // keepalive probes sent to neighbours carrying traffic
-	Suspected   uint64 `json:"suspected"`    // neighbours taken out of routing by the fast timeout
+	Detoured    uint64 `json:"detoured"`    // frames sent past a target this node has no route to, to its ring successor side
+	HopLimit    uint64 `json:"hop_limit"`   // frames dropped after MaxHops physical hops (a loop guard; never in a sound mesh)
+	Probes      uint64 `json:"probes"`      // keepalive probes sent to neighbours carrying traffic
+	Suspected   uint64 `json:"suspected"`   // neighbours taken out of routing by the fast timeout
 }
 
 // Neighbour is a node heard directly on a link.
