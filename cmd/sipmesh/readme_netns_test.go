@@ -250,20 +250,9 @@ func TestREADMEConfig(t *testing.T) {
 // sndfile recording): its own tone, back.
 func checkEcho(t *testing.T, dir string, own float64) {
 	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(dir, "dump-*-dec.wav"))
-	if len(files) != 1 {
-		t.Errorf("want one recording of received audio, found %v", files)
+	d, x, ok := receivedAudio(t, "the phone", dir)
+	if !ok {
 		return
-	}
-	x, err := readWAV16(files[0])
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	frames := len(x) / phones.FrameSamples
-	d := phones.NewDetector(frames)
-	for i := range frames {
-		d.Add(x[i*phones.FrameSamples : (i+1)*phones.FrameSamples])
 	}
 	tone, loud := d.Share(own)
 	t.Logf("echo test: the phone received %.2f s of audio, %d of %d non-silent frames carry its own %.0f Hz",
