@@ -1298,3 +1298,21 @@ func sipgoCalls(t *testing.T, loss float64, calls int) {
 		}
 	}
 }
+
+// TestProxyStoreUnavailable (issue 10): a location store that cannot
+// answer (a DHT read lost past the INVITE's budget) gets the caller 503
+// with Retry-After, never 500.
+func TestProxyStoreUnavailable(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 1, func(c *SIPServiceConfig) { c.Locations = failingStore{} })
+		a := m.phone(1, "201", 10)
+		c := a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		res := a.response()
+		wantStatus(t, res, 503)
+		if h := res.GetHeader("Retry-After"); h == nil {
+			t.Error("503 without Retry-After")
+		}
+		a.ackNon2xx(c, res)
+	})
+}
