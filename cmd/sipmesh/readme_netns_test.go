@@ -264,4 +264,3 @@ func checkEcho(t *testing.T, dir string, own float64) {
 		t.Error("the phone did not hear its own tone from the echo test")
 	}
 }
-
