@@ -73,8 +73,12 @@ type Options struct {
 	DHCP bool
 	// SIPPort is the SIP port on the LAN and mesh addresses.
 	SIPPort uint16
-	// DigestAlgorithms are offered in challenges, in order (RFC 8760);
-	// older phones need MD5 alone.
+	// DigestAlgorithms are offered in challenges, in order (RFC 8760
+	// §2.4). The default is MD5 alone, which every SIP phone answers:
+	// Debian's baresip 1.0.0 (libre 1.1.0) gives up on a 401 that holds a
+	// SHA-256 challenge in any place ("Register: Function not
+	// implemented"), and sipsak reads only the first challenge. SHA-256
+	// (first, then MD5) is for meshes whose phones all know RFC 8760.
 	DigestAlgorithms []string
 	// DNSUpstreams are the resolvers names outside .mesh go to (DNS64).
 	DNSUpstreams []netip.AddrPort
@@ -113,7 +117,7 @@ func DefaultOptions() Options {
 		LANSupernet:      netip.MustParsePrefix("10.64.0.0/10"),
 		DHCP:             true,
 		SIPPort:          5060,
-		DigestAlgorithms: []string{"SHA-256", "MD5"},
+		DigestAlgorithms: []string{"MD5"},
 		NAT64Prefix:      netip.MustParsePrefix("64:ff9b::/96"),
 		RelayPortMin:     20000,
 		RelayPortMax:     29999,

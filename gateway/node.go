@@ -38,10 +38,12 @@ type Node struct {
 	network netx.Network
 	svc     *services
 	cancel  context.CancelFunc // stops Run
-	// dnsPort is the DNS server's port (0: 53); addLANAddress puts a
-	// derived LAN address on the interface (nil: the caller does).
+	// dnsPort is the DNS server's port (0: 53). addAddress puts a LAN
+	// address on the interface, reporting whether it was not there yet,
+	// and removeAddress takes one off (nil: the caller does both).
 	dnsPort       int
-	addLANAddress func(ifname string, addr netip.Prefix) error
+	addAddress    func(ifname string, addr netip.Prefix) (added bool, err error)
+	removeAddress func(ifname string, addr netip.Prefix) error
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -58,7 +60,7 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	base := log.With("name", opts.Name)
 	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network}
 	if _, kernel := network.(netx.Kernel); kernel {
-		n.addLANAddress = addAddressIP
+		n.addAddress, n.removeAddress = netx.AddAddress, netx.RemoveAddress
 	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -35,6 +34,15 @@ const sinceFile = "claims-since"
 // claimRenew is how often the node renews its name and subnet claims.
 const claimRenew = claimLifetime / 4
 
+// claimTimeout bounds one claim (a DHT write and read).
+const claimTimeout = 10 * time.Second
+
+// claimRecheck is how long after a change of ring neighbours the node
+// claims its name and subnet again: claims made while alone (or on a
+// half-formed ring) could not see other nodes' claims, and by then the
+// DHT has moved the records to their owners.
+const claimRecheck = 2 * time.Second
+
 // hostPublishQueue bounds DHCP host names waiting to be published.
 const hostPublishQueue = 64
 
@@ -45,10 +53,17 @@ type services struct {
 	locs     *registrar.DHTLocation
 	accounts *registrar.DHTAccounts
 
-	// Set by startLAN once the phone LAN is up; read by status.
-	mu      sync.Mutex
-	lanAddr netip.Prefix
-	sip     *proxy.SIPService
+	// Set by startLAN once the phone LAN is up; read by status and by
+	// renewClaims (lanClaimed: the derived subnet claimed in the DHT, zero
+	// with a configured lan-address).
+	mu         sync.Mutex
+	lanAddr    netip.Prefix
+	lanClaimed netip.Prefix
+	sip        *proxy.SIPService
+
+	// lanOwned are the addresses this node put on the LAN interface,
+	// taken off when it stops. Used by the goroutine of runServices only.
+	lanOwned []netip.Prefix
 
 	reg   *registrar.Registrar
 	relay *sipalg.Relay
@@ -108,8 +123,11 @@ func loadSince(dir string) (time.Time, error) {
 	return now, nil
 }
 
-// runServices runs the DHT and, once it can, everything on top of it, until
-// ctx ends; it returns after every part has stopped.
+// runServices runs the DHT and everything on top of it until ctx ends; it
+// returns after every part has stopped and the LAN addresses it added are
+// gone. Nothing waits for other nodes: a node alone is a mesh of one, whose
+// DHT keeps every record itself until neighbours come (and the DHT's
+// hand-off moves records to their owners).
 func (n *Node) runServices(ctx context.Context) error {
 	s := n.svc
 	var wg sync.WaitGroup
@@ -135,11 +153,12 @@ func (n *Node) runServices(ctx context.Context) error {
 	}
 	n.cancel() // one part failing stops the node
 	wg.Wait()
-	return err
+	return errors.Join(err, n.removeLANAddresses())
 }
 
 // startLAN brings up the phone LAN's services: its address (derived and
-// claimed if not configured), SIP, relay, DNS and DHCP.
+// claimed if not configured; put on the interface either way), SIP,
+// relay, DNS and DHCP.
 func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Context) error)) error {
 	s := n.svc
 	lan := n.opts.LANAddress
@@ -148,6 +167,9 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		if lan, err = n.claimLAN(ctx); err != nil {
 			return err
 		}
+	}
+	if err := n.putLANAddress(lan); err != nil {
+		return err
 	}
 	nw := n.network
 	meshAddr := n.router.Addr()
@@ -260,84 +282,147 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 // node: their binding list must fit one DHT value.
 const maxContactsPerNode = 3
 
-// claimLAN derives this node's LAN subnet from its ID, claims it in the
-// DHT (moving on when another node holds it) and puts the node's address
-// (the subnet's first host) on the LAN interface.
+// claimLAN derives this node's LAN subnet from its ID and claims it in
+// the DHT, moving on when another node holds it. It does not wait for a
+// ring: alone, the node's own DHT store holds the claim, and renewClaims
+// checks it again once ring neighbours come. A DHT failure (a ring in
+// flux) is retried; phones wait for the LAN until a claim succeeds.
 func (n *Node) claimLAN(ctx context.Context) (netip.Prefix, error) {
-	// The ring must be up for a claim to mean anything.
-	if err := n.waitRing(ctx); err != nil {
-		return netip.Prefix{}, err
-	}
-	c, err := provisioning.ClaimSubnet(ctx, n.svc.claims, n.opts.LANSupernet, provisioning.DefaultLANBits, uint64(n.router.ID()), 0)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("LAN subnet: %w", err)
-	}
-	for _, col := range c.Collisions {
-		n.log.Warn("LAN subnet taken by another node, using the next one", "subnet", col.Subnet, "owner", ssr.NodeID(col.Owner))
-	}
-	addr := netip.PrefixFrom(provisioning.NodeLANAddress(c.Subnet), c.Subnet.Bits())
-	if n.addLANAddress != nil {
-		if err := n.addLANAddress(n.opts.LANInterface, addr); err != nil {
-			return netip.Prefix{}, err
+	retry := time.Second
+	for {
+		cctx, cancel := context.WithTimeout(ctx, claimTimeout)
+		c, err := provisioning.ClaimSubnet(cctx, n.svc.claims, n.opts.LANSupernet, provisioning.DefaultLANBits, uint64(n.router.ID()), 0)
+		cancel()
+		if err == nil {
+			for _, col := range c.Collisions {
+				n.log.Warn("LAN subnet taken by another node, using the next one", "subnet", col.Subnet, "owner", ssr.NodeID(col.Owner))
+			}
+			n.svc.mu.Lock()
+			n.svc.lanClaimed = c.Subnet
+			n.svc.mu.Unlock()
+			addr := netip.PrefixFrom(provisioning.NodeLANAddress(c.Subnet), c.Subnet.Bits())
+			n.log.Info("LAN subnet claimed", "subnet", c.Subnet, "address", addr, "ring_neighbours", len(n.router.Status().Successors) > 0)
+			return addr, nil
 		}
+		if ctx.Err() != nil || errors.Is(err, provisioning.ErrSubnetsExhausted) {
+			return netip.Prefix{}, fmt.Errorf("LAN subnet: %w", err)
+		}
+		n.log.Warn("claiming a LAN subnet failed; the phone LAN waits for it", "err", err, "retry_in", retry)
+		select {
+		case <-ctx.Done():
+			return netip.Prefix{}, fmt.Errorf("LAN subnet: %w", ctx.Err())
+		case <-time.After(retry):
+		}
+		retry = min(2*retry, 30*time.Second)
 	}
-	n.log.Info("LAN subnet claimed", "subnet", c.Subnet, "address", addr)
-	return addr, nil
 }
 
-// addAddressIP puts addr on ifname with iproute2 (or busybox ip), as a
-// router's init scripts would.
-func addAddressIP(ifname string, addr netip.Prefix) error {
-	out, err := exec.Command("ip", "-4", "addr", "replace", addr.String(), "dev", ifname).CombinedOutput()
+// putLANAddress puts addr on the LAN interface unless it is there already
+// (put there by the system's network configuration, as OpenWrt's netifd
+// does: then it stays when the node stops).
+func (n *Node) putLANAddress(addr netip.Prefix) error {
+	if n.addAddress == nil {
+		return nil
+	}
+	added, err := n.addAddress(n.opts.LANInterface, addr)
 	if err != nil {
-		return fmt.Errorf("adding %s to %s: %v: %s", addr, ifname, err, out)
+		return fmt.Errorf("LAN address: %w", err)
+	}
+	if added {
+		n.svc.lanOwned = append(n.svc.lanOwned, addr)
+		n.log.Info("LAN address added", "interface", n.opts.LANInterface, "address", addr)
 	}
 	return nil
 }
 
-// waitRing returns once the router has a ring successor.
-func (n *Node) waitRing(ctx context.Context) error {
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
+// removeLANAddresses takes the addresses putLANAddress added off the LAN
+// interface.
+func (n *Node) removeLANAddresses() error {
+	var errs []error
+	for _, a := range n.svc.lanOwned {
+		if err := n.removeAddress(n.opts.LANInterface, a); err != nil {
+			errs = append(errs, fmt.Errorf("LAN address: %w", err))
+			continue
+		}
+		n.log.Info("LAN address removed", "interface", n.opts.LANInterface, "address", a)
+	}
+	n.svc.lanOwned = nil
+	return errors.Join(errs...)
+}
+
+// renewClaims claims the node's name (name.mesh → its mesh address) at
+// once and renews it, and the LAN subnet claim, while the node runs. A
+// change of ring neighbours brings the next renewal forward (claimRecheck)
+// and is logged: a node without ring neighbours says it is alone.
+func (n *Node) renewClaims(ctx context.Context) error {
+	poll := time.NewTicker(time.Second)
+	defer poll.Stop()
+	var (
+		succ  string
+		first = true
+		next  time.Time // zero: claim now
+		retry = time.Second
+	)
 	for {
-		if len(n.router.Status().Successors) > 0 {
-			return nil
+		cur := ""
+		if st := n.router.Status(); len(st.Successors) > 0 {
+			cur = st.Successors[0].ID
+		}
+		if first || cur != succ {
+			switch {
+			case cur == "" && (first || succ != ""):
+				n.log.Info("no ring neighbour: this node serves as a mesh of one, its DHT keeps every record until neighbours come")
+			case cur != "" && succ == "" && !first:
+				n.log.Info("ring neighbour found: DHT records move to their owners; claims are checked again", "successor", cur)
+			}
+			if soon := time.Now().Add(claimRecheck); !first && soon.Before(next) {
+				next = soon
+			}
+			succ, first = cur, false
+		}
+		if !time.Now().Before(next) {
+			next = time.Now().Add(n.claimOnce(ctx, &retry))
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
+			return nil
+		case <-poll.C:
 		}
 	}
 }
 
-// renewClaims claims the node's name (name.mesh → its mesh address) and
-// renews it while the node runs.
-func (n *Node) renewClaims(ctx context.Context) error {
-	if err := n.waitRing(ctx); err != nil {
-		return nil
+// claimOnce claims the node's name and its LAN subnet (if derived) again
+// and returns when to do it next: claimRenew, or sooner (backing off
+// from a second) after a failure.
+func (n *Node) claimOnce(ctx context.Context, retry *time.Duration) time.Duration {
+	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	defer cancel()
+	owner, err := n.svc.claims.ClaimName(cctx, n.opts.Name, n.router.Addr())
+	if errors.Is(err, ErrNameTaken) {
+		n.log.Warn("node name taken by another node; "+n.opts.Name+".mesh does not resolve to this node", "owner", owner)
+		err = nil
 	}
-	retry := time.Second
-	for {
-		next := claimRenew
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		owner, err := n.svc.claims.ClaimName(cctx, n.opts.Name, n.router.Addr())
-		cancel()
-		switch {
-		case errors.Is(err, ErrNameTaken):
-			n.log.Warn("node name taken by another node; "+n.opts.Name+".mesh does not resolve to this node", "owner", owner)
-		case err != nil:
-			n.log.Debug("claiming node name failed, retrying", "err", err)
-			next, retry = retry, min(2*retry, time.Minute)
-		default:
-			retry = time.Second
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(next):
+	n.svc.mu.Lock()
+	subnet := n.svc.lanClaimed
+	n.svc.mu.Unlock()
+	if subnet.IsValid() && err == nil {
+		var o uint64
+		if o, err = n.svc.claims.Claim(cctx, subnet, uint64(n.router.ID())); err == nil && ssr.NodeID(o) != n.router.ID() {
+			// Two nodes that claimed the subnet apart (alone, or on
+			// separate rings) and met: the first claimant keeps it. The
+			// other LAN keeps its phones; on restart this node derives
+			// the next subnet.
+			n.log.Warn("LAN subnet claimed first by another node; restart this node to move to another subnet", "subnet", subnet, "owner", ssr.NodeID(o))
 		}
 	}
+	if err != nil && ctx.Err() == nil {
+		n.log.Debug("claiming node name or LAN subnet failed, retrying", "err", err, "retry_in", *retry)
+		d := *retry
+		*retry = min(2**retry, time.Minute)
+		return d
+	}
+	*retry = time.Second
+	return claimRenew
 }
 
 // publishHosts publishes the host names of DHCP clients as

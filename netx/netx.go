@@ -3,8 +3,9 @@
 // (a router, or a Linux network namespace in integration tests); package
 // memnet implements it with an in-memory network emulator (unit tests, the
 // demo and the simulator). Services never call package net's Listen/Dial
-// directly, so the same code runs on both (docs/DESIGN.md, "Two
-// transports, one code path").
+// directly, so the same code runs on both (docs/DESIGN.md, "Two transports, one
+// code path"). On Linux it also speaks rtnetlink (Route): a node puts its
+// LAN address on an interface and takes it off without an `ip` binary.
 package netx
 
 import (

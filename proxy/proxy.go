@@ -50,8 +50,12 @@ import (
 // Non-ACK requests are proxied statefully on sipgo transactions; the ACK
 // of a 2xx (its own transaction, §13.2.2.4) is forwarded statelessly.
 
-// lookupTimeout bounds an account or location lookup of the proxy.
-const lookupTimeout = 5 * time.Second
+// lookupTimeout is the INVITE's budget for its account and location
+// lookups: the caller has its 100 Trying and hears silence, Timer B (32 s,
+// RFC 3261 §17.1.1.2) is far, and the DHT retries a lost read within it
+// (its attempts go to whichever node owns the key by then, a replica once
+// the ring has repaired around a dead owner). After that: 503.
+const lookupTimeout = 10 * time.Second
 
 // target is where one branch goes.
 type target struct {
@@ -110,6 +114,9 @@ func noBuild(*sipgo.Client, *sip.Request) error { return nil }
 // reply answers the request with a response of our own.
 func (p *proxyTx) reply(code int, reason string) {
 	res := p.s.respond(p.req, code, reason)
+	if code == 503 { // a store that could not answer: try again soon (§21.5.4)
+		res.AppendHeader(sip.NewHeader("Retry-After", "5"))
+	}
 	if p.upDest != "" {
 		res.SetDestination(p.upDest)
 	}
@@ -318,12 +325,12 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 			return nil, 404, "Not Found"
 		}
 		s.log.Warn("account lookup failed", "ext", ext, "err", err)
-		return nil, 500, "Server Internal Error (account store unavailable)"
+		return nil, 503, "Service Unavailable (account store unavailable)"
 	}
 	all, err := s.cfg.Locations.Bindings(ctx, registrar.AOR(ext))
 	if err != nil {
 		s.log.Warn("location lookup failed", "ext", ext, "err", err)
-		return nil, 500, "Server Internal Error (location store unavailable)"
+		return nil, 503, "Service Unavailable (location store unavailable)"
 	}
 	bs := registrar.MergeBindings(all, time.Now())
 	// Highest q first (RFC 3261 §16.6); all are tried in parallel anyway.

@@ -1300,3 +1300,31 @@ func sipgoCalls(t *testing.T, loss float64, calls int) {
 		}
 	}
 }
+
+// TestProxyStoreUnavailable (issue 10): a location store that cannot
+// answer (a DHT read lost past the INVITE's budget) gets the caller 503
+// with Retry-After, never 500.
+func TestProxyStoreUnavailable(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshRig(t, 1, func(c *SIPServiceConfig) { c.Locations = failingStore{} })
+		a := m.phone(1, "201", 10)
+		c := a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		res := a.response()
+		wantStatus(t, res, 503)
+		if h := res.GetHeader("Retry-After"); h == nil {
+			t.Error("503 without Retry-After")
+		}
+		a.ackNon2xx(c, res)
+	})
+}
+
+// failingStore fails every call, as a DHT without quorum would.
+type failingStore struct{}
+
+func (failingStore) Bindings(context.Context, string) ([]registrar.Binding, error) {
+	return nil, fmt.Errorf("dht: no route")
+}
+func (failingStore) SetBindings(context.Context, string, ssr.NodeID, []registrar.Binding) error {
+	return fmt.Errorf("dht: no route")
+}

@@ -687,10 +687,10 @@ func truncate(s string, n int) string {
 }
 
 // retryLater answers a request we could not serve because a store failed:
-// 500 with Retry-After (RFC 3261 §21.5.1), so the phone retries soon
+// 503 with Retry-After (RFC 3261 §21.5.4), so the phone retries soon
 // rather than giving up.
 func (r *Registrar) retryLater(req *sip.Request, why string) *sip.Response {
-	res := r.response(req, 500, "Server Internal Error ("+why+")")
+	res := r.response(req, 503, "Service Unavailable ("+why+")")
 	res.AppendHeader(sip.NewHeader("Retry-After", "5"))
 	return res
 }

@@ -665,9 +665,9 @@ func (failingStore) SetBindings(context.Context, string, ssr.NodeID, []Binding) 
 func TestStoreFailure(t *testing.T) {
 	g := newRig(t, func(c *RegistrarConfig) { c.noAuth, c.Locations = true, failingStore{} })
 	res := g.send(g.build(reg{contacts: []string{"<sip:201@h>"}}))
-	wantCode(t, res, 500)
+	wantCode(t, res, 503)
 	if h := res.GetHeader("Retry-After"); h == nil {
-		t.Error("500 without Retry-After")
+		t.Error("503 without Retry-After")
 	}
 }
 

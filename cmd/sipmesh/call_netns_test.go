@@ -402,20 +402,9 @@ func readNetstring(r *bufio.Reader) ([]byte, error) {
 // relay looping media back would bring).
 func checkTones(t *testing.T, who, dir string, want, own float64) {
 	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(dir, "dump-*-dec.wav"))
-	if len(files) != 1 {
-		t.Errorf("%s: want one recording of received audio, found %v", who, files)
+	d, x, ok := receivedAudio(t, who, dir)
+	if !ok {
 		return
-	}
-	x, err := readWAV16(files[0])
-	if err != nil {
-		t.Errorf("%s: %v", who, err)
-		return
-	}
-	frames := len(x) / phones.FrameSamples
-	d := phones.NewDetector(frames)
-	for i := range frames {
-		d.Add(x[i*phones.FrameSamples : (i+1)*phones.FrameSamples])
 	}
 	tone, loud := d.Share(want)
 	ownTone, _ := d.Share(own)
@@ -427,6 +416,29 @@ func checkTones(t *testing.T, who, dir string, want, own float64) {
 	if d.Heard(own) {
 		t.Errorf("%s heard its own %.0f Hz tone", who, own)
 	}
+}
+
+// receivedAudio loads a phone's sndfile recording of what it received
+// into a tone detector; ok is false (t marked failed) without exactly one
+// readable recording.
+func receivedAudio(t *testing.T, who, dir string) (d *phones.Detector, x []int16, ok bool) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "dump-*-dec.wav"))
+	if len(files) != 1 {
+		t.Errorf("%s: want one recording of received audio, found %v", who, files)
+		return nil, nil, false
+	}
+	x, err := readWAV16(files[0])
+	if err != nil {
+		t.Errorf("%s: %v", who, err)
+		return nil, nil, false
+	}
+	frames := len(x) / phones.FrameSamples
+	d = phones.NewDetector(frames)
+	for i := range frames {
+		d.Add(x[i*phones.FrameSamples : (i+1)*phones.FrameSamples])
+	}
+	return d, x, true
 }
 
 // readWAV16 reads the first channel of a 16-bit PCM WAV file; a header

@@ -402,7 +402,10 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 	} else {
 		r.To, r.Feature, r.ToNode = phones.EchoExtension, "echo", nodeName(a.Node)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	// A caller's patience: longer than a node's lookup budget (10 s, a
+	// DHT read retried on a lossy mesh) plus SIP's own retransmissions
+	// across the hops, so a slow setup is a slow setup, not a CANCEL.
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := a.Call(cctx, target, phones.CallOptions{ExpectHz: expect})
 	if c != nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,10 +18,44 @@ import (
 	"github.com/sipmesh/sipmesh/phones"
 )
 
+// tailWriter keeps the last max lines written to it.
+type tailWriter struct {
+	mu    sync.Mutex
+	max   int
+	lines []string
+}
+
+func (w *tailWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lines = append(w.lines, string(b))
+	if len(w.lines) > w.max {
+		w.lines = slices.Delete(w.lines, 0, len(w.lines)-w.max)
+	}
+	return len(b), nil
+}
+
+func (w *tailWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.lines, "")
+}
+
 // startMesh runs a telephone mesh for a test and waits for its ring;
 // the caller stops it (stopMesh).
 func startMesh(t *testing.T, cfg meshConfig) *telMesh {
 	t.Helper()
+	if cfg.Log == nil {
+		// The nodes' warnings, shown if the test fails: a call's error
+		// says what the caller got, the node's log why.
+		w := &tailWriter{max: 200}
+		cfg.Log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the nodes' last warnings:\n%s", w)
+			}
+		})
+	}
 	m, err := newTelMesh(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -388,3 +388,8 @@ func unwrapOp(err error) error {
 	}
 	return err
 }
+
+// Do runs f on an OS thread inside the namespace: for code that acts on
+// the namespace of the calling thread, such as opening a netlink socket
+// (netx.OpenRoute), which keeps that namespace for its life.
+func (ns *NS) Do(f func() error) error { return nsNetwork{name: ns.Name}.do(f) }

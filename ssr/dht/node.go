@@ -575,6 +575,12 @@ func (n *Node) expireRequest(now time.Time, q *request) {
 		q.parts, q.last = nil, 0
 		q.deadline = now.Add(n.timeout(q))
 		n.env.Send(now, q.target, q.mode, q.payload)
+		if q.kind == kGet {
+			// A read is idempotent: its retries go out twice, so that on a
+			// lossy multi-hop path one more lost datagram does not cost
+			// the caller (a proxy with an INVITE waiting) a whole attempt.
+			n.env.Send(now, q.target, q.mode, q.payload)
+		}
 	}
 }
 

@@ -466,3 +466,49 @@ func TestAdminRecords(t *testing.T) {
 		t.Fatalf("tampered record: %v", err)
 	}
 }
+
+// TestGetRetrySentTwice: a read whose first attempt is lost is retried
+// with two copies (reads are idempotent), a write with one; both complete.
+func TestGetRetrySentTwice(t *testing.T) {
+	r := newFakeRing(t, 4, Params{})
+	a := anyNode(r, 0)
+	if err := a.put("k", "v", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		start  func() (uint64, error)
+		copies int
+	}{
+		{"get", func() (uint64, error) { return a.n.Get(r.now, "k") }, 2},
+		{"put", func() (uint64, error) { return a.n.Put(r.now, "k", []byte("w"), time.Hour) }, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := tc.start()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.queue) != 1 {
+				t.Fatalf("first attempt: %d datagrams queued, want 1", len(r.queue))
+			}
+			first := r.queue[0].payload
+			r.queue = nil // lost
+			sent := 0
+			for range 1000 {
+				if _, ok := a.results[id]; ok {
+					break
+				}
+				for _, m := range r.queue {
+					if m.from == a.id && slices.Equal(m.payload, first) {
+						sent++
+					}
+				}
+				r.run(step)
+			}
+			res := a.wait(id)
+			if res.Err != nil || res.Attempts != 2 || sent != tc.copies {
+				t.Errorf("%s: err %v after %d attempts; the retry went out %d times, want %d", tc.name, res.Err, res.Attempts, sent, tc.copies)
+			}
+		})
+	}
+}
