@@ -180,11 +180,11 @@ func (p *proxyTx) run() {
 
 	base := req.Clone()
 	fixVia(base, p.src)
-	popped, flow := s.popRoutes(base, p.in)
+	recorded, flow := s.popRoutes(base, p.in)
 	var targets []target
 	if flow != nil {
 		targets = []target{*flow}
-	} else if t, ok, code, reason := s.nextHop(base, popped); code != 0 {
+	} else if t, ok, code, reason := s.nextHop(base, recorded); code != 0 {
 		p.reply(code, reason)
 		return
 	} else if ok {
@@ -345,6 +345,9 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 					continue
 				}
 			}
+			if !s.dstAllowed(dst) {
+				continue // a contact naming loopback or the node itself
+			}
 			tr := "UDP"
 			if strings.EqualFold(b.Transport, "tcp") {
 				tr = "TCP"
@@ -367,15 +370,23 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	return ts, 0, ""
 }
 
-// nextHop routes a request that needs no lookup: by its next Route, or,
-// once we popped our own Route (we are on the route set) or inside a
-// dialog, by an IP-literal Request-URI. ok is false when the Request-URI
-// names the mesh domain (lookup); a non-zero code is the answer.
-func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, code int, reason string) {
+// nextHop routes a request that needs no lookup: by its next Route, or
+// by an IP-literal Request-URI, both only on a route set this node
+// recorded (recorded: its own tagged Route was popped) and only to a
+// destination dstAllowed accepts (RFC 3261 §16.4, §26; routecheck.go).
+// ok is false when the Request-URI names the mesh domain (lookup); a
+// non-zero code is the answer.
+func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, code int, reason string) {
 	if rt := r.Route(); rt != nil {
+		if !recorded {
+			return t, false, 403, "Forbidden (Route not recorded by this node)"
+		}
 		dst, err := sipnet.URIAddr(&rt.Address)
 		if err != nil {
 			return t, false, 404, "Not Found (Route is not an IP address)"
+		}
+		if !s.dstAllowed(dst) {
+			return t, false, 403, "Forbidden (Route names no node or phone of this mesh)"
 		}
 		return target{uri: r.Recipient, dst: dst, transport: uriTransport(&rt.Address)}, true, 0, ""
 	}
@@ -386,20 +397,29 @@ func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, co
 		}
 		return t, false, 0, ""
 	}
-	toTag, _ := r.To().Params.Get("tag")
-	if popped || toTag != "" {
+	if recorded {
 		if dst, err := sipnet.URIAddr(ru); err == nil {
+			if !s.dstAllowed(dst) {
+				return t, false, 403, "Forbidden (Request-URI names no node or phone of this mesh)"
+			}
 			return target{uri: r.Recipient, dst: dst, transport: uriTransport(ru)}, true, 0, ""
 		}
 	}
-	// Other domains are the Internet gateway's business, not this proxy's.
+	// Other domains are the Internet gateway's business, not this proxy's;
+	// an in-dialog request outside a route set we recorded is nobody's.
 	return t, false, 404, "Not Found (domain not served here)"
 }
 
 // popRoutes removes the Route entries naming this node from the top of
-// r (RFC 3261 §16.4; both of a double record-route, RFC 5658). A flow
-// token in one that came in over the mesh is returned as the target.
-func (s *SIPService) popRoutes(r *sip.Request, in *sock) (popped bool, flow *target) {
+// r (RFC 3261 §16.4; both of a double record-route, RFC 5658). recorded
+// reports that one of them carried this node's Record-Route tag for the
+// dialog (routecheck.go). A flow token in one that came in over the mesh
+// is returned as the target.
+func (s *SIPService) popRoutes(r *sip.Request, in *sock) (recorded bool, flow *target) {
+	callID := ""
+	if c := r.CallID(); c != nil {
+		callID = string(*c)
+	}
 	for range 3 {
 		rt := r.Route()
 		if rt == nil || !s.ourRoute(&rt.Address) {
@@ -410,13 +430,15 @@ func (s *SIPService) popRoutes(r *sip.Request, in *sock) (popped bool, flow *tar
 				flow = &target{dst: ap, transport: tr}
 			}
 		}
+		if s.recordedRoute(&rt.Address, callID) {
+			recorded = true
+		}
 		r.RemoveHeader("Route")
-		popped = true
 	}
 	if flow != nil {
 		flow.uri = r.Recipient
 	}
-	return popped, flow
+	return recorded, flow
 }
 
 // ourRoute reports whether a Route URI names this node: one of its
@@ -562,9 +584,9 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 		// Step 4, with RFC 5658 §4 double record-routing when the request
 		// changes sockets (and so address family) or transport.
 		if out != p.in || !strings.EqualFold(t.transport, p.req.Transport()) {
-			r.PrependHeader(recordRoute(p.in, strings.ToUpper(p.req.Transport())))
+			r.PrependHeader(recordRoute(p.in, strings.ToUpper(p.req.Transport()), s.rrTag(p.in.addr, callID)))
 		}
-		r.PrependHeader(recordRoute(out, t.transport))
+		r.PrependHeader(recordRoute(out, t.transport, s.rrTag(out.addr, callID)))
 	}
 	// Step 8: our Via, with the loop-detection hash in the branch.
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.transport,
@@ -596,12 +618,14 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 	return r, out, nil
 }
 
-func recordRoute(sk *sock, transport string) *sip.RecordRouteHeader {
+// recordRoute is a Record-Route naming sk, with this node's tag of the
+// dialog (routecheck.go).
+func recordRoute(sk *sock, transport, tag string) *sip.RecordRouteHeader {
 	u := sip.Uri{Scheme: "sip", Host: sipnet.URIHost(sk.addr.Addr()), Port: int(sk.addr.Port())}
 	if strings.EqualFold(transport, "TCP") {
 		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "transport", V: "tcp"})
 	}
-	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr"})
+	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr"}, sip.HeaderKV{K: rrParam, V: tag})
 	return &sip.RecordRouteHeader{Address: u}
 }
 
@@ -928,13 +952,13 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	}
 	base := req.Clone()
 	fixVia(base, src)
-	popped, flow := s.popRoutes(base, in)
+	recorded, flow := s.popRoutes(base, in)
 	var t target
 	if flow != nil {
 		t = *flow
 	} else {
 		var ok bool
-		if t, ok, _, _ = s.nextHop(base, popped); !ok {
+		if t, ok, _, _ = s.nextHop(base, recorded); !ok {
 			return // an ACK needs no lookup: nothing to route it to
 		}
 	}

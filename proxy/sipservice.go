@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -133,6 +134,7 @@ type SIPService struct {
 	echo    *phones.EchoService // nil without EchoListen
 
 	malformed, proxied atomic.Uint64 // malformed: requests sipgo parsed that we answered 400
+	rrKey              [32]byte      // keys the Record-Route tags (routecheck.go)
 
 	mu       sync.Mutex
 	closing  bool
@@ -188,6 +190,7 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		domains: map[string]bool{"mesh": true, "sipserver.mesh": true},
 		calls:   make(map[string]*callLeg),
 	}
+	rand.Read(s.rrKey[:])
 	for _, d := range cfg.Domains {
 		s.domains[registrar.CanonHost(d)] = true
 	}
