@@ -180,6 +180,11 @@ func (p *proxyTx) run() {
 
 	base := req.Clone()
 	fixVia(base, p.src)
+	if p.in == s.lan {
+		// Credentials for the mesh realm end here (RFC 3261 §22.3): the
+		// next hops are nodes and phones, which need not see them.
+		base.RemoveHeader("Proxy-Authorization")
+	}
 	recorded, flow := s.popRoutes(base, p.in)
 	var targets []target
 	if flow != nil {

@@ -22,6 +22,8 @@ func TestNoOpenRelay(t *testing.T) {
 		m := newMeshRig(t, 2)
 		nd := m.nodes[0]
 		attacker := m.phone(1, "201", 10)
+		attacker.register() // the attacker is a subscriber: it gets past the 407
+		stranger := m.phone(1, "204", 11)
 		victim := m.phone(1, "203", 99) // a LAN host the attacker wants reached
 		meshPeer := m.peer(nd, m.mesh, netip.MustParsePrefix("fd00::99/64"), "mesh", "meshpeer")
 		tag := nd.svc.rrTag(netip.AddrPortFrom(nd.lanIP, 5060), "relay-rec")
@@ -40,6 +42,8 @@ func TestNoOpenRelay(t *testing.T) {
 			raw  string
 			want []int
 		}{
+			// Without credentials: challenged before anything is routed.
+			{"mpart01 unauthenticated", stranger, msg("MESSAGE", "sip:kumiko@example.org", "", "relay-0", "<sip:127.0.0.1:5080>"), []int{407}},
 			// RFC 4475 §3.1.1.11 mpart01: strict Route to loopback.
 			{"mpart01 route to loopback", attacker, msg("MESSAGE", "sip:kumiko@example.org", "", "relay-1", "<sip:127.0.0.1:5080>"), []int{403}},
 			{"loose route to a LAN host", attacker, msg("OPTIONS", "sip:x@example.org", "", "relay-2", "<sip:10.1.0.99;lr>"), []int{403}},

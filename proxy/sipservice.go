@@ -357,6 +357,17 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if in == s.lan && s.needsAuth(req) {
+		// Before the echo test, the route checks and any lookup: the
+		// answer to an unauthenticated request names no extension.
+		if _, res := s.cfg.Registrar.Authorize(s.ctx, req, src); res != nil {
+			if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
+				res.SetDestination(src.String())
+			}
+			tx.Respond(res)
+			return
+		}
+	}
 	if s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
 		return
 	}
@@ -376,6 +387,32 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p := &proxyTx{s: s, req: req, tx: tx, in: in, src: src}
 		p.run()
 	}
+}
+
+// needsAuth reports the requests from the LAN the proxy authenticates
+// (RFC 3261 §22.3), as a PBX does: every request outside a dialog
+// (INVITE, MESSAGE, SUBSCRIBE, OPTIONS to an extension, …) except
+// REGISTER (the registrar's own 401), ACK and CANCEL (never challenged,
+// RFC 3261 §22.1) and an OPTIONS to the node itself (a keep-alive).
+// In-dialog requests are bound to a route set this node recorded for an
+// authenticated request instead (routecheck.go). Malformed requests are
+// left to the proxy's 400.
+func (s *SIPService) needsAuth(req *sip.Request) bool {
+	switch req.Method {
+	case sip.REGISTER, sip.ACK, sip.CANCEL:
+		return false
+	}
+	if !registrar.Answerable(req) {
+		return false
+	}
+	if code, _ := registrar.CheckRequest(req); code != 0 {
+		return false
+	}
+	if tag, _ := req.To().Params.Get("tag"); tag != "" {
+		return false
+	}
+	forNode := s.ourHost(req.Recipient.Host) && req.Recipient.User == "" && req.Route() == nil
+	return !(forNode && req.Method == sip.OPTIONS)
 }
 
 // arrival is the socket a request came in on.
