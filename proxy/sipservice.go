@@ -64,8 +64,11 @@ type SIPServiceConfig struct {
 	// production: netx.Network.ListenPacket on the LAN, the SSR router's
 	// mesh PacketConn on the mesh). The service closes them when Run ends.
 	LANUDP, MeshUDP net.PacketConn
-	// LANTCP optionally serves SIP over TCP on the LAN address.
-	LANTCP net.Listener
+	// LANTCP optionally serves SIP over TCP on the LAN address, within
+	// TCPLimits (sipnet.LimitListener: connections in total and per
+	// source, idle ones closed, accept errors retried).
+	LANTCP    net.Listener
+	TCPLimits sipnet.ListenerLimits
 
 	Registrar *registrar.Registrar    // answers REGISTER (required)
 	Locations registrar.LocationStore // the bindings (required)
@@ -110,6 +113,10 @@ type SIPStats struct {
 	Proxied      uint64 `json:"proxied"`    // requests forwarded (per branch)
 	Transactions int64  `json:"transactions"`
 	Calls        int    `json:"calls"` // calls with ALG state
+	// TCP connections open now, refused over a limit, accept errors retried.
+	TCPOpen         int    `json:"tcp_open"`
+	TCPRefused      uint64 `json:"tcp_refused"`
+	TCPAcceptErrors uint64 `json:"tcp_accept_errors"`
 }
 
 // sock is one of the service's sockets.
@@ -133,8 +140,10 @@ type SIPService struct {
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
 
-	malformed, proxied atomic.Uint64 // malformed: requests sipgo parsed that we answered 400
-	rrKey              [32]byte      // keys the Record-Route tags (routecheck.go)
+	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
+	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
+	tcp                *sipnet.Listener // LANTCP within TCPLimits; nil without TCP
+	tcpLog             sipnet.LogGate
 
 	mu       sync.Mutex
 	closing  bool
@@ -204,6 +213,13 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		return &sock{name: name, addr: ap, side: side,
 			laddr: sip.Addr{IP: net.IP(ap.Addr().WithZone("").AsSlice()), Port: int(ap.Port())}}
 	}
+	if cfg.LANTCP != nil {
+		lim := cfg.TCPLimits
+		if lim.OnDrop == nil {
+			lim.OnDrop = s.tcpDropped
+		}
+		s.tcp = sipnet.LimitListener(cfg.LANTCP, lim)
+	}
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
 	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
 
@@ -241,6 +257,19 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	return s, nil
 }
 
+// tcpDropped logs, at most once a second, a TCP connection refused over
+// a limit or an accept error retried (sipnet.Listener counts them all).
+func (s *SIPService) tcpDropped(src netip.AddrPort, err error) {
+	if !s.tcpLog.Allow(time.Now()) {
+		return
+	}
+	if err != nil {
+		s.log.Warn("sip tcp accept failed, retrying", "err", err, "errors_total", s.tcp.AcceptErrors.Load())
+		return
+	}
+	s.log.Info("sip tcp connection refused over limit", "src", src, "refused_total", s.tcp.Refused.Load(), "open", s.tcp.Open())
+}
+
 // EchoSessions returns how many echo test calls are up.
 func (s *SIPService) EchoSessions() int {
 	if s.echo == nil {
@@ -255,8 +284,12 @@ func (s *SIPService) Stats() SIPStats {
 	calls := len(s.calls)
 	s.mu.Unlock()
 	g := &s.guard
-	return SIPStats{RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
+	st := SIPStats{RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
 		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls}
+	if s.tcp != nil {
+		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
+	}
+	return st
 }
 
 // Run serves the sockets until ctx ends, then closes them, terminates
@@ -279,7 +312,7 @@ func (s *SIPService) Run(ctx context.Context) error {
 	wg.Go(func() { errs[0] = s.srv.ServeUDP(lan); s.cancel() })
 	wg.Go(func() { errs[1] = s.srv.ServeUDP(mesh); s.cancel() })
 	if s.cfg.LANTCP != nil {
-		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.cfg.LANTCP); s.cancel() })
+		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.tcp); s.cancel() })
 	}
 	wg.Go(func() { s.janitor(s.ctx) })
 	s.log.Info("sip service started", "lan", s.cfg.LANAddr, "mesh", s.cfg.MeshAddr, "tcp", s.cfg.LANTCP != nil)
@@ -290,8 +323,8 @@ func (s *SIPService) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.cfg.LANUDP.Close()
 	s.cfg.MeshUDP.Close()
-	if s.cfg.LANTCP != nil {
-		s.cfg.LANTCP.Close()
+	if s.tcp != nil {
+		s.tcp.Close()
 	}
 	wg.Wait()
 	// Terminating every transaction wakes the handlers blocked on them.

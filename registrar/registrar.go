@@ -127,7 +127,7 @@ type Registrar struct {
 	limiter *sipnet.RateLimiter
 	txc     *txCache
 	locks   [64]sync.Mutex // per-AOR stripes: one writer of a record at a time
-	badLog  logGate
+	badLog  sipnet.LogGate
 	tagSeq  atomic.Uint64
 	guard   *authGuard // back-off of failed authentications
 
@@ -460,19 +460,9 @@ func (r *Registrar) toTag() string {
 // logBad logs peer errors at most once a second, so a flood of garbage
 // does not become a flood of log lines.
 func (r *Registrar) logBad(src netip.AddrPort, reason string) {
-	if r.badLog.allow(r.cfg.Now()) {
+	if r.badLog.Allow(r.cfg.Now()) {
 		r.log.Info("bad request", "src", src, "reason", reason, "malformed_total", r.malformed.Load())
 	}
-}
-
-type logGate struct{ next atomic.Int64 }
-
-func (g *logGate) allow(now time.Time) bool {
-	n := g.next.Load()
-	if now.UnixNano() < n {
-		return false
-	}
-	return g.next.CompareAndSwap(n, now.Add(time.Second).UnixNano())
 }
 
 // contactReq is one Contact of a REGISTER, checked.

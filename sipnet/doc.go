@@ -13,6 +13,10 @@
 // transport: the allocation-free UDP read, IP-literal URIs (RFC 3263
 // §4.2) and tags (addr.go).
 //
+// It also owns the listener SIP over TCP is served on (listener.go:
+// connections capped in total and per source, idle ones closed, accept
+// errors such as EMFILE retried after a back-off, never returned).
+//
 // It imports no other sipmesh package; registrar, proxy and phones import
 // it.
 package sipnet
