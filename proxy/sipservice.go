@@ -383,13 +383,13 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	defer s.handlers.Done()
-	s.guard.Live.Add(1)
-	if !tx.OnTerminate(func(string, error) { s.guard.Live.Add(-1) }) {
-		s.guard.Live.Add(-1)
-	}
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	release := s.guard.Hold(src.Addr())
+	if !tx.OnTerminate(func(string, error) { release() }) {
+		release()
+	}
 	if in == s.lan && s.needsAuth(req) {
 		// Before the echo test, the route checks and any lookup: the
 		// answer to an unauthenticated request names no extension.
@@ -398,6 +398,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 				res.SetDestination(src.String())
 			}
 			tx.Respond(res)
+			tx.Terminate() // cheap: see unauthenticated
 			return
 		}
 	}
@@ -409,6 +410,9 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		res := s.cfg.Registrar.HandleRequest(s.ctx, req, src, strings.ToLower(req.Transport()))
 		if res != nil {
 			tx.Respond(res)
+			if unauthenticated(res) {
+				tx.Terminate()
+			}
 		}
 	case sip.ACK:
 		s.forwardACK(req, in, src)
@@ -420,6 +424,21 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p := &proxyTx{s: s, req: req, tx: tx, in: in, src: src}
 		p.run()
 	}
+}
+
+// unauthenticated reports the answers to requests without valid
+// credentials (challenge, refusal, back-off). Their server transactions
+// end at once instead of living Timer J (32 s) or Timer H: a retransmitted
+// request gets a fresh answer, which costs as little as the cached one,
+// and a flood of wrong passwords does not fill the transaction table.
+func unauthenticated(res *sip.Response) bool {
+	switch res.StatusCode {
+	case 401, 403, 407:
+		return true
+	case 503:
+		return res.GetHeader("Retry-After") != nil
+	}
+	return false
 }
 
 // needsAuth reports the requests from the LAN the proxy authenticates

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,22 +64,77 @@ func (l levelHandler) WithGroup(g string) slog.Handler {
 
 // Guard screens the datagrams a sipgo server reads, before sipgo parses
 // them (so before sipgo allocates a transaction and a goroutine): it drops
-// datagrams over their source's rate and new requests while too many
-// transactions are alive, and answers unparsable requests with 400, which
-// sipgo would drop silently. Set its fields before the first Conn is read;
-// the counters are read at any time.
+// datagrams over their source's rate and new requests beyond the source's
+// share of live transactions, and answers unparsable requests with 400,
+// which sipgo would drop silently. Set its fields before the first Conn is
+// read; the counters are read at any time.
+//
+// The share (admit): no source holds more than a quarter of MaxLive; at
+// MaxLive, a source
+// is admitted only while it holds less than an equal share among the
+// sources holding transactions, and at twice MaxLive nobody is. So a
+// flood fills the table only with its own transactions and is dropped
+// there, while a phone holding one or two is still served (Kamailio's
+// pike does the same per source).
 type Guard struct {
 	Limiter    *RateLimiter // per-source rate; nil: none
-	MaxLive    int64        // live server transactions before new requests are dropped; 0: no bound
+	MaxLive    int64        // live server transactions: the table a flood must not fill; 0: no bound
 	ServerName string       // Server header of the 400s
 
 	// Live is the server transactions alive: the server's request
-	// handler adds one per transaction and removes it when it ends.
+	// handler holds one per transaction (Hold) until it ends.
 	Live atomic.Int64
+
+	mu     sync.Mutex
+	perSrc map[netip.Addr]int64 // live transactions per source (RateKey); no zero entries
 	// RateLimited, Overloaded and Malformed count the datagrams dropped
-	// over their source's rate, the requests dropped while MaxLive
-	// transactions were alive, and those answered 400 here.
+	// over their source's rate, the requests dropped over their source's
+	// share of live transactions, and those answered 400 here.
 	RateLimited, Overloaded, Malformed atomic.Uint64
+}
+
+// Hold counts a live server transaction of src until release is called
+// (once; later calls do nothing).
+func (g *Guard) Hold(src netip.Addr) (release func()) {
+	k := RateKey(src)
+	g.Live.Add(1)
+	g.mu.Lock()
+	if g.perSrc == nil {
+		g.perSrc = make(map[netip.Addr]int64)
+	}
+	g.perSrc[k]++
+	g.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.Live.Add(-1)
+			g.mu.Lock()
+			if g.perSrc[k]--; g.perSrc[k] <= 0 {
+				delete(g.perSrc, k)
+			}
+			g.mu.Unlock()
+		})
+	}
+}
+
+// admit reports whether a new request of src may start a transaction
+// (the share of the Guard's doc comment).
+func (g *Guard) admit(src netip.Addr) bool {
+	live := g.Live.Load()
+	if g.MaxLive <= 0 || live < g.MaxLive/4 {
+		return true // no source can hold a quarter yet
+	}
+	if live >= 2*g.MaxLive {
+		return false
+	}
+	g.mu.Lock()
+	held, active := g.perSrc[RateKey(src)], int64(len(g.perSrc))
+	g.mu.Unlock()
+	share := max(g.MaxLive/4, 1)
+	if live >= g.MaxLive {
+		share = max(g.MaxLive/max(active, 1), 1)
+	}
+	return held < share
 }
 
 // Conn wraps pc for sipgo's ServeUDP: its reads pass the guard.
@@ -108,7 +165,7 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if n <= 4 || strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
 			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive or response
 		}
-		if s.MaxLive > 0 && s.Live.Load() >= s.MaxLive && !endsSomething(data) {
+		if !endsSomething(data) && !s.admit(src.Addr()) {
 			s.Overloaded.Add(1)
 			continue
 		}
