@@ -20,6 +20,7 @@ import (
 
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipnet"
+	"github.com/sipmesh/sipmesh/ssr"
 )
 
 // The stateful proxy of the mesh domain (RFC 3261 §16).
@@ -224,6 +225,14 @@ func (p *proxyTx) run() {
 			}
 			s.log.Info("cannot forward", "call_id", callID, "err", err)
 			p.reply(code, reason)
+			p.endLegIfUnanswered(invite)
+			return
+		}
+		if n := len(r.String()); n > sipnet.MaxMessage {
+			// RFC 3261 §21.5.14: too large to send on (the UDP of the LAN
+			// and the mesh's frames, sipnet.MaxMessage), so not 500.
+			s.log.Info("request too large to forward", "call_id", callID, "bytes", n)
+			p.reply(513, "Message Too Large")
 			p.endLegIfUnanswered(invite)
 			return
 		}
@@ -648,11 +657,14 @@ func (p *proxyTx) start(b *branch, invite bool) {
 	}
 	if b.err != nil {
 		s.log.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
-		if b.req.Transport() == "TCP" {
+		switch {
+		case errors.Is(b.err, sip.ErrUDPMTUCongestion) || errors.Is(b.err, ssr.ErrTooBig):
+			b.final, b.local = s.respond(p.req, 513, "Message Too Large"), true // RFC 3261 §21.5.14
+		case b.req.Transport() == "TCP":
 			// The phone's connection is gone: it is not reachable until
 			// it registers again.
 			b.final, b.local = s.respond(p.req, 480, "Temporarily Unavailable"), true
-		} else {
+		default:
 			b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
 		}
 		return

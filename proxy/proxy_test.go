@@ -55,6 +55,10 @@ func nodeID(i int) ssr.NodeID { return ssr.NodeID(0x1000 + i) }
 
 func meshIP(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00::%d", i)) }
 
+// rigMTU is the MTU of the rig's interfaces. memnet does not fragment,
+// as the kernel does for UDP; a test of large messages raises it.
+var rigMTU = 1500
+
 func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 	t.Helper()
 	m := &meshRig{t: t, nw: memnet.New(memnet.Config{Seed: 7}), loc: registrar.NewMemLocation(),
@@ -65,8 +69,8 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		nd := &meshNode{id: nodeID(i), host: m.nw.AddHost(fmt.Sprintf("node%d", i)),
 			lanIP: netip.MustParseAddr(fmt.Sprintf("10.%d.0.1", i)), meshIP: meshIP(i)}
 		nd.lan = m.nw.NewSegment(fmt.Sprintf("lan%d", i), memnet.LinkConfig{Delay: time.Millisecond})
-		nd.lan.Attach(nd.host.AddInterface("lan0", 1500, netip.PrefixFrom(nd.lanIP, 24)))
-		m.mesh.Attach(nd.host.AddInterface("mesh0", 1500, netip.PrefixFrom(nd.meshIP, 64)))
+		nd.lan.Attach(nd.host.AddInterface("lan0", rigMTU, netip.PrefixFrom(nd.lanIP, 24)))
+		m.mesh.Attach(nd.host.AddInterface("mesh0", rigMTU, netip.PrefixFrom(nd.meshIP, 64)))
 		reg, err := registrar.NewRegistrar(registrar.RegistrarConfig{Node: nd.id, Locations: m.loc, Accounts: m.accts,
 			Addrs: []netip.Addr{nd.lanIP, nd.meshIP}, Rate: -1, NonceLifetime: 24 * time.Hour})
 		if err != nil {
@@ -157,7 +161,7 @@ func (m *meshRig) phone(node int, ext string, last byte) *tphone {
 func (m *meshRig) peer(nd *meshNode, seg *memnet.Link, prefix netip.Prefix, ext, name string) *tphone {
 	m.t.Helper()
 	h := m.nw.AddHost(name)
-	seg.Attach(h.AddInterface("eth0", 1500, prefix))
+	seg.Attach(h.AddInterface("eth0", rigMTU, prefix))
 	p := &tphone{t: m.t, ext: ext, node: nd, addr: netip.AddrPortFrom(prefix.Addr(), 5060), host: h, in: make(chan sip.Message, 64)}
 	var err error
 	if p.pc, err = h.ListenPacket(m.ctx, "udp", p.addr.String()); err != nil {
@@ -1013,7 +1017,7 @@ func (m *meshRig) tcpPhone(node int, ext string, last byte) *tcpPhone {
 	nd := m.nodes[node-1]
 	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
 	h := m.nw.AddHost("tcp-phone-" + ext)
-	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	nd.lan.Attach(h.AddInterface("eth0", rigMTU, netip.PrefixFrom(ip, 24)))
 	conn, err := h.Dial(m.ctx, "tcp", netip.AddrPortFrom(nd.lanIP, 5060).String())
 	if err != nil {
 		m.t.Fatal(err)
@@ -1233,7 +1237,7 @@ func (m *meshRig) sipgoPhone(node int, ext string, last byte) *sipgoPhone {
 	nd := m.nodes[node-1]
 	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
 	h := m.nw.AddHost("sipgo-" + ext)
-	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	nd.lan.Attach(h.AddInterface("eth0", rigMTU, netip.PrefixFrom(ip, 24)))
 	addr := netip.AddrPortFrom(ip, 5060)
 	pc, err := h.ListenPacket(m.ctx, "udp", addr.String())
 	if err != nil {

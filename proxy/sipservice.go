@@ -218,6 +218,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		if lim.OnDrop == nil {
 			lim.OnDrop = s.tcpDropped
 		}
+		if lim.ServerName == "" {
+			lim.ServerName = cfg.ServerName
+		}
 		s.tcp = sipnet.LimitListener(cfg.LANTCP, lim)
 	}
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)

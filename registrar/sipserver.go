@@ -192,7 +192,7 @@ func (r *Registrar) replyAddr(req *sip.Request, src netip.AddrPort) netip.AddrPo
 func (r *Registrar) ServeTCP(ctx context.Context, ln net.Listener) error {
 	// The limits and the retry of accept errors (EMFILE) are the
 	// listener's; idle connections are closed by serveConn's deadline.
-	ln = sipnet.LimitListener(ln, sipnet.ListenerLimits{MaxConns: r.cfg.MaxTCPConns, Idle: tcpIdle})
+	ln = sipnet.LimitListener(ln, sipnet.ListenerLimits{MaxConns: r.cfg.MaxTCPConns, Idle: tcpIdle, ServerName: r.cfg.ServerName})
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex

@@ -1,14 +1,18 @@
 package sipnet
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // SIP over TCP from a LAN no one vouches for (RFC 5626 §4.4.1, RFC 5923
@@ -34,6 +38,9 @@ type ListenerLimits struct {
 	MaxConns     int           // open connections in total
 	MaxPerSource int           // open connections per source (IPv6: per /64)
 	Idle         time.Duration // read inactivity before a connection is closed
+	// ServerName is the Server header of the 513 answered to a message
+	// longer than sipgo reads (sip.ParseMaxMessageLength).
+	ServerName string
 	// OnDrop, if set, is called for every connection refused over a
 	// limit and every accept error retried (err non-nil): a hook for
 	// counters and a rate-limited log line. It must not block.
@@ -126,7 +133,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		l.open++
 		l.perSrc[key]++
 		l.mu.Unlock()
-		return &limitedConn{Conn: c, l: l, key: key}, nil
+		return &limitedConn{Conn: c, l: l, key: key, frames: frameTracker{max: sip.ParseMaxMessageLength}}, nil
 	}
 }
 
@@ -155,7 +162,8 @@ type limitedConn struct {
 	l        *Listener
 	key      netip.Addr
 	once     sync.Once
-	deadline atomic.Bool // a read deadline of the caller's is set
+	deadline atomic.Bool  // a read deadline of the caller's is set
+	frames   frameTracker // read by Read only (one reader)
 }
 
 func (c *limitedConn) Read(b []byte) (int, error) {
@@ -163,6 +171,16 @@ func (c *limitedConn) Read(b []byte) (int, error) {
 		c.Conn.SetReadDeadline(time.Now().Add(c.l.lim.Idle))
 	}
 	n, err := c.Conn.Read(b)
+	if n > 0 {
+		if head := c.frames.feed(b[:n]); head != nil {
+			if out := TooLarge(head, c.l.lim.ServerName); out != nil {
+				c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+				c.Conn.Write(out)
+			}
+			c.Close()
+			return 0, io.EOF
+		}
+	}
 	if err != nil && !c.deadline.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 		// Idle: close, and tell the reader it ended, which it is (sipgo
 		// logs other read errors at error level).
@@ -188,4 +206,77 @@ func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.key) })
 	return err
+}
+
+// frameTracker follows the message boundaries of a SIP stream (RFC 3261
+// §18.3: the header section, then Content-Length bytes of body) to catch
+// a message longer than sipgo reads (sip.ParseMaxMessageLength): sipgo
+// would close the connection without an answer; here the sender gets a
+// 513 first.
+type frameTracker struct {
+	max  int
+	hdr  []byte // the header section read so far
+	body int    // body bytes still to come
+}
+
+// feed follows b; it returns the header section of a message too large
+// to read, or nil.
+func (f *frameTracker) feed(b []byte) (tooLarge []byte) {
+	for len(b) > 0 {
+		if f.body > 0 {
+			k := min(f.body, len(b))
+			f.body -= k
+			b = b[k:]
+			continue
+		}
+		if len(f.hdr) == 0 {
+			// CRLFs between messages (RFC 5626 §3.5.1 keep-alives).
+			for len(b) > 0 && (b[0] == '\r' || b[0] == '\n') {
+				b = b[1:]
+			}
+			if len(b) == 0 {
+				return nil
+			}
+		}
+		start := max(len(f.hdr)-3, 0)
+		f.hdr = append(f.hdr, b...)
+		end := bytes.Index(f.hdr[start:], []byte("\r\n\r\n"))
+		if end < 0 {
+			if len(f.hdr) > f.max {
+				return f.hdr
+			}
+			return nil
+		}
+		end += start + 4
+		rest := len(f.hdr) - end // bytes of b after the header section
+		cl := contentLength(f.hdr[:end])
+		if end+cl > f.max {
+			return f.hdr[:end]
+		}
+		b = b[len(b)-rest:]
+		f.hdr = f.hdr[:0]
+		f.body = cl
+	}
+	return nil
+}
+
+// contentLength is the Content-Length (or l) of a header section; 0 when
+// absent or unreadable (sipgo answers those).
+func contentLength(h []byte) int {
+	for _, line := range bytes.Split(h, []byte("\r\n")) {
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		name = bytes.TrimSpace(name)
+		if !bytes.EqualFold(name, []byte("content-length")) && !bytes.EqualFold(name, []byte("l")) {
+			continue
+		}
+		n, err := strconv.Atoi(string(bytes.TrimSpace(val)))
+		if err != nil || n < 0 {
+			return 0
+		}
+		return min(n, 1<<30)
+	}
+	return 0
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -125,4 +127,39 @@ func TestLimitListener(t *testing.T) {
 		l.Close()
 		synctest.Wait()
 	})
+}
+
+// TestFrameTracker: message boundaries are followed across reads,
+// keep-alives and bodies; a message over the limit is caught by its
+// Content-Length or by a header section that never ends.
+func TestFrameTracker(t *testing.T) {
+	msg := func(body int) string {
+		return "MESSAGE sip:202@mesh SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.5;branch=z9hG4bKx\r\nl: " +
+			strconv.Itoa(body) + "\r\n\r\n" + strings.Repeat("x", body)
+	}
+	for _, tc := range []struct {
+		name   string
+		stream string
+		chunk  int
+		caught bool
+	}{
+		{"small messages and keep-alives", "\r\n\r\n" + msg(10) + "\r\n\r\n" + msg(500) + msg(0), 7, false},
+		{"body over the limit", msg(10) + msg(2000), 100, true},
+		{"body over the limit in one read", msg(2000), 1 << 20, true},
+		{"endless headers", "INVITE sip:x SIP/2.0\r\n" + strings.Repeat("X-A: b\r\n", 300), 64, true},
+	} {
+		f := frameTracker{max: 1024}
+		caught := false
+		for s := tc.stream; len(s) > 0 && !caught; {
+			k := min(tc.chunk, len(s))
+			caught = f.feed([]byte(s[:k])) != nil
+			s = s[k:]
+		}
+		if caught != tc.caught {
+			t.Errorf("%s: caught %v, want %v", tc.name, caught, tc.caught)
+		}
+	}
+	if out := TooLarge([]byte(msg(2000)[:100]), "test"); !strings.HasPrefix(string(out), "SIP/2.0 513 ") {
+		t.Errorf("TooLarge: %q", out)
+	}
 }

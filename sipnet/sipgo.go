@@ -18,16 +18,23 @@ import (
 // message limit, a guard in front of sipgo's reads, a resolver that never
 // asks the host's DNS, and a logger kept quiet.
 
+// MaxMessage is the largest SIP message sipmesh sends: over UDP on the
+// LAN (IPv4 fragments it) and over the mesh socket, whose datagrams are
+// SSR frames of up to 16 KiB (ssr.MaxFrame), not radio-MTU datagrams.
+// RFC 3261 §18.1.1 would move a request near the path MTU to TCP; the
+// mesh has no TCP, and phones on the LAN receive fragmented UDP. A
+// request that cannot be sent within it is answered 513 Message Too Large
+// (RFC 3261 §21.5.14), never 500.
+const MaxMessage = 12 * 1024
+
 // sipgo refuses UDP messages over UDPMTUSize-200 bytes (1300 by default)
-// and has no fallback to TCP (libraries.md §1 pitfall 4). An INVITE with
-// SDP, four Record-Routes and three Vias from a chatty phone passes that;
-// the mesh carries SSR frames of 8 KiB and the LAN fragments, so allow
-// SIP messages of up to 4 KiB. Set once here, before any sipgo traffic,
+// and has no fallback to TCP; an INVITE with video codecs and ICE
+// candidates passes 4 KiB. Set once here, before any sipgo traffic,
 // since it is a package variable of sipgo: every package that runs sipgo
 // (proxy, phones) imports this one.
 func init() {
-	if sip.UDPMTUSize < 4096+200 {
-		sip.UDPMTUSize = 4096 + 200
+	if sip.UDPMTUSize < MaxMessage+200 {
+		sip.UDPMTUSize = MaxMessage + 200
 	}
 }
 
