@@ -223,7 +223,7 @@ func (p *proxyTx) run() {
 			case errors.Is(err, errBadSDP):
 				code, reason = 400, "Bad Request ("+sipnet.SanitizeReason(err.Error())+")"
 			}
-			s.log.Info("cannot forward", "call_id", callID, "err", err)
+			s.peerLog.Info("cannot forward", "call_id", callID, "err", err)
 			p.reply(code, reason)
 			p.endLegIfUnanswered(invite)
 			return
@@ -231,7 +231,7 @@ func (p *proxyTx) run() {
 		if n := len(r.String()); n > sipnet.MaxMessage {
 			// RFC 3261 §21.5.14: too large to send on (the UDP of the LAN
 			// and the mesh's frames, sipnet.MaxMessage), so not 500.
-			s.log.Info("request too large to forward", "call_id", callID, "bytes", n)
+			s.peerLog.Info("request too large to forward", "call_id", callID, "bytes", n)
 			p.reply(513, "Message Too Large")
 			p.endLegIfUnanswered(invite)
 			return
@@ -656,7 +656,7 @@ func (p *proxyTx) start(b *branch, invite bool) {
 		b.tx, b.err = s.client.TransactionRequest(s.ctx, b.req, noBuild)
 	}
 	if b.err != nil {
-		s.log.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
+		s.peerLog.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
 		switch {
 		case errors.Is(b.err, sip.ErrUDPMTUCongestion) || errors.Is(b.err, ssr.ErrTooBig):
 			b.final, b.local = s.respond(p.req, 513, "Message Too Large"), true // RFC 3261 §21.5.14
@@ -844,12 +844,12 @@ func (p *proxyTx) cancelBranch(b *branch) {
 	s := p.s
 	s.goTracked(func() {
 		if err := s.connReady(c); err != nil {
-			s.log.Info("CANCEL not sent", "err", err)
+			s.peerLog.Info("CANCEL not sent", "err", err)
 			return
 		}
 		tx, err := s.client.TransactionRequest(s.ctx, c, noBuild)
 		if err != nil {
-			s.log.Info("CANCEL not sent", "dst", c.Destination(), "err", err)
+			s.peerLog.Info("CANCEL not sent", "dst", c.Destination(), "err", err)
 			return
 		}
 		defer tx.Terminate()
@@ -896,7 +896,7 @@ func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
 		if nb, err := p.leg.rewrite(p.s.ctx, body, b.out.side, p.in.side, p.in.addr.Addr(), netip.Addr{}); err == nil {
 			out.SetBody(nb)
 		} else {
-			p.s.log.Info("SDP of a response not rewritten", "call_id", res.CallID(), "err", err)
+			p.s.peerLog.Info("SDP of a response not rewritten", "call_id", res.CallID(), "err", err)
 		}
 	}
 	out.SetTransport(p.req.Transport())
@@ -986,15 +986,15 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	p.leg = s.findLeg(callID, fromTag, toTag)
 	r, _, err := p.build(base, t, false, callID, fromTag)
 	if err != nil {
-		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		s.peerLog.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return
 	}
 	if err := s.connReady(r); err != nil {
-		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		s.peerLog.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return
 	}
 	if err := s.client.WriteRequest(r, noBuild); err != nil {
-		s.log.Info("ACK not forwarded", "call_id", callID, "dst", r.Destination(), "err", err)
+		s.peerLog.Info("ACK not forwarded", "call_id", callID, "dst", r.Destination(), "err", err)
 		return
 	}
 	s.proxied.Add(1)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/phones"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipalg"
@@ -143,7 +144,11 @@ type SIPService struct {
 	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
 	tcp                *sipnet.Listener // LANTCP within TCPLimits; nil without TCP
-	tcpLog             sipnet.LogGate
+	// peerLog logs what peers caused (a request not forwarded, a TCP
+	// connection refused, sipgo's parse errors through sipLog): rate
+	// limited per source and in total, values truncated (ratelog).
+	peerLog  *slog.Logger
+	peerLogs []*ratelog.Handler // flushed by the janitor
 
 	mu       sync.Mutex
 	closing  bool
@@ -226,10 +231,14 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
 	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
 
-	// sipgo logs every unparsable datagram at error level with its
-	// content; the guard answers those, so keep sipgo's own log quiet
-	// below warnings.
-	sipLog := slog.New(sipnet.MinLevel(log.Handler(), slog.LevelWarn)).With("component", "gateway.sipgo")
+	// sipgo logs every unparsable message at error level with its
+	// content (responses and TCP streams pass the guard unparsed): keep
+	// its log quiet below warnings, and rate-limited and truncated like
+	// every line a peer causes.
+	peerH := ratelog.New(s.log.Handler(), ratelog.Options{})
+	sipgoH := ratelog.New(sipnet.MinLevel(log.Handler(), slog.LevelWarn), ratelog.Options{})
+	s.peerLog, s.peerLogs = slog.New(peerH), []*ratelog.Handler{peerH, sipgoH}
+	sipLog := slog.New(sipgoH).With("component", "gateway.sipgo")
 	// Destinations are always IP literals (proxy.go); a name reaching
 	// sipgo's resolver is a bug, not a reason to query the OS.
 	noDNS := sipnet.NoDNS("sip service")
@@ -260,17 +269,14 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	return s, nil
 }
 
-// tcpDropped logs, at most once a second, a TCP connection refused over
-// a limit or an accept error retried (sipnet.Listener counts them all).
+// tcpDropped logs a TCP connection refused over a limit or an accept
+// error retried (sipnet.Listener counts them all), rate-limited.
 func (s *SIPService) tcpDropped(src netip.AddrPort, err error) {
-	if !s.tcpLog.Allow(time.Now()) {
-		return
-	}
 	if err != nil {
-		s.log.Warn("sip tcp accept failed, retrying", "err", err, "errors_total", s.tcp.AcceptErrors.Load())
+		s.peerLog.Warn("sip tcp accept failed, retrying", "err", err, "errors_total", s.tcp.AcceptErrors.Load())
 		return
 	}
-	s.log.Info("sip tcp connection refused over limit", "src", src, "refused_total", s.tcp.Refused.Load(), "open", s.tcp.Open())
+	s.peerLog.Info("sip tcp connection refused over limit", "src", src.Addr(), "refused_total", s.tcp.Refused.Load(), "open", s.tcp.Open())
 }
 
 // EchoSessions returns how many echo test calls are up.
@@ -514,6 +520,9 @@ func (s *SIPService) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.reapCalls(now)
+			for _, h := range s.peerLogs {
+				h.Flush(ctx) // a flood that stopped is reported
+			}
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
@@ -127,7 +128,7 @@ type Registrar struct {
 	limiter *sipnet.RateLimiter
 	txc     *txCache
 	locks   [64]sync.Mutex // per-AOR stripes: one writer of a record at a time
-	badLog  sipnet.LogGate
+	peerLog *slog.Logger   // peer-caused lines: rate-limited, truncated (ratelog)
 	tagSeq  atomic.Uint64
 	guard   *authGuard // back-off of failed authentications
 
@@ -190,6 +191,7 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 		txc:     newTxCache(cfg.MaxTxCache),
 		guard:   newAuthGuard(authGuardEntries),
 	}
+	r.peerLog = slog.New(ratelog.New(r.log.Handler(), ratelog.Options{Now: cfg.Now}))
 	var seed [8]byte
 	rand.Read(seed[:])
 	r.tagSeq.Store(binary.LittleEndian.Uint64(seed[:]))
@@ -457,12 +459,11 @@ func (r *Registrar) toTag() string {
 	return strconv.FormatUint(r.tagSeq.Add(0x9e3779b97f4a7c15), 36)
 }
 
-// logBad logs peer errors at most once a second, so a flood of garbage
-// does not become a flood of log lines.
+// logBad logs a peer's error through peerLog (rate-limited per source and
+// in total, values truncated), so a flood of garbage does not become a
+// flood of log lines.
 func (r *Registrar) logBad(src netip.AddrPort, reason string) {
-	if r.badLog.Allow(r.cfg.Now()) {
-		r.log.Info("bad request", "src", src, "reason", reason, "malformed_total", r.malformed.Load())
-	}
+	r.peerLog.Info("bad request", "src", src.Addr(), "reason", reason, "malformed_total", r.malformed.Load())
 }
 
 // contactReq is one Contact of a REGISTER, checked.

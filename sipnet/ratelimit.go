@@ -3,22 +3,8 @@ package sipnet
 import (
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 )
-
-// LogGate lets one log line a second through: peer-caused errors are
-// logged, a flood of them is not a flood of log lines.
-type LogGate struct{ next atomic.Int64 }
-
-// Allow reports whether a line may be logged at now.
-func (g *LogGate) Allow(now time.Time) bool {
-	n := g.next.Load()
-	if now.UnixNano() < n {
-		return false
-	}
-	return g.next.CompareAndSwap(n, now.Add(time.Second).UnixNano())
-}
 
 // RateLimiter is a token bucket per source IP address, with a bounded
 // table: when it is full, the bucket idle the longest is reused. Sources
