@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 )
 
@@ -19,9 +20,9 @@ import (
 func (m *meshRig) flooder(node int, last byte) net.PacketConn {
 	m.t.Helper()
 	nd := m.nodes[node-1]
-	ip := netip.AddrFrom4([4]byte{10, byte(node), 1, last})
+	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, 100 + last}) // last ≤ 150
 	h := m.nw.AddHost(fmt.Sprintf("flood-%d-%d", node, last))
-	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 16)))
+	nd.lan.Attach(h.AddInterface("eth0", rigMTU, netip.PrefixFrom(ip, 24)))
 	pc, err := h.ListenPacket(m.ctx, "udp", netip.AddrPortFrom(ip, 5060).String())
 	if err != nil {
 		m.t.Fatal(err)
@@ -51,6 +52,17 @@ func TestFloodFairShare(t *testing.T) {
 		b := m.phone(2, "202", 10)
 		b.register()
 
+		// A nonce of node 1 for the wrong passwords (the flooders' 401).
+		x := m.phone(1, "204", 9)
+		x.sendTo(lan, "REGISTER sip:mesh SIP/2.0\r\n"+x.via()+"Max-Forwards: 70\r\nFrom: <sip:204@mesh>;tag=x\r\nTo: <sip:204@mesh>\r\nCall-ID: x\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
+		chal, err := digest.ParseChallenge(x.response().GetHeader("WWW-Authenticate").Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		a := m.phone(1, "201", 10)
+		a.register() // before the flood: a known device of 201
+
 		ctx, stop := context.WithCancel(m.ctx)
 		var wg sync.WaitGroup
 		sent := 0
@@ -64,7 +76,7 @@ func TestFloodFairShare(t *testing.T) {
 					if i < 64 { // wrong passwords (a nonce of this node, any response)
 						raw = "REGISTER sip:mesh SIP/2.0\r\n" + via + "Max-Forwards: 70\r\nFrom: <sip:201@mesh>;tag=f\r\nTo: <sip:201@mesh>\r\n" +
 							fmt.Sprintf("Call-ID: flood-%d\r\nCSeq: %d REGISTER\r\nContact: <sip:201@%s>\r\n", i, n+1, pc.LocalAddr()) +
-							"Authorization: Digest username=\"201\", realm=\"mesh\", nonce=\"" + b.chal.Nonce + "\", uri=\"sip:mesh\", response=\"00000000000000000000000000000000\", algorithm=MD5\r\n" +
+							"Authorization: Digest username=\"201\", realm=\"mesh\", nonce=\"" + chal.Nonce + "\", uri=\"sip:mesh\", response=\"00000000000000000000000000000000\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"f\"\r\n" +
 							"Content-Length: 0\r\n\r\n"
 					} else { // INVITEs to extensions that do not exist
 						raw = fmt.Sprintf("INVITE sip:9%04d@mesh SIP/2.0\r\n", n%10000) + via + "Max-Forwards: 70\r\nFrom: <sip:666@mesh>;tag=f\r\n" +
@@ -80,9 +92,8 @@ func TestFloodFairShare(t *testing.T) {
 		}
 		for round := range 3 {
 			time.Sleep(5 * time.Second)
-			a := m.phone(1, "201", byte(10+round))
 			a.register()
-			c := a.invite("sip:202@mesh", netip.AddrPortFrom(a.addr.Addr(), 4000), "")
+			c := a.invite("sip:202@mesh", netip.AddrPortFrom(a.addr.Addr(), uint16(4000+2*round)), "")
 			inv := b.request(sip.INVITE)
 			b.answer(inv, 200, "OK", fmt.Sprintf("t%d", round), offerSDP(netip.MustParseAddrPort("10.2.0.10:4000")))
 			ok := a.response()
@@ -96,10 +107,14 @@ func TestFloodFairShare(t *testing.T) {
 			wantStatus(t, a.response(), 200)
 		}
 		st := m.nodes[0].svc.Stats()
+		rs := m.nodes[0].reg.Stats()
 		stop()
 		wg.Wait()
 		mu.Lock()
-		t.Logf("flood of %d requests in 15 s (virtual), 720/s against a table of 256 transactions: node 1 stats %+v; the phones registered and called 3 of 3 times", sent, st)
+		t.Logf("flood of %d requests in 15 s (virtual), 720/s against a table of 256 transactions: node 1 SIP %+v, registrar %+v; the phones registered and called 3 of 3 times", sent, st, rs)
+		if rs.Forbidden+rs.LockedOut == 0 || rs.Challenged < 100 {
+			t.Errorf("the flood did not reach the node: %+v", rs)
+		}
 		mu.Unlock()
 	})
 }

@@ -48,6 +48,7 @@ type meshNode struct {
 	lanIP  netip.Addr
 	meshIP netip.Addr
 	svc    *SIPService
+	reg    *registrar.Registrar
 	relay  *sipalg.Relay
 }
 
@@ -110,6 +111,7 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		for _, f := range mod {
 			f(&cfg)
 		}
+		nd.reg = reg
 		nd.svc, err = NewSIPService(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -147,6 +149,7 @@ type tphone struct {
 	// nonce the phone reuses (nc counts) for Proxy-Authorization.
 	chal *digest.Challenge
 	nc   int
+	regs int // registrations so far: each one a Call-ID of its own
 }
 
 func (m *meshRig) phone(node int, ext string, last byte) *tphone {
@@ -291,13 +294,14 @@ func (p *tphone) register() {
 		s := "REGISTER sip:mesh SIP/2.0\r\n" + p.via() +
 			"Max-Forwards: 70\r\n" +
 			fmt.Sprintf("From: <sip:%s@mesh>;tag=reg%s\r\nTo: <sip:%s@mesh>\r\n", p.ext, p.ext, p.ext) +
-			fmt.Sprintf("Call-ID: reg-%s-%s\r\nCSeq: %d REGISTER\r\n", p.ext, p.addr.Addr(), cseq) +
+			fmt.Sprintf("Call-ID: reg-%s-%s-%d\r\nCSeq: %d REGISTER\r\n", p.ext, p.addr.Addr(), p.regs, cseq) +
 			fmt.Sprintf("Contact: <sip:%s@%s>\r\nExpires: 3600\r\n", p.ext, p.addr)
 		if auth != "" {
 			s += "Authorization: " + auth + "\r\n"
 		}
 		return s + "Content-Length: 0\r\n\r\n"
 	}
+	p.regs++
 	p.sendTo(p.server(), build(1, ""))
 	res := p.response()
 	wantStatus(p.t, res, 401)
