@@ -13,12 +13,6 @@
 // retransmissions, which the tests and the benchmark against Kamailio use.
 //
 // It also authenticates the requests the proxy takes from LAN phones
-// (Authorize, proxyauth.go: 407 before any lookup, one 403 for wrong user
-// and wrong password) and backs off failed authentications per source,
-// per source and account and per account, sparing known devices, in
-// bounded tables (authguard.go).
-//
-// It also authenticates the requests the proxy takes from LAN phones
 // (Authorize, proxyauth.go: 407 before any lookup, one 403 for a wrong
 // user and a wrong password) and backs failed authentications off per
 // source, per source and account, and per account sparing the sources
