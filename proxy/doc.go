@@ -10,6 +10,15 @@
 // extension in the location store, parallel forking to its bindings,
 // Record-Route on every node, flow tokens that carry a phone's flow
 // between nodes (RFC 5626), CANCEL, Timer C and loop detection (RFC 5393).
+// Requests from LAN phones outside a dialog are authenticated first (407,
+// through the registrar's Authorize), with one answer whatever extension
+// they name. Route and in-dialog requests are followed only on a route
+// set this node recorded (an HMAC tag in its Record-Route) and only to
+// mesh nodes and LAN hosts, never loopback or link-local addresses
+// (routecheck.go, RFC 3261 §16.4, §26). Unauthenticated transactions end
+// at once, each source gets a fair share of the live transactions, TCP
+// is served through sipnet's limiting listener, requests too large to
+// forward get 513, and peer-caused log lines are rate-limited (ratelog).
 // Calls that cross between the IPv4 LAN and the IPv6 mesh get their SDP
 // rewritten and their media anchored on the node's relay (sipalg) per call
 // leg (callleg.go).

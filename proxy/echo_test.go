@@ -95,6 +95,7 @@ func TestEchoTestBounds(t *testing.T) {
 		m = newMeshRig(t, 1, withEcho(&m, 1))
 		p := m.simPhone(1, "201", 20, 700)
 		raw := m.phone(1, "202", 21)
+		raw.register()
 		synctest.Wait()
 		c, err := p.Call(m.ctx, "3246", phones.CallOptions{})
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipnet"
+	"github.com/sipmesh/sipmesh/ssr"
 )
 
 // The stateful proxy of the mesh domain (RFC 3261 §16).
@@ -187,11 +188,16 @@ func (p *proxyTx) run() {
 
 	base := req.Clone()
 	fixVia(base, p.src)
-	popped, flow := s.popRoutes(base, p.in)
+	if p.in == s.lan {
+		// Credentials for the mesh realm end here (RFC 3261 §22.3): the
+		// next hops are nodes and phones, which need not see them.
+		base.RemoveHeader("Proxy-Authorization")
+	}
+	recorded, flow := s.popRoutes(base, p.in)
 	var targets []target
 	if flow != nil {
 		targets = []target{*flow}
-	} else if t, ok, code, reason := s.nextHop(base, popped); code != 0 {
+	} else if t, ok, code, reason := s.nextHop(base, recorded); code != 0 {
 		p.reply(code, reason)
 		return
 	} else if ok {
@@ -224,8 +230,16 @@ func (p *proxyTx) run() {
 			case errors.Is(err, errBadSDP):
 				code, reason = 400, "Bad Request ("+sipnet.SanitizeReason(err.Error())+")"
 			}
-			s.log.Info("cannot forward", "call_id", callID, "err", err)
+			s.peerLog.Info("cannot forward", "call_id", callID, "err", err)
 			p.reply(code, reason)
+			p.endLegIfUnanswered(invite)
+			return
+		}
+		if n := len(r.String()); n > sipnet.MaxMessage {
+			// RFC 3261 §21.5.14: too large to send on (the UDP of the LAN
+			// and the mesh's frames, sipnet.MaxMessage), so not 500.
+			s.peerLog.Info("request too large to forward", "call_id", callID, "bytes", n)
+			p.reply(513, "Message Too Large")
 			p.endLegIfUnanswered(invite)
 			return
 		}
@@ -352,6 +366,9 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 					continue
 				}
 			}
+			if !s.dstAllowed(dst) {
+				continue // a contact naming loopback or the node itself
+			}
 			tr := "UDP"
 			if strings.EqualFold(b.Transport, "tcp") {
 				tr = "TCP"
@@ -374,15 +391,23 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	return ts, 0, ""
 }
 
-// nextHop routes a request that needs no lookup: by its next Route, or,
-// once we popped our own Route (we are on the route set) or inside a
-// dialog, by an IP-literal Request-URI. ok is false when the Request-URI
-// names the mesh domain (lookup); a non-zero code is the answer.
-func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, code int, reason string) {
+// nextHop routes a request that needs no lookup: by its next Route, or
+// by an IP-literal Request-URI, both only on a route set this node
+// recorded (recorded: its own tagged Route was popped) and only to a
+// destination dstAllowed accepts (RFC 3261 §16.4, §26; routecheck.go).
+// ok is false when the Request-URI names the mesh domain (lookup); a
+// non-zero code is the answer.
+func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, code int, reason string) {
 	if rt := r.Route(); rt != nil {
+		if !recorded {
+			return t, false, 403, "Forbidden (Route not recorded by this node)"
+		}
 		dst, err := sipnet.URIAddr(&rt.Address)
 		if err != nil {
 			return t, false, 404, "Not Found (Route is not an IP address)"
+		}
+		if !s.dstAllowed(dst) {
+			return t, false, 403, "Forbidden (Route names no node or phone of this mesh)"
 		}
 		return target{uri: r.Recipient, dst: dst, transport: uriTransport(&rt.Address)}, true, 0, ""
 	}
@@ -393,20 +418,29 @@ func (s *SIPService) nextHop(r *sip.Request, popped bool) (t target, ok bool, co
 		}
 		return t, false, 0, ""
 	}
-	toTag, _ := r.To().Params.Get("tag")
-	if popped || toTag != "" {
+	if recorded {
 		if dst, err := sipnet.URIAddr(ru); err == nil {
+			if !s.dstAllowed(dst) {
+				return t, false, 403, "Forbidden (Request-URI names no node or phone of this mesh)"
+			}
 			return target{uri: r.Recipient, dst: dst, transport: uriTransport(ru)}, true, 0, ""
 		}
 	}
-	// Other domains are the Internet gateway's business, not this proxy's.
+	// Other domains are the Internet gateway's business, not this proxy's;
+	// an in-dialog request outside a route set we recorded is nobody's.
 	return t, false, 404, "Not Found (domain not served here)"
 }
 
 // popRoutes removes the Route entries naming this node from the top of
-// r (RFC 3261 §16.4; both of a double record-route, RFC 5658). A flow
-// token in one that came in over the mesh is returned as the target.
-func (s *SIPService) popRoutes(r *sip.Request, in *sock) (popped bool, flow *target) {
+// r (RFC 3261 §16.4; both of a double record-route, RFC 5658). recorded
+// reports that one of them carried this node's Record-Route tag for the
+// dialog (routecheck.go). A flow token in one that came in over the mesh
+// is returned as the target.
+func (s *SIPService) popRoutes(r *sip.Request, in *sock) (recorded bool, flow *target) {
+	callID := ""
+	if c := r.CallID(); c != nil {
+		callID = string(*c)
+	}
 	for range 3 {
 		rt := r.Route()
 		if rt == nil || !s.ourRoute(&rt.Address) {
@@ -417,13 +451,15 @@ func (s *SIPService) popRoutes(r *sip.Request, in *sock) (popped bool, flow *tar
 				flow = &target{dst: ap, transport: tr}
 			}
 		}
+		if s.recordedRoute(&rt.Address, callID) {
+			recorded = true
+		}
 		r.RemoveHeader("Route")
-		popped = true
 	}
 	if flow != nil {
 		flow.uri = r.Recipient
 	}
-	return popped, flow
+	return recorded, flow
 }
 
 // ourRoute reports whether a Route URI names this node: one of its
@@ -569,9 +605,9 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 		// Step 4, with RFC 5658 §4 double record-routing when the request
 		// changes sockets (and so address family) or transport.
 		if out != p.in || !strings.EqualFold(t.transport, p.req.Transport()) {
-			r.PrependHeader(recordRoute(p.in, strings.ToUpper(p.req.Transport())))
+			r.PrependHeader(recordRoute(p.in, strings.ToUpper(p.req.Transport()), s.rrTag(p.in.addr, callID)))
 		}
-		r.PrependHeader(recordRoute(out, t.transport))
+		r.PrependHeader(recordRoute(out, t.transport, s.rrTag(out.addr, callID)))
 	}
 	// Step 8: our Via, with the loop-detection hash in the branch.
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.transport,
@@ -603,12 +639,14 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 	return r, out, nil
 }
 
-func recordRoute(sk *sock, transport string) *sip.RecordRouteHeader {
+// recordRoute is a Record-Route naming sk, with this node's tag of the
+// dialog (routecheck.go).
+func recordRoute(sk *sock, transport, tag string) *sip.RecordRouteHeader {
 	u := sip.Uri{Scheme: "sip", Host: sipnet.URIHost(sk.addr.Addr()), Port: int(sk.addr.Port())}
 	if strings.EqualFold(transport, "TCP") {
 		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "transport", V: "tcp"})
 	}
-	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr"})
+	u.UriParams = append(u.UriParams, sip.HeaderKV{K: "lr"}, sip.HeaderKV{K: rrParam, V: tag})
 	return &sip.RecordRouteHeader{Address: u}
 }
 
@@ -625,12 +663,15 @@ func (p *proxyTx) start(b *branch, invite bool) {
 		b.tx, b.err = s.client.TransactionRequest(s.ctx, b.req, noBuild)
 	}
 	if b.err != nil {
-		s.log.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
-		if b.req.Transport() == "TCP" {
+		s.peerLog.Info("branch not sent", "dst", b.req.Destination(), "err", b.err)
+		switch {
+		case errors.Is(b.err, sip.ErrUDPMTUCongestion) || errors.Is(b.err, ssr.ErrTooBig):
+			b.final, b.local = s.respond(p.req, 513, "Message Too Large"), true // RFC 3261 §21.5.14
+		case b.req.Transport() == "TCP":
 			// The phone's connection is gone: it is not reachable until
 			// it registers again.
 			b.final, b.local = s.respond(p.req, 480, "Temporarily Unavailable"), true
-		} else {
+		default:
 			b.final, b.local = s.respond(p.req, 503, "Service Unavailable"), true
 		}
 		return
@@ -810,12 +851,12 @@ func (p *proxyTx) cancelBranch(b *branch) {
 	s := p.s
 	s.goTracked(func() {
 		if err := s.connReady(c); err != nil {
-			s.log.Info("CANCEL not sent", "err", err)
+			s.peerLog.Info("CANCEL not sent", "err", err)
 			return
 		}
 		tx, err := s.client.TransactionRequest(s.ctx, c, noBuild)
 		if err != nil {
-			s.log.Info("CANCEL not sent", "dst", c.Destination(), "err", err)
+			s.peerLog.Info("CANCEL not sent", "dst", c.Destination(), "err", err)
 			return
 		}
 		defer tx.Terminate()
@@ -862,7 +903,7 @@ func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
 		if nb, err := p.leg.rewrite(p.s.ctx, body, b.out.side, p.in.side, p.in.addr.Addr(), netip.Addr{}); err == nil {
 			out.SetBody(nb)
 		} else {
-			p.s.log.Info("SDP of a response not rewritten", "call_id", res.CallID(), "err", err)
+			p.s.peerLog.Info("SDP of a response not rewritten", "call_id", res.CallID(), "err", err)
 		}
 	}
 	out.SetTransport(p.req.Transport())
@@ -935,13 +976,13 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	}
 	base := req.Clone()
 	fixVia(base, src)
-	popped, flow := s.popRoutes(base, in)
+	recorded, flow := s.popRoutes(base, in)
 	var t target
 	if flow != nil {
 		t = *flow
 	} else {
 		var ok bool
-		if t, ok, _, _ = s.nextHop(base, popped); !ok {
+		if t, ok, _, _ = s.nextHop(base, recorded); !ok {
 			return // an ACK needs no lookup: nothing to route it to
 		}
 	}
@@ -952,15 +993,15 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	p.leg = s.findLeg(callID, fromTag, toTag)
 	r, _, err := p.build(base, t, false, callID, fromTag)
 	if err != nil {
-		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		s.peerLog.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return
 	}
 	if err := s.connReady(r); err != nil {
-		s.log.Info("ACK not forwarded", "call_id", callID, "err", err)
+		s.peerLog.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return
 	}
 	if err := s.client.WriteRequest(r, noBuild); err != nil {
-		s.log.Info("ACK not forwarded", "call_id", callID, "dst", r.Destination(), "err", err)
+		s.peerLog.Info("ACK not forwarded", "call_id", callID, "dst", r.Destination(), "err", err)
 		return
 	}
 	s.proxied.Add(1)

@@ -48,12 +48,17 @@ type meshNode struct {
 	lanIP  netip.Addr
 	meshIP netip.Addr
 	svc    *SIPService
+	reg    *registrar.Registrar
 	relay  *sipalg.Relay
 }
 
 func nodeID(i int) ssr.NodeID { return ssr.NodeID(0x1000 + i) }
 
 func meshIP(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00::%d", i)) }
+
+// rigMTU is the MTU of the rig's interfaces. memnet does not fragment,
+// as the kernel does for UDP; a test of large messages raises it.
+var rigMTU = 1500
 
 func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 	t.Helper()
@@ -65,10 +70,10 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		nd := &meshNode{id: nodeID(i), host: m.nw.AddHost(fmt.Sprintf("node%d", i)),
 			lanIP: netip.MustParseAddr(fmt.Sprintf("10.%d.0.1", i)), meshIP: meshIP(i)}
 		nd.lan = m.nw.NewSegment(fmt.Sprintf("lan%d", i), memnet.LinkConfig{Delay: time.Millisecond})
-		nd.lan.Attach(nd.host.AddInterface("lan0", 1500, netip.PrefixFrom(nd.lanIP, 24)))
-		m.mesh.Attach(nd.host.AddInterface("mesh0", 1500, netip.PrefixFrom(nd.meshIP, 64)))
+		nd.lan.Attach(nd.host.AddInterface("lan0", rigMTU, netip.PrefixFrom(nd.lanIP, 24)))
+		m.mesh.Attach(nd.host.AddInterface("mesh0", rigMTU, netip.PrefixFrom(nd.meshIP, 64)))
 		reg, err := registrar.NewRegistrar(registrar.RegistrarConfig{Node: nd.id, Locations: m.loc, Accounts: m.accts,
-			Addrs: []netip.Addr{nd.lanIP, nd.meshIP}, Rate: -1})
+			Addrs: []netip.Addr{nd.lanIP, nd.meshIP}, Rate: -1, NonceLifetime: 24 * time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,6 +111,7 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		for _, f := range mod {
 			f(&cfg)
 		}
+		nd.reg = reg
 		nd.svc, err = NewSIPService(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -139,15 +145,27 @@ type tphone struct {
 	in    chan sip.Message
 	seq   int
 	media *phones.MediaEndpoint
+	// chal is the registrar's challenge of the phone's REGISTER, whose
+	// nonce the phone reuses (nc counts) for Proxy-Authorization.
+	chal *digest.Challenge
+	nc   int
+	regs int // registrations so far: each one a Call-ID of its own
 }
 
 func (m *meshRig) phone(node int, ext string, last byte) *tphone {
 	m.t.Helper()
 	nd := m.nodes[node-1]
 	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
-	h := m.nw.AddHost("phone-" + ext + fmt.Sprint(last))
-	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
-	p := &tphone{t: m.t, ext: ext, node: nd, addr: netip.AddrPortFrom(ip, 5060), host: h, in: make(chan sip.Message, 64)}
+	return m.peer(nd, nd.lan, netip.PrefixFrom(ip, 24), ext, "phone-"+ext+fmt.Sprint(last))
+}
+
+// peer is a raw SIP peer at prefix's address on seg (a phone on a LAN,
+// or a host on the mesh segment) that talks to node nd.
+func (m *meshRig) peer(nd *meshNode, seg *memnet.Link, prefix netip.Prefix, ext, name string) *tphone {
+	m.t.Helper()
+	h := m.nw.AddHost(name)
+	seg.Attach(h.AddInterface("eth0", rigMTU, prefix))
+	p := &tphone{t: m.t, ext: ext, node: nd, addr: netip.AddrPortFrom(prefix.Addr(), 5060), host: h, in: make(chan sip.Message, 64)}
 	var err error
 	if p.pc, err = h.ListenPacket(m.ctx, "udp", p.addr.String()); err != nil {
 		m.t.Fatal(err)
@@ -179,9 +197,39 @@ func (p *tphone) server() netip.AddrPort { return netip.AddrPortFrom(p.node.lanI
 
 func (p *tphone) sendTo(to netip.AddrPort, raw string) {
 	p.t.Helper()
+	raw = p.withAuth(raw)
 	if _, err := p.pc.WriteTo([]byte(raw), net.UDPAddrFromAddrPort(to)); err != nil {
 		p.t.Fatal(err)
 	}
+}
+
+// withAuth adds Proxy-Authorization to an out-of-dialog request of a
+// registered phone (RFC 3261 §22.3, answered ahead of the 407 the proxy
+// would send), as a phone that cached the realm's nonce does.
+func (p *tphone) withAuth(raw string) string {
+	p.t.Helper()
+	line, rest, _ := strings.Cut(raw, "\r\n")
+	parts := strings.Fields(line)
+	if p.chal == nil || len(parts) != 3 || strings.HasPrefix(line, "SIP/") || strings.Contains(raw, "\r\nProxy-Authorization:") {
+		return raw
+	}
+	switch parts[0] {
+	case "REGISTER", "ACK", "CANCEL":
+		return raw
+	}
+	hdrs, _, _ := strings.Cut(rest, "\r\n\r\n")
+	for _, h := range strings.Split(hdrs, "\r\n") {
+		if (strings.HasPrefix(h, "To:") || strings.HasPrefix(h, "t:")) && strings.Contains(h, ";tag=") {
+			return raw
+		}
+	}
+	p.nc++
+	cred, err := digest.Digest(p.chal, digest.Options{Method: parts[0], URI: parts[1], Username: p.ext,
+		Password: "secret" + p.ext, Count: p.nc, Cnonce: "0a4f113b"})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return line + "\r\nProxy-Authorization: " + cred.String() + "\r\n" + rest
 }
 
 func (p *tphone) recv() sip.Message {
@@ -246,18 +294,24 @@ func (p *tphone) register() {
 		s := "REGISTER sip:mesh SIP/2.0\r\n" + p.via() +
 			"Max-Forwards: 70\r\n" +
 			fmt.Sprintf("From: <sip:%s@mesh>;tag=reg%s\r\nTo: <sip:%s@mesh>\r\n", p.ext, p.ext, p.ext) +
-			fmt.Sprintf("Call-ID: reg-%s-%s\r\nCSeq: %d REGISTER\r\n", p.ext, p.addr.Addr(), cseq) +
+			fmt.Sprintf("Call-ID: reg-%s-%s-%d\r\nCSeq: %d REGISTER\r\n", p.ext, p.addr.Addr(), p.regs, cseq) +
 			fmt.Sprintf("Contact: <sip:%s@%s>\r\nExpires: 3600\r\n", p.ext, p.addr)
 		if auth != "" {
 			s += "Authorization: " + auth + "\r\n"
 		}
 		return s + "Content-Length: 0\r\n\r\n"
 	}
+	p.regs++
 	p.sendTo(p.server(), build(1, ""))
 	res := p.response()
 	wantStatus(p.t, res, 401)
 	p.sendTo(p.server(), build(2, digestAuth(p.t, res, p.ext, "secret"+p.ext)))
 	wantStatus(p.t, p.response(), 200)
+	chal, err := digest.ParseChallenge(res.GetHeader("WWW-Authenticate").Value())
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.chal, p.nc = chal, 1
 }
 
 func offerSDP(ap netip.AddrPort) string {
@@ -409,6 +463,20 @@ func headerValues(m interface{ GetHeaders(string) []sip.Header }, name string) [
 	return out
 }
 
+// untagged drops the Record-Route tag parameter (routecheck.go) from
+// Record-Route values, which differs per node start and dialog.
+func untagged(rr []string) []string {
+	out := make([]string, len(rr))
+	for i, v := range rr {
+		if j := strings.Index(v, ";"+rrParam+"="); j >= 0 {
+			k := strings.IndexAny(v[j+1:], ";>")
+			v = v[:j] + v[j+1+k:]
+		}
+		out[i] = v
+	}
+	return out
+}
+
 func reversed(s []string) []string {
 	out := make([]string, len(s))
 	for i, v := range s {
@@ -471,7 +539,7 @@ func TestProxyCallAcrossNodes(t *testing.T) {
 			t.Errorf("Request-URI at the callee %s, want its contact", got)
 		}
 		wantRR := []string{"<sip:10.2.0.1:5060;lr>", "<sip:[fd00::2]:5060;lr>", "<sip:[fd00::1]:5060;lr>", "<sip:10.1.0.1:5060;lr>"}
-		if got := headerValues(inv, "Record-Route"); strings.Join(got, ",") != strings.Join(wantRR, ",") {
+		if got := untagged(headerValues(inv, "Record-Route")); strings.Join(got, ",") != strings.Join(wantRR, ",") {
 			t.Errorf("Record-Route at the callee\n%v, want\n%v", got, wantRR)
 		}
 		if got := len(inv.GetHeaders("Via")); got != 3 {
@@ -753,7 +821,7 @@ func TestProxyFork(t *testing.T) {
 		if got := sdpOf(t, li.Body()).RTP(); got != media {
 			t.Errorf("local branch SDP points at %v, want the caller's %v untouched", got, media)
 		}
-		if got := headerValues(li, "Record-Route"); len(got) != 1 || got[0] != "<sip:10.1.0.1:5060;lr>" {
+		if got := untagged(headerValues(li, "Record-Route")); len(got) != 1 || got[0] != "<sip:10.1.0.1:5060;lr>" {
 			t.Errorf("local branch Record-Route %v", got)
 		}
 		if got := sdpOf(t, ri.Body()); got.Addr != m.nodes[1].lanIP {
@@ -953,7 +1021,7 @@ func (m *meshRig) tcpPhone(node int, ext string, last byte) *tcpPhone {
 	nd := m.nodes[node-1]
 	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
 	h := m.nw.AddHost("tcp-phone-" + ext)
-	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	nd.lan.Attach(h.AddInterface("eth0", rigMTU, netip.PrefixFrom(ip, 24)))
 	conn, err := h.Dial(m.ctx, "tcp", netip.AddrPortFrom(nd.lanIP, 5060).String())
 	if err != nil {
 		m.t.Fatal(err)
@@ -1027,7 +1095,7 @@ func TestProxyTCPFlow(t *testing.T) {
 		if !ok || !inv.IsInvite() || inv.Via().Transport != "TCP" {
 			t.Fatalf("want the INVITE over TCP, got\n%v", inv)
 		}
-		if rr := headerValues(inv, "Record-Route"); len(rr) != 4 || rr[0] != "<sip:10.2.0.1:5060;transport=tcp;lr>" {
+		if rr := untagged(headerValues(inv, "Record-Route")); len(rr) != 4 || rr[0] != "<sip:10.2.0.1:5060;transport=tcp;lr>" {
 			t.Errorf("Record-Route over TCP: %v", rr)
 		}
 		res486 := sip.NewResponseFromRequest(inv, 486, "Busy Here", nil)
@@ -1173,7 +1241,7 @@ func (m *meshRig) sipgoPhone(node int, ext string, last byte) *sipgoPhone {
 	nd := m.nodes[node-1]
 	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
 	h := m.nw.AddHost("sipgo-" + ext)
-	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	nd.lan.Attach(h.AddInterface("eth0", rigMTU, netip.PrefixFrom(ip, 24)))
 	addr := netip.AddrPortFrom(ip, 5060)
 	pc, err := h.ListenPacket(m.ctx, "udp", addr.String())
 	if err != nil {
@@ -1276,7 +1344,7 @@ func sipgoCalls(t *testing.T, loss float64, calls int) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
+		if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{Username: "201", Password: "secret201"}); err != nil {
 			t.Fatalf("call %d: %v", i, err)
 		}
 		if got := sdpOf(t, sess.InviteResponse.Body()); got.Addr != m.nodes[0].lanIP {

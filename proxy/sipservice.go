@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/phones"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipalg"
@@ -63,8 +65,11 @@ type SIPServiceConfig struct {
 	// production: netx.Network.ListenPacket on the LAN, the SSR router's
 	// mesh PacketConn on the mesh). The service closes them when Run ends.
 	LANUDP, MeshUDP net.PacketConn
-	// LANTCP optionally serves SIP over TCP on the LAN address.
-	LANTCP net.Listener
+	// LANTCP optionally serves SIP over TCP on the LAN address, within
+	// TCPLimits (sipnet.LimitListener: connections in total and per
+	// source, idle ones closed, accept errors retried).
+	LANTCP    net.Listener
+	TCPLimits sipnet.ListenerLimits
 
 	Registrar *registrar.Registrar    // answers REGISTER (required)
 	Locations registrar.LocationStore // the bindings (required)
@@ -109,6 +114,10 @@ type SIPStats struct {
 	Proxied      uint64 `json:"proxied"`    // requests forwarded (per branch)
 	Transactions int64  `json:"transactions"`
 	Calls        int    `json:"calls"` // calls with ALG state
+	// TCP connections open now, refused over a limit, accept errors retried.
+	TCPOpen         int    `json:"tcp_open"`
+	TCPRefused      uint64 `json:"tcp_refused"`
+	TCPAcceptErrors uint64 `json:"tcp_accept_errors"`
 }
 
 // sock is one of the service's sockets.
@@ -132,7 +141,14 @@ type SIPService struct {
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
 
-	malformed, proxied atomic.Uint64 // malformed: requests sipgo parsed that we answered 400
+	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
+	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
+	tcp                *sipnet.Listener // LANTCP within TCPLimits; nil without TCP
+	// peerLog logs what peers caused (a request not forwarded, a TCP
+	// connection refused, sipgo's parse errors through sipLog): rate
+	// limited per source and in total, values truncated (ratelog).
+	peerLog  *slog.Logger
+	peerLogs []*ratelog.Handler // flushed by the janitor
 
 	mu       sync.Mutex
 	closing  bool
@@ -188,6 +204,7 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		domains: map[string]bool{"mesh": true, "sipserver.mesh": true},
 		calls:   make(map[string]*callLeg),
 	}
+	rand.Read(s.rrKey[:])
 	for _, d := range cfg.Domains {
 		s.domains[registrar.CanonHost(d)] = true
 	}
@@ -201,13 +218,27 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		return &sock{name: name, addr: ap, side: side,
 			laddr: sip.Addr{IP: net.IP(ap.Addr().WithZone("").AsSlice()), Port: int(ap.Port())}}
 	}
+	if cfg.LANTCP != nil {
+		lim := cfg.TCPLimits
+		if lim.OnDrop == nil {
+			lim.OnDrop = s.tcpDropped
+		}
+		if lim.ServerName == "" {
+			lim.ServerName = cfg.ServerName
+		}
+		s.tcp = sipnet.LimitListener(cfg.LANTCP, lim)
+	}
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
 	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
 
-	// sipgo logs every unparsable datagram at error level with its
-	// content; the guard answers those, so keep sipgo's own log quiet
-	// below warnings.
-	sipLog := slog.New(sipnet.MinLevel(log.Handler(), slog.LevelWarn)).With("component", "gateway.sipgo")
+	// sipgo logs every unparsable message at error level with its
+	// content (responses and TCP streams pass the guard unparsed): keep
+	// its log quiet below warnings, and rate-limited and truncated like
+	// every line a peer causes.
+	peerH := ratelog.New(s.log.Handler(), ratelog.Options{})
+	sipgoH := ratelog.New(sipnet.MinLevel(log.Handler(), slog.LevelWarn), ratelog.Options{})
+	s.peerLog, s.peerLogs = slog.New(peerH), []*ratelog.Handler{peerH, sipgoH}
+	sipLog := slog.New(sipgoH).With("component", "gateway.sipgo")
 	// Destinations are always IP literals (proxy.go); a name reaching
 	// sipgo's resolver is a bug, not a reason to query the OS.
 	noDNS := sipnet.NoDNS("sip service")
@@ -238,6 +269,16 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	return s, nil
 }
 
+// tcpDropped logs a TCP connection refused over a limit or an accept
+// error retried (sipnet.Listener counts them all), rate-limited.
+func (s *SIPService) tcpDropped(src netip.AddrPort, err error) {
+	if err != nil {
+		s.peerLog.Warn("sip tcp accept failed, retrying", "err", err, "errors_total", s.tcp.AcceptErrors.Load())
+		return
+	}
+	s.peerLog.Info("sip tcp connection refused over limit", "src", src.Addr(), "refused_total", s.tcp.Refused.Load(), "open", s.tcp.Open())
+}
+
 // EchoSessions returns how many echo test calls are up.
 func (s *SIPService) EchoSessions() int {
 	if s.echo == nil {
@@ -252,8 +293,12 @@ func (s *SIPService) Stats() SIPStats {
 	calls := len(s.calls)
 	s.mu.Unlock()
 	g := &s.guard
-	return SIPStats{RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
+	st := SIPStats{RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
 		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls}
+	if s.tcp != nil {
+		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
+	}
+	return st
 }
 
 // Run serves the sockets until ctx ends, then closes them, terminates
@@ -276,7 +321,7 @@ func (s *SIPService) Run(ctx context.Context) error {
 	wg.Go(func() { errs[0] = s.srv.ServeUDP(lan); s.cancel() })
 	wg.Go(func() { errs[1] = s.srv.ServeUDP(mesh); s.cancel() })
 	if s.cfg.LANTCP != nil {
-		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.cfg.LANTCP); s.cancel() })
+		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.tcp); s.cancel() })
 	}
 	wg.Go(func() { s.janitor(s.ctx) })
 	s.log.Info("sip service started", "lan", s.cfg.LANAddr, "mesh", s.cfg.MeshAddr, "tcp", s.cfg.LANTCP != nil)
@@ -287,8 +332,8 @@ func (s *SIPService) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.cfg.LANUDP.Close()
 	s.cfg.MeshUDP.Close()
-	if s.cfg.LANTCP != nil {
-		s.cfg.LANTCP.Close()
+	if s.tcp != nil {
+		s.tcp.Close()
 	}
 	wg.Wait()
 	// Terminating every transaction wakes the handlers blocked on them.
@@ -347,13 +392,25 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	defer s.handlers.Done()
-	s.guard.Live.Add(1)
-	if !tx.OnTerminate(func(string, error) { s.guard.Live.Add(-1) }) {
-		s.guard.Live.Add(-1)
-	}
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	release := s.guard.Hold(src.Addr())
+	if !tx.OnTerminate(func(string, error) { release() }) {
+		release()
+	}
+	if in == s.lan && s.needsAuth(req) {
+		// Before the echo test, the route checks and any lookup: the
+		// answer to an unauthenticated request names no extension.
+		if _, res := s.cfg.Registrar.Authorize(s.ctx, req, src); res != nil {
+			if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
+				res.SetDestination(src.String())
+			}
+			tx.Respond(res)
+			tx.Terminate() // cheap: see unauthenticated
+			return
+		}
+	}
 	if s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
 		return
 	}
@@ -362,6 +419,9 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		res := s.cfg.Registrar.HandleRequest(s.ctx, req, src, strings.ToLower(req.Transport()))
 		if res != nil {
 			tx.Respond(res)
+			if unauthenticated(res) {
+				tx.Terminate()
+			}
 		}
 	case sip.ACK:
 		s.forwardACK(req, in, src)
@@ -373,6 +433,47 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p := &proxyTx{s: s, req: req, tx: tx, in: in, src: src}
 		p.run()
 	}
+}
+
+// unauthenticated reports the answers to requests without valid
+// credentials (challenge, refusal, back-off). Their server transactions
+// end at once instead of living Timer J (32 s) or Timer H: a retransmitted
+// request gets a fresh answer, which costs as little as the cached one,
+// and a flood of wrong passwords does not fill the transaction table.
+func unauthenticated(res *sip.Response) bool {
+	switch res.StatusCode {
+	case 401, 403, 407:
+		return true
+	case 503:
+		return res.GetHeader("Retry-After") != nil
+	}
+	return false
+}
+
+// needsAuth reports the requests from the LAN the proxy authenticates
+// (RFC 3261 §22.3), as a PBX does: every request outside a dialog
+// (INVITE, MESSAGE, SUBSCRIBE, OPTIONS to an extension, …) except
+// REGISTER (the registrar's own 401), ACK and CANCEL (never challenged,
+// RFC 3261 §22.1) and an OPTIONS to the node itself (a keep-alive).
+// In-dialog requests are bound to a route set this node recorded for an
+// authenticated request instead (routecheck.go). Malformed requests are
+// left to the proxy's 400.
+func (s *SIPService) needsAuth(req *sip.Request) bool {
+	switch req.Method {
+	case sip.REGISTER, sip.ACK, sip.CANCEL:
+		return false
+	}
+	if !registrar.Answerable(req) {
+		return false
+	}
+	if code, _ := registrar.CheckRequest(req); code != 0 {
+		return false
+	}
+	if tag, _ := req.To().Params.Get("tag"); tag != "" {
+		return false
+	}
+	forNode := s.ourHost(req.Recipient.Host) && req.Recipient.User == "" && req.Route() == nil
+	return !(forNode && req.Method == sip.OPTIONS)
 }
 
 // arrival is the socket a request came in on.
@@ -419,6 +520,9 @@ func (s *SIPService) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.reapCalls(now)
+			for _, h := range s.peerLogs {
+				h.Flush(ctx) // a flood that stopped is reported
+			}
 		}
 	}
 }

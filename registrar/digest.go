@@ -154,6 +154,19 @@ func (m *nonceMinter) use(nonce string, nc uint32, minted, now time.Time) error 
 	return nil
 }
 
+// spent reports, without recording anything, whether use would refuse
+// nc for nonce: a count not above the last one seen, or a count above 1
+// for a nonce not tracked (first use, or evicted: use's rules).
+func (m *nonceMinter) spent(nonce string, nc uint32) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u, ok := m.seen[nonce]
+	if ok {
+		return nc <= u.nc || nc == 0
+	}
+	return nc > 1
+}
+
 func (m *nonceMinter) expireLocked(now time.Time) {
 	for m.head < len(m.order) {
 		n := m.order[m.head]
@@ -393,6 +406,17 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 	case err != nil:
 		return authChallenge, "unknown nonce"
 	}
+	nc := uint32(0)
+	if cred.qop != "" {
+		nc = cred.nc
+	}
+	if m.spent(cred.nonce, nc) {
+		// A reused nonce gets a fresh challenge whatever the response: were
+		// the password checked first, the right one would get stale=true
+		// and a wrong one 403, an oracle (RFC 7616 §3.3: stale=true only
+		// says "retry with a new nonce", which any client may).
+		return authStale, "nonce already used"
+	}
 	if cred.username != ext {
 		return authForbidden, "username does not match the address of record"
 	}
@@ -404,18 +428,13 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 	if subtle.ConstantTimeCompare([]byte(strings.ToLower(cred.response)), []byte(want)) != 1 {
 		return authForbidden, "unknown user or wrong password"
 	}
-	nc := uint32(0)
-	if cred.qop != "" {
-		if cred.nc == 0 {
-			return authForbidden, "bad nonce count"
-		}
-		nc = cred.nc
+	if cred.qop != "" && cred.nc == 0 {
+		return authForbidden, "bad nonce count"
 	}
-	switch err := m.use(cred.nonce, nc, minted, now); {
-	case errors.Is(err, errNonceStale):
-		return authStale, "nonce no longer tracked"
-	case err != nil:
-		return authForbidden, "replayed nonce count"
+	if err := m.use(cred.nonce, nc, minted, now); err != nil {
+		// Only a concurrent use of the same nonce gets here (spent saw it
+		// unused): a fresh challenge, as for any reused nonce.
+		return authStale, "nonce already used"
 	}
 	return authOK, ""
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
@@ -108,6 +109,7 @@ type RegistrarStats struct {
 	Retransmitted uint64 `json:"retransmitted"`  // answered from the response cache
 	Challenged    uint64 `json:"challenged"`     // 401 sent
 	Forbidden     uint64 `json:"forbidden"`      // 403 sent
+	LockedOut     uint64 `json:"locked_out"`     // 503 sent: failed authentications backing off
 	Registered    uint64 `json:"registered"`     // successful REGISTERs (incl. fetches and removals)
 	StoreErrors   uint64 `json:"store_errors"`   // location or account store failed
 	TxCached      int    `json:"tx_cached"`      // responses in the cache now
@@ -126,11 +128,13 @@ type Registrar struct {
 	limiter *sipnet.RateLimiter
 	txc     *txCache
 	locks   [64]sync.Mutex // per-AOR stripes: one writer of a record at a time
-	badLog  logGate
+	peerLog *slog.Logger   // peer-caused lines: rate-limited, truncated (ratelog)
 	tagSeq  atomic.Uint64
+	guard   *authGuard // back-off of failed authentications
 
 	received, rateLimited, malformed, retransmitted atomic.Uint64
 	challenged, forbidden, registered, storeErrors  atomic.Uint64
+	lockedOutN                                      atomic.Uint64
 }
 
 // NewRegistrar checks cfg and returns a registrar.
@@ -185,7 +189,9 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 		domains: map[string]bool{"mesh": true, "sipserver.mesh": true},
 		nonces:  newNonceMinter(cfg.NonceLifetime),
 		txc:     newTxCache(cfg.MaxTxCache),
+		guard:   newAuthGuard(authGuardEntries),
 	}
+	r.peerLog = slog.New(ratelog.New(r.log.Handler(), ratelog.Options{Now: cfg.Now}))
 	var seed [8]byte
 	rand.Read(seed[:])
 	r.tagSeq.Store(binary.LittleEndian.Uint64(seed[:]))
@@ -206,7 +212,7 @@ func (r *Registrar) Stats() RegistrarStats {
 	s := RegistrarStats{
 		Received: r.received.Load(), RateLimited: r.rateLimited.Load(),
 		Malformed: r.malformed.Load(), Retransmitted: r.retransmitted.Load(), Challenged: r.challenged.Load(),
-		Forbidden: r.forbidden.Load(), Registered: r.registered.Load(), StoreErrors: r.storeErrors.Load(),
+		Forbidden: r.forbidden.Load(), LockedOut: r.lockedOutN.Load(), Registered: r.registered.Load(), StoreErrors: r.storeErrors.Load(),
 		TxCached: r.txc.len(), NoncesTracked: r.nonces.tracked(),
 	}
 	if r.limiter != nil {
@@ -453,22 +459,11 @@ func (r *Registrar) toTag() string {
 	return strconv.FormatUint(r.tagSeq.Add(0x9e3779b97f4a7c15), 36)
 }
 
-// logBad logs peer errors at most once a second, so a flood of garbage
-// does not become a flood of log lines.
+// logBad logs a peer's error through peerLog (rate-limited per source and
+// in total, values truncated), so a flood of garbage does not become a
+// flood of log lines.
 func (r *Registrar) logBad(src netip.AddrPort, reason string) {
-	if r.badLog.allow(r.cfg.Now()) {
-		r.log.Info("bad request", "src", src, "reason", reason, "malformed_total", r.malformed.Load())
-	}
-}
-
-type logGate struct{ next atomic.Int64 }
-
-func (g *logGate) allow(now time.Time) bool {
-	n := g.next.Load()
-	if now.UnixNano() < n {
-		return false
-	}
-	return g.next.CompareAndSwap(n, now.Add(time.Second).UnixNano())
+	r.peerLog.Info("bad request", "src", src.Addr(), "reason", reason, "malformed_total", r.malformed.Load())
 }
 
 // contactReq is one Contact of a REGISTER, checked.
@@ -510,6 +505,12 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, rh *reqHeade
 
 	// Steps 2 and 4: authenticate, and only the owner changes its AOR.
 	if !r.cfg.noAuth {
+		if credUser(rh.auth) != "" {
+			// Backing off (authguard.go): not even a lookup.
+			if res := r.lockedOut(req, src, ext, now); res != nil {
+				return res
+			}
+		}
 		acct, err := r.cfg.Accounts.Account(ctx, ext)
 		var ap *Account
 		switch {
@@ -523,17 +524,14 @@ func (r *Registrar) register(ctx context.Context, req *sip.Request, rh *reqHeade
 		outcome, why := r.nonces.verifyDigest(rh.auth, string(req.Method), ext, ap, now)
 		switch outcome {
 		case authChallenge, authStale:
-			r.challenged.Add(1)
-			res := r.response(req, 401, "Unauthorized")
-			for _, c := range r.nonces.challenges(now, outcome == authStale, r.cfg.Algorithms) {
-				res.AppendHeader(sip.NewHeader("WWW-Authenticate", c))
-			}
-			return res
+			return r.challenge(req, 401, outcome == authStale, now)
 		case authForbidden:
 			r.forbidden.Add(1)
+			r.guard.failed(src.Addr(), ext, now)
 			r.logBad(src, "REGISTER for "+aor+": "+why)
 			return r.response(req, 403, "Forbidden ("+why+")")
 		}
+		r.guard.succeeded(src.Addr(), ext, now)
 	}
 
 	// Step 5: Require was checked in HandleRequest. Step 6: contacts.

@@ -184,11 +184,15 @@ func (r *Registrar) replyAddr(req *sip.Request, src netip.AddrPort) netip.AddrPo
 
 // ServeTCP accepts SIP over TCP on ln until ctx ends, then closes ln and
 // every connection and returns after their goroutines ended. At most
-// MaxTCPConns connections are served; more are closed at once. A
-// connection idle for 10 minutes is closed (RFC 5626 keep-alives arrive
-// more often). Unparsable input gets a 400 where a response can be built,
+// MaxTCPConns connections are served (sipnet.DefaultMaxTCPPerSource per
+// source); more are closed at once. A connection idle for
+// sipnet.DefaultTCPIdle is closed (RFC 5626 keep-alives arrive more
+// often). Accept errors (EMFILE) are retried after a back-off. Unparsable input gets a 400 where a response can be built,
 // then the connection is closed: the framing is lost (RFC 4475 §3.1.2.3).
 func (r *Registrar) ServeTCP(ctx context.Context, ln net.Listener) error {
+	// The limits and the retry of accept errors (EMFILE) are the
+	// listener's; idle connections are closed by serveConn's deadline.
+	ln = sipnet.LimitListener(ln, sipnet.ListenerLimits{MaxConns: r.cfg.MaxTCPConns, Idle: tcpIdle, ServerName: r.cfg.ServerName})
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -242,7 +246,7 @@ func (r *Registrar) ServeTCP(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-const tcpIdle = 10 * time.Minute
+const tcpIdle = sipnet.DefaultTCPIdle
 
 func (r *Registrar) serveConn(ctx context.Context, c net.Conn) {
 	src, ok := sipnet.AddrPortOf(c.RemoteAddr())

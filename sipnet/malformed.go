@@ -94,12 +94,8 @@ func RawContactProblem(data []byte) string {
 // since no response can then be addressed (RFC 3261 §18.2.1): those are
 // dropped.
 func BadRequest(data []byte, reason, server string) []byte {
-	lines := bytes.Split(data, []byte("\n"))
-	if len(lines) < 2 {
-		return nil
-	}
-	first := strings.TrimSpace(string(lines[0]))
-	if first == "" || strings.HasPrefix(first, "SIP/") || !strings.Contains(first, "SIP/") {
+	lines, first := requestLines(data)
+	if lines == nil {
 		return nil
 	}
 	status := "400 Bad Request (" + SanitizeReason(reason) + ")"
@@ -114,6 +110,37 @@ func BadRequest(data []byte, reason, server string) []byte {
 			}
 		}
 	}
+	return rawResponse(lines, status, server)
+}
+
+// TooLarge builds a 513 for a request whose bytes (at least its header
+// section) are data, too large to be read whole (RFC 3261 §21.5.14); nil
+// when no response can be addressed, as for BadRequest.
+func TooLarge(data []byte, server string) []byte {
+	lines, _ := requestLines(data)
+	if lines == nil {
+		return nil
+	}
+	return rawResponse(lines, "513 Message Too Large", server)
+}
+
+// requestLines splits the bytes of a request into lines and returns its
+// request line; nil for what is not a request (a response, junk).
+func requestLines(data []byte) (lines [][]byte, first string) {
+	lines = bytes.Split(data, []byte("\n"))
+	if len(lines) < 2 {
+		return nil, ""
+	}
+	first = strings.TrimSpace(string(lines[0]))
+	if first == "" || strings.HasPrefix(first, "SIP/") || !strings.Contains(first, "SIP/") {
+		return nil, ""
+	}
+	return lines, first
+}
+
+// rawResponse writes a response with status from the header lines of a
+// request (after its request line) a response copies.
+func rawResponse(lines [][]byte, status, server string) []byte {
 	var b strings.Builder
 	b.WriteString("SIP/2.0 " + status + "\r\n")
 	have := map[string]bool{}

@@ -18,28 +18,25 @@ import (
 type RateLimiter struct {
 	rate  float64 // tokens per second
 	burst float64
-	max   int
 
 	mu      sync.Mutex
-	buckets map[netip.Addr]*bucket
-	// lru is a doubly linked list through the buckets, most recent first.
-	head, tail *bucket
+	buckets *LRU[netip.Addr, bucket]
 }
 
 type bucket struct {
-	key        netip.Addr
-	tokens     float64
-	last       time.Time
-	prev, next *bucket
+	tokens float64
+	last   time.Time
 }
 
 // NewRateLimiter allows rate datagrams per second per source with bursts
 // of burst, remembering at most max sources.
 func NewRateLimiter(rate float64, burst int, max int) *RateLimiter {
-	return &RateLimiter{rate: rate, burst: float64(burst), max: max, buckets: make(map[netip.Addr]*bucket)}
+	return &RateLimiter{rate: rate, burst: float64(burst), buckets: NewLRU[netip.Addr, bucket](max)}
 }
 
-func rateKey(a netip.Addr) netip.Addr {
+// RateKey is how a source is keyed: an IPv4 address or link-local IPv6
+// address by itself, a global IPv6 address by its /64.
+func RateKey(a netip.Addr) netip.Addr {
 	a = a.Unmap().WithZone("")
 	if a.Is6() && !a.IsLinkLocalUnicast() {
 		p, _ := a.Prefix(64)
@@ -53,29 +50,17 @@ func (r *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
 	if r == nil || r.rate <= 0 {
 		return true
 	}
-	k := rateKey(src)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	b, ok := r.buckets[k]
-	if !ok {
-		if len(r.buckets) >= r.max && r.tail != nil {
-			b = r.tail
-			r.unlink(b)
-			delete(r.buckets, b.key)
-			*b = bucket{}
-		} else {
-			b = new(bucket)
-		}
-		b.key, b.tokens, b.last = k, r.burst, now
-		r.buckets[k] = b
+	b, created := r.buckets.Get(RateKey(src), true)
+	if created {
+		b.tokens, b.last = r.burst, now
 	} else {
-		r.unlink(b)
 		if dt := now.Sub(b.last).Seconds(); dt > 0 {
 			b.tokens = min(r.burst, b.tokens+dt*r.rate)
 		}
 		b.last = now
 	}
-	r.pushFront(b)
 	if b.tokens < 1 {
 		return false
 	}
@@ -83,34 +68,9 @@ func (r *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
 	return true
 }
 
-func (r *RateLimiter) unlink(b *bucket) {
-	if b.prev != nil {
-		b.prev.next = b.next
-	} else {
-		r.head = b.next
-	}
-	if b.next != nil {
-		b.next.prev = b.prev
-	} else {
-		r.tail = b.prev
-	}
-	b.prev, b.next = nil, nil
-}
-
-func (r *RateLimiter) pushFront(b *bucket) {
-	b.next = r.head
-	if r.head != nil {
-		r.head.prev = b
-	}
-	r.head = b
-	if r.tail == nil {
-		r.tail = b
-	}
-}
-
 // Size is how many sources the table holds.
 func (r *RateLimiter) Size() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.buckets)
+	return r.buckets.Len()
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,16 +18,23 @@ import (
 // message limit, a guard in front of sipgo's reads, a resolver that never
 // asks the host's DNS, and a logger kept quiet.
 
+// MaxMessage is the largest SIP message sipmesh sends: over UDP on the
+// LAN (IPv4 fragments it) and over the mesh socket, whose datagrams are
+// SSR frames of up to 16 KiB (ssr.MaxFrame), not radio-MTU datagrams.
+// RFC 3261 §18.1.1 would move a request near the path MTU to TCP; the
+// mesh has no TCP, and phones on the LAN receive fragmented UDP. A
+// request that cannot be sent within it is answered 513 Message Too Large
+// (RFC 3261 §21.5.14), never 500.
+const MaxMessage = 12 * 1024
+
 // sipgo refuses UDP messages over UDPMTUSize-200 bytes (1300 by default)
-// and has no fallback to TCP (libraries.md §1 pitfall 4). An INVITE with
-// SDP, four Record-Routes and three Vias from a chatty phone passes that;
-// the mesh carries SSR frames of 8 KiB and the LAN fragments, so allow
-// SIP messages of up to 4 KiB. Set once here, before any sipgo traffic,
+// and has no fallback to TCP; an INVITE with video codecs and ICE
+// candidates passes 4 KiB. Set once here, before any sipgo traffic,
 // since it is a package variable of sipgo: every package that runs sipgo
 // (proxy, phones) imports this one.
 func init() {
-	if sip.UDPMTUSize < 4096+200 {
-		sip.UDPMTUSize = 4096 + 200
+	if sip.UDPMTUSize < MaxMessage+200 {
+		sip.UDPMTUSize = MaxMessage + 200
 	}
 }
 
@@ -62,22 +71,77 @@ func (l levelHandler) WithGroup(g string) slog.Handler {
 
 // Guard screens the datagrams a sipgo server reads, before sipgo parses
 // them (so before sipgo allocates a transaction and a goroutine): it drops
-// datagrams over their source's rate and new requests while too many
-// transactions are alive, and answers unparsable requests with 400, which
-// sipgo would drop silently. Set its fields before the first Conn is read;
-// the counters are read at any time.
+// datagrams over their source's rate and new requests beyond the source's
+// share of live transactions, and answers unparsable requests with 400,
+// which sipgo would drop silently. Set its fields before the first Conn is
+// read; the counters are read at any time.
+//
+// The share (admit): no source holds more than a quarter of MaxLive; at
+// MaxLive, a source
+// is admitted only while it holds less than an equal share among the
+// sources holding transactions, and at twice MaxLive nobody is. So a
+// flood fills the table only with its own transactions and is dropped
+// there, while a phone holding one or two is still served (Kamailio's
+// pike does the same per source).
 type Guard struct {
 	Limiter    *RateLimiter // per-source rate; nil: none
-	MaxLive    int64        // live server transactions before new requests are dropped; 0: no bound
+	MaxLive    int64        // live server transactions: the table a flood must not fill; 0: no bound
 	ServerName string       // Server header of the 400s
 
 	// Live is the server transactions alive: the server's request
-	// handler adds one per transaction and removes it when it ends.
+	// handler holds one per transaction (Hold) until it ends.
 	Live atomic.Int64
+
+	mu     sync.Mutex
+	perSrc map[netip.Addr]int64 // live transactions per source (RateKey); no zero entries
 	// RateLimited, Overloaded and Malformed count the datagrams dropped
-	// over their source's rate, the requests dropped while MaxLive
-	// transactions were alive, and those answered 400 here.
+	// over their source's rate, the requests dropped over their source's
+	// share of live transactions, and those answered 400 here.
 	RateLimited, Overloaded, Malformed atomic.Uint64
+}
+
+// Hold counts a live server transaction of src until release is called
+// (once; later calls do nothing).
+func (g *Guard) Hold(src netip.Addr) (release func()) {
+	k := RateKey(src)
+	g.Live.Add(1)
+	g.mu.Lock()
+	if g.perSrc == nil {
+		g.perSrc = make(map[netip.Addr]int64)
+	}
+	g.perSrc[k]++
+	g.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.Live.Add(-1)
+			g.mu.Lock()
+			if g.perSrc[k]--; g.perSrc[k] <= 0 {
+				delete(g.perSrc, k)
+			}
+			g.mu.Unlock()
+		})
+	}
+}
+
+// admit reports whether a new request of src may start a transaction
+// (the share of the Guard's doc comment).
+func (g *Guard) admit(src netip.Addr) bool {
+	live := g.Live.Load()
+	if g.MaxLive <= 0 || live < g.MaxLive/4 {
+		return true // no source can hold a quarter yet
+	}
+	if live >= 2*g.MaxLive {
+		return false
+	}
+	g.mu.Lock()
+	held, active := g.perSrc[RateKey(src)], int64(len(g.perSrc))
+	g.mu.Unlock()
+	share := max(g.MaxLive/4, 1)
+	if live >= g.MaxLive {
+		share = max(g.MaxLive/max(active, 1), 1)
+	}
+	return held < share
 }
 
 // Conn wraps pc for sipgo's ServeUDP: its reads pass the guard.
@@ -108,7 +172,7 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if n <= 4 || strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
 			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive or response
 		}
-		if s.MaxLive > 0 && s.Live.Load() >= s.MaxLive && !endsSomething(data) {
+		if !endsSomething(data) && !s.admit(src.Addr()) {
 			s.Overloaded.Add(1)
 			continue
 		}

@@ -70,7 +70,7 @@ func TestGuard(t *testing.T) {
 	})
 	t.Run("overload", func(t *testing.T) {
 		g := &Guard{MaxLive: 1}
-		g.Live.Add(1)
+		g.Hold(src.Addr())
 		c := &scriptConn{in: []datagram{{guardInvite, src}, {bye, src}, {"SIP/2.0 200 OK\r\n\r\n", src}, {"\r\n\r\n", src}}}
 		got := reads(g, c)
 		if len(got) != 3 || !strings.HasPrefix(got[0], "BYE ") {
@@ -78,6 +78,35 @@ func TestGuard(t *testing.T) {
 		}
 		if g.Overloaded.Load() != 1 {
 			t.Errorf("Overloaded = %d, want 1", g.Overloaded.Load())
+		}
+	})
+	t.Run("fair share", func(t *testing.T) {
+		// A flood from 64 sources holds the whole table; a phone holding
+		// one transaction is still admitted, a flooder is not.
+		g := &Guard{MaxLive: 4096}
+		for i := range 4096 {
+			g.Hold(netip.AddrFrom4([4]byte{10, 1, 0, byte(i % 64)}))
+		}
+		phone := netip.MustParseAddr("10.0.0.7")
+		release := g.Hold(phone)
+		if !g.admit(phone) {
+			t.Error("the phone with one transaction was refused")
+		}
+		if g.admit(netip.MustParseAddr("10.1.0.3")) {
+			t.Error("a flooder holding its share was admitted")
+		}
+		release()
+		release()
+		if g.Live.Load() != 4096 {
+			t.Errorf("Live %d after a double release, want 4096", g.Live.Load())
+		}
+		// Alone, one source never holds more than a quarter of the table.
+		g = &Guard{MaxLive: 4096}
+		for range 1024 {
+			g.Hold(phone)
+		}
+		if g.admit(phone) {
+			t.Error("one source was admitted beyond a quarter of the table")
 		}
 	})
 	t.Run("malformed", func(t *testing.T) {

@@ -123,7 +123,10 @@ const (
 	// unknown transit sources (see worthLearning).
 	transitSample = 8
 	// MaxFrame bounds a routed frame; larger Send requests are refused.
-	MaxFrame = 8192
+	// 16 KiB: a SIP INVITE of 8 KiB and more (video SDP, ICE candidates)
+	// crosses the mesh in one frame (RFC 3261 §18.1.1), which the link's
+	// UDP fragments where the radio MTU is smaller.
+	MaxFrame = 16384
 )
 
 // ErrTooBig reports a datagram that does not fit in a frame.

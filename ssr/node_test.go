@@ -576,7 +576,7 @@ func TestNodeMalformedCounted(t *testing.T) {
 
 func TestNodeSendSizeLimit(t *testing.T) {
 	n, env := newFuzzNode(t)
-	limit := MaxFrame - routedHdr - 8*maxRoute - 4 // 6132 with the default MaxHops
+	limit := MaxFrame - routedHdr - 8*maxRoute - 4 // 14324 with the default MaxHops
 	if err := n.Send(t0, fzB, Exact, 1, 2, make([]byte, limit)); err != nil {
 		t.Fatalf("%d bytes: %v", limit, err)
 	}
