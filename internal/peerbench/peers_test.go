@@ -420,12 +420,17 @@ func readSippStat(path string) (sippResult, error) {
 	}
 	res.ok, _ = strconv.Atoi(col("SuccessfulCall(C)"))
 	res.failed, _ = strconv.Atoi(col("FailedCall(C)"))
-	// ElapsedTime(C) is HH:MM:SS:microseconds.
-	var h, m, s, us int
-	if _, err := fmt.Sscanf(col("ElapsedTime(C)"), "%d:%d:%d:%d", &h, &m, &s, &us); err != nil {
-		return res, fmt.Errorf("%s: ElapsedTime(C) %q: %v", path, col("ElapsedTime(C)"), err)
+	// StartTime and CurrentTime are "date<TAB>time<TAB>epoch.micro".
+	epoch := func(name string) (float64, error) {
+		f := strings.Split(col(name), "\t")
+		return strconv.ParseFloat(f[len(f)-1], 64)
 	}
-	res.elapsed = time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(s)*time.Second + time.Duration(us)*time.Microsecond
+	start, err1 := epoch("StartTime")
+	now, err2 := epoch("CurrentTime")
+	if err1 != nil || err2 != nil {
+		return res, fmt.Errorf("%s: StartTime %q, CurrentTime %q", path, col("StartTime"), col("CurrentTime"))
+	}
+	res.elapsed = time.Duration((now - start) * float64(time.Second))
 	return res, nil
 }
 
