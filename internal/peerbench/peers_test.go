@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -55,6 +56,7 @@ type rig struct {
 	cli, node, peer *netns.NS
 	nbr             *netns.NS // the node's mesh neighbour
 	sock            string
+	nodePID         int
 	tools           map[string]string
 }
 
@@ -116,9 +118,7 @@ func TestPeers(t *testing.T) {
 			ratio = ma / mb
 		}
 		table = append(table, fmt.Sprintf("%-9s %10.0f %10.0f %8.3f", row.name, ma, mb, ratio))
-		if st, err := r.status(); err == nil {
-			t.Logf("sipmesh status after %s: %s", row.name, st)
-		}
+		t.Logf("sipmesh node after %s: %s", row.name, r.status())
 	}
 	fmt.Printf("\n%-9s %10s %10s %8s\n", "metric", "sipmesh", "peer", "ratio")
 	for _, l := range table {
@@ -163,7 +163,8 @@ func (r *rig) startNode() {
 		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr)
 	cfgPath := r.writeFile("node.conf", cfg)
 	logPath := filepath.Join(r.dir, "node.log")
-	r.daemon("sipmesh node", r.node, *serverCPU, logPath, r.bin, "node", "--config", cfgPath)
+	// taskset and `ip netns exec` exec, so the PID is the node's own.
+	r.nodePID = r.daemon("sipmesh node", r.node, *serverCPU, logPath, r.bin, "node", "--config", cfgPath)
 	nbrCfg := r.writeFile("n2.conf", fmt.Sprintf("name n2\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\n",
 		filepath.Join(r.dir, "n2state"), filepath.Join(sockDir, "n2.sock")))
 	r.daemon("sipmesh node n2", r.nbr, *clientCPU, filepath.Join(r.dir, "n2.log"), r.bin, "node", "--config", nbrCfg)
@@ -173,14 +174,31 @@ func (r *rig) startNode() {
 	})
 }
 
-func (r *rig) status() (string, error) {
-	out, err := exec.Command(r.bin, "status", "--control", r.sock).CombinedOutput()
-	return strings.Join(strings.Fields(string(out)), " "), err
+// status reports the node's resident memory and the SIP counters of
+// `sipmesh status --json` (where its drops show).
+func (r *rig) status() string {
+	rss := "?"
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.nodePID)); err == nil {
+		if m := regexp.MustCompile(`VmRSS:\s+(\d+ kB)`).FindSubmatch(b); m != nil {
+			rss = string(m[1])
+		}
+	}
+	out, err := exec.Command(r.bin, "status", "--json", "--control", r.sock).Output()
+	var st map[string]json.RawMessage
+	if err == nil {
+		err = json.Unmarshal(out, &st)
+	}
+	if err != nil {
+		return fmt.Sprintf("RSS %s; status: %v", rss, err)
+	}
+	var sip bytes.Buffer
+	json.Compact(&sip, st["sip"])
+	return fmt.Sprintf("RSS %s; sip %s", rss, sip.String())
 }
 
 // daemon starts a server in ns pinned to cpus, and stops it
 // (SIGTERM, then SIGKILL after 10 s) when the test ends.
-func (r *rig) daemon(name string, ns *netns.NS, cpus, logPath string, args ...string) {
+func (r *rig) daemon(name string, ns *netns.NS, cpus, logPath string, args ...string) (pid int) {
 	t := r.t
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -211,6 +229,7 @@ func (r *rig) daemon(name string, ns *netns.NS, cpus, logPath string, args ...st
 			t.Logf("%s log:\n%s", name, lastLines(string(b), 30))
 		}
 	})
+	return cmd.Process.Pid
 }
 
 // client runs a load generator in the client namespace on the client CPU.
@@ -366,7 +385,7 @@ func (r *rig) sipp(server, scenario string, d time.Duration, extra ...string) si
 	t := r.t
 	stat := filepath.Join(r.dir, fmt.Sprintf("stat-%d.csv", time.Now().UnixNano()))
 	args := []string{r.tools["sipp"], server, "-sf", filepath.Join(r.abs("testdata"), scenario),
-		"-bg", "-nostdin", "-trace_stat", "-stf", stat, "-fd", "1", "-recv_timeout", "2000"}
+		"-nostdin", "-trace_stat", "-stf", stat, "-trace_err", "-error_file", stat + ".err", "-fd", "1", "-recv_timeout", "2000"}
 	if d > 0 {
 		args = append(args, "-r", "100000", "-l", strconv.Itoa(*window), "-timeout", fmt.Sprintf("%ds", int(d.Seconds())), "-timeout_error")
 	}
@@ -374,12 +393,15 @@ func (r *rig) sipp(server, scenario string, d time.Duration, extra ...string) si
 	ctx, cancel := context.WithTimeout(context.Background(), d+60*time.Second)
 	defer cancel()
 	cmd := r.client(ctx, args...)
-	// -bg forks; run in the foreground instead so we can wait for it.
-	cmd.Args = slices.DeleteFunc(cmd.Args, func(a string) bool { return a == "-bg" })
 	out, _ := cmd.CombinedOutput() // exit status is non-zero when a call failed
 	res, err := readSippStat(stat)
 	if err != nil {
 		t.Fatalf("sipp %s %s: %v\n%s", scenario, server, err, lastLines(string(out), 20))
+	}
+	if res.failed*100 > res.ok+res.failed {
+		// Over 1 % failed: show why (SIPp's error log, counted by kind).
+		b, _ := os.ReadFile(stat + ".err")
+		t.Logf("sipp %s %s: %v; SIPp's errors: %s", scenario, server, res, sippErrors(string(b)))
 	}
 	return res
 }
@@ -458,7 +480,7 @@ func (r *rig) registerRow() (func() (float64, string), func() (float64, string))
 }
 
 // callsRow: SIPp UAC (port 5061) → proxy → SIPp UAS (port 5070, the
-// built-in uas scenario) registered as 3000 behind it.
+// scenario of testdata/uas.xml) registered as 3000 behind it.
 func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 	r.startKamailio()
 	r.addUser(3000)
@@ -470,7 +492,7 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 			return res.ok == 1, res.String()
 		})
 		ctx, cancel := context.WithCancel(context.Background())
-		uas := r.client(ctx, r.tools["sipp"], "-sn", "uas", "-nostdin", "-p", "5070", "-i", local)
+		uas := r.client(ctx, r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", local)
 		var uasOut bytes.Buffer
 		uas.Stdout, uas.Stderr = &uasOut, &uasOut
 		if err := uas.Start(); err != nil {
@@ -501,4 +523,21 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// sippErrors counts the events of a SIPp error file by kind: the text
+// after the timestamp up to the first quote or colon, numbers blanked.
+func sippErrors(s string) string {
+	ev := regexp.MustCompile(`\d{10}\.\d{6}: ([^'\n]{0,40})`)
+	digits := regexp.MustCompile(`[0-9]+(-[0-9]+@[0-9.]+)?`)
+	n := map[string]int{}
+	for _, m := range ev.FindAllStringSubmatch(s, -1) {
+		n[strings.TrimSpace(digits.ReplaceAllString(m[1], "N"))]++
+	}
+	var out []string
+	for k, v := range n {
+		out = append(out, fmt.Sprintf("%d× %q", v, k))
+	}
+	slices.Sort(out)
+	return strings.Join(out, "; ")
 }
