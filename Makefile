@@ -20,6 +20,8 @@ BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
 # nat64tun: the TUN loop of nat64/tun64 links wireguard-go's tun, which the
 # router binary leaves out (size budget); its tests run all the same.
 TESTTAGS     ?= nat64tun## build tags of make test
+PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
+PEER_ROWS    ?= dns,register,calls## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
 MIPS_MAX     ?= 12000000## byte limit for the stripped mipsle binary (12 MB)
 MIPS_XZ_MAX  ?= 3000000## byte limit for the mipsle binary after xz -9e (3 MB: what a router's flash holds)
@@ -36,7 +38,7 @@ BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
 # Go files we own; testdata may hold deliberately malformed inputs.
 GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 
-.PHONY: help build test bench demo cross package lint fmtcheck fuzz clean
+.PHONY: help build test bench bench-peers demo cross package lint fmtcheck fuzz clean
 
 help: ## list the targets and variables
 	@echo 'Usage: make [target] [VARIABLE=value ...]'
@@ -76,6 +78,16 @@ bench: ## run the benchmarks (BENCH, BENCHTIME); installs the peers they compare
 
 # demo builds first and says so: the first build compiles every dependency
 # (about a minute on two cores) and go run would be silent meanwhile.
+# bench-peers installs the peers it measures against if they are missing
+# (Debian packages; needs root, as the namespaces do).
+PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux
+
+bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
+	@missing=; for t in $(PEER_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get install -y$$missing; fi
+	$(GO) test -tags peerbench -count=1 -timeout 60m -v -run '^TestPeers$$' ./internal/peerbench \
+		-args -peerbench.round $(PEER_ROUND) -peerbench.rows $(PEER_ROWS)
+
 demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
 	@echo "building sipmesh (the first build compiles all dependencies: about a minute)…"
 	@CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o bin/sipmesh ./cmd/sipmesh

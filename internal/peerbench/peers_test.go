@@ -1,0 +1,600 @@
+//go:build linux && peerbench
+
+package peerbench
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/internal/netns"
+)
+
+var (
+	roundDur  = flag.Duration("peerbench.round", 10*time.Second, "length of one measurement round of one server")
+	rounds    = flag.Int("peerbench.rounds", 3, "A/B rounds per row; the table shows the median")
+	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls", "rows to measure, comma-separated")
+	users     = flag.Int("peerbench.users", 100, "subscribers the REGISTER load cycles through")
+	window    = flag.Int("peerbench.window", 50, "SIPp's limit of calls in progress (-l): the load is closed-loop")
+	serverCPU = flag.String("peerbench.server-cpu", "1", "taskset -c list for the servers (both get the same)")
+	clientCPU = flag.String("peerbench.client-cpu", "0", "taskset -c list for the load generators")
+)
+
+// Addresses: the client namespace reaches the sipmesh node on one veth
+// (10.77.0.0/24) and the peer server on another (10.78.0.0/24), so both
+// servers listen on the standard ports and stay up the whole run, idle
+// while the other is measured.
+const (
+	nodeAddr = "10.77.0.1"
+	nodeCli  = "10.77.0.2"
+	peerAddr = "10.78.0.1"
+	peerCli  = "10.78.0.2"
+	// the callee's addresses in the calls row
+	nodeCallee = "10.77.0.3"
+	peerCallee = "10.78.0.3"
+	nodeName   = "n1"
+	// nodeMesh is n1.mesh's address on the peer side: any address will
+	// do, Unbound only has to answer the same kind of record.
+	nodeMesh = "fd53:6d00::1"
+)
+
+// rig is the namespaces and the servers of one run.
+type rig struct {
+	t               *testing.T
+	dir, bin        string
+	cli, node, peer *netns.NS
+	nbr             *netns.NS // the node's mesh neighbour
+	sock            string
+	nodePID         int
+	peerPID         int // the peer server of the current row (its process group)
+	kamailioPID     int
+	tools           map[string]string
+}
+
+func TestPeers(t *testing.T) {
+	netns.RequireRoot(t)
+	r := &rig{t: t, dir: t.TempDir(), tools: map[string]string{}}
+	for _, tool := range []string{"sipp", "kamailio", "unbound", "dnsperf", "taskset"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatalf("%s not found: `make bench-peers` installs it (sip-tester, kamailio, unbound, dnsperf, util-linux): %v", tool, err)
+		}
+		r.tools[tool] = p
+	}
+	r.bin = filepath.Join(r.dir, "sipmesh")
+	if out, err := exec.Command("go", "build", "-trimpath", "-o", r.bin, "../../cmd/sipmesh").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	r.cli, r.node, r.peer = netns.New(t, "cli"), netns.New(t, "node"), netns.New(t, "peer")
+	netns.Veth(t, r.node, "lan0", r.cli, "eth0")
+	netns.Veth(t, r.peer, "eth0", r.cli, "eth1")
+	r.node.Run(t, "ip", "addr", "add", nodeAddr+"/24", "dev", "lan0")
+	r.cli.Run(t, "ip", "addr", "add", nodeCli+"/24", "dev", "eth0")
+	r.peer.Run(t, "ip", "addr", "add", peerAddr+"/24", "dev", "eth0")
+	r.cli.Run(t, "ip", "addr", "add", peerCli+"/24", "dev", "eth1")
+	// The callee of the calls row is another phone: an address of its own.
+	r.cli.Run(t, "ip", "addr", "add", nodeCallee+"/24", "dev", "eth0")
+	r.cli.Run(t, "ip", "addr", "add", peerCallee+"/24", "dev", "eth1")
+	// The node needs a mesh: alone it has no ring, never claims its name
+	// (n1.mesh would not resolve) and keeps no DHT. A second node, n2, on
+	// the other end of the mesh link, unpinned from the server core and
+	// given no load, is the smallest mesh.
+	r.nbr = netns.New(t, "n2")
+	netns.Veth(t, r.node, "mesh0", r.nbr, "mesh0")
+	r.node.LinkLocal(t, "mesh0")
+	r.nbr.LinkLocal(t, "mesh0")
+
+	r.startNode()
+	want := strings.Split(*rowsFlag, ",")
+	var table, notes []string
+	for _, row := range []struct {
+		name  string
+		setup func() (sipmesh, peer func() (float64, string))
+	}{
+		{"dns", r.dnsRow},
+		{"register", r.registerRow},
+		{"calls", r.callsRow},
+	} {
+		if !slices.Contains(want, row.name) {
+			continue
+		}
+		ours, theirs := row.setup()
+		var a, b []float64
+		for i := range *rounds {
+			x, nx := r.withCPU(r.nodePID, ours)
+			y, ny := r.withCPU(r.peerPID, theirs)
+			note := fmt.Sprintf("%s round %d: sipmesh %.0f/s (%s), peer %.0f/s (%s)", row.name, i+1, x, nx, y, ny)
+			t.Log(note)
+			notes = append(notes, note)
+			a, b = append(a, x), append(b, y)
+		}
+		ma, mb := median(a), median(b)
+		ratio := 0.0
+		if mb > 0 {
+			ratio = ma / mb
+		}
+		table = append(table, fmt.Sprintf("%-9s %10.0f %10.0f %8.3f", row.name, ma, mb, ratio))
+		t.Logf("sipmesh node after %s: %s", row.name, r.status())
+	}
+	fmt.Printf("\n%-9s %10s %10s %8s\n", "metric", "sipmesh", "peer", "ratio")
+	for _, l := range table {
+		fmt.Println(l)
+	}
+	fmt.Printf("(per second, median of %d interleaved rounds of %v; servers pinned to CPU %s; ratio = sipmesh/peer)\n",
+		*rounds, *roundDur, *serverCPU)
+	// The load is closed-loop (SIPp -l, dnsperf -q): a server that drops
+	// requests is measured at what it completes, and its losses show here.
+	for _, n := range notes {
+		fmt.Println("# " + n)
+	}
+}
+
+// withCPU runs one measurement and adds to its note the CPU time the
+// server's process group (Kamailio forks its workers) used meanwhile, as
+// a share of one core: the per-core figure of a server that was not
+// saturated.
+func (r *rig) withCPU(pgid int, run func() (float64, string)) (float64, string) {
+	c0, t0 := groupCPU(pgid), time.Now()
+	rate, note := run()
+	used := groupCPU(pgid) - c0
+	return rate, fmt.Sprintf("%s, %.0f%% CPU", note, 100*used.Seconds()/time.Since(t0).Seconds())
+}
+
+// groupCPU sums user and system time of the processes in group pgid
+// (proc(5): fields 5 pgrp, 14 utime, 15 stime, in clock ticks of 1/100 s
+// on Linux).
+func groupCPU(pgid int) time.Duration {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// The command name (field 2) may hold spaces: fields count
+		// from after its closing parenthesis.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + s
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// startNode runs `sipmesh node` in its namespace with the default
+// config but for what a user must set: name, state, control socket, the
+// mesh interface, the phone LAN (lan0, addressed by the system, DHCP off
+// as no phone here asks) and the administrator key to add subscribers.
+// digest-algorithms MD5: SIPp (Debian's 3.6) computes MD5 digests only,
+// and Kamailio's challenge is MD5 too.
+func (r *rig) startNode() {
+	t := r.t
+	admin := filepath.Join(r.dir, "admin.key")
+	if _, _, err := gateway.LoadOrCreateAdminKey(admin); err != nil {
+		t.Fatal(err)
+	}
+	sockDir, err := os.MkdirTemp("", "smpb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	r.sock = filepath.Join(sockDir, "n1.sock")
+	cfg := fmt.Sprintf("name %s\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\nadmin-key %s\n"+
+		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n",
+		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr)
+	cfgPath := r.writeFile("node.conf", cfg)
+	logPath := filepath.Join(r.dir, "node.log")
+	// taskset and `ip netns exec` exec, so the PID is the node's own.
+	r.nodePID = r.daemon("sipmesh node", r.node, *serverCPU, logPath, r.bin, "node", "--config", cfgPath)
+	nbrCfg := r.writeFile("n2.conf", fmt.Sprintf("name n2\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\n",
+		filepath.Join(r.dir, "n2state"), filepath.Join(sockDir, "n2.sock")))
+	r.daemon("sipmesh node n2", r.nbr, *clientCPU, filepath.Join(r.dir, "n2.log"), r.bin, "node", "--config", nbrCfg)
+	r.waitFor(30*time.Second, "the node's phone LAN", func() (bool, string) {
+		b, _ := os.ReadFile(logPath)
+		return bytes.Contains(b, []byte("phone LAN up")), lastLines(string(b), 10)
+	})
+}
+
+// status reports the node's resident memory and the SIP counters of
+// `sipmesh status --json` (where its drops show).
+func (r *rig) status() string {
+	rss := "?"
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.nodePID)); err == nil {
+		if m := regexp.MustCompile(`VmRSS:\s+(\d+ kB)`).FindSubmatch(b); m != nil {
+			rss = string(m[1])
+		}
+	}
+	out, err := exec.Command(r.bin, "status", "--json", "--control", r.sock).Output()
+	var st map[string]json.RawMessage
+	if err == nil {
+		err = json.Unmarshal(out, &st)
+	}
+	if err != nil {
+		return fmt.Sprintf("RSS %s; status: %v", rss, err)
+	}
+	var sip bytes.Buffer
+	json.Compact(&sip, st["sip"])
+	return fmt.Sprintf("RSS %s; sip %s", rss, sip.String())
+}
+
+// daemon starts a server in ns pinned to cpus, and stops it
+// (SIGTERM, then SIGKILL after 10 s) when the test ends.
+func (r *rig) daemon(name string, ns *netns.NS, cpus, logPath string, args ...string) (pid int) {
+	t := r.t
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(r.tools["taskset"], append([]string{"-c", cpus, "ip", "netns", "exec", ns.Name}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Kamailio forks its children into its own process group; signal the
+	// group so none outlives the run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		defer logf.Close()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+			t.Errorf("%s still running 10 s after SIGTERM; killed", name)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("%s log:\n%s", name, lastLines(string(b), 30))
+		}
+	})
+	return cmd.Process.Pid
+}
+
+// client runs a load generator in the client namespace on the client CPU.
+func (r *rig) client(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, r.tools["taskset"], append([]string{"-c", *clientCPU, "ip", "netns", "exec", r.cli.Name}, args...)...)
+}
+
+// waitFor polls cond every 100 ms: the servers are other processes on
+// real time, with no event to wait on but their answers.
+func (r *rig) waitFor(limit time.Duration, what string, cond func() (bool, string)) {
+	r.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("waited %v for %s: %s", limit, what, why)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (r *rig) writeFile(name, data string) string {
+	p := filepath.Join(r.dir, name)
+	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+	return p
+}
+
+// dnsRow: dnsperf, one client, up to 100 queries outstanding, against
+// the node's DNS server on its LAN address and against Unbound serving
+// the same names from local-data, one thread.
+func (r *rig) dnsRow() (func() (float64, string), func() (float64, string)) {
+	queries := r.writeFile("queries", "sipserver.mesh A\n"+nodeName+".mesh AAAA\n")
+	conf := r.writeFile("unbound.conf", fmt.Sprintf(`server:
+	interface: %s
+	port: 53
+	access-control: 10.78.0.0/24 allow
+	num-threads: 1
+	do-daemonize: no
+	chroot: ""
+	username: ""
+	directory: "%s"
+	pidfile: "%s/unbound.pid"
+	use-syslog: no
+	logfile: ""
+	verbosity: 0
+	do-ip6: no
+	local-zone: "mesh." static
+	local-data: "mesh. 60 IN SOA sipserver.mesh. hostmaster.mesh. 1 3600 600 86400 30"
+	local-data: "sipserver.mesh. 60 IN A %s"
+	local-data: "%s.mesh. 60 IN AAAA %s"
+remote-control:
+	control-enable: no
+`, peerAddr, r.dir, r.dir, peerAddr, nodeName, nodeMesh))
+	r.peerPID = r.daemon("unbound", r.peer, *serverCPU, filepath.Join(r.dir, "unbound.log"), r.tools["unbound"], "-d", "-c", conf)
+	run := func(server string) (float64, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), *roundDur+30*time.Second)
+		defer cancel()
+		secs := strconv.Itoa(int(roundDur.Seconds()))
+		out, err := r.client(ctx, r.tools["dnsperf"], "-s", server, "-d", queries, "-l", secs, "-q", "100", "-t", "1").CombinedOutput()
+		if err != nil {
+			r.t.Fatalf("dnsperf -s %s: %v\n%s", server, err, out)
+		}
+		qps := reFloat(`Queries per second:\s+([0-9.]+)`, string(out))
+		lost := reFloat(`Queries lost:\s+\d+ \(([0-9.]+)%\)`, string(out))
+		codes := regexp.MustCompile(`Response codes:\s+(.*)`).FindStringSubmatch(string(out))
+		note := fmt.Sprintf("%.1f%% lost", lost)
+		if codes != nil {
+			note += ", " + codes[1]
+		}
+		return qps, note
+	}
+	// Both must answer the names before they are timed.
+	for _, s := range []string{nodeAddr, peerAddr} {
+		r.waitFor(30*time.Second, "both names to resolve at "+s, func() (bool, string) {
+			out, err := r.client(context.Background(), r.tools["dnsperf"], "-s", s, "-d", queries, "-n", "1").CombinedOutput()
+			return err == nil && strings.Contains(string(out), "NOERROR 2 "), string(out)
+		})
+	}
+	return func() (float64, string) { return run(nodeAddr) }, func() (float64, string) { return run(peerAddr) }
+}
+
+// startKamailio starts Kamailio once for the SIP rows.
+func (r *rig) startKamailio() {
+	if r.kamailioPID != 0 {
+		r.peerPID = r.kamailioPID
+		return
+	}
+	cfg, err := os.ReadFile("testdata/kamailio.cfg")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	p := r.writeFile("kamailio.cfg", strings.ReplaceAll(string(cfg), "LISTEN", peerAddr))
+	run := filepath.Join(r.dir, "kamrun")
+	if err := os.MkdirAll(run, 0o755); err != nil {
+		r.t.Fatal(err)
+	}
+	// -m/-M: the default 64 MB of shared memory runs out at ~1000 calls/s.
+	r.kamailioPID = r.daemon("kamailio", r.peer, *serverCPU, filepath.Join(r.dir, "kamailio.log"), r.tools["kamailio"],
+		"-f", p, "-DD", "-E", "-Y", run, "-P", filepath.Join(run, "pid"), "-m", "256", "-M", "16")
+	r.peerPID = r.kamailioPID
+}
+
+// usersCSV is SIPp's injection file: extension;[authentication ...].
+func (r *rig) usersCSV(name string, first, n int) string {
+	var b strings.Builder
+	b.WriteString("SEQUENTIAL\n")
+	for i := range n {
+		u := first + i
+		fmt.Fprintf(&b, "%d;[authentication username=%d password=pw%d]\n", u, u, u)
+	}
+	return r.writeFile(name, b.String())
+}
+
+// addUser creates ext (password pw<ext>) through the node's control
+// socket with the node's administrator key.
+func (r *rig) addUser(ext int) {
+	add := exec.Command(r.bin, "user", "add", "--control", r.sock, strconv.Itoa(ext))
+	add.Stdin = strings.NewReader(fmt.Sprintf("pw%d\n", ext))
+	if out, err := add.CombinedOutput(); err != nil {
+		r.t.Fatalf("sipmesh user add %d: %v\n%s", ext, err, out)
+	}
+}
+
+// sippResult is what one SIPp run measured.
+type sippResult struct {
+	ok, failed int
+	elapsed    time.Duration
+}
+
+func (s sippResult) rate() float64 {
+	if s.elapsed <= 0 {
+		return 0
+	}
+	return float64(s.ok) / s.elapsed.Seconds()
+}
+
+func (s sippResult) String() string {
+	f := 0.0
+	if s.ok+s.failed > 0 {
+		f = 100 * float64(s.failed) / float64(s.ok+s.failed)
+	}
+	return fmt.Sprintf("%d ok, %d failed (%.1f%%)", s.ok, s.failed, f)
+}
+
+// sipp runs a SIPp client scenario against server for d (0: until
+// -m calls are done), closed-loop with at most *window calls in
+// progress, and reads its statistics file.
+func (r *rig) sipp(server, scenario string, d time.Duration, extra ...string) sippResult {
+	t := r.t
+	stat := filepath.Join(r.dir, fmt.Sprintf("stat-%d.csv", time.Now().UnixNano()))
+	args := []string{r.tools["sipp"], server, "-sf", filepath.Join(r.abs("testdata"), scenario),
+		"-nostdin", "-trace_stat", "-stf", stat, "-trace_err", "-error_file", stat + ".err", "-fd", "1", "-recv_timeout", "2000"}
+	if d > 0 {
+		args = append(args, "-r", "100000", "-l", strconv.Itoa(*window), "-timeout", fmt.Sprintf("%ds", int(d.Seconds())), "-timeout_error")
+	}
+	args = append(args, extra...)
+	ctx, cancel := context.WithTimeout(context.Background(), d+60*time.Second)
+	defer cancel()
+	cmd := r.client(ctx, args...)
+	out, _ := cmd.CombinedOutput() // exit status is non-zero when a call failed
+	res, err := readSippStat(stat)
+	if err != nil {
+		t.Fatalf("sipp %s %s: %v\n%s", scenario, server, err, lastLines(string(out), 20))
+	}
+	if res.failed*100 > res.ok+res.failed {
+		// Over 1 % failed: show why (SIPp's error log, counted by kind).
+		b, _ := os.ReadFile(stat + ".err")
+		t.Logf("sipp %s %s: %v; SIPp's errors: %s", scenario, server, res, sippErrors(string(b)))
+	}
+	return res
+}
+
+func (r *rig) abs(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return a
+}
+
+// readSippStat takes the cumulative counters of the last line of a SIPp
+// -trace_stat file (semicolon-separated, header first).
+func readSippStat(path string) (sippResult, error) {
+	var res sippResult
+	f, err := os.Open(path)
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	cr := csv.NewReader(f)
+	cr.Comma = ';'
+	cr.FieldsPerRecord = -1
+	recs, err := cr.ReadAll()
+	if err != nil {
+		return res, err
+	}
+	if len(recs) < 2 {
+		return res, fmt.Errorf("%s: no statistics line", path)
+	}
+	head, last := recs[0], recs[len(recs)-1]
+	col := func(name string) string {
+		if i := slices.Index(head, name); i >= 0 && i < len(last) {
+			return last[i]
+		}
+		return ""
+	}
+	res.ok, _ = strconv.Atoi(col("SuccessfulCall(C)"))
+	res.failed, _ = strconv.Atoi(col("FailedCall(C)"))
+	// StartTime and CurrentTime are "date<TAB>time<TAB>epoch.micro".
+	epoch := func(name string) (float64, error) {
+		f := strings.Split(col(name), "\t")
+		return strconv.ParseFloat(f[len(f)-1], 64)
+	}
+	start, err1 := epoch("StartTime")
+	now, err2 := epoch("CurrentTime")
+	if err1 != nil || err2 != nil {
+		return res, fmt.Errorf("%s: StartTime %q, CurrentTime %q", path, col("StartTime"), col("CurrentTime"))
+	}
+	res.elapsed = time.Duration((now - start) * float64(time.Second))
+	return res, nil
+}
+
+// registerRow: SIPp REGISTER + 401 + authenticated REGISTER + 200,
+// cycling through *users subscribers, against the node and Kamailio.
+func (r *rig) registerRow() (func() (float64, string), func() (float64, string)) {
+	r.startKamailio()
+	for i := range *users {
+		r.addUser(2000 + i)
+	}
+	csvPath := r.usersCSV("users.csv", 2000, *users)
+	// The accounts reach the node's registrar through its DHT: wait until
+	// one registration goes through on each side.
+	for _, s := range []string{nodeAddr, peerAddr} {
+		r.waitFor(20*time.Second, "a first REGISTER at "+s, func() (bool, string) {
+			res := r.sipp(s, "register.xml", 0, "-inf", csvPath, "-m", "1")
+			return res.ok == 1, res.String()
+		})
+	}
+	run := func(server string) (float64, string) {
+		res := r.sipp(server, "register.xml", *roundDur, "-inf", csvPath)
+		return res.rate(), res.String()
+	}
+	return func() (float64, string) { return run(nodeAddr) }, func() (float64, string) { return run(peerAddr) }
+}
+
+// callsRow: SIPp UAC (port 5061) → proxy → SIPp UAS (another address,
+// port 5070, the
+// scenario of testdata/uas.xml) registered as 3000 behind it.
+func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
+	r.startKamailio()
+	r.addUser(3000)
+	csvPath := r.usersCSV("callee.csv", 3000, 1)
+	run := func(server, local, callee string) (float64, string) {
+		// Register the callee from the UAS's own port, then answer there.
+		r.waitFor(20*time.Second, "callee 3000 to register at "+server, func() (bool, string) {
+			res := r.sipp(server, "register.xml", 0, "-inf", csvPath, "-m", "1", "-p", "5070", "-i", callee)
+			return res.ok == 1, res.String()
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		uas := r.client(ctx, r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", callee)
+		var uasOut bytes.Buffer
+		uas.Stdout, uas.Stderr = &uasOut, &uasOut
+		if err := uas.Start(); err != nil {
+			r.t.Fatal(err)
+		}
+		defer func() {
+			cancel()
+			uas.Wait()
+		}()
+		res := r.sipp(server, "call.xml", *roundDur, "-p", "5061", "-i", local)
+		return res.rate(), res.String()
+	}
+	return func() (float64, string) { return run(nodeAddr, nodeCli, nodeCallee) },
+		func() (float64, string) { return run(peerAddr, peerCli, peerCallee) }
+}
+
+func reFloat(re, s string) float64 {
+	m := regexp.MustCompile(re).FindStringSubmatch(s)
+	if m == nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(m[1], 64)
+	return f
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// sippErrors counts the events of a SIPp error file by kind: the text
+// after the timestamp up to the first quote or colon, numbers blanked.
+func sippErrors(s string) string {
+	ev := regexp.MustCompile(`\d{10}\.\d{6}: ([^'\n]{0,40})`)
+	digits := regexp.MustCompile(`[0-9]+(-[0-9]+@[0-9.]+)?`)
+	n := map[string]int{}
+	for _, m := range ev.FindAllStringSubmatch(s, -1) {
+		n[strings.TrimSpace(digits.ReplaceAllString(m[1], "N"))]++
+	}
+	var out []string
+	for k, v := range n {
+		out = append(out, fmt.Sprintf("%d× %q", v, k))
+	}
+	slices.Sort(out)
+	return strings.Join(out, "; ")
+}
