@@ -106,3 +106,22 @@ func (d *Detector) Heard(freq float64) bool {
 	tone, loud := d.Share(freq)
 	return tone >= minFrames && float64(tone) >= heardShare*float64(loud)
 }
+
+// Level returns the power of the component at freq over the whole window,
+// its frames joined in arrival order (full scale 1.0: a sine of amplitude
+// A gives A²/2). Unlike Heard it picks one tone out of a mix of many, as
+// the party line delivers: over a second of audio the Goertzel filter is
+// 1 Hz wide, so tones 50 Hz apart do not leak into each other, where a
+// single 20 ms frame (50 Hz resolution) cannot tell them apart.
+func (d *Detector) Level(freq float64) float64 {
+	n := d.Frames()
+	if n == 0 {
+		return 0
+	}
+	all := make([]int16, 0, n*FrameSamples)
+	for j := range n {
+		i := (d.n - n + j) % len(d.frames)
+		all = append(all, d.frames[i][:d.lens[i]]...)
+	}
+	return Goertzel(all, SampleRate, freq)
+}

@@ -43,6 +43,9 @@ type Settings struct {
 	SIPPort uint16
 	// ToneHz is the frequency of the tone the phone sends in every call.
 	ToneHz float64
+	// ToneAmplitude is its peak, full scale 1.0 (default 0.5). A party
+	// line sums every member's voice, so its tests use quiet tones.
+	ToneAmplitude float64
 	// Transport is "udp" (the only one supported; default).
 	Transport string
 	// Expires is the registration lifetime asked for (default 600 s).
