@@ -204,6 +204,18 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		EchoListen: func(ctx context.Context) (net.PacketConn, error) {
 			return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
 		},
+		// The party line (426, 4260–4269; phones/conference.go): each
+		// room runs on the node its key belongs to on the ring, members'
+		// media on the LAN or the mesh side as their call came in.
+		Rooms: &proxy.RoomsConfig{
+			Listen: func(ctx context.Context, mesh bool) (net.PacketConn, error) {
+				if mesh {
+					return n.router.ListenPacket(0)
+				}
+				return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
+			},
+			Owner: n.ringOwner,
+		},
 	})
 	if err != nil {
 		lanUDP.Close()
@@ -394,4 +406,28 @@ func (n *Node) Status() NodeStatus {
 		st.LAN = n.LANAddress().String()
 	}
 	return st
+}
+
+// ringOwner returns the node responsible for key as this node sees the
+// ring: itself, its successors, predecessors and fingers (ssr). The view
+// is local: nodes whose views differ near the key could pick different
+// owners for a room, until the ring's successor lists settle.
+func (n *Node) ringOwner(key ssr.NodeID) ssr.NodeID {
+	st := n.router.Status()
+	ids := []ssr.NodeID{n.router.ID()}
+	add := func(s string) {
+		if id, err := ssr.ParseNodeID(s); err == nil && id != 0 { // a zero finger is none
+			ids = append(ids, id)
+		}
+	}
+	for _, p := range st.Successors {
+		add(p.ID)
+	}
+	for _, p := range st.Predecessors {
+		add(p.ID)
+	}
+	for _, f := range st.Fingers {
+		add(f)
+	}
+	return proxy.RingOwner(ids, key)
 }

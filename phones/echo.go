@@ -288,7 +288,7 @@ func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 		invite: req, src: src, conn: conn, media: media, ackSeq: req.CSeq().SeqNo,
 		acked: make(chan struct{}), bye: make(chan struct{}), ended: make(chan struct{}),
 	}
-	sess.answer = echoAnswer(d, idx, pt, e.h.LANAddr().Addr(), media.Local().Port())
+	sess.answer = echoAnswer(d, idx, pt, e.h.LANAddr().Addr(), media.Local().Port(), "sipmesh echo test")
 	for _, h := range req.GetHeaders("Record-Route") {
 		res.AppendHeader(h)
 	}
@@ -513,13 +513,17 @@ func echoStream(body []byte) (int, uint8, error) {
 // echoAnswer is the SDP answer (RFC 3264 §6): one m= line per offered
 // one, the chosen audio stream with the one codec at our address, every
 // other stream rejected with port 0.
-func echoAnswer(offer *sipalg.SDP, idx int, pt uint8, addr netip.Addr, port uint16) []byte {
+func echoAnswer(offer *sipalg.SDP, idx int, pt uint8, addr netip.Addr, port uint16, name string) []byte {
 	codec := "PCMU/8000"
 	if pt == PayloadPCMA {
 		codec = "PCMA/8000"
 	}
-	b := fmt.Appendf(nil, "v=0\r\no=sipmesh %d 1 IN IP4 %s\r\ns=sipmesh echo test\r\nc=IN IP4 %s\r\nt=0 0\r\n",
-		time.Now().UnixNano()&0x7fffffff, addr, addr)
+	fam := "IP4"
+	if addr.Is6() {
+		fam = "IP6"
+	}
+	b := fmt.Appendf(nil, "v=0\r\no=sipmesh %d 1 IN %s %s\r\ns=%s\r\nc=IN %s %s\r\nt=0 0\r\n",
+		time.Now().UnixNano()&0x7fffffff, fam, addr, name, fam, addr)
 	for i, st := range offer.Streams {
 		if i != idx {
 			f := "0"

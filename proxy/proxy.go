@@ -306,6 +306,9 @@ func fixVia(r *sip.Request, src netip.AddrPort) {
 // account, 480 without a live binding.
 func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	s := p.s
+	if ts, code, reason, ok := p.featureTargets(ext); ok {
+		return ts, code, reason
+	}
 	if ext == "" || registrar.ValidExt(ext) != nil {
 		return nil, 404, "Not Found"
 	}

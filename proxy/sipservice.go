@@ -89,6 +89,8 @@ type SIPServiceConfig struct {
 	// nil: no echo test. MaxEchoSessions bounds its calls.
 	EchoListen      func(context.Context) (net.PacketConn, error)
 	MaxEchoSessions int
+	// Rooms, if set, runs the party line (features.go); nil: none.
+	Rooms *RoomsConfig
 
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped
@@ -131,6 +133,7 @@ type SIPService struct {
 	lan     *sock
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
+	conf    *phones.ConfService // nil without Rooms
 
 	malformed, proxied atomic.Uint64 // malformed: requests sipgo parsed that we answered 400
 
@@ -233,6 +236,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 			Max: cfg.MaxEchoSessions, Logger: s.log}); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.initFeatures(); err != nil {
+		return nil, err
 	}
 	s.srv.OnNoRoute(s.handle)
 	return s, nil
@@ -354,6 +360,9 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 	in := s.arrival(tx)
 	src, _ := netip.ParseAddrPort(req.Source())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if registrar.Answerable(req) && s.feature(req, tx, in, src) {
+		return
+	}
 	if s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
 		return
 	}
