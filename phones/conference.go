@@ -120,13 +120,9 @@ type confRoom struct {
 
 // confMember is one member's call: its dialog (UAS side) and media.
 type confMember struct {
+	uasDialog
 	MixMember // guarded by room.mu
 	room      *confRoom
-	callID    string
-	localTag  string
-	remoteTag string
-	invite    *sip.Request
-	src       netip.AddrPort
 	mesh      bool // the call came over the mesh: media and requests there
 	answer    []byte
 	conn      net.PacketConn
@@ -134,12 +130,6 @@ type confMember struct {
 	out       rtp.Header     // guarded by room.mu
 	buf       [12 + FrameSamples]byte
 	rx        uint64 // frames received, guarded by room.mu
-
-	ackSeq  uint32
-	acked   chan struct{}
-	ackOnce sync.Once
-	bye     chan struct{}
-	byeOnce sync.Once
 }
 
 // NewConfService prepares the party line; the host hands it requests
@@ -224,12 +214,7 @@ func (c *ConfService) Handle(req *sip.Request, tx sip.ServerTransaction, fromMes
 }
 
 func (c *ConfService) reply(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response) {
-	if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
-		res.SetDestination(src.String())
-	}
-	if err := tx.Respond(res); err != nil {
-		c.log.Debug("party line: response not sent", "status", res.StatusCode, "err", err)
-	}
+	featureReply(c.log, req, tx, src, res)
 }
 
 func (c *ConfService) replyCode(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, code int, reason string) {
@@ -301,11 +286,7 @@ func (c *ConfService) newMember(room *confRoom, req *sip.Request, src netip.Addr
 	}
 	local, _ := sipnet.AddrPortOf(conn.LocalAddr())
 	res := c.h.Respond(req, 200, "OK")
-	localTag, _ := res.To().Params.Get("tag")
-	remoteTag, _ := req.From().Params.Get("tag")
-	m := &confMember{room: room, callID: req.CallID().Value(), localTag: localTag, remoteTag: remoteTag,
-		invite: req, src: src, mesh: mesh, conn: conn, ackSeq: req.CSeq().SeqNo,
-		acked: make(chan struct{}), bye: make(chan struct{}),
+	m := &confMember{uasDialog: newUASDialog(req, res, src), room: room, mesh: mesh, conn: conn,
 		out: rtp.Header{Version: 2, Marker: true, PayloadType: pt, SSRC: rand.Uint32() | 1,
 			SequenceNumber: uint16(rand.Uint32()), Timestamp: rand.Uint32()}}
 	m.MixMember = MixMember{In: new(MixInput), PT: pt}
@@ -342,73 +323,29 @@ func (c *ConfService) dialogHeaders(req *sip.Request, res *sip.Response, m *conf
 	res.SetBody(m.answer)
 }
 
-// answerInvite sends the 2xx and retransmits it until the ACK
-// (§13.3.1.4); with no ACK in 64*T1 the member is hung up.
+// answerInvite sends the 2xx and waits for its ACK; with none in 64*T1
+// the member is hung up.
 func (c *ConfService) answerInvite(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response, m *confMember) {
 	c.reply(req, tx, src, res)
-	interval := sip.T1
-	deadline := time.NewTimer(64 * sip.T1)
-	defer deadline.Stop()
-	for {
-		t := time.NewTimer(interval)
-		select {
-		case <-m.acked:
-		case <-m.bye:
-		case <-ctx.Done():
-		case <-deadline.C:
-			t.Stop()
-			c.log.Info("party line: no ACK for our 2xx", "call_id", m.callID)
-			c.sendBye(ctx, m)
-			m.byeOnce.Do(func() { close(m.bye) })
-			return
-		case <-t.C:
-			c.reply(req, tx, src, res)
-			interval = min(2*interval, sip.T2)
-			continue
-		}
-		t.Stop()
-		return
+	if !m.await2xxAck(ctx, nil, func() { c.reply(req, tx, src, res) }) {
+		c.log.Info("party line: no ACK for our 2xx", "call_id", m.callID)
+		c.sendBye(ctx, m)
+		m.gotBye()
 	}
 }
 
 // inDialog answers a request inside a member's dialog.
 func (c *ConfService) inDialog(m *confMember, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
-	if ft, _ := req.From().Params.Get("tag"); ft != m.remoteTag {
-		if !req.IsAck() {
-			c.replyCode(req, tx, src, 481, "Call/Transaction Does Not Exist")
-		}
-		return
-	}
-	switch req.Method {
-	case sip.ACK:
-		if cs := req.CSeq(); cs != nil && cs.SeqNo == m.ackSeq {
-			m.ackOnce.Do(func() { close(m.acked) })
-		}
-	case sip.BYE:
-		c.replyCode(req, tx, src, 200, "OK")
-		m.byeOnce.Do(func() { close(m.bye) })
-	case sip.INVITE, sip.UPDATE:
-		// A refresh or new offer (§14, RFC 3311): follow the new address,
-		// answer with the same description (RFC 3264 §8).
-		if len(req.Body()) > 0 {
-			idx, _, err := echoStream(req.Body())
-			if err != nil {
-				c.replyCode(req, tx, src, 488, "Not Acceptable Here")
-				return
-			}
-			d, _ := sipalg.Parse(req.Body())
-			if st := d.Streams[idx]; !st.Hold() && st.RTP().Addr().IsValid() {
-				m.room.mu.Lock()
-				m.remote = st.RTP()
-				m.room.mu.Unlock()
-			}
-		}
-		res := c.h.Respond(req, 200, "OK")
-		c.dialogHeaders(req, res, m)
-		c.reply(req, tx, src, res)
-	default:
-		c.replyCode(req, tx, src, 200, "OK")
-	}
+	m.uasDialog.inDialog(req, func(code int, reason string) { c.replyCode(req, tx, src, code, reason) },
+		func(ap netip.AddrPort) {
+			m.room.mu.Lock()
+			m.remote = ap
+			m.room.mu.Unlock()
+		}, func() {
+			res := c.h.Respond(req, 200, "OK")
+			c.dialogHeaders(req, res, m)
+			c.reply(req, tx, src, res)
+		})
 }
 
 // run is a member's life in the room: from the answer until its BYE, the
@@ -575,62 +512,19 @@ func (r *confRoom) mix() {
 	}
 }
 
-// sendBye ends a member's dialog from our side (RFC 3261 §15.1.1): to its
-// Contact, through the route set of its INVITE (the Record-Route of its
-// node, §12.1.1), or to where the INVITE came from.
+// sendBye ends a member's dialog from our side (RFC 3261 §15.1.1),
+// from the socket its call came in on.
 func (c *ConfService) sendBye(ctx context.Context, m *confMember) {
-	inv := m.invite
 	a := c.h.LANAddr()
 	if m.mesh {
 		a = c.h.MeshAddr()
 	}
-	bye := sip.NewRequest(sip.BYE, *inv.Contact().Address.Clone())
-	tr := strings.ToUpper(inv.Transport())
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: tr, Host: a.Addr().String(), Port: int(a.Port())}
-	via.Params.Add("branch", sip.GenerateBranchN(16))
-	bye.AppendHeader(via)
-	mf := sip.MaxForwardsHeader(70)
-	bye.AppendHeader(&mf)
-	dest := m.src
-	for i, h := range inv.GetHeaders("Record-Route") {
-		rr, ok := h.(*sip.RecordRouteHeader)
-		if !ok {
-			continue
-		}
-		if i == 0 {
-			if ap, err := sipnet.URIAddr(&rr.Address); err == nil {
-				dest = ap
-			}
-		}
-		bye.AppendHeader(&sip.RouteHeader{Address: rr.Address})
-	}
-	to := inv.To()
-	bye.AppendHeader(&sip.FromHeader{DisplayName: to.DisplayName, Address: to.Address, Params: sipnet.TagParams(m.localTag)})
-	from := inv.From()
-	bye.AppendHeader(&sip.ToHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
-	bye.AppendHeader(inv.CallID())
-	bye.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.BYE})
-	bye.SetBody(nil)
-	bye.SetTransport(tr)
-	bye.SetDestination(dest.String())
-	tx, err := c.h.RequestOn(ctx, bye, m.mesh)
+	tx, err := c.h.RequestOn(ctx, m.byeRequest(a), m.mesh)
 	if err != nil {
 		c.log.Info("party line: BYE not sent", "call_id", m.callID, "err", err)
 		return
 	}
-	defer tx.Terminate()
-	for {
-		select {
-		case res := <-tx.Responses():
-			if res.StatusCode >= 200 {
-				return
-			}
-		case <-tx.Done():
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
+	awaitFinal(ctx, tx)
 }
 
 // forget removes a member (or its reservation, m nil) from the table.

@@ -96,22 +96,13 @@ type EchoService struct {
 // echoSession is one echo call: its dialog (RFC 3261 §12.1.1, UAS side)
 // and its media.
 type echoSession struct {
-	e         *EchoService
-	callID    string
-	localTag  string
-	remoteTag string
-	invite    *sip.Request   // the initial INVITE, for our BYE
-	src       netip.AddrPort // where the INVITE came from: the caller's flow
-	answer    []byte         // our SDP answer
-	conn      net.PacketConn // the media socket (the endpoint closes it when it runs)
-	media     *MediaEndpoint
-	cancel    context.CancelFunc
+	uasDialog
+	e      *EchoService
+	answer []byte         // our SDP answer
+	conn   net.PacketConn // the media socket (the endpoint closes it when it runs)
+	media  *MediaEndpoint
+	cancel context.CancelFunc
 
-	ackSeq  uint32
-	acked   chan struct{}
-	ackOnce sync.Once
-	bye     chan struct{} // the caller hung up
-	byeOnce sync.Once
 	ended   chan struct{} // we hang up
 	endOnce sync.Once
 }
@@ -186,15 +177,8 @@ func (e *EchoService) Handle(req *sip.Request, tx sip.ServerTransaction, fromLAN
 	return true
 }
 
-// reply answers req with a response of our own, sent back where it came
-// from (as the proxy does, RFC 3581 behaviour for every UDP client).
 func (e *EchoService) reply(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response) {
-	if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
-		res.SetDestination(src.String())
-	}
-	if err := tx.Respond(res); err != nil {
-		e.log.Debug("echo test: response not sent", "status", res.StatusCode, "err", err)
-	}
+	featureReply(e.log, req, tx, src, res)
 }
 
 func (e *EchoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, code int, reason string) {
@@ -281,13 +265,7 @@ func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 		return nil, nil, err
 	}
 	res := e.h.Respond(req, 200, "OK")
-	localTag, _ := res.To().Params.Get("tag")
-	remoteTag, _ := req.From().Params.Get("tag")
-	sess := &echoSession{
-		e: e, callID: req.CallID().Value(), localTag: localTag, remoteTag: remoteTag,
-		invite: req, src: src, conn: conn, media: media, ackSeq: req.CSeq().SeqNo,
-		acked: make(chan struct{}), bye: make(chan struct{}), ended: make(chan struct{}),
-	}
+	sess := &echoSession{uasDialog: newUASDialog(req, res, src), e: e, conn: conn, media: media, ended: make(chan struct{})}
 	sess.answer = echoAnswer(d, idx, pt, e.h.LANAddr().Addr(), media.Local().Port(), "sipmesh echo test")
 	for _, h := range req.GetHeaders("Record-Route") {
 		res.AppendHeader(h)
@@ -313,75 +291,20 @@ func (e *EchoService) dialogHeaders(req *sip.Request, res *sip.Response, sess *e
 	}
 }
 
-// answer sends the 2xx and, as a UAS core must (RFC 3261 §13.3.1.4),
-// retransmits it from T1 doubling up to T2 until the ACK comes, for at
-// most 64*T1. sipgo ends the server transaction when the handler returns
-// (libraries.md §1 pitfall 5), so the handler waits here.
+// answer sends the 2xx and waits for its ACK (uasDialog.await2xxAck).
 func (e *EchoService) answer(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response, sess *echoSession) bool {
 	e.reply(req, tx, src, res)
-	interval := sip.T1
-	deadline := time.NewTimer(64 * sip.T1)
-	defer deadline.Stop()
-	for {
-		t := time.NewTimer(interval)
-		select {
-		case <-sess.acked:
-			t.Stop()
-			return true
-		case <-sess.bye: // the ACK was lost, the BYE was not
-			t.Stop()
-			return true
-		case <-ctx.Done():
-			t.Stop()
-			return true
-		case <-deadline.C:
-			t.Stop()
-			return false
-		case <-t.C:
-		}
-		e.reply(req, tx, src, res)
-		interval = min(2*interval, sip.T2)
-	}
+	return sess.await2xxAck(ctx, nil, func() { e.reply(req, tx, src, res) })
 }
 
 // inDialog answers a request inside an echo session's dialog.
 func (e *EchoService) inDialog(sess *echoSession, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
-	if ft, _ := req.From().Params.Get("tag"); ft != sess.remoteTag {
-		if !req.IsAck() {
-			e.replyCode(req, tx, src, 481, "Call/Transaction Does Not Exist")
-		}
-		return
-	}
-	switch req.Method {
-	case sip.ACK:
-		if cs := req.CSeq(); cs != nil && cs.SeqNo == sess.ackSeq {
-			sess.ackOnce.Do(func() { close(sess.acked) })
-		}
-	case sip.BYE:
-		e.replyCode(req, tx, src, 200, "OK")
-		sess.byeOnce.Do(func() { close(sess.bye) })
-	case sip.INVITE, sip.UPDATE:
-		// A session refresh or a new offer (re-INVITE §14, UPDATE RFC
-		// 3311): follow a new RTP address, answer with the same
-		// description (RFC 3264 §8: unchanged, same version).
-		if len(req.Body()) > 0 {
-			idx, _, err := echoStream(req.Body())
-			if err != nil {
-				e.replyCode(req, tx, src, 488, "Not Acceptable Here")
-				return
-			}
-			d, _ := sipalg.Parse(req.Body())
-			if st := d.Streams[idx]; !st.Hold() && st.RTP().Addr().IsValid() {
-				sess.media.SetRemote(st.RTP())
-			}
-		}
-		res := e.h.Respond(req, 200, "OK")
-		e.dialogHeaders(req, res, sess, true)
-		e.reply(req, tx, src, res)
-	default:
-		// OPTIONS, INFO (DTMF), MESSAGE, NOTIFY: acknowledged, nothing to do.
-		e.replyCode(req, tx, src, 200, "OK")
-	}
+	sess.uasDialog.inDialog(req, func(code int, reason string) { e.replyCode(req, tx, src, code, reason) },
+		sess.media.SetRemote, func() {
+			res := e.h.Respond(req, 200, "OK")
+			e.dialogHeaders(req, res, sess, true)
+			e.reply(req, tx, src, res)
+		})
 }
 
 // run is a session's life: media until the caller's BYE, the service
@@ -434,44 +357,12 @@ func (sess *echoSession) end() { sess.endOnce.Do(func() { close(sess.ended) }) }
 // request to the caller's flow, which is on our LAN (the echo test only
 // answers phones there).
 func (e *EchoService) sendBye(ctx context.Context, sess *echoSession) {
-	inv := sess.invite
-	lan := e.h.LANAddr()
-	target := inv.Contact().Address
-	bye := sip.NewRequest(sip.BYE, *target.Clone())
-	tr := strings.ToUpper(inv.Transport())
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: tr,
-		Host: lan.Addr().String(), Port: int(lan.Port())}
-	via.Params.Add("branch", sip.GenerateBranchN(16))
-	bye.AppendHeader(via)
-	mf := sip.MaxForwardsHeader(70)
-	bye.AppendHeader(&mf)
-	to := inv.To()
-	bye.AppendHeader(&sip.FromHeader{DisplayName: to.DisplayName, Address: to.Address, Params: sipnet.TagParams(sess.localTag)})
-	from := inv.From()
-	bye.AppendHeader(&sip.ToHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
-	bye.AppendHeader(inv.CallID())
-	bye.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.BYE})
-	bye.SetBody(nil)
-	bye.SetTransport(tr)
-	bye.SetDestination(sess.src.String())
-	tx, err := e.h.Request(ctx, bye)
+	tx, err := e.h.Request(ctx, sess.byeRequest(e.h.LANAddr()))
 	if err != nil {
 		e.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
 		return
 	}
-	defer tx.Terminate()
-	for {
-		select {
-		case res := <-tx.Responses():
-			if res.StatusCode >= 200 {
-				return
-			}
-		case <-tx.Done():
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
+	awaitFinal(ctx, tx)
 }
 
 // forget removes a session from the table.

@@ -5,7 +5,8 @@
 // optionally TCP on the phone LAN and UDP on the mesh, behind a guard that
 // rate-limits each source, sheds new work while too many transactions are
 // alive and answers what sipgo cannot parse (sipnet). It hands REGISTER to
-// the registrar (package registrar), calls to the echo test to phones,
+// the registrar (package registrar), calls to the echo test and the
+// party line to phones,
 // and proxies everything else (proxy.go): a lookup of the Request-URI's
 // extension in the location store, parallel forking to its bindings,
 // Record-Route on every node, flow tokens that carry a phone's flow
@@ -13,6 +14,12 @@
 // Calls that cross between the IPv4 LAN and the IPv6 mesh get their SDP
 // rewritten and their media anchored on the node's relay (sipalg) per call
 // leg (callleg.go).
+//
+// Features hosted on the mesh (features.go): a party line room (426,
+// 4260–4269) runs on the node that owns RoomKey(room) on the ring; a LAN
+// phone's INVITE for a room of another node is sent to that node's mesh
+// SIP address through the ALG, so every member's media crosses its own
+// node's relay.
 //
 // Planned, not here yet: routing of URIs outside the mesh domain to the
 // Internet uplink (RFC 3263, trunks), beside this package or in it.
