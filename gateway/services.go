@@ -216,6 +216,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 			},
 			Owner: n.ringOwner,
 		},
+		// Call forwarding and *72/*73 (proxy/forward.go), in the DHT.
+		Forwards: &registrar.DHTForwards{DHT: n.svc.dht},
 	})
 	if err != nil {
 		lanUDP.Close()

@@ -13,9 +13,12 @@
 // key) and lends a feature what it needs of a SIP stack through an
 // interface (EchoHost, ConfHost); a feature imports neither the proxy, the
 // registrar nor the daemon.
+// Call forwarding (unconditional and unreachable, feature codes *72/*73)
+// is the proxy's (package proxy, forward.go); its confirmation tone is
+// EchoService.Announce here.
 // Planned, not here yet: moving a room when its node dies, the dial plan
-// (aliases, short codes), ring groups, call forwarding, SIP MESSAGE
-// store-and-forward, BLF and the phone book; extension numbers are today
+// (aliases), forwarding on busy and on no answer, ring groups, SIP
+// MESSAGE store-and-forward, BLF and the phone book; extension numbers are today
 // only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone

@@ -102,6 +102,7 @@ type echoSession struct {
 	conn   net.PacketConn // the media socket (the endpoint closes it when it runs)
 	media  *MediaEndpoint
 	cancel context.CancelFunc
+	maxDur time.Duration // echoMaxDuration, or an announcement's length
 
 	ended   chan struct{} // we hang up
 	endOnce sync.Once
@@ -173,7 +174,7 @@ func (e *EchoService) Handle(req *sip.Request, tx sip.ServerTransaction, fromLAN
 	if req.Method != sip.INVITE || !fromLAN || !e.isEchoTarget(req) {
 		return false
 	}
-	e.invite(req, tx, src)
+	e.invite(req, tx, src, 0, echoMaxDuration)
 	return true
 }
 
@@ -187,7 +188,7 @@ func (e *EchoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src 
 
 // invite answers a new call to the echo test and, once the caller ACKs
 // our 2xx, leaves the session running on its own goroutine.
-func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
+func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, tone float64, dur time.Duration) {
 	if code, reason := e.h.Check(req); code != 0 {
 		e.replyCode(req, tx, src, code, reason)
 		return
@@ -218,7 +219,7 @@ func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 		e.replyCode(req, tx, src, 486, "Busy Here (echo test in use)")
 		return
 	}
-	sess, res, err := e.newSession(req, src, idx, pt)
+	sess, res, err := e.newSession(req, src, idx, pt, tone)
 	if err != nil {
 		e.mu.Lock()
 		delete(e.sessions, cid)
@@ -228,7 +229,7 @@ func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 		return
 	}
 	ctx, cancel := context.WithCancel(e.h.Context())
-	sess.cancel = cancel
+	sess.cancel, sess.maxDur = cancel, dur
 	e.mu.Lock()
 	e.sessions[cid] = sess
 	e.mu.Unlock()
@@ -248,7 +249,7 @@ func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 
 // newSession opens the session's media and builds the 2xx with our SDP
 // answer, our Contact and the Record-Route of the INVITE (§12.1.1).
-func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8) (*echoSession, *sip.Response, error) {
+func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8, tone float64) (*echoSession, *sip.Response, error) {
 	d, _ := sipalg.Parse(req.Body()) // echoStream parsed it already
 	st := d.Streams[idx]
 	conn, err := e.listen(e.h.Context())
@@ -259,7 +260,7 @@ func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 	if st.Hold() || !remote.Addr().IsValid() {
 		remote = netip.AddrPort{} // echo to wherever the frames come from
 	}
-	media, err := NewMediaEndpoint(MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: true})
+	media, err := NewMediaEndpoint(MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: tone == 0, ToneHz: tone})
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -321,7 +322,7 @@ func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 	})
 	check := time.NewTicker(EchoIdle / 3)
 	defer check.Stop()
-	maxT := time.NewTimer(echoMaxDuration)
+	maxT := time.NewTimer(sess.maxDur)
 	defer maxT.Stop()
 	var lastRx uint64
 	lastAt := time.Now()
@@ -335,7 +336,7 @@ func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 			e.sendBye(ctx, sess)
 			return
 		case <-maxT.C:
-			e.log.Info("echo test: session too long, hanging up", "call_id", sess.callID)
+			e.log.Info("echo test: session over, hanging up", "call_id", sess.callID)
 			e.sendBye(ctx, sess)
 			return
 		case now := <-check.C:
@@ -348,6 +349,14 @@ func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 			}
 		}
 	}
+}
+
+// Announce answers a LAN phone's INVITE the way the echo test does, but
+// plays a tone at hz for dur and hangs up with our BYE: the confirmation
+// of a feature code (package proxy: *72, *73). It takes the request
+// whatever its Request-URI; the host decides it is one.
+func (e *EchoService) Announce(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, hz float64, dur time.Duration) {
+	e.invite(req, tx, src, hz, dur)
 }
 
 // end asks the session to end with a BYE of ours.

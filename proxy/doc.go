@@ -19,7 +19,11 @@
 // 4260–4269) runs on the node that owns RoomKey(room) on the ring; a LAN
 // phone's INVITE for a room of another node is sent to that node's mesh
 // SIP address through the ALG, so every member's media crosses its own
-// node's relay.
+// node's relay. Call forwarding (forward.go; registrar.Forward in the
+// DHT): unconditional and on unreachable, resolved by the caller's node
+// before it forks, with a Diversion header per hop (RFC 5806) and loops
+// refused with 482; *72<number> and *73 set and clear it from the phone.
+// Forwarding on busy and on no answer is stored but not acted on yet.
 //
 // Planned, not here yet: routing of URIs outside the mesh domain to the
 // Internet uplink (RFC 3263, trunks), beside this package or in it.

@@ -81,7 +81,7 @@ func (s *SIPService) initFeatures() error {
 // feature hands a request to a feature this node answers itself; it
 // reports whether one took it.
 func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *sock, src netip.AddrPort) bool {
-	return s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)
+	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.featureCode(req, tx, in, src)
 }
 
 // featureTargets routes a request for a feature hosted on another node

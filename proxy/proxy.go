@@ -192,7 +192,7 @@ func (p *proxyTx) run() {
 	} else {
 		var code int
 		var reason string
-		if targets, code, reason = p.lookup(base.Recipient.User); code != 0 {
+		if targets, code, reason = p.lookupForward(base); code != 0 {
 			p.reply(code, reason)
 			return
 		}

@@ -91,6 +91,9 @@ type SIPServiceConfig struct {
 	MaxEchoSessions int
 	// Rooms, if set, runs the party line (features.go); nil: none.
 	Rooms *RoomsConfig
+	// Forwards, if set, enables call forwarding and its feature codes
+	// (forward.go); nil: none.
+	Forwards registrar.ForwardStore
 
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped

@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/sipmesh/sipmesh/registrar"
+	"github.com/sipmesh/sipmesh/sipnet"
+)
+
+// Call forwarding (registrar.Forward, stored in the DHT).
+//
+// Acted on here: unconditional ("always") and unreachable (the extension
+// has no live binding). The caller's node resolves a forward before it
+// forks: it looks up the extension's forward, retargets the Request-URI
+// (RFC 3261 §16.5) and records the hop in a Diversion header (RFC 5806
+// §4: the diverting extension, reason unconditional or unavailable),
+// and repeats for the new target. Loops (A→B→A) are stopped: a target
+// already diverted from, in this lookup or in the request's Diversion
+// headers, or more than maxForwardDepth hops, answers 482 Loop Detected.
+// Not acted on yet (stored, though): on busy and on no answer.
+//
+// Feature codes, dialled from a phone on this node's LAN: *72<number>
+// forwards the caller's extension unconditionally to number (which must
+// be an extension), *73 clears it. The caller is the From extension, and
+// must be registered through this node from the address the INVITE came
+// from (else 403). The node answers with a short confirmation tone and
+// hangs up (phones.EchoService.Announce); a bad number gets 484 or 404.
+
+// Feature codes and forwarding bounds.
+const (
+	FeatureForwardSet   = "*72"
+	FeatureForwardClear = "*73"
+	maxForwardDepth     = 5
+	confirmHz           = 1000.0
+	confirmFor          = time.Second
+)
+
+// lookupForward is lookup with the forwards of the Request-URI's
+// extension applied; it retargets base.
+func (p *proxyTx) lookupForward(base *sip.Request) ([]target, int, string) {
+	s := p.s
+	ext := base.Recipient.User
+	if s.cfg.Forwards == nil || registrar.ValidExt(ext) != nil || (s.conf != nil && s.conf.IsRoom(ext)) {
+		return p.lookup(ext)
+	}
+	visited := map[string]bool{ext: true}
+	depth := 0
+	for _, h := range base.GetHeaders("Diversion") {
+		depth++
+		var u sip.Uri
+		v := h.Value()
+		if i, j := strings.IndexByte(v, '<'), strings.IndexByte(v, '>'); i >= 0 && j > i && sip.ParseUri(v[i+1:j], &u) == nil {
+			visited[u.User] = true
+		}
+	}
+	for {
+		ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+		fwd, err := s.cfg.Forwards.Forward(ctx, ext)
+		cancel()
+		if err != nil {
+			s.log.Warn("forward lookup failed; calling the extension itself", "ext", ext, "err", err)
+			return p.lookup(ext)
+		}
+		next, reason := fwd.Always, "unconditional"
+		if next == "" {
+			ts, code, why := p.lookup(ext)
+			if code != 480 || fwd.Unreachable == "" {
+				return ts, code, why
+			}
+			next, reason = fwd.Unreachable, "unavailable"
+		}
+		if visited[next] || depth >= maxForwardDepth {
+			s.log.Info("call forwarding loop stopped", "ext", ext, "next", next, "depth", depth)
+			return nil, 482, "Loop Detected (call forwarding)"
+		}
+		base.AppendHeader(sip.NewHeader("Diversion",
+			fmt.Sprintf("<sip:%s@%s>;reason=%s;counter=1", ext, base.Recipient.Host, reason)))
+		base.Recipient.User = next
+		visited[next] = true
+		depth++
+		ext = next
+	}
+}
+
+// featureCode answers *72<number> and *73 from a phone on the LAN; it
+// reports whether req was one.
+func (s *SIPService) featureCode(req *sip.Request, tx sip.ServerTransaction, in *sock, src netip.AddrPort) bool {
+	if s.cfg.Forwards == nil || in != s.lan || req.Method != sip.INVITE || !s.ourHost(req.Recipient.Host) {
+		return false
+	}
+	if toTag, _ := req.To().Params.Get("tag"); toTag != "" {
+		return false
+	}
+	user := req.Recipient.User
+	set := strings.HasPrefix(user, FeatureForwardSet)
+	if !set && user != FeatureForwardClear {
+		return false
+	}
+	reply := func(code int, reason string) {
+		res := s.respond(req, code, reason)
+		if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
+			res.SetDestination(src.String())
+		}
+		tx.Respond(res)
+	}
+	if code, reason := registrar.CheckRequest(req); code != 0 {
+		s.malformed.Add(1)
+		reply(code, reason)
+		return true
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	caller := req.From().Address.User
+	if !s.registeredFrom(ctx, caller, src) {
+		reply(403, "Forbidden (feature codes only from the registered phone)")
+		return true
+	}
+	fwd, err := s.cfg.Forwards.Forward(ctx, caller)
+	if err != nil {
+		reply(500, "Server Internal Error (forward store unavailable)")
+		return true
+	}
+	fwd.Always = ""
+	if set {
+		to := strings.TrimPrefix(user, FeatureForwardSet)
+		if to == "" {
+			reply(484, "Address Incomplete")
+			return true
+		}
+		if _, err := s.cfg.Accounts.Account(ctx, to); err != nil || to == caller {
+			reply(404, "Not Found (no such extension to forward to)")
+			return true
+		}
+		fwd.Always = to
+	}
+	fwd.Updated = time.Now()
+	if err := s.cfg.Forwards.SetForward(ctx, fwd); err != nil {
+		s.log.Warn("storing call forwarding failed", "ext", caller, "err", err)
+		reply(500, "Server Internal Error (forward store unavailable)")
+		return true
+	}
+	s.log.Info("call forwarding changed", "ext", caller, "always", fwd.Always)
+	if s.echo == nil {
+		reply(603, "Decline (done; no confirmation tone on this node)")
+		return true
+	}
+	s.echo.Announce(req, tx, src, confirmHz, confirmFor)
+	return true
+}
+
+// registeredFrom reports whether ext has a binding through this node
+// whose flow is src: the phone that dialled is the one that proved the
+// extension's password when it registered.
+func (s *SIPService) registeredFrom(ctx context.Context, ext string, src netip.AddrPort) bool {
+	if registrar.ValidExt(ext) != nil {
+		return false
+	}
+	all, err := s.cfg.Locations.Bindings(ctx, registrar.AOR(ext))
+	if err != nil {
+		return false
+	}
+	for _, b := range registrar.MergeBindings(all, time.Now()) {
+		if b.Node != s.cfg.Node {
+			continue
+		}
+		if b.Source == src {
+			return true
+		}
+		var u sip.Uri
+		if !b.Source.IsValid() && sip.ParseUri(b.Contact, &u) == nil {
+			if ap, err := sipnet.URIAddr(&u); err == nil && ap == src {
+				return true
+			}
+		}
+	}
+	return false
+}
