@@ -15,9 +15,10 @@
 // registrar nor the daemon.
 // Call forwarding (unconditional and unreachable, feature codes *72/*73)
 // is the proxy's (package proxy, forward.go); its confirmation tone is
-// EchoService.Announce here.
+// EchoService.Announce here; ring groups (parallel) are the proxy's too
+// (groups.go).
 // Planned, not here yet: moving a room when its node dies, the dial plan
-// (aliases), forwarding on busy and on no answer, ring groups, SIP
+// (aliases), forwarding on busy and on no answer, hunt groups, SIP
 // MESSAGE store-and-forward, BLF and the phone book; extension numbers are today
 // only checked by the registrar (registrar.ValidExt).
 //

@@ -24,6 +24,8 @@
 // before it forks, with a Diversion header per hop (RFC 5806) and loops
 // refused with 482; *72<number> and *73 set and clear it from the phone.
 // Forwarding on busy and on no answer is stored but not acted on yet.
+// Ring groups (groups.go, node configuration): a group extension forks
+// to every member's bindings at once; hunting in order is not here yet.
 //
 // Planned, not here yet: routing of URIs outside the mesh domain to the
 // Internet uplink (RFC 3263, trunks), beside this package or in it.

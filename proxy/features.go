@@ -84,10 +84,14 @@ func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *soc
 	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.featureCode(req, tx, in, src)
 }
 
-// featureTargets routes a request for a feature hosted on another node
-// (a room); ok is false for any other extension.
+// featureTargets routes a request for a ring group (groups.go) or a
+// feature hosted on another node (a room); ok is false for any other
+// extension.
 func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason string, ok bool) {
 	s := p.s
+	if ts, code, reason, ok := p.groupTargets(ext); ok {
+		return ts, code, reason, true
+	}
 	if s.conf == nil || !s.conf.IsRoom(ext) {
 		return nil, 0, "", false
 	}

@@ -94,6 +94,9 @@ type SIPServiceConfig struct {
 	// Forwards, if set, enables call forwarding and its feature codes
 	// (forward.go); nil: none.
 	Forwards registrar.ForwardStore
+	// RingGroups maps a group extension to its members' extensions
+	// (groups.go); the same on every node.
+	RingGroups map[string][]string
 
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped
