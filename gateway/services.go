@@ -217,7 +217,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 			Owner: n.ringOwner,
 		},
 		// Call forwarding and *72/*73 (proxy/forward.go), in the DHT.
-		Forwards: &registrar.DHTForwards{DHT: n.svc.dht},
+		Forwards:   &registrar.DHTForwards{DHT: n.svc.dht},
+		RingGroups: n.opts.RingGroups,
 	})
 	if err != nil {
 		lanUDP.Close()
