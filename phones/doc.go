@@ -16,10 +16,11 @@
 // Call forwarding (unconditional and unreachable, feature codes *72/*73)
 // is the proxy's (package proxy, forward.go); its confirmation tone is
 // EchoService.Announce here; ring groups (parallel) are the proxy's too
-// (groups.go).
+// (groups.go), and so is keeping a MESSAGE for an offline phone
+// (messages.go).
 // Planned, not here yet: moving a room when its node dies, the dial plan
-// (aliases), forwarding on busy and on no answer, hunt groups, SIP
-// MESSAGE store-and-forward, BLF and the phone book; extension numbers are today
+// (aliases), forwarding on busy and on no answer, hunt groups, BLF and
+// the phone book; extension numbers are today
 // only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone

@@ -139,6 +139,7 @@ type Phone struct {
 	calls    map[string]*Call // by Call-ID
 	wg       sync.WaitGroup   // handlers, call goroutines, refresher
 	incoming chan *Call
+	inbox    chan Message
 
 	regMu     sync.Mutex // serialises REGISTER transactions
 	regCallID string
@@ -254,6 +255,7 @@ func New(cfg Config) (*Phone, error) {
 		aor:       sip.Uri{Scheme: "sip", User: cfg.User, Host: cfg.Domain},
 		calls:     make(map[string]*Call),
 		incoming:  make(chan *Call, cfg.MaxCalls),
+		inbox:     make(chan Message, maxMessages),
 		regCallID: sip.GenerateTagN(16) + "@" + cfg.LocalAddr.String(),
 		regSeq:    uint32(1 + randUint32()%0x7fff),
 	}
@@ -263,6 +265,7 @@ func New(cfg Config) (*Phone, error) {
 	srv.OnBye(p.handler(p.onBye))
 	srv.OnCancel(p.handler(p.onCancel))
 	srv.OnOptions(p.handler(p.onOptions))
+	srv.OnMessage(p.handler(p.onMessage))
 	return p, nil
 }
 

@@ -26,6 +26,9 @@
 // Forwarding on busy and on no answer is stored but not acted on yet.
 // Ring groups (groups.go, node configuration): a group extension forks
 // to every member's bindings at once; hunting in order is not here yet.
+// MESSAGE (RFC 3428) is proxied like any request; one for an extension
+// without a binding is stored in the DHT (bounded, expiring), answered
+// 202 and delivered when the extension registers (messages.go).
 //
 // Planned, not here yet: routing of URIs outside the mesh domain to the
 // Internet uplink (RFC 3263, trunks), beside this package or in it.

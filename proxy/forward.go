@@ -42,8 +42,17 @@ const (
 )
 
 // lookupForward is lookup with the forwards of the Request-URI's
-// extension applied; it retargets base.
+// extension applied (it retargets base), and a MESSAGE for an extension
+// without a binding stored (messages.go).
 func (p *proxyTx) lookupForward(base *sip.Request) ([]target, int, string) {
+	ts, code, reason := p.lookupForwards(base)
+	if code == 480 && p.req.Method == sip.MESSAGE && p.s.cfg.Messages != nil {
+		code, reason = p.storeMessage(base, base.Recipient.User)
+	}
+	return ts, code, reason
+}
+
+func (p *proxyTx) lookupForwards(base *sip.Request) ([]target, int, string) {
 	s := p.s
 	ext := base.Recipient.User
 	if s.cfg.Forwards == nil || registrar.ValidExt(ext) != nil || (s.conf != nil && s.conf.IsRoom(ext)) {

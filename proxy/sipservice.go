@@ -97,6 +97,9 @@ type SIPServiceConfig struct {
 	// RingGroups maps a group extension to its members' extensions
 	// (groups.go); the same on every node.
 	RingGroups map[string][]string
+	// Messages, if set, keeps MESSAGEs for offline extensions and
+	// delivers them on register (messages.go); nil: 480 as for calls.
+	Messages registrar.MessageStore
 
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped
@@ -378,6 +381,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		if res != nil {
 			tx.Respond(res)
 		}
+		s.afterRegister(req, res, src) // messages.go
 	case sip.ACK:
 		s.forwardACK(req, in, src)
 	case sip.CANCEL:
