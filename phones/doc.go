@@ -13,15 +13,13 @@
 // key) and lends a feature what it needs of a SIP stack through an
 // interface (EchoHost, ConfHost); a feature imports neither the proxy, the
 // registrar nor the daemon.
-// Call forwarding (unconditional and unreachable, feature codes *72/*73)
-// is the proxy's (package proxy, forward.go); its confirmation tone is
-// EchoService.Announce here; ring groups (parallel) are the proxy's too
-// (groups.go), and so is keeping a MESSAGE for an offline phone
-// (messages.go).
+// The proxy owns call forwarding (unconditional, busy, no answer,
+// unreachable; feature codes *72/*73, confirmed by EchoService.Announce
+// here), ring groups and keeping a MESSAGE for an offline phone; the
+// simulated phone sends and receives MESSAGE (message.go).
 // Planned, not here yet: moving a room when its node dies, the dial plan
-// (aliases), forwarding on busy and on no answer, hunt groups, BLF and
-// the phone book; extension numbers are today
-// only checked by the registrar (registrar.ValidExt).
+// (aliases), hunt groups, BLF and the phone book; extension numbers are
+// today only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone
 // behind a proxy: it registers with digest authentication (MD5, SHA-256 per

@@ -21,9 +21,10 @@
 // SIP address through the ALG, so every member's media crosses its own
 // node's relay. Call forwarding (forward.go; registrar.Forward in the
 // DHT): unconditional and on unreachable, resolved by the caller's node
-// before it forks, with a Diversion header per hop (RFC 5806) and loops
-// refused with 482; *72<number> and *73 set and clear it from the phone.
-// Forwarding on busy and on no answer is stored but not acted on yet.
+// before it forks, on busy and on no answer after the branches failed
+// (new branches on the same transaction), with a Diversion header per
+// hop (RFC 5806) and loops refused with 482; *72<number> and *73 set and
+// clear the unconditional one from the phone.
 // Ring groups (groups.go, node configuration): a group extension forks
 // to every member's bindings at once; hunting in order is not here yet.
 // MESSAGE (RFC 3428) is proxied like any request; one for an extension

@@ -15,15 +15,19 @@ import (
 
 // Call forwarding (registrar.Forward, stored in the DHT).
 //
-// Acted on here: unconditional ("always") and unreachable (the extension
-// has no live binding). The caller's node resolves a forward before it
-// forks: it looks up the extension's forward, retargets the Request-URI
-// (RFC 3261 §16.5) and records the hop in a Diversion header (RFC 5806
-// §4: the diverting extension, reason unconditional or unavailable),
-// and repeats for the new target. Loops (A→B→A) are stopped: a target
-// already diverted from, in this lookup or in the request's Diversion
-// headers, or more than maxForwardDepth hops, answers 482 Loop Detected.
-// Not acted on yet (stored, though): on busy and on no answer.
+// All four kinds, resolved by the caller's node. Unconditional
+// ("always") and unreachable (no live binding) before it forks: it looks
+// up the extension's forward, retargets the Request-URI (RFC 3261 §16.5),
+// records the hop in a Diversion header (RFC 5806 §4: the diverting
+// extension and the reason), and repeats for the new target. On busy
+// (every branch failed, one with 486 or 600) and on no answer (the
+// Forward's NoAnswerAfter passed without a 2xx: the branches get CANCEL)
+// once the branches have answered: new branches for the target go out on
+// the same server transaction (§16.6: a proxy may fork again after
+// failures). Loops (A→B→A) are stopped: a target already diverted from,
+// in this request or in its Diversion headers, or more than
+// maxForwardDepth hops, answers 482 Loop Detected; a busy or no-answer
+// target that was diverted from already lets the failure go upstream.
 //
 // Feature codes, dialled from a phone on this node's LAN: *72<number>
 // forwards the caller's extension unconditionally to number (which must
@@ -55,17 +59,19 @@ func (p *proxyTx) lookupForward(base *sip.Request) ([]target, int, string) {
 func (p *proxyTx) lookupForwards(base *sip.Request) ([]target, int, string) {
 	s := p.s
 	ext := base.Recipient.User
+	p.fw.fwd = registrar.Forward{}
 	if s.cfg.Forwards == nil || registrar.ValidExt(ext) != nil || (s.conf != nil && s.conf.IsRoom(ext)) {
 		return p.lookup(ext)
 	}
-	visited := map[string]bool{ext: true}
-	depth := 0
-	for _, h := range base.GetHeaders("Diversion") {
-		depth++
-		var u sip.Uri
-		v := h.Value()
-		if i, j := strings.IndexByte(v, '<'), strings.IndexByte(v, '>'); i >= 0 && j > i && sip.ParseUri(v[i+1:j], &u) == nil {
-			visited[u.User] = true
+	if p.fw.visited == nil {
+		p.fw.visited = map[string]bool{ext: true}
+		for _, h := range base.GetHeaders("Diversion") {
+			p.fw.depth++
+			var u sip.Uri
+			v := h.Value()
+			if i, j := strings.IndexByte(v, '<'), strings.IndexByte(v, '>'); i >= 0 && j > i && sip.ParseUri(v[i+1:j], &u) == nil {
+				p.fw.visited[u.User] = true
+			}
 		}
 	}
 	for {
@@ -80,21 +86,125 @@ func (p *proxyTx) lookupForwards(base *sip.Request) ([]target, int, string) {
 		if next == "" {
 			ts, code, why := p.lookup(ext)
 			if code != 480 || fwd.Unreachable == "" {
+				p.fw.fwd = fwd // busy and no answer act once the branches answer
 				return ts, code, why
 			}
 			next, reason = fwd.Unreachable, "unavailable"
 		}
-		if visited[next] || depth >= maxForwardDepth {
-			s.log.Info("call forwarding loop stopped", "ext", ext, "next", next, "depth", depth)
+		if !p.divert(base, next, reason) {
 			return nil, 482, "Loop Detected (call forwarding)"
 		}
-		base.AppendHeader(sip.NewHeader("Diversion",
-			fmt.Sprintf("<sip:%s@%s>;reason=%s;counter=1", ext, base.Recipient.Host, reason)))
-		base.Recipient.User = next
-		visited[next] = true
-		depth++
 		ext = next
 	}
+}
+
+// divert retargets base to next (RFC 3261 §16.5) and records the hop in
+// a Diversion header (RFC 5806 §4); it reports false, changing nothing,
+// when next was diverted from before or the chain is too long: a loop.
+func (p *proxyTx) divert(base *sip.Request, next, reason string) bool {
+	ext := base.Recipient.User
+	if p.fw.visited[next] || p.fw.depth >= maxForwardDepth {
+		p.s.log.Info("call forwarding loop stopped", "ext", ext, "next", next, "depth", p.fw.depth)
+		return false
+	}
+	base.AppendHeader(sip.NewHeader("Diversion",
+		fmt.Sprintf("<sip:%s@%s>;reason=%s;counter=1", ext, base.Recipient.Host, reason)))
+	base.Recipient.User = next
+	p.fw.visited[next] = true
+	p.fw.depth++
+	return true
+}
+
+// forwardState is a request's call forwarding: the Forward of the
+// extension its branches ring, the extensions diverted from, and the
+// no-answer timer.
+type forwardState struct {
+	fwd      registrar.Forward
+	visited  map[string]bool
+	depth    int
+	timer    *time.Timer
+	noAnswer bool
+}
+
+// armNoAnswer starts the no-answer timer of the extension being rung:
+// when it fires, the loop cancels the branches (noAnswer) and
+// divertOnFailure forwards the call.
+func (p *proxyTx) armNoAnswer(invite bool) {
+	f := p.fw.fwd
+	if !invite || f.NoAnswer == "" || f.NoAnswerAfter <= 0 {
+		return
+	}
+	p.fw.timer = time.AfterFunc(f.NoAnswerAfter, func() { p.event(brEvent{}) })
+}
+
+// noAnswer is the loop's side of the no-answer timer.
+func (p *proxyTx) noAnswer() {
+	if p.finalSent || p.cancelled {
+		return
+	}
+	p.fw.noAnswer = true
+	for _, b := range p.branches {
+		p.cancelBranch(b)
+	}
+}
+
+// divertOnFailure forwards an INVITE whose branches all failed busy (486,
+// 600) or were not answered in time to the extension's busy or no-answer
+// target; it starts the new branches and reports whether the loop must
+// run again.
+func (p *proxyTx) divertOnFailure(base *sip.Request, invite bool, callID, fromTag string) bool {
+	s := p.s
+	if p.fw.timer != nil {
+		p.fw.timer.Stop()
+		p.fw.timer = nil
+	}
+	noAnswer := p.fw.noAnswer
+	p.fw.noAnswer = false
+	toTag, _ := p.req.To().Params.Get("tag")
+	if !invite || toTag != "" || p.finalSent || p.cancelled || s.ctx.Err() != nil || p.fw.visited == nil {
+		return false
+	}
+	f := p.fw.fwd
+	busy := false
+	for _, b := range p.branches {
+		if b.final != nil && (b.final.StatusCode == 486 || b.final.StatusCode == 600) {
+			busy = true
+		}
+	}
+	var next, reason string
+	switch {
+	case noAnswer && f.NoAnswer != "":
+		next, reason = f.NoAnswer, "no-answer"
+	case busy && f.Busy != "":
+		next, reason = f.Busy, "user-busy"
+	default:
+		return false
+	}
+	if !p.divert(base, next, reason) {
+		return false // the busy or timeout answer goes upstream
+	}
+	ts, code, why := p.lookupForwards(base)
+	if code != 0 {
+		p.reply(code, why)
+		p.finalSent = true
+		return false
+	}
+	var started []*branch
+	for _, t := range ts {
+		r, out, err := p.build(base, t, true, callID, fromTag)
+		if err != nil {
+			s.log.Info("cannot forward", "call_id", callID, "err", err)
+			continue
+		}
+		b := &branch{req: r, out: out}
+		p.branches = append(p.branches, b)
+		started = append(started, b)
+	}
+	for _, b := range started {
+		p.start(b, true)
+	}
+	p.armNoAnswer(true)
+	return len(started) > 0
 }
 
 // featureCode answers *72<number> and *73 from a phone on the LAN; it

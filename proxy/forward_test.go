@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"testing/synctest"
@@ -136,5 +137,85 @@ func TestCallForwarding(t *testing.T) {
 		raw.ackNon2xx(inv, res)
 		time.Sleep(time.Second)
 		synctest.Wait()
+	})
+}
+
+// policyPhone starts a registered simulated phone with an answer policy.
+func (m *meshRig) policyPhone(node int, ext string, last byte, tone float64, pol phones.Policy) *phones.Phone {
+	m.t.Helper()
+	nd := m.nodes[node-1]
+	ip := netip.AddrFrom4([4]byte{10, byte(node), 0, last})
+	h := m.nw.AddHost(fmt.Sprintf("pol-%s-%d", ext, last))
+	nd.lan.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(ip, 24)))
+	p, err := phones.New(phones.Config{Settings: phones.Settings{User: ext, Password: "secret" + ext,
+		Server: netip.AddrPortFrom(nd.lanIP, 5060), LocalAddr: ip, ToneHz: tone}, Policy: pol, Network: h})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.wg.Go(func() { p.Run(m.ctx) })
+	if err := p.Register(m.ctx); err != nil {
+		m.t.Fatal(err)
+	}
+	return p
+}
+
+// TestCallForwardingBusyNoAnswer: a busy extension's call goes to its
+// busy target; one that rings unanswered for NoAnswerAfter is cancelled
+// and the call goes to its no-answer target; a busy target that loops
+// back is refused with 482.
+func TestCallForwardingBusyNoAnswer(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		fw := &registrar.MemForwards{}
+		m := newMeshRig(t, 3, withForwards(fw))
+		ctx := m.ctx
+		caller := m.simPhone(1, "201", 20, 700)
+		m.policyPhone(2, "202", 20, 800, phones.Policy{Mode: phones.AutoReject, RejectCode: 486})
+		p204 := m.policyPhone(2, "204", 21, 1000, phones.Policy{Mode: phones.Manual})
+		m.policyPhone(3, "203", 20, 900, phones.Policy{})
+		now := time.Now()
+		fw.SetForward(ctx, registrar.Forward{Ext: "202", Busy: "203", Updated: now})
+		fw.SetForward(ctx, registrar.Forward{Ext: "204", NoAnswer: "203", NoAnswerAfter: 5 * time.Second, Updated: now})
+
+		c, err := caller.Call(ctx, "202", phones.CallOptions{})
+		if err != nil {
+			t.Fatalf("call to busy 202: %v", err)
+		}
+		time.Sleep(time.Second)
+		if !c.Heard(900) {
+			t.Errorf("the call to busy 202 does not reach 203")
+		}
+		c.Hangup(ctx)
+
+		start := time.Now()
+		c, err = caller.Call(ctx, "204", phones.CallOptions{})
+		if err != nil {
+			t.Fatalf("call to unanswered 204: %v", err)
+		}
+		if d := time.Since(start); d < 5*time.Second || d > 6*time.Second {
+			t.Errorf("forwarded on no answer after %v, want 5 s", d)
+		}
+		select {
+		case in := <-p204.Incoming():
+			<-in.Done()
+			if in.Status() != 487 {
+				t.Errorf("204's ringing ended with %d, want 487", in.Status())
+			}
+		default:
+			t.Errorf("204 never rang")
+		}
+		time.Sleep(time.Second)
+		if !c.Heard(900) {
+			t.Errorf("the call to unanswered 204 does not reach 203")
+		}
+		c.Hangup(ctx)
+
+		// 202 busy-forwards to 204, which forwards back to 202: the loop
+		// is stopped with 482.
+		fw.SetForward(ctx, registrar.Forward{Ext: "202", Busy: "204", Updated: now})
+		fw.SetForward(ctx, registrar.Forward{Ext: "204", Always: "202", Updated: now})
+		if code := callStatus(t, ctx, caller, "202"); code != 482 {
+			t.Errorf("busy forward into a loop: %d, want 482", code)
+		}
 	})
 }

@@ -78,7 +78,7 @@ type branch struct {
 }
 
 type brEvent struct {
-	b      *branch
+	b      *branch // nil: the no-answer timer of call forwarding fired
 	res    *sip.Response
 	err    error
 	timerC bool
@@ -101,6 +101,7 @@ type proxyTx struct {
 	cancelOne sync.Once
 	finalSent bool
 	cancelled bool
+	fw        forwardState // call forwarding on busy and no answer (forward.go)
 }
 
 // noBuild is a sipgo request option that leaves the request as built
@@ -237,7 +238,11 @@ func (p *proxyTx) run() {
 	for _, b := range p.branches {
 		p.start(b, invite)
 	}
+	p.armNoAnswer(invite)
 	p.loop(invite)
+	for p.divertOnFailure(base, invite, callID, fromTag) {
+		p.loop(invite)
+	}
 
 	for _, b := range p.branches {
 		if b.timC != nil {
@@ -715,6 +720,10 @@ func (p *proxyTx) loop(invite bool) {
 				p.cancelBranch(b)
 			}
 		case ev := <-p.events:
+			if ev.b == nil {
+				p.noAnswer() // forward.go
+				continue
+			}
 			b := ev.b
 			if s.log.Enabled(s.ctx, slog.LevelDebug) {
 				st := 0

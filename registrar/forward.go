@@ -12,11 +12,11 @@ import (
 )
 
 // Call forwarding per subscriber. A Forward says where calls to an
-// extension go instead: always (unconditional), and, in the record but
-// not yet acted on by the proxy, on busy, on no answer after
-// NoAnswerAfter, and when the extension has no binding (unreachable,
-// which the proxy does act on). A subscriber sets it from the phone with
-// the feature codes of package proxy (*72<number>, *73).
+// extension go instead: always (unconditional), on busy, on no answer
+// after NoAnswerAfter, and when the extension has no binding
+// (unreachable); the proxy acts on them (package proxy, forward.go). A
+// subscriber sets the unconditional one from the phone with the feature
+// codes *72<number> and *73.
 //
 // On the DHT (DHTForwards) each node writes the forwards it set under
 // the extension's key, signed with its node key like the location
