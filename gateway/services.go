@@ -214,7 +214,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 				}
 				return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
 			},
-			Owner: n.ringOwner,
+			Owner: func(room string) ssr.NodeID { return n.roomOwner(ctx, room) },
 		},
 		// Call forwarding and *72/*73 (proxy/forward.go), in the DHT.
 		Forwards:   &registrar.DHTForwards{DHT: n.svc.dht},
@@ -413,26 +413,17 @@ func (n *Node) Status() NodeStatus {
 	return st
 }
 
-// ringOwner returns the node responsible for key as this node sees the
-// ring: itself, its successors, predecessors and fingers (ssr). The view
-// is local: nodes whose views differ near the key could pick different
-// owners for a room, until the ring's successor lists settle.
-func (n *Node) ringOwner(key ssr.NodeID) ssr.NodeID {
-	st := n.router.Status()
-	ids := []ssr.NodeID{n.router.ID()}
-	add := func(s string) {
-		if id, err := ssr.ParseNodeID(s); err == nil && id != 0 { // a zero finger is none
-			ids = append(ids, id)
-		}
+// roomOwner returns the node that runs a party-line room: the node that
+// answers a DHT lookup of the room's key, which the ring routes to the
+// key's owner (the same node whoever asks, once the ring is consistent);
+// zero when the lookup fails.
+func (n *Node) roomOwner(ctx context.Context, room string) ssr.NodeID {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := n.svc.dht.GetResult(ctx, proxy.RoomKeyName(room))
+	if err != nil {
+		n.log.Info("party line: room owner lookup failed", "room", room, "err", err)
+		return 0
 	}
-	for _, p := range st.Successors {
-		add(p.ID)
-	}
-	for _, p := range st.Predecessors {
-		add(p.ID)
-	}
-	for _, f := range st.Fingers {
-		add(f)
-	}
-	return proxy.RingOwner(ids, key)
+	return res.Owner
 }

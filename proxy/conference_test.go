@@ -42,7 +42,7 @@ func withRooms(m **meshRig, n int) func(*SIPServiceConfig) {
 				}
 				return (*m).nw.Host(node).ListenPacket(ctx, "udp", netip.AddrPortFrom(a, 0).String())
 			},
-			Owner: func(key ssr.NodeID) ssr.NodeID { return RingOwner(ids, key) },
+			Owner: func(room string) ssr.NodeID { return RingOwner(ids, RoomKey(room)) },
 		}
 	}
 }

@@ -18,7 +18,10 @@ import (
 //
 // A room runs on the node responsible for the room's key on the ring
 // (RoomKey; the node n with the key in [n, successor(n)), the owner rule
-// of the DHT and of SSR closest delivery). A room INVITE from a phone on
+// of the DHT and of SSR closest delivery). The daemon asks the DHT: a
+// lookup of RoomKeyName(room) is routed by the ring to that owner, which
+// answers it (dht.Result.Owner), so every node names the same one once
+// the ring is consistent; a node's own view of the ring would not. A room INVITE from a phone on
 // this node's LAN for a room another node runs is sent straight to that
 // node's mesh SIP address with its Request-URI unchanged (sip:426@mesh),
 // through the ALG like any call that leaves for the mesh, so the member's
@@ -34,14 +37,19 @@ type RoomsConfig struct {
 	// Numbers are the room numbers (default phones.DefaultRooms: 426,
 	// 4260–4269).
 	Numbers []string
-	// Owner returns the node that runs the room with key RoomKey(room).
-	// Required; RingOwner computes it from a set of known node IDs.
-	Owner      func(key ssr.NodeID) ssr.NodeID
+	// Owner returns the node that runs room: the owner of RoomKey(room)
+	// on the ring (production: the node that answers a DHT lookup of
+	// RoomKeyName(room); tests: RingOwner of the node IDs); zero when
+	// unknown. Required.
+	Owner      func(room string) ssr.NodeID
 	MaxMembers int // per room (default phones.DefaultConfMembers)
 }
 
-// RoomKey is a room's key on the ring.
-func RoomKey(room string) ssr.NodeID { return ssr.KeyID([]byte("sipmesh room " + room)) }
+// RoomKeyName is a room's DHT key: its owner is the room's node.
+func RoomKeyName(room string) string { return "sipmesh room " + room }
+
+// RoomKey is a room's key on the ring (dht.KeyOf(RoomKeyName(room))).
+func RoomKey(room string) ssr.NodeID { return ssr.KeyID([]byte(RoomKeyName(room))) }
 
 // RingOwner returns the node of ids responsible for key: the one at or
 // before key clockwise (the node n with key in [n, successor(n))), or
@@ -74,7 +82,7 @@ func (s *SIPService) initFeatures() error {
 	var err error
 	s.conf, err = phones.NewConfService(phones.ConfConfig{Host: confHost{echoHost{s}}, Listen: rc.Listen,
 		Rooms: rc.Numbers, MaxMembers: rc.MaxMembers, Logger: s.log,
-		Owner: func(room string) bool { return rc.Owner != nil && rc.Owner(RoomKey(room)) == s.cfg.Node }})
+		Owner: func(room string) bool { return rc.Owner(room) == s.cfg.Node }})
 	return err
 }
 
@@ -95,12 +103,12 @@ func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason stri
 	if s.conf == nil || !s.conf.IsRoom(ext) {
 		return nil, 0, "", false
 	}
-	owner := s.cfg.Rooms.Owner(RoomKey(ext))
+	owner := s.cfg.Rooms.Owner(ext)
 	if p.in == s.mesh || owner == s.cfg.Node || !p.req.IsInvite() {
 		return nil, 404, "Not Found (no such room here)", true
 	}
 	na := s.cfg.NodeSIPAddr(owner)
-	if !na.IsValid() || na == s.cfg.MeshAddr {
+	if owner == 0 || !na.IsValid() || na == s.cfg.MeshAddr {
 		return nil, 480, "Temporarily Unavailable (room's node unknown)", true
 	}
 	return []target{{uri: p.req.Recipient, dst: na, transport: "UDP"}}, 0, "", true
