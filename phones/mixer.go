@@ -1,5 +1,7 @@
 package phones
 
+import "sync"
+
 // The party line's mixer (426, conference.go). Every 20 ms tick it takes
 // one decoded frame from each member that has one, sums them in 32 bits,
 // and gives each member the sum minus its own frame (so no one hears
@@ -16,6 +18,27 @@ package phones
 
 // mixJitterFrames bounds a member's queue: 4 frames, 80 ms of audio.
 const mixJitterFrames = 4
+
+// The mixer encodes every member's frame each tick, so it compands
+// through tables of every 16-bit sample (64 KiB per law, built on the
+// first mix: a node that never hosts a room does not pay for them)
+// rather than by the segment search of MulawEncode/AlawEncode.
+var (
+	encTablesOnce sync.Once
+	ulawEnc       *[65536]byte
+	alawEnc       *[65536]byte
+)
+
+func encTables() {
+	encTablesOnce.Do(func() {
+		u, a := new([65536]byte), new([65536]byte)
+		for i := range 65536 {
+			u[i] = MulawEncode(int16(uint16(i)))
+			a[i] = AlawEncode(int16(uint16(i)))
+		}
+		ulawEnc, alawEnc = u, a
+	})
+}
 
 // MixInput is one member's jitter buffer of decoded frames.
 type MixInput struct {
@@ -81,13 +104,15 @@ type MixMember struct {
 // Mixer holds the scratch of one room's mix; a Mixer is not safe for
 // concurrent use.
 type Mixer struct {
-	sum  [FrameSamples]int32
-	line [FrameSamples]int16
+	sum [FrameSamples]int32
 }
+
+var silentFrame [FrameSamples]int16
 
 // Mix mixes one 20 ms frame for every member. extra, if not nil, is added
 // to every member's output (the enter/leave tone of the room).
 func (m *Mixer) Mix(members []*MixMember, extra []int16) {
+	encTables()
 	clear(m.sum[:])
 	for i, s := range extra[:min(len(extra), FrameSamples)] {
 		m.sum[i] = int32(s)
@@ -103,12 +128,16 @@ func (m *Mixer) Mix(members []*MixMember, extra []int16) {
 	}
 	for _, mb := range members {
 		own := mb.Own
-		for i, t := range m.sum {
-			if own != nil {
-				t -= int32(own[i])
-			}
-			m.line[i] = int16(max(-32768, min(32767, t))) // clip
+		if own == nil {
+			own = &silentFrame
 		}
-		Encode(mb.Out[:], m.line[:], mb.PT)
+		enc := ulawEnc
+		if mb.PT == PayloadPCMA {
+			enc = alawEnc
+		}
+		for i, t := range m.sum {
+			t -= int32(own[i])
+			mb.Out[i] = enc[uint16(int16(max(-32768, min(32767, t))))] // clipped
+		}
 	}
 }
