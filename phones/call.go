@@ -205,6 +205,15 @@ func (c *Call) Level(hz float64) float64 {
 	return c.media.Level(hz)
 }
 
+// FrameLevel is Level averaged frame by frame, robust to lost packets
+// (Detector.FrameLevel).
+func (c *Call) FrameLevel(hz float64) float64 {
+	if c.media == nil {
+		return 0
+	}
+	return c.media.FrameLevel(hz)
+}
+
 // HeardRemote reports whether the call receives the remote side's tone
 // (CallOptions.ExpectHz or Policy.ExpectHz).
 func (c *Call) HeardRemote() bool { return c.expectHz > 0 && c.Heard(c.expectHz) }

@@ -122,6 +122,13 @@ func (m *MediaEndpoint) Level(freq float64) float64 {
 	return m.det.Level(freq)
 }
 
+// FrameLevel is Level averaged frame by frame (Detector.FrameLevel).
+func (m *MediaEndpoint) FrameLevel(freq float64) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.det.FrameLevel(freq)
+}
+
 // Stats returns the endpoint's counters and receive quality.
 func (m *MediaEndpoint) Stats() MediaStats {
 	m.mu.Lock()
