@@ -29,6 +29,7 @@
 // phone's own tone and detects the other side's, so a test proves two-way
 // audio, and reports setup time, post-dial delay, final status and the
 // E-model MOS of what it received. Its media (MediaEndpoint: G.711 RTP per
-// RFC 3550/3551, a tone generator and a Goertzel tone detector, with Detector.Level
-// to pick one tone out of a party line's mix) serves the echo test too; the demo and the tests use the phone.
+// RFC 3550/3551, a tone generator and a Goertzel tone detector, whose
+// Level and FrameLevel pick one voice out of a party line's mix) serves
+// the echo test too; the demo and the tests use the phone.
 package phones
