@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
 )
@@ -84,6 +85,9 @@ type Options struct {
 	DNSUpstreams []netip.AddrPort
 	// NAT64Prefix synthesises AAAA records (RFC 6052/6147).
 	NAT64Prefix netip.Prefix
+	// RingGroups map a group extension to its members (proxy/groups.go);
+	// every node should carry the same.
+	RingGroups map[string][]string
 	// RelayPorts bound the RTP relay's ports on each side.
 	RelayPortMin, RelayPortMax uint16
 
@@ -371,6 +375,26 @@ var setters = map[string]setter{
 			ap = netip.AddrPortFrom(a, 53)
 		}
 		o.DNSUpstreams = append(o.DNSUpstreams, ap)
+		return nil
+	}},
+	"ring-group": {repeat: true, fn: func(o *Options, v string) error {
+		group, list, ok := strings.Cut(v, "=")
+		members := strings.Split(list, ",")
+		if !ok || registrar.ValidExt(group) != nil || list == "" {
+			return fmt.Errorf("%q: want GROUP=EXT,EXT,... like 600=201,202", v)
+		}
+		for _, m := range members {
+			if registrar.ValidExt(m) != nil || m == group {
+				return fmt.Errorf("%q: member %q is not an extension", v, m)
+			}
+		}
+		if o.RingGroups[group] != nil {
+			return fmt.Errorf("group %s listed twice", group)
+		}
+		if o.RingGroups == nil {
+			o.RingGroups = make(map[string][]string)
+		}
+		o.RingGroups[group] = members
 		return nil
 	}},
 	"nat64-prefix": {fn: func(o *Options, v string) error {

@@ -48,6 +48,10 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || none.Control != "" {
 		t.Errorf("control none: %q, %v", none.Control, err)
 	}
+	rg, err := ParseConfig(strings.NewReader("mesh-interface eth1\nring-group 600=201,202\nring-group 601=203\n"))
+	if err != nil || !reflect.DeepEqual(rg.RingGroups, map[string][]string{"600": {"201", "202"}, "601": {"203"}}) {
+		t.Errorf("ring-group: %v, %v", rg.RingGroups, err)
+	}
 	hash, err := ParseConfig(strings.NewReader("mesh-interface eth1\nname a#b\n"))
 	if err != nil || hash.Name != "a#b" {
 		t.Errorf("# inside a value: %q, %v", hash.Name, err)
@@ -72,6 +76,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"long interface", "mesh-interface averyveryverylongname\n", `config line 1: mesh-interface: "averyveryverylongname" is not an interface name`},
 		{"duplicate interface", "mesh-interface a\nmesh-interface a\n", `config line 2: mesh-interface: a listed twice`},
 		{"no interface", "name a\n", `config: mesh-interface: none given`},
+		{"bad ring group", "ring-group 600\n", `config line 1: ring-group: "600": want GROUP=EXT`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

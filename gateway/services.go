@@ -226,6 +226,23 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		EchoListen: func(ctx context.Context) (net.PacketConn, error) {
 			return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
 		},
+		// The party line (426, 4260–4269; phones/conference.go): each
+		// room runs on the node its key belongs to on the ring, members'
+		// media on the LAN or the mesh side as their call came in.
+		Rooms: &proxy.RoomsConfig{
+			Listen: func(ctx context.Context, mesh bool) (net.PacketConn, error) {
+				if mesh {
+					return n.router.ListenPacket(0)
+				}
+				return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
+			},
+			Owner: func(room string) ssr.NodeID { return n.roomOwner(ctx, room) },
+		},
+		// Call forwarding and *72/*73 (proxy/forward.go), in the DHT.
+		Forwards:   &registrar.DHTForwards{DHT: n.svc.dht},
+		RingGroups: n.opts.RingGroups,
+		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
+		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
 	})
 	if err != nil {
 		lanUDP.Close()
@@ -479,4 +496,19 @@ func (n *Node) Status() NodeStatus {
 		st.LAN = n.LANAddress().String()
 	}
 	return st
+}
+
+// roomOwner returns the node that runs a party-line room: the node that
+// answers a DHT lookup of the room's key, which the ring routes to the
+// key's owner (the same node whoever asks, once the ring is consistent);
+// zero when the lookup fails.
+func (n *Node) roomOwner(ctx context.Context, room string) ssr.NodeID {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := n.svc.dht.GetResult(ctx, proxy.RoomKeyName(room))
+	if err != nil {
+		n.log.Info("party line: room owner lookup failed", "room", room, "err", err)
+		return 0
+	}
+	return res.Owner
 }

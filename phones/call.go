@@ -195,6 +195,25 @@ func (c *Call) Heard(hz float64) bool {
 	return c.media.Heard(hz)
 }
 
+// Level returns the power of the tone at hz in the last second of
+// received audio (full scale 1.0; a sine of amplitude A gives A²/2); it
+// picks one voice out of a party line's mix (Detector.Level).
+func (c *Call) Level(hz float64) float64 {
+	if c.media == nil {
+		return 0
+	}
+	return c.media.Level(hz)
+}
+
+// FrameLevel is Level averaged frame by frame, robust to lost packets
+// (Detector.FrameLevel).
+func (c *Call) FrameLevel(hz float64) float64 {
+	if c.media == nil {
+		return 0
+	}
+	return c.media.FrameLevel(hz)
+}
+
 // HeardRemote reports whether the call receives the remote side's tone
 // (CallOptions.ExpectHz or Policy.ExpectHz).
 func (c *Call) HeardRemote() bool { return c.expectHz > 0 && c.Heard(c.expectHz) }
@@ -366,7 +385,7 @@ func (p *Phone) newMedia() (*MediaEndpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("phones: RTP socket: %w", err)
 	}
-	m, err := NewMediaEndpoint(MediaConfig{Conn: conn, ToneHz: p.cfg.ToneHz})
+	m, err := NewMediaEndpoint(MediaConfig{Conn: conn, ToneHz: p.cfg.ToneHz, Amplitude: p.cfg.ToneAmplitude})
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -2,13 +2,24 @@
 // simulated phone.
 //
 // Features: the echo test (3246 or "echo", echo.go), a small UAS that
-// answers a LAN phone's call with an RTP endpoint echoing its G.711 audio.
-// The node's SIP service (package proxy) hands a feature its requests and
-// lends it what it needs of a SIP stack through an interface (EchoHost);
-// a feature imports neither the proxy, the registrar nor the daemon.
-// Planned, not here yet: the dial plan (aliases, short codes), the party
-// line (426), ring groups, call forwarding and the phone book; extension
-// numbers are today only checked by the registrar (registrar.ValidExt).
+// answers a LAN phone's call with an RTP endpoint echoing its G.711 audio;
+// and the party line (426 and rooms 4260–4269, conference.go): a UAS per
+// room member and a G.711 μ-law/A-law mixer (mixer.go: per-member jitter
+// buffer, sum with clipping, each member's own voice removed) that runs,
+// 20 ms a tick, only while the room has members, with a short tone when
+// someone enters or leaves. Both share the UAS dialog handling of
+// uasdialog.go. The node's SIP service (package proxy) hands a feature its
+// requests, decides which node runs a room (the ring owner of the room's
+// key) and lends a feature what it needs of a SIP stack through an
+// interface (EchoHost, ConfHost); a feature imports neither the proxy, the
+// registrar nor the daemon.
+// The proxy owns call forwarding (unconditional, busy, no answer,
+// unreachable; feature codes *72/*73, confirmed by EchoService.Announce
+// here), ring groups and keeping a MESSAGE for an offline phone; the
+// simulated phone sends and receives MESSAGE (message.go).
+// Planned, not here yet: moving a room when its node dies, the dial plan
+// (aliases), hunt groups, BLF and the phone book; extension numbers are
+// today only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone
 // behind a proxy: it registers with digest authentication (MD5, SHA-256 per
@@ -18,6 +29,7 @@
 // phone's own tone and detects the other side's, so a test proves two-way
 // audio, and reports setup time, post-dial delay, final status and the
 // E-model MOS of what it received. Its media (MediaEndpoint: G.711 RTP per
-// RFC 3550/3551, a tone generator and a Goertzel tone detector) serves the
-// echo test too; the demo and the tests use the phone.
+// RFC 3550/3551, a tone generator and a Goertzel tone detector, whose
+// Level and FrameLevel pick one voice out of a party line's mix) serves
+// the echo test too; the demo and the tests use the phone.
 package phones

@@ -96,22 +96,14 @@ type EchoService struct {
 // echoSession is one echo call: its dialog (RFC 3261 §12.1.1, UAS side)
 // and its media.
 type echoSession struct {
-	e         *EchoService
-	callID    string
-	localTag  string
-	remoteTag string
-	invite    *sip.Request   // the initial INVITE, for our BYE
-	src       netip.AddrPort // where the INVITE came from: the caller's flow
-	answer    []byte         // our SDP answer
-	conn      net.PacketConn // the media socket (the endpoint closes it when it runs)
-	media     *MediaEndpoint
-	cancel    context.CancelFunc
+	uasDialog
+	e      *EchoService
+	answer []byte         // our SDP answer
+	conn   net.PacketConn // the media socket (the endpoint closes it when it runs)
+	media  *MediaEndpoint
+	cancel context.CancelFunc
+	maxDur time.Duration // echoMaxDuration, or an announcement's length
 
-	ackSeq  uint32
-	acked   chan struct{}
-	ackOnce sync.Once
-	bye     chan struct{} // the caller hung up
-	byeOnce sync.Once
 	ended   chan struct{} // we hang up
 	endOnce sync.Once
 }
@@ -182,19 +174,12 @@ func (e *EchoService) Handle(req *sip.Request, tx sip.ServerTransaction, fromLAN
 	if req.Method != sip.INVITE || !fromLAN || !e.isEchoTarget(req) {
 		return false
 	}
-	e.invite(req, tx, src)
+	e.invite(req, tx, src, 0, echoMaxDuration)
 	return true
 }
 
-// reply answers req with a response of our own, sent back where it came
-// from (as the proxy does, RFC 3581 behaviour for every UDP client).
 func (e *EchoService) reply(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response) {
-	if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
-		res.SetDestination(src.String())
-	}
-	if err := tx.Respond(res); err != nil {
-		e.log.Debug("echo test: response not sent", "status", res.StatusCode, "err", err)
-	}
+	featureReply(e.log, req, tx, src, res)
 }
 
 func (e *EchoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, code int, reason string) {
@@ -203,7 +188,7 @@ func (e *EchoService) replyCode(req *sip.Request, tx sip.ServerTransaction, src 
 
 // invite answers a new call to the echo test and, once the caller ACKs
 // our 2xx, leaves the session running on its own goroutine.
-func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
+func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, tone float64, dur time.Duration) {
 	if code, reason := e.h.Check(req); code != 0 {
 		e.replyCode(req, tx, src, code, reason)
 		return
@@ -234,7 +219,7 @@ func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 		e.replyCode(req, tx, src, 486, "Busy Here (echo test in use)")
 		return
 	}
-	sess, res, err := e.newSession(req, src, idx, pt)
+	sess, res, err := e.newSession(req, src, idx, pt, tone)
 	if err != nil {
 		e.mu.Lock()
 		delete(e.sessions, cid)
@@ -244,7 +229,7 @@ func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 		return
 	}
 	ctx, cancel := context.WithCancel(e.h.Context())
-	sess.cancel = cancel
+	sess.cancel, sess.maxDur = cancel, dur
 	e.mu.Lock()
 	e.sessions[cid] = sess
 	e.mu.Unlock()
@@ -264,7 +249,7 @@ func (e *EchoService) invite(req *sip.Request, tx sip.ServerTransaction, src net
 
 // newSession opens the session's media and builds the 2xx with our SDP
 // answer, our Contact and the Record-Route of the INVITE (§12.1.1).
-func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8) (*echoSession, *sip.Response, error) {
+func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, pt uint8, tone float64) (*echoSession, *sip.Response, error) {
 	d, _ := sipalg.Parse(req.Body()) // echoStream parsed it already
 	st := d.Streams[idx]
 	conn, err := e.listen(e.h.Context())
@@ -275,20 +260,14 @@ func (e *EchoService) newSession(req *sip.Request, src netip.AddrPort, idx int, 
 	if st.Hold() || !remote.Addr().IsValid() {
 		remote = netip.AddrPort{} // echo to wherever the frames come from
 	}
-	media, err := NewMediaEndpoint(MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: true})
+	media, err := NewMediaEndpoint(MediaConfig{Conn: conn, Remote: remote, PayloadType: pt, Echo: tone == 0, ToneHz: tone})
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
 	res := e.h.Respond(req, 200, "OK")
-	localTag, _ := res.To().Params.Get("tag")
-	remoteTag, _ := req.From().Params.Get("tag")
-	sess := &echoSession{
-		e: e, callID: req.CallID().Value(), localTag: localTag, remoteTag: remoteTag,
-		invite: req, src: src, conn: conn, media: media, ackSeq: req.CSeq().SeqNo,
-		acked: make(chan struct{}), bye: make(chan struct{}), ended: make(chan struct{}),
-	}
-	sess.answer = echoAnswer(d, idx, pt, e.h.LANAddr().Addr(), media.Local().Port())
+	sess := &echoSession{uasDialog: newUASDialog(req, res, src), e: e, conn: conn, media: media, ended: make(chan struct{})}
+	sess.answer = echoAnswer(d, idx, pt, e.h.LANAddr().Addr(), media.Local().Port(), "sipmesh echo test")
 	for _, h := range req.GetHeaders("Record-Route") {
 		res.AppendHeader(h)
 	}
@@ -313,75 +292,20 @@ func (e *EchoService) dialogHeaders(req *sip.Request, res *sip.Response, sess *e
 	}
 }
 
-// answer sends the 2xx and, as a UAS core must (RFC 3261 §13.3.1.4),
-// retransmits it from T1 doubling up to T2 until the ACK comes, for at
-// most 64*T1. sipgo ends the server transaction when the handler returns
-// (libraries.md §1 pitfall 5), so the handler waits here.
+// answer sends the 2xx and waits for its ACK (uasDialog.await2xxAck).
 func (e *EchoService) answer(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, res *sip.Response, sess *echoSession) bool {
 	e.reply(req, tx, src, res)
-	interval := sip.T1
-	deadline := time.NewTimer(64 * sip.T1)
-	defer deadline.Stop()
-	for {
-		t := time.NewTimer(interval)
-		select {
-		case <-sess.acked:
-			t.Stop()
-			return true
-		case <-sess.bye: // the ACK was lost, the BYE was not
-			t.Stop()
-			return true
-		case <-ctx.Done():
-			t.Stop()
-			return true
-		case <-deadline.C:
-			t.Stop()
-			return false
-		case <-t.C:
-		}
-		e.reply(req, tx, src, res)
-		interval = min(2*interval, sip.T2)
-	}
+	return sess.await2xxAck(ctx, nil, func() { e.reply(req, tx, src, res) })
 }
 
 // inDialog answers a request inside an echo session's dialog.
 func (e *EchoService) inDialog(sess *echoSession, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) {
-	if ft, _ := req.From().Params.Get("tag"); ft != sess.remoteTag {
-		if !req.IsAck() {
-			e.replyCode(req, tx, src, 481, "Call/Transaction Does Not Exist")
-		}
-		return
-	}
-	switch req.Method {
-	case sip.ACK:
-		if cs := req.CSeq(); cs != nil && cs.SeqNo == sess.ackSeq {
-			sess.ackOnce.Do(func() { close(sess.acked) })
-		}
-	case sip.BYE:
-		e.replyCode(req, tx, src, 200, "OK")
-		sess.byeOnce.Do(func() { close(sess.bye) })
-	case sip.INVITE, sip.UPDATE:
-		// A session refresh or a new offer (re-INVITE §14, UPDATE RFC
-		// 3311): follow a new RTP address, answer with the same
-		// description (RFC 3264 §8: unchanged, same version).
-		if len(req.Body()) > 0 {
-			idx, _, err := echoStream(req.Body())
-			if err != nil {
-				e.replyCode(req, tx, src, 488, "Not Acceptable Here")
-				return
-			}
-			d, _ := sipalg.Parse(req.Body())
-			if st := d.Streams[idx]; !st.Hold() && st.RTP().Addr().IsValid() {
-				sess.media.SetRemote(st.RTP())
-			}
-		}
-		res := e.h.Respond(req, 200, "OK")
-		e.dialogHeaders(req, res, sess, true)
-		e.reply(req, tx, src, res)
-	default:
-		// OPTIONS, INFO (DTMF), MESSAGE, NOTIFY: acknowledged, nothing to do.
-		e.replyCode(req, tx, src, 200, "OK")
-	}
+	sess.uasDialog.inDialog(req, func(code int, reason string) { e.replyCode(req, tx, src, code, reason) },
+		sess.media.SetRemote, func() {
+			res := e.h.Respond(req, 200, "OK")
+			e.dialogHeaders(req, res, sess, true)
+			e.reply(req, tx, src, res)
+		})
 }
 
 // run is a session's life: media until the caller's BYE, the service
@@ -398,7 +322,7 @@ func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 	})
 	check := time.NewTicker(EchoIdle / 3)
 	defer check.Stop()
-	maxT := time.NewTimer(echoMaxDuration)
+	maxT := time.NewTimer(sess.maxDur)
 	defer maxT.Stop()
 	var lastRx uint64
 	lastAt := time.Now()
@@ -412,7 +336,7 @@ func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 			e.sendBye(ctx, sess)
 			return
 		case <-maxT.C:
-			e.log.Info("echo test: session too long, hanging up", "call_id", sess.callID)
+			e.log.Info("echo test: session over, hanging up", "call_id", sess.callID)
 			e.sendBye(ctx, sess)
 			return
 		case now := <-check.C:
@@ -427,6 +351,14 @@ func (e *EchoService) run(ctx context.Context, sess *echoSession) {
 	}
 }
 
+// Announce answers a LAN phone's INVITE the way the echo test does, but
+// plays a tone at hz for dur and hangs up with our BYE: the confirmation
+// of a feature code (package proxy: *72, *73). It takes the request
+// whatever its Request-URI; the host decides it is one.
+func (e *EchoService) Announce(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, hz float64, dur time.Duration) {
+	e.invite(req, tx, src, hz, dur)
+}
+
 // end asks the session to end with a BYE of ours.
 func (sess *echoSession) end() { sess.endOnce.Do(func() { close(sess.ended) }) }
 
@@ -434,44 +366,12 @@ func (sess *echoSession) end() { sess.endOnce.Do(func() { close(sess.ended) }) }
 // request to the caller's flow, which is on our LAN (the echo test only
 // answers phones there).
 func (e *EchoService) sendBye(ctx context.Context, sess *echoSession) {
-	inv := sess.invite
-	lan := e.h.LANAddr()
-	target := inv.Contact().Address
-	bye := sip.NewRequest(sip.BYE, *target.Clone())
-	tr := strings.ToUpper(inv.Transport())
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: tr,
-		Host: lan.Addr().String(), Port: int(lan.Port())}
-	via.Params.Add("branch", sip.GenerateBranchN(16))
-	bye.AppendHeader(via)
-	mf := sip.MaxForwardsHeader(70)
-	bye.AppendHeader(&mf)
-	to := inv.To()
-	bye.AppendHeader(&sip.FromHeader{DisplayName: to.DisplayName, Address: to.Address, Params: sipnet.TagParams(sess.localTag)})
-	from := inv.From()
-	bye.AppendHeader(&sip.ToHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
-	bye.AppendHeader(inv.CallID())
-	bye.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.BYE})
-	bye.SetBody(nil)
-	bye.SetTransport(tr)
-	bye.SetDestination(sess.src.String())
-	tx, err := e.h.Request(ctx, bye)
+	tx, err := e.h.Request(ctx, sess.byeRequest(e.h.LANAddr()))
 	if err != nil {
 		e.log.Info("echo test: BYE not sent", "call_id", sess.callID, "err", err)
 		return
 	}
-	defer tx.Terminate()
-	for {
-		select {
-		case res := <-tx.Responses():
-			if res.StatusCode >= 200 {
-				return
-			}
-		case <-tx.Done():
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
+	awaitFinal(ctx, tx)
 }
 
 // forget removes a session from the table.
@@ -513,13 +413,17 @@ func echoStream(body []byte) (int, uint8, error) {
 // echoAnswer is the SDP answer (RFC 3264 §6): one m= line per offered
 // one, the chosen audio stream with the one codec at our address, every
 // other stream rejected with port 0.
-func echoAnswer(offer *sipalg.SDP, idx int, pt uint8, addr netip.Addr, port uint16) []byte {
+func echoAnswer(offer *sipalg.SDP, idx int, pt uint8, addr netip.Addr, port uint16, name string) []byte {
 	codec := "PCMU/8000"
 	if pt == PayloadPCMA {
 		codec = "PCMA/8000"
 	}
-	b := fmt.Appendf(nil, "v=0\r\no=sipmesh %d 1 IN IP4 %s\r\ns=sipmesh echo test\r\nc=IN IP4 %s\r\nt=0 0\r\n",
-		time.Now().UnixNano()&0x7fffffff, addr, addr)
+	fam := "IP4"
+	if addr.Is6() {
+		fam = "IP6"
+	}
+	b := fmt.Appendf(nil, "v=0\r\no=sipmesh %d 1 IN %s %s\r\ns=%s\r\nc=IN %s %s\r\nt=0 0\r\n",
+		time.Now().UnixNano()&0x7fffffff, fam, addr, name, fam, addr)
 	for i, st := range offer.Streams {
 		if i != idx {
 			f := "0"

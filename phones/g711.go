@@ -1,5 +1,7 @@
 package phones
 
+import "math/bits"
+
 // G.711 companding (ITU-T G.711, 1988; the segment algorithm of the public
 // domain Sun g711.c). Samples are 16-bit linear PCM; the companded codes are
 // the octets sent in RTP payload types 0 (PCMU, μ-law) and 8 (PCMA, A-law)
@@ -24,14 +26,7 @@ func init() {
 }
 
 // topBit returns the index of the highest set bit of v > 0.
-func topBit(v int) int {
-	n := 0
-	for v > 1 {
-		v >>= 1
-		n++
-	}
-	return n
-}
+func topBit(v int) int { return bits.Len(uint(v)) - 1 }
 
 // MulawEncode compands one sample to μ-law.
 func MulawEncode(s int16) byte {

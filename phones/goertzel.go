@@ -106,3 +106,47 @@ func (d *Detector) Heard(freq float64) bool {
 	tone, loud := d.Share(freq)
 	return tone >= minFrames && float64(tone) >= heardShare*float64(loud)
 }
+
+// Level returns the power of the component at freq over the whole window,
+// its frames joined in arrival order (full scale 1.0: a sine of amplitude
+// A gives A²/2). Unlike Heard it picks one tone out of a mix of many, as
+// the party line delivers: over a second of audio the Goertzel filter is
+// 1 Hz wide, so tones 50 Hz apart do not leak into each other, where a
+// single 20 ms frame (50 Hz resolution) cannot tell them apart.
+func (d *Detector) Level(freq float64) float64 {
+	n := d.Frames()
+	if n == 0 {
+		return 0
+	}
+	all := make([]int16, 0, n*FrameSamples)
+	for j := range n {
+		i := (d.n - n + j) % len(d.frames)
+		all = append(all, d.frames[i][:d.lens[i]]...)
+	}
+	return Goertzel(all, SampleRate, freq)
+}
+
+// FrameLevel returns the power of the component at freq averaged over the
+// window's frames, each analysed on its own through a Hann window (full
+// scale 1.0: a sine of amplitude A gives A²/2). Unlike Level it does not
+// need the frames to join up, so lost or reordered packets only drop
+// frames from the average; its 20 ms frames tell apart tones 100 Hz or
+// more apart (the Hann window's sidelobes are 30 dB down there).
+func (d *Detector) FrameLevel(freq float64) float64 {
+	n := d.Frames()
+	if n == 0 {
+		return 0
+	}
+	var w [FrameSamples]int16
+	var sum float64
+	for i := range n {
+		f := d.frames[i][:d.lens[i]]
+		for k, v := range f {
+			h := 0.5 - 0.5*math.Cos(2*math.Pi*float64(k)/float64(len(f)))
+			w[k] = int16(float64(v) * h)
+		}
+		// The Hann window halves a tone's amplitude: ×4 in power.
+		sum += 4 * Goertzel(w[:len(f)], SampleRate, freq)
+	}
+	return sum / float64(n)
+}

@@ -114,6 +114,21 @@ func (m *MediaEndpoint) Heard(freq float64) bool {
 	return m.det.Heard(freq)
 }
 
+// Level returns the power of the tone at freq in the received audio of
+// the last Window frames (see Detector.Level).
+func (m *MediaEndpoint) Level(freq float64) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.det.Level(freq)
+}
+
+// FrameLevel is Level averaged frame by frame (Detector.FrameLevel).
+func (m *MediaEndpoint) FrameLevel(freq float64) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.det.FrameLevel(freq)
+}
+
 // Stats returns the endpoint's counters and receive quality.
 func (m *MediaEndpoint) Stats() MediaStats {
 	m.mu.Lock()

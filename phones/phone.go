@@ -43,6 +43,9 @@ type Settings struct {
 	SIPPort uint16
 	// ToneHz is the frequency of the tone the phone sends in every call.
 	ToneHz float64
+	// ToneAmplitude is its peak, full scale 1.0 (default 0.5). A party
+	// line sums every member's voice, so its tests use quiet tones.
+	ToneAmplitude float64
 	// Transport is "udp" (the only one supported; default).
 	Transport string
 	// Expires is the registration lifetime asked for (default 600 s).
@@ -136,6 +139,7 @@ type Phone struct {
 	calls    map[string]*Call // by Call-ID
 	wg       sync.WaitGroup   // handlers, call goroutines, refresher
 	incoming chan *Call
+	inbox    chan Message
 
 	regMu     sync.Mutex // serialises REGISTER transactions
 	regCallID string
@@ -251,6 +255,7 @@ func New(cfg Config) (*Phone, error) {
 		aor:       sip.Uri{Scheme: "sip", User: cfg.User, Host: cfg.Domain},
 		calls:     make(map[string]*Call),
 		incoming:  make(chan *Call, cfg.MaxCalls),
+		inbox:     make(chan Message, maxMessages),
 		regCallID: sip.GenerateTagN(16) + "@" + cfg.LocalAddr.String(),
 		regSeq:    uint32(1 + randUint32()%0x7fff),
 	}
@@ -260,6 +265,7 @@ func New(cfg Config) (*Phone, error) {
 	srv.OnBye(p.handler(p.onBye))
 	srv.OnCancel(p.handler(p.onCancel))
 	srv.OnOptions(p.handler(p.onOptions))
+	srv.OnMessage(p.handler(p.onMessage))
 	return p, nil
 }
 

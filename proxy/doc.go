@@ -5,7 +5,8 @@
 // optionally TCP on the phone LAN and UDP on the mesh, behind a guard that
 // rate-limits each source, sheds new work while too many transactions are
 // alive and answers what sipgo cannot parse (sipnet). It hands REGISTER to
-// the registrar (package registrar), calls to the echo test to phones,
+// the registrar (package registrar), calls to the echo test and the
+// party line to phones,
 // and proxies everything else (proxy.go): a lookup of the Request-URI's
 // extension in the location store, parallel forking to its bindings,
 // Record-Route on every node, flow tokens that carry a phone's flow
@@ -22,6 +23,22 @@
 // Calls that cross between the IPv4 LAN and the IPv6 mesh get their SDP
 // rewritten and their media anchored on the node's relay (sipalg) per call
 // leg (callleg.go).
+//
+// Features hosted on the mesh (features.go): a party line room (426,
+// 4260–4269) runs on the node that owns RoomKey(room) on the ring; a LAN
+// phone's INVITE for a room of another node is sent to that node's mesh
+// SIP address through the ALG, so every member's media crosses its own
+// node's relay. Call forwarding (forward.go; registrar.Forward in the
+// DHT): unconditional and on unreachable, resolved by the caller's node
+// before it forks, on busy and on no answer after the branches failed
+// (new branches on the same transaction), with a Diversion header per
+// hop (RFC 5806) and loops refused with 482; *72<number> and *73 set and
+// clear the unconditional one from the phone.
+// Ring groups (groups.go, node configuration): a group extension forks
+// to every member's bindings at once; hunting in order is not here yet.
+// MESSAGE (RFC 3428) is proxied like any request; one for an extension
+// without a binding is stored in the DHT (bounded, expiring), answered
+// 202 and delivered when the extension registers (messages.go).
 //
 // Planned, not here yet: routing of URIs outside the mesh domain to the
 // Internet uplink (RFC 3263, trunks), beside this package or in it.

@@ -83,7 +83,7 @@ type branch struct {
 }
 
 type brEvent struct {
-	b      *branch
+	b      *branch // nil: the no-answer timer of call forwarding fired
 	res    *sip.Response
 	err    error
 	timerC bool
@@ -106,6 +106,7 @@ type proxyTx struct {
 	cancelOne sync.Once
 	finalSent bool
 	cancelled bool
+	fw        forwardState // call forwarding on busy and no answer (forward.go)
 }
 
 // noBuild is a sipgo request option that leaves the request as built
@@ -205,7 +206,7 @@ func (p *proxyTx) run() {
 	} else {
 		var code int
 		var reason string
-		if targets, code, reason = p.lookup(base.Recipient.User); code != 0 {
+		if targets, code, reason = p.lookupForward(base); code != 0 {
 			p.reply(code, reason)
 			return
 		}
@@ -258,7 +259,11 @@ func (p *proxyTx) run() {
 	for _, b := range p.branches {
 		p.start(b, invite)
 	}
+	p.armNoAnswer(invite)
 	p.loop(invite)
+	for p.divertOnFailure(base, invite, callID, fromTag) {
+		p.loop(invite)
+	}
 
 	for _, b := range p.branches {
 		if b.timC != nil {
@@ -327,6 +332,9 @@ func fixVia(r *sip.Request, src netip.AddrPort) {
 // account, 480 without a live binding.
 func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	s := p.s
+	if ts, code, reason, ok := p.featureTargets(ext); ok {
+		return ts, code, reason
+	}
 	if ext == "" || registrar.ValidExt(ext) != nil {
 		return nil, 404, "Not Found"
 	}
@@ -760,6 +768,10 @@ func (p *proxyTx) loop(invite bool) {
 				p.cancelBranch(b)
 			}
 		case ev := <-p.events:
+			if ev.b == nil {
+				p.noAnswer() // forward.go
+				continue
+			}
 			b := ev.b
 			if s.log.Enabled(s.ctx, slog.LevelDebug) {
 				st := 0

@@ -63,7 +63,7 @@ var rigMTU = 1500
 func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 	t.Helper()
 	m := &meshRig{t: t, nw: memnet.New(memnet.Config{Seed: 7}), loc: registrar.NewMemLocation(),
-		accts: newTestAccounts(t, "201", "202", "203", "204")}
+		accts: newTestAccounts(t, append([]string{"201", "202", "203", "204"}, roomExts()...)...)}
 	m.mesh = m.nw.NewSegment("mesh", memnet.LinkConfig{Delay: 5 * time.Millisecond})
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	for i := 1; i <= n; i++ {

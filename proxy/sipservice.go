@@ -94,6 +94,17 @@ type SIPServiceConfig struct {
 	// nil: no echo test. MaxEchoSessions bounds its calls.
 	EchoListen      func(context.Context) (net.PacketConn, error)
 	MaxEchoSessions int
+	// Rooms, if set, runs the party line (features.go); nil: none.
+	Rooms *RoomsConfig
+	// Forwards, if set, enables call forwarding and its feature codes
+	// (forward.go); nil: none.
+	Forwards registrar.ForwardStore
+	// RingGroups maps a group extension to its members' extensions
+	// (groups.go); the same on every node.
+	RingGroups map[string][]string
+	// Messages, if set, keeps MESSAGEs for offline extensions and
+	// delivers them on register (messages.go); nil: 480 as for calls.
+	Messages registrar.MessageStore
 
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped
@@ -140,6 +151,7 @@ type SIPService struct {
 	lan     *sock
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
+	conf    *phones.ConfService // nil without Rooms
 
 	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
@@ -264,6 +276,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 			Max: cfg.MaxEchoSessions, Logger: s.log}); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.initFeatures(); err != nil {
+		return nil, err
 	}
 	s.srv.OnNoRoute(s.handle)
 	return s, nil
@@ -411,6 +426,11 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 	}
+	// Features (party line, *72/*73) answer after the LAN check above,
+	// so a feature code is set only by an authenticated phone.
+	if registrar.Answerable(req) && s.feature(req, tx, in, src) {
+		return
+	}
 	if s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
 		return
 	}
@@ -423,6 +443,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 				tx.Terminate()
 			}
 		}
+		s.afterRegister(req, res, src) // messages.go
 	case sip.ACK:
 		s.forwardACK(req, in, src)
 	case sip.CANCEL:

@@ -43,6 +43,7 @@ type demoReport struct {
 	Phones     []phoneInfo  `json:"phones"`
 	Registered int          `json:"registered"`
 	Calls      []callResult `json:"calls"`
+	Rooms      []roomResult `json:"rooms"`
 	OK         bool         `json:"ok"` // every call had two-way audio
 	WallS      float64      `json:"wall_s"`
 	// Interrupted: a signal stopped the demo; the report is partial.
@@ -321,6 +322,12 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 		}
 	}
 	if ctx.Err() == nil {
+		plog.printf("party line: up to 4 phones on different nodes dial 426")
+		room := m.partyLine(ctx, live, 4, cfg.Hold)
+		rep.Rooms = append(rep.Rooms, room)
+		plog.printf("  426: %d members, heard all: %s %s", len(room.Members), yesNo(room.HeardAll), room.Error)
+	}
+	if ctx.Err() == nil {
 		plog.printf("done")
 	}
 	return rep, ctx.Err()
@@ -537,6 +544,7 @@ func printDemo(w io.Writer, r demoReport) {
 		}
 	}
 	fmt.Fprintf(w, "\n%d of %d calls with two-way audio, in %.1f s\n", ok, len(r.Calls), r.WallS)
+	printRooms(w, r.Rooms)
 	if r.Interrupted {
 		fmt.Fprintf(w, "interrupted: partial results\n")
 	}

@@ -353,7 +353,8 @@ func (m *telMesh) addPhone(node int, ext string, hz float64, policy phones.Polic
 	}
 	p, err := phones.New(phones.Config{
 		Settings: phones.Settings{User: ext, Password: phonePassword(ext), DisplayName: "Phone " + ext,
-			Server: netip.AddrPortFrom(server, 5060), LocalAddr: addr, ToneHz: hz, MaxCalls: 16},
+			Server: netip.AddrPortFrom(server, 5060), LocalAddr: addr, ToneHz: hz, MaxCalls: 16,
+			ToneAmplitude: demoToneAmplitude},
 		Policy:  policy,
 		Network: h,
 		Logger:  m.cfg.Log,

@@ -141,7 +141,10 @@ type Result struct {
 	Records []Record
 	// Hops is how many physical hops the request took to the node that
 	// answered it (for a Get: to the key's owner).
-	Hops     int
+	Hops int
+	// Owner is the node that answered a Get: the key's owner on the ring
+	// (the node n with the key in [n, successor(n))). Zero otherwise.
+	Owner    ssr.NodeID
 	Latency  time.Duration // from the call to the answer, retries included
 	Attempts int
 }
@@ -254,6 +257,7 @@ type request struct {
 	parts map[byte][]Record
 	last  int
 	hops  int
+	owner ssr.NodeID // the node that answered
 	// kHandoff
 	rid recID
 	seq uint64
@@ -483,6 +487,9 @@ func (n *Node) timeout(q *request) time.Duration {
 func (n *Node) finish(now time.Time, q *request, err error, recs []Record) {
 	delete(n.pending, q.id)
 	r := Result{ID: q.id, Key: q.key, Err: err, Records: recs, Hops: q.hops, Latency: now.Sub(q.start), Attempts: q.attempts}
+	if err == nil && q.kind == kGet {
+		r.Owner = q.owner
+	}
 	switch q.kind {
 	case kPut:
 		r.Op = OpPut
@@ -909,6 +916,7 @@ func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
 	}
 	q.parts[m.part] = m.recs
 	q.hops = int(m.hops)
+	q.owner = d.Src
 	if len(q.parts) <= q.last {
 		return
 	}

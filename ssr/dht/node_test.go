@@ -70,6 +70,19 @@ func TestPutGetDelete(t *testing.T) {
 	if got := b.get("aor:sip:999@mesh"); len(got) != 0 {
 		t.Fatalf("unknown key: %v", got)
 	}
+	// Every node learns the same owner from a Get, records or not (the
+	// party line's room placement relies on it).
+	owner := responsible(r.ring(a.id), KeyOf("room 426"))
+	for _, i := range []int{0, 5, 7} {
+		f := anyNode(r, i)
+		id, err := f.n.Get(r.now, "room 426")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := f.wait(id); res.Err != nil || res.Owner != owner {
+			t.Errorf("node %d: Get owner %v (%v), want %v", i, res.Owner, res.Err, owner)
+		}
+	}
 	m := r.nodes[responsible(r.ring(a.id), KeyOf("aor:sip:201@mesh"))].n.Metrics()
 	if m.PutsServed < 4 || m.GetsServed < 4 || m.Tombstones != 1 {
 		t.Fatalf("owner metrics %+v", m)
