@@ -78,6 +78,8 @@ var configKeyDocs = []struct {
 		func(o Options) string { return o.NAT64Prefix.String() }},
 	{"relay-ports", "", "UDP ports of the RTP relay on each side",
 		func(o Options) string { return fmt.Sprintf("%d-%d", o.RelayPortMin, o.RelayPortMax) }},
+	{"ring-group", "none", "a group extension and the members it rings in parallel, GROUP=EXT,EXT,… (repeatable; the same on every node)",
+		func(o Options) string { return "" }},
 }
 
 // ConfigKeys returns every key of the config file with its default, in the
