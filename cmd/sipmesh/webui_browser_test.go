@@ -155,7 +155,7 @@ func TestWebUIBrowser(t *testing.T) {
 	// queries keep the document of before a form's navigation.
 	js := func(expr string) chromedp.Action[chromedp.Void] {
 		return func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
-			_, err := chromedp.Evaluate[bool](`(()=>{` + expr + `; return true})()`)(ctx, tg)
+			_, err := chromedp.Evaluate[bool](`(()=>{`+expr+`; return true})()`)(ctx, tg)
 			return chromedp.Void{}, err
 		}
 	}
@@ -178,7 +178,7 @@ func TestWebUIBrowser(t *testing.T) {
 	}
 	text := func(sel string) string {
 		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector(` + strconv.Quote(sel) + `) || {}).innerText || ""`))
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector(`+strconv.Quote(sel)+`) || {}).innerText || ""`))
 		if err != nil {
 			t.Fatalf("text of %s: %v", sel, err)
 		}
