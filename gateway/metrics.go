@@ -71,6 +71,7 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 	s2.mu.Unlock()
 	if sip != nil {
 		ss := sip.Stats()
+		c("sip_requests_total", "SIP requests received on the LAN and mesh sockets (after the rate limit).", ss.Requests)
 		c("sip_proxied_requests_total", "SIP requests forwarded by the proxy (per branch).", ss.Proxied)
 		c("sip_rate_limited_total", "SIP messages dropped by the per-source rate limit.", ss.RateLimited)
 		c("sip_overloaded_total", "SIP requests dropped: too many live transactions.", ss.Overloaded)
@@ -78,7 +79,6 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 		g("sip_transactions", "Live SIP transactions.", float64(ss.Transactions))
 		g("sip_calls", "Calls with media relayed by this node.", float64(ss.Calls))
 		rs := s2.reg.Stats()
-		c("sip_requests_total", "SIP requests read by the registrar.", rs.Received)
 		c("sip_register_challenged_total", "REGISTERs answered 401.", rs.Challenged)
 		c("sip_register_forbidden_total", "REGISTERs answered 403.", rs.Forbidden)
 		c("sip_registrations_total", "Successful REGISTERs.", rs.Registered)
