@@ -48,6 +48,14 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || none.Control != "" {
 		t.Errorf("control none: %q, %v", none.Control, err)
 	}
+	web, err := ParseConfig(strings.NewReader("mesh-interface eth1\nweb-listen 10.64.7.1:80 [fd00::1]:8080\nweb-port 8081\n"))
+	if err != nil || len(web.WebListen) != 2 || web.WebListen[1].String() != "[fd00::1]:8080" || web.WebPort != 8081 || web.WebOff {
+		t.Errorf("web-listen: %v %v %v, %v", web.WebListen, web.WebPort, web.WebOff, err)
+	}
+	off, err := ParseConfig(strings.NewReader("mesh-interface eth1\nweb-listen none\n"))
+	if err != nil || !off.WebOff {
+		t.Errorf("web-listen none: %v, %v", off.WebOff, err)
+	}
 	hash, err := ParseConfig(strings.NewReader("mesh-interface eth1\nname a#b\n"))
 	if err != nil || hash.Name != "a#b" {
 		t.Errorf("# inside a value: %q, %v", hash.Name, err)
@@ -72,6 +80,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"long interface", "mesh-interface averyveryverylongname\n", `config line 1: mesh-interface: "averyveryverylongname" is not an interface name`},
 		{"duplicate interface", "mesh-interface a\nmesh-interface a\n", `config line 2: mesh-interface: a listed twice`},
 		{"no interface", "name a\n", `config: mesh-interface: none given`},
+		{"web on every interface", "web-listen 0.0.0.0:8080\n", `config line 1: web-listen: "0.0.0.0:8080" listens on every interface`},
+		{"web on every v6 interface", "web-listen [::]:80\n", `config line 1: web-listen: "[::]:80" listens on every interface`},
+		{"web without port", "web-listen 10.64.7.1\n", `config line 1: web-listen: "10.64.7.1" is not an address:port`},
+		{"web port zero", "web-port 0\n", `config line 1: web-port: "0" is not a port`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
