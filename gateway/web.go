@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipalg"
 	"github.com/sipmesh/sipmesh/ssr"
@@ -32,6 +34,7 @@ const (
 	maxWebPhones = 200 // subscribers whose bindings the phones page looks up
 	pathCacheAge = 10 * time.Second
 	maxPathCache = 64
+	maxWebConns  = 32 // open connections per web listener
 )
 
 // WebHandler returns the node's web UI (and /metrics) handler; Run serves
@@ -61,7 +64,9 @@ func (n *Node) runWeb(ctx context.Context, addrs []netip.AddrPort) error {
 			}
 			return fmt.Errorf("web UI on %s: %w", a, err)
 		}
-		lns = append(lns, ln)
+		// Bounded like everything else: a LAN host opening connections
+		// cannot take the router's memory.
+		lns = append(lns, netutil.LimitListener(ln, maxWebConns))
 	}
 	srv := &http.Server{
 		Handler:           h,
