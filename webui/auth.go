@@ -133,6 +133,7 @@ type session struct {
 	csrf          string
 	created, seen time.Time
 	hash          string // the password hash it logged in with
+	flash         string // the result of the last change, shown once
 }
 
 type sessions struct {
@@ -182,6 +183,29 @@ func (s *sessions) get(id string, now time.Time, hash string) *session {
 	}
 	sess.seen = now
 	return sess
+}
+
+// setFlash keeps msg for the next page of session id; takeFlash returns
+// and clears it. Results travel in the session rather than the URL, so a
+// link cannot put words on the administrator's page.
+func (s *sessions) setFlash(id, msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sess := s.m[id]; sess != nil {
+		sess.flash = msg
+	}
+}
+
+func (s *sessions) takeFlash(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.m[id]
+	if sess == nil {
+		return ""
+	}
+	m := sess.flash
+	sess.flash = ""
+	return m
 }
 
 func (s *sessions) drop(id string) {

@@ -14,6 +14,7 @@ import (
 type page struct {
 	b    strings.Builder
 	sess *session
+	id   string // the session's ID
 }
 
 func (p *page) raw(s string) *page  { p.b.WriteString(s); return p }
@@ -33,8 +34,8 @@ func (p *page) csrf() *page {
 var nav = [][2]string{{"/mesh", "Mesh"}, {"/calls", "Calls"}, {"/phones", "Phones"}, {"/subscribers", "Subscribers"}, {"/node", "Node"}}
 
 func (s *Server) begin(r *http.Request, title string) *page {
-	_, sess := s.current(r)
-	p := &page{sess: sess}
+	id, sess := s.current(r)
+	p := &page{sess: sess, id: id}
 	name := s.cfg.Backend.Node().Name
 	p.raw(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>`).
 		text(title + " · " + name).raw(`</title><link rel="stylesheet" href="/static/style.css"></head><body><header><b>sipmesh</b> <span>`).text(name).raw(`</span><nav>`)
@@ -227,7 +228,7 @@ func (s *Server) subscribers(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	users, err := s.cfg.Backend.Users(ctx)
 	p := s.begin(r, "Subscribers")
-	if m := r.URL.Query().Get("m"); m != "" && p.sess != nil {
+	if m := s.sessions.takeFlash(p.id); m != "" {
 		p.raw(`<p class="note" id="msg">`).text(m).raw(`</p>`)
 	}
 	if err != nil {

@@ -241,8 +241,8 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 	if s.passwordHash() == "" {
 		p.raw(`<p class="warn">No administrator password is set on this node. Set one on the node with <code>sipmesh web-password</code>.</p>`)
 	}
-	if m := r.URL.Query().Get("m"); m != "" {
-		p.raw(`<p class="warn">`).text(m).raw(`</p>`)
+	if r.URL.Query().Get("m") == "wrong" {
+		p.raw(`<p class="warn">Wrong password.</p>`)
 	}
 	p.raw(`<form method="post" action="/login" class="card"><label>Password <input type="password" name="password" autocomplete="current-password" required autofocus></label> <button>Log in</button></form>`)
 	p.end(w)
@@ -267,7 +267,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		s.log.Warn("web log-in failed", "source", src)
-		http.Redirect(w, r, "/login?m=Wrong+password", http.StatusSeeOther)
+		http.Redirect(w, r, "/login?m=wrong", http.StatusSeeOther)
 		return
 	}
 	id, _ := s.sessions.create(s.cfg.Now(), h)
@@ -283,7 +283,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request, id string) {
 	http.Redirect(w, r, "/mesh", http.StatusSeeOther)
 }
 
-func (s *Server) setUser(w http.ResponseWriter, r *http.Request, _ string) {
+func (s *Server) setUser(w http.ResponseWriter, r *http.Request, id string) {
 	ext, pw := strings.TrimSpace(form(r).Get("ext")), form(r).Get("password")
 	err := s.cfg.Backend.SetUser(r.Context(), ext, strings.TrimSpace(form(r).Get("display")), pw)
 	msg := "Stored " + ext
@@ -292,10 +292,11 @@ func (s *Server) setUser(w http.ResponseWriter, r *http.Request, _ string) {
 	} else {
 		s.log.Info("subscriber stored from the web UI", "ext", ext, "source", remoteAddr(r))
 	}
-	http.Redirect(w, r, "/subscribers?m="+url.QueryEscape(msg), http.StatusSeeOther)
+	s.sessions.setFlash(id, msg)
+	http.Redirect(w, r, "/subscribers", http.StatusSeeOther)
 }
 
-func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, _ string) {
+func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, id string) {
 	ext := form(r).Get("ext")
 	msg := "Removed " + ext
 	if err := s.cfg.Backend.DeleteUser(r.Context(), ext); err != nil {
@@ -303,7 +304,8 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request, _ string) {
 	} else {
 		s.log.Info("subscriber removed from the web UI", "ext", ext, "source", remoteAddr(r))
 	}
-	http.Redirect(w, r, "/subscribers?m="+url.QueryEscape(msg), http.StatusSeeOther)
+	s.sessions.setFlash(id, msg)
+	http.Redirect(w, r, "/subscribers", http.StatusSeeOther)
 }
 
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {

@@ -285,6 +285,9 @@ func TestNoChangeWithoutAuth(t *testing.T) {
 	if _, body := e.get(admin, resp.Header.Get("Location")); !strings.Contains(body, "Stored 777") {
 		t.Errorf("no confirmation:\n%s", body)
 	}
+	if _, body := e.get(admin, "/subscribers?m=Call+555+for+support"); strings.Contains(body, "Stored 777") || strings.Contains(body, "support") {
+		t.Errorf("a message shown twice, or taken from the URL:\n%s", body)
+	}
 	resp, _ = e.post(admin, "/subscribers", with(url.Values{"ext": {"778"}, "password": {"short"}}, tok))
 	if _, body := e.get(admin, resp.Header.Get("Location")); !strings.Contains(body, "Not stored: password") {
 		t.Errorf("a refused add is not shown:\n%s", body)
@@ -309,7 +312,7 @@ func TestLoginCookieAndPasswordChange(t *testing.T) {
 	e := newEnv(t)
 	c := e.client()
 	resp := e.login(c, "wrong password")
-	if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, "/login?m=") || len(resp.Cookies()) != 0 {
+	if loc := resp.Header.Get("Location"); loc != "/login?m=wrong" || len(resp.Cookies()) != 0 {
 		t.Fatalf("wrong password: %v %v", loc, resp.Cookies())
 	}
 	resp = e.login(c, adminPW)
