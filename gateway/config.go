@@ -19,6 +19,7 @@ import (
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
+	"github.com/sipmesh/sipmesh/webui"
 )
 
 // Defaults of the node configuration.
@@ -28,6 +29,8 @@ const (
 	// DefaultControl is where `sipmesh node` serves its control socket and
 	// where `sipmesh ping` and `sipmesh status` look for it.
 	DefaultControl = "/run/sipmesh/sipmesh.sock"
+	// DefaultWebPort is the web UI's port on the LAN address.
+	DefaultWebPort = 8080
 )
 
 // Options are a node's validated settings: the typed form of the config
@@ -91,6 +94,24 @@ type Options struct {
 	// RelayPorts bound the RTP relay's ports on each side.
 	RelayPortMin, RelayPortMax uint16
 
+	// WebListen are the addresses of the web UI and /metrics. Empty (the
+	// default, "auto"): the phone LAN address on WebPort, once the LAN is
+	// up. Never an unspecified address, which would include an uplink.
+	WebListen []netip.AddrPort
+	// WebPort is the web UI's port on the automatic addresses; 8080
+	// because OpenWrt's own web interface (uhttpd/LuCI) holds port 80.
+	WebPort uint16
+	// WebOff turns the web UI off ("web-listen none").
+	WebOff bool
+
+	// LogTail keeps the last log lines for the web UI's node page; set by
+	// cmd/sipmesh (nil: none).
+	LogTail *webui.LogBuffer
+
+	// Version is the binary's version, shown by the web UI and metrics;
+	// set by cmd/sipmesh, not by the config file.
+	Version string
+
 	// routerParams tune the SSR timers; tests make them fast. The config
 	// file does not expose them: the defaults suit real meshes.
 	routerParams ssr.Params
@@ -125,6 +146,8 @@ func DefaultOptions() Options {
 		NAT64Prefix:      netip.MustParsePrefix("64:ff9b::/96"),
 		RelayPortMin:     20000,
 		RelayPortMax:     29999,
+		WebPort:          DefaultWebPort,
+		Version:          "dev",
 	}
 }
 
@@ -308,6 +331,33 @@ var setters = map[string]setter{
 			return fmt.Errorf("%q is not an ed25519 public key in hex (%d bytes)", v, ed25519.PublicKeySize)
 		}
 		o.AdminPublicKey = b
+		return nil
+	}},
+	"web-listen": {repeat: true, fn: func(o *Options, v string) error {
+		switch v {
+		case "none":
+			o.WebOff = true
+			return nil
+		case "auto":
+			return nil
+		}
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil || ap.Port() == 0 {
+			return fmt.Errorf("%q is not an address:port (or \"auto\", \"none\")", v)
+		}
+		if ap.Addr().IsUnspecified() {
+			// 0.0.0.0 and :: include the uplink, where the UI must never be.
+			return fmt.Errorf("%q listens on every interface, the uplink too; name the LAN or mesh address", v)
+		}
+		o.WebListen = append(o.WebListen, ap)
+		return nil
+	}},
+	"web-port": {fn: func(o *Options, v string) error {
+		p, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || p == 0 {
+			return fmt.Errorf("%q is not a port", v)
+		}
+		o.WebPort = uint16(p)
 		return nil
 	}},
 	"lan-interface": {fn: func(o *Options, v string) error {

@@ -52,6 +52,14 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || !reflect.DeepEqual(rg.RingGroups, map[string][]string{"600": {"201", "202"}, "601": {"203"}}) {
 		t.Errorf("ring-group: %v, %v", rg.RingGroups, err)
 	}
+	web, err := ParseConfig(strings.NewReader("mesh-interface eth1\nweb-listen 10.64.7.1:80 [fd00::1]:8080\nweb-port 8081\n"))
+	if err != nil || len(web.WebListen) != 2 || web.WebListen[1].String() != "[fd00::1]:8080" || web.WebPort != 8081 || web.WebOff {
+		t.Errorf("web-listen: %v %v %v, %v", web.WebListen, web.WebPort, web.WebOff, err)
+	}
+	off, err := ParseConfig(strings.NewReader("mesh-interface eth1\nweb-listen none\n"))
+	if err != nil || !off.WebOff {
+		t.Errorf("web-listen none: %v, %v", off.WebOff, err)
+	}
 	hash, err := ParseConfig(strings.NewReader("mesh-interface eth1\nname a#b\n"))
 	if err != nil || hash.Name != "a#b" {
 		t.Errorf("# inside a value: %q, %v", hash.Name, err)
@@ -77,6 +85,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"duplicate interface", "mesh-interface a\nmesh-interface a\n", `config line 2: mesh-interface: a listed twice`},
 		{"no interface", "name a\n", `config: mesh-interface: none given`},
 		{"bad ring group", "ring-group 600\n", `config line 1: ring-group: "600": want GROUP=EXT`},
+		{"web on every interface", "web-listen 0.0.0.0:8080\n", `config line 1: web-listen: "0.0.0.0:8080" listens on every interface`},
+		{"web on every v6 interface", "web-listen [::]:80\n", `config line 1: web-listen: "[::]:80" listens on every interface`},
+		{"web without port", "web-listen 10.64.7.1\n", `config line 1: web-listen: "10.64.7.1" is not an address:port`},
+		{"web port zero", "web-port 0\n", `config line 1: web-port: "0" is not a port`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

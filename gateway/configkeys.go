@@ -78,6 +78,19 @@ var configKeyDocs = []struct {
 		func(o Options) string { return o.NAT64Prefix.String() }},
 	{"relay-ports", "", "UDP ports of the RTP relay on each side",
 		func(o Options) string { return fmt.Sprintf("%d-%d", o.RelayPortMin, o.RelayPortMax) }},
+	{"web-listen", "auto", "addresses (ADDR:PORT) of the web UI and /metrics; auto: the LAN address on web-port; none: off; never 0.0.0.0 or :: (repeatable)",
+		func(o Options) string {
+			if o.WebOff {
+				return "none"
+			}
+			s := make([]string, len(o.WebListen))
+			for i, a := range o.WebListen {
+				s[i] = a.String()
+			}
+			return strings.Join(s, " ")
+		}},
+	{"web-port", "", "port of the web UI on the automatic (LAN) address",
+		func(o Options) string { return strconv.Itoa(int(o.WebPort)) }},
 	{"ring-group", "none", "a group extension and the members it rings in parallel, GROUP=EXT,EXT,… (repeatable; the same on every node)",
 		func(o Options) string { return "" }},
 }

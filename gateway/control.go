@@ -29,6 +29,8 @@ import (
 //	GET /users                       []UserInfo
 //	POST /users                      Account (HA1s, no password) → UserInfo
 //	DELETE /users/{ext}              UserInfo of the removed account
+//	GET /bindings/{ext}              []BindingInfo
+//	POST /web-password               {"password": ...}: the web UI's administrator
 //
 // Errors come back as {"error": "..."} with a 4xx/5xx status.
 
@@ -123,6 +125,7 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux.HandleFunc("POST /users", s.handleAddUser)
 	mux.HandleFunc("DELETE /users/{ext}", s.handleDeleteUser)
 	mux.HandleFunc("GET /bindings/{ext}", s.handleBindings)
+	mux.HandleFunc("POST /web-password", s.handleWebPassword)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

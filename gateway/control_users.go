@@ -53,63 +53,91 @@ func (s *controlServer) handleAddUser(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, controlError{"bad account: " + err.Error()})
 		return
 	}
-	// Versions are ordered by the node's clock, never the client's.
-	a.Updated = time.Now().UTC().Truncate(time.Millisecond)
-	if old, err := s.node.accounts.Account(r.Context(), a.Ext); err == nil && !a.Updated.After(old.Updated) {
-		a.Updated = old.Updated.Add(time.Millisecond)
-	}
-	if err := a.Validate(); err != nil {
-		writeJSON(w, http.StatusBadRequest, controlError{err.Error()})
+	a, err := s.node.storeAccount(r.Context(), a)
+	if err != nil {
+		writeJSON(w, accountErrorCode(err), controlError{err.Error()})
 		return
 	}
-	if !s.putRecord(w, r, a, false) {
-		return
-	}
-	s.log.Info("subscriber stored", "ext", a.Ext)
 	writeJSON(w, http.StatusOK, userInfo(a))
 }
 
 func (s *controlServer) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
-	ext := r.PathValue("ext")
-	old, err := s.node.accounts.Account(r.Context(), ext)
-	if errors.Is(err, registrar.ErrNoAccount) {
-		writeJSON(w, http.StatusNotFound, controlError{fmt.Sprintf("no subscriber %q", ext)})
+	old, err := s.node.removeAccount(r.Context(), r.PathValue("ext"))
+	if err != nil {
+		writeJSON(w, accountErrorCode(err), controlError{err.Error()})
 		return
 	}
+	writeJSON(w, http.StatusOK, userInfo(old))
+}
+
+// Errors of storeAccount and removeAccount that are the caller's.
+var (
+	errNoAdminKey = errors.New("this node has no admin-key configured: subscribers are managed on a node that holds the mesh administrator key")
+	errBadAccount = errors.New("bad account")
+)
+
+func accountErrorCode(err error) int {
+	switch {
+	case errors.Is(err, errBadAccount):
+		return http.StatusBadRequest
+	case errors.Is(err, errNoAdminKey):
+		return http.StatusForbidden
+	case errors.Is(err, registrar.ErrNoAccount):
+		return http.StatusNotFound
+	case errors.Is(err, registrar.ErrStaleRecord):
+		return http.StatusConflict
+	}
+	return http.StatusServiceUnavailable
+}
+
+// storeAccount signs a (new or changed) with the administrator key and
+// stores it in the DHT; the control socket and the web UI both come here.
+func (n *Node) storeAccount(ctx context.Context, a registrar.Account) (registrar.Account, error) {
+	// Versions are ordered by the node's clock, never the client's.
+	a.Updated = time.Now().UTC().Truncate(time.Millisecond)
+	if old, err := n.accounts.Account(ctx, a.Ext); err == nil && !a.Updated.After(old.Updated) {
+		a.Updated = old.Updated.Add(time.Millisecond)
+	}
+	if err := a.Validate(); err != nil {
+		return a, fmt.Errorf("%w: %v", errBadAccount, err)
+	}
+	if err := n.putRecord(ctx, a, false); err != nil {
+		return a, err
+	}
+	n.log.Info("subscriber stored", "ext", a.Ext)
+	return a, nil
+}
+
+// removeAccount replaces ext's account with a signed tombstone and returns
+// the account it had.
+func (n *Node) removeAccount(ctx context.Context, ext string) (registrar.Account, error) {
+	old, err := n.accounts.Account(ctx, ext)
+	if errors.Is(err, registrar.ErrNoAccount) {
+		return old, fmt.Errorf("no subscriber %q: %w", ext, err)
+	}
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, controlError{err.Error()})
-		return
+		return old, err
 	}
 	tomb := registrar.Account{Ext: ext, Updated: time.Now().UTC().Truncate(time.Millisecond)}
 	if !tomb.Updated.After(old.Updated) {
 		tomb.Updated = old.Updated.Add(time.Millisecond)
 	}
-	if !s.putRecord(w, r, tomb, true) {
-		return
+	if err := n.putRecord(ctx, tomb, true); err != nil {
+		return old, err
 	}
-	s.log.Info("subscriber removed", "ext", ext)
-	writeJSON(w, http.StatusOK, userInfo(old))
+	n.log.Info("subscriber removed", "ext", ext)
+	return old, nil
 }
 
-func (s *controlServer) putRecord(w http.ResponseWriter, r *http.Request, a registrar.Account, deleted bool) bool {
-	if s.node.admin == nil {
-		writeJSON(w, http.StatusForbidden, controlError{"this node has no admin-key configured: subscribers are managed on a node that holds the mesh administrator key"})
-		return false
+func (n *Node) putRecord(ctx context.Context, a registrar.Account, deleted bool) error {
+	if n.admin == nil {
+		return errNoAdminKey
 	}
-	rec, err := registrar.SignAccount(s.node.admin, a, deleted)
+	rec, err := registrar.SignAccount(n.admin, a, deleted)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, controlError{err.Error()})
-		return false
+		return fmt.Errorf("%w: %v", errBadAccount, err)
 	}
-	if err := s.node.accounts.PutRecord(r.Context(), rec); err != nil {
-		code := http.StatusServiceUnavailable
-		if errors.Is(err, registrar.ErrStaleRecord) {
-			code = http.StatusConflict
-		}
-		writeJSON(w, code, controlError{err.Error()})
-		return false
-	}
-	return true
+	return n.accounts.PutRecord(ctx, rec)
 }
 
 // do sends a request with an optional JSON body and decodes the answer.

@@ -14,10 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/sipmesh/sipmesh/netx"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/webui"
 )
 
 // KeyFile is the name of the node key inside the state directory.
@@ -37,7 +39,13 @@ type Node struct {
 
 	network netx.Network
 	svc     *services
-	cancel  context.CancelFunc // stops Run
+	start   time.Time // when NewNode ran, for uptime
+
+	webOnce sync.Once
+	web     *webui.Server
+	pathMu  sync.Mutex
+	paths   map[ssr.NodeID]pathEntry // mesh paths of calls, for the web UI
+	cancel  context.CancelFunc       // stops Run
 	// dnsPort is the DNS server's port (0: 53). addAddress puts a LAN
 	// address on the interface, reporting whether it was not there yet,
 	// and removeAddress takes one off (nil: the caller does both).
@@ -58,7 +66,7 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 		log = slog.New(slog.DiscardHandler)
 	}
 	base := log.With("name", opts.Name)
-	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network}
+	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network, start: time.Now()}
 	if _, kernel := network.(netx.Kernel); kernel {
 		n.addAddress, n.removeAddress = netx.AddAddress, netx.RemoveAddress
 	}

@@ -145,6 +145,9 @@ func (n *Node) runServices(ctx context.Context) error {
 	if n.opts.LANInterface != "" {
 		err = n.startLAN(ctx, run)
 	}
+	if addrs := n.webAddrs(n.LANAddress()); err == nil && len(addrs) > 0 {
+		run("web", func(ctx context.Context) error { return n.runWeb(ctx, addrs) })
+	}
 	if err == nil {
 		select {
 		case <-ctx.Done():
@@ -252,9 +255,6 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 	}
 	run("relay", s.relay.Run)
 	run("sip", sip.Run)
-	s.mu.Lock()
-	s.lanAddr, s.sip = lan, sip
-	s.mu.Unlock()
 
 	s.dns, err = dns64.New(dns64.Config{
 		Network:   nw,
@@ -291,6 +291,11 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		run("dhcp", s.dhcp.Run)
 		run("hosts", n.publishHosts)
 	}
+	// Published last: a reader that sees sip set under the lock also
+	// sees reg, relay, dns and dhcp (WriteMetrics).
+	s.mu.Lock()
+	s.lanAddr, s.sip = lan, sip
+	s.mu.Unlock()
 	n.log.Info("phone LAN up", "interface", n.opts.LANInterface, "address", lan, "sip", sipLAN, "dhcp", n.opts.DHCP)
 	return nil
 }

@@ -37,6 +37,8 @@ var (
 type callLeg struct {
 	key     string
 	callID  string
+	from    string // caller's and callee's URIs, for status
+	to      string
 	relay   *sipalg.Relay
 	created time.Time
 
@@ -50,7 +52,7 @@ type callLeg struct {
 func legKey(callID, tag string) string { return callID + "\x00" + tag }
 
 // legFor returns the dialog's state, creating it.
-func (s *SIPService) legFor(callID, callerTag string) (*callLeg, error) {
+func (s *SIPService) legFor(callID, callerTag, from, to string) (*callLeg, error) {
 	key := legKey(callID, callerTag)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -60,7 +62,7 @@ func (s *SIPService) legFor(callID, callerTag string) (*callLeg, error) {
 	if len(s.calls) >= s.cfg.MaxCalls {
 		return nil, errCallsFull
 	}
-	l := &callLeg{key: key, callID: callID, relay: s.cfg.Relay, created: time.Now()}
+	l := &callLeg{key: key, callID: callID, from: from, to: to, relay: s.cfg.Relay, created: time.Now()}
 	s.calls[key] = l
 	return l, nil
 }
@@ -223,6 +225,9 @@ func (l *callLeg) rewrite(ctx context.Context, body []byte, from, to sipalg.Side
 // CallStats is the media state of one call at this node.
 type CallStats struct {
 	CallID   string                `json:"call_id"`
+	From     string                `json:"from"` // the caller's URI
+	To       string                `json:"to"`   // the callee's URI
+	Created  time.Time             `json:"created"`
 	Answered bool                  `json:"answered"`
 	Streams  []sipalg.SessionStats `json:"streams"` // per relayed m= line: packets, loss, jitter, MOS per side
 }
@@ -239,7 +244,7 @@ func (s *SIPService) Calls() []CallStats {
 	s.mu.Unlock()
 	out := make([]CallStats, 0, len(legs))
 	for _, l := range legs {
-		cs := CallStats{CallID: l.callID, Answered: l.isAnswered()}
+		cs := CallStats{CallID: l.callID, From: l.from, To: l.to, Created: l.created, Answered: l.isAnswered()}
 		for _, sess := range l.sessions() {
 			cs.Streams = append(cs.Streams, sess.Stats())
 		}

@@ -625,7 +625,14 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 
 	if body := r.Body(); s.cfg.Relay != nil && out.side != p.in.side && isSDP(r) && len(body) > 0 {
 		if p.leg == nil {
-			leg, err := s.legFor(callID, fromTag)
+			var from, to string
+			if h := p.req.From(); h != nil {
+				from = partyName(h.DisplayName, h.Address)
+			}
+			if h := p.req.To(); h != nil {
+				to = partyName(h.DisplayName, h.Address)
+			}
+			leg, err := s.legFor(callID, fromTag, from, to)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -1017,4 +1024,17 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 		return
 	}
 	s.proxied.Add(1)
+}
+
+// partyName is how status shows a call's party: its URI's user part (the
+// extension) or host, after the display name when there is one.
+func partyName(display string, u sip.Uri) string {
+	who := u.User
+	if who == "" {
+		who = u.Host
+	}
+	if display != "" {
+		return display + " <" + who + ">"
+	}
+	return who
 }

@@ -119,6 +119,7 @@ type SIPServiceConfig struct {
 
 // SIPStats are counters of the SIP service.
 type SIPStats struct {
+	Requests     uint64 `json:"requests"` // requests received (after the rate limit)
 	RateLimited  uint64 `json:"rate_limited"`
 	Overloaded   uint64 `json:"overloaded"` // requests dropped: too many live transactions
 	Malformed    uint64 `json:"malformed"`  // answered 400 before sipgo
@@ -161,6 +162,7 @@ type SIPService struct {
 	// limited per source and in total, values truncated (ratelog).
 	peerLog  *slog.Logger
 	peerLogs []*ratelog.Handler // flushed by the janitor
+	requests atomic.Uint64      // every request handed to handle
 
 	mu       sync.Mutex
 	closing  bool
@@ -308,7 +310,7 @@ func (s *SIPService) Stats() SIPStats {
 	calls := len(s.calls)
 	s.mu.Unlock()
 	g := &s.guard
-	st := SIPStats{RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
+	st := SIPStats{Requests: s.requests.Load(), RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
 		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls}
 	if s.tcp != nil {
 		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
@@ -400,6 +402,7 @@ func (s *SIPService) goTracked(f func()) bool {
 // request's fate is decided (libraries.md §1 pitfall 5: sipgo terminates
 // the server transaction when the handler returns).
 func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
+	s.requests.Add(1)
 	if !s.enter() {
 		if !req.IsAck() {
 			tx.Respond(s.respond(req, 503, "Service Unavailable (shutting down)"))

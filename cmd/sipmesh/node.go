@@ -7,6 +7,7 @@ import (
 
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/netx"
+	"github.com/sipmesh/sipmesh/webui"
 )
 
 func init() {
@@ -43,7 +44,10 @@ It runs until SIGINT or SIGTERM, then shuts down cleanly.`, stderr)
 		return err
 	}
 	// Logs go to stderr, where systemd and the test harness collect them.
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: opts.LogLevel}))
+	// The web UI's node page shows the last lines logged.
+	opts.LogTail = webui.NewLogBuffer(200)
+	opts.Version = versionString()
+	log := slog.New(opts.LogTail.Handler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: opts.LogLevel}), opts.LogLevel))
 	node, err := gateway.NewNode(opts, netx.Kernel{}, log)
 	if err != nil {
 		return err

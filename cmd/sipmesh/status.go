@@ -90,4 +90,16 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 	fmt.Fprintf(w, "reports: link broken %d, unreachable %d\n", s.LinkBroken, s.Unreachable)
 	fmt.Fprintf(w, "driver: send errors %d, read errors %d, link not ready %d, no listener %d, socket queue full %d, undeliverable %d\n",
 		d.SendErrors, d.ReadErrors, d.LinkNotReady, d.NoListener, d.SocketQueueFull, d.UnreachableReport)
+	if m := st.DHT; m != nil {
+		hops := 0.0
+		if m.Lookups > 0 {
+			hops = float64(m.LookupHops) / float64(m.Lookups)
+		}
+		fmt.Fprintf(w, "dht: %d records (%d bytes), requests %d, timeouts %d, lookups %d (%.1f hops on average)\n",
+			m.Records, m.Bytes, m.Requests, m.Timeouts, m.Lookups, hops)
+	}
+	if sip := st.SIP; sip != nil {
+		fmt.Fprintf(w, "phone LAN %s; sip: requests %d, proxied %d, calls %d, transactions %d, rate limited %d, malformed %d\n",
+			st.LAN, sip.Requests, sip.Proxied, sip.Calls, sip.Transactions, sip.RateLimited, sip.Malformed)
+	}
 }
