@@ -1377,8 +1377,19 @@ func TestProxyStoreUnavailable(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newMeshRig(t, 1, func(c *SIPServiceConfig) { c.Locations = failingStore{} })
 		a := m.phone(1, "201", 10)
+		// The phone cannot register (the store fails too), so it answers
+		// the INVITE's 407 with credentials, as a phone does.
 		c := a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
 		res := a.response()
+		wantStatus(t, res, 407)
+		a.ackNon2xx(c, res)
+		chal, err := digest.ParseChallenge(res.GetHeader("Proxy-Authenticate").Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.chal, a.nc = chal, 0 // the nonce's first use: nc=1
+		c = a.invite("sip:202@mesh", netip.MustParseAddrPort("10.1.0.10:4000"), "")
+		res = a.response()
 		wantStatus(t, res, 503)
 		if h := res.GetHeader("Retry-After"); h == nil {
 			t.Error("503 without Retry-After")

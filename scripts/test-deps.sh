@@ -38,6 +38,7 @@ PACKAGES=(
 	"dnsmasq-base|dnsmasq|the bar of the DHCP benchmark (make bench)"
 	"tayga|tayga|the bar of the NAT64 round-trip benchmark (nat64/tun64, tag nat64tun)"
 	"iputils-ping|ping|ping -6 through the NAT64 TUN in nat64/tun64's namespace test"
+	"chromium|chromium|headless browser of the web UI test (webui, driven over the DevTools protocol)"
 	"xz-utils|xz|make cross and make package print and check the xz size; packaging's tests"
 	"dpkg|dpkg|packaging's tests read and install the .deb (dpkg-deb, dpkg --root)"
 	"systemd|systemd-analyze|packaging's tests verify the systemd unit (systemd-analyze verify)"
