@@ -88,6 +88,7 @@ func TestLimitListener(t *testing.T) {
 		if c1 := f.dial("10.0.0.12:5060"); !closedByNode(c1) {
 			t.Error("a fifth connection was kept")
 		}
+		synctest.Wait() // the refusal is counted after the close the client saw
 		if got := l.Refused.Load(); got != 2 {
 			t.Errorf("refused %d, want 2", got)
 		}

@@ -102,6 +102,11 @@ func TestREADMEConfig(t *testing.T) {
 	lan := configValue(t, readme, "lan-address")
 	lanIP, _, _ := strings.Cut(lan, "/")
 	sock := configValue(t, cfg, "control")
+	// The node creates the socket's own directory (/run/sipmesh), not its
+	// parents: /run exists on a real system, so it must under root too.
+	if err := os.MkdirAll(filepath.Dir(filepath.Dir(sock)), 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	node, peer, ph := netns.New(t, "rn"), netns.New(t, "rp"), netns.New(t, "rph")
 	netns.Veth(t, node, "wlan0", peer, "m1")
