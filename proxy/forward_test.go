@@ -9,6 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/icholy/digest"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/phones"
 	"github.com/sipmesh/sipmesh/registrar"
@@ -130,9 +131,21 @@ func TestCallForwarding(t *testing.T) {
 		if code := callStatus(t, ctx, p201, "*72299"); code != 404 {
 			t.Errorf("*72 to no extension: %d, want 404", code)
 		}
-		raw := m.phone(1, "202", 21) // claims 202's From from another address
+		// 202's credentials from another address than 202's phone: the
+		// LAN check passes (407, then the right password), the feature
+		// code does not (only the registered phone sets its forward).
+		raw := m.phone(1, "202", 21)
 		inv := raw.invite("sip:*72201@mesh", netip.MustParseAddrPort("10.1.0.21:4000"), "")
 		res := raw.response()
+		wantStatus(t, res, 407)
+		raw.ackNon2xx(inv, res)
+		chal, err := digest.ParseChallenge(res.GetHeader("Proxy-Authenticate").Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.chal, raw.nc = chal, 0
+		inv = raw.invite("sip:*72201@mesh", netip.MustParseAddrPort("10.1.0.21:4000"), "")
+		res = raw.response()
 		wantStatus(t, res, 403)
 		raw.ackNon2xx(inv, res)
 		time.Sleep(time.Second)
