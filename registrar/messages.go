@@ -123,8 +123,26 @@ type DHTMessages struct {
 	DHT  DHT
 	Node ssr.NodeID // this node: its records are those it wrote
 	Now  func() time.Time
-	mu   sync.Mutex // serialises this node's read-modify-write
+	// sem serialises this node's read-modify-write of its mailbox
+	// records. A channel, not a mutex: the holder waits on the DHT, and a
+	// waiter must give up with its context (and, under testing/synctest,
+	// block durably) rather than sit on a lock.
+	once sync.Once
+	sem  chan struct{}
 }
+
+// lock takes the read-modify-write turn, or gives up when ctx ends.
+func (s *DHTMessages) lock(ctx context.Context) error {
+	s.once.Do(func() { s.sem = make(chan struct{}, 1) })
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *DHTMessages) unlock() { <-s.sem }
 
 func (s *DHTMessages) now() time.Time {
 	if s.Now != nil {
@@ -177,8 +195,10 @@ func (s *DHTMessages) Store(ctx context.Context, m StoredMessage) error {
 	if err := checkMessage(m); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.unlock()
 	own, _, done, err := s.read(ctx, m.To)
 	if err != nil {
 		return err
@@ -193,8 +213,10 @@ func (s *DHTMessages) Store(ctx context.Context, m StoredMessage) error {
 
 // Take implements MessageStore.
 func (s *DHTMessages) Take(ctx context.Context, ext string) ([]StoredMessage, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
 	own, others, done, err := s.read(ctx, ext)
 	if err != nil {
 		return nil, err
