@@ -23,6 +23,8 @@ TESTTAGS     ?= nat64tun## build tags of make test
 PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
 PEER_ROWS    ?= dns,register,calls## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
+STRESS_N     ?= 20000## mutated SIP messages `make stress` sends
+STRESS_SEED  ?= 1## seed of `make stress`'s mutations
 MIPS_MAX     ?= 12000000## byte limit for the stripped mipsle binary (12 MB)
 MIPS_XZ_MAX  ?= 3000000## byte limit for the mipsle binary after xz -9e (3 MB: what a router's flash holds)
 PKG_VERSION  ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$$v" | sed 's/^v//; s/-/+git/; s/-/./g' || echo "0.0.0+git$$(git rev-list --count HEAD 2>/dev/null || echo 0).$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")## package version (v1.2-3-gabc → 1.2+git3.gabc)
@@ -38,7 +40,7 @@ BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
 # Go files we own; testdata may hold deliberately malformed inputs.
 GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 
-.PHONY: help build test bench bench-peers demo cross package lint fmtcheck fuzz clean
+.PHONY: help build test bench bench-peers demo cross package lint fmtcheck fuzz stress clean
 
 help: ## list the targets and variables
 	@echo 'Usage: make [target] [VARIABLE=value ...]'
@@ -142,6 +144,10 @@ package: cross ## OpenWrt .ipk for mipsle, arm, arm64 and a Debian .deb for amd6
 lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
 	$(GO) vet ./...
 	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
+
+stress: ## as root: STRESS_N mutated SIP messages at a real node in a network namespace, probed after each (cmd/sipmesh TestSIPStress)
+	@scripts/test-deps.sh
+	$(GO) test -count=1 -timeout 60m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
 
 fuzz: ## run every Fuzz* target for FUZZTIME each (the corpus in testdata/fuzz is kept)
 	@set -eo pipefail; \

@@ -10,6 +10,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/sipmesh/sipmesh/phones"
+	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -88,7 +89,12 @@ func (s *SIPService) initFeatures() error {
 
 // feature hands a request to a feature this node answers itself; it
 // reports whether one took it.
+// A malformed request (a header missing or doubled, RFC 3261 §8.1.1) is
+// left to the proxy's 400: features read From, To and Call-ID as given.
 func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *sock, src netip.AddrPort) bool {
+	if code, _ := registrar.CheckRequest(req); code != 0 {
+		return false
+	}
 	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.featureCode(req, tx, in, src)
 }
 

@@ -213,6 +213,9 @@ func (s *SIPService) featureCode(req *sip.Request, tx sip.ServerTransaction, in 
 	if s.cfg.Forwards == nil || in != s.lan || req.Method != sip.INVITE || !s.ourHost(req.Recipient.Host) {
 		return false
 	}
+	if code, _ := registrar.CheckRequest(req); code != 0 {
+		return false // the proxy's 400
+	}
 	if toTag, _ := req.To().Params.Get("tag"); toTag != "" {
 		return false
 	}
@@ -227,11 +230,6 @@ func (s *SIPService) featureCode(req *sip.Request, tx sip.ServerTransaction, in 
 			res.SetDestination(src.String())
 		}
 		tx.Respond(res)
-	}
-	if code, reason := registrar.CheckRequest(req); code != 0 {
-		s.malformed.Add(1)
-		reply(code, reason)
-		return true
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
 	defer cancel()

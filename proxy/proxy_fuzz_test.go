@@ -60,7 +60,7 @@ func newHandlerService(t testing.TB) *SIPService {
 	}
 	s, err := NewSIPService(SIPServiceConfig{Node: 1, LANAddr: netip.MustParseAddrPort("10.1.0.1:5060"),
 		MeshAddr: netip.MustParseAddrPort("[fd00::1]:5060"), LANUDP: lan, MeshUDP: mesh,
-		Registrar: reg, Locations: loc, Accounts: accts,
+		Registrar: reg, Locations: loc, Accounts: accts, Forwards: &registrar.MemForwards{},
 		NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort { return netip.MustParseAddrPort("[fd00::2]:5060") }})
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +80,9 @@ func FuzzProxyHandle(f *testing.F) {
 		"ACK sip:202@10.1.0.20 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.10;branch=z9hG4bK3\r\nRoute: <sip:10.1.0.1;lr>\r\nRoute: <sip:[fd00::2];lr>\r\nFrom: <sip:201@mesh>;tag=a\r\nTo: <sip:202@mesh>;tag=b\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
 		"BYE sip:201@10.1.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP [fd00::2]:5060;branch=z9hG4bK4\r\nRoute: <sip:[fd00::1]:5060;lr>\r\nRoute: <sip:10.1.0.1:5060;lr>\r\nMax-Forwards: 69\r\nFrom: <sip:202@mesh>;tag=b\r\nTo: <sip:201@mesh>;tag=a\r\nCall-ID: c1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
 		"OPTIONS sip:10.1.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.10;branch=z9hG4bK5\r\nMax-Forwards: 0\r\nFrom: <sip:201@mesh>;tag=a\r\nTo: <sip:10.1.0.1>\r\nCall-ID: c5\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+		// TestSIPStress's first find: an INVITE whose To header a bit flip
+		// renamed reached the *72/*73 feature code, which read To().
+		"INVITE sip:202@10.1.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.10:5060;branch=z9hG4bK7;rport\r\nMax-Forwards: 70\r\n)rom: <sip:201@mesh>;tag=a\r\n?o: <sip:202@mesh>\r\nCall-ID: c7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
 		"MESSAGE sip:999@mesh SIP/2.0\r\nVia: SIP/2.0/TCP 10.1.0.10;branch=z9hG4bK6\r\nProxy-Require: foo\r\nFrom: <sip:201@mesh>;tag=a\r\nTo: <sip:999@mesh>\r\nCall-ID: c6\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
 	} {
 		f.Add([]byte(seed))
@@ -113,4 +116,30 @@ func FuzzProxyHandle(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMalformedINVITEFromLAN: an INVITE from a LAN phone without To and
+// From (a bit flip renamed them; found by cmd/sipmesh's TestSIPStress,
+// where it killed the node) gets 400, not a nil dereference in the
+// feature codes.
+func TestMalformedINVITEFromLAN(t *testing.T) {
+	s := newHandlerService(t)
+	for _, raw := range []string{
+		"INVITE sip:202@10.1.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.10:5060;branch=z9hG4bK7;rport\r\nMax-Forwards: 70\r\n)rom: <sip:201@mesh>;tag=a\r\n?o: <sip:202@mesh>\r\nCall-ID: c7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+		"INVITE sip:*72203@10.1.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.10:5060;branch=z9hG4bK8;rport\r\nMax-Forwards: 70\r\nFrom: <sip:201@mesh>;tag=a\r\nCall-ID: c8\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+	} {
+		msg, err := sip.ParseMessage([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := msg.(*sip.Request)
+		req.SetSource("10.1.0.10:5060")
+		req.SetTransport("UDP")
+		tx := &fakeServerTx{done: make(chan struct{})}
+		s.handle(req, tx)
+		res := tx.responses()
+		if len(res) != 1 || res[0].StatusCode != 400 {
+			t.Fatalf("answers %v to a request without To, want one 400", res)
+		}
+	}
 }
