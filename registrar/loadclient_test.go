@@ -12,7 +12,7 @@ import (
 )
 
 // loadClient registers users u0000..u(users-1) (password pwNNNN, the
-// convention of shared/peers/sipp/users.csv and Kamailio's WITH_AUTH) at
+// convention of the SIPp users file and Kamailio's WITH_AUTH) at
 // a registrar over UDP, keeping `window` registrations in flight. One
 // registration is two transactions: REGISTER → 401, REGISTER with MD5
 // digest → 200. Each registration has its own Call-ID. It is the same

@@ -175,7 +175,7 @@ func TestBaresipCallAcrossMesh(t *testing.T) {
 }
 
 // baresipBase is the configuration every test phone shares (baresip 1.0.0
-// syntax, see shared/peers): no sound card, a WAV tone as the microphone,
+// syntax): no sound card, a WAV tone as the microphone,
 // what it hears recorded by sndfile as dump-*-dec.wav, control over
 // ctrl_tcp on the phone namespace's loopback.
 const baresipBase = `poll_method epoll
