@@ -45,6 +45,11 @@ type CallOptions struct {
 	// ExpectHz is the callee's tone, learned out of band; HeardRemote
 	// checks it.
 	ExpectHz float64
+	// SDPAttributes are extra attribute lines ("a=candidate:…", without
+	// CRLF) appended to the offer's media description (RFC 4566 §5.13):
+	// what ICE candidates and many codecs add to a real phone's INVITE,
+	// for tests of large requests.
+	SDPAttributes []string
 }
 
 // Call is one call of a phone, outgoing or incoming.
@@ -464,6 +469,9 @@ func (p *Phone) Dial(ctx context.Context, target string, opts CallOptions) (*Cal
 		return nil, err
 	}
 	c.localSDP = p.sdp(c.media.Local(), randUint32()>>1, true)
+	for _, a := range opts.SDPAttributes {
+		c.localSDP = append(append(c.localSDP, a...), "\r\n"...)
+	}
 
 	req := sip.NewRequest(sip.INVITE, ruri)
 	req.AppendHeader(p.via())
