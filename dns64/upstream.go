@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sipmesh/sipmesh/netx"
 )
 
 // forwardAnswer fills m, a reply to q (lower-case name name, outside the
@@ -337,7 +339,18 @@ func (s *Server) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 func (s *Server) exchangeOne(ctx context.Context, network, addr string, q *dns.Msg) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.UpstreamTimeout)
 	defer cancel()
-	c, err := s.cfg.Network.Dial(ctx, network, addr)
+	return Exchange(ctx, s.cfg.Network, network, addr, s.cfg.UDPSize, q)
+}
+
+// Exchange sends a copy of q, with a fresh random ID (RFC 5452 §9.2), to
+// the server at addr over network ("udp" or "tcp") on nw, and returns
+// the answer if it answers the question asked (RFC 5452 §9.1). ctx bounds
+// the exchange: its end closes the socket. udpSize is the EDNS(0)
+// payload size the caller advertised (0: 512). It is the one DNS client
+// of sipmesh: the DNS64 forwarder and the uplink's RFC 3263 server
+// location both use it.
+func Exchange(ctx context.Context, nw netx.Network, network, addr string, udpSize uint16, q *dns.Msg) (*dns.Msg, error) {
+	c, err := nw.Dial(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -347,13 +360,15 @@ func (s *Server) exchangeOne(ctx context.Context, network, addr string, q *dns.M
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	q = q.Copy()
-	q.Id = dns.Id() // a fresh random ID per exchange (RFC 5452 §9.2)
-	cl := dns.Client{Net: network, UDPSize: s.cfg.UDPSize, Timeout: s.cfg.UpstreamTimeout}
-	r, _, err := cl.ExchangeWithConnContext(ctx, q, &dns.Conn{Conn: c, UDPSize: s.cfg.UDPSize})
+	q.Id = dns.Id()
+	cl := dns.Client{Net: network, UDPSize: udpSize}
+	if dl, ok := ctx.Deadline(); ok {
+		cl.Timeout = time.Until(dl)
+	}
+	r, _, err := cl.ExchangeWithConnContext(ctx, q, &dns.Conn{Conn: c, UDPSize: udpSize})
 	if err != nil {
 		return nil, err
 	}
-	// RFC 5452 §9.1: accept only an answer to the question we asked.
 	if !r.Response || len(r.Question) != 1 || !strings.EqualFold(r.Question[0].Name, q.Question[0].Name) ||
 		r.Question[0].Qtype != q.Question[0].Qtype || r.Question[0].Qclass != q.Question[0].Qclass {
 		return nil, errors.New("answer does not match the question")

@@ -117,7 +117,7 @@ func none(rels ...string) func(string) bool {
 var (
 	// app are the packages above mesh routing: only gateway wires them
 	// to the router and the DHT.
-	app = []string{"gateway", "registrar", "proxy", "sipnet", "sipalg", "dns64", "provisioning", "phones", "nat64"}
+	app = []string{"gateway", "registrar", "proxy", "sipnet", "sipalg", "dns64", "provisioning", "phones", "nat64", "uplink"}
 	// protocols are the packages of one protocol each, below every SIP
 	// role and the daemon.
 	protocols = []string{"sipalg", "dns64", "provisioning", "nat64"}
@@ -164,6 +164,12 @@ var (
 			applies: func(p string) bool { return under(p, "registrar") },
 			allowed: none("gateway", "proxy", "phones"),
 			why:     "the registrar (REGISTER, location, accounts) is below the proxy, the features and the daemon, which build on it",
+		},
+		{
+			name:    "uplink",
+			applies: func(p string) bool { return under(p, "uplink") },
+			allowed: none("gateway", "registrar", "proxy", "phones"),
+			why:     "the Internet uplink (RFC 3263 location, trunks) is a SIP client below the roles: the proxy will call it, never the reverse",
 		},
 		{
 			name:    "proxy",

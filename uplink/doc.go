@@ -1,0 +1,17 @@
+// Package uplink is the mesh's door to the SIP Internet on a gateway node
+// (a node whose config names an uplink). Today it holds the client side
+// of locating SIP servers, RFC 3263: a request for sip:bob@example.net
+// leaves the mesh through a gateway, which finds example.net's SIP
+// servers by NAPTR → SRV → A/AAAA (§4.1, §4.2) and tries them in order
+// (§4.3). The trunk client (provider registration, RFC 3261 §10), the
+// gateway announcement in the DHT and the proxy's use of this package
+// are planned (see the README's "Not yet").
+//
+// Only the transports sipmesh speaks are located: UDP and TCP. NAPTR
+// services for TLS, SCTP or WebSocket (SIPS+D2T, SIP+D2S, SIP+D2W, …)
+// are skipped, as RFC 3263 §4.1 tells a client to discard records for
+// transports it does not support; a sips: URI is refused.
+//
+// Everything a DNS answer can make large is bounded: the records read
+// per answer, the SRV targets followed, the addresses returned.
+package uplink
