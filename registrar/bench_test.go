@@ -6,12 +6,10 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/kamailio"
 	"github.com/sipmesh/sipmesh/netx"
 )
 
@@ -42,88 +41,6 @@ func kamailioCfg(tb testing.TB) string {
 		tb.Fatalf("Kamailio reference config: %v", err)
 	}
 	return p
-}
-
-// freeUDPPort returns a high port free on 127.0.0.1 now.
-func freeUDPPort(tb testing.TB) int {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-// startKamailio runs Kamailio from Debian as a plain in-memory registrar
-// (registrar + usrloc db_mode 0, the reference config in testdata/kamailio)
-// with digest authentication (-A WITH_AUTH: user uNNNN, password pwNNNN,
-// qop=auth, MD5) on 127.0.0.1:port, and stops it (by PID: SIGTERM, then SIGKILL) when
-// the benchmark ends. A missing kamailio fails the benchmark.
-func startKamailio(tb testing.TB) netip.AddrPort {
-	bin, err := exec.LookPath("kamailio")
-	if err != nil {
-		tb.Fatal("kamailio not installed (Debian package kamailio): the benchmark compares against it")
-	}
-	cfg, err := os.ReadFile(kamailioCfg(tb))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := freeUDPPort(tb)
-	text := strings.Replace(string(cfg), "listen=udp:127.0.0.1:5070", fmt.Sprintf("listen=udp:127.0.0.1:%d", port), 1)
-	if text == string(cfg) {
-		tb.Fatal("kamailio.cfg: no listen=udp:127.0.0.1:5070 line to move to a free port")
-	}
-	dir := tb.TempDir()
-	cfgPath := filepath.Join(dir, "kamailio.cfg")
-	os.WriteFile(cfgPath, []byte(strings.Replace(text, "debug=2", "debug=1", 1)), 0o644)
-	cmd := exec.Command(bin, "-f", cfgPath, "-DD", "-E", "-m", "256", "-M", "16", "-Y", dir, "-P", filepath.Join(dir, "kamailio.pid"), "-A", "WITH_AUTH")
-	log, _ := os.Create(filepath.Join(dir, "kamailio.log"))
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("starting kamailio: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	tb.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		log.Close()
-	})
-	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
-	// Ready when it answers OPTIONS (its config replies 200 Keepalive).
-	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	buf := make([]byte, 4096)
-	for i := range 100 {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "kamailio.log"))
-			tb.Fatalf("kamailio exited at start:\n%s", b)
-		default:
-		}
-		fmt.Fprintf(c, "OPTIONS sip:127.0.0.1:%d SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKping%d;rport\r\nMax-Forwards: 70\r\nFrom: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ping%d\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-			port, c.LocalAddr(), i, i)
-		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		n, err := c.Read(buf)
-		if err == nil && strings.HasPrefix(string(buf[:n]), "SIP/2.0 200") {
-			return addr
-		}
-		if err != nil && !isTimeout(err) {
-			// Port unreachable: not listening yet. Kamailio gives no
-			// readiness signal but its log, so wait a little.
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	tb.Fatal("kamailio did not answer OPTIONS within 10 s")
-	return netip.AddrPort{}
 }
 
 // newBenchRegistrar returns a registrar with accounts u0000..u0999
@@ -253,7 +170,7 @@ func startRegistrarProcess(tb testing.TB) netip.AddrPort {
 // side's registrations/s and transactions/s, and their ratio
 // (sipmesh/kamailio; above 1 means sipmesh is faster).
 func BenchmarkRegisterVsKamailio(b *testing.B) {
-	kam := startKamailio(b)
+	kam := kamailio.Start(b, kamailioCfg(b), "WITH_AUTH")
 	own := startRegistrarProcess(b)
 	ctx := context.Background()
 	// Kamailio's realm is the From domain, so both are addressed by IP.

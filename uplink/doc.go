@@ -3,9 +3,13 @@
 // of locating SIP servers, RFC 3263: a request for sip:bob@example.net
 // leaves the mesh through a gateway, which finds example.net's SIP
 // servers by NAPTR → SRV → A/AAAA (§4.1, §4.2) and tries them in order
-// (§4.3). The trunk client (provider registration, RFC 3261 §10), the
-// gateway announcement in the DHT and the proxy's use of this package
-// are planned (see the README's "Not yet").
+// (§4.3). And a trunk: the gateway's account with a SIP provider, kept
+// registered (RFC 3261 §10) with the provider's digest challenges
+// answered, refreshed at half the granted lifetime, 423 answered with
+// the provider's Min-Expires, failures backed off as RFC 5626 §4.5 says
+// and the binding removed on stop. The gateway role in the node (uplink
+// config, announcement in the DHT, the proxy sending non-mesh URIs here)
+// is planned (see the README's "Not yet").
 //
 // Only the transports sipmesh speaks are located: UDP and TCP. NAPTR
 // services for TLS, SCTP or WebSocket (SIPS+D2T, SIP+D2S, SIP+D2W, …)
