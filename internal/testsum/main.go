@@ -90,6 +90,10 @@ func summarize(r io.Reader, w io.Writer) (failed bool, err error) {
 				}
 				slices.SortFunc(running, func(a, b key) int { return strings.Compare(a.test, b.test) })
 				for _, k := range running {
+					// Named even when it printed nothing: a crash of the
+					// test binary (a runtime CHECK, a fatal error) is
+					// otherwise blamed on the whole package.
+					fmt.Fprintf(w, "--- still running when %s failed: %s\n", k.pkg, k.test)
 					io.WriteString(w, buf[k].String())
 					delete(buf, k)
 				}
@@ -98,6 +102,10 @@ func summarize(r io.Reader, w io.Writer) (failed bool, err error) {
 		default:
 			k := key{e.Package, e.Test}
 			switch e.Action {
+			case "run":
+				if buf[k] == nil {
+					buf[k] = new(strings.Builder)
+				}
 			case "output":
 				b := buf[k]
 				if b == nil {

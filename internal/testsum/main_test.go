@@ -33,6 +33,8 @@ const run = `{"Action":"start","Package":"m/a"}
 {"Action":"fail","Package":"m/b","Test":"TestBad"}
 {"Action":"run","Package":"m/b","Test":"TestHang"}
 {"Action":"output","Package":"m/b","Test":"TestHang","Output":"    b_test.go:7: waiting for the peer\n"}
+{"Action":"run","Package":"m/b","Test":"TestQuiet"}
+{"Action":"output","Package":"m/b","Output":"ThreadSanitizer: CHECK failed: tsan_rtl.cpp:346\n"}
 {"Action":"output","Package":"m/b","Output":"FAIL\tm/b\t0.02s\n"}
 {"Action":"fail","Package":"m/b"}
 `
@@ -50,7 +52,8 @@ func TestSummarize(t *testing.T) {
 	for _, want := range []string{
 		"ok  \tm/a\t0.01s\n",
 		"b_test.go:5: got 1, want 2\n--- FAIL: TestBad",
-		"b_test.go:7: waiting for the peer\nFAIL\tm/b", // never ended: shown before the package failure
+		"--- still running when m/b failed: TestHang\n    b_test.go:7: waiting for the peer\n", // never ended: shown before the package failure
+		"--- still running when m/b failed: TestQuiet\nFAIL\tm/b",                              // named though it printed nothing (a crash of the test binary)
 		"*** 3 test(s) SKIPPED:",
 		"  needs root\n    m/a: TestNS\n    m/c: TestNS2\n",
 		"  set SLOW=1\n    m/a: TestSub/slow\n",
