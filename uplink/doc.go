@@ -7,7 +7,8 @@
 // registered (RFC 3261 §10) with the provider's digest challenges
 // answered, refreshed at half the granted lifetime, 423 answered with
 // the provider's Min-Expires, failures backed off as RFC 5626 §4.5 says
-// and the binding removed on stop. The gateway role in the node (uplink
+// and the binding removed on stop. And STUN Binding (RFC 8489) to learn
+// the public address of a gateway behind a NAT router. The gateway role in the node (uplink
 // config, announcement in the DHT, the proxy sending non-mesh URIs here)
 // is planned (see the README's "Not yet").
 //
