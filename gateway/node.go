@@ -172,67 +172,73 @@ func (n *Node) Run(ctx context.Context) error {
 // reports a new key. A key file readable by others is refused, as ssh does:
 // whoever holds the key can impersonate the node.
 func LoadOrCreateKey(dir string) (key ed25519.PrivateKey, created bool, err error) {
-	path := filepath.Join(dir, KeyFile)
+	return loadOrCreateKey(filepath.Join(dir, KeyFile), "node key")
+}
+
+// loadOrCreateKey returns the ed25519 key kept at path (PKCS #8 PEM),
+// creating the directory (mode 0700) and a fresh key (mode 0600) when the
+// file does not exist; what names the key in errors. A key file readable
+// by others is refused. The new key is written to a temporary file and
+// linked into place: a crash never leaves a half-written key, and a key
+// another process created meanwhile is kept, not replaced.
+func loadOrCreateKey(path, what string) (key ed25519.PrivateKey, created bool, err error) {
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		fi, err := os.Stat(path)
 		if err != nil {
-			return nil, false, fmt.Errorf("node key %s: %w", path, err)
+			return nil, false, fmt.Errorf("%s %s: %w", what, path, err)
 		}
 		if fi.Mode().Perm()&0o077 != 0 {
-			return nil, false, fmt.Errorf("node key %s: mode %04o lets others read it; chmod 600 it", path, fi.Mode().Perm())
+			return nil, false, fmt.Errorf("%s %s: mode %04o lets others read it; chmod 600 it", what, path, fi.Mode().Perm())
 		}
 		key, err := parseKey(b)
 		if err != nil {
-			return nil, false, fmt.Errorf("node key %s: %w", path, err)
+			return nil, false, fmt.Errorf("%s %s: %w", what, path, err)
 		}
 		return key, false, nil
 	case !errors.Is(err, fs.ErrNotExist):
-		return nil, false, fmt.Errorf("node key: %w", err)
+		return nil, false, fmt.Errorf("%s: %w", what, err)
 	}
-
+	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("state directory: %w", err)
+		return nil, false, fmt.Errorf("%s: %w", what, err)
 	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, false, fmt.Errorf("generating node key: %w", err)
+		return nil, false, fmt.Errorf("generating %s: %w", what, err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		return nil, false, fmt.Errorf("encoding node key: %w", err)
+		return nil, false, fmt.Errorf("encoding %s: %w", what, err)
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	// Write a temporary file and rename it: a crash never leaves a
-	// half-written key that would fail the next start.
-	tmp, err := os.CreateTemp(dir, KeyFile+".tmp*")
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
 	if err != nil {
-		return nil, false, fmt.Errorf("writing node key: %w", err)
+		return nil, false, fmt.Errorf("writing %s: %w", what, err)
 	}
-	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return nil, false, fmt.Errorf("writing node key: %w", err)
+	defer os.Remove(tmp.Name()) // after a successful link, the temporary name goes
+	write := func() error {
+		if err := tmp.Chmod(0o600); err != nil {
+			return err
+		}
+		if _, err := tmp.Write(data); err != nil {
+			return err
+		}
+		return tmp.Sync()
 	}
-	if _, err := tmp.Write(data); err != nil {
+	if err := write(); err != nil {
 		tmp.Close()
-		return nil, false, fmt.Errorf("writing node key: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return nil, false, fmt.Errorf("writing node key: %w", err)
+		return nil, false, fmt.Errorf("writing %s: %w", what, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return nil, false, fmt.Errorf("writing node key: %w", err)
+		return nil, false, fmt.Errorf("writing %s: %w", what, err)
 	}
-	// Link rather than rename: if another process created the key in the
-	// meantime, keep its key instead of replacing it.
 	if err := os.Link(tmp.Name(), path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return LoadOrCreateKey(dir)
+			return loadOrCreateKey(path, what)
 		}
-		return nil, false, fmt.Errorf("writing node key: %w", err)
+		return nil, false, fmt.Errorf("writing %s: %w", what, err)
 	}
 	return priv, true, nil
 }
