@@ -37,8 +37,10 @@ const (
 	maxWebConns  = 32 // open connections per web listener
 )
 
-// WebHandler returns the node's web UI (and /metrics) handler; Run serves
-// it on the web-listen addresses, tests on their own listeners.
+// WebHandler returns the node's web UI (and /metrics) handler, with the
+// phones' configuration files under ProvisionPath; Run serves it on the
+// web-listen addresses, tests on their own listeners. One HTTP server on
+// the LAN: phones and the operator's browser reach the same port.
 func (n *Node) WebHandler() http.Handler {
 	n.webOnce.Do(func() {
 		n.web = webui.New(webui.Config{
@@ -47,8 +49,9 @@ func (n *Node) WebHandler() http.Handler {
 			Logs:         n.opts.LogTail,
 			Logger:       n.base,
 		})
+		n.webHandler = n.withProvisioning(n.web)
 	})
-	return n.web
+	return n.webHandler
 }
 
 // runWeb serves the web UI on addrs (the LAN address on web-port unless
