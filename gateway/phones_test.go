@@ -303,6 +303,13 @@ func TestWebHandlerServesPhoneFiles(t *testing.T) {
 	if strings.Contains(logs.String(), pw.Password) {
 		t.Fatal("the log holds the password")
 	}
+	// The web UI's subscribers form binds a phone the same way.
+	if err := (webBackend{n}).BindPhone(ctx, "00:15:65:a1:b2:c9", "201", ""); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := n.phones.get(net.HardwareAddr{0, 0x15, 0x65, 0xa1, 0xb2, 0xc9}); !ok || p.Ext != "201" || p.Password != pw.Password {
+		t.Fatalf("bound from the web UI: %+v %v", p, ok)
+	}
 	// Without a web listener on the LAN, DHCP sends no option 66.
 	n.opts.WebOff = true
 	if got := n.provisioningURL(lan); got != "-" {

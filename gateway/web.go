@@ -110,8 +110,10 @@ func (n *Node) webAddrs(lan netip.Prefix) []netip.AddrPort {
 	return nil
 }
 
-// webBackend is the node as the web UI sees it.
+// webBackend is the node as the web UI sees it; it binds phones too.
 type webBackend struct{ n *Node }
+
+var _ webui.PhoneBinder = webBackend{}
 
 func (b webBackend) Mesh() ssr.RouterStatus         { return b.n.router.Status() }
 func (b webBackend) WriteMetrics(w io.Writer) error { return b.n.WriteMetrics(w) }
@@ -161,6 +163,13 @@ func (b webBackend) SetUser(ctx context.Context, ext, display, password string) 
 		return err
 	}
 	_, err = b.n.storeAccount(ctx, a)
+	return err
+}
+
+// BindPhone binds a desk phone to the subscriber just stored, as
+// `sipmesh phone add` does (phones.go).
+func (b webBackend) BindPhone(ctx context.Context, mac, ext, password string) error {
+	_, err := b.n.AddPhone(ctx, AddPhoneRequest{MAC: mac, Ext: ext, Password: password})
 	return err
 }
 

@@ -59,6 +59,14 @@ type Backend interface {
 	WriteMetrics(w io.Writer) error
 }
 
+// PhoneBinder is a Backend that can also bind a desk phone (by MAC) to a
+// subscriber on this node, so that the phone fetches its configuration
+// file with that account (gateway: `sipmesh phone add`). The subscribers
+// form shows a MAC field only for such a Backend.
+type PhoneBinder interface {
+	BindPhone(ctx context.Context, mac, ext, password string) error
+}
+
 // Call is a call whose media this node relays.
 type Call struct {
 	ID, From, To string
@@ -291,6 +299,15 @@ func (s *Server) setUser(w http.ResponseWriter, r *http.Request, id string) {
 		msg = "Not stored: " + err.Error()
 	} else {
 		s.log.Info("subscriber stored from the web UI", "ext", ext, "source", remoteAddr(r))
+	}
+	if b, ok := s.cfg.Backend.(PhoneBinder); ok && err == nil {
+		if mac := strings.TrimSpace(form(r).Get("mac")); mac != "" {
+			if err := b.BindPhone(r.Context(), mac, ext, pw); err != nil {
+				msg += "; phone not bound: " + err.Error()
+			} else {
+				msg += "; phone " + mac + " bound on this node"
+			}
+		}
 	}
 	s.sessions.setFlash(id, msg)
 	http.Redirect(w, r, "/subscribers", http.StatusSeeOther)
