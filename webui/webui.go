@@ -2,7 +2,7 @@
 // pages for the mesh (neighbours with link quality, ring neighbours,
 // fingers), live calls (path, hop count and per-leg MOS, loss and jitter
 // from the media relay), registered phones, subscribers (add, remove,
-// reset a password), and the node itself (config, version, uptime, log
+// reset a password, bind a desk phone's MAC on this node), and the node itself (config, version, uptime, log
 // tail), plus the Prometheus /metrics endpoint.
 //
 // Reading is open to whoever reaches the listener (the node listens on its
