@@ -74,8 +74,9 @@ type PhoneInfo struct {
 	Ext   string    `json:"ext"`
 	Added time.Time `json:"added"`
 	// PasswordChanged reports (on add) that the node set a new password
-	// on the account: phones configured with the old one must fetch
-	// their file again or be given the new one.
+	// on the account: the phones of the extension bound on this node
+	// follow (at their next fetch), those bound elsewhere must be added
+	// again there.
 	PasswordChanged bool `json:"password_changed,omitempty"`
 }
 
@@ -292,9 +293,10 @@ func (n *Node) AddPhone(ctx context.Context, req AddPhoneRequest) (PhoneInfo, er
 			return PhoneInfo{}, fmt.Errorf("%w: the password is not subscriber %s's", errBadPhone, req.Ext)
 		}
 	default:
-		// Another phone of the extension bound here keeps working.
-		if password == "" {
-			password, _ = n.phones.passwordOf(req.Ext)
+		// Another phone of the extension bound here keeps working (if
+		// its password is still the account's).
+		if p, ok := n.phones.passwordOf(req.Ext); ok && password == "" && err == nil && passwordMatches(old, p) {
+			password = p
 		}
 		if err == nil && password != "" && passwordMatches(old, password) {
 			break // the account has this password already
@@ -312,6 +314,13 @@ func (n *Node) AddPhone(ctx context.Context, req AddPhoneRequest) (PhoneInfo, er
 		info.PasswordChanged = err == nil
 	}
 	err = n.phones.update(func(m map[string]phoneSecret) error {
+		// Every phone of the extension on this node follows the account.
+		for k, p := range m {
+			if p.Ext == info.Ext {
+				p.Password = password
+				m[k] = p
+			}
+		}
 		m[info.MAC] = phoneSecret{MAC: info.MAC, Ext: info.Ext, Password: password, Added: info.Added}
 		return nil
 	})

@@ -170,6 +170,18 @@ func TestPhoneSecretStore(t *testing.T) {
 	if _, ok, err := (phoneAccounts{n}).AccountForMAC(ctx, mac3); ok || err != nil {
 		t.Fatalf("stale binding served: %v %v", ok, err)
 	}
+	// Binding another phone of 202 then sets a fresh password (the stale
+	// one is not put back) and every phone of 202 here follows it.
+	info, err = n.AddPhone(ctx, AddPhoneRequest{MAC: "00:15:65:a1:b2:c6", Ext: "202"})
+	if err != nil || !info.PasswordChanged {
+		t.Fatalf("rebinding 202: %+v %v", info, err)
+	}
+	a3, ok3, _ := phoneAccounts{n}.AccountForMAC(ctx, mac3)
+	mac4, _ := net.ParseMAC("00:15:65:a1:b2:c6")
+	a4, ok4, _ := phoneAccounts{n}.AccountForMAC(ctx, mac4)
+	if !ok3 || !ok4 || a3.Password != a4.Password || a3.Password == "given-202" || a3.Password == "changed-elsewhere" {
+		t.Fatalf("phones of 202 after rebinding: %v %v", ok3, ok4)
+	}
 	// A removed subscriber: not served either.
 	if _, err := n.removeAccount(ctx, "201"); err != nil {
 		t.Fatal(err)

@@ -79,7 +79,7 @@ func runPhoneAdd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stdout, "phone %s gets extension %s (sip:%s@mesh) from this node\n", info.MAC, info.Ext, info.Ext)
 	if info.PasswordChanged {
-		fmt.Fprintf(stdout, "the password of %s changed: other phones of %s must be provisioned again\n", info.Ext, info.Ext)
+		fmt.Fprintf(stdout, "the password of %s changed: phones of %s bound on other nodes must be added again there\n", info.Ext, info.Ext)
 	}
 	return nil
 }
