@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base32"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,7 +64,7 @@ const ProvisionPath = "/provision/"
 const MaxPhones = 1024
 
 // phonePasswordBytes of randomness in a generated password: 120 bits,
-// 24 base32 characters a phone never needs a person to type.
+// 30 hex digits a phone never needs a person to type.
 const phonePasswordBytes = 15
 
 // PhoneInfo is what the control socket shows of a binding: never the
@@ -262,7 +262,7 @@ func passwordMatches(a registrar.Account, password string) bool {
 func newPhonePassword() string {
 	b := make([]byte, phonePasswordBytes)
 	rand.Read(b) // never fails (crypto/rand, Go ≥ 1.24)
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
+	return hex.EncodeToString(b)
 }
 
 // AddPhone binds the phone with MAC mac to extension ext on this node
