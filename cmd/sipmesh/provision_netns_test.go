@@ -22,8 +22,8 @@ import (
 )
 
 // TestPhoneProvisionedByMAC (issue 17): a phone configures itself from
-// the file the node serves for its MAC. Nodes n1–n2; n1 has a phone LAN
-// with DHCP and two phone namespaces on it. The operator binds each
+// the file the node serves for its MAC. Nodes n1–n2, each with a phone
+// LAN and DHCP; two phone namespaces on n1's LAN, one on n2's. The operator binds each
 // phone's MAC (its veth's) to an extension with `sipmesh phone add` (the
 // node generates the passwords). Busybox udhcpc in each phone gets a
 // lease and option 66, the provisioning URL on the node's web listener;
@@ -31,21 +31,20 @@ import (
 // the test turns the file's account into a baresip account line, baresip
 // starts and registers (the binding appears in the DHT, which the
 // registrar writes only after a 200 OK to an authenticated REGISTER).
-// Then phone 1 asking for phone 2's files, and phone 2 asking for phone
-// 1's, are refused with the same answer as a MAC nobody has; phone 2
-// gets its own. No password is in the node's log.
+// Then phone 1 asking for phone 2's files, phone 2 asking for phone 1's,
+// and a phone on n2's LAN (another LAN) asking its node for phone 1's or
+// its own (bound nowhere) are refused with the same answer as a MAC
+// nobody has; phone 2 gets its own. No password is in the node's log.
 func TestPhoneProvisionedByMAC(t *testing.T) {
 	netns.RequireRoot(t)
 	busybox := needTool(t, "busybox", "busybox")
 	baresip := needTool(t, "baresip", "baresip-core")
 	m := newLineMesh(t, "v", 2, 60, func(i int) string {
-		if i == 0 {
-			return "lan-interface lan0\nlan-address 10.97.1.1/24\ndhcp on\ndigest-algorithms MD5\n"
-		}
-		return ""
+		return fmt.Sprintf("lan-interface lan0\nlan-address 10.97.%d.1/24\ndhcp on\ndigest-algorithms MD5\n", i+1)
 	})
 	p1, p2 := m.plugPhone(0, "vp1"), m.plugPhone(0, "vp2")
-	mac1, mac2 := linkMAC(t, p1, "eth0"), linkMAC(t, p2, "eth0")
+	p3 := m.plugPhone(1, "vp3") // on n2's LAN
+	mac1, mac2, mac3 := linkMAC(t, p1, "eth0"), linkMAC(t, p2, "eth0"), linkMAC(t, p3, "eth0")
 	m.startAll()
 	m.waitRing()
 
@@ -66,10 +65,11 @@ func TestPhoneProvisionedByMAC(t *testing.T) {
 	const url = "http://10.97.1.1:8080/provision/"
 	ev1 := startUdhcpc(t, p1, busybox, script, "phone1", nil).wait(t, 25*time.Second, "bound")
 	ev2 := startUdhcpc(t, p2, busybox, script, "phone2", nil).wait(t, 25*time.Second, "bound")
+	ev3 := startUdhcpc(t, p3, busybox, script, "phone3", nil).wait(t, 25*time.Second, "bound")
 	// Busybox shows option 66 as "bad": it checks it as a host name, and
 	// a URL is none. Its presence shows it arrived; its value is read
 	// from a DHCPINFORM (RFC 2131 §3.4) the phone sends from its lease.
-	for i, ev := range []udhcpcEvent{ev1, ev2} {
+	for i, ev := range []udhcpcEvent{ev1, ev2, ev3} {
 		if ev.vars["tftp"] == "" {
 			t.Fatalf("phone %d: no option 66 in the ACK: %v", i+1, ev.vars)
 		}
@@ -114,17 +114,22 @@ func TestPhoneProvisionedByMAC(t *testing.T) {
 	if nobody != http.StatusNotFound {
 		t.Fatalf("unknown MAC: %d", nobody)
 	}
+	// n2's LAN is another LAN: its node has no binding of phone 1, and
+	// phone 3 (plugged in there, bound nowhere) gets nothing either.
+	url2 := "http://10.97.2.1:8080/provision/"
 	for _, tc := range []struct {
 		name string
 		ns   *netns.NS
-		path string
+		url  string
 	}{
-		{"phone 2's Yealink file from phone 1", p1, macFile(mac2) + ".cfg"},
-		{"phone 2's Grandstream file from phone 1", p1, "cfg" + macFile(mac2) + ".xml"},
-		{"phone 2's Polycom file from phone 1", p1, macFile(mac2) + "-phone.cfg"},
-		{"phone 1's file from phone 2", p2, macFile(mac1) + ".cfg"},
+		{"phone 2's Yealink file from phone 1", p1, url + macFile(mac2) + ".cfg"},
+		{"phone 2's Grandstream file from phone 1", p1, url + "cfg" + macFile(mac2) + ".xml"},
+		{"phone 2's Polycom file from phone 1", p1, url + macFile(mac2) + "-phone.cfg"},
+		{"phone 1's file from phone 2", p2, url + macFile(mac1) + ".cfg"},
+		{"phone 1's file from phone 3 on n2's LAN", p3, url2 + macFile(mac1) + ".cfg"},
+		{"phone 3's own file, bound nowhere", p3, url2 + macFile(mac3) + ".cfg"},
 	} {
-		code, body := httpGet(t, tc.ns, url+tc.path)
+		code, body := httpGet(t, tc.ns, tc.url)
 		if code != nobody || body != nobodyBody {
 			t.Errorf("%s: %d %q, want the unknown MAC's %d %q", tc.name, code, body, nobody, nobodyBody)
 		}
