@@ -103,6 +103,10 @@ var errBadPhone = errors.New("bad phone binding")
 // PhonesFile, rewritten atomically on each change.
 type phoneStore struct {
 	path string
+	max  int // MaxPhones; tests lower it
+	// adding serialises AddPhone: two bindings of one extension made at
+	// once must not publish one password and keep another.
+	adding sync.Mutex
 
 	mu     sync.Mutex
 	phones map[string]phoneSecret // by MAC, net.HardwareAddr.String()
@@ -111,7 +115,7 @@ type phoneStore struct {
 // loadPhoneStore reads dir/PhonesFile (none yet: no bindings). A file
 // readable by others is refused, as for the node key.
 func loadPhoneStore(dir string) (*phoneStore, error) {
-	s := &phoneStore{path: filepath.Join(dir, PhonesFile), phones: make(map[string]phoneSecret)}
+	s := &phoneStore{path: filepath.Join(dir, PhonesFile), max: MaxPhones, phones: make(map[string]phoneSecret)}
 	b, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
@@ -141,6 +145,14 @@ func (s *phoneStore) get(mac net.HardwareAddr) (phoneSecret, bool) {
 	defer s.mu.Unlock()
 	p, ok := s.phones[mac.String()]
 	return p, ok
+}
+
+// full reports whether a binding of mac would be one too many.
+func (s *phoneStore) full(mac net.HardwareAddr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.phones[mac.String()]
+	return !ok && len(s.phones) >= s.max
 }
 
 // passwordOf returns the password of another binding of ext, if any.
@@ -178,8 +190,8 @@ func (s *phoneStore) update(f func(m map[string]phoneSecret) error) error {
 	if err := f(m); err != nil {
 		return err
 	}
-	if len(m) > MaxPhones {
-		return fmt.Errorf("%w: this node holds %d phone bindings already", errBadPhone, MaxPhones)
+	if len(m) > s.max {
+		return fmt.Errorf("%w: this node holds %d phone bindings already", errBadPhone, s.max)
 	}
 	if err := s.writeLocked(m); err != nil {
 		return fmt.Errorf("phone bindings: %w", err)
@@ -277,6 +289,12 @@ func (n *Node) AddPhone(ctx context.Context, req AddPhoneRequest) (PhoneInfo, er
 	}
 	if req.Password != "" && len(req.Password) < registrar.MinPassword {
 		return PhoneInfo{}, fmt.Errorf("%w: password: at least %d characters", errBadPhone, registrar.MinPassword)
+	}
+	n.phones.adding.Lock()
+	defer n.phones.adding.Unlock()
+	// Checked before a new password is published that nobody would keep.
+	if n.phones.full(mac) {
+		return PhoneInfo{}, fmt.Errorf("%w: this node holds %d phone bindings already", errBadPhone, n.phones.max)
 	}
 	info := PhoneInfo{MAC: mac.String(), Ext: req.Ext, Added: time.Now().UTC().Truncate(time.Second)}
 	password := req.Password

@@ -241,6 +241,15 @@ func TestAddPhoneWithoutAdminKey(t *testing.T) {
 	if _, err := n.AddPhone(ctx, AddPhoneRequest{MAC: "00:15:65:00:00:01", Ext: "301", Password: "right-password"}); err != nil {
 		t.Fatal(err)
 	}
+	// The table of bindings is bounded; rebinding a phone it holds is not
+	// a new entry.
+	n.phones.max = 1
+	if _, err := n.AddPhone(ctx, AddPhoneRequest{MAC: "00:15:65:00:00:02", Ext: "301", Password: "right-password"}); !errors.Is(err, errBadPhone) {
+		t.Fatalf("a binding over the bound: %v", err)
+	}
+	if _, err := n.AddPhone(ctx, AddPhoneRequest{MAC: "00:15:65:00:00:01", Ext: "301", Password: "right-password"}); err != nil {
+		t.Fatalf("rebinding at the bound: %v", err)
+	}
 	if len(store.records) != written {
 		t.Fatal("a node without the administrator key wrote an account record")
 	}
