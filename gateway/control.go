@@ -31,6 +31,9 @@ import (
 //	DELETE /users/{ext}              UserInfo of the removed account
 //	GET /bindings/{ext}              []BindingInfo
 //	POST /web-password               {"password": ...}: the web UI's administrator
+//	GET /phones                      []PhoneInfo: phone bindings of this node
+//	POST /phones                     AddPhoneRequest → PhoneInfo
+//	DELETE /phones/{mac}             PhoneInfo of the removed binding
 //
 // Errors come back as {"error": "..."} with a 4xx/5xx status.
 
@@ -126,6 +129,9 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux.HandleFunc("DELETE /users/{ext}", s.handleDeleteUser)
 	mux.HandleFunc("GET /bindings/{ext}", s.handleBindings)
 	mux.HandleFunc("POST /web-password", s.handleWebPassword)
+	mux.HandleFunc("GET /phones", s.handlePhones)
+	mux.HandleFunc("POST /phones", s.handleAddPhone)
+	mux.HandleFunc("DELETE /phones/{mac}", s.handleDeletePhone)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

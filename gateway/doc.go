@@ -14,11 +14,14 @@
 // phone provisioning (provisioning), the RTP relay (sipalg), the
 // registrar (registrar) and the SIP service with the proxy and the echo
 // test (proxy, phones). It serves a local control socket, HTTP with JSON
-// over a Unix socket, that `sipmesh status`, `ping`, `lookup` and `user`
-// talk to (control.go, control_bindings.go, control_users.go).
+// over a Unix socket, that `sipmesh status`, `ping`, `lookup`, `user` and
+// `phone` talk to (control.go, control_bindings.go, control_users.go,
+// control_phones.go); the web UI and /metrics (web.go, metrics.go); and,
+// on the same LAN listener under /provision/, the phones' configuration
+// files, with the phone bindings and their passwords kept only in a local
+// secret file (phones.go).
 //
 // Planned, not here yet: the Internet uplink (server location per
-// RFC 3263, trunks, failover), firewall and NAT rules on real nodes, an
-// admin HTTP API and web UI, and metrics (RFC 6076 SIP performance
-// metrics).
+// RFC 3263, trunks, failover), firewall and NAT rules on real nodes, and
+// RFC 6076 SIP performance metrics.
 package gateway

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -36,6 +37,9 @@ type Node struct {
 	// the subscriber store behind the control socket's /users.
 	admin    ed25519.PrivateKey
 	accounts registrar.Accounts
+	// phones are this node's phone bindings and their passwords
+	// (phones.go).
+	phones *phoneStore
 
 	network netx.Network
 	svc     *services
@@ -43,9 +47,11 @@ type Node struct {
 
 	webOnce sync.Once
 	web     *webui.Server
-	pathMu  sync.Mutex
-	paths   map[ssr.NodeID]pathEntry // mesh paths of calls, for the web UI
-	cancel  context.CancelFunc       // stops Run
+	// webHandler is web with the phone files in front (WebHandler).
+	webHandler http.Handler
+	pathMu     sync.Mutex
+	paths      map[ssr.NodeID]pathEntry // mesh paths of calls, for the web UI
+	cancel     context.CancelFunc       // stops Run
 	// dnsPort is the DNS server's port (0: 53). addAddress puts a LAN
 	// address on the interface, reporting whether it was not there yet,
 	// and removeAddress takes one off (nil: the caller does both).
@@ -72,6 +78,9 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {
+		return nil, err
+	}
+	if n.phones, err = loadPhoneStore(opts.StateDir); err != nil {
 		return nil, err
 	}
 	n.router, err = ssr.NewRouter(ssr.RouterConfig{

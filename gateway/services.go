@@ -60,6 +60,7 @@ type services struct {
 	lanAddr    netip.Prefix
 	lanClaimed netip.Prefix
 	sip        *proxy.SIPService
+	prov       *provisioning.HTTPServer // phone files, under the web UI (phones.go)
 
 	// lanOwned are the addresses this node put on the LAN interface,
 	// taken off when it stops. Used by the goroutine of runServices only.
@@ -270,6 +271,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 	}
 	run("dns", s.dns.Run)
 
+	var prov *provisioning.HTTPServer
 	if n.opts.DHCP {
 		s.dhcp, err = provisioning.NewDHCPServer(provisioning.DHCPConfig{
 			Network:   nw,
@@ -277,6 +279,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 			Subnet:    lan.Masked(),
 			ServerIP:  lan.Addr(),
 			LeaseFile: filepath.Join(n.opts.StateDir, "leases-"+n.opts.LANInterface+".json"),
+			// Option 66 (and 160): phones find their files with no typing.
+			ProvisioningURL: n.provisioningURL(lan),
 			OnLease: func(l provisioning.Lease) {
 				select {
 				case s.hosts <- l:
@@ -290,11 +294,16 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		}
 		run("dhcp", s.dhcp.Run)
 		run("hosts", n.publishHosts)
+		// Only the holder of a MAC's lease gets that MAC's file: without
+		// a lease table (dhcp off) no file is served.
+		if prov, err = n.newProvisioner(lan, s.dhcp); err != nil {
+			return err
+		}
 	}
 	// Published last: a reader that sees sip set under the lock also
 	// sees reg, relay, dns and dhcp (WriteMetrics).
 	s.mu.Lock()
-	s.lanAddr, s.sip = lan, sip
+	s.lanAddr, s.sip, s.prov = lan, sip, prov
 	s.mu.Unlock()
 	n.log.Info("phone LAN up", "interface", n.opts.LANInterface, "address", lan, "sip", sipLAN, "dhcp", n.opts.DHCP)
 	return nil

@@ -37,8 +37,10 @@ const (
 	maxWebConns  = 32 // open connections per web listener
 )
 
-// WebHandler returns the node's web UI (and /metrics) handler; Run serves
-// it on the web-listen addresses, tests on their own listeners.
+// WebHandler returns the node's web UI (and /metrics) handler, with the
+// phones' configuration files under ProvisionPath; Run serves it on the
+// web-listen addresses, tests on their own listeners. One HTTP server on
+// the LAN: phones and the operator's browser reach the same port.
 func (n *Node) WebHandler() http.Handler {
 	n.webOnce.Do(func() {
 		n.web = webui.New(webui.Config{
@@ -47,8 +49,9 @@ func (n *Node) WebHandler() http.Handler {
 			Logs:         n.opts.LogTail,
 			Logger:       n.base,
 		})
+		n.webHandler = n.withProvisioning(n.web)
 	})
-	return n.web
+	return n.webHandler
 }
 
 // runWeb serves the web UI on addrs (the LAN address on web-port unless
@@ -107,8 +110,10 @@ func (n *Node) webAddrs(lan netip.Prefix) []netip.AddrPort {
 	return nil
 }
 
-// webBackend is the node as the web UI sees it.
+// webBackend is the node as the web UI sees it; it binds phones too.
 type webBackend struct{ n *Node }
+
+var _ webui.PhoneBinder = webBackend{}
 
 func (b webBackend) Mesh() ssr.RouterStatus         { return b.n.router.Status() }
 func (b webBackend) WriteMetrics(w io.Writer) error { return b.n.WriteMetrics(w) }
@@ -158,6 +163,13 @@ func (b webBackend) SetUser(ctx context.Context, ext, display, password string) 
 		return err
 	}
 	_, err = b.n.storeAccount(ctx, a)
+	return err
+}
+
+// BindPhone binds a desk phone to the subscriber just stored, as
+// `sipmesh phone add` does (phones.go).
+func (b webBackend) BindPhone(ctx context.Context, mac, ext, password string) error {
+	_, err := b.n.AddPhone(ctx, AddPhoneRequest{MAC: mac, Ext: ext, Password: password})
 	return err
 }
 

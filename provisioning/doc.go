@@ -5,7 +5,10 @@
 // deterministic derivation of a node's LAN subnet from its node ID with a
 // collision-checked claim; and an HTTP server for the per-MAC
 // configuration files of common desk phones (Yealink, Grandstream,
-// Polycom) and a Yealink remote phonebook.
+// Polycom) and a Yealink remote phonebook. A configuration file holds a
+// clear SIP password: HTTPServer gives it only to the address holding the
+// MAC's current lease, answers every refusal with the same 404 (no oracle
+// of which MACs exist) and limits requests per source address.
 //
 // The DHCP server uses insomniacslk/dhcp's dhcpv4 message codec but drives
 // its own read loop on a socket from netx.Network (server4 starts one

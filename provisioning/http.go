@@ -53,14 +53,36 @@ type HTTPConfig struct {
 	// SIP password) to the address leased to that MAC. Phones fetch their
 	// file right after DHCP, from their leased address.
 	Leases LeaseChecker
+	// PathPrefix is the URL path the server is mounted at, "/" by
+	// default; it must begin and end with "/". A node serves the files
+	// under "/provision/" beside its web UI.
+	PathPrefix string
+	// SourceRate and SourceBurst bound the requests of one source
+	// address (per second, and at once); defaults DefaultSourceRate and
+	// DefaultSourceBurst. MaxSources bounds the table of sources
+	// (DefaultMaxSources).
+	SourceRate  float64
+	SourceBurst int
+	MaxSources  int
+	// Now is the clock of the rate limits (default time.Now).
+	Now func() time.Time
 	// Logger; default discards.
 	Logger *slog.Logger
 }
 
+// Defaults of the per-source request limit: a phone fetches a handful of
+// files after each boot, and again at its resync interval.
+const (
+	DefaultSourceRate  = 1.0
+	DefaultSourceBurst = 20
+	DefaultMaxSources  = 1024
+)
+
 // HTTPServer serves phone configuration files and the phonebook.
 type HTTPServer struct {
-	cfg HTTPConfig
-	log *slog.Logger
+	cfg   HTTPConfig
+	limit *sourceLimiter
+	log   *slog.Logger
 	// peerLog logs per-request lines, which any LAN host can cause at
 	// will: rate-limited per requester and in total, values truncated.
 	peerLog *slog.Logger
@@ -92,6 +114,27 @@ func NewHTTPServer(cfg HTTPConfig) (*HTTPServer, error) {
 	if cfg.SIPPort == 0 {
 		cfg.SIPPort = 5060
 	}
+	if cfg.PathPrefix == "" {
+		cfg.PathPrefix = "/"
+	}
+	if !strings.HasPrefix(cfg.PathPrefix, "/") || !strings.HasSuffix(cfg.PathPrefix, "/") {
+		return nil, fmt.Errorf("provisioning: HTTP config PathPrefix %q: must begin and end with /", cfg.PathPrefix)
+	}
+	if cfg.SourceRate == 0 {
+		cfg.SourceRate = DefaultSourceRate
+	}
+	if cfg.SourceBurst == 0 {
+		cfg.SourceBurst = DefaultSourceBurst
+	}
+	if cfg.MaxSources == 0 {
+		cfg.MaxSources = DefaultMaxSources
+	}
+	if cfg.SourceRate < 0 || cfg.SourceBurst < 0 || cfg.MaxSources < 0 {
+		return nil, errors.New("provisioning: HTTP config SourceRate/SourceBurst/MaxSources: negative")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.SIPPort < 1 || cfg.SIPPort > 65535 {
 		return nil, fmt.Errorf("provisioning: HTTP config SIPPort: %d out of range", cfg.SIPPort)
 	}
@@ -100,7 +143,8 @@ func NewHTTPServer(cfg HTTPConfig) (*HTTPServer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "provisioning-http")
-	return &HTTPServer{cfg: cfg, log: log, peerLog: slog.New(ratelog.New(log.Handler(), ratelog.Options{}))}, nil
+	return &HTTPServer{cfg: cfg, log: log, peerLog: slog.New(ratelog.New(log.Handler(), ratelog.Options{})),
+		limit: newSourceLimiter(cfg.SourceRate, cfg.SourceBurst, cfg.MaxSources, cfg.Now)}, nil
 }
 
 // Run serves until ctx is done, then shuts down and returns nil once
@@ -144,16 +188,37 @@ func (s *HTTPServer) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // ServeHTTP implements http.Handler. Paths (phones fetch from the root of
-// the provisioning URL): /<mac>.cfg (Yealink; Polycom's master file when
-// the User-Agent is a Polycom's), /<mac>-phone.cfg (Polycom), /cfg<mac>.xml
-// (Grandstream), /phonebook.xml (Yealink remote phonebook).
+// the provisioning URL, PathPrefix): <mac>.cfg (Yealink; Polycom's master
+// file when the User-Agent is a Polycom's), <mac>-phone.cfg (Polycom),
+// cfg<mac>.xml (Grandstream), phonebook.xml (Yealink remote phonebook).
+//
+// Who gets a file: with Leases set, only the address holding the current
+// lease of that MAC. Every refusal (a name that is no file, another MAC, a
+// requester from the mesh or another LAN, a MAC with no account) is the
+// same 404, so a LAN host learns nothing about which MACs exist or have
+// accounts.
 func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	remote, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		s.refuse(w)
+		return
+	}
+	if !s.limit.allow(remote.Addr().Unmap()) {
+		s.peerLog.Warn("provisioning request over the per-source rate", "remote", remote.Addr())
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "too many requests", http.StatusTooManyRequests)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	name := strings.TrimPrefix(r.URL.Path, "/")
+	name, ok := strings.CutPrefix(r.URL.Path, s.cfg.PathPrefix)
+	if !ok {
+		s.refuse(w)
+		return
+	}
 	if name == "phonebook.xml" {
 		s.servePhonebook(w, r)
 		return
@@ -175,15 +240,14 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	mac, ok := parseMACHex(hexMAC)
 	if !ok {
-		http.NotFound(w, r)
+		s.refuse(w)
 		return
 	}
 	if s.cfg.Leases != nil {
 		l, ok := s.cfg.Leases.LeaseByMAC(mac)
-		remote, err := netip.ParseAddrPort(r.RemoteAddr)
-		if !ok || err != nil || remote.Addr().Unmap() != l.IP {
+		if !ok || remote.Addr().Unmap() != l.IP {
 			s.peerLog.Warn("configuration file refused: requester does not hold the MAC's lease", "mac", mac, "remote", r.RemoteAddr)
-			http.Error(w, "forbidden", http.StatusForbidden)
+			s.refuse(w)
 			return
 		}
 	}
@@ -194,12 +258,13 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
-		http.NotFound(w, r)
+		s.peerLog.Info("configuration file refused: no account for the MAC", "mac", mac, "remote", r.RemoteAddr)
+		s.refuse(w)
 		return
 	}
 	p := phoneSite{mac: mac, domain: s.cfg.Domain, proxy: s.cfg.Proxy, port: s.cfg.SIPPort}
 	if s.cfg.Directory != nil {
-		p.phonebookURL = s.baseURL(r) + "phonebook.xml"
+		p.phonebookURL = s.baseURL(r) + strings.TrimPrefix(s.cfg.PathPrefix, "/") + "phonebook.xml"
 	}
 	var body, ctype string
 	switch kind {
@@ -220,7 +285,7 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *HTTPServer) servePhonebook(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Directory == nil {
-		http.NotFound(w, r)
+		s.refuse(w)
 		return
 	}
 	es, err := s.cfg.Directory.Entries(r.Context())
@@ -231,6 +296,11 @@ func (s *HTTPServer) servePhonebook(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/xml; charset=utf-8")
 	w.Write([]byte(yealinkPhonebook(es)))
+}
+
+// refuse is the one answer to every request that gets no file.
+func (s *HTTPServer) refuse(w http.ResponseWriter) {
+	http.Error(w, "404 page not found", http.StatusNotFound)
 }
 
 // baseURL is the URL the phone reached us at, from the Host header (which

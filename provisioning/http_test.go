@@ -213,16 +213,118 @@ func (m leaseMap) LeaseByMAC(mac net.HardwareAddr) (Lease, bool) {
 	return Lease{MAC: mac, IP: ip}, ok
 }
 
+// TestConfigOnlyToLeaseHolder: a configuration file (it holds the SIP
+// password) goes only to the address holding that MAC's current lease;
+// every refusal — another MAC, the right MAC from another address (the
+// mesh, another LAN, another phone of this LAN), a MAC with no lease or no
+// account, a name that is no file — is the same answer, so nobody learns
+// which MACs exist.
 func TestConfigOnlyToLeaseHolder(t *testing.T) {
 	s := newTestHTTP(t, func(c *HTTPConfig) {
-		c.Leases = leaseMap{"00:15:65:a1:b2:c3": netip.MustParseAddr("10.64.7.23")}
+		c.Leases = leaseMap{
+			"00:15:65:a1:b2:c3": netip.MustParseAddr("10.64.7.23"),
+			"00:0b:82:d4:e5:f6": netip.MustParseAddr("10.64.7.24"),
+			"11:22:33:44:55:66": netip.MustParseAddr("10.64.7.25"), // no account
+		}
 	})
-	if w := get(t, s, "/"+yealinkMAC+".cfg", ""); w.Code != http.StatusOK {
-		t.Fatalf("lease holder: %d", w.Code)
+	from := func(path, remote string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "http://10.64.7.1"+path, nil)
+		req.RemoteAddr = remote
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		return w
 	}
-	// get() requests from 10.64.7.23; the Polycom's lease is elsewhere or absent.
-	if w := get(t, s, "/"+polyMAC+"-phone.cfg", ""); w.Code != http.StatusForbidden {
-		t.Fatalf("not the lease holder: %d", w.Code)
+	if w := from("/"+yealinkMAC+".cfg", "10.64.7.23:4711"); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "account.1.password") {
+		t.Fatalf("lease holder: %d\n%s", w.Code, w.Body)
+	}
+	if w := from("/cfg"+gsMAC+".xml", "10.64.7.24:4711"); w.Code != http.StatusOK {
+		t.Fatalf("Grandstream lease holder: %d", w.Code)
+	}
+	want := from("/no-such-file", "10.64.7.23:4711")
+	if want.Code != http.StatusNotFound {
+		t.Fatalf("unknown name: %d", want.Code)
+	}
+	for _, tc := range []struct{ name, path, remote string }{
+		{"another phone's MAC", "/cfg" + gsMAC + ".xml", "10.64.7.23:4711"},
+		{"another phone's MAC, Polycom name", "/" + gsMAC + "-phone.cfg", "10.64.7.23:4711"},
+		{"a MAC with no lease", "/" + polyMAC + "-phone.cfg", "10.64.7.23:4711"},
+		{"a MAC with a lease but no account, from its address", "/112233445566.cfg", "10.64.7.25:4711"},
+		{"from the mesh", "/" + yealinkMAC + ".cfg", "[fd00:5ec::1234]:4711"},
+		{"from another LAN", "/" + yealinkMAC + ".cfg", "10.64.9.23:4711"},
+		{"from another address of this LAN", "/" + yealinkMAC + ".cfg", "10.64.7.99:4711"},
+		{"IPv4-mapped from another address", "/" + yealinkMAC + ".cfg", "[::ffff:10.64.7.99]:4711"},
+		{"unparsable remote", "/" + yealinkMAC + ".cfg", "garbage"},
+	} {
+		w := from(tc.path, tc.remote)
+		if w.Code != want.Code || w.Body.String() != want.Body.String() || w.Header().Get("Content-Type") != want.Header().Get("Content-Type") {
+			t.Errorf("%s: %d %q, want the same answer as an unknown name (%d %q)", tc.name, w.Code, w.Body, want.Code, want.Body)
+		}
+	}
+	if w := from("/"+yealinkMAC+".cfg", "[::ffff:10.64.7.23]:4711"); w.Code != http.StatusOK {
+		t.Errorf("lease holder as an IPv4-mapped address: %d", w.Code)
+	}
+}
+
+// TestPathPrefix: mounted under /provision/, files are found there only,
+// and the phonebook URL in a file names the prefix.
+func TestPathPrefix(t *testing.T) {
+	s := newTestHTTP(t, func(c *HTTPConfig) { c.PathPrefix = "/provision/" })
+	w := get(t, s, "/provision/"+yealinkMAC+".cfg", "")
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "remote_phonebook.data.1.url = http://10.64.7.1/provision/phonebook.xml\n") {
+		t.Fatalf("%d\n%s", w.Code, w.Body)
+	}
+	if w := get(t, s, "/provision/phonebook.xml", ""); w.Code != http.StatusOK {
+		t.Errorf("phonebook: %d", w.Code)
+	}
+	if w := get(t, s, "/"+yealinkMAC+".cfg", ""); w.Code != http.StatusNotFound {
+		t.Errorf("outside the prefix: %d", w.Code)
+	}
+	for _, bad := range []string{"provision/", "/provision"} {
+		if _, err := NewHTTPServer(HTTPConfig{Network: s.cfg.Network, Address: "x", Accounts: testAccts, PathPrefix: bad}); err == nil {
+			t.Errorf("PathPrefix %q accepted", bad)
+		}
+	}
+}
+
+// TestRateLimitPerSource: one source gets its burst, then one request per
+// second of (fake) time; another source is not affected; the table of
+// sources stays bounded.
+func TestRateLimitPerSource(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	s := newTestHTTP(t, func(c *HTTPConfig) {
+		c.SourceRate, c.SourceBurst, c.MaxSources = 1, 5, 8
+		c.Now = func() time.Time { return now }
+	})
+	from := func(remote string) int {
+		req := httptest.NewRequest(http.MethodGet, "http://10.64.7.1/phonebook.xml", nil)
+		req.RemoteAddr = remote
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req)
+		return w.Code
+	}
+	for i := range 5 {
+		if c := from("10.64.7.23:1"); c != http.StatusOK {
+			t.Fatalf("request %d of the burst: %d", i, c)
+		}
+	}
+	if c := from("10.64.7.23:2"); c != http.StatusTooManyRequests {
+		t.Fatalf("over the burst: %d", c)
+	}
+	if c := from("10.64.7.24:1"); c != http.StatusOK {
+		t.Fatalf("another source: %d", c)
+	}
+	now = now.Add(time.Second)
+	if c := from("10.64.7.23:3"); c != http.StatusOK {
+		t.Fatalf("a second later: %d", c)
+	}
+	if c := from("10.64.7.23:4"); c != http.StatusTooManyRequests {
+		t.Fatalf("second request in that second: %d", c)
+	}
+	for i := range 100 {
+		from(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 64, 8, byte(i)}), 1).String())
+	}
+	if n := len(s.limit.src); n > 8 {
+		t.Fatalf("%d sources in the table, bound 8", n)
 	}
 }
 
@@ -275,8 +377,8 @@ func TestHTTPOverMemnet(t *testing.T) {
 
 // FuzzHTTPRequest feeds raw request bytes, as a LAN host sends them,
 // through net/http's request parser into the provisioning handler: no
-// panic, an answer the handler means (200 with a content type, 400, 403,
-// 404, 405), and a configuration file only for a MAC with an account.
+// panic, an answer the handler means (200 with a content type, 400, 404, 405,
+// 429), and a configuration file only for a MAC with an account.
 func FuzzHTTPRequest(f *testing.F) {
 	for _, p := range []string{"/" + yealinkMAC + ".cfg", "/cfg" + gsMAC + ".xml", "/" + polyMAC + "-phone.cfg",
 		"/phonebook.xml", "/" + strings.ToUpper(yealinkMAC) + ".cfg", "/../etc/passwd", "/cfg.xml", "/-phone.cfg"} {
@@ -298,7 +400,7 @@ func FuzzHTTPRequest(f *testing.F) {
 			if w.Header().Get("Content-Type") == "" {
 				t.Fatal("200 without a content type")
 			}
-		case http.StatusBadRequest, http.StatusForbidden, http.StatusNotFound, http.StatusMethodNotAllowed:
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusTooManyRequests:
 		default:
 			t.Fatalf("status %d for %q", w.Code, raw)
 		}

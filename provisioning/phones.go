@@ -1,11 +1,9 @@
 package provisioning
 
 import (
-	"cmp"
-	"encoding/xml"
 	"fmt"
 	"net"
-	"slices"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -60,10 +58,30 @@ func parseMACHex(s string) (net.HardwareAddr, bool) {
 	return mac, true
 }
 
-// xesc escapes text for XML character data and attribute values.
+// xesc escapes text for XML character data and attribute values as
+// encoding/xml's EscapeText does (which costs the router binary its escape
+// tables): the five special characters as entities, and what XML 1.0
+// §2.2 does not allow in a document (and invalid UTF-8) as U+FFFD.
 func xesc(s string) string {
 	var b strings.Builder
-	xml.EscapeText(&b, []byte(stripControl(s)))
+	for _, r := range stripControl(s) {
+		switch {
+		case r == '&':
+			b.WriteString("&amp;")
+		case r == '<':
+			b.WriteString("&lt;")
+		case r == '>':
+			b.WriteString("&gt;")
+		case r == '"':
+			b.WriteString("&#34;")
+		case r == '\'':
+			b.WriteString("&#39;")
+		case r >= 0x20 && r <= 0xD7FF, r >= 0xE000 && r <= 0xFFFD, r >= 0x10000 && r <= 0x10FFFF:
+			b.WriteRune(r)
+		default:
+			b.WriteRune('\uFFFD')
+		}
+	}
 	return b.String()
 }
 
@@ -183,9 +201,14 @@ func polycomPhone(p phoneSite, a Account) string {
 // yealinkPhonebook is a Yealink remote phonebook, sorted by name then
 // number and cut at MaxPhonebookEntries.
 func yealinkPhonebook(entries []DirectoryEntry) string {
-	es := slices.Clone(entries)
-	slices.SortFunc(es, func(a, b DirectoryEntry) int {
-		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Number, b.Number))
+	// sort.Slice, not slices.SortFunc: a generic sort instantiated for
+	// this type costs the router binary 9 KB; sort's code is linked anyway.
+	es := append([]DirectoryEntry(nil), entries...)
+	sort.Slice(es, func(i, j int) bool {
+		if es[i].Name != es[j].Name {
+			return es[i].Name < es[j].Name
+		}
+		return es[i].Number < es[j].Number
 	})
 	if len(es) > MaxPhonebookEntries {
 		es = es[:MaxPhonebookEntries]

@@ -261,8 +261,11 @@ func (s *Server) subscribers(w http.ResponseWriter, r *http.Request) {
 		p.raw(`<h2>Add a subscriber or reset a password</h2><form method="post" action="/subscribers" class="card grid">`).csrf().
 			raw(`<label>Extension <input name="ext" required pattern="[0-9A-Za-z._-]+" inputmode="numeric"></label>`).
 			raw(`<label>Name <input name="display"></label>`).
-			raw(`<label>Password <input type="password" name="password" required autocomplete="new-password"></label>`).
-			raw(`<button>Store</button></form>`)
+			raw(`<label>Password <input type="password" name="password" required autocomplete="new-password"></label>`)
+		if _, ok := s.cfg.Backend.(PhoneBinder); ok {
+			p.raw(`<label>Phone MAC on this node (optional) <input name="mac" placeholder="00:15:65:a1:b2:c3"></label>`)
+		}
+		p.raw(`<button>Store</button></form>`)
 	}
 	p.end(w)
 }

@@ -2,7 +2,7 @@
 // pages for the mesh (neighbours with link quality, ring neighbours,
 // fingers), live calls (path, hop count and per-leg MOS, loss and jitter
 // from the media relay), registered phones, subscribers (add, remove,
-// reset a password), and the node itself (config, version, uptime, log
+// reset a password, bind a desk phone's MAC on this node), and the node itself (config, version, uptime, log
 // tail), plus the Prometheus /metrics endpoint.
 //
 // Reading is open to whoever reaches the listener (the node listens on its
@@ -57,6 +57,14 @@ type Backend interface {
 	DeleteUser(ctx context.Context, ext string) error
 	Node() NodeInfo
 	WriteMetrics(w io.Writer) error
+}
+
+// PhoneBinder is a Backend that can also bind a desk phone (by MAC) to a
+// subscriber on this node, so that the phone fetches its configuration
+// file with that account (gateway: `sipmesh phone add`). The subscribers
+// form shows a MAC field only for such a Backend.
+type PhoneBinder interface {
+	BindPhone(ctx context.Context, mac, ext, password string) error
 }
 
 // Call is a call whose media this node relays.
@@ -291,6 +299,15 @@ func (s *Server) setUser(w http.ResponseWriter, r *http.Request, id string) {
 		msg = "Not stored: " + err.Error()
 	} else {
 		s.log.Info("subscriber stored from the web UI", "ext", ext, "source", remoteAddr(r))
+	}
+	if b, ok := s.cfg.Backend.(PhoneBinder); ok && err == nil {
+		if mac := strings.TrimSpace(form(r).Get("mac")); mac != "" {
+			if err := b.BindPhone(r.Context(), mac, ext, pw); err != nil {
+				msg += "; phone not bound: " + err.Error()
+			} else {
+				msg += "; phone " + mac + " bound on this node"
+			}
+		}
 	}
 	s.sessions.setFlash(id, msg)
 	http.Redirect(w, r, "/subscribers", http.StatusSeeOther)

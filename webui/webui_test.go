@@ -27,9 +27,23 @@ func init() { scryptCost = 1 << 10 }
 
 // fakeBackend is a node with a few subscribers, a neighbour and a call.
 type fakeBackend struct {
-	mu    sync.Mutex
-	users map[string]User
-	pw    map[string]string
+	mu     sync.Mutex
+	users  map[string]User
+	pw     map[string]string
+	phones map[string]string // MAC → extension
+}
+
+func (f *fakeBackend) BindPhone(_ context.Context, mac, ext, _ string) error {
+	if len(mac) != 17 {
+		return errors.New("bad MAC")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.phones == nil {
+		f.phones = make(map[string]string)
+	}
+	f.phones[mac] = ext
+	return nil
 }
 
 func newFake() *fakeBackend {
@@ -455,5 +469,39 @@ func TestLogBufferBounded(t *testing.T) {
 		if len(l) > maxLogLine {
 			t.Errorf("line of %d bytes", len(l))
 		}
+	}
+}
+
+// TestBindPhoneFromSubscribersForm: the subscribers form of a Backend that
+// binds phones has a MAC field; a subscriber stored with a MAC binds that
+// phone (with a session and the CSRF token only), a bad MAC is reported
+// and the subscriber still stored.
+func TestBindPhoneFromSubscribersForm(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	e.login(admin, adminPW)
+	tok := e.csrf(admin)
+	if _, body := e.get(admin, "/subscribers"); !strings.Contains(body, `name="mac"`) {
+		t.Fatalf("no MAC field:\n%s", body)
+	}
+	v := url.Values{"ext": {"205"}, "password": {"secret-pass"}, "mac": {"00:15:65:a1:b2:c3"}}
+	if resp, _ := e.post(e.client(), "/subscribers", v); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("without a session: %s", resp.Status)
+	}
+	v.Set("csrf", tok)
+	resp, _ := e.post(admin, "/subscribers", v)
+	if _, body := e.get(admin, resp.Header.Get("Location")); !strings.Contains(body, "Stored 205; phone 00:15:65:a1:b2:c3 bound on this node") {
+		t.Errorf("no confirmation:\n%s", body)
+	}
+	v.Set("ext", "206")
+	v.Set("mac", "00:15")
+	resp, _ = e.post(admin, "/subscribers", v)
+	if _, body := e.get(admin, resp.Header.Get("Location")); !strings.Contains(body, "Stored 206; phone not bound: bad MAC") {
+		t.Errorf("a refused binding is not shown:\n%s", body)
+	}
+	e.be.mu.Lock()
+	defer e.be.mu.Unlock()
+	if e.be.phones["00:15:65:a1:b2:c3"] != "205" || len(e.be.phones) != 1 {
+		t.Fatalf("bindings: %v", e.be.phones)
 	}
 }

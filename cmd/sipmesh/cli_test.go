@@ -41,6 +41,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"demo", "--calls", "-5"}, "--calls -5: want 0 to 1000"},
 		{[]string{"demo", "--calls", "0", "--echo", "0"}, "nothing to call"},
 		{[]string{"demo", "--calls", "x"}, `invalid value "x" for flag -calls`},
+		{[]string{"phone", "add", "00:15:65:a1:b2:c3"}, "want MAC and EXT, got 1 arguments"},
+		{[]string{"phone", "frob"}, `unknown subcommand "frob"`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -87,6 +89,8 @@ func TestHelpOnStdout(t *testing.T) {
 		{[]string{"sim", "dht", "-h"}, "Usage: sipmesh sim dht [flags]"},
 		{[]string{"help", "user", "add"}, "Usage: sipmesh user add [flags] EXT"},
 		{[]string{"user", "--help"}, "Usage: sipmesh user add|del|list"},
+		{[]string{"help", "phone", "add"}, "Usage: sipmesh phone add [flags] MAC EXT"},
+		{[]string{"phone", "--help"}, "Usage: sipmesh phone add|del|list"},
 	} {
 		code, stdout, stderr := run(t, tt.args...)
 		if code != 0 || !strings.Contains(stdout, tt.want) || stderr != "" {
@@ -123,6 +127,8 @@ func TestUserAddChecksNodeFirst(t *testing.T) {
 		{"user", "add", "--control", sock, "201"},
 		{"status", "--control", sock},
 		{"user", "list", "--control", sock},
+		{"phone", "add", "--password-stdin", "--control", sock, "00:15:65:a1:b2:c3", "201"},
+		{"phone", "list", "--control", sock},
 	} {
 		code, _, stderr := run(t, args...)
 		if code != 1 || !strings.Contains(stderr, "no node answering") {
@@ -220,6 +226,7 @@ func TestJSONNamesSnakeCase(t *testing.T) {
 		}
 	}
 	for _, v := range []any{gateway.NodeStatus{}, gateway.PingResult{}, gateway.UserInfo{}, gateway.BindingInfo{},
+		gateway.PhoneInfo{}, gateway.AddPhoneRequest{},
 		demoReport{}, ssrsim.Report{}, dhtsim.Report{}} {
 		walk(reflect.TypeOf(v).String(), reflect.TypeOf(v))
 	}

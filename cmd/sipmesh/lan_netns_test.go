@@ -369,10 +369,11 @@ type udhcpc struct {
 
 func startUdhcpc(t *testing.T, ns *netns.NS, busybox, script, hostname string, env []string) *udhcpc {
 	t.Helper()
-	// -f foreground, -O sipsrv asks for option 120, -x sends a host name;
-	// -t/-T: up to 20 discovers a second apart.
+	// -f foreground, -O sipsrv asks for option 120 and -O tftp for
+	// option 66 (the provisioning URL), -x sends a host name; -t/-T: up
+	// to 20 discovers a second apart.
 	u := &udhcpc{cmd: ns.Command(context.Background(), busybox, "udhcpc", "-f", "-i", "eth0", "-s", script,
-		"-O", "sipsrv", "-x", "hostname:"+hostname, "-t", "20", "-T", "1"),
+		"-O", "sipsrv", "-O", "tftp", "-x", "hostname:"+hostname, "-t", "20", "-T", "1"),
 		events: make(chan udhcpcEvent, 32)}
 	u.cmd.Env = append(append(os.Environ(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin"), env...)
 	stdout, err := u.cmd.StdoutPipe()
