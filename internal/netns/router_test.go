@@ -23,7 +23,7 @@ func TestRoutersOverVeth(t *testing.T) {
 	rig := newMeshRig(t, topo) // waits for a two-hop route A→C
 	defer rig.stop()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	reply, rtt, err := rig.a.Ping(ctx, rig.c.ID())
 	if err != nil {
