@@ -21,8 +21,8 @@
 //		...
 //	}
 //
-// A command's context is cancelled on SIGINT, SIGTERM, SIGHUP or SIGPIPE
-// (signals.go); a long-running command shuts down, waits for its goroutines
+// A command's context is cancelled on SIGINT, SIGTERM, SIGHUP or a failed
+// write to a closed stdout or stderr, as SIGPIPE (signals.go); a long-running command shuts down, waits for its goroutines
 // and either returns nil (the node: a stop is what SIGTERM asks for) or
 // prints its partial results and returns the context's cause (demo, sim),
 // which exits 128+signal (130 after Ctrl-C). Requested help goes to stdout.
@@ -92,7 +92,7 @@ func main() {
 // runMain runs the command named by args[0] and returns the process exit
 // code. It is main without os.Exit, so tests can drive the whole CLI.
 func runMain(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := notifySignals(stderr)
+	ctx, stdout, stderr, stop := notifySignals(stdout, stderr)
 	defer stop()
 
 	if len(args) == 0 {

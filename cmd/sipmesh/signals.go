@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,11 +14,20 @@ import (
 )
 
 // stopSignals end a command early but cleanly: Ctrl-C (SIGINT), a service
-// manager's SIGTERM, a closed terminal's SIGHUP, and SIGPIPE — a reader of
-// our output that went away (`sipmesh demo 2>&1 | head`). Left to the Go
-// runtime, SIGHUP and SIGPIPE would kill the process without running any
-// deferred cleanup, leaving the demo's temporary node keys on disk.
-var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE}
+// manager's SIGTERM and a closed terminal's SIGHUP. Left to the Go
+// runtime, SIGHUP would kill the process without running any deferred
+// cleanup, leaving the demo's temporary node keys on disk.
+//
+// SIGPIPE is not one of them. A process that asks for SIGPIPE gets it for
+// a write to ANY broken pipe or socket (os/signal: "the file descriptor
+// number does not matter"): a phone that closed its SIP-over-TCP
+// connection, a browser leaving the web UI or `sipmesh ping` giving up on
+// the control socket would stop the node. SIGPIPE is ignored instead, so
+// every such write just fails with EPIPE, and a reader of our own output
+// that went away (`sipmesh demo 2>&1 | head`) is noticed by the write to
+// stdout or stderr that fails (pipeWriter), which stops the command as
+// SIGPIPE would have, cleanly.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
 
 // signalError is the cause of a command's context cancelled by a signal.
 type signalError struct{ sig syscall.Signal }
@@ -43,13 +53,14 @@ func (e *signalError) String() string {
 func (e *signalError) exitCode() int { return 128 + int(e.sig) }
 
 // notifySignals returns a context that the first stop signal cancels with
-// a *signalError cause. A second SIGINT, SIGTERM or SIGHUP means "now":
-// it runs the registered cleanups (removing temporary key directories)
-// and exits at once, for a shutdown that is stuck. Further SIGPIPEs are
-// ignored: every write to a closed stderr raises one. stop releases the
-// handlers.
-func notifySignals(stderr io.Writer) (ctx context.Context, stop func()) {
+// a *signalError cause, and wraps stdout and stderr so that a write to a
+// reader that went away (EPIPE) cancels it too, as SIGPIPE. A second
+// SIGINT, SIGTERM or SIGHUP means "now": it runs the registered cleanups
+// (removing temporary key directories) and exits at once, for a shutdown
+// that is stuck. stop releases the handlers.
+func notifySignals(stdout, stderr io.Writer) (ctx context.Context, out, errOut io.Writer, stop func()) {
 	ctx, cancel := context.WithCancelCause(context.Background())
+	signal.Ignore(syscall.SIGPIPE)
 	ch := make(chan os.Signal, 4)
 	signal.Notify(ch, stopSignals...)
 	done := make(chan struct{})
@@ -62,24 +73,39 @@ func notifySignals(stderr io.Writer) (ctx context.Context, stop func()) {
 				return
 			case s := <-ch:
 				sig, _ := s.(syscall.Signal)
-				switch {
-				case first:
+				if first {
 					first = false
 					cancel(&signalError{sig})
-				case sig != syscall.SIGPIPE:
-					runCleanups()
-					fmt.Fprintf(stderr, "sipmesh: second %v: exiting without waiting\n", &signalError{sig})
-					os.Exit(128 + int(sig))
+					continue
 				}
+				runCleanups()
+				fmt.Fprintf(stderr, "sipmesh: second %v: exiting without waiting\n", &signalError{sig})
+				os.Exit(128 + int(sig))
 			}
 		}
 	})
-	return ctx, func() {
+	closed := func() { cancel(&signalError{syscall.SIGPIPE}) }
+	return ctx, pipeWriter{stdout, closed}, pipeWriter{stderr, closed}, func() {
 		signal.Stop(ch)
 		close(done)
 		wg.Wait()
 		cancel(nil)
 	}
+}
+
+// pipeWriter calls closed when a write fails with EPIPE: the reader of
+// the command's output went away.
+type pipeWriter struct {
+	w      io.Writer
+	closed func()
+}
+
+func (p pipeWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	if errors.Is(err, syscall.EPIPE) {
+		p.closed()
+	}
+	return n, err
 }
 
 // cleanups are what must happen even when the process is forced to exit
