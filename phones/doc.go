@@ -17,8 +17,11 @@
 // unreachable; feature codes *72/*73, confirmed by EchoService.Announce
 // here), ring groups and keeping a MESSAGE for an offline phone; the
 // simulated phone sends and receives MESSAGE (message.go).
-// Planned, not here yet: moving a room when its node dies, the dial plan
-// (aliases), hunt groups, BLF and the phone book; extension numbers are
+// A room moves when its node dies (roommove.go): the members who came
+// over the mesh are recorded (RoomStore, the DHT) and re-INVITEd by the
+// room's next node on the ring.
+// Planned, not here yet: the dial plan (aliases), hunt groups, BLF and the
+// phone book; extension numbers are
 // today only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone

@@ -28,7 +28,9 @@
 // 4260–4269) runs on the node that owns RoomKey(room) on the ring; a LAN
 // phone's INVITE for a room of another node is sent to that node's mesh
 // SIP address through the ALG, so every member's media crosses its own
-// node's relay. Call forwarding (forward.go; registrar.Forward in the
+// node's relay. When the ring changes (RingChanged), the node that now
+// owns a room whose node died takes its members over from their records
+// (RoomsConfig.Store) with re-INVITEs (phones/roommove.go). Call forwarding (forward.go; registrar.Forward in the
 // DHT): unconditional and on unreachable, resolved by the caller's node
 // before it forks, on busy and on no answer after the branches failed
 // (new branches on the same transaction), with a Diversion header per

@@ -43,6 +43,11 @@ type RoomsConfig struct {
 	// unknown. Required.
 	Owner      func(room string) ssr.NodeID
 	MaxMembers int // per room (default phones.DefaultConfMembers)
+	// Store keeps the dialogs of the room's members who came over the
+	// mesh (registrar.DHTRooms), so that the room's next node takes them
+	// over when the room's node dies (phones/roommove.go); nil: a room
+	// dies with its node.
+	Store phones.RoomStore
 }
 
 // RoomKeyName is a room's DHT key: its owner is the room's node.
@@ -81,7 +86,7 @@ func (s *SIPService) initFeatures() error {
 	}
 	var err error
 	s.conf, err = phones.NewConfService(phones.ConfConfig{Host: confHost{echoHost{s}}, Listen: rc.Listen,
-		Rooms: rc.Numbers, MaxMembers: rc.MaxMembers, Logger: s.log,
+		Rooms: rc.Numbers, MaxMembers: rc.MaxMembers, Store: rc.Store, Logger: s.log,
 		Owner: func(room string) bool { return rc.Owner(room) == s.cfg.Node }})
 	return err
 }
@@ -114,6 +119,16 @@ func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason stri
 	return []target{{uri: p.req.Recipient, dst: na, transport: "UDP"}}, 0, "", true
 }
 
+// RingChanged tells the service that the ring around this node changed
+// (a ring neighbour died or came): it takes over the members of the rooms
+// it owns now whose node died (phones.ConfService.Takeover). It returns at
+// once.
+func (s *SIPService) RingChanged() {
+	if s.conf != nil {
+		s.conf.Takeover()
+	}
+}
+
 // Rooms lists the rooms this node runs that have members.
 func (s *SIPService) Rooms() []phones.RoomStats {
 	if s.conf == nil {
@@ -138,4 +153,18 @@ func (h confHost) RequestOn(ctx context.Context, req *sip.Request, mesh bool) (s
 		return nil, err
 	}
 	return h.s.client.TransactionRequest(ctx, req, noBuild)
+}
+
+func (h confHost) SendOn(req *sip.Request, mesh bool) error {
+	if strings.EqualFold(req.Transport(), "UDP") {
+		if mesh {
+			h.s.mesh.laddr.Copy(&req.Laddr)
+		} else {
+			h.s.lan.laddr.Copy(&req.Laddr)
+		}
+	}
+	if err := h.s.connReady(req); err != nil {
+		return err
+	}
+	return h.s.client.WriteRequest(req, noBuild)
 }

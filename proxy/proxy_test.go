@@ -50,6 +50,8 @@ type meshNode struct {
 	svc    *SIPService
 	reg    *registrar.Registrar
 	relay  *sipalg.Relay
+	// kill stops the node's services at once, as if it lost power.
+	kill context.CancelFunc
 }
 
 func nodeID(i int) ssr.NodeID { return ssr.NodeID(0x1000 + i) }
@@ -116,9 +118,11 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m.wg.Go(func() { nd.relay.Run(m.ctx) })
+		var nctx context.Context
+		nctx, nd.kill = context.WithCancel(m.ctx)
+		m.wg.Go(func() { nd.relay.Run(nctx) })
 		m.wg.Go(func() {
-			if err := nd.svc.Run(m.ctx); err != nil {
+			if err := nd.svc.Run(nctx); err != nil {
 				t.Errorf("node %d: %v", i, err)
 			}
 		})
