@@ -75,6 +75,8 @@ type meshConfig struct {
 	MinDiameter int
 	// Log receives the nodes' logs (nil: discarded).
 	Log *slog.Logger
+	// RingGroups is every node's ring-group setting.
+	RingGroups map[string][]string
 }
 
 // telMesh is a running telephone mesh.
@@ -210,6 +212,7 @@ func (m *telMesh) build() error {
 		if i == 0 {
 			o.AdminKey = adminPath // node 1 manages the subscribers
 		}
+		o.RingGroups = m.cfg.RingGroups
 		o.SetRouterParams(demoParams)
 		o.SetDHTParams(demoDHTParams)
 		node, err := gateway.NewNode(o, m.hosts[i], m.cfg.Log)
