@@ -20,7 +20,10 @@
 // A room moves when its node dies (roommove.go): the members who came
 // over the mesh are recorded (RoomStore, the DHT) and re-INVITEd by the
 // room's next node on the ring.
-// Planned, not here yet: the dial plan (aliases), hunt groups, BLF and the
+// The busy lamp field (blf.go): SUBSCRIBE/NOTIFY for the dialog event
+// package (RFC 6665, RFC 4235) answered by the node an extension is
+// registered through, which the proxy tells of its phones' dialogs.
+// Planned, not here yet: the dial plan (aliases), hunt groups and the
 // phone book; extension numbers are
 // today only checked by the registrar (registrar.ValidExt).
 //

@@ -38,6 +38,10 @@
 // clear the unconditional one from the phone.
 // Ring groups (groups.go, node configuration): a group extension forks
 // to every member's bindings at once; hunting in order is not here yet.
+// The busy lamp field (blf.go): a SUBSCRIBE for the dialog package
+// (RFC 4235) goes to the node the extension is registered through, whose
+// phones.BLFService notifies; the proxy reports its LAN phones' dialogs
+// to it (early, confirmed, terminated).
 // MESSAGE (RFC 3428) is proxied like any request; one for an extension
 // without a binding is stored in the DHT (bounded, expiring), answered
 // 202 and delivered when the extension registers (messages.go).

@@ -94,7 +94,8 @@ func (s *SIPService) initFeatures() error {
 // feature hands a request to a feature this node answers itself; it
 // reports whether one took it.
 func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *sock, src netip.AddrPort) bool {
-	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.featureCode(req, tx, in, src)
+	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.blf.Handle(req, tx, in == s.mesh, src) ||
+		s.featureCode(req, tx, in, src)
 }
 
 // featureTargets routes a request for a ring group (groups.go) or a
@@ -103,6 +104,9 @@ func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *soc
 func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason string, ok bool) {
 	s := p.s
 	if ts, code, reason, ok := p.groupTargets(ext); ok {
+		return ts, code, reason, true
+	}
+	if ts, code, reason, ok := p.blfTargets(ext); ok {
 		return ts, code, reason, true
 	}
 	if s.conf == nil || !s.conf.IsRoom(ext) {

@@ -277,17 +277,7 @@ func (s *SIPService) featureCode(req *sip.Request, tx sip.ServerTransaction, in 
 // whose flow is src: the phone that dialled is the one that proved the
 // extension's password when it registered.
 func (s *SIPService) registeredFrom(ctx context.Context, ext string, src netip.AddrPort) bool {
-	if registrar.ValidExt(ext) != nil {
-		return false
-	}
-	all, err := s.cfg.Locations.Bindings(ctx, registrar.AOR(ext))
-	if err != nil {
-		return false
-	}
-	for _, b := range registrar.MergeBindings(all, time.Now()) {
-		if b.Node != s.cfg.Node {
-			continue
-		}
+	for _, b := range s.localBindings(ctx, ext) {
 		if b.Source == src {
 			return true
 		}

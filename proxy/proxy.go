@@ -273,6 +273,7 @@ func (p *proxyTx) run() {
 	if !p.finalSent && !p.cancelled && s.ctx.Err() == nil {
 		p.sendBest()
 	}
+	p.blfDone() // blf.go
 	switch {
 	case req.Method == sip.BYE:
 		// RFC 3261 §15: the BYE ends the dialog and its media.
@@ -913,6 +914,7 @@ func cancelRequest(inv *sip.Request) *sip.Request {
 // relayUp forwards a response of branch b upstream (§16.7 step 9): our
 // Via removed, the SDP rewritten for the upstream side.
 func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
+	p.blfResponse(b, res) // blf.go
 	out := res.Clone()
 	out.RemoveHeader("Via")
 	if out.Via() == nil {

@@ -153,6 +153,7 @@ type SIPService struct {
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
 	conf    *phones.ConfService // nil without Rooms
+	blf     *phones.BLFService
 
 	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
@@ -278,6 +279,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 			Max: cfg.MaxEchoSessions, Logger: s.log}); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.initBLF(); err != nil {
+		return nil, err
 	}
 	if err := s.initFeatures(); err != nil {
 		return nil, err
