@@ -19,7 +19,8 @@ import (
 // goes out to it. A SUBSCRIBE for the dialog package from a LAN phone
 // (authenticated like any request outside a dialog) is answered here when
 // the extension is registered here, and otherwise sent to the mesh SIP
-// address of the node it is registered through, Request-URI unchanged and
+// address of the node it is registered through, its Request-URI naming
+// the mesh domain (sip:202@mesh) and
 // record-routed, where that node's service answers it; one that came over
 // the mesh and is not taken is not sent on.
 
@@ -76,7 +77,7 @@ func (p *proxyTx) blfTargets(ext string) (ts []target, code int, reason string, 
 	}
 	for _, b := range registrar.MergeBindings(all, time.Now()) {
 		if na := s.cfg.NodeSIPAddr(b.Node); b.Node != s.cfg.Node && na.IsValid() && na != s.cfg.MeshAddr {
-			return []target{{uri: p.req.Recipient, dst: na, transport: "UDP"}}, 0, "", true
+			return []target{{uri: meshURI(p.req.Recipient), dst: na, transport: "UDP"}}, 0, "", true
 		}
 	}
 	return nil, 480, "Temporarily Unavailable", true

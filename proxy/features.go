@@ -23,7 +23,8 @@ import (
 // answers it (dht.Result.Owner), so every node names the same one once
 // the ring is consistent; a node's own view of the ring would not. A room INVITE from a phone on
 // this node's LAN for a room another node runs is sent straight to that
-// node's mesh SIP address with its Request-URI unchanged (sip:426@mesh),
+// node's mesh SIP address with its Request-URI naming the mesh domain
+// (sip:426@mesh, whatever host the phone used),
 // through the ALG like any call that leaves for the mesh, so the member's
 // media goes through this node's relay. A room request that came over the
 // mesh and was not taken by the room service is never sent on: two views
@@ -120,7 +121,17 @@ func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason stri
 	if owner == 0 || !na.IsValid() || na == s.cfg.MeshAddr {
 		return nil, 480, "Temporarily Unavailable (room's node unknown)", true
 	}
-	return []target{{uri: p.req.Recipient, dst: na, transport: "UDP"}}, 0, "", true
+	return []target{{uri: meshURI(p.req.Recipient), dst: na, transport: "UDP"}}, 0, "", true
+}
+
+// meshURI is u (a Request-URI naming this node or the mesh domain) with
+// the host "mesh", the name every node answers to: a phone configured
+// with its node's address as its domain sends sip:426@10.97.1.1, which
+// another node must not take for a domain it does not serve.
+func meshURI(u sip.Uri) sip.Uri {
+	u = *u.Clone()
+	u.Host, u.Port = "mesh", 0
+	return u
 }
 
 // RingChanged tells the service that the ring around this node changed
