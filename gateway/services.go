@@ -246,6 +246,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		// Call forwarding and *72/*73 (proxy/forward.go), in the DHT.
 		Forwards:   &registrar.DHTForwards{DHT: n.svc.dht},
 		RingGroups: n.opts.RingGroups,
+		HuntGroups: n.opts.HuntGroups,
 		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
 	})

@@ -15,7 +15,7 @@
 // registrar nor the daemon.
 // The proxy owns call forwarding (unconditional, busy, no answer,
 // unreachable; feature codes *72/*73, confirmed by EchoService.Announce
-// here), ring groups and keeping a MESSAGE for an offline phone; the
+// here), ring and hunt groups and keeping a MESSAGE for an offline phone; the
 // simulated phone sends and receives MESSAGE (message.go).
 // A room moves when its node dies (roommove.go): the members who came
 // over the mesh are recorded (RoomStore, the DHT) and re-INVITEd by the
@@ -23,8 +23,7 @@
 // The busy lamp field (blf.go): SUBSCRIBE/NOTIFY for the dialog event
 // package (RFC 6665, RFC 4235) answered by the node an extension is
 // registered through, which the proxy tells of its phones' dialogs.
-// Planned, not here yet: the dial plan (aliases), hunt groups and the
-// phone book; extension numbers are
+// Planned, not here yet: the dial plan (aliases) and the phone book; extension numbers are
 // today only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone

@@ -37,7 +37,8 @@
 // hop (RFC 5806) and loops refused with 482; *72<number> and *73 set and
 // clear the unconditional one from the phone.
 // Ring groups (groups.go, node configuration): a group extension forks
-// to every member's bindings at once; hunting in order is not here yet.
+// to every member's bindings at once; a hunt group rings its members
+// one after the other, each for the group's timeout.
 // The busy lamp field (blf.go): a SUBSCRIBE for the dialog package
 // (RFC 4235) goes to the node the extension is registered through, whose
 // phones.BLFService notifies; the proxy reports its LAN phones' dialogs

@@ -189,11 +189,19 @@ func (p *proxyTx) divertOnFailure(base *sip.Request, invite bool, callID, fromTa
 		p.finalSent = true
 		return false
 	}
+	started := p.startBranches(base, ts, callID, fromTag)
+	p.armNoAnswer(true)
+	return started > 0
+}
+
+// startBranches builds and starts an INVITE branch to each of ts after
+// the first ones failed (§16.6); it returns how many started.
+func (p *proxyTx) startBranches(base *sip.Request, ts []target, callID, fromTag string) int {
 	var started []*branch
 	for _, t := range ts {
 		r, out, err := p.build(base, t, true, callID, fromTag)
 		if err != nil {
-			s.log.Info("cannot forward", "call_id", callID, "err", err)
+			p.s.log.Info("cannot forward", "call_id", callID, "err", err)
 			continue
 		}
 		b := &branch{req: r, out: out}
@@ -203,8 +211,7 @@ func (p *proxyTx) divertOnFailure(base *sip.Request, invite bool, callID, fromTa
 	for _, b := range started {
 		p.start(b, true)
 	}
-	p.armNoAnswer(true)
-	return len(started) > 0
+	return len(started)
 }
 
 // featureCode answers *72<number> and *73 from a phone on the LAN; it

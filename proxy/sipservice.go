@@ -102,6 +102,9 @@ type SIPServiceConfig struct {
 	// RingGroups maps a group extension to its members' extensions
 	// (groups.go); the same on every node.
 	RingGroups map[string][]string
+	// HuntGroups maps a group extension to members rung one after the
+	// other, each for the group's timeout (groups.go).
+	HuntGroups map[string]HuntGroup
 	// Messages, if set, keeps MESSAGEs for offline extensions and
 	// delivers them on register (messages.go); nil: 480 as for calls.
 	Messages registrar.MessageStore

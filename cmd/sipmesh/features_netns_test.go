@@ -132,11 +132,15 @@ func TestBaresipFeatures(t *testing.T) {
 		a, _ := start(t, ph[0], 500, 0.2, "")
 		b, _ := start(t, ph[1], 900, 0.2, "")
 		c, _ := start(t, ph[2], 1300, 0.2, "")
-		// *72203: 201's node answers (a confirmation tone) and stores the
-		// unconditional forward to 203.
-		a.command(t, "dial", "*72203")
-		a.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
-		a.waitEvent(t, 15*time.Second, "CALL_CLOSED")
+		// A feature code: 201's node answers (a confirmation tone) and
+		// hangs up.
+		code := func(dial string) {
+			t.Helper()
+			a.command(t, "dial", dial)
+			a.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
+			a.waitEvent(t, 15*time.Second, "CALL_CLOSED")
+		}
+		code("*72203") // the unconditional forward to 203, in the DHT
 		b.command(t, "dial", "201")
 		c.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
 		b.waitEvent(t, 5*time.Second, "CALL_ESTABLISHED")
@@ -149,9 +153,7 @@ func TestBaresipFeatures(t *testing.T) {
 			}
 		}
 		// *73 clears it again, so the next call rings 201 itself.
-		a.command(t, "dial", "*73")
-		a.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
-		a.waitEvent(t, 15*time.Second, "CALL_CLOSED")
+		code("*73")
 		b.command(t, "dial", "201")
 		a.waitEvent(t, 10*time.Second, "CALL_ESTABLISHED")
 		b.waitEvent(t, 15*time.Second, "CALL_CLOSED")
