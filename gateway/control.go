@@ -125,6 +125,9 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux.HandleFunc("POST /users", s.handleAddUser)
 	mux.HandleFunc("DELETE /users/{ext}", s.handleDeleteUser)
 	mux.HandleFunc("GET /bindings/{ext}", s.handleBindings)
+	mux.HandleFunc("GET /aliases/{name}", s.handleAlias)
+	mux.HandleFunc("PUT /aliases/{name}", s.handleSetAlias)
+	mux.HandleFunc("DELETE /aliases/{name}", s.handleSetAlias)
 	mux.HandleFunc("POST /web-password", s.handleWebPassword)
 	srv := &http.Server{
 		Handler:           mux,

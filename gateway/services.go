@@ -247,6 +247,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Forwards:   &registrar.DHTForwards{DHT: n.svc.dht},
 		RingGroups: n.opts.RingGroups,
 		HuntGroups: n.opts.HuntGroups,
+		// The dial plan's aliases, in the DHT (proxy/alias.go).
+		Aliases: n.aliases(),
 		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
 	})

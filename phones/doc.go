@@ -23,7 +23,8 @@
 // The busy lamp field (blf.go): SUBSCRIBE/NOTIFY for the dialog event
 // package (RFC 6665, RFC 4235) answered by the node an extension is
 // registered through, which the proxy tells of its phones' dialogs.
-// Planned, not here yet: the dial plan (aliases) and the phone book; extension numbers are
+// The dial plan's aliases are the proxy's (registrar.Alias in the DHT).
+// Planned, not here yet: the phone book; extension numbers are
 // today only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone

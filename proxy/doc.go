@@ -43,6 +43,8 @@
 // (RFC 4235) goes to the node the extension is registered through, whose
 // phones.BLFService notifies; the proxy reports its LAN phones' dialogs
 // to it (early, confirmed, terminated).
+// Aliases (alias.go; registrar.Alias in the DHT): a Request-URI user
+// that is no extension is retargeted to its alias's extension or mesh URI.
 // MESSAGE (RFC 3428) is proxied like any request; one for an extension
 // without a binding is stored in the DHT (bounded, expiring), answered
 // 202 and delivered when the extension registers (messages.go).

@@ -50,6 +50,13 @@ const (
 // without a binding stored (messages.go).
 func (p *proxyTx) lookupForward(base *sip.Request) ([]target, int, string) {
 	ts, code, reason := p.lookupForwards(base)
+	for depth := 0; code == 404 && depth < maxAliasDepth; depth++ {
+		var ok bool
+		if ok, code, reason = p.resolveAlias(base); !ok {
+			break
+		}
+		ts, code, reason = p.lookupForwards(base)
+	}
 	if code == 480 && p.req.Method == sip.MESSAGE && p.s.cfg.Messages != nil {
 		code, reason = p.storeMessage(base, base.Recipient.User)
 	}

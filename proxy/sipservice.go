@@ -105,6 +105,9 @@ type SIPServiceConfig struct {
 	// HuntGroups maps a group extension to members rung one after the
 	// other, each for the group's timeout (groups.go).
 	HuntGroups map[string]HuntGroup
+	// Aliases, if set, resolves a Request-URI user that is no extension
+	// (alias.go); nil: 404 as before.
+	Aliases registrar.AliasStore
 	// Messages, if set, keeps MESSAGEs for offline extensions and
 	// delivers them on register (messages.go); nil: 480 as for calls.
 	Messages registrar.MessageStore
