@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -137,9 +138,10 @@ type confMember struct {
 	remote    netip.AddrPort // guarded by room.mu
 	out       rtp.Header     // guarded by room.mu
 	buf       [12 + FrameSamples]byte
-	rx        uint64 // frames received, guarded by room.mu
-	slot      int    // its record's slot in the Store; -1: none, guarded by room.mu
-	keep      bool   // taken over (roommove.go): its slot is the record's
+	rx        uint64      // frames received, guarded by room.mu
+	slot      int         // its record's slot in the Store; -1: none, guarded by room.mu
+	keep      bool        // taken over (roommove.go): its slot is the record's
+	moved     atomic.Bool // another node took it over: its record is that node's
 }
 
 // NewConfService prepares the party line; the host hands it requests
@@ -370,11 +372,13 @@ func (c *ConfService) run(ctx context.Context, cancel context.CancelFunc, m *con
 	m.room.enter(m)
 	defer m.room.leave(m)
 	if c.cfg.Store != nil && m.mesh {
-		c.putMember(ctx, m)
+		if !m.keep {
+			c.putMember(ctx, m) // a taken-over member: once its re-INVITE succeeded
+		}
 		defer func() {
 			// A service that stops (its node going down) leaves the
 			// record for the room's next node; a member who left does not.
-			if c.h.Context().Err() == nil {
+			if c.h.Context().Err() == nil && !m.moved.Load() {
 				c.dropMember(m)
 			}
 		}()
@@ -401,6 +405,13 @@ func (c *ConfService) run(ctx context.Context, cancel context.CancelFunc, m *con
 			if rx != lastRx {
 				lastRx, lastAt = rx, now
 			} else if now.Sub(lastAt) >= EchoIdle {
+				if c.movedAway(ctx, m) {
+					// Another node took the member over and recorded it
+					// (this node lost the room during a ring repair): our
+					// BYE would end the call that node now serves.
+					c.log.Info("party line: member served elsewhere, leaving quietly", "call_id", m.callID)
+					return
+				}
 				c.log.Info("party line: no audio, hanging up", "call_id", m.callID)
 				c.sendBye(ctx, m)
 				return

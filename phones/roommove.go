@@ -46,9 +46,17 @@ import (
 // mixer sends the member the others again. A member who has since hung up
 // answers 481 and is dropped.
 //
-// The records are written when a member joins, removed when it leaves, and
-// left in place when the service stops (its node going down is what they
-// are for); they expire with the longest call a member can have.
+// Two nodes may both believe they own the room while the ring repairs:
+// each writes a claim (a record after the members' slots, where the newest
+// wins) before it probes, and only the one whose claim stands after
+// claimSettle takes the members over. A node that finds a member's media
+// stopped and its record written by another node leaves it without a BYE
+// (movedAway): that node serves the call now.
+//
+// The records are written when a member joins (a taken-over member once
+// its re-INVITE succeeded), removed when it leaves, and left in place when
+// the service stops (its node going down is what they are for); they
+// expire with the longest call a member can have.
 
 // RoomStore keeps the records of a room's members, one per slot.
 type RoomStore interface {
@@ -171,6 +179,31 @@ func (c *ConfService) dropMember(m *confMember) {
 	}
 }
 
+// movedAway reports whether another node recorded m's dialog as its own
+// since: then m has moved there (its media stopped because the member's
+// node now sends it elsewhere). It marks m so that leaving keeps that
+// node's record.
+func (c *ConfService) movedAway(ctx context.Context, m *confMember) bool {
+	if c.cfg.Store == nil || !m.mesh {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	recs, err := c.cfg.Store.Members(ctx, m.room.number, c.cfg.MaxMembers)
+	cancel()
+	if err != nil {
+		return false
+	}
+	self := c.h.MeshAddr().String()
+	for _, b := range recs {
+		var r memberRecord
+		if b != nil && json.Unmarshal(b, &r) == nil && r.CallID == m.callID && r.Node != self {
+			m.moved.Store(true)
+			return true
+		}
+	}
+	return false
+}
+
 // Takeover makes this node take over the members of every room it owns
 // now and whose records name members it does not have: the host calls it
 // when the ring changed (a ring neighbour died or came). It returns at
@@ -209,35 +242,68 @@ func (c *ConfService) takeover(ctx context.Context) {
 }
 
 // moveRoom re-INVITEs the recorded members of room this node lacks.
+//
+// Two nodes may both believe they own the room while the ring repairs;
+// were both to re-INVITE the members, each member's media would flap
+// between them. So a node first writes a claim to the room (the slot
+// after the members', where the newest record wins), probes the nodes
+// that recorded the members, and after at least claimSettle reads the
+// claim back: only the node whose claim is the newest goes on.
 func (c *ConfService) moveRoom(ctx context.Context, room *confRoom) {
-	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	recs, err := c.cfg.Store.Members(sctx, room.number, c.cfg.MaxMembers)
-	cancel()
+	recs, err := c.readRoom(ctx, room)
 	if err != nil {
 		c.log.Info("party line: room records not read", "room", room.number, "err", err)
 		return
 	}
-	var wg sync.WaitGroup
+	self := c.h.MeshAddr().String()
+	var todo []memberRecord
 	seen := map[string]bool{}
-	alive := map[string]bool{} // by the recording node: it still answers
-	for slot, b := range recs {
-		if b == nil {
-			continue
-		}
+	for slot, b := range recs[:c.cfg.MaxMembers] {
 		var r memberRecord
-		if err := json.Unmarshal(b, &r); err != nil || r.Slot != slot || seen[r.CallID] {
+		if b == nil || json.Unmarshal(b, &r) != nil || r.Slot != slot || seen[r.CallID] || r.Node == self {
 			continue
 		}
 		seen[r.CallID] = true
 		c.mu.Lock()
 		_, have := c.members[r.CallID]
 		c.mu.Unlock()
-		if have {
-			continue
+		if !have {
+			todo = append(todo, r)
 		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	claimed := time.Now()
+	b, _ := json.Marshal(memberRecord{Slot: c.claimSlot(), Node: self})
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	err = c.cfg.Store.SetMember(sctx, room.number, c.claimSlot(), b, roomRecordTTL)
+	cancel()
+	if err != nil {
+		c.log.Info("party line: room not claimed", "room", room.number, "err", err)
+		return
+	}
+	alive := map[string]bool{} // by the recording node: it still answers
+	for _, r := range todo {
 		if _, probed := alive[r.Node]; !probed {
-			alive[r.Node] = r.Node == c.h.MeshAddr().String() || c.answers(ctx, r.Node)
+			alive[r.Node] = c.answers(ctx, r.Node)
 		}
+	}
+	select {
+	case <-time.After(claimSettle - time.Since(claimed)):
+	case <-ctx.Done():
+		return
+	}
+	if recs, err = c.readRoom(ctx, room); err != nil {
+		return
+	}
+	var claim memberRecord
+	if json.Unmarshal(recs[c.claimSlot()], &claim) != nil || claim.Node != self {
+		c.log.Info("party line: another node claimed the room", "room", room.number, "node", claim.Node)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, r := range todo {
 		if alive[r.Node] {
 			// The room's node lives: the ring changed because another node
 			// came, not because it died. Its members stay with it.
@@ -246,6 +312,24 @@ func (c *ConfService) moveRoom(ctx context.Context, room *confRoom) {
 		wg.Go(func() { c.rejoin(ctx, room, r) })
 	}
 	wg.Wait()
+}
+
+// claimSettle is how long a claim to a room must stand before its node
+// takes the members over: longer than a store write takes to be seen.
+const claimSettle = time.Second
+
+// claimSlot is the slot of the claims to a room: after the members'.
+func (c *ConfService) claimSlot() int { return c.cfg.MaxMembers }
+
+// readRoom reads the room's member slots and its claim slot.
+func (c *ConfService) readRoom(ctx context.Context, room *confRoom) ([][]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	recs, err := c.cfg.Store.Members(ctx, room.number, c.cfg.MaxMembers+1)
+	if err == nil && len(recs) != c.cfg.MaxMembers+1 {
+		err = errors.New("store returned a short room")
+	}
+	return recs, err
 }
 
 // rejoin takes over one member's dialog and re-INVITEs it here.
@@ -302,7 +386,11 @@ func (c *ConfService) rejoin(ctx context.Context, room *confRoom, r memberRecord
 			code = res.StatusCode
 		}
 		c.log.Info("party line: member not taken over", "room", room.number, "call_id", r.CallID, "status", code)
-		m.gotBye() // its call is gone: the member leaves and its record with it
+		// 481: its call is gone, and its record goes with it; any other
+		// failure (491: another node's re-INVITE was first) leaves the
+		// record to whoever serves the member.
+		m.moved.Store(code != 481)
+		m.gotBye()
 		return
 	}
 	if idx, _, err := echoStream(res.Body()); err == nil {
@@ -317,6 +405,7 @@ func (c *ConfService) rejoin(ctx context.Context, room *confRoom, r memberRecord
 	if err := c.h.SendOn(ack, true); err != nil {
 		c.log.Info("party line: ACK of a take-over not sent", "call_id", r.CallID, "err", err)
 	}
+	c.putMember(ctx, m) // the record names this node now
 	c.log.Info("party line: member taken over", "room", room.number, "call_id", r.CallID, "member", r.From)
 }
 

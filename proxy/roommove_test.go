@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -45,7 +46,7 @@ func wrongPairs(t *testing.T, calls []*phones.Call, tones []int) int {
 // refreshed target), and the room's records are gone.
 func TestPartyLineMoves(t *testing.T) {
 	leakcheck.Check(t)
-	silence := partyLineMove(t, 21, true)
+	silence := partyLineMove(t, 21, true, false)
 	t.Logf("room silent for %v (virtual) after its node died", silence)
 }
 
@@ -55,14 +56,26 @@ func TestPartyLineMoves(t *testing.T) {
 // is re-INVITEd or cut off.
 func TestPartyLineStays(t *testing.T) {
 	leakcheck.Check(t)
-	partyLineMove(t, 4, false)
+	partyLineMove(t, 4, false, false)
+}
+
+// TestPartyLineTwoClaimants: the room's node dies and, while the ring
+// repairs, two nodes each believe they own the room's key. Both claim the
+// room in the store; only the newer claim takes the members over, so the
+// room does not split (nor does a member's media flap between two
+// mixers): 40 s later every member is in one room, hears every other,
+// no call was ended, and everyone hangs up cleanly.
+func TestPartyLineTwoClaimants(t *testing.T) {
+	leakcheck.Check(t)
+	partyLineMove(t, 6, true, true)
 }
 
 // partyLineMove puts a phone on each of n-1 nodes in room 426, which runs
 // on the n-th; then the ring changes so that another node owns the room's
-// key, with the room's node killed (kill) or alive. It returns the
-// longest silence a member had after the kill.
-func partyLineMove(t *testing.T, n int, kill bool) time.Duration {
+// key, with the room's node killed (kill) or alive, and with a second node
+// claiming the room too (split). It returns the longest silence a member
+// had after the kill.
+func partyLineMove(t *testing.T, n int, kill, split bool) time.Duration {
 	var silence time.Duration
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
@@ -76,11 +89,18 @@ func partyLineMove(t *testing.T, n int, kill bool) time.Duration {
 			return RingOwner(live, RoomKey(room))
 		}
 		store := &registrar.MemRooms{}
+		var claimant atomic.Uint64 // a second node that believes it owns the room
 		var m *meshRig
 		rooms := withRooms(&m, n)
 		m = newMeshRig(t, n, func(c *SIPServiceConfig) {
 			rooms(c)
-			c.Rooms.Owner, c.Rooms.Store = owner, store
+			self := c.Node
+			c.Rooms.Owner, c.Rooms.Store = func(room string) ssr.NodeID {
+				if split && claimant.Load() == uint64(self) {
+					return self // a view of the ring under repair
+				}
+				return owner(room)
+			}, store
 		})
 		first := int(owner(phones.PartyLine) - 0x1000)
 		var (
@@ -141,10 +161,60 @@ func partyLineMove(t *testing.T, n int, kill bool) time.Duration {
 		live = slices.DeleteFunc(live, func(id ssr.NodeID) bool { return id == nodeID(first) })
 		mu.Unlock()
 		next := int(owner(phones.PartyLine) - 0x1000)
+		if split {
+			second := 1
+			for second == first || second == next {
+				second++
+			}
+			claimant.Store(uint64(nodeID(second)))
+		}
 		for i, nd := range m.nodes {
 			if i+1 != first || !kill {
 				nd.svc.RingChanged()
 			}
+		}
+		if split {
+			// Both claimants take the members over; each member follows
+			// the last re-INVITE it got. The other node, without their
+			// media, lets them go quietly after EchoIdle.
+			time.Sleep(phones.EchoIdle + 10*time.Second)
+			for i, c := range calls {
+				select {
+				case <-c.Done():
+					t.Errorf("member %d's call ended (status %d): a claimant hung it up", i, c.Status())
+				default:
+				}
+			}
+			per := map[int]int{}
+			for i, nd := range m.nodes {
+				for _, r := range nd.svc.Rooms() {
+					per[i+1] += r.Members
+				}
+			}
+			total := 0
+			for _, k := range per {
+				total += k
+			}
+			if total != len(calls) {
+				t.Errorf("%d members in rooms %v after the claimants settled, want each of the %d once", total, per, len(calls))
+			}
+			if bad := wrongPairs(t, calls, tones); bad > 0 {
+				t.Errorf("after the claimants settled: %d of %d pairs wrong", bad, len(calls)*len(calls))
+			}
+			t.Logf("two claimants (nodes %d and %d): members per node %v; no call ended", next, claimant.Load()-0x1000, per)
+			for _, c := range calls {
+				if err := c.Hangup(m.ctx); err != nil {
+					t.Errorf("hangup: %v", err)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			synctest.Wait()
+			for i, nd := range m.nodes {
+				if rooms := nd.svc.Rooms(); len(rooms) != 0 {
+					t.Errorf("node %d after everyone left: %+v", i+1, rooms)
+				}
+			}
+			return
 		}
 		if !kill {
 			time.Sleep(3 * time.Second) // the probe and anything it would start
