@@ -14,8 +14,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/proxy"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
@@ -91,6 +93,9 @@ type Options struct {
 	// RingGroups map a group extension to its members (proxy/groups.go);
 	// every node should carry the same.
 	RingGroups map[string][]string
+	// HuntGroups map a group extension to the members it rings in turn
+	// (proxy/groups.go); every node should carry the same.
+	HuntGroups map[string]proxy.HuntGroup
 	// RelayPorts bound the RTP relay's ports on each side.
 	RelayPortMin, RelayPortMax uint16
 
@@ -428,23 +433,35 @@ var setters = map[string]setter{
 		return nil
 	}},
 	"ring-group": {repeat: true, fn: func(o *Options, v string) error {
-		group, list, ok := strings.Cut(v, "=")
-		members := strings.Split(list, ",")
-		if !ok || registrar.ValidExt(group) != nil || list == "" {
-			return fmt.Errorf("%q: want GROUP=EXT,EXT,... like 600=201,202", v)
-		}
-		for _, m := range members {
-			if registrar.ValidExt(m) != nil || m == group {
-				return fmt.Errorf("%q: member %q is not an extension", v, m)
-			}
-		}
-		if o.RingGroups[group] != nil {
-			return fmt.Errorf("group %s listed twice", group)
+		group, members, err := parseGroup(o, v, "600=201,202")
+		if err != nil {
+			return err
 		}
 		if o.RingGroups == nil {
 			o.RingGroups = make(map[string][]string)
 		}
 		o.RingGroups[group] = members
+		return nil
+	}},
+	"hunt-group": {repeat: true, fn: func(o *Options, v string) error {
+		v, secs, timed := strings.Cut(v, "/")
+		hg := proxy.HuntGroup{Timeout: proxy.DefaultHuntTimeout}
+		if timed {
+			n, err := strconv.Atoi(secs)
+			if err != nil || n < 1 || n > 300 {
+				return fmt.Errorf("%q: the timeout after / is 1 to 300 seconds", secs)
+			}
+			hg.Timeout = time.Duration(n) * time.Second
+		}
+		group, members, err := parseGroup(o, v, "700=201,202/15")
+		if err != nil {
+			return err
+		}
+		hg.Members = members
+		if o.HuntGroups == nil {
+			o.HuntGroups = make(map[string]proxy.HuntGroup)
+		}
+		o.HuntGroups[group] = hg
 		return nil
 	}},
 	"nat64-prefix": {fn: func(o *Options, v string) error {
@@ -485,4 +502,23 @@ func knownKeys() string {
 	}
 	slices.Sort(keys)
 	return strings.Join(keys, ", ")
+}
+
+// parseGroup parses a ring or hunt group's GROUP=EXT,EXT,… (example: the
+// syntax to show in the error).
+func parseGroup(o *Options, v, example string) (string, []string, error) {
+	group, list, ok := strings.Cut(v, "=")
+	members := strings.Split(list, ",")
+	if !ok || registrar.ValidExt(group) != nil || list == "" {
+		return "", nil, fmt.Errorf("%q: want GROUP=EXT,EXT,... like %s", v, example)
+	}
+	for _, m := range members {
+		if registrar.ValidExt(m) != nil || m == group {
+			return "", nil, fmt.Errorf("%q: member %q is not an extension", v, m)
+		}
+	}
+	if _, hunt := o.HuntGroups[group]; hunt || o.RingGroups[group] != nil {
+		return "", nil, fmt.Errorf("group %s listed twice", group)
+	}
+	return group, members, nil
 }

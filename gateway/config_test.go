@@ -8,6 +8,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sipmesh/sipmesh/proxy"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -52,6 +55,12 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || !reflect.DeepEqual(rg.RingGroups, map[string][]string{"600": {"201", "202"}, "601": {"203"}}) {
 		t.Errorf("ring-group: %v, %v", rg.RingGroups, err)
 	}
+	hg, err := ParseConfig(strings.NewReader("mesh-interface eth1\nhunt-group 700=201,202/20\nhunt-group 701=203\n"))
+	if err != nil || !reflect.DeepEqual(hg.HuntGroups, map[string]proxy.HuntGroup{
+		"700": {Members: []string{"201", "202"}, Timeout: 20 * time.Second},
+		"701": {Members: []string{"203"}, Timeout: proxy.DefaultHuntTimeout}}) {
+		t.Errorf("hunt-group: %v, %v", hg.HuntGroups, err)
+	}
 	web, err := ParseConfig(strings.NewReader("mesh-interface eth1\nweb-listen 10.64.7.1:80 [fd00::1]:8080\nweb-port 8081\n"))
 	if err != nil || len(web.WebListen) != 2 || web.WebListen[1].String() != "[fd00::1]:8080" || web.WebPort != 8081 || web.WebOff {
 		t.Errorf("web-listen: %v %v %v, %v", web.WebListen, web.WebPort, web.WebOff, err)
@@ -85,6 +94,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"duplicate interface", "mesh-interface a\nmesh-interface a\n", `config line 2: mesh-interface: a listed twice`},
 		{"no interface", "name a\n", `config: mesh-interface: none given`},
 		{"bad ring group", "ring-group 600\n", `config line 1: ring-group: "600": want GROUP=EXT`},
+		{"bad hunt timeout", "hunt-group 700=201/0\n", `config line 1: hunt-group: "0": the timeout after / is 1 to 300 seconds`},
+		{"group twice", "ring-group 700=201\nhunt-group 700=202\n", `config line 2: hunt-group: group 700 listed twice`},
 		{"web on every interface", "web-listen 0.0.0.0:8080\n", `config line 1: web-listen: "0.0.0.0:8080" listens on every interface`},
 		{"web on every v6 interface", "web-listen [::]:80\n", `config line 1: web-listen: "[::]:80" listens on every interface`},
 		{"web without port", "web-listen 10.64.7.1\n", `config line 1: web-listen: "10.64.7.1" is not an address:port`},

@@ -93,6 +93,8 @@ var configKeyDocs = []struct {
 		func(o Options) string { return strconv.Itoa(int(o.WebPort)) }},
 	{"ring-group", "none", "a group extension and the members it rings in parallel, GROUP=EXT,EXT,… (repeatable; the same on every node)",
 		func(o Options) string { return "" }},
+	{"hunt-group", "none", "a group extension and the members it rings one after the other, each for S seconds (default 15), GROUP=EXT,EXT,…[/S] (repeatable; the same on every node)",
+		func(o Options) string { return "" }},
 }
 
 // ConfigKeys returns every key of the config file with its default, in the

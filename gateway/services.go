@@ -241,10 +241,15 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 				return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
 			},
 			Owner: func(room string) ssr.NodeID { return n.roomOwner(ctx, room) },
+			// Members' dialogs, so a room moves when its node dies.
+			Store: &registrar.DHTRooms{DHT: n.svc.dht},
 		},
 		// Call forwarding and *72/*73 (proxy/forward.go), in the DHT.
 		Forwards:   &registrar.DHTForwards{DHT: n.svc.dht},
 		RingGroups: n.opts.RingGroups,
+		HuntGroups: n.opts.HuntGroups,
+		// The dial plan's aliases, in the DHT (proxy/alias.go).
+		Aliases: n.aliases(),
 		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
 	})
@@ -408,6 +413,9 @@ func (n *Node) renewClaims(ctx context.Context) error {
 			}
 			if soon := time.Now().Add(claimRecheck); !first && soon.Before(next) {
 				next = soon
+			}
+			if sip := n.SIP(); sip != nil && !first {
+				sip.RingChanged() // take over the rooms of a dead successor
 			}
 			succ, first = cur, false
 		}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -45,9 +46,8 @@ import (
 // Entering and leaving are announced to the members with a short tone
 // (confJoinHz rising, confLeaveHz falling; 100 ms at −26 dBFS).
 //
-// Not here yet: moving a room when its node dies (members would have to
-// be re-INVITEd to the new owner; today their calls end with the dead
-// node's media and they dial again).
+// Moving a room when its node dies is in roommove.go: the members who
+// came over the mesh are re-INVITEd by the room's next node.
 
 // PartyLine is the party line's extension (HAM on a keypad).
 const PartyLine = "426"
@@ -79,6 +79,9 @@ type ConfHost interface {
 	// RequestOn sends req on a client transaction from the mesh socket
 	// (mesh) or the LAN socket.
 	RequestOn(ctx context.Context, req *sip.Request, mesh bool) (sip.ClientTransaction, error)
+	// SendOn sends req outside a transaction (the ACK of a 2xx) from
+	// the mesh socket (mesh) or the LAN socket.
+	SendOn(req *sip.Request, mesh bool) error
 }
 
 // ConfConfig configures the party line.
@@ -92,7 +95,11 @@ type ConfConfig struct {
 	// Owner reports whether this node runs room (required).
 	Owner      func(room string) bool
 	MaxMembers int // per room (default DefaultConfMembers)
-	Logger     *slog.Logger
+	// Store keeps the dialogs of the members who came over the mesh, so
+	// that the node that owns the room next can take them over when this
+	// one dies (roommove.go); nil: a room dies with its node.
+	Store  RoomStore
+	Logger *slog.Logger
 }
 
 // ConfService runs a node's conference rooms.
@@ -116,6 +123,8 @@ type confRoom struct {
 	mixing   bool    // the mixer goroutine runs
 	announce []int16 // tone samples still to mix into everyone's output
 	joins    uint64
+	slots    []bool // the members' record slots in the Store in use
+	moving   bool   // a take-over of the room runs (roommove.go)
 }
 
 // confMember is one member's call: its dialog (UAS side) and media.
@@ -129,7 +138,10 @@ type confMember struct {
 	remote    netip.AddrPort // guarded by room.mu
 	out       rtp.Header     // guarded by room.mu
 	buf       [12 + FrameSamples]byte
-	rx        uint64 // frames received, guarded by room.mu
+	rx        uint64      // frames received, guarded by room.mu
+	slot      int         // its record's slot in the Store; -1: none, guarded by room.mu
+	keep      bool        // taken over (roommove.go): its slot is the record's
+	moved     atomic.Bool // another node took it over: its record is that node's
 }
 
 // NewConfService prepares the party line; the host hands it requests
@@ -307,7 +319,7 @@ func (c *ConfService) newMember(room *confRoom, req *sip.Request, src netip.Addr
 
 // dialogHeaders adds our Contact, on the socket the call came in on, and
 // the SDP answer.
-func (c *ConfService) dialogHeaders(req *sip.Request, res *sip.Response, m *confMember) {
+func (c *ConfService) dialogHeaders(req *sip.Request, res sip.Message, m *confMember) {
 	a := c.h.LANAddr()
 	if m.mesh {
 		a = c.h.MeshAddr()
@@ -359,6 +371,18 @@ func (c *ConfService) run(ctx context.Context, cancel context.CancelFunc, m *con
 	defer m.conn.Close()
 	m.room.enter(m)
 	defer m.room.leave(m)
+	if c.cfg.Store != nil && m.mesh {
+		if !m.keep {
+			c.putMember(ctx, m) // a taken-over member: once its re-INVITE succeeded
+		}
+		defer func() {
+			// A service that stops (its node going down) leaves the
+			// record for the room's next node; a member who left does not.
+			if c.h.Context().Err() == nil && !m.moved.Load() {
+				c.dropMember(m)
+			}
+		}()
+	}
 	check := time.NewTicker(EchoIdle / 3)
 	defer check.Stop()
 	maxT := time.NewTimer(echoMaxDuration)
@@ -381,6 +405,13 @@ func (c *ConfService) run(ctx context.Context, cancel context.CancelFunc, m *con
 			if rx != lastRx {
 				lastRx, lastAt = rx, now
 			} else if now.Sub(lastAt) >= EchoIdle {
+				if c.movedAway(ctx, m) {
+					// Another node took the member over and recorded it
+					// (this node lost the room during a ring repair): our
+					// BYE would end the call that node now serves.
+					c.log.Info("party line: member served elsewhere, leaving quietly", "call_id", m.callID)
+					return
+				}
 				c.log.Info("party line: no audio, hanging up", "call_id", m.callID)
 				c.sendBye(ctx, m)
 				return
@@ -428,6 +459,24 @@ func (r *confRoom) enter(m *confMember) {
 	defer r.mu.Unlock()
 	r.members = append(r.members, m)
 	r.joins++
+	want := -1
+	if m.keep {
+		want = m.slot // a taken-over member keeps its record's slot
+	}
+	m.slot = -1
+	for i := range r.c.cfg.MaxMembers {
+		if i >= len(r.slots) || !r.slots[i] {
+			if m.slot < 0 || i == want {
+				m.slot = i
+			}
+		}
+	}
+	if m.slot >= 0 {
+		for len(r.slots) <= m.slot {
+			r.slots = append(r.slots, false)
+		}
+		r.slots[m.slot] = true
+	}
 	r.announce = appendTone(r.announce[:0], confJoinHz)
 	if !r.mixing && r.c.h.Go(r.mix) {
 		r.mixing = true
@@ -441,6 +490,9 @@ func (r *confRoom) leave(m *confMember) {
 	defer r.mu.Unlock()
 	if i := slices.Index(r.members, m); i >= 0 {
 		r.members = slices.Delete(r.members, i, i+1)
+		if m.slot >= 0 && m.slot < len(r.slots) {
+			r.slots[m.slot] = false
+		}
 	}
 	if len(r.members) > 0 {
 		r.announce = appendTone(r.announce[:0], confLeaveHz)

@@ -15,10 +15,16 @@
 // registrar nor the daemon.
 // The proxy owns call forwarding (unconditional, busy, no answer,
 // unreachable; feature codes *72/*73, confirmed by EchoService.Announce
-// here), ring groups and keeping a MESSAGE for an offline phone; the
+// here), ring and hunt groups and keeping a MESSAGE for an offline phone; the
 // simulated phone sends and receives MESSAGE (message.go).
-// Planned, not here yet: moving a room when its node dies, the dial plan
-// (aliases), hunt groups, BLF and the phone book; extension numbers are
+// A room moves when its node dies (roommove.go): the members who came
+// over the mesh are recorded (RoomStore, the DHT) and re-INVITEd by the
+// room's next node on the ring.
+// The busy lamp field (blf.go): SUBSCRIBE/NOTIFY for the dialog event
+// package (RFC 6665, RFC 4235) answered by the node an extension is
+// registered through, which the proxy tells of its phones' dialogs.
+// The dial plan's aliases are the proxy's (registrar.Alias in the DHT).
+// Planned, not here yet: the phone book; extension numbers are
 // today only checked by the registrar (registrar.ValidExt).
 //
 // The simulated phone (Phone, on emiago/sipgo) behaves like a desk phone

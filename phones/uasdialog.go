@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -24,6 +25,7 @@ type uasDialog struct {
 	src       netip.AddrPort // where it came from: the caller's flow or node
 
 	ackSeq  uint32
+	cseq    atomic.Uint32 // our last CSeq in the dialog (§12.2.1.1)
 	acked   chan struct{}
 	ackOnce sync.Once
 	bye     chan struct{} // the caller hung up
@@ -88,8 +90,14 @@ func (d *uasDialog) await2xxAck(ctx context.Context, stop <-chan struct{}, resen
 // Record-Route in order, §12.1.1), sent to the first Route or, without
 // one, to where the INVITE came from.
 func (d *uasDialog) byeRequest(via netip.AddrPort) *sip.Request {
+	return d.request(sip.BYE, via, d.cseq.Add(1))
+}
+
+// request builds a request of ours in the dialog (§12.2.1.1), as
+// byeRequest says, with CSeq seq.
+func (d *uasDialog) request(method sip.RequestMethod, via netip.AddrPort, seq uint32) *sip.Request {
 	inv := d.invite
-	bye := sip.NewRequest(sip.BYE, *inv.Contact().Address.Clone())
+	bye := sip.NewRequest(method, *inv.Contact().Address.Clone())
 	tr := strings.ToUpper(inv.Transport())
 	v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: tr, Host: via.Addr().String(), Port: int(via.Port())}
 	v.Params.Add("branch", sip.GenerateBranchN(16))
@@ -114,7 +122,7 @@ func (d *uasDialog) byeRequest(via netip.AddrPort) *sip.Request {
 	from := inv.From()
 	bye.AppendHeader(&sip.ToHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
 	bye.AppendHeader(inv.CallID())
-	bye.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.BYE})
+	bye.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
 	bye.SetBody(nil)
 	bye.SetTransport(tr)
 	bye.SetDestination(dest.String())

@@ -105,6 +105,7 @@ func (s *SIPService) reapCalls(now time.Time) {
 	s.mu.Unlock()
 	for _, l := range dead {
 		l.close()
+		s.blf.EndCall(l.callID) // a call that ended without a BYE we saw
 	}
 }
 

@@ -28,14 +28,23 @@
 // 4260–4269) runs on the node that owns RoomKey(room) on the ring; a LAN
 // phone's INVITE for a room of another node is sent to that node's mesh
 // SIP address through the ALG, so every member's media crosses its own
-// node's relay. Call forwarding (forward.go; registrar.Forward in the
+// node's relay. When the ring changes (RingChanged), the node that now
+// owns a room whose node died takes its members over from their records
+// (RoomsConfig.Store) with re-INVITEs (phones/roommove.go). Call forwarding (forward.go; registrar.Forward in the
 // DHT): unconditional and on unreachable, resolved by the caller's node
 // before it forks, on busy and on no answer after the branches failed
 // (new branches on the same transaction), with a Diversion header per
 // hop (RFC 5806) and loops refused with 482; *72<number> and *73 set and
 // clear the unconditional one from the phone.
 // Ring groups (groups.go, node configuration): a group extension forks
-// to every member's bindings at once; hunting in order is not here yet.
+// to every member's bindings at once; a hunt group rings its members
+// one after the other, each for the group's timeout.
+// The busy lamp field (blf.go): a SUBSCRIBE for the dialog package
+// (RFC 4235) goes to the node the extension is registered through, whose
+// phones.BLFService notifies; the proxy reports its LAN phones' dialogs
+// to it (early, confirmed, terminated).
+// Aliases (alias.go; registrar.Alias in the DHT): a Request-URI user
+// that is no extension is retargeted to its alias's extension or mesh URI.
 // MESSAGE (RFC 3428) is proxied like any request; one for an extension
 // without a binding is stored in the DHT (bounded, expiring), answered
 // 202 and delivered when the extension registers (messages.go).

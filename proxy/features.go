@@ -24,7 +24,8 @@ import (
 // answers it (dht.Result.Owner), so every node names the same one once
 // the ring is consistent; a node's own view of the ring would not. A room INVITE from a phone on
 // this node's LAN for a room another node runs is sent straight to that
-// node's mesh SIP address with its Request-URI unchanged (sip:426@mesh),
+// node's mesh SIP address with its Request-URI naming the mesh domain
+// (sip:426@mesh, whatever host the phone used),
 // through the ALG like any call that leaves for the mesh, so the member's
 // media goes through this node's relay. A room request that came over the
 // mesh and was not taken by the room service is never sent on: two views
@@ -44,6 +45,11 @@ type RoomsConfig struct {
 	// unknown. Required.
 	Owner      func(room string) ssr.NodeID
 	MaxMembers int // per room (default phones.DefaultConfMembers)
+	// Store keeps the dialogs of the room's members who came over the
+	// mesh (registrar.DHTRooms), so that the room's next node takes them
+	// over when the room's node dies (phones/roommove.go); nil: a room
+	// dies with its node.
+	Store phones.RoomStore
 }
 
 // RoomKeyName is a room's DHT key: its owner is the room's node.
@@ -82,7 +88,7 @@ func (s *SIPService) initFeatures() error {
 	}
 	var err error
 	s.conf, err = phones.NewConfService(phones.ConfConfig{Host: confHost{echoHost{s}}, Listen: rc.Listen,
-		Rooms: rc.Numbers, MaxMembers: rc.MaxMembers, Logger: s.log,
+		Rooms: rc.Numbers, MaxMembers: rc.MaxMembers, Store: rc.Store, Logger: s.log,
 		Owner: func(room string) bool { return rc.Owner(room) == s.cfg.Node }})
 	return err
 }
@@ -95,7 +101,8 @@ func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *soc
 	if code, _ := registrar.CheckRequest(req); code != 0 {
 		return false
 	}
-	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.featureCode(req, tx, in, src)
+	return (s.conf != nil && s.conf.Handle(req, tx, in == s.mesh, src)) || s.blf.Handle(req, tx, in == s.mesh, src) ||
+		s.featureCode(req, tx, in, src)
 }
 
 // featureTargets routes a request for a ring group (groups.go) or a
@@ -104,6 +111,9 @@ func (s *SIPService) feature(req *sip.Request, tx sip.ServerTransaction, in *soc
 func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason string, ok bool) {
 	s := p.s
 	if ts, code, reason, ok := p.groupTargets(ext); ok {
+		return ts, code, reason, true
+	}
+	if ts, code, reason, ok := p.blfTargets(ext); ok {
 		return ts, code, reason, true
 	}
 	if s.conf == nil || !s.conf.IsRoom(ext) {
@@ -117,7 +127,27 @@ func (p *proxyTx) featureTargets(ext string) (ts []target, code int, reason stri
 	if owner == 0 || !na.IsValid() || na == s.cfg.MeshAddr {
 		return nil, 480, "Temporarily Unavailable (room's node unknown)", true
 	}
-	return []target{{uri: p.req.Recipient, dst: na, transport: "UDP"}}, 0, "", true
+	return []target{{uri: meshURI(p.req.Recipient), dst: na, transport: "UDP"}}, 0, "", true
+}
+
+// meshURI is u (a Request-URI naming this node or the mesh domain) with
+// the host "mesh", the name every node answers to: a phone configured
+// with its node's address as its domain sends sip:426@10.97.1.1, which
+// another node must not take for a domain it does not serve.
+func meshURI(u sip.Uri) sip.Uri {
+	u = *u.Clone()
+	u.Host, u.Port = "mesh", 0
+	return u
+}
+
+// RingChanged tells the service that the ring around this node changed
+// (a ring neighbour died or came): it takes over the members of the rooms
+// it owns now whose node died (phones.ConfService.Takeover). It returns at
+// once.
+func (s *SIPService) RingChanged() {
+	if s.conf != nil {
+		s.conf.Takeover()
+	}
 }
 
 // Rooms lists the rooms this node runs that have members.
@@ -144,4 +174,18 @@ func (h confHost) RequestOn(ctx context.Context, req *sip.Request, mesh bool) (s
 		return nil, err
 	}
 	return h.s.client.TransactionRequest(ctx, req, noBuild)
+}
+
+func (h confHost) SendOn(req *sip.Request, mesh bool) error {
+	if strings.EqualFold(req.Transport(), "UDP") {
+		if mesh {
+			h.s.mesh.laddr.Copy(&req.Laddr)
+		} else {
+			h.s.lan.laddr.Copy(&req.Laddr)
+		}
+	}
+	if err := h.s.connReady(req); err != nil {
+		return err
+	}
+	return h.s.client.WriteRequest(req, noBuild)
 }

@@ -50,6 +50,13 @@ const (
 // without a binding stored (messages.go).
 func (p *proxyTx) lookupForward(base *sip.Request) ([]target, int, string) {
 	ts, code, reason := p.lookupForwards(base)
+	for depth := 0; code == 404 && depth < maxAliasDepth; depth++ {
+		var ok bool
+		if ok, code, reason = p.resolveAlias(base); !ok {
+			break
+		}
+		ts, code, reason = p.lookupForwards(base)
+	}
 	if code == 480 && p.req.Method == sip.MESSAGE && p.s.cfg.Messages != nil {
 		code, reason = p.storeMessage(base, base.Recipient.User)
 	}
@@ -189,11 +196,19 @@ func (p *proxyTx) divertOnFailure(base *sip.Request, invite bool, callID, fromTa
 		p.finalSent = true
 		return false
 	}
+	started := p.startBranches(base, ts, callID, fromTag)
+	p.armNoAnswer(true)
+	return started > 0
+}
+
+// startBranches builds and starts an INVITE branch to each of ts after
+// the first ones failed (§16.6); it returns how many started.
+func (p *proxyTx) startBranches(base *sip.Request, ts []target, callID, fromTag string) int {
 	var started []*branch
 	for _, t := range ts {
 		r, out, err := p.build(base, t, true, callID, fromTag)
 		if err != nil {
-			s.log.Info("cannot forward", "call_id", callID, "err", err)
+			p.s.log.Info("cannot forward", "call_id", callID, "err", err)
 			continue
 		}
 		b := &branch{req: r, out: out}
@@ -203,8 +218,7 @@ func (p *proxyTx) divertOnFailure(base *sip.Request, invite bool, callID, fromTa
 	for _, b := range started {
 		p.start(b, true)
 	}
-	p.armNoAnswer(true)
-	return len(started) > 0
+	return len(started)
 }
 
 // featureCode answers *72<number> and *73 from a phone on the LAN; it
@@ -275,17 +289,7 @@ func (s *SIPService) featureCode(req *sip.Request, tx sip.ServerTransaction, in 
 // whose flow is src: the phone that dialled is the one that proved the
 // extension's password when it registered.
 func (s *SIPService) registeredFrom(ctx context.Context, ext string, src netip.AddrPort) bool {
-	if registrar.ValidExt(ext) != nil {
-		return false
-	}
-	all, err := s.cfg.Locations.Bindings(ctx, registrar.AOR(ext))
-	if err != nil {
-		return false
-	}
-	for _, b := range registrar.MergeBindings(all, time.Now()) {
-		if b.Node != s.cfg.Node {
-			continue
-		}
+	for _, b := range s.localBindings(ctx, ext) {
 		if b.Source == src {
 			return true
 		}

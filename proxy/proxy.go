@@ -83,10 +83,11 @@ type branch struct {
 }
 
 type brEvent struct {
-	b      *branch // nil: the no-answer timer of call forwarding fired
+	b      *branch // nil: the no-answer timer of call forwarding (or the hunt timer) fired
 	res    *sip.Response
 	err    error
 	timerC bool
+	hunt   bool // the hunt group's member timer fired (groups.go)
 }
 
 // proxyTx proxies one request (one server transaction).
@@ -107,6 +108,7 @@ type proxyTx struct {
 	finalSent bool
 	cancelled bool
 	fw        forwardState // call forwarding on busy and no answer (forward.go)
+	hunt      *huntState   // the hunt group being rung (groups.go)
 }
 
 // noBuild is a sipgo request option that leaves the request as built
@@ -260,9 +262,13 @@ func (p *proxyTx) run() {
 		p.start(b, invite)
 	}
 	p.armNoAnswer(invite)
+	p.armHunt(invite)
 	p.loop(invite)
-	for p.divertOnFailure(base, invite, callID, fromTag) {
+	for p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
 		p.loop(invite)
+	}
+	if p.hunt != nil && p.hunt.timer != nil {
+		p.hunt.timer.Stop()
 	}
 
 	for _, b := range p.branches {
@@ -273,6 +279,7 @@ func (p *proxyTx) run() {
 	if !p.finalSent && !p.cancelled && s.ctx.Err() == nil {
 		p.sendBest()
 	}
+	p.blfDone() // blf.go
 	switch {
 	case req.Method == sip.BYE:
 		// RFC 3261 §15: the BYE ends the dialog and its media.
@@ -775,6 +782,10 @@ func (p *proxyTx) loop(invite bool) {
 				p.cancelBranch(b)
 			}
 		case ev := <-p.events:
+			if ev.hunt {
+				p.huntTimeout() // groups.go
+				continue
+			}
 			if ev.b == nil {
 				p.noAnswer() // forward.go
 				continue
@@ -913,6 +924,7 @@ func cancelRequest(inv *sip.Request) *sip.Request {
 // relayUp forwards a response of branch b upstream (§16.7 step 9): our
 // Via removed, the SDP rewritten for the upstream side.
 func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
+	p.blfResponse(b, res) // blf.go
 	out := res.Clone()
 	out.RemoveHeader("Via")
 	if out.Via() == nil {

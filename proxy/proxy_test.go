@@ -50,6 +50,8 @@ type meshNode struct {
 	svc    *SIPService
 	reg    *registrar.Registrar
 	relay  *sipalg.Relay
+	// kill stops the node's services at once, as if it lost power.
+	kill context.CancelFunc
 }
 
 func nodeID(i int) ssr.NodeID { return ssr.NodeID(0x1000 + i) }
@@ -116,9 +118,11 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m.wg.Go(func() { nd.relay.Run(m.ctx) })
+		var nctx context.Context
+		nctx, nd.kill = context.WithCancel(m.ctx)
+		m.wg.Go(func() { nd.relay.Run(nctx) })
 		m.wg.Go(func() {
-			if err := nd.svc.Run(m.ctx); err != nil {
+			if err := nd.svc.Run(nctx); err != nil {
 				t.Errorf("node %d: %v", i, err)
 			}
 		})
@@ -404,6 +408,13 @@ func (p *tphone) inDialogBody(method, ruri, from, to, callID string, cseq int, r
 		fmt.Fprintf(&b, "Contact: <sip:%s@%s>\r\nContent-Type: application/sdp\r\n", p.ext, p.addr)
 	}
 	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n%s", len(body), body)
+	p.inDialogRaw(b.String(), ruri, routes)
+}
+
+// inDialogRaw sends the request raw of a dialog to the first Route of
+// routes, or to ruri when there is none.
+func (p *tphone) inDialogRaw(raw, ruri string, routes []string) {
+	p.t.Helper()
 	dst := ruri
 	if len(routes) > 0 {
 		dst = strings.Trim(routes[0], "<>")
@@ -416,7 +427,7 @@ func (p *tphone) inDialogBody(method, ruri, from, to, callID string, cseq int, r
 	if err != nil {
 		p.t.Fatalf("next hop %q is not an address", dst)
 	}
-	p.sendTo(ap, b.String())
+	p.sendTo(ap, raw)
 }
 
 // digestAuth answers the first challenge of a 401 (RFC 7616 §3.4).

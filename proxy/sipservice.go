@@ -102,6 +102,12 @@ type SIPServiceConfig struct {
 	// RingGroups maps a group extension to its members' extensions
 	// (groups.go); the same on every node.
 	RingGroups map[string][]string
+	// HuntGroups maps a group extension to members rung one after the
+	// other, each for the group's timeout (groups.go).
+	HuntGroups map[string]HuntGroup
+	// Aliases, if set, resolves a Request-URI user that is no extension
+	// (alias.go); nil: 404 as before.
+	Aliases registrar.AliasStore
 	// Messages, if set, keeps MESSAGEs for offline extensions and
 	// delivers them on register (messages.go); nil: 480 as for calls.
 	Messages registrar.MessageStore
@@ -153,6 +159,7 @@ type SIPService struct {
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
 	conf    *phones.ConfService // nil without Rooms
+	blf     *phones.BLFService
 
 	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
@@ -278,6 +285,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 			Max: cfg.MaxEchoSessions, Logger: s.log}); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.initBLF(); err != nil {
+		return nil, err
 	}
 	if err := s.initFeatures(); err != nil {
 		return nil, err

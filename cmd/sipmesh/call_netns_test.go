@@ -236,7 +236,17 @@ func startBaresip(t *testing.T, ns *netns.NS, baresip, dir string) *baresipUA {
 	ua.cmd = ns.Command(context.Background(), baresip, "-f", dir)
 	ua.cmd.Dir = dir // relative paths (tone.wav, the recordings) resolve here
 	ua.cmd.Stdout, ua.cmd.Stderr = logf, logf
-	if err := ua.cmd.Start(); err != nil {
+	// A pipe that stays open as stdin: the stdio UI module (which prints
+	// received MESSAGEs) polls it, and epoll refuses /dev/null.
+	stdin, stdinW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ua.cmd.Stdin = stdin
+	err = ua.cmd.Start()
+	stdin.Close() // the child has its copy
+	if err != nil {
+		stdinW.Close()
 		logf.Close()
 		t.Fatalf("start baresip: %v", err)
 	}
@@ -257,6 +267,7 @@ func startBaresip(t *testing.T, ns *netns.NS, baresip, dir string) *baresipUA {
 			ua.conn.Close()
 		}
 		wg.Wait()
+		stdinW.Close()
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(ua.log)
@@ -485,9 +496,15 @@ func readWAV16(path string) ([]int16, error) {
 // full scale), what aufile plays as the phone's microphone.
 func writeToneWAV(t *testing.T, path string, freq float64, d time.Duration) {
 	t.Helper()
+	writeToneWAVAmp(t, path, freq, 0.5, d)
+}
+
+// writeToneWAVAmp is writeToneWAV with amplitude amp (full scale 1).
+func writeToneWAVAmp(t *testing.T, path string, freq, amp float64, d time.Duration) {
+	t.Helper()
 	n := int(d.Seconds() * phones.SampleRate)
 	x := make([]int16, n)
-	(&phones.Tone{Freq: freq, Amplitude: 0.5}).Fill(x)
+	(&phones.Tone{Freq: freq, Amplitude: amp}).Fill(x)
 	b := make([]byte, 44+2*n)
 	copy(b, "RIFF")
 	binary.LittleEndian.PutUint32(b[4:], uint32(36+2*n))

@@ -36,18 +36,19 @@ const (
 
 // demoReport is the demo's result (--json prints it).
 type demoReport struct {
-	Nodes      int          `json:"nodes"`
-	Links      int          `json:"links"`
-	Diameter   int          `json:"diameter"`
-	Seed       uint64       `json:"seed"`
-	Loss       float64      `json:"loss"`
-	RingS      float64      `json:"ring_s"` // until the ring was consistent
-	Phones     []phoneInfo  `json:"phones"`
-	Registered int          `json:"registered"`
-	Calls      []callResult `json:"calls"`
-	Rooms      []roomResult `json:"rooms"`
-	OK         bool         `json:"ok"` // every call had two-way audio
-	WallS      float64      `json:"wall_s"`
+	Nodes      int           `json:"nodes"`
+	Links      int           `json:"links"`
+	Diameter   int           `json:"diameter"`
+	Seed       uint64        `json:"seed"`
+	Loss       float64       `json:"loss"`
+	RingS      float64       `json:"ring_s"` // until the ring was consistent
+	Phones     []phoneInfo   `json:"phones"`
+	Registered int           `json:"registered"`
+	Calls      []callResult  `json:"calls"`
+	Rooms      []roomResult  `json:"rooms"`
+	Groups     []groupResult `json:"groups"`
+	OK         bool          `json:"ok"` // every call had two-way audio
+	WallS      float64       `json:"wall_s"`
 	// Interrupted: a signal stopped the demo; the report is partial.
 	Interrupted bool `json:"interrupted,omitempty"`
 }
@@ -224,7 +225,9 @@ func (l *demoLog) clearLocked() {
 // mesh could not be set up; failed calls are in the report.
 func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, err error) {
 	start := time.Now()
-	m, err := newTelMesh(cfg.Mesh)
+	mc := cfg.Mesh
+	mc.RingGroups = map[string][]string{demoGroup: demoGroupMembers}
+	m, err := newTelMesh(mc)
 	if err != nil {
 		return rep, err
 	}
@@ -328,6 +331,20 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 		room := m.partyLine(ctx, live, 4, cfg.Hold)
 		rep.Rooms = append(rep.Rooms, room)
 		plog.printf("  426: %d members, heard all: %s %s", len(room.Members), yesNo(room.HeardAll), room.Error)
+	}
+	if ctx.Err() == nil && len(live) > 0 {
+		plog.printf("ring group %s: %d phones on different nodes ring at once, one answers", demoGroup, len(demoGroupMembers))
+		g := groupResult{Number: demoGroup, Members: demoGroupMembers}
+		gctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		members, err := m.addGroupPhones(gctx, m.rng.Perm(cfg.Mesh.Nodes))
+		cancel()
+		if err != nil {
+			g.Error = err.Error()
+		} else {
+			g = m.ringGroup(ctx, live[0], members, m.rng.IntN(len(members)))
+		}
+		rep.Groups = append(rep.Groups, g)
+		plog.printf("  %s: answered by %s, the others stopped ringing within %.0f ms %s", g.Number, g.AnsweredBy, g.OthersStoppedMs, g.Error)
 	}
 	if ctx.Err() == nil {
 		plog.printf("done")
@@ -547,6 +564,7 @@ func printDemo(w io.Writer, r demoReport) {
 	}
 	fmt.Fprintf(w, "\n%d of %d calls with two-way audio, in %.1f s\n", ok, len(r.Calls), r.WallS)
 	printRooms(w, r.Rooms)
+	printGroups(w, r.Groups)
 	if r.Interrupted {
 		fmt.Fprintf(w, "interrupted: partial results\n")
 	}

@@ -398,6 +398,27 @@ func TestDemoCommand(t *testing.T) {
 	if c := rep.Calls[len(rep.Calls)-1]; c.To != "3246" || c.Feature != "echo" {
 		t.Errorf("echo call to %q, feature %q; want 3246 and echo", c.To, c.Feature)
 	}
+	// The party line: every member heard every other and not itself.
+	if len(rep.Rooms) != 1 || rep.Rooms[0].Number != "426" || len(rep.Rooms[0].Members) < 2 ||
+		len(rep.Rooms[0].Nodes) != len(rep.Rooms[0].Members) || !rep.Rooms[0].HeardAll {
+		t.Errorf("rooms: %+v", rep.Rooms)
+	}
+	// The ring group: four members on four nodes, one answered, the
+	// others stopped ringing (the bound is the issue's, in real time
+	// on an in-memory mesh).
+	if len(rep.Groups) != 1 {
+		t.Fatalf("groups: %+v", rep.Groups)
+	}
+	g := rep.Groups[0]
+	nodes := map[string]bool{}
+	for _, n := range g.Nodes {
+		nodes[n] = true
+	}
+	if g.Number != demoGroup || len(g.Members) != 4 || len(nodes) != 4 || !slices.Contains(g.Members, g.AnsweredBy) ||
+		g.OthersStoppedMs <= 0 || g.Error != "" {
+		t.Errorf("group: %+v", g)
+	}
+	t.Logf("group %s: %s answered, the others stopped ringing within %.1f ms", g.Number, g.AnsweredBy, g.OthersStoppedMs)
 	if !strings.Contains(stderr, "ring formed") || !strings.Contains(stderr, "phones registered") {
 		t.Errorf("no progress on stderr:\n%s", stderr)
 	}

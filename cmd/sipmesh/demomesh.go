@@ -77,6 +77,11 @@ type meshConfig struct {
 	MinDiameter int
 	// Log receives the nodes' logs (nil: discarded).
 	Log *slog.Logger
+	// RingGroups is every node's ring-group setting.
+	RingGroups map[string][]string
+	// Adj, if set, is the topology (node i's neighbours), instead of a
+	// random one.
+	Adj [][]int
 }
 
 // telMesh is a running telephone mesh.
@@ -96,6 +101,7 @@ type telMesh struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	kills  []context.CancelFunc // one per node
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	errs   []error
@@ -139,7 +145,10 @@ func newTelMesh(cfg meshConfig) (*telMesh, error) {
 		// default: one process emulates the whole mesh, so a burst of
 		// calls makes the routers' goroutines late, not the links full.
 		nw: memnet.New(memnet.Config{Seed: int64(cfg.Seed), SocketQueue: 4096, LinkQueue: 4096})}
-	m.adj = meshTopology(cfg.Nodes, cfg.MinDiameter, m.rng)
+	m.adj = cfg.Adj
+	if m.adj == nil {
+		m.adj = meshTopology(cfg.Nodes, cfg.MinDiameter, m.rng)
+	}
 	if err := m.build(); err != nil {
 		rmDir()
 		return nil, err
@@ -212,6 +221,7 @@ func (m *telMesh) build() error {
 		if i == 0 {
 			o.AdminKey = adminPath // node 1 manages the subscribers
 		}
+		o.RingGroups = m.cfg.RingGroups
 		o.SetRouterParams(demoParams)
 		o.SetDHTParams(demoDHTParams)
 		node, err := gateway.NewNode(o, m.hosts[i], m.cfg.Log)
@@ -223,17 +233,22 @@ func (m *telMesh) build() error {
 	return nil
 }
 
-// start runs every node until stop.
+// start runs every node until stop (or its kill).
 func (m *telMesh) start(ctx context.Context) {
 	m.ctx, m.cancel = context.WithCancel(ctx)
 	for i, node := range m.nodes {
+		nctx, kill := context.WithCancel(m.ctx)
+		m.kills = append(m.kills, kill)
 		m.wg.Go(func() {
-			if err := node.Run(m.ctx); err != nil {
+			if err := node.Run(nctx); err != nil {
 				m.fail(fmt.Errorf("node n%d: %w", i+1, err))
 			}
 		})
 	}
 }
+
+// kill stops node i at once, as a power cut would; its phones stay.
+func (m *telMesh) kill(i int) { m.kills[i]() }
 
 func (m *telMesh) fail(err error) {
 	m.mu.Lock()

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+)
+
+// TestAliasCommand: sipmesh alias set, show and del through a node's
+// control socket (the DHT of a node alone); bad names, targets and
+// argument counts are usage errors.
+func TestAliasCommand(t *testing.T) {
+	leakcheck.Check(t)
+	sock, _ := startNode(t, "n1", "")
+	for _, step := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"alias", "show", "--control", sock, "doctor"}, 0, "doctor is no alias"},
+		{[]string{"alias", "set", "--control", sock, "doctor", "205"}, 0, "doctor → 205"},
+		{[]string{"alias", "show", "--control", sock, "doctor"}, 0, "doctor → 205"},
+		{[]string{"alias", "set", "--control", sock, "doctor", "sip:206@mesh"}, 0, "doctor → sip:206@mesh"},
+		{[]string{"alias", "show", "--control", sock, "doctor"}, 0, "doctor → sip:206@mesh"},
+		{[]string{"alias", "del", "--control", sock, "doctor"}, 0, "alias doctor deleted"},
+		{[]string{"alias", "show", "--control", sock, "doctor"}, 0, "doctor is no alias"},
+		{[]string{"alias", "set", "--control", sock, "doctor", "tel:+1"}, 2, ""},
+		{[]string{"alias", "set", "--control", sock, "doc tor", "205"}, 2, ""},
+		{[]string{"alias", "set", "--control", sock, "doctor"}, 2, ""},
+		{[]string{"alias", "rename", "doctor"}, 2, ""},
+		{[]string{"alias"}, 2, ""},
+	} {
+		code, stdout, stderr := run(t, step.args...)
+		if code != step.code || !strings.Contains(stdout, step.out) {
+			t.Errorf("%q: exit %d, stdout %q, want %d and %q\n%s", step.args, code, stdout, step.code, step.out, stderr)
+		}
+	}
+}
