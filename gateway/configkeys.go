@@ -91,9 +91,9 @@ var configKeyDocs = []struct {
 		}},
 	{"web-port", "", "port of the web UI on the automatic (LAN) address",
 		func(o Options) string { return strconv.Itoa(int(o.WebPort)) }},
-	{"ring-group", "none", "a group extension and the members it rings in parallel, GROUP=EXT,EXT,… (repeatable; the same on every node)",
+	{"ring-group", "none", "a group extension and the members it rings in parallel, GROUP=EXT,EXT,…; the same on every node",
 		func(o Options) string { return "" }},
-	{"hunt-group", "none", "a group extension and the members it rings one after the other, each for S seconds (default 15), GROUP=EXT,EXT,…[/S] (repeatable; the same on every node)",
+	{"hunt-group", "none", "a group extension and the members it rings one after the other, each for S seconds (default 15), GROUP=EXT,EXT,…[/S]; the same on every node",
 		func(o Options) string { return "" }},
 }
 
