@@ -63,6 +63,7 @@ type rig struct {
 	peerPID         int // the peer server of the current row (its process group)
 	kamailioPID     int
 	tools           map[string]string
+	added           map[int]bool // extensions addUser created
 }
 
 func TestPeers(t *testing.T) {
@@ -405,6 +406,13 @@ func (r *rig) usersCSV(name string, first, n int) string {
 // addUser creates ext (password pw<ext>) through the node's control
 // socket with the node's administrator key.
 func (r *rig) addUser(ext int) {
+	if r.added[ext] {
+		return // the register row added the calls row's caller
+	}
+	if r.added == nil {
+		r.added = map[int]bool{}
+	}
+	r.added[ext] = true
 	add := exec.Command(r.bin, "user", "add", "--control", r.sock, strconv.Itoa(ext))
 	add.Stdin = strings.NewReader(fmt.Sprintf("pw%d\n", ext))
 	if out, err := add.CombinedOutput(); err != nil {
@@ -540,7 +548,9 @@ func (r *rig) registerRow() (func() (float64, string), func() (float64, string))
 func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 	r.startKamailio()
 	r.addUser(3000)
+	r.addUser(2000) // the caller: calls from the LAN are authenticated (407)
 	csvPath := r.usersCSV("callee.csv", 3000, 1)
+	callerCSV := r.usersCSV("caller.csv", 2000, 1)
 	run := func(server, local, callee string) (float64, string) {
 		// Register the callee from the UAS's own port, then answer there.
 		r.waitFor(20*time.Second, "callee 3000 to register at "+server, func() (bool, string) {
@@ -558,7 +568,7 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 			cancel()
 			uas.Wait()
 		}()
-		res := r.sipp(server, "call.xml", *roundDur, "-p", "5061", "-i", local)
+		res := r.sipp(server, "call.xml", *roundDur, "-inf", callerCSV, "-p", "5061", "-i", local)
 		return res.rate(), res.String()
 	}
 	return func() (float64, string) { return run(nodeAddr, nodeCli, nodeCallee) },
