@@ -427,7 +427,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		release()
 	}
 	var rec *answeringTx
-	if req.Method != sip.INVITE && req.Method != sip.ACK && strings.EqualFold(req.Transport(), "UDP") {
+	if req.Method != sip.ACK && strings.EqualFold(req.Transport(), "UDP") {
 		rec = &answeringTx{ServerTransaction: tx}
 		tx = rec
 	}
@@ -472,17 +472,23 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p.run()
 	}
 	if rec != nil {
-		if res, to := rec.final(); res != nil {
+		if res, to := rec.final(); res != nil && (req.Method != sip.INVITE || res.IsSuccess()) {
 			s.guard.Answered(req, src, res, to)
 			tx.Terminate()
 		}
 	}
 }
 
-// answeringTx is the server transaction of a non-INVITE request over UDP
-// as the handlers see it: it notes the final response sent, which the
-// guard keeps as the transaction's small record for Timer J (sipnet's
-// answered.go) once the handler returns, ending sipgo's transaction.
+// answeringTx is the server transaction of a request over UDP as the
+// handlers see it: it notes the final response sent, which the guard
+// keeps as the transaction's small record once the handler returns,
+// ending sipgo's transaction (sipnet's answered.go): for a non-INVITE
+// request, Timer J's retransmissions get the response again (RFC 3261
+// §17.2.2); for an INVITE answered 2xx, the Accepted state's
+// retransmitted INVITEs are absorbed (RFC 6026 §7.1; the 2xx itself is
+// retransmitted by the UAS, not by proxies). An INVITE answered 3xx–6xx
+// stays with sipgo, which retransmits the answer until its ACK (Timers
+// G and H).
 type answeringTx struct {
 	sip.ServerTransaction
 	mu  sync.Mutex

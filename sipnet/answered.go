@@ -30,7 +30,7 @@ import (
 const DefaultAnswerLife = 64 * 500 * time.Millisecond // 64·T1, T1 = 500 ms
 
 type answer struct {
-	data  []byte         // the final response as sent
+	data  []byte         // the final response as sent; nil: absorb retransmissions
 	to    netip.AddrPort // where it was sent
 	until int64          // Unix nanoseconds: expires
 }
@@ -83,10 +83,13 @@ func (a *answers) put(req *sip.Request, src netip.AddrPort, res *sip.Response, t
 	if !ok {
 		return
 	}
-	var buf bytes.Buffer
-	buf.Grow(512)
-	res.StringWrite(&buf)
-	data := bytes.Clone(buf.Bytes()) // exact size: the buffer's spare capacity would stay
+	var data []byte // nil: absorb (an INVITE answered 2xx)
+	if !req.IsInvite() {
+		var buf bytes.Buffer
+		buf.Grow(512)
+		res.StringWrite(&buf)
+		data = bytes.Clone(buf.Bytes()) // exact size: the buffer's spare capacity would stay
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.sweepLocked(now, 4) // keep expired records from piling up under load

@@ -133,10 +133,12 @@ func (g *Guard) answers() *answers {
 }
 
 // Answered records res, the final response sent to to for req (a
-// non-INVITE request received over UDP from src), for the
-// retransmissions of req within AnswerLife; the caller then ends the
-// server transaction (RFC 3261 §17.2.2: the record is the Completed
-// state).
+// request received over UDP from src), for the retransmissions of req
+// within AnswerLife; the caller then ends the server transaction. For a
+// non-INVITE request the record is the Completed state (RFC 3261
+// §17.2.2): a retransmission gets res again. For an INVITE answered 2xx
+// it is the Accepted state (RFC 6026 §7.1): a retransmission is absorbed,
+// and res is not kept.
 func (g *Guard) Answered(req *sip.Request, src netip.AddrPort, res *sip.Response, to netip.AddrPort) {
 	g.answers().put(req, src, res, to, time.Now(), cmp.Or(g.AnswerLife, DefaultAnswerLife))
 }
@@ -259,7 +261,7 @@ func (g *Guard) retransmission(pc net.PacketConn, req *sip.Request, src netip.Ad
 	a.mu.Lock()
 	empty := a.n == 0
 	a.mu.Unlock()
-	if empty || req.IsInvite() || req.IsAck() {
+	if empty || req.IsAck() {
 		return false
 	}
 	rec, ok := a.get(req, src, time.Now())
@@ -267,7 +269,9 @@ func (g *Guard) retransmission(pc net.PacketConn, req *sip.Request, src netip.Ad
 		return false
 	}
 	g.Retransmissions.Add(1)
-	pc.WriteTo(rec.data, net.UDPAddrFromAddrPort(rec.to))
+	if rec.data != nil {
+		pc.WriteTo(rec.data, net.UDPAddrFromAddrPort(rec.to))
+	}
 	return true
 }
 
