@@ -225,6 +225,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		LANPrefix:   lan.Masked(),
 		ServerName:  "sipmesh " + n.opts.Name,
 		Logger:      log,
+		// Limits (config keys sip-rate, sip-burst, sip-max-transactions).
+		Rate: n.opts.SIPRate, Burst: n.opts.SIPBurst, MaxTransactions: n.opts.SIPMaxTransactions,
 		// The echo test's media, on the LAN address (phones/echo.go).
 		EchoListen: func(ctx context.Context) (net.PacketConn, error) {
 			return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
@@ -263,6 +265,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Upstreams: n.opts.DNSUpstreams,
 		Prefix:    n.opts.NAT64Prefix,
 		Port:      n.dnsPort,
+		Rate:      n.opts.DNSRate, // config keys dns-rate, dns-burst
+		Burst:     n.opts.DNSBurst,
 		Logger:    log,
 	})
 	if err != nil {
