@@ -170,25 +170,32 @@ func DefaultOptions() Options {
 	}
 }
 
-// parseRate parses a per-source rate: requests per second, or off (-1).
-func parseRate(v string) (float64, error) {
-	if v == "off" {
-		return -1, nil
-	}
-	r, err := strconv.ParseFloat(v, 64)
-	if err != nil || !(r > 0 && r <= 1e9) {
-		return 0, fmt.Errorf("%q is not a rate (per second, > 0 and ≤ 1e9, or off)", v)
-	}
-	return r, nil
+// rateSetter sets a per-source rate: requests per second, or off (-1).
+func rateSetter(field func(*Options) *float64) setter {
+	return setter{fn: func(o *Options, v string) error {
+		if v == "off" {
+			*field(o) = -1
+			return nil
+		}
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(r > 0 && r <= 1e9) {
+			return fmt.Errorf("%q is not a rate (per second, > 0 and ≤ 1e9, or off)", v)
+		}
+		*field(o) = r
+		return nil
+	}}
 }
 
-// parseCount parses a bucket size or table size: 1 to 2^24.
-func parseCount(v string) (int, error) {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 1<<24 {
-		return 0, fmt.Errorf("%q is not a count from 1 to 16777216", v)
-	}
-	return n, nil
+// countSetter sets a bucket or table size: 1 to 2^24.
+func countSetter(field func(*Options) *int) setter {
+	return setter{fn: func(o *Options, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1<<24 {
+			return fmt.Errorf("%q is not a count from 1 to 16777216", v)
+		}
+		*field(o) = n
+		return nil
+	}}
 }
 
 // ConfigError is a problem in a config file, located by line and field so a
@@ -508,26 +515,11 @@ var setters = map[string]setter{
 		o.RelayPortMin, o.RelayPortMax = uint16(a), uint16(b)
 		return nil
 	}},
-	"sip-rate": {fn: func(o *Options, v string) (err error) {
-		o.SIPRate, err = parseRate(v)
-		return err
-	}},
-	"sip-burst": {fn: func(o *Options, v string) (err error) {
-		o.SIPBurst, err = parseCount(v)
-		return err
-	}},
-	"sip-max-transactions": {fn: func(o *Options, v string) (err error) {
-		o.SIPMaxTransactions, err = parseCount(v)
-		return err
-	}},
-	"dns-rate": {fn: func(o *Options, v string) (err error) {
-		o.DNSRate, err = parseRate(v)
-		return err
-	}},
-	"dns-burst": {fn: func(o *Options, v string) (err error) {
-		o.DNSBurst, err = parseCount(v)
-		return err
-	}},
+	"sip-rate":             rateSetter(func(o *Options) *float64 { return &o.SIPRate }),
+	"sip-burst":            countSetter(func(o *Options) *int { return &o.SIPBurst }),
+	"sip-max-transactions": countSetter(func(o *Options) *int { return &o.SIPMaxTransactions }),
+	"dns-rate":             rateSetter(func(o *Options) *float64 { return &o.DNSRate }),
+	"dns-burst":            countSetter(func(o *Options) *int { return &o.DNSBurst }),
 	"log-level": {fn: func(o *Options, v string) error {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(v)); err != nil {
