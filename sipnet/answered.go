@@ -24,7 +24,10 @@ import (
 // transaction ends when the response is sent. A retransmission matching a
 // record gets those bytes again before sipgo parses it; one whose record
 // was evicted (the table is bounded) is a new request to sipgo, as after
-// Timer J.
+// Timer J. An INVITE answered 2xx is kept the same way for RFC 6026's
+// Accepted state (Timer L, also 64·T1), without the response: a proxy
+// absorbs retransmitted INVITEs there and the UAS, not the proxy,
+// retransmits the 2xx.
 
 // DefaultAnswerLife is how long an answer is kept: Timer J over UDP.
 const DefaultAnswerLife = 64 * 500 * time.Millisecond // 64·T1, T1 = 500 ms
