@@ -581,12 +581,23 @@ func (s *SIPService) respond(req *sip.Request, code int, reason string) *sip.Res
 	return s.cfg.Registrar.Response(req, code, reason)
 }
 
-// strayResponse handles responses that match no client transaction: 2xx
-// retransmissions of INVITEs whose transaction ended (RFC 3261 §16.7 step
-// 5 would forward them statelessly; by then our transaction with the
-// upstream is gone too, and the UAS retransmits only until its ACK, which
-// the caller sends after the first 2xx we forwarded). Dropped.
+// strayResponse handles responses that match no client transaction. A
+// 2xx retransmitted by a callee whose INVITE transaction this node ended
+// at the first 2xx (proxyTx.relayed) goes upstream again as it went the
+// first time (RFC 3261 §16.7 step 5; the callee retransmits until the
+// caller's ACK). Others are dropped.
 func (s *SIPService) strayResponse(res *sip.Response) {
+	if res.IsSuccess() && res.Via() != nil && res.CSeq() != nil && res.CSeq().MethodName == sip.INVITE {
+		branch, _ := res.Via().Params.Get("branch")
+		if data, to, ok := s.guard.RelayedAgain(branch); ok {
+			pc := s.cfg.LANUDP
+			if s.sockFor(to.Addr()) == s.mesh {
+				pc = s.cfg.MeshUDP
+			}
+			pc.WriteTo(data, net.UDPAddrFromAddrPort(to))
+			return
+		}
+	}
 	s.log.Debug("stray response", "status", res.StatusCode, "call_id", res.CallID())
 }
 

@@ -88,11 +88,21 @@ func (a *answers) put(req *sip.Request, src netip.AddrPort, res *sip.Response, t
 	}
 	var data []byte // nil: absorb (an INVITE answered 2xx)
 	if !req.IsInvite() {
-		var buf bytes.Buffer
-		buf.Grow(512)
-		res.StringWrite(&buf)
-		data = bytes.Clone(buf.Bytes()) // exact size: the buffer's spare capacity would stay
+		data = encode(res)
 	}
+	a.putKey(k, data, to, now, life)
+}
+
+// encode is res as sent, in a slice of its exact size (a buffer's spare
+// capacity would stay with the record).
+func encode(res *sip.Response) []byte {
+	var buf bytes.Buffer
+	buf.Grow(512)
+	res.StringWrite(&buf)
+	return bytes.Clone(buf.Bytes())
+}
+
+func (a *answers) putKey(k uint64, data []byte, to netip.AddrPort, now time.Time, life time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.sweepLocked(now, 4) // keep expired records from piling up under load
@@ -107,6 +117,10 @@ func (a *answers) get(req *sip.Request, src netip.AddrPort, now time.Time) (answ
 	if !ok {
 		return answer{}, false
 	}
+	return a.getKey(k, now)
+}
+
+func (a *answers) getKey(k uint64, now time.Time) (answer, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v, _ := a.recs.Get(k, false)
@@ -119,6 +133,16 @@ func (a *answers) get(req *sip.Request, src netip.AddrPort, now time.Time) (answ
 		return answer{}, false
 	}
 	return *v, true
+}
+
+// relayKey hashes the branch of a client transaction; its prefix keeps
+// these keys apart from those of requests.
+func (a *answers) relayKey(branch string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(a.seed)
+	h.WriteString("relayed\x00")
+	h.WriteString(branch)
+	return h.Sum64()
 }
 
 // sweepLocked drops up to limit expired records (limit < 0: all), oldest

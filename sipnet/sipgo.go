@@ -143,6 +143,28 @@ func (g *Guard) Answered(req *sip.Request, src netip.AddrPort, res *sip.Response
 	g.answers().put(req, src, res, to, time.Now(), cmp.Or(g.AnswerLife, DefaultAnswerLife))
 }
 
+// Relayed records data, a 2xx this node relayed upstream to to for its
+// INVITE client transaction of branch, for AnswerLife; the caller then
+// ends that transaction instead of keeping it for Timer M (RFC 6026
+// §7.2), and relays the callee's retransmissions of the 2xx (RFC 3261
+// §16.7 step 5: they go upstream until the ACK) with RelayedAgain.
+func (g *Guard) Relayed(branch string, res *sip.Response, to netip.AddrPort) {
+	a := g.answers()
+	a.putKey(a.relayKey(branch), encode(res), to, time.Now(), cmp.Or(g.AnswerLife, DefaultAnswerLife))
+}
+
+// RelayedAgain returns the 2xx recorded by Relayed for branch and where
+// it went, if the record is still live, and counts a retransmission.
+func (g *Guard) RelayedAgain(branch string) (data []byte, to netip.AddrPort, ok bool) {
+	a := g.answers()
+	rec, ok := a.getKey(a.relayKey(branch), time.Now())
+	if !ok || rec.data == nil {
+		return nil, netip.AddrPort{}, false
+	}
+	g.Retransmissions.Add(1)
+	return rec.data, rec.to, true
+}
+
 // Answers is how many records of answered requests are kept.
 func (g *Guard) Answers() int {
 	a := g.answers()
