@@ -3,11 +3,15 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 )
 
@@ -80,6 +84,100 @@ func TestProxyAnsweredRecords(t *testing.T) {
 			if st := nd.svc.Stats(); st.Answered != 0 || st.Transactions != 0 {
 				t.Errorf("node %d 45 s later: %d records, %d live transactions; want none", i+1, st.Answered, st.Transactions)
 			}
+		}
+	})
+}
+
+// TestOneBusySourceServed (issue 12): one LAN address sending 1,000 calls
+// a second (a PBX behind a port, authenticating each call as SIPp does:
+// INVITE, 407, INVITE with credentials) to a callee on the same LAN that
+// answers each at once is served with the default limits: every call is
+// answered 200 through the proxy, none is rate-limited or shed, and the
+// callee's 200s are not counted against its address. (With the old 100
+// datagrams/s per source, requests and responses alike, most calls were
+// dropped.)
+func TestOneBusySourceServed(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		// The node's default limits (the rig turns the rate limit off).
+		m := newMeshRig(t, 1, func(c *SIPServiceConfig) { c.Rate, c.Burst, c.MaxTransactions = 0, 0, 0 })
+		pbx, callee := m.phone(1, "201", 10), m.phone(1, "202", 11)
+		pbx.register()
+		callee.register()
+		const calls, perSecond = 2000, 1000
+		media := netip.MustParseAddrPort("10.1.0.10:4000")
+		server := net.UDPAddrFromAddrPort(pbx.server())
+		byID := make(map[string]*call, calls)
+		order := make([]*call, calls)
+		for i := range order {
+			order[i] = pbx.buildInvite("sip:202@mesh", media, "")
+			byID[order[i].callID] = order[i]
+		}
+
+		stop := make(chan struct{})
+		var answered, ok int
+		codes := map[int]int{}
+		var wg sync.WaitGroup
+		wg.Go(func() { // the callee answers every INVITE 200 at once
+			for {
+				select {
+				case msg := <-callee.in:
+					if req, isReq := msg.(*sip.Request); isReq && req.IsInvite() {
+						callee.answer(req, 200, "OK", "cal"+string(*req.CallID()), "")
+						answered++
+					}
+				case <-stop:
+					return
+				}
+			}
+		})
+		wg.Go(func() { // the PBX answers each 407 with credentials and counts its 200s
+			for {
+				select {
+				case msg := <-pbx.in:
+					res, isRes := msg.(*sip.Response)
+					if !isRes {
+						continue
+					}
+					codes[res.StatusCode]++
+					switch c := byID[string(*res.CallID())]; {
+					case res.StatusCode == 200:
+						ok++
+					case res.StatusCode == 407 && c != nil:
+						chal, err := digest.ParseChallenge(res.GetHeader("Proxy-Authenticate").Value())
+						if err != nil {
+							t.Error(err)
+							continue
+						}
+						cred, err := digest.Digest(chal, digest.Options{Method: "INVITE", URI: c.ruri, Username: "201",
+							Password: "secret201", Count: 1, Cnonce: "0a4f113b"})
+						if err != nil {
+							t.Error(err)
+							continue
+						}
+						raw := strings.Replace(c.raw, c.branch, c.branch+"a", 1)
+						raw = strings.Replace(raw, "CSeq: 1 INVITE", "CSeq: 2 INVITE\r\nProxy-Authorization: "+cred.String(), 1)
+						pbx.pc.WriteTo([]byte(raw), server)
+					}
+				case <-stop:
+					return
+				}
+			}
+		})
+		for i, c := range order {
+			pbx.pc.WriteTo([]byte(c.raw), server)
+			if i%10 == 9 {
+				time.Sleep(10 * time.Second / perSecond)
+			}
+		}
+		time.Sleep(5 * time.Second) // fake time: everything in flight lands
+		synctest.Wait()
+		close(stop)
+		wg.Wait()
+		st := m.nodes[0].svc.Stats()
+		if answered != calls || ok != calls || st.RateLimited != 0 || st.Overloaded != 0 {
+			t.Errorf("%d calls at %d/s from one address: the callee answered %d, the PBX got %d 200s (answers %v); stats %+v",
+				calls, perSecond, answered, ok, codes, st)
 		}
 	})
 }
