@@ -273,6 +273,10 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		return err
 	}
 	run("dns", s.dns.Run)
+	dns := s.dns
+	run("memory", func(ctx context.Context) error { // memory.go
+		return releaseAfterLoad(ctx, func() uint64 { return sip.Stats().Requests + dns.Stats().Queries })
+	})
 
 	if n.opts.DHCP {
 		s.dhcp, err = provisioning.NewDHCPServer(provisioning.DHCPConfig{

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,9 +53,6 @@ const (
 	DefaultSIPRate         = sipnet.DefaultSourceRate // requests per second per source (responses are not limited)
 	DefaultSIPBurst        = sipnet.DefaultSourceBurst
 	maxForks               = 16
-	// loadRecords is how many records of answered requests (within Timer
-	// J, 32 s) count as a burst of load whose end returns the heap.
-	loadRecords = 1024
 )
 
 // SIPServiceConfig configures a node's SIP service. The node provides the
@@ -610,34 +606,13 @@ func (s *SIPService) strayResponse(res *sip.Response) {
 func (s *SIPService) janitor(ctx context.Context) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
-	// peak is the most records of answered requests since the last burst
-	// of load ended, prev their number at the last tick.
-	peak, prev := 0, 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
 			s.reapCalls(now)
-			s.guard.Sweep(now) // records of answered requests: memory returns when load ends
-			n := s.guard.Answers()
-			switch {
-			case n > peak:
-				peak = n
-			case peak >= loadRecords && n <= peak/8:
-				// A burst of SIP load ended (its records expire): hand
-				// the heap it grew back to the system now, not at the
-				// runtime's pace (a GC every 2 min, then a slow
-				// scavenger), so the router's RAM is free for forwarding
-				// again within a minute (issue 12). Again at each tick
-				// while the records (and sipgo's transactions, of the
-				// same age) still expire, at most 64·T1 / 10 s times.
-				debug.FreeOSMemory()
-				if n >= prev {
-					peak = n // the burst is gone
-				}
-			}
-			prev = n
+			s.guard.Sweep(now) // expired records of answered requests, also when no new ones come
 			for _, h := range s.peerLogs {
 				h.Flush(ctx) // a flood that stopped is reported
 			}
