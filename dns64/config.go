@@ -75,8 +75,13 @@ type Config struct {
 	UDPSize uint16
 
 	// Rate is the sustained queries per second allowed from one source
-	// address, Burst the bucket size; defaults 100 and 200. Excess queries
-	// are dropped.
+	// address, Burst the bucket size; defaults DefaultRate and
+	// DefaultBurst; -1 disables the limit. Excess queries are dropped. It
+	// is a ceiling, not a share: one client alone (a busy PBX, a LAN's
+	// caching resolver, dnsperf) is answered as fast as the node can
+	// (issue 12), while what it can cost the node is bounded by
+	// MaxInflight and, for names outside .mesh, by the node-wide
+	// ForwardRate.
 	Rate  float64
 	Burst int
 	// MaxSources bounds the rate limiter's table; default 4096. When it is
@@ -144,10 +149,10 @@ func (c *Config) setDefaults() {
 		c.UDPSize = 1232
 	}
 	if c.Rate == 0 {
-		c.Rate = 100
+		c.Rate = DefaultRate
 	}
 	if c.Burst == 0 {
-		c.Burst = 200
+		c.Burst = DefaultBurst
 	}
 	if c.MaxSources == 0 {
 		c.MaxSources = 4096
@@ -211,8 +216,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("dns64: config: UDPSize %d: below 512 (RFC 6891 §6.2.5)", c.UDPSize)
 	case c.ForwardRate < 0 && c.ForwardRate != -1 || c.ForwardBurst < 1:
 		return errors.New("dns64: config: ForwardRate must be > 0 (or -1: no cap) and ForwardBurst ≥ 1")
-	case c.Rate < 0 || c.Burst < 1:
-		return errors.New("dns64: config: Rate must be ≥ 0 and Burst ≥ 1")
+	case c.Rate < 0 && c.Rate != -1 || c.Burst < 1:
+		return errors.New("dns64: config: Rate must be > 0 (or -1: no limit) and Burst ≥ 1")
 	case c.MaxSources < 1:
 		return errors.New("dns64: config: MaxSources must be ≥ 1")
 	case c.MaxTCPConns < 1:

@@ -27,7 +27,18 @@ type bucket struct {
 	last   time.Time
 }
 
+// Per-source defaults of Config.Rate and Config.Burst: queries per second.
+const (
+	DefaultRate  = 20000
+	DefaultBurst = 20000
+)
+
+// newLimiter limits each source to rate queries per second (≤ 0: no
+// limit) with bursts of burst, remembering at most max sources.
 func newLimiter(rate float64, burst, max int, now func() time.Time) *limiter {
+	if rate < 0 {
+		rate = 0
+	}
 	return &limiter{rate: rate, burst: float64(burst), max: max, now: now,
 		buckets: make(map[netip.Addr]*bucket), overflow: bucket{tokens: float64(burst)}}
 }

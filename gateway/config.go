@@ -99,6 +99,19 @@ type Options struct {
 	// RelayPorts bound the RTP relay's ports on each side.
 	RelayPortMin, RelayPortMax uint16
 
+	// Limits of what one source may ask (issue 12: they bite on abusers
+	// when the node is busy, not on a busy LAN when it is idle; sipnet's
+	// Guard). SIPRate and SIPBurst are the per-source ceiling of SIP
+	// requests (responses are not limited), SIPMaxTransactions the live
+	// server transactions past which sources get fair shares, DNSRate and
+	// DNSBurst the per-source ceiling of DNS queries. A rate of -1 ("off")
+	// disables the limit.
+	SIPRate            float64
+	SIPBurst           int
+	SIPMaxTransactions int
+	DNSRate            float64
+	DNSBurst           int
+
 	// WebListen are the addresses of the web UI and /metrics. Empty (the
 	// default, "auto"): the phone LAN address on WebPort, once the LAN is
 	// up. Never an unspecified address, which would include an uplink.
@@ -144,16 +157,49 @@ func DefaultOptions() Options {
 		Control:  DefaultControl,
 		LogLevel: slog.LevelInfo,
 
-		LANSupernet:      netip.MustParsePrefix("10.64.0.0/10"),
-		DHCP:             true,
-		SIPPort:          5060,
-		DigestAlgorithms: []string{"MD5"},
-		NAT64Prefix:      netip.MustParsePrefix("64:ff9b::/96"),
-		RelayPortMin:     20000,
-		RelayPortMax:     29999,
-		WebPort:          DefaultWebPort,
-		Version:          "dev",
+		LANSupernet:        netip.MustParsePrefix("10.64.0.0/10"),
+		DHCP:               true,
+		SIPPort:            5060,
+		DigestAlgorithms:   []string{"MD5"},
+		NAT64Prefix:        netip.MustParsePrefix("64:ff9b::/96"),
+		RelayPortMin:       20000,
+		RelayPortMax:       29999,
+		SIPRate:            proxy.DefaultSIPRate,
+		SIPBurst:           proxy.DefaultSIPBurst,
+		SIPMaxTransactions: proxy.DefaultMaxTransactions,
+		DNSRate:            dns64.DefaultRate,
+		DNSBurst:           dns64.DefaultBurst,
+		WebPort:            DefaultWebPort,
+		Version:            "dev",
 	}
+}
+
+// rateSetter sets a per-source rate: requests per second, or off (-1).
+func rateSetter(field func(*Options) *float64) setter {
+	return setter{fn: func(o *Options, v string) error {
+		if v == "off" {
+			*field(o) = -1
+			return nil
+		}
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(r > 0 && r <= 1e9) {
+			return fmt.Errorf("%q is not a rate (per second, > 0 and ≤ 1e9, or off)", v)
+		}
+		*field(o) = r
+		return nil
+	}}
+}
+
+// countSetter sets a bucket or table size: 1 to 2^24.
+func countSetter(field func(*Options) *int) setter {
+	return setter{fn: func(o *Options, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1<<24 {
+			return fmt.Errorf("%q is not a count from 1 to 16777216", v)
+		}
+		*field(o) = n
+		return nil
+	}}
 }
 
 // ConfigError is a problem in a config file, located by line and field so a
@@ -485,6 +531,11 @@ var setters = map[string]setter{
 		o.RelayPortMin, o.RelayPortMax = uint16(a), uint16(b)
 		return nil
 	}},
+	"sip-rate":             rateSetter(func(o *Options) *float64 { return &o.SIPRate }),
+	"sip-burst":            countSetter(func(o *Options) *int { return &o.SIPBurst }),
+	"sip-max-transactions": countSetter(func(o *Options) *int { return &o.SIPMaxTransactions }),
+	"dns-rate":             rateSetter(func(o *Options) *float64 { return &o.DNSRate }),
+	"dns-burst":            countSetter(func(o *Options) *int { return &o.DNSBurst }),
 	"log-level": {fn: func(o *Options, v string) error {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(v)); err != nil {

@@ -69,6 +69,10 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || !off.WebOff {
 		t.Errorf("web-listen none: %v, %v", off.WebOff, err)
 	}
+	lim, err := ParseConfig(strings.NewReader("mesh-interface eth1\nsip-rate off\nsip-burst 50\nsip-max-transactions 256\ndns-rate 2.5\ndns-burst 10\n"))
+	if err != nil || lim.SIPRate != -1 || lim.SIPBurst != 50 || lim.SIPMaxTransactions != 256 || lim.DNSRate != 2.5 || lim.DNSBurst != 10 {
+		t.Errorf("limits: %v %v %v %v %v, %v", lim.SIPRate, lim.SIPBurst, lim.SIPMaxTransactions, lim.DNSRate, lim.DNSBurst, err)
+	}
 	hash, err := ParseConfig(strings.NewReader("mesh-interface eth1\nname a#b\n"))
 	if err != nil || hash.Name != "a#b" {
 		t.Errorf("# inside a value: %q, %v", hash.Name, err)
@@ -100,6 +104,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"web on every v6 interface", "web-listen [::]:80\n", `config line 1: web-listen: "[::]:80" listens on every interface`},
 		{"web without port", "web-listen 10.64.7.1\n", `config line 1: web-listen: "10.64.7.1" is not an address:port`},
 		{"web port zero", "web-port 0\n", `config line 1: web-port: "0" is not a port`},
+		{"rate zero", "sip-rate 0\n", `config line 1: sip-rate: "0" is not a rate`},
+		{"rate negative", "dns-rate -5\n", `config line 1: dns-rate: "-5" is not a rate`},
+		{"burst zero", "sip-burst 0\n", `config line 1: sip-burst: "0" is not a count`},
+		{"table not a number", "sip-max-transactions many\n", `config line 1: sip-max-transactions: "many" is not a count`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

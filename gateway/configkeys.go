@@ -78,6 +78,16 @@ var configKeyDocs = []struct {
 		func(o Options) string { return o.NAT64Prefix.String() }},
 	{"relay-ports", "", "UDP ports of the RTP relay on each side",
 		func(o Options) string { return fmt.Sprintf("%d-%d", o.RelayPortMin, o.RelayPortMax) }},
+	{"sip-rate", "", "SIP requests per second from one source address, a ceiling (responses are not limited; off: none)",
+		func(o Options) string { return showRate(o.SIPRate) }},
+	{"sip-burst", "", "SIP requests one source address may send at once above sip-rate",
+		func(o Options) string { return strconv.Itoa(o.SIPBurst) }},
+	{"sip-max-transactions", "", "live SIP server transactions past which each source gets a fair share (new requests over it dropped)",
+		func(o Options) string { return strconv.Itoa(o.SIPMaxTransactions) }},
+	{"dns-rate", "", "DNS queries per second from one source address, a ceiling (off: none)",
+		func(o Options) string { return showRate(o.DNSRate) }},
+	{"dns-burst", "", "DNS queries one source address may send at once above dns-rate",
+		func(o Options) string { return strconv.Itoa(o.DNSBurst) }},
 	{"web-listen", "auto", "addresses (ADDR:PORT) of the web UI and /metrics; auto: the LAN address on web-port; none: off; never 0.0.0.0 or :: (repeatable)",
 		func(o Options) string {
 			if o.WebOff {
@@ -95,6 +105,14 @@ var configKeyDocs = []struct {
 		func(o Options) string { return "" }},
 	{"hunt-group", "none", "a group extension and the members it rings one after the other, each for S seconds (default 15), GROUP=EXT,EXT,…[/S]; the same on every node",
 		func(o Options) string { return "" }},
+}
+
+// showRate formats a rate key's value (-1: off).
+func showRate(r float64) string {
+	if r < 0 {
+		return "off"
+	}
+	return strconv.FormatFloat(r, 'f', -1, 64)
 }
 
 // ConfigKeys returns every key of the config file with its default, in the

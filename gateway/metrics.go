@@ -83,8 +83,10 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 		all([]metric{
 			{"sipmesh_sip_requests_total", metrics.Counter, "SIP requests received on the LAN and mesh sockets (after the rate limit).", float64(ss.Requests)},
 			{"sipmesh_sip_proxied_requests_total", metrics.Counter, "SIP requests forwarded by the proxy (per branch).", float64(ss.Proxied)},
-			{"sipmesh_sip_rate_limited_total", metrics.Counter, "SIP messages dropped by the per-source rate limit.", float64(ss.RateLimited)},
-			{"sipmesh_sip_overloaded_total", metrics.Counter, "SIP requests dropped: too many live transactions.", float64(ss.Overloaded)},
+			{"sipmesh_sip_rate_limited_total", metrics.Counter, "SIP requests dropped by the per-source rate limit.", float64(ss.RateLimited)},
+			{"sipmesh_sip_overloaded_total", metrics.Counter, "SIP requests dropped: the source was over its fair share of live transactions.", float64(ss.Overloaded)},
+			{"sipmesh_sip_retransmissions_total", metrics.Counter, "SIP requests answered again from the record of their final response (Timer J).", float64(ss.Retransmissions)},
+			{"sipmesh_sip_answered", metrics.Gauge, "Records of answered SIP requests kept for retransmissions.", float64(ss.Answered)},
 			{"sipmesh_sip_malformed_total", metrics.Counter, "SIP messages answered 400 or dropped as unparsable.", float64(ss.Malformed)},
 			{"sipmesh_sip_transactions", metrics.Gauge, "Live SIP transactions.", float64(ss.Transactions)},
 			{"sipmesh_sip_calls", metrics.Gauge, "Calls with media relayed by this node.", float64(ss.Calls)},

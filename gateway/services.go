@@ -226,6 +226,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		LANPrefix:   lan.Masked(),
 		ServerName:  "sipmesh " + n.opts.Name,
 		Logger:      log,
+		// Limits (config keys sip-rate, sip-burst, sip-max-transactions).
+		Rate: n.opts.SIPRate, Burst: n.opts.SIPBurst, MaxTransactions: n.opts.SIPMaxTransactions,
 		// The echo test's media, on the LAN address (phones/echo.go).
 		EchoListen: func(ctx context.Context) (net.PacketConn, error) {
 			return nw.ListenPacket(ctx, "udp4", netip.AddrPortFrom(lan.Addr(), 0).String())
@@ -269,12 +271,18 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Upstreams: n.opts.DNSUpstreams,
 		Prefix:    n.opts.NAT64Prefix,
 		Port:      n.dnsPort,
+		Rate:      n.opts.DNSRate, // config keys dns-rate, dns-burst
+		Burst:     n.opts.DNSBurst,
 		Logger:    log,
 	})
 	if err != nil {
 		return err
 	}
 	run("dns", s.dns.Run)
+	dns := s.dns
+	run("memory", func(ctx context.Context) error { // memory.go
+		return releaseAfterLoad(ctx, func() uint64 { return sip.Stats().Requests + dns.Stats().Queries })
+	})
 
 	var prov *provisioning.HTTPServer
 	if n.opts.DHCP {

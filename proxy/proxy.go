@@ -947,11 +947,31 @@ func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
 		// The server transaction already answered 487; a 2xx that
 		// crossed the CANCEL is still forwarded (§16.7 step 5), statelessly.
 		p.s.srv.WriteResponse(out)
+		p.relayed(b, res, out)
 		return
 	}
 	if err := p.tx.Respond(out); err != nil {
 		p.s.log.Debug("response not relayed", "status", res.StatusCode, "err", err)
+		return
 	}
+	p.relayed(b, res, out)
+}
+
+// relayed ends branch b's INVITE client transaction once its 2xx res
+// went upstream (as out, over UDP), leaving the guard a record of out for
+// the callee's retransmissions of res (strayResponse relays them) instead
+// of sipgo's whole transaction for Timer M, 32 s (RFC 6026 §7.2).
+func (p *proxyTx) relayed(b *branch, res, out *sip.Response) {
+	if !res.IsSuccess() || !p.req.IsInvite() || !strings.EqualFold(p.req.Transport(), "UDP") || res.Via() == nil {
+		return
+	}
+	branch, _ := res.Via().Params.Get("branch")
+	to, err := netip.ParseAddrPort(out.Destination())
+	if branch == "" || err != nil {
+		return
+	}
+	p.s.guard.Relayed(branch, out, netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
+	b.tx.Terminate()
 }
 
 // sendBest forwards the best final response when no branch answered 2xx

@@ -32,22 +32,26 @@ import (
 // Why sipgo's transaction layer here and not the registrar's own loops:
 // a proxy needs client and server INVITE transactions, CANCEL matching and
 // retransmission handling, which sipgo has. Its costs are bounded around
-// it: every datagram passes a guard (sipnet.Guard) that drops sources over
-// their rate and, while too many server transactions are alive (sipgo
-// keeps each non-INVITE one for Timer J, 32 s on UDP), new requests other
-// than ACK, CANCEL and BYE; it also answers what sipgo cannot parse with a
-// 400, which sipgo would drop silently (libraries.md §1 pitfall 10).
+// it: every datagram passes a guard (sipnet.Guard) that limits requests
+// per source (a high ceiling; responses pass) and, while many server
+// transactions are alive, sheds new requests other than ACK, CANCEL and
+// BYE from sources over their fair share; it also answers what sipgo
+// cannot parse with a 400, which sipgo would drop silently (libraries.md
+// §1 pitfall 10). A non-INVITE transaction over UDP ends when its final
+// response is sent (answeringTx): the guard keeps a record of about
+// 0.6 KB that answers the retransmissions Timer J is for (RFC 3261
+// §17.2.2) instead of sipgo's whole transaction, so the table counts the
+// work in progress, not the last 32 s of it.
 // SIP timers stay at RFC 3261's defaults: T1 = 500 ms is the RTT estimate
-// retransmissions over lossy multi-hop radio links depend on, and the
-// transaction cap bounds memory without shortening Timer J.
+// retransmissions over lossy multi-hop radio links depend on.
 
 // SIP service defaults.
 const (
 	DefaultTimerC          = 3 * time.Minute // RFC 3261 §16.6 step 11: > 3 min
 	DefaultMaxTransactions = 4096
 	DefaultMaxCalls        = 1024
-	DefaultSIPRate         = 100 // datagrams per second per source
-	DefaultSIPBurst        = 200
+	DefaultSIPRate         = sipnet.DefaultSourceRate // requests per second per source (responses are not limited)
+	DefaultSIPBurst        = sipnet.DefaultSourceBurst
 	maxForks               = 16
 )
 
@@ -115,7 +119,7 @@ type SIPServiceConfig struct {
 	TimerC          time.Duration // INVITE branch timeout after the last provisional (default 3 min)
 	MaxTransactions int           // live server transactions before new requests are dropped
 	MaxCalls        int           // calls with ALG state
-	Rate            float64       // datagrams/s per source; < 0 disables
+	Rate            float64       // requests/s per source (responses pass); < 0 disables
 	Burst           int
 	RateSources     int
 
@@ -127,11 +131,15 @@ type SIPServiceConfig struct {
 type SIPStats struct {
 	Requests     uint64 `json:"requests"` // requests received (after the rate limit)
 	RateLimited  uint64 `json:"rate_limited"`
-	Overloaded   uint64 `json:"overloaded"` // requests dropped: too many live transactions
-	Malformed    uint64 `json:"malformed"`  // answered 400 before sipgo
-	Proxied      uint64 `json:"proxied"`    // requests forwarded (per branch)
-	Transactions int64  `json:"transactions"`
-	Calls        int    `json:"calls"` // calls with ALG state
+	Overloaded   uint64 `json:"overloaded"`   // requests dropped: too many live transactions
+	Malformed    uint64 `json:"malformed"`    // answered 400 before sipgo
+	Proxied      uint64 `json:"proxied"`      // requests forwarded (per branch)
+	Transactions int64  `json:"transactions"` // live server transactions (work in progress)
+	// Answered is the records kept for retransmissions of answered
+	// requests (Timer J), Retransmissions the requests answered from one.
+	Answered        int    `json:"answered"`
+	Retransmissions uint64 `json:"retransmissions"`
+	Calls           int    `json:"calls"` // calls with ALG state
 	// TCP connections open now, refused over a limit, accept errors retried.
 	TCPOpen         int    `json:"tcp_open"`
 	TCPRefused      uint64 `json:"tcp_refused"`
@@ -321,7 +329,8 @@ func (s *SIPService) Stats() SIPStats {
 	s.mu.Unlock()
 	g := &s.guard
 	st := SIPStats{Requests: s.requests.Load(), RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
-		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls}
+		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls,
+		Answered: g.Answers(), Retransmissions: g.Retransmissions.Load()}
 	if s.tcp != nil {
 		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
 	}
@@ -427,6 +436,11 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 	if !tx.OnTerminate(func(string, error) { release() }) {
 		release()
 	}
+	var rec *answeringTx
+	if req.Method != sip.ACK && strings.EqualFold(req.Transport(), "UDP") {
+		rec = &answeringTx{ServerTransaction: tx}
+		tx = rec
+	}
 	if in == s.lan && s.needsAuth(req) {
 		// Before the echo test, the route checks and any lookup: the
 		// answer to an unauthenticated request names no extension.
@@ -467,6 +481,49 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p := &proxyTx{s: s, req: req, tx: tx, in: in, src: src}
 		p.run()
 	}
+	if rec != nil {
+		if res, to := rec.final(); res != nil && (req.Method != sip.INVITE || res.IsSuccess()) {
+			s.guard.Answered(req, src, res, to)
+			tx.Terminate()
+		}
+	}
+}
+
+// answeringTx is the server transaction of a request over UDP as the
+// handlers see it: it notes the final response sent, which the guard
+// keeps as the transaction's small record once the handler returns,
+// ending sipgo's transaction (sipnet's answered.go): for a non-INVITE
+// request, Timer J's retransmissions get the response again (RFC 3261
+// §17.2.2); for an INVITE answered 2xx, the Accepted state's
+// retransmitted INVITEs are absorbed (RFC 6026 §7.1; the 2xx itself is
+// retransmitted by the UAS, not by proxies). An INVITE answered 3xx–6xx
+// stays with sipgo, which retransmits the answer until its ACK (Timers
+// G and H).
+type answeringTx struct {
+	sip.ServerTransaction
+	mu  sync.Mutex
+	res *sip.Response
+	to  netip.AddrPort
+}
+
+func (a *answeringTx) Respond(res *sip.Response) error {
+	err := a.ServerTransaction.Respond(res)
+	if err == nil && res.StatusCode >= 200 && !unauthenticated(res) {
+		to, perr := netip.ParseAddrPort(res.Destination())
+		a.mu.Lock()
+		if a.res == nil && perr == nil {
+			a.res, a.to = res, netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+		}
+		a.mu.Unlock()
+	}
+	return err
+}
+
+// final is the final response sent and where to, if any.
+func (a *answeringTx) final() (*sip.Response, netip.AddrPort) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.res, a.to
 }
 
 // unauthenticated reports the answers to requests without valid
@@ -534,12 +591,23 @@ func (s *SIPService) respond(req *sip.Request, code int, reason string) *sip.Res
 	return s.cfg.Registrar.Response(req, code, reason)
 }
 
-// strayResponse handles responses that match no client transaction: 2xx
-// retransmissions of INVITEs whose transaction ended (RFC 3261 §16.7 step
-// 5 would forward them statelessly; by then our transaction with the
-// upstream is gone too, and the UAS retransmits only until its ACK, which
-// the caller sends after the first 2xx we forwarded). Dropped.
+// strayResponse handles responses that match no client transaction. A
+// 2xx retransmitted by a callee whose INVITE transaction this node ended
+// at the first 2xx (proxyTx.relayed) goes upstream again as it went the
+// first time (RFC 3261 §16.7 step 5; the callee retransmits until the
+// caller's ACK). Others are dropped.
 func (s *SIPService) strayResponse(res *sip.Response) {
+	if res.IsSuccess() && res.Via() != nil && res.CSeq() != nil && res.CSeq().MethodName == sip.INVITE {
+		branch, _ := res.Via().Params.Get("branch")
+		if data, to, ok := s.guard.RelayedAgain(branch); ok {
+			pc := s.cfg.LANUDP
+			if s.sockFor(to.Addr()) == s.mesh {
+				pc = s.cfg.MeshUDP
+			}
+			pc.WriteTo(data, net.UDPAddrFromAddrPort(to))
+			return
+		}
+	}
 	s.log.Debug("stray response", "status", res.StatusCode, "call_id", res.CallID())
 }
 
@@ -554,6 +622,7 @@ func (s *SIPService) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.reapCalls(now)
+			s.guard.Sweep(now) // expired records of answered requests, also when no new ones come
 			for _, h := range s.peerLogs {
 				h.Flush(ctx) // a flood that stopped is reported
 			}

@@ -39,8 +39,8 @@ const (
 	DefaultMaxExpires     = 3600
 	DefaultDefaultExpires = 3600
 	DefaultMaxContacts    = 10
-	DefaultRate           = 50 // REGISTERs per second per source address
-	DefaultBurst          = 100
+	DefaultRate           = sipnet.DefaultSourceRate // requests per second per source address: a ceiling (sipnet.Guard's doc)
+	DefaultBurst          = sipnet.DefaultSourceBurst
 	DefaultRateSources    = 4096
 	DefaultWorkers        = 16
 	DefaultMaxTxCache     = 8192

@@ -75,3 +75,20 @@ func (l *LRU[K, V]) pushFront(e *lruEntry[K, V]) {
 		l.tail = e
 	}
 }
+
+// Oldest returns the key and value of the entry touched least recently;
+// ok is false when the LRU is empty.
+func (l *LRU[K, V]) Oldest() (k K, v *V, ok bool) {
+	if l.tail == nil {
+		return k, nil, false
+	}
+	return l.tail.key, &l.tail.val, true
+}
+
+// Delete removes k if present.
+func (l *LRU[K, V]) Delete(k K) {
+	if e, ok := l.m[k]; ok {
+		l.unlink(e)
+		delete(l.m, k)
+	}
+}

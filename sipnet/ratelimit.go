@@ -6,6 +6,17 @@ import (
 	"time"
 )
 
+// Default per-source ceiling of SIP requests (proxy and registrar): high
+// enough that a PBX or a load generator alone on one LAN address is
+// served at what the node can do (thousands of REGISTERs or calls per
+// second, issue 12), low enough that one address cannot make the node
+// parse without bound. Fairness among sources under load is the Guard's
+// share of live transactions, not this ceiling.
+const (
+	DefaultSourceRate  = 20000 // requests per second per source
+	DefaultSourceBurst = 20000
+)
+
 // RateLimiter is a token bucket per source IP address, with a bounded
 // table: when it is full, the bucket idle the longest is reused. Sources
 // that evict each other start with a full burst, so a flood from many

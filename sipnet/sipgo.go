@@ -1,6 +1,7 @@
 package sipnet
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -70,23 +71,45 @@ func (l levelHandler) WithGroup(g string) slog.Handler {
 }
 
 // Guard screens the datagrams a sipgo server reads, before sipgo parses
-// them (so before sipgo allocates a transaction and a goroutine): it drops
-// datagrams over their source's rate and new requests beyond the source's
-// share of live transactions, and answers unparsable requests with 400,
-// which sipgo would drop silently. Set its fields before the first Conn is
-// read; the counters are read at any time.
+// them (so before sipgo allocates a transaction and a goroutine), and
+// keeps the small records that answer retransmissions of answered
+// non-INVITE requests (answered.go). Set its fields before the first Conn
+// is read; the counters are read at any time.
 //
-// The share (admit): no source holds more than a quarter of MaxLive; at
-// MaxLive, a source
-// is admitted only while it holds less than an equal share among the
-// sources holding transactions, and at twice MaxLive nobody is. So a
-// flood fills the table only with its own transactions and is dropped
-// there, while a phone holding one or two is still served (Kamailio's
-// pike does the same per source).
+// The limits bite on abusers when the node is busy, not on a busy LAN
+// when it is idle (issue 12):
+//
+//   - Responses pass unlimited: they match client transactions this node
+//     created (RFC 3261 §17.1.3), and one that matches none costs a parse
+//     and is dropped by sipgo without state. A busy callee or a PBX on
+//     one LAN address answers as fast as it is called.
+//   - Requests (and keep-alives) pass a per-source token bucket
+//     (Limiter), a ceiling high enough for a PBX or a load generator on
+//     one address (thousands per second by default): it bounds what one
+//     address can make the node parse, not what it may do when nobody
+//     else is competing.
+//   - New requests pass the fair share of live transactions (admit): while
+//     fewer than a quarter of MaxLive are live, everyone is admitted; past
+//     it no source holds more than a quarter; at MaxLive a source is
+//     admitted only while it holds less than an equal share among the
+//     sources holding transactions, and at twice MaxLive nobody is. So a
+//     flood fills the table only with its own transactions and is dropped
+//     there, while a phone holding one or two is still served (Kamailio's
+//     pike does the same per source). ACK, CANCEL and BYE always pass:
+//     load sheds new work only.
+//   - A transaction is live only while it is being worked on: a
+//     non-INVITE one ends when its final response is sent and leaves a
+//     record of about 0.6 KB for Timer J's retransmissions (Answered), an
+//     unauthenticated one ends at once (the proxy's unauthenticated).
 type Guard struct {
-	Limiter    *RateLimiter // per-source rate; nil: none
+	Limiter    *RateLimiter // per-source rate of requests; nil: none
 	MaxLive    int64        // live server transactions: the table a flood must not fill; 0: no bound
 	ServerName string       // Server header of the 400s
+	// MaxAnswered bounds the records of answered requests (default
+	// 4·MaxLive, at least 16384); AnswerLife is how long one is kept
+	// (default DefaultAnswerLife, Timer J over UDP).
+	MaxAnswered int
+	AnswerLife  time.Duration
 
 	// Live is the server transactions alive: the server's request
 	// handler holds one per transaction (Hold) until it ends.
@@ -97,7 +120,66 @@ type Guard struct {
 	// RateLimited, Overloaded and Malformed count the datagrams dropped
 	// over their source's rate, the requests dropped over their source's
 	// share of live transactions, and those answered 400 here.
-	RateLimited, Overloaded, Malformed atomic.Uint64
+	// Retransmissions counts requests answered from a record.
+	RateLimited, Overloaded, Malformed, Retransmissions atomic.Uint64
+
+	ans answers
+}
+
+// answers returns the record table, made on first use.
+func (g *Guard) answers() *answers {
+	g.ans.init(cmp.Or(g.MaxAnswered, max(4*int(g.MaxLive), 16384)))
+	return &g.ans
+}
+
+// Answered records res, the final response sent to to for req (a
+// request received over UDP from src), for the retransmissions of req
+// within AnswerLife; the caller then ends the server transaction. For a
+// non-INVITE request the record is the Completed state (RFC 3261
+// §17.2.2): a retransmission gets res again. For an INVITE answered 2xx
+// it is the Accepted state (RFC 6026 §7.1): a retransmission is absorbed,
+// and res is not kept.
+func (g *Guard) Answered(req *sip.Request, src netip.AddrPort, res *sip.Response, to netip.AddrPort) {
+	g.answers().put(req, src, res, to, time.Now(), cmp.Or(g.AnswerLife, DefaultAnswerLife))
+}
+
+// Relayed records data, a 2xx this node relayed upstream to to for its
+// INVITE client transaction of branch, for AnswerLife; the caller then
+// ends that transaction instead of keeping it for Timer M (RFC 6026
+// §7.2), and relays the callee's retransmissions of the 2xx (RFC 3261
+// §16.7 step 5: they go upstream until the ACK) with RelayedAgain.
+func (g *Guard) Relayed(branch string, res *sip.Response, to netip.AddrPort) {
+	a := g.answers()
+	a.putKey(a.relayKey(branch), encode(res), to, time.Now(), cmp.Or(g.AnswerLife, DefaultAnswerLife))
+}
+
+// RelayedAgain returns the 2xx recorded by Relayed for branch and where
+// it went, if the record is still live, and counts a retransmission.
+func (g *Guard) RelayedAgain(branch string) (data []byte, to netip.AddrPort, ok bool) {
+	a := g.answers()
+	rec, ok := a.getKey(a.relayKey(branch), time.Now())
+	if !ok || rec.data == nil {
+		return nil, netip.AddrPort{}, false
+	}
+	g.Retransmissions.Add(1)
+	return rec.data, rec.to, true
+}
+
+// Answers is how many records of answered requests are kept.
+func (g *Guard) Answers() int {
+	a := g.answers()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.n
+}
+
+// Sweep drops the records expired at now, so that their memory is freed
+// when load ends (records are otherwise dropped as new ones come).
+func (g *Guard) Sweep(now time.Time) {
+	a := g.answers()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sweepLocked(now, -1)
 }
 
 // Hold counts a live server transaction of src until release is called
@@ -164,27 +246,55 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if !ok {
 			continue
 		}
+		data := b[:n]
+		if strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
+			return n, net.UDPAddrFromAddrPort(src), nil // a response: not limited
+		}
 		if s.Limiter != nil && !s.Limiter.Allow(src.Addr(), time.Now()) {
 			s.RateLimited.Add(1)
 			continue
 		}
-		data := b[:n]
-		if n <= 4 || strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
-			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive or response
+		if n <= 4 {
+			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive
 		}
 		if !endsSomething(data) && !s.admit(src.Addr()) {
 			s.Overloaded.Add(1)
 			continue
 		}
-		if _, perr := sip.ParseMessage(data); perr != nil {
+		msg, perr := sip.ParseMessage(data)
+		if perr != nil {
 			s.Malformed.Add(1)
 			if out := BadRequest(data, DescribeParseError(perr), s.ServerName); out != nil {
 				g.PacketConn.WriteTo(out, net.UDPAddrFromAddrPort(src))
 			}
 			continue
 		}
+		if req, ok := msg.(*sip.Request); ok && s.retransmission(g.PacketConn, req, src) {
+			continue
+		}
 		return n, net.UDPAddrFromAddrPort(src), nil
 	}
+}
+
+// retransmission answers req from its record, if it retransmits an
+// answered request, and reports whether it did.
+func (g *Guard) retransmission(pc net.PacketConn, req *sip.Request, src netip.AddrPort) bool {
+	a := g.answers()
+	a.mu.Lock()
+	empty := a.n == 0
+	a.mu.Unlock()
+	if empty || req.IsAck() {
+		return false
+	}
+	rec, ok := a.get(req, src, time.Now())
+	if !ok {
+		return false
+	}
+	g.Retransmissions.Add(1)
+	if rec.data != nil {
+		pc.WriteTo(rec.data, net.UDPAddrFromAddrPort(rec.to))
+	}
+	return true
 }
 
 // WriteTo normalises sipgo's addresses (IPv4 as 16-byte IPs) so that

@@ -1,10 +1,14 @@
 package sipnet
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // scriptConn hands out the datagrams of in, one per read, then fails with
@@ -122,4 +126,55 @@ func TestGuard(t *testing.T) {
 			t.Errorf("answer to %v: %q", a.addr, a.data)
 		}
 	})
+}
+
+// TestGuardAnswered: a retransmission of an answered non-INVITE request
+// gets the recorded final response again without reaching sipgo (RFC
+// 3261 §17.2.2, the Completed state), from the same source only and only
+// within the record's life; responses pass over the source's rate.
+func TestGuardAnswered(t *testing.T) {
+	src := netip.MustParseAddrPort("10.0.0.5:5060")
+	other := netip.MustParseAddrPort("10.0.0.6:5060")
+	opt := strings.Replace(strings.Replace(guardInvite, "INVITE sip", "OPTIONS sip", 1), "1 INVITE", "1 OPTIONS", 1)
+	req, err := sip.ParseMessage([]byte(opt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := sip.NewResponseFromRequest(req.(*sip.Request), 200, "OK", nil)
+
+	g := &Guard{Limiter: NewRateLimiter(1, 3, 16)}
+	g.Answered(req.(*sip.Request), src, res, src)
+	if g.Answers() != 1 {
+		t.Fatalf("%d records, want 1", g.Answers())
+	}
+	c := &scriptConn{in: []datagram{{opt, src}, {opt, other}, {guardInvite, src},
+		{"SIP/2.0 200 OK\r\n\r\n", src}, {"SIP/2.0 200 OK\r\n\r\n", src}}}
+	got := reads(g, c)
+	if len(got) != 4 || !strings.HasPrefix(got[0], "OPTIONS ") || !strings.HasPrefix(got[1], "INVITE ") {
+		t.Errorf("passed %q, want the OPTIONS of the other source, the INVITE and both responses", got)
+	}
+	if g.Retransmissions.Load() != 1 || len(c.out) != 1 || c.out[0].addr != src || c.out[0].data != res.String() {
+		t.Errorf("%d retransmissions answered, out %v; want the 200 once to %v", g.Retransmissions.Load(), c.out, src)
+	}
+	if g.RateLimited.Load() != 0 {
+		t.Errorf("RateLimited = %d: responses counted against the source's rate", g.RateLimited.Load())
+	}
+
+	// Expired records are neither used nor kept.
+	g = &Guard{AnswerLife: time.Second}
+	g.Answered(req.(*sip.Request), src, res, src)
+	g.Sweep(time.Now().Add(2 * time.Second))
+	if g.Answers() != 0 {
+		t.Errorf("%d records after they expired, want 0", g.Answers())
+	}
+	// The table is bounded.
+	g = &Guard{MaxAnswered: 8}
+	for i := range 20 {
+		r := strings.Replace(opt, "branch=z9hG4bK1", fmt.Sprintf("branch=z9hG4bKx%d", i), 1)
+		m, _ := sip.ParseMessage([]byte(r))
+		g.Answered(m.(*sip.Request), src, res, src)
+	}
+	if g.Answers() != 8 {
+		t.Errorf("%d records, want the bound 8", g.Answers())
+	}
 }

@@ -63,6 +63,7 @@ type rig struct {
 	peerPID         int // the peer server of the current row (its process group)
 	kamailioPID     int
 	tools           map[string]string
+	added           map[int]bool // extensions addUser created
 }
 
 func TestPeers(t *testing.T) {
@@ -113,6 +114,7 @@ func TestPeers(t *testing.T) {
 			continue
 		}
 		ours, theirs := row.setup()
+		idle := r.rss()
 		var a, b []float64
 		for i := range *rounds {
 			x, nx := r.withCPU(r.nodePID, ours)
@@ -129,6 +131,9 @@ func TestPeers(t *testing.T) {
 		}
 		table = append(table, fmt.Sprintf("%-9s %10.0f %10.0f %8.3f", row.name, ma, mb, ratio))
 		t.Logf("sipmesh node after %s: %s", row.name, r.status())
+		note := fmt.Sprintf("%s: node RSS %d kB idle before the load, %s", row.name, idle, r.settle(idle))
+		t.Log(note)
+		notes = append(notes, note)
 	}
 	fmt.Printf("\n%-9s %10s %10s %8s\n", "metric", "sipmesh", "peer", "ratio")
 	for _, l := range table {
@@ -228,15 +233,41 @@ func (r *rig) startNode() {
 	})
 }
 
+// rss is the node's resident memory in kB (0: unknown).
+func (r *rig) rss() int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.nodePID))
+	if err != nil {
+		return 0
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// settle waits up to 60 s after a load for the node's RSS to come back
+// within 10 MB of idle (issue 12) and says how it went.
+func (r *rig) settle(idle int) string {
+	start := time.Now()
+	peak := r.rss()
+	for {
+		now := r.rss()
+		if now <= idle+10*1024 {
+			return fmt.Sprintf("%d kB when the load ended, %d kB (within 10 MB of idle) after %.0f s", peak, now, time.Since(start).Seconds())
+		}
+		if time.Since(start) >= 60*time.Second {
+			return fmt.Sprintf("%d kB when the load ended, still %d kB after 60 s (goal: within 10 MB of idle)", peak, now)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
 // status reports the node's resident memory and the SIP counters of
 // `sipmesh status --json` (where its drops show).
 func (r *rig) status() string {
-	rss := "?"
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.nodePID)); err == nil {
-		if m := regexp.MustCompile(`VmRSS:\s+(\d+ kB)`).FindSubmatch(b); m != nil {
-			rss = string(m[1])
-		}
-	}
+	rss := fmt.Sprintf("%d kB", r.rss())
 	out, err := exec.Command(r.bin, "status", "--json", "--control", r.sock).Output()
 	var st map[string]json.RawMessage
 	if err == nil {
@@ -405,6 +436,13 @@ func (r *rig) usersCSV(name string, first, n int) string {
 // addUser creates ext (password pw<ext>) through the node's control
 // socket with the node's administrator key.
 func (r *rig) addUser(ext int) {
+	if r.added[ext] {
+		return // the register row added the calls row's caller
+	}
+	if r.added == nil {
+		r.added = map[int]bool{}
+	}
+	r.added[ext] = true
 	add := exec.Command(r.bin, "user", "add", "--control", r.sock, strconv.Itoa(ext))
 	add.Stdin = strings.NewReader(fmt.Sprintf("pw%d\n", ext))
 	if out, err := add.CombinedOutput(); err != nil {
@@ -540,7 +578,9 @@ func (r *rig) registerRow() (func() (float64, string), func() (float64, string))
 func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 	r.startKamailio()
 	r.addUser(3000)
+	r.addUser(2000) // the caller: calls from the LAN are authenticated (407)
 	csvPath := r.usersCSV("callee.csv", 3000, 1)
+	callerCSV := r.usersCSV("caller.csv", 2000, 1)
 	run := func(server, local, callee string) (float64, string) {
 		// Register the callee from the UAS's own port, then answer there.
 		r.waitFor(20*time.Second, "callee 3000 to register at "+server, func() (bool, string) {
@@ -558,7 +598,7 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 			cancel()
 			uas.Wait()
 		}()
-		res := r.sipp(server, "call.xml", *roundDur, "-p", "5061", "-i", local)
+		res := r.sipp(server, "call.xml", *roundDur, "-inf", callerCSV, "-p", "5061", "-i", local)
 		return res.rate(), res.String()
 	}
 	return func() (float64, string) { return run(nodeAddr, nodeCli, nodeCallee) },

@@ -1,0 +1,26 @@
+package gateway
+
+import "testing"
+
+// TestLoadWatch: the heap is returned for quietTicks ticks after a burst
+// of load ends, not during it, not for a LAN's own traffic, and again
+// after the next burst.
+func TestLoadWatch(t *testing.T) {
+	var l loadWatch
+	var total uint64
+	step := func(w uint64) bool { total += w; return l.tick(total) }
+	want := func(name string, works []uint64, release []bool) {
+		t.Helper()
+		for i, w := range works {
+			if got := step(w); got != release[i] {
+				t.Errorf("%s: tick %d (%d work): release %v, want %v", name, i, w, got, release[i])
+			}
+		}
+	}
+	want("first read", []uint64{1 << 40}, []bool{false}) // work before the watch started
+	want("LAN traffic", []uint64{300, 200, 0, 0, 0}, []bool{false, false, false, false, false})
+	want("a burst", []uint64{50000, 60000, 55000}, []bool{false, false, false})
+	want("its end", []uint64{1000, 0, 0, 0, 0, 0}, []bool{true, true, true, true, false, false})
+	want("halved load is not an end", []uint64{20000, 30000, 15000, 15000}, []bool{false, false, false, false})
+	want("the next end", []uint64{0, 0, 0, 0, 0}, []bool{true, true, true, true, false})
+}
