@@ -88,7 +88,7 @@ var configKeyDocs = []struct {
 		func(o Options) string { return showRate(o.DNSRate) }},
 	{"dns-burst", "", "DNS queries one source address may send at once above dns-rate",
 		func(o Options) string { return strconv.Itoa(o.DNSBurst) }},
-	{"web-listen", "auto", "addresses (ADDR:PORT) of the web UI and /metrics; auto: the LAN address on web-port; none: off; never 0.0.0.0 or :: (repeatable)",
+	{"web-listen", "auto", "addresses (ADDR:PORT) of the web UI and /metrics; auto: the LAN address on web-port; none: off; never 0.0.0.0 or ::",
 		func(o Options) string {
 			if o.WebOff {
 				return "none"

@@ -149,6 +149,10 @@ func (m *nonceMinter) use(nonce string, nc uint32, minted, now time.Time) error 
 	if len(m.seen) >= maxTrackedNonces {
 		m.evictOldestLocked()
 	}
+	// A copy: nonce is a substring of the parsed Authorization header,
+	// and keeping it for the nonce's lifetime (minutes, 65,536 of them)
+	// would keep every whole header alive with it.
+	nonce = strings.Clone(nonce)
 	m.seen[nonce] = nonceUse{nc: nc, minted: minted}
 	m.order = append(m.order, nonce)
 	return nil
