@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/sipmesh/sipmesh/internal/sigcache"
 	"slices"
 	"strings"
 	"sync"
@@ -304,7 +305,7 @@ func OpenAccount(admin ed25519.PublicKey, rec []byte) (a Account, deleted bool, 
 		return Account{}, false, fmt.Errorf("%w: %d bytes", ErrAccountFormat, len(rec))
 	}
 	body, sig := rec[:len(rec)-ed25519.SignatureSize], rec[len(rec)-ed25519.SignatureSize:]
-	if len(admin) != ed25519.PublicKeySize || !ed25519.Verify(admin, append([]byte(accountSigCtx), body...), sig) {
+	if len(admin) != ed25519.PublicKeySize || !sigcache.Verify(admin, append([]byte(accountSigCtx), body...), sig) {
 		return Account{}, false, ErrAccountSignature
 	}
 	return unmarshalAccount(body)

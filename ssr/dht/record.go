@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/sigcache"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -130,7 +131,7 @@ func (r *Record) Verify() error {
 	if err := r.check(); err != nil {
 		return err
 	}
-	if !ed25519.Verify(r.Writer, r.sigInput(make([]byte, 0, 128+len(r.Key)+len(r.Value))), r.Sig) {
+	if !sigcache.Verify(r.Writer, r.sigInput(make([]byte, 0, 128+len(r.Key)+len(r.Value))), r.Sig) {
 		return fmt.Errorf("%w: key %q seq %d", ErrBadSignature, r.Key, r.Seq)
 	}
 	return nil
