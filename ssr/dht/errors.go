@@ -35,6 +35,11 @@ const (
 	// receiver's replicas, so it keeps its copy (the owner's view of its
 	// replica set wins over the sender's view of its successors).
 	codeKeep = 7
+	// codeBusy answers a GET: the owner holds nothing under the key and
+	// cannot ask its replicas now (too many requests in flight). "Not
+	// found" would be a lie the asker caches (a DNS NXDOMAIN, a 404);
+	// busy is an error it can retry or pass on as one (SERVFAIL, 503).
+	codeBusy = 8
 )
 
 func codeOf(err error) byte {
@@ -59,6 +64,8 @@ func errOf(code byte) error {
 	switch code {
 	case codeOK, codeKeep:
 		return nil
+	case codeBusy:
+		return ErrBusy
 	case codeBadSig:
 		return ErrBadSignature
 	case codeStale:

@@ -158,6 +158,7 @@ type Metrics struct {
 	PutsServed     uint64 `json:"puts_served"`     // STOREs from writers, as owner
 	GetsServed     uint64 `json:"gets_served"`     // GETs, as owner
 	ConsultsServed uint64 `json:"consults_served"` // GETs of an owner asking its replicas
+	BusyAnswers    uint64 `json:"busy_answers"`    // GETs answered "busy": nothing here, no room to consult
 	Stored         uint64 `json:"stored"`          // new versions stored, any source
 	Refused        uint64 `json:"refused"`         // records refused, any reason
 	RefusedSig     uint64 `json:"refused_signature"`
@@ -865,8 +866,20 @@ func (n *Node) handleGet(now time.Time, d ssr.Datagram, m *message) {
 	n.m.GetsServed++
 	have := len(n.st.forKey(now, m.key)) > 0
 	reps := n.replicas()
-	if (have && now.Sub(n.nearChanged) >= n.p.HandoffWindow) || len(reps) == 0 || len(n.pending) >= n.p.MaxPending {
+	if (have && now.Sub(n.nearChanged) >= n.p.HandoffWindow) || len(reps) == 0 {
 		n.answer(now, d.Src, m.req, hops, m.key)
+		return
+	}
+	if len(n.pending) >= n.p.MaxPending {
+		// No room to consult the replicas. What this node holds is the
+		// answer if it holds something; an empty answer would say "not
+		// found" about a key its replicas may hold (after a ring change).
+		if have {
+			n.answer(now, d.Src, m.req, hops, m.key)
+		} else {
+			n.m.BusyAnswers++
+			n.send(now, d.Src, encodeGetReply(n.buf[:0], m.req, codeBusy, hops, 0, 0, nil))
+		}
 		return
 	}
 	c := &consult{requester: d.Src, req: m.req, hops: hops, key: m.key}
@@ -913,6 +926,17 @@ func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
 	}
 	if int(m.last) != q.last {
 		return // a part of another attempt's answer
+	}
+	if m.code != codeOK {
+		if q.kind == kConsult {
+			delete(n.pending, q.id)
+			n.consultDone(now, q.parent)
+			return
+		}
+		// The owner was too busy to know (codeBusy): an error, not an
+		// empty answer.
+		n.finish(now, q, errOf(m.code), nil)
+		return
 	}
 	q.parts[m.part] = m.recs
 	q.hops = int(m.hops)

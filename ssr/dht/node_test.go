@@ -525,3 +525,55 @@ func TestGetRetrySentTwice(t *testing.T) {
 		})
 	}
 }
+
+// TestGetBusyIsNotNotFound: an owner that holds nothing under a key and
+// has no room to consult its replicas (MaxPending requests in flight, as
+// under load or right after a ring change) answers "busy", and the asker
+// reports an error, not an empty answer: "not found" would become an
+// NXDOMAIN or a 404 that the phone or resolver believes.
+func TestGetBusyIsNotNotFound(t *testing.T) {
+	r := newFakeRing(t, 4, Params{MaxPending: 2})
+	r.run(time.Second) // the nodes learn their replicas
+	owner := r.nodes[responsible(r.ring(anyNode(r, 0).id), KeyOf("k"))]
+	var asker *fnode
+	for _, f := range r.sorted() {
+		if f != owner {
+			asker = f
+			break
+		}
+	}
+	owner.n.nearChanged = r.now // a ring change just now: the owner would consult
+	for _, k := range []string{"x1", "x2"} {
+		if _, err := owner.n.Get(r.now, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.queue = nil // their datagrams are in flight (dropped here)
+	if len(owner.n.pending) != 2 || len(owner.n.replicas()) == 0 {
+		t.Fatalf("set-up: %d pending, %d replicas", len(owner.n.pending), len(owner.n.replicas()))
+	}
+	owner.n.HandleDatagram(r.now, ssr.Datagram{Src: asker.id, DstPort: Port, Payload: encodeGet(nil, 99, 0, "k")})
+	var reply *message
+	for _, q := range r.queue {
+		if m, err := decode(q.payload); err == nil && q.target == asker.id && m.typ == msgGetReply {
+			reply = &m
+		}
+	}
+	if reply == nil || reply.code != codeBusy || len(reply.recs) != 0 {
+		t.Fatalf("owner's answer %+v, want busy", reply)
+	}
+	if m := owner.n.Metrics(); m.BusyAnswers != 1 {
+		t.Fatalf("busy answers %d", m.BusyAnswers)
+	}
+	// The asker's side: a busy reply ends its Get with ErrBusy.
+	id, err := asker.n.Get(r.now, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.queue = nil
+	asker.n.HandleDatagram(r.now, ssr.Datagram{Src: owner.id, DstPort: Port, Payload: encodeGetReply(nil, id, codeBusy, 1, 0, 0, nil)})
+	res, ok := asker.results[id]
+	if !ok || !errors.Is(res.Err, ErrBusy) || len(res.Records) != 0 {
+		t.Fatalf("asker's result %+v (done %v), want ErrBusy", res, ok)
+	}
+}
