@@ -36,7 +36,7 @@ var configKeyDocs = []struct {
 		func(o Options) string { return strings.Join(o.MeshInterfaces, " ") }},
 	{"mesh-port", "", "UDP port of SSR frames on the mesh interfaces",
 		func(o Options) string { return strconv.Itoa(int(o.MeshPort)) }},
-	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `lookup` (none: no socket)",
+	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",
 		func(o Options) string { return strings.ToLower(o.LogLevel.String()) }},

@@ -30,6 +30,8 @@ import (
 //	POST /users                      Account (HA1s, no password) → UserInfo
 //	DELETE /users/{ext}              UserInfo of the removed account
 //	GET /bindings/{ext}              []BindingInfo
+//	GET /forwards/{ext}              registrar.Forward
+//	PUT /forwards/{ext}              registrar.Forward (all of it) → the stored one
 //	POST /web-password               {"password": ...}: the web UI's administrator
 //	GET /phones                      []PhoneInfo: phone bindings of this node
 //	POST /phones                     AddPhoneRequest → PhoneInfo
@@ -128,6 +130,8 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux.HandleFunc("POST /users", s.handleAddUser)
 	mux.HandleFunc("DELETE /users/{ext}", s.handleDeleteUser)
 	mux.HandleFunc("GET /bindings/{ext}", s.handleBindings)
+	mux.HandleFunc("GET /forwards/{ext}", s.handleForward)
+	mux.HandleFunc("PUT /forwards/{ext}", s.handleSetForward)
 	mux.HandleFunc("GET /aliases/{name}", s.handleAlias)
 	mux.HandleFunc("PUT /aliases/{name}", s.handleSetAlias)
 	mux.HandleFunc("DELETE /aliases/{name}", s.handleSetAlias)

@@ -21,7 +21,8 @@ import (
 // power cut: SIGKILL, no clean stop) and started again on its state
 // directory. The account and the binding must be there again once the
 // ring re-formed — read back before the phone registers anew — and the
-// phone's password must still work.
+// phone's password must still work; the forwarding set for 201 and an
+// alias are read back too.
 func TestRestartKeepsSubscribers(t *testing.T) {
 	netns.RequireRoot(t)
 	sipsak, err := exec.LookPath("sipsak")
@@ -53,6 +54,15 @@ func TestRestartKeepsSubscribers(t *testing.T) {
 		return err == nil && strings.Contains(out, "SIP/2.0 200"), out
 	})
 	m.waitBinding(2, "201", 0)
+	// Forwarding settings and an alias: DHT records like the account.
+	for _, args := range [][]string{
+		{"forward", "set", "--control", m.nodes[1].sock, "--busy", "202", "--unreachable", "203", "201"},
+		{"alias", "set", "--control", m.nodes[1].sock, "alice", "201"},
+	} {
+		if out, err := exec.Command(m.bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("sipmesh %v: %v\n%s", args, err, out)
+		}
+	}
 
 	// One node restarted (cleanly): it loads what it held.
 	n1 := m.nodes[0]
@@ -103,6 +113,16 @@ func TestRestartKeepsSubscribers(t *testing.T) {
 		log, _ := os.ReadFile(nd.log)
 		if !strings.Contains(string(log), "records loaded from disk") {
 			t.Errorf("%s's log does not say it loaded its records", nd.name)
+		}
+	}
+	for args, want := range map[string]string{
+		"forward show 201": "201: busy → 202, unreachable → 203",
+		"alias show alice": "alice → 201",
+	} {
+		a := strings.Fields(args)
+		out, err := exec.Command(m.bin, append(a[:2:2], "--control", m.nodes[2].sock, a[2])...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("sipmesh %s on n3 after the power cut: %v\n%s (want %q)", args, err, out, want)
 		}
 	}
 	if out, err := register("alice-secret"); err != nil || !strings.Contains(out, "SIP/2.0 200") {
