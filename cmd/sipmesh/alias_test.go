@@ -13,11 +13,7 @@ import (
 func TestAliasCommand(t *testing.T) {
 	leakcheck.Check(t)
 	sock, _ := startNode(t, "n1", "")
-	for _, step := range []struct {
-		args []string
-		code int
-		out  string
-	}{
+	runSteps(t, []cliStep{
 		{[]string{"alias", "show", "--control", sock, "doctor"}, 0, "doctor is no alias"},
 		{[]string{"alias", "set", "--control", sock, "doctor", "205"}, 0, "doctor → 205"},
 		{[]string{"alias", "show", "--control", sock, "doctor"}, 0, "doctor → 205"},
@@ -30,7 +26,21 @@ func TestAliasCommand(t *testing.T) {
 		{[]string{"alias", "set", "--control", sock, "doctor"}, 2, ""},
 		{[]string{"alias", "rename", "doctor"}, 2, ""},
 		{[]string{"alias"}, 2, ""},
-	} {
+	})
+}
+
+// cliStep is one command of a CLI test: its arguments, the exit code and
+// a part of stdout it must print.
+type cliStep struct {
+	args []string
+	code int
+	out  string
+}
+
+// runSteps runs the steps in order through runMain.
+func runSteps(t *testing.T, steps []cliStep) {
+	t.Helper()
+	for _, step := range steps {
 		code, stdout, stderr := run(t, step.args...)
 		if code != step.code || !strings.Contains(stdout, step.out) {
 			t.Errorf("%q: exit %d, stdout %q, want %d and %q\n%s", step.args, code, stdout, step.code, step.out, stderr)

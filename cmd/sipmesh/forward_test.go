@@ -1,7 +1,6 @@
 package main
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
@@ -13,11 +12,7 @@ import (
 func TestForwardCommand(t *testing.T) {
 	leakcheck.Check(t)
 	sock, _ := startNode(t, "n1", "")
-	for _, step := range []struct {
-		args []string
-		code int
-		out  string
-	}{
+	runSteps(t, []cliStep{
 		{[]string{"forward", "show", "--control", sock, "201"}, 0, "201: no forwarding"},
 		{[]string{"forward", "set", "--control", sock, "--always", "202", "201"}, 0, "201: always → 202"},
 		{[]string{"forward", "show", "--control", sock, "201"}, 0, "201: always → 202"},
@@ -30,10 +25,5 @@ func TestForwardCommand(t *testing.T) {
 		{[]string{"forward", "show", "--control", sock}, 2, ""},
 		{[]string{"forward", "move", "201"}, 2, ""},
 		{[]string{"forward"}, 2, ""},
-	} {
-		code, stdout, stderr := run(t, step.args...)
-		if code != step.code || !strings.Contains(stdout, step.out) {
-			t.Errorf("%q: exit %d, stdout %q, want %d and %q\n%s", step.args, code, stdout, step.code, step.out, stderr)
-		}
-	}
+	})
 }
