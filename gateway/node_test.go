@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"log/slog"
 	"bytes"
 	"context"
 	"errors"
@@ -71,7 +72,18 @@ func socketDir(t *testing.T) string {
 	return dir
 }
 
+// logBuf collects the debug logs of a test's nodes, shown when it fails.
+type logBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+
+func (l *logBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
 func TestNodeControlSocket(t *testing.T) {
+	var logs logBuf
 	leakcheck.Check(t)
 	n := memnet.New(memnet.Config{})
 	ha, hb := n.AddHost("a"), n.AddHost("b")
@@ -89,12 +101,17 @@ func TestNodeControlSocket(t *testing.T) {
 			o.Control = sock
 		}
 		o.routerParams = fastParams
-		node, err := NewNode(o, h, nil)
+		node, err := NewNode(o, h, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 		if err != nil {
 			t.Fatal(err)
 		}
 		nodes = append(nodes, node)
 	}
+	defer func() {
+		if t.Failed() {
+			t.Logf("the nodes' logs:\n%s", logs.String())
+		}
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
