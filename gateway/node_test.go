@@ -1,10 +1,10 @@
 package gateway
 
 import (
-	"log/slog"
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
