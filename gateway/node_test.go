@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -110,6 +111,10 @@ func TestNodeControlSocket(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			t.Logf("the nodes' logs:\n%s", logs.String())
+			for _, nd := range nodes {
+				b, _ := json.Marshal(nd.Router().Status())
+				t.Logf("router %s: %s", nd.Router().ID(), b)
+			}
 		}
 	}()
 	ctx, cancel := context.WithCancel(context.Background())

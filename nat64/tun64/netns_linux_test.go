@@ -4,6 +4,7 @@ package tun64
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,7 +85,7 @@ func newRig(t testing.TB) *rig {
 	ns.Run(t, "ip", "route", "add", "192.0.2.1/32", "dev", "nat64")
 	ns.Run(t, "ip", "addr", "add", "198.51.100.7/32", "dev", "lo")
 	ns.Run(t, "ip", "addr", "add", "198.51.100.8/32", "dev", "lo")
-	ns.Run(t, "ip", "-6", "addr", "add", "2001:db8::10/128", "dev", "lo")
+	ns.Run(t, "ip", "-6", "addr", "add", "2001:db8::10/128", "dev", "lo", "nodad")
 	ns.Run(t, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.nat64.rp_filter=0")
 
 	tr, err := nat64.New(nat64.Config{Pool: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, MTU6: 1500})
@@ -129,7 +131,17 @@ func newRig(t testing.TB) *rig {
 // client opens a UDP socket in the rig's namespace.
 func (r *rig) client(t testing.TB, network, addr string) net.PacketConn {
 	t.Helper()
-	c, err := r.ns.Network().ListenPacket(context.Background(), network, addr)
+	// An address just added can refuse a bind for a moment
+	// (EADDRNOTAVAIL, seen twice in parallel make test runs): wait for it
+	// to become usable, as a service started at boot would.
+	var c net.PacketConn
+	var err error
+	for try := 0; try < 100; try++ {
+		if c, err = r.ns.Network().ListenPacket(context.Background(), network, addr); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
