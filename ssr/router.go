@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/netx"
 )
 
@@ -29,9 +30,10 @@ const (
 	// requestQueue bounds application requests (sends, pings, status) waiting
 	// for the Node's goroutine; a writer blocks when it is full.
 	requestQueue = 256
-	// readBufSize holds the largest frame the core produces plus one byte,
-	// so a longer datagram shows up as oversized rather than truncated.
-	readBufSize = MaxFrame + 1
+	// readBufSize holds the largest frame on the wire (the core's largest,
+	// sealed) plus one byte, so a longer datagram shows up as oversized
+	// rather than truncated.
+	readBufSize = maxWireFrame + 1
 	// linkRetry is how often an interface that could not be opened (missing,
 	// down, link-local address still tentative) is tried again.
 	linkRetry = time.Second
@@ -72,6 +74,11 @@ type RouterConfig struct {
 	Group netip.Addr
 	// Params tune the protocol; zero fields take DefaultParams.
 	Params Params
+	// Encrypt is mesh-encryption on: frame payloads are ChaCha20-Poly1305
+	// encrypted per link. Off (the default), they are authenticated only,
+	// as amateur-radio rules require. All nodes of a mesh must agree; a
+	// neighbour that does not is refused at the handshake (FORMAT.md).
+	Encrypt bool
 	// Logger receives the router's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -91,6 +98,7 @@ type Router struct {
 	addr netip.Addr
 	log  *slog.Logger
 	node *Node
+	auth *LinkAuth // between the links and the Node: every frame passes it
 
 	// Buffers circulate between free, the readers and inbound; there are
 	// exactly inboundQueue of them, so neither channel ever holds more.
@@ -187,7 +195,7 @@ type pingResult struct {
 
 // routerStats are the driver's own counters (the Node counts the protocol's).
 type routerStats struct {
-	oversize     atomic.Uint64 // frames longer than MaxFrame
+	oversize     atomic.Uint64 // frames longer than maxWireFrame
 	otherIface   atomic.Uint64 // multicast heard on a sibling interface's socket
 	readErrors   atomic.Uint64
 	sendErrors   atomic.Uint64
@@ -247,7 +255,12 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	}
 	r.sendBuf.New = func() any { b := make([]byte, 0, MaxFrame); return &b }
 	r.owner.r = r
-	r.node = New(id, cfg.Params, &r.owner, rand.Uint64())
+	// Lines peers cause (refused frames, handshakes) are rate-limited per
+	// neighbour address.
+	peerLog := slog.New(ratelog.New(log.Handler(), ratelog.Options{}))
+	r.auth = NewLinkAuth(AuthConfig{Key: cfg.Key, Encrypt: cfg.Encrypt, Logger: peerLog}, &r.owner)
+	r.node = New(id, cfg.Params, r.auth, rand.Uint64())
+	r.auth.Attach(r.node)
 	for i, name := range cfg.Interfaces {
 		r.links = append(r.links, &routerLink{
 			id:    LinkID(i),
@@ -316,13 +329,13 @@ func (r *Router) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case fb := <-r.inbound:
-			r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			r.auth.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
 			r.free <- fb
 		case req := <-r.reqs:
 			r.handleRequest(req)
 		case <-timer.C:
 			armed = time.Time{}
-			r.node.Tick(time.Now())
+			r.auth.Tick(time.Now())
 		}
 		if r.failPending {
 			r.applyFailures()
@@ -332,6 +345,7 @@ func (r *Router) loop(ctx context.Context) {
 
 func (r *Router) handleRequest(req request) {
 	now := time.Now()
+	r.auth.SetNow(now)
 	switch req.kind {
 	case reqSend:
 		if err := r.node.Send(now, req.target, req.mode, req.srcPort, req.dstPort, *req.payload); err != nil {
@@ -623,7 +637,7 @@ func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon b
 			continue
 		}
 		switch {
-		case n > MaxFrame:
+		case n > maxWireFrame:
 			r.stats.oversize.Add(1)
 		case from.Addr().WithZone("") == local:
 			// Our own beacon, looped back by the kernel.
@@ -833,6 +847,7 @@ type RouterStatus struct {
 	CacheEntries int               `json:"cache_entries"`
 	Stats        Stats             `json:"stats"`        // the Node's protocol counters
 	Driver       DriverStats       `json:"driver_stats"` // the Router's own
+	Auth         AuthStats         `json:"auth_stats"`   // link security's
 }
 
 // InterfaceStatus is one mesh interface.
@@ -864,7 +879,7 @@ type NeighbourStatus struct {
 
 // DriverStats count what the Router itself saw and dropped.
 type DriverStats struct {
-	OversizeFrames    uint64 `json:"oversize_frames"`     // longer than MaxFrame
+	OversizeFrames    uint64 `json:"oversize_frames"`     // longer than MaxFrame sealed
 	OtherIfaceFrames  uint64 `json:"other_iface_frames"`  // beacons heard on a sibling's socket
 	ReadErrors        uint64 `json:"read_errors"`         // link socket reads that failed
 	SendErrors        uint64 `json:"send_errors"`         // link socket writes that failed
@@ -929,7 +944,7 @@ func (r *Router) statusLocked(now time.Time) RouterStatus {
 	n := r.node
 	st := RouterStatus{
 		ID: r.id.String(), Addr: r.addr.String(), Running: true,
-		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(),
+		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(), Auth: r.auth.Stats(),
 		Successors: r.peers(n.Successors()), Predecessors: r.peers(n.Predecessors()),
 		Interfaces: []InterfaceStatus{}, Neighbours: []NeighbourStatus{}, Fingers: []string{},
 	}
