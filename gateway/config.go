@@ -46,6 +46,10 @@ type Options struct {
 	MeshInterfaces []string
 	// MeshPort is the UDP port of SSR frames on the mesh interfaces.
 	MeshPort uint16
+	// MeshEncryption encrypts the payloads of mesh frames per link; off,
+	// they are authenticated only (amateur-radio bands). One value for
+	// the whole mesh: neighbours that differ are refused.
+	MeshEncryption bool
 	// Control is the path of the local control socket (HTTP+JSON over a
 	// Unix socket) that `sipmesh status` and `sipmesh ping` talk to; empty
 	// means none.
@@ -305,6 +309,17 @@ var setters = map[string]setter{
 			return fmt.Errorf("%q is not a port", v)
 		}
 		o.MeshPort = uint16(p)
+		return nil
+	}},
+	"mesh-encryption": {fn: func(o *Options, v string) error {
+		switch v {
+		case "on":
+			o.MeshEncryption = true
+		case "off":
+			o.MeshEncryption = false
+		default:
+			return fmt.Errorf("%q: want on or off", v)
+		}
 		return nil
 	}},
 	"control": {fn: func(o *Options, v string) error {

@@ -79,6 +79,7 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 		Key:        key,
 		Interfaces: opts.MeshInterfaces,
 		Port:       opts.MeshPort,
+		Encrypt:    opts.MeshEncryption,
 		Params:     opts.routerParams,
 		Logger:     base,
 	})
