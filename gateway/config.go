@@ -311,17 +311,7 @@ var setters = map[string]setter{
 		o.MeshPort = uint16(p)
 		return nil
 	}},
-	"mesh-encryption": {fn: func(o *Options, v string) error {
-		switch v {
-		case "on":
-			o.MeshEncryption = true
-		case "off":
-			o.MeshEncryption = false
-		default:
-			return fmt.Errorf("%q: want on or off", v)
-		}
-		return nil
-	}},
+	"mesh-encryption": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.MeshEncryption) }},
 	"control": {fn: func(o *Options, v string) error {
 		if v == "none" {
 			o.Control = ""
@@ -398,17 +388,7 @@ var setters = map[string]setter{
 		o.LANSupernet = p
 		return nil
 	}},
-	"dhcp": {fn: func(o *Options, v string) error {
-		switch v {
-		case "on":
-			o.DHCP = true
-		case "off":
-			o.DHCP = false
-		default:
-			return fmt.Errorf("%q: want on or off", v)
-		}
-		return nil
-	}},
+	"dhcp": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.DHCP) }},
 	"sip-port": {fn: func(o *Options, v string) error {
 		p, err := strconv.ParseUint(v, 10, 16)
 		if err != nil || p == 0 {
@@ -500,4 +480,17 @@ func knownKeys() string {
 	}
 	slices.Sort(keys)
 	return strings.Join(keys, ", ")
+}
+
+// parseOnOff reads the value of an on/off key.
+func parseOnOff(v string, dst *bool) error {
+	switch v {
+	case "on":
+		*dst = true
+	case "off":
+		*dst = false
+	default:
+		return fmt.Errorf("%q: want on or off", v)
+	}
+	return nil
 }

@@ -520,6 +520,16 @@ func (a *LinkAuth) peer(k peerKey) *peerAuth {
 	return p
 }
 
+// ephemeral makes a handshake's X25519 key and index.
+func (a *LinkAuth) ephemeral() (*ecdh.PrivateKey, uint32, bool) {
+	eph, err := ecdh.X25519().GenerateKey(a.rand)
+	if err != nil {
+		return nil, 0, false
+	}
+	idx, ok := a.index()
+	return eph, idx, ok
+}
+
 // index picks an unused random index for a new handshake.
 func (a *LinkAuth) index() (uint32, bool) {
 	var b [4]byte
@@ -564,11 +574,7 @@ func (a *LinkAuth) initiate(l LinkID, to netip.AddrPort) {
 		return
 	}
 	p.lastInit = a.now
-	eph, err := ecdh.X25519().GenerateKey(a.rand)
-	if err != nil {
-		return
-	}
-	idx, ok := a.index()
+	eph, idx, ok := a.ephemeral()
 	if !ok {
 		return
 	}
@@ -676,11 +682,7 @@ func (a *LinkAuth) onInit(l LinkID, from netip.AddrPort, b []byte) {
 		a.stats.BadHandshake++
 		return
 	}
-	eph, err := ecdh.X25519().GenerateKey(a.rand)
-	if err != nil {
-		return
-	}
-	idx, ok := a.index()
+	eph, idx, ok := a.ephemeral()
 	if !ok {
 		return
 	}

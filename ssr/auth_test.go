@@ -11,43 +11,17 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
-func authKey(seed uint64) ed25519.PrivateKey {
-	var s [ed25519.SeedSize]byte
-	binary.BigEndian.PutUint64(s[:], seed)
-	copy(s[8:], "sipmesh auth test")
-	return ed25519.NewKeyFromSeed(s[:])
-}
-
-// lockedBuf is a log sink shared by the nodes of a test.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // newAuthNet is newTNet with link security on every node: node i has key
-// authKey(i+1) (its ID the key's hash) and mesh-encryption enc(i).
+// keyFor(i+1) (its ID the key's hash) and mesh-encryption enc(i).
 func newAuthNet(n int, enc func(i int) bool, log *slog.Logger) *tnet {
 	keys := make([]ed25519.PrivateKey, n)
 	ids := make([]NodeID, n)
 	for i := range keys {
-		keys[i] = authKey(uint64(i) + 1)
+		keys[i] = keyFor(byte(i) + 1)
 		ids[i] = IDFromPublicKey(keys[i].Public().(ed25519.PublicKey))
 	}
 	w := newTNet(ids, Params{})
@@ -315,7 +289,7 @@ func TestAuthEncryption(t *testing.T) {
 // TestAuthModeMismatch: a node with mesh-encryption on next to one with
 // it off: no link forms, both log it and count it.
 func TestAuthModeMismatch(t *testing.T) {
-	var logs lockedBuf
+	var logs bytes.Buffer // the world runs on the test's goroutine
 	w := newAuthNet(2, func(i int) bool { return i == 0 }, slog.New(slog.NewTextHandler(&logs, nil))).line()
 	w.run(10 * time.Second)
 	for i, n := range w.nodes {
@@ -334,7 +308,7 @@ func TestAuthModeMismatch(t *testing.T) {
 // TestAuthOldVersion: frames of wire format v1 are refused with a log
 // line, never parsed.
 func TestAuthOldVersion(t *testing.T) {
-	var logs lockedBuf
+	var logs bytes.Buffer // the world runs on the test's goroutine
 	w := newAuthNet(1, off, slog.New(slog.NewTextHandler(&logs, nil)))
 	n := w.nodes[0]
 	v1 := (&hello{src: 42, seq: 1, neigh: []NodeID{n.ID()}}).appendTo(nil)
@@ -404,4 +378,39 @@ func TestAuthNoAlloc(t *testing.T) {
 			t.Errorf("encryption %v: %.1f allocations per frame", enc, allocs)
 		}
 	}
+}
+
+// FuzzLinkAuth feeds link security anything from a neighbour's address,
+// with sessions in place so that bytes reach the tag checks: it must not
+// crash, and the neighbour's genuine frames keep passing.
+func FuzzLinkAuth(f *testing.F) {
+	w := newAuthNet(2, off, nil).line()
+	var seeds [][]byte
+	w.tap = func(_ int, _ netip.AddrPort, b []byte) {
+		if len(seeds) < 12 {
+			seeds = append(seeds, bytes.Clone(b))
+		}
+	}
+	w.run(5 * time.Second)
+	for _, b := range seeds {
+		f.Add(b)
+	}
+	v1 := (&hello{src: 42, seq: 1}).appendTo(nil)
+	v1[0] = 1
+	f.Add(v1)
+	f.Add([]byte{Version, typeBeacon, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 255})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		w := newAuthNet(2, off, nil).line()
+		w.run(5 * time.Second)
+		a, v := w.nodes[0], w.nodes[1]
+		v.auth.HandleFrame(w.now, 0, a.addr, b)
+		st := v.auth.Stats()
+		w.run(5 * time.Second)
+		if got := nbrIDs(v.Node); !slices.Equal(got, []NodeID{a.ID()}) {
+			t.Fatalf("neighbour lost after % x: %v", b, got)
+		}
+		if st2 := v.auth.Stats(); st2.BadMAC+st2.Replayed+st2.WrongSender != st.BadMAC+st.Replayed+st.WrongSender {
+			t.Fatalf("genuine frames refused after % x: %+v", b, st2)
+		}
+	})
 }
