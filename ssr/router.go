@@ -81,6 +81,9 @@ type RouterConfig struct {
 	Encrypt bool
 	// Logger receives the router's logs; nil discards them.
 	Logger *slog.Logger
+	// plain leaves link security out (bare frames, which normal nodes
+	// refuse): set only by benchmarks that measure what it costs.
+	plain bool
 }
 
 // Router drives a Node with real sockets and timers: it discovers
@@ -258,9 +261,13 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	// Lines peers cause (refused frames, handshakes) are rate-limited per
 	// neighbour address.
 	peerLog := slog.New(ratelog.New(log.Handler(), ratelog.Options{}))
-	r.auth = NewLinkAuth(AuthConfig{Key: cfg.Key, Encrypt: cfg.Encrypt, Logger: peerLog}, &r.owner)
-	r.node = New(id, cfg.Params, r.auth, rand.Uint64())
-	r.auth.Attach(r.node)
+	if cfg.plain {
+		r.node = New(id, cfg.Params, &r.owner, rand.Uint64())
+	} else {
+		r.auth = NewLinkAuth(AuthConfig{Key: cfg.Key, Encrypt: cfg.Encrypt, Logger: peerLog}, &r.owner)
+		r.node = New(id, cfg.Params, r.auth, rand.Uint64())
+		r.auth.Attach(r.node)
+	}
 	for i, name := range cfg.Interfaces {
 		r.links = append(r.links, &routerLink{
 			id:    LinkID(i),
@@ -329,13 +336,21 @@ func (r *Router) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case fb := <-r.inbound:
-			r.auth.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			if r.auth != nil {
+				r.auth.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			} else {
+				r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			}
 			r.free <- fb
 		case req := <-r.reqs:
 			r.handleRequest(req)
 		case <-timer.C:
 			armed = time.Time{}
-			r.auth.Tick(time.Now())
+			if r.auth != nil {
+				r.auth.Tick(time.Now())
+			} else {
+				r.node.Tick(time.Now())
+			}
 		}
 		if r.failPending {
 			r.applyFailures()
@@ -345,7 +360,9 @@ func (r *Router) loop(ctx context.Context) {
 
 func (r *Router) handleRequest(req request) {
 	now := time.Now()
-	r.auth.SetNow(now)
+	if r.auth != nil {
+		r.auth.SetNow(now)
+	}
 	switch req.kind {
 	case reqSend:
 		if err := r.node.Send(now, req.target, req.mode, req.srcPort, req.dstPort, *req.payload); err != nil {
@@ -944,9 +961,12 @@ func (r *Router) statusLocked(now time.Time) RouterStatus {
 	n := r.node
 	st := RouterStatus{
 		ID: r.id.String(), Addr: r.addr.String(), Running: true,
-		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(), Auth: r.auth.Stats(),
+		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(),
 		Successors: r.peers(n.Successors()), Predecessors: r.peers(n.Predecessors()),
 		Interfaces: []InterfaceStatus{}, Neighbours: []NeighbourStatus{}, Fingers: []string{},
+	}
+	if r.auth != nil {
+		st.Auth = r.auth.Stats()
 	}
 	for _, l := range r.links {
 		is := InterfaceStatus{Name: l.name, Link: int(l.id), Up: l.uc != nil && !l.down, LastError: l.lastErr}
