@@ -12,7 +12,6 @@ import (
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/internal/netns"
 	"github.com/sipmesh/sipmesh/ssr"
-	"golang.org/x/sys/unix"
 )
 
 // TestRoutersOverVeth runs three SSR routers of this process in three
@@ -83,7 +82,7 @@ func TestMeshEncryptionOverVeth(t *testing.T) {
 	sip := []byte("INVITE sip:201@mesh SIP/2.0\r\nVia: SIP/2.0/UDP [fd00::1]:5060\r\n\r\n")
 	for _, enc := range []bool{false, true} {
 		rig := newMeshRig(t, topo, enc)
-		capture := openCapture(t, topo.b, "b-a")
+		capture := topo.b.OpenCapture(t, "b-a")
 		pcC, err := rig.c.ListenPacket(4000)
 		if err != nil {
 			t.Fatal(err)
@@ -107,7 +106,13 @@ func TestMeshEncryptionOverVeth(t *testing.T) {
 		pcC.Close()
 		st := rig.c.Status()
 		rig.stop()
-		frames, plain := capture.drain(t, [][]byte{tone[:32], []byte("sip:201@mesh")})
+		frames, plain := 0, 0
+		for _, f := range capture.Drain(t) {
+			frames++
+			if bytes.Contains(f, tone[:32]) || bytes.Contains(f, []byte("sip:201@mesh")) {
+				plain++
+			}
+		}
 		t.Logf("mesh-encryption %v: %d of 2 datagrams arrived; %d packets captured on a-b, %d with plaintext; C's link security: %+v", enc, got, frames, plain, st.Auth)
 		if got != 2 {
 			t.Fatalf("mesh-encryption %v: %d of 2 datagrams arrived", enc, got)
@@ -123,60 +128,6 @@ func TestMeshEncryptionOverVeth(t *testing.T) {
 		}
 		if !enc && plain < 2 {
 			t.Errorf("mesh-encryption off: %d packets carry the plaintext, want the tone and the SIP request", plain)
-		}
-	}
-}
-
-// capture is an AF_PACKET socket on one interface of a namespace.
-type capture struct{ fd int }
-
-func openCapture(t *testing.T, ns *netns.NS, ifname string) *capture {
-	t.Helper()
-	c := &capture{fd: -1}
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		// The protocol in network byte order (packet(7)).
-		proto := int(uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8)
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index}); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		c.fd = fd
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("capture on %s: %v", ifname, err)
-	}
-	t.Cleanup(func() { unix.Close(c.fd) })
-	return c
-}
-
-// drain reads what the socket holds without waiting and counts the
-// packets, and those that contain any of needles.
-func (c *capture) drain(t *testing.T, needles [][]byte) (frames, matched int) {
-	t.Helper()
-	buf := make([]byte, 65536)
-	for {
-		n, _, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
-		if err != nil {
-			if err == unix.EAGAIN || err == unix.EINTR {
-				return frames, matched
-			}
-			t.Fatalf("capture: %v", err)
-		}
-		frames++
-		for _, nd := range needles {
-			if bytes.Contains(buf[:n], nd) {
-				matched++
-				break
-			}
 		}
 	}
 }
