@@ -40,8 +40,8 @@ const (
 const (
 	tagSize      = chacha20poly1305.Overhead
 	sigSize      = ed25519.SignatureSize
-	hsInitLen    = 2 + 4 + 8 + 32 + 32 + 1
-	hsRespBody   = 2 + 4 + 4 + 8 + 32 + 32 + 1
+	hsInitLen    = 2 + 4 + 8 + 32 + 32 + 1 + sigSize // … mode, admission
+	hsRespBody   = 2 + 4 + 4 + 8 + 32 + 32 + 1 + sigSize
 	hsRespLen    = hsRespBody + sigSize
 	hsConfirmLen = 2 + 4 + sigSize
 	sealedHdr    = 2 + 4 + 8
@@ -88,6 +88,7 @@ const (
 // Labels that bind signatures and keys to their use.
 const (
 	hsLabel      = "sipmesh link v2 handshake\x00"
+	admitLabel   = "sipmesh node admission v1\x00"
 	confirmLabel = "sipmesh link v2 confirm\x00"
 	keyLabel     = "sipmesh link v2 keys"
 )
@@ -101,6 +102,7 @@ type AuthStats struct {
 	BadHandshake    uint64 `json:"bad_handshake"`    // bad signature, key, or for no handshake of ours
 	BadIdentity     uint64 `json:"bad_identity"`     // handshake key whose hash is not the claimed ID
 	ModeMismatch    uint64 `json:"mode_mismatch"`    // neighbour with the other mesh-encryption setting
+	NotAdmitted     uint64 `json:"not_admitted"`     // closed mesh: neighbour without a valid admission
 	RateLimited     uint64 `json:"rate_limited"`     // handshake messages not answered (rate or table bound)
 	Unauthenticated uint64 `json:"unauthenticated"`  // frames from no session (unknown, expired, other address)
 	BadMAC          uint64 `json:"bad_mac"`          // frames whose tag did not verify
@@ -125,6 +127,33 @@ type AuthConfig struct {
 	Logger *slog.Logger
 	// Rand is the source of ephemeral keys and indices (nil: crypto/rand).
 	Rand io.Reader
+	// Admission is this node's admission: the mesh administrator's
+	// signature of its public key (Admit), sent in every handshake; nil
+	// when it has none.
+	Admission []byte
+	// Closed is mesh-admission closed: a neighbour must present an
+	// admission by Admin, or it gets no session.
+	Closed bool
+	// Admin is the mesh administrator's public key (required when Closed).
+	Admin ed25519.PublicKey
+}
+
+// Admit signs pub's admission to a closed mesh with the administrator's
+// key: what a node presents in its handshakes (FORMAT.md, admission).
+func Admit(admin ed25519.PrivateKey, pub ed25519.PublicKey) []byte {
+	return ed25519.Sign(admin, admissionMessage(pub))
+}
+
+// Admitted reports whether sig is admin's admission of pub.
+func Admitted(admin, pub ed25519.PublicKey, sig []byte) bool {
+	return len(admin) == ed25519.PublicKeySize && len(sig) == sigSize && ed25519.Verify(admin, admissionMessage(pub), sig)
+}
+
+func admissionMessage(pub ed25519.PublicKey) []byte {
+	h := sha256.New()
+	h.Write([]byte(admitLabel))
+	h.Write(pub)
+	return h.Sum(nil)
 }
 
 // LinkAuth sits between a Node and its driver: the driver hands it the
@@ -137,6 +166,9 @@ type LinkAuth struct {
 	pub     ed25519.PublicKey
 	id      NodeID
 	encrypt bool
+	admit   [sigSize]byte // our admission (zero: none)
+	closed  bool
+	admin   ed25519.PublicKey
 	log     *slog.Logger
 	rand    io.Reader
 	node    *Node
@@ -221,6 +253,8 @@ func NewLinkAuth(cfg AuthConfig, out Env) *LinkAuth {
 		open:     make([]byte, 0, 1),
 	}
 	a.stats.Encrypted = cfg.Encrypt
+	copy(a.admit[:], cfg.Admission)
+	a.closed, a.admin = cfg.Closed, cfg.Admin
 	return a
 }
 
@@ -586,6 +620,7 @@ func (a *LinkAuth) initiate(l LinkID, to netip.AddrPort) {
 	m = append(m, a.pub...)
 	m = append(m, eph.PublicKey().Bytes()...)
 	m = append(m, a.mode())
+	m = append(m, a.admit[:]...)
 	a.addPending(h)
 	a.stats.HandshakesSent++
 	a.out.SendFrame(l, to, h.msg1[:])
@@ -612,6 +647,16 @@ func (a *LinkAuth) claimed(from netip.AddrPort, id []byte, pub []byte) (NodeID, 
 		return 0, false
 	}
 	return claim, true
+}
+
+// admitted checks a neighbour's admission in a closed mesh.
+func (a *LinkAuth) admitted(from netip.AddrPort, peer NodeID, pub, sig []byte) bool {
+	if !a.closed || Admitted(a.admin, ed25519.PublicKey(pub), sig) {
+		return true
+	}
+	a.stats.NotAdmitted++
+	a.log.Warn("closed mesh: neighbour has no admission signed by the mesh administrator key; refused", "from", from, "peer", peer)
+	return false
 }
 
 func (a *LinkAuth) mismatch(from netip.AddrPort, peer NodeID, theirs byte) {
@@ -668,7 +713,7 @@ func (a *LinkAuth) onInit(l LinkID, from netip.AddrPort, b []byte) {
 	if !ok {
 		return
 	}
-	if peer == a.id {
+	if peer == a.id || !a.admitted(from, peer, b[14:46], b[79:79+sigSize]) {
 		return
 	}
 	p := a.peer(peerKey{l, from})
@@ -694,6 +739,7 @@ func (a *LinkAuth) onInit(l LinkID, from netip.AddrPort, b []byte) {
 	m = append(m, a.pub...)
 	m = append(m, eph.PublicKey().Bytes()...)
 	m = append(m, a.mode())
+	m = append(m, a.admit[:]...)
 	t := transcript(b, m)
 	m = append(m, ed25519.Sign(a.key, t[:])...)
 	a.buf = m
@@ -741,6 +787,9 @@ func (a *LinkAuth) onResp(l LinkID, from netip.AddrPort, b []byte) {
 		return
 	}
 	delete(a.pending, h.local)
+	if !a.admitted(from, peer, b[18:50], b[83:83+sigSize]) {
+		return
+	}
 	if b[82] != a.mode() {
 		a.mismatch(from, peer, b[82])
 		return

@@ -18,6 +18,12 @@ import (
 // newAuthNet is newTNet with link security on every node: node i has key
 // keyFor(i+1) (its ID the key's hash) and mesh-encryption enc(i).
 func newAuthNet(n int, enc func(i int) bool, log *slog.Logger) *tnet {
+	return newAuthNetCfg(n, func(i int, c *AuthConfig) { c.Encrypt, c.Logger = enc(i), log })
+}
+
+// newAuthNetCfg is newAuthNet with each node's AuthConfig set by cfg (the
+// key is filled in first).
+func newAuthNetCfg(n int, cfg func(i int, c *AuthConfig)) *tnet {
 	keys := make([]ed25519.PrivateKey, n)
 	ids := make([]NodeID, n)
 	for i := range keys {
@@ -26,7 +32,9 @@ func newAuthNet(n int, enc func(i int) bool, log *slog.Logger) *tnet {
 	}
 	w := newTNet(ids, Params{})
 	for i, nd := range w.nodes {
-		nd.auth = NewLinkAuth(AuthConfig{Key: keys[i], Encrypt: enc(i), Logger: log}, nd)
+		c := AuthConfig{Key: keys[i]}
+		cfg(i, &c)
+		nd.auth = NewLinkAuth(c, nd)
 		nd.Node = New(ids[i], Params{}, nd.auth, uint64(i)+1)
 		nd.AddLink(0)
 		nd.auth.Attach(nd.Node)
@@ -188,7 +196,8 @@ func TestAuthRogue(t *testing.T) {
 		b = binary.BigEndian.AppendUint64(b, uint64(claim))
 		b = append(b, pub...)
 		b = append(b, eph.PublicKey().Bytes()...)
-		return append(b, 0)
+		b = append(b, 0)                      // mode: off
+		return append(b, make([]byte, 64)...) // no admission
 	}
 	inject(hs(live, r.auth.pub, 7))
 	step(time.Second)
@@ -413,4 +422,46 @@ func FuzzLinkAuth(f *testing.F) {
 			t.Fatalf("genuine frames refused after % x: %+v", b, st2)
 		}
 	})
+}
+
+// TestAuthClosedMesh: with mesh-admission closed only nodes whose key the
+// administrator signed get a link; one admitted by another key, or not at
+// all, is refused (and logged) by its admitted neighbour.
+func TestAuthClosedMesh(t *testing.T) {
+	admin, other := keyFor(200), keyFor(201)
+	var logs bytes.Buffer
+	// 0 and 1 admitted; 2 admitted by another administrator; 3 by none.
+	w := newAuthNetCfg(4, func(i int, c *AuthConfig) {
+		pub := c.Key.Public().(ed25519.PublicKey)
+		switch i {
+		case 0, 1:
+			c.Admission = Admit(admin, pub)
+		case 2:
+			c.Admission = Admit(other, pub)
+		}
+		c.Closed, c.Admin = true, admin.Public().(ed25519.PublicKey)
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	w.connect(0, 1, true)
+	w.connect(1, 2, true)
+	w.connect(1, 3, true)
+	w.run(10 * time.Second)
+	if got := nbrIDs(w.nodes[1].Node); !slices.Equal(got, []NodeID{w.nodes[0].ID()}) {
+		t.Errorf("node 1's neighbours %v, want node 0 only", got)
+	}
+	for _, i := range []int{2, 3} {
+		if n := len(w.nodes[i].Neighbours()); n != 0 {
+			t.Errorf("unadmitted node %d has %d neighbours", i, n)
+		}
+	}
+	if st := w.nodes[1].auth.Stats(); st.NotAdmitted == 0 || st.Sessions != 1 {
+		t.Errorf("node 1: %+v", st)
+	}
+	if !strings.Contains(logs.String(), "closed mesh") {
+		t.Errorf("no log line for the refused nodes:\n%s", logs.String())
+	}
+	if !Admitted(admin.Public().(ed25519.PublicKey), w.nodes[0].auth.pub, Admit(admin, w.nodes[0].auth.pub)) ||
+		Admitted(admin.Public().(ed25519.PublicKey), w.nodes[2].auth.pub, Admit(admin, w.nodes[0].auth.pub)) {
+		t.Error("Admitted does not tell an admission from another node's")
+	}
 }

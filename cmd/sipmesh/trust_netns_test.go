@@ -351,7 +351,8 @@ func (rg *rogue) handshakeClaiming(t *testing.T, id ssr.NodeID) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(id))
 	b = append(b, ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)...)
 	b = append(b, eph.PublicKey().Bytes()...)
-	return append(b, 0)
+	b = append(b, 0)                      // mode: mesh-encryption off
+	return append(b, make([]byte, 64)...) // no admission: an open mesh
 }
 
 // udpChecksum sets the UDP checksum of an IPv6 packet (RFC 8200 §8.1): a
