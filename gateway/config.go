@@ -50,6 +50,10 @@ type Options struct {
 	// they are authenticated only (amateur-radio bands). One value for
 	// the whole mesh: neighbours that differ are refused.
 	MeshEncryption bool
+	// MeshAdmissionClosed: only nodes whose key the mesh administrator
+	// signed (an admission, AdmissionFile) get links; open, anyone may
+	// join. Needs the administrator's public key.
+	MeshAdmissionClosed bool
 	// Control is the path of the local control socket (HTTP+JSON over a
 	// Unix socket) that `sipmesh status` and `sipmesh ping` talk to; empty
 	// means none.
@@ -261,6 +265,9 @@ func (o Options) Validate() error {
 	if len(o.MeshInterfaces) == 0 {
 		return &ConfigError{Field: "mesh-interface", Err: errors.New("none given; list each mesh interface on a line of its own")}
 	}
+	if o.MeshAdmissionClosed && o.AdminKey == "" && len(o.AdminPublicKey) == 0 {
+		return &ConfigError{Field: "mesh-admission", Err: errors.New("closed needs the administrator's key: set admin-public-key (or admin-key)")}
+	}
 	return nil
 }
 
@@ -312,6 +319,14 @@ var setters = map[string]setter{
 		return nil
 	}},
 	"mesh-encryption": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.MeshEncryption) }},
+	"mesh-admission": {fn: func(o *Options, v string) error {
+		switch v {
+		case "open", "closed":
+			o.MeshAdmissionClosed = v == "closed"
+			return nil
+		}
+		return fmt.Errorf("%q: want open or closed", v)
+	}},
 	"control": {fn: func(o *Options, v string) error {
 		if v == "none" {
 			o.Control = ""

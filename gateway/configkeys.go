@@ -43,6 +43,13 @@ var configKeyDocs = []struct {
 			}
 			return "off"
 		}},
+	{"mesh-admission", "", "who may join the mesh: open (any key) or closed (keys the administrator signed: `sipmesh admit`)",
+		func(o Options) string {
+			if o.MeshAdmissionClosed {
+				return "closed"
+			}
+			return "open"
+		}},
 	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `lookup` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",

@@ -3,6 +3,7 @@ package ssr
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,6 +80,12 @@ type RouterConfig struct {
 	// as amateur-radio rules require. All nodes of a mesh must agree; a
 	// neighbour that does not is refused at the handshake (FORMAT.md).
 	Encrypt bool
+	// Admission, Closed and Admin are mesh admission (AuthConfig): this
+	// node's admission by the administrator key Admin, and whether
+	// neighbours must present one.
+	Admission []byte
+	Closed    bool
+	Admin     ed25519.PublicKey
 	// Logger receives the router's logs; nil discards them.
 	Logger *slog.Logger
 	// plain leaves link security out (bare frames, which normal nodes
@@ -213,6 +220,9 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	if cfg.Network == nil {
 		return nil, errors.New("ssr: router: no Network")
 	}
+	if cfg.Closed && len(cfg.Admin) != ed25519.PublicKeySize {
+		return nil, errors.New("ssr: router: a closed mesh needs the administrator's public key")
+	}
 	if len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("ssr: router: key is %d bytes, want an ed25519 private key of %d", len(cfg.Key), ed25519.PrivateKeySize)
 	}
@@ -264,7 +274,8 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	if cfg.plain {
 		r.node = New(id, cfg.Params, &r.owner, rand.Uint64())
 	} else {
-		r.auth = NewLinkAuth(AuthConfig{Key: cfg.Key, Encrypt: cfg.Encrypt, Logger: peerLog}, &r.owner)
+		r.auth = NewLinkAuth(AuthConfig{Key: cfg.Key, Encrypt: cfg.Encrypt, Logger: peerLog,
+			Admission: cfg.Admission, Closed: cfg.Closed, Admin: cfg.Admin}, &r.owner)
 		r.node = New(id, cfg.Params, r.auth, rand.Uint64())
 		r.auth.Attach(r.node)
 	}
@@ -854,6 +865,7 @@ func (r *Router) Ping(ctx context.Context, dst NodeID) (PingReply, time.Duration
 // RouterStatus is a snapshot of a router for humans and tools (JSON).
 type RouterStatus struct {
 	ID           string            `json:"id"`
+	PublicKey    string            `json:"public_key"` // hex: what `sipmesh admit` signs
 	Addr         string            `json:"addr"`
 	Running      bool              `json:"running"`
 	Interfaces   []InterfaceStatus `json:"interfaces"`
@@ -935,7 +947,7 @@ func (r *Router) Status() RouterStatus {
 }
 
 func (r *Router) staticStatus() RouterStatus {
-	st := RouterStatus{ID: r.id.String(), Addr: r.addr.String(), Driver: r.driverStats()}
+	st := RouterStatus{ID: r.id.String(), PublicKey: r.pubHex(), Addr: r.addr.String(), Driver: r.driverStats()}
 	for i, name := range r.cfg.Interfaces {
 		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Link: i})
 	}
@@ -960,7 +972,7 @@ func (r *Router) driverStats() DriverStats {
 func (r *Router) statusLocked(now time.Time) RouterStatus {
 	n := r.node
 	st := RouterStatus{
-		ID: r.id.String(), Addr: r.addr.String(), Running: true,
+		ID: r.id.String(), PublicKey: r.pubHex(), Addr: r.addr.String(), Running: true,
 		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(),
 		Successors: r.peers(n.Successors()), Predecessors: r.peers(n.Predecessors()),
 		Interfaces: []InterfaceStatus{}, Neighbours: []NeighbourStatus{}, Fingers: []string{},
@@ -1003,4 +1015,9 @@ func (r *Router) peers(ids []NodeID) []PeerStatus {
 		out = append(out, p)
 	}
 	return out
+}
+
+// pubHex is the node's public key in hex.
+func (r *Router) pubHex() string {
+	return hex.EncodeToString(r.cfg.Key.Public().(ed25519.PublicKey))
 }

@@ -53,7 +53,7 @@ predecessors with their source routes, fingers, route cache size and counters.`,
 }
 
 func printStatus(w io.Writer, st gateway.NodeStatus) {
-	fmt.Fprintf(w, "node %s  id %s  addr %s", st.Name, st.ID, st.Addr)
+	fmt.Fprintf(w, "node %s  id %s  addr %s  key %s", st.Name, st.ID, st.Addr, st.PublicKey)
 	if !st.Running {
 		fmt.Fprint(w, "  (stopped)")
 	}
