@@ -1,13 +1,18 @@
 package gateway
 
 import (
+	"context"
 	"crypto/ed25519"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/memnet"
 	"github.com/sipmesh/sipmesh/ssr"
 )
 
@@ -68,5 +73,64 @@ func TestClosedMeshNeedsAdminKey(t *testing.T) {
 	}
 	if _, err := ParseConfig(strings.NewReader("mesh-interface a\nmesh-admission ajar\n")); err == nil {
 		t.Fatal("mesh-admission ajar accepted")
+	}
+}
+
+// TestClosedMeshNodes: three nodes with mesh-admission closed on memnet,
+// a linked to b and to c. a holds the administrator key (it admits
+// itself), b has an admission file, c has none: a and b form a link, c is
+// refused by a and gets no neighbour.
+func TestClosedMeshNodes(t *testing.T) {
+	leakcheck.Check(t)
+	n := memnet.New(memnet.Config{})
+	ha, hb, hc := n.AddHost("a"), n.AddHost("b"), n.AddHost("c")
+	n.Connect(ha.AddInterface("m0", 1500), hb.AddInterface("m0", 1500), memnet.LinkConfig{Delay: time.Millisecond})
+	n.Connect(ha.AddInterface("m1", 1500), hc.AddInterface("m0", 1500), memnet.LinkConfig{Delay: time.Millisecond})
+	adminPath := filepath.Join(t.TempDir(), "admin.key")
+	admin, _, err := LoadOrCreateAdminKey(adminPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []*Node
+	for _, h := range []*memnet.Host{ha, hb, hc} {
+		o := DefaultOptions()
+		o.Name, o.StateDir, o.Control = h.Name(), filepath.Join(t.TempDir(), h.Name()), ""
+		o.MeshInterfaces = []string{"m0"}
+		o.MeshAdmissionClosed = true
+		o.AdminPublicKey = admin.Public().(ed25519.PublicKey)
+		o.routerParams = fastParams
+		switch h {
+		case ha:
+			o.MeshInterfaces, o.AdminKey = []string{"m0", "m1"}, adminPath
+		case hb:
+			key, _, err := LoadOrCreateKey(o.StateDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			adm := fmt.Sprintf("%x\n", ssr.Admit(admin, key.Public().(ed25519.PublicKey)))
+			if err := os.WriteFile(filepath.Join(o.StateDir, AdmissionFile), []byte(adm), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		node, err := NewNode(o, h, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, node)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for _, node := range nodes {
+		wg.Go(func() { node.Run(ctx) })
+	}
+	a, b, c := nodes[0].Router(), nodes[1].Router(), nodes[2].Router()
+	waitCond(t, 10*time.Second, "a and b to be neighbours and a to refuse c", func() bool {
+		st := a.Status()
+		return len(st.Neighbours) == 1 && st.Neighbours[0].ID == b.ID().String() && st.Auth.NotAdmitted > 0
+	})
+	if st := c.Status(); len(st.Neighbours) != 0 || st.Auth.Sessions != 0 {
+		t.Errorf("c, not admitted: neighbours %v, %+v", st.Neighbours, st.Auth)
 	}
 }
