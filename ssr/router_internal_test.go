@@ -154,6 +154,7 @@ type driverRig struct {
 	done         chan struct{}
 	frame        []byte // a data frame from A to C, as A's Node sends it
 	feed         feedEnv
+	fromB        [2]netip.AddrPort // B's address as A and C see it
 }
 
 // feedEnv hands A's sealed frames to B's socket in a ring of reused
@@ -212,6 +213,7 @@ func newDriverRig(tb testing.TB) *driverRig {
 	tb.Cleanup(rig.stop)
 
 	fromB := [2]netip.AddrPort{netip.AddrPortFrom(bLocal[0].WithZone("a0"), DefaultPort), netip.AddrPortFrom(bLocal[1].WithZone("c0"), DefaultPort)}
+	rig.fromB = fromB
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	deadline := time.Now().Add(10 * time.Second)
@@ -275,6 +277,15 @@ func (rig *driverRig) forwardOne(tb testing.TB) {
 	for {
 		fr := <-rig.net.out
 		ok := fr.link == 1 && fr.n == len(rig.frame)+AuthOverhead
+		if !ok && fr.n > 1 && fr.buf[1] >= typeHSInit && fr.buf[1] <= typeHSConfirm {
+			// B renews its sessions every RekeyAfter: A and C answer, so
+			// a long run does not outlive them (RejectAfter).
+			peer := rig.authA
+			if fr.link == 1 {
+				peer = rig.authC
+			}
+			peer.HandleFrame(time.Now(), 0, rig.fromB[fr.link], fr.buf[:fr.n])
+		}
 		rig.net.bufs <- fr.buf
 		if ok {
 			return
