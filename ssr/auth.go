@@ -5,7 +5,7 @@ import (
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/ed25519"
-	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -442,8 +442,7 @@ func (a *LinkAuth) fromPeer(s *session, inner []byte) bool {
 	}
 	if sender != s.peer {
 		a.stats.WrongSender++
-		a.log.Warn("authenticated neighbour sent a frame in another node's name: dropped",
-			"from", s.key.addr, "peer", s.peer, "claimed", sender)
+		a.refuse("authenticated neighbour sent a frame in another node's name: dropped", s.key.addr, sender)
 		return false
 	}
 	return true
@@ -643,7 +642,7 @@ func (a *LinkAuth) claimed(from netip.AddrPort, id []byte, pub []byte) (NodeID, 
 	claim := NodeID(binary.BigEndian.Uint64(id))
 	if IDFromPublicKey(ed25519.PublicKey(pub)) != claim {
 		a.stats.BadIdentity++
-		a.log.Warn("neighbour's handshake key does not hash to the node ID it claims: refused", "from", from, "claimed", claim)
+		a.refuse("neighbour's handshake key does not hash to the node ID it claims: refused", from, claim)
 		return 0, false
 	}
 	return claim, true
@@ -655,8 +654,14 @@ func (a *LinkAuth) admitted(from netip.AddrPort, peer NodeID, pub, sig []byte) b
 		return true
 	}
 	a.stats.NotAdmitted++
-	a.log.Warn("closed mesh: neighbour has no admission signed by the mesh administrator key; refused", "from", from, "peer", peer)
+	a.refuse("closed mesh: neighbour has no admission signed by the mesh administrator key; refused", from, peer)
 	return false
+}
+
+// refuse logs what a neighbour at from, claiming to be node id, was
+// refused (the logger rate-limits per address: ratelog).
+func (a *LinkAuth) refuse(msg string, from netip.AddrPort, id NodeID) {
+	a.log.Warn(msg, "from", from, "claimed", id)
 }
 
 func (a *LinkAuth) mismatch(from netip.AddrPort, peer NodeID, theirs byte) {
@@ -691,12 +696,23 @@ func confirmHash(t [sha256.Size]byte) []byte {
 	return h.Sum(nil)
 }
 
-// keys derives the two directions' AEADs (RFC 5869 HKDF over the X25519
-// secret, salted with the transcript).
+// keys derives the two directions' AEADs: RFC 5869 HKDF-SHA-256 over the
+// X25519 secret, salted with the transcript, two blocks of output. HMAC
+// is spelled out: crypto/hkdf would add a package to the router binary for
+// these lines.
 func keys(secret []byte, t [sha256.Size]byte) (i2r, r2i cipher.AEAD, ok bool) {
-	k, err := hkdf.Key(sha256.New, secret, t[:], keyLabel, 64)
-	if err != nil {
-		return nil, nil, false
+	ext := hmac.New(sha256.New, t[:])
+	ext.Write(secret)
+	prk := ext.Sum(nil) // §2.2 extract
+	var k []byte
+	var prev []byte
+	for i := byte(1); i <= 2; i++ { // §2.3 expand: T(i) = HMAC(PRK, T(i−1) ‖ info ‖ i)
+		exp := hmac.New(sha256.New, prk)
+		exp.Write(prev)
+		exp.Write([]byte(keyLabel))
+		exp.Write([]byte{i})
+		prev = exp.Sum(nil)
+		k = append(k, prev...)
 	}
 	i2r, err1 := chacha20poly1305.New(k[:32])
 	r2i, err2 := chacha20poly1305.New(k[32:])
@@ -783,7 +799,7 @@ func (a *LinkAuth) onResp(l LinkID, from netip.AddrPort, b []byte) {
 	t := transcript(h.msg1[:], b[:hsRespBody])
 	if !ed25519.Verify(ed25519.PublicKey(b[18:50]), t[:], b[hsRespBody:]) {
 		a.stats.BadHandshake++
-		a.log.Warn("neighbour's handshake signature does not verify: refused", "from", from, "claimed", peer)
+		a.refuse("neighbour's handshake signature does not verify: refused", from, peer)
 		return
 	}
 	delete(a.pending, h.local)
@@ -829,7 +845,7 @@ func (a *LinkAuth) onConfirm(l LinkID, from netip.AddrPort, b []byte) {
 	}
 	if !ed25519.Verify(h.peerPub, confirmHash(h.transcript), b[6:hsConfirmLen]) {
 		a.stats.BadHandshake++
-		a.log.Warn("neighbour's handshake confirmation does not verify: refused", "from", from, "claimed", h.peer)
+		a.refuse("neighbour's handshake confirmation does not verify: refused", from, h.peer)
 		return
 	}
 	delete(a.pending, h.local)

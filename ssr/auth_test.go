@@ -2,9 +2,12 @@ package ssr
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/hkdf"
 	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"log/slog"
 	"math/rand/v2"
@@ -13,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // newAuthNet is newTNet with link security on every node: node i has key
@@ -463,5 +468,25 @@ func TestAuthClosedMesh(t *testing.T) {
 	if !Admitted(admin.Public().(ed25519.PublicKey), w.nodes[0].auth.pub, Admit(admin, w.nodes[0].auth.pub)) ||
 		Admitted(admin.Public().(ed25519.PublicKey), w.nodes[2].auth.pub, Admit(admin, w.nodes[0].auth.pub)) {
 		t.Error("Admitted does not tell an admission from another node's")
+	}
+}
+
+// TestKeysHKDF checks the spelled-out HKDF against crypto/hkdf.
+func TestKeysHKDF(t *testing.T) {
+	secret := bytes.Repeat([]byte{7}, 32)
+	var tr [32]byte
+	tr[0] = 9
+	want, err := hkdf.Key(sha256.New, secret, tr[:], keyLabel, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i2r, r2i, ok := keys(secret, tr)
+	ref1, _ := chacha20poly1305.New(want[:32])
+	ref2, _ := chacha20poly1305.New(want[32:])
+	nonce := make([]byte, 12)
+	for _, c := range [][2]cipher.AEAD{{i2r, ref1}, {r2i, ref2}} {
+		if !ok || !bytes.Equal(c[0].Seal(nil, nonce, []byte("x"), nil), c[1].Seal(nil, nonce, []byte("x"), nil)) {
+			t.Fatal("keys differ from RFC 5869 HKDF")
+		}
 	}
 }
