@@ -198,10 +198,11 @@ type peerKey struct {
 
 // peerAuth is what is known of one neighbour address.
 type peerAuth struct {
-	cur, prev *session // newest session (sends), the one before (receives)
-	lastInit  time.Time
-	lastResp  time.Time
-	lastSeen  time.Time
+	cur      *session    // newest session: sends, receives
+	older    [2]*session // the ones before, newest first: receive frames still in flight
+	lastInit time.Time
+	lastResp time.Time
+	lastSeen time.Time
 }
 
 // session is one agreed pair of keys with one neighbour.
@@ -606,6 +607,11 @@ func (a *LinkAuth) initiate(l LinkID, to netip.AddrPort) {
 	if p == nil || (!p.lastInit.IsZero() && a.now.Sub(p.lastInit) < handshakeEvery) {
 		return
 	}
+	for _, h := range a.pending {
+		if !h.initiator && h.key == (peerKey{l, to}) && a.now.Sub(h.born) < handshakeEvery {
+			return // the neighbour is handshaking with us: its confirmation is due
+		}
+	}
 	p.lastInit = a.now
 	eph, idx, ok := a.ephemeral()
 	if !ok {
@@ -852,22 +858,28 @@ func (a *LinkAuth) onConfirm(l LinkID, from netip.AddrPort, b []byte) {
 	a.install(&session{local: h.local, remote: h.remote, peer: h.peer, key: h.key, send: h.send, recv: h.recv, born: a.now})
 }
 
-// install makes s the session for its neighbour address; the one before
-// stays for frames still in flight under it.
+// install makes s the session for its neighbour address; the two before
+// stay for frames still in flight under them. Two, not one: when both
+// sides start a handshake at once and then a third follows, the other
+// side may still send under either of the first two until the third's
+// confirmation reaches it.
 func (a *LinkAuth) install(s *session) {
 	p := a.peer(s.key)
 	if p == nil {
 		return
 	}
 	a.stats.Handshakes++
-	if p.prev != nil {
-		delete(a.sessions, p.prev.local)
+	if last := p.older[len(p.older)-1]; last != nil {
+		delete(a.sessions, last.local)
 	}
-	p.prev, p.cur = p.cur, s
-	if p.prev != nil && p.prev.peer != s.peer {
-		// Another node proved itself at this address: the old one is gone.
-		delete(a.sessions, p.prev.local)
-		p.prev = nil
+	copy(p.older[1:], p.older[:])
+	p.older[0], p.cur = p.cur, s
+	for i, o := range p.older {
+		if o != nil && o.peer != s.peer {
+			// Another node proved itself at this address: the old one is gone.
+			delete(a.sessions, o.local)
+			p.older[i] = nil
+		}
 	}
 	p.lastSeen = a.now
 	a.sessions[s.local] = s
@@ -892,17 +904,17 @@ func (a *LinkAuth) sweep() {
 // for a minute (all of them, when the table is full).
 func (a *LinkAuth) sweepPeers(full bool) {
 	for k, p := range a.peers {
-		for _, s := range [...]*session{p.prev, p.cur} {
-			if s != nil && !a.usable(s) {
-				delete(a.sessions, s.local)
-				if p.cur == s {
-					p.cur = nil
-				} else {
-					p.prev = nil
-				}
+		if p.cur != nil && !a.usable(p.cur) {
+			delete(a.sessions, p.cur.local)
+			p.cur = nil
+		}
+		for i, o := range p.older {
+			if o != nil && !a.usable(o) {
+				delete(a.sessions, o.local)
+				p.older[i] = nil
 			}
 		}
-		if p.cur == nil && p.prev == nil {
+		if p.cur == nil && p.older == [len(p.older)]*session{} {
 			last := p.lastSeen
 			if p.lastInit.After(last) {
 				last = p.lastInit
