@@ -48,6 +48,14 @@ type Options struct {
 	MeshInterfaces []string
 	// MeshPort is the UDP port of SSR frames on the mesh interfaces.
 	MeshPort uint16
+	// MeshEncryption encrypts the payloads of mesh frames per link; off,
+	// they are authenticated only (amateur-radio bands). One value for
+	// the whole mesh: neighbours that differ are refused.
+	MeshEncryption bool
+	// MeshAdmissionClosed: only nodes whose key the mesh administrator
+	// signed (an admission, AdmissionFile) get links; open, anyone may
+	// join. Needs the administrator's public key.
+	MeshAdmissionClosed bool
 	// Control is the path of the local control socket (HTTP+JSON over a
 	// Unix socket) that `sipmesh status` and `sipmesh ping` talk to; empty
 	// means none.
@@ -308,6 +316,9 @@ func (o Options) Validate() error {
 	if len(o.MeshInterfaces) == 0 {
 		return &ConfigError{Field: "mesh-interface", Err: errors.New("none given; list each mesh interface on a line of its own")}
 	}
+	if o.MeshAdmissionClosed && o.AdminKey == "" && len(o.AdminPublicKey) == 0 {
+		return &ConfigError{Field: "mesh-admission", Err: errors.New("closed needs the administrator's key: set admin-public-key (or admin-key)")}
+	}
 	return nil
 }
 
@@ -357,6 +368,15 @@ var setters = map[string]setter{
 		}
 		o.MeshPort = uint16(p)
 		return nil
+	}},
+	"mesh-encryption": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.MeshEncryption) }},
+	"mesh-admission": {fn: func(o *Options, v string) error {
+		switch v {
+		case "open", "closed":
+			o.MeshAdmissionClosed = v == "closed"
+			return nil
+		}
+		return fmt.Errorf("%q: want open or closed", v)
 	}},
 	"control": {fn: func(o *Options, v string) error {
 		if v == "none" {
@@ -434,17 +454,7 @@ var setters = map[string]setter{
 		o.LANSupernet = p
 		return nil
 	}},
-	"dhcp": {fn: func(o *Options, v string) error {
-		switch v {
-		case "on":
-			o.DHCP = true
-		case "off":
-			o.DHCP = false
-		default:
-			return fmt.Errorf("%q: want on or off", v)
-		}
-		return nil
-	}},
+	"dhcp": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.DHCP) }},
 	"sip-port": {fn: func(o *Options, v string) error {
 		p, err := strconv.ParseUint(v, 10, 16)
 		if err != nil || p == 0 {
@@ -572,4 +582,17 @@ func parseGroup(o *Options, v, example string) (string, []string, error) {
 		return "", nil, fmt.Errorf("group %s listed twice", group)
 	}
 	return group, members, nil
+}
+
+// parseOnOff reads the value of an on/off key.
+func parseOnOff(v string, dst *bool) error {
+	switch v {
+	case "on":
+		*dst = true
+	case "off":
+		*dst = false
+	default:
+		return fmt.Errorf("%q: want on or off", v)
+	}
+	return nil
 }

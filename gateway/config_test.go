@@ -20,6 +20,7 @@ state-dir /var/lib/sipmesh        # node.key lives here
 mesh-interface veth0
 mesh-interface wlan0 wlan1
 mesh-port 7448
+mesh-encryption on
 control /run/sipmesh/node1.sock
 log-level debug
 admin-key /etc/sipmesh/admin.key
@@ -27,6 +28,7 @@ admin-key /etc/sipmesh/admin.key
 	want := DefaultOptions()
 	want.Name, want.StateDir = "node1", "/var/lib/sipmesh"
 	want.MeshInterfaces = []string{"veth0", "wlan0", "wlan1"}
+	want.MeshEncryption = true
 	want.MeshPort, want.Control, want.LogLevel = 7448, "/run/sipmesh/node1.sock", slog.LevelDebug
 	want.AdminKey = "/etc/sipmesh/admin.key"
 	got, err := ParseConfig(strings.NewReader(full))
@@ -103,6 +105,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"web on every interface", "web-listen 0.0.0.0:8080\n", `config line 1: web-listen: "0.0.0.0:8080" listens on every interface`},
 		{"web on every v6 interface", "web-listen [::]:80\n", `config line 1: web-listen: "[::]:80" listens on every interface`},
 		{"web without port", "web-listen 10.64.7.1\n", `config line 1: web-listen: "10.64.7.1" is not an address:port`},
+		{"bad mesh-encryption", "mesh-encryption yes\n", `config line 1: mesh-encryption: "yes": want on or off`},
 		{"web port zero", "web-port 0\n", `config line 1: web-port: "0" is not a port`},
 		{"rate zero", "sip-rate 0\n", `config line 1: sip-rate: "0" is not a rate`},
 		{"rate negative", "dns-rate -5\n", `config line 1: dns-rate: "-5" is not a rate`},

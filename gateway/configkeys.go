@@ -36,6 +36,20 @@ var configKeyDocs = []struct {
 		func(o Options) string { return strings.Join(o.MeshInterfaces, " ") }},
 	{"mesh-port", "", "UDP port of SSR frames on the mesh interfaces",
 		func(o Options) string { return strconv.Itoa(int(o.MeshPort)) }},
+	{"mesh-encryption", "", "encrypt mesh frames per link: on or off (off: authenticated only, for amateur-radio bands; one value for the whole mesh)",
+		func(o Options) string {
+			if o.MeshEncryption {
+				return "on"
+			}
+			return "off"
+		}},
+	{"mesh-admission", "", "who may join the mesh: open (any key) or closed (keys the administrator signed: `sipmesh admit`)",
+		func(o Options) string {
+			if o.MeshAdmissionClosed {
+				return "closed"
+			}
+			return "open"
+		}},
 	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",

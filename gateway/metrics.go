@@ -48,6 +48,22 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 		{"sipmesh_ssr_neighbours", metrics.Gauge, "Nodes heard directly on the mesh interfaces.", float64(len(st.Neighbours))},
 		{"sipmesh_ssr_fingers", metrics.Gauge, "Ring fingers known.", float64(len(st.Fingers))},
 	})
+	a := st.Auth
+	all([]metric{
+		{"sipmesh_ssr_link_sessions", metrics.Gauge, "Authenticated sessions with mesh neighbours.", float64(a.Sessions)},
+		{"sipmesh_ssr_link_handshakes_total", metrics.Counter, "Link handshakes completed.", float64(a.Handshakes)},
+	})
+	w.Family("sipmesh_ssr_link_refused_total", metrics.Counter, "Mesh frames and handshakes refused by link security, by reason.")
+	for _, r := range []struct {
+		reason string
+		n      uint64
+	}{
+		{"unauthenticated", a.Unauthenticated}, {"bad_mac", a.BadMAC}, {"replayed", a.Replayed},
+		{"wrong_sender", a.WrongSender}, {"bad_identity", a.BadIdentity}, {"bad_handshake", a.BadHandshake},
+		{"mode_mismatch", a.ModeMismatch}, {"old_version", a.OldVersion}, {"rate_limited", a.RateLimited},
+	} {
+		w.Sample("sipmesh_ssr_link_refused_total", float64(r.n), "reason", r.reason)
+	}
 	if len(st.Neighbours) > 0 {
 		w.Family("sipmesh_ssr_link_quality_ratio", metrics.Gauge, "Fraction of recent beacons heard from a neighbour.")
 		for _, nb := range st.Neighbours {

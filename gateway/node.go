@@ -83,20 +83,6 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	if n.phones, err = loadPhoneStore(opts.StateDir); err != nil {
 		return nil, err
 	}
-	n.router, err = ssr.NewRouter(ssr.RouterConfig{
-		Network:    network,
-		Key:        key,
-		Interfaces: opts.MeshInterfaces,
-		Port:       opts.MeshPort,
-		Params:     opts.routerParams,
-		Logger:     base,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
-	}
 	adminPub := ed25519.PublicKey(opts.AdminPublicKey)
 	if opts.AdminKey != "" {
 		var created bool
@@ -112,6 +98,35 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 		if created {
 			n.log.Info("created mesh administrator key", "file", opts.AdminKey)
 		}
+	}
+	// The administrator key is loaded first: link security presents the
+	// node's admission to a closed mesh, and checks its neighbours'.
+	pub := key.Public().(ed25519.PublicKey)
+	admission, err := loadAdmission(opts.StateDir, n.admin, adminPub, pub)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MeshAdmissionClosed && admission == nil {
+		n.log.Error("mesh-admission closed but this node has no admission: its neighbours will refuse it; run `sipmesh admit` with the administrator key and put its output in the state directory",
+			"file", filepath.Join(opts.StateDir, AdmissionFile), "public_key", fmt.Sprintf("%x", []byte(pub)))
+	}
+	n.router, err = ssr.NewRouter(ssr.RouterConfig{
+		Network:    network,
+		Key:        key,
+		Interfaces: opts.MeshInterfaces,
+		Port:       opts.MeshPort,
+		Encrypt:    opts.MeshEncryption,
+		Admission:  admission,
+		Closed:     opts.MeshAdmissionClosed,
+		Admin:      adminPub,
+		Params:     opts.routerParams,
+		Logger:     base,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
 	}
 	if err := n.newServices(key, adminPub); err != nil {
 		return nil, err

@@ -129,6 +129,7 @@ func (b webBackend) Node() webui.NodeInfo {
 	kv := func(k, v string) { info.Config = append(info.Config, [2]string{k, v}) }
 	kv("mesh-interface", strings.Join(o.MeshInterfaces, " "))
 	kv("mesh-port", strconv.Itoa(int(o.MeshPort)))
+	kv("mesh-encryption", map[bool]string{true: "on", false: "off"}[o.MeshEncryption])
 	kv("lan-interface", o.LANInterface)
 	kv("dhcp", map[bool]string{true: "on", false: "off"}[o.DHCP])
 	kv("sip-port", strconv.Itoa(int(o.SIPPort)))

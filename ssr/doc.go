@@ -78,6 +78,21 @@
 // no sooner than before (three ring rounds): patience under loss costs no
 // time under churn.
 //
+// Link security (LinkAuth, wire format v2; WireGuard and Babel's HMAC
+// authentication, RFC 8967, in spirit). Between the links and the Node
+// sits a layer that lets through only frames of neighbours that proved, in
+// a signed X25519 handshake, that they hold the ed25519 key their node ID
+// is the hash of. Every frame carries a ChaCha20-Poly1305 tag under the
+// link's session key and a counter checked against a replay window (RFC
+// 6479); with mesh-encryption on the payload is also encrypted. A frame
+// that fails, or that an authenticated neighbour sends in another node's
+// name (a beacon's source, a routed frame's previous hop), is dropped and
+// counted; a neighbour without a session reaches the Node not at all, so
+// it gets no route, ring position or cache entry. Not built yet (issue
+// 19): end-to-end authentication of source-routed data, admission of keys
+// by the mesh administrator, defences against many generated IDs around
+// one key (eclipse).
+//
 // The wire format is versioned and documented in FORMAT.md; every decoder of
 // peer bytes is fuzzed, and malformed frames are counted and dropped.
 package ssr

@@ -21,6 +21,10 @@ type tnet struct {
 	links map[[2]int]bool
 	q     []tframe // in time order: every frame takes the same 1 ms
 	drop  func() bool
+	// tap sees every frame a node transmits (a capture on the air);
+	// mangle may change a frame before it is received.
+	tap    func(from int, to netip.AddrPort, b []byte)
+	mangle func(f *tframe)
 	// maxHops is the most physical hops any routed frame was sent with
 	// (its hop count after this transmission); sent counts transmissions.
 	maxHops, sent int
@@ -33,6 +37,25 @@ type tnode struct {
 	addr   netip.AddrPort
 	up     bool
 	events []Event
+	// auth, when set, is the node's link security: the Node's Env, and
+	// what frames and timers pass through first.
+	auth *LinkAuth
+}
+
+func (n *tnode) recv(now time.Time, from netip.AddrPort, b []byte) {
+	if n.auth != nil {
+		n.auth.HandleFrame(now, 0, from, b)
+		return
+	}
+	n.HandleFrame(now, 0, from, b)
+}
+
+func (n *tnode) tick(now time.Time) {
+	if n.auth != nil {
+		n.auth.Tick(now)
+		return
+	}
+	n.Tick(now)
 }
 
 type tframe struct {
@@ -67,6 +90,9 @@ func (w *tnet) line() *tnet {
 
 func (n *tnode) SendFrame(_ LinkID, to netip.AddrPort, b []byte) {
 	n.w.sent++
+	if n.w.tap != nil {
+		n.w.tap(n.i, to, b)
+	}
 	if len(b) >= routedHdr && b[1] == typeRouted {
 		n.w.maxHops = max(n.w.maxHops, int(b[13])+1)
 	}
@@ -97,12 +123,15 @@ func (w *tnet) run(d time.Duration) {
 		}
 		switch {
 		case tick != nil:
-			tick.Tick(w.now)
+			tick.tick(w.now)
 		case len(w.q) > 0 && !w.q[0].at.After(end):
 			f := w.q[0]
 			w.q = w.q[1:]
 			if to := w.nodes[f.to]; to.up && w.nodes[f.from].up && w.links[[2]int{min(f.from, f.to), max(f.from, f.to)}] && (w.drop == nil || !w.drop()) {
-				to.HandleFrame(w.now, 0, w.nodes[f.from].addr, f.b)
+				if w.mangle != nil {
+					w.mangle(&f)
+				}
+				to.recv(w.now, w.nodes[f.from].addr, f.b)
 			}
 		default:
 			return

@@ -3,6 +3,7 @@ package ssr
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/ratelog"
 	"github.com/sipmesh/sipmesh/netx"
 )
 
@@ -29,9 +31,10 @@ const (
 	// requestQueue bounds application requests (sends, pings, status) waiting
 	// for the Node's goroutine; a writer blocks when it is full.
 	requestQueue = 256
-	// readBufSize holds the largest frame the core produces plus one byte,
-	// so a longer datagram shows up as oversized rather than truncated.
-	readBufSize = MaxFrame + 1
+	// readBufSize holds the largest frame on the wire (the core's largest,
+	// sealed) plus one byte, so a longer datagram shows up as oversized
+	// rather than truncated.
+	readBufSize = maxWireFrame + 1
 	// linkRetry is how often an interface that could not be opened (missing,
 	// down, link-local address still tentative) is tried again.
 	linkRetry = time.Second
@@ -72,8 +75,22 @@ type RouterConfig struct {
 	Group netip.Addr
 	// Params tune the protocol; zero fields take DefaultParams.
 	Params Params
+	// Encrypt is mesh-encryption on: frame payloads are ChaCha20-Poly1305
+	// encrypted per link. Off (the default), they are authenticated only,
+	// as amateur-radio rules require. All nodes of a mesh must agree; a
+	// neighbour that does not is refused at the handshake (FORMAT.md).
+	Encrypt bool
+	// Admission, Closed and Admin are mesh admission (AuthConfig): this
+	// node's admission by the administrator key Admin, and whether
+	// neighbours must present one.
+	Admission []byte
+	Closed    bool
+	Admin     ed25519.PublicKey
 	// Logger receives the router's logs; nil discards them.
 	Logger *slog.Logger
+	// plain leaves link security out (bare frames, which normal nodes
+	// refuse): set only by benchmarks that measure what it costs.
+	plain bool
 }
 
 // Router drives a Node with real sockets and timers: it discovers
@@ -91,6 +108,7 @@ type Router struct {
 	addr netip.Addr
 	log  *slog.Logger
 	node *Node
+	auth *LinkAuth // between the links and the Node: every frame passes it
 
 	// Buffers circulate between free, the readers and inbound; there are
 	// exactly inboundQueue of them, so neither channel ever holds more.
@@ -187,7 +205,7 @@ type pingResult struct {
 
 // routerStats are the driver's own counters (the Node counts the protocol's).
 type routerStats struct {
-	oversize     atomic.Uint64 // frames longer than MaxFrame
+	oversize     atomic.Uint64 // frames longer than maxWireFrame
 	otherIface   atomic.Uint64 // multicast heard on a sibling interface's socket
 	readErrors   atomic.Uint64
 	sendErrors   atomic.Uint64
@@ -201,6 +219,9 @@ type routerStats struct {
 func NewRouter(cfg RouterConfig) (*Router, error) {
 	if cfg.Network == nil {
 		return nil, errors.New("ssr: router: no Network")
+	}
+	if cfg.Closed && len(cfg.Admin) != ed25519.PublicKeySize {
+		return nil, errors.New("ssr: router: a closed mesh needs the administrator's public key")
 	}
 	if len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("ssr: router: key is %d bytes, want an ed25519 private key of %d", len(cfg.Key), ed25519.PrivateKeySize)
@@ -247,7 +268,17 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 	}
 	r.sendBuf.New = func() any { b := make([]byte, 0, MaxFrame); return &b }
 	r.owner.r = r
-	r.node = New(id, cfg.Params, &r.owner, rand.Uint64())
+	// Lines peers cause (refused frames, handshakes) are rate-limited per
+	// neighbour address.
+	peerLog := slog.New(ratelog.New(log.Handler(), ratelog.Options{}))
+	if cfg.plain {
+		r.node = New(id, cfg.Params, &r.owner, rand.Uint64())
+	} else {
+		r.auth = NewLinkAuth(AuthConfig{Key: cfg.Key, Encrypt: cfg.Encrypt, Logger: peerLog,
+			Admission: cfg.Admission, Closed: cfg.Closed, Admin: cfg.Admin}, &r.owner)
+		r.node = New(id, cfg.Params, r.auth, rand.Uint64())
+		r.auth.Attach(r.node)
+	}
 	for i, name := range cfg.Interfaces {
 		r.links = append(r.links, &routerLink{
 			id:    LinkID(i),
@@ -316,13 +347,21 @@ func (r *Router) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case fb := <-r.inbound:
-			r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			if r.auth != nil {
+				r.auth.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			} else {
+				r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
+			}
 			r.free <- fb
 		case req := <-r.reqs:
 			r.handleRequest(req)
 		case <-timer.C:
 			armed = time.Time{}
-			r.node.Tick(time.Now())
+			if r.auth != nil {
+				r.auth.Tick(time.Now())
+			} else {
+				r.node.Tick(time.Now())
+			}
 		}
 		if r.failPending {
 			r.applyFailures()
@@ -332,6 +371,9 @@ func (r *Router) loop(ctx context.Context) {
 
 func (r *Router) handleRequest(req request) {
 	now := time.Now()
+	if r.auth != nil {
+		r.auth.SetNow(now)
+	}
 	switch req.kind {
 	case reqSend:
 		if err := r.node.Send(now, req.target, req.mode, req.srcPort, req.dstPort, *req.payload); err != nil {
@@ -623,7 +665,7 @@ func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon b
 			continue
 		}
 		switch {
-		case n > MaxFrame:
+		case n > maxWireFrame:
 			r.stats.oversize.Add(1)
 		case from.Addr().WithZone("") == local:
 			// Our own beacon, looped back by the kernel.
@@ -823,6 +865,7 @@ func (r *Router) Ping(ctx context.Context, dst NodeID) (PingReply, time.Duration
 // RouterStatus is a snapshot of a router for humans and tools (JSON).
 type RouterStatus struct {
 	ID           string            `json:"id"`
+	PublicKey    string            `json:"public_key"` // hex: what `sipmesh admit` signs
 	Addr         string            `json:"addr"`
 	Running      bool              `json:"running"`
 	Interfaces   []InterfaceStatus `json:"interfaces"`
@@ -833,6 +876,7 @@ type RouterStatus struct {
 	CacheEntries int               `json:"cache_entries"`
 	Stats        Stats             `json:"stats"`        // the Node's protocol counters
 	Driver       DriverStats       `json:"driver_stats"` // the Router's own
+	Auth         AuthStats         `json:"auth_stats"`   // link security's
 }
 
 // InterfaceStatus is one mesh interface.
@@ -864,7 +908,7 @@ type NeighbourStatus struct {
 
 // DriverStats count what the Router itself saw and dropped.
 type DriverStats struct {
-	OversizeFrames    uint64 `json:"oversize_frames"`     // longer than MaxFrame
+	OversizeFrames    uint64 `json:"oversize_frames"`     // longer than MaxFrame sealed
 	OtherIfaceFrames  uint64 `json:"other_iface_frames"`  // beacons heard on a sibling's socket
 	ReadErrors        uint64 `json:"read_errors"`         // link socket reads that failed
 	SendErrors        uint64 `json:"send_errors"`         // link socket writes that failed
@@ -903,7 +947,7 @@ func (r *Router) Status() RouterStatus {
 }
 
 func (r *Router) staticStatus() RouterStatus {
-	st := RouterStatus{ID: r.id.String(), Addr: r.addr.String(), Driver: r.driverStats()}
+	st := RouterStatus{ID: r.id.String(), PublicKey: r.pubHex(), Addr: r.addr.String(), Driver: r.driverStats()}
 	for i, name := range r.cfg.Interfaces {
 		st.Interfaces = append(st.Interfaces, InterfaceStatus{Name: name, Link: i})
 	}
@@ -928,10 +972,13 @@ func (r *Router) driverStats() DriverStats {
 func (r *Router) statusLocked(now time.Time) RouterStatus {
 	n := r.node
 	st := RouterStatus{
-		ID: r.id.String(), Addr: r.addr.String(), Running: true,
+		ID: r.id.String(), PublicKey: r.pubHex(), Addr: r.addr.String(), Running: true,
 		CacheEntries: n.CacheLen(), Stats: n.Stats(), Driver: r.driverStats(),
 		Successors: r.peers(n.Successors()), Predecessors: r.peers(n.Predecessors()),
 		Interfaces: []InterfaceStatus{}, Neighbours: []NeighbourStatus{}, Fingers: []string{},
+	}
+	if r.auth != nil {
+		st.Auth = r.auth.Stats()
 	}
 	for _, l := range r.links {
 		is := InterfaceStatus{Name: l.name, Link: int(l.id), Up: l.uc != nil && !l.down, LastError: l.lastErr}
@@ -968,4 +1015,9 @@ func (r *Router) peers(ids []NodeID) []PeerStatus {
 		out = append(out, p)
 	}
 	return out
+}
+
+// pubHex is the node's public key in hex.
+func (r *Router) pubHex() string {
+	return hex.EncodeToString(r.cfg.Key.Public().(ed25519.PublicKey))
 }

@@ -25,22 +25,22 @@ type fakeLinkNet struct {
 	uc   [2]*fakeConn // unicast sockets: frames from the peers, frames out
 	mc   [2]*fakeConn // beacon sockets: stay silent (peers' beacons come on uc)
 	out  chan fakeFrame
-	bufs chan *[MaxFrame]byte
+	bufs chan *[maxWireFrame]byte
 }
 
 type fakeFrame struct {
 	link int
 	to   netip.AddrPort
-	buf  *[MaxFrame]byte
+	buf  *[maxWireFrame]byte
 	n    int
 }
 
 var bLocal = [2]netip.Addr{netip.MustParseAddr("fe80::b0"), netip.MustParseAddr("fe80::b1")}
 
 func newFakeLinkNet(peers [2]netip.AddrPort) *fakeLinkNet {
-	f := &fakeLinkNet{out: make(chan fakeFrame, 64), bufs: make(chan *[MaxFrame]byte, 64)}
+	f := &fakeLinkNet{out: make(chan fakeFrame, 64), bufs: make(chan *[maxWireFrame]byte, 64)}
 	for range cap(f.bufs) {
-		f.bufs <- new([MaxFrame]byte)
+		f.bufs <- new([maxWireFrame]byte)
 	}
 	for i := range 2 {
 		f.uc[i] = &fakeConn{net: f, link: i, from: peers[i], in: make(chan []byte, 16), closed: make(chan struct{})}
@@ -145,13 +145,34 @@ func (e *peerEnv) SendFrame(_ LinkID, _ netip.AddrPort, frame []byte) {
 func (e *peerEnv) Deliver(Event) {}
 
 type driverRig struct {
-	r      *Router
-	a, c   *Node
-	net    *fakeLinkNet
-	cancel context.CancelFunc
-	done   chan struct{}
-	frame  []byte // a data frame from A to C, as B receives it
+	r            *Router
+	a, c         *Node
+	authA, authC *LinkAuth // A's and C's link security: B talks to them sealed
+	aEnv         *peerEnv
+	net          *fakeLinkNet
+	cancel       context.CancelFunc
+	done         chan struct{}
+	frame        []byte // a data frame from A to C, as A's Node sends it
+	feed         feedEnv
+	fromB        [2]netip.AddrPort // B's address as A and C see it
 }
+
+// feedEnv hands A's sealed frames to B's socket in a ring of reused
+// buffers: a frame is read before the next but three is written, since
+// forwardOne waits for each to come out.
+type feedEnv struct {
+	uc   *fakeConn
+	bufs [4][]byte
+	next int
+}
+
+func (e *feedEnv) SendFrame(_ LinkID, _ netip.AddrPort, frame []byte) {
+	b := append(e.bufs[e.next][:0], frame...)
+	e.bufs[e.next], e.next = b, (e.next+1)%len(e.bufs)
+	e.uc.in <- b
+}
+
+func (e *feedEnv) Deliver(Event) {}
 
 func keyFor(seed byte) ed25519.PrivateKey {
 	s := make([]byte, ed25519.SeedSize)
@@ -174,8 +195,13 @@ func newDriverRig(tb testing.TB) *driverRig {
 	}
 	rig := &driverRig{r: r, net: f, done: make(chan struct{})}
 	aEnv, cEnv := &peerEnv{f.uc[0]}, &peerEnv{f.uc[1]}
-	rig.a = New(IDFromPublicKey(keyFor(1).Public().(ed25519.PublicKey)), p, aEnv, 1)
-	rig.c = New(IDFromPublicKey(keyFor(3).Public().(ed25519.PublicKey)), p, cEnv, 3)
+	rig.aEnv, rig.feed.uc = aEnv, f.uc[0]
+	rig.authA = NewLinkAuth(AuthConfig{Key: keyFor(1)}, aEnv)
+	rig.authC = NewLinkAuth(AuthConfig{Key: keyFor(3)}, cEnv)
+	rig.a = New(rig.authA.ID(), p, rig.authA, 1)
+	rig.c = New(rig.authC.ID(), p, rig.authC, 3)
+	rig.authA.Attach(rig.a)
+	rig.authC.Attach(rig.c)
 	rig.a.AddLink(0)
 	rig.c.AddLink(0)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -187,34 +213,35 @@ func newDriverRig(tb testing.TB) *driverRig {
 	tb.Cleanup(rig.stop)
 
 	fromB := [2]netip.AddrPort{netip.AddrPortFrom(bLocal[0].WithZone("a0"), DefaultPort), netip.AddrPortFrom(bLocal[1].WithZone("c0"), DefaultPort)}
+	rig.fromB = fromB
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(rig.a.Route(rig.c.ID())) != 2 || !rig.bKnowsBoth() {
 		select {
 		case fr := <-f.out:
-			peer := rig.a
+			peer := rig.authA
 			if fr.link == 1 {
-				peer = rig.c
+				peer = rig.authC
 			}
 			peer.HandleFrame(time.Now(), 0, fromB[fr.link], fr.buf[:fr.n])
 			f.bufs <- fr.buf
 		case <-tick.C:
 			now := time.Now()
-			rig.a.Tick(now)
-			rig.c.Tick(now)
+			rig.authA.Tick(now)
+			rig.authC.Tick(now)
 			if now.After(deadline) {
 				tb.Fatalf("no route A→B→C after 10s: A's route %v; B %+v", rig.a.Route(rig.c.ID()), r.Status())
 			}
 		}
 	}
-	// Capture A's data frame to C instead of passing it to B.
+	// Capture A's data frame to C before link security seals it.
 	capture := &captureEnv{}
 	rig.a.env = capture
 	if err := rig.a.Send(time.Now(), rig.c.ID(), Exact, 1000, 2000, make([]byte, 64)); err != nil {
 		tb.Fatal(err)
 	}
-	rig.a.env = aEnv
+	rig.a.env = rig.authA
 	if capture.frame == nil {
 		tb.Fatal("A sent no frame")
 	}
@@ -239,13 +266,26 @@ func (rig *driverRig) stop() {
 	<-rig.done
 }
 
-// forwardOne feeds the captured frame to B and waits for B to send it on
-// to C, discarding B's own control traffic meanwhile.
+// forwardOne has A's link security seal the captured frame afresh (a
+// replay would be refused), feeds it to B and waits for B to send it on to
+// C, discarding B's own control traffic meanwhile.
 func (rig *driverRig) forwardOne(tb testing.TB) {
-	rig.net.uc[0].in <- rig.frame
+	rig.authA.out = &rig.feed
+	rig.authA.SetNow(time.Now())
+	rig.authA.SendFrame(0, rig.a.nbrs[rig.r.ID()].addr, rig.frame)
+	rig.authA.out = rig.aEnv
 	for {
 		fr := <-rig.net.out
-		ok := fr.link == 1 && fr.n == len(rig.frame)
+		ok := fr.link == 1 && fr.n == len(rig.frame)+AuthOverhead
+		if !ok && fr.n > 1 && fr.buf[1] >= typeHSInit && fr.buf[1] <= typeHSConfirm {
+			// B renews its sessions every RekeyAfter: A and C answer, so
+			// a long run does not outlive them (RejectAfter).
+			peer := rig.authA
+			if fr.link == 1 {
+				peer = rig.authC
+			}
+			peer.HandleFrame(time.Now(), 0, rig.fromB[fr.link], fr.buf[:fr.n])
+		}
 		rig.net.bufs <- fr.buf
 		if ok {
 			return

@@ -632,10 +632,27 @@ func TestNewRouterErrors(t *testing.T) {
 }
 
 // BenchmarkRouterMemnetPingPong is a mesh-socket round trip A→B→C→B→A
-// between three routers on memnet (no link delay). allocs/op counts all
-// three routers, the core and memnet; the driver's share on the forwarding
-// path is zero (BenchmarkRouterForward, TestRouterForwardAllocs).
+// between three routers on memnet (no link delay), without link security
+// (plain), authenticated (auth, the default) and encrypted. allocs/op
+// counts all three routers, the core and memnet; the driver's share on the
+// forwarding path is zero (BenchmarkRouterForward, TestRouterForwardAllocs).
 func BenchmarkRouterMemnetPingPong(b *testing.B) {
+	for _, mode := range []string{"plain", "auth", "encrypt"} {
+		b.Run(mode, func(b *testing.B) {
+			routerMemnetPingPong(b, func(c ssr.RouterConfig) ssr.RouterConfig {
+				switch mode {
+				case "plain":
+					return ssr.PlainRouterConfig(c)
+				case "encrypt":
+					c.Encrypt = true
+				}
+				return c
+			})
+		})
+	}
+}
+
+func routerMemnetPingPong(b *testing.B, mode func(ssr.RouterConfig) ssr.RouterConfig) {
 	n := memnet.New(memnet.Config{})
 	var hosts []*memnet.Host
 	var ifn [][]string
@@ -656,7 +673,7 @@ func BenchmarkRouterMemnetPingPong(b *testing.B) {
 	defer cancel()
 	var rs []*ssr.Router
 	for i, h := range hosts {
-		r, err := ssr.NewRouter(ssr.RouterConfig{Network: h, Key: testKey(uint64(i + 1)), Interfaces: ifn[i], Params: fastParams})
+		r, err := ssr.NewRouter(mode(ssr.RouterConfig{Network: h, Key: testKey(uint64(i + 1)), Interfaces: ifn[i], Params: fastParams}))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -7,7 +7,7 @@ import (
 )
 
 // Version is the wire format version; FORMAT.md documents it.
-const Version = 1
+const Version = 2
 
 const (
 	typeHello  = 1

@@ -98,7 +98,7 @@ func TestHelloRoundTrip(t *testing.T) {
 func TestHelloLayout(t *testing.T) {
 	h := hello{src: 0x0102030405060708, seq: 0x0a0b0c0d, neigh: []NodeID{0x11}, hasMax: true, maxID: 0x22, maxSeq: 0x33, path: []NodeID{0x44, 0x55}}
 	b := h.appendTo(nil)
-	want := []byte{1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0x0a, 0x0b, 0x0c, 0x0d, 1}
+	want := []byte{2, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0x0a, 0x0b, 0x0c, 0x0d, 1}
 	want = binary.BigEndian.AppendUint64(want, 0x11)
 	want = append(want, 1)
 	want = binary.BigEndian.AppendUint64(want, 0x22)
@@ -113,7 +113,7 @@ func TestHelloLayout(t *testing.T) {
 func TestRoutedLayout(t *testing.T) {
 	r := routed{proto: protoData, flags: flagClosest, target: 0x0102030405060708, vhops: 3, hops: 4, pos: 1, route: []NodeID{0xaa, 0xbb}, payload: []byte{0, 5, 0, 6, 'x'}}
 	b := encodeRouted(&r)
-	want := []byte{1, 2, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 3, 4, 1, 2}
+	want := []byte{2, 2, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 3, 4, 1, 2}
 	want = binary.BigEndian.AppendUint64(want, 0xaa)
 	want = binary.BigEndian.AppendUint64(want, 0xbb)
 	want = append(want, 0, 5, 0, 6, 'x')
@@ -219,13 +219,14 @@ func TestFrameTypeErrors(t *testing.T) {
 		want error
 	}{
 		{nil, ErrShort},
-		{[]byte{1}, ErrShort},
+		{[]byte{2}, ErrShort},
 		{[]byte{0, 1}, ErrVersion},
-		{[]byte{2, 1}, ErrVersion},
+		{[]byte{1, 1}, ErrVersion}, // v1: unauthenticated links
+		{[]byte{3, 1}, ErrVersion},
 		{[]byte{255, 2}, ErrVersion},
-		{[]byte{1, 0}, ErrType},
-		{[]byte{1, 3}, ErrType},
-		{[]byte{1, 255}, ErrType},
+		{[]byte{2, 0}, ErrType},
+		{[]byte{2, 3}, ErrType}, // a handshake: LinkAuth's, not the Node's
+		{[]byte{2, 255}, ErrType},
 	}
 	for _, tt := range tests {
 		if _, err := frameType(tt.b); !errors.Is(err, tt.want) {
@@ -235,9 +236,9 @@ func TestFrameTypeErrors(t *testing.T) {
 	// A valid body does not rescue a bad header.
 	h := hello{src: 1}
 	b := h.appendTo(nil)
-	b[0] = 2
+	b[0] = 1
 	if _, err := decodeHello(b); !errors.Is(err, ErrVersion) {
-		t.Errorf("hello version 2: %v", err)
+		t.Errorf("hello version 1: %v", err)
 	}
 }
 

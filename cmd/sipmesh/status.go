@@ -53,7 +53,7 @@ predecessors with their source routes, fingers, route cache size and counters.`,
 }
 
 func printStatus(w io.Writer, st gateway.NodeStatus) {
-	fmt.Fprintf(w, "node %s  id %s  addr %s", st.Name, st.ID, st.Addr)
+	fmt.Fprintf(w, "node %s  id %s  addr %s  key %s", st.Name, st.ID, st.Addr, st.PublicKey)
 	if !st.Running {
 		fmt.Fprint(w, "  (stopped)")
 	}
@@ -90,6 +90,13 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 	fmt.Fprintf(w, "reports: link broken %d, unreachable %d\n", s.LinkBroken, s.Unreachable)
 	fmt.Fprintf(w, "driver: send errors %d, read errors %d, link not ready %d, no listener %d, socket queue full %d, undeliverable %d\n",
 		d.SendErrors, d.ReadErrors, d.LinkNotReady, d.NoListener, d.SocketQueueFull, d.UnreachableReport)
+	a := st.Auth
+	enc := "authenticated only"
+	if a.Encrypted {
+		enc = "encrypted"
+	}
+	fmt.Fprintf(w, "link security (%s): %d sessions, %d handshakes; refused: unauthenticated %d, bad mac %d, replayed %d, wrong sender %d, bad identity %d, bad handshake %d, mixed mesh %d, v1 %d\n",
+		enc, a.Sessions, a.Handshakes, a.Unauthenticated, a.BadMAC, a.Replayed, a.WrongSender, a.BadIdentity, a.BadHandshake, a.ModeMismatch, a.OldVersion)
 	if m := st.DHT; m != nil {
 		hops := 0.0
 		if m.Lookups > 0 {

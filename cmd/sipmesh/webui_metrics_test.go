@@ -54,6 +54,8 @@ func TestWebOnLAN(t *testing.T) {
 		{"sipmesh_sip_register_challenged_total", 1},
 		{"sipmesh_ssr_frames_received_total", 1},
 		{"sipmesh_ssr_neighbours", 1},
+		{"sipmesh_ssr_link_sessions", 1},
+		{"sipmesh_ssr_link_handshakes_total", 1},
 		{"sipmesh_dht_requests_total", 1},
 		{"sipmesh_dns_queries_total", 1}, // the phone resolved sipserver.mesh
 		{"sipmesh_start_time_seconds", 1},
@@ -62,6 +64,9 @@ func TestWebOnLAN(t *testing.T) {
 		if !ok || v < tt.min {
 			t.Errorf("%s = %v (present %v), want at least %v", tt.name, v, ok, tt.min)
 		}
+	}
+	if v, ok := metricstest.Value(fams, "sipmesh_ssr_link_refused_total", "reason", "bad_mac"); !ok || v != 0 {
+		t.Errorf("sipmesh_ssr_link_refused_total{reason=\"bad_mac\"} = %v (present %v), want 0", v, ok)
 	}
 	if _, ok := metricstest.Value(fams, "sipmesh_build_info", "name", "n1"); !ok {
 		t.Error("no sipmesh_build_info{name=\"n1\"}")

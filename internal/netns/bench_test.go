@@ -127,7 +127,7 @@ type meshRig struct {
 	wg     sync.WaitGroup
 }
 
-func newMeshRig(b testing.TB, t *benchTopo) *meshRig {
+func newMeshRig(b testing.TB, t *benchTopo, encrypt bool) *meshRig {
 	fast := ssr.Params{HelloInterval: 100 * time.Millisecond, NeighbourTimeout: time.Second, RingInterval: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	rig := &meshRig{cancel: cancel}
@@ -138,7 +138,7 @@ func newMeshRig(b testing.TB, t *benchTopo) *meshRig {
 	}{{t.a, []string{"a-b"}}, {t.b, []string{"b-a", "b-c"}}, {t.c, []string{"c-b"}}} {
 		seed := make([]byte, ed25519.SeedSize)
 		seed[0] = byte(i + 1)
-		r, err := ssr.NewRouter(ssr.RouterConfig{Network: x.ns.Network(), Key: ed25519.NewKeyFromSeed(seed), Interfaces: x.ifs, Params: fast})
+		r, err := ssr.NewRouter(ssr.RouterConfig{Network: x.ns.Network(), Key: ed25519.NewKeyFromSeed(seed), Interfaces: x.ifs, Params: fast, Encrypt: encrypt})
 		if err != nil {
 			cancel()
 			b.Fatal(err)
@@ -206,18 +206,26 @@ func BenchmarkMeshVsKernelUDP(b *testing.B) {
 		kernel = kernelRoundTrip(b, t)
 		b.ReportMetric(float64(kernel)/1e3, "rtt-us")
 	})
-	b.Run("mesh-udp", func(b *testing.B) {
-		base := kernel
-		if base == 0 {
-			// kernel-udp was filtered out: measure a baseline here.
-			r := testing.Benchmark(func(b *testing.B) { base = kernelRoundTrip(b, t) })
-			base = time.Duration(r.NsPerOp())
+	// mesh-udp has link security as it runs (authenticated frames);
+	// mesh-udp-encrypted is mesh-encryption on.
+	for _, enc := range []bool{false, true} {
+		name := "mesh-udp"
+		if enc {
+			name += "-encrypted"
 		}
-		rig := newMeshRig(b, t)
-		defer rig.stop()
-		b.ResetTimer()
-		mesh := meshRoundTrip(b, rig)
-		b.ReportMetric(float64(mesh)/1e3, "rtt-us")
-		b.ReportMetric(float64(mesh-base)/1e3/(2*hops), "added-us/hop")
-	})
+		b.Run(name, func(b *testing.B) {
+			base := kernel
+			if base == 0 {
+				// kernel-udp was filtered out: measure a baseline here.
+				r := testing.Benchmark(func(b *testing.B) { base = kernelRoundTrip(b, t) })
+				base = time.Duration(r.NsPerOp())
+			}
+			rig := newMeshRig(b, t, enc)
+			defer rig.stop()
+			b.ResetTimer()
+			mesh := meshRoundTrip(b, rig)
+			b.ReportMetric(float64(mesh)/1e3, "rtt-us")
+			b.ReportMetric(float64(mesh-base)/1e3/(2*hops), "added-us/hop")
+		})
+	}
 }

@@ -6,6 +6,8 @@
 package ssrsim
 
 import (
+	"crypto/ed25519"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -26,6 +28,10 @@ type Config struct {
 	LinkDelay time.Duration // per link, default 2 ms
 	Jitter    time.Duration // default 1 ms
 	Loss      float64
+	// Auth runs link security (ssr.LinkAuth, wire format v2) on every
+	// node, as Routers do: IDs are hashes of ed25519 keys, neighbours
+	// handshake, every frame is sealed. Encrypt is mesh-encryption on.
+	Auth, Encrypt bool
 }
 
 const port = 7447
@@ -65,6 +71,7 @@ type simNode struct {
 	peers []netip.AddrPort // per link: the neighbour's address
 	bcast []netip.AddrPort // per link: the beacon group with the link's zone
 	node  *ssr.Node
+	auth  *ssr.LinkAuth // with Config.Auth: frames and timers pass it first
 	timer memnet.Timer
 	at    time.Time
 }
@@ -121,9 +128,22 @@ func New(cfg Config) (*Sim, error) {
 func (s *Sim) addNode() *simNode {
 	i := len(s.nodes)
 	n := &simNode{sim: s, idx: i, alive: true}
-	n.id = ssr.NodeID(s.rng.Uint64())
 	n.host = s.net.AddHost(fmt.Sprintf("n%d", i))
-	n.node = ssr.New(n.id, s.cfg.Params, n, s.rng.Uint64())
+	if s.cfg.Auth {
+		var seed [ed25519.SeedSize]byte
+		for k := range 4 {
+			binary.LittleEndian.PutUint64(seed[8*k:], s.rng.Uint64())
+		}
+		key := ed25519.NewKeyFromSeed(seed[:])
+		n.id = ssr.IDFromPublicKey(key.Public().(ed25519.PublicKey))
+		// Handshake randomness from the seed too: runs stay reproducible.
+		n.auth = ssr.NewLinkAuth(ssr.AuthConfig{Key: key, Encrypt: s.cfg.Encrypt, Rand: rand.NewChaCha8(seed)}, n)
+		n.node = ssr.New(n.id, s.cfg.Params, n.auth, s.rng.Uint64())
+		n.auth.Attach(n.node)
+	} else {
+		n.id = ssr.NodeID(s.rng.Uint64())
+		n.node = ssr.New(n.id, s.cfg.Params, n, s.rng.Uint64())
+	}
 	s.nodes = append(s.nodes, n)
 	n.schedule(s.clock.Now())
 	return n
@@ -152,11 +172,44 @@ func (n *simNode) newLink() newLink {
 			return
 		}
 		now := n.sim.clock.Now()
-		n.node.HandleFrame(now, link, from, pkt)
+		if n.auth != nil {
+			n.auth.HandleFrame(now, link, from, pkt)
+		} else {
+			n.node.HandleFrame(now, link, from, pkt)
+		}
 		n.schedule(now)
 	})
 	n.node.AddLink(link)
 	return newLink{ifc}
+}
+
+// setNow tells link security the time of a Node call made outside frame
+// and timer handling (Send).
+func (n *simNode) setNow(now time.Time) {
+	if n.auth != nil {
+		n.auth.SetNow(now)
+	}
+}
+
+// AuthStats sums the link security counters of every node (zero without
+// Config.Auth).
+func (s *Sim) AuthStats() ssr.AuthStats {
+	var sum ssr.AuthStats
+	for _, n := range s.nodes {
+		if n.auth == nil {
+			continue
+		}
+		st := n.auth.Stats()
+		sum.Sessions += st.Sessions
+		sum.Handshakes += st.Handshakes
+		sum.BadMAC += st.BadMAC
+		sum.Replayed += st.Replayed
+		sum.WrongSender += st.WrongSender
+		sum.Unauthenticated += st.Unauthenticated
+		sum.BadHandshake += st.BadHandshake
+		sum.SendNoSession += st.SendNoSession
+	}
+	return sum
 }
 
 // SendFrame implements ssr.Env.
@@ -229,7 +282,11 @@ func (n *simNode) schedule(now time.Time) {
 			return
 		}
 		t := n.sim.clock.Now()
-		n.node.Tick(t)
+		if n.auth != nil {
+			n.auth.Tick(t)
+		} else {
+			n.node.Tick(t)
+		}
 		n.schedule(t)
 	})
 }
@@ -252,6 +309,7 @@ func (s *Sim) Send(i int, target ssr.NodeID, mode ssr.Mode, srcPort, dstPort uin
 		return fmt.Errorf("ssrsim: node %d is dead", i)
 	}
 	now := s.clock.Now()
+	n.setNow(now)
 	err := n.node.Send(now, target, mode, srcPort, dstPort, payload)
 	n.schedule(now)
 	return err
@@ -379,6 +437,7 @@ func (s *Sim) Probe(src int, mode ssr.Mode, key ssr.NodeID) *probe {
 	}
 	n := s.nodes[src]
 	now := s.clock.Now()
+	n.setNow(now)
 	_ = n.node.Send(now, key, mode, probePort, probePort, b[:])
 	n.schedule(now)
 	return p

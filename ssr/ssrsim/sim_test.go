@@ -15,13 +15,30 @@ import (
 // largest ID ≤ key, wrapping) over many random topologies and join/leave
 // sequences, as wireguard-go checks its allowedips trie against a list.
 func TestClosestAgainstBruteForce(t *testing.T) {
+	closestAgainstBruteForce(t, 40, Config{})
+}
+
+// TestClosestWithLinkAuth: the same with link security on every node (IDs
+// from keys, handshakes, sealed frames), authenticated only and encrypted;
+// afterwards no node refused a genuine frame.
+func TestClosestWithLinkAuth(t *testing.T) {
+	for _, enc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("encrypt=%v", enc), func(t *testing.T) {
+			closestAgainstBruteForce(t, 6, Config{Auth: true, Encrypt: enc})
+		})
+	}
+}
+
+func closestAgainstBruteForce(t *testing.T, seeds uint64, base Config) {
 	kinds := []string{"random", "grid", "line"}
-	for seed := uint64(1); seed <= 40; seed++ {
+	for seed := uint64(1); seed <= seeds; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		n := 8 + rng.IntN(40)
 		kind := kinds[int(seed)%len(kinds)]
 		t.Run(fmt.Sprintf("seed%d-%s-%d", seed, kind, n), func(t *testing.T) {
-			s, err := New(Config{Nodes: n, Topology: kind, Seed: seed})
+			cfg := base
+			cfg.Nodes, cfg.Topology, cfg.Seed = n, kind, seed
+			s, err := New(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -42,6 +59,9 @@ func TestClosestAgainstBruteForce(t *testing.T) {
 					s.Join()
 				}
 				s.Reconnect()
+			}
+			if st := s.AuthStats(); st.BadMAC+st.Replayed+st.WrongSender+st.BadHandshake != 0 || cfg.Auth && st.Handshakes == 0 {
+				t.Errorf("link security: %+v", st)
 			}
 		})
 	}
