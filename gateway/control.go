@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -225,27 +227,64 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v) // a failed write means the client went away
 }
 
-// ControlClient talks to a node's control socket.
+// ControlClient talks to a node's control socket: one connection per
+// request, the request written and the answer read with net/http's own
+// wire code (Request.Write, ReadResponse). Not http.Client: its
+// Transport (connection pooling, proxies, HTTP/2) is ~120 KB of the
+// router binary for a few local requests per command.
 type ControlClient struct {
 	path string
-	hc   *http.Client
 }
 
-// NewControlClient returns a client for the control socket at path. Close
-// releases its idle connection.
-func NewControlClient(path string) *ControlClient {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		MaxIdleConns: 1,
+// NewControlClient returns a client for the control socket at path.
+func NewControlClient(path string) *ControlClient { return &ControlClient{path: path} }
+
+// Close is a no-op, kept so callers can release the client either way:
+// no connection outlives a request.
+func (c *ControlClient) Close() {}
+
+// roundTrip sends req over a new connection to the socket and returns
+// the answer; closing its Body closes the connection. ctx's end closes
+// the connection, which ends a read or write in progress.
+func (c *ControlClient) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return nil, err
 	}
-	return &ControlClient{path: path, hc: &http.Client{Transport: tr}}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	req.Close = true // one request per connection: the server closes after it
+	if err := req.Write(conn); err != nil {
+		stop()
+		conn.Close()
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		stop()
+		conn.Close()
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return nil, err
+	}
+	resp.Body = &connBody{ReadCloser: resp.Body, conn: conn, stop: stop}
+	return resp, nil
 }
 
-// Close closes idle connections.
-func (c *ControlClient) Close() { c.hc.CloseIdleConnections() }
+// connBody closes the connection with the answer's body.
+type connBody struct {
+	io.ReadCloser
+	conn net.Conn
+	stop func() bool
+}
+
+func (b *connBody) Close() error {
+	b.stop()
+	err := b.ReadCloser.Close()
+	b.conn.Close()
+	return err
+}
 
 // get fetches endpoint and decodes the JSON answer into v, or returns the
 // error the node reported.

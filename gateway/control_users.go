@@ -157,12 +157,8 @@ func (c *ControlClient) do(ctx context.Context, method, endpoint string, body, v
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.roundTrip(ctx, req)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
 		return fmt.Errorf("control socket %s: %w: %v", c.path, ErrNoNode, err)
 	}
 	defer resp.Body.Close()

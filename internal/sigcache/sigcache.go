@@ -21,13 +21,15 @@ import (
 // Size bounds the remembered signatures.
 const Size = 4096
 
-var cache = struct {
+// cache is allocated on first use: as a static array its 128 KiB would
+// be in the binary on the router's flash.
+var cache struct {
 	sync.Mutex
 	seen map[[32]byte]struct{}
-	ring [Size][32]byte
+	ring [][32]byte
 	next int
 	full bool
-}{seen: make(map[[32]byte]struct{}, Size)}
+}
 
 // Verify reports whether sig is pub's signature of msg, as
 // ed25519.Verify does, from the cache when it verified before.
@@ -52,6 +54,9 @@ func Verify(pub ed25519.PublicKey, msg, sig []byte) bool {
 	}
 	cache.Lock()
 	defer cache.Unlock()
+	if cache.seen == nil {
+		cache.seen, cache.ring = make(map[[32]byte]struct{}, Size), make([][32]byte, Size)
+	}
 	if _, ok := cache.seen[k]; ok {
 		return true
 	}
