@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 
 	"github.com/sipmesh/sipmesh/gateway"
 )
@@ -104,30 +102,13 @@ func runPhoneDel(ctx context.Context, args []string, stdout, stderr io.Writer) e
 }
 
 func runPhoneList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("phone list", "[flags]", "List shows the phones bound on this node: MAC, extension, when.", stderr)
-	control := fs.String("control", gateway.DefaultControl, "control `SOCKET` of the node")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usageErrorf("unexpected arguments %q", fs.Args())
-	}
-	c := gateway.NewControlClient(*control)
-	defer c.Close()
-	phones, err := c.Phones(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(phones)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MAC\tEXT\tADDED")
-	for _, p := range phones {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.MAC, p.Ext, p.Added.Format("2006-01-02 15:04:05Z"))
-	}
-	return tw.Flush()
+	return runList(ctx, args, stdout, stderr, "phone list", "List shows the phones bound on this node: MAC, extension, when.",
+		"MAC\tEXT\tADDED", func(ctx context.Context, c *gateway.ControlClient) (any, [][]string, error) {
+			phones, err := c.Phones(ctx)
+			var rows [][]string
+			for _, p := range phones {
+				rows = append(rows, []string{p.MAC, p.Ext, p.Added.Format("2006-01-02 15:04:05Z")})
+			}
+			return phones, rows, err
+		})
 }

@@ -152,7 +152,22 @@ func runUserDel(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func runUserList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("user list", "[flags]", "List shows the subscribers: extension, display name, last change.", stderr)
+	return runList(ctx, args, stdout, stderr, "user list", "List shows the subscribers: extension, display name, last change.",
+		"EXT\tDISPLAY\tUPDATED", func(ctx context.Context, c *gateway.ControlClient) (any, [][]string, error) {
+			users, err := c.Users(ctx)
+			var rows [][]string
+			for _, u := range users {
+				rows = append(rows, []string{u.Ext, u.Display, u.Updated.Format("2006-01-02 15:04:05Z")})
+			}
+			return users, rows, err
+		})
+}
+
+// runList is a "… list" command: it asks the node's control socket with
+// fetch and prints the answer as a table under header, or as JSON.
+func runList(ctx context.Context, args []string, stdout, stderr io.Writer, name, doc, header string,
+	fetch func(context.Context, *gateway.ControlClient) (any, [][]string, error)) error {
+	fs := newFlagSet(name, "[flags]", doc, stderr)
 	control := fs.String("control", gateway.DefaultControl, "control `SOCKET` of the node")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parseFlags(fs, args); err != nil {
@@ -163,19 +178,19 @@ func runUserList(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	c := gateway.NewControlClient(*control)
 	defer c.Close()
-	users, err := c.Users(ctx)
+	v, rows, err := fetch(ctx, c)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(users)
+		return enc.Encode(v)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "EXT\tDISPLAY\tUPDATED")
-	for _, u := range users {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Ext, u.Display, u.Updated.Format("2006-01-02 15:04:05Z"))
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
 	return tw.Flush()
 }
