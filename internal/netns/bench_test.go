@@ -194,7 +194,8 @@ func meshRoundTrip(b *testing.B, rig *meshRig) time.Duration {
 // BenchmarkMeshVsKernelUDP compares, over the same two veth hops A–B–C, the
 // round trip of a 64-byte datagram between mesh sockets (SSR routers in
 // each namespace, this process) with that of plain kernel UDP forwarded by
-// B's IPv6 stack. ns/op is the round trip. mesh-udp reports added-us/hop:
+// B's IPv6 stack, and with that of the same kernel UDP through WireGuard
+// on both links (wireguard-go). ns/op is the round trip. The others report added-us/hop:
 // the extra latency one SSR hop adds over a kernel-forwarded hop, against
 // the kernel baseline of the same run.
 func BenchmarkMeshVsKernelUDP(b *testing.B) {
@@ -205,6 +206,15 @@ func BenchmarkMeshVsKernelUDP(b *testing.B) {
 	b.Run("kernel-udp", func(b *testing.B) {
 		kernel = kernelRoundTrip(b, t)
 		b.ReportMetric(float64(kernel)/1e3, "rtt-us")
+	})
+	// The bar of the encrypted mesh (wg_bench_test.go): WireGuard on
+	// every link of the same path.
+	b.Run("wireguard-go", func(b *testing.B) {
+		wg := wireGuardRoundTrip(b, t)
+		b.ReportMetric(float64(wg)/1e3, "rtt-us")
+		if kernel != 0 {
+			b.ReportMetric(float64(wg-kernel)/1e3/(2*hops), "added-us/hop")
+		}
 	})
 	// mesh-udp has link security as it runs (authenticated frames);
 	// mesh-udp-encrypted is mesh-encryption on.
