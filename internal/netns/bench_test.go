@@ -195,9 +195,9 @@ func meshRoundTrip(b *testing.B, rig *meshRig) time.Duration {
 // round trip of a 64-byte datagram between mesh sockets (SSR routers in
 // each namespace, this process) with that of plain kernel UDP forwarded by
 // B's IPv6 stack, and with that of the same kernel UDP through WireGuard
-// on both links (wireguard-go). ns/op is the round trip. The others report added-us/hop:
-// the extra latency one SSR hop adds over a kernel-forwarded hop, against
-// the kernel baseline of the same run.
+// on both links (wireguard-go). ns/op is the round trip. The others report
+// added-us/hop: the extra latency one hop adds over a kernel-forwarded
+// hop, against the kernel baseline of the same run.
 func BenchmarkMeshVsKernelUDP(b *testing.B) {
 	netns.RequireRoot(b)
 	t := newBenchTopo(b)
