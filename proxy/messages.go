@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -40,34 +41,161 @@ func (p *proxyTx) storeMessage(base *sip.Request, ext string) (int, string) {
 		s.log.Info("message not stored", "to", ext, "err", err)
 		return 480, "Temporarily Unavailable"
 	}
+	s.mail.forget(ext) // its next registration here must look
 	s.log.Info("message stored for an offline phone", "to", ext)
 	return 202, "Accepted (stored until the phone registers)"
 }
 
-// afterRegister delivers the stored messages of an extension that just
-// registered through this node.
+// afterRegister queues a look into the mailbox of an extension that just
+// registered through this node; a worker delivers what it holds.
 func (s *SIPService) afterRegister(req *sip.Request, res *sip.Response, src netip.AddrPort) {
 	if s.cfg.Messages == nil || res == nil || res.StatusCode != 200 || req.To() == nil || req.Contact() == nil {
 		return
 	}
+	ext := req.To().Address.User
 	if exp := req.GetHeader("Expires"); exp != nil && strings.TrimSpace(exp.Value()) == "0" {
+		// Unregistered: the next registration must look again at once.
+		s.mail.forget(ext)
 		return
 	}
-	ext := req.To().Address.User
-	contact := *req.Contact().Address.Clone()
-	tr := strings.ToUpper(req.Transport())
-	s.goTracked(func() {
-		ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
-		defer cancel()
-		ms, err := s.cfg.Messages.Take(ctx, ext)
-		if err != nil {
-			s.log.Info("stored messages not read", "ext", ext, "err", err)
+	mc := mailCheck{ext: ext, contact: *req.Contact().Address.Clone(), src: src, tr: strings.ToUpper(req.Transport())}
+	if s.mail.add(mc, time.Now()) {
+		s.goTracked(s.mailWorker)
+	}
+}
+
+// Mailbox checks after REGISTER. Every successful REGISTER (refreshes
+// included) may find messages kept while the phone was unreachable, but
+// nearly all find none, and under a registration load a read per REGISTER
+// would queue goroutines without bound and take the DHT's capacity from
+// the registrations themselves. So the checks are bounded: one pending
+// check per extension (a newer REGISTER replaces its contact), at most
+// maxMailPending extensions waiting, mailWorkers reading, and an
+// extension whose mailbox was found empty less than mailRecheck ago is not
+// read again — unless it unregistered or this node stored a message for
+// it since. A check dropped because the queue is full is made at the
+// phone's next refresh.
+const (
+	maxMailPending = 1024
+	mailWorkers    = 4
+	mailRecheck    = 10 * time.Second
+	maxMailChecked = 4096 // extensions remembered as recently empty
+)
+
+// mailCheck is one pending mailbox check: where to deliver.
+type mailCheck struct {
+	ext     string
+	contact sip.Uri
+	src     netip.AddrPort
+	tr      string
+}
+
+// mailChecks is the bounded queue of mailbox checks (zero value ready).
+type mailChecks struct {
+	mu      sync.Mutex
+	pending map[string]mailCheck
+	order   []string // pending extensions, oldest first
+	workers int
+	empty   map[string]time.Time // ext → when its mailbox was found empty
+	dropped uint64
+}
+
+// add queues c unless its mailbox was found empty recently or the queue is
+// full; it reports whether a worker should be started.
+func (m *mailChecks) add(c mailCheck, now time.Time) (startWorker bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t, ok := m.empty[c.ext]; ok && now.Sub(t) < mailRecheck {
+		return false
+	}
+	if m.pending == nil {
+		m.pending = make(map[string]mailCheck)
+	}
+	if _, ok := m.pending[c.ext]; ok {
+		m.pending[c.ext] = c // deliver to the newest contact
+		return false
+	}
+	if len(m.pending) >= maxMailPending {
+		m.dropped++
+		return false
+	}
+	m.pending[c.ext] = c
+	m.order = append(m.order, c.ext)
+	if m.workers < mailWorkers {
+		m.workers++
+		return true
+	}
+	return false
+}
+
+// next hands a worker the oldest pending check, or ends the worker.
+func (m *mailChecks) next() (mailCheck, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for len(m.order) > 0 {
+		ext := m.order[0]
+		m.order = m.order[1:]
+		if c, ok := m.pending[ext]; ok {
+			delete(m.pending, ext)
+			return c, true
+		}
+	}
+	m.order = nil
+	m.workers--
+	return mailCheck{}, false
+}
+
+// done records the outcome of a check: an empty mailbox is not read again
+// for mailRecheck.
+func (m *mailChecks) done(ext string, empty bool, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !empty {
+		delete(m.empty, ext)
+		return
+	}
+	if m.empty == nil {
+		m.empty = make(map[string]time.Time)
+	}
+	if len(m.empty) >= maxMailChecked {
+		for e, t := range m.empty {
+			if now.Sub(t) >= mailRecheck {
+				delete(m.empty, e)
+			}
+		}
+		if len(m.empty) >= maxMailChecked {
+			clear(m.empty) // only costs reads
+		}
+	}
+	m.empty[ext] = now
+}
+
+// forget makes the next registration of ext look into its mailbox.
+func (m *mailChecks) forget(ext string) {
+	m.mu.Lock()
+	delete(m.empty, ext)
+	m.mu.Unlock()
+}
+
+// mailWorker runs pending mailbox checks until none is left.
+func (s *SIPService) mailWorker() {
+	for {
+		c, ok := s.mail.next()
+		if !ok {
 			return
 		}
-		for _, m := range ms {
-			s.deliverMessage(m, contact, src, tr)
+		ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+		ms, err := s.cfg.Messages.Take(ctx, c.ext)
+		cancel()
+		if err != nil {
+			s.log.Info("stored messages not read", "ext", c.ext, "err", err)
+			continue
 		}
-	})
+		s.mail.done(c.ext, len(ms) == 0, time.Now())
+		for _, m := range ms {
+			s.deliverMessage(m, c.contact, c.src, c.tr)
+		}
+	}
 }
 
 // deliverMessage sends one stored message to a phone on our LAN.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -56,4 +57,64 @@ func TestMessages(t *testing.T) {
 			t.Errorf("%d messages still stored after delivery", len(ms))
 		}
 	})
+}
+
+// TestMailChecksBounded: the mailbox checks after REGISTER are bounded —
+// one pending per extension, at most maxMailPending extensions, at most
+// mailWorkers workers — and an extension found empty is not read again
+// within mailRecheck unless it unregistered or a message was stored.
+func TestMailChecksBounded(t *testing.T) {
+	var m mailChecks
+	now := time.Unix(1e9, 0)
+	starts := 0
+	for i := range maxMailPending + 100 {
+		ext := fmt.Sprintf("%d", 1000+i)
+		for range 3 { // refreshes of the same extension coalesce
+			if m.add(mailCheck{ext: ext}, now) {
+				starts++
+			}
+		}
+	}
+	if starts != mailWorkers {
+		t.Fatalf("%d workers started, want %d", starts, mailWorkers)
+	}
+	if len(m.pending) != maxMailPending || m.dropped != 300 { // 100 extensions × 3 REGISTERs
+		t.Fatalf("pending %d dropped %d, want %d and 300", len(m.pending), m.dropped, maxMailPending)
+	}
+	// Workers drain the queue in order, then end.
+	n := 0
+	for w := 0; w < mailWorkers; w++ {
+		for {
+			c, ok := m.next()
+			if !ok {
+				break
+			}
+			if want := fmt.Sprintf("%d", 1000+n); c.ext != want {
+				t.Fatalf("check %d is for %s, want %s", n, c.ext, want)
+			}
+			n++
+			m.done(c.ext, true, now)
+		}
+	}
+	if n != maxMailPending || m.workers != 0 {
+		t.Fatalf("%d checks run, %d workers left", n, m.workers)
+	}
+	// Recently empty: not queued; after mailRecheck, or after forget, it is.
+	if m.add(mailCheck{ext: "1000"}, now.Add(mailRecheck/2)) || len(m.pending) != 0 {
+		t.Fatal("an extension found empty just now was queued again")
+	}
+	m.forget("1001")
+	if !m.add(mailCheck{ext: "1001"}, now.Add(mailRecheck/2)) {
+		t.Fatal("an extension that unregistered (or got a message) was not queued")
+	}
+	if m.add(mailCheck{ext: "1000"}, now.Add(mailRecheck)); len(m.pending) != 2 {
+		t.Fatalf("pending %v: the empty mark did not expire", m.pending)
+	}
+	// The memory of empty mailboxes is bounded too.
+	for i := range 3 * maxMailChecked {
+		m.done(fmt.Sprintf("x%d", i), true, now.Add(time.Duration(i)))
+	}
+	if len(m.empty) > maxMailChecked {
+		t.Fatalf("%d extensions remembered, bound %d", len(m.empty), maxMailChecked)
+	}
 }

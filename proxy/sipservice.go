@@ -183,6 +183,7 @@ type SIPService struct {
 	closing  bool
 	handlers sync.WaitGroup // request handlers and the goroutines they start
 	calls    map[string]*callLeg
+	mail     mailChecks // mailbox checks after REGISTER (messages.go)
 
 	ctx    context.Context // ends when Run ends
 	cancel context.CancelFunc

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sipmesh/sipmesh/ssr"
@@ -119,6 +120,70 @@ type DHTAccounts struct {
 	// Key is the administrator's private key, on the nodes accounts are
 	// managed from; nil elsewhere.
 	Key ed25519.PrivateKey
+
+	Now   func() time.Time // time.Now when nil
+	cache accountCache     // Account's recent answers
+}
+
+// Accounts are read on every authenticated REGISTER and call, and change
+// rarely (an administrator's command), so Account keeps what it read for
+// a short while instead of asking the key's owner each time: a REGISTER
+// then costs one DHT round trip (its bindings) instead of two. The price
+// is a delay: a password change or a deleted account takes effect on other
+// nodes within accountCacheTTL (accountMissTTL for a new account that was
+// asked for while it did not exist yet); on the node the change is made
+// on, at once.
+const (
+	accountCacheTTL  = 30 * time.Second
+	accountMissTTL   = 5 * time.Second
+	maxCachedAccount = 4096
+)
+
+// accountCache holds Account's answers (zero value ready).
+type accountCache struct {
+	mu sync.Mutex
+	m  map[string]cachedAccount
+}
+
+type cachedAccount struct {
+	a       Account
+	missing bool // no account (or deleted): answered ErrNoAccount
+	until   time.Time
+}
+
+func (c *accountCache) get(ext string, now time.Time) (cachedAccount, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[ext]
+	if !ok || !now.Before(e.until) {
+		return cachedAccount{}, false
+	}
+	return e, true
+}
+
+func (c *accountCache) put(ext string, e cachedAccount, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[string]cachedAccount)
+	}
+	if len(c.m) >= maxCachedAccount {
+		for k, v := range c.m {
+			if !now.Before(v.until) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= maxCachedAccount {
+			clear(c.m) // costs reads only
+		}
+	}
+	c.m[ext] = e
+}
+
+func (c *accountCache) forget(ext string) {
+	c.mu.Lock()
+	delete(c.m, ext)
+	c.mu.Unlock()
 }
 
 var _ Accounts = (*DHTAccounts)(nil)
@@ -135,14 +200,27 @@ func AccountValidator(admin ed25519.PublicKey) dht.Validator {
 var ErrNoAdminKey = errors.New("this node has no administrator key (config admin-key)")
 
 // Account implements Accounts.
+// Answers are cached (accountCacheTTL); errors are not.
 func (s *DHTAccounts) Account(ctx context.Context, ext string) (Account, error) {
+	now := time.Now()
+	if s.Now != nil {
+		now = s.Now()
+	}
+	if e, ok := s.cache.get(ext, now); ok {
+		if e.missing {
+			return Account{}, fmt.Errorf("%w: %s", ErrNoAccount, ext)
+		}
+		return e.a, nil
+	}
 	a, deleted, found, err := s.newest(ctx, ext)
 	switch {
 	case err != nil:
 		return Account{}, err
 	case !found || deleted:
+		s.cache.put(ext, cachedAccount{missing: true, until: now.Add(accountMissTTL)}, now)
 		return Account{}, fmt.Errorf("%w: %s", ErrNoAccount, ext)
 	}
+	s.cache.put(ext, cachedAccount{a: a, until: now.Add(accountCacheTTL)}, now)
 	return a, nil
 }
 
@@ -193,6 +271,7 @@ func (s *DHTAccounts) PutRecord(ctx context.Context, rec []byte) error {
 	if err := s.DHT.PutRecord(ctx, r); err != nil {
 		return fmt.Errorf("storing account %s: %w", a.Ext, err)
 	}
+	s.cache.forget(a.Ext)
 	return s.listExt(ctx, a.Ext)
 }
 

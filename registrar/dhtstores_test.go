@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -92,7 +93,8 @@ func TestDHTAccounts(t *testing.T) {
 	if err := d[1].PutRecord(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := reader.Account(ctx, "201"); got.Display != "Alice" {
+	fresh := &DHTAccounts{DHT: d[1], Admin: adminPub} // reads the DHT, not reader's cache
+	if got, _ := fresh.Account(ctx, "201"); got.Display != "Alice" {
 		t.Fatalf("a forged DHT record won: %+v", got)
 	}
 
@@ -114,10 +116,69 @@ func TestDHTAccounts(t *testing.T) {
 	if err := manager.PutRecord(ctx, tomb); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := reader.Account(ctx, "202"); !errors.Is(err, ErrNoAccount) {
+	// (reader cached 202 when it listed it: other nodes see the deletion
+	// within accountCacheTTL, TestDHTAccountsCache.)
+	fresh = &DHTAccounts{DHT: d[1], Admin: adminPub}
+	if _, err := fresh.Account(ctx, "202"); !errors.Is(err, ErrNoAccount) {
 		t.Fatalf("deleted account: %v", err)
 	}
-	if list, _ := reader.ListAccounts(ctx); len(list) != 1 {
+	if list, _ := fresh.ListAccounts(ctx); len(list) != 1 {
 		t.Fatalf("list after delete: %+v", list)
+	}
+}
+
+// TestDHTAccountsCache: Account answers from its cache for accountCacheTTL
+// (accountMissTTL for a missing account), so other nodes see a change that
+// late, the node that made it at once.
+func TestDHTAccountsCache(t *testing.T) {
+	ctx := context.Background()
+	d := dhttest.NewShared(2)
+	adminPub, admin, _ := ed25519.GenerateKey(nil)
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { return now }
+	manager := &DHTAccounts{DHT: d[0], Admin: adminPub, Key: admin, Now: clock}
+	reader := &DHTAccounts{DHT: d[1], Admin: adminPub, Now: clock}
+
+	if _, err := reader.Account(ctx, "201"); !errors.Is(err, ErrNoAccount) {
+		t.Fatalf("no account yet: %v", err)
+	}
+	a, _ := NewAccount("201", "secret", "Alice")
+	rec, _ := SignAccount(admin, a, false)
+	if err := manager.PutRecord(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reader.Account(ctx, "201"); !errors.Is(err, ErrNoAccount) {
+		t.Fatalf("the miss was not cached: %v", err)
+	}
+	now = now.Add(accountMissTTL)
+	if got, err := reader.Account(ctx, "201"); err != nil || got.Display != "Alice" {
+		t.Fatalf("after the miss expired: %+v %v", got, err)
+	}
+	if got, err := manager.Account(ctx, "201"); err != nil || got.Display != "Alice" {
+		t.Fatalf("manager: %+v %v", got, err)
+	}
+	// A change: the manager sees it at once, the reader after its TTL.
+	a.Display, a.Updated = "Alice B.", a.Updated.Add(time.Second)
+	rec, _ = SignAccount(admin, a, false)
+	if err := manager.PutRecord(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := manager.Account(ctx, "201"); got.Display != "Alice B." {
+		t.Fatalf("manager after its change: %+v", got)
+	}
+	now = now.Add(accountCacheTTL - time.Second)
+	if got, _ := reader.Account(ctx, "201"); got.Display != "Alice" {
+		t.Fatalf("reader within the TTL: %+v (want the cached answer)", got)
+	}
+	now = now.Add(time.Second)
+	if got, _ := reader.Account(ctx, "201"); got.Display != "Alice B." {
+		t.Fatalf("reader after the TTL: %+v", got)
+	}
+	// Bounded.
+	for i := range 2 * maxCachedAccount {
+		reader.Account(ctx, strconv.Itoa(10000+i))
+	}
+	if n := len(reader.cache.m); n > maxCachedAccount {
+		t.Fatalf("%d cached accounts, bound %d", n, maxCachedAccount)
 	}
 }

@@ -123,26 +123,34 @@ type DHTMessages struct {
 	DHT  DHT
 	Node ssr.NodeID // this node: its records are those it wrote
 	Now  func() time.Time
-	// sem serialises this node's read-modify-write of its mailbox
-	// records. A channel, not a mutex: the holder waits on the DHT, and a
-	// waiter must give up with its context (and, under testing/synctest,
-	// block durably) rather than sit on a lock.
+	// sems serialise this node's read-modify-write of its mailbox record
+	// for one extension (striped by extension: mailboxes of different
+	// extensions are different records). Channels, not mutexes: the holder
+	// waits on the DHT, and a waiter must give up with its context (and,
+	// under testing/synctest, block durably) rather than sit on a lock.
 	once sync.Once
-	sem  chan struct{}
+	sems [mailboxStripes]chan struct{}
 }
 
-// lock takes the read-modify-write turn, or gives up when ctx ends.
-func (s *DHTMessages) lock(ctx context.Context) error {
-	s.once.Do(func() { s.sem = make(chan struct{}, 1) })
+// mailboxStripes is the number of read-modify-write turns that may run at
+// once (one per stripe of extensions).
+const mailboxStripes = 32
+
+// lock takes ext's read-modify-write turn, or gives up when ctx ends.
+func (s *DHTMessages) lock(ctx context.Context, ext string) (unlock func(), err error) {
+	s.once.Do(func() {
+		for i := range s.sems {
+			s.sems[i] = make(chan struct{}, 1)
+		}
+	})
+	sem := s.sems[stripe(ext)%mailboxStripes]
 	select {
-	case s.sem <- struct{}{}:
-		return nil
+	case sem <- struct{}{}:
+		return func() { <-sem }, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 }
-
-func (s *DHTMessages) unlock() { <-s.sem }
 
 func (s *DHTMessages) now() time.Time {
 	if s.Now != nil {
@@ -195,10 +203,11 @@ func (s *DHTMessages) Store(ctx context.Context, m StoredMessage) error {
 	if err := checkMessage(m); err != nil {
 		return err
 	}
-	if err := s.lock(ctx); err != nil {
+	unlock, err := s.lock(ctx, m.To)
+	if err != nil {
 		return err
 	}
-	defer s.unlock()
+	defer unlock()
 	own, _, done, err := s.read(ctx, m.To)
 	if err != nil {
 		return err
@@ -211,28 +220,44 @@ func (s *DHTMessages) Store(ctx context.Context, m StoredMessage) error {
 	return s.write(ctx, m.To, own)
 }
 
-// Take implements MessageStore.
+// Take implements MessageStore. It runs after every successful REGISTER,
+// and nearly always finds nothing: that case is one read, without taking
+// the extension's turn, so registrations do not queue behind each other.
 func (s *DHTMessages) Take(ctx context.Context, ext string) ([]StoredMessage, error) {
-	if err := s.lock(ctx); err != nil {
+	if out, own, err := s.pending(ctx, ext); err != nil || (len(out) == 0 && len(own.Messages) == 0) {
 		return nil, err
 	}
-	defer s.unlock()
-	own, others, done, err := s.read(ctx, ext)
+	unlock, err := s.lock(ctx, ext)
 	if err != nil {
 		return nil, err
 	}
-	var out []StoredMessage
-	for _, m := range live(append(slices.Clone(own.Messages), others...), s.now()) {
-		if !done[m.ID] && m.To == ext {
-			out = append(out, m)
-			done[m.ID] = true
-			own.Delivered = append(own.Delivered, m.ID)
-		}
+	defer unlock()
+	// Read again under the turn: a Store or Take of this node may have
+	// changed the mailbox since.
+	out, own, err := s.pending(ctx, ext)
+	if err != nil || (len(out) == 0 && len(own.Messages) == 0) {
+		return nil, err
 	}
-	if len(out) == 0 && len(own.Messages) == 0 {
-		return nil, nil
+	for _, m := range out {
+		own.Delivered = append(own.Delivered, m.ID)
 	}
 	own.Messages = nil
 	slices.SortFunc(out, func(a, b StoredMessage) int { return a.Stored.Compare(b.Stored) })
 	return out, s.write(ctx, ext, own)
+}
+
+// pending reads ext's mailboxes: the live messages for ext not yet
+// delivered, and this node's own mailbox record.
+func (s *DHTMessages) pending(ctx context.Context, ext string) (out []StoredMessage, own mailbox, err error) {
+	own, others, done, err := s.read(ctx, ext)
+	if err != nil {
+		return nil, own, err
+	}
+	for _, m := range live(append(slices.Clone(own.Messages), others...), s.now()) {
+		if !done[m.ID] && m.To == ext {
+			out = append(out, m)
+			done[m.ID] = true
+		}
+	}
+	return out, own, nil
 }
