@@ -34,6 +34,7 @@ type Server struct {
 	flightMu sync.Mutex
 	flights  map[cacheKey]*flight // upstream look-ups in progress; ≤ MaxInflight, each holds a sem slot
 	zsem     chan struct{}        // bounds zone look-ups in flight, apart: a slow upstream must not starve .mesh
+	zcache   zoneCache            // recent zone answers (zone.go)
 	stats    counters
 
 	running atomic.Bool

@@ -609,3 +609,73 @@ func TestCoalesce(t *testing.T) {
 		t.Errorf("flight table %d, slots %d after the look-ups", len(s.flights), len(s.sem))
 	}
 }
+
+// countingZone answers node1.mesh with one address that the test can
+// change, and counts the look-ups.
+type countingZone struct {
+	mu    sync.Mutex
+	addr  netip.Addr
+	calls int
+}
+
+func (z *countingZone) LookupName(_ context.Context, name string) ([]netip.Addr, error) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.calls++
+	if name != "node1.mesh" {
+		return nil, ErrNoSuchName
+	}
+	return []netip.Addr{z.addr}, nil
+}
+
+func (z *countingZone) set(a netip.Addr) (calls int) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.addr = a
+	return z.calls
+}
+
+// TestZoneCache: a zone answer (and a "no such name") is kept for
+// zoneCacheTTL, so repeated queries cost one look-up; after that the
+// zone is asked again and a moved name is seen. Failures are not kept
+// (TestZoneFailureIsServfail asks again each time).
+func TestZoneCache(t *testing.T) {
+	leakcheck.Check(t)
+	z := &countingZone{addr: netip.MustParseAddr("fd00::1")}
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	r := newRig(t, func(c *Config) { c.Zone = z; c.Now = clock })
+	answer := func() string {
+		m := r.ask(t, r.lan, "node1.mesh.", dns.TypeAAAA)
+		if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+			t.Fatalf("node1.mesh: %v", m)
+		}
+		return m.Answer[0].(*dns.AAAA).AAAA.String()
+	}
+	for range 10 {
+		if got := answer(); got != "fd00::1" {
+			t.Fatalf("answer %s", got)
+		}
+		r.ask(t, r.lan, "gone.mesh.", dns.TypeAAAA)
+	}
+	if calls := z.set(netip.MustParseAddr("fd00::2")); calls != 2 {
+		t.Fatalf("%d zone look-ups for 20 queries of 2 names, want 2", calls)
+	}
+	advance(zoneCacheTTL - time.Second)
+	if got := answer(); got != "fd00::1" {
+		t.Fatalf("within the cache time: %s, want the kept fd00::1", got)
+	}
+	advance(time.Second)
+	if got := answer(); got != "fd00::2" {
+		t.Fatalf("after the cache time: %s, want the moved fd00::2", got)
+	}
+	var c zoneCache
+	for i := range 3 * zoneCacheSize {
+		c.put(fmt.Sprintf("h%d.mesh", i), nil, nil, now)
+	}
+	if len(c.m) > zoneCacheSize {
+		t.Fatalf("%d names kept, bound %d", len(c.m), zoneCacheSize)
+	}
+}

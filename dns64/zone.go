@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -129,14 +131,22 @@ func (s *Server) meshAnswer(ctx context.Context, m *dns.Msg, q dns.Question, nam
 
 // zoneAnswer answers a name the Zone owns.
 func (s *Server) zoneAnswer(ctx context.Context, m *dns.Msg, q dns.Question, name string, ttl uint32) {
-	if !acquire(s.zsem) {
-		s.stats.busy.Add(1)
-		m.Authoritative = false
-		m.Rcode = dns.RcodeServerFailure
-		return
+	key := strings.TrimSuffix(name, ".")
+	e, hit := s.zcache.get(key, s.cfg.Now())
+	addrs, err := e.addrs, e.err
+	if !hit {
+		if !acquire(s.zsem) {
+			s.stats.busy.Add(1)
+			m.Authoritative = false
+			m.Rcode = dns.RcodeServerFailure
+			return
+		}
+		addrs, err = s.cfg.Zone.LookupName(ctx, key)
+		<-s.zsem
+		if err == nil || errors.Is(err, ErrNoSuchName) {
+			s.zcache.put(key, addrs, err, s.cfg.Now())
+		}
 	}
-	addrs, err := s.cfg.Zone.LookupName(ctx, strings.TrimSuffix(name, "."))
-	<-s.zsem
 	switch {
 	case errors.Is(err, ErrNoSuchName):
 		m.Rcode = dns.RcodeNameError
@@ -179,4 +189,59 @@ func addrRRs(owner string, addrs []netip.Addr, qtype uint16, ttl uint32) []dns.R
 		}
 	}
 	return out
+}
+
+// Zone answers are looked up in the DHT (a node's name, a host's claim),
+// a round trip across the mesh for every query otherwise; a resolver
+// asking for the same name again and again — every phone's stub resolver
+// without a cache — would cost one each. zoneCache keeps an answer (and
+// a "no such name") for zoneCacheTTL: short, as names move between nodes,
+// and well under the TTL the answer itself carries (Config.TTL), so no
+// client sees older data than its own cache would give it. Failures are
+// not kept.
+const (
+	zoneCacheTTL  = 5 * time.Second
+	zoneCacheSize = 1024
+)
+
+// zoneCache is bounded: when full, expired entries go, then everything
+// (the cost of a clear is look-ups, not wrong answers).
+type zoneCache struct {
+	mu sync.Mutex
+	m  map[string]zoneEntry
+}
+
+type zoneEntry struct {
+	addrs   []netip.Addr
+	err     error // nil or ErrNoSuchName
+	expires time.Time
+}
+
+func (c *zoneCache) get(name string, now time.Time) (zoneEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[name]
+	if !ok || !now.Before(e.expires) {
+		return zoneEntry{}, false
+	}
+	return e, true
+}
+
+func (c *zoneCache) put(name string, addrs []netip.Addr, err error, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[string]zoneEntry)
+	}
+	if len(c.m) >= zoneCacheSize {
+		for k, e := range c.m {
+			if !now.Before(e.expires) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= zoneCacheSize {
+			clear(c.m)
+		}
+	}
+	c.m[name] = zoneEntry{addrs: slices.Clone(addrs), err: err, expires: now.Add(zoneCacheTTL)}
 }
