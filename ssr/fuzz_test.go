@@ -314,6 +314,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		"FuzzHelloDecode":     helloSeeds(),
 		"FuzzRoutedDecode":    routedSeeds(),
 		"FuzzNodeHandleFrame": nodeSeeds(),
+		"FuzzE2E":             e2eSeeds(),
 	} {
 		dir := filepath.Join("testdata", "fuzz", target)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
