@@ -17,7 +17,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// Link security (wire format v2, FORMAT.md "Link security"). Every frame
+// Link security (since wire format v2, FORMAT.md "Link security"). Every frame
 // between link neighbours is authenticated under a session key the two
 // agreed in a handshake that proves each side holds the ed25519 key its
 // node ID is the hash of (a signed ephemeral X25519 exchange, in the

@@ -627,6 +627,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				w.run(2 * time.Millisecond)
 			}
 			rt() // the handshake
+			w.run(100 * time.Millisecond)
 			w.datagrams(0)
 			w.datagrams(2)
 			b.ReportAllocs()
