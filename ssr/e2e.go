@@ -447,11 +447,16 @@ func (a *LinkAuth) e2eLost(src NodeID) {
 		return
 	}
 	p := a.e2e.peers[src]
+	if p != nil && !p.lastInit.IsZero() && a.now.Sub(p.lastInit) < handshakeEvery {
+		return // one is under way
+	}
+	// Whether src is known or not, the budget bounds the handshakes such
+	// datagrams cost (a relay could name every node this node knows).
+	if !a.e2eAllow() {
+		a.stats.E2ERateLimited++
+		return
+	}
 	if p == nil {
-		if !a.e2eAllow() {
-			a.stats.E2ERateLimited++
-			return
-		}
 		if p = a.e2ePeer(src, true); p == nil {
 			return
 		}

@@ -230,7 +230,10 @@ func TestE2ERelayForgery(t *testing.T) {
 	inject(forged(Exact, append(bytes.Clone(ports), "unsealed"...)))
 	invented := append(bytes.Clone(ports), kindSealed, 0, 0, 0, 9) // index 9: no session
 	invented = binary.BigEndian.AppendUint64(invented, 1)
-	inject(forged(Exact, append(invented, make([]byte, 20)...)))
+	invented = append(invented, make([]byte, 20)...)
+	for range 50 { // each makes node 2 want a handshake with 0: one is started
+		inject(forged(Exact, invented))
+	}
 	// Sealed under the relay's own genuine session with 2, in 0's name.
 	relay.auth.SetNow(w.now)
 	if err := relay.Send(w.now, c.ID(), Exact, 7, 8, []byte("own session")); err != nil {
@@ -274,7 +277,8 @@ func TestE2ERelayForgery(t *testing.T) {
 		{"bad MAC (modified exact datagram)", d(func(s AuthStats) uint64 { return s.E2EBadMAC }), 1},
 		{"bad signature (modified closest, relay's signature, relay's key as 0's)", d(func(s AuthStats) uint64 { return s.E2EBadSignature }), 3},
 		{"replayed (exact and closest)", d(func(s AuthStats) uint64 { return s.E2EReplayed }), 2},
-		{"unauthenticated (unsealed, invented session)", d(func(s AuthStats) uint64 { return s.E2EUnauthenticated }), 2},
+		{"unauthenticated (unsealed, invented session)", d(func(s AuthStats) uint64 { return s.E2EUnauthenticated }), 51},
+		{"handshakes started (for datagrams under unknown sessions)", d(func(s AuthStats) uint64 { return s.E2EHandshakesSent }), 1},
 		{"wrong sender (the relay's session, 0's name)", st.E2EWrongSender - st1.E2EWrongSender, 1},
 	} {
 		if chk.got != chk.want {
