@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -644,5 +645,22 @@ func BenchmarkRoundTrip(b *testing.B) {
 				a.events, c.events = a.events[:0], c.events[:0]
 			}
 		})
+	}
+}
+
+// TestE2ESendSizeLimit: with link security, Send leaves room for the
+// end-to-end overhead: the largest datagram it accepts, signed (the larger
+// kind) with the longest route, fits in MaxFrame.
+func TestE2ESendSizeLimit(t *testing.T) {
+	a, _ := e2eLone(1)
+	limit := MaxFrame - routedHdr - 8*maxRoute - 4 - E2EOverhead // 14219
+	if err := a.node.Send(t0, 42, Closest, 1, 2, make([]byte, limit)); err != nil {
+		t.Fatalf("%d bytes: %v", limit, err)
+	}
+	if err := a.node.Send(t0, 42, Exact, 1, 2, make([]byte, limit+1)); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("%d bytes: %v, want ErrTooBig", limit+1, err)
+	}
+	if n := len(a.signData(42, 1, 2, make([]byte, limit))); routedHdr+8*maxRoute+n != MaxFrame {
+		t.Fatalf("a signed datagram of %d bytes takes %d bytes of payload: frame %d, MaxFrame %d", limit, n, routedHdr+8*maxRoute+n, MaxFrame)
 	}
 }
