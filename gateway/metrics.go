@@ -64,6 +64,22 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 	} {
 		w.Sample("sipmesh_ssr_link_refused_total", float64(r.n), "reason", r.reason)
 	}
+	all([]metric{
+		{"sipmesh_ssr_e2e_sessions", metrics.Gauge, "End-to-end sessions with the sources and targets of datagrams.", float64(a.E2ESessions)},
+		{"sipmesh_ssr_e2e_handshakes_total", metrics.Counter, "End-to-end handshakes completed.", float64(a.E2EHandshakes)},
+		{"sipmesh_ssr_e2e_queued", metrics.Gauge, "Datagrams waiting for an end-to-end handshake.", float64(a.E2EQueued)},
+	})
+	w.Family("sipmesh_ssr_e2e_refused_total", metrics.Counter, "Datagrams and end-to-end handshakes refused or dropped by end-to-end authentication, by reason.")
+	for _, r := range []struct {
+		reason string
+		n      uint64
+	}{
+		{"unauthenticated", a.E2EUnauthenticated}, {"bad_mac", a.E2EBadMAC}, {"bad_signature", a.E2EBadSignature},
+		{"replayed", a.E2EReplayed}, {"wrong_sender", a.E2EWrongSender}, {"bad_handshake", a.E2EBadHandshake},
+		{"rate_limited", a.E2ERateLimited}, {"queue_dropped", a.E2EQueueDropped},
+	} {
+		w.Sample("sipmesh_ssr_e2e_refused_total", float64(r.n), "reason", r.reason)
+	}
 	if len(st.Neighbours) > 0 {
 		w.Family("sipmesh_ssr_link_quality_ratio", metrics.Gauge, "Fraction of recent beacons heard from a neighbour.")
 		for _, nb := range st.Neighbours {

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// Link security (wire format v2, FORMAT.md "Link security"). Every frame
+// Link security (since wire format v2, FORMAT.md "Link security"). Every frame
 // between link neighbours is authenticated under a session key the two
 // agreed in a handshake that proves each side holds the ed25519 key its
 // node ID is the hash of (a signed ephemeral X25519 exchange, in the
@@ -113,6 +113,20 @@ type AuthStats struct {
 	SendNoSession   uint64 `json:"send_no_session"`  // unicast frames not sent: no session with the neighbour yet
 	Encrypted       bool   `json:"encrypted_links"`  // mesh-encryption on
 	Discovery       uint64 `json:"discovery_beacon"` // beacons from neighbours without a session (start a handshake)
+
+	// End to end (e2e.go): between the source and the target of datagrams.
+	E2ESessions        int    `json:"e2e_sessions"`        // live end-to-end sessions
+	E2EHandshakes      uint64 `json:"e2e_handshakes"`      // completed
+	E2EHandshakesSent  uint64 `json:"e2e_handshakes_sent"` // started by this node
+	E2EBadHandshake    uint64 `json:"e2e_bad_handshake"`   // bad signature, key, mode, or for no handshake of ours
+	E2ERateLimited     uint64 `json:"e2e_rate_limited"`    // handshakes not answered, signatures not checked (budget)
+	E2EUnauthenticated uint64 `json:"e2e_unauthenticated"` // datagrams under no known session, or not sealed at all
+	E2EBadMAC          uint64 `json:"e2e_bad_mac"`         // sealed datagrams whose tag did not verify
+	E2EBadSignature    uint64 `json:"e2e_bad_signature"`   // signed (closest) datagrams whose key or signature did not verify
+	E2EReplayed        uint64 `json:"e2e_replayed"`        // datagrams already delivered or too old
+	E2EWrongSender     uint64 `json:"e2e_wrong_sender"`    // datagrams under a session of another node than their source
+	E2EQueued          int    `json:"e2e_queued"`          // datagrams waiting for a handshake now
+	E2EQueueDropped    uint64 `json:"e2e_queue_dropped"`   // datagrams dropped waiting (queue full, handshake unanswered)
 }
 
 // AuthConfig configures link security.
@@ -189,6 +203,8 @@ type LinkAuth struct {
 	tag   [tagSize]byte
 	nonce [chacha20poly1305.NonceSize]byte
 	open  []byte // Open's empty plaintext
+
+	e2e endToEnd // end-to-end sessions with source and target nodes (e2e.go)
 }
 
 type peerKey struct {
@@ -254,13 +270,18 @@ func NewLinkAuth(cfg AuthConfig, out Env) *LinkAuth {
 		open:     make([]byte, 0, 1),
 	}
 	a.stats.Encrypted = cfg.Encrypt
+	a.e2e.init()
 	copy(a.admit[:], cfg.Admission)
 	a.closed, a.admin = cfg.Closed, cfg.Admin
 	return a
 }
 
-// Attach sets the Node whose frames this LinkAuth carries.
-func (a *LinkAuth) Attach(n *Node) { a.node = n }
+// Attach sets the Node whose frames this LinkAuth carries. From then on
+// the Node's Send seals datagrams end to end through it (e2e.go).
+func (a *LinkAuth) Attach(n *Node) {
+	a.node = n
+	n.sealer = a
+}
 
 // ID is the node ID of the key.
 func (a *LinkAuth) ID() NodeID { return a.id }
@@ -269,6 +290,8 @@ func (a *LinkAuth) ID() NodeID { return a.id }
 func (a *LinkAuth) Stats() AuthStats {
 	s := a.stats
 	s.Sessions = len(a.sessions)
+	s.E2ESessions = len(a.e2e.sessions)
+	s.E2EQueued = a.e2e.queued
 	return s
 }
 
@@ -280,11 +303,24 @@ func (a *LinkAuth) SetNow(now time.Time) { a.now = now }
 func (a *LinkAuth) Tick(now time.Time) time.Time {
 	a.now = now
 	a.sweep()
-	return a.node.Tick(now)
+	a.tickE2E()
+	next := a.node.Tick(now)
+	a.flushE2E()
+	return next
 }
 
-// Deliver implements Env: events pass through.
-func (a *LinkAuth) Deliver(ev Event) { a.out.Deliver(ev) }
+// Deliver implements Env: datagrams are opened end to end (e2e.go), the
+// end-to-end handshake stays here, other events pass through.
+func (a *LinkAuth) Deliver(ev Event) {
+	switch ev := ev.(type) {
+	case Datagram:
+		a.openData(ev)
+	case e2eFrame:
+		a.onE2E(ev)
+	default:
+		a.out.Deliver(ev)
+	}
+}
 
 // HandleFrame checks a frame read from link l and hands what is
 // authenticated to the Node.
@@ -296,10 +332,9 @@ func (a *LinkAuth) HandleFrame(now time.Time, l LinkID, from netip.AddrPort, b [
 		return
 	}
 	if b[0] != Version {
-		if b[0] == 1 {
+		if b[0] == 1 || b[0] == 2 {
 			a.stats.OldVersion++
-			a.log.Warn("neighbour speaks SSR wire format v1 (unauthenticated links): refused; upgrade it to a sipmesh with wire format v2",
-				"from", from, "version", b[0])
+			a.log.Warn(oldVersionLine[b[0]], "from", from, "version", b[0])
 		} else {
 			a.stats.Malformed++
 			a.log.Warn("frame of an unknown SSR wire format version dropped", "from", from, "version", b[0])
@@ -421,6 +456,7 @@ func (a *LinkAuth) openSealed(l LinkID, from netip.AddrPort, b []byte) {
 		return
 	}
 	a.node.HandleFrame(a.now, l, from, inner)
+	a.flushE2E()
 }
 
 // fromPeer checks that an authenticated frame names the session's peer as
@@ -535,6 +571,7 @@ func (a *LinkAuth) openBeacon(l LinkID, from netip.AddrPort, b []byte) {
 		return
 	}
 	a.node.HandleFrame(a.now, l, from, inner)
+	a.flushE2E()
 }
 
 // peer returns the state of a neighbour address, creating it if the table
@@ -706,7 +743,7 @@ func confirmHash(t [sha256.Size]byte) []byte {
 // X25519 secret, salted with the transcript, two blocks of output. HMAC
 // is spelled out: crypto/hkdf would add a package to the router binary for
 // these lines.
-func keys(secret []byte, t [sha256.Size]byte) (i2r, r2i cipher.AEAD, ok bool) {
+func keys(secret []byte, t [sha256.Size]byte, label string) (i2r, r2i cipher.AEAD, ok bool) {
 	ext := hmac.New(sha256.New, t[:])
 	ext.Write(secret)
 	prk := ext.Sum(nil) // §2.2 extract
@@ -715,7 +752,7 @@ func keys(secret []byte, t [sha256.Size]byte) (i2r, r2i cipher.AEAD, ok bool) {
 	for i := byte(1); i <= 2; i++ { // §2.3 expand: T(i) = HMAC(PRK, T(i−1) ‖ info ‖ i)
 		exp := hmac.New(sha256.New, prk)
 		exp.Write(prev)
-		exp.Write([]byte(keyLabel))
+		exp.Write([]byte(label))
 		exp.Write([]byte{i})
 		prev = exp.Sum(nil)
 		k = append(k, prev...)
@@ -776,7 +813,7 @@ func (a *LinkAuth) onInit(l LinkID, from netip.AddrPort, b []byte) {
 		a.stats.BadHandshake++ // a low-order point
 		return
 	}
-	i2r, r2i, ok := keys(secret, t)
+	i2r, r2i, ok := keys(secret, t, keyLabel)
 	if !ok {
 		return
 	}
@@ -826,7 +863,7 @@ func (a *LinkAuth) onResp(l LinkID, from netip.AddrPort, b []byte) {
 		a.stats.BadHandshake++
 		return
 	}
-	i2r, r2i, ok := keys(secret, t)
+	i2r, r2i, ok := keys(secret, t, keyLabel)
 	if !ok {
 		return
 	}
@@ -898,6 +935,7 @@ func (a *LinkAuth) sweep() {
 		}
 	}
 	a.sweepPeers(false)
+	a.sweepE2E()
 }
 
 // sweepPeers drops expired sessions and addresses without a session idle

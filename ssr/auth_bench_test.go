@@ -37,6 +37,17 @@ func newRelayRig(tb testing.TB, mode string, payload int) *relayRig {
 	if rt := rig.a.Route(w.nodes[2].ID()); len(rt) != 2 {
 		tb.Fatalf("%s: route A→C %v, want via the middle node", mode, rt)
 	}
+	if rig.a.auth != nil {
+		// The end-to-end session A–C first: the frame captured below is
+		// then a sealed datagram, as every one after the first round trip.
+		if err := rig.a.Send(w.now, w.nodes[2].ID(), Exact, 1000, 2000, []byte("hello")); err != nil {
+			tb.Fatal(err)
+		}
+		w.run(time.Second)
+		if st := rig.a.auth.Stats(); st.E2ESessions != 1 {
+			tb.Fatalf("%s: no end-to-end session A–C: %+v", mode, st)
+		}
+	}
 	w.connect(0, 1, false)
 	w.connect(1, 2, false)
 	var inner []byte
@@ -47,6 +58,9 @@ func newRelayRig(tb testing.TB, mode string, payload int) *relayRig {
 	rig.a.env = rig.a.auth
 	if rig.a.auth == nil {
 		rig.a.env = rig.a
+	}
+	if r, err := decodeRouted(inner); err != nil || r.proto != protoData {
+		tb.Fatalf("%s: A sent %+v (%v), want a data frame", mode, r, err)
 	}
 	rig.frame = inner
 	w.tap = func(from int, _ netip.AddrPort, b []byte) {

@@ -480,7 +480,7 @@ func TestKeysHKDF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	i2r, r2i, ok := keys(secret, tr)
+	i2r, r2i, ok := keys(secret, tr, keyLabel)
 	ref1, _ := chacha20poly1305.New(want[:32])
 	ref2, _ := chacha20poly1305.New(want[32:])
 	nonce := make([]byte, 12)

@@ -78,7 +78,7 @@
 // no sooner than before (three ring rounds): patience under loss costs no
 // time under churn.
 //
-// Link security (LinkAuth, wire format v2; WireGuard and Babel's HMAC
+// Link security (LinkAuth, since wire format v2; WireGuard and Babel's HMAC
 // authentication, RFC 8967, in spirit). Between the links and the Node
 // sits a layer that lets through only frames of neighbours that proved, in
 // a signed X25519 handshake, that they hold the ed25519 key their node ID
@@ -88,10 +88,22 @@
 // that fails, or that an authenticated neighbour sends in another node's
 // name (a beacon's source, a routed frame's previous hop), is dropped and
 // counted; a neighbour without a session reaches the Node not at all, so
-// it gets no route, ring position or cache entry. Not built yet (issue
-// 19): end-to-end authentication of source-routed data, admission of keys
-// by the mesh administrator, defences against many generated IDs around
-// one key (eclipse).
+// it gets no route, ring position or cache entry. Mesh admission (closed
+// meshes) admits only keys the administrator signed.
+//
+// End-to-end authentication (e2e.go, wire format v3). A relay holds genuine
+// link sessions, so link security alone would let it rewrite the datagrams
+// it carries or originate one in another node's name. Every datagram is
+// therefore authenticated by its source for its target: exact datagrams
+// are sealed (ChaCha20-Poly1305, encrypted with mesh-encryption on) under
+// a session the two nodes agree in a signed X25519 handshake carried in
+// routed frames (protocol 8), like the link one but between the ends of
+// the route; closest datagrams, whose receiving node the sender cannot
+// know, are signed with the source's ed25519 key. The target delivers only
+// what verifies, with the verified source; a datagram sent before the
+// session exists waits (bounded) one round trip. Routing control is
+// authenticated per link only (FORMAT.md says why). Not built yet (issue
+// 19): defences against many generated IDs around one key (eclipse).
 //
 // The wire format is versioned and documented in FORMAT.md; every decoder of
 // peer bytes is fuzzed, and malformed frames are counted and dropped.

@@ -88,7 +88,7 @@ func FuzzRoutedDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(r.route) == 0 || int(r.pos) >= len(r.route) || r.proto < protoData || r.proto > protoError {
+		if len(r.route) == 0 || int(r.pos) >= len(r.route) || r.proto < protoData || r.proto > protoE2E {
 			t.Fatalf("accepted %+v", r)
 		}
 		// The payload runs to the end: the encoding is the frame.
@@ -211,6 +211,8 @@ func nodeSeeds() map[string][]byte {
 		"error-unr-to-x": rframe(protoError, flagHopByHop, fzX, 1, []NodeID{fzA, fzX}, errPayload(errUnreachable, fzA, fzX+1, protoEcho, 5)),
 		"error-unr-data": rframe(protoError, flagHopByHop, fzX, 1, []NodeID{fzB, fzX}, errPayload(errUnreachable, fzB, fzM, protoData, 0x13c50000)),
 		"truncated":      rframe(protoData, 0, fzX, 1, []NodeID{fzA, fzX}, nil)[:20],
+		"e2e-init-to-x":  rframe(protoE2E, 0, fzX, 1, []NodeID{fzA, fzX}, append([]byte{e2eInit}, make([]byte, e2eInitLen-1)...)),
+		"e2e-relay":      rframe(protoE2E, 0, fzM, 1, []NodeID{fzA, fzX, fzB, fzM}, []byte{e2eConfirm}),
 		"bad-version":    {2, typeRouted, protoData, 0},
 	}
 }
@@ -312,6 +314,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		"FuzzHelloDecode":     helloSeeds(),
 		"FuzzRoutedDecode":    routedSeeds(),
 		"FuzzNodeHandleFrame": nodeSeeds(),
+		"FuzzE2E":             e2eSeeds(),
 	} {
 		dir := filepath.Join("testdata", "fuzz", target)
 		if err := os.MkdirAll(dir, 0o755); err != nil {

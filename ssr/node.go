@@ -70,6 +70,10 @@ type Node struct {
 
 	stats Stats
 
+	// sealer, when set (LinkAuth.Attach), takes the datagrams Send
+	// originates and seals them end to end before they are routed.
+	sealer sealer
+
 	// The link and address the frame in n.in arrived from.
 	inLink LinkID
 	inFrom netip.AddrPort
@@ -1228,6 +1232,9 @@ func (n *Node) deliver(now time.Time, r *routed) {
 		n.reply(now, r, protoEchoReply, p)
 	case protoEchoReply:
 		n.handleEchoReply(r)
+	case protoE2E:
+		// The end-to-end handshake is link security's (LinkAuth.Deliver).
+		n.env.Deliver(e2eFrame{src: r.route[0], payload: slices.Clone(r.payload)})
 	case protoError:
 		if len(r.payload) < 22 || r.payload[0]&^errClosest != errUnreachable {
 			return
@@ -1288,10 +1295,24 @@ func (n *Node) handleEchoReply(r *routed) {
 
 // ---- origination ----
 
-// Send originates an application datagram to target.
+// sealer seals datagrams end to end (LinkAuth, e2e.go).
+type sealer interface {
+	sendData(now time.Time, target NodeID, mode Mode, srcPort, dstPort uint16, payload []byte)
+}
+
+// Send originates an application datagram to target. With link security
+// attached the datagram is sealed end to end (E2EOverhead bytes more).
 func (n *Node) Send(now time.Time, target NodeID, mode Mode, srcPort, dstPort uint16, payload []byte) error {
-	if routedHdr+8*n.p.MaxHops+4+len(payload) > MaxFrame {
-		return fmt.Errorf("%w: %d bytes (at most %d)", ErrTooBig, len(payload), MaxFrame-routedHdr-8*n.p.MaxHops-4)
+	over := 0
+	if n.sealer != nil {
+		over = E2EOverhead
+	}
+	if routedHdr+8*n.p.MaxHops+4+over+len(payload) > MaxFrame {
+		return fmt.Errorf("%w: %d bytes (at most %d)", ErrTooBig, len(payload), MaxFrame-routedHdr-8*n.p.MaxHops-4-over)
+	}
+	if n.sealer != nil {
+		n.sealer.sendData(now, target, mode, srcPort, dstPort, payload)
+		return nil
 	}
 	p := binary.BigEndian.AppendUint16(make([]byte, 0, 4+len(payload)), srcPort)
 	p = binary.BigEndian.AppendUint16(p, dstPort)

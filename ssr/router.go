@@ -803,6 +803,9 @@ func (r *Router) maxPayload() int {
 	if r.cfg.Params.MaxHops > 0 {
 		hops = min(r.cfg.Params.MaxHops, maxRoute)
 	}
+	if r.auth != nil {
+		return MaxFrame - routedHdr - 8*hops - 4 - E2EOverhead
+	}
 	return MaxFrame - routedHdr - 8*hops - 4
 }
 

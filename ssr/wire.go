@@ -7,7 +7,7 @@ import (
 )
 
 // Version is the wire format version; FORMAT.md documents it.
-const Version = 2
+const Version = 3
 
 const (
 	typeHello  = 1
@@ -23,6 +23,7 @@ const (
 	protoEcho      = 5 // ping
 	protoEchoReply = 6
 	protoError     = 7 // link broken / unreachable, processed at every hop
+	protoE2E       = 8 // end-to-end handshake between source and target (e2e.go)
 )
 
 const (
@@ -164,7 +165,7 @@ func (r *routed) decode(b []byte) error {
 		return ErrShort
 	}
 	r.proto, r.flags = b[2], b[3]
-	if r.proto < protoData || r.proto > protoError {
+	if r.proto < protoData || r.proto > protoE2E {
 		return fmt.Errorf("%w: protocol %d", ErrField, r.proto)
 	}
 	r.target = NodeID(binary.BigEndian.Uint64(b[4:]))

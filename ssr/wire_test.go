@@ -98,7 +98,7 @@ func TestHelloRoundTrip(t *testing.T) {
 func TestHelloLayout(t *testing.T) {
 	h := hello{src: 0x0102030405060708, seq: 0x0a0b0c0d, neigh: []NodeID{0x11}, hasMax: true, maxID: 0x22, maxSeq: 0x33, path: []NodeID{0x44, 0x55}}
 	b := h.appendTo(nil)
-	want := []byte{2, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0x0a, 0x0b, 0x0c, 0x0d, 1}
+	want := []byte{3, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0x0a, 0x0b, 0x0c, 0x0d, 1}
 	want = binary.BigEndian.AppendUint64(want, 0x11)
 	want = append(want, 1)
 	want = binary.BigEndian.AppendUint64(want, 0x22)
@@ -113,7 +113,7 @@ func TestHelloLayout(t *testing.T) {
 func TestRoutedLayout(t *testing.T) {
 	r := routed{proto: protoData, flags: flagClosest, target: 0x0102030405060708, vhops: 3, hops: 4, pos: 1, route: []NodeID{0xaa, 0xbb}, payload: []byte{0, 5, 0, 6, 'x'}}
 	b := encodeRouted(&r)
-	want := []byte{2, 2, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 3, 4, 1, 2}
+	want := []byte{3, 2, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 3, 4, 1, 2}
 	want = binary.BigEndian.AppendUint64(want, 0xaa)
 	want = binary.BigEndian.AppendUint64(want, 0xbb)
 	want = append(want, 0, 5, 0, 6, 'x')
@@ -155,6 +155,7 @@ func routedSamples() map[string]routed {
 		"error-link":   {proto: protoError, flags: flagHopByHop, target: 1, pos: 1, route: []NodeID{2, 1}, payload: errPayload(errLinkBroken, 2, 3, protoData, 0x13c50000)},
 		"error-unr":    {proto: protoError, flags: flagHopByHop, target: 1, pos: 1, route: []NodeID{2, 1}, payload: errPayload(errUnreachable, 2, 9, protoEcho, 77)},
 		"max-route":    {proto: protoData, target: 5, hops: 255, vhops: 64, pos: 254, route: ids(255, 1), payload: []byte{0, 0, 0, 0}},
+		"e2e-init":     {proto: protoE2E, target: 3, pos: 1, route: []NodeID{1, 2, 3}, payload: append([]byte{e2eInit}, make([]byte, e2eInitLen-1)...)},
 		"all-flags":    {proto: protoData, flags: 0xff, target: 5, pos: 0, route: []NodeID{5}, payload: []byte{0, 0, 0, 0}},
 	}
 }
@@ -222,11 +223,12 @@ func TestFrameTypeErrors(t *testing.T) {
 		{[]byte{2}, ErrShort},
 		{[]byte{0, 1}, ErrVersion},
 		{[]byte{1, 1}, ErrVersion}, // v1: unauthenticated links
-		{[]byte{3, 1}, ErrVersion},
+		{[]byte{2, 1}, ErrVersion}, // v2: no end-to-end authentication
+		{[]byte{4, 1}, ErrVersion},
 		{[]byte{255, 2}, ErrVersion},
-		{[]byte{2, 0}, ErrType},
-		{[]byte{2, 3}, ErrType}, // a handshake: LinkAuth's, not the Node's
-		{[]byte{2, 255}, ErrType},
+		{[]byte{3, 0}, ErrType},
+		{[]byte{3, 3}, ErrType}, // a handshake: LinkAuth's, not the Node's
+		{[]byte{3, 255}, ErrType},
 	}
 	for _, tt := range tests {
 		if _, err := frameType(tt.b); !errors.Is(err, tt.want) {
@@ -303,7 +305,7 @@ func TestRoutedFieldErrors(t *testing.T) {
 		"zero route":    mod(func(b []byte) []byte { b[14], b[15] = 0, 0; return b }),
 		"zero route/p1": mod(func(b []byte) []byte { b[14], b[15] = 1, 0; return b }),
 		"proto 0":       mod(func(b []byte) []byte { b[2] = 0; return b }),
-		"proto 8":       mod(func(b []byte) []byte { b[2] = protoError + 1; return b }),
+		"proto 9":       mod(func(b []byte) []byte { b[2] = protoE2E + 1; return b }),
 		"proto 255":     mod(func(b []byte) []byte { b[2] = 255; return b }),
 	}
 	for name, b := range tests {

@@ -28,9 +28,10 @@ type Config struct {
 	LinkDelay time.Duration // per link, default 2 ms
 	Jitter    time.Duration // default 1 ms
 	Loss      float64
-	// Auth runs link security (ssr.LinkAuth, wire format v2) on every
+	// Auth runs link security (ssr.LinkAuth, wire format v3) on every
 	// node, as Routers do: IDs are hashes of ed25519 keys, neighbours
-	// handshake, every frame is sealed. Encrypt is mesh-encryption on.
+	// handshake, every frame is sealed, every datagram is authenticated
+	// end to end. Encrypt is mesh-encryption on.
 	Auth, Encrypt bool
 }
 
