@@ -71,6 +71,11 @@ type services struct {
 	dns   *dns64.Server
 	dhcp  *provisioning.DHCPServer
 	hosts chan provisioning.Lease
+
+	// gws is the node's view of the mesh's gateways (gwchoice.go); role
+	// is this node's own gateway side (nil: not a gateway; gwrole.go).
+	gws  *gatewayDir
+	role *gatewayRole
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
@@ -97,6 +102,13 @@ func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) e
 		locs:     &registrar.DHTLocation{DHT: d},
 		accounts: &registrar.DHTAccounts{DHT: d, Admin: adminPub, Key: n.admin},
 		hosts:    make(chan provisioning.Lease, hostPublishQueue),
+	}
+	n.svc.gws = newGatewayDir(d, n.router.ID(), func(ctx context.Context, id ssr.NodeID) (time.Duration, int, error) {
+		reply, rtt, err := n.router.Ping(ctx, id)
+		return rtt, reply.Hops, err
+	})
+	if n.opts.Gateway() {
+		n.svc.role = &gatewayRole{n: n}
 	}
 	return nil
 }
@@ -142,6 +154,12 @@ func (n *Node) runServices(ctx context.Context) error {
 	}
 	run("dht", s.dht.Run)
 	run("claims", n.renewClaims)
+	if s.role != nil {
+		run("gateway", s.role.run)
+	}
+	if n.opts.LANInterface != "" || s.role != nil {
+		run("gateways", n.runGatewayDir)
+	}
 	var err error
 	if n.opts.LANInterface != "" {
 		err = n.startLAN(ctx, run)
@@ -525,6 +543,10 @@ func (n *Node) Status() NodeStatus {
 		st.SIP = &ss
 		st.LAN = n.LANAddress().String()
 	}
+	if n.svc.role != nil {
+		st.Gateway = n.svc.role.status()
+	}
+	st.Gateways = n.svc.gws.list()
 	return st
 }
 
