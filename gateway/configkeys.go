@@ -51,7 +51,7 @@ var configKeyDocs = []struct {
 			}
 			return "open"
 		}},
-	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup` (none: no socket)",
+	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup`, `gateways` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",
 		func(o Options) string { return strings.ToLower(o.LogLevel.String()) }},
