@@ -82,6 +82,10 @@ type meshConfig struct {
 	// Adj, if set, is the topology (node i's neighbours), instead of a
 	// random one.
 	Adj [][]int
+	// Gateways are the nodes (indices) with an uplink: an interface
+	// "up0" on a segment of its own with a public address (198.51.100.i,
+	// configured as public-address), which makes the node a gateway.
+	Gateways []int
 }
 
 // telMesh is a running telephone mesh.
@@ -222,6 +226,12 @@ func (m *telMesh) build() error {
 			o.AdminKey = adminPath // node 1 manages the subscribers
 		}
 		o.RingGroups = m.cfg.RingGroups
+		if slices.Contains(m.cfg.Gateways, i) {
+			pub := netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)})
+			seg := m.nw.NewSegment(fmt.Sprintf("uplink%d", i+1), memnet.LinkConfig{Delay: time.Millisecond})
+			seg.Attach(m.hosts[i].AddInterface("up0", 1500, netip.PrefixFrom(pub, 24)))
+			o.UplinkInterface, o.PublicAddress = "up0", pub
+		}
 		o.SetRouterParams(demoParams)
 		o.SetDHTParams(demoDHTParams)
 		node, err := gateway.NewNode(o, m.hosts[i], m.cfg.Log)
