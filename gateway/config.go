@@ -379,6 +379,9 @@ func (o Options) validateGateway() error {
 	if !set["public-address"] && !set["stun-server"] {
 		return &ConfigError{Field: "uplink-interface", Err: errors.New("a gateway needs public-address or stun-server to know the address the Internet reaches it at")}
 	}
+	if len(o.DNSUpstreams) == 0 {
+		return &ConfigError{Field: "uplink-interface", Err: errors.New("a gateway needs dns-upstream: it locates Internet SIP servers by DNS (RFC 3263)")}
+	}
 	trunk := set["trunk-registrar"] || set["trunk-user"] || set["trunk-password-file"]
 	for _, k := range []string{"trunk-registrar", "trunk-user", "trunk-password-file"} {
 		if trunk && !set[k] {

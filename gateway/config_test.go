@@ -75,13 +75,13 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || lim.SIPRate != -1 || lim.SIPBurst != 50 || lim.SIPMaxTransactions != 256 || lim.DNSRate != 2.5 || lim.DNSBurst != 10 {
 		t.Errorf("limits: %v %v %v %v %v, %v", lim.SIPRate, lim.SIPBurst, lim.SIPMaxTransactions, lim.DNSRate, lim.DNSBurst, err)
 	}
-	gw, err := ParseConfig(strings.NewReader("mesh-interface wlan0\nuplink-interface eth1\nstun-server 203.0.113.3\n" +
+	gw, err := ParseConfig(strings.NewReader("mesh-interface wlan0\nuplink-interface eth1\nstun-server 203.0.113.3\ndns-upstream 192.0.2.53\n" +
 		"sip-domain Voice.Example.ORG.\ndial-prefix 0\ntrunk-registrar sip:sip.provider.example\ntrunk-user 5550100\ntrunk-password-file /etc/sipmesh/trunk.pw\n"))
 	if err != nil || !gw.Gateway() || gw.UplinkInterface != "eth1" || gw.STUNServer.String() != "203.0.113.3:3478" || gw.SIPDomain != "voice.example.org" ||
 		gw.DialPrefix != "0" || gw.TrunkRegistrar != "sip:sip.provider.example" || gw.TrunkUser != "5550100" || gw.TrunkPasswordFile != "/etc/sipmesh/trunk.pw" {
 		t.Errorf("gateway keys: %+v, %v", gw, err)
 	}
-	pub, err := ParseConfig(strings.NewReader("mesh-interface wlan0\nuplink-interface eth1\npublic-address 198.51.100.7\n"))
+	pub, err := ParseConfig(strings.NewReader("mesh-interface wlan0\nuplink-interface eth1\npublic-address 198.51.100.7\ndns-upstream 192.0.2.53\n"))
 	if err != nil || pub.PublicAddress.String() != "198.51.100.7" || pub.STUNServer.IsValid() {
 		t.Errorf("public-address: %v, %v", pub.PublicAddress, err)
 	}
@@ -138,9 +138,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"relative trunk password", "trunk-password-file pw\n", `config line 1: trunk-password-file: "pw" is not an absolute path`},
 		{"gateway key without uplink", "mesh-interface a\nsip-domain voice.example.org\n", `config: sip-domain: needs uplink-interface`},
 		{"uplink without public address", "mesh-interface a\nuplink-interface eth1\n", `config: uplink-interface: a gateway needs public-address or stun-server`},
+		{"gateway without DNS", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\n", `config: uplink-interface: a gateway needs dns-upstream`},
 		{"uplink is the mesh", "mesh-interface a\nuplink-interface a\npublic-address 198.51.100.7\n", `config: uplink-interface: a is also a mesh or LAN interface`},
-		{"trunk half", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\ntrunk-user me\n", `config: trunk-registrar: missing: a trunk needs`},
-		{"prefix without trunk", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\ndial-prefix 0\n", `config: dial-prefix: numbers dialled with the prefix go to the trunk`},
+		{"trunk half", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\ndns-upstream 192.0.2.53\ntrunk-user me\n", `config: trunk-registrar: missing: a trunk needs`},
+		{"prefix without trunk", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\ndns-upstream 192.0.2.53\ndial-prefix 0\n", `config: dial-prefix: numbers dialled with the prefix go to the trunk`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

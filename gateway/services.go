@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/dns64"
 	"github.com/sipmesh/sipmesh/provisioning"
 	"github.com/sipmesh/sipmesh/proxy"
@@ -76,6 +77,9 @@ type services struct {
 	// is this node's own gateway side (nil: not a gateway; gwrole.go).
 	gws  *gatewayDir
 	role *gatewayRole
+	// uplinkSIP is a gateway's Internet side (uplinksip.go), set under mu
+	// once the uplink has an address.
+	uplinkSIP *proxy.SIPService
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
@@ -156,6 +160,7 @@ func (n *Node) runServices(ctx context.Context) error {
 	run("claims", n.renewClaims)
 	if s.role != nil {
 		run("gateway", s.role.run)
+		run("uplink sip", n.runUplinkSIP)
 	}
 	if n.opts.LANInterface != "" || s.role != nil {
 		run("gateways", n.runGatewayDir)
@@ -272,6 +277,14 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Aliases: n.aliases(),
 		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
+		// Calls to other domains leave through a gateway (gwchoice.go).
+		Outbound: func(ctx context.Context, _ *sip.Request) (netip.AddrPort, error) {
+			id, err := n.ChooseGateway(ctx, KindURI)
+			if err != nil {
+				return netip.AddrPort{}, err
+			}
+			return netip.AddrPortFrom(id.Addr(), GatewaySIPPort), nil
+		},
 	})
 	if err != nil {
 		lanUDP.Close()

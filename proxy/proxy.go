@@ -200,7 +200,7 @@ func (p *proxyTx) run() {
 	var targets []target
 	if flow != nil {
 		targets = []target{*flow}
-	} else if t, ok, code, reason := s.nextHop(base, recorded); code != 0 {
+	} else if t, ok, code, reason := s.nextHop(base, recorded, p.in); code != 0 {
 		p.reply(code, reason)
 		return
 	} else if ok {
@@ -412,7 +412,7 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 // destination dstAllowed accepts (RFC 3261 §16.4, §26; routecheck.go).
 // ok is false when the Request-URI names the mesh domain (lookup); a
 // non-zero code is the answer.
-func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, code int, reason string) {
+func (s *SIPService) nextHop(r *sip.Request, recorded bool, in *sock) (t target, ok bool, code int, reason string) {
 	if rt := r.Route(); rt != nil {
 		if !recorded {
 			return t, false, 403, "Forbidden (Route not recorded by this node)"
@@ -441,8 +441,15 @@ func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, 
 			return target{uri: r.Recipient, dst: dst, transport: uriTransport(ru)}, true, 0, ""
 		}
 	}
-	// Other domains are the Internet gateway's business, not this proxy's;
-	// an in-dialog request outside a route set we recorded is nobody's.
+	// Other domains are the Internet gateway's business (uplink.go): a
+	// request outside a dialog from a LAN phone goes to the gateway, one
+	// from the mesh at a gateway goes out of its uplink. An in-dialog
+	// request outside a route set we recorded is nobody's.
+	if toTag, _ := r.To().Params.Get("tag"); toTag == "" && r.Method != sip.ACK {
+		if t, ok, code, reason := s.toInternet(r, in); ok || code != 0 {
+			return t, ok, code, reason
+		}
+	}
 	return t, false, 404, "Not Found (domain not served here)"
 }
 
@@ -1033,7 +1040,7 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 		t = *flow
 	} else {
 		var ok bool
-		if t, ok, _, _ = s.nextHop(base, recorded); !ok {
+		if t, ok, _, _ = s.nextHop(base, recorded, in); !ok {
 			return // an ACK needs no lookup: nothing to route it to
 		}
 	}

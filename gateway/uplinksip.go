@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/miekg/dns"
+	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/proxy"
+	"github.com/sipmesh/sipmesh/registrar"
+	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/uplink"
+)
+
+// GatewaySIPPort is the mesh port of a gateway's Internet side: nodes send
+// the calls they route out of the mesh to the chosen gateway's mesh
+// address on this port (proxy/uplink.go). The node's own SIP service
+// keeps sip-port; both are on the mesh address, so only mesh nodes reach
+// either.
+const GatewaySIPPort = 5062
+
+// dnsUDPSize is the EDNS0 buffer size of the gateway's queries (RFC 6891
+// §6.2.5; 1232 avoids fragmentation, the DNS flag day 2020 value).
+const dnsUDPSize = 1232
+
+// locator is the gateway's RFC 3263 server location against its
+// configured resolvers, tried in order.
+func (n *Node) locator() *uplink.Locator {
+	return &uplink.Locator{Exchange: func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		var errs []error
+		for _, up := range n.opts.DNSUpstreams {
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			res, err := dns64.Exchange(qctx, n.network, "udp", up.String(), dnsUDPSize, q)
+			cancel()
+			if err == nil {
+				return res, nil
+			}
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		return nil, errors.Join(errs...)
+	}}
+}
+
+// runUplinkSIP runs the gateway's Internet side (proxy/uplink.go): a
+// SIP service with its "LAN" socket on the uplink address and its mesh
+// socket on GatewaySIPPort, with a relay between the two, until ctx
+// ends. It waits for the uplink's address (DHCP may be late).
+func (n *Node) runUplinkSIP(ctx context.Context) error {
+	var addr netip.Addr
+	for {
+		a, up, err := n.uplinkAddr()
+		if err == nil && up {
+			addr = a
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	s := n.svc
+	nw := n.network
+	meshAddr := n.router.Addr()
+	sipUp := netip.AddrPortFrom(addr, n.opts.SIPPort)
+	sipMesh := netip.AddrPortFrom(meshAddr, GatewaySIPPort)
+	log := n.base.With("side", "uplink")
+	// The registrar only words the service's own responses here: the
+	// Internet side refuses REGISTER (proxy/uplink.go).
+	reg, err := registrar.NewRegistrar(registrar.RegistrarConfig{
+		Node: n.router.ID(), Locations: s.locs, Accounts: s.accounts,
+		Addrs: []netip.Addr{addr, meshAddr}, Algorithms: n.opts.DigestAlgorithms, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	relay, err := sipalg.NewRelay(sipalg.Config{
+		A: sipalg.SideConfig{Name: "uplink", Addr: addr, Listen: sipalg.NetworkListener(nw, addr),
+			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
+		B: sipalg.SideConfig{Name: "mesh", Addr: meshAddr, Listen: func(_ context.Context, p uint16) (net.PacketConn, error) {
+			return n.router.ListenPacket(p)
+		}, PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	upUDP, err := nw.ListenPacket(ctx, "udp4", sipUp.String())
+	if err != nil {
+		return fmt.Errorf("SIP on the uplink %s: %w", sipUp, err)
+	}
+	meshUDP, err := n.router.ListenPacket(GatewaySIPPort)
+	if err != nil {
+		upUDP.Close()
+		return fmt.Errorf("gateway SIP on the mesh: %w", err)
+	}
+	loc := n.locator()
+	svc, err := proxy.NewSIPService(proxy.SIPServiceConfig{
+		Node: n.router.ID(), LANAddr: sipUp, MeshAddr: sipMesh,
+		LANUDP: upUDP, MeshUDP: meshUDP,
+		Registrar: reg, Locations: s.locs, Accounts: s.accounts, Relay: relay,
+		NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort { return netip.AddrPortFrom(id.Addr(), n.opts.SIPPort) },
+		ServerName:  "sipmesh " + n.opts.Name,
+		Logger:      log,
+		Rate:        n.opts.SIPRate, Burst: n.opts.SIPBurst, MaxTransactions: n.opts.SIPMaxTransactions,
+		Uplink: &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+			return loc.Locate(ctx, u)
+		}},
+	})
+	if err != nil {
+		upUDP.Close()
+		meshUDP.Close()
+		return err
+	}
+	n.svc.mu.Lock()
+	n.svc.uplinkSIP = svc
+	n.svc.mu.Unlock()
+	n.log.Info("gateway's Internet side up", "uplink", n.opts.UplinkInterface, "sip", sipUp, "mesh", sipMesh)
+	errc := make(chan error, 2)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { errc <- relay.Run(rctx) }()
+	go func() { errc <- svc.Run(rctx) }()
+	err = <-errc
+	cancel()
+	err2 := <-errc
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.Join(err, err2)
+}
+
+// UplinkSIP returns the gateway's Internet side (nil: not a gateway, or
+// its uplink has no address yet).
+func (n *Node) UplinkSIP() *proxy.SIPService {
+	n.svc.mu.Lock()
+	defer n.svc.mu.Unlock()
+	return n.svc.uplinkSIP
+}

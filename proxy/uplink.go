@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/registrar"
+	"github.com/sipmesh/sipmesh/uplink"
+)
+
+// Calls to and from the SIP Internet (issue 14).
+//
+// On a node with phones, a LAN phone's request outside a dialog whose
+// Request-URI is in another domain than the mesh's (sip:bob@example.net)
+// is authenticated like every request (407) and then sent over the mesh
+// to the gateway SIPServiceConfig.Outbound chooses, Request-URI
+// unchanged, with the SDP rewritten to the node's mesh side as for any
+// call that leaves over the mesh.
+//
+// On a gateway, a second SIPService is the Internet side
+// (SIPServiceConfig.Uplink): its "LAN" socket is on the uplink (IPv4)
+// and its mesh socket on the gateway port of the node's mesh address. A
+// request outside a dialog arriving on that mesh socket — only mesh nodes
+// reach it — for a domain not the mesh's is located by RFC 3263
+// (UplinkConfig.Locate: NAPTR, SRV, A) and sent from the uplink, with the
+// uplink address in Via and Record-Route (double record-routing, RFC 5658)
+// and the media anchored on the gateway's relay between its mesh side and
+// its uplink side, which latches the far end's real source (symmetric RTP,
+// RFC 4961) so far ends behind NAT work. In-dialog requests follow the
+// recorded route set both ways, as everywhere.
+//
+// The gateway is never an open relay: a request outside a dialog that
+// comes from the Internet side is refused with 403, one answer for every
+// user and domain, so that probing it (sipvicious svwar) tells nothing
+// about which extensions exist; REGISTER from the Internet is refused the
+// same way. Only in-dialog requests on a route set the gateway recorded
+// pass (routecheck.go).
+
+// UplinkConfig is a gateway's Internet side.
+type UplinkConfig struct {
+	// Locate finds the servers of a SIP URI outside the mesh, in the
+	// order to try them (uplink.Locator.Locate, RFC 3263 §4).
+	Locate func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error)
+}
+
+// uplinkRefuses answers what the Internet side never serves and reports
+// whether it did: every request outside a dialog except ACK, CANCEL
+// (which match a transaction or nothing) and an OPTIONS keep-alive to
+// the gateway itself.
+func (s *SIPService) uplinkRefuses(req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort) bool {
+	switch req.Method {
+	case sip.ACK, sip.CANCEL:
+		return false
+	}
+	if !registrar.Answerable(req) {
+		return false // the proxy counts it malformed, nothing can be answered
+	}
+	if code, _ := registrar.CheckRequest(req); code != 0 {
+		return false // the proxy's 400
+	}
+	if tag, _ := req.To().Params.Get("tag"); tag != "" {
+		return false // in a dialog: only on a route set we recorded
+	}
+	if req.Method == sip.OPTIONS && s.ourHost(req.Recipient.Host) && req.Recipient.User == "" && req.Route() == nil {
+		return false
+	}
+	s.uplinkRefused.Add(1)
+	res := s.respond(req, 403, "Forbidden")
+	if strings.EqualFold(req.Transport(), "UDP") && src.IsValid() {
+		res.SetDestination(src.String())
+	}
+	tx.Respond(res)
+	tx.Terminate() // cheap, as for unauthenticated requests
+	return true
+}
+
+// toInternet routes a request outside a dialog for a domain outside the
+// mesh: from a LAN phone to the chosen gateway, from the mesh at a
+// gateway out of the uplink. ok false and code 0: neither applies here.
+func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, code int, reason string) {
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	switch {
+	case s.cfg.Uplink != nil && in == s.mesh && r.Route() == nil:
+		targets, err := s.cfg.Uplink.Locate(ctx, &r.Recipient)
+		if err != nil {
+			s.peerLog.Info("cannot locate the SIP server of a request from the mesh", "host", r.Recipient.Host, "err", err)
+			if errors.Is(err, uplink.ErrNotFound) {
+				return t, false, 404, "Not Found (no SIP server for the domain)"
+			}
+			return t, false, 503, "Service Unavailable (locating the domain's SIP server failed)"
+		}
+		// The uplink side speaks UDP: the first UDP target in RFC 3263's
+		// order.
+		for _, tg := range targets {
+			if tg.Transport == "UDP" && s.internetAllowed(tg.Addr) {
+				return target{uri: r.Recipient, dst: tg.Addr, transport: "UDP"}, true, 0, ""
+			}
+		}
+		return t, false, 404, "Not Found (no SIP server over UDP for the domain)"
+	case s.cfg.Outbound != nil && in == s.lan && s.cfg.Uplink == nil:
+		gw, err := s.cfg.Outbound(ctx, r)
+		if err != nil {
+			s.log.Info("no Internet gateway for a call out of the mesh", "host", r.Recipient.Host, "err", err)
+			return t, false, 503, "Service Unavailable (no Internet gateway)"
+		}
+		return target{uri: r.Recipient, dst: gw, transport: "UDP"}, true, 0, ""
+	}
+	return t, false, 0, ""
+}
+
+// internetAllowed reports an address the uplink may send a request to:
+// not the gateway itself, loopback, link-local, multicast or
+// unspecified, and IPv4 (the uplink side's family).
+func (s *SIPService) internetAllowed(ap netip.AddrPort) bool {
+	a := ap.Addr().Unmap()
+	return ap.Port() != 0 && a.Is4() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() &&
+		!a.IsUnspecified() && a != s.lan.addr.Addr() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
