@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net/netip"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/phones"
 )
 
 // TestGatewayAnnouncedOnMesh: the gateway role with the daemon's own
@@ -93,5 +98,148 @@ func gatewayAnnouncedOnMesh(t *testing.T) {
 	// failed) can come first.
 	if gone > 13*time.Second {
 		t.Errorf("the dead gateway was chosen for %v, want at most 13 s", gone)
+	}
+}
+
+// internetDNS serves example.net's SIP servers on the emulated Internet as
+// RFC 3263 finds them: NAPTR → SRV → A (sip.example.net at bob's address).
+func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
+	t.Helper()
+	h := m.nw.AddHost("dns")
+	m.inet.Attach(h.AddInterface("eth0", 1500, netip.MustParsePrefix("198.51.100.53/24")))
+	conn, err := h.ListenPacket(context.Background(), "udp4", "198.51.100.53:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	rrs := map[uint16]map[string]string{
+		dns.TypeNAPTR: {"example.net.": `example.net. 60 IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.net.`},
+		dns.TypeSRV:   {"_sip._udp.example.net.": "_sip._udp.example.net. 60 IN SRV 10 10 5060 sip.example.net."},
+		dns.TypeA:     {"sip.example.net.": "sip.example.net. 60 IN A " + bob.String()},
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var q dns.Msg
+			if q.Unpack(buf[:n]) != nil || len(q.Question) != 1 {
+				continue
+			}
+			res := new(dns.Msg)
+			res.SetReply(&q)
+			qq := q.Question[0]
+			if s, ok := rrs[qq.Qtype][strings.ToLower(qq.Name)]; ok {
+				rr, err := dns.NewRR(s)
+				if err != nil {
+					panic(err)
+				}
+				res.Answer = append(res.Answer, rr)
+			}
+			b, _ := res.Pack()
+			conn.WriteTo(b, from)
+		}
+	}()
+}
+
+// TestOutboundCallOnMesh: a phone 3 hops from the gateway calls
+// sip:bob@example.net in the emulated Internet; the gateway locates
+// example.net by NAPTR, SRV and A and sends the call from its uplink;
+// tones prove audio both ways through the caller's node's relay (LAN ↔
+// mesh) and the gateway's (mesh ↔ uplink). From the Internet, a call
+// for another domain, or for an extension at the gateway's address, is
+// refused 403 alike.
+func TestOutboundCallOnMesh(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, outboundCallOnMesh)
+}
+
+func outboundCallOnMesh(t *testing.T) {
+	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+	m := startMesh(t, meshConfig{Nodes: 4, Seed: 15, Adj: line, Gateways: []int{0}})
+	defer stopMesh(t, m)
+	bobAddr := netip.MustParseAddr("198.51.100.20")
+	internetDNS(t, m, bobAddr)
+	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+	caller := m.phones[3] // on n4, 3 hops from the gateway n1
+	const bobHz = 1900
+	bh := m.nw.AddHost("bob")
+	m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
+	bob, err := phones.New(phones.Config{
+		Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: bobHz, ToneAmplitude: demoToneAmplitude},
+		Policy:   phones.Policy{Mode: phones.AutoAnswer, ExpectHz: caller.Hz},
+		Network:  bh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { bob.Run(m.ctx) })
+
+	ctx := context.Background()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := m.nodes[3].ChooseGateway(ctx, gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n4 knows no gateway after 60 s")
+		}
+		time.Sleep(time.Second)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	call, err := caller.Call(cctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
+	if err != nil {
+		t.Fatalf("call to sip:bob@example.net: %v", err)
+	}
+	var in *phones.Call
+	select {
+	case in = <-bob.Incoming():
+	case <-time.After(5 * time.Second):
+		t.Fatal("bob got no call")
+	}
+	time.Sleep(2 * time.Second)
+	t.Logf("call set up in %v; caller received %d RTP packets (MOS %.2f), bob %d (MOS %.2f)", call.SetupTime(), call.Stats().Received, call.Stats().MOS, in.Stats().Received, in.Stats().MOS)
+	if !call.HeardRemote() || !in.HeardRemote() {
+		t.Errorf("audio: caller heard bob %v, bob heard the caller %v", call.HeardRemote(), in.HeardRemote())
+	}
+	if st := m.nodes[0].UplinkSIP().Stats(); st.Calls != 1 {
+		t.Errorf("the gateway's Internet side holds %d calls, want 1 (media anchored there)", st.Calls)
+	}
+	if err := call.Hangup(cctx); err != nil {
+		t.Errorf("hangup: %v", err)
+	}
+	select {
+	case <-in.Done():
+	case <-time.After(5 * time.Second):
+		t.Error("bob's call did not end with the caller's BYE")
+	}
+
+	// From the Internet (eve, sending everything to the gateway's
+	// uplink): the gateway is no open relay, and it gives one answer for
+	// every user, existing or not.
+	evAddr := netip.MustParseAddr("198.51.100.66")
+	eh := m.nw.AddHost("eve")
+	m.inet.Attach(eh.AddInterface("eth0", 1500, netip.PrefixFrom(evAddr, 24)))
+	eve, err := phones.New(phones.Config{
+		Settings: phones.Settings{User: "eve", Domain: "other.example", LocalAddr: evAddr,
+			Server: netip.MustParseAddrPort("198.51.100.1:5060"), ToneHz: 700},
+		Network: eh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { eve.Run(m.ctx) })
+	for _, target := range []string{"sip:x@other.example", "sip:201@mesh", "sip:299@mesh", "sip:bob@example.net"} {
+		_, err := eve.Call(cctx, target, phones.CallOptions{})
+		var se *phones.StatusError
+		if !errors.As(err, &se) || se.Code != 403 {
+			t.Errorf("Internet call to %s through the gateway: %v, want 403", target, err)
+		}
+	}
+	if st := m.nodes[0].UplinkSIP().Stats(); st.Refused != 4 {
+		t.Errorf("the gateway refused %d requests, want 4", st.Refused)
 	}
 }
