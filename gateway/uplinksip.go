@@ -84,8 +84,10 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		return err
 	}
 	relay, err := sipalg.NewRelay(sipalg.Config{
+		// Far ends behind NAT send from addresses nothing in SIP names
+		// (sipalg.SideConfig.LatchAny): symmetric RTP, RFC 4961.
 		A: sipalg.SideConfig{Name: "uplink", Addr: addr, Listen: sipalg.NetworkListener(nw, addr),
-			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
+			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true},
 		B: sipalg.SideConfig{Name: "mesh", Addr: meshAddr, Listen: func(_ context.Context, p uint16) (net.PacketConn, error) {
 			return n.router.ListenPacket(p)
 		}, PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},

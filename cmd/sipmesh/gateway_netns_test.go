@@ -1,0 +1,275 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/sipmesh/sipmesh/internal/netns"
+)
+
+// The emulated Internet of the gateway tests: one namespace with the
+// resolver, example.net's Kamailio and bob's baresip.
+const (
+	inetGateway  = "198.51.100.1"  // the gateway's uplink address
+	inetDNS      = "198.51.100.53" // dnsmasq, the gateway's dns-upstream
+	inetKamailio = "198.51.100.10" // sip.example.net
+	inetBob      = "198.51.100.20" // bob's baresip
+)
+
+// TestBaresipCallsInternetThroughGateway (issue 14): a DHCP-provisioned
+// baresip on n4 of a line n1–n2–n3–n4 (three mesh hops from the gateway
+// n1, mesh links IPv6 only) calls sip:bob@example.net. n1's uplink leads
+// to the "Internet" namespace: dnsmasq serves example.net's NAPTR → SRV →
+// A records, Kamailio is example.net's registrar and proxy (digest
+// authentication of REGISTER), and bob, a baresip there, registered with
+// it. The call goes n4 → mesh → n1, which locates example.net (RFC 3263)
+// and sends it out of its uplink to Kamailio, which forks it to bob; tones
+// prove audio both ways through both relays. Then, from the Internet, an
+// INVITE for another domain sent to the gateway is refused 403.
+func TestBaresipCallsInternetThroughGateway(t *testing.T) {
+	netns.RequireRoot(t)
+	busybox := needTool(t, "busybox", "busybox")
+	baresip := needTool(t, "baresip", "baresip-core")
+	dnsmasq := needTool(t, "dnsmasq", "dnsmasq-base")
+	kamailio := needTool(t, "kamailio", "kamailio")
+
+	m := newLineMesh(t, "w", 4, 70, func(i int) string {
+		switch i {
+		case 0:
+			return "uplink-interface up0\npublic-address " + inetGateway + "\ndns-upstream " + inetDNS + "\n"
+		case 3:
+			return "lan-interface lan0\ndhcp on\ndigest-algorithms MD5\n"
+		}
+		return ""
+	})
+	inet := netns.New(t, "winet")
+	netns.Veth(t, m.nodes[0].ns, "up0", inet, "inet0")
+	m.nodes[0].ns.Run(t, "ip", "addr", "add", inetGateway+"/24", "dev", "up0")
+	for _, a := range []string{inetDNS, inetKamailio, inetBob} {
+		inet.Run(t, "ip", "addr", "add", a+"/24", "dev", "inet0")
+	}
+	startDnsmasq(t, inet, dnsmasq)
+	startKamailioNS(t, inet, kamailio)
+
+	pc := m.plugPhone(3, "wph")
+	m.startAll()
+	m.waitRing()
+	m.addUser(1, "201", "secret-201")
+	for i, nd := range m.nodes {
+		for _, ifn := range m.ifaces[i] {
+			if out, _ := nd.ns.Try("ip", "-4", "-o", "addr", "show", "dev", ifn); strings.TrimSpace(out) != "" {
+				t.Fatalf("mesh link %s of %s has IPv4: %s", ifn, nd.name, out)
+			}
+		}
+	}
+
+	// bob registers with example.net, found by DNS as any phone would.
+	const bobTone, callerTone = 1300.0, 700.0
+	bobDir := t.TempDir()
+	writeFile(t, filepath.Join(bobDir, "config"), baresipBase+"net_interface "+inetBob+"\nsip_listen "+inetBob+":5060\ndns_server "+inetDNS+":53\n")
+	// The reference Kamailio computes passwords: "pw" + the user from its
+	// second letter (testdata/kamailio/kamailio.cfg).
+	writeFile(t, filepath.Join(bobDir, "accounts"), "<sip:bob@example.net>;auth_pass=pwob;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
+	writeToneWAV(t, filepath.Join(bobDir, "tone.wav"), bobTone, 5*time.Second)
+	bob := startBaresip(t, inet, baresip, bobDir)
+	// Its REGISTER_OK event may come before ctrl_tcp is connected: its
+	// log tells.
+	waitFor(t, 15*time.Second, "bob to register with example.net", func() (bool, string) {
+		b, _ := os.ReadFile(bob.log)
+		return strings.Contains(string(b), "bob@example.net: {0/UDP/v4} 200 OK"), lastLines(string(b), 3)
+	})
+
+	// The mesh phone is provisioned by DHCP, option 120 its outbound proxy.
+	phDir := t.TempDir()
+	writeFile(t, filepath.Join(phDir, "config.base"), baresipBase)
+	writeToneWAV(t, filepath.Join(phDir, "tone.wav"), callerTone, 5*time.Second)
+	c := startUdhcpc(t, pc, busybox, writeScript(t, t.TempDir()), "phone201",
+		[]string{"PHONE_DIR=" + phDir, "PHONE_USER=201", "PHONE_PASS=secret-201", "PHONE_OUTBOUND=1"})
+	ev := c.wait(t, 25*time.Second, "bound")
+	t.Logf("phone 201 on n4 leased %s", ev.vars["ip"])
+	caller := startBaresip(t, pc, baresip, phDir)
+	m.waitBinding(1, "201", 3)
+
+	// n4 must know the gateway before it can route out.
+	waitFor(t, 30*time.Second, "n4 to see the gateway", func() (bool, string) {
+		st, err := m.nodes[3].status(m.bin)
+		if err != nil {
+			return false, err.Error()
+		}
+		if len(st.Gateways) == 0 || !st.Gateways[0].Usable || st.Gateways[0].Name != "n1" {
+			return false, fmt.Sprintf("gateways %+v", st.Gateways)
+		}
+		return true, ""
+	})
+	out, err := m.nodes[3].ns.Try(m.bin, "gateways", "--control", m.nodes[3].sock)
+	if err != nil {
+		t.Fatalf("sipmesh gateways on n4: %v\n%s", err, out)
+	}
+	t.Logf("sipmesh gateways on n4:\n%s", out)
+
+	res := runCall(t, caller, bob, "sip:bob@example.net")
+	t.Logf("call 201 (n4) → sip:bob@example.net through the gateway n1: %v", res)
+	checkTones(t, "bob at example.net (called)", bobDir, callerTone, bobTone)
+	checkTones(t, "201 on n4 (caller)", phDir, bobTone, callerTone)
+
+	// From the Internet: the gateway relays nothing for other domains.
+	for _, target := range []string{"sip:x@other.example", "sip:201@mesh"} {
+		if code := sendINVITE(t, inet, inetBob, inetGateway+":5060", target); code != "403" {
+			t.Errorf("INVITE %s from the Internet to the gateway: %s, want 403", target, code)
+		}
+	}
+}
+
+// startDnsmasq serves example.net's SIP location records on inetDNS:53
+// and waits until it answers.
+func startDnsmasq(t *testing.T, ns *netns.NS, bin string) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := ns.Command(context.Background(), bin, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+		"--bind-interfaces", "--listen-address="+inetDNS, "--port=53", "--user=root", "--pid-file="+filepath.Join(dir, "pid"),
+		"--log-queries", "--log-facility=-",
+		// RFC 3263 §4.1: NAPTR for UDP, then SRV, then the host's A.
+		`--naptr-record=example.net,10,10,S,SIP+D2U,,_sip._udp.example.net`,
+		"--srv-host=_sip._udp.example.net,sip.example.net,5060,10,10",
+		"--host-record=sip.example.net,"+inetKamailio)
+	startDaemon(t, cmd, filepath.Join(dir, "dnsmasq.log"), "dnsmasq")
+	nw := ns.Network()
+	waitFor(t, 10*time.Second, "dnsmasq to answer", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		conn, err := nw.Dial(ctx, "udp", inetDNS+":53")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer conn.Close()
+		q := new(dns.Msg)
+		q.SetQuestion("sip.example.net.", dns.TypeA)
+		c := &dns.Conn{Conn: conn}
+		c.SetDeadline(time.Now().Add(time.Second))
+		if err := c.WriteMsg(q); err != nil {
+			return false, err.Error()
+		}
+		r, err := c.ReadMsg()
+		if err != nil || len(r.Answer) == 0 {
+			return false, fmt.Sprintf("%v %v", r, err)
+		}
+		return true, ""
+	})
+}
+
+// startKamailioNS runs the reference Kamailio (testdata/kamailio, digest
+// authentication of REGISTER) as example.net on inetKamailio:5060.
+func startKamailioNS(t *testing.T, ns *netns.NS, bin string) {
+	t.Helper()
+	cfg, err := os.ReadFile(filepath.Join("..", "..", "testdata", "kamailio", "kamailio.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(cfg), "listen=udp:127.0.0.1:5070", "listen=udp:"+inetKamailio+":5060", 1)
+	if text == string(cfg) {
+		t.Fatal("kamailio.cfg: no listen line to move")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kamailio.cfg")
+	writeFile(t, path, text)
+	cmd := ns.Command(context.Background(), bin, "-f", path, "-DD", "-E", "-m", "64", "-M", "8", "-Y", dir,
+		"-P", filepath.Join(dir, "kamailio.pid"), "-A", "WITH_AUTH")
+	startDaemon(t, cmd, filepath.Join(dir, "kamailio.log"), "kamailio")
+	nw := ns.Network()
+	waitFor(t, 10*time.Second, "kamailio to answer OPTIONS", func() (bool, string) {
+		code := ""
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		conn, err := nw.Dial(ctx, "udp", inetKamailio+":5060")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKkp;rport\r\nMax-Forwards: 70\r\nFrom: <sip:ping@example.net>;tag=p\r\nTo: <sip:%s>\r\nCall-ID: kping\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+			inetKamailio, conn.LocalAddr(), inetKamailio)
+		conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		buf := make([]byte, 2048)
+		n, err := conn.Read(buf)
+		if err == nil {
+			code = string(buf[:min(n, 12)])
+		}
+		return strings.HasPrefix(code, "SIP/2.0 200"), code
+	})
+}
+
+// startDaemon starts cmd with its output in logPath, stops it (by its
+// PID) when the test ends, and shows the log's end if the test failed.
+func startDaemon(t *testing.T, c *exec.Cmd, logPath, name string) {
+	t.Helper()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stdout, c.Stderr = logf, logf
+	if err := c.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { c.Wait(); close(done) }()
+	t.Cleanup(func() {
+		c.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			c.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("%s log:\n%s", name, lastLines(string(b), 60))
+		}
+	})
+}
+
+// sendINVITE sends one INVITE for target from src (in ns) to dst and
+// returns the final status code it gets ("" when none in 5 s).
+func sendINVITE(t *testing.T, ns *netns.NS, src, dst, target string) string {
+	t.Helper()
+	conn, err := ns.Network().ListenPacket(context.Background(), "udp4", src+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	to, err := net.ResolveUDPAddr("udp4", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := conn.LocalAddr().String()
+	msg := fmt.Sprintf("INVITE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bKprobe%d;rport\r\nMax-Forwards: 70\r\n"+
+		"From: <sip:probe@%s>;tag=pr\r\nTo: <%s>\r\nCall-ID: probe%d@%s\r\nCSeq: 1 INVITE\r\nContact: <sip:probe@%s>\r\nContent-Length: 0\r\n\r\n",
+		target, local, time.Now().UnixNano(), src, target, time.Now().UnixNano(), src, local)
+	if _, err := conn.WriteTo([]byte(msg), to); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn.SetReadDeadline(deadline)
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil {
+			return ""
+		}
+		line, _, _ := strings.Cut(string(buf[:n]), "\r\n")
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "SIP/2.0" && f[1] >= "200" {
+			return f[1]
+		}
+	}
+}
