@@ -277,6 +277,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Aliases: n.aliases(),
 		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
+		// A gateway node's own Internet side (uplinksip.go).
+		LocalPeer: n.localGatewayPeer(meshAddr),
 		// Calls to other domains leave through a gateway (gwchoice.go).
 		Outbound: func(ctx context.Context, _ *sip.Request) (netip.AddrPort, error) {
 			id, err := n.ChooseGateway(ctx, KindURI)

@@ -114,6 +114,8 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		ServerName:  "sipmesh " + n.opts.Name,
 		Logger:      log,
 		Rate:        n.opts.SIPRate, Burst: n.opts.SIPBurst, MaxTransactions: n.opts.SIPMaxTransactions,
+		// Calls of the node's own phones come from its own service.
+		LocalPeer: netip.AddrPortFrom(meshAddr, n.opts.SIPPort),
 		Uplink: &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
 			return loc.Locate(ctx, u)
 		}},
@@ -147,4 +149,13 @@ func (n *Node) UplinkSIP() *proxy.SIPService {
 	n.svc.mu.Lock()
 	defer n.svc.mu.Unlock()
 	return n.svc.uplinkSIP
+}
+
+// localGatewayPeer is the node's own Internet side on the mesh, which its
+// phones' service may route to (zero: not a gateway).
+func (n *Node) localGatewayPeer(meshAddr netip.Addr) netip.AddrPort {
+	if !n.opts.Gateway() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(meshAddr, GatewaySIPPort)
 }

@@ -104,6 +104,11 @@ type SIPServiceConfig struct {
 	// its "LAN" socket is on the uplink, its mesh socket on the gateway
 	// port. Nil: an ordinary node service.
 	Uplink *UplinkConfig
+	// LocalPeer is the node's other SIP service on its mesh address (on a
+	// gateway with phones: the Internet side for the node's service, the
+	// node's service for the Internet side), the one destination on the
+	// node's own address that routes may lead to.
+	LocalPeer netip.AddrPort
 
 	// EchoListen, if set, opens a media socket on the LAN address for
 	// the echo test (3246, phones.EchoService), which phones on the LAN reach;

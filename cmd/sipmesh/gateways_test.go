@@ -217,6 +217,31 @@ func outboundCallOnMesh(t *testing.T) {
 		t.Error("bob's call did not end with the caller's BYE")
 	}
 
+	// A phone on the gateway node itself calls out too: its node sends
+	// the call to its own Internet side over its own mesh socket.
+	local, err := m.phones[0].Call(cctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
+	if err != nil {
+		t.Fatalf("call from the gateway node's own phone: %v", err)
+	}
+	select {
+	case in = <-bob.Incoming():
+	case <-time.After(5 * time.Second):
+		t.Fatal("bob got no call from the gateway node's phone")
+	}
+	time.Sleep(2 * time.Second)
+	if !local.HeardRemote() || !in.Heard(m.phones[0].Hz) {
+		t.Errorf("gateway node's phone: audio caller→bob %v, bob→caller %v", in.Heard(m.phones[0].Hz), local.HeardRemote())
+	}
+	// The BYE follows the route set between the node's two services.
+	if err := local.Hangup(cctx); err != nil {
+		t.Errorf("hangup of the gateway node's phone: %v", err)
+	}
+	select {
+	case <-in.Done():
+	case <-time.After(5 * time.Second):
+		t.Error("bob's call from the gateway node's phone did not end with its BYE")
+	}
+
 	// From the Internet (eve, sending everything to the gateway's
 	// uplink): the gateway is no open relay, and it gives one answer for
 	// every user, existing or not.
