@@ -118,7 +118,9 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		LocalPeer: netip.AddrPortFrom(meshAddr, n.opts.SIPPort),
 		Uplink: &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
 			return loc.Locate(ctx, u)
-		}},
+		}, Domain: n.opts.SIPDomain},
+		// Internet calls for sip:EXT@sip-domain are looked up.
+		Domains: domains(n.opts.SIPDomain),
 	})
 	if err != nil {
 		upUDP.Close()
@@ -158,4 +160,11 @@ func (n *Node) localGatewayPeer(meshAddr netip.Addr) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(meshAddr, GatewaySIPPort)
+}
+
+func domains(d string) []string {
+	if d == "" {
+		return nil
+	}
+	return []string{d}
 }

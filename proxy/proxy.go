@@ -373,7 +373,10 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 		if err := sip.ParseUri(b.Contact, &u); err != nil || u.Host == "" {
 			continue
 		}
-		if b.Node == s.cfg.Node {
+		// On a gateway's Internet side, the node's own bindings are its
+		// phones service's (LocalPeer), reached over the mesh like any
+		// node's (uplink.go).
+		if b.Node == s.cfg.Node && s.cfg.Uplink == nil {
 			dst := b.Source
 			if !dst.IsValid() {
 				var err error

@@ -32,18 +32,31 @@ import (
 // RFC 4961) so far ends behind NAT work. In-dialog requests follow the
 // recorded route set both ways, as everywhere.
 //
-// The gateway is never an open relay: a request outside a dialog that
-// comes from the Internet side is refused with 403, one answer for every
-// user and domain, so that probing it (sipvicious svwar) tells nothing
-// about which extensions exist; REGISTER from the Internet is refused the
-// same way. Only in-dialog requests on a route set the gateway recorded
-// pass (routecheck.go).
+// Inbound: an INVITE (or MESSAGE) from the Internet for sip:EXT@domain,
+// the mesh's public domain (UplinkConfig.Domain, config key sip-domain,
+// which the operator points at the gateway in DNS), is looked up in the
+// location service like a call from another node, and sent over the mesh
+// to the node each binding was registered through, with its flow token
+// (even when that node is the gateway itself: its phones' service is
+// SIPServiceConfig.LocalPeer). An unknown extension gets 404.
+//
+// The gateway is never an open relay: any other request outside a dialog
+// that comes from the Internet side is refused with 403, one answer for
+// every user and domain (REGISTER, OPTIONS and SUBSCRIBE too, so that
+// probing it with sipvicious svwar, which registers by default, tells
+// nothing about which extensions exist). Only in-dialog requests on a
+// route set the gateway recorded pass (routecheck.go).
 
 // UplinkConfig is a gateway's Internet side.
 type UplinkConfig struct {
 	// Locate finds the servers of a SIP URI outside the mesh, in the
 	// order to try them (uplink.Locator.Locate, RFC 3263 §4).
 	Locate func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error)
+	// Domain is the mesh's public SIP domain (config key sip-domain): an
+	// INVITE or MESSAGE from the Internet for sip:EXT@Domain is routed to
+	// the extension's phones over the mesh, as a call from another node
+	// is (an unknown extension gets 404). Empty: no inbound calls.
+	Domain string
 }
 
 // uplinkRefuses answers what the Internet side never serves and reports
@@ -66,6 +79,10 @@ func (s *SIPService) uplinkRefuses(req *sip.Request, tx sip.ServerTransaction, s
 	}
 	if req.Method == sip.OPTIONS && s.ourHost(req.Recipient.Host) && req.Recipient.User == "" && req.Route() == nil {
 		return false
+	}
+	if d := s.cfg.Uplink.Domain; d != "" && (req.Method == sip.INVITE || req.Method == sip.MESSAGE) &&
+		registrar.CanonHost(req.Recipient.Host) == d && req.Recipient.User != "" && req.Route() == nil {
+		return false // inbound, for the mesh's own domain: looked up like any call
 	}
 	s.uplinkRefused.Add(1)
 	res := s.respond(req, 403, "Forbidden")

@@ -237,6 +237,7 @@ func (m *telMesh) build() error {
 			}
 			m.inet.Attach(m.hosts[i].AddInterface("up0", 1500, netip.PrefixFrom(pub, 24)))
 			o.UplinkInterface, o.PublicAddress = "up0", pub
+			o.SIPDomain = "voice.example.org"
 			// The Internet's resolver, on the uplink segment (a test's).
 			o.DNSUpstreams = []netip.AddrPort{netip.MustParseAddrPort("198.51.100.53:53")}
 		}

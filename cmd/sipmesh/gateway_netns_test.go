@@ -35,8 +35,10 @@ const (
 // authentication of REGISTER), and bob, a baresip there, registered with
 // it. The call goes n4 → mesh → n1, which locates example.net (RFC 3263)
 // and sends it out of its uplink to Kamailio, which forks it to bob; tones
-// prove audio both ways through both relays. Then, from the Internet, an
-// INVITE for another domain sent to the gateway is refused 403.
+// prove audio both ways through both relays. Then bob calls
+// sip:201@voice.example.org, the mesh's sip-domain that DNS points at the
+// gateway, and reaches 201 the other way; an INVITE from the Internet for
+// another domain sent to the gateway is refused 403.
 func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	netns.RequireRoot(t)
 	busybox := needTool(t, "busybox", "busybox")
@@ -47,7 +49,7 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	m := newLineMesh(t, "w", 4, 70, func(i int) string {
 		switch i {
 		case 0:
-			return "uplink-interface up0\npublic-address " + inetGateway + "\ndns-upstream " + inetDNS + "\n"
+			return "uplink-interface up0\npublic-address " + inetGateway + "\ndns-upstream " + inetDNS + "\nsip-domain voice.example.org\n"
 		case 3:
 			return "lan-interface lan0\ndhcp on\ndigest-algorithms MD5\n"
 		}
@@ -123,6 +125,20 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	checkTones(t, "bob at example.net (called)", bobDir, callerTone, bobTone)
 	checkTones(t, "201 on n4 (caller)", phDir, bobTone, callerTone)
 
+	// Inbound: bob calls sip:201@voice.example.org, the mesh's public
+	// domain, which DNS points at the gateway; n1 routes it over the mesh
+	// to 201 on n4.
+	for _, dir := range []string{bobDir, phDir} {
+		old, _ := filepath.Glob(filepath.Join(dir, "dump-*.wav"))
+		for _, f := range old {
+			os.Remove(f)
+		}
+	}
+	res = runCall(t, bob, caller, "sip:201@voice.example.org")
+	t.Logf("call bob → sip:201@voice.example.org through the gateway n1 to n4: %v", res)
+	checkTones(t, "201 on n4 (called from the Internet)", phDir, bobTone, callerTone)
+	checkTones(t, "bob (caller)", bobDir, callerTone, bobTone)
+
 	// From the Internet: the gateway relays nothing for other domains.
 	for _, target := range []string{"sip:x@other.example", "sip:201@mesh"} {
 		if code := sendINVITE(t, inet, inetBob, inetGateway+":5060", target); code != "403" {
@@ -142,7 +158,9 @@ func startDnsmasq(t *testing.T, ns *netns.NS, bin string) {
 		// RFC 3263 §4.1: NAPTR for UDP, then SRV, then the host's A.
 		`--naptr-record=example.net,10,10,S,SIP+D2U,,_sip._udp.example.net`,
 		"--srv-host=_sip._udp.example.net,sip.example.net,5060,10,10",
-		"--host-record=sip.example.net,"+inetKamailio)
+		"--host-record=sip.example.net,"+inetKamailio,
+		// The mesh's public domain, pointed at the gateway (sip-domain).
+		"--host-record=voice.example.org,"+inetGateway)
 	startDaemon(t, cmd, filepath.Join(dir, "dnsmasq.log"), "dnsmasq")
 	nw := ns.Network()
 	waitFor(t, 10*time.Second, "dnsmasq to answer", func() (bool, string) {

@@ -46,7 +46,7 @@ func gatewayAnnouncedOnMesh(t *testing.T) {
 	hops := map[string]int{}
 	for _, g := range gws {
 		hops[g.Name] = g.MeshHops
-		if !g.Up || !g.Usable || len(g.Offers) != 1 || g.Offers[0] != "uris" || g.R < 80 {
+		if !g.Up || !g.Usable || strings.Join(g.Offers, ",") != "uris,inbound" || g.Domain != "voice.example.org" || g.R < 80 {
 			t.Errorf("gateway %s: %+v", g.Name, g)
 		}
 	}
@@ -148,9 +148,12 @@ func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
 // sip:bob@example.net in the emulated Internet; the gateway locates
 // example.net by NAPTR, SRV and A and sends the call from its uplink;
 // tones prove audio both ways through the caller's node's relay (LAN ↔
-// mesh) and the gateway's (mesh ↔ uplink). From the Internet, a call
-// for another domain, or for an extension at the gateway's address, is
-// refused 403 alike.
+// mesh) and the gateway's (mesh ↔ uplink); a phone on the gateway node
+// itself calls out the same way. From the Internet, a call for another
+// domain, or for an extension at the gateway's address, is refused 403
+// alike; a call for sip:EXT@voice.example.org, the mesh's sip-domain,
+// reaches the phone (on n4, and on the gateway node), an unknown
+// extension 404.
 func TestOutboundCallOnMesh(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, outboundCallOnMesh)
@@ -266,5 +269,39 @@ func outboundCallOnMesh(t *testing.T) {
 	}
 	if st := m.nodes[0].UplinkSIP().Stats(); st.Refused != 4 {
 		t.Errorf("the gateway refused %d requests, want 4", st.Refused)
+	}
+
+	// Inbound: eve calls sip:204@voice.example.org, the mesh's public
+	// domain; the gateway routes it over the mesh to 204 on n4, 3 hops
+	// away. An extension nobody has is 404.
+	// The same for 201 on the gateway node itself (its phones' service
+	// is the Internet side's LocalPeer).
+	for _, callee := range []*meshPhone{caller, m.phones[0]} {
+		ic, err := eve.Call(cctx, "sip:"+callee.Ext+"@voice.example.org", phones.CallOptions{ExpectHz: callee.Hz})
+		if err != nil {
+			t.Fatalf("Internet call to sip:%s@voice.example.org: %v", callee.Ext, err)
+		}
+		var at *phones.Call
+		select {
+		case at = <-callee.Incoming():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s got no call from the Internet", callee.Ext)
+		}
+		time.Sleep(2 * time.Second)
+		if !ic.HeardRemote() || !at.Heard(700) {
+			t.Errorf("inbound audio to %s: eve heard it %v, it heard eve %v", callee.Ext, ic.HeardRemote(), at.Heard(700))
+		}
+		if err := ic.Hangup(cctx); err != nil {
+			t.Errorf("hangup of the inbound call to %s: %v", callee.Ext, err)
+		}
+		select {
+		case <-at.Done():
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s's call did not end with eve's BYE", callee.Ext)
+		}
+	}
+	_, err = eve.Call(cctx, "sip:299@voice.example.org", phones.CallOptions{})
+	if se := (*phones.StatusError)(nil); !errors.As(err, &se) || se.Code != 404 {
+		t.Errorf("Internet call to an unknown extension: %v, want 404", err)
 	}
 }
