@@ -16,8 +16,7 @@ import (
 // record lives announceLifetime and is rewritten every announceEvery: a
 // gateway that dies (or loses its uplink) is gone from every holder within
 // announceLifetime, counted down on each holder's own clock, so no clocks
-// need to agree. The value's format is in ssr/dht/FORMAT.md's list of key
-// namespaces and here:
+// need to agree. The value (also in the README, "Internet gateways"):
 //
 //	version   1 byte   = 1
 //	flags     1 byte   bit 0 uplink up, bit 1 Internet SIP URIs,

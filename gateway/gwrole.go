@@ -177,8 +177,9 @@ func (g *gatewayRole) announcement(up bool) Announcement {
 	g.mu.Lock()
 	e := gwEntry{probes: g.probes}
 	g.mu.Unlock()
-	a := Announcement{Name: o.Name, Up: up, URIs: true, Domain: o.SIPDomain, Inbound: o.SIPDomain != "",
-		DialPrefix: o.DialPrefix, Trunk: o.DialPrefix != ""}
+	// The trunk (and so the dial prefix) is not offered: the node does
+	// not run it yet (README, Internet gateways).
+	a := Announcement{Name: o.Name, Up: up, URIs: true, Domain: o.SIPDomain, Inbound: o.SIPDomain != ""}
 	if len(a.Name) > maxAnnounceName || !printable(a.Name) {
 		a.Name = ""
 	}
