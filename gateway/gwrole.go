@@ -41,6 +41,8 @@ type GatewayRoleStatus struct {
 	Probes  int      `json:"probes"`
 	Offers  []string `json:"offers"`
 	Domain  string   `json:"domain,omitempty"`
+	// Trunk is the trunk's registration (trunk-* keys; no password).
+	Trunk *uplink.TrunkStatus `json:"trunk,omitempty"`
 	// Announced is when the announcement was last written to the DHT.
 	Announced time.Time `json:"announced,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
@@ -214,6 +216,12 @@ func (g *gatewayRole) status() *GatewayRoleStatus {
 	case g.public.IsValid():
 		st.Public = g.public.Addr().String()
 	}
+	g.n.svc.mu.Lock()
+	if t := g.n.svc.trunk; t != nil {
+		ts := t.Status()
+		st.Trunk = &ts
+	}
+	g.n.svc.mu.Unlock()
 	st.Offers = []string{"uris"}
 	if a.Trunk {
 		st.Offers = append(st.Offers, "trunk")

@@ -21,6 +21,7 @@ import (
 	"github.com/sipmesh/sipmesh/sipalg"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
+	"github.com/sipmesh/sipmesh/uplink"
 )
 
 // The services of a node beyond routing: the DHT, the registrar and proxy
@@ -80,6 +81,7 @@ type services struct {
 	// uplinkSIP is a gateway's Internet side (uplinksip.go), set under mu
 	// once the uplink has an address.
 	uplinkSIP *proxy.SIPService
+	trunk     *uplink.Trunk // the gateway's trunk (nil: none)
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -106,6 +107,21 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		return fmt.Errorf("gateway SIP on the mesh: %w", err)
 	}
 	loc := n.locator()
+	// The trunk (trunk-* keys), registered from the uplink socket once the
+	// service runs; the provider's calls come back to it.
+	var trunk *uplink.Trunk
+	up := &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+		return loc.Locate(ctx, u)
+	}, Domain: n.opts.SIPDomain}
+	if n.opts.TrunkRegistrar != "" {
+		up.TrunkUser = n.opts.TrunkUser
+		up.TrunkSource = func(a netip.Addr) bool {
+			// Only the provider's server the trunk registered with.
+			_, ap, _ := strings.Cut(trunk.Status().Target, " ")
+			t, err := netip.ParseAddrPort(ap)
+			return err == nil && t.Addr().Unmap() == a
+		}
+	}
 	svc, err := proxy.NewSIPService(proxy.SIPServiceConfig{
 		Node: n.router.ID(), LANAddr: sipUp, MeshAddr: sipMesh,
 		LANUDP: upUDP, MeshUDP: meshUDP,
@@ -116,9 +132,9 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		Rate:        n.opts.SIPRate, Burst: n.opts.SIPBurst, MaxTransactions: n.opts.SIPMaxTransactions,
 		// Calls of the node's own phones come from its own service.
 		LocalPeer: netip.AddrPortFrom(meshAddr, n.opts.SIPPort),
-		Uplink: &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
-			return loc.Locate(ctx, u)
-		}, Domain: n.opts.SIPDomain},
+		Uplink:    up,
+		// A DID is a dial-plan alias of an extension (`sipmesh did`).
+		Aliases: n.aliases(),
 		// Internet calls for sip:EXT@sip-domain are looked up.
 		Domains: domains(n.opts.SIPDomain),
 	})
@@ -127,22 +143,63 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		meshUDP.Close()
 		return err
 	}
+	if n.opts.TrunkRegistrar != "" {
+		var reg sip.Uri
+		if err := sip.ParseUri(n.opts.TrunkRegistrar, &reg); err != nil {
+			return fmt.Errorf("trunk-registrar: %w", err) // checked by the config already
+		}
+		trunk, err = uplink.NewTrunk(uplink.TrunkConfig{
+			Name:      reg.Host,
+			Registrar: reg,
+			AOR:       sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: reg.Host},
+			Username:  n.opts.TrunkUser, Password: n.trunkPassword,
+			// The gateway's own address on the uplink (behind NAT: not yet
+			// the public one; README, Internet gateways).
+			Contact: sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: addr.String(), Port: int(n.opts.SIPPort)},
+			Client:  svc.TrunkClient(),
+			Locator: loc,
+			Logger:  log,
+		})
+		if err != nil {
+			return err
+		}
+	}
 	n.svc.mu.Lock()
 	n.svc.uplinkSIP = svc
+	n.svc.trunk = trunk
 	n.svc.mu.Unlock()
 	n.log.Info("gateway's Internet side up", "uplink", n.opts.UplinkInterface, "sip", sipUp, "mesh", sipMesh)
 	errc := make(chan error, 2)
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { errc <- relay.Run(rctx) }()
 	go func() { errc <- svc.Run(rctx) }()
-	err = <-errc
+	trunkDone := make(chan struct{})
+	// The trunk stops first and removes its binding (RFC 3261 §10.2.2)
+	// while the service still carries the REGISTER and its answer.
+	tctx, tcancel := context.WithCancel(context.Background())
+	defer tcancel()
+	if trunk != nil {
+		go func() { trunk.Run(tctx); close(trunkDone) }()
+	} else {
+		close(trunkDone)
+	}
+	var errs []error
+	select {
+	case <-ctx.Done():
+	case err := <-errc: // the relay or the service failed
+		errs = append(errs, err)
+	}
+	tcancel()
+	<-trunkDone
 	cancel()
-	err2 := <-errc
+	for len(errs) < cap(errc) {
+		errs = append(errs, <-errc)
+	}
 	if ctx.Err() != nil {
 		return nil
 	}
-	return errors.Join(err, err2)
+	return errors.Join(errs...)
 }
 
 // UplinkSIP returns the gateway's Internet side (nil: not a gateway, or

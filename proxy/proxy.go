@@ -197,6 +197,11 @@ func (p *proxyTx) run() {
 		base.RemoveHeader("Proxy-Authorization")
 	}
 	recorded, flow := s.popRoutes(base, p.in)
+	if p.in == s.lan && s.trunkCall(base, p.src) {
+		// The provider calls the trunk's Contact; the DID is in To
+		// (uplink.go).
+		base.Recipient.User = base.To().Address.User
+	}
 	var targets []target
 	if flow != nil {
 		targets = []target{*flow}

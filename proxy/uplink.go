@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/uplink"
@@ -40,6 +41,12 @@ import (
 // (even when that node is the gateway itself: its phones' service is
 // SIPServiceConfig.LocalPeer). An unknown extension gets 404.
 //
+// A call the gateway's SIP provider delivers to the trunk's registered
+// Contact (UplinkConfig.TrunkUser, from the provider's server only) is for
+// the number in its To header, a DID: the dial plan's aliases map it to an
+// extension (`sipmesh did set 5550100 201`), and it goes on like the
+// above.
+//
 // The gateway is never an open relay: any other request outside a dialog
 // that comes from the Internet side is refused with 403, one answer for
 // every user and domain (REGISTER, OPTIONS and SUBSCRIBE too, so that
@@ -57,6 +64,41 @@ type UplinkConfig struct {
 	// the extension's phones over the mesh, as a call from another node
 	// is (an unknown extension gets 404). Empty: no inbound calls.
 	Domain string
+	// TrunkUser is the gateway's account at its SIP provider, the user
+	// of the Contact it registers (uplink.Trunk): a call the provider
+	// delivers there (RFC 3261 §10) is for the number in its To header,
+	// a DID, which the dial plan's aliases map to an extension
+	// (`sipmesh did`). TrunkSource reports whether a source address is
+	// the provider's (the server the trunk registered with); only
+	// those are taken. Empty: no trunk.
+	TrunkUser   string
+	TrunkSource func(netip.Addr) bool
+}
+
+// trunkCall reports a request the provider delivers to the trunk's
+// Contact, from the provider's server.
+func (s *SIPService) trunkCall(req *sip.Request, src netip.AddrPort) bool {
+	u := s.cfg.Uplink
+	return u != nil && u.TrunkUser != "" && u.TrunkSource != nil && req.Recipient.User == u.TrunkUser &&
+		s.ourHost(req.Recipient.Host) && req.Route() == nil && req.To() != nil && req.To().Address.User != "" &&
+		u.TrunkSource(src.Addr().Unmap())
+}
+
+// TrunkClient returns a client that sends from the Internet side's
+// socket, for the trunk's REGISTERs: their answers, and the provider's
+// calls to the registered Contact, come back to that socket.
+func (s *SIPService) TrunkClient() uplink.Client { return trunkClient{s} }
+
+type trunkClient struct{ s *SIPService }
+
+func (c trunkClient) Do(ctx context.Context, req *sip.Request, opts ...sipgo.ClientRequestOption) (*sip.Response, error) {
+	c.s.lan.laddr.Copy(&req.Laddr)
+	return c.s.client.Do(ctx, req, opts...)
+}
+
+func (c trunkClient) DoDigestAuth(ctx context.Context, req *sip.Request, res *sip.Response, auth sipgo.DigestAuth) (*sip.Response, error) {
+	c.s.lan.laddr.Copy(&req.Laddr)
+	return c.s.client.DoDigestAuth(ctx, req, res, auth)
 }
 
 // uplinkRefuses answers what the Internet side never serves and reports
@@ -79,6 +121,9 @@ func (s *SIPService) uplinkRefuses(req *sip.Request, tx sip.ServerTransaction, s
 	}
 	if req.Method == sip.OPTIONS && s.ourHost(req.Recipient.Host) && req.Recipient.User == "" && req.Route() == nil {
 		return false
+	}
+	if (req.Method == sip.INVITE || req.Method == sip.MESSAGE) && s.trunkCall(req, src) {
+		return false // from the provider to the trunk: the DID's extension
 	}
 	if d := s.cfg.Uplink.Domain; d != "" && (req.Method == sip.INVITE || req.Method == sip.MESSAGE) &&
 		registrar.CanonHost(req.Recipient.Host) == d && req.Recipient.User != "" && req.Route() == nil {

@@ -37,8 +37,12 @@ const (
 // and sends it out of its uplink to Kamailio, which forks it to bob; tones
 // prove audio both ways through both relays. Then bob calls
 // sip:201@voice.example.org, the mesh's sip-domain that DNS points at the
-// gateway, and reaches 201 the other way; an INVITE from the Internet for
-// another domain sent to the gateway is refused 403.
+// gateway, and reaches 201 the other way. The gateway's trunk registers
+// with the same Kamailio as its SIP provider (account 5550100, digest
+// challenge answered), and bob's call to the DID sip:5550100@example.net,
+// delivered by the provider to the gateway, rings 201 (`sipmesh did set
+// 5550100 201`), audio both ways. An INVITE from the Internet for another
+// domain sent to the gateway is refused 403.
 func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	netns.RequireRoot(t)
 	busybox := needTool(t, "busybox", "busybox")
@@ -46,10 +50,18 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	dnsmasq := needTool(t, "dnsmasq", "dnsmasq-base")
 	kamailio := needTool(t, "kamailio", "kamailio")
 
+	// The gateway's trunk: its account 5550100 at the provider
+	// (example.net's Kamailio, whose reference config computes the
+	// password "pw" + the user from its second character).
+	pwFile := filepath.Join(t.TempDir(), "trunk.pw")
+	if err := os.WriteFile(pwFile, []byte("pw550100\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	m := newLineMesh(t, "w", 4, 70, func(i int) string {
 		switch i {
 		case 0:
-			return "uplink-interface up0\npublic-address " + inetGateway + "\ndns-upstream " + inetDNS + "\nsip-domain voice.example.org\n"
+			return "uplink-interface up0\npublic-address " + inetGateway + "\ndns-upstream " + inetDNS + "\nsip-domain voice.example.org\n" +
+				"trunk-registrar sip:example.net\ntrunk-user 5550100\ntrunk-password-file " + pwFile + "\n"
 		case 3:
 			return "lan-interface lan0\ndhcp on\ndigest-algorithms MD5\n"
 		}
@@ -62,7 +74,7 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 		inet.Run(t, "ip", "addr", "add", a+"/24", "dev", "inet0")
 	}
 	startDnsmasq(t, inet, dnsmasq)
-	startKamailioNS(t, inet, kamailio)
+	kamLog := startKamailioNS(t, inet, kamailio)
 
 	pc := m.plugPhone(3, "wph")
 	m.startAll()
@@ -139,6 +151,40 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	checkTones(t, "201 on n4 (called from the Internet)", phDir, bobTone, callerTone)
 	checkTones(t, "bob (caller)", bobDir, callerTone, bobTone)
 
+	// The trunk: registered with the provider (which challenged it: the
+	// reference config logs a REGISTER only once authenticated); bob
+	// calls the DID 5550100 at the provider, which delivers the call to
+	// the gateway's registered Contact; `sipmesh did` maps it to 201.
+	waitFor(t, 30*time.Second, "the gateway's trunk to register", func() (bool, string) {
+		st, err := m.nodes[0].status(m.bin)
+		if err != nil {
+			return false, err.Error()
+		}
+		if st.Gateway == nil || st.Gateway.Trunk == nil || !st.Gateway.Trunk.Registered {
+			return false, fmt.Sprintf("%+v", st.Gateway)
+		}
+		return true, ""
+	})
+	// Its log prefix is "{1 CSeq-number CSeq-method Call-ID}": CSeq 2 is
+	// the REGISTER sent again with credentials after the 401.
+	if b, _ := os.ReadFile(kamLog); !strings.Contains(string(b), " 2 REGISTER ") ||
+		!strings.Contains(string(b), "REGISTER sip:5550100@example.net contact <sip:5550100@"+inetGateway+":5060>") {
+		t.Errorf("the provider logged no authenticated REGISTER of the trunk:\n%s", lastLines(string(b), 20))
+	}
+	if out, err := m.nodes[1].ns.Try(m.bin, "did", "set", "--control", m.nodes[1].sock, "5550100", "201"); err != nil {
+		t.Fatalf("sipmesh did set: %v\n%s", err, out)
+	}
+	for _, dir := range []string{bobDir, phDir} {
+		old, _ := filepath.Glob(filepath.Join(dir, "dump-*.wav"))
+		for _, f := range old {
+			os.Remove(f)
+		}
+	}
+	res = runCall(t, bob, caller, "sip:5550100@example.net")
+	t.Logf("call bob → DID 5550100 at the provider → the gateway's trunk → 201 on n4: %v", res)
+	checkTones(t, "201 on n4 (called on its DID)", phDir, bobTone, callerTone)
+	checkTones(t, "bob (calling the DID)", bobDir, callerTone, bobTone)
+
 	// From the Internet: the gateway relays nothing for other domains.
 	for _, target := range []string{"sip:x@other.example", "sip:201@mesh"} {
 		if code := sendINVITE(t, inet, inetBob, inetGateway+":5060", target); code != "403" {
@@ -188,7 +234,7 @@ func startDnsmasq(t *testing.T, ns *netns.NS, bin string) {
 
 // startKamailioNS runs the reference Kamailio (testdata/kamailio, digest
 // authentication of REGISTER) as example.net on inetKamailio:5060.
-func startKamailioNS(t *testing.T, ns *netns.NS, bin string) {
+func startKamailioNS(t *testing.T, ns *netns.NS, bin string) (logPath string) {
 	t.Helper()
 	cfg, err := os.ReadFile(filepath.Join("..", "..", "testdata", "kamailio", "kamailio.cfg"))
 	if err != nil {
@@ -203,7 +249,8 @@ func startKamailioNS(t *testing.T, ns *netns.NS, bin string) {
 	writeFile(t, path, text)
 	cmd := ns.Command(context.Background(), bin, "-f", path, "-DD", "-E", "-m", "64", "-M", "8", "-Y", dir,
 		"-P", filepath.Join(dir, "kamailio.pid"), "-A", "WITH_AUTH")
-	startDaemon(t, cmd, filepath.Join(dir, "kamailio.log"), "kamailio")
+	logPath = filepath.Join(dir, "kamailio.log")
+	startDaemon(t, cmd, logPath, "kamailio")
 	nw := ns.Network()
 	waitFor(t, 10*time.Second, "kamailio to answer OPTIONS", func() (bool, string) {
 		code := ""
@@ -224,6 +271,7 @@ func startKamailioNS(t *testing.T, ns *netns.NS, bin string) {
 		}
 		return strings.HasPrefix(code, "SIP/2.0 200"), code
 	})
+	return logPath
 }
 
 // startDaemon starts cmd with its output in logPath, stops it (by its

@@ -120,6 +120,17 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 			fmt.Fprintf(w, ", last error: %s", g.LastError)
 		}
 		fmt.Fprintln(w)
+		if tr := g.Trunk; tr != nil {
+			state := "not registered"
+			if tr.Registered {
+				state = "registered at " + tr.Target + " until " + tr.Expires.UTC().Format("15:04:05Z")
+			}
+			fmt.Fprintf(w, "trunk %s: %s, %d failures", tr.Name, state, tr.Failures)
+			if tr.LastError != "" {
+				fmt.Fprintf(w, ", last error: %s", tr.LastError)
+			}
+			fmt.Fprintln(w)
+		}
 	}
 	if len(st.Gateways) > 0 {
 		var gs []string
