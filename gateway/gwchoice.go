@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -250,6 +251,32 @@ func (g *gatewayDir) probeAll(ctx context.Context) {
 // the announcements first when the last read is older than
 // announceEvery; ok is false when no usable gateway offers it.
 func (g *gatewayDir) choose(ctx context.Context, kind string) (ssr.NodeID, bool) {
+	return g.chooseWhere(ctx, kind, nil)
+}
+
+// trunkPrefix reports whether user is a number dialled with the prefix
+// of a gateway this node knows (without reading the DHT: an extension
+// must not wait for it).
+func (g *gatewayDir) trunkPrefix(user string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, e := range g.gws {
+		if dialled(e.ann, user) {
+			return true
+		}
+	}
+	return false
+}
+
+// dialled reports user as a number with a's dial prefix.
+func dialled(a Announcement, user string) bool {
+	num, ok := strings.CutPrefix(user, a.DialPrefix)
+	return a.Trunk && a.DialPrefix != "" && ok && digits(num)
+}
+
+// chooseWhere is choose among the gateways whose announcement passes
+// keep (nil: all).
+func (g *gatewayDir) chooseWhere(ctx context.Context, kind string, keep func(Announcement) bool) (ssr.NodeID, bool) {
 	g.mu.Lock()
 	stale := g.now().Sub(g.read) >= announceEvery
 	g.mu.Unlock()
@@ -265,7 +292,7 @@ func (g *gatewayDir) choose(ctx context.Context, kind string) (ssr.NodeID, bool)
 	}
 	var cs []cand
 	for id, e := range g.gws {
-		if r, ok := e.rate(g.self); ok && e.offers(kind) {
+		if r, ok := e.rate(g.self); ok && e.offers(kind) && (keep == nil || keep(e.ann)) {
 			cs = append(cs, cand{id, r})
 		}
 	}

@@ -179,9 +179,15 @@ func (g *gatewayRole) announcement(up bool) Announcement {
 	g.mu.Lock()
 	e := gwEntry{probes: g.probes}
 	g.mu.Unlock()
-	// The trunk (and so the dial prefix) is not offered: the node does
-	// not run it yet (README, Internet gateways).
 	a := Announcement{Name: o.Name, Up: up, URIs: true, Domain: o.SIPDomain, Inbound: o.SIPDomain != ""}
+	// Numbers by the dial prefix are offered while the trunk is
+	// registered with the provider.
+	g.n.svc.mu.Lock()
+	t := g.n.svc.trunk
+	g.n.svc.mu.Unlock()
+	if o.DialPrefix != "" && t != nil && t.Status().Registered {
+		a.Trunk, a.DialPrefix = true, o.DialPrefix
+	}
 	if len(a.Name) > maxAnnounceName || !printable(a.Name) {
 		a.Name = ""
 	}
@@ -272,6 +278,21 @@ var errNoGateway = errors.New("no gateway")
 func (n *Node) Gateways(ctx context.Context) ([]GatewayInfo, error) {
 	err := n.svc.gws.refresh(ctx)
 	return n.svc.gws.list(), err
+}
+
+// TrunkGateway returns the mesh SIP address of the gateway whose trunk
+// takes a number dialled as user (its dial prefix and digits); isNumber
+// is false when no known gateway's prefix makes user such a number.
+func (n *Node) TrunkGateway(ctx context.Context, user string) (gw netip.AddrPort, isNumber bool, err error) {
+	d := n.svc.gws
+	if !d.trunkPrefix(user) {
+		return netip.AddrPort{}, false, nil
+	}
+	id, ok := d.chooseWhere(ctx, KindTrunk, func(a Announcement) bool { return dialled(a, user) })
+	if !ok {
+		return netip.AddrPort{}, true, fmt.Errorf("%w for %s", errNoGateway, user)
+	}
+	return netip.AddrPortFrom(id.Addr(), GatewaySIPPort), true, nil
 }
 
 // ChooseGateway returns the gateway a call of kind (KindURI, KindTrunk)

@@ -281,6 +281,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
 		// A gateway node's own Internet side (uplinksip.go).
 		LocalPeer: n.localGatewayPeer(meshAddr),
+		// Numbers by a gateway's dial prefix go to its trunk.
+		TrunkOutbound: n.TrunkGateway,
 		// Calls to other domains leave through a gateway (gwchoice.go).
 		Outbound: func(ctx context.Context, _ *sip.Request) (netip.AddrPort, error) {
 			id, err := n.ChooseGateway(ctx, KindURI)

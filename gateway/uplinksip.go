@@ -114,13 +114,23 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		return loc.Locate(ctx, u)
 	}, Domain: n.opts.SIPDomain}
 	if n.opts.TrunkRegistrar != "" {
-		up.TrunkUser = n.opts.TrunkUser
-		up.TrunkSource = func(a netip.Addr) bool {
-			// Only the provider's server the trunk registered with.
-			_, ap, _ := strings.Cut(trunk.Status().Target, " ")
-			t, err := netip.ParseAddrPort(ap)
-			return err == nil && t.Addr().Unmap() == a
+		var reg sip.Uri
+		if err := sip.ParseUri(n.opts.TrunkRegistrar, &reg); err != nil {
+			return fmt.Errorf("trunk-registrar: %w", err) // checked by the config already
 		}
+		// The provider's server the trunk registered with.
+		target := func() (netip.AddrPort, bool) {
+			st := trunk.Status()
+			_, ap, _ := strings.Cut(st.Target, " ")
+			t, err := netip.ParseAddrPort(ap)
+			return netip.AddrPortFrom(t.Addr().Unmap(), t.Port()), err == nil && st.Registered
+		}
+		up.TrunkUser, up.TrunkPassword, up.TrunkHost = n.opts.TrunkUser, n.trunkPassword, reg.Host
+		up.TrunkSource = func(a netip.Addr) bool {
+			t, ok := target()
+			return ok && t.Addr() == a
+		}
+		up.TrunkPrefix, up.TrunkTarget = n.opts.DialPrefix, target
 	}
 	svc, err := proxy.NewSIPService(proxy.SIPServiceConfig{
 		Node: n.router.ID(), LANAddr: sipUp, MeshAddr: sipMesh,

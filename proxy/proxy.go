@@ -64,6 +64,7 @@ type target struct {
 	dst       netip.AddrPort
 	transport string           // "UDP" or "TCP"
 	route     *sip.RouteHeader // pushed on top: the flow token for another node
+	trunk     bool             // the gateway's SIP provider: its challenges are answered (uplink.go)
 }
 
 // branch is one client transaction of a proxied request.
@@ -80,6 +81,8 @@ type branch struct {
 	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
 	final        *sip.Response
 	local        bool // final was generated here (no Via of ours to pop)
+	trunk        bool // to the gateway's provider (uplink.go)
+	authed       bool // sent again with the trunk's credentials
 }
 
 type brEvent struct {
@@ -251,7 +254,7 @@ func (p *proxyTx) run() {
 			p.endLegIfUnanswered(invite)
 			return
 		}
-		p.branches = append(p.branches, &branch{req: r, out: out})
+		p.branches = append(p.branches, &branch{req: r, out: out, trunk: t.trunk})
 	}
 
 	p.events = make(chan brEvent, 2*len(p.branches)+2)
@@ -269,7 +272,7 @@ func (p *proxyTx) run() {
 	p.armNoAnswer(invite)
 	p.armHunt(invite)
 	p.loop(invite)
-	for p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
+	for p.trunkAuthOnFailure() || p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
 		p.loop(invite)
 	}
 	if p.hunt != nil && p.hunt.timer != nil {
@@ -433,6 +436,9 @@ func (s *SIPService) nextHop(r *sip.Request, recorded bool, in *sock) (t target,
 			return t, false, 403, "Forbidden (Route names no node or phone of this mesh)"
 		}
 		return target{uri: r.Recipient, dst: dst, transport: uriTransport(&rt.Address)}, true, 0, ""
+	}
+	if t, ok, code, reason := s.toTrunk(r, in); ok || code != 0 {
+		return t, ok, code, reason // a number by the dial prefix (uplink.go)
 	}
 	ru := &r.Recipient
 	if s.ourHost(ru.Host) {

@@ -100,6 +100,11 @@ type SIPServiceConfig struct {
 	// live gateway. The phone is authenticated first (407) as for every
 	// request; the mesh realm's credentials end here.
 	Outbound func(ctx context.Context, r *sip.Request) (netip.AddrPort, error)
+	// TrunkOutbound, on a node with phones, recognises a number dialled
+	// with a gateway's dial prefix (sip:0<digits>@mesh) and returns the
+	// mesh SIP address of the gateway whose trunk takes it; ok false: not
+	// such a number. The phone is authenticated first, as for any call.
+	TrunkOutbound func(ctx context.Context, user string) (gw netip.AddrPort, ok bool, err error)
 	// Uplink makes this service a gateway's Internet side (uplink.go):
 	// its "LAN" socket is on the uplink, its mesh socket on the gateway
 	// port. Nil: an ordinary node service.

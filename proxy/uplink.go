@@ -8,6 +8,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/uplink"
 )
@@ -73,6 +74,16 @@ type UplinkConfig struct {
 	// those are taken. Empty: no trunk.
 	TrunkUser   string
 	TrunkSource func(netip.Addr) bool
+	// TrunkPrefix is the dial prefix (config key dial-prefix): a request
+	// from the mesh for sip:<prefix><digits>@mesh goes to the provider
+	// as sip:<digits>@TrunkHost, to the server the trunk registered with
+	// (TrunkTarget; false: not registered, 503). A 401 or 407 from the
+	// provider is answered once with TrunkPassword for TrunkUser (RFC
+	// 3261 §22.2, §22.3), as the provider's account holder would.
+	TrunkPrefix   string
+	TrunkHost     string
+	TrunkTarget   func() (netip.AddrPort, bool)
+	TrunkPassword string
 }
 
 // trunkCall reports a request the provider delivers to the trunk's
@@ -181,4 +192,94 @@ func (s *SIPService) internetAllowed(ap netip.AddrPort) bool {
 	a := ap.Addr().Unmap()
 	return ap.Port() != 0 && a.Is4() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() &&
 		!a.IsUnspecified() && a != s.lan.addr.Addr() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// toTrunk routes a number dialled with a dial prefix: from a LAN phone to
+// the gateway whose trunk takes it, from the mesh at that gateway to its
+// provider. ok false and code 0: not such a number here.
+func (s *SIPService) toTrunk(r *sip.Request, in *sock) (t target, ok bool, code int, reason string) {
+	toTag, _ := r.To().Params.Get("tag")
+	ru := &r.Recipient
+	if toTag != "" || r.Method == sip.ACK || r.Route() != nil || !s.ourHost(ru.Host) || ru.User == "" {
+		return t, false, 0, ""
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	switch u := s.cfg.Uplink; {
+	case u != nil && in == s.mesh && u.TrunkPrefix != "" && u.TrunkTarget != nil:
+		num, found := strings.CutPrefix(ru.User, u.TrunkPrefix)
+		if !found || num == "" || strings.Trim(num, "0123456789") != "" {
+			return t, false, 0, ""
+		}
+		dst, registered := u.TrunkTarget()
+		if !registered {
+			return t, false, 503, "Service Unavailable (trunk not registered)"
+		}
+		to := sip.Uri{Scheme: "sip", User: num, Host: u.TrunkHost}
+		return target{uri: to, dst: dst, transport: "UDP", trunk: true}, true, 0, ""
+	case s.cfg.TrunkOutbound != nil && in == s.lan && s.cfg.Uplink == nil:
+		gw, isNumber, err := s.cfg.TrunkOutbound(ctx, ru.User)
+		if !isNumber {
+			return t, false, 0, ""
+		}
+		if err != nil {
+			s.log.Info("no gateway with a trunk for a dialled number", "err", err)
+			return t, false, 503, "Service Unavailable (no gateway with a trunk)"
+		}
+		return target{uri: r.Recipient, dst: gw, transport: "UDP"}, true, 0, ""
+	}
+	return t, false, 0, ""
+}
+
+// trunkAuthOnFailure answers the provider's challenge of a request sent
+// through the trunk: the branch that got 401 or 407 is sent again, once,
+// with the trunk's credentials (RFC 3261 §22.2 for 401, §22.3 for 407)
+// and a new branch ID but the same CSeq, so that the caller's ACK and
+// CANCEL still match (§17.1.1.3, §9.1). It reports whether it did.
+func (p *proxyTx) trunkAuthOnFailure() bool {
+	u := p.s.cfg.Uplink
+	if u == nil || p.finalSent || p.cancelled || p.s.ctx.Err() != nil {
+		return false
+	}
+	for i, b := range p.branches {
+		if !b.trunk || b.authed || b.local || b.final == nil || (b.final.StatusCode != 401 && b.final.StatusCode != 407) {
+			continue
+		}
+		hdr, authz := "WWW-Authenticate", "Authorization"
+		if b.final.StatusCode == 407 {
+			hdr, authz = "Proxy-Authenticate", "Proxy-Authorization"
+		}
+		h := b.final.GetHeader(hdr)
+		if h == nil {
+			return false
+		}
+		chal, err := digest.ParseChallenge(h.Value())
+		if err != nil {
+			p.s.peerLog.Info("trunk challenge not understood", "err", err)
+			return false
+		}
+		cred, err := digest.Digest(chal, digest.Options{Method: b.req.Method.String(), URI: b.req.Recipient.Addr(),
+			Username: u.TrunkUser, Password: u.TrunkPassword, Count: 1})
+		if err != nil {
+			p.s.peerLog.Info("trunk challenge not answered", "err", err)
+			return false
+		}
+		r := b.req.Clone()
+		r.RemoveHeader(authz)
+		r.AppendHeader(sip.NewHeader(authz, cred.String()))
+		// Our Via (the top one) anew with a new branch: a new transaction
+		// (sipgo's Clone may share headers with the old request).
+		if v := r.Via(); v != nil {
+			nv := v.Clone()
+			nv.Params.Remove("branch")
+			nv.Params.Add("branch", "z9hG4bKsm"+loopHash(p.req)+"."+randomHex(6))
+			r.RemoveHeader("Via") // the first one only
+			r.PrependHeader(nv)
+		}
+		nb := &branch{req: r, out: b.out, trunk: true, authed: true}
+		p.branches[i] = nb // the challenge is answered here, never sent upstream
+		p.start(nb, p.req.IsInvite())
+		return true
+	}
+	return false
 }

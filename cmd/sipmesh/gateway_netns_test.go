@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,6 +26,7 @@ const (
 	inetDNS      = "198.51.100.53" // dnsmasq, the gateway's dns-upstream
 	inetKamailio = "198.51.100.10" // sip.example.net
 	inetBob      = "198.51.100.20" // bob's baresip
+	inetCarol    = "198.51.100.21" // carol's baresip: the provider's customer 5550101
 )
 
 // TestBaresipCallsInternetThroughGateway (issue 14): a DHCP-provisioned
@@ -61,7 +63,7 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 		switch i {
 		case 0:
 			return "uplink-interface up0\npublic-address " + inetGateway + "\ndns-upstream " + inetDNS + "\nsip-domain voice.example.org\n" +
-				"trunk-registrar sip:example.net\ntrunk-user 5550100\ntrunk-password-file " + pwFile + "\n"
+				"trunk-registrar sip:example.net\ntrunk-user 5550100\ntrunk-password-file " + pwFile + "\ndial-prefix 0\n"
 		case 3:
 			return "lan-interface lan0\ndhcp on\ndigest-algorithms MD5\n"
 		}
@@ -70,8 +72,13 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	inet := netns.New(t, "winet")
 	netns.Veth(t, m.nodes[0].ns, "up0", inet, "inet0")
 	m.nodes[0].ns.Run(t, "ip", "addr", "add", inetGateway+"/24", "dev", "up0")
+	// The Internet's hosts share a bridge: the gateway's uplink, the
+	// namespace's own servers, carol's host.
+	inet.Run(t, "ip", "link", "add", "br0", "type", "bridge")
+	inet.Run(t, "ip", "link", "set", "br0", "up")
+	inet.Run(t, "ip", "link", "set", "inet0", "master", "br0")
 	for _, a := range []string{inetDNS, inetKamailio, inetBob} {
-		inet.Run(t, "ip", "addr", "add", a+"/24", "dev", "inet0")
+		inet.Run(t, "ip", "addr", "add", a+"/24", "dev", "br0")
 	}
 	startDnsmasq(t, inet, dnsmasq)
 	kamLog := startKamailioNS(t, inet, kamailio)
@@ -185,6 +192,44 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	checkTones(t, "201 on n4 (called on its DID)", phDir, bobTone, callerTone)
 	checkTones(t, "bob (calling the DID)", bobDir, callerTone, bobTone)
 
+	// Out through the trunk: 201 dials 0 + 5550101, which the provider
+	// routes to carol, its customer; the provider challenges the INVITE
+	// and the gateway answers with the trunk's credentials.
+	const carolTone = 1900.0
+	carolNS := netns.New(t, "wcarol") // a host of its own: the ctrl_tcp port is per namespace
+	netns.Veth(t, inet, "carol0", carolNS, "eth0")
+	inet.Run(t, "ip", "link", "set", "carol0", "master", "br0")
+	carolNS.Run(t, "ip", "addr", "add", inetCarol+"/24", "dev", "eth0")
+	carolDir := t.TempDir()
+	writeFile(t, filepath.Join(carolDir, "config"), baresipBase+"net_interface "+inetCarol+"\nsip_listen "+inetCarol+":5060\ndns_server "+inetDNS+":53\n")
+	writeFile(t, filepath.Join(carolDir, "accounts"), "<sip:5550101@example.net>;auth_pass=pw550101;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
+	writeToneWAV(t, filepath.Join(carolDir, "tone.wav"), carolTone, 5*time.Second)
+	carol := startBaresip(t, carolNS, baresip, carolDir)
+	waitFor(t, 15*time.Second, "carol to register with example.net", func() (bool, string) {
+		b, _ := os.ReadFile(carol.log)
+		return strings.Contains(string(b), "5550101@example.net: {0/UDP/v4} 200 OK"), lastLines(string(b), 3)
+	})
+	waitFor(t, 15*time.Second, "n4 to see the gateway's trunk", func() (bool, string) {
+		st, err := m.nodes[3].status(m.bin)
+		if err != nil {
+			return false, err.Error()
+		}
+		if len(st.Gateways) == 0 || !slices.Contains(st.Gateways[0].Offers, "trunk") || st.Gateways[0].DialPrefix != "0" {
+			return false, fmt.Sprintf("gateways %+v", st.Gateways)
+		}
+		return true, ""
+	})
+	for _, f := range append(must(filepath.Glob(filepath.Join(bobDir, "dump-*.wav"))), must(filepath.Glob(filepath.Join(phDir, "dump-*.wav")))...) {
+		os.Remove(f)
+	}
+	res = runCall(t, caller, carol, "05550101")
+	t.Logf("call 201 (n4) → 0 5550101 → the gateway's trunk → carol at the provider: %v", res)
+	checkTones(t, "carol (called through the trunk)", carolDir, callerTone, carolTone)
+	checkTones(t, "201 on n4 (dialled 0 5550101)", phDir, carolTone, callerTone)
+	if b, _ := os.ReadFile(kamLog); !strings.Contains(string(b), "authenticated INVITE sip:5550101@example.net by 5550100 from "+inetGateway) {
+		t.Errorf("the provider logged no INVITE authenticated with the trunk's account:\n%s", lastLines(string(b), 20))
+	}
+
 	// From the Internet: the gateway relays nothing for other domains.
 	for _, target := range []string{"sip:x@other.example", "sip:201@mesh"} {
 		if code := sendINVITE(t, inet, inetBob, inetGateway+":5060", target); code != "403" {
@@ -248,7 +293,7 @@ func startKamailioNS(t *testing.T, ns *netns.NS, bin string) (logPath string) {
 	path := filepath.Join(dir, "kamailio.cfg")
 	writeFile(t, path, text)
 	cmd := ns.Command(context.Background(), bin, "-f", path, "-DD", "-E", "-m", "64", "-M", "8", "-Y", dir,
-		"-P", filepath.Join(dir, "kamailio.pid"), "-A", "WITH_AUTH")
+		"-P", filepath.Join(dir, "kamailio.pid"), "-A", "WITH_AUTH", "-A", "WITH_INVITE_AUTH")
 	logPath = filepath.Join(dir, "kamailio.log")
 	startDaemon(t, cmd, logPath, "kamailio")
 	nw := ns.Network()
@@ -303,6 +348,13 @@ func startDaemon(t *testing.T, c *exec.Cmd, logPath, name string) {
 			t.Logf("%s log:\n%s", name, lastLines(string(b), 60))
 		}
 	})
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 // sendINVITE sends one INVITE for target from src (in ns) to dst and
