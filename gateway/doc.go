@@ -30,8 +30,11 @@
 // gateways by the E-model of the whole path and sends calls for other
 // domains to the best (gwchoice.go; `sipmesh gateways`).
 //
-// Planned, not here yet: the trunk run by the gateway (dial prefix,
-// DID → extension), the public address behind NAT in SIP and SDP,
+// With trunk-* keys the gateway runs its trunk (uplink.Trunk) from the
+// uplink socket: numbers by dial prefix go out through it, the
+// provider's calls for DIDs come in (proxy/uplink.go).
+//
+// Planned, not here yet: the public address behind NAT in SIP and SDP,
 // firewall and NAT rules on real nodes, and RFC 6076 SIP performance
 // metrics.
 package gateway

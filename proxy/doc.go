@@ -55,5 +55,7 @@
 // SIPService with SIPServiceConfig.Uplink is the Internet side, which
 // locates the target (RFC 3263) and sends it from the uplink, routes
 // Internet calls for the mesh's public domain to the phones, and refuses
-// everything else 403. Trunks (dial prefix, DIDs) are planned.
+// everything else 403; numbers by the dial prefix go to the gateway's
+// provider (its challenges answered with the trunk's credentials) and
+// the provider's calls for DIDs come in.
 package proxy

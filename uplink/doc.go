@@ -11,8 +11,7 @@
 // the public address of a gateway behind a NAT router, and Probe, one
 // Binding without retransmission, with which a gateway measures its
 // uplink's round trip and loss for its announcement. The gateway role in
-// the node (package gateway) uses the Locator and Probe; the trunk is not
-// run by the node yet (see the README's "Not yet").
+// the node (package gateway) uses all three.
 //
 // Only the transports sipmesh speaks are located: UDP and TCP. NAPTR
 // services for TLS, SCTP or WebSocket (SIPS+D2T, SIP+D2S, SIP+D2W, …)

@@ -228,6 +228,12 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	checkTones(t, "201 on n4 (dialled 0 5550101)", phDir, carolTone, callerTone)
 	if b, _ := os.ReadFile(kamLog); !strings.Contains(string(b), "authenticated INVITE sip:5550101@example.net by 5550100 from "+inetGateway) {
 		t.Errorf("the provider logged no INVITE authenticated with the trunk's account:\n%s", lastLines(string(b), 20))
+	} else {
+		for line := range strings.Lines(string(b)) {
+			if strings.Contains(line, "authenticated INVITE") {
+				t.Logf("the provider's log: %s", strings.TrimSpace(line))
+			}
+		}
 	}
 
 	// From the Internet: the gateway relays nothing for other domains.
