@@ -397,3 +397,168 @@ func sendINVITE(t *testing.T, ns *netns.NS, src, dst, target string) string {
 		}
 	}
 }
+
+// TestGatewayFailover (issue 14): two gateways, n1 and n5, at the ends of
+// a line n1–n2–n3–n4–n5, both with the same trunk account at the
+// provider; a baresip on n3 (two hops from each). n1 is killed (SIGKILL):
+// the test measures the seconds until bob's call to the DID reaches the
+// phone again (the provider forks to both registered Contacts; n5's
+// answers), until n3 no longer chooses n1, and until a call out to
+// sip:bob@example.net works (through n5).
+func TestGatewayFailover(t *testing.T) {
+	netns.RequireRoot(t)
+	baresip := needTool(t, "baresip", "baresip-core")
+	dnsmasq := needTool(t, "dnsmasq", "dnsmasq-base")
+	kamailio := needTool(t, "kamailio", "kamailio")
+	pwFile := filepath.Join(t.TempDir(), "trunk.pw")
+	if err := os.WriteFile(pwFile, []byte("pw550100\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw := func(addr string) string {
+		return "uplink-interface up0\npublic-address " + addr + "\ndns-upstream " + inetDNS + "\n" +
+			"trunk-registrar sip:example.net\ntrunk-user 5550100\ntrunk-password-file " + pwFile + "\ndial-prefix 0\n"
+	}
+	const gw5 = "198.51.100.5"
+	m := newLineMesh(t, "f", 5, 90, func(i int) string {
+		switch i {
+		case 0:
+			return gw(inetGateway)
+		case 4:
+			return gw(gw5)
+		case 2:
+			return "lan-interface lan0\nlan-address 10.97.3.1/24\ndhcp off\ndigest-algorithms MD5\n"
+		}
+		return ""
+	})
+	inet := netns.New(t, "finet")
+	inet.Run(t, "ip", "link", "add", "br0", "type", "bridge")
+	inet.Run(t, "ip", "link", "set", "br0", "up")
+	for _, g := range []struct {
+		node int
+		addr string
+	}{{0, inetGateway}, {4, gw5}} {
+		port := fmt.Sprintf("inet%d", g.node+1)
+		netns.Veth(t, m.nodes[g.node].ns, "up0", inet, port)
+		inet.Run(t, "ip", "link", "set", port, "master", "br0")
+		m.nodes[g.node].ns.Run(t, "ip", "addr", "add", g.addr+"/24", "dev", "up0")
+	}
+	for _, a := range []string{inetDNS, inetKamailio, inetBob} {
+		inet.Run(t, "ip", "addr", "add", a+"/24", "dev", "br0")
+	}
+	startDnsmasq(t, inet, dnsmasq)
+	startKamailioNS(t, inet, kamailio)
+	pc := m.plugPhone(2, "fph")
+	pc.Run(t, "ip", "addr", "add", "10.97.3.2/24", "dev", "eth0")
+	m.startAll()
+	m.waitRing()
+	m.addUser(1, "201", "secret-201")
+	if out, err := m.nodes[1].ns.Try(m.bin, "did", "set", "--control", m.nodes[1].sock, "5550100", "201"); err != nil {
+		t.Fatalf("sipmesh did set: %v\n%s", err, out)
+	}
+
+	bobDir := t.TempDir()
+	writeFile(t, filepath.Join(bobDir, "config"), baresipBase+"net_interface "+inetBob+"\nsip_listen "+inetBob+":5060\ndns_server "+inetDNS+":53\n")
+	writeFile(t, filepath.Join(bobDir, "accounts"), "<sip:bob@example.net>;auth_pass=pwob;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
+	writeToneWAV(t, filepath.Join(bobDir, "tone.wav"), 1300, 30*time.Second)
+	bob := startBaresip(t, inet, baresip, bobDir)
+	phDir := t.TempDir()
+	writeFile(t, filepath.Join(phDir, "config"), baresipBase+"net_interface 10.97.3.2\nsip_listen 10.97.3.2:5060\n")
+	writeFile(t, filepath.Join(phDir, "accounts"), `<sip:201@10.97.3.1>;auth_pass=secret-201;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20;outbound="sip:10.97.3.1;lr"`+"\n")
+	writeToneWAV(t, filepath.Join(phDir, "tone.wav"), 700, 30*time.Second)
+	phone := startBaresip(t, pc, baresip, phDir)
+	m.waitBinding(1, "201", 2)
+	waitFor(t, 30*time.Second, "both trunks registered and both gateways seen from n3", func() (bool, string) {
+		st, err := m.nodes[2].status(m.bin)
+		if err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, g := range st.Gateways {
+			if g.Usable && slices.Contains(g.Offers, "trunk") {
+				n++
+			}
+		}
+		return n == 2, fmt.Sprintf("%+v", st.Gateways)
+	})
+	if out, err := m.nodes[2].ns.Try(m.bin, "gateways", "--control", m.nodes[2].sock); err == nil {
+		t.Logf("sipmesh gateways on n3:\n%s", out)
+	}
+
+	// call dials target from ua and reports whether the callee answered
+	// within limit, hanging up either way.
+	call := func(from, to *baresipUA, target string, limit time.Duration) bool {
+		for len(from.events) > 0 {
+			<-from.events
+		}
+		from.command(t, "dial", target)
+		timer := time.NewTimer(limit)
+		defer timer.Stop()
+		for {
+			select {
+			case ev := <-from.events:
+				switch ev.Type {
+				case "CALL_ESTABLISHED":
+					from.command(t, "hangup", "")
+					for range 50 { // wait for both sides to close
+						select {
+						case ev := <-from.events:
+							if ev.Type == "CALL_CLOSED" {
+								return true
+							}
+						case <-time.After(100 * time.Millisecond):
+						}
+					}
+					return true
+				case "CALL_CLOSED":
+					return false
+				}
+			case <-timer.C:
+				from.command(t, "hangup", "")
+				return false
+			}
+		}
+	}
+	if !call(phone, bob, "sip:bob@example.net", 10*time.Second) {
+		t.Fatal("the first call out failed with both gateways up")
+	}
+	if !call(bob, phone, "sip:5550100@example.net", 10*time.Second) {
+		t.Fatal("the first DID call failed with both gateways up")
+	}
+
+	m.nodes[0].cmd.Process.Kill()
+	m.nodes[0].cmd.Wait()
+	killed := time.Now()
+	// Inbound: the provider forks the DID's call to both registered
+	// Contacts; n5 answers.
+	var in time.Duration
+	for in == 0 {
+		if time.Since(killed) > 60*time.Second {
+			t.Fatal("no DID call reached the phone for 60 s after n1's kill")
+		}
+		if call(bob, phone, "sip:5550100@example.net", 40*time.Second) {
+			in = time.Since(killed)
+		}
+	}
+	// Outbound: n3 stops choosing n1 once its record expired or 3 pings
+	// failed. A call placed before that waits for Timer B (32 s) and
+	// fails: the caller's node does not yet fail over within a call.
+	waitFor(t, 30*time.Second, "n3 to stop choosing the dead n1", func() (bool, string) {
+		st, err := m.nodes[2].status(m.bin)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, g := range st.Gateways {
+			if g.Name == "n1" && g.Usable {
+				return false, fmt.Sprintf("%+v", st.Gateways)
+			}
+		}
+		return true, ""
+	})
+	detected := time.Since(killed)
+	if !call(phone, bob, "sip:bob@example.net", 10*time.Second) {
+		t.Fatal("the first call out after n1 was dropped from the choice failed")
+	}
+	out := time.Since(killed)
+	t.Logf("gateway n1 killed: a DID call reached the phone %v after, n3 stopped choosing n1 %v after, the next call out worked (set up) %v after",
+		in.Round(100*time.Millisecond), detected.Round(100*time.Millisecond), out.Round(100*time.Millisecond))
+}
