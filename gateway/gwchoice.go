@@ -3,6 +3,7 @@ package gateway
 import (
 	"cmp"
 	"context"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -96,6 +97,9 @@ type gwEntry struct {
 	ann     Announcement
 	expires time.Time // on this node's clock: now + the record's remaining life
 	probes  []probe   // the last probeWindow, oldest first
+	// suspect: a call found the gateway silent (proxy's GatewayFailed);
+	// not chosen until then, or until a ping is answered.
+	suspect time.Time
 }
 
 // meshPath sums up the probes: the mean RTT and last hops of the
@@ -237,6 +241,9 @@ func (g *gatewayDir) probeAll(ctx context.Context) {
 			g.mu.Lock()
 			if e := g.gws[id]; e != nil {
 				e.probes = append(e.probes, probe{ok: err == nil, rtt: rtt, hops: hops})
+				if err == nil {
+					e.suspect = time.Time{} // alive after all
+				}
 				if len(e.probes) > probeWindow {
 					e.probes = slices.Delete(e.probes, 0, len(e.probes)-probeWindow)
 				}
@@ -292,7 +299,7 @@ func (g *gatewayDir) chooseWhere(ctx context.Context, kind string, keep func(Ann
 	}
 	var cs []cand
 	for id, e := range g.gws {
-		if r, ok := e.rate(g.self); ok && e.offers(kind) && (keep == nil || keep(e.ann)) {
+		if r, ok := e.rate(g.self); ok && e.offers(kind) && (keep == nil || keep(e.ann)) && !e.suspect.After(g.now()) {
 			cs = append(cs, cand{id, r})
 		}
 	}
@@ -313,6 +320,18 @@ func (g *gatewayDir) chooseWhere(ctx context.Context, kind string, keep func(Ann
 	return cs[int(g.turn%uint64(n))].id, true
 }
 
+// failed marks the gateway at mesh address a suspect for
+// announceLifetime: a call found it silent (proxy's GatewayFailed).
+func (g *gatewayDir) failed(a netip.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, e := range g.gws {
+		if id.Addr() == a {
+			e.suspect = g.now().Add(announceLifetime)
+		}
+	}
+}
+
 // list returns the live gateways, best first, for status and the
 // control socket; best is the one a call to a URI would take now (the
 // first of the equally good).
@@ -331,7 +350,7 @@ func (g *gatewayDir) list() []GatewayInfo {
 			Up: e.ann.Up, UplinkRTTMs: ms(e.ann.RTT), UplinkLossPct: 100 * e.ann.Loss, UplinkProbes: e.ann.Probes,
 			ExpiresInMs: e.expires.Sub(now).Milliseconds(),
 			MeshHops:    hops, MeshLossPct: 100 * loss, MeshProbes: len(e.probes),
-			R: r, MOS: sipalg.MOS(r), Usable: usable && (e.ann.URIs || e.ann.Trunk),
+			R: r, MOS: sipalg.MOS(r), Usable: usable && (e.ann.URIs || e.ann.Trunk) && !e.suspect.After(now),
 		}
 		if len(e.probes) > 0 {
 			gi.MeshRTTMs = ms(rtt)

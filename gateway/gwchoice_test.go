@@ -280,3 +280,45 @@ func TestReadSecretFile(t *testing.T) {
 		t.Errorf("error shows the password: %v", err)
 	}
 }
+
+// TestGatewaySuspect: a gateway a call found silent is not chosen until
+// its record would have expired or a ping is answered.
+func TestGatewaySuspect(t *testing.T) {
+	ctx := context.Background()
+	w := newGWWorld(3)
+	a, b := w.dhts[1].ID(), w.dhts[2].ID()
+	w.announce(t, 1, Announcement{Name: "a", Up: true, URIs: true})
+	w.announce(t, 2, Announcement{Name: "b", Up: true, URIs: true})
+	g := w.dir(0)
+	g.refresh(ctx)
+	g.failed(a.Addr())
+	for range 4 {
+		if id, ok := g.choose(ctx, KindURI); !ok || id != b {
+			t.Fatalf("a suspect: choose = %v, %v; want b", id, ok)
+		}
+	}
+	if l := g.list(); l[0].Name != "b" || l[1].Usable {
+		t.Errorf("list with a suspect: %+v", l)
+	}
+	g.probeAll(ctx) // a answers its ping
+	n := map[ssr.NodeID]int{}
+	for range 4 {
+		id, _ := g.choose(ctx, KindURI)
+		n[id]++
+	}
+	if n[a] == 0 {
+		t.Errorf("a answered a ping but is still skipped: %v", n)
+	}
+	g.failed(b.Addr())
+	w.advance(announceLifetime)
+	w.announce(t, 1, Announcement{Name: "a", Up: true, URIs: true})
+	w.announce(t, 2, Announcement{Name: "b", Up: true, URIs: true})
+	n = map[ssr.NodeID]int{}
+	for range 4 {
+		id, _ := g.choose(ctx, KindURI)
+		n[id]++
+	}
+	if n[b] == 0 {
+		t.Errorf("b's suspicion outlived announceLifetime: %v", n)
+	}
+}

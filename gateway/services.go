@@ -283,6 +283,8 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		LocalPeer: n.localGatewayPeer(meshAddr),
 		// Numbers by a gateway's dial prefix go to its trunk.
 		TrunkOutbound: n.TrunkGateway,
+		// A gateway silent to a call is skipped by the next choice.
+		GatewayFailed: func(gw netip.AddrPort) { n.svc.gws.failed(gw.Addr()) },
 		// Calls to other domains leave through a gateway (gwchoice.go).
 		Outbound: func(ctx context.Context, _ *sip.Request) (netip.AddrPort, error) {
 			id, err := n.ChooseGateway(ctx, KindURI)

@@ -65,6 +65,7 @@ type target struct {
 	transport string           // "UDP" or "TCP"
 	route     *sip.RouteHeader // pushed on top: the flow token for another node
 	trunk     bool             // the gateway's SIP provider: its challenges are answered (uplink.go)
+	gateway   bool             // an Internet gateway: another is tried if it stays silent (uplink.go)
 }
 
 // branch is one client transaction of a proxied request.
@@ -80,9 +81,12 @@ type branch struct {
 	cancelSent   bool
 	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
 	final        *sip.Response
-	local        bool // final was generated here (no Via of ours to pop)
-	trunk        bool // to the gateway's provider (uplink.go)
-	authed       bool // sent again with the trunk's credentials
+	local        bool        // final was generated here (no Via of ours to pop)
+	trunk        bool        // to the gateway's provider (uplink.go)
+	authed       bool        // sent again with the trunk's credentials
+	gateway      bool        // to an Internet gateway (uplink.go)
+	silent       bool        // the gateway did not answer in gatewayTry
+	tryT         *time.Timer // fires gatewayTry after the send
 }
 
 type brEvent struct {
@@ -90,6 +94,7 @@ type brEvent struct {
 	res    *sip.Response
 	err    error
 	timerC bool
+	silent bool // a gateway's gatewayTry passed without an answer
 	hunt   bool // the hunt group's member timer fired (groups.go)
 }
 
@@ -254,7 +259,7 @@ func (p *proxyTx) run() {
 			p.endLegIfUnanswered(invite)
 			return
 		}
-		p.branches = append(p.branches, &branch{req: r, out: out, trunk: t.trunk})
+		p.branches = append(p.branches, &branch{req: r, out: out, trunk: t.trunk, gateway: t.gateway})
 	}
 
 	p.events = make(chan brEvent, 2*len(p.branches)+2)
@@ -272,7 +277,7 @@ func (p *proxyTx) run() {
 	p.armNoAnswer(invite)
 	p.armHunt(invite)
 	p.loop(invite)
-	for p.trunkAuthOnFailure() || p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
+	for p.trunkAuthOnFailure() || p.gatewayRetryOnFailure(base, callID, fromTag) || p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
 		p.loop(invite)
 	}
 	if p.hunt != nil && p.hunt.timer != nil {
@@ -282,6 +287,9 @@ func (p *proxyTx) run() {
 	for _, b := range p.branches {
 		if b.timC != nil {
 			b.timC.Stop()
+		}
+		if b.tryT != nil {
+			b.tryT.Stop()
 		}
 	}
 	if !p.finalSent && !p.cancelled && s.ctx.Err() == nil {
@@ -728,6 +736,9 @@ func (p *proxyTx) start(b *branch, invite bool) {
 			}
 		})
 		b.timC = time.AfterFunc(s.cfg.TimerC, func() { p.event(brEvent{b: b, timerC: true}) })
+		if b.gateway {
+			b.tryT = time.AfterFunc(gatewayTry, func() { p.event(brEvent{b: b, silent: true}) })
+		}
 	}
 	tx := b.tx
 	if !s.goTracked(func() {
@@ -823,7 +834,20 @@ func (p *proxyTx) loop(invite bool) {
 			if b.final != nil {
 				continue
 			}
+			if b.tryT != nil && (ev.res != nil || ev.err != nil) {
+				b.tryT.Stop() // the gateway answered (or the send failed)
+			}
 			switch {
+			case ev.silent:
+				if b.provisional {
+					continue
+				}
+				// Not even 100 Trying: the gateway is gone (uplink.go);
+				// gatewayRetryOnFailure tries another.
+				b.tx.Terminate()
+				b.silent = true
+				b.final, b.local = s.respond(p.req, 503, "Service Unavailable (gateway silent)"), true
+				pending--
 			case ev.timerC:
 				// §16.8: Timer C fired.
 				if b.provisional {

@@ -105,6 +105,10 @@ type SIPServiceConfig struct {
 	// mesh SIP address of the gateway whose trunk takes it; ok false: not
 	// such a number. The phone is authenticated first, as for any call.
 	TrunkOutbound func(ctx context.Context, user string) (gw netip.AddrPort, ok bool, err error)
+	// GatewayFailed reports a gateway that did not answer a call in
+	// time: the choice skips it until it proves alive again (gateway's
+	// gwchoice.go), and the call goes to the next one.
+	GatewayFailed func(gw netip.AddrPort)
 	// Uplink makes this service a gateway's Internet side (uplink.go):
 	// its "LAN" socket is on the uplink, its mesh socket on the gateway
 	// port. Nil: an ordinary node service.

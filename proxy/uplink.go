@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -180,7 +181,7 @@ func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, co
 			s.log.Info("no Internet gateway for a call out of the mesh", "host", r.Recipient.Host, "err", err)
 			return t, false, 503, "Service Unavailable (no Internet gateway)"
 		}
-		return target{uri: r.Recipient, dst: gw, transport: "UDP"}, true, 0, ""
+		return target{uri: r.Recipient, dst: gw, transport: "UDP", gateway: true}, true, 0, ""
 	}
 	return t, false, 0, ""
 }
@@ -226,7 +227,7 @@ func (s *SIPService) toTrunk(r *sip.Request, in *sock) (t target, ok bool, code 
 			s.log.Info("no gateway with a trunk for a dialled number", "err", err)
 			return t, false, 503, "Service Unavailable (no gateway with a trunk)"
 		}
-		return target{uri: r.Recipient, dst: gw, transport: "UDP"}, true, 0, ""
+		return target{uri: r.Recipient, dst: gw, transport: "UDP", gateway: true}, true, 0, ""
 	}
 	return t, false, 0, ""
 }
@@ -282,4 +283,49 @@ func (p *proxyTx) trunkAuthOnFailure() bool {
 		return true
 	}
 	return false
+}
+
+// gatewayTry is how long a call sent to a gateway waits for its first
+// answer (the gateway's 100 Trying, sent at once: RFC 3261 §16.2) before
+// the gateway counts as gone and the call tries another. Two seconds are
+// many round trips across a mesh and far less than Timer B (32 s), which
+// a call to a dead gateway would otherwise wait for.
+const gatewayTry = 2 * time.Second
+
+// maxGatewayTries bounds the gateways one call tries.
+const maxGatewayTries = 3
+
+// gatewayRetryOnFailure sends a call whose gateway stayed silent to the
+// next gateway: the silent one is reported (GatewayFailed), so the
+// choice skips it, and the request is routed again. It reports whether
+// a new branch started.
+func (p *proxyTx) gatewayRetryOnFailure(base *sip.Request, callID, fromTag string) bool {
+	s := p.s
+	if p.finalSent || p.cancelled || s.ctx.Err() != nil || !p.req.IsInvite() {
+		return false
+	}
+	tries, retry := 0, false
+	for _, b := range p.branches {
+		if b.gateway {
+			tries++
+			if b.silent {
+				retry = true
+				b.silent = false // reported once
+				if s.cfg.GatewayFailed != nil {
+					if dst, err := netip.ParseAddrPort(b.req.Destination()); err == nil {
+						s.cfg.GatewayFailed(dst)
+					}
+				}
+			}
+		}
+	}
+	if !retry || tries >= maxGatewayTries {
+		return false
+	}
+	t, ok, _, _ := s.nextHop(base, false, p.in)
+	if !ok || !t.gateway {
+		return false
+	}
+	s.log.Info("gateway silent, trying another", "call_id", callID, "next", t.dst)
+	return p.startBranches(base, []target{t}, callID, fromTag) > 0
 }

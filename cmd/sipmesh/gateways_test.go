@@ -305,3 +305,81 @@ func outboundCallOnMesh(t *testing.T) {
 		t.Errorf("Internet call to an unknown extension: %v, want 404", err)
 	}
 }
+
+// TestGatewayFailoverOnMesh: two gateways (n1, n4 of a line), a phone on
+// n2; calls to sip:bob@example.net spread over both. n1 is killed and
+// calls start at once: a call sent to the dead n1 gets no 100 Trying
+// within gatewayTry, its node tries n4 and skips n1 from then on, so
+// every call is answered, the first within a few seconds.
+func TestGatewayFailoverOnMesh(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, gatewayFailoverOnMesh)
+}
+
+func gatewayFailoverOnMesh(t *testing.T) {
+	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+	m := startMesh(t, meshConfig{Nodes: 4, Seed: 16, Adj: line, Gateways: []int{0, 3}})
+	defer stopMesh(t, m)
+	bobAddr := netip.MustParseAddr("198.51.100.20")
+	internetDNS(t, m, bobAddr)
+	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+	caller := m.phones[1] // on n2
+	bh := m.nw.AddHost("bob")
+	m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
+	bob, err := phones.New(phones.Config{
+		Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: 1900, MaxCalls: 16},
+		Policy:   phones.Policy{Mode: phones.AutoAnswer},
+		Network:  bh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { bob.Run(m.ctx) })
+	ctx := context.Background()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		gws, _ := m.nodes[1].Gateways(ctx)
+		if len(gws) == 2 && gws[0].Usable && gws[1].Usable && gws[0].MeshProbes > 0 && gws[1].MeshProbes > 0 &&
+			m.nodes[0].UplinkSIP() != nil && m.nodes[3].UplinkSIP() != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 does not see two usable gateways: %+v", gws)
+		}
+		time.Sleep(time.Second)
+	}
+	dial := func() (time.Duration, error) {
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		defer cancel()
+		c, err := caller.Call(cctx, "sip:bob@example.net", phones.CallOptions{})
+		if err != nil {
+			return time.Since(start), err
+		}
+		<-bob.Incoming()
+		return time.Since(start), c.Hangup(cctx)
+	}
+	for range 2 {
+		if _, err := dial(); err != nil {
+			t.Fatalf("call with both gateways up: %v", err)
+		}
+	}
+	m.kill(0)
+	killed := time.Now()
+	var worst time.Duration
+	for i := range 4 {
+		took, err := dial()
+		if err != nil {
+			t.Fatalf("call %d after n1's kill: %v", i+1, err)
+		}
+		worst = max(worst, took)
+	}
+	t.Logf("n1 killed: 4 calls answered through n4 within %v of the kill, the slowest set up in %v", time.Since(killed), worst)
+	if worst > gatewayTryLimit {
+		t.Errorf("a call took %v to set up after the kill, want at most %v", worst, gatewayTryLimit)
+	}
+}
+
+// gatewayTryLimit bounds a call's setup when its first gateway is dead:
+// the proxy's gatewayTry (2 s) and the second gateway's answer.
+const gatewayTryLimit = 3 * time.Second
