@@ -254,20 +254,14 @@ func (p *proxyTx) trunkAuthOnFailure() bool {
 		if h == nil {
 			return false
 		}
-		chal, err := digest.ParseChallenge(h.Value())
-		if err != nil {
-			p.s.peerLog.Info("trunk challenge not understood", "err", err)
-			return false
-		}
-		cred, err := digest.Digest(chal, digest.Options{Method: b.req.Method.String(), URI: b.req.Recipient.Addr(),
-			Username: u.TrunkUser, Password: u.TrunkPassword, Count: 1})
+		cred, err := trunkCredentials(h.Value(), b.req.Method.String(), b.req.Recipient.Addr(), u.TrunkUser, u.TrunkPassword)
 		if err != nil {
 			p.s.peerLog.Info("trunk challenge not answered", "err", err)
 			return false
 		}
 		r := b.req.Clone()
 		r.RemoveHeader(authz)
-		r.AppendHeader(sip.NewHeader(authz, cred.String()))
+		r.AppendHeader(sip.NewHeader(authz, cred))
 		// Our Via (the top one) anew with a new branch: a new transaction
 		// (sipgo's Clone may share headers with the old request).
 		if v := r.Via(); v != nil {
@@ -328,4 +322,19 @@ func (p *proxyTx) gatewayRetryOnFailure(base *sip.Request, callID, fromTag strin
 	}
 	s.log.Info("gateway silent, trying another", "call_id", callID, "next", t.dst)
 	return p.startBranches(base, []target{t}, callID, fromTag) > 0
+}
+
+// trunkCredentials answers a provider's digest challenge (the value of
+// its WWW- or Proxy-Authenticate header, peer bytes) for method and uri
+// with the trunk's account (RFC 3261 §22.4, RFC 8760 for SHA-256).
+func trunkCredentials(challenge, method, uri, user, password string) (string, error) {
+	chal, err := digest.ParseChallenge(challenge)
+	if err != nil {
+		return "", err
+	}
+	cred, err := digest.Digest(chal, digest.Options{Method: method, URI: uri, Username: user, Password: password, Count: 1})
+	if err != nil {
+		return "", err
+	}
+	return cred.String(), nil
 }
