@@ -66,6 +66,7 @@ type target struct {
 	route     *sip.RouteHeader // pushed on top: the flow token for another node
 	trunk     bool             // the gateway's SIP provider: its challenges are answered (uplink.go)
 	gateway   bool             // an Internet gateway: another is tried if it stays silent (uplink.go)
+	next      []netip.AddrPort // the domain's further servers, tried in turn on failure (RFC 3263 §4.3)
 }
 
 // branch is one client transaction of a proxied request.
@@ -81,12 +82,13 @@ type branch struct {
 	cancelSent   bool
 	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
 	final        *sip.Response
-	local        bool        // final was generated here (no Via of ours to pop)
-	trunk        bool        // to the gateway's provider (uplink.go)
-	authed       bool        // sent again with the trunk's credentials
-	gateway      bool        // to an Internet gateway (uplink.go)
-	silent       bool        // the gateway did not answer in gatewayTry
-	tryT         *time.Timer // fires gatewayTry after the send
+	local        bool             // final was generated here (no Via of ours to pop)
+	trunk        bool             // to the gateway's provider (uplink.go)
+	authed       bool             // sent again with the trunk's credentials
+	gateway      bool             // to an Internet gateway (uplink.go)
+	next         []netip.AddrPort // the located domain's further servers (uplink.go)
+	silent       bool             // the gateway did not answer in gatewayTry
+	tryT         *time.Timer      // fires gatewayTry after the send
 }
 
 type brEvent struct {
@@ -259,7 +261,7 @@ func (p *proxyTx) run() {
 			p.endLegIfUnanswered(invite)
 			return
 		}
-		p.branches = append(p.branches, &branch{req: r, out: out, trunk: t.trunk, gateway: t.gateway})
+		p.branches = append(p.branches, &branch{req: r, out: out, trunk: t.trunk, gateway: t.gateway, next: t.next})
 	}
 
 	p.events = make(chan brEvent, 2*len(p.branches)+2)
@@ -736,7 +738,7 @@ func (p *proxyTx) start(b *branch, invite bool) {
 			}
 		})
 		b.timC = time.AfterFunc(s.cfg.TimerC, func() { p.event(brEvent{b: b, timerC: true}) })
-		if b.gateway {
+		if b.gateway || len(b.next) > 0 {
 			b.tryT = time.AfterFunc(gatewayTry, func() { p.event(brEvent{b: b, silent: true}) })
 		}
 	}

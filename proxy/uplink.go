@@ -167,14 +167,19 @@ func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, co
 			}
 			return t, false, 503, "Service Unavailable (locating the domain's SIP server failed)"
 		}
-		// The uplink side speaks UDP: the first UDP target in RFC 3263's
-		// order.
+		// The uplink side speaks UDP: the UDP targets in RFC 3263's order,
+		// the first now, the next ones if it fails (§4.3,
+		// nextServerOnFailure).
+		var dsts []netip.AddrPort
 		for _, tg := range targets {
-			if tg.Transport == "UDP" && s.internetAllowed(tg.Addr) {
-				return target{uri: r.Recipient, dst: tg.Addr, transport: "UDP"}, true, 0, ""
+			if tg.Transport == "UDP" && s.internetAllowed(tg.Addr) && len(dsts) < maxLocatedTries {
+				dsts = append(dsts, tg.Addr)
 			}
 		}
-		return t, false, 404, "Not Found (no SIP server over UDP for the domain)"
+		if len(dsts) == 0 {
+			return t, false, 404, "Not Found (no SIP server over UDP for the domain)"
+		}
+		return target{uri: r.Recipient, dst: dsts[0], transport: "UDP", next: dsts[1:]}, true, 0, ""
 	case s.cfg.Outbound != nil && in == s.lan && s.cfg.Uplink == nil:
 		gw, err := s.cfg.Outbound(ctx, r)
 		if err != nil {
@@ -289,6 +294,11 @@ const gatewayTry = 2 * time.Second
 // maxGatewayTries bounds the gateways one call tries.
 const maxGatewayTries = 3
 
+// maxLocatedTries bounds the servers of a domain one request tries
+// (RFC 3263 §4.3 leaves it open; every try of a silent one costs
+// gatewayTry).
+const maxLocatedTries = 4
+
 // gatewayRetryOnFailure sends a call whose gateway stayed silent to the
 // next gateway: the silent one is reported (GatewayFailed), so the
 // choice skips it, and the request is routed again. It reports whether
@@ -297,6 +307,9 @@ func (p *proxyTx) gatewayRetryOnFailure(base *sip.Request, callID, fromTag strin
 	s := p.s
 	if p.finalSent || p.cancelled || s.ctx.Err() != nil || !p.req.IsInvite() {
 		return false
+	}
+	if p.nextServerOnFailure(base, callID, fromTag) {
+		return true
 	}
 	tries, retry := 0, false
 	for _, b := range p.branches {
@@ -337,4 +350,26 @@ func trunkCredentials(challenge, method, uri, user, password string) (string, er
 		return "", err
 	}
 	return cred.String(), nil
+}
+
+// nextServerOnFailure implements RFC 3263 §4.3 for a request the gateway
+// located: when the server tried failed — silent for gatewayTry, no
+// answer at all (a transport error or Timer B) or 503 — the next server
+// of the domain gets it. It reports whether a new branch started.
+func (p *proxyTx) nextServerOnFailure(base *sip.Request, callID, fromTag string) bool {
+	for _, b := range p.branches {
+		if len(b.next) == 0 || b.final == nil {
+			continue
+		}
+		if !b.silent && !b.local && b.final.StatusCode != 503 {
+			continue
+		}
+		next := b.next
+		b.next, b.silent = nil, false
+		p.s.peerLog.Info("SIP server failed, trying the next one of the domain", "call_id", callID,
+			"failed", b.req.Destination(), "next", next[0])
+		t := target{uri: *b.req.Recipient.Clone(), dst: next[0], transport: "UDP", next: next[1:]}
+		return p.startBranches(base, []target{t}, callID, fromTag) > 0
+	}
+	return false
 }

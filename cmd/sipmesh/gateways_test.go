@@ -105,6 +105,14 @@ func gatewayAnnouncedOnMesh(t *testing.T) {
 // RFC 3263 finds them: NAPTR → SRV → A (sip.example.net at bob's address).
 func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
 	t.Helper()
+	internetDNSWith(t, m, bob, false)
+}
+
+// internetDNSWith is internetDNS; with deadFirst the first SRV target
+// (priority 10) is an address where no server answers, bob's the second
+// (priority 20).
+func internetDNSWith(t *testing.T, m *telMesh, bob netip.Addr, deadFirst bool) {
+	t.Helper()
 	h := m.nw.AddHost("dns")
 	m.inet.Attach(h.AddInterface("eth0", 1500, netip.MustParsePrefix("198.51.100.53/24")))
 	conn, err := h.ListenPacket(context.Background(), "udp4", "198.51.100.53:53")
@@ -112,10 +120,16 @@ func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	rrs := map[uint16]map[string]string{
-		dns.TypeNAPTR: {"example.net.": `example.net. 60 IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.net.`},
-		dns.TypeSRV:   {"_sip._udp.example.net.": "_sip._udp.example.net. 60 IN SRV 10 10 5060 sip.example.net."},
-		dns.TypeA:     {"sip.example.net.": "sip.example.net. 60 IN A " + bob.String()},
+	rrs := map[uint16]map[string][]string{
+		dns.TypeNAPTR: {"example.net.": {`example.net. 60 IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.net.`}},
+		dns.TypeSRV:   {"_sip._udp.example.net.": {"_sip._udp.example.net. 60 IN SRV 10 10 5060 sip.example.net."}},
+		dns.TypeA:     {"sip.example.net.": {"sip.example.net. 60 IN A " + bob.String()}},
+	}
+	if deadFirst {
+		rrs[dns.TypeSRV]["_sip._udp.example.net."] = []string{
+			"_sip._udp.example.net. 60 IN SRV 10 10 5060 dead.example.net.",
+			"_sip._udp.example.net. 60 IN SRV 20 10 5060 sip.example.net."}
+		rrs[dns.TypeA]["dead.example.net."] = []string{"dead.example.net. 60 IN A 198.51.100.30"}
 	}
 	go func() {
 		buf := make([]byte, 1500)
@@ -131,7 +145,7 @@ func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
 			res := new(dns.Msg)
 			res.SetReply(&q)
 			qq := q.Question[0]
-			if s, ok := rrs[qq.Qtype][strings.ToLower(qq.Name)]; ok {
+			for _, s := range rrs[qq.Qtype][strings.ToLower(qq.Name)] {
 				rr, err := dns.NewRR(s)
 				if err != nil {
 					panic(err)
@@ -383,3 +397,54 @@ func gatewayFailoverOnMesh(t *testing.T) {
 // gatewayTryLimit bounds a call's setup when its first gateway is dead:
 // the proxy's gatewayTry (2 s) and the second gateway's answer.
 const gatewayTryLimit = 3 * time.Second
+
+// TestOutboundServerFailover: example.net's first server (SRV priority
+// 10) is dead; the gateway gets no answer from it within gatewayTry and
+// sends the call to the second (RFC 3263 §4.3): bob answers.
+func TestOutboundServerFailover(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		line := [][]int{{1}, {0}}
+		m := startMesh(t, meshConfig{Nodes: 2, Seed: 17, Adj: line, Gateways: []int{0}})
+		defer stopMesh(t, m)
+		bobAddr := netip.MustParseAddr("198.51.100.20")
+		internetDNSWith(t, m, bobAddr, true)
+		addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+		bh := m.nw.AddHost("bob")
+		m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
+		bob, err := phones.New(phones.Config{
+			Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: 1900},
+			Policy:   phones.Policy{Mode: phones.AutoAnswer},
+			Network:  bh,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.wg.Go(func() { bob.Run(m.ctx) })
+		ctx := context.Background()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if _, err := m.nodes[1].ChooseGateway(ctx, gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("n2 knows no gateway after 60 s")
+			}
+			time.Sleep(time.Second)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		defer cancel()
+		start := time.Now()
+		c, err := m.phones[1].Call(cctx, "sip:bob@example.net", phones.CallOptions{})
+		if err != nil {
+			t.Fatalf("call with example.net's first server dead: %v", err)
+		}
+		took := time.Since(start)
+		t.Logf("call set up through example.net's second server in %v", took)
+		if took < 2*time.Second || took > gatewayTryLimit {
+			t.Errorf("set up in %v: want the 2 s wait for the dead first server, then the second", took)
+		}
+		<-bob.Incoming()
+		c.Hangup(cctx)
+	})
+}
