@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/dns64"
 	"github.com/sipmesh/sipmesh/proxy"
 	"github.com/sipmesh/sipmesh/registrar"
@@ -129,6 +131,34 @@ type Options struct {
 	WebPort uint16
 	// WebOff turns the web UI off ("web-listen none").
 	WebOff bool
+
+	// The gateway role (issue 14): a node whose config names an uplink is
+	// the mesh's door to the SIP Internet (gateway.go, uplink package).
+	//
+	// UplinkInterface is the interface towards the Internet (empty: not a
+	// gateway). Every other gateway key needs it.
+	UplinkInterface string
+	// PublicAddress is the IPv4 address the Internet reaches the gateway
+	// at (a NAT router's, with SIP and the relay ports forwarded); zero:
+	// learned by STUN from STUNServer.
+	PublicAddress netip.Addr
+	// STUNServer learns the public address (RFC 8489) and, probed every
+	// few seconds, measures the uplink's RTT and loss for the gateway's
+	// announcement.
+	STUNServer netip.AddrPort
+	// SIPDomain is the mesh's public SIP domain: requests from the
+	// Internet for sip:ext@SIPDomain are routed to the mesh phone; for
+	// any other domain the gateway answers 403 (never an open relay).
+	SIPDomain string
+	// DialPrefix sends sip:<prefix><digits>@mesh to the trunk, without
+	// the prefix (empty: no prefix dialling). Needs a trunk.
+	DialPrefix string
+	// The trunk, the gateway's account with a SIP provider: TrunkRegistrar
+	// (sip:provider.example), TrunkUser and the file holding the password
+	// (mode 0600, read at start, never logged, never in the DHT or status).
+	TrunkRegistrar    string
+	TrunkUser         string
+	TrunkPasswordFile string
 
 	// LogTail keeps the last log lines for the web UI's node page; set by
 	// cmd/sipmesh (nil: none).
@@ -319,8 +349,53 @@ func (o Options) Validate() error {
 	if o.MeshAdmissionClosed && o.AdminKey == "" && len(o.AdminPublicKey) == 0 {
 		return &ConfigError{Field: "mesh-admission", Err: errors.New("closed needs the administrator's key: set admin-public-key (or admin-key)")}
 	}
+	return o.validateGateway()
+}
+
+// validateGateway checks the gateway keys together: each needs
+// uplink-interface, a gateway needs a way to learn its public address,
+// and the trunk keys come all three or not at all.
+func (o Options) validateGateway() error {
+	set := map[string]bool{
+		"public-address":      o.PublicAddress.IsValid(),
+		"stun-server":         o.STUNServer.IsValid(),
+		"sip-domain":          o.SIPDomain != "",
+		"dial-prefix":         o.DialPrefix != "",
+		"trunk-registrar":     o.TrunkRegistrar != "",
+		"trunk-user":          o.TrunkUser != "",
+		"trunk-password-file": o.TrunkPasswordFile != "",
+	}
+	if o.UplinkInterface == "" {
+		for _, k := range slices.Sorted(maps.Keys(set)) {
+			if set[k] {
+				return &ConfigError{Field: k, Err: errors.New("needs uplink-interface: only a gateway node has an Internet side")}
+			}
+		}
+		return nil
+	}
+	if slices.Contains(o.MeshInterfaces, o.UplinkInterface) || o.UplinkInterface == o.LANInterface {
+		return &ConfigError{Field: "uplink-interface", Err: fmt.Errorf("%s is also a mesh or LAN interface; the uplink must be an interface of its own", o.UplinkInterface)}
+	}
+	if !set["public-address"] && !set["stun-server"] {
+		return &ConfigError{Field: "uplink-interface", Err: errors.New("a gateway needs public-address or stun-server to know the address the Internet reaches it at")}
+	}
+	if len(o.DNSUpstreams) == 0 {
+		return &ConfigError{Field: "uplink-interface", Err: errors.New("a gateway needs dns-upstream: it locates Internet SIP servers by DNS (RFC 3263)")}
+	}
+	trunk := set["trunk-registrar"] || set["trunk-user"] || set["trunk-password-file"]
+	for _, k := range []string{"trunk-registrar", "trunk-user", "trunk-password-file"} {
+		if trunk && !set[k] {
+			return &ConfigError{Field: k, Err: errors.New("missing: a trunk needs trunk-registrar, trunk-user and trunk-password-file")}
+		}
+	}
+	if set["dial-prefix"] && !trunk {
+		return &ConfigError{Field: "dial-prefix", Err: errors.New("numbers dialled with the prefix go to the trunk: configure trunk-registrar, trunk-user and trunk-password-file")}
+	}
 	return nil
 }
+
+// Gateway reports whether the config makes this node a gateway.
+func (o Options) Gateway() bool { return o.UplinkInterface != "" }
 
 func stripComment(line string) string {
 	for i, c := range line {
@@ -546,6 +621,73 @@ var setters = map[string]setter{
 	"sip-max-transactions": countSetter(func(o *Options) *int { return &o.SIPMaxTransactions }),
 	"dns-rate":             rateSetter(func(o *Options) *float64 { return &o.DNSRate }),
 	"dns-burst":            countSetter(func(o *Options) *int { return &o.DNSBurst }),
+	"uplink-interface": {fn: func(o *Options, v string) error {
+		if len(v) > 15 || strings.ContainsAny(v, "/:") {
+			return fmt.Errorf("%q is not an interface name", v)
+		}
+		o.UplinkInterface = v
+		return nil
+	}},
+	"public-address": {fn: func(o *Options, v string) error {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is4() || !a.IsGlobalUnicast() || a.IsPrivate() {
+			return fmt.Errorf("%q is not a public IPv4 address (a private one needs no gateway key; behind NAT give the router's public address or use stun-server)", v)
+		}
+		o.PublicAddress = a
+		return nil
+	}},
+	"stun-server": {fn: func(o *Options, v string) error {
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			a, err2 := netip.ParseAddr(v)
+			if err2 != nil || a.Zone() != "" {
+				return fmt.Errorf("%q is not an IPv4 address or address:port (port 3478 by default, RFC 8489 §18.4)", v)
+			}
+			ap = netip.AddrPortFrom(a, 3478)
+		}
+		if !ap.Addr().Unmap().Is4() || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+			return fmt.Errorf("%q is not an IPv4 address or address:port (port 3478 by default, RFC 8489 §18.4)", v)
+		}
+		o.STUNServer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		return nil
+	}},
+	"sip-domain": {fn: func(o *Options, v string) error {
+		d := strings.TrimSuffix(strings.ToLower(v), ".")
+		if !validDomain(d) || d == "mesh" || strings.HasSuffix(d, ".mesh") {
+			return fmt.Errorf("%q is not a public DNS domain like voice.example.org (not .mesh)", v)
+		}
+		o.SIPDomain = d
+		return nil
+	}},
+	"dial-prefix": {fn: func(o *Options, v string) error {
+		if len(v) > 4 || strings.Trim(v, "0123456789") != "" {
+			return fmt.Errorf("%q is not a dial prefix of 1 to 4 digits", v)
+		}
+		o.DialPrefix = v
+		return nil
+	}},
+	"trunk-registrar": {fn: func(o *Options, v string) error {
+		var u sip.Uri
+		if err := sip.ParseUri(v, &u); err != nil || !strings.EqualFold(u.Scheme, "sip") || u.User != "" || u.Host == "" {
+			return fmt.Errorf("%q is not the provider's registrar as a sip: URI without user, like sip:sip.provider.example", v)
+		}
+		o.TrunkRegistrar = v
+		return nil
+	}},
+	"trunk-user": {fn: func(o *Options, v string) error {
+		if len(v) > 64 || strings.ContainsAny(v, "@:;<>\"\\") {
+			return fmt.Errorf("%q is not an account name (up to 64 characters, no @ : ; < > or quotes)", v)
+		}
+		o.TrunkUser = v
+		return nil
+	}},
+	"trunk-password-file": {fn: func(o *Options, v string) error {
+		if !filepath.IsAbs(v) {
+			return fmt.Errorf("%q is not an absolute path", v)
+		}
+		o.TrunkPasswordFile = filepath.Clean(v)
+		return nil
+	}},
 	"log-level": {fn: func(o *Options, v string) error {
 		var l slog.Level
 		if err := l.UnmarshalText([]byte(v)); err != nil {
@@ -582,6 +724,21 @@ func parseGroup(o *Options, v, example string) (string, []string, error) {
 		return "", nil, fmt.Errorf("group %s listed twice", group)
 	}
 	return group, members, nil
+}
+
+// validDomain reports a DNS name of letters, digits and hyphens with at
+// least two labels (RFC 1035 §2.3.1, RFC 1123 §2.1).
+func validDomain(d string) bool {
+	labels := strings.Split(d, ".")
+	if len(d) > 253 || len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' || strings.Trim(l, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // parseOnOff reads the value of an on/off key.

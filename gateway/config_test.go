@@ -75,6 +75,19 @@ admin-key /etc/sipmesh/admin.key
 	if err != nil || lim.SIPRate != -1 || lim.SIPBurst != 50 || lim.SIPMaxTransactions != 256 || lim.DNSRate != 2.5 || lim.DNSBurst != 10 {
 		t.Errorf("limits: %v %v %v %v %v, %v", lim.SIPRate, lim.SIPBurst, lim.SIPMaxTransactions, lim.DNSRate, lim.DNSBurst, err)
 	}
+	gw, err := ParseConfig(strings.NewReader("mesh-interface wlan0\nuplink-interface eth1\nstun-server 203.0.113.3\ndns-upstream 192.0.2.53\n" +
+		"sip-domain Voice.Example.ORG.\ndial-prefix 0\ntrunk-registrar sip:sip.provider.example\ntrunk-user 5550100\ntrunk-password-file /etc/sipmesh/trunk.pw\n"))
+	if err != nil || !gw.Gateway() || gw.UplinkInterface != "eth1" || gw.STUNServer.String() != "203.0.113.3:3478" || gw.SIPDomain != "voice.example.org" ||
+		gw.DialPrefix != "0" || gw.TrunkRegistrar != "sip:sip.provider.example" || gw.TrunkUser != "5550100" || gw.TrunkPasswordFile != "/etc/sipmesh/trunk.pw" {
+		t.Errorf("gateway keys: %+v, %v", gw, err)
+	}
+	pub, err := ParseConfig(strings.NewReader("mesh-interface wlan0\nuplink-interface eth1\npublic-address 198.51.100.7\ndns-upstream 192.0.2.53\n"))
+	if err != nil || pub.PublicAddress.String() != "198.51.100.7" || pub.STUNServer.IsValid() {
+		t.Errorf("public-address: %v, %v", pub.PublicAddress, err)
+	}
+	if min.Gateway() {
+		t.Error("a node without uplink-interface is a gateway")
+	}
 	hash, err := ParseConfig(strings.NewReader("mesh-interface eth1\nname a#b\n"))
 	if err != nil || hash.Name != "a#b" {
 		t.Errorf("# inside a value: %q, %v", hash.Name, err)
@@ -111,6 +124,24 @@ func TestParseConfigErrors(t *testing.T) {
 		{"rate negative", "dns-rate -5\n", `config line 1: dns-rate: "-5" is not a rate`},
 		{"burst zero", "sip-burst 0\n", `config line 1: sip-burst: "0" is not a count`},
 		{"table not a number", "sip-max-transactions many\n", `config line 1: sip-max-transactions: "many" is not a count`},
+		// The gateway role (issue 14).
+		{"private public-address", "public-address 192.168.1.2\n", `config line 1: public-address: "192.168.1.2" is not a public IPv4 address`},
+		{"v6 public-address", "public-address 2001:db8::1\n", `config line 1: public-address: "2001:db8::1" is not a public IPv4 address`},
+		{"bad stun-server", "stun-server stun.example.net\n", `config line 1: stun-server: "stun.example.net" is not an IPv4 address`},
+		{"v6 stun-server", "stun-server [2001:db8::1]:3478\n", `config line 1: stun-server: "[2001:db8::1]:3478" is not an IPv4 address`},
+		{"mesh sip-domain", "sip-domain x.mesh\n", `config line 1: sip-domain: "x.mesh" is not a public DNS domain`},
+		{"one-label sip-domain", "sip-domain localhost\n", `config line 1: sip-domain: "localhost" is not a public DNS domain`},
+		{"letters in dial-prefix", "dial-prefix 0a\n", `config line 1: dial-prefix: "0a" is not a dial prefix`},
+		{"trunk registrar with user", "trunk-registrar sip:me@provider.example\n", `config line 1: trunk-registrar: "sip:me@provider.example" is not the provider's registrar`},
+		{"trunk registrar not sip", "trunk-registrar http://provider.example\n", `config line 1: trunk-registrar: "http://provider.example" is not the provider's registrar`},
+		{"trunk user with @", "trunk-user me@example\n", `config line 1: trunk-user: "me@example" is not an account name`},
+		{"relative trunk password", "trunk-password-file pw\n", `config line 1: trunk-password-file: "pw" is not an absolute path`},
+		{"gateway key without uplink", "mesh-interface a\nsip-domain voice.example.org\n", `config: sip-domain: needs uplink-interface`},
+		{"uplink without public address", "mesh-interface a\nuplink-interface eth1\n", `config: uplink-interface: a gateway needs public-address or stun-server`},
+		{"gateway without DNS", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\n", `config: uplink-interface: a gateway needs dns-upstream`},
+		{"uplink is the mesh", "mesh-interface a\nuplink-interface a\npublic-address 198.51.100.7\n", `config: uplink-interface: a is also a mesh or LAN interface`},
+		{"trunk half", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\ndns-upstream 192.0.2.53\ntrunk-user me\n", `config: trunk-registrar: missing: a trunk needs`},
+		{"prefix without trunk", "mesh-interface a\nuplink-interface eth1\npublic-address 198.51.100.7\ndns-upstream 192.0.2.53\ndial-prefix 0\n", `config: dial-prefix: numbers dialled with the prefix go to the trunk`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -50,7 +51,7 @@ var configKeyDocs = []struct {
 			}
 			return "open"
 		}},
-	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup` (none: no socket)",
+	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup`, `gateways` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",
 		func(o Options) string { return strings.ToLower(o.LogLevel.String()) }},
@@ -115,10 +116,39 @@ var configKeyDocs = []struct {
 		}},
 	{"web-port", "", "port of the web UI on the automatic (LAN) address",
 		func(o Options) string { return strconv.Itoa(int(o.WebPort)) }},
+	{"uplink-interface", "none", "interface towards the Internet: makes the node a gateway, announced in the DHT (none: not a gateway)",
+		func(o Options) string { return o.UplinkInterface }},
+	{"public-address", "by STUN", "public IPv4 address the Internet reaches the gateway at (behind NAT: the router's, with SIP and relay ports forwarded)",
+		func(o Options) string { return showAddr(o.PublicAddress) }},
+	{"stun-server", "none", "STUN server (IPv4[:port], port 3478) that tells the gateway its public address and measures the uplink's RTT and loss",
+		func(o Options) string {
+			if !o.STUNServer.IsValid() {
+				return ""
+			}
+			return o.STUNServer.String()
+		}},
+	{"sip-domain", "none", "the mesh's public SIP domain, pointed at the gateway in DNS: Internet calls to sip:EXT@domain reach the phone",
+		func(o Options) string { return o.SIPDomain }},
+	{"dial-prefix", "none", "digits that send a dialled number to the trunk (0 + 5550100 → 5550100 at the provider)",
+		func(o Options) string { return o.DialPrefix }},
+	{"trunk-registrar", "none", "the SIP provider's registrar, a sip: URI (sip:sip.provider.example); with trunk-user and trunk-password-file",
+		func(o Options) string { return o.TrunkRegistrar }},
+	{"trunk-user", "none", "the trunk account's user name (AOR and digest user)",
+		func(o Options) string { return o.TrunkUser }},
+	{"trunk-password-file", "none", "file holding the trunk password (mode 0600; never logged, never in the DHT or status)",
+		func(o Options) string { return o.TrunkPasswordFile }},
 	{"ring-group", "none", "a group extension and the members it rings in parallel, GROUP=EXT,EXT,…; the same on every node",
 		func(o Options) string { return "" }},
 	{"hunt-group", "none", "a group extension and the members it rings one after the other, each for S seconds (default 15), GROUP=EXT,EXT,…[/S]; the same on every node",
 		func(o Options) string { return "" }},
+}
+
+// showAddr formats an optional address ("" when unset).
+func showAddr(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // showRate formats a rate key's value (-1: off).

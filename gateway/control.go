@@ -38,6 +38,7 @@ import (
 //	GET /phones                      []PhoneInfo: phone bindings of this node
 //	POST /phones                     AddPhoneRequest → PhoneInfo
 //	DELETE /phones/{mac}             PhoneInfo of the removed binding
+//	GET /gateways                    []GatewayInfo: the live gateways, best first
 //
 // Errors come back as {"error": "..."} with a 4xx/5xx status.
 
@@ -57,6 +58,10 @@ type NodeStatus struct {
 	LAN string `json:"lan,omitempty"`
 	// SIP: registrar, proxy and relay counters.
 	SIP *proxy.SIPStats `json:"sip,omitempty"`
+	// Gateway is this node's gateway role (uplink-interface set).
+	Gateway *GatewayRoleStatus `json:"gateway,omitempty"`
+	// Gateways are the live gateways this node knows, best first.
+	Gateways []GatewayInfo `json:"gateways,omitempty"`
 }
 
 // PingResult is the answer of GET /ping.
@@ -141,6 +146,7 @@ func (s *controlServer) serve(ctx context.Context) error {
 	mux.HandleFunc("GET /phones", s.handlePhones)
 	mux.HandleFunc("POST /phones", s.handleAddPhone)
 	mux.HandleFunc("DELETE /phones/{mac}", s.handleDeletePhone)
+	mux.HandleFunc("GET /gateways", s.handleGateways)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -304,6 +310,24 @@ func (c *ControlClient) StatusJSON(ctx context.Context) (json.RawMessage, error)
 	var raw json.RawMessage
 	err := c.get(ctx, "/status", &raw)
 	return raw, err
+}
+
+func (s *controlServer) handleGateways(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), claimTimeout)
+	defer cancel()
+	gws, err := s.node.Gateways(ctx)
+	if err != nil && len(gws) == 0 {
+		writeJSON(w, http.StatusServiceUnavailable, controlError{"reading the gateways' announcements: " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, gws)
+}
+
+// Gateways returns the live gateways the node knows, best first.
+func (c *ControlClient) Gateways(ctx context.Context) ([]GatewayInfo, error) {
+	var gws []GatewayInfo
+	err := c.get(ctx, "/gateways", &gws)
+	return gws, err
 }
 
 // Ping asks the node to ping dst (a mesh address or node ID) and wait up to

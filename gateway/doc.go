@@ -21,7 +21,20 @@
 // files, with the phone bindings and their passwords kept only in a local
 // secret file (phones.go).
 //
-// Planned, not here yet: the Internet uplink (server location per
-// RFC 3263, trunks, failover), firewall and NAT rules on real nodes, and
-// RFC 6076 SIP performance metrics.
+// A node whose config names an uplink is a gateway (issue 14): it
+// measures its uplink by STUN probes and announces itself in the DHT
+// (gwrole.go, announce.go), and runs its Internet side, a second SIP
+// service on the uplink socket and on GatewaySIPPort of the mesh address
+// with a relay between them, which locates Internet SIP servers by
+// RFC 3263 (uplinksip.go). Every node with phones rates the live
+// gateways by the E-model of the whole path and sends calls for other
+// domains to the best (gwchoice.go; `sipmesh gateways`).
+//
+// With trunk-* keys the gateway runs its trunk (uplink.Trunk) from the
+// uplink socket: numbers by dial prefix go out through it, the
+// provider's calls for DIDs come in (proxy/uplink.go).
+//
+// Planned, not here yet: the public address behind NAT in SIP and SDP,
+// firewall and NAT rules on real nodes, and RFC 6076 SIP performance
+// metrics.
 package gateway

@@ -55,6 +55,10 @@ type Node struct {
 	// dnsPort is the DNS server's port (0: 53). addAddress puts a LAN
 	// address on the interface, reporting whether it was not there yet,
 	// and removeAddress takes one off (nil: the caller does both).
+	// trunkPassword is the trunk's password from trunk-password-file,
+	// never logged, never in status or the DHT.
+	trunkPassword string
+
 	dnsPort       int
 	addAddress    func(ifname string, addr netip.Prefix) (added bool, err error)
 	removeAddress func(ifname string, addr netip.Prefix) error
@@ -82,6 +86,11 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	}
 	if n.phones, err = loadPhoneStore(opts.StateDir); err != nil {
 		return nil, err
+	}
+	if opts.TrunkPasswordFile != "" {
+		if n.trunkPassword, err = readSecretFile(opts.TrunkPasswordFile); err != nil {
+			return nil, &ConfigError{Field: "trunk-password-file", Err: err}
+		}
 	}
 	adminPub := ed25519.PublicKey(opts.AdminPublicKey)
 	if opts.AdminKey != "" {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/dns64"
 	"github.com/sipmesh/sipmesh/provisioning"
 	"github.com/sipmesh/sipmesh/proxy"
@@ -20,6 +21,7 @@ import (
 	"github.com/sipmesh/sipmesh/sipalg"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
+	"github.com/sipmesh/sipmesh/uplink"
 )
 
 // The services of a node beyond routing: the DHT, the registrar and proxy
@@ -71,6 +73,15 @@ type services struct {
 	dns   *dns64.Server
 	dhcp  *provisioning.DHCPServer
 	hosts chan provisioning.Lease
+
+	// gws is the node's view of the mesh's gateways (gwchoice.go); role
+	// is this node's own gateway side (nil: not a gateway; gwrole.go).
+	gws  *gatewayDir
+	role *gatewayRole
+	// uplinkSIP is a gateway's Internet side (uplinksip.go), set under mu
+	// once the uplink has an address.
+	uplinkSIP *proxy.SIPService
+	trunk     *uplink.Trunk // the gateway's trunk (nil: none)
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
@@ -97,6 +108,13 @@ func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) e
 		locs:     &registrar.DHTLocation{DHT: d},
 		accounts: &registrar.DHTAccounts{DHT: d, Admin: adminPub, Key: n.admin},
 		hosts:    make(chan provisioning.Lease, hostPublishQueue),
+	}
+	n.svc.gws = newGatewayDir(d, n.router.ID(), func(ctx context.Context, id ssr.NodeID) (time.Duration, int, error) {
+		reply, rtt, err := n.router.Ping(ctx, id)
+		return rtt, reply.Hops, err
+	})
+	if n.opts.Gateway() {
+		n.svc.role = &gatewayRole{n: n}
 	}
 	return nil
 }
@@ -142,6 +160,13 @@ func (n *Node) runServices(ctx context.Context) error {
 	}
 	run("dht", s.dht.Run)
 	run("claims", n.renewClaims)
+	if s.role != nil {
+		run("gateway", s.role.run)
+		run("uplink sip", n.runUplinkSIP)
+	}
+	if n.opts.LANInterface != "" || s.role != nil {
+		run("gateways", n.runGatewayDir)
+	}
 	var err error
 	if n.opts.LANInterface != "" {
 		err = n.startLAN(ctx, run)
@@ -254,6 +279,20 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Aliases: n.aliases(),
 		// MESSAGEs for offline phones, kept in the DHT (proxy/messages.go).
 		Messages: &registrar.DHTMessages{DHT: n.svc.dht, Node: n.router.ID()},
+		// A gateway node's own Internet side (uplinksip.go).
+		LocalPeer: n.localGatewayPeer(meshAddr),
+		// Numbers by a gateway's dial prefix go to its trunk.
+		TrunkOutbound: n.TrunkGateway,
+		// A gateway silent to a call is skipped by the next choice.
+		GatewayFailed: func(gw netip.AddrPort) { n.svc.gws.failed(gw.Addr()) },
+		// Calls to other domains leave through a gateway (gwchoice.go).
+		Outbound: func(ctx context.Context, _ *sip.Request) (netip.AddrPort, error) {
+			id, err := n.ChooseGateway(ctx, KindURI)
+			if err != nil {
+				return netip.AddrPort{}, err
+			}
+			return netip.AddrPortFrom(id.Addr(), GatewaySIPPort), nil
+		},
 	})
 	if err != nil {
 		lanUDP.Close()
@@ -525,6 +564,10 @@ func (n *Node) Status() NodeStatus {
 		st.SIP = &ss
 		st.LAN = n.LANAddress().String()
 	}
+	if n.svc.role != nil {
+		st.Gateway = n.svc.role.status()
+	}
+	st.Gateways = n.svc.gws.list()
 	return st
 }
 

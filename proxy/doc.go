@@ -49,6 +49,13 @@
 // without a binding is stored in the DHT (bounded, expiring), answered
 // 202 and delivered when the extension registers (messages.go).
 //
-// Planned, not here yet: routing of URIs outside the mesh domain to the
-// Internet uplink (RFC 3263, trunks), beside this package or in it.
+// Calls to and from the SIP Internet (uplink.go): a LAN phone's request
+// for another domain goes over the mesh to the Internet gateway
+// SIPServiceConfig.Outbound chooses; on the gateway, a second
+// SIPService with SIPServiceConfig.Uplink is the Internet side, which
+// locates the target (RFC 3263) and sends it from the uplink, routes
+// Internet calls for the mesh's public domain to the phones, and refuses
+// everything else 403; numbers by the dial prefix go to the gateway's
+// provider (its challenges answered with the trunk's credentials) and
+// the provider's calls for DIDs come in.
 package proxy

@@ -211,7 +211,7 @@ func (p *proxyTx) startBranches(base *sip.Request, ts []target, callID, fromTag 
 			p.s.log.Info("cannot forward", "call_id", callID, "err", err)
 			continue
 		}
-		b := &branch{req: r, out: out}
+		b := &branch{req: r, out: out, trunk: t.trunk, gateway: t.gateway, next: t.next}
 		p.branches = append(p.branches, b)
 		started = append(started, b)
 	}

@@ -64,6 +64,9 @@ type target struct {
 	dst       netip.AddrPort
 	transport string           // "UDP" or "TCP"
 	route     *sip.RouteHeader // pushed on top: the flow token for another node
+	trunk     bool             // the gateway's SIP provider: its challenges are answered (uplink.go)
+	gateway   bool             // an Internet gateway: another is tried if it stays silent (uplink.go)
+	next      []netip.AddrPort // the domain's further servers, tried in turn on failure (RFC 3263 §4.3)
 }
 
 // branch is one client transaction of a proxied request.
@@ -79,7 +82,13 @@ type branch struct {
 	cancelSent   bool
 	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
 	final        *sip.Response
-	local        bool // final was generated here (no Via of ours to pop)
+	local        bool             // final was generated here (no Via of ours to pop)
+	trunk        bool             // to the gateway's provider (uplink.go)
+	authed       bool             // sent again with the trunk's credentials
+	gateway      bool             // to an Internet gateway (uplink.go)
+	next         []netip.AddrPort // the located domain's further servers (uplink.go)
+	silent       bool             // the gateway did not answer in gatewayTry
+	tryT         *time.Timer      // fires gatewayTry after the send
 }
 
 type brEvent struct {
@@ -87,6 +96,7 @@ type brEvent struct {
 	res    *sip.Response
 	err    error
 	timerC bool
+	silent bool // a gateway's gatewayTry passed without an answer
 	hunt   bool // the hunt group's member timer fired (groups.go)
 }
 
@@ -197,10 +207,15 @@ func (p *proxyTx) run() {
 		base.RemoveHeader("Proxy-Authorization")
 	}
 	recorded, flow := s.popRoutes(base, p.in)
+	if p.in == s.lan && s.trunkCall(base, p.src) {
+		// The provider calls the trunk's Contact; the DID is in To
+		// (uplink.go).
+		base.Recipient.User = base.To().Address.User
+	}
 	var targets []target
 	if flow != nil {
 		targets = []target{*flow}
-	} else if t, ok, code, reason := s.nextHop(base, recorded); code != 0 {
+	} else if t, ok, code, reason := s.nextHop(base, recorded, p.in); code != 0 {
 		p.reply(code, reason)
 		return
 	} else if ok {
@@ -246,7 +261,7 @@ func (p *proxyTx) run() {
 			p.endLegIfUnanswered(invite)
 			return
 		}
-		p.branches = append(p.branches, &branch{req: r, out: out})
+		p.branches = append(p.branches, &branch{req: r, out: out, trunk: t.trunk, gateway: t.gateway, next: t.next})
 	}
 
 	p.events = make(chan brEvent, 2*len(p.branches)+2)
@@ -264,7 +279,7 @@ func (p *proxyTx) run() {
 	p.armNoAnswer(invite)
 	p.armHunt(invite)
 	p.loop(invite)
-	for p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
+	for p.trunkAuthOnFailure() || p.gatewayRetryOnFailure(base, callID, fromTag) || p.huntOnFailure(base, callID, fromTag) || p.divertOnFailure(base, invite, callID, fromTag) {
 		p.loop(invite)
 	}
 	if p.hunt != nil && p.hunt.timer != nil {
@@ -274,6 +289,9 @@ func (p *proxyTx) run() {
 	for _, b := range p.branches {
 		if b.timC != nil {
 			b.timC.Stop()
+		}
+		if b.tryT != nil {
+			b.tryT.Stop()
 		}
 	}
 	if !p.finalSent && !p.cancelled && s.ctx.Err() == nil {
@@ -373,7 +391,10 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 		if err := sip.ParseUri(b.Contact, &u); err != nil || u.Host == "" {
 			continue
 		}
-		if b.Node == s.cfg.Node {
+		// On a gateway's Internet side, the node's own bindings are its
+		// phones service's (LocalPeer), reached over the mesh like any
+		// node's (uplink.go).
+		if b.Node == s.cfg.Node && s.cfg.Uplink == nil {
 			dst := b.Source
 			if !dst.IsValid() {
 				var err error
@@ -412,7 +433,7 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 // destination dstAllowed accepts (RFC 3261 §16.4, §26; routecheck.go).
 // ok is false when the Request-URI names the mesh domain (lookup); a
 // non-zero code is the answer.
-func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, code int, reason string) {
+func (s *SIPService) nextHop(r *sip.Request, recorded bool, in *sock) (t target, ok bool, code int, reason string) {
 	if rt := r.Route(); rt != nil {
 		if !recorded {
 			return t, false, 403, "Forbidden (Route not recorded by this node)"
@@ -425,6 +446,9 @@ func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, 
 			return t, false, 403, "Forbidden (Route names no node or phone of this mesh)"
 		}
 		return target{uri: r.Recipient, dst: dst, transport: uriTransport(&rt.Address)}, true, 0, ""
+	}
+	if t, ok, code, reason := s.toTrunk(r, in); ok || code != 0 {
+		return t, ok, code, reason // a number by the dial prefix (uplink.go)
 	}
 	ru := &r.Recipient
 	if s.ourHost(ru.Host) {
@@ -441,8 +465,15 @@ func (s *SIPService) nextHop(r *sip.Request, recorded bool) (t target, ok bool, 
 			return target{uri: r.Recipient, dst: dst, transport: uriTransport(ru)}, true, 0, ""
 		}
 	}
-	// Other domains are the Internet gateway's business, not this proxy's;
-	// an in-dialog request outside a route set we recorded is nobody's.
+	// Other domains are the Internet gateway's business (uplink.go): a
+	// request outside a dialog from a LAN phone goes to the gateway, one
+	// from the mesh at a gateway goes out of its uplink. An in-dialog
+	// request outside a route set we recorded is nobody's.
+	if toTag, _ := r.To().Params.Get("tag"); toTag == "" && r.Method != sip.ACK {
+		if t, ok, code, reason := s.toInternet(r, in); ok || code != 0 {
+			return t, ok, code, reason
+		}
+	}
 	return t, false, 404, "Not Found (domain not served here)"
 }
 
@@ -707,6 +738,9 @@ func (p *proxyTx) start(b *branch, invite bool) {
 			}
 		})
 		b.timC = time.AfterFunc(s.cfg.TimerC, func() { p.event(brEvent{b: b, timerC: true}) })
+		if b.gateway || len(b.next) > 0 {
+			b.tryT = time.AfterFunc(gatewayTry, func() { p.event(brEvent{b: b, silent: true}) })
+		}
 	}
 	tx := b.tx
 	if !s.goTracked(func() {
@@ -802,7 +836,20 @@ func (p *proxyTx) loop(invite bool) {
 			if b.final != nil {
 				continue
 			}
+			if b.tryT != nil && (ev.res != nil || ev.err != nil) {
+				b.tryT.Stop() // the gateway answered (or the send failed)
+			}
 			switch {
+			case ev.silent:
+				if b.provisional {
+					continue
+				}
+				// Not even 100 Trying: the gateway is gone (uplink.go);
+				// gatewayRetryOnFailure tries another.
+				b.tx.Terminate()
+				b.silent = true
+				b.final, b.local = s.respond(p.req, 503, "Service Unavailable (gateway silent)"), true
+				pending--
 			case ev.timerC:
 				// §16.8: Timer C fired.
 				if b.provisional {
@@ -1033,7 +1080,7 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 		t = *flow
 	} else {
 		var ok bool
-		if t, ok, _, _ = s.nextHop(base, recorded); !ok {
+		if t, ok, _, _ = s.nextHop(base, recorded, in); !ok {
 			return // an ACK needs no lookup: nothing to route it to
 		}
 	}

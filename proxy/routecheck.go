@@ -73,7 +73,9 @@ func (s *SIPService) dstAllowed(ap netip.AddrPort) bool {
 		return false
 	}
 	if a == s.lan.addr.Addr() || a == s.mesh.addr.Addr().WithZone("") {
-		return false
+		// Never this service itself; the node's other service on the
+		// mesh address (a gateway's two sides) only at its own port.
+		return s.cfg.LocalPeer.IsValid() && ap == s.cfg.LocalPeer
 	}
 	if a.Is6() {
 		mp, err := s.mesh.addr.Addr().WithZone("").Prefix(64)

@@ -93,6 +93,32 @@ type SIPServiceConfig struct {
 	// prefix.
 	LANPrefix netip.Prefix
 
+	// Outbound, on a node with phones, is where a LAN phone's request
+	// outside a dialog for a domain other than the mesh's goes: the mesh
+	// SIP address of the Internet gateway chosen for it (gateway's
+	// gwchoice.go). Nil, or an error: 404 as before, or 503 without a
+	// live gateway. The phone is authenticated first (407) as for every
+	// request; the mesh realm's credentials end here.
+	Outbound func(ctx context.Context, r *sip.Request) (netip.AddrPort, error)
+	// TrunkOutbound, on a node with phones, recognises a number dialled
+	// with a gateway's dial prefix (sip:0<digits>@mesh) and returns the
+	// mesh SIP address of the gateway whose trunk takes it; ok false: not
+	// such a number. The phone is authenticated first, as for any call.
+	TrunkOutbound func(ctx context.Context, user string) (gw netip.AddrPort, ok bool, err error)
+	// GatewayFailed reports a gateway that did not answer a call in
+	// time: the choice skips it until it proves alive again (gateway's
+	// gwchoice.go), and the call goes to the next one.
+	GatewayFailed func(gw netip.AddrPort)
+	// Uplink makes this service a gateway's Internet side (uplink.go):
+	// its "LAN" socket is on the uplink, its mesh socket on the gateway
+	// port. Nil: an ordinary node service.
+	Uplink *UplinkConfig
+	// LocalPeer is the node's other SIP service on its mesh address (on a
+	// gateway with phones: the Internet side for the node's service, the
+	// node's service for the Internet side), the one destination on the
+	// node's own address that routes may lead to.
+	LocalPeer netip.AddrPort
+
 	// EchoListen, if set, opens a media socket on the LAN address for
 	// the echo test (3246, phones.EchoService), which phones on the LAN reach;
 	// nil: no echo test. MaxEchoSessions bounds its calls.
@@ -144,6 +170,9 @@ type SIPStats struct {
 	TCPOpen         int    `json:"tcp_open"`
 	TCPRefused      uint64 `json:"tcp_refused"`
 	TCPAcceptErrors uint64 `json:"tcp_accept_errors"`
+	// Refused are requests from the Internet a gateway answered 403
+	// (uplink.go).
+	Refused uint64 `json:"refused,omitempty"`
 }
 
 // sock is one of the service's sockets.
@@ -170,6 +199,7 @@ type SIPService struct {
 	blf     *phones.BLFService
 
 	malformed, proxied atomic.Uint64    // malformed: requests sipgo parsed that we answered 400
+	uplinkRefused      atomic.Uint64    // requests from the Internet refused 403 (uplink.go)
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
 	tcp                *sipnet.Listener // LANTCP within TCPLimits; nil without TCP
 	// peerLog logs what peers caused (a request not forwarded, a TCP
@@ -331,7 +361,7 @@ func (s *SIPService) Stats() SIPStats {
 	g := &s.guard
 	st := SIPStats{Requests: s.requests.Load(), RateLimited: g.RateLimited.Load(), Overloaded: g.Overloaded.Load(),
 		Malformed: g.Malformed.Load() + s.malformed.Load(), Proxied: s.proxied.Load(), Transactions: g.Live.Load(), Calls: calls,
-		Answered: g.Answers(), Retransmissions: g.Retransmissions.Load()}
+		Answered: g.Answers(), Retransmissions: g.Retransmissions.Load(), Refused: s.uplinkRefused.Load()}
 	if s.tcp != nil {
 		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
 	}
@@ -442,7 +472,11 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		rec = &answeringTx{ServerTransaction: tx}
 		tx = rec
 	}
-	if in == s.lan && s.needsAuth(req) {
+	if s.cfg.Uplink != nil && in == s.lan {
+		if s.uplinkRefuses(req, tx, src) { // uplink.go: never an open relay
+			return
+		}
+	} else if in == s.lan && s.needsAuth(req) {
 		// Before the echo test, the route checks and any lookup: the
 		// answer to an unauthenticated request names no extension.
 		if _, res := s.cfg.Registrar.Authorize(s.ctx, req, src); res != nil {
@@ -456,10 +490,10 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	// Features (party line, *72/*73) answer after the LAN check above,
 	// so a feature code is set only by an authenticated phone.
-	if registrar.Answerable(req) && s.feature(req, tx, in, src) {
+	if s.cfg.Uplink == nil && registrar.Answerable(req) && s.feature(req, tx, in, src) {
 		return
 	}
-	if s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
+	if s.cfg.Uplink == nil && s.echo != nil && registrar.Answerable(req) && s.echo.Handle(req, tx, in == s.lan, src) {
 		return
 	}
 	switch req.Method {

@@ -76,6 +76,15 @@ type SideConfig struct {
 	// PortMin and PortMax bound the ports used (inclusive); RTP gets the
 	// even port of each pair, RTCP the odd one after it (RFC 3550 §11).
 	PortMin, PortMax uint16
+	// LatchAny lets the first datagram from any source latch this side
+	// (and another take over after RelatchAfter of silence), not only
+	// from the SDP's or the signalling's address: for a gateway's
+	// Internet side, where a far end behind NAT sends its RTP from a
+	// public address that neither its SDP (its private address) nor the
+	// signalling (from its SIP proxy) names. The price is the usual one
+	// of NAT latching: a third party that guesses the port before the
+	// far end's first packet arrives can take the stream.
+	LatchAny bool
 }
 
 // Config configures a Relay.
@@ -234,6 +243,7 @@ func (r *Relay) Allocate(ctx context.Context) (*Session, error) {
 			return nil, err
 		}
 		s.ends[i].side = Side(i)
+		s.ends[i].any = sc.LatchAny
 	}
 	s.touch(time.Now())
 	// Start the readers under the lock, so Run cannot be past its

@@ -296,6 +296,49 @@ func TestRelayLatching(t *testing.T) {
 	})
 }
 
+// TestRelayLatchAny: on a LatchAny side (a gateway's Internet side) the
+// first source latches wherever it is, as a far end behind NAT sends from
+// an address neither its SDP nor its signalling names; while it is alive
+// no other source gets in, after RelatchAfter of silence another may.
+func TestRelayLatchAny(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNet(memnet.LinkConfig{}, memnet.LinkConfig{})
+		cfg := n.relayConfig()
+		cfg.A.LatchAny = true
+		r := runRelay(t, cfg)
+		s, err := r.Allocate(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		aRTP, _ := s.Local(sipalg.SideA)
+		bRTP, _ := s.Local(sipalg.SideB)
+		natted := open(t, n.evil, evilIP, 4000) // the far end's public address
+		sdpHost := open(t, n.a, phoneA, 4000)
+		pb := open(t, n.b, peerB, 5000)
+		s.SetPeer(sipalg.SideA, netip.AddrPortFrom(phoneA, 4000), netip.AddrPortFrom(phoneA, 4001))
+		s.SetPeer(sipalg.SideB, netip.AddrPortFrom(peerB, 5000), netip.AddrPortFrom(peerB, 5001))
+
+		send(t, natted, srtpLike(1), aRTP)
+		if _, _, ok := recv(t, pb); !ok {
+			t.Fatal("the first source on a LatchAny side was not relayed")
+		}
+		send(t, pb, srtpLike(2), bRTP)
+		if _, _, ok := recv(t, natted); !ok {
+			t.Fatal("reply did not go to the latched source")
+		}
+		send(t, sdpHost, srtpLike(3), aRTP)
+		if _, _, ok := recv(t, pb); ok {
+			t.Fatal("a second source got in while the latched one is alive")
+		}
+		time.Sleep(sipalg.RelatchAfter + time.Millisecond)
+		send(t, sdpHost, srtpLike(4), aRTP)
+		if _, _, ok := recv(t, pb); !ok {
+			t.Fatal("no relatch after the latched source went silent")
+		}
+	})
+}
+
 func TestRelayIdleReclaimAndBounds(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {

@@ -1,7 +1,9 @@
 package sipalg
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -49,6 +51,7 @@ type end struct {
 	local [2]netip.AddrPort    // their addresses as advertised
 	peer  [2]peer              // where this side's peer is
 	allow []netip.Addr         // extra latch-allowed source IPs
+	any   bool                 // any source may latch (SideConfig.LatchAny)
 	hold  bool                 // peer asked for no media (c=0.0.0.0)
 
 	rx    Receiver
@@ -225,7 +228,14 @@ func (s *Session) close(reason string) {
 		s.r.mu.Lock()
 		delete(s.r.sessions, s)
 		s.r.mu.Unlock()
-		s.r.log.Debug("session closed", "id", s.id, "reason", reason)
+		if s.r.log.Enabled(context.Background(), slog.LevelDebug) {
+			// What each side relayed and dropped: the first thing to read
+			// when a call had one-way audio.
+			st := s.Stats()
+			s.r.log.Debug("session closed", "id", s.id, "reason", reason,
+				"a_peer", st.A.Peer, "a_latched", st.A.Latched, "a_packets", st.A.Packets, "a_dropped", st.A.Dropped,
+				"b_peer", st.B.Peer, "b_latched", st.B.Latched, "b_packets", st.B.Packets, "b_dropped", st.B.Dropped)
+		}
 		close(s.done)
 	})
 	if !first {
@@ -326,6 +336,9 @@ func (e *end) accept(k int, src netip.AddrPort, now time.Time) bool {
 }
 
 func (e *end) allowed(ip netip.Addr, k int) bool {
+	if e.any {
+		return true
+	}
 	if sdp := e.peer[k].sdp.Addr(); sdp.IsValid() && ip == sdp {
 		return true
 	}

@@ -8,9 +8,10 @@
 // answered, refreshed at half the granted lifetime, 423 answered with
 // the provider's Min-Expires, failures backed off as RFC 5626 §4.5 says
 // and the binding removed on stop. And STUN Binding (RFC 8489) to learn
-// the public address of a gateway behind a NAT router. The gateway role in the node (uplink
-// config, announcement in the DHT, the proxy sending non-mesh URIs here)
-// is planned (see the README's "Not yet").
+// the public address of a gateway behind a NAT router, and Probe, one
+// Binding without retransmission, with which a gateway measures its
+// uplink's round trip and loss for its announcement. The gateway role in
+// the node (package gateway) uses all three.
 //
 // Only the transports sipmesh speaks are located: UDP and TCP. NAPTR
 // services for TLS, SCTP or WebSocket (SIPS+D2T, SIP+D2S, SIP+D2W, …)

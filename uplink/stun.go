@@ -42,6 +42,24 @@ var ErrSTUN = errors.New("uplink: STUN")
 // from an RFC 3489 server. Datagrams on conn that are not the answer are
 // dropped, so conn must not be read by anyone else meanwhile.
 func Binding(ctx context.Context, conn net.PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
+	return binding(ctx, conn, server, stunSends, stunLastWaits*stunRTO)
+}
+
+// Probe sends one Binding request from conn to server, without
+// retransmission, and waits up to timeout for the answer: it measures the
+// uplink (the round trip, and, over many probes, the share lost) where
+// Binding's retransmissions would hide a loss in a longer round trip.
+// It also refreshes the NAT mapping of conn, as a keep-alive (RFC 8489
+// §13, RFC 5626 §4.4.1) and returns the reflexive address.
+func Probe(ctx context.Context, conn net.PacketConn, server netip.AddrPort, timeout time.Duration) (netip.AddrPort, time.Duration, error) {
+	start := time.Now()
+	addr, err := binding(ctx, conn, server, 1, timeout)
+	return addr, time.Since(start), err
+}
+
+// binding sends up to sends requests, the RTO apart and doubling (RFC 8489
+// §6.2.1), waiting last after the final one.
+func binding(ctx context.Context, conn net.PacketConn, server netip.AddrPort, sends int, last time.Duration) (netip.AddrPort, error) {
 	var txid [12]byte
 	if _, err := rand.Read(txid[:]); err != nil {
 		return netip.AddrPort{}, err
@@ -55,13 +73,13 @@ func Binding(ctx context.Context, conn net.PacketConn, server netip.AddrPort) (n
 	defer stop()
 	buf := make([]byte, stunMaxMsg)
 	rto := stunRTO
-	for send := 1; send <= stunSends; send++ {
+	for send := 1; send <= sends; send++ {
 		if _, err := conn.WriteTo(req, dst); err != nil {
 			return netip.AddrPort{}, err
 		}
 		wait := rto
-		if send == stunSends {
-			wait = stunLastWaits * stunRTO
+		if send == sends {
+			wait = last
 		}
 		conn.SetReadDeadline(time.Now().Add(wait))
 		for {

@@ -147,4 +147,29 @@ func TestSTUNCoturn(t *testing.T) {
 	if _, err := Binding(sctx, conn, silent.LocalAddr().(*net.UDPAddr).AddrPort()); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("silent server: %v", err)
 	}
+	// Probe: one request, its round trip; a silent server is one loss
+	// after the timeout, with exactly one request sent (no retransmission
+	// hides the loss).
+	drain := func() int {
+		silent.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		buf := make([]byte, 100)
+		n := 0
+		for {
+			if _, _, err := silent.ReadFrom(buf); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+	drain() // Binding's retransmissions
+	got, rtt, err := Probe(ctx, conn, server, time.Second)
+	if err != nil || got != conn.LocalAddr().(*net.UDPAddr).AddrPort() || rtt <= 0 || rtt >= time.Second {
+		t.Fatalf("Probe = %v, %v, %v", got, rtt, err)
+	}
+	if _, _, err := Probe(ctx, conn, silent.LocalAddr().(*net.UDPAddr).AddrPort(), 300*time.Millisecond); !errors.Is(err, ErrSTUN) {
+		t.Fatalf("Probe of a silent server: %v, want ErrSTUN", err)
+	}
+	if n := drain(); n != 1 {
+		t.Errorf("silent server received %d requests from one probe, want 1", n)
+	}
 }

@@ -47,3 +47,22 @@ func runSteps(t *testing.T, steps []cliStep) {
 		}
 	}
 }
+
+// TestDIDCommand: sipmesh did maps a provider's number to an extension
+// (a dial-plan alias whose name is a number); a name that is no number
+// is a usage error.
+func TestDIDCommand(t *testing.T) {
+	leakcheck.Check(t)
+	sock, _ := startNode(t, "n1", "")
+	runSteps(t, []cliStep{
+		{[]string{"did", "show", "--control", sock, "5550100"}, 0, "5550100 is no did"},
+		{[]string{"did", "set", "--control", sock, "5550100", "201"}, 0, "5550100 → 201"},
+		{[]string{"alias", "show", "--control", sock, "5550100"}, 0, "5550100 → 201"},
+		{[]string{"did", "set", "--control", sock, "15550101", "202"}, 0, "15550101 → 202"},
+		{[]string{"did", "del", "--control", sock, "5550100"}, 0, "did 5550100 deleted"},
+		{[]string{"did", "show", "--control", sock, "5550100"}, 0, "5550100 is no did"},
+		{[]string{"did", "set", "--control", sock, "doctor", "205"}, 2, ""},
+		{[]string{"did", "set", "--control", sock, "+15550101", "205"}, 2, ""},
+		{[]string{"did"}, 2, ""},
+	})
+}

@@ -82,6 +82,11 @@ type meshConfig struct {
 	// Adj, if set, is the topology (node i's neighbours), instead of a
 	// random one.
 	Adj [][]int
+	// Gateways are the nodes (indices) with an uplink: an interface
+	// "up0" on the emulated Internet (telMesh.inet, 198.51.100.0/24) with
+	// the address 198.51.100.i, configured as public-address, which makes
+	// the node a gateway; its resolver is 198.51.100.53.
+	Gateways []int
 }
 
 // telMesh is a running telephone mesh.
@@ -96,6 +101,9 @@ type telMesh struct {
 	lanIP []netip.Prefix // node i's LAN address and subnet
 	nodes []*gateway.Node
 	links []*memnet.Link
+	// inet is the emulated Internet the gateways' uplinks are on (nil
+	// without gateways).
+	inet  *memnet.Link
 	admin ed25519.PrivateKey
 	rng   *rand.Rand
 
@@ -222,6 +230,17 @@ func (m *telMesh) build() error {
 			o.AdminKey = adminPath // node 1 manages the subscribers
 		}
 		o.RingGroups = m.cfg.RingGroups
+		if slices.Contains(m.cfg.Gateways, i) {
+			pub := netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)})
+			if m.inet == nil {
+				m.inet = m.nw.NewSegment("internet", memnet.LinkConfig{Delay: time.Millisecond})
+			}
+			m.inet.Attach(m.hosts[i].AddInterface("up0", 1500, netip.PrefixFrom(pub, 24)))
+			o.UplinkInterface, o.PublicAddress = "up0", pub
+			o.SIPDomain = "voice.example.org"
+			// The Internet's resolver, on the uplink segment (a test's).
+			o.DNSUpstreams = []netip.AddrPort{netip.MustParseAddrPort("198.51.100.53:53")}
+		}
 		o.SetRouterParams(demoParams)
 		o.SetDHTParams(demoDHTParams)
 		node, err := gateway.NewNode(o, m.hosts[i], m.cfg.Log)

@@ -335,7 +335,11 @@ bound|renew)
 			echo "sip_listen $ip:5060"
 			for d in $dns; do echo "dns_server $d:53"; done
 		} >"$PHONE_DIR/config"
-		echo "<sip:$PHONE_USER@$sipsrv>;auth_pass=$PHONE_PASS;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20" >"$PHONE_DIR/accounts"
+		# Option 120 names the phone's outbound proxy (RFC 3361 §1); only
+		# the tests that dial outside the mesh need it said (PHONE_OUTBOUND).
+		ob=""
+		[ -n "$PHONE_OUTBOUND" ] && ob=";outbound=\"sip:$sipsrv;lr\""
+		echo "<sip:$PHONE_USER@$sipsrv>;auth_pass=$PHONE_PASS;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20$ob" >"$PHONE_DIR/accounts"
 	fi
 	;;
 deconfig)

@@ -111,4 +111,47 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 		fmt.Fprintf(w, "phone LAN %s; sip: requests %d, proxied %d, calls %d, transactions %d, rate limited %d, malformed %d\n",
 			st.LAN, sip.Requests, sip.Proxied, sip.Calls, sip.Transactions, sip.RateLimited, sip.Malformed)
 	}
+	if g := st.Gateway; g != nil {
+		state := "down"
+		if g.Up {
+			state = "up"
+		}
+		fmt.Fprintf(w, "gateway: uplink %s %s, address %s, public %s, rtt %.1fms, loss %.1f%% over %d probes, offers %s",
+			g.Interface, state, orNone(g.Address), orNone(g.Public), g.RTTMs, g.LossPct, g.Probes, strings.Join(g.Offers, ","))
+		if g.LastError != "" {
+			fmt.Fprintf(w, ", last error: %s", g.LastError)
+		}
+		fmt.Fprintln(w)
+		if tr := g.Trunk; tr != nil {
+			state := "not registered"
+			if tr.Registered {
+				state = "registered at " + tr.Target + " until " + tr.Expires.UTC().Format("15:04:05Z")
+			}
+			fmt.Fprintf(w, "trunk %s: %s, %d failures", tr.Name, state, tr.Failures)
+			if tr.LastError != "" {
+				fmt.Fprintf(w, ", last error: %s", tr.LastError)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	if len(st.Gateways) > 0 {
+		var gs []string
+		for _, g := range st.Gateways {
+			s := fmt.Sprintf("%s (%s, R %.0f", g.Name, g.Addr, g.R)
+			if g.Best {
+				s += ", best"
+			} else if !g.Usable {
+				s += ", unusable"
+			}
+			gs = append(gs, s+")")
+		}
+		fmt.Fprintf(w, "gateways: %s\n", strings.Join(gs, ", "))
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

@@ -1,0 +1,450 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/sipmesh/sipmesh/gateway"
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/phones"
+)
+
+// TestGatewayAnnouncedOnMesh: the gateway role with the daemon's own
+// parts on the in-memory network, in virtual time. A line of four nodes,
+// n1 and n4 gateways: n2 sees both with its mesh path to each (1 and 2
+// hops), and chooses among them; n4 is killed, and n2 stops choosing it
+// within the announcement's lifetime plus one read.
+func TestGatewayAnnouncedOnMesh(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, gatewayAnnouncedOnMesh)
+}
+
+func gatewayAnnouncedOnMesh(t *testing.T) {
+	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+	m := startMesh(t, meshConfig{Nodes: 4, Seed: 14, Adj: line, Gateways: []int{0, 3}})
+	defer stopMesh(t, m)
+	ctx := context.Background()
+	n2 := m.nodes[1]
+	var gws []gateway.GatewayInfo
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		gws, _ = n2.Gateways(ctx)
+		if len(gws) == 2 && gws[0].MeshProbes > 0 && gws[1].MeshProbes > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 does not see both gateways measured after 60 s: %+v", gws)
+		}
+		time.Sleep(time.Second)
+	}
+	hops := map[string]int{}
+	for _, g := range gws {
+		hops[g.Name] = g.MeshHops
+		if !g.Up || !g.Usable || strings.Join(g.Offers, ",") != "uris,inbound" || g.Domain != "voice.example.org" || g.R < 80 {
+			t.Errorf("gateway %s: %+v", g.Name, g)
+		}
+	}
+	if hops["n1"] != 1 || hops["n4"] != 2 {
+		t.Errorf("mesh hops from n2: %v, want n1 1 and n4 2", hops)
+	}
+	if st := m.nodes[0].Status().Gateway; st == nil || !st.Up || st.Public != "198.51.100.1" || st.Address != "198.51.100.1" {
+		t.Errorf("n1's gateway status: %+v", st)
+	}
+	if st := n2.Status(); st.Gateway != nil || len(st.Gateways) != 2 {
+		t.Errorf("n2's status: gateway %+v, %d gateways", st.Gateway, len(st.Gateways))
+	}
+	n1, n4 := m.nodes[0].Router().ID(), m.nodes[3].Router().ID()
+	chosen := map[any]int{}
+	for range 6 {
+		id, err := n2.ChooseGateway(ctx, gateway.KindURI)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chosen[id]++
+	}
+	if chosen[n1]+chosen[n4] != 6 {
+		t.Errorf("chosen: %v", chosen)
+	}
+	if _, err := n2.ChooseGateway(ctx, gateway.KindTrunk); err == nil {
+		t.Error("a trunk call found a gateway, but none has a trunk")
+	}
+
+	m.kill(3)
+	killed := time.Now()
+	for {
+		ok := true
+		for range 4 {
+			if id, err := n2.ChooseGateway(ctx, gateway.KindURI); err != nil || id != n1 {
+				ok = false
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Since(killed) > 30*time.Second {
+			t.Fatalf("n2 still chooses the dead n4 30 s after its kill")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	gone := time.Since(killed)
+	t.Logf("n4 killed: n2 chooses only n1 after %v", gone)
+	// The record lives 10 s; a read every 3 s; the pings' verdict (3
+	// failed) can come first.
+	if gone > 13*time.Second {
+		t.Errorf("the dead gateway was chosen for %v, want at most 13 s", gone)
+	}
+}
+
+// internetDNS serves example.net's SIP servers on the emulated Internet as
+// RFC 3263 finds them: NAPTR → SRV → A (sip.example.net at bob's address).
+func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
+	t.Helper()
+	internetDNSWith(t, m, bob, false)
+}
+
+// internetDNSWith is internetDNS; with deadFirst the first SRV target
+// (priority 10) is an address where no server answers, bob's the second
+// (priority 20).
+func internetDNSWith(t *testing.T, m *telMesh, bob netip.Addr, deadFirst bool) {
+	t.Helper()
+	h := m.nw.AddHost("dns")
+	m.inet.Attach(h.AddInterface("eth0", 1500, netip.MustParsePrefix("198.51.100.53/24")))
+	conn, err := h.ListenPacket(context.Background(), "udp4", "198.51.100.53:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	rrs := map[uint16]map[string][]string{
+		dns.TypeNAPTR: {"example.net.": {`example.net. 60 IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.net.`}},
+		dns.TypeSRV:   {"_sip._udp.example.net.": {"_sip._udp.example.net. 60 IN SRV 10 10 5060 sip.example.net."}},
+		dns.TypeA:     {"sip.example.net.": {"sip.example.net. 60 IN A " + bob.String()}},
+	}
+	if deadFirst {
+		rrs[dns.TypeSRV]["_sip._udp.example.net."] = []string{
+			"_sip._udp.example.net. 60 IN SRV 10 10 5060 dead.example.net.",
+			"_sip._udp.example.net. 60 IN SRV 20 10 5060 sip.example.net."}
+		rrs[dns.TypeA]["dead.example.net."] = []string{"dead.example.net. 60 IN A 198.51.100.30"}
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var q dns.Msg
+			if q.Unpack(buf[:n]) != nil || len(q.Question) != 1 {
+				continue
+			}
+			res := new(dns.Msg)
+			res.SetReply(&q)
+			qq := q.Question[0]
+			for _, s := range rrs[qq.Qtype][strings.ToLower(qq.Name)] {
+				rr, err := dns.NewRR(s)
+				if err != nil {
+					panic(err)
+				}
+				res.Answer = append(res.Answer, rr)
+			}
+			b, _ := res.Pack()
+			conn.WriteTo(b, from)
+		}
+	}()
+}
+
+// TestOutboundCallOnMesh: a phone 3 hops from the gateway calls
+// sip:bob@example.net in the emulated Internet; the gateway locates
+// example.net by NAPTR, SRV and A and sends the call from its uplink;
+// tones prove audio both ways through the caller's node's relay (LAN ↔
+// mesh) and the gateway's (mesh ↔ uplink); a phone on the gateway node
+// itself calls out the same way. From the Internet, a call for another
+// domain, or for an extension at the gateway's address, is refused 403
+// alike; a call for sip:EXT@voice.example.org, the mesh's sip-domain,
+// reaches the phone (on n4, and on the gateway node), an unknown
+// extension 404.
+func TestOutboundCallOnMesh(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, outboundCallOnMesh)
+}
+
+func outboundCallOnMesh(t *testing.T) {
+	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+	m := startMesh(t, meshConfig{Nodes: 4, Seed: 15, Adj: line, Gateways: []int{0}})
+	defer stopMesh(t, m)
+	bobAddr := netip.MustParseAddr("198.51.100.20")
+	internetDNS(t, m, bobAddr)
+	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+	caller := m.phones[3] // on n4, 3 hops from the gateway n1
+	const bobHz = 1900
+	bh := m.nw.AddHost("bob")
+	m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
+	bob, err := phones.New(phones.Config{
+		Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: bobHz, ToneAmplitude: demoToneAmplitude},
+		Policy:   phones.Policy{Mode: phones.AutoAnswer, ExpectHz: caller.Hz},
+		Network:  bh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { bob.Run(m.ctx) })
+
+	ctx := context.Background()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := m.nodes[3].ChooseGateway(ctx, gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("n4 knows no gateway after 60 s")
+		}
+		time.Sleep(time.Second)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	call, err := caller.Call(cctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
+	if err != nil {
+		t.Fatalf("call to sip:bob@example.net: %v", err)
+	}
+	var in *phones.Call
+	select {
+	case in = <-bob.Incoming():
+	case <-time.After(5 * time.Second):
+		t.Fatal("bob got no call")
+	}
+	time.Sleep(2 * time.Second)
+	t.Logf("call set up in %v; caller received %d RTP packets (MOS %.2f), bob %d (MOS %.2f)", call.SetupTime(), call.Stats().Received, call.Stats().MOS, in.Stats().Received, in.Stats().MOS)
+	if !call.HeardRemote() || !in.HeardRemote() {
+		t.Errorf("audio: caller heard bob %v, bob heard the caller %v", call.HeardRemote(), in.HeardRemote())
+	}
+	if st := m.nodes[0].UplinkSIP().Stats(); st.Calls != 1 {
+		t.Errorf("the gateway's Internet side holds %d calls, want 1 (media anchored there)", st.Calls)
+	}
+	if err := call.Hangup(cctx); err != nil {
+		t.Errorf("hangup: %v", err)
+	}
+	select {
+	case <-in.Done():
+	case <-time.After(5 * time.Second):
+		t.Error("bob's call did not end with the caller's BYE")
+	}
+
+	// A phone on the gateway node itself calls out too: its node sends
+	// the call to its own Internet side over its own mesh socket.
+	local, err := m.phones[0].Call(cctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
+	if err != nil {
+		t.Fatalf("call from the gateway node's own phone: %v", err)
+	}
+	select {
+	case in = <-bob.Incoming():
+	case <-time.After(5 * time.Second):
+		t.Fatal("bob got no call from the gateway node's phone")
+	}
+	time.Sleep(2 * time.Second)
+	if !local.HeardRemote() || !in.Heard(m.phones[0].Hz) {
+		t.Errorf("gateway node's phone: audio caller→bob %v, bob→caller %v", in.Heard(m.phones[0].Hz), local.HeardRemote())
+	}
+	// The BYE follows the route set between the node's two services.
+	if err := local.Hangup(cctx); err != nil {
+		t.Errorf("hangup of the gateway node's phone: %v", err)
+	}
+	select {
+	case <-in.Done():
+	case <-time.After(5 * time.Second):
+		t.Error("bob's call from the gateway node's phone did not end with its BYE")
+	}
+
+	// From the Internet (eve, sending everything to the gateway's
+	// uplink): the gateway is no open relay, and it gives one answer for
+	// every user, existing or not.
+	evAddr := netip.MustParseAddr("198.51.100.66")
+	eh := m.nw.AddHost("eve")
+	m.inet.Attach(eh.AddInterface("eth0", 1500, netip.PrefixFrom(evAddr, 24)))
+	eve, err := phones.New(phones.Config{
+		Settings: phones.Settings{User: "eve", Domain: "other.example", LocalAddr: evAddr,
+			Server: netip.MustParseAddrPort("198.51.100.1:5060"), ToneHz: 700},
+		Network: eh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { eve.Run(m.ctx) })
+	for _, target := range []string{"sip:x@other.example", "sip:201@mesh", "sip:299@mesh", "sip:bob@example.net"} {
+		_, err := eve.Call(cctx, target, phones.CallOptions{})
+		var se *phones.StatusError
+		if !errors.As(err, &se) || se.Code != 403 {
+			t.Errorf("Internet call to %s through the gateway: %v, want 403", target, err)
+		}
+	}
+	if st := m.nodes[0].UplinkSIP().Stats(); st.Refused != 4 {
+		t.Errorf("the gateway refused %d requests, want 4", st.Refused)
+	}
+
+	// Inbound: eve calls sip:204@voice.example.org, the mesh's public
+	// domain; the gateway routes it over the mesh to 204 on n4, 3 hops
+	// away. An extension nobody has is 404.
+	// The same for 201 on the gateway node itself (its phones' service
+	// is the Internet side's LocalPeer).
+	for _, callee := range []*meshPhone{caller, m.phones[0]} {
+		ic, err := eve.Call(cctx, "sip:"+callee.Ext+"@voice.example.org", phones.CallOptions{ExpectHz: callee.Hz})
+		if err != nil {
+			t.Fatalf("Internet call to sip:%s@voice.example.org: %v", callee.Ext, err)
+		}
+		var at *phones.Call
+		select {
+		case at = <-callee.Incoming():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s got no call from the Internet", callee.Ext)
+		}
+		time.Sleep(2 * time.Second)
+		if !ic.HeardRemote() || !at.Heard(700) {
+			t.Errorf("inbound audio to %s: eve heard it %v, it heard eve %v", callee.Ext, ic.HeardRemote(), at.Heard(700))
+		}
+		if err := ic.Hangup(cctx); err != nil {
+			t.Errorf("hangup of the inbound call to %s: %v", callee.Ext, err)
+		}
+		select {
+		case <-at.Done():
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s's call did not end with eve's BYE", callee.Ext)
+		}
+	}
+	_, err = eve.Call(cctx, "sip:299@voice.example.org", phones.CallOptions{})
+	if se := (*phones.StatusError)(nil); !errors.As(err, &se) || se.Code != 404 {
+		t.Errorf("Internet call to an unknown extension: %v, want 404", err)
+	}
+}
+
+// TestGatewayFailoverOnMesh: two gateways (n1, n4 of a line), a phone on
+// n2; calls to sip:bob@example.net spread over both. n1 is killed and
+// calls start at once: a call sent to the dead n1 gets no 100 Trying
+// within gatewayTry, its node tries n4 and skips n1 from then on, so
+// every call is answered, the first within a few seconds.
+func TestGatewayFailoverOnMesh(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, gatewayFailoverOnMesh)
+}
+
+func gatewayFailoverOnMesh(t *testing.T) {
+	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+	m := startMesh(t, meshConfig{Nodes: 4, Seed: 16, Adj: line, Gateways: []int{0, 3}})
+	defer stopMesh(t, m)
+	bobAddr := netip.MustParseAddr("198.51.100.20")
+	internetDNS(t, m, bobAddr)
+	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+	caller := m.phones[1] // on n2
+	bh := m.nw.AddHost("bob")
+	m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
+	bob, err := phones.New(phones.Config{
+		Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: 1900, MaxCalls: 16},
+		Policy:   phones.Policy{Mode: phones.AutoAnswer},
+		Network:  bh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { bob.Run(m.ctx) })
+	ctx := context.Background()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		gws, _ := m.nodes[1].Gateways(ctx)
+		if len(gws) == 2 && gws[0].Usable && gws[1].Usable && gws[0].MeshProbes > 0 && gws[1].MeshProbes > 0 &&
+			m.nodes[0].UplinkSIP() != nil && m.nodes[3].UplinkSIP() != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 does not see two usable gateways: %+v", gws)
+		}
+		time.Sleep(time.Second)
+	}
+	dial := func() (time.Duration, error) {
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		defer cancel()
+		c, err := caller.Call(cctx, "sip:bob@example.net", phones.CallOptions{})
+		if err != nil {
+			return time.Since(start), err
+		}
+		<-bob.Incoming()
+		return time.Since(start), c.Hangup(cctx)
+	}
+	for range 2 {
+		if _, err := dial(); err != nil {
+			t.Fatalf("call with both gateways up: %v", err)
+		}
+	}
+	m.kill(0)
+	killed := time.Now()
+	var worst time.Duration
+	for i := range 4 {
+		took, err := dial()
+		if err != nil {
+			t.Fatalf("call %d after n1's kill: %v", i+1, err)
+		}
+		worst = max(worst, took)
+	}
+	t.Logf("n1 killed: 4 calls answered through n4 within %v of the kill, the slowest set up in %v", time.Since(killed), worst)
+	if worst > gatewayTryLimit {
+		t.Errorf("a call took %v to set up after the kill, want at most %v", worst, gatewayTryLimit)
+	}
+}
+
+// gatewayTryLimit bounds a call's setup when its first gateway is dead:
+// the proxy's gatewayTry (2 s) and the second gateway's answer.
+const gatewayTryLimit = 3 * time.Second
+
+// TestOutboundServerFailover: example.net's first server (SRV priority
+// 10) is dead; the gateway gets no answer from it within gatewayTry and
+// sends the call to the second (RFC 3263 §4.3): bob answers.
+func TestOutboundServerFailover(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		line := [][]int{{1}, {0}}
+		m := startMesh(t, meshConfig{Nodes: 2, Seed: 17, Adj: line, Gateways: []int{0}})
+		defer stopMesh(t, m)
+		bobAddr := netip.MustParseAddr("198.51.100.20")
+		internetDNSWith(t, m, bobAddr, true)
+		addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+		bh := m.nw.AddHost("bob")
+		m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
+		bob, err := phones.New(phones.Config{
+			Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: 1900},
+			Policy:   phones.Policy{Mode: phones.AutoAnswer},
+			Network:  bh,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.wg.Go(func() { bob.Run(m.ctx) })
+		ctx := context.Background()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if _, err := m.nodes[1].ChooseGateway(ctx, gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("n2 knows no gateway after 60 s")
+			}
+			time.Sleep(time.Second)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		defer cancel()
+		start := time.Now()
+		c, err := m.phones[1].Call(cctx, "sip:bob@example.net", phones.CallOptions{})
+		if err != nil {
+			t.Fatalf("call with example.net's first server dead: %v", err)
+		}
+		took := time.Since(start)
+		t.Logf("call set up through example.net's second server in %v", took)
+		if took < 2*time.Second || took > gatewayTryLimit {
+			t.Errorf("set up in %v: want the 2 s wait for the dead first server, then the second", took)
+		}
+		<-bob.Incoming()
+		c.Hangup(cctx)
+	})
+}

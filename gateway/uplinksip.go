@@ -1,0 +1,237 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/miekg/dns"
+	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/proxy"
+	"github.com/sipmesh/sipmesh/registrar"
+	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/uplink"
+)
+
+// GatewaySIPPort is the mesh port of a gateway's Internet side: nodes send
+// the calls they route out of the mesh to the chosen gateway's mesh
+// address on this port (proxy/uplink.go). The node's own SIP service
+// keeps sip-port; both are on the mesh address, so only mesh nodes reach
+// either.
+const GatewaySIPPort = 5062
+
+// dnsUDPSize is the EDNS0 buffer size of the gateway's queries (RFC 6891
+// §6.2.5; 1232 avoids fragmentation, the DNS flag day 2020 value).
+const dnsUDPSize = 1232
+
+// locator is the gateway's RFC 3263 server location against its
+// configured resolvers, tried in order.
+func (n *Node) locator() *uplink.Locator {
+	return &uplink.Locator{Exchange: func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		var errs []error
+		for _, up := range n.opts.DNSUpstreams {
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			res, err := dns64.Exchange(qctx, n.network, "udp", up.String(), dnsUDPSize, q)
+			cancel()
+			if err == nil {
+				return res, nil
+			}
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		return nil, errors.Join(errs...)
+	}}
+}
+
+// runUplinkSIP runs the gateway's Internet side (proxy/uplink.go): a
+// SIP service with its "LAN" socket on the uplink address and its mesh
+// socket on GatewaySIPPort, with a relay between the two, until ctx
+// ends. It waits for the uplink's address (DHCP may be late).
+func (n *Node) runUplinkSIP(ctx context.Context) error {
+	var addr netip.Addr
+	for {
+		a, up, err := n.uplinkAddr()
+		if err == nil && up {
+			addr = a
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	s := n.svc
+	nw := n.network
+	meshAddr := n.router.Addr()
+	sipUp := netip.AddrPortFrom(addr, n.opts.SIPPort)
+	sipMesh := netip.AddrPortFrom(meshAddr, GatewaySIPPort)
+	log := n.base.With("side", "uplink")
+	// The registrar only words the service's own responses here: the
+	// Internet side refuses REGISTER (proxy/uplink.go).
+	reg, err := registrar.NewRegistrar(registrar.RegistrarConfig{
+		Node: n.router.ID(), Locations: s.locs, Accounts: s.accounts,
+		Addrs: []netip.Addr{addr, meshAddr}, Algorithms: n.opts.DigestAlgorithms, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	relay, err := sipalg.NewRelay(sipalg.Config{
+		// Far ends behind NAT send from addresses nothing in SIP names
+		// (sipalg.SideConfig.LatchAny): symmetric RTP, RFC 4961.
+		A: sipalg.SideConfig{Name: "uplink", Addr: addr, Listen: sipalg.NetworkListener(nw, addr),
+			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true},
+		B: sipalg.SideConfig{Name: "mesh", Addr: meshAddr, Listen: func(_ context.Context, p uint16) (net.PacketConn, error) {
+			return n.router.ListenPacket(p)
+		}, PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	upUDP, err := nw.ListenPacket(ctx, "udp4", sipUp.String())
+	if err != nil {
+		return fmt.Errorf("SIP on the uplink %s: %w", sipUp, err)
+	}
+	meshUDP, err := n.router.ListenPacket(GatewaySIPPort)
+	if err != nil {
+		upUDP.Close()
+		return fmt.Errorf("gateway SIP on the mesh: %w", err)
+	}
+	loc := n.locator()
+	// The trunk (trunk-* keys), registered from the uplink socket once the
+	// service runs; the provider's calls come back to it.
+	var trunk *uplink.Trunk
+	up := &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+		return loc.Locate(ctx, u)
+	}, Domain: n.opts.SIPDomain}
+	if n.opts.TrunkRegistrar != "" {
+		var reg sip.Uri
+		if err := sip.ParseUri(n.opts.TrunkRegistrar, &reg); err != nil {
+			return fmt.Errorf("trunk-registrar: %w", err) // checked by the config already
+		}
+		// The provider's server the trunk registered with.
+		target := func() (netip.AddrPort, bool) {
+			st := trunk.Status()
+			_, ap, _ := strings.Cut(st.Target, " ")
+			t, err := netip.ParseAddrPort(ap)
+			return netip.AddrPortFrom(t.Addr().Unmap(), t.Port()), err == nil && st.Registered
+		}
+		up.TrunkUser, up.TrunkPassword, up.TrunkHost = n.opts.TrunkUser, n.trunkPassword, reg.Host
+		up.TrunkSource = func(a netip.Addr) bool {
+			t, ok := target()
+			return ok && t.Addr() == a
+		}
+		up.TrunkPrefix, up.TrunkTarget = n.opts.DialPrefix, target
+	}
+	svc, err := proxy.NewSIPService(proxy.SIPServiceConfig{
+		Node: n.router.ID(), LANAddr: sipUp, MeshAddr: sipMesh,
+		LANUDP: upUDP, MeshUDP: meshUDP,
+		Registrar: reg, Locations: s.locs, Accounts: s.accounts, Relay: relay,
+		NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort { return netip.AddrPortFrom(id.Addr(), n.opts.SIPPort) },
+		ServerName:  "sipmesh " + n.opts.Name,
+		Logger:      log,
+		Rate:        n.opts.SIPRate, Burst: n.opts.SIPBurst, MaxTransactions: n.opts.SIPMaxTransactions,
+		// Calls of the node's own phones come from its own service.
+		LocalPeer: netip.AddrPortFrom(meshAddr, n.opts.SIPPort),
+		Uplink:    up,
+		// A DID is a dial-plan alias of an extension (`sipmesh did`).
+		Aliases: n.aliases(),
+		// Internet calls for sip:EXT@sip-domain are looked up.
+		Domains: domains(n.opts.SIPDomain),
+	})
+	if err != nil {
+		upUDP.Close()
+		meshUDP.Close()
+		return err
+	}
+	if n.opts.TrunkRegistrar != "" {
+		var reg sip.Uri
+		if err := sip.ParseUri(n.opts.TrunkRegistrar, &reg); err != nil {
+			return fmt.Errorf("trunk-registrar: %w", err) // checked by the config already
+		}
+		trunk, err = uplink.NewTrunk(uplink.TrunkConfig{
+			Name:      reg.Host,
+			Registrar: reg,
+			AOR:       sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: reg.Host},
+			Username:  n.opts.TrunkUser, Password: n.trunkPassword,
+			// The gateway's own address on the uplink (behind NAT: not yet
+			// the public one; README, Internet gateways).
+			Contact: sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: addr.String(), Port: int(n.opts.SIPPort)},
+			Client:  svc.TrunkClient(),
+			Locator: loc,
+			Logger:  log,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	n.svc.mu.Lock()
+	n.svc.uplinkSIP = svc
+	n.svc.trunk = trunk
+	n.svc.mu.Unlock()
+	n.log.Info("gateway's Internet side up", "uplink", n.opts.UplinkInterface, "sip", sipUp, "mesh", sipMesh)
+	errc := make(chan error, 2)
+	rctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { errc <- relay.Run(rctx) }()
+	go func() { errc <- svc.Run(rctx) }()
+	trunkDone := make(chan struct{})
+	// The trunk stops first and removes its binding (RFC 3261 §10.2.2)
+	// while the service still carries the REGISTER and its answer.
+	tctx, tcancel := context.WithCancel(context.Background())
+	defer tcancel()
+	if trunk != nil {
+		go func() { trunk.Run(tctx); close(trunkDone) }()
+	} else {
+		close(trunkDone)
+	}
+	var errs []error
+	select {
+	case <-ctx.Done():
+	case err := <-errc: // the relay or the service failed
+		errs = append(errs, err)
+	}
+	tcancel()
+	<-trunkDone
+	cancel()
+	for len(errs) < cap(errc) {
+		errs = append(errs, <-errc)
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+// UplinkSIP returns the gateway's Internet side (nil: not a gateway, or
+// its uplink has no address yet).
+func (n *Node) UplinkSIP() *proxy.SIPService {
+	n.svc.mu.Lock()
+	defer n.svc.mu.Unlock()
+	return n.svc.uplinkSIP
+}
+
+// localGatewayPeer is the node's own Internet side on the mesh, which its
+// phones' service may route to (zero: not a gateway).
+func (n *Node) localGatewayPeer(meshAddr netip.Addr) netip.AddrPort {
+	if !n.opts.Gateway() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(meshAddr, GatewaySIPPort)
+}
+
+func domains(d string) []string {
+	if d == "" {
+		return nil
+	}
+	return []string{d}
+}
