@@ -37,6 +37,15 @@ IPK_ARCH_ARM64  ?= aarch64_cortex-a53## OpenWrt architecture of the arm64 .ipk
 LDFLAGS    := -s -w -X main.version=$(VERSION)
 BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
 
+# ROUTER_GCFLAGS: the router builds compile the node's control plane
+# (configuration, web UI, provisioning, the uplink, the commands: code that
+# runs a few times a second at most) without inlining, which keeps the
+# mipsle binary some 200 KB smaller; the packages on the per-packet and
+# per-request paths (ssr and the DHT, the relay, SIP transport, registrar,
+# proxy, DNS) keep it. Later -gcflags patterns take precedence.
+ROUTER_GCFLAGS := -gcflags='github.com/sipmesh/sipmesh/...=-l' \
+	$(foreach p,ssr/... sipalg sipnet registrar proxy dns64 nat64/...,-gcflags='github.com/sipmesh/sipmesh/$(p)=')
+
 # Go files we own; testdata may hold deliberately malformed inputs.
 GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 
@@ -103,9 +112,13 @@ cross: ## build static binaries for router CPUs into bin/; print their stripped 
 		mipsle) extra=GOMIPS=softfloat ;; \
 		*)      extra= ;; \
 		esac; \
-		tags=router; [ $$arch = amd64 ] && tags=; \
-		echo "linux/$$arch$${extra:+ $$extra}$${tags:+ -tags $$tags}"; \
-		env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$extra $(GO) build $(BUILDFLAGS) -tags "$$tags" -o bin/sipmesh-$$arch ./cmd/sipmesh; \
+		if [ $$arch = amd64 ]; then \
+			echo "linux/$$arch"; \
+			env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build $(BUILDFLAGS) -o bin/sipmesh-$$arch ./cmd/sipmesh; \
+		else \
+			echo "linux/$$arch$${extra:+ $$extra} -tags router (control plane without inlining)"; \
+			env CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $$extra $(GO) build $(BUILDFLAGS) -tags router $(ROUTER_GCFLAGS) -o bin/sipmesh-$$arch ./cmd/sipmesh; \
+		fi; \
 	done
 	@$(footprint)
 
