@@ -63,6 +63,9 @@ func releaseAfterLoad(ctx context.Context, work func() uint64) error {
 	t := time.NewTicker(memTick)
 	defer t.Stop()
 	var l loadWatch
+	// The count so far is the base: a burst in the first tick (a load
+	// that starts as soon as the node answers) is a burst all the same.
+	l.tick(work())
 	for {
 		select {
 		case <-ctx.Done():
