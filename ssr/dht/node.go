@@ -241,8 +241,11 @@ type Node struct {
 	pending  map[uint64]*request
 	handoffs map[recID]uint64 // record → hand-off request in flight
 	keep     map[recID]uint64 // records the owner told us to keep, in ring epoch
-	epoch    uint64           // ring view changes seen
-	nextReq  uint64
+	// kept are copies handed off and kept within the keep arc: not handed
+	// off again until this node was responsible for them once more.
+	kept    map[recID]struct{}
+	epoch   uint64 // ring view changes seen
+	nextReq uint64
 
 	succ, pred  []ssr.NodeID
 	nearChanged time.Time // the first successor or predecessor changed
@@ -329,6 +332,7 @@ func New(self ssr.NodeID, priv ed25519.PrivateKey, p Params, env Env, seed uint6
 		pending:  make(map[uint64]*request),
 		handoffs: make(map[recID]uint64),
 		keep:     make(map[recID]uint64),
+		kept:     make(map[recID]struct{}),
 	}
 	n.nextReq = n.rng.Uint64() | 1
 	return n
@@ -744,12 +748,22 @@ func (n *Node) syncRound(now time.Time) {
 	if len(n.keep) > len(n.st.recs) {
 		clear(n.keep) // bounded by the store; a record dropped since is forgotten
 	}
+	if len(n.kept) > len(n.st.recs) {
+		clear(n.kept)
+	}
 	started := 0
 	for _, id := range n.st.index() {
 		if started >= n.p.MaxHandoffs || len(n.pending) >= n.p.MaxPending {
 			break
 		}
-		if n.rank(id.key) >= 0 || n.handoffs[id] != 0 || n.keep[id] == n.epoch+1 {
+		if n.rank(id.key) >= 0 {
+			delete(n.kept, id)
+			continue
+		}
+		if n.handoffs[id] != 0 || n.keep[id] == n.epoch+1 {
+			continue
+		}
+		if _, ok := n.kept[id]; ok && n.keeps(id.key) {
 			continue
 		}
 		e := n.st.recs[id]
@@ -922,13 +936,14 @@ func (n *Node) handleStoreAck(now time.Time, from ssr.NodeID, m *message) {
 				// Nodes inserted between this one and the key (joins, or
 				// an attacker's chosen IDs) got a copy but do not take
 				// this one: it stays until this node is past the arc
-				// (package doc, "Eclipse"), handed off again only when
-				// the ring view changes.
-				n.keep[q.rid] = n.epoch + 1
+				// (package doc, "Eclipse"), handed off again only after
+				// this node was responsible for it once more.
+				n.kept[q.rid] = struct{}{}
 				n.m.KeptInArc++
 			default:
 				n.st.remove(q.rid)
 				delete(n.keep, q.rid)
+				delete(n.kept, q.rid)
 				n.m.HandoffsAcked++
 			}
 		}
