@@ -878,6 +878,11 @@ func (n *Node) handleStore(now time.Time, d ssr.Datagram, m *message) {
 	if changed && m.flags&storeReplica == 0 {
 		n.fanOut(now, r)
 	}
+	if err == nil && m.flags == storeAck|storeReplica && n.rank(r.id().key) < 0 {
+		// A write's walk: the writer gave the owner its copy; this one is
+		// kept without a hand-off while within the arc.
+		n.kept[r.id()] = struct{}{}
+	}
 	if m.flags&storeAck != 0 {
 		code := codeOf(err)
 		// A hand-off that routing delivered back to its sender (the views
@@ -1334,6 +1339,13 @@ func (n *Node) startWriteWalk(now time.Time, q *request, from ssr.NodeID, answer
 	}
 }
 
-// Pending is the number of requests in flight: own puts, gets and deletes,
-// their walks, hand-offs and consultations.
-func (n *Node) Pending() int { return len(n.pending) }
+// Walking is the number of this node's writes still walking down the ring.
+func (n *Node) Walking() int {
+	k := 0
+	for _, q := range n.pending {
+		if q.kind == kWalkStore {
+			k++
+		}
+	}
+	return k
+}

@@ -161,7 +161,7 @@ func (s *Sim) settleWalks() {
 	for t0 := s.ss.Now(); s.ss.Now()-t0 < 2*time.Minute && !s.stopped(); {
 		busy := 0
 		for _, i := range s.honest() {
-			busy += s.nodes[i].d.Pending()
+			busy += s.nodes[i].d.Walking()
 		}
 		if busy == 0 {
 			return
