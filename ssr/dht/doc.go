@@ -72,7 +72,7 @@
 // the defence); nodes inserted after a write take no copy away. A silent
 // attacker must cover the whole arc, a node every quarter gap: about
 // 4·Arc+1 = 25 nodes per key, and its victims wait (the owner's four
-// attempts, 20 s, then 2 s per silent step). What it does not withstand:
+// attempts, 20 s, then 1 s per silent step). What it does not withstand:
 // more than Walk colluding nodes on one key (or 25 silent ones); an
 // attacker's own record under a key that has no writer policy (a
 // Validator): a walk ends at the first record found, and it stands beside

@@ -1300,13 +1300,17 @@ func (n *Node) walkBlind(now time.Time, q *request) bool {
 
 // walkStep sends a walk's next step to target: one attempt (a silent node
 // is stepped over, not asked again), a get's datagram twice as retries
-// are, so that one loss on the way does not count as silence.
+// are, so that one loss on the way does not count as silence. A step
+// waits ConsultTimeout, as an owner waits for its replicas: the owner
+// already answered, so the path is known to work, and a walk through a
+// region where nodes just died (routes not yet repaired) should not make
+// a lookup wait a full request timeout per dead node.
 func (n *Node) walkStep(now time.Time, q *request, target ssr.NodeID) {
 	q.walked++
 	n.m.WalkSteps++
 	q.target, q.mode = target, ssr.Closest
 	q.attempts, q.parts, q.last = 1, nil, 0
-	q.deadline = now.Add(n.p.RequestTimeout)
+	q.deadline = now.Add(n.p.ConsultTimeout)
 	if q.kind == kGet && (len(q.payload) <= hdrLen || q.payload[hdrLen]&getLocal == 0) {
 		q.payload = encodeGet(nil, q.id, getLocal, q.key)
 	}
