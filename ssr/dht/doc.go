@@ -70,8 +70,8 @@
 // every key it denies — with 1 % of a 10,000-node mesh (100 nodes) not one
 // (sim dht --attack 0.01 --targets 100: none of the 100 at 1,000 and at
 // 10,000 nodes; without the defence, one node per target, 11 of 100 at
-// 1,000 nodes, where the attacker has 10); nodes inserted after a write
-// take no copy away. A silent
+// 1,000 nodes, where the attacker has 10, and all 100 at 10,000); nodes
+// inserted after a write take no copy away. A silent
 // attacker must cover the whole arc, a node every quarter gap: about
 // 4·Arc+1 = 25 nodes per key, and its victims wait (the owner's four
 // attempts, 20 s, then 1 s per silent step). What it does not withstand:
