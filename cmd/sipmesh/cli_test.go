@@ -38,6 +38,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"sim", "dht", "--nodes", "0"}, "sipmesh sim dht: --nodes 0: want at least 2"},
 		{[]string{"sim", "dht", "--nodes", "10", "--kill", "9"}, "--kill 9: want 0 to 8"},
 		{[]string{"sim", "dht", "--join", "-1"}, "--join -1"},
+		{[]string{"sim", "dht", "--attack", "0.9"}, "--attack 0.9: want 0 to 0.5"},
+		{[]string{"sim", "dht", "--aors", "50", "--attack", "0.01", "--targets", "51"}, "--targets 51: want 1 to 50 (--aors)"},
+		{[]string{"sim", "dht", "--attack-cluster", "-1"}, "--attack-cluster -1: want ≥ 0"},
 		{[]string{"demo", "--calls", "-5"}, "--calls -5: want 0 to 1000"},
 		{[]string{"demo", "--calls", "0", "--echo", "0"}, "nothing to call"},
 		{[]string{"demo", "--calls", "x"}, `invalid value "x" for flag -calls`},
@@ -72,6 +75,34 @@ func TestSimDHTDefaultsScale(t *testing.T) {
 	}
 	if rep.Killed != 1 || rep.Joined != 1 {
 		t.Errorf("killed %d, joined %d; want 1 and 1", rep.Killed, rep.Joined)
+	}
+}
+
+// TestSimDHTAttack runs a small eclipse attack through the command line:
+// the attacker's nodes are counted, the defence is on by default and holds,
+// and --eclipse-defence=false shows what the attack does without it.
+func TestSimDHTAttack(t *testing.T) {
+	for _, defence := range []bool{true, false} {
+		code, stdout, stderr := run(t, "sim", "dht", "--nodes", "100", "--aors", "40", "--kill", "0", "--join", "0",
+			"--attack", "0.03", "--targets", "10", "--eclipse-defence="+fmt.Sprint(defence), "--json")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		var rep dhtsim.Report
+		if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+			t.Fatalf("%v\n%s", err, stdout)
+		}
+		if rep.Attackers != 3 || rep.Targets != 10 || rep.EclipseDefence != defence {
+			t.Fatalf("attackers %d, targets %d, defence %v", rep.Attackers, rep.Targets, rep.EclipseDefence)
+		}
+		// Without the defence each attacker node takes its target away.
+		want := 0.0
+		if !defence {
+			want = 0.3
+		}
+		if rep.UnresolvableTargets < want || (defence && rep.UnresolvableTargets != 0) {
+			t.Errorf("defence %v: %.2f of the targets unresolvable, want %.2f", defence, rep.UnresolvableTargets, want)
+		}
 	}
 }
 

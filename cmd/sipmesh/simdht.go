@@ -28,7 +28,15 @@ it waits for a consistent ring, writes --aors registration bindings through
 random nodes, measures how many resolve, kills --kill random nodes and joins
 --join new ones, measures every few seconds until every AOR resolves again,
 and reports. An AOR counts as resolvable when gets from several random
-nodes all find its binding; "lost" is checked over every live node's store.`, stderr)
+nodes all find its binding; "lost" is checked over every live node's store.
+
+With --attack F, that fraction of the nodes are an eclipse attacker's: IDs
+of its choice around the ring positions of the first --targets AORs, placed
+as well as the placement allows (--attack-cluster nodes per target; by
+default the best against it), answering "not found" to every get and
+"stored" to every write (or nothing, --attack-silent). The report adds the
+fraction of the targets honest nodes cannot resolve. --eclipse-defence=false
+runs the placement without the defence, for comparison.`, stderr)
 	nodes := fs.Int("nodes", 100, "number of nodes")
 	aors := fs.Int("aors", 2000, "registration bindings written")
 	var kill, join optInt
@@ -39,6 +47,11 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 	samples := fs.Int("samples", 3, "random asking nodes per AOR in a measurement")
 	replicas := fs.Int("replicas", 3, "copies of each record")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	attack := fs.Float64("attack", 0, "fraction `F` of the nodes that are eclipse attackers (0: none)")
+	targets := fs.Int("targets", 100, "AORs the attacker targets (with --attack)")
+	cluster := fs.Int("attack-cluster", 0, "attacker nodes per target (0: the best against the placement)")
+	silent := fs.Bool("attack-silent", false, "attackers do not answer at all")
+	defence := fs.Bool("eclipse-defence", true, "walk past the owner and keep copies within the arc (false: the placement before it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -64,6 +77,12 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 		return usageErrorf("--replicas %d: want 1..5", *replicas)
 	case *samples < 1:
 		return usageErrorf("--samples %d: want ≥ 1", *samples)
+	case *attack < 0 || *attack > 0.5:
+		return usageErrorf("--attack %v: want 0 to 0.5", *attack)
+	case *attack > 0 && (*targets < 1 || *targets > *aors):
+		return usageErrorf("--targets %d: want 1 to %d (--aors)", *targets, *aors)
+	case *cluster < 0:
+		return usageErrorf("--attack-cluster %d: want ≥ 0", *cluster)
 	}
 	start := time.Now()
 	bar := newProgress(stderr)
@@ -81,6 +100,12 @@ nodes all find its binding; "lost" is checked over every live node's store.`, st
 		Stop: func() bool { return ctx.Err() != nil },
 	}
 	cfg.Params.Replicas = *replicas
+	if !*defence {
+		cfg.Params.Walk = -1
+	}
+	if *attack > 0 {
+		cfg.Attack = dhtsim.Attack{Fraction: *attack, Targets: *targets, Cluster: *cluster, Silent: *silent}
+	}
 	cfg.Value = registrarBinding
 	s, err := dhtsim.New(cfg)
 	if err != nil {
@@ -132,8 +157,20 @@ func printDHTReport(w io.Writer, r dhtsim.Report) {
 	if wrote {
 		fmt.Fprintf(tw, "bindings\t%d written (%d failed), value p50 %d bytes, %d copies each\n", r.PutsOK, r.PutsFailed, r.ValueBytesP50, r.Replicas)
 	}
+	if r.Attackers > 0 {
+		how := "deny gets, drop writes"
+		if r.AttackSilent {
+			how = "silent"
+		}
+		fmt.Fprintf(tw, "eclipse attack\t%d attacker nodes (%s), %d per target on %d of %d targets; defence %s\n",
+			r.Attackers, how, r.AttackCluster, r.TargetsAttacked, r.Targets, onOff(r.EclipseDefence))
+	}
 	if r.ResolvableBefore >= 0 {
 		fmt.Fprintf(tw, "resolvable before\t%.4f  (%d random nodes per AOR)\n", r.ResolvableBefore, r.Samples)
+	}
+	if r.UnresolvableTargets >= 0 {
+		fmt.Fprintf(tw, "targets unresolvable\t%.4f before churn, %.4f after  (walk steps %d, gets answered past the owner %d)\n",
+			r.UnresolvableTargets, r.UnresolvableTargetsAfter, r.WalkSteps, r.WalkFound)
 	}
 	if r.Interrupted == "" || r.RecoveryRounds > 0 {
 		fmt.Fprintf(tw, "churn\t%d killed, %d joined\n", r.Killed, r.Joined)
@@ -193,4 +230,11 @@ func registrarBinding(i int, aor string, node ssr.NodeID, rng *rand.Rand) []byte
 		panic(fmt.Sprintf("encoding a simulated binding: %v", err)) // a bug in this function
 	}
 	return v
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }

@@ -33,6 +33,9 @@ type fnode struct {
 	n       *Node
 	alive   bool
 	results map[uint64]Result
+	// An eclipse attacker: its Node never runs; it answers DenyAnswer,
+	// or nothing when silent.
+	deny, silent bool
 }
 
 type fmsg struct {
@@ -65,6 +68,16 @@ func (r *fakeRing) add() *fnode {
 	k := testKey(r.seed)
 	id := ssr.IDFromPublicKey(k.Public().(ed25519.PublicKey))
 	f := &fnode{r: r, id: id, key: k, alive: true, results: make(map[uint64]Result)}
+	f.n = New(id, k, r.params, f, r.seed)
+	r.nodes[id] = f
+	return f
+}
+
+// addAttacker joins an eclipse attacker with the ID of its choice.
+func (r *fakeRing) addAttacker(id ssr.NodeID, silent bool) *fnode {
+	r.seed++
+	k := testKey(r.seed)
+	f := &fnode{r: r, id: id, key: k, alive: true, results: make(map[uint64]Result), deny: true, silent: silent}
 	f.n = New(id, k, r.params, f, r.seed)
 	r.nodes[id] = f
 	return f
@@ -164,9 +177,18 @@ func (r *fakeRing) run(d time.Duration) {
 				src.n.HandleUnreachable(r.now, ssr.Unreachable{Target: m.target, Mode: m.mode, DstPort: Port, Reason: "test"})
 				continue
 			}
+			if dst.deny {
+				if ans := DenyAnswer(nil, m.payload); ans != nil && !dst.silent {
+					r.queue = append(r.queue, fmsg{from: dst.id, mode: ssr.Exact, target: m.from, payload: ans})
+				}
+				continue
+			}
 			dst.n.HandleDatagram(r.now, ssr.Datagram{Src: m.from, Target: m.target, Mode: m.mode, SrcPort: Port, DstPort: Port, Payload: m.payload, Hops: 1})
 		}
 		for _, f := range r.sorted() {
+			if f.deny {
+				continue
+			}
 			if dl := f.n.NextDeadline(); !r.now.Before(dl) {
 				f.n.Tick(r.now)
 			}

@@ -2,7 +2,9 @@ package dht
 
 import (
 	"crypto/ed25519"
+	"encoding/binary"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -35,6 +37,15 @@ type Params struct {
 	MaxHandoffs  int // hand-offs started per round
 	MaxPush      int // records pushed in answer to one digest or want
 
+	// Walk and Arc are the eclipse defence (package doc, "Eclipse"). A
+	// write, and a get that found nothing, walk down the ring from the
+	// key's owner, one node at a time, until they pass the arc of Arc
+	// expected node gaps below the key or visited Walk nodes; holders keep
+	// copies within twice that arc. Walk < 0 turns the defence off:
+	// rank-only placement, as before it (for comparisons in dhtsim).
+	Walk int
+	Arc  int
+
 	// Validate is the policy on top of signatures (RequireWriter); nil
 	// accepts every correctly signed record.
 	Validate Validator
@@ -57,6 +68,8 @@ var DefaultParams = Params{
 	MaxPending:        8192,
 	MaxHandoffs:       256,
 	MaxPush:           128,
+	Walk:              128,
+	Arc:               6,
 }
 
 func (p Params) withDefaults() Params {
@@ -88,6 +101,10 @@ func (p Params) withDefaults() Params {
 	set(&d.MaxPending, p.MaxPending)
 	set(&d.MaxHandoffs, p.MaxHandoffs)
 	set(&d.MaxPush, p.MaxPush)
+	if p.Walk != 0 {
+		d.Walk = max(p.Walk, -1)
+	}
+	set(&d.Arc, p.Arc)
 	// One key's digest entries must fit one DIGEST datagram.
 	d.MaxPerKey = min(d.MaxPerKey, maxDigest)
 	d.Validate = p.Validate
@@ -143,10 +160,14 @@ type Result struct {
 	// answered it (for a Get: to the key's owner).
 	Hops int
 	// Owner is the node that answered a Get: the key's owner on the ring
-	// (the node n with the key in [n, successor(n))). Zero otherwise.
+	// (the node n with the key in [n, successor(n))), also when the
+	// records came from a node past it. Zero otherwise.
 	Owner    ssr.NodeID
 	Latency  time.Duration // from the call to the answer, retries included
 	Attempts int
+	// Walked is how many nodes past the owner a Get asked (package doc,
+	// "Eclipse").
+	Walked int
 }
 
 // Metrics are a node's counters and its store's size.
@@ -173,6 +194,12 @@ type Metrics struct {
 	SyncRounds       uint64 `json:"sync_rounds"`
 	SyncMismatches   uint64 `json:"sync_mismatches"` // summaries that differed, as replica
 	Malformed        uint64 `json:"malformed"`
+
+	// The eclipse defence (package doc).
+	WalkSteps  uint64 `json:"walk_steps"`  // gets and writes sent past the owner
+	WalkServed uint64 `json:"walk_served"` // such requests answered here
+	WalkFound  uint64 `json:"walk_found"`  // own gets answered by a node past the owner
+	KeptInArc  uint64 `json:"kept_in_arc"` // copies handed off but kept: within the arc below the key
 
 	Requests   uint64 `json:"requests"` // own puts, gets, deletes
 	Timeouts   uint64 `json:"timeouts"` // of those, given up
@@ -214,8 +241,11 @@ type Node struct {
 	pending  map[uint64]*request
 	handoffs map[recID]uint64 // record → hand-off request in flight
 	keep     map[recID]uint64 // records the owner told us to keep, in ring epoch
-	epoch    uint64           // ring view changes seen
-	nextReq  uint64
+	// kept are copies handed off and kept within the keep arc: not handed
+	// off again until this node was responsible for them once more.
+	kept    map[recID]struct{}
+	epoch   uint64 // ring view changes seen
+	nextReq uint64
 
 	succ, pred  []ssr.NodeID
 	nearChanged time.Time // the first successor or predecessor changed
@@ -241,6 +271,7 @@ const (
 	kDelete
 	kHandoff
 	kConsult
+	kWalkStore // a write's copy to a node past the owner (package doc, "Eclipse")
 )
 
 // request is something this node waits an answer for.
@@ -264,6 +295,14 @@ type request struct {
 	seq uint64
 	// kConsult: the owner's pending answer this feeds
 	parent *consult
+	// Walks (kGet, kWalkStore): the key's position, the arc below it to
+	// cover, nodes asked past the owner, the current target's distance
+	// below the key, and whether any node answered.
+	pos      ssr.NodeID
+	arc      uint64
+	walked   int
+	tdist    uint64
+	answered bool
 }
 
 // consult is an owner's answer to a GET, waiting for its replicas.
@@ -293,6 +332,7 @@ func New(self ssr.NodeID, priv ed25519.PrivateKey, p Params, env Env, seed uint6
 		pending:  make(map[uint64]*request),
 		handoffs: make(map[recID]uint64),
 		keep:     make(map[recID]uint64),
+		kept:     make(map[recID]struct{}),
 	}
 	n.nextReq = n.rng.Uint64() | 1
 	return n
@@ -461,7 +501,7 @@ func (n *Node) Get(now time.Time, key string) (uint64, error) {
 	}
 	id := n.newID()
 	q := &request{kind: kGet, id: id, key: key, target: KeyOf(key), mode: ssr.Closest, start: now,
-		payload: encodeGet(nil, id, 0, key)}
+		payload: encodeGet(nil, id, 0, key), pos: KeyOf(key), arc: n.walkArc()}
 	n.m.Requests++
 	n.launch(now, q)
 	return id, nil
@@ -487,7 +527,7 @@ func (n *Node) timeout(q *request) time.Duration {
 
 func (n *Node) finish(now time.Time, q *request, err error, recs []Record) {
 	delete(n.pending, q.id)
-	r := Result{ID: q.id, Key: q.key, Err: err, Records: recs, Hops: q.hops, Latency: now.Sub(q.start), Attempts: q.attempts}
+	r := Result{ID: q.id, Key: q.key, Err: err, Records: recs, Hops: q.hops, Latency: now.Sub(q.start), Attempts: q.attempts + q.walked, Walked: q.walked}
 	if err == nil && q.kind == kGet {
 		r.Owner = q.owner
 	}
@@ -572,10 +612,32 @@ func (n *Node) expireRequest(now time.Time, q *request) {
 	case kConsult:
 		delete(n.pending, q.id)
 		n.consultDone(now, q.parent)
+	case kWalkStore:
+		if !n.walkBlind(now, q) {
+			delete(n.pending, q.id)
+		}
 	default:
-		if q.attempts > n.p.Retries {
+		if q.kind == kGet && q.walked > 0 {
+			// A node past the owner stayed silent: step over it blindly.
+			if n.walkBlind(now, q) {
+				return
+			}
+			if q.answered {
+				n.finish(now, q, nil, nil) // not found, by every node that answered
+				return
+			}
+		}
+		if q.attempts > n.p.Retries || q.walked > 0 {
+			// A silent owner may be an attacker: a get walks on past it, a
+			// write still leaves copies past it.
+			if q.walked == 0 && q.kind == kGet && n.walkBlind(now, q) {
+				return
+			}
+			if q.kind != kGet {
+				n.startWriteWalk(now, q, 0, false)
+			}
 			n.m.Timeouts++
-			n.finish(now, q, fmt.Errorf("%w: %s %q after %d attempts", ErrTimeout, kindOp(q.kind), q.key, q.attempts), nil)
+			n.finish(now, q, fmt.Errorf("%w: %s %q after %d attempts", ErrTimeout, kindOp(q.kind), q.key, q.attempts+q.walked), nil)
 			return
 		}
 		q.attempts++
@@ -686,12 +748,22 @@ func (n *Node) syncRound(now time.Time) {
 	if len(n.keep) > len(n.st.recs) {
 		clear(n.keep) // bounded by the store; a record dropped since is forgotten
 	}
+	if len(n.kept) > len(n.st.recs) {
+		clear(n.kept)
+	}
 	started := 0
 	for _, id := range n.st.index() {
 		if started >= n.p.MaxHandoffs || len(n.pending) >= n.p.MaxPending {
 			break
 		}
-		if n.rank(id.key) >= 0 || n.handoffs[id] != 0 || n.keep[id] == n.epoch+1 {
+		if n.rank(id.key) >= 0 {
+			delete(n.kept, id)
+			continue
+		}
+		if n.handoffs[id] != 0 || n.keep[id] == n.epoch+1 {
+			continue
+		}
+		if _, ok := n.kept[id]; ok && n.keeps(id.key) {
 			continue
 		}
 		e := n.st.recs[id]
@@ -735,7 +807,7 @@ func (n *Node) HandleDatagram(now time.Time, d ssr.Datagram) {
 	case msgStore:
 		n.handleStore(now, d, &m)
 	case msgStoreAck:
-		n.handleStoreAck(now, &m)
+		n.handleStoreAck(now, d.Src, &m)
 	case msgGet:
 		n.handleGet(now, d, &m)
 	case msgGetReply:
@@ -806,6 +878,11 @@ func (n *Node) handleStore(now time.Time, d ssr.Datagram, m *message) {
 	if changed && m.flags&storeReplica == 0 {
 		n.fanOut(now, r)
 	}
+	if err == nil && m.flags == storeAck|storeReplica && n.rank(r.id().key) < 0 {
+		// A write's walk: the writer gave the owner its copy; this one is
+		// kept without a hand-off while within the arc.
+		n.kept[r.id()] = struct{}{}
+	}
 	if m.flags&storeAck != 0 {
 		code := codeOf(err)
 		// A hand-off that routing delivered back to its sender (the views
@@ -826,7 +903,7 @@ func (n *Node) fanOut(now time.Time, r *Record) {
 	}
 }
 
-func (n *Node) handleStoreAck(now time.Time, m *message) {
+func (n *Node) handleStoreAck(now time.Time, from ssr.NodeID, m *message) {
 	q := n.pending[m.req]
 	if q == nil {
 		return
@@ -837,7 +914,17 @@ func (n *Node) handleStoreAck(now time.Time, m *message) {
 		if m.code != codeOK {
 			err = fmt.Errorf("%s %q: %w", kindOp(q.kind), q.key, errOf(m.code))
 		}
+		// Whatever the owner said (an attacker acknowledges and drops),
+		// the write goes on down the ring.
+		n.startWriteWalk(now, q, from, true)
 		n.finish(now, q, err, nil)
+	case kWalkStore:
+		if uint64(q.pos-from) < q.tdist {
+			return // a late answer to an earlier step
+		}
+		if !n.walkNext(now, q, from) {
+			delete(n.pending, q.id)
+		}
 	case kHandoff:
 		delete(n.pending, q.id)
 		delete(n.handoffs, q.rid)
@@ -847,9 +934,21 @@ func (n *Node) handleStoreAck(now time.Time, m *message) {
 			n.keep[q.rid] = n.epoch + 1
 		}
 		if m.code == codeOK || m.code == codeStale {
-			if e := n.st.recs[q.rid]; e != nil && e.rec.Seq <= q.seq && n.rank(q.rid.key) < 0 {
+			e := n.st.recs[q.rid]
+			switch {
+			case e == nil || e.rec.Seq > q.seq || n.rank(q.rid.key) >= 0:
+			case n.keeps(q.rid.key):
+				// Nodes inserted between this one and the key (joins, or
+				// an attacker's chosen IDs) got a copy but do not take
+				// this one: it stays until this node is past the arc
+				// (package doc, "Eclipse"), handed off again only after
+				// this node was responsible for it once more.
+				n.kept[q.rid] = struct{}{}
+				n.m.KeptInArc++
+			default:
 				n.st.remove(q.rid)
 				delete(n.keep, q.rid)
+				delete(n.kept, q.rid)
 				n.m.HandoffsAcked++
 			}
 		}
@@ -859,7 +958,11 @@ func (n *Node) handleStoreAck(now time.Time, m *message) {
 func (n *Node) handleGet(now time.Time, d ssr.Datagram, m *message) {
 	hops := byte(min(d.Hops, 255))
 	if m.flags&getLocal != 0 {
-		n.m.ConsultsServed++
+		if d.Mode == ssr.Closest {
+			n.m.WalkServed++ // a walk step (only consults go by exact delivery)
+		} else {
+			n.m.ConsultsServed++
+		}
 		n.answer(now, d.Src, m.req, hops, m.key)
 		return
 	}
@@ -920,6 +1023,9 @@ func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
 	if q == nil || (q.kind != kGet && q.kind != kConsult) {
 		return
 	}
+	if q.kind == kGet && uint64(q.pos-d.Src) < q.tdist {
+		return // a late answer to an earlier step of the walk
+	}
 	if q.parts == nil {
 		q.parts = make(map[byte][]Record)
 		q.last = int(m.last)
@@ -940,7 +1046,9 @@ func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
 	}
 	q.parts[m.part] = m.recs
 	q.hops = int(m.hops)
-	q.owner = d.Src
+	if q.walked == 0 {
+		q.owner = d.Src // the key's owner, also when a walk follows
+	}
 	if len(q.parts) <= q.last {
 		return
 	}
@@ -958,7 +1066,16 @@ func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
 		n.consultDone(now, q.parent)
 		return
 	}
-	n.finish(now, q, nil, liveRecords(q.key, all))
+	valid := validRecords(q.key, all)
+	if len(valid) == 0 {
+		q.answered = true
+		if n.walkNext(now, q, d.Src) {
+			return // nothing there: ask the next node down the ring
+		}
+	} else if q.walked > 0 {
+		n.m.WalkFound++
+	}
+	n.finish(now, q, nil, slices.DeleteFunc(valid, func(r Record) bool { return r.Tombstone }))
 }
 
 // consultDone counts one replica's answer (or its silence) and answers
@@ -970,9 +1087,10 @@ func (n *Node) consultDone(now time.Time, c *consult) {
 	n.answer(now, c.requester, c.req, c.hops, c.key)
 }
 
-// liveRecords checks an answer: the newest correctly signed version per
-// writer of key, tombstones removed.
-func liveRecords(key string, all []Record) []Record {
+// validRecords checks an answer: the newest correctly signed version per
+// writer of key, tombstones included (a deletion ends a walk: copies
+// farther down may be older than it).
+func validRecords(key string, all []Record) []Record {
 	best := make(map[ssr.NodeID]int)
 	var out []Record
 	for _, r := range all {
@@ -989,7 +1107,7 @@ func liveRecords(key string, all []Record) []Record {
 		best[w] = len(out)
 		out = append(out, r)
 	}
-	return slices.DeleteFunc(out, func(r Record) bool { return r.Tombstone })
+	return out
 }
 
 // handleSummary is a replica's side of the sync: on a mismatch it sends
@@ -1079,4 +1197,159 @@ func (n *Node) handleWant(now time.Time, from ssr.NodeID, m *message) {
 			n.send(now, from, encodeStore(n.buf[:0], 0, 0, &r))
 		}
 	}
+}
+
+// ---- eclipse defence (package doc, "Eclipse") ----
+
+// gaps estimates the distance between adjacent node IDs from this node's
+// ring view. mean, over the whole view, sizes walks; keep, the larger of
+// the means on either side, sizes what this node keeps, so that nodes
+// crowded on one side of it (an attacker's, next to a key) do not shrink
+// it. Both are 0 when the view is empty or wraps (a ring of fewer nodes
+// than the view holds): there is no arc to speak of, and no walk.
+func (n *Node) gaps() (mean, keep uint64) {
+	ls, lp := len(n.succ), len(n.pred)
+	if ls == 0 || lp == 0 {
+		return 0, 0
+	}
+	var last uint64
+	for _, s := range n.succ {
+		d := uint64(s - n.self)
+		if d <= last {
+			return 0, 0 // self, a repeat, or out of order: the view wraps
+		}
+		last = d
+	}
+	ss := last
+	last = 0
+	for _, p := range n.pred {
+		d := uint64(n.self - p)
+		if d <= last {
+			return 0, 0
+		}
+		last = d
+	}
+	sp := last
+	if ss > math.MaxUint64-sp {
+		return 0, 0 // successors and predecessors overlap
+	}
+	k := uint64(ls + lp)
+	return ss/k + sp/k, max(ss/uint64(ls), sp/uint64(lp))
+}
+
+func satMul(a uint64, k int) uint64 {
+	if k <= 0 {
+		return 0
+	}
+	if a > math.MaxUint64/uint64(k) {
+		return math.MaxUint64
+	}
+	return a * uint64(k)
+}
+
+// walkArc is the distance below a key that walks cover: Arc gaps.
+func (n *Node) walkArc() uint64 {
+	if n.p.Walk < 0 {
+		return 0
+	}
+	g, _ := n.gaps()
+	return satMul(g, n.p.Arc)
+}
+
+// keeps reports whether this node keeps copies of what lies at position
+// k whatever its rank: k is within twice the walk arc above it, by its
+// larger one-sided gap estimate.
+func (n *Node) keeps(k ssr.NodeID) bool {
+	if n.p.Walk < 0 {
+		return false
+	}
+	_, g := n.gaps()
+	return uint64(k-n.self) <= satMul(g, 2*n.p.Arc)
+}
+
+// walkNext moves a walk past from, the node that answered its last step
+// (with nothing, for a get): the next step goes by closest delivery to
+// from − 1, which lands on from's predecessor whatever IDs others chose.
+// It reports false when the walk is over: from is past the arc, the walk
+// made Walk steps, or it went round the ring.
+func (n *Node) walkNext(now time.Time, q *request, from ssr.NodeID) bool {
+	d := uint64(q.pos - from)
+	if n.p.Walk < 0 || d > q.arc || q.walked >= n.p.Walk || d == math.MaxUint64 {
+		return false
+	}
+	if q.walked > 0 && d < q.tdist {
+		return false // wrapped
+	}
+	q.tdist = d + 1
+	n.walkStep(now, q, from-1)
+	return true
+}
+
+// walkBlind moves a walk past a step that got no answer: the silent node's
+// ID is unknown, so the next target is a quarter of a gap lower.
+func (n *Node) walkBlind(now time.Time, q *request) bool {
+	g, _ := n.gaps()
+	step := max(g/4, 1)
+	if n.p.Walk < 0 || q.arc == 0 || q.walked >= n.p.Walk || q.tdist > q.arc || step > q.arc-q.tdist {
+		return false
+	}
+	q.tdist += step
+	n.walkStep(now, q, q.pos-ssr.NodeID(q.tdist))
+	return true
+}
+
+// walkStep sends a walk's next step to target: one attempt (a silent node
+// is stepped over, not asked again), a get's datagram twice as retries
+// are, so that one loss on the way does not count as silence. A step
+// waits ConsultTimeout, as an owner waits for its replicas: the owner
+// already answered, so the path is known to work, and a walk through a
+// region where nodes just died (routes not yet repaired) should not make
+// a lookup wait a full request timeout per dead node.
+func (n *Node) walkStep(now time.Time, q *request, target ssr.NodeID) {
+	q.walked++
+	n.m.WalkSteps++
+	q.target, q.mode = target, ssr.Closest
+	q.attempts, q.parts, q.last = 1, nil, 0
+	q.deadline = now.Add(n.p.ConsultTimeout)
+	if q.kind == kGet && (len(q.payload) <= hdrLen || q.payload[hdrLen]&getLocal == 0) {
+		q.payload = encodeGet(nil, q.id, getLocal, q.key)
+	}
+	n.env.Send(now, q.target, q.mode, q.payload)
+	if q.kind == kGet {
+		n.env.Send(now, q.target, q.mode, q.payload)
+	}
+}
+
+// startWriteWalk continues write q (a put or delete whose owner answered,
+// from, or stayed silent) down the ring: the same record as a replica copy
+// with an answer wanted, node after node, in the background; the write's
+// outcome is the owner's answer.
+func (n *Node) startWriteWalk(now time.Time, q *request, from ssr.NodeID, answered bool) {
+	if n.p.Walk < 0 || len(n.pending) >= n.p.MaxPending || len(q.payload) <= hdrLen {
+		return
+	}
+	w := &request{kind: kWalkStore, id: n.newID(), key: q.key, start: now, pos: KeyOf(q.key), arc: n.walkArc()}
+	w.payload = slices.Clone(q.payload)
+	binary.BigEndian.PutUint64(w.payload[2:], w.id)
+	w.payload[hdrLen] = storeAck | storeReplica
+	ok := false
+	if answered {
+		ok = n.walkNext(now, w, from)
+	} else {
+		ok = n.walkBlind(now, w)
+	}
+	if ok {
+		n.pending[w.id] = w
+	}
+}
+
+// Walking is the number of this node's writes still walking down the ring.
+func (n *Node) Walking() int {
+	k := 0
+	for _, q := range n.pending {
+		if q.kind == kWalkStore {
+			k++
+		}
+	}
+	return k
 }

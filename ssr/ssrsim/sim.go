@@ -33,6 +33,10 @@ type Config struct {
 	// handshake, every frame is sealed, every datagram is authenticated
 	// end to end. Encrypt is mesh-encryption on.
 	Auth, Encrypt bool
+	// ChooseID, if set, gives node i the ID it returns instead of its
+	// random one (without Auth): an attacker that ground keys until their
+	// hashes fell where it wanted, as package dhtsim's eclipse attack.
+	ChooseID func(i int, random ssr.NodeID) ssr.NodeID
 }
 
 const port = 7447
@@ -91,6 +95,9 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Nodes < 2 {
 		return nil, fmt.Errorf("ssrsim: need at least 2 nodes, got %d", cfg.Nodes)
 	}
+	if cfg.ChooseID != nil && cfg.Auth {
+		return nil, fmt.Errorf("ssrsim: chosen IDs need Auth off (with it an ID is the hash of a key)")
+	}
 	if cfg.LinkDelay == 0 {
 		cfg.LinkDelay = 2 * time.Millisecond
 	}
@@ -143,6 +150,9 @@ func (s *Sim) addNode() *simNode {
 		n.auth.Attach(n.node)
 	} else {
 		n.id = ssr.NodeID(s.rng.Uint64())
+		if s.cfg.ChooseID != nil {
+			n.id = s.cfg.ChooseID(i, n.id)
+		}
 		n.node = ssr.New(n.id, s.cfg.Params, n, s.rng.Uint64())
 	}
 	s.nodes = append(s.nodes, n)

@@ -56,6 +56,9 @@ type Config struct {
 	// Logf, if set, receives a line per phase outcome (for stderr).
 	Logf func(format string, args ...any)
 	Stop func() bool
+	// Attack, if its Fraction is set, makes some of the nodes eclipse
+	// attackers (attack.go).
+	Attack Attack
 }
 
 // Report is the outcome; its JSON keys are what `sipmesh sim dht --json`
@@ -99,6 +102,20 @@ type Report struct {
 	VirtualS        float64 `json:"virtual_s"`
 	WallS           float64 `json:"wall_s"`
 	PeakRSSMB       float64 `json:"peak_rss_mb"`
+	// The eclipse attack (attack.go); zero without one.
+	EclipseDefence  bool `json:"eclipse_defence"`
+	Attackers       int  `json:"attackers,omitempty"`
+	Targets         int  `json:"targets,omitempty"`
+	TargetsAttacked int  `json:"targets_attacked,omitempty"`
+	AttackCluster   int  `json:"attack_cluster,omitempty"` // attacker nodes per attacked target
+	AttackSilent    bool `json:"attack_silent,omitempty"`
+	// UnresolvableTargets is the fraction of the Targets that honest
+	// askers could not resolve (any of the samples failed), before and
+	// after the churn; -1 when not measured.
+	UnresolvableTargets      float64 `json:"unresolvable_targets"`
+	UnresolvableTargetsAfter float64 `json:"unresolvable_targets_after"`
+	WalkSteps                uint64  `json:"walk_steps"`
+	WalkFound                uint64  `json:"walk_found"` // gets answered past the owner
 	// Interrupted names the phase during which Config.Stop ended the run
 	// ("ring", "write", "measure", "recover", …); the measurements not
 	// reached are -1 (Killed and Joined 0 when the churn was not reached).
@@ -117,6 +134,10 @@ type Sim struct {
 	waiting map[opKey]*op
 	ops     []*op
 	gone    dht.Metrics // of dead nodes, summed
+
+	evil    map[int]bool // attacker nodes by ssrsim index
+	targets int          // AORs 0..targets-1 are the attack's targets
+	plan    attackPlan
 }
 
 type aor struct {
@@ -143,6 +164,7 @@ type node struct {
 	idx   int
 	d     *dht.Node
 	alive bool
+	evil  bool // an eclipse attacker (attack.go)
 	queue []ssr.Event
 	drain bool
 	timer memnet.Timer
@@ -172,7 +194,11 @@ func New(cfg Config) (*Sim, error) {
 	if cfg.Kill < 0 || cfg.Join < 0 || cfg.Kill > cfg.Nodes-2 {
 		return nil, fmt.Errorf("dhtsim: cannot kill %d of %d nodes (and join %d)", cfg.Kill, cfg.Nodes, cfg.Join)
 	}
-	ss, err := ssrsim.New(ssrsim.Config{Nodes: cfg.Nodes, Topology: cfg.Topology, Seed: cfg.Seed, Params: cfg.SSR})
+	plan, err := planAttack(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	ss, err := ssrsim.New(ssrsim.Config{Nodes: cfg.Nodes, Topology: cfg.Topology, Seed: cfg.Seed, Params: cfg.SSR, ChooseID: plan.chooseID})
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +206,9 @@ func New(cfg Config) (*Sim, error) {
 		cfg: cfg, ss: ss, clock: ss.Clock(),
 		rng:     rand.New(rand.NewPCG(cfg.Seed, 0xd47)),
 		waiting: make(map[opKey]*op),
+		evil:    plan.evil,
+		targets: cfg.Attack.Targets,
+		plan:    plan,
 	}
 	ss.App = s.event
 	for i := range ss.Len() {
@@ -196,13 +225,15 @@ func (s *Sim) addNode(i int) {
 			seed[8*j+k] = byte(v >> (8 * k))
 		}
 	}
-	n := &node{s: s, idx: i, alive: true}
+	n := &node{s: s, idx: i, alive: true, evil: s.evil[i]}
 	n.d = dht.New(s.ss.Node(i).ID(), ed25519.NewKeyFromSeed(seed[:]), s.cfg.Params, n, s.rng.Uint64())
 	for len(s.nodes) <= i {
 		s.nodes = append(s.nodes, nil)
 	}
 	s.nodes[i] = n
-	n.schedule(s.clock.Now())
+	if !n.evil {
+		n.schedule(s.clock.Now()) // an attacker's DHT node never runs
+	}
 }
 
 // event is the ssrsim App hook: it runs inside a node's frame handling, so
@@ -240,6 +271,10 @@ func (n *node) handle() {
 		return
 	}
 	now := n.s.clock.Now()
+	if n.evil {
+		n.s.deny(n, q)
+		return
+	}
 	for _, ev := range q {
 		switch ev := ev.(type) {
 		case ssr.Datagram:
@@ -297,6 +332,12 @@ func (n *node) schedule(now time.Time) {
 
 func (s *Sim) live() []int { return s.ss.Live() }
 
+// honest are the live nodes that are not attackers: the writers, askers
+// and churn victims.
+func (s *Sim) honest() []int {
+	return slices.DeleteFunc(s.ss.Live(), func(i int) bool { return s.evil[i] })
+}
+
 func (s *Sim) logf(format string, args ...any) {
 	if s.cfg.Logf != nil {
 		s.cfg.Logf("t=%5.1fs "+format, append([]any{s.ss.Now().Seconds()}, args...)...)
@@ -317,7 +358,12 @@ func (s *Sim) Run() Report {
 	cfg := s.cfg
 	rep := Report{Nodes: cfg.Nodes, AORs: cfg.AORs, Seed: cfg.Seed,
 		Replicas: dht.DefaultParams.Replicas, Samples: cfg.Samples, RecoveryS: -1,
-		ResolvableBefore: -1, ResolvableAfter: -1, LookupHopsP50: -1, LookupMsP50: -1, LookupMsP95: -1}
+		ResolvableBefore: -1, ResolvableAfter: -1, LookupHopsP50: -1, LookupMsP50: -1, LookupMsP95: -1,
+		EclipseDefence: cfg.Params.Walk >= 0, UnresolvableTargets: -1, UnresolvableTargetsAfter: -1}
+	if len(s.evil) > 0 {
+		rep.Attackers, rep.Targets, rep.TargetsAttacked = len(s.evil), s.targets, s.plan.attacked
+		rep.AttackCluster, rep.AttackSilent = s.plan.cluster, cfg.Attack.Silent
+	}
 	if cfg.Params.Replicas > 0 {
 		rep.Replicas = cfg.Params.Replicas
 	}
@@ -348,20 +394,25 @@ func (s *Sim) Run() Report {
 	}
 	s.logf("%d bindings written, %d failed", rep.PutsOK, rep.PutsFailed)
 	s.runFor("replicate", 3*s.syncInterval())
+	s.settleWalks()
 	if interrupted("replicate") {
 		return rep
 	}
-	f := s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	f, bad := s.measureBad("measure", cfg.Samples, &rep, &hops, &ms)
 	if interrupted("measure") {
 		return rep
 	}
 	rep.ResolvableBefore = f
+	rep.UnresolvableTargets = s.unresolvable(bad)
+	if rep.UnresolvableTargets >= 0 {
+		s.logf("eclipse attack: %.4f of %d targets unresolvable", rep.UnresolvableTargets, s.targets)
+	}
 	s.logf("resolvable before churn: %.4f", rep.ResolvableBefore)
 	rep.Killed, rep.Joined = cfg.Kill, cfg.Join
 
 	// Churn: random live nodes die (adjacent or not, as chance has it);
-	// new ones join at random places.
-	live := s.live()
+	// new ones join at random places. Attackers stay.
+	live := s.honest()
 	s.rng.Shuffle(len(live), func(i, j int) { live[i], live[j] = live[j], live[i] })
 	rep.AllCopiesKilled = s.allCopiesOn(live[:cfg.Kill])
 	for _, i := range live[:cfg.Kill] {
@@ -385,6 +436,9 @@ func (s *Sim) Run() Report {
 		unrecoverable, pending := 0, 0
 		for k, b := range bad {
 			switch {
+			case k < s.targets && len(s.evil) > 0:
+				// An attacked AOR: what the attack achieves is measured
+				// after the recovery, not waited for.
 			case copies[k] == 0:
 				unrecoverable++
 			case b:
@@ -403,11 +457,12 @@ func (s *Sim) Run() Report {
 	if interrupted("recover") {
 		return rep
 	}
-	f = s.measure("measure", cfg.Samples, &rep, &hops, &ms)
+	f, bad = s.measureBad("measure", cfg.Samples, &rep, &hops, &ms)
 	if interrupted("measure") {
 		return rep
 	}
 	rep.ResolvableAfter = f
+	rep.UnresolvableTargetsAfter = s.unresolvable(bad)
 	s.logf("resolvable after churn: %.4f", rep.ResolvableAfter)
 	s.finish(&rep, hops, ms)
 	return rep
@@ -422,7 +477,7 @@ func (s *Sim) finish(rep *Report, hops, ms []float64) {
 
 	rep.Lost, rep.UnderReplicated = s.groundTruth(rep.Replicas)
 	var recs []float64
-	for _, i := range s.live() {
+	for _, i := range s.honest() {
 		recs = append(recs, float64(s.nodes[i].d.Len()))
 	}
 	rep.RecordsP95 = quantile(recs, 0.95)
@@ -436,6 +491,8 @@ func (s *Sim) finish(rep *Report, hops, ms []float64) {
 }
 
 func (s *Sim) addMetrics(rep *Report, m dht.Metrics) {
+	rep.WalkSteps += m.WalkSteps
+	rep.WalkFound += m.WalkFound
 	rep.HandoffsSent += m.HandoffsSent
 	rep.HandoffsAcked += m.HandoffsAcked
 	rep.Pushed += m.Pushed
@@ -463,6 +520,8 @@ func (s *Sim) kill(i int) {
 	g.ConsultsServed += m.ConsultsServed
 	g.SyncRounds += m.SyncRounds
 	g.SyncMismatches += m.SyncMismatches
+	g.WalkSteps += m.WalkSteps
+	g.WalkFound += m.WalkFound
 	n.alive = false
 	if n.timer != nil {
 		n.timer.Stop()
@@ -525,15 +584,15 @@ func (s *Sim) pickLive(live []int) int { return live[s.rng.IntN(len(live))] }
 
 // write puts every AOR's binding through a random node.
 func (s *Sim) write(rep *Report) {
-	live := s.live()
+	live := s.honest()
 	s.aors = make([]aor, s.cfg.AORs)
 	ops := make([]*op, s.cfg.AORs)
 	var sizes []float64
 	s.issue("write", s.cfg.AORs, func(k int) {
 		i := s.pickLive(live)
 		n := s.nodes[i]
-		name := fmt.Sprintf("sip:%d@mesh", 1000+k)
-		a := aor{key: "aor:" + name, writer: n.d.PublicKey()}
+		name := aorName(k)
+		a := aor{key: aorKey(k), writer: n.d.PublicKey()}
 		a.value = s.cfg.Value(k, name, n.d.ID(), s.rng)
 		sizes = append(sizes, float64(len(a.value)))
 		s.aors[k] = a
@@ -577,7 +636,7 @@ func (s *Sim) measure(phase string, samples int, rep *Report, hops, ms *[]float6
 
 // measureBad is measure that also returns which AORs failed.
 func (s *Sim) measureBad(phase string, samples int, rep *Report, hops, ms *[]float64) (float64, []bool) {
-	live := s.live()
+	live := s.honest()
 	samples = min(samples, len(live))
 	type get struct{ aor, node int }
 	var gets []get
