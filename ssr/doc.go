@@ -43,7 +43,8 @@
 // with routes that may run into the same break, and control frames are
 // repaired once. Every frame carries its physical hop count and is dropped
 // after MaxHops transmissions, whatever the routing decisions did: a frame
-// cannot circulate.
+// cannot circulate. Such a drop is reported to the source like any other
+// failure (unreachable, "hop limit"): nothing is dropped silently.
 //
 // Failure detection, and what it costs per link:
 //   - Link events: a send error that says the interface is gone, or a

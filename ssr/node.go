@@ -811,14 +811,16 @@ func (n *Node) forward(now time.Time, r *routed) {
 		return
 	}
 	if len(r.route) > n.p.MaxHops {
-		n.stats.Dropped++
+		n.unreachable(now, r, whyTooLong)
 		return
 	}
 	if int(r.hops) >= n.p.MaxHops {
 		// The loop guard: whatever the routing decisions did, no frame
-		// is transmitted more than MaxHops times.
-		n.stats.Dropped++
+		// is transmitted more than MaxHops times. The source hears of it
+		// (an unreachable report, like any other failure) instead of
+		// waiting for an answer that cannot come.
 		n.stats.HopLimit++
+		n.unreachable(now, r, whyHops)
 		return
 	}
 	r.pos++
@@ -1067,9 +1069,10 @@ const (
 	whyNoNode  = 1 // no node known closer to the target: it does not exist
 	whyVHops   = 2 // the virtual hop budget ran out
 	whyTooLong = 3 // the route would exceed MaxHops
+	whyHops    = 4 // the frame made MaxHops transmissions (the loop guard)
 )
 
-var whyText = [...]string{whyNoNode: "no such node", whyVHops: "virtual hop budget exhausted", whyTooLong: "route too long"}
+var whyText = [...]string{whyNoNode: "no such node", whyVHops: "virtual hop budget exhausted", whyTooLong: "route too long", whyHops: "hop limit"}
 
 func reasonText(why byte, closest bool) string {
 	if int(why) < len(whyText) && whyText[why] != "" && !(closest && why == whyNoNode) {
