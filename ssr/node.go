@@ -119,6 +119,13 @@ const (
 	// fingerBackoff bounds the finger refresh cycle in a stable ring, in
 	// multiples of FingerInterval.
 	fingerBackoff = 4
+	// reviseFresh: a relay revises a frame's route only with routes it
+	// confirmed first-hand this recently (a frame travelled them, or a
+	// beacon). Half the cache TTL: second-hand routes, which start out
+	// nearly expired, never qualify; a route through a node that died
+	// since is found broken and repaired. (It was RingIntervalMax, 8 s:
+	// at 10,000 nodes that left most of what relays know unused.)
+	reviseFresh = cacheTTL / 2
 	// transitSample: a relay with a full cache learns one in this many
 	// unknown transit sources (see worthLearning).
 	transitSample = 8
@@ -697,10 +704,14 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 			return true
 		}
 	} else if redirect {
-		// Only to a node this relay heard from recently: its cache also
-		// holds second-hand and old routes, some to nodes long gone.
+		// Only to a node this relay confirmed first-hand within
+		// reviseFresh: its cache also holds second-hand and old routes,
+		// some to nodes long gone. The target itself is worth any route:
+		// the frame then needs no further decision, and a route that
+		// turns out broken is repaired like any other (only a redirect
+		// short of the target risks a zig-zag across the mesh).
 		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) &&
-			n.cache.fresh(best, now.Add(-n.p.RingIntervalMax)) {
+			(best == r.target || n.cache.fresh(best, now.Add(-reviseFresh))) {
 			if path := n.cache.route(best, now); len(path) > 0 && pos+1+len(path) <= n.p.MaxHops {
 				n.stats.Redirected++
 				r.route = append(r.route[:pos+1], path...)
@@ -715,7 +726,7 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 	// of yet; their shorter route could lead straight back into the break
 	// (and the repair back out of it, until the hop budget ends).
 	if rest := len(r.route) - 1 - pos; rest > 1 && r.flags&flagRepaired == 0 {
-		if e := n.cache.get(end); e != nil && int(e.depth) < rest && e.seen >= stampOf(now.Add(-n.p.RingIntervalMax)) {
+		if e := n.cache.get(end); e != nil && int(e.depth) < rest && e.seen >= stampOf(now.Add(-reviseFresh)) {
 			// Never back to the hop the frame came from: that node
 			// routed it here, so a way back through it is stale.
 			if path := n.cache.route(end, now); len(path) > 0 && len(path) < rest && (pos == 0 || path[0] != r.route[pos-1]) {
