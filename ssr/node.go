@@ -685,7 +685,7 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		// decision could hand it back to the node it came from.
 		if end != r.target && n.cache.closestBefore(r.target) == r.target &&
 			n.cache.fresh(r.target, now.Add(-n.p.RingIntervalMax)) {
-			if path := n.cache.route(r.target, now); len(path) > 0 && path[0] != r.from && pos+1+len(path) <= n.p.MaxHops {
+			if path := n.cache.route(r.target, now); len(path) > 0 && path[0] != r.from && n.fits(r, len(path)) {
 				n.stats.Redirected++
 				r.route = append(r.route[:pos+1], path...)
 				r.vhops++
@@ -712,7 +712,7 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		// short of the target risks a zig-zag across the mesh).
 		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) &&
 			(best == r.target || n.cache.fresh(best, now.Add(-reviseFresh))) {
-			if path := n.cache.route(best, now); len(path) > 0 && pos+1+len(path) <= n.p.MaxHops {
+			if path := n.cache.route(best, now); len(path) > 0 && n.fits(r, len(path)) {
 				n.stats.Redirected++
 				r.route = append(r.route[:pos+1], path...)
 				r.vhops++
@@ -978,7 +978,7 @@ func (n *Node) decide(now time.Time, r *routed) {
 		// for another node nearly as close, or detour past the target.
 		path = nil
 		n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
-			if h, ok := n.cache.firstHop(c); ok && h != back && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+			if h, ok := n.cache.firstHop(c); ok && h != back && n.fits(r, n.cache.depth(c)) {
 				path = n.cache.route(c, now)
 				return len(path) == 0
 			}
@@ -991,20 +991,20 @@ func (n *Node) decide(now time.Time, r *routed) {
 			path = n.cache.route(best, now)
 		}
 	}
-	if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
+	if len(path) == 0 || !n.fits(r, len(path)) {
 		// Over budget: drop the loops the history kept, then settle for
 		// a node nearly as close to the target with a shorter route (it
 		// still makes progress; the long way would not fit at all).
 		compactHistory(r)
 		path = nil
 		n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
-			if d := n.cache.depth(c); d > 0 && len(r.route)+d <= n.p.MaxHops {
+			if d := n.cache.depth(c); d > 0 && n.fits(r, d) {
 				path = n.cache.route(c, now)
 				return len(path) == 0
 			}
 			return true
 		})
-		if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
+		if len(path) == 0 || !n.fits(r, len(path)) {
 			n.unreachable(now, r, whyTooLong)
 			return
 		}
@@ -1030,7 +1030,7 @@ func (n *Node) detour(now time.Time, r *routed) bool {
 	back := n.bounceFrom(r)
 	var path []NodeID
 	n.cache.after(r.target, fallbackCandidates, func(c NodeID) bool {
-		if h, ok := n.cache.firstHop(c); ok && h != back && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+		if h, ok := n.cache.firstHop(c); ok && h != back && n.fits(r, n.cache.depth(c)) {
 			path = n.cache.route(c, now)
 			return len(path) == 0
 		}
@@ -1038,7 +1038,7 @@ func (n *Node) detour(now time.Time, r *routed) bool {
 	})
 	if len(path) == 0 && back != 0 {
 		// The only way on is back: the node there may still know more.
-		if c := n.cache.closestAfterOr(r.target); c != 0 && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+		if c := n.cache.closestAfterOr(r.target); c != 0 && n.fits(r, n.cache.depth(c)) {
 			path = n.cache.route(c, now)
 		}
 	}
@@ -1059,6 +1059,18 @@ func (n *Node) detour(now time.Time, r *routed) bool {
 // straight back to it, since that node has just found it has no working
 // route to the target, and it told nobody ahead of it.
 func (n *Node) bounceFrom(r *routed) NodeID { return r.from }
+
+// fits reports whether d more hops after this node keep r within both of
+// its bounds: the route's length (the history up to this node, then d)
+// and the physical hop budget (the transmissions made, then d). A frame
+// whose history lost its loops (tidy, compactHistory) has made more
+// transmissions than its route is long; a decision that looked at the
+// route alone could send it on a path the loop guard ends before the
+// target, after spending the budget (at 10,000 nodes the only failed
+// probes were such hop-limit drops).
+func (n *Node) fits(r *routed, d int) bool {
+	return int(r.pos)+1+d <= n.p.MaxHops && int(r.hops)+d <= n.p.MaxHops
+}
 
 // compactHistory removes every loop from the travelled part of r's route
 // (up to and including this node, the last element): a loop-free history

@@ -885,3 +885,47 @@ func TestNodeHopLimitReported(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeDecideHopBudget: a decision counts the transmissions a frame has
+// made, not only its route's length (a history without loops is shorter
+// than the way the frame came): a route the hop budget cannot cover is
+// not taken — the loop guard would end it short of the target — and a node
+// nearly as close whose route fits is taken instead.
+func TestNodeDecideHopBudget(t *testing.T) {
+	const (
+		X = NodeID(0x1000000000000000) // decides, with a budget of 10 transmissions
+		S = NodeID(0xf000000000000000) // the source
+		A = NodeID(0x2000000000000000) // X→A→B→R
+		B = NodeID(0x3000000000000000)
+		R = NodeID(0x4000000000000000) // nearest the key, three hops away
+	)
+	addr := func(i byte) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, i}), 7447) }
+	for _, tc := range []struct {
+		hops uint8 // transmissions made before X
+		want []NodeID
+	}{
+		{6, []NodeID{S, X, A, B, R}}, // 7 at X, +3 = 10: R is within budget
+		{7, []NodeID{S, X, A, B}},    // 8 at X: R would need 11, B needs 10
+	} {
+		env := &fenv{}
+		x := New(X, Params{MaxHops: 10}, env, 1)
+		x.AddLink(0)
+		for _, h := range []hello{{src: S, seq: 1, neigh: []NodeID{X}}, {src: A, seq: 1, neigh: []NodeID{X}}} {
+			x.HandleFrame(t0, 0, addr(byte(h.src>>60)), h.appendTo(nil))
+		}
+		x.learn([]NodeID{A, B, R}, t0, true)
+		in := routed{proto: protoData, flags: flagClosest, target: R + 5, vhops: 1, hops: tc.hops, pos: 1, route: []NodeID{S, X}, payload: []byte{0, 1, 0, 9}}
+		env.frames = nil
+		x.HandleFrame(t0, 0, addr(15), append(in.appendHeader(nil), in.payload...))
+		if len(env.frames) != 1 {
+			t.Fatalf("hops %d: X sent %d frames, want one", tc.hops, len(env.frames))
+		}
+		var out routed
+		if err := out.decode(env.frames[0].b); err != nil {
+			t.Fatal(err)
+		}
+		if out.proto != protoData || !slices.Equal(out.route, tc.want) {
+			t.Errorf("hops %d: sent %+v, want the data frame routed %v", tc.hops, out, tc.want)
+		}
+	}
+}
