@@ -26,6 +26,13 @@
 //     separately (a healed partition) merge.
 //   - Chord fingers (closest lookups of self + 2^63, 2^62, ...) give greedy
 //     routing O(log n) virtual hops.
+//   - Relays revise the route ahead with what they know (thesis relays
+//     forward blindly): a node closer to the target than the planned end,
+//     confirmed first-hand within 30 s, or the target itself on any cached
+//     route. Each virtual hop crosses the mesh to a node chosen for its ID,
+//     so stretch is mostly the number of decisions; every one avoided
+//     counts (FORMAT.md, step 5). Every decision takes only routes that fit
+//     the frame's remaining physical hop budget.
 //
 // Repair (what a broken link does). One node's local view never declares a
 // live node gone: a node that loses its route to a target with a link (a
