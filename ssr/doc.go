@@ -26,6 +26,13 @@
 //     separately (a healed partition) merge.
 //   - Chord fingers (closest lookups of self + 2^63, 2^62, ...) give greedy
 //     routing O(log n) virtual hops.
+//   - Relays revise the route ahead with what they know (thesis relays
+//     forward blindly): a node closer to the target than the planned end,
+//     confirmed first-hand within 30 s, or the target itself on any cached
+//     route. Each virtual hop crosses the mesh to a node chosen for its ID,
+//     so stretch is mostly the number of decisions; every one avoided
+//     counts (FORMAT.md, step 5). Every decision takes only routes that fit
+//     the frame's remaining physical hop budget.
 //
 // Repair (what a broken link does). One node's local view never declares a
 // live node gone: a node that loses its route to a target with a link (a
@@ -43,7 +50,8 @@
 // with routes that may run into the same break, and control frames are
 // repaired once. Every frame carries its physical hop count and is dropped
 // after MaxHops transmissions, whatever the routing decisions did: a frame
-// cannot circulate.
+// cannot circulate. Such a drop is reported to the source like any other
+// failure (unreachable, "hop limit"): nothing is dropped silently.
 //
 // Failure detection, and what it costs per link:
 //   - Link events: a send error that says the interface is gone, or a

@@ -123,6 +123,13 @@ const (
 	// fingerBackoff bounds the finger refresh cycle in a stable ring, in
 	// multiples of FingerInterval.
 	fingerBackoff = 4
+	// reviseFresh: a relay revises a frame's route only with routes it
+	// confirmed first-hand this recently (a frame travelled them, or a
+	// beacon). Half the cache TTL: second-hand routes, which start out
+	// nearly expired, never qualify; a route through a node that died
+	// since is found broken and repaired. (It was RingIntervalMax, 8 s:
+	// at 10,000 nodes that left most of what relays know unused.)
+	reviseFresh = cacheTTL / 2
 	// transitSample: a relay with a full cache learns one in this many
 	// unknown transit sources (see worthLearning).
 	transitSample = 8
@@ -682,7 +689,7 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		// decision could hand it back to the node it came from.
 		if end != r.target && n.cache.closestBefore(r.target) == r.target &&
 			n.cache.fresh(r.target, now.Add(-n.p.RingIntervalMax)) {
-			if path := n.cache.route(r.target, now); len(path) > 0 && path[0] != r.from && pos+1+len(path) <= n.p.MaxHops {
+			if path := n.cache.route(r.target, now); len(path) > 0 && path[0] != r.from && n.fits(r, len(path)) {
 				n.stats.Redirected++
 				r.route = append(r.route[:pos+1], path...)
 				r.vhops++
@@ -701,11 +708,15 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 			return true
 		}
 	} else if redirect {
-		// Only to a node this relay heard from recently: its cache also
-		// holds second-hand and old routes, some to nodes long gone.
+		// Only to a node this relay confirmed first-hand within
+		// reviseFresh: its cache also holds second-hand and old routes,
+		// some to nodes long gone. The target itself is worth any route:
+		// the frame then needs no further decision, and a route that
+		// turns out broken is repaired like any other (only a redirect
+		// short of the target risks a zig-zag across the mesh).
 		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) &&
-			n.cache.fresh(best, now.Add(-n.p.RingIntervalMax)) {
-			if path := n.cache.route(best, now); len(path) > 0 && pos+1+len(path) <= n.p.MaxHops {
+			(best == r.target || n.cache.fresh(best, now.Add(-reviseFresh))) {
+			if path := n.cache.route(best, now); len(path) > 0 && n.fits(r, len(path)) {
 				n.stats.Redirected++
 				r.route = append(r.route[:pos+1], path...)
 				r.vhops++
@@ -719,7 +730,7 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 	// of yet; their shorter route could lead straight back into the break
 	// (and the repair back out of it, until the hop budget ends).
 	if rest := len(r.route) - 1 - pos; rest > 1 && r.flags&flagRepaired == 0 {
-		if e := n.cache.get(end); e != nil && int(e.depth) < rest && e.seen >= stampOf(now.Add(-n.p.RingIntervalMax)) {
+		if e := n.cache.get(end); e != nil && int(e.depth) < rest && e.seen >= stampOf(now.Add(-reviseFresh)) {
 			// Never back to the hop the frame came from: that node
 			// routed it here, so a way back through it is stale.
 			if path := n.cache.route(end, now); len(path) > 0 && len(path) < rest && (pos == 0 || path[0] != r.route[pos-1]) {
@@ -815,14 +826,16 @@ func (n *Node) forward(now time.Time, r *routed) {
 		return
 	}
 	if len(r.route) > n.p.MaxHops {
-		n.stats.Dropped++
+		n.unreachable(now, r, whyTooLong)
 		return
 	}
 	if int(r.hops) >= n.p.MaxHops {
 		// The loop guard: whatever the routing decisions did, no frame
-		// is transmitted more than MaxHops times.
-		n.stats.Dropped++
+		// is transmitted more than MaxHops times. The source hears of it
+		// (an unreachable report, like any other failure) instead of
+		// waiting for an answer that cannot come.
 		n.stats.HopLimit++
+		n.unreachable(now, r, whyHops)
 		return
 	}
 	r.pos++
@@ -969,7 +982,7 @@ func (n *Node) decide(now time.Time, r *routed) {
 		// for another node nearly as close, or detour past the target.
 		path = nil
 		n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
-			if h, ok := n.cache.firstHop(c); ok && h != back && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+			if h, ok := n.cache.firstHop(c); ok && h != back && n.fits(r, n.cache.depth(c)) {
 				path = n.cache.route(c, now)
 				return len(path) == 0
 			}
@@ -982,20 +995,20 @@ func (n *Node) decide(now time.Time, r *routed) {
 			path = n.cache.route(best, now)
 		}
 	}
-	if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
+	if len(path) == 0 || !n.fits(r, len(path)) {
 		// Over budget: drop the loops the history kept, then settle for
 		// a node nearly as close to the target with a shorter route (it
 		// still makes progress; the long way would not fit at all).
 		compactHistory(r)
 		path = nil
 		n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
-			if d := n.cache.depth(c); d > 0 && len(r.route)+d <= n.p.MaxHops {
+			if d := n.cache.depth(c); d > 0 && n.fits(r, d) {
 				path = n.cache.route(c, now)
 				return len(path) == 0
 			}
 			return true
 		})
-		if len(path) == 0 || len(r.route)+len(path) > n.p.MaxHops {
+		if len(path) == 0 || !n.fits(r, len(path)) {
 			n.unreachable(now, r, whyTooLong)
 			return
 		}
@@ -1021,7 +1034,7 @@ func (n *Node) detour(now time.Time, r *routed) bool {
 	back := n.bounceFrom(r)
 	var path []NodeID
 	n.cache.after(r.target, fallbackCandidates, func(c NodeID) bool {
-		if h, ok := n.cache.firstHop(c); ok && h != back && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+		if h, ok := n.cache.firstHop(c); ok && h != back && n.fits(r, n.cache.depth(c)) {
 			path = n.cache.route(c, now)
 			return len(path) == 0
 		}
@@ -1029,7 +1042,7 @@ func (n *Node) detour(now time.Time, r *routed) bool {
 	})
 	if len(path) == 0 && back != 0 {
 		// The only way on is back: the node there may still know more.
-		if c := n.cache.closestAfterOr(r.target); c != 0 && len(r.route)+n.cache.depth(c) <= n.p.MaxHops {
+		if c := n.cache.closestAfterOr(r.target); c != 0 && n.fits(r, n.cache.depth(c)) {
 			path = n.cache.route(c, now)
 		}
 	}
@@ -1051,6 +1064,18 @@ func (n *Node) detour(now time.Time, r *routed) bool {
 // route to the target, and it told nobody ahead of it.
 func (n *Node) bounceFrom(r *routed) NodeID { return r.from }
 
+// fits reports whether d more hops after this node keep r within both of
+// its bounds: the route's length (the history up to this node, then d)
+// and the physical hop budget (the transmissions made, then d). A frame
+// whose history lost its loops (tidy, compactHistory) has made more
+// transmissions than its route is long; a decision that looked at the
+// route alone could send it on a path the loop guard ends before the
+// target, after spending the budget (at 10,000 nodes the only failed
+// probes were such hop-limit drops).
+func (n *Node) fits(r *routed, d int) bool {
+	return int(r.pos)+1+d <= n.p.MaxHops && int(r.hops)+d <= n.p.MaxHops
+}
+
 // compactHistory removes every loop from the travelled part of r's route
 // (up to and including this node, the last element): a loop-free history
 // is still a physical path back to the source.
@@ -1071,9 +1096,10 @@ const (
 	whyNoNode  = 1 // no node known closer to the target: it does not exist
 	whyVHops   = 2 // the virtual hop budget ran out
 	whyTooLong = 3 // the route would exceed MaxHops
+	whyHops    = 4 // the frame made MaxHops transmissions (the loop guard)
 )
 
-var whyText = [...]string{whyNoNode: "no such node", whyVHops: "virtual hop budget exhausted", whyTooLong: "route too long"}
+var whyText = [...]string{whyNoNode: "no such node", whyVHops: "virtual hop budget exhausted", whyTooLong: "route too long", whyHops: "hop limit"}
 
 func reasonText(why byte, closest bool) string {
 	if int(why) < len(whyText) && whyText[why] != "" && !(closest && why == whyNoNode) {

@@ -829,3 +829,103 @@ func TestNodeDecideFallback(t *testing.T) {
 		t.Errorf("sent %+v, want the data frame routed S→X→A→B", out)
 	}
 }
+
+// TestNodeHopLimitReported: a frame that made its MaxHops transmissions is
+// dropped by the relay that holds it (the loop guard), and its source hears
+// of it with the reason instead of waiting for an answer that cannot come.
+// Before, the drop was silent: the simulator counted such probes as lost.
+func TestNodeHopLimitReported(t *testing.T) {
+	const (
+		X = NodeID(0x1000000000000000) // the relay where the budget ends
+		S = NodeID(0xf000000000000000) // the source
+		A = NodeID(0x8000000000000000) // X's next hop toward R
+		R = NodeID(0x4000000000000000) // the target
+	)
+	addr := func(i byte) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, i}), 7447) }
+	xenv, senv := &fenv{}, &fenv{}
+	x := New(X, Params{MaxHops: 8}, xenv, 1)
+	src := New(S, Params{}, senv, 2)
+	x.AddLink(0)
+	src.AddLink(0)
+	for _, h := range []hello{{src: S, seq: 1, neigh: []NodeID{X}}, {src: A, seq: 1, neigh: []NodeID{X}}} {
+		x.HandleFrame(t0, 0, addr(byte(h.src>>60)), h.appendTo(nil))
+	}
+	src.HandleFrame(t0, 0, addr(1), (&hello{src: X, seq: 1, neigh: []NodeID{S}}).appendTo(nil))
+	for _, hops := range []uint8{6, 7} {
+		// The frame arrives with hops transmissions made; X makes one more
+		// only if that stays within the budget of 8.
+		in := routed{proto: protoData, target: R, vhops: 1, hops: hops, pos: 1, route: []NodeID{S, X, A, R}, payload: []byte{0, 1, 0, 9}}
+		xenv.frames, senv.events = nil, nil
+		x.HandleFrame(t0, 0, addr(15), append(in.appendHeader(nil), in.payload...))
+		if len(xenv.frames) != 1 {
+			t.Fatalf("hops %d: X sent %d frames, want one", hops, len(xenv.frames))
+		}
+		var out routed
+		if err := out.decode(xenv.frames[0].b); err != nil {
+			t.Fatal(err)
+		}
+		if hops == 6 {
+			if out.proto != protoData || out.hops != 7 {
+				t.Fatalf("hops 6: X sent %+v, want the datagram forwarded", out)
+			}
+			continue
+		}
+		if out.proto != protoError || len(out.payload) != 23 || out.payload[22] != whyHops || out.target != S {
+			t.Fatalf("hops 7: X sent %+v, want an unreachable report (reason %d) to S", out, whyHops)
+		}
+		src.HandleFrame(t0, 0, addr(1), xenv.frames[0].b)
+		if len(senv.events) != 1 {
+			t.Fatalf("source got %+v, want one Unreachable", senv.events)
+		}
+		if u, ok := senv.events[0].(Unreachable); !ok || u.Reason != "hop limit" || u.Target != R || u.At != X || u.DstPort != 9 {
+			t.Errorf("source got %+v", senv.events[0])
+		}
+		if st := x.Stats(); st.HopLimit != 1 {
+			t.Errorf("X counted %d hop-limit drops, want 1", st.HopLimit)
+		}
+	}
+}
+
+// TestNodeDecideHopBudget: a decision counts the transmissions a frame has
+// made, not only its route's length (a history without loops is shorter
+// than the way the frame came): a route the hop budget cannot cover is
+// not taken — the loop guard would end it short of the target — and a node
+// nearly as close whose route fits is taken instead.
+func TestNodeDecideHopBudget(t *testing.T) {
+	const (
+		X = NodeID(0x1000000000000000) // decides, with a budget of 10 transmissions
+		S = NodeID(0xf000000000000000) // the source
+		A = NodeID(0x2000000000000000) // X→A→B→R
+		B = NodeID(0x3000000000000000)
+		R = NodeID(0x4000000000000000) // nearest the key, three hops away
+	)
+	addr := func(i byte) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, i}), 7447) }
+	for _, tc := range []struct {
+		hops uint8 // transmissions made before X
+		want []NodeID
+	}{
+		{6, []NodeID{S, X, A, B, R}}, // 7 at X, +3 = 10: R is within budget
+		{7, []NodeID{S, X, A, B}},    // 8 at X: R would need 11, B needs 10
+	} {
+		env := &fenv{}
+		x := New(X, Params{MaxHops: 10}, env, 1)
+		x.AddLink(0)
+		for _, h := range []hello{{src: S, seq: 1, neigh: []NodeID{X}}, {src: A, seq: 1, neigh: []NodeID{X}}} {
+			x.HandleFrame(t0, 0, addr(byte(h.src>>60)), h.appendTo(nil))
+		}
+		x.learn([]NodeID{A, B, R}, t0, true)
+		in := routed{proto: protoData, flags: flagClosest, target: R + 5, vhops: 1, hops: tc.hops, pos: 1, route: []NodeID{S, X}, payload: []byte{0, 1, 0, 9}}
+		env.frames = nil
+		x.HandleFrame(t0, 0, addr(15), append(in.appendHeader(nil), in.payload...))
+		if len(env.frames) != 1 {
+			t.Fatalf("hops %d: X sent %d frames, want one", tc.hops, len(env.frames))
+		}
+		var out routed
+		if err := out.decode(env.frames[0].b); err != nil {
+			t.Fatal(err)
+		}
+		if out.proto != protoData || !slices.Equal(out.route, tc.want) {
+			t.Errorf("hops %d: sent %+v, want the data frame routed %v", tc.hops, out, tc.want)
+		}
+	}
+}
