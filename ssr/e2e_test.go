@@ -693,7 +693,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 func TestE2ESendSizeLimit(t *testing.T) {
 	limit := MaxFrame - routedHdr - 8*maxRoute - 4 - E2EOverhead
 	if limit != 14295 || E2EOverhead != 29 {
-		t.Fatalf("limit %d, overhead %d: FORMAT.md and README say 14295 and 29", limit, E2EOverhead)
+		t.Fatalf("limit %d, overhead %d: FORMAT.md says 14295 and 29", limit, E2EOverhead)
 	}
 	for _, enc := range []bool{false, true} {
 		a, b, _ := e2ePair(enc)
