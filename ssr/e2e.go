@@ -33,7 +33,7 @@ import (
 //     and are delivered with the source routing says (route[0], proven
 //     only per link). What they carry is either a read (GET) or signed
 //     records (PUT, tombstones, hand-off: every record carries its
-//     writer's ed25519 signature, checked by every holder, dht/record.go),
+//     writer's ed25519 signature, checked by every holder: dht/store.go),
 //     so a relay forging one in another node's name cannot write or change
 //     data; the only effect is an answer sent, sealed and exact, to the
 //     named node, which has no request outstanding with that ID and drops
