@@ -593,8 +593,11 @@ func FuzzE2E(f *testing.F) {
 		a.flushE2E()
 		switch {
 		case in[0] == byte(Closest) && len(in) >= 2 && in[1] == kindClosest:
+			if len(env.events) != 1 {
+				t.Fatalf("closest datagram % x: delivered %+v", in, env.events)
+			}
 			d, ok := env.events[0].(Datagram)
-			if len(env.events) != 1 || !ok || !bytes.Equal(d.Payload, in[2:]) || d.Src != b.ID() || d.Mode != Closest {
+			if !ok || !bytes.Equal(d.Payload, in[2:]) || d.Src != b.ID() || d.Mode != Closest {
 				t.Fatalf("closest datagram % x: delivered %+v", in, env.events)
 			}
 		case len(env.events) > 0 && !bytes.Equal(in, genuine["sealed"]):
