@@ -74,7 +74,7 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 		reason string
 		n      uint64
 	}{
-		{"unauthenticated", a.E2EUnauthenticated}, {"bad_mac", a.E2EBadMAC}, {"bad_signature", a.E2EBadSignature},
+		{"unauthenticated", a.E2EUnauthenticated}, {"bad_mac", a.E2EBadMAC},
 		{"replayed", a.E2EReplayed}, {"wrong_sender", a.E2EWrongSender}, {"bad_handshake", a.E2EBadHandshake},
 		{"rate_limited", a.E2ERateLimited}, {"queue_dropped", a.E2EQueueDropped},
 	} {

@@ -119,10 +119,9 @@ type AuthStats struct {
 	E2EHandshakes      uint64 `json:"e2e_handshakes"`      // completed
 	E2EHandshakesSent  uint64 `json:"e2e_handshakes_sent"` // started by this node
 	E2EBadHandshake    uint64 `json:"e2e_bad_handshake"`   // bad signature, key, mode, or for no handshake of ours
-	E2ERateLimited     uint64 `json:"e2e_rate_limited"`    // handshakes not answered, signatures not checked (budget)
-	E2EUnauthenticated uint64 `json:"e2e_unauthenticated"` // datagrams under no known session, or not sealed at all
+	E2ERateLimited     uint64 `json:"e2e_rate_limited"`    // handshakes not answered or not started (budget)
+	E2EUnauthenticated uint64 `json:"e2e_unauthenticated"` // exact datagrams under no known session or not sealed, datagrams of the other mode's kind
 	E2EBadMAC          uint64 `json:"e2e_bad_mac"`         // sealed datagrams whose tag did not verify
-	E2EBadSignature    uint64 `json:"e2e_bad_signature"`   // signed (closest) datagrams whose key or signature did not verify
 	E2EReplayed        uint64 `json:"e2e_replayed"`        // datagrams already delivered or too old
 	E2EWrongSender     uint64 `json:"e2e_wrong_sender"`    // datagrams under a session of another node than their source
 	E2EQueued          int    `json:"e2e_queued"`          // datagrams waiting for a handshake now

@@ -101,15 +101,18 @@
 //
 // End-to-end authentication (e2e.go, wire format v3). A relay holds genuine
 // link sessions, so link security alone would let it rewrite the datagrams
-// it carries or originate one in another node's name. Every datagram is
-// therefore authenticated by its source for its target: exact datagrams
-// are sealed (ChaCha20-Poly1305, encrypted with mesh-encryption on) under
-// a session the two nodes agree in a signed X25519 handshake carried in
-// routed frames (protocol 8), like the link one but between the ends of
-// the route; closest datagrams, whose receiving node the sender cannot
-// know, are signed with the source's ed25519 key. The target delivers only
-// what verifies, with the verified source; a datagram sent before the
-// session exists waits (bounded) one round trip. Routing control is
+// it carries or originate one in another node's name. Exact datagrams
+// (SIP, RTP, DHT replies) are therefore authenticated by their source for
+// their target: sealed (ChaCha20-Poly1305, encrypted with mesh-encryption
+// on) under a session the two nodes agree in a signed X25519 handshake
+// carried in routed frames (protocol 8), like the link one but between the
+// ends of the route. The target delivers only what verifies, with the
+// verified source; a datagram sent before the session exists waits
+// (bounded) one round trip. Closest datagrams (DHT requests), whose
+// receiving node the sender cannot know, are not authenticated end to
+// end: they carry reads or records signed by their writers, so one forged
+// in another node's name changes no data and only gets that node an
+// answer it drops (e2e.go says more). Routing control is
 // authenticated per link only (FORMAT.md says why). Not built yet (issue
 // 19): defences against many generated IDs around one key (eclipse).
 //

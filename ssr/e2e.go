@@ -28,22 +28,30 @@ import (
 //     node ID, HKDF, ChaCha20-Poly1305, the RFC 6479 replay window. A tag
 //     costs about what a link tag costs; datagrams sent before the session
 //     exists wait (bounded) for one round trip.
-//   - Closest datagrams (to a key: DHT requests) have no known target to
-//     agree a key with: the node responsible for the key is whoever the
-//     ring delivers them to. They carry the source's public key and an
-//     ed25519 signature instead (the cost of a signature per request, which
-//     the DHT's rate affords and RTP's would not), and a random nonce that
-//     the target remembers for a while to refuse replays.
+//   - Closest datagrams (to a key: DHT requests GET, PUT, hand-off) are
+//     not authenticated end to end: they carry the ports and a kind byte,
+//     and are delivered with the source routing says (route[0], proven
+//     only per link). What they carry is either a read (GET) or signed
+//     records (PUT, tombstones, hand-off: every record carries its
+//     writer's ed25519 signature, checked by every holder: dht/store.go),
+//     so a relay forging one in another node's name cannot write or change
+//     data; the only effect is an answer sent, sealed and exact, to the
+//     named node, which has no request outstanding with that ID and drops
+//     it (nor can the relay open it). Signing every request instead cost an
+//     ed25519 signature and verification per DHT request (milliseconds on
+//     a router's MIPS core), and capping the verifications dropped most
+//     DHT requests under a call load. Exact datagrams (SIP, RTP, DHT
+//     replies and replica traffic) are where the source matters: sealed.
 //
 // Everything a peer can make this node keep is bounded: the session table
 // (maxE2EPeers nodes, least recently used evicted), half-done handshakes,
-// the waiting datagrams (per node and in all), the nonces remembered. The
-// handshake answers and signature checks a node does are rate-limited.
+// the waiting datagrams (per node and in all). The handshake answers a
+// node gives are rate-limited.
 
 // Data payload kinds after the ports (FORMAT.md).
 const (
-	kindSealed = 1 // exact: under an end-to-end session
-	kindSigned = 2 // closest: ed25519-signed
+	kindSealed  = 1 // exact: under an end-to-end session
+	kindClosest = 2 // closest: the application bytes follow, unauthenticated
 )
 
 // Messages of the end-to-end handshake (protocol 8), the payload's byte 0.
@@ -56,11 +64,10 @@ const (
 const (
 	// e2eSealedHdr: ports, kind, receiver's index, counter.
 	e2eSealedHdr = 4 + 1 + 4 + 8
-	// e2eSignedHdr: ports, kind, public key, nonce; the signature ends it.
-	e2eSignedHdr = 4 + 1 + ed25519.PublicKeySize + 8
 	// E2EOverhead is what end-to-end authentication adds to a datagram at
-	// most (a signed closest one; a sealed exact one adds 29 bytes).
-	E2EOverhead = e2eSignedHdr - 4 + sigSize
+	// most: a sealed exact one's kind, index, counter and tag (29 bytes; a
+	// closest one adds its kind byte only).
+	E2EOverhead = e2eSealedHdr - 4 + tagSize
 	// e2eAADLen: source, target, mode, then the sealed header.
 	e2eAADLen = 8 + 8 + 1 + e2eSealedHdr
 
@@ -83,14 +90,6 @@ const (
 	// dropped (and reported Unreachable). The INIT is re-sent every
 	// handshakeEvery meanwhile.
 	e2eQueueTimeout = 3 * time.Second
-	// e2eVerifyRate/Burst bound the signatures of closest datagrams
-	// checked per second (an ed25519 verification is some milliseconds on
-	// a router's MIPS core); above it they are dropped and counted.
-	e2eVerifyRate  = 100
-	e2eVerifyBurst = 200
-	// e2eNonces is how many closest-datagram nonces are remembered: a
-	// replay is refused while its nonce is among the last e2eNonces seen.
-	e2eNonces = 4096
 	// e2eIdle: a node without a session, a waiting datagram or a
 	// handshake for this long is forgotten.
 	e2eIdle = time.Minute
@@ -101,7 +100,6 @@ const (
 	e2eHSLabel      = "sipmesh e2e v3 handshake\x00"
 	e2eConfirmLabel = "sipmesh e2e v3 confirm\x00"
 	e2eKeyLabel     = "sipmesh e2e v3 keys"
-	e2eSignLabel    = "sipmesh e2e v3 datagram\x00"
 )
 
 var oldVersionLine = [...]string{
@@ -127,20 +125,12 @@ type endToEnd struct {
 	qbytes   int
 	tokens   float64 // handshake answer budget
 	tokensAt time.Time
-	vtokens  float64 // signature check budget
-	vtokAt   time.Time
-	// nonces remembers the closest datagrams delivered lately (source and
-	// nonce), in a ring so the oldest is forgotten first.
-	nonces   map[[16]byte]struct{}
-	nonceRng [e2eNonces][16]byte
-	nonceAt  int
 	// outbox holds handshake messages and datagrams to originate once the
 	// Node's current call has returned (the Node must not be re-entered
 	// from its Env).
 	outbox   []e2eOut
 	flushing bool
 	aad      []byte // a sealed datagram's associated data
-	msg      []byte // a signed datagram's message
 }
 
 type e2eOut struct {
@@ -196,8 +186,7 @@ func (e *endToEnd) init() {
 	e.peers = make(map[NodeID]*e2ePeer)
 	e.pending = make(map[uint32]*e2eHS)
 	e.waiting = make(map[NodeID]*e2ePeer)
-	e.nonces = make(map[[16]byte]struct{})
-	e.tokens, e.vtokens = hsBurst, e2eVerifyBurst
+	e.tokens = hsBurst
 	e.aad = make([]byte, 0, e2eAADLen+MaxFrame)
 }
 
@@ -209,7 +198,7 @@ func (a *LinkAuth) sendData(now time.Time, target NodeID, mode Mode, srcPort, ds
 	switch {
 	case mode == Closest:
 		a.e2e.outbox = append(a.e2e.outbox, e2eOut{to: target, mode: Closest, proto: protoData,
-			payload: a.signData(target, srcPort, dstPort, payload)})
+			payload: closestData(srcPort, dstPort, payload)})
 	case target == a.id:
 		// To itself: nothing crosses a link, nothing to prove.
 		a.out.Deliver(Datagram{Src: a.id, Target: a.id, Mode: Exact, SrcPort: srcPort, DstPort: dstPort, Payload: slices.Clone(payload)})
@@ -262,32 +251,14 @@ func (a *LinkAuth) e2eAAD(src, target NodeID, mode Mode, hdr []byte) []byte {
 	return append(b, hdr[:e2eSealedHdr]...)
 }
 
-// signData makes a signed (closest) data payload.
-func (a *LinkAuth) signData(target NodeID, srcPort, dstPort uint16, payload []byte) []byte {
-	b := make([]byte, 0, e2eSignedHdr+len(payload)+sigSize)
+// closestData makes a closest data payload: ports, kind, application
+// bytes (not authenticated end to end: the package doc says why).
+func closestData(srcPort, dstPort uint16, payload []byte) []byte {
+	b := make([]byte, 0, 5+len(payload))
 	b = binary.BigEndian.AppendUint16(b, srcPort)
 	b = binary.BigEndian.AppendUint16(b, dstPort)
-	b = append(b, kindSigned)
-	b = append(b, a.pub...)
-	var nonce [8]byte
-	if _, err := io.ReadFull(a.rand, nonce[:]); err != nil {
-		return nil
-	}
-	b = append(b, nonce[:]...)
-	b = append(b, payload...)
-	return append(b, ed25519.Sign(a.key, a.signedMessage(a.id, target, b))...)
-}
-
-// signedMessage is what a closest datagram's signature covers: source,
-// target key and mode, and the payload before the signature.
-func (a *LinkAuth) signedMessage(src, target NodeID, body []byte) []byte {
-	m := append(a.e2e.msg[:0], e2eSignLabel...)
-	m = binary.BigEndian.AppendUint64(m, uint64(src))
-	m = binary.BigEndian.AppendUint64(m, uint64(target))
-	m = append(m, byte(Closest))
-	m = append(m, body...)
-	a.e2e.msg = m
-	return m
+	b = append(b, kindClosest)
+	return append(b, payload...)
 }
 
 func (a *LinkAuth) enqueue(p *e2ePeer, d queuedData) {
@@ -366,8 +337,11 @@ func (a *LinkAuth) openData(d Datagram) {
 	switch {
 	case p[0] == kindSealed && d.Mode == Exact:
 		a.openSealedData(d)
-	case p[0] == kindSigned && d.Mode == Closest:
-		a.openSignedData(d)
+	case p[0] == kindClosest && d.Mode == Closest:
+		// Delivered with routing's source: what a closest datagram can
+		// make its target do needs no more (the package doc says why).
+		d.Payload = p[1:]
+		a.out.Deliver(d)
 	default:
 		a.stats.E2EUnauthenticated++
 	}
@@ -464,55 +438,6 @@ func (a *LinkAuth) e2eLost(src NodeID) {
 	a.e2eInitiate(p)
 }
 
-func (a *LinkAuth) openSignedData(d Datagram) {
-	p := d.Payload
-	if len(p) < e2eSignedHdr-4+sigSize {
-		a.stats.E2EUnauthenticated++
-		return
-	}
-	pub := ed25519.PublicKey(p[1 : 1+ed25519.PublicKeySize])
-	if IDFromPublicKey(pub) != d.Src {
-		a.stats.E2EBadSignature++
-		a.refuse("signed datagram whose key is not its source's: dropped", netip.AddrPort{}, d.Src)
-		return
-	}
-	var nk [16]byte
-	binary.BigEndian.PutUint64(nk[:], uint64(d.Src))
-	copy(nk[8:], p[1+ed25519.PublicKeySize:])
-	if _, seen := a.e2e.nonces[nk]; seen {
-		a.stats.E2EReplayed++
-		return
-	}
-	if !a.e2eVerifyAllow() {
-		a.stats.E2ERateLimited++
-		return
-	}
-	end := len(p) - sigSize
-	var hdr [4]byte
-	binary.BigEndian.PutUint16(hdr[:], d.SrcPort)
-	binary.BigEndian.PutUint16(hdr[2:], d.DstPort)
-	m := a.signedMessage(d.Src, d.Target, hdr[:])
-	m = append(m, p[:end]...)
-	a.e2e.msg = m
-	if !ed25519.Verify(pub, m, p[end:]) {
-		a.stats.E2EBadSignature++
-		return
-	}
-	a.rememberNonce(nk)
-	d.Payload = p[e2eSignedHdr-4 : end]
-	a.out.Deliver(d)
-}
-
-func (a *LinkAuth) rememberNonce(k [16]byte) {
-	e := &a.e2e
-	if len(e.nonces) >= e2eNonces {
-		delete(e.nonces, e.nonceRng[e.nonceAt])
-	}
-	e.nonceRng[e.nonceAt] = k
-	e.nonceAt = (e.nonceAt + 1) % e2eNonces
-	e.nonces[k] = struct{}{}
-}
-
 // ---- handshake ----
 
 func (a *LinkAuth) onE2E(f e2eFrame) {
@@ -599,17 +524,6 @@ func (a *LinkAuth) e2eAllow() bool {
 		return false
 	}
 	e.tokens--
-	return true
-}
-
-func (a *LinkAuth) e2eVerifyAllow() bool {
-	e := &a.e2e
-	e.vtokens = min(e2eVerifyBurst, e.vtokens+a.now.Sub(e.vtokAt).Seconds()*e2eVerifyRate)
-	e.vtokAt = a.now
-	if e.vtokens < 1 {
-		return false
-	}
-	e.vtokens--
 	return true
 }
 

@@ -1327,7 +1327,8 @@ type sealer interface {
 }
 
 // Send originates an application datagram to target. With link security
-// attached the datagram is sealed end to end (E2EOverhead bytes more).
+// attached an exact datagram is sealed end to end (E2EOverhead bytes more;
+// a closest one takes a kind byte, e2e.go).
 func (n *Node) Send(now time.Time, target NodeID, mode Mode, srcPort, dstPort uint16, payload []byte) error {
 	over := 0
 	if n.sealer != nil {

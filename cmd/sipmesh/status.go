@@ -97,8 +97,8 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 	}
 	fmt.Fprintf(w, "link security (%s): %d sessions, %d handshakes; refused: unauthenticated %d, bad mac %d, replayed %d, wrong sender %d, bad identity %d, bad handshake %d, mixed mesh %d, old version %d\n",
 		enc, a.Sessions, a.Handshakes, a.Unauthenticated, a.BadMAC, a.Replayed, a.WrongSender, a.BadIdentity, a.BadHandshake, a.ModeMismatch, a.OldVersion)
-	fmt.Fprintf(w, "end to end: %d sessions, %d handshakes, %d datagrams waiting; refused: unauthenticated %d, bad mac %d, bad signature %d, replayed %d, wrong sender %d, bad handshake %d, rate limited %d, dropped waiting %d\n",
-		a.E2ESessions, a.E2EHandshakes, a.E2EQueued, a.E2EUnauthenticated, a.E2EBadMAC, a.E2EBadSignature, a.E2EReplayed, a.E2EWrongSender, a.E2EBadHandshake, a.E2ERateLimited, a.E2EQueueDropped)
+	fmt.Fprintf(w, "end to end: %d sessions, %d handshakes, %d datagrams waiting; refused: unauthenticated %d, bad mac %d, replayed %d, wrong sender %d, bad handshake %d, rate limited %d, dropped waiting %d\n",
+		a.E2ESessions, a.E2EHandshakes, a.E2EQueued, a.E2EUnauthenticated, a.E2EBadMAC, a.E2EReplayed, a.E2EWrongSender, a.E2EBadHandshake, a.E2ERateLimited, a.E2EQueueDropped)
 	if m := st.DHT; m != nil {
 		hops := 0.0
 		if m.Lookups > 0 {

@@ -2,6 +2,7 @@ package dht
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -243,9 +244,16 @@ type Node struct {
 	keep     map[recID]uint64 // records the owner told us to keep, in ring epoch
 	// kept are copies handed off and kept within the keep arc: not handed
 	// off again until this node was responsible for them once more.
-	kept    map[recID]struct{}
-	epoch   uint64 // ring view changes seen
-	nextReq uint64
+	kept  map[recID]struct{}
+	epoch uint64 // ring view changes seen
+	// ids draws request IDs. Requests travel as closest datagrams, which
+	// ssr does not authenticate end to end (ssr/e2e.go): a relay can send
+	// one in this node's name, and the owner's answer comes here. That
+	// answer is dropped only if no request of ours has its ID, so IDs
+	// must not be guessable from one seen (a relay carries our requests;
+	// an owner gets them): a ChaCha8 stream keyed by the node's private
+	// key, not a counter.
+	ids *rand.ChaCha8
 
 	succ, pred  []ssr.NodeID
 	nearChanged time.Time // the first successor or predecessor changed
@@ -334,7 +342,11 @@ func New(self ssr.NodeID, priv ed25519.PrivateKey, p Params, env Env, seed uint6
 		keep:     make(map[recID]uint64),
 		kept:     make(map[recID]struct{}),
 	}
-	n.nextReq = n.rng.Uint64() | 1
+	h := sha256.New()
+	h.Write([]byte("sipmesh dht request ids\x00"))
+	h.Write(priv.Seed())
+	h.Write(binary.BigEndian.AppendUint64(nil, seed))
+	n.ids = rand.NewChaCha8([32]byte(h.Sum(nil)))
 	return n
 }
 
@@ -384,11 +396,11 @@ func (n *Node) jitter(d time.Duration) time.Duration {
 	return d*4/5 + time.Duration(n.rng.Int64N(int64(d)*2/5+1))
 }
 
+// newID draws an unpredictable request ID not in use (Node.ids says why).
 func (n *Node) newID() uint64 {
 	for {
-		n.nextReq++
-		if n.nextReq != 0 && n.pending[n.nextReq] == nil {
-			return n.nextReq
+		if id := n.ids.Uint64(); id != 0 && n.pending[id] == nil {
+			return id
 		}
 	}
 }
