@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sipmesh/sipmesh/internal/ratelog"
+	"github.com/sipmesh/sipmesh/internal/ttlmap"
 )
 
 // Server is the DNS server of one node. Create it with New, run it with
@@ -32,9 +33,9 @@ type Server struct {
 	peerLog *slog.Logger
 
 	flightMu sync.Mutex
-	flights  map[cacheKey]*flight // upstream look-ups in progress; ≤ MaxInflight, each holds a sem slot
-	zsem     chan struct{}        // bounds zone look-ups in flight, apart: a slow upstream must not starve .mesh
-	zcache   zoneCache            // recent zone answers (zone.go)
+	flights  map[cacheKey]*flight           // upstream look-ups in progress; ≤ MaxInflight, each holds a sem slot
+	zsem     chan struct{}                  // bounds zone look-ups in flight, apart: a slow upstream must not starve .mesh
+	zcache   *ttlmap.Map[string, zoneEntry] // recent zone answers (zone.go)
 	stats    counters
 
 	running atomic.Bool
@@ -86,6 +87,7 @@ func New(cfg Config) (*Server, error) {
 		zsem:    make(chan struct{}, cfg.MaxInflight),
 		fwd:     newForwardCap(cfg.ForwardRate, cfg.ForwardBurst, cfg.Now),
 		flights: make(map[cacheKey]*flight),
+		zcache:  ttlmap.New[string, zoneEntry](zoneCacheSize),
 		ready:   make(chan struct{}),
 	}
 	s.peerLog = slog.New(ratelog.New(s.log.Handler(), ratelog.Options{Now: cfg.Now}))

@@ -671,11 +671,10 @@ func TestZoneCache(t *testing.T) {
 	if got := answer(); got != "fd00::2" {
 		t.Fatalf("after the cache time: %s, want the moved fd00::2", got)
 	}
-	var c zoneCache
 	for i := range 3 * zoneCacheSize {
-		c.put(fmt.Sprintf("h%d.mesh", i), nil, nil, now)
+		r.ask(t, r.lan, fmt.Sprintf("h%d.node1.mesh.", i), dns.TypeAAAA)
 	}
-	if len(c.m) > zoneCacheSize {
-		t.Fatalf("%d names kept, bound %d", len(c.m), zoneCacheSize)
+	if n := r.srv.zcache.Len(); n > zoneCacheSize {
+		t.Fatalf("%d names kept, bound %d", n, zoneCacheSize)
 	}
 }

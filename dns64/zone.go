@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -132,7 +131,7 @@ func (s *Server) meshAnswer(ctx context.Context, m *dns.Msg, q dns.Question, nam
 // zoneAnswer answers a name the Zone owns.
 func (s *Server) zoneAnswer(ctx context.Context, m *dns.Msg, q dns.Question, name string, ttl uint32) {
 	key := strings.TrimSuffix(name, ".")
-	e, hit := s.zcache.get(key, s.cfg.Now())
+	e, hit := s.zcache.Get(key, s.cfg.Now())
 	addrs, err := e.addrs, e.err
 	if !hit {
 		if !acquire(s.zsem) {
@@ -144,7 +143,8 @@ func (s *Server) zoneAnswer(ctx context.Context, m *dns.Msg, q dns.Question, nam
 		addrs, err = s.cfg.Zone.LookupName(ctx, key)
 		<-s.zsem
 		if err == nil || errors.Is(err, ErrNoSuchName) {
-			s.zcache.put(key, addrs, err, s.cfg.Now())
+			now := s.cfg.Now()
+			s.zcache.Put(key, zoneEntry{slices.Clone(addrs), err}, now.Add(zoneCacheTTL), now)
 		}
 	}
 	switch {
@@ -204,44 +204,8 @@ const (
 	zoneCacheSize = 1024
 )
 
-// zoneCache is bounded: when full, expired entries go, then everything
-// (the cost of a clear is look-ups, not wrong answers).
-type zoneCache struct {
-	mu sync.Mutex
-	m  map[string]zoneEntry
-}
-
+// zoneEntry is one kept answer.
 type zoneEntry struct {
-	addrs   []netip.Addr
-	err     error // nil or ErrNoSuchName
-	expires time.Time
-}
-
-func (c *zoneCache) get(name string, now time.Time) (zoneEntry, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[name]
-	if !ok || !now.Before(e.expires) {
-		return zoneEntry{}, false
-	}
-	return e, true
-}
-
-func (c *zoneCache) put(name string, addrs []netip.Addr, err error, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = make(map[string]zoneEntry)
-	}
-	if len(c.m) >= zoneCacheSize {
-		for k, e := range c.m {
-			if !now.Before(e.expires) {
-				delete(c.m, k)
-			}
-		}
-		if len(c.m) >= zoneCacheSize {
-			clear(c.m)
-		}
-	}
-	c.m[name] = zoneEntry{addrs: slices.Clone(addrs), err: err, expires: now.Add(zoneCacheTTL)}
+	addrs []netip.Addr
+	err   error // nil or ErrNoSuchName
 }

@@ -220,9 +220,7 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 	s.relay, err = sipalg.NewRelay(sipalg.Config{
 		A: sipalg.SideConfig{Name: "lan", Addr: lan.Addr(), Listen: sipalg.NetworkListener(nw, lan.Addr()),
 			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
-		B: sipalg.SideConfig{Name: "mesh", Addr: meshAddr, Listen: func(_ context.Context, p uint16) (net.PacketConn, error) {
-			return n.router.ListenPacket(p)
-		}, PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
+		B:      n.meshRelaySide(meshAddr),
 		Logger: log,
 	})
 	if err != nil {
@@ -584,4 +582,12 @@ func (n *Node) roomOwner(ctx context.Context, room string) ssr.NodeID {
 		return 0
 	}
 	return res.Owner
+}
+
+// meshRelaySide is the mesh side of an RTP relay: ports on mesh sockets
+// (the LAN relay's and the uplink relay's alike).
+func (n *Node) meshRelaySide(meshAddr netip.Addr) sipalg.SideConfig {
+	return sipalg.SideConfig{Name: "mesh", Addr: meshAddr, Listen: func(_ context.Context, p uint16) (net.PacketConn, error) {
+		return n.router.ListenPacket(p)
+	}, PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax}
 }

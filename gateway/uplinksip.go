@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -89,9 +88,7 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		// (sipalg.SideConfig.LatchAny): symmetric RTP, RFC 4961.
 		A: sipalg.SideConfig{Name: "uplink", Addr: addr, Listen: sipalg.NetworkListener(nw, addr),
 			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true},
-		B: sipalg.SideConfig{Name: "mesh", Addr: meshAddr, Listen: func(_ context.Context, p uint16) (net.PacketConn, error) {
-			return n.router.ListenPacket(p)
-		}, PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax},
+		B:      n.meshRelaySide(meshAddr),
 		Logger: log,
 	})
 	if err != nil {

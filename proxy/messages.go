@@ -10,6 +10,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/sipmesh/sipmesh/internal/ttlmap"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipnet"
 )
@@ -96,7 +97,7 @@ type mailChecks struct {
 	pending map[string]mailCheck
 	order   []string // pending extensions, oldest first
 	workers int
-	empty   map[string]time.Time // ext → when its mailbox was found empty
+	empty   *ttlmap.Map[string, struct{}] // extensions whose mailbox was found empty lately
 	dropped uint64
 }
 
@@ -105,8 +106,10 @@ type mailChecks struct {
 func (m *mailChecks) add(c mailCheck, now time.Time) (startWorker bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if t, ok := m.empty[c.ext]; ok && now.Sub(t) < mailRecheck {
-		return false
+	if m.empty != nil {
+		if _, ok := m.empty.Get(c.ext, now); ok {
+			return false
+		}
 	}
 	if m.pending == nil {
 		m.pending = make(map[string]mailCheck)
@@ -150,30 +153,22 @@ func (m *mailChecks) next() (mailCheck, bool) {
 func (m *mailChecks) done(ext string, empty bool, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.empty == nil {
+		m.empty = ttlmap.New[string, struct{}](maxMailChecked)
+	}
 	if !empty {
-		delete(m.empty, ext)
+		m.empty.Delete(ext)
 		return
 	}
-	if m.empty == nil {
-		m.empty = make(map[string]time.Time)
-	}
-	if len(m.empty) >= maxMailChecked {
-		for e, t := range m.empty {
-			if now.Sub(t) >= mailRecheck {
-				delete(m.empty, e)
-			}
-		}
-		if len(m.empty) >= maxMailChecked {
-			clear(m.empty) // only costs reads
-		}
-	}
-	m.empty[ext] = now
+	m.empty.Put(ext, struct{}{}, now.Add(mailRecheck), now)
 }
 
 // forget makes the next registration of ext look into its mailbox.
 func (m *mailChecks) forget(ext string) {
 	m.mu.Lock()
-	delete(m.empty, ext)
+	if m.empty != nil {
+		m.empty.Delete(ext)
+	}
 	m.mu.Unlock()
 }
 

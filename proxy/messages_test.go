@@ -114,7 +114,7 @@ func TestMailChecksBounded(t *testing.T) {
 	for i := range 3 * maxMailChecked {
 		m.done(fmt.Sprintf("x%d", i), true, now.Add(time.Duration(i)))
 	}
-	if len(m.empty) > maxMailChecked {
-		t.Fatalf("%d extensions remembered, bound %d", len(m.empty), maxMailChecked)
+	if m.empty.Len() > maxMailChecked {
+		t.Fatalf("%d extensions remembered, bound %d", m.empty.Len(), maxMailChecked)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipmesh/sipmesh/internal/ttlmap"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/ssr/dht"
 )
@@ -122,7 +123,8 @@ type DHTAccounts struct {
 	Key ed25519.PrivateKey
 
 	Now   func() time.Time // time.Now when nil
-	cache accountCache     // Account's recent answers
+	cacheOnce sync.Once
+	cache     *ttlmap.Map[string, cachedAccount] // Account's recent answers
 }
 
 // Accounts are read on every authenticated REGISTER and call, and change
@@ -139,51 +141,16 @@ const (
 	maxCachedAccount = 4096
 )
 
-// accountCache holds Account's answers (zero value ready).
-type accountCache struct {
-	mu sync.Mutex
-	m  map[string]cachedAccount
+// answers is Account's cache, made on first use.
+func (s *DHTAccounts) answers() *ttlmap.Map[string, cachedAccount] {
+	s.cacheOnce.Do(func() { s.cache = ttlmap.New[string, cachedAccount](maxCachedAccount) })
+	return s.cache
 }
 
+// cachedAccount is one of Account's answers.
 type cachedAccount struct {
 	a       Account
 	missing bool // no account (or deleted): answered ErrNoAccount
-	until   time.Time
-}
-
-func (c *accountCache) get(ext string, now time.Time) (cachedAccount, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[ext]
-	if !ok || !now.Before(e.until) {
-		return cachedAccount{}, false
-	}
-	return e, true
-}
-
-func (c *accountCache) put(ext string, e cachedAccount, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = make(map[string]cachedAccount)
-	}
-	if len(c.m) >= maxCachedAccount {
-		for k, v := range c.m {
-			if !now.Before(v.until) {
-				delete(c.m, k)
-			}
-		}
-		if len(c.m) >= maxCachedAccount {
-			clear(c.m) // costs reads only
-		}
-	}
-	c.m[ext] = e
-}
-
-func (c *accountCache) forget(ext string) {
-	c.mu.Lock()
-	delete(c.m, ext)
-	c.mu.Unlock()
 }
 
 var _ Accounts = (*DHTAccounts)(nil)
@@ -206,7 +173,7 @@ func (s *DHTAccounts) Account(ctx context.Context, ext string) (Account, error) 
 	if s.Now != nil {
 		now = s.Now()
 	}
-	if e, ok := s.cache.get(ext, now); ok {
+	if e, ok := s.answers().Get(ext, now); ok {
 		if e.missing {
 			return Account{}, fmt.Errorf("%w: %s", ErrNoAccount, ext)
 		}
@@ -217,10 +184,10 @@ func (s *DHTAccounts) Account(ctx context.Context, ext string) (Account, error) 
 	case err != nil:
 		return Account{}, err
 	case !found || deleted:
-		s.cache.put(ext, cachedAccount{missing: true, until: now.Add(accountMissTTL)}, now)
+		s.cache.Put(ext, cachedAccount{missing: true}, now.Add(accountMissTTL), now)
 		return Account{}, fmt.Errorf("%w: %s", ErrNoAccount, ext)
 	}
-	s.cache.put(ext, cachedAccount{a: a, until: now.Add(accountCacheTTL)}, now)
+	s.cache.Put(ext, cachedAccount{a: a}, now.Add(accountCacheTTL), now)
 	return a, nil
 }
 
@@ -271,7 +238,7 @@ func (s *DHTAccounts) PutRecord(ctx context.Context, rec []byte) error {
 	if err := s.DHT.PutRecord(ctx, r); err != nil {
 		return fmt.Errorf("storing account %s: %w", a.Ext, err)
 	}
-	s.cache.forget(a.Ext)
+	s.answers().Delete(a.Ext)
 	return s.listExt(ctx, a.Ext)
 }
 

@@ -178,7 +178,7 @@ func TestDHTAccountsCache(t *testing.T) {
 	for i := range 2 * maxCachedAccount {
 		reader.Account(ctx, strconv.Itoa(10000+i))
 	}
-	if n := len(reader.cache.m); n > maxCachedAccount {
+	if n := reader.cache.Len(); n > maxCachedAccount {
 		t.Fatalf("%d cached accounts, bound %d", n, maxCachedAccount)
 	}
 }

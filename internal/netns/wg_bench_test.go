@@ -167,33 +167,11 @@ func (rig *wgRig) stop() {
 	rig.peers = nil
 }
 
-// wireGuardRoundTrip runs the ping-pong A↔C through the WireGuard tunnel.
+// wireGuardRoundTrip runs the ping-pong A↔C through the WireGuard tunnel;
+// the first datagram waits for both handshakes, so it warms up first.
 func wireGuardRoundTrip(b *testing.B, t *benchTopo) time.Duration {
 	rig := newWGRig(b, t)
-	a, c := rig.peers[0], rig.peers[2]
-	ctx := context.Background()
-	pcC, err := t.c.Network().ListenPacket(ctx, "udp6", netip.AddrPortFrom(c.addr, 9000).String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	pcA, err := t.a.Network().ListenPacket(ctx, "udp6", netip.AddrPortFrom(a.addr, 0).String())
-	if err != nil {
-		pcC.Close()
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer func() {
-		pcA.Close()
-		pcC.Close()
-		wg.Wait()
-	}()
-	wg.Go(func() { echo(pcC.(addrPortConn)) })
-	// The first datagram waits for both handshakes: warm up until one
-	// echo is back, so b.N counts only the steady state.
-	warmUp(b, pcA.(addrPortConn), netip.AddrPortFrom(c.addr, 9000))
-	b.ResetTimer()
-	pingPong(b, pcA.(addrPortConn), netip.AddrPortFrom(c.addr, 9000))
-	return b.Elapsed() / time.Duration(b.N)
+	return udpRoundTrip(b, t.a, t.c, rig.peers[0].addr, rig.peers[2].addr, true)
 }
 
 // warmUp sends datagrams to dst until one echo comes back (at most 100
