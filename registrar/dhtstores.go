@@ -122,7 +122,7 @@ type DHTAccounts struct {
 	// managed from; nil elsewhere.
 	Key ed25519.PrivateKey
 
-	Now   func() time.Time // time.Now when nil
+	Now       func() time.Time // time.Now when nil
 	cacheOnce sync.Once
 	cache     *ttlmap.Map[string, cachedAccount] // Account's recent answers
 }
