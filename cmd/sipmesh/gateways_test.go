@@ -184,29 +184,10 @@ func outboundCallOnMesh(t *testing.T) {
 	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
 	caller := m.phones[3] // on n4, 3 hops from the gateway n1
 	const bobHz = 1900
-	bh := m.nw.AddHost("bob")
-	m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
-	bob, err := phones.New(phones.Config{
-		Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: bobHz, ToneAmplitude: demoToneAmplitude},
-		Policy:   phones.Policy{Mode: phones.AutoAnswer, ExpectHz: caller.Hz},
-		Network:  bh,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.wg.Go(func() { bob.Run(m.ctx) })
-
+	bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: bobHz, ToneAmplitude: demoToneAmplitude},
+		phones.Policy{Mode: phones.AutoAnswer, ExpectHz: caller.Hz})
 	ctx := context.Background()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := m.nodes[3].ChooseGateway(ctx, gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("n4 knows no gateway after 60 s")
-		}
-		time.Sleep(time.Second)
-	}
+	waitForGateway(t, m, 3)
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	call, err := caller.Call(cctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
@@ -265,17 +246,8 @@ func outboundCallOnMesh(t *testing.T) {
 	// uplink): the gateway is no open relay, and it gives one answer for
 	// every user, existing or not.
 	evAddr := netip.MustParseAddr("198.51.100.66")
-	eh := m.nw.AddHost("eve")
-	m.inet.Attach(eh.AddInterface("eth0", 1500, netip.PrefixFrom(evAddr, 24)))
-	eve, err := phones.New(phones.Config{
-		Settings: phones.Settings{User: "eve", Domain: "other.example", LocalAddr: evAddr,
-			Server: netip.MustParseAddrPort("198.51.100.1:5060"), ToneHz: 700},
-		Network: eh,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.wg.Go(func() { eve.Run(m.ctx) })
+	eve := internetPhone(t, m, "eve", evAddr, phones.Settings{User: "eve", Domain: "other.example",
+		Server: netip.MustParseAddrPort("198.51.100.1:5060"), ToneHz: 700}, phones.Policy{})
 	for _, target := range []string{"sip:x@other.example", "sip:201@mesh", "sip:299@mesh", "sip:bob@example.net"} {
 		_, err := eve.Call(cctx, target, phones.CallOptions{})
 		var se *phones.StatusError
@@ -340,17 +312,8 @@ func gatewayFailoverOnMesh(t *testing.T) {
 	internetDNS(t, m, bobAddr)
 	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
 	caller := m.phones[1] // on n2
-	bh := m.nw.AddHost("bob")
-	m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
-	bob, err := phones.New(phones.Config{
-		Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: 1900, MaxCalls: 16},
-		Policy:   phones.Policy{Mode: phones.AutoAnswer},
-		Network:  bh,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.wg.Go(func() { bob.Run(m.ctx) })
+	bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: 1900, MaxCalls: 16},
+		phones.Policy{Mode: phones.AutoAnswer})
 	ctx := context.Background()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -412,28 +375,10 @@ func TestOutboundServerFailover(t *testing.T) {
 		bobAddr := netip.MustParseAddr("198.51.100.20")
 		internetDNSWith(t, m, bobAddr, true)
 		addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
-		bh := m.nw.AddHost("bob")
-		m.inet.Attach(bh.AddInterface("eth0", 1500, netip.PrefixFrom(bobAddr, 24)))
-		bob, err := phones.New(phones.Config{
-			Settings: phones.Settings{User: "bob", Domain: "example.net", LocalAddr: bobAddr, ToneHz: 1900},
-			Policy:   phones.Policy{Mode: phones.AutoAnswer},
-			Network:  bh,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.wg.Go(func() { bob.Run(m.ctx) })
+		bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: 1900},
+			phones.Policy{Mode: phones.AutoAnswer})
 		ctx := context.Background()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			if _, err := m.nodes[1].ChooseGateway(ctx, gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("n2 knows no gateway after 60 s")
-			}
-			time.Sleep(time.Second)
-		}
+		waitForGateway(t, m, 1)
 		cctx, cancel := context.WithTimeout(ctx, 40*time.Second)
 		defer cancel()
 		start := time.Now()
@@ -449,4 +394,35 @@ func TestOutboundServerFailover(t *testing.T) {
 		<-bob.Incoming()
 		c.Hangup(cctx)
 	})
+}
+
+// internetPhone starts a simulated phone on the emulated Internet at addr
+// (settings' LocalAddr and Network are filled in).
+func internetPhone(t *testing.T, m *telMesh, name string, addr netip.Addr, set phones.Settings, pol phones.Policy) *phones.Phone {
+	t.Helper()
+	h := m.nw.AddHost(name)
+	m.inet.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(addr, 24)))
+	set.LocalAddr = addr
+	p, err := phones.New(phones.Config{Settings: set, Policy: pol, Network: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.Go(func() { p.Run(m.ctx) })
+	return p
+}
+
+// waitForGateway waits (up to 60 s) until node from can choose a gateway
+// for SIP URIs and the gateway n1 serves its uplink side.
+func waitForGateway(t *testing.T, m *telMesh, from int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := m.nodes[from].ChooseGateway(context.Background(), gateway.KindURI); err == nil && m.nodes[0].UplinkSIP() != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n%d knows no gateway after 60 s", from+1)
+		}
+		time.Sleep(time.Second)
+	}
 }
