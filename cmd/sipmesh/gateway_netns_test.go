@@ -98,19 +98,9 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 
 	// bob registers with example.net, found by DNS as any phone would.
 	const bobTone, callerTone = 1300.0, 700.0
-	bobDir := t.TempDir()
-	writeFile(t, filepath.Join(bobDir, "config"), baresipBase+"net_interface "+inetBob+"\nsip_listen "+inetBob+":5060\ndns_server "+inetDNS+":53\n")
 	// The reference Kamailio computes passwords: "pw" + the user from its
 	// second letter (testdata/kamailio/kamailio.cfg).
-	writeFile(t, filepath.Join(bobDir, "accounts"), "<sip:bob@example.net>;auth_pass=pwob;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
-	writeToneWAV(t, filepath.Join(bobDir, "tone.wav"), bobTone, 5*time.Second)
-	bob := startBaresip(t, inet, baresip, bobDir)
-	// Its REGISTER_OK event may come before ctrl_tcp is connected: its
-	// log tells.
-	waitFor(t, 15*time.Second, "bob to register with example.net", func() (bool, string) {
-		b, _ := os.ReadFile(bob.log)
-		return strings.Contains(string(b), "bob@example.net: {0/UDP/v4} 200 OK"), lastLines(string(b), 3)
-	})
+	bobDir, bob := internetBaresip(t, inet, baresip, "bob", inetBob, "pwob", bobTone)
 
 	// The mesh phone is provisioned by DHCP, option 120 its outbound proxy.
 	phDir := t.TempDir()
@@ -207,15 +197,7 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	netns.Veth(t, inet, "carol0", carolNS, "eth0")
 	inet.Run(t, "ip", "link", "set", "carol0", "master", "br0")
 	carolNS.Run(t, "ip", "addr", "add", inetCarol+"/24", "dev", "eth0")
-	carolDir := t.TempDir()
-	writeFile(t, filepath.Join(carolDir, "config"), baresipBase+"net_interface "+inetCarol+"\nsip_listen "+inetCarol+":5060\ndns_server "+inetDNS+":53\n")
-	writeFile(t, filepath.Join(carolDir, "accounts"), "<sip:5550101@example.net>;auth_pass=pw550101;regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
-	writeToneWAV(t, filepath.Join(carolDir, "tone.wav"), carolTone, 5*time.Second)
-	carol := startBaresip(t, carolNS, baresip, carolDir)
-	waitFor(t, 15*time.Second, "carol to register with example.net", func() (bool, string) {
-		b, _ := os.ReadFile(carol.log)
-		return strings.Contains(string(b), "5550101@example.net: {0/UDP/v4} 200 OK"), lastLines(string(b), 3)
-	})
+	carolDir, carol := internetBaresip(t, carolNS, baresip, "5550101", inetCarol, "pw550101", carolTone)
 	waitFor(t, 15*time.Second, "n4 to see the gateway's trunk", func() (bool, string) {
 		st, err := m.nodes[3].status(m.bin)
 		if err != nil {
@@ -575,4 +557,23 @@ func TestGatewayFailover(t *testing.T) {
 	}
 	t.Logf("gateway n1 killed: two calls out placed at once took %v (dial to hang-up), both done %v after the kill; then a DID call %v after; n3's view shows n1 unusable %v after",
 		outs, out.Round(100*time.Millisecond), in.Round(100*time.Millisecond), detected.Round(100*time.Millisecond))
+}
+
+// internetBaresip starts a baresip registered with example.net as user
+// (password pass) at addr in ns, sending a tone of hz, and waits for its
+// registration. It returns its directory (its recordings land there).
+func internetBaresip(t *testing.T, ns *netns.NS, baresip, user, addr, pass string, hz float64) (string, *baresipUA) {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "config"), baresipBase+"net_interface "+addr+"\nsip_listen "+addr+":5060\ndns_server "+inetDNS+":53\n")
+	writeFile(t, filepath.Join(dir, "accounts"), "<sip:"+user+"@example.net>;auth_pass="+pass+";regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
+	writeToneWAV(t, filepath.Join(dir, "tone.wav"), hz, 5*time.Second)
+	ua := startBaresip(t, ns, baresip, dir)
+	// Its REGISTER_OK event may come before ctrl_tcp is connected: its
+	// log tells.
+	waitFor(t, 15*time.Second, user+" to register with example.net", func() (bool, string) {
+		b, _ := os.ReadFile(ua.log)
+		return strings.Contains(string(b), user+"@example.net: {0/UDP/v4} 200 OK"), lastLines(string(b), 3)
+	})
+	return dir, ua
 }
