@@ -41,6 +41,7 @@ type Server struct {
 	running atomic.Bool
 	ready   chan struct{}
 	addrs   []netip.AddrPort // set before ready is closed
+	replays []*replayCache   // per UDP socket, in Listen order; set before ready
 	runCtx  context.Context  // cancelled when Run ends; set before ready
 
 	// exchangeHook replaces the upstream exchange in the fuzz test.
@@ -49,7 +50,7 @@ type Server struct {
 
 type counters struct {
 	queries, mesh, forwarded, synthesized, cacheHits, tcpRetries,
-	rateLimited, malformed, busy, capped, coalesced atomic.Uint64
+	rateLimited, malformed, busy, capped, coalesced, replayed atomic.Uint64
 }
 
 // Stats are the server's counters since New.
@@ -65,6 +66,7 @@ type Stats struct {
 	Busy        uint64 // look-ups refused because MaxInflight were running
 	Capped      uint64 // look-ups refused by the node's ForwardRate cap
 	Coalesced   uint64 // look-ups that joined an identical one in progress
+	Replayed    uint64 // .mesh queries answered with the packed reply to the same query bytes (replay.go)
 }
 
 // New validates cfg and returns a Server.
@@ -103,7 +105,7 @@ func (s *Server) Stats() Stats {
 	return Stats{Queries: c.queries.Load(), Mesh: c.mesh.Load(), Forwarded: c.forwarded.Load(),
 		Synthesized: c.synthesized.Load(), CacheHits: c.cacheHits.Load(), TCPRetries: c.tcpRetries.Load(),
 		RateLimited: c.rateLimited.Load(), Malformed: c.malformed.Load(), Busy: c.busy.Load(),
-		Capped: c.capped.Load(), Coalesced: c.coalesced.Load()}
+		Capped: c.capped.Load(), Coalesced: c.coalesced.Load(), Replayed: c.replayed.Load()}
 }
 
 // Ready is closed once Run has opened every socket.
@@ -179,13 +181,15 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("dns64: listen tcp on %v: %w", bound, err)
 		}
 		s.addrs = append(s.addrs, bound)
-		udp := &handler{s: s, self: l.Self}
+		replay := newReplayCache()
+		s.replays = append(s.replays, replay)
+		udp := &handler{s: s, self: l.Self, replay: replay}
 		tcp := &handler{s: s, self: l.Self, tcp: true}
 		servers = append(servers,
 			&dns.Server{PacketConn: pc, Handler: udp, UDPSize: int(s.cfg.UDPSize),
-				DecorateReader: s.limitReader, MsgInvalidFunc: s.invalid},
+				DecorateReader: s.limitReader(replay), MsgInvalidFunc: s.invalid},
 			&dns.Server{Listener: &limitListener{Listener: ln, s: s, slots: make(chan struct{}, s.cfg.MaxTCPConns)},
-				Handler: tcp, DecorateReader: s.limitReader, MsgInvalidFunc: s.invalid,
+				Handler: tcp, DecorateReader: s.limitReader(nil), MsgInvalidFunc: s.invalid,
 				ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
 	}
 	close(s.ready)
@@ -243,9 +247,10 @@ func (s *Server) Run(ctx context.Context) error {
 // handler serves the queries of one socket; self are the node's addresses
 // that sipserver.mesh names for queries arriving there.
 type handler struct {
-	s    *Server
-	self []netip.Addr
-	tcp  bool
+	s      *Server
+	self   []netip.Addr
+	tcp    bool
+	replay *replayCache // the UDP socket's packed replies (replay.go); nil on TCP
 }
 
 // ServeDNS implements dns.Handler.
@@ -253,7 +258,13 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	ctx, cancel := context.WithTimeout(h.s.runCtx, h.s.cfg.QueryTimeout)
 	defer cancel()
 	m := h.s.respond(ctx, req, h.self, h.tcp)
-	if err := w.WriteMsg(m); err != nil {
+	var err error
+	if b := h.remember(req, m); b != nil {
+		_, err = w.Write(b)
+	} else {
+		err = w.WriteMsg(m)
+	}
+	if err != nil {
 		h.s.peerLog.Debug("write reply", "to", w.RemoteAddr(), "err", err)
 	}
 }
@@ -353,16 +364,29 @@ func (s *Server) invalid(m []byte, err error) {
 }
 
 // limitReader wraps the miekg reader so that queries over the per-source
-// rate are dropped before the server starts a goroutine for them.
-func (s *Server) limitReader(r dns.Reader) dns.Reader {
-	pcr, _ := r.(dns.PacketConnReader)
-	return &limitedReader{Reader: r, pcr: pcr, s: s}
+// rate are dropped before the server starts a goroutine for them, and
+// repeated .mesh queries on a UDP socket with a replay cache are answered
+// at once (replay.go).
+func (s *Server) limitReader(replay *replayCache) func(dns.Reader) dns.Reader {
+	return func(r dns.Reader) dns.Reader {
+		pcr, _ := r.(dns.PacketConnReader)
+		lr := &limitedReader{Reader: r, pcr: pcr, s: s, replay: replay}
+		if replay != nil {
+			lr.in = make([]byte, s.cfg.UDPSize)
+			lr.out = make([]byte, s.cfg.UDPSize)
+		}
+		return lr
+	}
 }
 
+// limitedReader is used by one server's read loop only: its buffers need
+// no lock.
 type limitedReader struct {
 	dns.Reader
-	pcr dns.PacketConnReader
-	s   *Server
+	pcr     dns.PacketConnReader
+	s       *Server
+	replay  *replayCache // nil: no replaying (TCP)
+	in, out []byte       // the query read and the reply replayed
 }
 
 func addrPortOf(a net.Addr) netip.Addr {
@@ -379,13 +403,35 @@ func addrPortOf(a net.Addr) netip.Addr {
 	return ap.Addr()
 }
 
+// ReadUDP reads like miekg's reader but into the reader's own buffer, so
+// a replayed query costs no buffer. It sets no read deadline: the server's
+// shutdown sets one in the past, which ends the read.
 func (r *limitedReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *dns.SessionUDP, error) {
-	for {
-		m, sess, err := r.Reader.ReadUDP(conn, timeout)
-		if err != nil || r.s.lim.allow(addrPortOf(sess.RemoteAddr())) {
-			return m, sess, err
+	if r.replay == nil {
+		for {
+			m, sess, err := r.Reader.ReadUDP(conn, timeout)
+			if err != nil || r.s.lim.allow(addrPortOf(sess.RemoteAddr())) {
+				return m, sess, err
+			}
+			r.s.stats.rateLimited.Add(1)
 		}
-		r.s.stats.rateLimited.Add(1)
+	}
+	for {
+		n, sess, err := dns.ReadFromSessionUDP(conn, r.in)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !r.s.lim.allow(addrPortOf(sess.RemoteAddr())) {
+			r.s.stats.rateLimited.Add(1)
+			continue
+		}
+		if b := r.replayOf(r.in[:n]); b != nil {
+			if _, err := dns.WriteToSessionUDP(conn, b, sess); err != nil {
+				r.s.peerLog.Debug("write replayed reply", "to", sess.RemoteAddr(), "err", err)
+			}
+			continue
+		}
+		return r.handOn(r.in[:n]), sess, nil
 	}
 }
 
@@ -393,12 +439,31 @@ func (r *limitedReader) ReadPacketConn(conn net.PacketConn, timeout time.Duratio
 	if r.pcr == nil {
 		return nil, nil, errors.New("dns64: reader cannot read packet conns")
 	}
-	for {
-		m, from, err := r.pcr.ReadPacketConn(conn, timeout)
-		if err != nil || r.s.lim.allow(addrPortOf(from)) {
-			return m, from, err
+	if r.replay == nil {
+		for {
+			m, from, err := r.pcr.ReadPacketConn(conn, timeout)
+			if err != nil || r.s.lim.allow(addrPortOf(from)) {
+				return m, from, err
+			}
+			r.s.stats.rateLimited.Add(1)
 		}
-		r.s.stats.rateLimited.Add(1)
+	}
+	for {
+		n, from, err := conn.ReadFrom(r.in)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !r.s.lim.allow(addrPortOf(from)) {
+			r.s.stats.rateLimited.Add(1)
+			continue
+		}
+		if b := r.replayOf(r.in[:n]); b != nil {
+			if _, err := conn.WriteTo(b, from); err != nil {
+				r.s.peerLog.Debug("write replayed reply", "to", from, "err", err)
+			}
+			continue
+		}
+		return r.handOn(r.in[:n]), from, nil
 	}
 }
 
