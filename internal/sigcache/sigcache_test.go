@@ -70,3 +70,25 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	})
 }
+
+// TestSign: a signature this process made verifies from the cache, under
+// the signing key only.
+func TestSign(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	other, _, _ := ed25519.GenerateKey(rand.Reader)
+	msg := []byte("binding 201")
+	sig := Sign(priv, msg)
+	if !ed25519.Verify(pub, msg, sig) {
+		t.Fatal("Sign made a bad signature")
+	}
+	n := verifications.Load()
+	if !Verify(pub, msg, sig) {
+		t.Fatal("own signature refused")
+	}
+	if verifications.Load() != n {
+		t.Fatal("own signature was verified again instead of found")
+	}
+	if Verify(other, msg, sig) {
+		t.Fatal("own signature accepted under another key")
+	}
+}
