@@ -12,10 +12,9 @@
 // the translator is the stateful NAT, and the pool addresses are its own.
 //
 // The device is anything with the batch I/O of wireguard-go's tun.Device
-// (golang.zx2c4.com/wireguard/tun), which satisfies Device as it is.
-// Opening a real one (OpenTUN) is behind the build tag nat64tun: the
-// wireguard-go tun package adds 128 KiB to the stripped mipsle binary,
-// more than its 12 MB budget has left.
+// (golang.zx2c4.com/wireguard/tun), which satisfies Device as it is;
+// OpenTUN opens a real one on Linux, in every build (the node opens its
+// NAT64 and CLAT devices with it).
 package tun64
 
 import (
