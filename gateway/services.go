@@ -306,11 +306,14 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Listen:    []dns64.Listen{{Addr: lan.Addr()}},
 		Zone:      s.claims,
 		Upstreams: n.opts.DNSUpstreams,
-		Prefix:    n.opts.NAT64Prefix,
-		Port:      n.dnsPort,
-		Rate:      n.opts.DNSRate, // config keys dns-rate, dns-burst
-		Burst:     n.opts.DNSBurst,
-		Logger:    log,
+		// The prefix of the NAT64 gateway this node would send the
+		// packets to (nat64exit.go; RFC 6147 §5.2), none when no
+		// gateway offers NAT64.
+		PrefixFunc: n.NAT64Prefix,
+		Port:       n.dnsPort,
+		Rate:       n.opts.DNSRate, // config keys dns-rate, dns-burst
+		Burst:      n.opts.DNSBurst,
+		Logger:     log,
 	})
 	if err != nil {
 		return err
