@@ -163,6 +163,9 @@ func (n *Node) runServices(ctx context.Context) error {
 	if s.role != nil {
 		run("gateway", s.role.run)
 		run("uplink sip", n.runUplinkSIP)
+		if n.opts.NAT64 && n.openTUN != nil {
+			run("nat64", s.role.runNAT64)
+		}
 	}
 	if n.opts.LANInterface != "" || s.role != nil {
 		run("gateways", n.runGatewayDir)
