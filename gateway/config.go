@@ -106,6 +106,8 @@ type Options struct {
 	// IPv4 pool, masqueraded out of the uplink.
 	NAT64     bool
 	NAT64Pool netip.Prefix
+	// CLATPrefix is this node's CLAT prefix (clat.go; invalid: no CLAT).
+	CLATPrefix netip.Prefix
 	// RingGroups map a group extension to its members (proxy/groups.go);
 	// every node should carry the same.
 	RingGroups map[string][]string
@@ -621,6 +623,17 @@ var setters = map[string]setter{
 			return fmt.Errorf("%q is not an IPv4 pool like 198.18.64.0/30 (at most a /24)", v)
 		}
 		o.NAT64Pool = p.Masked()
+		return nil
+	}},
+	"clat-prefix": {fn: func(o *Options, v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is6() || p.Bits() != 96 {
+			return fmt.Errorf("%q is not an IPv6 /96", v)
+		}
+		if err := dns64.ValidatePrefix(p); err != nil {
+			return err
+		}
+		o.CLATPrefix = p
 		return nil
 	}},
 	"relay-ports": {fn: func(o *Options, v string) error {

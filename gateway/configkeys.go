@@ -98,6 +98,8 @@ var configKeyDocs = []struct {
 			}
 			return "off"
 		}},
+	{"clat-prefix", "none", "this node's CLAT prefix (an IPv6 /96 routed to the node): IPv4 hosts on the LAN reach the IPv4 Internet through it and a gateway's NAT64 (RFC 6877; none: no CLAT)",
+		func(o Options) string { return showPrefix(o.CLATPrefix) }},
 	{"nat64-pool", "", "the IPv4 addresses of the gateway's NAT64 (a prefix, at most a /24; every address in it), masqueraded out of the uplink",
 		func(o Options) string { return o.NAT64Pool.String() }},
 	{"relay-ports", "", "UDP ports of the RTP relay on each side",
@@ -198,4 +200,11 @@ func ConfigKeysText() string {
 	}
 	tw.Flush()
 	return b.String()
+}
+
+func showPrefix(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
 }

@@ -66,8 +66,9 @@ type Node struct {
 	// openTUN and wire open a TUN device and put the NAT64's kernel
 	// wiring in place (gwnat64.go); nil off the kernel network (memnet
 	// tests), where no NAT64 runs.
-	openTUN func(name string, mtu int) (tun64.Device, error)
-	wire    func(tun64.Wiring) (interface{ Down() error }, error)
+	openTUN  func(name string, mtu int) (tun64.Device, error)
+	wire     func(tun64.Wiring) (interface{ Down() error }, error)
+	wireCLAT func(tun64.CLATWiring) (interface{ Down() error }, error)
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -87,6 +88,7 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 		n.addAddress, n.removeAddress = netx.AddAddress, netx.RemoveAddress
 		n.openTUN = tun64.OpenTUN
 		n.wire = func(w tun64.Wiring) (interface{ Down() error }, error) { return w.Up() }
+		n.wireCLAT = func(w tun64.CLATWiring) (interface{ Down() error }, error) { return w.Up() }
 	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/nat64"
 	"github.com/sipmesh/sipmesh/provisioning"
 	"github.com/sipmesh/sipmesh/proxy"
 	"github.com/sipmesh/sipmesh/registrar"
@@ -82,6 +83,8 @@ type services struct {
 	// once the uplink has an address.
 	uplinkSIP *proxy.SIPService
 	trunk     *uplink.Trunk // the gateway's trunk (nil: none)
+	// clat is the running CLAT's translator (clat.go; nil: none).
+	clat *nat64.Translator
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
@@ -173,6 +176,9 @@ func (n *Node) runServices(ctx context.Context) error {
 	var err error
 	if n.opts.LANInterface != "" {
 		err = n.startLAN(ctx, run)
+	}
+	if err == nil && n.opts.LANInterface != "" && n.opts.CLATPrefix.IsValid() && n.openTUN != nil {
+		run("clat", n.runCLAT)
 	}
 	if addrs := n.webAddrs(n.LANAddress()); err == nil && len(addrs) > 0 {
 		run("web", func(ctx context.Context) error { return n.runWeb(ctx, addrs) })

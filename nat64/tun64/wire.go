@@ -91,8 +91,8 @@ var forwardingSysctls = []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net
 
 // Wired is a wiring in place; Down undoes it.
 type Wired struct {
-	w    Wiring
 	prev map[string]string // sysctl file → its value before Up
+	undo func() error      // removes the rules (and routes) Up added
 }
 
 // Up puts the wiring in place (see Wiring). On failure it undoes what it
@@ -101,7 +101,7 @@ func (w Wiring) Up() (*Wired, error) {
 	if !w.Prefix.Addr().Is6() || !w.Pool.Addr().Is4() || w.Device == "" || w.Uplink == "" {
 		return nil, fmt.Errorf("tun64: wiring %+v: need an IPv6 prefix, an IPv4 pool, a device and an uplink", w)
 	}
-	wd := &Wired{w: w, prev: map[string]string{}}
+	wd := &Wired{prev: map[string]string{}, undo: Unwire}
 	fail := func(err error) (*Wired, error) {
 		return nil, errors.Join(err, wd.Down())
 	}
@@ -114,52 +114,32 @@ func (w Wiring) Up() (*Wired, error) {
 			return fail(err)
 		}
 	}
-	for _, f := range forwardingSysctls {
+	if err := wd.sysctls(forwardingSysctls, "1"); err != nil {
+		return fail(err)
+	}
+	if err := addRules(w.Rules(), len(w.jumps())); err != nil {
+		return fail(err)
+	}
+	return wd, nil
+}
+
+// sysctls sets each file to v, remembering the values before for Down.
+func (wd *Wired) sysctls(files []string, v string) error {
+	for _, f := range files {
 		old, err := os.ReadFile(f)
 		if err != nil {
-			return fail(fmt.Errorf("tun64: %w", err))
+			return fmt.Errorf("tun64: %w", err)
 		}
-		if v := strings.TrimSpace(string(old)); v != "1" {
-			wd.prev[f] = v
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return fail(fmt.Errorf("tun64: forwarding on: %w", err))
+		if o := strings.TrimSpace(string(old)); o != v {
+			if _, seen := wd.prev[f]; !seen {
+				wd.prev[f] = o
+			}
+			if err := os.WriteFile(f, []byte(v), 0o644); err != nil {
+				return fmt.Errorf("tun64: %s = %s: %w", f, v, err)
 			}
 		}
 	}
-	ipt4, ipt6, err := tables()
-	if err != nil {
-		return fail(err)
-	}
-	// Own chains first, created or flushed (a crash may have left them
-	// full); then their rules; then the jumps, each added once.
-	for _, c := range []struct {
-		ipt          *iptables.IPTables
-		table, chain string
-	}{{ipt4, "nat", ChainNAT}, {ipt4, "filter", ChainForward}, {ipt6, "filter", ChainForward}} {
-		if err := c.ipt.ClearChain(c.table, c.chain); err != nil {
-			return fail(fmt.Errorf("tun64: chain %s: %w", c.chain, err))
-		}
-	}
-	rules := w.Rules()
-	for _, r := range rules[len(w.jumps()):] {
-		if err := pick(r, ipt4, ipt6).Append(r.Table, r.Chain, r.Spec...); err != nil {
-			return fail(fmt.Errorf("tun64: %v: %w", r, err))
-		}
-	}
-	for _, r := range w.jumps() {
-		ipt := pick(r, ipt4, ipt6)
-		var err error
-		if r.Chain == "FORWARD" {
-			// First, ahead of any DROP the firewall has.
-			err = ipt.InsertUnique(r.Table, r.Chain, 1, r.Spec...)
-		} else {
-			err = ipt.AppendUnique(r.Table, r.Chain, r.Spec...)
-		}
-		if err != nil {
-			return fail(fmt.Errorf("tun64: %v: %w", r, err))
-		}
-	}
-	return wd, nil
+	return nil
 }
 
 // Down removes the rules and chains and puts the forwarding sysctls back.
@@ -173,34 +153,73 @@ func (wd *Wired) Down() error {
 		}
 	}
 	wd.prev = nil
-	return errors.Join(append(errs, Unwire())...)
+	return errors.Join(append(errs, wd.undo())...)
 }
 
-// Unwire removes every jump to the own chains and the chains themselves,
-// whatever wiring (and uplink) put them there.
-func Unwire() error {
+// Unwire removes every jump to the NAT64's own chains and the chains
+// themselves, whatever wiring (and uplink) put them there.
+func Unwire() error { return removeChains(Wiring{}.jumps()) }
+
+// addRules puts rules in place: the own chains (the targets of the
+// first jumps rules, which lead to them from built-in chains) created
+// or flushed (a crash may have left them full), then their rules, then
+// the jumps, each added once; a jump from FORWARD goes first, ahead of
+// any DROP the firewall has.
+func addRules(rules []Rule, jumps int) error {
+	ipt4, ipt6, err := tables()
+	if err != nil {
+		return err
+	}
+	for _, j := range rules[:jumps] {
+		target := j.Spec[len(j.Spec)-1]
+		if err := pick(j, ipt4, ipt6).ClearChain(j.Table, target); err != nil {
+			return fmt.Errorf("tun64: chain %s: %w", target, err)
+		}
+	}
+	for _, r := range rules[jumps:] {
+		if err := pick(r, ipt4, ipt6).Append(r.Table, r.Chain, r.Spec...); err != nil {
+			return fmt.Errorf("tun64: %v: %w", r, err)
+		}
+	}
+	for _, r := range rules[:jumps] {
+		ipt := pick(r, ipt4, ipt6)
+		var err error
+		if r.Chain == "FORWARD" {
+			err = ipt.InsertUnique(r.Table, r.Chain, 1, r.Spec...)
+		} else {
+			err = ipt.AppendUnique(r.Table, r.Chain, r.Spec...)
+		}
+		if err != nil {
+			return fmt.Errorf("tun64: %v: %w", r, err)
+		}
+	}
+	return nil
+}
+
+// removeChains removes the jumps (every copy) and the chains they lead
+// to. What is not there is no error.
+func removeChains(jumps []Rule) error {
 	ipt4, ipt6, err := tables()
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, c := range []struct {
-		ipt                 *iptables.IPTables
-		table, from, target string
-	}{{ipt4, "nat", "POSTROUTING", ChainNAT}, {ipt4, "filter", "FORWARD", ChainForward}, {ipt6, "filter", "FORWARD", ChainForward}} {
+	for _, j := range jumps {
+		ipt := pick(j, ipt4, ipt6)
 		// A jump added twice (by hand, or an old version) goes too.
 		for range 16 {
-			ok, err := c.ipt.Exists(c.table, c.from, "-j", c.target)
+			ok, err := ipt.Exists(j.Table, j.Chain, j.Spec...)
 			if err != nil || !ok {
 				break
 			}
-			if err := c.ipt.Delete(c.table, c.from, "-j", c.target); err != nil {
+			if err := ipt.Delete(j.Table, j.Chain, j.Spec...); err != nil {
 				errs = append(errs, err)
 				break
 			}
 		}
-		if err := c.ipt.ClearAndDeleteChain(c.table, c.target); err != nil {
-			errs = append(errs, fmt.Errorf("tun64: removing chain %s: %w", c.target, err))
+		target := j.Spec[len(j.Spec)-1]
+		if err := ipt.ClearAndDeleteChain(j.Table, target); err != nil {
+			errs = append(errs, fmt.Errorf("tun64: removing chain %s: %w", target, err))
 		}
 	}
 	return errors.Join(errs...)
