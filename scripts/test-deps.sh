@@ -38,6 +38,7 @@ PACKAGES=(
 	"coturn|turnserver|a real STUN server (RFC 8489) for the uplink's public-address test"
 	"dnsmasq-base|dnsmasq|the bar of the DHCP benchmark (make bench) and the Internet's DNS (NAPTR, SRV, A of example.net) in the gateway namespace test"
 	"tayga|tayga|the bar of the NAT64 benchmarks (make bench: nat64/tun64, the gateway's NAT64 path)"
+	"iptables|iptables|iptables and ip6tables (go-iptables) of the gateway NAT64's and the CLAT's rules, checked by nat64/tun64's and cmd/sipmesh's namespace tests"
 	"iputils-ping|ping|ping -6 through the NAT64 TUN in nat64/tun64's namespace test"
 	"chromium|chromium|headless browser of the web UI test (webui, driven over the DevTools protocol)"
 	"xz-utils|xz|make cross and make package print and check the xz size; packaging's tests"

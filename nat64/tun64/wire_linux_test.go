@@ -177,10 +177,14 @@ func TestNetnsWiringAfterKill(t *testing.T) {
 	checkUnwired(t, gw)
 }
 
-// TestMain runs the helper process of TestNetnsWiringAfterKill when the
-// test binary is started as that: it opens the device, wires it, says so
-// and waits for its SIGKILL.
+// TestMain runs the helper processes when the test binary is started as
+// one: the NAT64 of BenchmarkNetnsGatewayNAT64, or the process
+// TestNetnsWiringAfterKill kills (it opens the device, wires it, says so
+// and waits for its SIGKILL).
 func TestMain(m *testing.M) {
+	if os.Getenv(nat64HelperEnv) == "1" {
+		runNAT64Helper() // the benchmark's NAT64 process
+	}
 	if os.Getenv("SIPMESH_TUN64_WIRE_HELPER") == "1" {
 		dev, err := OpenTUN(testWiring.Device, 1500)
 		if err != nil {
