@@ -17,9 +17,6 @@ VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo
 TEST_TIMEOUT ?= 20m## go test -timeout; the namespace and simulation tests are slow under -race
 BENCH        ?= .## benchmark name pattern for `make bench`
 BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
-# nat64tun: the TUN loop of nat64/tun64 links wireguard-go's tun, which the
-# router binary leaves out (size budget); its tests run all the same.
-TESTTAGS     ?= nat64tun## build tags of make test
 PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
 PEER_ROWS    ?= dns,register,calls## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
@@ -81,15 +78,15 @@ build: ## build a static bin/sipmesh for this machine
 # so no -race: the run says so instead of failing on it.
 test: fmtcheck ## everything CI runs: installs the test packages (as root), gofmt check, go vet, all tests with -race, a list of skipped tests
 	@scripts/test-deps.sh
-	$(GO) vet -tags $(TESTTAGS) ./...
+	$(GO) vet ./...
 	$(GO) vet -tags router ./cmd/sipmesh
 	@set -o pipefail; race=-race; \
 	if [ "$$($(GO) env CGO_ENABLED)" != 1 ]; then \
 		echo "*** no C compiler (Debian package gcc): testing WITHOUT the race detector ***"; race=; \
 	fi; \
-	echo "$(GO) test $$race -tags $(TESTTAGS) -count=1 -timeout $(TEST_TIMEOUT) ./... (-json, summarized by internal/testsum)"; \
+	echo "$(GO) test $$race -count=1 -timeout $(TEST_TIMEOUT) ./... (-json, summarized by internal/testsum)"; \
 	$(GO) build -o bin/testsum ./internal/testsum && \
-	$(GO) test $$race -tags $(TESTTAGS) -json -count=1 -timeout $(TEST_TIMEOUT) ./... | bin/testsum
+	$(GO) test $$race -json -count=1 -timeout $(TEST_TIMEOUT) ./... | bin/testsum
 
 fmtcheck:
 	@files=$$(gofmt -l $(GOFILES)); \

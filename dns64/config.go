@@ -33,6 +33,15 @@ type Config struct {
 	// Prefix is the NAT64 prefix for synthesized AAAA records (RFC 6052
 	// §2.2: length 32, 40, 48, 56, 64 or 96); default WellKnownPrefix.
 	Prefix netip.Prefix
+	// PrefixFunc, when set, replaces Prefix: each query synthesizes with
+	// the prefix it returns then, so the prefix can follow the NAT64 the
+	// node would send the packets to (RFC 6147 §5.2: the DNS64 and the
+	// NAT64 must agree on it). ok false means no NAT64 is reachable now:
+	// nothing is synthesized (an address leading nowhere is worse than
+	// none) and AAAA answers pass as they are. Synthesized records then
+	// live at most DynamicPrefixTTL, so hosts learn a changed prefix soon.
+	// It must not block and must return a valid prefix when ok.
+	PrefixFunc func() (netip.Prefix, bool)
 	// UpstreamTimeout bounds one exchange with one upstream; default 2 s.
 	UpstreamTimeout time.Duration
 	// QueryTimeout bounds all work for one client query (zone look-up or

@@ -287,3 +287,38 @@ func TestUpstreamDown(t *testing.T) {
 		t.Errorf("no upstream: rcode %s ra %v", dns.RcodeToString[m.Rcode], m.RecursionAvailable)
 	}
 }
+
+// TestPrefixFunc: with Config.PrefixFunc each query synthesizes with the
+// prefix of the moment (the NAT64 gateway the node would use, RFC 6147
+// §5.2), capped to DynamicPrefixTTL; with no NAT64 reachable nothing is
+// synthesized.
+func TestPrefixFunc(t *testing.T) {
+	leakcheck.Check(t)
+	var mu sync.Mutex
+	cur, ok := netip.MustParsePrefix("2001:db8:64::/96"), true
+	r := newRig(t, func(c *Config) {
+		c.Prefix = netip.Prefix{}
+		c.PrefixFunc = func() (netip.Prefix, bool) { mu.Lock(); defer mu.Unlock(); return cur, ok }
+	})
+	set := func(p netip.Prefix, on bool) { mu.Lock(); cur, ok = p, on; mu.Unlock() }
+	check := func(want []string) {
+		t.Helper()
+		m := r.ask(t, r.lan, "v4only.example.", dns.TypeAAAA)
+		if got := rrStrings(m.Answer); m.Rcode != dns.RcodeSuccess || !slices.Equal(got, want) {
+			t.Fatalf("answer %v (rcode %d), want %v", got, m.Rcode, want)
+		}
+		for _, rr := range m.Answer {
+			if rr.Header().Ttl > DynamicPrefixTTL {
+				t.Errorf("TTL %d above %d: %v", rr.Header().Ttl, DynamicPrefixTTL, rr)
+			}
+		}
+	}
+	check([]string{"v4only.example. 0 IN AAAA 2001:db8:64::c633:640a"})
+	set(netip.MustParsePrefix("2001:db8:1::/48"), true)
+	check([]string{"v4only.example. 0 IN AAAA 2001:db8:1:c633:64:a00::"})
+	set(netip.Prefix{}, false)
+	check(nil)
+	// A broken func (an invalid prefix) synthesizes nothing either.
+	set(netip.MustParsePrefix("2001:db8::/80"), true)
+	check(nil)
+}

@@ -193,7 +193,11 @@ func (s *Server) Run(ctx context.Context) error {
 				ReadTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
 	}
 	close(s.ready)
-	s.log.Info("serving", "addrs", s.addrs, "upstreams", s.cfg.Upstreams, "prefix", s.cfg.Prefix)
+	prefix := s.cfg.Prefix.String()
+	if s.cfg.PrefixFunc != nil {
+		prefix = "the NAT64 gateway's"
+	}
+	s.log.Info("serving", "addrs", s.addrs, "upstreams", s.cfg.Upstreams, "prefix", prefix)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, len(servers))

@@ -61,6 +61,24 @@ func copyResponse(m, r *dns.Msg) {
 	}
 }
 
+// DynamicPrefixTTL caps the TTL of records synthesized with
+// Config.PrefixFunc: the prefix follows the NAT64 gateway in use, and a
+// host must not hold an address under a prefix no gateway serves much
+// longer than the mesh takes to notice a dead gateway.
+const DynamicPrefixTTL = 30
+
+// prefix returns the synthesis prefix now, and whether there is one.
+func (s *Server) prefix() (netip.Prefix, bool) {
+	if s.cfg.PrefixFunc == nil {
+		return s.cfg.Prefix, true
+	}
+	p, ok := s.cfg.PrefixFunc()
+	if ok && ValidatePrefix(p) != nil {
+		return netip.Prefix{}, false // a bad prefix synthesizes nothing
+	}
+	return p, ok
+}
+
 // synthesizeAAAA is the DNS64 algorithm of RFC 6147 §5.1.
 func (s *Server) synthesizeAAAA(ctx context.Context, m *dns.Msg, name string) {
 	r, err := s.resolve(ctx, name, dns.TypeAAAA, dns.ClassINET)
@@ -109,7 +127,16 @@ func (s *Server) synthesizeAAAA(ctx context.Context, m *dns.Msg, name string) {
 	if soa := findSOA(r.Ns); soa != nil && r.Rcode == dns.RcodeSuccess {
 		limit = min(soa.Hdr.Ttl, soa.Minttl)
 	}
-	wkp := s.cfg.Prefix == WellKnownPrefix
+	prefix, ok := s.prefix()
+	if !ok {
+		// No NAT64 reachable: nothing to synthesize with.
+		copyResponse(m, r)
+		return
+	}
+	if s.cfg.PrefixFunc != nil {
+		limit = min(limit, DynamicPrefixTTL)
+	}
+	wkp := prefix == WellKnownPrefix
 	var answer []dns.RR
 	synthesized := 0
 	for _, rr := range a.Answer {
@@ -127,7 +154,7 @@ func (s *Server) synthesizeAAAA(ctx context.Context, m *dns.Msg, name string) {
 			}
 			answer = append(answer, &dns.AAAA{
 				Hdr:  dns.RR_Header{Name: rr.Hdr.Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: min(rr.Hdr.Ttl, limit)},
-				AAAA: Embed(s.cfg.Prefix, v4).AsSlice(),
+				AAAA: Embed(prefix, v4).AsSlice(),
 			})
 			synthesized++
 		default:
@@ -161,8 +188,12 @@ func (s *Server) synthesizePTR(ctx context.Context, m *dns.Msg, q dns.Question, 
 	if !ok {
 		return false
 	}
-	v4, ok := Extract(s.cfg.Prefix, a)
-	if !ok || (s.cfg.Prefix == WellKnownPrefix && !IsGlobal4(v4)) {
+	prefix, ok := s.prefix()
+	if !ok {
+		return false
+	}
+	v4, ok := Extract(prefix, a)
+	if !ok || (prefix == WellKnownPrefix && !IsGlobal4(v4)) {
 		// Not an address we would synthesize: the upstream owns it.
 		return false
 	}

@@ -4,7 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
+
+	"github.com/sipmesh/sipmesh/dns64"
 )
 
 // A gateway's announcement in the DHT (issue 14): every gateway node
@@ -27,6 +30,10 @@ import (
 //	name      1 byte length + UTF-8 (≤ 32): the node's name, for people
 //	domain    1 byte length + ASCII (≤ 253): the sip-domain it serves inbound
 //	prefix    1 byte length + digits (≤ 4): the dial prefix to its trunk
+//	nat64     1 byte prefix length in bits (0: no NAT64; else 32, 40, 48,
+//	          56, 64 or 96, RFC 6052 §2.2) + 16 bytes the IPv6 prefix: the
+//	          NAT64 prefix its translator serves (nat64-prefix). Absent in
+//	          records of nodes from before NAT64: no NAT64.
 //
 // Bytes after the last field are ignored (a later version appends).
 const (
@@ -57,6 +64,10 @@ type Announcement struct {
 	Probes     int           // probes Loss is measured over; 0: unmeasured
 	Domain     string
 	DialPrefix string
+	// NAT64 is the prefix the gateway's NAT64 translates (zero: it runs
+	// none); every node's DNS64 synthesizes with the prefix of the
+	// gateway it would send the packets to (RFC 6147 §5.2).
+	NAT64 netip.Prefix
 }
 
 var errAnnouncement = errors.New("bad gateway announcement")
@@ -83,6 +94,12 @@ func encodeAnnouncement(a Announcement) []byte {
 	for _, s := range []string{name, a.Domain, a.DialPrefix} {
 		b = append(b, byte(len(s)))
 		b = append(b, s...)
+	}
+	if a.NAT64.IsValid() && a.NAT64.Addr().Is6() {
+		b = append(b, byte(a.NAT64.Bits()))
+		b = append(b, a.NAT64.Masked().Addr().AsSlice()...)
+	} else {
+		b = append(b, 0)
 	}
 	return b
 }
@@ -114,6 +131,15 @@ func decodeAnnouncement(v []byte) (Announcement, error) {
 		strs[i], rest = string(rest[1:1+rest[0]]), rest[1+rest[0]:]
 	}
 	a.Name, a.Domain, a.DialPrefix = strs[0], strs[1], strs[2]
+	if len(rest) > 0 && rest[0] != 0 { // absent (an older writer) or 0: no NAT64
+		if len(rest) < 17 {
+			return Announcement{}, fmt.Errorf("%w: NAT64 prefix truncated", errAnnouncement)
+		}
+		a.NAT64 = netip.PrefixFrom(netip.AddrFrom16([16]byte(rest[1:17])), int(rest[0]))
+		if err := dns64.ValidatePrefix(a.NAT64); err != nil {
+			return Announcement{}, fmt.Errorf("%w: %w", errAnnouncement, err)
+		}
+	}
 	if !printable(a.Name) || a.Domain != "" && !validDomain(a.Domain) || a.DialPrefix != "" && !digits(a.DialPrefix) {
 		return Announcement{}, fmt.Errorf("%w: bad name, domain or prefix", errAnnouncement)
 	}

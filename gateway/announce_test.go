@@ -3,11 +3,14 @@ package gateway
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/sipmesh/sipmesh/dns64"
 )
 
 func TestAnnouncementRoundTrip(t *testing.T) {
@@ -16,6 +19,8 @@ func TestAnnouncementRoundTrip(t *testing.T) {
 		{Name: "gw-2", Up: true, URIs: true, Trunk: true, DialPrefix: "0", Inbound: true, Domain: "voice.example.org",
 			RTT: 23456 * time.Microsecond, Loss: 0.125, Probes: 10},
 		{URIs: true, Loss: 1, Probes: 3},
+		{Name: "gw3", Up: true, URIs: true, NAT64: netip.MustParsePrefix("64:ff9b::/96")},
+		{Name: "gw4", Up: true, NAT64: netip.MustParsePrefix("2001:db8:64::/48")},
 	} {
 		v := encodeAnnouncement(a)
 		got, err := decodeAnnouncement(v)
@@ -26,6 +31,14 @@ func TestAnnouncementRoundTrip(t *testing.T) {
 		if got, err := decodeAnnouncement(append(bytes.Clone(v), 1, 2, 3)); err != nil || !reflect.DeepEqual(got, a) {
 			t.Errorf("with trailing bytes: %+v, %v", got, err)
 		}
+	}
+	// A record from before NAT64 (no nat64 field) announces none.
+	old := encodeAnnouncement(Announcement{Name: "gw5", URIs: true})
+	if old[len(old)-1] != 0 {
+		t.Fatalf("no NAT64 encodes as %x", old)
+	}
+	if got, err := decodeAnnouncement(old[:len(old)-1]); err != nil || got.NAT64.IsValid() || got.Name != "gw5" {
+		t.Errorf("pre-NAT64 record: %+v, %v", got, err)
 	}
 	// Out-of-range values are clamped when encoding.
 	got, err := decodeAnnouncement(encodeAnnouncement(Announcement{Name: string(bytes.Repeat([]byte("n"), 40)), Loss: 2, RTT: -time.Second, Probes: 1000}))
@@ -39,7 +52,7 @@ func TestAnnouncementRefused(t *testing.T) {
 	bad := map[string][]byte{
 		"empty":            nil,
 		"version 0":        append([]byte{0}, good[1:]...),
-		"truncated":        good[:len(good)-1],
+		"truncated":        good[:len(good)-2], // into the dial prefix
 		"loss over 100 %":  append(append(bytes.Clone(good[:6]), 0x27, 0x11), good[8:]...),
 		"control in name":  encodeAnnouncement(Announcement{Name: "g\x1bw", URIs: true}),
 		"bad domain":       encodeAnnouncement(Announcement{Name: "gw", Inbound: true, Domain: "-x.example"}),
@@ -47,6 +60,9 @@ func TestAnnouncementRefused(t *testing.T) {
 		"trunk, no prefix": encodeAnnouncement(Announcement{Name: "gw", Trunk: true}),
 		"prefix, no trunk": encodeAnnouncement(Announcement{Name: "gw", DialPrefix: "0"}),
 		"domain, no flag":  encodeAnnouncement(Announcement{Name: "gw", Domain: "voice.example.org"}),
+		"NAT64 /80":        encodeAnnouncement(Announcement{Name: "gw", NAT64: netip.MustParsePrefix("2001:db8::/80")}),
+		"NAT64 u octet":    encodeAnnouncement(Announcement{Name: "gw", NAT64: netip.MustParsePrefix("2001:db8:0:0:100::/96")}),
+		"NAT64 truncated":  encodeAnnouncement(Announcement{Name: "gw", NAT64: dns64.WellKnownPrefix})[:30],
 	}
 	for name, v := range bad {
 		if a, err := decodeAnnouncement(v); err == nil {
@@ -61,6 +77,7 @@ func TestAnnouncementRefused(t *testing.T) {
 func FuzzDecodeAnnouncement(f *testing.F) {
 	f.Add(encodeAnnouncement(Announcement{Name: "gw1", Up: true, URIs: true, Trunk: true, DialPrefix: "0", Inbound: true, Domain: "voice.example.org", RTT: time.Millisecond, Loss: 0.1, Probes: 10}))
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Add(encodeAnnouncement(Announcement{Name: "gw2", Up: true, NAT64: dns64.WellKnownPrefix}))
 	f.Fuzz(func(t *testing.T, v []byte) {
 		a, err := decodeAnnouncement(v)
 		if err != nil {
@@ -82,6 +99,8 @@ func TestAnnouncementSeedCorpus(t *testing.T) {
 		"gateway-full":  encodeAnnouncement(Announcement{Name: "gw1", Up: true, URIs: true, Trunk: true, DialPrefix: "0", Inbound: true, Domain: "voice.example.org", RTT: 12 * time.Millisecond, Loss: 0.05, Probes: 10}),
 		"gateway-plain": encodeAnnouncement(Announcement{Name: "gw2", URIs: true}),
 		"truncated":     encodeAnnouncement(Announcement{Name: "gw3", URIs: true})[:7],
+		"gateway-nat64": encodeAnnouncement(Announcement{Name: "gw4", Up: true, URIs: true, NAT64: dns64.WellKnownPrefix}),
+		"pre-nat64":     encodeAnnouncement(Announcement{Name: "gw5", URIs: true})[:15],
 	}
 	for name, v := range seeds {
 		want := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", v)

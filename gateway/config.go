@@ -98,8 +98,16 @@ type Options struct {
 	DigestAlgorithms []string
 	// DNSUpstreams are the resolvers names outside .mesh go to (DNS64).
 	DNSUpstreams []netip.AddrPort
-	// NAT64Prefix synthesises AAAA records (RFC 6052/6147).
+	// NAT64Prefix is the prefix a gateway's NAT64 translates (RFC 6052),
+	// announced with it; DNS64 synthesizes with the prefix of the
+	// gateway a node would use (RFC 6147; nat64exit.go).
 	NAT64Prefix netip.Prefix
+	// NAT64 runs the NAT64 on a gateway (gwnat64.go); NAT64Pool is its
+	// IPv4 pool, masqueraded out of the uplink.
+	NAT64     bool
+	NAT64Pool netip.Prefix
+	// CLATPrefix is this node's CLAT prefix (clat.go; invalid: no CLAT).
+	CLATPrefix netip.Prefix
 	// RingGroups map a group extension to its members (proxy/groups.go);
 	// every node should carry the same.
 	RingGroups map[string][]string
@@ -200,6 +208,8 @@ func DefaultOptions() Options {
 		SIPPort:            5060,
 		DigestAlgorithms:   []string{"MD5"},
 		NAT64Prefix:        netip.MustParsePrefix("64:ff9b::/96"),
+		NAT64:              true,
+		NAT64Pool:          netip.MustParsePrefix("198.18.64.0/30"),
 		RelayPortMin:       20000,
 		RelayPortMax:       29999,
 		SIPRate:            proxy.DefaultSIPRate,
@@ -604,6 +614,26 @@ var setters = map[string]setter{
 			return err
 		}
 		o.NAT64Prefix = p
+		return nil
+	}},
+	"nat64": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.NAT64) }},
+	"nat64-pool": {fn: func(o *Options, v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() || p.Bits() < 24 {
+			return fmt.Errorf("%q is not an IPv4 pool like 198.18.64.0/30 (at most a /24)", v)
+		}
+		o.NAT64Pool = p.Masked()
+		return nil
+	}},
+	"clat-prefix": {fn: func(o *Options, v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is6() || p.Bits() != 96 {
+			return fmt.Errorf("%q is not an IPv6 /96", v)
+		}
+		if err := dns64.ValidatePrefix(p); err != nil {
+			return err
+		}
+		o.CLATPrefix = p
 		return nil
 	}},
 	"relay-ports": {fn: func(o *Options, v string) error {

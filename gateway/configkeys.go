@@ -89,8 +89,19 @@ var configKeyDocs = []struct {
 			}
 			return strings.Join(s, " ")
 		}},
-	{"nat64-prefix", "", "prefix of the AAAA records DNS64 synthesises (RFC 6052, RFC 6147)",
+	{"nat64-prefix", "", "prefix a gateway's NAT64 translates, announced in the DHT (RFC 6052); DNS64 synthesises with the prefix of the gateway the node would use (RFC 6147)",
 		func(o Options) string { return o.NAT64Prefix.String() }},
+	{"nat64", "", "run the NAT64 on a gateway (a TUN device and iptables rules, see \"NAT64 at gateways\"): on or off",
+		func(o Options) string {
+			if o.NAT64 {
+				return "on"
+			}
+			return "off"
+		}},
+	{"clat-prefix", "none", "this node's CLAT prefix (an IPv6 /96 routed to the node): IPv4 hosts on the LAN reach the IPv4 Internet through it and a gateway's NAT64 (RFC 6877; none: no CLAT)",
+		func(o Options) string { return showPrefix(o.CLATPrefix) }},
+	{"nat64-pool", "", "the IPv4 addresses of the gateway's NAT64 (a prefix, at most a /24; every address in it), masqueraded out of the uplink",
+		func(o Options) string { return o.NAT64Pool.String() }},
 	{"relay-ports", "", "UDP ports of the RTP relay on each side",
 		func(o Options) string { return fmt.Sprintf("%d-%d", o.RelayPortMin, o.RelayPortMax) }},
 	{"sip-rate", "", "SIP requests per second from one source address, a ceiling (responses are not limited; off: none)",
@@ -189,4 +200,11 @@ func ConfigKeysText() string {
 	}
 	tw.Flush()
 	return b.String()
+}
+
+func showPrefix(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
 }

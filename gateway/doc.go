@@ -34,7 +34,12 @@
 // uplink socket: numbers by dial prefix go out through it, the
 // provider's calls for DIDs come in (proxy/uplink.go).
 //
+// A gateway also runs a NAT64 on a TUN device (gwnat64.go; nat64,
+// nat64/tun64) and announces its prefix; every node chooses a sticky exit
+// per NAT64 prefix and its DNS64 synthesizes with the prefix of that
+// gateway (nat64exit.go); with clat-prefix a node with a LAN runs a CLAT
+// for its IPv4 hosts (clat.go).
+//
 // Planned, not here yet: the public address behind NAT in SIP and SDP,
-// firewall and NAT rules on real nodes, and RFC 6076 SIP performance
-// metrics.
+// and RFC 6076 SIP performance metrics.
 package gateway

@@ -54,6 +54,7 @@ const (
 const (
 	KindURI   = "uri"   // an Internet SIP URI
 	KindTrunk = "trunk" // a number by dial prefix
+	KindNAT64 = "nat64" // packets to a NAT64 prefix (nat64exit.go)
 )
 
 // GatewayInfo is one live gateway as this node sees it (GET /gateways,
@@ -65,6 +66,7 @@ type GatewayInfo struct {
 	Offers     []string `json:"offers"`
 	Domain     string   `json:"domain,omitempty"`
 	DialPrefix string   `json:"dial_prefix,omitempty"`
+	NAT64      string   `json:"nat64,omitempty"` // its NAT64 prefix
 	// Up, UplinkRTTMs, UplinkLossPct and UplinkProbes are the gateway's
 	// own measurement of its uplink.
 	Up            bool    `json:"up"`
@@ -145,6 +147,8 @@ func (e *gwEntry) offers(kind string) bool {
 		return e.ann.URIs
 	case KindTrunk:
 		return e.ann.Trunk
+	case KindNAT64:
+		return e.ann.NAT64.IsValid()
 	}
 	return false
 }
@@ -162,6 +166,11 @@ type gatewayDir struct {
 	read    time.Time // last successful read of the announcements
 	turn    uint64    // rotates calls among equally good gateways
 	reading sync.Mutex
+	// The sticky NAT64 exits by prefix and the DNS64 prefix
+	// (nat64exit.go), computed at exitsAt (zero: recompute).
+	exits     map[netip.Prefix]exitChoice
+	dnsPrefix netip.Prefix
+	exitsAt   time.Time
 }
 
 func newGatewayDir(d registrar.DHT, self ssr.NodeID, ping func(context.Context, ssr.NodeID) (time.Duration, int, error)) *gatewayDir {
@@ -207,6 +216,7 @@ func (g *gatewayDir) refresh(ctx context.Context) error {
 	}
 	g.expireLocked(now)
 	g.read = now
+	g.exitsAt = time.Time{} // the NAT64 exits see the new view at once
 	return nil
 }
 
@@ -247,6 +257,7 @@ func (g *gatewayDir) probeAll(ctx context.Context) {
 				if len(e.probes) > probeWindow {
 					e.probes = slices.Delete(e.probes, 0, len(e.probes)-probeWindow)
 				}
+				g.exitsAt = time.Time{}
 			}
 			g.mu.Unlock()
 		})
@@ -350,7 +361,10 @@ func (g *gatewayDir) list() []GatewayInfo {
 			Up: e.ann.Up, UplinkRTTMs: ms(e.ann.RTT), UplinkLossPct: 100 * e.ann.Loss, UplinkProbes: e.ann.Probes,
 			ExpiresInMs: e.expires.Sub(now).Milliseconds(),
 			MeshHops:    hops, MeshLossPct: 100 * loss, MeshProbes: len(e.probes),
-			R: r, MOS: sipalg.MOS(r), Usable: usable && (e.ann.URIs || e.ann.Trunk) && !e.suspect.After(now),
+			R: r, MOS: sipalg.MOS(r), Usable: usable && (e.ann.URIs || e.ann.Trunk || e.ann.NAT64.IsValid()) && !e.suspect.After(now),
+		}
+		if e.ann.NAT64.IsValid() {
+			gi.NAT64 = e.ann.NAT64.String()
 		}
 		if len(e.probes) > 0 {
 			gi.MeshRTTMs = ms(rtt)
@@ -361,7 +375,7 @@ func (g *gatewayDir) list() []GatewayInfo {
 		for _, o := range []struct {
 			on   bool
 			name string
-		}{{e.ann.URIs, "uris"}, {e.ann.Trunk, "trunk"}, {e.ann.Inbound, "inbound"}} {
+		}{{e.ann.URIs, "uris"}, {e.ann.Trunk, "trunk"}, {e.ann.Inbound, "inbound"}, {e.ann.NAT64.IsValid(), "nat64"}} {
 			if o.on {
 				gi.Offers = append(gi.Offers, o.name)
 			}

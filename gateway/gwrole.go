@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipmesh/sipmesh/nat64"
 	"github.com/sipmesh/sipmesh/ssr"
 	"github.com/sipmesh/sipmesh/uplink"
 )
@@ -46,6 +47,8 @@ type GatewayRoleStatus struct {
 	// Announced is when the announcement was last written to the DHT.
 	Announced time.Time `json:"announced,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
+	// NAT64 is the gateway's NAT64 (nil: nat64 off).
+	NAT64 *NAT64Status `json:"nat64,omitempty"`
 }
 
 // gatewayRole is the running gateway side of a node.
@@ -58,6 +61,10 @@ type gatewayRole struct {
 	probes    []probe        // the last probeWindow STUN probes
 	announced time.Time
 	lastErr   string
+	// nat64 is the running NAT64's translator (nil: not running);
+	// nat64Err why it does not run (gwnat64.go).
+	nat64    *nat64.Translator
+	nat64Err string
 }
 
 // uplinkAddr returns the first IPv4 address of the uplink interface and
@@ -179,7 +186,7 @@ func (g *gatewayRole) announcement(up bool) Announcement {
 	g.mu.Lock()
 	e := gwEntry{probes: g.probes}
 	g.mu.Unlock()
-	a := Announcement{Name: o.Name, Up: up, URIs: true, Domain: o.SIPDomain, Inbound: o.SIPDomain != ""}
+	a := Announcement{Name: o.Name, Up: up, URIs: true, Domain: o.SIPDomain, Inbound: o.SIPDomain != "", NAT64: g.nat64Prefix()}
 	// Numbers by the dial prefix are offered while the trunk is
 	// registered with the provider.
 	g.n.svc.mu.Lock()
@@ -209,10 +216,11 @@ func (g *gatewayRole) status() *GatewayRoleStatus {
 		up = !o.STUNServer.IsValid() || g.upByProbes()
 	}
 	a := g.announcement(up)
+	nat := g.nat64Status()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := &GatewayRoleStatus{Interface: o.UplinkInterface, Up: up, RTTMs: ms(a.RTT), LossPct: 100 * a.Loss, Probes: a.Probes,
-		Domain: o.SIPDomain, Announced: g.announced, LastError: g.lastErr}
+		Domain: o.SIPDomain, Announced: g.announced, LastError: g.lastErr, NAT64: nat}
 	if g.addr.IsValid() {
 		st.Address = g.addr.String()
 	}
@@ -234,6 +242,9 @@ func (g *gatewayRole) status() *GatewayRoleStatus {
 	}
 	if a.Inbound {
 		st.Offers = append(st.Offers, "inbound")
+	}
+	if a.NAT64.IsValid() {
+		st.Offers = append(st.Offers, "nat64")
 	}
 	return st
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipmesh/sipmesh/nat64/tun64"
 	"github.com/sipmesh/sipmesh/netx"
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/ssr"
@@ -62,6 +63,12 @@ type Node struct {
 	dnsPort       int
 	addAddress    func(ifname string, addr netip.Prefix) (added bool, err error)
 	removeAddress func(ifname string, addr netip.Prefix) error
+	// openTUN and wire open a TUN device and put the NAT64's kernel
+	// wiring in place (gwnat64.go); nil off the kernel network (memnet
+	// tests), where no NAT64 runs.
+	openTUN  func(name string, mtu int) (tun64.Device, error)
+	wire     func(tun64.Wiring) (interface{ Down() error }, error)
+	wireCLAT func(tun64.CLATWiring) (interface{ Down() error }, error)
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -79,6 +86,9 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network, start: time.Now()}
 	if _, kernel := network.(netx.Kernel); kernel {
 		n.addAddress, n.removeAddress = netx.AddAddress, netx.RemoveAddress
+		n.openTUN = tun64.OpenTUN
+		n.wire = func(w tun64.Wiring) (interface{ Down() error }, error) { return w.Up() }
+		n.wireCLAT = func(w tun64.CLATWiring) (interface{ Down() error }, error) { return w.Up() }
 	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {

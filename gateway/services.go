@@ -15,6 +15,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/sipmesh/sipmesh/dns64"
+	"github.com/sipmesh/sipmesh/nat64"
 	"github.com/sipmesh/sipmesh/provisioning"
 	"github.com/sipmesh/sipmesh/proxy"
 	"github.com/sipmesh/sipmesh/registrar"
@@ -82,6 +83,8 @@ type services struct {
 	// once the uplink has an address.
 	uplinkSIP *proxy.SIPService
 	trunk     *uplink.Trunk // the gateway's trunk (nil: none)
+	// clat is the running CLAT's translator (clat.go; nil: none).
+	clat *nat64.Translator
 }
 
 // newServices prepares the DHT and the stores on it; nothing runs yet.
@@ -163,6 +166,9 @@ func (n *Node) runServices(ctx context.Context) error {
 	if s.role != nil {
 		run("gateway", s.role.run)
 		run("uplink sip", n.runUplinkSIP)
+		if n.opts.NAT64 && n.openTUN != nil {
+			run("nat64", s.role.runNAT64)
+		}
 	}
 	if n.opts.LANInterface != "" || s.role != nil {
 		run("gateways", n.runGatewayDir)
@@ -170,6 +176,9 @@ func (n *Node) runServices(ctx context.Context) error {
 	var err error
 	if n.opts.LANInterface != "" {
 		err = n.startLAN(ctx, run)
+	}
+	if err == nil && n.opts.LANInterface != "" && n.opts.CLATPrefix.IsValid() && n.openTUN != nil {
+		run("clat", n.runCLAT)
 	}
 	if addrs := n.webAddrs(n.LANAddress()); err == nil && len(addrs) > 0 {
 		run("web", func(ctx context.Context) error { return n.runWeb(ctx, addrs) })
@@ -306,11 +315,14 @@ func (n *Node) startLAN(ctx context.Context, run func(string, func(context.Conte
 		Listen:    []dns64.Listen{{Addr: lan.Addr()}},
 		Zone:      s.claims,
 		Upstreams: n.opts.DNSUpstreams,
-		Prefix:    n.opts.NAT64Prefix,
-		Port:      n.dnsPort,
-		Rate:      n.opts.DNSRate, // config keys dns-rate, dns-burst
-		Burst:     n.opts.DNSBurst,
-		Logger:    log,
+		// The prefix of the NAT64 gateway this node would send the
+		// packets to (nat64exit.go; RFC 6147 §5.2), none when no
+		// gateway offers NAT64.
+		PrefixFunc: n.NAT64Prefix,
+		Port:       n.dnsPort,
+		Rate:       n.opts.DNSRate, // config keys dns-rate, dns-burst
+		Burst:      n.opts.DNSBurst,
+		Logger:     log,
 	})
 	if err != nil {
 		return err

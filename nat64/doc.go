@@ -27,6 +27,11 @@
 //     unreachable when no binding can be made). ICMP errors are translated
 //     only when the packet they quote belongs to a session.
 //
+// NewCLAT makes the same Translator stateless: a CLAT (RFC 6877 §6.3),
+// which translates IPv4 packets of LAN hosts to IPv6 from the node's CLAT
+// prefix to the NAT64 prefix and back, one to one, through the same
+// RFC 7915 code (clat.go); SetPrefix follows the gateway in use.
+//
 // Translator.In6 and Translator.In4 are the interface a TUN loop drives:
 // one packet in, one packet (or an ICMP error for the sender) out.
 // Package nat64/tun64 is that loop.

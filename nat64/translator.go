@@ -48,8 +48,11 @@ type Config struct {
 // Translator is a stateful NAT64 (RFC 6146) translating IP/ICMP per RFC
 // 7915 with RFC 6052 addresses. It is safe for concurrent use.
 type Translator struct {
-	cfg   Config
+	cfg Config
+	// pfx is the NAT64 prefix; in a CLAT (clat set: the stateless mode,
+	// clat.go) it changes under mu (SetPrefix).
 	pfx   prefix
+	clat  *prefix
 	pool  [][4]byte
 	addr6 [16]byte
 	addr4 [4]byte
@@ -209,6 +212,9 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 	if err != nil {
 		return t.drop(err)
 	}
+	if t.clat != nil {
+		return t.clat6(pkt, out, &h)
+	}
 	dst4, ok := t.pfx.extract(&h.dst)
 	if !ok {
 		return t.drop(ErrNotPrefix)
@@ -303,21 +309,29 @@ func (t *Translator) In6(pkt, out []byte) (n int, reply bool, err error) {
 			tu.dport = s.b.k4.port
 		}
 	}
+	n, reply, err = t.finish6Locked(pkt, out, &h, &tu, ihp, &itu, now)
+	if err == nil && h.frag && h.more && h.fragOff == 0 {
+		t.frags.add(frag6Key(&h), fragEntry{tu4: tu, expires: now.Add(FragmentTimeout)})
+	}
+	return n, reply, err
+}
+
+// finish6Locked writes the IPv4 translation of h with the addresses and
+// ports tu (and itu for the packet an ICMPv6 error quotes) into out, or
+// the Packet Too Big for its source. Stateful and stateless alike.
+func (t *Translator) finish6Locked(pkt, out []byte, h *hdr6, tu *tuple4, ihp *hdr6, itu *tuple4, now time.Time) (int, bool, error) {
 	if ipv4HeaderLen+len(h.l4) > t.cfg.MTU4 && ihp == nil {
 		// IPv6 routers do not fragment: tell the source (RFC 7915 §5.1).
 		mtu := uint32(t.cfg.MTU4 + ipv6HeaderLen - ipv4HeaderLen)
 		if h.frag {
 			mtu += fragHeaderLen
 		}
-		return t.reply6Locked(out, pkt, &h, icmp6PacketTooBig, 0, mtu, ErrTooBig, now)
+		return t.reply6Locked(out, pkt, h, icmp6PacketTooBig, 0, mtu, ErrTooBig, now)
 	}
-	n, err = t.to4(&h, &tu, ihp, &itu, out, false)
+	n, err := t.to4(h, tu, ihp, itu, out, false)
 	if err != nil {
 		t.dropped.Add(1)
 		return 0, false, err
-	}
-	if h.frag && h.more && h.fragOff == 0 {
-		t.frags.add(frag6Key(&h), fragEntry{tu4: tu, expires: now.Add(FragmentTimeout)})
 	}
 	t.out4.Add(1)
 	return n, false, nil
@@ -345,6 +359,9 @@ func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool,
 	h, err := parse4(pkt, false)
 	if err != nil {
 		return t.drop(err)
+	}
+	if t.clat != nil {
+		return t.clat4(pkt, out, &h, emit)
 	}
 	if !t.isPool(h.dst) {
 		return t.drop(ErrNotPool)
@@ -426,6 +443,18 @@ func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool,
 			tu.sport = s.b.k6.port
 		}
 	}
+	n, reply, err = t.finish4Locked(pkt, out, &h, &tu, ihp, &itu, emit, now)
+	if err == nil && !reply && h.mf && h.fragOff == 0 {
+		t.frags.add(frag4Key(&h), fragEntry{tu6: tu, expires: now.Add(FragmentTimeout)})
+	}
+	return n, reply, err
+}
+
+// finish4Locked writes the IPv6 translation of h with the addresses and
+// ports tu (and itu for the packet an ICMPv4 error quotes) into out, or
+// into fragments passed to emit, or the Fragmentation Needed for its
+// source. Stateful and stateless alike.
+func (t *Translator) finish4Locked(pkt, out []byte, h *hdr4, tu *tuple6, ihp *hdr4, itu *tuple6, emit func([]byte), now time.Time) (n int, reply bool, err error) {
 	size := ipv6HeaderLen + len(h.l4)
 	if h.fragment() {
 		size += fragHeaderLen
@@ -433,7 +462,7 @@ func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool,
 	if size > t.cfg.MTU6 && ihp == nil {
 		if h.df { // RFC 7915 §4.1: Fragmentation Needed, MTU minus the growth
 			mtu := t.cfg.MTU6 - (size - len(pkt))
-			return t.reply4Locked(out, pkt, &h, icmp4DstUnreach, 4, uint32(mtu), ErrTooBig, now)
+			return t.reply4Locked(out, pkt, h, icmp4DstUnreach, 4, uint32(mtu), ErrTooBig, now)
 		}
 		if emit == nil {
 			return t.drop(ErrNeedFragment)
@@ -442,18 +471,15 @@ func (t *Translator) in4(pkt, out []byte, emit func([]byte)) (n int, reply bool,
 			return t.drop(ErrShortBuffer)
 		}
 		// Translate 8 bytes in, leaving room for a Fragment Header.
-		if n, err = t.to6(&h, &tu, nil, nil, out[fragHeaderLen:], false); err != nil {
+		if n, err = t.to6(h, tu, nil, nil, out[fragHeaderLen:], false); err != nil {
 			t.dropped.Add(1)
 			return 0, false, err
 		}
 		t.fragment6(out, n, emit)
 		n = 0
-	} else if n, err = t.to6(&h, &tu, ihp, &itu, out, false); err != nil {
+	} else if n, err = t.to6(h, tu, ihp, itu, out, false); err != nil {
 		t.dropped.Add(1)
 		return 0, false, err
-	}
-	if h.mf && h.fragOff == 0 {
-		t.frags.add(frag4Key(&h), fragEntry{tu6: tu, expires: now.Add(FragmentTimeout)})
 	}
 	t.out6.Add(1)
 	return n, false, nil

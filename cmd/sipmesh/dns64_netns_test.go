@@ -13,9 +13,11 @@ import (
 	"github.com/sipmesh/sipmesh/internal/netns"
 )
 
-// TestDNS64ThroughNode: a `sipmesh node` configured with the mesh's NAT64
-// prefix 2001:db8:64::/96 and a real upstream resolver (unbound, in its own
-// namespace) synthesises AAAA records for an IPv4-only name: dig from a
+// TestDNS64ThroughNode: a `sipmesh node`, a gateway whose NAT64 serves
+// the prefix 2001:db8:64::/96 (DNS64 synthesises with the prefix of the
+// gateway it would use, here itself), with a real upstream resolver
+// (unbound, in its own namespace behind the uplink) synthesises AAAA
+// records for an IPv4-only name: dig from a
 // phone on the node's LAN gets 2001:db8:64::c633:640a for
 // v4only.example (A 198.51.100.10), RFC 6147 §5.1 with RFC 6052 §2.2
 // addressing. (With the well-known prefix the same special-use address is
@@ -27,7 +29,7 @@ func TestDNS64ThroughNode(t *testing.T) {
 
 	m := newLineMesh(t, "d", 2, 60, func(i int) string {
 		if i == 0 {
-			return "lan-interface lan0\nlan-address 10.97.1.1/24\ndhcp off\ndns-upstream 10.97.53.2\nnat64-prefix 2001:db8:64::/96\n"
+			return "lan-interface lan0\nlan-address 10.97.1.1/24\ndhcp off\ndns-upstream 10.97.53.2\nnat64-prefix 2001:db8:64::/96\nuplink-interface up0\npublic-address 203.0.113.1\n"
 		}
 		return ""
 	})

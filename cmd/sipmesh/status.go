@@ -122,6 +122,18 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 			fmt.Fprintf(w, ", last error: %s", g.LastError)
 		}
 		fmt.Fprintln(w)
+		if nt := g.NAT64; nt != nil {
+			state := "not running"
+			if nt.Running {
+				state = "running"
+			}
+			fmt.Fprintf(w, "nat64 %s pool %s: %s, to IPv4 %d, to IPv6 %d, dropped %d, sessions %d",
+				nt.Prefix, nt.Pool, state, nt.Out4, nt.Out6, nt.Dropped, nt.Sessions)
+			if nt.Error != "" {
+				fmt.Fprintf(w, ", error: %s", nt.Error)
+			}
+			fmt.Fprintln(w)
+		}
 		if tr := g.Trunk; tr != nil {
 			state := "not registered"
 			if tr.Registered {

@@ -1,4 +1,4 @@
-//go:build linux && nat64tun
+//go:build linux
 
 package tun64
 

@@ -1,4 +1,4 @@
-//go:build linux && nat64tun
+//go:build linux
 
 package tun64
 
@@ -9,8 +9,7 @@ import (
 )
 
 // OpenTUN creates the TUN device name with the given MTU (wireguard-go's
-// tun.CreateTUN) in the calling thread's network namespace. It exists only
-// in builds with the nat64tun tag (see the package doc).
+// tun.CreateTUN) in the calling thread's network namespace.
 func OpenTUN(name string, mtu int) (Device, error) {
 	d, err := tun.CreateTUN(name, mtu)
 	if err != nil {

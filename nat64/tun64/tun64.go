@@ -7,15 +7,17 @@
 //
 // The wiring, as TestNetnsTAYGAWiring sets it up: the device up, the
 // prefix routed into it (ip -6 route add 64:ff9b::/96 dev nat64), the pool
-// too (ip route add 192.0.2.1/32 dev nat64), and on a gateway IPv4
-// forwarding from the device to the uplink. No firewall rules are needed:
-// the translator is the stateful NAT, and the pool addresses are its own.
+// too (ip route add 192.0.2.1/32 dev nat64). A gateway adds forwarding
+// and, since its pool is an address of its own not routed to it from the
+// Internet, the kernel's NAT44 of the pool out of the uplink, with
+// FORWARD accepts for firewalls that drop by default: Wiring (wire.go)
+// puts all of it in place and takes it away. CLATWiring (clat.go) is the
+// same for a node's CLAT (nat64.NewCLAT), whose IPv4 side is the LAN.
 //
 // The device is anything with the batch I/O of wireguard-go's tun.Device
-// (golang.zx2c4.com/wireguard/tun), which satisfies Device as it is.
-// Opening a real one (OpenTUN) is behind the build tag nat64tun: the
-// wireguard-go tun package adds 128 KiB to the stripped mipsle binary,
-// more than its 12 MB budget has left.
+// (golang.zx2c4.com/wireguard/tun), which satisfies Device as it is;
+// OpenTUN opens a real one on Linux, in every build (the node opens its
+// NAT64 and CLAT devices with it).
 package tun64
 
 import (
