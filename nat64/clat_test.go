@@ -318,3 +318,50 @@ func TestCLATSeedCorpus(t *testing.T) {
 		}
 	}
 }
+
+// TestCLATExplicitMapping: a CLAT prefix longer than /96 maps the LAN's
+// hosts by their low bits (RFC 7757 §3.2), as a mesh node's CLAT /117
+// does; the way back recovers the host; a host the mapping does not cover
+// is dropped, and a LAN too wide for it is a configuration error.
+func TestCLATExplicitMapping(t *testing.T) {
+	v6 := netip.MustParsePrefix("fdf0:4cb5:d384:1012:3456:789a:bcde:f800/117")
+	lan := netip.MustParsePrefix("10.64.1.0/24")
+	tr, err := NewCLAT(CLATConfig{CLAT: v6, LAN4: lan, MTU6: 1400, ICMPErrorsPerSecond: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 2000)
+	in := pkt4(lanHost4, server4, 64, protoUDP, 9, 0, udpSeg(40000, 123, []byte("ntp?")), true)
+	n, _, err := tr.In4(in, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify6(out[:n]); err != nil {
+		t.Fatal(err)
+	}
+	// 10.64.1.20: low 11 bits 0x114, after the /117's f800.
+	want := netip.MustParseAddr("fdf0:4cb5:d384:1012:3456:789a:bcde:f914").As16()
+	if !bytes.Equal(out[8:24], want[:]) || !bytes.Equal(out[24:40], sl(wkp(server4))) {
+		t.Fatalf("addresses %x → %x", out[8:24], out[24:40])
+	}
+	back := pkt6(wkp(server4), want, 60, protoUDP, udpSeg(123, 40000, []byte("ntp!")), nil)
+	n, _, err = tr.In6(back, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify4(out[:n]); err != nil {
+		t.Fatal(err)
+	}
+	if [4]byte(out[16:20]) != lanHost4 {
+		t.Fatalf("back to %v, want %v", out[16:20], lanHost4)
+	}
+	stranger := pkt4(a4("10.65.0.1"), server4, 64, protoUDP, 9, 0, udpSeg(40000, 123, []byte("x")), true)
+	if _, _, err := tr.In4(stranger, out); !errors.Is(err, ErrNoMapping) {
+		t.Fatalf("a host outside the mapped /21: %v, want ErrNoMapping", err)
+	}
+	for _, bad := range []netip.Prefix{{}, netip.MustParsePrefix("10.64.0.0/20"), netip.MustParsePrefix("fd00::/64")} {
+		if _, err := NewCLAT(CLATConfig{CLAT: v6, LAN4: bad}); err == nil {
+			t.Errorf("LAN %v accepted for a /117 mapping", bad)
+		}
+	}
+}
