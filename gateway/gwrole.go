@@ -162,6 +162,23 @@ func (g *gatewayRole) record(p probe, mapped netip.AddrPort) {
 	}
 }
 
+// publicAddr is the address the Internet reaches the gateway at: the
+// configured public-address, else the address of the last STUN mapping
+// (RFC 8489 §14.2, XOR-MAPPED-ADDRESS; the probes keep it alive), else
+// invalid (not learned yet). Without either config key the uplink's own
+// address is public (config.go requires one of them for a gateway).
+func (g *gatewayRole) publicAddr() netip.Addr {
+	if a := g.n.opts.PublicAddress; a.IsValid() {
+		return a
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.public.IsValid() {
+		return g.public.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
 // upByProbes reports an uplink whose STUN server answered at least one of
 // the last unreachableAfter probes (one lost probe is no outage).
 func (g *gatewayRole) upByProbes() bool {

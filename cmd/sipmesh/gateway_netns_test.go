@@ -560,15 +560,15 @@ func TestGatewayFailover(t *testing.T) {
 }
 
 // internetBaresip starts a baresip registered with example.net as user
-// (password pass) at addr in ns, sending a tone of hz, and waits for its
-// registration. It returns its directory (its recordings land there).
-func internetBaresip(t *testing.T, ns *netns.NS, baresip, user, addr, pass string, hz float64) (string, *baresipUA) {
+// (password pass) at addr in ns, sending a tone of hz, with baresip's
+// extra args, and waits for its registration. It returns its directory (its recordings land there).
+func internetBaresip(t *testing.T, ns *netns.NS, baresip, user, addr, pass string, hz float64, args ...string) (string, *baresipUA) {
 	t.Helper()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "config"), baresipBase+"net_interface "+addr+"\nsip_listen "+addr+":5060\ndns_server "+inetDNS+":53\n")
 	writeFile(t, filepath.Join(dir, "accounts"), "<sip:"+user+"@example.net>;auth_pass="+pass+";regint=300;answermode=auto;audio_codecs=pcmu;ptime=20\n")
 	writeToneWAV(t, filepath.Join(dir, "tone.wav"), hz, 5*time.Second)
-	ua := startBaresip(t, ns, baresip, dir)
+	ua := startBaresip(t, ns, baresip, dir, args...)
 	// Its REGISTER_OK event may come before ctrl_tcp is connected: its
 	// log tells.
 	waitFor(t, 15*time.Second, user+" to register with example.net", func() (bool, string) {
