@@ -92,7 +92,10 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		// Far ends behind NAT send from addresses nothing in SIP names
 		// (sipalg.SideConfig.LatchAny): symmetric RTP, RFC 4961.
 		A: sipalg.SideConfig{Name: "uplink", Addr: addr, Listen: sipalg.NetworkListener(nw, addr),
-			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true},
+			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true,
+			// Behind NAT the router must see our datagram to a far end
+			// before it lets the far end's in (sipalg.SideConfig.Punch).
+			Punch: public != addr},
 		B:      n.meshRelaySide(meshAddr),
 		Logger: log,
 	})

@@ -72,9 +72,16 @@ func TestGatewayBehindNAT(t *testing.T) {
 	inet.Run(t, "ip", "link", "add", "br0", "type", "bridge")
 	inet.Run(t, "ip", "link", "set", "br0", "up")
 	inet.Run(t, "ip", "link", "set", "inet0", "master", "br0")
-	for _, a := range []string{inetDNS, inetKamailio, inetBob, inetSTUN} {
+	for _, a := range []string{inetDNS, inetKamailio, inetSTUN} {
 		inet.Run(t, "ip", "addr", "add", a+"/24", "dev", "br0")
 	}
+	// bob on a host of his own: the router lets in only what comes from
+	// the address its mapping names, and a host with several addresses
+	// on one interface would send his RTP from the first of them.
+	bobNS := netns.New(t, "xbob")
+	netns.Veth(t, inet, "bob0", bobNS, "eth0")
+	inet.Run(t, "ip", "link", "set", "bob0", "master", "br0")
+	bobNS.Run(t, "ip", "addr", "add", inetBob+"/24", "dev", "eth0")
 	startDnsmasq(t, inet, dnsmasq)
 	kamLog := startKamailioNS(t, inet, kamailio)
 	stunDir := t.TempDir()
@@ -105,7 +112,7 @@ func TestGatewayBehindNAT(t *testing.T) {
 
 	const bobTone, phoneTone = 1300.0, 700.0
 	// -s: bob's log shows the SIP messages it receives.
-	bobDir, bob := internetBaresip(t, inet, baresip, "bob", inetBob, "pwob", bobTone, "-s")
+	bobDir, bob := internetBaresip(t, bobNS, baresip, "bob", inetBob, "pwob", bobTone, "-s")
 	phDir := t.TempDir()
 	writeFile(t, filepath.Join(phDir, "config"), baresipBase+"net_interface "+natPhoneIP+"\nsip_listen "+natPhoneIP+":5060\n")
 	lan, _, _ := strings.Cut(natLANIP, "/")
