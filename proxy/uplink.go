@@ -31,7 +31,8 @@ import (
 // reach it — for a domain not the mesh's is located by RFC 3263
 // (UplinkConfig.Locate: NAPTR, SRV, A) and sent from the uplink, with the
 // uplink address in Via and Record-Route (double record-routing, RFC 5658)
-// and the media anchored on the gateway's relay between its mesh side and
+// — behind a NAT router the public one there and in the SDP
+// (SIPServiceConfig.LANPublic) — and the media anchored on the gateway's relay between its mesh side and
 // its uplink side, which latches the far end's real source (symmetric RTP,
 // RFC 4961) so far ends behind NAT work. In-dialog requests follow the
 // recorded route set both ways, as everywhere.
