@@ -43,6 +43,9 @@ type GatewayRoleStatus struct {
 	Domain  string   `json:"domain,omitempty"`
 	// Trunk is the trunk's registration (trunk-* keys; no password).
 	Trunk *uplink.TrunkStatus `json:"trunk,omitempty"`
+	// Refused counts the requests from the Internet the gateway answered
+	// 403 (proxy's uplink.go: foreign domains, REGISTER, scans).
+	Refused uint64 `json:"refused"`
 	// Announced is when the announcement was last written to the DHT.
 	Announced time.Time `json:"announced,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
@@ -243,6 +246,9 @@ func (g *gatewayRole) status() *GatewayRoleStatus {
 	if t := g.n.svc.trunk; t != nil {
 		ts := t.Status()
 		st.Trunk = &ts
+	}
+	if u := g.n.svc.uplinkSIP; u != nil {
+		st.Refused = u.Stats().Refused
 	}
 	g.n.svc.mu.Unlock()
 	st.Offers = []string{"uris"}

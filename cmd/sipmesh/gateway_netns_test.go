@@ -45,7 +45,8 @@ const (
 // challenge answered), and bob's call to the DID sip:5550100@example.net,
 // delivered by the provider to the gateway, rings 201 (`sipmesh did set
 // 5550100 201`), audio both ways. An INVITE from the Internet for another
-// domain sent to the gateway is refused 403.
+// domain sent to the gateway is refused 403, and sipvicious' svwar learns
+// nothing about which extensions exist.
 func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 	netns.RequireRoot(t)
 	busybox := needTool(t, "busybox", "busybox")
@@ -231,6 +232,62 @@ func TestBaresipCallsInternetThroughGateway(t *testing.T) {
 			t.Errorf("INVITE %s from the Internet to the gateway: %s, want 403", target, code)
 		}
 	}
+
+	// An extension scanner on the Internet learns nothing: svwar first
+	// asks for a random extension, then for the ones it scans, and
+	// reports those whose answer differs. Asked for 201, which exists
+	// (registered, an extension of sip-domain), it gets the same 403 as
+	// for the random one, for REGISTER, OPTIONS and INVITE alike (and
+	// then stops: 403 is no answer it expects of a PBX).
+	svwar := needTool(t, "svwar", "sipvicious")
+	for _, method := range []string{"REGISTER", "OPTIONS", "INVITE"} {
+		before := gatewayRefused(t, m, 0)
+		out := svwarScan(t, inet, svwar, inetDNS, inetGateway, method, "201")
+		refused := gatewayRefused(t, m, 0) - before
+		t.Logf("svwar -m %s -e 201 %s: %d requests refused 403; svwar: %s", method, inetGateway, refused,
+			strings.TrimSpace(lastLines(out, 1)))
+		if !strings.Contains(out, "found nothing") || strings.Contains(out, "extension '201'") {
+			t.Errorf("svwar -m %s learned something about extension 201:\n%s", method, out)
+		}
+		// Its probe and the question for 201 both reached the gateway:
+		// the scan did run against it.
+		if refused < 2 {
+			t.Errorf("svwar -m %s: the gateway refused %d requests, want 2 (did the scan reach it?)\n%s", method, refused, out)
+		}
+	}
+}
+
+// svwarScan runs sipvicious' svwar in ns from bindIP against target with
+// method over the extensions exts, bounded in time, and returns its
+// output. Its session files go to a temporary HOME.
+func svwarScan(t *testing.T, ns *netns.NS, svwar, bindIP, target, method, exts string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := ns.Command(ctx, "env", "HOME="+t.TempDir(), svwar, "-m", method, "-e", exts, "--force",
+		"-b", bindIP, "-P", "5099", "-x", bindIP, "--maximumtime=5", "-t", "0.05", target)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("svwar -m %s did not end within 60 s:\n%s", method, out)
+	}
+	if err != nil {
+		t.Fatalf("svwar -m %s: %v\n%s", method, err, out)
+	}
+	return string(out)
+}
+
+// gatewayRefused is how many requests from the Internet node i's gateway
+// refused 403 so far.
+func gatewayRefused(t *testing.T, m *lineMesh, i int) uint64 {
+	t.Helper()
+	st, err := m.nodes[i].status(m.bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Gateway == nil {
+		t.Fatalf("n%d has no gateway role", i+1)
+	}
+	return st.Gateway.Refused
 }
 
 // startDnsmasq serves example.net's SIP location records on inetDNS:53
