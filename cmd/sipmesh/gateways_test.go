@@ -11,7 +11,6 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/phones"
@@ -115,49 +114,9 @@ func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
 // (priority 20).
 func internetDNSWith(t *testing.T, m *telMesh, bob netip.Addr, deadFirst bool) {
 	t.Helper()
-	h := m.nw.AddHost("dns")
-	m.inet.Attach(h.AddInterface("eth0", 1500, netip.MustParsePrefix("198.51.100.53/24")))
-	conn, err := h.ListenPacket(context.Background(), "udp4", "198.51.100.53:53")
-	if err != nil {
+	if err := m.startInternetDNS(bob, deadFirst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	rrs := map[uint16]map[string][]string{
-		dns.TypeNAPTR: {"example.net.": {`example.net. 60 IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.net.`}},
-		dns.TypeSRV:   {"_sip._udp.example.net.": {"_sip._udp.example.net. 60 IN SRV 10 10 5060 sip.example.net."}},
-		dns.TypeA:     {"sip.example.net.": {"sip.example.net. 60 IN A " + bob.String()}},
-	}
-	if deadFirst {
-		rrs[dns.TypeSRV]["_sip._udp.example.net."] = []string{
-			"_sip._udp.example.net. 60 IN SRV 10 10 5060 dead.example.net.",
-			"_sip._udp.example.net. 60 IN SRV 20 10 5060 sip.example.net."}
-		rrs[dns.TypeA]["dead.example.net."] = []string{"dead.example.net. 60 IN A 198.51.100.30"}
-	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var q dns.Msg
-			if q.Unpack(buf[:n]) != nil || len(q.Question) != 1 {
-				continue
-			}
-			res := new(dns.Msg)
-			res.SetReply(&q)
-			qq := q.Question[0]
-			for _, s := range rrs[qq.Qtype][strings.ToLower(qq.Name)] {
-				rr, err := dns.NewRR(s)
-				if err != nil {
-					panic(err)
-				}
-				res.Answer = append(res.Answer, rr)
-			}
-			b, _ := res.Pack()
-			conn.WriteTo(b, from)
-		}
-	}()
 }
 
 // TestOutboundCallOnMesh: a phone 3 hops from the gateway calls
@@ -400,14 +359,10 @@ func TestOutboundServerFailover(t *testing.T) {
 // (settings' LocalAddr and Network are filled in).
 func internetPhone(t *testing.T, m *telMesh, name string, addr netip.Addr, set phones.Settings, pol phones.Policy) *phones.Phone {
 	t.Helper()
-	h := m.nw.AddHost(name)
-	m.inet.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(addr, 24)))
-	set.LocalAddr = addr
-	p, err := phones.New(phones.Config{Settings: set, Policy: pol, Network: h})
+	p, err := m.internetPhone(name, addr, set, pol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.wg.Go(func() { p.Run(m.ctx) })
 	return p
 }
 
