@@ -21,7 +21,7 @@ BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
 # router binary leaves out (size budget); its tests run all the same.
 TESTTAGS     ?= nat64tun## build tags of make test
 PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
-PEER_ROWS    ?= dns,register,calls## rows `make bench-peers` measures
+PEER_ROWS    ?= dns,register,calls,gateway## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
 STRESS_N     ?= 20000## mutated SIP messages `make stress` sends
 STRESS_SEED  ?= 1## seed of `make stress`'s mutations
