@@ -34,7 +34,14 @@
 // uplink socket: numbers by dial prefix go out through it, the
 // provider's calls for DIDs come in (proxy/uplink.go).
 //
-// Planned, not here yet: the public address behind NAT in SIP and SDP,
-// firewall and NAT rules on real nodes, and RFC 6076 SIP performance
-// metrics.
+// Behind a NAT router the Internet side waits for its public address
+// (public-address, else the first STUN answer, RFC 8489) and writes it
+// into Via, Record-Route, the trunk's Contact and the SDP it sends
+// (proxy.SIPServiceConfig.LANPublic); its relay opens the router's
+// mapping towards a far end's media before that far end sends
+// (sipalg.SideConfig.Punch), and keep-alives to the provider hold the
+// trunk's mapping open (uplinksip.go).
+//
+// Planned, not here yet: firewall and NAT rules on real nodes, and RFC
+// 6076 SIP performance metrics.
 package gateway

@@ -35,7 +35,10 @@ const (
 // received), and tones prove audio both ways through the router. The
 // trunk registers with the public address as its Contact, and bob's call
 // to the DID comes back through the router's mapping (kept alive by the
-// trunk's keep-alives) to the phone, audio both ways.
+// trunk's keep-alives) to the phone, audio both ways. Without the relay's
+// empty datagram to bob's media address (sipalg.SideConfig.Punch) the
+// call out had no audio from bob: his first RTP reached the router before
+// the relay's, and the router then mapped the relay's port to another.
 func TestGatewayBehindNAT(t *testing.T) {
 	netns.RequireRoot(t)
 	baresip := needTool(t, "baresip", "baresip-core")
