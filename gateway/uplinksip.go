@@ -167,9 +167,9 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 			Username:  n.opts.TrunkUser, Password: n.trunkPassword,
 			// Where the provider delivers calls: behind NAT, the public
 			// address and the uplink socket's port, which the router
-			// keeps (SIPServiceConfig.LANPublic) and the REGISTER
-			// refreshes keep mapped (RFC 3261 §10.2.1; every 30 s where
-			// the provider's Expires allows: trunk.go).
+			// keeps (SIPServiceConfig.LANPublic); the keep-alives hold
+			// the mapping open between REGISTER refreshes and follow a
+			// changed public address (keepMapped).
 			Contact: sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: public.String(), Port: int(n.opts.SIPPort)},
 			Client:  svc.TrunkClient(),
 			Locator: loc,
@@ -199,7 +199,13 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		if public != addr {
 			// Behind NAT: the mapping the provider's calls come back
 			// through must outlive the gaps between REGISTER refreshes.
-			go keepMapped(tctx, svc, func() (netip.AddrPort, bool) { return trunkTarget(trunk) })
+			go keepMapped(tctx, svc, func() (netip.AddrPort, bool) { return trunkTarget(trunk) }, func() {
+				// A new STUN mapping (the router's address changed): the
+				// provider must call the new one.
+				if a := n.svc.role.publicAddr(); a.IsValid() {
+					trunk.SetContactHost(a.String())
+				}
+			})
 		}
 	} else {
 		close(trunkDone)
@@ -238,8 +244,9 @@ func trunkTarget(t *uplink.Trunk) (netip.AddrPort, bool) {
 const natKeepAlive = 20 * time.Second
 
 // keepMapped sends a keep-alive (proxy's KeepAlive) to the trunk's
-// registered server every natKeepAlive until ctx ends.
-func keepMapped(ctx context.Context, svc *proxy.SIPService, target func() (netip.AddrPort, bool)) {
+// registered server every natKeepAlive until ctx ends, and calls follow
+// first, to follow a changed public address.
+func keepMapped(ctx context.Context, svc *proxy.SIPService, target func() (netip.AddrPort, bool), follow func()) {
 	tick := time.NewTicker(natKeepAlive)
 	defer tick.Stop()
 	for {
@@ -248,6 +255,7 @@ func keepMapped(ctx context.Context, svc *proxy.SIPService, target func() (netip
 			return
 		case <-tick.C:
 		}
+		follow()
 		if dst, ok := target(); ok {
 			svc.KeepAlive(dst)
 		}
