@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/phones"
 )
 
@@ -184,7 +185,7 @@ func (m *telMesh) waitGateways(ctx context.Context, ps []*meshPhone) error {
 			ready = ready && m.nodes[g].UplinkSIP() != nil
 		}
 		for _, p := range ps {
-			if _, err := m.nodes[p.Node].ChooseGateway(ctx, "uri"); err != nil {
+			if _, err := m.nodes[p.Node].ChooseGateway(ctx, gateway.KindURI); err != nil {
 				ready = false
 			}
 		}
