@@ -40,6 +40,13 @@
 // gateway (nat64exit.go); with clat-prefix a node with a LAN runs a CLAT
 // for its IPv4 hosts (clat.go).
 //
-// Planned, not here yet: the public address behind NAT in SIP and SDP,
-// and RFC 6076 SIP performance metrics.
+// Behind a NAT router the Internet side waits for its public address
+// (public-address, else the first STUN answer, RFC 8489) and writes it
+// into Via, Record-Route, the trunk's Contact and the SDP it sends
+// (proxy.SIPServiceConfig.LANPublic); its relay opens the router's
+// mapping towards a far end's media before that far end sends
+// (sipalg.SideConfig.Punch), and keep-alives to the provider hold the
+// trunk's mapping open (uplinksip.go).
+//
+// Planned, not here yet: RFC 6076 SIP performance metrics.
 package gateway

@@ -44,6 +44,9 @@ type GatewayRoleStatus struct {
 	Domain  string   `json:"domain,omitempty"`
 	// Trunk is the trunk's registration (trunk-* keys; no password).
 	Trunk *uplink.TrunkStatus `json:"trunk,omitempty"`
+	// Refused counts the requests from the Internet the gateway answered
+	// 403 (proxy's uplink.go: foreign domains, REGISTER, scans).
+	Refused uint64 `json:"refused"`
 	// Announced is when the announcement was last written to the DHT.
 	Announced time.Time `json:"announced,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
@@ -169,6 +172,23 @@ func (g *gatewayRole) record(p probe, mapped netip.AddrPort) {
 	}
 }
 
+// publicAddr is the address the Internet reaches the gateway at: the
+// configured public-address, else the address of the last STUN mapping
+// (RFC 8489 §14.2, XOR-MAPPED-ADDRESS; the probes keep it alive), else
+// invalid (not learned yet). Without either config key the uplink's own
+// address is public (config.go requires one of them for a gateway).
+func (g *gatewayRole) publicAddr() netip.Addr {
+	if a := g.n.opts.PublicAddress; a.IsValid() {
+		return a
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.public.IsValid() {
+		return g.public.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
 // upByProbes reports an uplink whose STUN server answered at least one of
 // the last unreachableAfter probes (one lost probe is no outage).
 func (g *gatewayRole) upByProbes() bool {
@@ -234,6 +254,9 @@ func (g *gatewayRole) status() *GatewayRoleStatus {
 	if t := g.n.svc.trunk; t != nil {
 		ts := t.Status()
 		st.Trunk = &ts
+	}
+	if u := g.n.svc.uplinkSIP; u != nil {
+		st.Refused = u.Stats().Refused
 	}
 	g.n.svc.mu.Unlock()
 	st.Offers = []string{"uris"}

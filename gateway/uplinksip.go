@@ -53,12 +53,17 @@ func (n *Node) locator() *uplink.Locator {
 // runUplinkSIP runs the gateway's Internet side (proxy/uplink.go): a
 // SIP service with its "LAN" socket on the uplink address and its mesh
 // socket on GatewaySIPPort, with a relay between the two, until ctx
-// ends. It waits for the uplink's address (DHCP may be late).
+// ends. It waits for the uplink's address (DHCP may be late) and for the
+// public address (behind NAT: the first STUN answer), which goes into
+// Via, Record-Route, the trunk's Contact and the SDP of what the gateway
+// sends to the Internet: a private address there is one no peer can
+// reach back.
 func (n *Node) runUplinkSIP(ctx context.Context) error {
-	var addr netip.Addr
+	var addr, public netip.Addr
 	for {
 		a, up, err := n.uplinkAddr()
-		if err == nil && up {
+		public = n.svc.role.publicAddr()
+		if err == nil && up && public.IsValid() {
 			addr = a
 			break
 		}
@@ -87,7 +92,10 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		// Far ends behind NAT send from addresses nothing in SIP names
 		// (sipalg.SideConfig.LatchAny): symmetric RTP, RFC 4961.
 		A: sipalg.SideConfig{Name: "uplink", Addr: addr, Listen: sipalg.NetworkListener(nw, addr),
-			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true},
+			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true,
+			// Behind NAT the router must see our datagram to a far end
+			// before it lets the far end's in (sipalg.SideConfig.Punch).
+			Punch: public != addr},
 		B:      n.meshRelaySide(meshAddr),
 		Logger: log,
 	})
@@ -116,12 +124,7 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 			return fmt.Errorf("trunk-registrar: %w", err) // checked by the config already
 		}
 		// The provider's server the trunk registered with.
-		target := func() (netip.AddrPort, bool) {
-			st := trunk.Status()
-			_, ap, _ := strings.Cut(st.Target, " ")
-			t, err := netip.ParseAddrPort(ap)
-			return netip.AddrPortFrom(t.Addr().Unmap(), t.Port()), err == nil && st.Registered
-		}
+		target := func() (netip.AddrPort, bool) { return trunkTarget(trunk) }
 		up.TrunkUser, up.TrunkPassword, up.TrunkHost = n.opts.TrunkUser, n.trunkPassword, reg.Host
 		up.TrunkSource = func(a netip.Addr) bool {
 			t, ok := target()
@@ -140,6 +143,8 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		// Calls of the node's own phones come from its own service.
 		LocalPeer: netip.AddrPortFrom(meshAddr, n.opts.SIPPort),
 		Uplink:    up,
+		// Behind NAT, the public address (followed as STUN learns it).
+		LANPublic: n.svc.role.publicAddr,
 		// A DID is a dial-plan alias of an extension (`sipmesh did`).
 		Aliases: n.aliases(),
 		// Internet calls for sip:EXT@sip-domain are looked up.
@@ -160,9 +165,12 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 			Registrar: reg,
 			AOR:       sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: reg.Host},
 			Username:  n.opts.TrunkUser, Password: n.trunkPassword,
-			// The gateway's own address on the uplink (behind NAT: not yet
-			// the public one; README, Internet gateways).
-			Contact: sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: addr.String(), Port: int(n.opts.SIPPort)},
+			// Where the provider delivers calls: behind NAT, the public
+			// address and the uplink socket's port, which the router
+			// keeps (SIPServiceConfig.LANPublic); the keep-alives hold
+			// the mapping open between REGISTER refreshes and follow a
+			// changed public address (keepMapped).
+			Contact: sip.Uri{Scheme: "sip", User: n.opts.TrunkUser, Host: public.String(), Port: int(n.opts.SIPPort)},
 			Client:  svc.TrunkClient(),
 			Locator: loc,
 			Logger:  log,
@@ -188,6 +196,17 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	defer tcancel()
 	if trunk != nil {
 		go func() { trunk.Run(tctx); close(trunkDone) }()
+		if public != addr {
+			// Behind NAT: the mapping the provider's calls come back
+			// through must outlive the gaps between REGISTER refreshes.
+			go keepMapped(tctx, svc, func() (netip.AddrPort, bool) { return trunkTarget(trunk) }, func() {
+				// A new STUN mapping (the router's address changed): the
+				// provider must call the new one.
+				if a := n.svc.role.publicAddr(); a.IsValid() {
+					trunk.SetContactHost(a.String())
+				}
+			})
+		}
 	} else {
 		close(trunkDone)
 	}
@@ -207,6 +226,40 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		return nil
 	}
 	return errors.Join(errs...)
+}
+
+// trunkTarget is the provider's server the trunk registered with, and
+// whether it is registered.
+func trunkTarget(t *uplink.Trunk) (netip.AddrPort, bool) {
+	st := t.Status()
+	_, ap, _ := strings.Cut(st.Target, " ")
+	a, err := netip.ParseAddrPort(ap)
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()), err == nil && st.Registered
+}
+
+// natKeepAlive is the period of the keep-alives to the provider from a
+// gateway behind NAT: below the 30 s many routers keep an idle UDP
+// mapping (Linux conntrack's unreplied timeout), where RFC 5626 §4.4.1
+// would allow 95 to 120 s for routers that follow RFC 4787.
+const natKeepAlive = 20 * time.Second
+
+// keepMapped sends a keep-alive (proxy's KeepAlive) to the trunk's
+// registered server every natKeepAlive until ctx ends, and calls follow
+// first, to follow a changed public address.
+func keepMapped(ctx context.Context, svc *proxy.SIPService, target func() (netip.AddrPort, bool), follow func()) {
+	tick := time.NewTicker(natKeepAlive)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		follow()
+		if dst, ok := target(); ok {
+			svc.KeepAlive(dst)
+		}
+	}
 }
 
 // UplinkSIP returns the gateway's Internet side (nil: not a gateway, or

@@ -218,7 +218,14 @@ func (l *callLeg) rewrite(ctx context.Context, body []byte, from, to sipalg.Side
 				sess.AllowSource(from, srcIP)
 			}
 		}
-		plan.Streams = append(plan.Streams, sess.StreamPlan(to))
+		sp := sess.StreamPlan(to)
+		if sp.Addr.IsValid() && sp.Addr != toAddr && sp.Addr.Is4() && toAddr.Is4() {
+			// A gateway behind NAT: the relay's uplink port as the
+			// Internet reaches it, at the public address
+			// (SIPServiceConfig.LANPublic); the router keeps the port.
+			sp.Addr = toAddr
+		}
+		plan.Streams = append(plan.Streams, sp)
 	}
 	return d.Rewrite(plan)
 }

@@ -513,8 +513,8 @@ func (s *SIPService) popRoutes(r *sip.Request, in *sock) (recorded bool, flow *t
 func (s *SIPService) ourRoute(u *sip.Uri) bool {
 	h := registrar.CanonHost(u.Host)
 	for _, sk := range []*sock{s.lan, s.mesh} {
-		if h == sk.addr.Addr().WithZone("").String() {
-			return u.Port == 0 || u.Port == int(sk.addr.Port())
+		if sk.names(h, 0) {
+			return sk.names(h, u.Port)
 		}
 	}
 	return s.domains[h] && !isIPLiteral(h)
@@ -586,7 +586,7 @@ func (s *SIPService) looped(req *sip.Request) bool {
 		}
 		host := registrar.CanonHost(v.Host)
 		for _, sk := range []*sock{s.lan, s.mesh} {
-			if host == sk.addr.Addr().WithZone("").String() && (v.Port == 0 || v.Port == int(sk.addr.Port())) {
+			if sk.names(host, v.Port) {
 				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
 					return true
 				}
@@ -656,9 +656,15 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 		r.PrependHeader(recordRoute(out, t.transport, s.rrTag(out.addr, callID)))
 	}
 	// Step 8: our Via, with the loop-detection hash in the branch.
+	// Behind NAT the public address (SIPServiceConfig.LANPublic), and
+	// rport (RFC 3581 §3) so that responses follow the router's mapping.
+	adv := out.advertised()
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.transport,
-		Host: out.addr.Addr().WithZone("").String(), Port: int(out.addr.Port())}
+		Host: adv.Addr().WithZone("").String(), Port: int(adv.Port())}
 	via.Params.Add("branch", "z9hG4bKsm"+loopHash(p.req)+"."+randomHex(6))
+	if adv != out.addr {
+		via.Params.Add("rport", "")
+	}
 	r.PrependHeader(via)
 
 	if body := r.Body(); s.cfg.Relay != nil && out.side != p.in.side && isSDP(r) && len(body) > 0 {
@@ -676,7 +682,7 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 			}
 			p.leg = leg
 		}
-		nb, err := p.leg.rewrite(s.ctx, body, p.in.side, out.side, out.addr.Addr(), p.src.Addr())
+		nb, err := p.leg.rewrite(s.ctx, body, p.in.side, out.side, out.advertised().Addr(), p.src.Addr())
 		if err != nil {
 			return nil, nil, err
 		}
@@ -695,7 +701,8 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 // recordRoute is a Record-Route naming sk, with this node's tag of the
 // dialog (routecheck.go).
 func recordRoute(sk *sock, transport, tag string) *sip.RecordRouteHeader {
-	u := sip.Uri{Scheme: "sip", Host: sipnet.URIHost(sk.addr.Addr()), Port: int(sk.addr.Port())}
+	adv := sk.advertised()
+	u := sip.Uri{Scheme: "sip", Host: sipnet.URIHost(adv.Addr()), Port: int(adv.Port())}
 	if strings.EqualFold(transport, "TCP") {
 		u.UriParams = append(u.UriParams, sip.HeaderKV{K: "transport", V: "tcp"})
 	}
@@ -978,7 +985,7 @@ func (p *proxyTx) relayUp(b *branch, res *sip.Response) {
 		return // a response that was not ours to forward
 	}
 	if body := out.Body(); p.leg != nil && b.out.side != p.in.side && isSDP(out) && len(body) > 0 {
-		if nb, err := p.leg.rewrite(p.s.ctx, body, b.out.side, p.in.side, p.in.addr.Addr(), netip.Addr{}); err == nil {
+		if nb, err := p.leg.rewrite(p.s.ctx, body, b.out.side, p.in.side, p.in.advertised().Addr(), netip.Addr{}); err == nil {
 			out.SetBody(nb)
 		} else {
 			p.s.peerLog.Info("SDP of a response not rewritten", "call_id", res.CallID(), "err", err)

@@ -113,6 +113,18 @@ type SIPServiceConfig struct {
 	// its "LAN" socket is on the uplink, its mesh socket on the gateway
 	// port. Nil: an ordinary node service.
 	Uplink *UplinkConfig
+	// LANPublic, if set, returns the address the other side of a NAT
+	// router reaches the LAN socket's address at (a gateway behind NAT:
+	// its configured public-address, else the STUN-learned mapping, RFC
+	// 8489 §5); invalid: not known (yet), LANAddr is used. It goes,
+	// with LANAddr's port, into what the service sends out of the LAN
+	// socket where a peer must reach it back: Via (RFC 3261 §18.2.2:
+	// responses), Record-Route (§16.6 step 4: in-dialog requests) and
+	// the SDP's c= line (RFC 4566 §5.7: media). The port is the local
+	// one: a NAT router that keeps source ports (Linux's MASQUERADE
+	// does while the port is free) maps it unchanged, and Via's rport
+	// (RFC 3581) lets responses follow the mapping anyway.
+	LANPublic func() netip.Addr
 	// LocalPeer is the node's other SIP service on its mesh address (on a
 	// gateway with phones: the Internet side for the node's service, the
 	// node's service for the Internet side), the one destination on the
@@ -181,6 +193,33 @@ type sock struct {
 	addr  netip.AddrPort
 	side  sipalg.Side
 	laddr sip.Addr
+	// public is SIPServiceConfig.LANPublic on the LAN socket (nil
+	// elsewhere).
+	public func() netip.Addr
+}
+
+// advertised is the address peers reach sk at: behind NAT the public
+// address with sk's port, else sk's own.
+func (sk *sock) advertised() netip.AddrPort {
+	if sk.public != nil {
+		if a := sk.public(); a.IsValid() {
+			return netip.AddrPortFrom(a.Unmap(), sk.addr.Port())
+		}
+	}
+	return sk.addr
+}
+
+// names reports whether host (canonical, no zone) and port (0: none)
+// name sk: its own address or the one it is advertised at.
+func (sk *sock) names(host string, port int) bool {
+	if port != 0 && port != int(sk.addr.Port()) {
+		return false
+	}
+	if host == sk.addr.Addr().WithZone("").String() {
+		return true
+	}
+	adv := sk.advertised().Addr()
+	return adv != sk.addr.Addr() && host == adv.String()
 }
 
 // SIPService is a node's SIP endpoint: registrar, proxy and ALG.
@@ -290,6 +329,7 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 	}
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
 	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
+	s.lan.public = cfg.LANPublic
 
 	// sipgo logs every unparsable message at error level with its
 	// content (responses and TCP streams pass the guard unparsed): keep
@@ -666,4 +706,7 @@ func (s *SIPService) janitor(ctx context.Context) {
 }
 
 // ourHost reports whether a URI host names this node or the mesh domain.
-func (s *SIPService) ourHost(host string) bool { return s.domains[registrar.CanonHost(host)] }
+func (s *SIPService) ourHost(host string) bool {
+	h := registrar.CanonHost(host)
+	return s.domains[h] || s.lan.public != nil && s.lan.names(h, 0)
+}

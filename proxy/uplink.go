@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -30,7 +31,8 @@ import (
 // reach it — for a domain not the mesh's is located by RFC 3263
 // (UplinkConfig.Locate: NAPTR, SRV, A) and sent from the uplink, with the
 // uplink address in Via and Record-Route (double record-routing, RFC 5658)
-// and the media anchored on the gateway's relay between its mesh side and
+// — behind a NAT router the public one there and in the SDP
+// (SIPServiceConfig.LANPublic) — and the media anchored on the gateway's relay between its mesh side and
 // its uplink side, which latches the far end's real source (symmetric RTP,
 // RFC 4961) so far ends behind NAT work. In-dialog requests follow the
 // recorded route set both ways, as everywhere.
@@ -111,6 +113,19 @@ func (c trunkClient) Do(ctx context.Context, req *sip.Request, opts ...sipgo.Cli
 func (c trunkClient) DoDigestAuth(ctx context.Context, req *sip.Request, res *sip.Response, auth sipgo.DigestAuth) (*sip.Response, error) {
 	c.s.lan.laddr.Copy(&req.Laddr)
 	return c.s.client.DoDigestAuth(ctx, req, res, auth)
+}
+
+// KeepAlive sends a keep-alive from the Internet side's socket to dst
+// (the trunk's provider): a NAT router in front of the gateway keeps the
+// socket's mapping only while packets flow (RFC 4787 REQ-5: at least 2
+// minutes, often 30 s in practice), and the provider delivers calls
+// through that mapping. It is the double-CRLF "ping" of RFC 5626
+// §3.5.1, which a SIP server drops as the empty lines RFC 3261 §7.5 lets
+// precede a message; no answer is needed, the outgoing datagram alone
+// refreshes the mapping.
+func (s *SIPService) KeepAlive(dst netip.AddrPort) error {
+	_, err := s.cfg.LANUDP.WriteTo([]byte("\r\n\r\n"), net.UDPAddrFromAddrPort(dst))
+	return err
 }
 
 // uplinkRefuses answers what the Internet side never serves and reports

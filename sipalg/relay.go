@@ -85,6 +85,19 @@ type SideConfig struct {
 	// of NAT latching: a third party that guesses the port before the
 	// far end's first packet arrives can take the stream.
 	LatchAny bool
+	// Punch: this side is behind a NAT router (a gateway's uplink behind
+	// NAT). Most routers, Linux's MASQUERADE among them, let a datagram
+	// in only through a mapping a datagram out to the same address and
+	// port made (address- and port-dependent filtering, RFC 4787 §5); a
+	// peer's packet that comes first is dropped, and the router then
+	// maps the relay's own packets to that peer from another port than
+	// the SDP names (the tuple is taken), so the peer's media never gets
+	// in. With Punch, the session sends one empty datagram (RFC 6263
+	// §4.1's 0-byte keep-alive, which RTP and RTCP receivers discard)
+	// from the side's RTP and RTCP sockets as soon as SetPeer names the
+	// peer, before the SDP that names the relay reaches that peer or has
+	// been answered through the signalling path.
+	Punch bool
 }
 
 // Config configures a Relay.

@@ -339,6 +339,52 @@ func TestRelayLatchAny(t *testing.T) {
 	})
 }
 
+// TestRelayPunch: on a Punch side (a gateway's uplink behind NAT) the
+// peer's RTP and RTCP addresses each get one empty datagram from the
+// side's sockets as soon as SetPeer names them, before any media, so
+// that the NAT router has the mapping the peer's packets need; the same
+// peer named again (a re-INVITE) gets none, a new one does. A side
+// without Punch sends nothing before there is media.
+func TestRelayPunch(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNet(memnet.LinkConfig{}, memnet.LinkConfig{})
+		cfg := n.relayConfig()
+		cfg.A.Punch = true
+		r := runRelay(t, cfg)
+		s, err := r.Allocate(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		aRTP, aRTCP := s.Local(sipalg.SideA)
+		far, farRTCP := open(t, n.a, phoneA, 4000), open(t, n.a, phoneA, 4001)
+		pb := open(t, n.b, peerB, 5000)
+		s.SetPeer(sipalg.SideA, netip.AddrPortFrom(phoneA, 4000), netip.AddrPortFrom(phoneA, 4001))
+		for _, c := range []struct {
+			conn sock
+			from netip.AddrPort
+		}{{far, aRTP}, {farRTCP, aRTCP}} {
+			b, from, ok := recv(t, c.conn)
+			if !ok || len(b) != 0 || from != c.from {
+				t.Fatalf("punch: %d bytes from %v (ok %v), want an empty datagram from %v", len(b), from, ok, c.from)
+			}
+		}
+		s.SetPeer(sipalg.SideA, netip.AddrPortFrom(phoneA, 4000), netip.AddrPortFrom(phoneA, 4001))
+		if b, _, ok := recv(t, far); ok {
+			t.Fatalf("the same peer named again was punched again: %d bytes", len(b))
+		}
+		s.SetPeer(sipalg.SideB, netip.AddrPortFrom(peerB, 5000), netip.AddrPortFrom(peerB, 5001))
+		if b, _, ok := recv(t, pb); ok {
+			t.Fatalf("a side without Punch sent %d bytes before any media", len(b))
+		}
+		moved := open(t, n.a, phoneA, 4100)
+		s.SetPeer(sipalg.SideA, netip.AddrPortFrom(phoneA, 4100), netip.AddrPortFrom(phoneA, 4101))
+		if b, from, ok := recv(t, moved); !ok || len(b) != 0 || from != aRTP {
+			t.Fatalf("a new peer was not punched: %d bytes from %v (ok %v)", len(b), from, ok)
+		}
+	})
+}
+
 func TestRelayIdleReclaimAndBounds(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {

@@ -118,17 +118,31 @@ func (s *Session) StreamPlan(side Side) StreamPlan {
 func (s *Session) SetPeer(side Side, rtp, rtcp netip.AddrPort) {
 	rtp = norm(rtp)
 	rtcp = norm(rtcp)
+	var punch [2]netip.AddrPort
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e := &s.ends[side]
 	if rtp.Addr().IsUnspecified() {
 		e.hold = true
+		s.mu.Unlock()
 		return
 	}
 	e.hold = false
 	for i, a := range [2]netip.AddrPort{rtp, rtcp} {
 		if p := &e.peer[i]; p.sdp != a {
 			*p = peer{sdp: a}
+			punch[i] = a
+		}
+	}
+	conns := e.conn
+	s.mu.Unlock()
+	if !s.r.side(side).Punch {
+		return
+	}
+	// SideConfig.Punch: open the NAT router's mapping towards the new
+	// peer before its first packet arrives.
+	for i, a := range punch {
+		if a.IsValid() && a.Port() != 0 && conns[i] != nil {
+			conns[i].WriteToUDPAddrPort(nil, a)
 		}
 	}
 }

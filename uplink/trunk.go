@@ -84,8 +84,12 @@ type Trunk struct {
 	cseq    uint32
 	fromTag string
 
-	mu     sync.Mutex
-	status TrunkStatus
+	// wake makes Run register at once (SetContactHost).
+	wake chan struct{}
+
+	mu      sync.Mutex
+	status  TrunkStatus
+	contact sip.Uri // TrunkConfig.Contact, its host changed by SetContactHost
 }
 
 // NewTrunk checks cfg and returns a trunk; Run registers it.
@@ -100,7 +104,37 @@ func NewTrunk(cfg TrunkConfig) (*Trunk, error) {
 	cfg.Name = cmp.Or(cfg.Name, cfg.AOR.Host)
 	log := cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)).With("trunk", cfg.Name)
 	return &Trunk{cfg: cfg, log: log, callID: sip.GenerateTagN(16) + "@sipmesh",
-		fromTag: sip.GenerateTagN(10), status: TrunkStatus{Name: cfg.Name}}, nil
+		fromTag: sip.GenerateTagN(10), status: TrunkStatus{Name: cfg.Name}, wake: make(chan struct{}, 1),
+		contact: *cfg.Contact.Clone()}, nil
+}
+
+// SetContactHost changes the host of the Contact the trunk registers: a
+// gateway behind a NAT router whose public address changed (its STUN
+// mapping names another) registers the new Contact at once, as RFC 3261
+// §10.2.1 lets a client add one at any time, so that the provider's
+// calls find the gateway again. The old binding is not removed: the
+// provider's calls to it go nowhere until it expires.
+func (t *Trunk) SetContactHost(host string) {
+	t.mu.Lock()
+	changed := host != "" && host != t.contact.Host
+	if changed {
+		t.contact.Host = host
+	}
+	t.mu.Unlock()
+	if changed {
+		t.log.Info("trunk contact changed, registering it", "host", host)
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// contactURI is the Contact registered now.
+func (t *Trunk) contactURI() sip.Uri {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return *t.contact.Clone()
 }
 
 // Status returns the trunk's registration state.
@@ -146,6 +180,8 @@ func (t *Trunk) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			timer.Stop()
 		case <-timer.C:
+		case <-t.wake: // a new Contact (SetContactHost)
+			timer.Stop()
 		}
 		if ctx.Err() != nil {
 			break
@@ -278,7 +314,7 @@ func (t *Trunk) request(target string, expires time.Duration) *sip.Request {
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: t.cseq, MethodName: sip.REGISTER})
 	mf := sip.MaxForwardsHeader(70)
 	req.AppendHeader(&mf)
-	req.AppendHeader(&sip.ContactHeader{Address: *t.cfg.Contact.Clone()})
+	req.AppendHeader(&sip.ContactHeader{Address: t.contactURI()})
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
 	req.AppendHeader(sip.NewHeader("User-Agent", "sipmesh"))
 	if target != "" {
@@ -293,9 +329,10 @@ func (t *Trunk) request(target string, expires time.Duration) *sip.Request {
 // parameter in the 200's Contacts, else the Expires header, else what we
 // asked (RFC 3261 §10.2.4).
 func (t *Trunk) granted(res *sip.Response, asked time.Duration) time.Duration {
+	ours := t.contactURI()
 	for _, h := range res.GetHeaders("Contact") {
 		c, ok := h.(*sip.ContactHeader)
-		if !ok || c.Address.User != t.cfg.Contact.User || c.Address.Host != t.cfg.Contact.Host || c.Address.Port != t.cfg.Contact.Port {
+		if !ok || c.Address.User != ours.User || c.Address.Host != ours.Host || c.Address.Port != ours.Port {
 			continue
 		}
 		if v, ok := c.Params.Get("expires"); ok {

@@ -132,6 +132,48 @@ func TestTrunkRefresh(t *testing.T) {
 
 // TestTrunkMinExpires: a 423 with Min-Expires is answered by asking for
 // that lifetime (RFC 3261 §10.3 step 7).
+// TestTrunkContactChange: a gateway behind NAT whose public address
+// changed registers the new Contact at once, not at the next refresh;
+// the same host again sends nothing.
+func TestTrunkContactChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeRegistrar{answer: func(n int, req *sip.Request, authed bool) *sip.Response {
+			res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+			c := req.Contact().Clone()
+			c.Params.Add("expires", "600")
+			res.AppendHeader(c)
+			return res
+		}}
+		tr := testTrunk(t, f, "right")
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- tr.Run(ctx) }()
+		synctest.Wait()
+		tr.SetContactHost("198.51.100.2") // the same: nothing to do
+		synctest.Wait()
+		if n := len(f.sent()); n != 1 {
+			t.Fatalf("%d REGISTERs after the first and an unchanged host, want 1", n)
+		}
+		start := time.Now()
+		tr.SetContactHost("203.0.113.9")
+		synctest.Wait()
+		reqs := f.sent()
+		if len(reqs) != 2 || reqs[1].Contact().Address.Host != "203.0.113.9" || time.Since(start) != 0 {
+			t.Fatalf("after the change: %d REGISTERs, the last with Contact %v; want 2, the new host, at once", len(reqs), reqs[len(reqs)-1].Contact())
+		}
+		if st := tr.Status(); !st.Registered || st.Expires.Sub(start) != 600*time.Second {
+			t.Errorf("status after the new Contact: %+v", st)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if last := f.sent()[len(f.sent())-1]; expiresOf(last) != 0 || last.Contact().Address.Host != "203.0.113.9" {
+			t.Errorf("the last REGISTER removes %v with Expires %d, want the new Contact with 0", last.Contact(), expiresOf(last))
+		}
+	})
+}
+
 func TestTrunkMinExpires(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeRegistrar{answer: func(n int, req *sip.Request, _ bool) *sip.Response {

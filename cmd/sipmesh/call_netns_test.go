@@ -225,7 +225,7 @@ type baresipEvent struct {
 	at       time.Time
 }
 
-func startBaresip(t *testing.T, ns *netns.NS, baresip, dir string) *baresipUA {
+func startBaresip(t *testing.T, ns *netns.NS, baresip, dir string, args ...string) *baresipUA {
 	t.Helper()
 	ua := &baresipUA{name: filepath.Base(dir), log: filepath.Join(dir, "baresip.log"),
 		events: make(chan baresipEvent, 64), resp: make(chan baresipEvent, 4)}
@@ -233,7 +233,7 @@ func startBaresip(t *testing.T, ns *netns.NS, baresip, dir string) *baresipUA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ua.cmd = ns.Command(context.Background(), baresip, "-f", dir)
+	ua.cmd = ns.Command(context.Background(), append([]string{baresip, "-f", dir}, args...)...)
 	ua.cmd.Dir = dir // relative paths (tone.wav, the recordings) resolve here
 	ua.cmd.Stdout, ua.cmd.Stderr = logf, logf
 	// A pipe that stays open as stdin: the stdio UI module (which prints

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -47,8 +48,12 @@ type demoReport struct {
 	Calls      []callResult  `json:"calls"`
 	Rooms      []roomResult  `json:"rooms"`
 	Groups     []groupResult `json:"groups"`
-	OK         bool          `json:"ok"` // every call had two-way audio
-	WallS      float64       `json:"wall_s"`
+	// Gateways are the gateway nodes (--gateways); KilledGateway the one
+	// --kill-gateway killed halfway through the gateway calls.
+	Gateways      []string `json:"gateways,omitempty"`
+	KilledGateway string   `json:"killed_gateway,omitempty"`
+	OK            bool     `json:"ok"` // every call had two-way audio
+	WallS         float64  `json:"wall_s"`
 	// Interrupted: a signal stopped the demo; the report is partial.
 	Interrupted bool `json:"interrupted,omitempty"`
 }
@@ -85,6 +90,12 @@ type callResult struct {
 	LostBA int64  `json:"lost_ba"`
 	Status int    `json:"status"` // final status of the INVITE
 	Error  string `json:"error,omitempty"`
+	// Direction is mesh (phone to phone), outbound (a mesh phone calls
+	// the Internet) or inbound (the Internet calls a mesh phone);
+	// Gateway is the gateway node the call went through, empty for mesh
+	// calls (demogateways.go).
+	Direction string `json:"direction"`
+	Gateway   string `json:"gateway"`
 }
 
 // callee is the dialled number as the table shows it: "3246 (echo)".
@@ -106,6 +117,12 @@ nodes, registers them, and calls between the phones farthest apart and to the
 echo test (3246). Every phone sends a tone of its own; tone detection proves
 audio both ways. Progress goes to stderr, a summary table (or --json) to
 stdout; the exit status is 1 if any call lacked two-way audio.
+With --gateways N, N nodes are Internet gateways with an uplink on an emulated
+Internet where example.net (NAPTR, SRV, A) has a callee, bob; then
+--gateway-calls calls go out of the mesh to sip:bob@example.net and as many
+come in from carol@example.net to sip:EXT@voice.example.org, the mesh's public
+domain, one after the other; the table shows which gateway each used.
+--kill-gateway kills the first gateway halfway through them.
 The routing-only simulation is 'sipmesh sim'.`, stderr)
 	nodes := fs.Int("nodes", demoNodes, "number of mesh nodes")
 	nphones := fs.Int("phones", demoPhones, "number of phones")
@@ -114,6 +131,9 @@ The routing-only simulation is 'sipmesh sim'.`, stderr)
 	var calls optInt
 	fs.Var(&calls, "calls", "`N` phone-to-phone calls (default phones/2)")
 	echo := fs.Int("echo", 1, "calls to the echo test 3246")
+	gws := fs.Int("gateways", 0, "Internet gateway nodes, with calls out of and into the mesh through them")
+	gwCalls := fs.Int("gateway-calls", 4, "with --gateways: calls out of the mesh, and as many into it")
+	killGW := fs.Bool("kill-gateway", false, "with --gateways 2 or more: kill one gateway halfway through the gateway calls")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	verbose := fs.Bool("v", false, "log the nodes' info messages on stderr")
 	if err := parseFlags(fs, args); err != nil {
@@ -134,13 +154,22 @@ The routing-only simulation is 'sipmesh sim'.`, stderr)
 		return usageErrorf("--calls %d: want 0 to 1000", calls.v)
 	case calls.or(1) == 0 && *echo == 0:
 		return usageErrorf("--calls 0 and --echo 0: nothing to call")
+	case *gws < 0 || *gws > maxDemoGateways || *gws >= *nodes:
+		return usageErrorf("--gateways %d: want 0 to %d, fewer than --nodes", *gws, maxDemoGateways)
+	case *gwCalls < 1 || *gwCalls > 100:
+		return usageErrorf("--gateway-calls %d: want 1 to 100", *gwCalls)
+	case *killGW && *gws < 2:
+		return usageErrorf("--kill-gateway needs --gateways 2 or more: the calls after the kill go through another")
+	case *gws > 0 && *nphones+2 > 25:
+		return usageErrorf("--gateways with --phones %d: at most 23 phones, each with a tone of its own besides bob's and carol's", *nphones)
 	}
 	var log *slog.Logger
 	if *verbose {
 		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	rep, err := demo(ctx, demoConfig{Mesh: meshConfig{Nodes: *nodes, Seed: *seed, Loss: *loss, Log: log},
-		Phones: *nphones, Calls: calls.or(*nphones / 2), Echo: *echo, Hold: demoHold}, newDemoLog(stderr))
+		Phones: *nphones, Calls: calls.or(*nphones / 2), Echo: *echo, Hold: demoHold,
+		Gateways: *gws, GatewayCalls: *gwCalls, KillGateway: *killGW}, newDemoLog(stderr))
 	if ctx.Err() != nil {
 		// A signal: what was measured so far, then exit 128+signal.
 		rep.Interrupted = true
@@ -179,6 +208,13 @@ type demoConfig struct {
 	Calls  int           // phone-to-phone calls, all at once
 	Echo   int           // calls to the echo test, at the same time
 	Hold   time.Duration // media time before a call is judged
+	// Gateways is the number of gateway nodes (demogateways.go); with
+	// them, GatewayCalls calls go out of the mesh and as many come in,
+	// one after the other, and KillGateway kills the first gateway
+	// halfway.
+	Gateways     int
+	GatewayCalls int
+	KillGateway  bool
 }
 
 // demoLog prints progress lines with the time since the start and, on a
@@ -227,6 +263,7 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 	start := time.Now()
 	mc := cfg.Mesh
 	mc.RingGroups = map[string][]string{demoGroup: demoGroupMembers}
+	mc.GatewayCount = cfg.Gateways
 	m, err := newTelMesh(mc)
 	if err != nil {
 		return rep, err
@@ -326,6 +363,37 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 			rep.Calls[i].Error = "interrupted"
 		}
 	}
+	dead := map[int]bool{} // nodes killed (--kill-gateway)
+	if ctx.Err() == nil && cfg.Gateways > 0 {
+		in, err := m.startInternet(toneFor(cfg.Phones), toneFor(cfg.Phones+1))
+		if err != nil {
+			return rep, err
+		}
+		names := make([]string, len(m.cfg.Gateways))
+		for i, g := range m.cfg.Gateways {
+			names[i] = nodeName(g)
+		}
+		gctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err = m.waitGateways(gctx, live)
+		cancel()
+		if err != nil {
+			return rep, err
+		}
+		plog.printf("gateways %s up; the Internet: example.net (bob) and carol calling voice.example.org", strings.Join(names, ", "))
+		rep.Gateways = names
+		gcalls, killed := m.gatewayCalls(ctx, in, live, cfg.GatewayCalls, cfg.KillGateway, cfg.Hold, plog)
+		rep.KilledGateway = killed
+		if killed != "" {
+			// What follows uses the living nodes only: the killed one's
+			// phones went with it.
+			dead[m.cfg.Gateways[0]] = true // gatewayCalls kills the first
+			live = slices.DeleteFunc(live, func(p *meshPhone) bool { return dead[p.Node] })
+		}
+		rep.Calls = append(rep.Calls, gcalls...)
+		for _, c := range gcalls {
+			rep.OK = rep.OK && c.ok()
+		}
+	}
 	if ctx.Err() == nil {
 		plog.printf("party line: up to 4 phones on different nodes dial 426")
 		room := m.partyLine(ctx, live, 4, cfg.Hold)
@@ -336,7 +404,8 @@ func demo(ctx context.Context, cfg demoConfig, plog *demoLog) (rep demoReport, e
 		plog.printf("ring group %s: %d phones on different nodes ring at once, one answers", demoGroup, len(demoGroupMembers))
 		g := groupResult{Number: demoGroup, Members: demoGroupMembers}
 		gctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		members, err := m.addGroupPhones(gctx, m.rng.Perm(cfg.Mesh.Nodes))
+		perm := slices.DeleteFunc(m.rng.Perm(cfg.Mesh.Nodes), func(i int) bool { return dead[i] })
+		members, err := m.addGroupPhones(gctx, perm)
 		cancel()
 		if err != nil {
 			g.Error = err.Error()
@@ -414,7 +483,7 @@ func planCalls(m *telMesh, ps []*meshPhone, calls, echo int) []plannedCall {
 // demoAudioWait), records what each side heard, calls judged (if not
 // nil), and hangs up once release is closed (nil: at once).
 func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration, judged func(), release <-chan struct{}) callResult {
-	r := callResult{From: a.Ext, FromNode: nodeName(a.Node)}
+	r := callResult{From: a.Ext, FromNode: nodeName(a.Node), Direction: dirMesh}
 	if judged != nil {
 		var once sync.Once
 		done := judged
@@ -541,7 +610,20 @@ func printDemo(w io.Writer, r demoReport) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "caller\tcallee\tnodes\thops\tpost-dial ms\tsetup ms\taudio A→B\taudio B→A\tMOS\t  result\n")
+	// With gateways, two more columns: the call's direction and the
+	// gateway it went through.
+	gw := slices.ContainsFunc(r.Calls, func(c callResult) bool { return c.Direction == dirOutbound || c.Direction == dirInbound })
+	extra := func(c callResult) string {
+		if !gw {
+			return ""
+		}
+		return c.Direction + "\t" + cmp.Or(c.Gateway, "-") + "\t"
+	}
+	head := "caller\tcallee\tnodes\thops\t"
+	if gw {
+		head += "direction\tgateway\t"
+	}
+	fmt.Fprintf(tw, "%spost-dial ms\tsetup ms\taudio A→B\taudio B→A\tMOS\t  result\n", head)
 	for _, c := range r.Calls {
 		res := "ok"
 		if !c.ok() {
@@ -551,11 +633,17 @@ func printDemo(w io.Writer, r demoReport) {
 		if c.PostDialDelayMs > 0 {
 			pdd = fmt.Sprintf("%.0f", c.PostDialDelayMs)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%s\t%.0f\t%s\t%s\t%.2f\t  %s\n", c.From, c.callee(), c.FromNode, c.ToNode, c.Hops,
-			pdd, c.SetupMs, yesNo(c.AudioAB), yesNo(c.AudioBA), c.MOS, res)
+		fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%d\t%s%s\t%.0f\t%s\t%s\t%.2f\t  %s\n", c.From, c.callee(), c.FromNode, c.ToNode, c.Hops,
+			extra(c), pdd, c.SetupMs, yesNo(c.AudioAB), yesNo(c.AudioBA), c.MOS, res)
 	}
 	tw.Flush()
 	fmt.Fprint(w, demoLegend)
+	if gw {
+		fmt.Fprint(w, demoGatewayLegend)
+		if r.KilledGateway != "" {
+			fmt.Fprintf(w, "gateways %s; %s was killed halfway through the gateway calls.\n", strings.Join(r.Gateways, ", "), r.KilledGateway)
+		}
+	}
 	ok := 0
 	for _, c := range r.Calls {
 		if c.ok() {
@@ -577,4 +665,11 @@ post-dial ms: INVITE sent until the callee's phone rings (180 Ringing; ITU-T
 setup ms: INVITE sent until the call is answered (200 OK).
 audio: the other side's tone was detected. MOS: ITU-T G.107 E-model estimate
   of the worse direction's voice quality, 1 (bad) to 4.4 (best for G.711).
+`
+
+// demoGatewayLegend explains the gateway columns.
+const demoGatewayLegend = `direction: mesh (phone to phone), outbound (to sip:bob@example.net on the
+  Internet), inbound (carol@example.net to sip:EXT@voice.example.org).
+gateway: the gateway node the call went through; hops: mesh hops between the
+  phone's node and it.
 `

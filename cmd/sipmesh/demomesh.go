@@ -87,6 +87,9 @@ type meshConfig struct {
 	// the address 198.51.100.i, configured as public-address, which makes
 	// the node a gateway; its resolver is 198.51.100.53.
 	Gateways []int
+	// GatewayCount, when Gateways is nil, picks that many gateway nodes
+	// in the topology (demoGatewayNodes).
+	GatewayCount int
 }
 
 // telMesh is a running telephone mesh.
@@ -156,6 +159,9 @@ func newTelMesh(cfg meshConfig) (*telMesh, error) {
 	m.adj = cfg.Adj
 	if m.adj == nil {
 		m.adj = meshTopology(cfg.Nodes, cfg.MinDiameter, m.rng)
+	}
+	if cfg.GatewayCount > 0 && cfg.Gateways == nil {
+		m.cfg.Gateways = demoGatewayNodes(m.adj, cfg.GatewayCount)
 	}
 	if err := m.build(); err != nil {
 		rmDir()

@@ -11,7 +11,6 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/sipmesh/sipmesh/gateway"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/phones"
@@ -115,49 +114,9 @@ func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
 // (priority 20).
 func internetDNSWith(t *testing.T, m *telMesh, bob netip.Addr, deadFirst bool) {
 	t.Helper()
-	h := m.nw.AddHost("dns")
-	m.inet.Attach(h.AddInterface("eth0", 1500, netip.MustParsePrefix("198.51.100.53/24")))
-	conn, err := h.ListenPacket(context.Background(), "udp4", "198.51.100.53:53")
-	if err != nil {
+	if err := m.startInternetDNS(bob, deadFirst); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	rrs := map[uint16]map[string][]string{
-		dns.TypeNAPTR: {"example.net.": {`example.net. 60 IN NAPTR 10 10 "S" "SIP+D2U" "" _sip._udp.example.net.`}},
-		dns.TypeSRV:   {"_sip._udp.example.net.": {"_sip._udp.example.net. 60 IN SRV 10 10 5060 sip.example.net."}},
-		dns.TypeA:     {"sip.example.net.": {"sip.example.net. 60 IN A " + bob.String()}},
-	}
-	if deadFirst {
-		rrs[dns.TypeSRV]["_sip._udp.example.net."] = []string{
-			"_sip._udp.example.net. 60 IN SRV 10 10 5060 dead.example.net.",
-			"_sip._udp.example.net. 60 IN SRV 20 10 5060 sip.example.net."}
-		rrs[dns.TypeA]["dead.example.net."] = []string{"dead.example.net. 60 IN A 198.51.100.30"}
-	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var q dns.Msg
-			if q.Unpack(buf[:n]) != nil || len(q.Question) != 1 {
-				continue
-			}
-			res := new(dns.Msg)
-			res.SetReply(&q)
-			qq := q.Question[0]
-			for _, s := range rrs[qq.Qtype][strings.ToLower(qq.Name)] {
-				rr, err := dns.NewRR(s)
-				if err != nil {
-					panic(err)
-				}
-				res.Answer = append(res.Answer, rr)
-			}
-			b, _ := res.Pack()
-			conn.WriteTo(b, from)
-		}
-	}()
 }
 
 // TestOutboundCallOnMesh: a phone 3 hops from the gateway calls
@@ -400,14 +359,10 @@ func TestOutboundServerFailover(t *testing.T) {
 // (settings' LocalAddr and Network are filled in).
 func internetPhone(t *testing.T, m *telMesh, name string, addr netip.Addr, set phones.Settings, pol phones.Policy) *phones.Phone {
 	t.Helper()
-	h := m.nw.AddHost(name)
-	m.inet.Attach(h.AddInterface("eth0", 1500, netip.PrefixFrom(addr, 24)))
-	set.LocalAddr = addr
-	p, err := phones.New(phones.Config{Settings: set, Policy: pol, Network: h})
+	p, err := m.internetPhone(name, addr, set, pol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.wg.Go(func() { p.Run(m.ctx) })
 	return p
 }
 
@@ -425,4 +380,78 @@ func waitForGateway(t *testing.T, m *telMesh, from int) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// TestCallThroughDeadGateway: what happens to a call in progress when the
+// gateway it goes through dies (README, Failover). Two gateways, a phone
+// on n2 in a call with bob at example.net; the gateway that carries it
+// is killed: the media, anchored there, stops both ways, and the
+// caller's BYE cannot reach bob (the dialog's route set names the dead
+// gateway): the caller's phone gives up on it after Timer F (32 s), and
+// bob's side of the call ends only on its own. A new call goes through
+// the other gateway.
+func TestCallThroughDeadGateway(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+		m := startMesh(t, meshConfig{Nodes: 4, Seed: 18, Adj: line, Gateways: []int{0, 3}})
+		defer stopMesh(t, m)
+		bobAddr := netip.MustParseAddr("198.51.100.20")
+		internetDNS(t, m, bobAddr)
+		addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+		caller := m.phones[1] // on n2
+		const bobHz = 1900
+		bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: bobHz, MaxCalls: 8},
+			phones.Policy{Mode: phones.AutoAnswer, ExpectHz: caller.Hz})
+		waitForGateway(t, m, 1)
+		for m.nodes[3].UplinkSIP() == nil {
+			time.Sleep(time.Second)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
+		before := m.proxied()
+		call, err := caller.Call(ctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
+		if err != nil {
+			t.Fatalf("call to bob: %v", err)
+		}
+		used := m.usedGateway(before, m.proxied())
+		in := <-bob.Incoming()
+		time.Sleep(2 * time.Second)
+		if !call.HeardRemote() || !in.HeardRemote() {
+			t.Fatalf("before the kill: caller heard bob %v, bob heard the caller %v", call.HeardRemote(), in.HeardRemote())
+		}
+		dead, other := 0, 3
+		if used == "n4" {
+			dead, other = 3, 0
+		}
+		m.kill(dead)
+		t.Logf("the call went through %s; %s killed", used, nodeName(dead))
+		// The detector judges the last second received: count packets.
+		time.Sleep(500 * time.Millisecond)
+		ca, ba := call.Stats().Received, in.Stats().Received
+		time.Sleep(2 * time.Second)
+		if ca2, ba2 := call.Stats().Received, in.Stats().Received; ca2 != ca || ba2 != ba {
+			t.Errorf("media through the dead gateway still flows: the caller received %d packets in 2 s, bob %d", ca2-ca, ba2-ba)
+		}
+		start := time.Now()
+		herr := call.Hangup(ctx)
+		select {
+		case <-in.Done():
+			t.Errorf("bob's side ended with the caller's BYE, which had to cross the dead gateway")
+		default:
+		}
+		t.Logf("the caller's hang-up: %v after %v; bob's side still up: it ends on its own", herr, time.Since(start).Round(time.Millisecond))
+		in.Hangup(ctx) // bob gives up; his BYE has nowhere to go either
+		// A new call goes through the other gateway.
+		before = m.proxied()
+		c2, err := caller.Call(ctx, "sip:bob@example.net", phones.CallOptions{ExpectHz: bobHz})
+		if err != nil {
+			t.Fatalf("a new call after the kill: %v", err)
+		}
+		if g := m.usedGateway(before, m.proxied()); g != nodeName(other) {
+			t.Errorf("the new call went through %q, want %s", g, nodeName(other))
+		}
+		<-bob.Incoming()
+		c2.Hangup(ctx)
+	})
 }

@@ -4,6 +4,9 @@
 // instead (Unbound, Kamailio), each in a network namespace of its own,
 // pinned to the same CPU core, loaded by the same Debian clients (dnsperf,
 // SIPp) from a client namespace, interleaved A/B over several rounds.
+// The gateway row sends the calls to a SIPp UAS on an emulated Internet
+// namespace: through the node as the mesh's gateway (issue 14), and
+// through Kamailio as a plain outbound proxy.
 //
 // The harness is a test behind the build tag "peerbench", so `make test`
 // never runs the load; this file only carries the package documentation.

@@ -27,7 +27,7 @@ import (
 var (
 	roundDur  = flag.Duration("peerbench.round", 10*time.Second, "length of one measurement round of one server")
 	rounds    = flag.Int("peerbench.rounds", 3, "A/B rounds per row; the table shows the median")
-	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls", "rows to measure, comma-separated")
+	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls,gateway", "rows to measure, comma-separated")
 	users     = flag.Int("peerbench.users", 100, "subscribers the REGISTER load cycles through")
 	window    = flag.Int("peerbench.window", 50, "SIPp's limit of calls in progress (-l): the load is closed-loop")
 	serverCPU = flag.String("peerbench.server-cpu", "1", "taskset -c list for the servers (both get the same)")
@@ -50,6 +50,15 @@ const (
 	// nodeMesh is n1.mesh's address on the peer side: any address will
 	// do, Unbound only has to answer the same kind of record.
 	nodeMesh = "fd53:6d00::1"
+	// The emulated Internet of the gateway row (198.51.100.0/24, a
+	// bridge in its own namespace): the node's uplink (n1 is a gateway
+	// and its LAN phones call out through it), Kamailio's uplink, and
+	// the callee, a SIPp UAS (testdata/callout.xml names its address).
+	nodeUplink  = "198.51.100.1"
+	peerUplink  = "198.51.100.2"
+	inetCallee  = "198.51.100.20"
+	inetNoDNS   = "198.51.100.53" // dns-upstream: the calls name an IP literal, nothing is looked up
+	inetNetmask = "/24"
 )
 
 // rig is the namespaces and the servers of one run.
@@ -58,6 +67,7 @@ type rig struct {
 	dir, bin        string
 	cli, node, peer *netns.NS
 	nbr             *netns.NS // the node's mesh neighbour
+	inet            *netns.NS // the emulated Internet of the gateway row
 	sock            string
 	nodePID         int
 	peerPID         int // the peer server of the current row (its process group)
@@ -94,6 +104,19 @@ func TestPeers(t *testing.T) {
 	// (n1.mesh would not resolve) and keeps no DHT. A second node, n2, on
 	// the other end of the mesh link, unpinned from the server core and
 	// given no load, is the smallest mesh.
+	// The Internet: both servers' uplinks on one bridge with the callee.
+	r.inet = netns.New(t, "inet")
+	r.inet.Run(t, "ip", "link", "add", "br0", "type", "bridge")
+	r.inet.Run(t, "ip", "link", "set", "br0", "up")
+	r.inet.Run(t, "ip", "addr", "add", inetCallee+inetNetmask, "dev", "br0")
+	for _, up := range []struct {
+		ns         *netns.NS
+		port, addr string
+	}{{r.node, "inode", nodeUplink}, {r.peer, "ipeer", peerUplink}} {
+		netns.Veth(t, up.ns, "up0", r.inet, up.port)
+		r.inet.Run(t, "ip", "link", "set", up.port, "master", "br0")
+		up.ns.Run(t, "ip", "addr", "add", up.addr+inetNetmask, "dev", "up0")
+	}
 	r.nbr = netns.New(t, "n2")
 	netns.Veth(t, r.node, "mesh0", r.nbr, "mesh0")
 	r.node.LinkLocal(t, "mesh0")
@@ -109,6 +132,7 @@ func TestPeers(t *testing.T) {
 		{"dns", r.dnsRow},
 		{"register", r.registerRow},
 		{"calls", r.callsRow},
+		{"gateway", r.gatewayRow},
 	} {
 		if !slices.Contains(want, row.name) {
 			continue
@@ -217,9 +241,12 @@ func (r *rig) startNode() {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	r.sock = filepath.Join(sockDir, "n1.sock")
+	// It is the mesh's Internet gateway too (uplink up0, the gateway
+	// row): its phones' calls to the Internet leave through it.
 	cfg := fmt.Sprintf("name %s\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\nadmin-key %s\n"+
-		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n",
-		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr)
+		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n"+
+		"uplink-interface up0\npublic-address %s\ndns-upstream %s\n",
+		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr, nodeUplink, inetNoDNS)
 	cfgPath := r.writeFile("node.conf", cfg)
 	logPath := filepath.Join(r.dir, "node.log")
 	// taskset and `ip netns exec` exec, so the PID is the node's own.
@@ -411,7 +438,7 @@ func (r *rig) startKamailio() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	p := r.writeFile("kamailio.cfg", strings.ReplaceAll(string(cfg), "LISTEN", peerAddr))
+	p := r.writeFile("kamailio.cfg", strings.ReplaceAll(strings.ReplaceAll(string(cfg), "LISTEN", peerAddr), "UPLINK", peerUplink))
 	run := filepath.Join(r.dir, "kamrun")
 	if err := os.MkdirAll(run, 0o755); err != nil {
 		r.t.Fatal(err)
@@ -603,6 +630,46 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 	}
 	return func() (float64, string) { return run(nodeAddr, nodeCli, nodeCallee) },
 		func() (float64, string) { return run(peerAddr, peerCli, peerCallee) }
+}
+
+// gatewayRow: the calls of the calls row, but to an Internet callee: a
+// SIPp UAC on the LAN (port 5061) → the node, which is the mesh's
+// gateway, out of its uplink (proxy's uplink.go: its phones' service
+// hands the call to its Internet side, which sends it from the uplink
+// with its own Record-Route) → SIPp UAS on the Internet; against the same
+// calls through Kamailio as a plain outbound proxy (challenge, then
+// relay from its uplink address). The caller is authenticated on both.
+func (r *rig) gatewayRow() (func() (float64, string), func() (float64, string)) {
+	r.startKamailio()
+	r.addUser(2000)
+	callerCSV := r.usersCSV("caller.csv", 2000, 1)
+	r.waitFor(30*time.Second, "the node to choose itself as gateway", func() (bool, string) {
+		out, err := exec.Command(r.bin, "gateways", "--json", "--control", r.sock).CombinedOutput()
+		return err == nil && strings.Contains(strings.Join(strings.Fields(string(out)), ""), `"usable":true`), string(out)
+	})
+	run := func(server, local string) (float64, string) {
+		ctx, cancel := context.WithCancel(context.Background())
+		uas := exec.CommandContext(ctx, r.tools["taskset"], "-c", *clientCPU, "ip", "netns", "exec", r.inet.Name,
+			r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", inetCallee)
+		var uasOut bytes.Buffer
+		uas.Stdout, uas.Stderr = &uasOut, &uasOut
+		if err := uas.Start(); err != nil {
+			r.t.Fatal(err)
+		}
+		defer func() {
+			cancel()
+			uas.Wait()
+		}()
+		// One call first: the route works, and SIPp's UAS is listening.
+		r.waitFor(20*time.Second, "a first call out through "+server, func() (bool, string) {
+			res := r.sipp(server, "callout.xml", 0, "-inf", callerCSV, "-m", "1", "-p", "5061", "-i", local)
+			return res.ok == 1, res.String() + "; UAS: " + lastLines(uasOut.String(), 5)
+		})
+		res := r.sipp(server, "callout.xml", *roundDur, "-inf", callerCSV, "-p", "5061", "-i", local)
+		return res.rate(), res.String()
+	}
+	return func() (float64, string) { return run(nodeAddr, nodeCli) },
+		func() (float64, string) { return run(peerAddr, peerCli) }
 }
 
 func reFloat(re, s string) float64 {
