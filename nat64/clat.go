@@ -29,16 +29,9 @@ var CLATAddr4 = netip.MustParseAddr("192.0.0.1")
 
 // CLATConfig configures a stateless translator.
 type CLATConfig struct {
-	// CLAT is the node's CLAT prefix, the IPv6 side of its LAN's IPv4
-	// hosts: an RFC 6052 prefix (32, 40, 48, 56, 64 or 96 bits) in which
-	// a host's whole IPv4 address is embedded, or, longer than /96, an
-	// explicit address mapping (RFC 7757 §3.2) of LAN4 onto it: the
-	// host's low 128−n bits are the address's suffix (a mesh node's CLAT
-	// /117 holds the low 11 bits of a host on a LAN of /21 or longer).
+	// CLAT is the node's CLAT prefix (RFC 6052: 32, 40, 48, 56, 64 or 96
+	// bits), the IPv6 side of its LAN's IPv4 hosts.
 	CLAT netip.Prefix
-	// LAN4 is the LAN's IPv4 prefix, needed only for a CLAT prefix longer
-	// than /96; its hosts must fit the mapping's suffix.
-	LAN4 netip.Prefix
 	// Prefix is the NAT64 prefix IPv4 destinations are embedded in
 	// (SetPrefix changes it); default WellKnownPrefix.
 	Prefix netip.Prefix
@@ -54,9 +47,9 @@ type CLATConfig struct {
 // translate IPv4 packets of LAN hosts to IPv6, In6 translates IPv6
 // packets from the NAT64 prefix to the CLAT prefix to IPv4.
 func NewCLAT(cfg CLATConfig) (*Translator, error) {
-	c, err := newCLATMap(cfg.CLAT, cfg.LAN4)
+	c, err := newPrefix(cfg.CLAT)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("nat64: CLAT prefix: %w", err)
 	}
 	if cfg.Prefix == (netip.Prefix{}) {
 		cfg.Prefix = WellKnownPrefix
@@ -69,13 +62,13 @@ func NewCLAT(cfg CLATConfig) (*Translator, error) {
 		MTU4: cfg.MTU4, MTU6: cfg.MTU6, ICMPErrorsPerSecond: cfg.ICMPErrorsPerSecond, Now: cfg.Now,
 		// Its ICMPv6 errors come from its own address under the CLAT
 		// prefix, its ICMPv4 errors from CLATAddr4.
-		Addr4: CLATAddr4, Addr6: c.own,
+		Addr4: CLATAddr4, Addr6: netip.AddrFrom16(c.embed(CLATAddr4.As4())),
 		MaxSessions: 1, MaxFragments: 1, // no state is kept
 	})
 	if err != nil {
 		return nil, err
 	}
-	t.clat = c
+	t.clat = &c
 	return t, nil
 }
 
@@ -89,7 +82,7 @@ func (t *Translator) SetPrefix(p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if p.Overlaps(t.clat.v6) {
+	if p.Overlaps(netip.PrefixFrom(netip.AddrFrom16(t.clat.a), t.clat.bytes*8)) {
 		return fmt.Errorf("nat64: NAT64 prefix %v overlaps the CLAT prefix", p)
 	}
 	t.mu.Lock()
@@ -178,11 +171,7 @@ func (t *Translator) clat4(pkt, out []byte, h *hdr4, emit func([]byte)) (int, bo
 	if h.proto != protoTCP && h.proto != protoUDP && h.proto != protoICMP {
 		return t.drop(ErrProto)
 	}
-	src6, ok := t.clat.embed(h.src)
-	if !ok {
-		return t.drop(ErrNoMapping) // not a host of the LAN the mapping covers
-	}
-	tu := tuple6{src: src6, dst: t.pfx.embed(h.dst)}
+	tu := tuple6{src: t.clat.embed(h.src), dst: t.pfx.embed(h.dst)}
 	var itu tuple6
 	var ihp *hdr4
 	var ih hdr4
@@ -204,11 +193,7 @@ func (t *Translator) clat4(pkt, out []byte, h *hdr4, emit func([]byte)) (int, bo
 			if err != nil {
 				return t.drop(err)
 			}
-			idst6, ok := t.clat.embed(ih.dst)
-			if !ok {
-				return t.drop(ErrNoMapping)
-			}
-			itu = tuple6{src: t.pfx.embed(ih.src), dst: idst6, sport: isp, dport: idp}
+			itu = tuple6{src: t.pfx.embed(ih.src), dst: t.clat.embed(ih.dst), sport: isp, dport: idp}
 			ihp = &ih
 		} else {
 			if h.proto == protoICMP && h.l4[0] != icmp4Echo && h.l4[0] != icmp4EchoReply {
@@ -218,79 +203,4 @@ func (t *Translator) clat4(pkt, out []byte, h *hdr4, emit func([]byte)) (int, bo
 		}
 	}
 	return t.finish4Locked(pkt, out, h, &tu, ihp, &itu, emit, now)
-}
-
-// clatMap maps a LAN's IPv4 hosts to the CLAT's IPv6 addresses and back:
-// by RFC 6052 embedding under a prefix of up to /96, or by an explicit
-// address mapping (RFC 7757 §3.2) of an IPv4 prefix onto a longer IPv6
-// one with as many suffix bits.
-type clatMap struct {
-	v6  netip.Prefix
-	own netip.Addr // the CLAT's own IPv6 address: the source of its ICMPv6 errors
-	// RFC 6052 embedding, when rfc is set
-	rfc    bool
-	prefix prefix
-	// the explicit mapping otherwise: v6 bits + the low 128−v6.Bits()
-	// bits of an address in v4
-	v4 netip.Prefix
-}
-
-func newCLATMap(v6, lan4 netip.Prefix) (*clatMap, error) {
-	if !v6.IsValid() || !v6.Addr().Is6() || v6.Addr().Is4In6() || v6.Masked() != v6 {
-		return nil, fmt.Errorf("nat64: CLAT prefix %v: not an IPv6 prefix without host bits", v6)
-	}
-	if v6.Bits() <= 96 {
-		p, err := newPrefix(v6)
-		if err != nil {
-			return nil, fmt.Errorf("nat64: CLAT prefix: %w", err)
-		}
-		m := &clatMap{v6: v6, rfc: true, prefix: p}
-		m.own = netip.AddrFrom16(p.embed(CLATAddr4.As4()))
-		return m, nil
-	}
-	suffix := 128 - v6.Bits()
-	if !lan4.IsValid() || !lan4.Addr().Is4() || lan4.Bits() < 32-suffix {
-		return nil, fmt.Errorf("nat64: CLAT prefix %v maps %d bits of a host: the LAN's IPv4 prefix %v must be a /%d or longer (RFC 7757 §3.2)",
-			v6, suffix, lan4, 32-suffix)
-	}
-	m := &clatMap{v6: v6, v4: netip.PrefixFrom(lan4.Addr(), 32-suffix).Masked()}
-	// The mapping's first address stands for the IPv4 network address,
-	// never a host: the CLAT's own.
-	m.own = v6.Addr()
-	return m, nil
-}
-
-// embed returns the IPv6 address of LAN host v4, and false when the
-// mapping does not cover v4.
-func (m *clatMap) embed(v4 [4]byte) ([16]byte, bool) {
-	if m.rfc {
-		return m.prefix.embed(v4), true
-	}
-	a := netip.AddrFrom4(v4)
-	if !m.v4.Contains(a) {
-		return [16]byte{}, false
-	}
-	out := m.v6.Addr().As16()
-	host := uint32(v4[0])<<24 | uint32(v4[1])<<16 | uint32(v4[2])<<8 | uint32(v4[3])
-	host &= 1<<(128-m.v6.Bits()) - 1
-	for i := 15; i >= 12; i-- {
-		out[i] |= byte(host)
-		host >>= 8
-	}
-	return out, true
-}
-
-// extract returns the LAN host an IPv6 address of the mapping stands for.
-func (m *clatMap) extract(a *[16]byte) ([4]byte, bool) {
-	if m.rfc {
-		return m.prefix.extract(a)
-	}
-	if !m.v6.Contains(netip.AddrFrom16(*a)) {
-		return [4]byte{}, false
-	}
-	suffix := uint32(a[12])<<24 | uint32(a[13])<<16 | uint32(a[14])<<8 | uint32(a[15])
-	suffix &= 1<<(128-m.v6.Bits()) - 1
-	base := m.v4.Addr().As4()
-	host := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]) | suffix
-	return [4]byte{byte(host >> 24), byte(host >> 16), byte(host >> 8), byte(host)}, true
 }

@@ -52,7 +52,7 @@ type Translator struct {
 	// pfx is the NAT64 prefix; in a CLAT (clat set: the stateless mode,
 	// clat.go) it changes under mu (SetPrefix).
 	pfx   prefix
-	clat  *clatMap
+	clat  *prefix
 	pool  [][4]byte
 	addr6 [16]byte
 	addr4 [4]byte
