@@ -21,7 +21,7 @@ BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
 # router binary leaves out (size budget); its tests run all the same.
 TESTTAGS     ?= nat64tun## build tags of make test
 PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
-PEER_ROWS    ?= dns,register,calls## rows `make bench-peers` measures
+PEER_ROWS    ?= dns,register,calls,rtp## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
 STRESS_N     ?= 20000## mutated SIP messages `make stress` sends
 STRESS_SEED  ?= 1## seed of `make stress`'s mutations
@@ -103,9 +103,9 @@ bench: ## run the benchmarks (BENCH, BENCHTIME); installs the peers they compare
 # (about a minute on two cores) and go run would be silent meanwhile.
 # bench-peers installs the peers it measures against if they are missing
 # (Debian packages; needs root, as the namespaces do).
-PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux
+PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux rtpengine:rtpengine-daemon
 
-bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
+bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound/rtpengine in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
 	@missing=; for t in $(PEER_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get install -y$$missing; fi
 	$(GO) test -tags peerbench -count=1 -timeout 60m -v -run '^TestPeers$$' ./internal/peerbench \

@@ -6,8 +6,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/hex"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -67,8 +67,8 @@ type rig struct {
 	tools           map[string]string
 	added           map[int]bool // extensions addUser created
 	n2Log           string
-	phase           uint32       // the rtp row's last measurement phase
-	rtpPeerGen      *rtpGen      // the rtp row's generator on the peer side
+	phase           uint32  // the rtp row's last measurement phase
+	rtpPeerGen      *rtpGen // the rtp row's generator on the peer side
 }
 
 func TestPeers(t *testing.T) {
@@ -157,8 +157,8 @@ func TestPeers(t *testing.T) {
 	fmt.Printf("(per second, median of %d interleaved rounds of %v; servers pinned to CPU %s; ratio = sipmesh/peer)\n",
 		*rounds, *roundDur, *serverCPU)
 	if slices.Contains(want, "rtp") {
-		fmt.Printf("(rtp: concurrent 20 ms G.711 streams with p99 added latency <= 1 ms and loss < 0.1 %%, peer rtpengine\n" +
-			" with userspace forwarding; each step of the search lasts one round; sipmesh's media also crosses n2's relay,\n" +
+		fmt.Printf("(rtp: concurrent 20 ms G.711 streams with p99 added latency <= 1 ms and loss < 0.1 %%, peer rtpengine\n"+
+			" with userspace forwarding; each step of the search lasts one round; sipmesh's media also crosses n2's relay,\n"+
 			" which runs on the load generator's CPU %s: a bias against sipmesh)\n", *clientCPU)
 	}
 	// The load is closed-loop (SIPp -l, dnsperf -q): a server that drops
