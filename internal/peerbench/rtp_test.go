@@ -22,6 +22,7 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/sipmesh/sipmesh/internal/netns"
 	"github.com/sipmesh/sipmesh/sipalg"
@@ -137,6 +138,11 @@ func (r *rig) rtpRow() (func() (float64, string), func() (float64, string)) {
 		"--foreground", "--log-stderr", "--log-level=4", "--pidfile="+filepath.Join(run, "pid"),
 		"--port-min=30000", "--port-max=39999", "--delete-delay=0")
 
+	// The generator and the user agents are this process: on the client
+	// core with n2, like SIPp and dnsperf in the other rows.
+	if err := pinProcess(*clientCPU); err != nil {
+		t.Fatalf("pin the load generator to CPU %s: %v", *clientCPU, err)
+	}
 	nodeGen := r.newGen(nodeCli, n2Callee)
 	peerGen := r.newGen(peerCli, peerCallee)
 	r.rtpPeerGen = peerGen
@@ -265,6 +271,43 @@ func (r *rig) rtpBare(n int) string {
 		s += fmt.Sprintf("; at sipmesh's %d streams: %s", n, at)
 	}
 	return s
+}
+
+// pinProcess sets the CPU affinity of every thread of this process (a
+// thread's affinity is its own, sched_setaffinity(2); threads created
+// later inherit their creator's).
+func pinProcess(cpus string) error {
+	var set unix.CPUSet
+	for _, part := range strings.Split(cpus, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return fmt.Errorf("cpu list %q", cpus)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 1024 {
+				return fmt.Errorf("cpu list %q", cpus)
+			}
+		}
+		for c := a; c <= b; c++ {
+			set.Set(c)
+		}
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, task := range tasks {
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+	}
+	return nil
 }
 
 func must[T any](v T, err error) T {
