@@ -67,8 +67,8 @@ type rig struct {
 	tools           map[string]string
 	added           map[int]bool // extensions addUser created
 	n2Log           string
-	phase           uint32  // the rtp row's last measurement phase
-	rtpPeerGen      *rtpGen // the rtp row's generator on the peer side
+	phase           uint32       // the rtp row's last measurement phase
+	rtpTargets      []*rtpTarget // the rtp row's sipmesh and rtpengine
 }
 
 func TestPeers(t *testing.T) {
@@ -141,9 +141,10 @@ func TestPeers(t *testing.T) {
 		}
 		table = append(table, fmt.Sprintf("%-9s %10.0f %10.0f %8.3f", row.name, ma, mb, ratio))
 		if row.name == "rtp" {
-			note := r.rtpBare(int(ma))
-			t.Log(note)
-			notes = append(notes, note)
+			for _, note := range r.rtpNotes(int(ma)) {
+				t.Log(note)
+				notes = append(notes, note)
+			}
 		}
 		t.Logf("sipmesh node after %s: %s", row.name, r.status())
 		note := fmt.Sprintf("%s: node RSS %d kB idle before the load, %s", row.name, idle, r.settle(idle))

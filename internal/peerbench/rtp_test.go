@@ -57,6 +57,7 @@ const (
 
 var (
 	rtpMax   = flag.Int("peerbench.rtp-max", 2048, "most streams the rtp row tries")
+	rtpLoad  = flag.Int("peerbench.rtp-load", 256, "streams of the rtp row's fixed-load probe of each relay's CPU and latency (0: none)")
 	bareSpec = flag.String("peerbench.bare-relay", "", "internal: run as the bare UDP relay (sideA,sideB,caller,callee)")
 )
 
@@ -116,6 +117,7 @@ func bareRelay(spec string) error {
 // rtpTarget is one relay under test: how to get n streams through it.
 type rtpTarget struct {
 	name string
+	pid  int // the server's process group, for its CPU time
 	gen  *rtpGen
 	// ensure returns at least n streams (all it has set up: those past n
 	// are only kept alive), setting up calls as needed.
@@ -145,7 +147,6 @@ func (r *rig) rtpRow() (func() (float64, string), func() (float64, string)) {
 	}
 	nodeGen := r.newGen(nodeCli, n2Callee)
 	peerGen := r.newGen(peerCli, peerCallee)
-	r.rtpPeerGen = peerGen
 
 	caller := r.newSIPUA(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", nodeCli, rtpCallerSIP)), netip.MustParseAddrPort(nodeAddr+":5060"))
 	callee := r.newSIPUA(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", n2Callee, rtpCalleeSIP)), netip.MustParseAddrPort(n2Addr+":5060"))
@@ -168,7 +169,7 @@ func (r *rig) rtpRow() (func() (float64, string), func() (float64, string)) {
 	if regErr != nil {
 		t.Fatalf("callee %d does not register at n2: %v", rtpCallee, regErr)
 	}
-	sipmesh := &rtpTarget{name: "sipmesh", gen: nodeGen}
+	sipmesh := &rtpTarget{name: "sipmesh", pid: r.nodePID, gen: nodeGen}
 	var calls []*sipgo.DialogClientSession
 	offer := sdpOffer(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", nodeCli, rtpMedia)))
 	var streams []rtpStream
@@ -224,6 +225,7 @@ func (r *rig) rtpRow() (func() (float64, string), func() (float64, string)) {
 	}
 
 	engine := r.ngTarget(peerGen)
+	r.rtpTargets = []*rtpTarget{sipmesh, engine}
 	return func() (float64, string) { return r.rtpSearch(sipmesh) },
 		func() (float64, string) { return r.rtpSearch(engine) }
 }
@@ -245,13 +247,16 @@ func (r *rig) newGen(callerIP, calleeIP string) *rtpGen {
 	return g
 }
 
-// rtpBare measures the bare Go relay: the largest N like the others, and
-// its added latency at n (sipmesh's median), the issue's latency bar.
-func (r *rig) rtpBare(n int) string {
+// rtpNotes measures the bare Go relay, the issue's latency bar: the
+// largest N like the others, and its added latency at n (sipmesh's
+// median). Then each relay at the fixed load -peerbench.rtp-load, whatever
+// its latency: the server's CPU there is the per-core cost of the streams
+// even where scheduling noise on a busy machine decides the search.
+func (r *rig) rtpNotes(n int) []string {
 	spec := fmt.Sprintf("%s:%d,%s:%d,%s:%d,%s:%d", peerAddr, bareA, peerAddr, bareB, peerCli, rtpMedia, peerCallee, rtpMedia)
 	pid := r.daemon("bare relay", r.peer, *serverCPU, filepath.Join(r.dir, "bare.log"), os.Args[0], "-peerbench.bare-relay="+spec)
 	a, b := netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerAddr, bareA)), netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerAddr, bareB))
-	bare := &rtpTarget{name: "bare Go relay", gen: r.rtpPeerGen, hangup: func() string { return "" }}
+	bare := &rtpTarget{name: "bare Go relay", pid: pid, gen: r.rtpTargets[1].gen, hangup: func() string { return "" }}
 	bare.ensure = func(n int) ([]rtpStream, error) {
 		s := make([]rtpStream, n)
 		for i := range s {
@@ -268,9 +273,21 @@ func (r *rig) rtpBare(n int) string {
 	s := fmt.Sprintf("rtp bare Go UDP relay (issue 12's latency bar, same core): %.0f streams (%s)", best, note)
 	if n > 0 {
 		_, at := r.rtpStep(bare, n)
-		s += fmt.Sprintf("; at sipmesh's %d streams: %s", n, at)
+		s += fmt.Sprintf("; at sipmesh's %s", at)
 	}
-	return s
+	notes := []string{s}
+	if *rtpLoad > 0 {
+		for _, tg := range append(r.rtpTargets, bare) {
+			_, at := r.rtpStep(tg, *rtpLoad)
+			if tg.hangup != nil {
+				if h := tg.hangup(); h != "" {
+					at += "; " + h
+				}
+			}
+			notes = append(notes, fmt.Sprintf("rtp fixed load, %s: %s", tg.name, at))
+		}
+	}
+	return notes
 }
 
 // pinProcess sets the CPU affinity of every thread of this process (a
@@ -326,24 +343,34 @@ func (r *rig) nextPhase() uint32 {
 // each source, RFC 4961; streams past n are touched so that no relay
 // reclaims them as idle), the baseline (the same n streams sent straight
 // caller ↔ callee), then the measured phase through the relay. ok: p99
-// added latency ≤ 1 ms and loss < 0.1 %.
+// added latency ≤ 1 ms and loss < 0.1 %. A step that fails is run once
+// more and fails only if that fails too: one scheduling hiccup of another
+// process on the core moves a p99 of a few thousand packets by
+// milliseconds. The note has the server's CPU during the relayed phase,
+// the per-core cost whatever the latency.
 func (r *rig) rtpStep(tg *rtpTarget, n int) (bool, string) {
 	all, err := tg.ensure(n)
 	if err != nil {
 		return false, err.Error()
 	}
 	g := tg.gen
-	g.run(all, 200*time.Millisecond, false, r.nextPhase())
-	direct := make([]rtpStream, n)
-	for i := range direct {
-		direct[i] = rtpStream{toCallee: g.calleeAddr, toCaller: g.callerAddr}
+	var ok bool
+	var note string
+	for try := 0; try < 2 && !ok; try++ {
+		g.run(all, 200*time.Millisecond, false, r.nextPhase())
+		direct := make([]rtpStream, n)
+		for i := range direct {
+			direct[i] = rtpStream{toCallee: g.calleeAddr, toCaller: g.callerAddr}
+		}
+		base := g.run(direct, max(*roundDur/4, time.Second), true, r.nextPhase())
+		c0, t0 := groupCPU(tg.pid), time.Now()
+		res := g.run(all[:n], *roundDur, true, r.nextPhase())
+		cpu := 100 * (groupCPU(tg.pid) - c0).Seconds() / time.Since(t0).Seconds()
+		added := res.p99 - base.p99
+		ok = added <= time.Millisecond && res.loss() < 0.001
+		note = fmt.Sprintf("%d streams: p99 added %v (relayed %v, direct %v), server %.0f%% CPU", n, added, res, base, cpu)
+		r.t.Logf("rtp %s %s ok=%v", tg.name, note, ok)
 	}
-	base := g.run(direct, max(*roundDur/4, time.Second), true, r.nextPhase())
-	res := g.run(all[:n], *roundDur, true, r.nextPhase())
-	added := res.p99 - base.p99
-	ok := added <= time.Millisecond && res.loss() < 0.001
-	note := fmt.Sprintf("%d streams: p99 added %v (relayed %v, direct %v)", n, added, res, base)
-	r.t.Logf("rtp %s %s ok=%v", tg.name, note, ok)
 	return ok, note
 }
 
@@ -590,7 +617,7 @@ func (r *rig) ngTarget(gen *rtpGen) *rtpTarget {
 	offer := string(sdpOffer(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerCli, rtpMedia))))
 	answer := string(sdpOffer(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerCallee, rtpMedia))))
 	var streams []rtpStream
-	tg := &rtpTarget{name: "rtpengine", gen: gen}
+	tg := &rtpTarget{name: "rtpengine", pid: r.peerPID, gen: gen}
 	var ids []string
 	tg.ensure = func(n int) ([]rtpStream, error) {
 		for len(streams) < n {
