@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,9 +243,39 @@ func (r *rig) newGen(callerIP, calleeIP string) *rtpGen {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	// 4 MB of socket buffer each way: the generator's core is shared
+	// (n2, and other processes on a busy machine), and a receiver that
+	// is not scheduled for a few ms must not make the relay look lossy.
+	for _, c := range []net.PacketConn{a, b} {
+		if err := forceBuffers(c, 4<<20); err != nil {
+			r.t.Fatal(err)
+		}
+	}
 	g := newRTPGen(a, b)
 	r.t.Cleanup(g.close)
 	return g
+}
+
+// forceBuffers sets a socket's receive and send buffers past the sysctl
+// limits net.core.[rw]mem_max (SO_RCVBUFFORCE/SO_SNDBUFFORCE, socket(7):
+// root only, as the namespaces are).
+func forceBuffers(c net.PacketConn, n int) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("%T has no file descriptor", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n))
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // rtpNotes measures the bare Go relay, the latency bar: the
