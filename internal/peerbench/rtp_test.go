@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,7 +120,10 @@ func bareRelay(spec string) error {
 type rtpTarget struct {
 	name string
 	pid  int // the server's process group, for its CPU time
-	gen  *rtpGen
+	// nss are the namespaces whose UDP receive-buffer drops the steps
+	// note (where a loss happened: a socket whose reader fell behind).
+	nss []*netns.NS
+	gen *rtpGen
 	// ensure returns at least n streams (all it has set up: those past n
 	// are only kept alive), setting up calls as needed.
 	ensure func(n int) ([]rtpStream, error)
@@ -170,7 +174,7 @@ func (r *rig) rtpRow() (func() (float64, string), func() (float64, string)) {
 	if regErr != nil {
 		t.Fatalf("callee %d does not register at n2: %v", rtpCallee, regErr)
 	}
-	sipmesh := &rtpTarget{name: "sipmesh", pid: r.nodePID, gen: nodeGen}
+	sipmesh := &rtpTarget{name: "sipmesh", pid: r.nodePID, gen: nodeGen, nss: []*netns.NS{r.node, r.nbr, r.cli}}
 	var calls []*sipgo.DialogClientSession
 	offer := sdpOffer(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", nodeCli, rtpMedia)))
 	var streams []rtpStream
@@ -287,7 +291,8 @@ func (r *rig) rtpNotes(n int) []string {
 	spec := fmt.Sprintf("%s:%d,%s:%d,%s:%d,%s:%d", peerAddr, bareA, peerAddr, bareB, peerCli, rtpMedia, peerCallee, rtpMedia)
 	pid := r.daemon("bare relay", r.peer, *serverCPU, filepath.Join(r.dir, "bare.log"), os.Args[0], "-peerbench.bare-relay="+spec)
 	a, b := netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerAddr, bareA)), netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerAddr, bareB))
-	bare := &rtpTarget{name: "bare Go relay", pid: pid, gen: r.rtpTargets[1].gen, hangup: func() string { return "" }}
+	bare := &rtpTarget{name: "bare Go relay", pid: pid, gen: r.rtpTargets[1].gen, nss: []*netns.NS{r.peer, r.cli},
+		hangup: func() string { return "" }}
 	bare.ensure = func(n int) ([]rtpStream, error) {
 		s := make([]rtpStream, n)
 		for i := range s {
@@ -319,6 +324,31 @@ func (r *rig) rtpNotes(n int) []string {
 		}
 	}
 	return notes
+}
+
+// rcvbufErrors is the count of datagrams a namespace's kernel dropped at
+// full UDP socket receive buffers, IPv4 and IPv6 (RcvbufErrors of
+// /proc/net/snmp and snmp6, which show the reader's namespace).
+func rcvbufErrors(ns *netns.NS) uint64 {
+	out, _ := ns.Try("cat", "/proc/net/snmp", "/proc/net/snmp6")
+	var total uint64
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && f[0] == "Udp6RcvbufErrors":
+			n, _ := strconv.ParseUint(f[1], 10, 64)
+			total += n
+		case len(f) > 1 && f[0] == "Udp:" && i+1 < len(lines):
+			// A header line of names, then one of values.
+			v := strings.Fields(lines[i+1])
+			if k := slices.Index(f, "RcvbufErrors"); k > 0 && k < len(v) && v[0] == "Udp:" {
+				n, _ := strconv.ParseUint(v[k], 10, 64)
+				total += n
+			}
+		}
+	}
+	return total
 }
 
 // pinProcess sets the CPU affinity of every thread of this process (a
@@ -394,14 +424,27 @@ func (r *rig) rtpStep(tg *rtpTarget, n int) (bool, string) {
 			direct[i] = rtpStream{toCallee: g.calleeAddr, toCaller: g.callerAddr}
 		}
 		base := g.run(direct, max(*roundDur/4, time.Second), true, r.nextPhase())
+		drops0 := make([]uint64, len(tg.nss))
+		for i, ns := range tg.nss {
+			drops0[i] = rcvbufErrors(ns)
+		}
 		c0, t0 := groupCPU(tg.pid), time.Now()
 		res := g.run(all[:n], *roundDur, true, r.nextPhase())
 		cpu := 100 * (groupCPU(tg.pid) - c0).Seconds() / time.Since(t0).Seconds()
+		var drops []string
+		for i, ns := range tg.nss {
+			if d := rcvbufErrors(ns) - drops0[i]; d > 0 {
+				drops = append(drops, fmt.Sprintf("%d in %s", d, ns.Name))
+			}
+		}
 		added := res.p99 - base.p99
 		// A p99 at the histogram's end is a delay it could not measure:
 		// never a pass, whatever the baseline.
 		ok = added <= time.Millisecond && res.loss() < 0.001 && res.p99 < histMax*time.Microsecond
 		note = fmt.Sprintf("%d streams: p99 added %v (relayed %v, direct %v), server %.0f%% CPU", n, added, res, base, cpu)
+		if len(drops) > 0 {
+			note += ", UDP receive-buffer drops " + strings.Join(drops, ", ")
+		}
 		r.t.Logf("rtp %s %s ok=%v", tg.name, note, ok)
 	}
 	return ok, note
@@ -650,7 +693,7 @@ func (r *rig) ngTarget(gen *rtpGen) *rtpTarget {
 	offer := string(sdpOffer(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerCli, rtpMedia))))
 	answer := string(sdpOffer(netip.MustParseAddrPort(fmt.Sprintf("%s:%d", peerCallee, rtpMedia))))
 	var streams []rtpStream
-	tg := &rtpTarget{name: "rtpengine", pid: r.peerPID, gen: gen}
+	tg := &rtpTarget{name: "rtpengine", pid: r.peerPID, gen: gen, nss: []*netns.NS{r.peer, r.cli}}
 	var ids []string
 	tg.ensure = func(n int) ([]rtpStream, error) {
 		for len(streams) < n {
