@@ -510,7 +510,6 @@ func sdpMedia(body []byte) (netip.AddrPort, error) {
 // dials through n1 (answering n1's 407), the callee registers at n2 and
 // answers every call with answer.
 type sipUA struct {
-	t      *testing.T
 	local  netip.AddrPort
 	server netip.AddrPort
 	ua     *sipgo.UserAgent
@@ -519,7 +518,6 @@ type sipUA struct {
 	srvDlg *sipgo.DialogServerCache
 	answer []byte
 	offers sync.Map // Call-ID → the SDP offer the callee received
-	seq    int
 }
 
 func (r *rig) newSIPUA(local, server netip.AddrPort) *sipUA {
@@ -552,7 +550,7 @@ func (r *rig) newSIPUA(local, server netip.AddrPort) *sipUA {
 		t.Fatal(err)
 	}
 	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: local.Addr().String(), Port: int(local.Port())}}
-	u := &sipUA{t: t, local: local, server: server, ua: ua, cli: cli, dlg: sipgo.DialogUA{Client: cli, ContactHDR: contact}}
+	u := &sipUA{local: local, server: server, ua: ua, cli: cli, dlg: sipgo.DialogUA{Client: cli, ContactHDR: contact}}
 	u.srvDlg = sipgo.NewDialogServerCache(cli, contact)
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		d, err := u.srvDlg.ReadInvite(req, tx)
