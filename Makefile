@@ -108,7 +108,7 @@ PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf 
 bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound/rtpengine in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
 	@missing=; for t in $(PEER_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get install -y$$missing; fi
-	$(GO) test -tags peerbench -count=1 -timeout 60m -v -run '^TestPeers$$' ./internal/peerbench \
+	$(GO) test -tags peerbench -count=1 -timeout 90m -v -run '^TestPeers$$' ./internal/peerbench \
 		-args -peerbench.round $(PEER_ROUND) -peerbench.rows $(PEER_ROWS)
 
 demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
@@ -171,7 +171,7 @@ lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
 
 stress: ## as root: STRESS_N mutated SIP messages at a real node in a network namespace, probed after each (cmd/sipmesh TestSIPStress)
 	@scripts/test-deps.sh
-	$(GO) test -count=1 -timeout 60m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
+	$(GO) test -count=1 -timeout 90m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
 
 fuzz: ## run every Fuzz* target for FUZZTIME each (the corpus in testdata/fuzz is kept)
 	@set -eo pipefail; \
