@@ -18,7 +18,7 @@ TEST_TIMEOUT ?= 20m## go test -timeout; the namespace and simulation tests are s
 BENCH        ?= .## benchmark name pattern for `make bench`
 BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
 PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
-PEER_ROWS    ?= dns,register,calls,gateway## rows `make bench-peers` measures
+PEER_ROWS    ?= dns,register,calls,gateway,rtp## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
 STRESS_N     ?= 20000## mutated SIP messages `make stress` sends
 STRESS_SEED  ?= 1## seed of `make stress`'s mutations
@@ -104,12 +104,12 @@ bench: ## run the benchmarks (BENCH, BENCHTIME); installs the peers they compare
 # (about a minute on two cores) and go run would be silent meanwhile.
 # bench-peers installs the peers it measures against if they are missing
 # (Debian packages; needs root, as the namespaces do).
-PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux
+PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux rtpengine:rtpengine-daemon
 
-bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
+bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound/rtpengine in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
 	@missing=; for t in $(PEER_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get install -y$$missing; fi
-	$(GO) test -tags peerbench -count=1 -timeout 60m -v -run '^TestPeers$$' ./internal/peerbench \
+	$(GO) test -tags peerbench -count=1 -timeout 90m -v -run '^TestPeers$$' ./internal/peerbench \
 		-args -peerbench.round $(PEER_ROUND) -peerbench.rows $(PEER_ROWS)
 
 demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
@@ -172,7 +172,7 @@ lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
 
 stress: ## as root: STRESS_N mutated SIP messages at a real node in a network namespace, probed after each (cmd/sipmesh TestSIPStress)
 	@scripts/test-deps.sh
-	$(GO) test -count=1 -timeout 60m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
+	$(GO) test -count=1 -timeout 90m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
 
 fuzz: ## run every Fuzz* target for FUZZTIME each (the corpus in testdata/fuzz is kept)
 	@set -eo pipefail; \
