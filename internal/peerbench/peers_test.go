@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ import (
 var (
 	roundDur  = flag.Duration("peerbench.round", 10*time.Second, "length of one measurement round of one server")
 	rounds    = flag.Int("peerbench.rounds", 3, "A/B rounds per row; the table shows the median")
-	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls,gateway,rtp", "rows to measure, comma-separated")
+	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls,rtp,gateway", "rows to measure, comma-separated")
 	users     = flag.Int("peerbench.users", 100, "subscribers the REGISTER load cycles through")
 	window    = flag.Int("peerbench.window", 50, "SIPp's limit of calls in progress (-l): the load is closed-loop")
 	serverCPU = flag.String("peerbench.server-cpu", "1", "taskset -c list for the servers (both get the same)")
@@ -72,7 +73,9 @@ type rig struct {
 	inet            *netns.NS // the emulated Internet of the gateway row
 	sock            string
 	nodePID         int
-	peerPID         int // the peer server of the current row (its process group)
+	stops           map[int]func() // by PID: stop a daemon (SIGTERM, then SIGKILL)
+	nodeCfg         string         // n1's configuration (startNode)
+	peerPID         int            // the peer server of the current row (its process group)
 	kamailioPID     int
 	tools           map[string]string
 	added           map[int]bool // extensions addUser created
@@ -141,8 +144,8 @@ func TestPeers(t *testing.T) {
 		{"dns", "/s", r.dnsRow},
 		{"register", "/s", r.registerRow},
 		{"calls", "/s", r.callsRow},
-		{"gateway", "/s", r.gatewayRow},
 		{"rtp", " streams", r.rtpRow},
+		{"gateway", "/s", r.gatewayRow}, // last: it restarts n1 as a gateway
 	} {
 		if !slices.Contains(want, row.name) {
 			continue
@@ -265,16 +268,12 @@ func (r *rig) startNode() {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	r.sock = filepath.Join(sockDir, "n1.sock")
-	// It is the mesh's Internet gateway too (uplink up0, the gateway
-	// row): its phones' calls to the Internet leave through it.
-	cfg := fmt.Sprintf("name %s\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\nadmin-key %s\n"+
-		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n"+
-		"uplink-interface up0\npublic-address %s\ndns-upstream %s\n",
-		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr, nodeUplink, inetNoDNS)
-	cfgPath := r.writeFile("node.conf", cfg)
-	logPath := filepath.Join(r.dir, "node.log")
-	// taskset and `ip netns exec` exec, so the PID is the node's own.
-	r.nodePID = r.daemon("sipmesh node", r.node, *serverCPU, logPath, r.bin, "node", "--config", cfgPath)
+	// The default configuration with its phone LAN; the gateway row
+	// restarts it as the mesh's Internet gateway (restartAsGateway).
+	r.nodeCfg = fmt.Sprintf("name %s\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\nadmin-key %s\n"+
+		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n",
+		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr)
+	logPath := r.runNode(r.nodeCfg)
 	nbrCfg := r.writeFile("n2.conf", fmt.Sprintf("name n2\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\n"+
 		"admin-public-key %s\nlan-interface lan0\nlan-address %s/24\ndhcp off\n",
 		filepath.Join(r.dir, "n2state"), filepath.Join(sockDir, "n2.sock"), adminPub, n2Addr))
@@ -287,6 +286,28 @@ func (r *rig) startNode() {
 			return bytes.Contains(b, []byte("phone LAN up")), lastLines(string(b), 10)
 		})
 	}
+}
+
+// runNode starts n1 with configuration cfg, pinned to the server core,
+// and returns its log's path.
+func (r *rig) runNode(cfg string) string {
+	cfgPath := r.writeFile("node.conf", cfg)
+	logPath := filepath.Join(r.dir, "node.log")
+	// taskset and `ip netns exec` exec, so the PID is the node's own.
+	r.nodePID = r.daemon("sipmesh node", r.node, *serverCPU, logPath, r.bin, "node", "--config", cfgPath)
+	return logPath
+}
+
+// restartAsGateway restarts n1 as the mesh's Internet gateway (uplink
+// up0): the other rows measure the default configuration, this one the
+// gateway its phones' calls to the Internet leave through.
+func (r *rig) restartAsGateway() {
+	r.stops[r.nodePID]()
+	logPath := r.runNode(r.nodeCfg + fmt.Sprintf("uplink-interface up0\npublic-address %s\ndns-upstream %s\n", nodeUplink, inetNoDNS))
+	r.waitFor(30*time.Second, "the gateway's phone LAN", func() (bool, string) {
+		b, _ := os.ReadFile(logPath)
+		return bytes.Contains(b, []byte("phone LAN up")), lastLines(string(b), 10)
+	})
 }
 
 // rss is the node's resident memory in kB (0: unknown).
@@ -353,23 +374,31 @@ func (r *rig) daemon(name string, ns *netns.NS, cpus, logPath string, args ...st
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	t.Cleanup(func() {
-		defer logf.Close()
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-			t.Errorf("%s still running 10 s after SIGTERM; killed", name)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("%s log:\n%s", name, lastLines(string(b), 30))
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			defer logf.Close()
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-done
+				t.Errorf("%s still running 10 s after SIGTERM; killed", name)
+			}
+			if t.Failed() {
+				b, _ := os.ReadFile(logPath)
+				t.Logf("%s log:\n%s", name, lastLines(string(b), 30))
+			}
+		})
+	}
+	t.Cleanup(stop)
+	if r.stops == nil {
+		r.stops = map[int]func(){}
+	}
+	r.stops[cmd.Process.Pid] = stop
 	return cmd.Process.Pid
 }
 
@@ -669,6 +698,7 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 // calls through Kamailio as a plain outbound proxy (challenge, then
 // relay from its uplink address). The caller is authenticated on both.
 func (r *rig) gatewayRow() (func() (float64, string), func() (float64, string)) {
+	r.restartAsGateway()
 	r.startKamailio()
 	r.addUser(2000)
 	callerCSV := r.usersCSV("caller.csv", 2000, 1)
