@@ -38,8 +38,10 @@ BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
 # (configuration, web UI, provisioning, the uplink, the commands: code that
 # runs a few times a second at most) without inlining, which keeps the
 # mipsle binary some 200 KB smaller; the packages on the per-packet and
-# per-request paths (ssr and the DHT, the relay, SIP transport, registrar,
-# proxy, DNS) keep it. Later -gcflags patterns take precedence.
+# per-request paths (ssr and the DHT, the relay, SIP transport, the proxy,
+# DNS, NAT64 and the IP network) keep it. The registrar goes without: a
+# REGISTER's time is its digest, signature and DHT round trip, not calls
+# inside the registrar. Later -gcflags patterns take precedence.
 # The standard and third-party packages that only the control plane uses
 # (HTTP and TLS for the web UI and provisioning, X.509 and the public-key
 # algorithms behind them, JSON, DHCP, flags, tables, iptables and the
@@ -55,7 +57,7 @@ ROUTER_CONTROL_STD := net/http net/url mime crypto/tls crypto/x509 crypto/hpke \
 	fmt log/slog github.com/miekg/dns github.com/coreos/go-iptables/... \
 	github.com/insomniacslk/dhcp/... github.com/gobwas/...
 ROUTER_GCFLAGS := -gcflags='github.com/sipmesh/sipmesh/...=-l' \
-	$(foreach p,ssr/... sipalg sipnet registrar proxy dns64 nat64/...,-gcflags='github.com/sipmesh/sipmesh/$(p)=') \
+	$(foreach p,ssr/... sipalg sipnet proxy dns64 nat64/... meship,-gcflags='github.com/sipmesh/sipmesh/$(p)=') \
 	$(foreach p,$(ROUTER_CONTROL_STD),-gcflags='$(p)=-l')
 
 # Go files we own; testdata may hold deliberately malformed inputs, and
