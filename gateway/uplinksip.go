@@ -106,9 +106,17 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("SIP on the uplink %s: %w", sipUp, err)
 	}
+	// TCP on the same port (RFC 3261 §18: a server listens on both):
+	// providers and callers whose DNS says TCP reach the gateway over it.
+	upTCP, err := nw.Listen(ctx, "tcp4", sipUp.String())
+	if err != nil {
+		upUDP.Close()
+		return fmt.Errorf("SIP over TCP on the uplink %s: %w", sipUp, err)
+	}
 	meshUDP, err := n.router.ListenPacket(GatewaySIPPort)
 	if err != nil {
 		upUDP.Close()
+		upTCP.Close()
 		return fmt.Errorf("gateway SIP on the mesh: %w", err)
 	}
 	loc := n.locator()
@@ -117,7 +125,9 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	var trunk *uplink.Trunk
 	up := &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
 		return loc.Locate(ctx, u)
-	}, Domain: n.opts.SIPDomain}
+	}, Domain: n.opts.SIPDomain,
+		// Servers that speak TCP are reached over it (RFC 3263 §4.1).
+		Dial: nw.Dial}
 	if n.opts.TrunkRegistrar != "" {
 		var reg sip.Uri
 		if err := sip.ParseUri(n.opts.TrunkRegistrar, &reg); err != nil {
@@ -134,7 +144,7 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	}
 	svc, err := proxy.NewSIPService(proxy.SIPServiceConfig{
 		Node: n.router.ID(), LANAddr: sipUp, MeshAddr: sipMesh,
-		LANUDP: upUDP, MeshUDP: meshUDP,
+		LANUDP: upUDP, MeshUDP: meshUDP, LANTCP: upTCP,
 		Registrar: reg, Locations: s.locs, Accounts: s.accounts, Relay: relay,
 		NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort { return netip.AddrPortFrom(id.Addr(), n.opts.SIPPort) },
 		ServerName:  "sipmesh " + n.opts.Name,
@@ -152,6 +162,7 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	})
 	if err != nil {
 		upUDP.Close()
+		upTCP.Close()
 		meshUDP.Close()
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/uplink"
 )
 
 // The stateful proxy of the mesh domain (RFC 3261 §16).
@@ -66,7 +67,7 @@ type target struct {
 	route     *sip.RouteHeader // pushed on top: the flow token for another node
 	trunk     bool             // the gateway's SIP provider: its challenges are answered (uplink.go)
 	gateway   bool             // an Internet gateway: another is tried if it stays silent (uplink.go)
-	next      []netip.AddrPort // the domain's further servers, tried in turn on failure (RFC 3263 §4.3)
+	next      []uplink.Target  // the domain's further servers, tried in turn on failure (RFC 3263 §4.3)
 }
 
 // branch is one client transaction of a proxied request.
@@ -86,7 +87,7 @@ type branch struct {
 	trunk        bool             // to the gateway's provider (uplink.go)
 	authed       bool             // sent again with the trunk's credentials
 	gateway      bool             // to an Internet gateway (uplink.go)
-	next         []netip.AddrPort // the located domain's further servers (uplink.go)
+	next         []uplink.Target  // the located domain's further servers (uplink.go)
 	silent       bool             // the gateway did not answer in gatewayTry
 	tryT         *time.Timer      // fires gatewayTry after the send
 }
@@ -727,7 +728,7 @@ func (p *proxyTx) start(b *branch, invite bool) {
 		switch {
 		case errors.Is(b.err, sip.ErrUDPMTUCongestion) || errors.Is(b.err, ssr.ErrTooBig):
 			b.final, b.local = s.respond(p.req, 513, "Message Too Large"), true // RFC 3261 §21.5.14
-		case b.req.Transport() == "TCP":
+		case b.req.Transport() == "TCP" && s.dialer == nil:
 			// The phone's connection is gone: it is not reachable until
 			// it registers again.
 			b.final, b.local = s.respond(p.req, 480, "Temporarily Unavailable"), true
@@ -785,6 +786,12 @@ func (s *SIPService) connReady(r *sip.Request) error {
 		key, network = r.Destination(), "tcp"
 	}
 	c, err := s.ua.TransportLayer().GetConnection(network, key)
+	if err != nil && network == "tcp" && s.dialer != nil {
+		// A gateway's Internet side opens the connection (uplinktcp.go).
+		if err = s.dialUplink(key); err == nil {
+			c, err = s.ua.TransportLayer().GetConnection(network, key)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("no %s connection for %s: %w", network, key, err)
 	}

@@ -241,6 +241,7 @@ type SIPService struct {
 	uplinkRefused      atomic.Uint64    // requests from the Internet refused 403 (uplink.go)
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
 	tcp                *sipnet.Listener // LANTCP within TCPLimits; nil without TCP
+	dialer             *uplinkDialer    // TCP to Internet servers (uplinktcp.go); nil: none
 	// peerLog logs what peers caused (a request not forwarded, a TCP
 	// connection refused, sipgo's parse errors through sipLog): rate
 	// limited per source and in total, values truncated (ratelog).
@@ -327,6 +328,16 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		}
 		s.tcp = sipnet.LimitListener(cfg.LANTCP, lim)
 	}
+	if cfg.Uplink != nil && cfg.Uplink.Dial != nil {
+		lim := cfg.TCPLimits
+		lim.OnDrop = func(src netip.AddrPort, err error) {
+			s.peerLog.Info("sip tcp connection to the Internet over limit", "dst", src, "err", err)
+		}
+		if lim.ServerName == "" {
+			lim.ServerName = cfg.ServerName
+		}
+		s.dialer = newUplinkDialer(cfg.Uplink.Dial, lim)
+	}
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
 	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
 	s.lan.public = cfg.LANPublic
@@ -405,6 +416,10 @@ func (s *SIPService) Stats() SIPStats {
 	if s.tcp != nil {
 		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
 	}
+	if s.dialer != nil {
+		st.TCPOpen += s.dialer.ln.Open()
+		st.TCPRefused += s.dialer.ln.Refused.Load()
+	}
 	return st
 }
 
@@ -422,13 +437,16 @@ func (s *SIPService) Run(ctx context.Context) error {
 	defer s.cancel()
 
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 4)
 	lan := s.guard.Conn(s.cfg.LANUDP)
 	mesh := s.guard.Conn(s.cfg.MeshUDP)
 	wg.Go(func() { errs[0] = s.srv.ServeUDP(lan); s.cancel() })
 	wg.Go(func() { errs[1] = s.srv.ServeUDP(mesh); s.cancel() })
 	if s.cfg.LANTCP != nil {
 		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.tcp); s.cancel() })
+	}
+	if s.dialer != nil {
+		wg.Go(func() { errs[3] = s.srv.ServeTCP(s.dialer.ln); s.cancel() })
 	}
 	wg.Go(func() { s.janitor(s.ctx) })
 	s.log.Info("sip service started", "lan", s.cfg.LANAddr, "mesh", s.cfg.MeshAddr, "tcp", s.cfg.LANTCP != nil)
@@ -441,6 +459,9 @@ func (s *SIPService) Run(ctx context.Context) error {
 	s.cfg.MeshUDP.Close()
 	if s.tcp != nil {
 		s.tcp.Close()
+	}
+	if s.dialer != nil {
+		s.dialer.ln.Close()
 	}
 	wg.Wait()
 	// Terminating every transaction wakes the handlers blocked on them.

@@ -87,6 +87,12 @@ type UplinkConfig struct {
 	TrunkHost     string
 	TrunkTarget   func() (netip.AddrPort, bool)
 	TrunkPassword string
+	// Dial opens a TCP connection from the uplink (netx.Network.Dial):
+	// to a located server whose NAPTR/SRV records offer TCP (RFC 3263
+	// §4.1), or a route set's hop with ;transport=tcp, when no
+	// connection to it is open (uplinktcp.go). Nil: the Internet side
+	// sends over UDP only, TCP targets are skipped.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // trunkCall reports a request the provider delivers to the trunk's
@@ -182,19 +188,20 @@ func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, co
 			}
 			return t, false, 503, "Service Unavailable (locating the domain's SIP server failed)"
 		}
-		// The uplink side speaks UDP: the UDP targets in RFC 3263's order,
-		// the first now, the next ones if it fails (§4.3,
-		// nextServerOnFailure).
-		var dsts []netip.AddrPort
+		// The targets in RFC 3263's order, the first now, the next ones if
+		// it fails (§4.3, nextServerOnFailure): UDP ones, and TCP ones
+		// when the service can open connections (UplinkConfig.Dial).
+		var ts []uplink.Target
 		for _, tg := range targets {
-			if tg.Transport == "UDP" && s.internetAllowed(tg.Addr) && len(dsts) < maxLocatedTries {
-				dsts = append(dsts, tg.Addr)
+			if (tg.Transport == "UDP" || tg.Transport == "TCP" && s.dialer != nil) &&
+				s.internetAllowed(tg.Addr) && len(ts) < maxLocatedTries {
+				ts = append(ts, tg)
 			}
 		}
-		if len(dsts) == 0 {
-			return t, false, 404, "Not Found (no SIP server over UDP for the domain)"
+		if len(ts) == 0 {
+			return t, false, 404, "Not Found (no SIP server the gateway can reach for the domain)"
 		}
-		return target{uri: r.Recipient, dst: dsts[0], transport: "UDP", next: dsts[1:]}, true, 0, ""
+		return target{uri: r.Recipient, dst: ts[0].Addr, transport: ts[0].Transport, next: ts[1:]}, true, 0, ""
 	case s.cfg.Outbound != nil && in == s.lan && s.cfg.Uplink == nil:
 		gw, err := s.cfg.Outbound(ctx, r)
 		if err != nil {
@@ -383,7 +390,7 @@ func (p *proxyTx) nextServerOnFailure(base *sip.Request, callID, fromTag string)
 		b.next, b.silent = nil, false
 		p.s.peerLog.Info("SIP server failed, trying the next one of the domain", "call_id", callID,
 			"failed", b.req.Destination(), "next", next[0])
-		t := target{uri: *b.req.Recipient.Clone(), dst: next[0], transport: "UDP", next: next[1:]}
+		t := target{uri: *b.req.Recipient.Clone(), dst: next[0].Addr, transport: next[0].Transport, next: next[1:]}
 		return p.startBranches(base, []target{t}, callID, fromTag) > 0
 	}
 	return false

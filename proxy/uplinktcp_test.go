@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/sipmesh/sipmesh/internal/leakcheck"
+	"github.com/sipmesh/sipmesh/memnet"
+	"github.com/sipmesh/sipmesh/sipalg"
+	"github.com/sipmesh/sipmesh/uplink"
+)
+
+// internetServer is a SIP server on the gateway's uplink segment that
+// speaks TCP only: every message it reads goes to in, with the
+// connection it came on, to answer on.
+type internetServer struct {
+	t       testing.TB
+	addr    netip.AddrPort
+	in      chan tcpMsg
+	accepts atomic.Int32
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+type tcpMsg struct {
+	msg  sip.Message
+	conn net.Conn
+}
+
+func (m *meshRig) internetServer(h *memnet.Host, addr netip.AddrPort) *internetServer {
+	m.t.Helper()
+	ln, err := h.Listen(m.ctx, "tcp", addr.String())
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	srv := &internetServer{t: m.t, addr: addr, in: make(chan tcpMsg, 16)}
+	context.AfterFunc(m.ctx, func() {
+		ln.Close()
+		srv.mu.Lock()
+		for _, c := range srv.conns {
+			c.Close()
+		}
+		srv.mu.Unlock()
+	})
+	m.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			srv.accepts.Add(1)
+			srv.mu.Lock()
+			srv.conns = append(srv.conns, c)
+			srv.mu.Unlock()
+			m.wg.Go(func() {
+				ps := sip.NewParser().NewSIPStream()
+				defer ps.Close()
+				buf := make([]byte, 8192)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					ps.Write(buf[:n])
+					for {
+						msg, _, err := ps.ParseNext()
+						if err != nil {
+							break
+						}
+						srv.in <- tcpMsg{msg: msg, conn: c}
+					}
+				}
+			})
+		}
+	})
+	return srv
+}
+
+// request returns the next request (responses other than 100 are an
+// error) and the connection it came on.
+func (s *internetServer) request(method sip.RequestMethod) (*sip.Request, net.Conn) {
+	s.t.Helper()
+	for {
+		select {
+		case m := <-s.in:
+			if req, ok := m.msg.(*sip.Request); ok && req.Method == method {
+				return req, m.conn
+			}
+			if res, ok := m.msg.(*sip.Response); ok && res.StatusCode == 100 {
+				continue
+			}
+			s.t.Fatalf("Internet server: want %s, got\n%s", method, m.msg)
+		case <-time.After(time.Minute):
+			s.t.Fatalf("Internet server: no %s", method)
+		}
+		return nil, nil
+	}
+}
+
+// answer sends a response to req on c, with To tag and Contact over TCP.
+func (s *internetServer) answer(c net.Conn, req *sip.Request, code int, body string) {
+	s.t.Helper()
+	res := sip.NewResponseFromRequest(req, code, "", nil)
+	if code > 100 {
+		res.To().Params.Add("tag", "bobtag")
+	}
+	if code >= 200 && code < 300 && req.IsInvite() {
+		res.AppendHeader(sip.NewHeader("Contact", fmt.Sprintf("<sip:bob@%s;transport=tcp>", s.addr)))
+	}
+	if body != "" {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.SetBody([]byte(body))
+	}
+	if _, err := c.Write([]byte(res.String())); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// uplinkRig is a meshRig whose node 1 is a gateway: its LAN segment is
+// the Internet, where locate finds the servers; node 2's phones' calls
+// for other domains go to node 1's mesh socket (Outbound).
+func newUplinkRig(t *testing.T, locate func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error), dial bool) *meshRig {
+	var m *meshRig
+	gw := netip.AddrPortFrom(meshIP(1), 5060)
+	m = newMeshRig(t, 2, func(c *SIPServiceConfig) {
+		if c.Node != nodeID(1) {
+			c.Outbound = func(context.Context, *sip.Request) (netip.AddrPort, error) { return gw, nil }
+			return
+		}
+		c.Uplink = &UplinkConfig{Locate: locate, Domain: "voice.example.org"}
+		c.Domains = []string{"voice.example.org"}
+		if dial {
+			c.Uplink.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
+				return m.nodes[0].host.Dial(ctx, network, address)
+			}
+		}
+	})
+	return m
+}
+
+// TestUplinkTCP: a domain whose servers speak TCP only (RFC 3263 §4.1:
+// NAPTR/SRV offer SIP+D2T). The gateway's Internet side connects to the
+// first located server, which refuses, and goes on to the next (§4.3);
+// the INVITE leaves with Via transport TCP and a Record-Route with
+// ;transport=tcp for the uplink besides the mesh one (RFC 5658 double
+// record-routing: both the socket and the transport change). The ACK and
+// BYE of the dialog reuse the connection; after the server closes it, a
+// re-INVITE opens a new one. The relay anchors the media at the uplink.
+func TestUplinkTCP(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		refused := netip.MustParseAddrPort("10.1.0.60:5060")
+		good := netip.MustParseAddrPort("10.1.0.61:5060")
+		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+			return []uplink.Target{{Transport: "TCP", Addr: refused, Host: "a.example.net"},
+				{Transport: "TCP", Addr: good, Host: "b.example.net"}}, nil
+		}
+		m := newUplinkRig(t, locate, true)
+		gw := m.nodes[0]
+		// A host at the first address with nothing listening: connection
+		// refused.
+		deadHost := m.nw.AddHost("dead-server")
+		gw.lan.Attach(deadHost.AddInterface("eth0", rigMTU, netip.PrefixFrom(refused.Addr(), 24)))
+		srvHost := m.nw.AddHost("tcp-server")
+		gw.lan.Attach(srvHost.AddInterface("eth0", rigMTU, netip.PrefixFrom(good.Addr(), 24)))
+		srv := m.internetServer(srvHost, good)
+
+		a := m.phone(2, "201", 10)
+		a.register()
+		c := a.invite("sip:bob@example.net", netip.MustParseAddrPort("10.2.0.10:4000"), "")
+		inv, conn := srv.request(sip.INVITE)
+		if v := inv.Via(); v.Transport != "TCP" || v.Host != "10.1.0.1" || v.Port != 5060 {
+			t.Errorf("Via at the server %s, want TCP from the uplink address", v.Value())
+		}
+		if got := inv.Recipient.String(); got != "sip:bob@example.net" {
+			t.Errorf("Request-URI %s, want it unchanged", got)
+		}
+		rr := untagged(headerValues(inv, "Record-Route"))
+		if len(rr) < 2 || rr[0] != "<sip:10.1.0.1:5060;transport=tcp;lr>" || rr[1] != "<sip:[fd00::1]:5060;lr>" {
+			t.Errorf("Record-Route at the server %v, want the uplink with transport=tcp, then the gateway's mesh side", rr)
+		}
+		offer := sdpOf(t, inv.Body())
+		if offer.Addr != gw.lanIP || !inRelayRange(offer.Port, sipalg.SideA) {
+			t.Errorf("offer at the server points at %v, want the gateway's uplink relay", offer.RTP())
+		}
+		srv.answer(conn, inv, 200, offerSDP(netip.MustParseAddrPort("10.1.0.61:7000")))
+		ok := a.response()
+		wantStatus(t, ok, 200)
+
+		routes := reversed(headerValues(ok, "Record-Route"))
+		from := fmt.Sprintf("<sip:201@mesh>;tag=%s", c.fromTag)
+		to := ok.To().Value()
+		a.inDialog("ACK", contactURI(ok), from, to, c.callID, 1, routes)
+		ack, ackConn := srv.request(sip.ACK)
+		if ackConn != conn || ack.Via().Transport != "TCP" {
+			t.Error("ACK did not come on the INVITE's connection")
+		}
+		if st := gw.svc.Stats(); st.TCPOpen != 1 {
+			t.Errorf("gateway tcp_open %d, want 1", st.TCPOpen)
+		}
+
+		// The server closes the connection; the next request of the
+		// dialog opens another (the Record-Route and Contact say TCP).
+		conn.Close()
+		synctest.Wait()
+		a.inDialog("BYE", contactURI(ok), from, to, c.callID, 2, routes)
+		bye, byeConn := srv.request(sip.BYE)
+		if byeConn == conn {
+			t.Error("BYE on the closed connection")
+		}
+		srv.answer(byeConn, bye, 200, "")
+		wantStatus(t, a.response(), 200)
+		if n := srv.accepts.Load(); n != 2 {
+			t.Errorf("server accepted %d connections, want 2 (one per connection needed)", n)
+		}
+	})
+}
+
+// TestUplinkTCPFailover: when no located server takes a connection, the
+// gateway answers 503 (RFC 3263 §4.3: every one failed), at once, not
+// after Timer B, which the caller's node passes on as 500 (RFC 3261
+// §16.7 step 6); without Dial, TCP-only servers leave nothing to try:
+// 404.
+func TestUplinkTCPFailover(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+			return []uplink.Target{{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.60:5060")},
+				{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.62:5060")}}, nil
+		}
+		m := newUplinkRig(t, locate, true)
+		for i, last := range []byte{60, 62} {
+			h := m.nw.AddHost(fmt.Sprint("dead", i))
+			m.nodes[0].lan.Attach(h.AddInterface("eth0", rigMTU, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, 0, last}), 24)))
+		}
+		a := m.phone(2, "201", 10)
+		a.register()
+		start := time.Now()
+		a.invite("sip:bob@example.net", netip.MustParseAddrPort("10.2.0.10:4000"), "")
+		wantStatus(t, a.response(), 500)
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("503 after %v, want at once (refused connections)", d)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+			return []uplink.Target{{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.61:5060")}}, nil
+		}
+		m := newUplinkRig(t, locate, false)
+		a := m.phone(2, "201", 10)
+		a.register()
+		a.invite("sip:bob@example.net", netip.MustParseAddrPort("10.2.0.10:4000"), "")
+		wantStatus(t, a.response(), 404)
+	})
+}
+
+// TestUplinkInboundTCP: a caller on the Internet connects to the gateway
+// over TCP and calls sip:201@voice.example.org (the mesh's public
+// domain): the INVITE reaches the phone over the mesh, and the answer
+// comes back on the caller's connection, with the gateway's uplink
+// Record-Route saying transport=tcp; a request for another domain over
+// TCP gets 403 like over UDP.
+func TestUplinkInboundTCP(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newUplinkRig(t, func(context.Context, *sip.Uri) ([]uplink.Target, error) { return nil, uplink.ErrNotFound }, true)
+		a := m.phone(2, "201", 10)
+		a.register()
+		caller := m.tcpPhone(1, "bob", 70)
+		inv := func(ruri, callID string) string {
+			body := offerSDP(netip.MustParseAddrPort("10.1.0.70:9000"))
+			return fmt.Sprintf("INVITE %s SIP/2.0\r\nVia: SIP/2.0/TCP %s;branch=z9hG4bK%s\r\n", ruri, caller.addr, callID) +
+				"Max-Forwards: 70\r\nFrom: <sip:bob@example.net>;tag=b1\r\n" +
+				fmt.Sprintf("To: <%s>\r\nCall-ID: %s\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@%s;transport=tcp>\r\n", ruri, callID, caller.addr) +
+				fmt.Sprintf("Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+		caller.conn.Write([]byte(inv("sip:x@other.example", "foreign")))
+		wantStatus(t, caller.recv().(*sip.Response), 403)
+
+		caller.conn.Write([]byte(inv("sip:201@voice.example.org", "inbound")))
+		got := a.request(sip.INVITE)
+		rr := untagged(headerValues(got, "Record-Route"))
+		if n := len(rr); n < 2 || rr[n-1] != "<sip:10.1.0.1:5060;transport=tcp;lr>" || rr[n-2] != "<sip:[fd00::1]:5060;lr>" {
+			t.Errorf("Record-Route at the phone %v: want the gateway's uplink side with transport=tcp last", rr)
+		}
+		a.answer(got, 200, "OK", "t201", offerSDP(netip.MustParseAddrPort("10.2.0.10:4000")))
+		res := caller.recv().(*sip.Response)
+		wantStatus(t, res, 200)
+		if !strings.Contains(string(res.Body()), "c=IN IP4 10.1.0.1\r\n") {
+			t.Errorf("answer at the caller names no uplink relay:\n%s", res.Body())
+		}
+	})
+}
