@@ -83,13 +83,13 @@ type branch struct {
 	cancelSent   bool
 	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
 	final        *sip.Response
-	local        bool             // final was generated here (no Via of ours to pop)
-	trunk        bool             // to the gateway's provider (uplink.go)
-	authed       bool             // sent again with the trunk's credentials
-	gateway      bool             // to an Internet gateway (uplink.go)
-	next         []uplink.Target  // the located domain's further servers (uplink.go)
-	silent       bool             // the gateway did not answer in gatewayTry
-	tryT         *time.Timer      // fires gatewayTry after the send
+	local        bool            // final was generated here (no Via of ours to pop)
+	trunk        bool            // to the gateway's provider (uplink.go)
+	authed       bool            // sent again with the trunk's credentials
+	gateway      bool            // to an Internet gateway (uplink.go)
+	next         []uplink.Target // the located domain's further servers (uplink.go)
+	silent       bool            // the gateway did not answer in gatewayTry
+	tryT         *time.Timer     // fires gatewayTry after the send
 }
 
 type brEvent struct {
