@@ -208,7 +208,7 @@ func (p *proxyTx) run() {
 		base.RemoveHeader("Proxy-Authorization")
 	}
 	recorded, flow := s.popRoutes(base, p.in)
-	if p.in == s.lan && s.trunkCall(base, p.src) {
+	if s.isLAN(p.in) && s.trunkCall(base, p.src) {
 		// The provider calls the trunk's Contact; the DID is in To
 		// (uplink.go).
 		base.Recipient.User = base.To().Address.User
@@ -513,7 +513,7 @@ func (s *SIPService) popRoutes(r *sip.Request, in *sock) (recorded bool, flow *t
 // socket addresses (with our port or none) or the mesh domain.
 func (s *SIPService) ourRoute(u *sip.Uri) bool {
 	h := registrar.CanonHost(u.Host)
-	for _, sk := range []*sock{s.lan, s.mesh} {
+	for _, sk := range s.socks() {
 		if sk.names(h, 0) {
 			return sk.names(h, u.Port)
 		}
@@ -586,7 +586,7 @@ func (s *SIPService) looped(req *sip.Request) bool {
 			continue
 		}
 		host := registrar.CanonHost(v.Host)
-		for _, sk := range []*sock{s.lan, s.mesh} {
+		for _, sk := range s.socks() {
 			if sk.names(host, v.Port) {
 				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
 					return true
@@ -677,7 +677,11 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 			if h := p.req.To(); h != nil {
 				to = partyName(h.DisplayName, h.Address)
 			}
-			leg, err := s.legFor(callID, fromTag, from, to)
+			relay := s.cfg.Relay
+			if p.in == s.lan6 || out == s.lan6 {
+				relay = s.cfg.Relay6 // the far end is on the IPv6 Internet
+			}
+			leg, err := s.legFor(callID, fromTag, from, to, relay)
 			if err != nil {
 				return nil, nil, err
 			}

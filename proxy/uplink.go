@@ -215,11 +215,17 @@ func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, co
 
 // internetAllowed reports an address the uplink may send a request to:
 // not the gateway itself, loopback, link-local, multicast or
-// unspecified, and IPv4 (the uplink side's family).
+// unspecified, and IPv4, or IPv6 outside the mesh when the uplink has
+// an IPv6 address (lan6).
 func (s *SIPService) internetAllowed(ap netip.AddrPort) bool {
 	a := ap.Addr().Unmap()
-	return ap.Port() != 0 && a.Is4() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() &&
-		!a.IsUnspecified() && a != s.lan.addr.Addr() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	if ap.Port() == 0 || a.Zone() != "" || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
+		return false
+	}
+	if a.Is6() {
+		return s.lan6 != nil && a != s.lan6.addr.Addr() && !sameNet64(a, s.mesh.addr.Addr())
+	}
+	return a != s.lan.addr.Addr() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // toTrunk routes a number dialled with a dial prefix: from a LAN phone to

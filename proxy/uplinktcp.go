@@ -148,7 +148,7 @@ func (s *SIPService) dialUplink(dst string) error {
 		return err
 	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	if s.dialer == nil || s.sockFor(ap.Addr()) != s.lan || !s.internetAllowed(ap) {
+	if s.dialer == nil || !s.isLAN(s.sockFor(ap.Addr())) || !s.internetAllowed(ap) {
 		return fmt.Errorf("no TCP connection to %s", dst)
 	}
 	start := time.Now()

@@ -300,3 +300,96 @@ func TestUplinkInboundTCP(t *testing.T) {
 		}
 	})
 }
+
+// TestUplinkIPv6: a gateway whose uplink has a global IPv6 address
+// (LAN6Addr) reaches a server located by AAAA only (RFC 3263 §4.2) from
+// there: Via, Record-Route and the SDP name its IPv6 address (c=IN IP6,
+// RFC 4566 §5.7; media through Relay6), the caller on its IPv4 LAN sees
+// IPv4 as before, tones cross both ways; the BYE follows the route set
+// back out over IPv6.
+func TestUplinkIPv6(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		gw6 := netip.MustParseAddr("2001:db8:1::1")
+		far := netip.MustParseAddrPort("[2001:db8:1::61]:5060")
+		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+			return []uplink.Target{{Transport: "UDP", Addr: far, Host: "v6.example.net"}}, nil
+		}
+		var relay6 *sipalg.Relay
+		m := newMeshRigWith(t, 2, func(m *meshRig, nd *meshNode, c *SIPServiceConfig) {
+			if nd.id != nodeID(1) {
+				c.Outbound = func(context.Context, *sip.Request) (netip.AddrPort, error) {
+					return netip.AddrPortFrom(meshIP(1), 5060), nil
+				}
+				return
+			}
+			nd.lan.Attach(nd.host.AddInterface("lan6", rigMTU, netip.PrefixFrom(gw6, 64)))
+			ap := netip.AddrPortFrom(gw6, 5060)
+			pc, err := nd.host.ListenPacket(m.ctx, "udp", ap.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			relay6, err = sipalg.NewRelay(sipalg.Config{
+				A: sipalg.SideConfig{Name: "uplink6", Addr: gw6, Listen: sipalg.NetworkListener(nd.host, gw6), PortMin: 20000, PortMax: 20199, LatchAny: true},
+				B: sipalg.SideConfig{Name: "mesh", Addr: nd.meshIP, Listen: sipalg.NetworkListener(nd.host, nd.meshIP), PortMin: 30200, PortMax: 30399},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.wg.Go(func() { relay6.Run(m.ctx) })
+			c.Uplink = &UplinkConfig{Locate: locate}
+			c.LAN6Addr, c.LAN6UDP, c.Relay6 = ap, pc, relay6
+		})
+		a := m.phone(2, "201", 10)
+		a.register()
+		bob := m.peer(m.nodes[0], m.nodes[0].lan, netip.PrefixFrom(far.Addr(), 64), "bob", "bob6")
+		ea := m.mediaEP(a, 4000, 440)
+		eb := m.mediaEP(bob, 4000, 1000)
+
+		c := a.invite("sip:bob@v6.example.net", ea.Local(), "")
+		inv := bob.request(sip.INVITE)
+		if v := inv.Via(); v.Host != "2001:db8:1::1" || v.Port != 5060 {
+			t.Errorf("Via at the far end %s, want the uplink's IPv6 address", v.Value())
+		}
+		rr := untagged(headerValues(inv, "Record-Route"))
+		if len(rr) < 2 || rr[0] != "<sip:[2001:db8:1::1]:5060;lr>" || rr[1] != "<sip:[fd00::1]:5060;lr>" {
+			t.Errorf("Record-Route at the far end %v", rr)
+		}
+		offer := sdpOf(t, inv.Body())
+		if offer.Addr != gw6 || !strings.Contains(string(inv.Body()), "c=IN IP6 2001:db8:1::1\r\n") {
+			t.Errorf("offer at the far end:\n%s", inv.Body())
+		}
+		eb.SetRemote(offer.RTP())
+		bob.answer(inv, 200, "OK", "bobtag", strings.ReplaceAll(offerSDP(eb.Local()), "IN IP4", "IN IP6"))
+		ok := a.response()
+		wantStatus(t, ok, 200)
+		ans := sdpOf(t, ok.Body())
+		if ans.Addr != m.nodes[1].lanIP {
+			t.Errorf("answer at the caller:\n%s", ok.Body())
+		}
+		ea.SetRemote(ans.RTP())
+		routes := reversed(headerValues(ok, "Record-Route"))
+		from := fmt.Sprintf("<sip:201@mesh>;tag=%s", c.fromTag)
+		a.inDialog("ACK", contactURI(ok), from, ok.To().Value(), c.callID, 1, routes)
+		bob.request(sip.ACK)
+
+		mctx, mcancel := context.WithCancel(m.ctx)
+		var mwg sync.WaitGroup
+		mwg.Go(func() { ea.Run(mctx) })
+		mwg.Go(func() { eb.Run(mctx) })
+		time.Sleep(2 * time.Second)
+		mcancel()
+		mwg.Wait()
+		if !ea.Heard(1000) || !eb.Heard(440) {
+			t.Errorf("two-way audio: 201 heard the far end %v, the far end heard 201 %v", ea.Heard(1000), eb.Heard(440))
+		}
+		if relay6.Sessions() != 1 || m.nodes[0].relay.Sessions() != 0 {
+			t.Errorf("gateway relays: IPv6 %d sessions, IPv4 %d; want the call on the IPv6 one", relay6.Sessions(), m.nodes[0].relay.Sessions())
+		}
+
+		a.inDialog("BYE", contactURI(ok), from, ok.To().Value(), c.callID, 2, routes)
+		bye := bob.request(sip.BYE)
+		bob.answer(bye, 200, "OK", "bobtag", "")
+		wantStatus(t, a.response(), 200)
+	})
+}
