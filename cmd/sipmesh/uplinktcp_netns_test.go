@@ -16,7 +16,14 @@ import (
 // on TCP 5060: a connection to it is refused.
 const inetDeadTCP = "198.51.100.11"
 
-// TestGatewayTCPUplink (issue 14): a domain whose servers speak TCP only.
+// The IPv6 Internet: the gateway's uplink address and dave's.
+const (
+	inetGateway6 = "2001:db8:100::1"
+	inetDave6    = "2001:db8:100::30"
+)
+
+// TestGatewayUplinkTCPIPv6 (issue 14): a domain whose servers speak TCP
+// only, and one whose server has only an IPv6 address.
 // tcp.example.net's NAPTR offers SIP+D2T alone (RFC 3263 §4.1); its SRV
 // names first a server that refuses connections (priority 5), then
 // example.net's Kamailio (priority 10), which listens on TCP besides UDP
@@ -27,8 +34,15 @@ const inetDeadTCP = "198.51.100.11"
 // tones prove audio both ways. Kamailio's log shows the INVITE came over
 // TCP from the gateway, never over UDP. Then bob calls
 // sip:201@voice.example.org;transport=tcp: the gateway takes the call on
-// its TCP port and 201 answers, audio both ways.
-func TestGatewayTCPUplink(t *testing.T) {
+// its TCP port and 201 answers, audio both ways. Last, 201 calls
+// sip:dave@v6.example.net, whose NAPTR and SRV lead to a host with an
+// AAAA record and no A (RFC 3263 §4.2), where dave's baresip listens on
+// IPv6 only:
+// the gateway, whose uplink has a global IPv6 address besides its IPv4
+// one, sends the INVITE from that address with c=IN IP6 in the SDP, and
+// tones prove audio both ways (IPv4 on 201's LAN, IPv6 on the mesh and
+// on the Internet).
+func TestGatewayUplinkTCPIPv6(t *testing.T) {
 	netns.RequireRoot(t)
 	baresip := needTool(t, "baresip", "baresip-core")
 	dnsmasq := needTool(t, "dnsmasq", "dnsmasq-base")
@@ -45,6 +59,9 @@ func TestGatewayTCPUplink(t *testing.T) {
 	inet := netns.New(t, "uinet")
 	netns.Veth(t, m.nodes[0].ns, "up0", inet, "inet0")
 	m.nodes[0].ns.Run(t, "ip", "addr", "add", inetGateway+"/24", "dev", "up0")
+	// The uplink's global IPv6 address, there before the gateway starts
+	// (nodad: usable at once).
+	m.nodes[0].ns.Run(t, "ip", "addr", "add", inetGateway6+"/64", "dev", "up0", "nodad")
 	inet.Run(t, "ip", "link", "add", "br0", "type", "bridge")
 	inet.Run(t, "ip", "link", "set", "br0", "up")
 	inet.Run(t, "ip", "link", "set", "inet0", "master", "br0")
@@ -56,7 +73,11 @@ func TestGatewayTCPUplink(t *testing.T) {
 		"--naptr-record=tcp.example.net,10,10,S,SIP+D2T,,_sip._tcp.tcp.example.net",
 		"--srv-host=_sip._tcp.tcp.example.net,dead.example.net,5060,5,10",
 		"--srv-host=_sip._tcp.tcp.example.net,sip.example.net,5060,10,10",
-		"--host-record=dead.example.net,"+inetDeadTCP)
+		"--host-record=dead.example.net,"+inetDeadTCP,
+		// IPv6 only: NAPTR, SRV, then an AAAA record and no A.
+		"--naptr-record=v6.example.net,10,10,S,SIP+D2U,,_sip._udp.v6.example.net",
+		"--srv-host=_sip._udp.v6.example.net,dave.v6.example.net,5060,10,10",
+		"--host-record=dave.v6.example.net,"+inetDave6)
 	kamLog := startKamailioNS(t, inet, kamailio, func(cfg string) string {
 		cfg = strings.Replace(cfg, "disable_tcp=yes", "disable_tcp=no", 1)
 		cfg = strings.Replace(cfg, "listen=udp:"+inetKamailio+":5060", "listen=udp:"+inetKamailio+":5060\nlisten=tcp:"+inetKamailio+":5060", 1)
@@ -139,4 +160,36 @@ func TestGatewayTCPUplink(t *testing.T) {
 		t.Errorf("no TCP connection from bob to the gateway's SIP port (%v):\n%s", err, out)
 	}
 	t.Logf("gateway n1's TCP connections on 5060: %s", strings.Join(strings.Fields(out), " "))
+
+	// IPv6 only: dave, on a host of its own (baresip's ctrl_tcp port is
+	// per namespace), answers for sip:dave@v6.example.net.
+	const daveTone = 1900.0
+	daveNS := netns.New(t, "udave")
+	netns.Veth(t, inet, "dave0", daveNS, "eth0")
+	inet.Run(t, "ip", "link", "set", "dave0", "master", "br0")
+	daveNS.Run(t, "ip", "addr", "add", inetDave6+"/64", "dev", "eth0", "nodad")
+	daveDir := t.TempDir()
+	writeFile(t, filepath.Join(daveDir, "config"), baresipBase+"net_interface "+inetDave6+"\nsip_listen ["+inetDave6+"]:5060\n")
+	writeFile(t, filepath.Join(daveDir, "accounts"), "<sip:dave@v6.example.net>;regint=0;answermode=auto;audio_codecs=pcmu;ptime=20\n")
+	writeToneWAV(t, filepath.Join(daveDir, "tone.wav"), daveTone, 5*time.Second)
+	dave := startBaresip(t, daveNS, baresip, daveDir, "-6")
+	for _, f := range must(filepath.Glob(filepath.Join(phDir, "dump-*.wav"))) {
+		os.Remove(f)
+	}
+	res = runCall(t, phone, dave, "sip:dave@v6.example.net")
+	t.Logf("call 201 (n2) → sip:dave@v6.example.net (AAAA only) through the gateway n1 over IPv6: %v", res)
+	checkTones(t, "dave (called over IPv6)", daveDir, callerTone, daveTone)
+	checkTones(t, "201 on n2 (caller)", phDir, daveTone, callerTone)
+	// dave's media came from the gateway's IPv6 address (its relay).
+	dl, _ := os.ReadFile(dave.log)
+	fromGW := false
+	for line := range strings.Lines(string(dl)) {
+		if strings.Contains(line, "incoming rtp") && strings.Contains(line, inetGateway6) {
+			fromGW = true
+			t.Logf("dave: %s", strings.TrimSpace(line))
+		}
+	}
+	if !fromGW {
+		t.Errorf("dave's media did not come from the gateway's IPv6 address:\n%s", lastLines(string(dl), 30))
+	}
 }
