@@ -25,11 +25,13 @@ import (
 // call that leaves over the mesh.
 //
 // On a gateway, a second SIPService is the Internet side
-// (SIPServiceConfig.Uplink): its "LAN" socket is on the uplink (IPv4)
+// (SIPServiceConfig.Uplink): its "LAN" socket is on the uplink (IPv4;
+// with a global IPv6 address a second one there, SIPServiceConfig.LAN6Addr)
 // and its mesh socket on the gateway port of the node's mesh address. A
 // request outside a dialog arriving on that mesh socket — only mesh nodes
 // reach it — for a domain not the mesh's is located by RFC 3263
-// (UplinkConfig.Locate: NAPTR, SRV, A) and sent from the uplink, with the
+// (UplinkConfig.Locate: NAPTR, SRV, A/AAAA) and sent from the uplink,
+// over UDP or over TCP (UplinkConfig.Dial, uplinktcp.go), with the
 // uplink address in Via and Record-Route (double record-routing, RFC 5658)
 // — behind a NAT router the public one there and in the SDP
 // (SIPServiceConfig.LANPublic) — and the media anchored on the gateway's relay between its mesh side and

@@ -160,6 +160,11 @@ func TestGatewayUplinkTCPIPv6(t *testing.T) {
 		t.Errorf("no TCP connection from bob to the gateway's SIP port (%v):\n%s", err, out)
 	}
 	t.Logf("gateway n1's TCP connections on 5060: %s", strings.Join(strings.Fields(out), " "))
+	if st, err := m.nodes[0].status(m.bin); err != nil || st.Gateway == nil || st.Gateway.TCPOpen < 2 {
+		t.Errorf("n1's status: want tcp_open ≥ 2 (Kamailio's connection, bob's; %v): %+v", err, st.Gateway)
+	} else {
+		t.Logf("n1's status: tcp_open %d, tcp_refused %d", st.Gateway.TCPOpen, st.Gateway.TCPRefused)
+	}
 
 	// IPv6 only: dave, on a host of its own (baresip's ctrl_tcp port is
 	// per namespace), answers for sip:dave@v6.example.net.
