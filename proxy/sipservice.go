@@ -716,7 +716,9 @@ func (s *SIPService) arrival(tx sip.ServerTransaction) *sock {
 			switch {
 			case ap.Addr() == s.mesh.addr.Addr():
 				return s.mesh
-			case s.lan6 != nil && ap.Addr().WithZone("") == s.lan6.addr.Addr():
+			case s.lan6 != nil && ap.Addr().Is6() && !ap.Addr().Is4In6():
+				// The IPv6 socket, or a connection the service opened
+				// from another of the uplink's IPv6 addresses.
 				return s.lan6
 			}
 		}

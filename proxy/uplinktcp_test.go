@@ -301,6 +301,40 @@ func TestUplinkInboundTCP(t *testing.T) {
 	})
 }
 
+// newUplink6Rig is a meshRig whose node 1 is a gateway with an IPv6
+// uplink address gw6 on its LAN segment (the Internet) besides its IPv4
+// one, and the relay of that address; node 2's calls for other domains
+// go to node 1.
+func newUplink6Rig(t *testing.T, gw6 netip.Addr, locate func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error)) (*meshRig, *sipalg.Relay) {
+	var relay6 *sipalg.Relay
+	m := newMeshRigWith(t, 2, func(m *meshRig, nd *meshNode, c *SIPServiceConfig) {
+		if nd.id != nodeID(1) {
+			c.Outbound = func(context.Context, *sip.Request) (netip.AddrPort, error) {
+				return netip.AddrPortFrom(meshIP(1), 5060), nil
+			}
+			return
+		}
+		nd.lan.Attach(nd.host.AddInterface("lan6", rigMTU, netip.PrefixFrom(gw6, 64)))
+		ap := netip.AddrPortFrom(gw6, 5060)
+		pc, err := nd.host.ListenPacket(m.ctx, "udp", ap.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		relay6, err = sipalg.NewRelay(sipalg.Config{
+			A: sipalg.SideConfig{Name: "uplink6", Addr: gw6, Listen: sipalg.NetworkListener(nd.host, gw6), PortMin: 20000, PortMax: 20199, LatchAny: true},
+			B: sipalg.SideConfig{Name: "mesh", Addr: nd.meshIP, Listen: sipalg.NetworkListener(nd.host, nd.meshIP), PortMin: 30200, PortMax: 30399},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.wg.Go(func() { relay6.Run(m.ctx) })
+		c.Uplink = &UplinkConfig{Locate: locate, Domain: "voice.example.org"}
+		c.Domains = []string{"voice.example.org"}
+		c.LAN6Addr, c.LAN6UDP, c.Relay6 = ap, pc, relay6
+	})
+	return m, relay6
+}
+
 // TestUplinkIPv6: a gateway whose uplink has a global IPv6 address
 // (LAN6Addr) reaches a server located by AAAA only (RFC 3263 §4.2) from
 // there: Via, Record-Route and the SDP name its IPv6 address (c=IN IP6,
@@ -315,31 +349,7 @@ func TestUplinkIPv6(t *testing.T) {
 		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
 			return []uplink.Target{{Transport: "UDP", Addr: far, Host: "v6.example.net"}}, nil
 		}
-		var relay6 *sipalg.Relay
-		m := newMeshRigWith(t, 2, func(m *meshRig, nd *meshNode, c *SIPServiceConfig) {
-			if nd.id != nodeID(1) {
-				c.Outbound = func(context.Context, *sip.Request) (netip.AddrPort, error) {
-					return netip.AddrPortFrom(meshIP(1), 5060), nil
-				}
-				return
-			}
-			nd.lan.Attach(nd.host.AddInterface("lan6", rigMTU, netip.PrefixFrom(gw6, 64)))
-			ap := netip.AddrPortFrom(gw6, 5060)
-			pc, err := nd.host.ListenPacket(m.ctx, "udp", ap.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			relay6, err = sipalg.NewRelay(sipalg.Config{
-				A: sipalg.SideConfig{Name: "uplink6", Addr: gw6, Listen: sipalg.NetworkListener(nd.host, gw6), PortMin: 20000, PortMax: 20199, LatchAny: true},
-				B: sipalg.SideConfig{Name: "mesh", Addr: nd.meshIP, Listen: sipalg.NetworkListener(nd.host, nd.meshIP), PortMin: 30200, PortMax: 30399},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			m.wg.Go(func() { relay6.Run(m.ctx) })
-			c.Uplink = &UplinkConfig{Locate: locate}
-			c.LAN6Addr, c.LAN6UDP, c.Relay6 = ap, pc, relay6
-		})
+		m, relay6 := newUplink6Rig(t, gw6, locate)
 		a := m.phone(2, "201", 10)
 		a.register()
 		bob := m.peer(m.nodes[0], m.nodes[0].lan, netip.PrefixFrom(far.Addr(), 64), "bob", "bob6")
@@ -392,4 +402,89 @@ func TestUplinkIPv6(t *testing.T) {
 		bob.answer(bye, 200, "OK", "bobtag", "")
 		wantStatus(t, a.response(), 200)
 	})
+}
+
+// TestUplinkIPv6Inbound: a caller on the IPv6 Internet calls
+// sip:201@voice.example.org at the gateway's IPv6 address: the INVITE
+// reaches the phone over the mesh with the gateway's IPv6 Record-Route,
+// the caller's answer names the IPv6 relay (c=IN IP6); a request for
+// another domain gets 403 there as over IPv4.
+func TestUplinkIPv6Inbound(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		gw6 := netip.MustParseAddr("2001:db8:1::1")
+		m, relay6 := newUplink6Rig(t, gw6, func(context.Context, *sip.Uri) ([]uplink.Target, error) { return nil, uplink.ErrNotFound })
+		a := m.phone(2, "201", 10)
+		a.register()
+		carol := m.peer(m.nodes[0], m.nodes[0].lan, netip.MustParsePrefix("2001:db8:1::70/64"), "carol", "carol6")
+		gw := netip.AddrPortFrom(gw6, 5060)
+		inv := func(ruri, callID string) string {
+			body := strings.ReplaceAll(offerSDP(netip.MustParseAddrPort("[2001:db8:1::70]:9000")), "IN IP4", "IN IP6")
+			return fmt.Sprintf("INVITE %s SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8:1::70]:5060;branch=z9hG4bK%s;rport\r\n", ruri, callID) +
+				"Max-Forwards: 70\r\nFrom: <sip:carol@example.net>;tag=c1\r\n" +
+				fmt.Sprintf("To: <%s>\r\nCall-ID: %s\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@[2001:db8:1::70]:5060>\r\n", ruri, callID) +
+				fmt.Sprintf("Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		}
+		carol.sendTo(gw, inv("sip:x@other.example", "foreign6"))
+		wantStatus(t, carol.response(), 403)
+
+		carol.sendTo(gw, inv("sip:201@voice.example.org", "inbound6"))
+		got := a.request(sip.INVITE)
+		rr := untagged(headerValues(got, "Record-Route"))
+		if n := len(rr); n < 2 || rr[n-1] != "<sip:[2001:db8:1::1]:5060;lr>" || rr[n-2] != "<sip:[fd00::1]:5060;lr>" {
+			t.Errorf("Record-Route at the phone %v: want the gateway's IPv6 uplink side last", rr)
+		}
+		if offer := sdpOf(t, got.Body()); offer.Addr != m.nodes[1].lanIP {
+			t.Errorf("offer at the phone:\n%s", got.Body())
+		}
+		a.answer(got, 200, "OK", "t201", offerSDP(netip.MustParseAddrPort("10.2.0.10:4000")))
+		res := carol.response()
+		wantStatus(t, res, 200)
+		if !strings.Contains(string(res.Body()), "c=IN IP6 2001:db8:1::1\r\n") {
+			t.Errorf("answer at the caller names no IPv6 relay:\n%s", res.Body())
+		}
+		if relay6.Sessions() != 1 || m.nodes[0].relay.Sessions() != 0 {
+			t.Errorf("gateway relays: IPv6 %d sessions, IPv4 %d; want the call on the IPv6 one", relay6.Sessions(), m.nodes[0].relay.Sessions())
+		}
+	})
+}
+
+// TestInternetAllowed: where a gateway's Internet side may send a located
+// request or open a connection: the Internet of its uplink's families,
+// never itself, the mesh, loopback, link-local or multicast.
+func TestInternetAllowed(t *testing.T) {
+	s := &SIPService{lan: &sock{addr: netip.MustParseAddrPort("198.51.100.1:5060")}, mesh: &sock{addr: netip.MustParseAddrPort("[fd00::1]:5062")}}
+	v6 := &sock{addr: netip.MustParseAddrPort("[2001:db8:1::1]:5060")}
+	for _, c := range []struct {
+		dst        string
+		ipv4, dual bool // allowed with an IPv4 uplink, with IPv6 too
+	}{
+		{"203.0.113.5:5060", true, true},
+		{"198.51.100.1:5060", false, false}, // itself
+		{"127.0.0.1:5060", false, false},
+		{"255.255.255.255:5060", false, false},
+		{"203.0.113.5:0", false, false},
+		{"[2001:db8:2::5]:5060", false, true},
+		{"[2001:db8:1::1]:5060", false, false}, // itself
+		{"[fd00::7]:5060", false, false},       // the mesh
+		{"[fe80::1]:5060", false, false},
+		{"[::1]:5060", false, false},
+		{"[ff02::1]:5060", false, false},
+	} {
+		ap := netip.MustParseAddrPort(c.dst)
+		s.lan6 = nil
+		if got := s.internetAllowed(ap); got != c.ipv4 {
+			t.Errorf("%s with an IPv4 uplink: %v, want %v", c.dst, got, c.ipv4)
+		}
+		s.lan6 = v6
+		if got := s.internetAllowed(ap); got != c.dual {
+			t.Errorf("%s with an IPv6 uplink too: %v, want %v", c.dst, got, c.dual)
+		}
+		if c.dual && ap.Addr().Is6() && s.sockFor(ap.Addr()) != v6 {
+			t.Errorf("%s: not sent from the IPv6 uplink socket", c.dst)
+		}
+	}
+	if s.sockFor(netip.MustParseAddr("fd00::7")) != s.mesh {
+		t.Error("a mesh address is not reached over the mesh")
+	}
 }
