@@ -47,17 +47,53 @@ type uplinkDialer struct {
 	conns *dialedConns
 	ln    *sipnet.Listener // conns within limits
 	sem   chan struct{}    // dials in progress
+
+	mu       sync.Mutex
+	inflight map[netip.AddrPort]*dialCall // at most maxUplinkDials
+}
+
+// dialCall is a connection being opened; requests for the same server
+// meanwhile wait for it instead of opening another.
+type dialCall struct {
+	done chan struct{}
+	err  error
 }
 
 func newUplinkDialer(dial func(ctx context.Context, network, address string) (net.Conn, error), lim sipnet.ListenerLimits) *uplinkDialer {
 	c := &dialedConns{ch: make(chan dialed), closed: make(chan struct{})}
 	lim.MaxConns, lim.MaxPerSource = maxUplinkConns, maxUplinkPerServer
-	return &uplinkDialer{dial: dial, conns: c, ln: sipnet.LimitListener(c, lim), sem: make(chan struct{}, maxUplinkDials)}
+	return &uplinkDialer{dial: dial, conns: c, ln: sipnet.LimitListener(c, lim), sem: make(chan struct{}, maxUplinkDials),
+		inflight: make(map[netip.AddrPort]*dialCall)}
 }
 
 // connect opens a connection to dst and waits until sipgo holds it (or
-// refused it over a limit: the caller then finds none).
+// refused it over a limit: the caller then finds none). While one is
+// being opened, another call for dst waits for it: calls that start
+// together share one connection.
 func (d *uplinkDialer) connect(ctx context.Context, dst netip.AddrPort) error {
+	d.mu.Lock()
+	if c := d.inflight[dst]; c != nil {
+		d.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c := &dialCall{done: make(chan struct{})}
+	d.inflight[dst] = c
+	d.mu.Unlock()
+	c.err = d.open(ctx, dst)
+	d.mu.Lock()
+	delete(d.inflight, dst)
+	d.mu.Unlock()
+	close(c.done)
+	return c.err
+}
+
+// open dials dst and hands the connection to sipgo.
+func (d *uplinkDialer) open(ctx context.Context, dst netip.AddrPort) error {
 	select {
 	case d.sem <- struct{}{}:
 		defer func() { <-d.sem }()

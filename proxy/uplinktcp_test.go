@@ -488,3 +488,54 @@ func TestInternetAllowed(t *testing.T) {
 		t.Error("a mesh address is not reached over the mesh")
 	}
 }
+
+// TestUplinkTCPOneConnection: two calls to a TCP server that start while
+// the gateway's connection to it is being opened share it: one
+// connection, both INVITEs on it.
+func TestUplinkTCPOneConnection(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		good := netip.MustParseAddrPort("10.1.0.61:5060")
+		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
+			return []uplink.Target{{Transport: "TCP", Addr: good}}, nil
+		}
+		var dials atomic.Int32
+		dialing, release := make(chan struct{}, 2), make(chan struct{})
+		var m *meshRig
+		m = newMeshRig(t, 2, func(c *SIPServiceConfig) {
+			if c.Node != nodeID(1) {
+				c.Outbound = func(context.Context, *sip.Request) (netip.AddrPort, error) {
+					return netip.AddrPortFrom(meshIP(1), 5060), nil
+				}
+				return
+			}
+			c.Uplink = &UplinkConfig{Locate: locate, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+				dials.Add(1)
+				dialing <- struct{}{}
+				<-release // the handshake takes a while
+				return m.nodes[0].host.Dial(ctx, network, address)
+			}}
+		})
+		srvHost := m.nw.AddHost("tcp-server")
+		m.nodes[0].lan.Attach(srvHost.AddInterface("eth0", rigMTU, netip.PrefixFrom(good.Addr(), 24)))
+		srv := m.internetServer(srvHost, good)
+		a := m.phone(2, "201", 10)
+		a.register()
+		// One call after the other reaches the gateway (the phone's
+		// digest nonce counts must arrive in order), the second while the
+		// first one's connection is being opened.
+		a.invite("sip:bob@example.net", netip.MustParseAddrPort("10.2.0.10:4000"), "")
+		<-dialing
+		a.invite("sip:carol@example.net", netip.MustParseAddrPort("10.2.0.10:4002"), "")
+		time.Sleep(time.Second) // virtual: the INVITE crossed the mesh long ago
+		if n := dials.Load(); n != 1 {
+			t.Errorf("%d connections being opened to one server, want 1", n)
+		}
+		close(release)
+		_, c1 := srv.request(sip.INVITE)
+		_, c2 := srv.request(sip.INVITE)
+		if n := dials.Load(); n != 1 || c1 != c2 || srv.accepts.Load() != 1 {
+			t.Errorf("%d dials, %d connections accepted, same connection %v: want one for both calls", n, srv.accepts.Load(), c1 == c2)
+		}
+	})
+}
