@@ -2,7 +2,6 @@ package nat64
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -219,46 +218,8 @@ func FuzzCLAT4to6(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
 		tr := fuzzCLAT(t)
-		if len(p) >= 20 && p[0]&0x0f >= 5 && int(p[0]&0x0f)*4 <= len(p) {
-			ihl := int(p[0]&0x0f) * 4
-			p[0] = 0x40 | p[0]&0x0f
-			binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
-			p[10], p[11] = 0, 0
-			binary.BigEndian.PutUint16(p[10:], csum(p[:ihl], 0))
-			if h, err := parse4(p, false); err == nil && !h.fragment() {
-				ph := uint32(0)
-				if h.proto != protoICMP {
-					ph = ph4(h.src, h.dst, len(h.l4), h.proto)
-				}
-				if h.proto != protoUDP || len(h.l4) < 8 || binary.BigEndian.Uint16(h.l4[6:]) != 0 {
-					fixL4(h.proto, h.l4, ph)
-				}
-			}
-		}
-		out := make([]byte, len(p)+64)
-		frags := 0
-		n, reply, err := tr.In4Split(p, out, func(f []byte) {
-			frags++
-			if len(f) > tr.cfg.MTU6 {
-				t.Fatalf("fragment of %d bytes", len(f))
-			}
-			if err := verify6(f); err != nil {
-				t.Fatalf("fragment: %v\nin  % x\nout % x", err, p, f)
-			}
-		})
-		if n > len(out) || (n > 0) == (err != nil && !reply) && frags == 0 || frags > 0 && (n != 0 || err != nil) {
-			t.Fatalf("n=%d reply=%v err=%v fragments=%d", n, reply, err, frags)
-		}
-		if n == 0 {
-			return
-		}
-		verify := verify6
-		if reply {
-			verify = verify4
-		}
-		if err := verify(out[:n]); err != nil {
-			t.Fatalf("reply=%v: %v\nin  % x\nout % x", reply, err, p, out[:n])
-		}
+		fix4(p, nil)
+		checkIn4Split(t, tr, p)
 	})
 }
 
@@ -269,28 +230,8 @@ func FuzzCLAT6to4(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
 		tr := fuzzCLAT(t)
-		if len(p) >= 40 {
-			p[0] = 0x60 | p[0]&0x0f
-			binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
-			if h, err := parse6(p, false); err == nil && h.first() && !h.more {
-				fixL4(h.proto, h.l4, ph6(h.src, h.dst, len(h.l4), h.proto))
-			}
-		}
-		out := make([]byte, len(p)+64)
-		n, reply, err := tr.In6(p, out)
-		if n > len(out) || (n > 0) == (err != nil && !reply) {
-			t.Fatalf("n=%d reply=%v err=%v", n, reply, err)
-		}
-		if n == 0 {
-			return
-		}
-		verify := verify4
-		if reply {
-			verify = verify6
-		}
-		if err := verify(out[:n]); err != nil {
-			t.Fatalf("reply=%v: %v\nin  % x\nout % x", reply, err, p, out[:n])
-		}
+		fix6(p)
+		checkIn6(t, tr, p, make([]byte, len(p)+64))
 	})
 }
 

@@ -77,29 +77,10 @@ func FuzzTranslate6to4(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
 		tr := fuzzTranslator(t)
-		if len(p) >= 40 {
-			p[0] = 0x60 | p[0]&0x0f
-			binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
-			if h, err := parse6(p, false); err == nil && h.first() && !h.more { // whole, or an atomic fragment
-				fixL4(h.proto, h.l4, ph6(h.src, h.dst, len(h.l4), h.proto))
-			}
-		}
+		fix6(p)
 		out := make([]byte, len(p)+64)
 		for range 2 { // the second time finds the state the first made
-			n, reply, err := tr.In6(p, out)
-			if n > len(out) || (n > 0) == (err != nil && !reply) {
-				t.Fatalf("n=%d reply=%v err=%v", n, reply, err)
-			}
-			if n == 0 {
-				continue
-			}
-			verify := verify4
-			if reply {
-				verify = verify6
-			}
-			if err := verify(out[:n]); err != nil {
-				t.Fatalf("reply=%v: %v\nin  % x\nout % x", reply, err, p, out[:n])
-			}
+			checkIn6(t, tr, p, out)
 		}
 	})
 }
@@ -118,46 +99,97 @@ func FuzzTranslate4to6(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		out := make([]byte, len(p)+64)
-		if len(p) >= 20 && p[0]&0x0f >= 5 && int(p[0]&0x0f)*4 <= len(p) {
-			ihl := int(p[0]&0x0f) * 4
-			p[0] = 0x40 | p[0]&0x0f
-			binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
-			copy(p[16:20], pool4[:])
-			p[10], p[11] = 0, 0
-			binary.BigEndian.PutUint16(p[10:], csum(p[:ihl], 0))
-			if h, err := parse4(p, false); err == nil && !h.fragment() {
-				ph := uint32(0)
-				if h.proto != protoICMP {
-					ph = ph4(h.src, h.dst, len(h.l4), h.proto)
-				}
-				if h.proto != protoUDP || len(h.l4) < 8 || binary.BigEndian.Uint16(h.l4[6:]) != 0 {
-					fixL4(h.proto, h.l4, ph)
-				}
-			}
+		fix4(p, pool4[:])
+		checkIn4Split(t, tr, p)
+	})
+}
+
+// fix4 makes a fuzzed IPv4 packet pass the header checks (version, total
+// length, header checksum) and, where it is whole, the upper-layer
+// checksum, so the fuzzer explores the translation itself. A non-nil dst
+// replaces the destination address first. A UDP datagram without a
+// checksum keeps none (RFC 768; RFC 7915 section 4.5 governs it).
+func fix4(p, dst []byte) {
+	if len(p) < 20 || p[0]&0x0f < 5 || int(p[0]&0x0f)*4 > len(p) {
+		return
+	}
+	ihl := int(p[0]&0x0f) * 4
+	p[0] = 0x40 | p[0]&0x0f
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	if dst != nil {
+		copy(p[16:20], dst)
+	}
+	p[10], p[11] = 0, 0
+	binary.BigEndian.PutUint16(p[10:], csum(p[:ihl], 0))
+	if h, err := parse4(p, false); err == nil && !h.fragment() {
+		ph := uint32(0)
+		if h.proto != protoICMP {
+			ph = ph4(h.src, h.dst, len(h.l4), h.proto)
 		}
-		frags := 0
-		n, reply, err := tr.In4Split(p, out, func(f []byte) {
-			frags++
-			if len(f) > tr.cfg.MTU6 {
-				t.Fatalf("fragment of %d bytes", len(f))
-			}
-			if err := verify6(f); err != nil {
-				t.Fatalf("fragment: %v\nin  % x\nout % x", err, p, f)
-			}
-		})
-		if n > len(out) || (n > 0) == (err != nil && !reply) && frags == 0 || frags > 0 && (n != 0 || err != nil) {
-			t.Fatalf("n=%d reply=%v err=%v fragments=%d", n, reply, err, frags)
+		if h.proto != protoUDP || len(h.l4) < 8 || binary.BigEndian.Uint16(h.l4[6:]) != 0 {
+			fixL4(h.proto, h.l4, ph)
 		}
-		if n == 0 {
-			return
+	}
+}
+
+// fix6 is fix4 for IPv6: version, payload length and, for a whole packet
+// or an atomic fragment, the upper-layer checksum.
+func fix6(p []byte) {
+	if len(p) < 40 {
+		return
+	}
+	p[0] = 0x60 | p[0]&0x0f
+	binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
+	if h, err := parse6(p, false); err == nil && h.first() && !h.more {
+		fixL4(h.proto, h.l4, ph6(h.src, h.dst, len(h.l4), h.proto))
+	}
+}
+
+// checkIn4Split passes p to tr.In4Split and asserts the property "valid in,
+// valid out": a translation (or its fragments, each within the IPv6 MTU)
+// is well-formed IPv6, an ICMPv4 error reply well-formed IPv4, and the
+// result says one of them or an error.
+func checkIn4Split(t *testing.T, tr *Translator, p []byte) {
+	t.Helper()
+	out := make([]byte, len(p)+64)
+	frags := 0
+	n, reply, err := tr.In4Split(p, out, func(f []byte) {
+		frags++
+		if len(f) > tr.cfg.MTU6 {
+			t.Fatalf("fragment of %d bytes", len(f))
 		}
-		verify := verify6
-		if reply {
-			verify = verify4
-		}
-		if err := verify(out[:n]); err != nil {
-			t.Fatalf("reply=%v: %v\nin  % x\nout % x", reply, err, p, out[:n])
+		if err := verify6(f); err != nil {
+			t.Fatalf("fragment: %v\nin  % x\nout % x", err, p, f)
 		}
 	})
+	if n > len(out) || (n > 0) == (err != nil && !reply) && frags == 0 || frags > 0 && (n != 0 || err != nil) {
+		t.Fatalf("n=%d reply=%v err=%v fragments=%d", n, reply, err, frags)
+	}
+	checkOut(t, p, out, n, reply, verify6, verify4)
+}
+
+// checkIn6 is checkIn4Split for tr.In6: an IPv4 translation, or an ICMPv6
+// error reply.
+func checkIn6(t *testing.T, tr *Translator, p, out []byte) {
+	t.Helper()
+	n, reply, err := tr.In6(p, out)
+	if n > len(out) || (n > 0) == (err != nil && !reply) {
+		t.Fatalf("n=%d reply=%v err=%v", n, reply, err)
+	}
+	checkOut(t, p, out, n, reply, verify4, verify6)
+}
+
+// checkOut verifies the n bytes emitted for p: with verify for a
+// translation, with verifyReply for the translator's own error reply.
+func checkOut(t *testing.T, p, out []byte, n int, reply bool, verify, verifyReply func([]byte) error) {
+	t.Helper()
+	if n == 0 {
+		return
+	}
+	if reply {
+		verify = verifyReply
+	}
+	if err := verify(out[:n]); err != nil {
+		t.Fatalf("reply=%v: %v\nin  % x\nout % x", reply, err, p, out[:n])
+	}
 }
