@@ -503,13 +503,7 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := a.Call(cctx, target, phones.CallOptions{ExpectHz: expect})
-	if c != nil {
-		r.Status = c.Status()
-		r.PostDialDelayMs = ms(c.PostDialDelay())
-		r.SetupMs = ms(c.SetupTime())
-	}
-	if err != nil {
-		r.Error = err.Error()
+	if !r.setUp(c, err) {
 		return r
 	}
 	defer func() {
@@ -528,7 +522,7 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 	}()
 	answered := time.Now()
 	var bc *phones.Call // the callee's side of the call: same Call-ID
-	heard := func() (ab, ba bool) {
+	heard := func() (ab, ba bool, callee *phones.Call) {
 		if b != nil && bc == nil {
 			for _, x := range b.Calls() {
 				if x.ID() == c.ID() {
@@ -538,26 +532,41 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 		}
 		ba = c.HeardRemote()
 		if b == nil {
-			return ba, ba // the echo: what the caller heard is what came back
+			return ba, ba, nil // the echo: what the caller heard is what came back
 		}
-		return bc != nil && bc.Heard(a.Hz), ba
+		return bc != nil && bc.Heard(a.Hz), ba, bc
 	}
 	if release != nil {
 		// Once every call has been judged, all are up at once: check that
 		// each still carries both tones (the detector judges the last
 		// second received) before hanging up.
 		defer func() {
-			ab, ba := heard()
+			ab, ba, _ := heard()
 			r.AudioAB, r.AudioBA = r.AudioAB && ab, r.AudioBA && ba
 			if !r.ok() && r.Error == "" {
 				r.Error = "no two-way audio with every call up"
 			}
 		}()
 	}
+	awaitAudio(cctx, &r, c, answered, hold, true, heard)
+	return r
+}
+
+// awaitAudio polls heard every 20 ms until each side of the answered call
+// c hears the other's tone and at least hold has passed since answered, or
+// demoAudioWait has; then it records each direction's MOS and RTP loss
+// (RFC 3550 §6.4.1) in r, as each receiving phone measured them. heard
+// reports both directions and the callee's side of the call (nil until it
+// is found). Where no callee side is found, mirror lets the caller's
+// figures stand for both directions (the echo test: what the caller heard
+// is what came back); otherwise the callee's stay zero. If cctx ends
+// first, r says the call timed out.
+func awaitAudio(cctx context.Context, r *callResult, c *phones.Call, answered time.Time, hold time.Duration, mirror bool, heard func() (ab, ba bool, callee *phones.Call)) {
+	var bc *phones.Call
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		r.AudioAB, r.AudioBA = heard()
+		r.AudioAB, r.AudioBA, bc = heard()
 		waited := time.Since(answered)
 		if (r.AudioAB && r.AudioBA && waited >= hold) || waited >= demoAudioWait {
 			break
@@ -565,7 +574,7 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 		select {
 		case <-cctx.Done():
 			r.Error = "call timed out"
-			return r
+			return
 		case <-t.C:
 		}
 	}
@@ -574,14 +583,29 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 	if bc != nil {
 		bs := bc.Stats()
 		r.MOSAB, r.LostAB = round2(bs.MOS), bs.RTP.Lost
-	} else {
+	} else if mirror {
 		r.MOSAB, r.LostAB = r.MOSBA, r.LostBA
 	}
 	r.MOS = min(r.MOSAB, r.MOSBA)
 	if !r.AudioAB || !r.AudioBA {
 		r.Error = "no two-way audio"
 	}
-	return r
+}
+
+// setUp records the outcome of placing call c (nil if none came of it)
+// and its setup error err: the INVITE's final status, the post-dial delay
+// and setup time. It reports whether the call was answered.
+func (r *callResult) setUp(c *phones.Call, err error) bool {
+	if c != nil {
+		r.Status = c.Status()
+		r.PostDialDelayMs = ms(c.PostDialDelay())
+		r.SetupMs = ms(c.SetupTime())
+	}
+	if err != nil {
+		r.Error = err.Error()
+		return false
+	}
+	return true
 }
 
 func ms(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Millisecond)*10) / 10 }

@@ -303,13 +303,7 @@ func (m *telMesh) gatewayHops(r *callResult, node int) {
 // the quality, and hangs up. callee is the called phone, callerHz the
 // caller's tone; err is the call's setup error.
 func judgeCall(ctx, cctx context.Context, r callResult, c *phones.Call, err error, callee *phones.Phone, callerHz float64, hold time.Duration) callResult {
-	if c != nil {
-		r.Status = c.Status()
-		r.PostDialDelayMs = ms(c.PostDialDelay())
-		r.SetupMs = ms(c.SetupTime())
-	}
-	if err != nil {
-		r.Error = err.Error()
+	if !r.setUp(c, err) {
 		return r
 	}
 	defer func() {
@@ -319,37 +313,14 @@ func judgeCall(ctx, cctx context.Context, r callResult, c *phones.Call, err erro
 	}()
 	var bc *phones.Call
 	answered := time.Now()
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
+	awaitAudio(cctx, &r, c, answered, hold, false, func() (bool, bool, *phones.Call) {
 		if bc == nil {
 			if i := slices.IndexFunc(callee.Calls(), func(x *phones.Call) bool { return x.ID() == c.ID() }); i >= 0 {
 				bc = callee.Calls()[i]
 			}
 		}
-		r.AudioBA = c.HeardRemote()
-		r.AudioAB = bc != nil && bc.Heard(callerHz)
-		waited := time.Since(answered)
-		if (r.AudioAB && r.AudioBA && waited >= hold) || waited >= demoAudioWait {
-			break
-		}
-		select {
-		case <-cctx.Done():
-			r.Error = "call timed out"
-			return r
-		case <-t.C:
-		}
-	}
-	st := c.Stats()
-	r.MOSBA, r.LostBA = round2(st.MOS), st.RTP.Lost
-	if bc != nil {
-		bs := bc.Stats()
-		r.MOSAB, r.LostAB = round2(bs.MOS), bs.RTP.Lost
-	}
-	r.MOS = min(r.MOSAB, r.MOSBA)
-	if !r.AudioAB || !r.AudioBA {
-		r.Error = "no two-way audio"
-	}
+		return bc != nil && bc.Heard(callerHz), c.HeardRemote(), bc
+	})
 	return r
 }
 
