@@ -407,6 +407,26 @@ func (r *rig) client(ctx context.Context, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, r.tools["taskset"], append([]string{"-c", *clientCPU, "ip", "netns", "exec", r.cli.Name}, args...)...)
 }
 
+// sippUAS starts SIPp as the callee (the scenario of testdata/uas.xml)
+// on port 5070 of addr in the network namespace ns, pinned to the
+// clients' CPU; stop ends it and waits for it. out collects what it
+// prints.
+func (r *rig) sippUAS(ns, addr string) (out *bytes.Buffer, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	uas := exec.CommandContext(ctx, r.tools["taskset"], "-c", *clientCPU, "ip", "netns", "exec", ns,
+		r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", addr)
+	out = new(bytes.Buffer)
+	uas.Stdout, uas.Stderr = out, out
+	if err := uas.Start(); err != nil {
+		cancel()
+		r.t.Fatal(err)
+	}
+	return out, func() {
+		cancel()
+		uas.Wait()
+	}
+}
+
 // waitFor polls cond every 100 ms: the servers are other processes on
 // real time, with no event to wait on but their answers.
 func (r *rig) waitFor(limit time.Duration, what string, cond func() (bool, string)) {
@@ -672,17 +692,8 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 			res := r.sipp(server, "register.xml", 0, "-inf", csvPath, "-m", "1", "-p", "5070", "-i", callee)
 			return res.ok == 1, res.String()
 		})
-		ctx, cancel := context.WithCancel(context.Background())
-		uas := r.client(ctx, r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", callee)
-		var uasOut bytes.Buffer
-		uas.Stdout, uas.Stderr = &uasOut, &uasOut
-		if err := uas.Start(); err != nil {
-			r.t.Fatal(err)
-		}
-		defer func() {
-			cancel()
-			uas.Wait()
-		}()
+		_, stop := r.sippUAS(r.cli.Name, callee)
+		defer stop()
 		res := r.sipp(server, "call.xml", *roundDur, "-inf", callerCSV, "-p", "5061", "-i", local)
 		return res.rate(), res.String()
 	}
@@ -707,18 +718,8 @@ func (r *rig) gatewayRow() (func() (float64, string), func() (float64, string)) 
 		return err == nil && strings.Contains(strings.Join(strings.Fields(string(out)), ""), `"usable":true`), string(out)
 	})
 	run := func(server, local string) (float64, string) {
-		ctx, cancel := context.WithCancel(context.Background())
-		uas := exec.CommandContext(ctx, r.tools["taskset"], "-c", *clientCPU, "ip", "netns", "exec", r.inet.Name,
-			r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", inetCallee)
-		var uasOut bytes.Buffer
-		uas.Stdout, uas.Stderr = &uasOut, &uasOut
-		if err := uas.Start(); err != nil {
-			r.t.Fatal(err)
-		}
-		defer func() {
-			cancel()
-			uas.Wait()
-		}()
+		uasOut, stop := r.sippUAS(r.inet.Name, inetCallee)
+		defer stop()
 		// One call first: the route works, and SIPp's UAS is listening.
 		r.waitFor(20*time.Second, "a first call out through "+server, func() (bool, string) {
 			res := r.sipp(server, "callout.xml", 0, "-inf", callerCSV, "-m", "1", "-p", "5061", "-i", local)
