@@ -1057,27 +1057,40 @@ func (m *meshRig) tcpPhone(node int, ext string, last byte) *tcpPhone {
 	}
 	ap, _ := sipnet.AddrPortOf(conn.LocalAddr())
 	p := &tcpPhone{t: m.t, conn: conn, in: make(chan sip.Message, 16), addr: ap}
-	m.wg.Go(func() {
-		ps := sip.NewParser().NewSIPStream()
-		defer ps.Close()
-		buf := make([]byte, 8192)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			ps.Write(buf[:n])
-			for {
-				msg, _, err := ps.ParseNext()
-				if err != nil {
-					break
-				}
-				p.in <- msg
-			}
-		}
-	})
+	m.wg.Go(func() { readStream(conn, func(msg sip.Message) { p.in <- msg }) })
 	context.AfterFunc(m.ctx, func() { conn.Close() })
 	return p
+}
+
+// readStream parses the SIP messages arriving on the stream conn (RFC
+// 3261 §18.3: framed by Content-Length) and hands each to got, until the
+// connection fails or is closed.
+func readStream(conn net.Conn, got func(sip.Message)) {
+	ps := sip.NewParser().NewSIPStream()
+	defer ps.Close()
+	buf := make([]byte, 8192)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return
+		}
+		ps.Write(buf[:n])
+		for {
+			msg, _, err := ps.ParseNext()
+			if err != nil {
+				break
+			}
+			got(msg)
+		}
+	}
+}
+
+// isTrying reports whether m is a 100 (Trying) response, which a test
+// reading a stream passes over: hop-by-hop, it comes or not (RFC 3261
+// §16.7 step 5 / §17.2.1).
+func isTrying(m sip.Message) bool {
+	res, ok := m.(*sip.Response)
+	return ok && res.StatusCode == 100
 }
 
 func (p *tcpPhone) recv() sip.Message {
@@ -1085,7 +1098,7 @@ func (p *tcpPhone) recv() sip.Message {
 	for {
 		select {
 		case m := <-p.in:
-			if res, ok := m.(*sip.Response); ok && res.StatusCode == 100 {
+			if isTrying(m) {
 				continue
 			}
 			return m

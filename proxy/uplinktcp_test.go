@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,25 +62,7 @@ func (m *meshRig) internetServer(h *memnet.Host, addr netip.AddrPort) *internetS
 			srv.mu.Lock()
 			srv.conns = append(srv.conns, c)
 			srv.mu.Unlock()
-			m.wg.Go(func() {
-				ps := sip.NewParser().NewSIPStream()
-				defer ps.Close()
-				buf := make([]byte, 8192)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					ps.Write(buf[:n])
-					for {
-						msg, _, err := ps.ParseNext()
-						if err != nil {
-							break
-						}
-						srv.in <- tcpMsg{msg: msg, conn: c}
-					}
-				}
-			})
+			m.wg.Go(func() { readStream(c, func(msg sip.Message) { srv.in <- tcpMsg{msg: msg, conn: c} }) })
 		}
 	})
 	return srv
@@ -95,7 +78,7 @@ func (s *internetServer) request(method sip.RequestMethod) (*sip.Request, net.Co
 			if req, ok := m.msg.(*sip.Request); ok && req.Method == method {
 				return req, m.conn
 			}
-			if res, ok := m.msg.(*sip.Response); ok && res.StatusCode == 100 {
+			if isTrying(m.msg) {
 				continue
 			}
 			s.t.Fatalf("Internet server: want %s, got\n%s", method, m.msg)
@@ -125,10 +108,20 @@ func (s *internetServer) answer(c net.Conn, req *sip.Request, code int, body str
 	}
 }
 
+// locateFunc is UplinkConfig.Locate's type.
+type locateFunc = func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error)
+
+// fixedTargets is a Locate that finds ts for every domain, in that order,
+// as RFC 3263 §4 resolution would have sorted them; a copy each time, as
+// a resolver returns, so the proxy may keep or trim it.
+func fixedTargets(ts ...uplink.Target) locateFunc {
+	return func(context.Context, *sip.Uri) ([]uplink.Target, error) { return slices.Clone(ts), nil }
+}
+
 // uplinkRig is a meshRig whose node 1 is a gateway: its LAN segment is
 // the Internet, where locate finds the servers; node 2's phones' calls
 // for other domains go to node 1's mesh socket (Outbound).
-func newUplinkRig(t *testing.T, locate func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error), dial bool) *meshRig {
+func newUplinkRig(t *testing.T, locate locateFunc, dial bool) *meshRig {
 	var m *meshRig
 	gw := netip.AddrPortFrom(meshIP(1), 5060)
 	m = newMeshRig(t, 2, func(c *SIPServiceConfig) {
@@ -160,10 +153,8 @@ func TestUplinkTCP(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		refused := netip.MustParseAddrPort("10.1.0.60:5060")
 		good := netip.MustParseAddrPort("10.1.0.61:5060")
-		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
-			return []uplink.Target{{Transport: "TCP", Addr: refused, Host: "a.example.net"},
-				{Transport: "TCP", Addr: good, Host: "b.example.net"}}, nil
-		}
+		locate := fixedTargets(uplink.Target{Transport: "TCP", Addr: refused, Host: "a.example.net"},
+			uplink.Target{Transport: "TCP", Addr: good, Host: "b.example.net"})
 		m := newUplinkRig(t, locate, true)
 		gw := m.nodes[0]
 		// A host at the first address with nothing listening: connection
@@ -233,10 +224,8 @@ func TestUplinkTCP(t *testing.T) {
 func TestUplinkTCPFailover(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {
-		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
-			return []uplink.Target{{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.60:5060")},
-				{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.62:5060")}}, nil
-		}
+		locate := fixedTargets(uplink.Target{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.60:5060")},
+			uplink.Target{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.62:5060")})
 		m := newUplinkRig(t, locate, true)
 		for i, last := range []byte{60, 62} {
 			h := m.nw.AddHost(fmt.Sprint("dead", i))
@@ -252,9 +241,7 @@ func TestUplinkTCPFailover(t *testing.T) {
 		}
 	})
 	synctest.Test(t, func(t *testing.T) {
-		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
-			return []uplink.Target{{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.61:5060")}}, nil
-		}
+		locate := fixedTargets(uplink.Target{Transport: "TCP", Addr: netip.MustParseAddrPort("10.1.0.61:5060")})
 		m := newUplinkRig(t, locate, false)
 		a := m.phone(2, "201", 10)
 		a.register()
@@ -305,7 +292,7 @@ func TestUplinkInboundTCP(t *testing.T) {
 // uplink address gw6 on its LAN segment (the Internet) besides its IPv4
 // one, and the relay of that address; node 2's calls for other domains
 // go to node 1.
-func newUplink6Rig(t *testing.T, gw6 netip.Addr, locate func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error)) (*meshRig, *sipalg.Relay) {
+func newUplink6Rig(t *testing.T, gw6 netip.Addr, locate locateFunc) (*meshRig, *sipalg.Relay) {
 	var relay6 *sipalg.Relay
 	m := newMeshRigWith(t, 2, func(m *meshRig, nd *meshNode, c *SIPServiceConfig) {
 		if nd.id != nodeID(1) {
@@ -346,9 +333,7 @@ func TestUplinkIPv6(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		gw6 := netip.MustParseAddr("2001:db8:1::1")
 		far := netip.MustParseAddrPort("[2001:db8:1::61]:5060")
-		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
-			return []uplink.Target{{Transport: "UDP", Addr: far, Host: "v6.example.net"}}, nil
-		}
+		locate := fixedTargets(uplink.Target{Transport: "UDP", Addr: far, Host: "v6.example.net"})
 		m, relay6 := newUplink6Rig(t, gw6, locate)
 		a := m.phone(2, "201", 10)
 		a.register()
@@ -496,9 +481,7 @@ func TestUplinkTCPOneConnection(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {
 		good := netip.MustParseAddrPort("10.1.0.61:5060")
-		locate := func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
-			return []uplink.Target{{Transport: "TCP", Addr: good}}, nil
-		}
+		locate := fixedTargets(uplink.Target{Transport: "TCP", Addr: good})
 		var dials atomic.Int32
 		dialing, release := make(chan struct{}, 2), make(chan struct{})
 		var m *meshRig
