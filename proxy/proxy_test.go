@@ -528,6 +528,20 @@ func sdpOf(t testing.TB, body []byte) sipalg.Stream {
 	return d.Streams[0]
 }
 
+// talk runs the media endpoints eps for d (virtual time: the tests run
+// in a synctest bubble) and stops them, so that each has sent its tone
+// and judged what it received.
+func (m *meshRig) talk(d time.Duration, eps ...*phones.MediaEndpoint) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	var wg sync.WaitGroup
+	for _, e := range eps {
+		wg.Go(func() { e.Run(ctx) })
+	}
+	time.Sleep(d)
+	cancel()
+	wg.Wait()
+}
+
 // mediaEP starts a G.711 endpoint with a tone on the phone's host.
 func (m *meshRig) mediaEP(p *tphone, port uint16, tone float64) *phones.MediaEndpoint {
 	m.t.Helper()
@@ -627,13 +641,7 @@ func TestProxyCallAcrossNodes(t *testing.T) {
 		}
 
 		// Audio, both ways, through both relays.
-		mctx, mcancel := context.WithCancel(m.ctx)
-		var mwg sync.WaitGroup
-		mwg.Go(func() { ea.Run(mctx) })
-		mwg.Go(func() { eb.Run(mctx) })
-		time.Sleep(2 * time.Second)
-		mcancel()
-		mwg.Wait()
+		m.talk(2*time.Second, ea, eb)
 		t.Logf("201 %+v\n202 %+v", ea.Stats(), eb.Stats())
 		if !ea.Heard(1000) || !eb.Heard(440) {
 			t.Errorf("two-way audio: 201 heard 202 %v, 202 heard 201 %v", ea.Heard(1000), eb.Heard(440))

@@ -368,13 +368,7 @@ func TestUplinkIPv6(t *testing.T) {
 		a.inDialog("ACK", contactURI(ok), from, ok.To().Value(), c.callID, 1, routes)
 		bob.request(sip.ACK)
 
-		mctx, mcancel := context.WithCancel(m.ctx)
-		var mwg sync.WaitGroup
-		mwg.Go(func() { ea.Run(mctx) })
-		mwg.Go(func() { eb.Run(mctx) })
-		time.Sleep(2 * time.Second)
-		mcancel()
-		mwg.Wait()
+		m.talk(2*time.Second, ea, eb)
 		if !ea.Heard(1000) || !eb.Heard(440) {
 			t.Errorf("two-way audio: 201 heard the far end %v, the far end heard 201 %v", ea.Heard(1000), eb.Heard(440))
 		}
