@@ -182,19 +182,7 @@ func BenchmarkNetnsGatewayNAT64(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2000)
-		for {
-			n, from, err := echo.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			echo.WriteTo(buf[:n], from)
-		}
-	}()
-	b.Cleanup(func() { echo.Close(); <-done })
+	b.Cleanup(serveEcho(echo, nil))
 	embed := func(p string) netip.Addr {
 		a, err := nat64.Embed(netip.MustParsePrefix(p), netip.MustParseAddr(benchEcho))
 		if err != nil {

@@ -99,27 +99,16 @@ func newRig(t testing.TB) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoDone := make(chan struct{})
-	go func() {
-		defer close(echoDone)
-		buf := make([]byte, 2000)
-		for {
-			n, from, err := echo.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			// The pool, the direct client, or TAYGA's dynamic pool.
-			if ap, ok := from.(*net.UDPAddr); ok && ap.IP.String() != "192.0.2.1" && ap.IP.String() != "198.51.100.8" && !strings.HasPrefix(ap.IP.String(), "192.168.255.") {
-				buf = append(buf[:0], "wrong source "+from.String()...)
-				n = len(buf)
-			}
-			echo.WriteTo(buf[:n], from)
+	stopEcho := serveEcho(echo, func(p []byte, from net.Addr) []byte {
+		// The pool, the direct client, or TAYGA's dynamic pool.
+		if ap, ok := from.(*net.UDPAddr); ok && ap.IP.String() != "192.0.2.1" && ap.IP.String() != "198.51.100.8" && !strings.HasPrefix(ap.IP.String(), "192.168.255.") {
+			return []byte("wrong source " + from.String())
 		}
-	}()
+		return p
+	})
 	t.Cleanup(func() {
 		cancel()
-		echo.Close()
-		<-echoDone
+		stopEcho()
 		if err := <-res; err != nil {
 			t.Errorf("Run: %v", err)
 		}
@@ -212,6 +201,32 @@ func (r *rig) startTAYGA(t testing.TB) netip.Addr {
 // the same kind of wiring, and over IPv4 with no translation (kernel
 // loopback): ns/op is the round-trip time; the difference to
 // ipv4-direct is what two translations and two TUN crossings add.
+// serveEcho answers each datagram arriving on pc, as an echo server
+// (RFC 862) does, with what reply makes of it (nil: the datagram itself)
+// until pc is closed. stop closes pc and waits for the server to end.
+func serveEcho(pc net.PacketConn, reply func(p []byte, from net.Addr) []byte) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2000)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p := buf[:n]
+			if reply != nil {
+				p = reply(p, from)
+			}
+			pc.WriteTo(p, from)
+		}
+	}()
+	return func() {
+		pc.Close()
+		<-done
+	}
+}
+
 func BenchmarkNetnsUDPEcho(b *testing.B) {
 	r := newRig(b)
 	tayga := r.startTAYGA(b)
