@@ -102,6 +102,27 @@ func gatewayAnnouncedOnMesh(t *testing.T) {
 	}
 }
 
+// gatewayLine starts a line of four nodes, n1–n2–n3–n4, with the
+// gateways given (node indices) and the mesh's seed, one auto-answering
+// phone on each node, and the Internet's DNS naming bob's address for
+// example.net. The caller stops the mesh; gatewayLine does if it fails.
+func gatewayLine(t *testing.T, seed uint64, gateways ...int) (*telMesh, netip.Addr) {
+	t.Helper()
+	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
+	m := startMesh(t, meshConfig{Nodes: 4, Seed: seed, Adj: line, Gateways: gateways})
+	started := false
+	defer func() {
+		if !started { // t.Fatal below: the caller's defer is not set yet
+			stopMesh(t, m)
+		}
+	}()
+	bobAddr := netip.MustParseAddr("198.51.100.20")
+	internetDNS(t, m, bobAddr)
+	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
+	started = true
+	return m, bobAddr
+}
+
 // internetDNS serves example.net's SIP servers on the emulated Internet as
 // RFC 3263 finds them: NAPTR → SRV → A (sip.example.net at bob's address).
 func internetDNS(t *testing.T, m *telMesh, bob netip.Addr) {
@@ -135,12 +156,8 @@ func TestOutboundCallOnMesh(t *testing.T) {
 }
 
 func outboundCallOnMesh(t *testing.T) {
-	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
-	m := startMesh(t, meshConfig{Nodes: 4, Seed: 15, Adj: line, Gateways: []int{0}})
+	m, bobAddr := gatewayLine(t, 15, 0)
 	defer stopMesh(t, m)
-	bobAddr := netip.MustParseAddr("198.51.100.20")
-	internetDNS(t, m, bobAddr)
-	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
 	caller := m.phones[3] // on n4, 3 hops from the gateway n1
 	const bobHz = 1900
 	bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: bobHz, ToneAmplitude: demoToneAmplitude},
@@ -264,12 +281,8 @@ func TestGatewayFailoverOnMesh(t *testing.T) {
 }
 
 func gatewayFailoverOnMesh(t *testing.T) {
-	line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
-	m := startMesh(t, meshConfig{Nodes: 4, Seed: 16, Adj: line, Gateways: []int{0, 3}})
+	m, bobAddr := gatewayLine(t, 16, 0, 3)
 	defer stopMesh(t, m)
-	bobAddr := netip.MustParseAddr("198.51.100.20")
-	internetDNS(t, m, bobAddr)
-	addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
 	caller := m.phones[1] // on n2
 	bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: 1900, MaxCalls: 16},
 		phones.Policy{Mode: phones.AutoAnswer})
@@ -393,12 +406,8 @@ func waitForGateway(t *testing.T, m *telMesh, from int) {
 func TestCallThroughDeadGateway(t *testing.T) {
 	leakcheck.Check(t)
 	synctest.Test(t, func(t *testing.T) {
-		line := [][]int{{1}, {0, 2}, {1, 3}, {2}}
-		m := startMesh(t, meshConfig{Nodes: 4, Seed: 18, Adj: line, Gateways: []int{0, 3}})
+		m, bobAddr := gatewayLine(t, 18, 0, 3)
 		defer stopMesh(t, m)
-		bobAddr := netip.MustParseAddr("198.51.100.20")
-		internetDNS(t, m, bobAddr)
-		addPhones(t, m, 1, phones.Policy{Mode: phones.AutoAnswer})
 		caller := m.phones[1] // on n2
 		const bobHz = 1900
 		bob := internetPhone(t, m, "bob", bobAddr, phones.Settings{User: "bob", Domain: "example.net", ToneHz: bobHz, MaxCalls: 8},
