@@ -47,7 +47,8 @@ heavy.weights.net.    60 IN A 192.0.2.90
 light.weights.net.    60 IN A 192.0.2.91
 `
 
-func startDNS(t *testing.T) (Exchange, *int) {
+// parseZone parses the master-file text zone (RFC 1035 §5.1).
+func parseZone(t *testing.T, zone string) []dns.RR {
 	t.Helper()
 	var rrs []dns.RR
 	zp := dns.NewZoneParser(strings.NewReader(zone), "", "")
@@ -57,6 +58,12 @@ func startDNS(t *testing.T) (Exchange, *int) {
 	if err := zp.Err(); err != nil {
 		t.Fatal(err)
 	}
+	return rrs
+}
+
+func startDNS(t *testing.T) (Exchange, *int) {
+	t.Helper()
+	rrs := parseZone(t, zone)
 	queries := new(int)
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", func(w dns.ResponseWriter, q *dns.Msg) {

@@ -367,14 +367,7 @@ func TestTrunkKamailio(t *testing.T) {
 // time).
 func fakeDNS(t *testing.T, zone string) Exchange {
 	t.Helper()
-	var rrs []dns.RR
-	zp := dns.NewZoneParser(strings.NewReader(zone), "", "")
-	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
-		rrs = append(rrs, rr)
-	}
-	if err := zp.Err(); err != nil {
-		t.Fatal(err)
-	}
+	rrs := parseZone(t, zone)
 	return func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
 		m := new(dns.Msg)
 		m.SetReply(q)
