@@ -482,8 +482,8 @@ func planCalls(m *telMesh, ps []*meshPhone, calls, echo int) []plannedCall {
 // until both sides hear the other's tone and at least hold has passed (or
 // demoAudioWait), records what each side heard, calls judged (if not
 // nil), and hangs up once release is closed (nil: at once).
-func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration, judged func(), release <-chan struct{}) callResult {
-	r := callResult{From: a.Ext, FromNode: nodeName(a.Node), Direction: dirMesh}
+func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration, judged func(), release <-chan struct{}) (r callResult) {
+	r = callResult{From: a.Ext, FromNode: nodeName(a.Node), Direction: dirMesh}
 	if judged != nil {
 		var once sync.Once
 		done := judged
@@ -506,20 +506,6 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 	if !r.setUp(c, err) {
 		return r
 	}
-	defer func() {
-		if judged != nil {
-			judged()
-		}
-		if release != nil {
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-		}
-		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		c.Hangup(hctx)
-	}()
 	answered := time.Now()
 	var bc *phones.Call // the callee's side of the call: same Call-ID
 	heard := func() (ab, ba bool, callee *phones.Call) {
@@ -536,18 +522,29 @@ func (m *telMesh) call(ctx context.Context, a, b *meshPhone, hold time.Duration,
 		}
 		return bc != nil && bc.Heard(a.Hz), ba, bc
 	}
-	if release != nil {
-		// Once every call has been judged, all are up at once: check that
-		// each still carries both tones (the detector judges the last
-		// second received) before hanging up.
-		defer func() {
+	defer func() {
+		if judged != nil {
+			judged()
+		}
+		if release != nil {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			// Once every call has been judged, all are up at once: check
+			// that each still carries both tones (the detector judges the
+			// last second received) before hanging up. r is the named
+			// result, so what this finds is what the caller gets.
 			ab, ba, _ := heard()
 			r.AudioAB, r.AudioBA = r.AudioAB && ab, r.AudioBA && ba
 			if !r.ok() && r.Error == "" {
 				r.Error = "no two-way audio with every call up"
 			}
-		}()
-	}
+		}
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c.Hangup(hctx)
+	}()
 	awaitAudio(cctx, &r, c, answered, hold, true, heard)
 	return r
 }
