@@ -411,11 +411,11 @@ func (r *rig) client(ctx context.Context, args ...string) *exec.Cmd {
 // on port 5070 of addr in the network namespace ns, pinned to the
 // clients' CPU; stop ends it and waits for it. out collects what it
 // prints.
-func (r *rig) sippUAS(ns, addr string) (out *bytes.Buffer, stop func()) {
+func (r *rig) sippUAS(ns, addr string) (out *lockedBuffer, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	uas := exec.CommandContext(ctx, r.tools["taskset"], "-c", *clientCPU, "ip", "netns", "exec", ns,
 		r.tools["sipp"], "-sf", filepath.Join(r.abs("testdata"), "uas.xml"), "-nostdin", "-p", "5070", "-i", addr)
-	out = new(bytes.Buffer)
+	out = new(lockedBuffer)
 	uas.Stdout, uas.Stderr = out, out
 	if err := uas.Start(); err != nil {
 		cancel()
@@ -425,6 +425,25 @@ func (r *rig) sippUAS(ns, addr string) (out *bytes.Buffer, stop func()) {
 		cancel()
 		uas.Wait()
 	}
+}
+
+// lockedBuffer is a bytes.Buffer a process's output goes into while the
+// test reads it (exec copies into it from a goroutine of its own).
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // waitFor polls cond every 100 ms: the servers are other processes on
