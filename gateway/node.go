@@ -62,6 +62,8 @@ type Node struct {
 	dnsPort       int
 	addAddress    func(ifname string, addr netip.Prefix) (added bool, err error)
 	removeAddress func(ifname string, addr netip.Prefix) error
+
+	ip ipNet // the IP network (ip-network on)
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -77,8 +79,14 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	}
 	base := log.With("name", opts.Name)
 	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network, start: time.Now()}
-	if _, kernel := network.(netx.Kernel); kernel {
+	_, kernel := network.(netx.Kernel)
+	if kernel {
 		n.addAddress, n.removeAddress = netx.AddAddress, netx.RemoveAddress
+	}
+	if opts.IPNetwork && !kernel {
+		// The TUN and routes are the kernel's: a node on an emulated
+		// network (memnet, a namespace's sockets) has none to give.
+		return nil, &ConfigError{Field: "ip-network", Err: errors.New("on needs the kernel's network, not an emulated one")}
 	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {
@@ -184,6 +192,13 @@ func (n *Node) Run(ctx context.Context) error {
 		svcErr = n.runServices(ctx)
 		cancel()
 	})
+	var ipErr error
+	if n.opts.IPNetwork {
+		wg.Go(func() {
+			ipErr = n.runIPNetwork(ctx)
+			cancel()
+		})
+	}
 	if ctl != nil {
 		wg.Go(func() {
 			ctlErr = ctl.serve(ctx)
@@ -193,7 +208,7 @@ func (n *Node) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 	n.log.Info("node stopped")
-	if err := errors.Join(routerErr, ctlErr, svcErr); err != nil {
+	if err := errors.Join(routerErr, ctlErr, svcErr, ipErr); err != nil {
 		return fmt.Errorf("node %s: %w", n.opts.Name, err)
 	}
 	return nil

@@ -80,7 +80,7 @@ func fuzzPlane(t testing.TB) (*Plane, *fuzzConn, *fakeTUN) {
 	nat64 := netip.MustParsePrefix(fuzzNAT64)
 	tun := newFakeTUN()
 	p, err := New(Config{Mesh: fuzzMesh{}, TUN: tun, MTU: fuzzMTU,
-		Exit: func(dst netip.Addr) (ssr.NodeID, bool) { return fuzzExit, nat64.Contains(dst) },
+		Exit:    func(dst netip.Addr) (ssr.NodeID, bool) { return fuzzExit, nat64.Contains(dst) },
 		ExitFor: func(dst netip.Addr) bool { return nat64.Contains(dst) },
 	})
 	if err != nil {

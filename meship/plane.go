@@ -486,7 +486,7 @@ func (p *Plane) writeTUN(ctx context.Context) error {
 
 // closed reports whether err says the TUN is gone.
 func closed(err error) bool {
-	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EBADF) || errors.Is(err, syscall.EBADFD)
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EBADF)
 }
 
 // answerUnreachable quotes the last packet sent to the unreachable node
