@@ -112,6 +112,7 @@ type Stats struct {
 	FromMesh    uint64 `json:"from_mesh"`    // packets received from the mesh
 	ToTUN       uint64 `json:"to_tun"`       // packets written into the TUN (ICMPv6 errors included)
 	Malformed   uint64 `json:"malformed"`    // not an IPv6 packet
+	Multicast   uint64 `json:"multicast"`    // multicast from the TUN (its own router solicitations, MLD): not carried
 	Spoofed     uint64 `json:"spoofed"`      // source not the sending side's (dropped)
 	NotOurs     uint64 `json:"not_ours"`     // from the mesh for an address this node does not serve (dropped)
 	NoRoute     uint64 `json:"no_route"`     // no node or exit for the destination (Destination Unreachable sent)
@@ -124,7 +125,7 @@ type Stats struct {
 }
 
 type counters struct {
-	fromTUN, toMesh, fromMesh, toTUN, malformed, spoofed, notOurs,
+	fromTUN, toMesh, fromMesh, toTUN, malformed, multicast, spoofed, notOurs,
 	noRoute, tooBig, unreachable, icmpLimited, queueFull, sendErrors, tunErrors atomic.Uint64
 }
 
@@ -192,7 +193,7 @@ func (p *Plane) ID() ssr.NodeID { return p.id }
 func (p *Plane) Stats() Stats {
 	s := &p.stats
 	return Stats{FromTUN: s.fromTUN.Load(), ToMesh: s.toMesh.Load(), FromMesh: s.fromMesh.Load(),
-		ToTUN: s.toTUN.Load(), Malformed: s.malformed.Load(), Spoofed: s.spoofed.Load(),
+		ToTUN: s.toTUN.Load(), Malformed: s.malformed.Load(), Multicast: s.multicast.Load(), Spoofed: s.spoofed.Load(),
 		NotOurs: s.notOurs.Load(), NoRoute: s.noRoute.Load(), TooBig: s.tooBig.Load(),
 		Unreachable: s.unreachable.Load(), ICMPLimited: s.icmpLimited.Load(),
 		QueueFull: s.queueFull.Load(), SendErrors: s.sendErrors.Load(), TUNErrors: s.tunErrors.Load()}
@@ -293,6 +294,12 @@ func (p *Plane) outbound(pkt, errBuf []byte) {
 			p.stats.spoofed.Add(1)
 			return
 		}
+	}
+	if dst[0] == 0xff {
+		// Multicast: the TUN's own router solicitations and MLD reports
+		// (link scope); the mesh carries no multicast.
+		p.stats.multicast.Add(1)
+		return
 	}
 	id, ok := nodeOf16(dst)
 	if !ok && !inMesh(dst) && p.cfg.Exit != nil {
@@ -466,8 +473,8 @@ func (p *Plane) writeTUN(ctx context.Context) error {
 		for _, b := range held {
 			batch = append(batch, b.b[:tunOffset+b.n])
 		}
-		n, err := p.cfg.TUN.Write(batch, tunOffset)
-		p.stats.toTUN.Add(uint64(n))
+		// (wireguard-go's Write returns bytes, not packets: count here.)
+		_, err := p.cfg.TUN.Write(batch, tunOffset)
 		for i, b := range held {
 			p.free <- b
 			held[i] = nil
@@ -478,9 +485,11 @@ func (p *Plane) writeTUN(ctx context.Context) error {
 				return err
 			}
 			// One refused packet does not stop the device.
-			p.stats.tunErrors.Add(uint64(len(batch) - n))
+			p.stats.tunErrors.Add(1)
 			p.log.Debug("TUN write", "err", err)
+			continue
 		}
+		p.stats.toTUN.Add(uint64(len(batch)))
 	}
 }
 
