@@ -51,7 +51,7 @@ var configKeyDocs = []struct {
 			}
 			return "open"
 		}},
-	{"ip-network", "", "IPv6 over the mesh (TUN " + IPNetworkTUN + ", the mesh /48, a LAN /117 per node; needs root): on or off",
+	{"ip-network", "", "IPv6 over the mesh (TUN " + IPNetworkTUN + ", the mesh /48, a LAN /116 and a CLAT /96 per node; needs root): on or off",
 		func(o Options) string {
 			if o.IPNetwork {
 				return "on"

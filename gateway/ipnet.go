@@ -19,10 +19,9 @@ const IPNetworkTUN = "sipmesh0"
 type IPNetworkStatus struct {
 	TUN        string `json:"tun"`
 	MTU        int    `json:"mtu"`
-	Space      string `json:"space"`       // the node's /116
-	LANPrefix  string `json:"lan_prefix"`  // its LAN hosts' /117 (router: lan_address)
-	LANAddress string `json:"lan_address"` // the node on the LAN
-	CLATPrefix string `json:"clat_prefix"` // its CLAT's /117
+	LANPrefix  string `json:"lan_prefix"`  // the node's /116 for its LAN hosts
+	LANAddress string `json:"lan_address"` // the node on the LAN (their router)
+	CLATPrefix string `json:"clat_prefix"` // its CLAT's /96 (RFC 6877, RFC 6052)
 	meship.Stats
 }
 
@@ -103,7 +102,7 @@ func (n *Node) ipStatus() *IPNetworkStatus {
 		return nil
 	}
 	id := p.ID()
-	return &IPNetworkStatus{TUN: k.Name, MTU: k.MTU, Space: meship.Space(id).String(),
+	return &IPNetworkStatus{TUN: k.Name, MTU: k.MTU,
 		LANPrefix: meship.LANPrefix(id).String(), LANAddress: meship.LANAddr(id).String(),
 		CLATPrefix: meship.CLATPrefix(id).String(), Stats: p.Stats()}
 }

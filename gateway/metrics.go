@@ -176,7 +176,7 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 			{"sipmesh_ip_packets_from_mesh_total", metrics.Counter, "IPv6 packets other nodes sent to this one.", float64(ip.FromMesh)},
 			{"sipmesh_ip_packets_to_tun_total", metrics.Counter, "IPv6 packets written into the TUN (ICMPv6 errors included).", float64(ip.ToTUN)},
 			{"sipmesh_ip_malformed_total", metrics.Counter, "Packets that were not IPv6.", float64(ip.Malformed)},
-			{"sipmesh_ip_multicast_total", metrics.Counter, "Multicast from the TUN (its router solicitations, MLD): not carried.", float64(ip.Multicast)},
+			{"sipmesh_ip_link_scope_total", metrics.Counter, "Link-local and multicast packets from the TUN (its router solicitations, MLD, redirects): not carried.", float64(ip.LinkScope)},
 			{"sipmesh_ip_spoofed_total", metrics.Counter, "Packets dropped: source not the sending side's.", float64(ip.Spoofed)},
 			{"sipmesh_ip_not_ours_total", metrics.Counter, "Packets from the mesh for addresses this node does not serve.", float64(ip.NotOurs)},
 			{"sipmesh_ip_no_route_total", metrics.Counter, "Packets with no node or exit (Destination Unreachable sent).", float64(ip.NoRoute)},

@@ -1,6 +1,7 @@
 package meship
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"net/netip"
 
@@ -18,24 +19,39 @@ import (
 //
 // A node's space is a /116 that carries its whole ID, so any address in it
 // names its node exactly, with no lookup and no collision (IDs are unique
-// on the ring); its 4096 addresses are two /117s: the LAN (the node is
-// host 1) and the CLAT (RFC 6877), which maps the low 11 bits of an IPv4
-// LAN host (a LAN of /21 or longer maps one to one; sipmesh's derived LANs
-// are /24s). The nibble keeps the ID readable in the address: the node
-// 0123456789abcdef has the space fdf0:4cb5:d384:1012:3456:789a:bcde:f000/116.
+// on the ring); it is the node's LAN (the node is host 1). The nibble
+// keeps the ID readable: node 0123456789abcdef has the space
+// fdf0:4cb5:d384:1012:3456:789a:bcde:f000/116.
+//
+// A CLAT (RFC 6877) needs a /96 per node, to embed a whole IPv4 address
+// as RFC 6052 §2.2 does at /96, and no /96 can carry a 64-bit ID inside a
+// /48 (48 + 64 > 96). The CLAT prefixes therefore come from a ULA /32 of
+// their own, CLATNet (fd + 24 bits of SHA-256("sipmesh clat")): a node's
+// CLAT /96 is CLATNet + its ID. (A /32 spans 65,536 ULA Global IDs: a
+// randomly chosen /48 of another site falls in it with probability
+// 2^-24.)
 const (
 	spaceBits = 116
-	lanBits   = 117
-	clatBits  = 117
 	kindSpace = 1
-	// clatHost is the host part of the CLAT half of a space.
-	clatHost = 0x800
-	// clatMask is the IPv4 host bits a CLAT address carries.
-	clatMask = 0x7ff
 )
 
 // MeshNet is the mesh's /48: every node address and node space.
 var MeshNet = netip.PrefixFrom(ssr.MeshPrefix.Addr(), 48).Masked()
+
+// CLATNet is the /32 of the nodes' CLAT prefixes: fdca:654::/32.
+var CLATNet = func() netip.Prefix {
+	sum := sha256.Sum256([]byte("sipmesh clat"))
+	var a [16]byte
+	a[0] = 0xfd
+	copy(a[1:4], sum[:3])
+	return netip.PrefixFrom(netip.AddrFrom16(a), 32)
+}()
+
+// clatHi is the top 32 bits of CLATNet.
+var clatHi = func() uint32 {
+	b := CLATNet.Addr().As16()
+	return binary.BigEndian.Uint32(b[:4])
+}()
 
 // spacesNet is the /52 of the node spaces (nibble 1).
 var spacesNet = func() netip.Prefix {
@@ -56,83 +72,47 @@ func spaceAddr(id ssr.NodeID, host uint16) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// Space is id's node space, a /116: its LAN and CLAT halves.
-func Space(id ssr.NodeID) netip.Prefix { return netip.PrefixFrom(spaceAddr(id, 0), spaceBits) }
-
-// LANPrefix is the /117 of id's LAN hosts (statically addressed; a /117
-// cannot do SLAAC, which needs a /64: RFC 4862 §5.5.3).
-func LANPrefix(id ssr.NodeID) netip.Prefix { return netip.PrefixFrom(spaceAddr(id, 0), lanBits) }
+// LANPrefix is id's node space, a /116: its LAN, statically addressed (a
+// /116 cannot do SLAAC, which needs a /64: RFC 4862 §5.5.3).
+func LANPrefix(id ssr.NodeID) netip.Prefix { return netip.PrefixFrom(spaceAddr(id, 0), spaceBits) }
 
 // LANAddr is the node's own address on its LAN: host 1 of LANPrefix, the
 // LAN hosts' router.
 func LANAddr(id ssr.NodeID) netip.Addr { return spaceAddr(id, 1) }
 
-// CLATPrefix is the /117 that id's CLAT (RFC 6877) translates its IPv4 LAN
-// hosts into: packets to it route back to id with no state anywhere. An
-// address in it carries the low 11 bits of the IPv4 host (CLATAddr); the
-// node's CLAT knows its own LAN prefix and restores the rest (CLATv4).
+// CLATPrefix is the /96 that id's CLAT (RFC 6877) translates its IPv4 LAN
+// hosts into, embedding the IPv4 address in the last 32 bits (RFC 6052
+// §2.2): CLATNet + id. Packets to it route back to id with no state.
 func CLATPrefix(id ssr.NodeID) netip.Prefix {
-	return netip.PrefixFrom(spaceAddr(id, clatHost), clatBits)
-}
-
-// CLATAddr is the IPv6 address of the IPv4 LAN host v4 of node id.
-func CLATAddr(id ssr.NodeID, v4 netip.Addr) netip.Addr {
-	b := v4.Unmap().As4()
-	return spaceAddr(id, clatHost|uint16(binary.BigEndian.Uint32(b[:])&clatMask))
-}
-
-// CLATv4 is the IPv4 host in lan (the node's IPv4 LAN, /21 or longer) that
-// the CLAT address a stands for; false if a is not in a CLAT half or lan is
-// not an IPv4 prefix of /21 or longer.
-func CLATv4(a netip.Addr, lan netip.Prefix) (netip.Addr, bool) {
-	if !lan.Addr().Is4() || lan.Bits() < 21 || !spacesNet.Contains(a) {
-		return netip.Addr{}, false
-	}
-	b := a.As16()
-	host := binary.BigEndian.Uint16(b[14:]) & 0xfff
-	if host&clatHost == 0 {
-		return netip.Addr{}, false
-	}
-	n := lan.Masked().Addr().As4()
-	v := binary.BigEndian.Uint32(n[:]) | uint32(host&clatMask)
-	binary.BigEndian.PutUint32(n[:], v)
-	out := netip.AddrFrom4(n)
-	if !lan.Contains(out) {
-		return netip.Addr{}, false
-	}
-	return out, true
+	var b [16]byte
+	binary.BigEndian.PutUint32(b[:4], clatHi)
+	binary.BigEndian.PutUint64(b[4:12], uint64(id))
+	return netip.PrefixFrom(netip.AddrFrom16(b), 96)
 }
 
 // NodeOf is the node whose address or space a is in: its mesh address
-// (ssr.MeshPrefix + ID) or its /116 space. false for anything else,
-// including the reserved parts of MeshNet.
+// (ssr.MeshPrefix + ID), its /116 LAN or its CLAT /96. false for anything
+// else, including the reserved parts of MeshNet.
 func NodeOf(a netip.Addr) (ssr.NodeID, bool) {
 	if !a.Is6() || a.Is4In6() {
 		return 0, false
 	}
-	if id, ok := ssr.IDFromAddr(a); ok {
-		return id, true
-	}
-	if !spacesNet.Contains(a) {
-		return 0, false
-	}
 	b := a.As16()
-	hi := binary.BigEndian.Uint64(b[:8])
-	lo := binary.BigEndian.Uint64(b[8:])
-	return ssr.NodeID(hi&0xfff<<52 | lo>>12), true
+	return nodeOf16(b[:])
 }
 
 // nodeOf16 is NodeOf on the 16 raw bytes of a packet's address (no
 // netip.Addr on the hot path).
 func nodeOf16(b []byte) (ssr.NodeID, bool) {
-	m := meshHi
 	hi := binary.BigEndian.Uint64(b[:8])
 	lo := binary.BigEndian.Uint64(b[8:16])
 	switch {
-	case hi == m: // ssr.MeshPrefix: fdf0:4cb5:d384:0000::/64
+	case hi == meshHi: // ssr.MeshPrefix: fdf0:4cb5:d384:0000::/64
 		return ssr.NodeID(lo), true
-	case hi>>12 == (m|kindSpace<<12)>>12:
+	case hi>>12 == (meshHi|kindSpace<<12)>>12:
 		return ssr.NodeID(hi&0xfff<<52 | lo>>12), true
+	case uint32(hi>>32) == clatHi:
+		return ssr.NodeID(hi<<32 | lo>>32), true
 	}
 	return 0, false
 }
@@ -143,7 +123,9 @@ var meshHi = func() uint64 {
 	return binary.BigEndian.Uint64(b[:8])
 }()
 
-// inMesh reports whether the raw address b lies in MeshNet.
+// inMesh reports whether the raw address b lies in the mesh's blocks:
+// MeshNet or CLATNet. Within them only NodeOf's addresses are valid.
 func inMesh(b []byte) bool {
-	return binary.BigEndian.Uint64(b[:8])>>16 == meshHi>>16
+	hi := binary.BigEndian.Uint64(b[:8])
+	return hi>>16 == meshHi>>16 || uint32(hi>>32) == clatHi
 }

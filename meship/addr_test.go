@@ -15,11 +15,10 @@ func TestAddressing(t *testing.T) {
 		want string
 	}{
 		{MeshNet, "fdf0:4cb5:d384::/48"},
-		{Space(id), "fdf0:4cb5:d384:1012:3456:789a:bcde:f000/116"},
-		{LANPrefix(id), "fdf0:4cb5:d384:1012:3456:789a:bcde:f000/117"},
+		{CLATNet, "fdca:654::/32"},
+		{LANPrefix(id), "fdf0:4cb5:d384:1012:3456:789a:bcde:f000/116"},
 		{LANAddr(id), "fdf0:4cb5:d384:1012:3456:789a:bcde:f001"},
-		{CLATPrefix(id), "fdf0:4cb5:d384:1012:3456:789a:bcde:f800/117"},
-		{CLATAddr(id, netip.MustParseAddr("10.64.7.23")), "fdf0:4cb5:d384:1012:3456:789a:bcde:ff17"},
+		{CLATPrefix(id), "fdca:654:123:4567:89ab:cdef::/96"},
 	} {
 		if s := c.got.(interface{ String() string }).String(); s != c.want {
 			t.Errorf("got %s, want %s", s, c.want)
@@ -30,18 +29,15 @@ func TestAddressing(t *testing.T) {
 	}
 }
 
-// TestNodeOf: every address of a node's address and space names that
-// node, on the netip and the raw path alike, and nothing else in or out of
-// the mesh names one.
+// TestNodeOf: every address of a node's mesh address, LAN and CLAT prefix
+// names that node, on the netip and the raw path alike, and nothing else
+// in or out of the mesh names one.
 func TestNodeOf(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 1000 {
 		id := ssr.NodeID(rng.Uint64())
-		sp := Space(id)
-		for _, a := range []netip.Addr{id.Addr(), sp.Addr(), LANAddr(id), CLATAddr(id, netip.AddrFrom4([4]byte{192, 168, 1, byte(rng.Uint32())})), lastAddr(sp)} {
-			if !sp.Contains(a) && a != id.Addr() {
-				t.Fatalf("%v outside %v", a, sp)
-			}
+		lan, clat := LANPrefix(id), CLATPrefix(id)
+		for _, a := range []netip.Addr{id.Addr(), lan.Addr(), LANAddr(id), lastAddr(lan), clat.Addr(), lastAddr(clat)} {
 			got, ok := NodeOf(a)
 			b := a.As16()
 			got16, ok16 := nodeOf16(b[:])
@@ -49,11 +45,11 @@ func TestNodeOf(t *testing.T) {
 				t.Fatalf("NodeOf(%v) = %v %v, raw %v %v; want %v", a, got, ok, got16, ok16, id)
 			}
 		}
-		if LANPrefix(id).Overlaps(CLATPrefix(id)) || !sp.Contains(CLATPrefix(id).Addr()) {
-			t.Fatalf("LAN %v and CLAT %v do not split %v", LANPrefix(id), CLATPrefix(id), sp)
+		if !CLATNet.Contains(clat.Addr()) || !MeshNet.Contains(lastAddr(lan)) {
+			t.Fatalf("%v or %v outside the mesh's blocks", clat, lan)
 		}
 	}
-	for _, s := range []string{"fdf0:4cb5:d384:1::1", "fdf0:4cb5:d384:2012:3456:789a:bcde:f001", "fdf0:4cb5:d385:1012:3456:789a:bcde:f001", "2001:db8::1", "64:ff9b::a00:1", "::ffff:10.0.0.1"} {
+	for _, s := range []string{"fdf0:4cb5:d384:1::1", "fdf0:4cb5:d384:2012:3456:789a:bcde:f001", "fdf0:4cb5:d385:1012:3456:789a:bcde:f001", "fdca:655::1", "2001:db8::1", "64:ff9b::a00:1", "::ffff:10.0.0.1"} {
 		a := netip.MustParseAddr(s)
 		b := a.As16()
 		if _, ok := NodeOf(a); ok {
@@ -62,7 +58,7 @@ func TestNodeOf(t *testing.T) {
 		if _, ok := nodeOf16(b[:]); ok {
 			t.Errorf("nodeOf16(%s) names a node", s)
 		}
-		if inMesh(b[:]) != MeshNet.Contains(a) {
+		if inMesh(b[:]) != (MeshNet.Contains(a) || CLATNet.Contains(a)) {
 			t.Errorf("inMesh(%s) = %v", s, inMesh(b[:]))
 		}
 	}
@@ -74,32 +70,4 @@ func lastAddr(p netip.Prefix) netip.Addr {
 		b[i/8] |= 0x80 >> (i % 8)
 	}
 	return netip.AddrFrom16(b)
-}
-
-func TestCLATRoundTrip(t *testing.T) {
-	id := ssr.NodeID(0xfedcba9876543210)
-	lan := netip.MustParsePrefix("10.64.7.0/24")
-	for h := range 256 {
-		v4 := netip.AddrFrom4([4]byte{10, 64, 7, byte(h)})
-		a := CLATAddr(id, v4)
-		if !CLATPrefix(id).Contains(a) {
-			t.Fatalf("%v not in %v", a, CLATPrefix(id))
-		}
-		back, ok := CLATv4(a, lan)
-		if !ok || back != v4 {
-			t.Fatalf("CLATv4(%v) = %v %v, want %v", a, back, ok, v4)
-		}
-	}
-	if _, ok := CLATv4(LANAddr(id), lan); ok {
-		t.Error("a LAN address maps to IPv4")
-	}
-	if _, ok := CLATv4(CLATAddr(id, netip.MustParseAddr("10.64.0.1")), netip.MustParsePrefix("10.64.0.0/16")); ok {
-		t.Error("a /16 LAN maps (it has more hosts than a CLAT half)")
-	}
-	// A /21 maps all its 2048 hosts.
-	lan21 := netip.MustParsePrefix("10.64.8.0/21")
-	v4 := netip.MustParseAddr("10.64.15.254")
-	if back, ok := CLATv4(CLATAddr(id, v4), lan21); !ok || back != v4 {
-		t.Errorf("/21: %v %v", back, ok)
-	}
 }

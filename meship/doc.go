@@ -12,21 +12,24 @@
 // full ID, and could collide. So each node has a /116 that carries its
 // whole ID after the nibble 1: fdf0:4cb5:d384:1<ID, 16 hex digits><3 hex
 // digits>. A destination names its node exactly, by arithmetic, and no two
-// nodes share a space. The /116 is the node's LAN (/117: the node is host
-// 1, LAN hosts take the rest, statically: a /117 cannot do SLAAC, RFC 4862
-// §5.5.3) and its CLAT half (/117, RFC 6877), which carries the low 11
-// bits of an IPv4 LAN host (CLATAddr, CLATv4), so return traffic to IPv4
-// hosts routes back to their node with no state anywhere. The node's own
-// mesh address (ssr.MeshPrefix + ID) is on its TUN too.
+// nodes share a space. The /116 is the node's LAN (the node is host 1, LAN
+// hosts take the rest, statically: a /116 cannot do SLAAC, RFC 4862
+// §5.5.3). A CLAT (RFC 6877) needs a /96 per node (RFC 6052 §2.2 embeds
+// the whole IPv4 address after a /96), which cannot carry a 64-bit ID in
+// a /48: the CLAT prefixes are CLATNet (a ULA /32) + ID, so return traffic
+// to IPv4 hosts routes back to their node with no state anywhere. The
+// node's own mesh address (ssr.MeshPrefix + ID) is on its TUN.
 //
 // The kernel (tun_linux.go, Open): the TUN has the node's mesh address as
-// a /48 (the connected route sends all of MeshNet into it), the LAN
-// interface has LANAddr/117 (its more specific route keeps the node's LAN
-// there), and IPv6 forwarding is on. Closing the TUN removes the interface
+// a /48 (the connected route sends all of MeshNet into it) and a route for
+// CLATNet, the LAN interface has LANAddr/116 (its more specific route
+// keeps the node's LAN there; the node's CLAT device gets its own /96),
+// and IPv6 forwarding is on. Closing the TUN removes the interface
 // with its route; Close takes the LAN address and forwarding back.
 //
 // The data plane (plane.go). Packets from the TUN: whole IPv6 packets
-// only; a source inside the mesh must be this node's (BCP 38); the
+// only; link-local and multicast ones stay (RFC 4291 §2.5.6); a source in
+// the mesh's blocks must be this node's (BCP 38); the
 // destination's node is computed (NodeOf), or, outside the mesh, chosen by
 // Config.Exit (the lead wires a NAT64 gateway's choice there); no node →
 // ICMPv6 Destination Unreachable, no route (RFC 4443 §3.1); over the MTU

@@ -112,7 +112,7 @@ type Stats struct {
 	FromMesh    uint64 `json:"from_mesh"`    // packets received from the mesh
 	ToTUN       uint64 `json:"to_tun"`       // packets written into the TUN (ICMPv6 errors included)
 	Malformed   uint64 `json:"malformed"`    // not an IPv6 packet
-	Multicast   uint64 `json:"multicast"`    // multicast from the TUN (its own router solicitations, MLD): not carried
+	LinkScope   uint64 `json:"link_scope"`   // link-local or multicast from the TUN (its own router solicitations, MLD, redirects): not carried
 	Spoofed     uint64 `json:"spoofed"`      // source not the sending side's (dropped)
 	NotOurs     uint64 `json:"not_ours"`     // from the mesh for an address this node does not serve (dropped)
 	NoRoute     uint64 `json:"no_route"`     // no node or exit for the destination (Destination Unreachable sent)
@@ -125,7 +125,7 @@ type Stats struct {
 }
 
 type counters struct {
-	fromTUN, toMesh, fromMesh, toTUN, malformed, multicast, spoofed, notOurs,
+	fromTUN, toMesh, fromMesh, toTUN, malformed, linkScope, spoofed, notOurs,
 	noRoute, tooBig, unreachable, icmpLimited, queueFull, sendErrors, tunErrors atomic.Uint64
 }
 
@@ -193,7 +193,7 @@ func (p *Plane) ID() ssr.NodeID { return p.id }
 func (p *Plane) Stats() Stats {
 	s := &p.stats
 	return Stats{FromTUN: s.fromTUN.Load(), ToMesh: s.toMesh.Load(), FromMesh: s.fromMesh.Load(),
-		ToTUN: s.toTUN.Load(), Malformed: s.malformed.Load(), Multicast: s.multicast.Load(), Spoofed: s.spoofed.Load(),
+		ToTUN: s.toTUN.Load(), Malformed: s.malformed.Load(), LinkScope: s.linkScope.Load(), Spoofed: s.spoofed.Load(),
 		NotOurs: s.notOurs.Load(), NoRoute: s.noRoute.Load(), TooBig: s.tooBig.Load(),
 		Unreachable: s.unreachable.Load(), ICMPLimited: s.icmpLimited.Load(),
 		QueueFull: s.queueFull.Load(), SendErrors: s.sendErrors.Load(), TUNErrors: s.tunErrors.Load()}
@@ -288,17 +288,11 @@ func (p *Plane) outbound(pkt, errBuf []byte) {
 	}
 	pkt = pkt[:n]
 	src, dst := pkt[8:24], pkt[24:40]
-	// Egress filter (BCP 38): a source in the mesh must be this node's.
-	if inMesh(src) {
-		if id, ok := nodeOf16(src); !ok || id != p.id {
-			p.stats.spoofed.Add(1)
-			return
-		}
-	}
-	if dst[0] == 0xff {
-		// Multicast: the TUN's own router solicitations and MLD reports
-		// (link scope); the mesh carries no multicast.
-		p.stats.multicast.Add(1)
+	if dst[0] == 0xff || linkLocal(src) || linkLocal(dst) {
+		// Link scope: the TUN's own router solicitations, MLD reports,
+		// redirects. A router forwards no link-local packet (RFC 4291
+		// §2.5.6) and the mesh carries no multicast.
+		p.stats.linkScope.Add(1)
 		return
 	}
 	id, ok := nodeOf16(dst)
@@ -308,10 +302,18 @@ func (p *Plane) outbound(pkt, errBuf []byte) {
 	if !ok || id == p.id {
 		// No node has that address (the reserved parts of the mesh), no
 		// exit, or an address of this node that the kernel has no route for
-		// (no LAN): RFC 4443 §3.1 code 0, no route.
+		// (no LAN, no CLAT; the packet may have come from the mesh and
+		// been routed back here): RFC 4443 §3.1 code 0, no route.
 		p.stats.noRoute.Add(1)
 		p.sendError(errBuf, pkt, icmpDestUnreach, codeNoRoute, 0, nil)
 		return
+	}
+	// Egress filter (BCP 38): a source in the mesh must be this node's.
+	if inMesh(src) {
+		if sid, ok := nodeOf16(src); !ok || sid != p.id {
+			p.stats.spoofed.Add(1)
+			return
+		}
 	}
 	if n > p.cfg.MTU {
 		p.stats.tooBig.Add(1)
@@ -326,6 +328,10 @@ func (p *Plane) outbound(pkt, errBuf []byte) {
 	}
 	p.stats.toMesh.Add(1)
 }
+
+// linkLocal reports whether the raw address b is link-local unicast
+// (fe80::/10).
+func linkLocal(b []byte) bool { return b[0] == 0xfe && b[1]&0xc0 == 0x80 }
 
 // remember keeps the start of the last packet to id, to quote should the
 // mesh report id unreachable.
@@ -413,16 +419,10 @@ func (p *Plane) inbound(pkt []byte, from netip.AddrPort, errBuf []byte) bool {
 	// Source check: the sender's own address or space, or, for an address
 	// outside the mesh, the exit this node would use for it (its
 	// translated return traffic). ssr authenticated the sender end to end.
-	if inMesh(src) {
-		if id, ok := nodeOf16(src); !ok || id != sender {
-			p.stats.spoofed.Add(1)
-			return false
-		}
-	} else if p.cfg.Exit == nil {
+	if !p.sourceOK(src, sender) {
 		p.stats.spoofed.Add(1)
-		return false
-	} else if id, ok := p.cfg.Exit(netip.AddrFrom16([16]byte(src))); !ok || id != sender {
-		p.stats.spoofed.Add(1)
+		p.log.Debug("dropped a packet from the mesh: source not the sender's", "from", sender,
+			"src", netip.AddrFrom16([16]byte(src)), "dst", netip.AddrFrom16([16]byte(dst)))
 		return false
 	}
 	if inMesh(dst) {
@@ -442,6 +442,20 @@ func (p *Plane) inbound(pkt []byte, from netip.AddrPort, errBuf []byte) bool {
 		return false
 	}
 	return true
+}
+
+// sourceOK reports whether node sender may send packets from src: an
+// address of its own, or one outside the mesh it is this node's exit for.
+func (p *Plane) sourceOK(src []byte, sender ssr.NodeID) bool {
+	if inMesh(src) {
+		id, ok := nodeOf16(src)
+		return ok && id == sender
+	}
+	if p.cfg.Exit == nil {
+		return false
+	}
+	id, ok := p.cfg.Exit(netip.AddrFrom16([16]byte(src)))
+	return ok && id == sender
 }
 
 // writeTUN writes the queued packets from the mesh into the TUN in

@@ -306,8 +306,11 @@ func TestUnreachable(t *testing.T) {
 		// The TUN's own router solicitation: not carried, not answered.
 		m.tuns[0].in <- testPacket(netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::2"), protoICMPv6, 8)
 		m.tuns[0].quiet(t, time.Second)
-		if s := m.planes[0].Stats(); s.Multicast != 1 || s.NoRoute != 1 || s.Unreachable != 1 {
-			t.Errorf("node 0: %+v, want 1 multicast, 1 no route, 1 unreachable", s)
+		// Nor a redirect from a link-local address.
+		m.tuns[0].in <- testPacket(netip.MustParseAddr("fe80::1"), hostA, protoICMPv6, 8)
+		m.tuns[0].quiet(t, time.Second)
+		if s := m.planes[0].Stats(); s.LinkScope != 2 || s.NoRoute != 1 || s.Unreachable != 1 {
+			t.Errorf("node 0: %+v, want 2 link scope, 1 no route, 1 unreachable", s)
 		}
 	})
 }

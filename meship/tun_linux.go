@@ -32,7 +32,8 @@ type Kernel struct {
 // Open creates the TUN name (wireguard-go's tun.CreateTUN) with mtu in
 // the calling thread's network namespace, brings it up, and gives it the
 // node's mesh address as a /48, which routes the whole mesh (MeshNet)
-// into it. With lan set it puts LANAddr/117 on that interface, so that
+// into it, and routes CLATNet into it. With lan set it puts LANAddr/116 on
+// that interface, so that
 // the kernel routes id's LAN prefix there and the LAN hosts have a router,
 // and it turns IPv6 forwarding on. Close undoes all of it; closing the TUN
 // removes the interface with its address and route.
@@ -61,10 +62,15 @@ func (k *Kernel) setup(id ssr.NodeID) error {
 	if _, err := netx.AddAddress(k.Name, netip.PrefixFrom(id.Addr(), MeshNet.Bits())); err != nil {
 		return fmt.Errorf("meship: %w", err)
 	}
+	// The CLAT prefixes of all nodes; this node's CLAT device has a more
+	// specific route for its own (the CLAT's wiring).
+	if err := netx.AddDeviceRoute(k.Name, CLATNet); err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
 	if k.lan == "" {
 		return nil
 	}
-	k.lanAddr = netip.PrefixFrom(LANAddr(id), lanBits)
+	k.lanAddr = netip.PrefixFrom(LANAddr(id), spaceBits)
 	added, err := netx.AddAddress(k.lan, k.lanAddr)
 	if err != nil {
 		return fmt.Errorf("meship: %w", err)

@@ -27,7 +27,9 @@ import (
 // prefix (the node is its router). ping6 works between the two hosts (3
 // mesh hops) both ways and to a node's mesh address, a 4 MB TCP transfer
 // arrives intact, a packet to a node that does not exist is answered
-// with ICMPv6 Destination Unreachable, `sipmesh ping` still works, and a
+// with ICMPv6 Destination Unreachable, one to n4's CLAT prefix reaches n4
+// (no CLAT there: no route), the hosts reach each other again after the
+// link n2–n3 was cut and restored, `sipmesh ping` still works, and a
 // stopped node leaves neither its TUN nor its LAN prefix behind.
 func TestIPNetwork(t *testing.T) {
 	netns.RequireRoot(t)
@@ -49,7 +51,9 @@ func TestIPNetwork(t *testing.T) {
 	}{{h1, addr1, n1}, {h4, addr4, n4}} {
 		h.ns.Run(t, "ip", "addr", "add", netip.PrefixFrom(h.addr, meship.LANPrefix(h.node.id).Bits()).String(), "dev", "eth0", "nodad")
 		h.ns.Run(t, "ip", "link", "set", "eth0", "up")
-		h.ns.Run(t, "ip", "-6", "route", "add", meship.MeshNet.String(), "via", meship.LANAddr(h.node.id).String())
+		for _, p := range []netip.Prefix{meship.MeshNet, meship.CLATNet} {
+			h.ns.Run(t, "ip", "-6", "route", "add", p.String(), "via", meship.LANAddr(h.node.id).String())
+		}
 	}
 	m.startAll()
 	m.waitRing()
@@ -137,6 +141,31 @@ func TestIPNetwork(t *testing.T) {
 	if !strings.Contains(o, "Destination unreachable") && !strings.Contains(o, "Address unreachable") {
 		t.Errorf("ping6 to a node that does not exist: want Destination unreachable, got\n%s", o)
 	}
+
+	// n4's CLAT prefix routes to n4 (CLATNet is routed into every TUN),
+	// which has no CLAT here: its no-route error comes back.
+	clat := netip.AddrFrom16(meship.CLATPrefix(n4.id).Addr().As16()).Next()
+	if o := n1.ns.Run(t, "ip", "-6", "route", "show", meship.CLATNet.String()); !strings.Contains(o, "dev "+gateway.IPNetworkTUN) {
+		t.Errorf("no route for %v into %s: %q", meship.CLATNet, gateway.IPNetworkTUN, o)
+	}
+	o, _ = h1.Try(ping, "-6", "-c", "1", "-W", "5", clat.String())
+	if !strings.Contains(o, "No route") {
+		t.Errorf("ping6 to n4's CLAT prefix (no CLAT there): want n4's no-route error, got\n%s", o)
+	}
+
+	// The link n2–n3 cut and restored: the hosts reach each other again.
+	m.nodes[1].ns.SetLink(t, "ve-n3", false)
+	waitFor(t, 10*time.Second, "ping6 to fail across the cut link", func() (bool, string) {
+		o, err := h1.Try(ping, "-6", "-c", "1", "-W", "1", addr4.String())
+		return err != nil, o
+	})
+	m.nodes[1].ns.SetLink(t, "ve-n3", true)
+	restored := time.Now()
+	waitFor(t, 30*time.Second, "ping6 across the restored link", func() (bool, string) {
+		o, err := h1.Try(ping, "-6", "-c", "1", "-W", "1", addr4.String())
+		return err == nil, o
+	})
+	t.Logf("ping6 h1→h4 works again %v after the link came back", time.Since(restored).Round(time.Millisecond))
 
 	out, err := exec.Command(m.bin, "ping", "--control", n1.sock, "--count", "2", "--interval", "100ms", n4.id.Addr().String()).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "2 received") {
