@@ -178,3 +178,33 @@ func FuzzInbound(f *testing.F) {
 		}
 	})
 }
+
+// nullConn is a mesh socket that takes every packet and keeps none.
+type nullConn struct{ fuzzConn }
+
+func (nullConn) WriteToUDPAddrPort(b []byte, _ netip.AddrPort) (int, error) { return len(b), nil }
+
+// TestNoAllocs: carrying a packet allocates nothing in the plane, either
+// way (the mesh socket's copy is ssr's, from a pool).
+func TestNoAllocs(t *testing.T) {
+	p, _, _ := fuzzPlane(t)
+	p.conn = &nullConn{}
+	self, peer := LANAddr(fuzzSelf).Next(), LANAddr(fuzzPeer).Next()
+	out := testPacket(self, peer, 17, 1000)
+	toExit := testPacket(self, netip.MustParseAddr("64:ff9b::a00:1"), 17, 1000)
+	in := testPacket(peer, self, 17, 1000)
+	errBuf := make([]byte, tunOffset+MinMTU)
+	from := netip.AddrPortFrom(fuzzPeer.Addr(), Port)
+	if n := testing.AllocsPerRun(100, func() {
+		p.outbound(out, errBuf)
+		p.outbound(toExit, errBuf)
+		if !p.inbound(in, from, errBuf) {
+			t.Fatal("inbound refused")
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations per packet", n)
+	}
+	if s := p.Stats(); s.ToMesh == 0 || s.SendErrors != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
