@@ -182,7 +182,7 @@ func FuzzInbound(f *testing.F) {
 // nullConn is a mesh socket that takes every packet and keeps none.
 type nullConn struct{ fuzzConn }
 
-func (nullConn) WriteToUDPAddrPort(b []byte, _ netip.AddrPort) (int, error) { return len(b), nil }
+func (*nullConn) WriteToUDPAddrPort(b []byte, _ netip.AddrPort) (int, error) { return len(b), nil }
 
 // TestNoAllocs: carrying a packet allocates nothing in the plane, either
 // way (the mesh socket's copy is ssr's, from a pool).

@@ -256,8 +256,11 @@ func (p *Plane) readTUN() error {
 	bs := max(p.cfg.TUN.BatchSize(), 1)
 	bufs := make([][]byte, bs)
 	sizes := make([]int, bs)
+	// The kernel hands over nothing longer than the TUN's MTU (a GSO
+	// super-packet is split into MTU-sized segments, one per buffer), plus
+	// one byte to see a longer one as over the MTU.
 	for i := range bufs {
-		bufs[i] = make([]byte, tunOffset+MaxMTU)
+		bufs[i] = make([]byte, tunOffset+p.cfg.MTU+1)
 	}
 	errBuf := make([]byte, tunOffset+MinMTU)
 	for {

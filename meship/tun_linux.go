@@ -89,6 +89,17 @@ func (k *Kernel) setup(id ssr.NodeID) error {
 	return nil
 }
 
+// AddRoute routes p into the TUN (`ip route replace p dev sipmesh0`): a
+// prefix outside the mesh whose packets the plane's Exit hook sends to an
+// exit (the NAT64 prefix on nodes that are not its gateway). The route
+// goes with the TUN.
+func (k *Kernel) AddRoute(p netip.Prefix) error {
+	if err := netx.AddDeviceRoute(k.Name, p); err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
+	return nil
+}
+
 // Close removes the LAN address and turns forwarding back off if Open
 // put them there, and closes the TUN (which removes it). The plane's Run
 // closes the TUN too; closing twice is harmless.

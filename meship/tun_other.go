@@ -4,6 +4,7 @@ package meship
 
 import (
 	"errors"
+	"net/netip"
 
 	"github.com/sipmesh/sipmesh/ssr"
 )
@@ -19,6 +20,9 @@ type Kernel struct {
 func Open(name string, mtu int, id ssr.NodeID, lan string) (*Kernel, error) {
 	return nil, errors.New("meship: the IP network needs Linux")
 }
+
+// AddRoute fails: Linux only.
+func (k *Kernel) AddRoute(p netip.Prefix) error { return errors.New("meship: routes need Linux") }
 
 // Close does nothing.
 func (k *Kernel) Close() error { return nil }
