@@ -183,7 +183,6 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 			{"sipmesh_ip_too_big_total", metrics.Counter, "Packets over the MTU (Packet Too Big sent).", float64(ip.TooBig)},
 			{"sipmesh_ip_unreachable_total", metrics.Counter, "Mesh reports of an unreachable node answered with Destination Unreachable.", float64(ip.Unreachable)},
 			{"sipmesh_ip_icmp_limited_total", metrics.Counter, "ICMPv6 errors not sent for the rate limit.", float64(ip.ICMPLimited)},
-			{"sipmesh_ip_queue_full_total", metrics.Counter, "Packets from the mesh dropped: the TUN fell behind.", float64(ip.QueueFull)},
 			{"sipmesh_ip_send_errors_total", metrics.Counter, "Mesh sends of IP packets that failed.", float64(ip.SendErrors)},
 			{"sipmesh_ip_tun_errors_total", metrics.Counter, "Packets the TUN refused or lost.", float64(ip.TUNErrors)},
 		})

@@ -32,6 +32,9 @@ const (
 	// TUN; it is also the number of receive buffers, so memory stays fixed
 	// (inQueue × (MaxMTU+tunOffset), some 900 KiB).
 	inQueue = 64
+	// writeBatch bounds one TUN write, so that the reader keeps buffers
+	// while a batch is written.
+	writeBatch = inQueue / 2
 	// unreachQueue bounds the unreachable reports waiting to be answered.
 	unreachQueue = 64
 	// recentSlots remember the start of the last packet sent to a node
@@ -119,14 +122,13 @@ type Stats struct {
 	TooBig      uint64 `json:"too_big"`      // over the MTU (Packet Too Big sent)
 	Unreachable uint64 `json:"unreachable"`  // mesh reports of an unreachable node (Destination Unreachable sent)
 	ICMPLimited uint64 `json:"icmp_limited"` // ICMPv6 errors not sent: rate limit (RFC 4443 §2.4(f))
-	QueueFull   uint64 `json:"queue_full"`   // packets from the mesh dropped: TUN writes fell behind
 	SendErrors  uint64 `json:"send_errors"`  // mesh sends that failed
 	TUNErrors   uint64 `json:"tun_errors"`   // packets the TUN refused or lost
 }
 
 type counters struct {
 	fromTUN, toMesh, fromMesh, toTUN, malformed, linkScope, spoofed, notOurs,
-	noRoute, tooBig, unreachable, icmpLimited, queueFull, sendErrors, tunErrors atomic.Uint64
+	noRoute, tooBig, unreachable, icmpLimited, sendErrors, tunErrors atomic.Uint64
 }
 
 // meshSocket is the part of an ssr mesh socket the plane uses.
@@ -196,7 +198,7 @@ func (p *Plane) Stats() Stats {
 		ToTUN: s.toTUN.Load(), Malformed: s.malformed.Load(), LinkScope: s.linkScope.Load(), Spoofed: s.spoofed.Load(),
 		NotOurs: s.notOurs.Load(), NoRoute: s.noRoute.Load(), TooBig: s.tooBig.Load(),
 		Unreachable: s.unreachable.Load(), ICMPLimited: s.icmpLimited.Load(),
-		QueueFull: s.queueFull.Load(), SendErrors: s.sendErrors.Load(), TUNErrors: s.tunErrors.Load()}
+		SendErrors: s.sendErrors.Load(), TUNErrors: s.tunErrors.Load()}
 }
 
 // Run carries packets until ctx ends or the TUN fails; it closes the TUN
@@ -236,7 +238,7 @@ func (p *Plane) Run(ctx context.Context) error {
 			fail(fmt.Errorf("meship: reading the TUN: %w", err))
 		}
 	})
-	wg.Go(p.readMesh)
+	wg.Go(func() { p.readMesh(ctx.Done()) })
 	wg.Go(func() {
 		if err := p.writeTUN(ctx); err != nil && ctx.Err() == nil {
 			fail(fmt.Errorf("meship: writing the TUN: %w", err))
@@ -378,30 +380,24 @@ func (p *Plane) sendError(buf, pkt []byte, typ, code uint8, param uint32, to *ss
 
 // readMesh receives the packets other nodes send to this one, checks
 // them, and queues them for the TUN writer.
-func (p *Plane) readMesh() {
+func (p *Plane) readMesh(done <-chan struct{}) {
 	errBuf := make([]byte, tunOffset+MinMTU)
-	// scratch takes a packet when every buffer waits for the TUN: it is
-	// read and dropped, counted, so that the socket's queue keeps moving.
-	scratch := &pbuf{b: make([]byte, tunOffset+MaxMTU)}
 	for {
+		// With every buffer waiting for the TUN, wait too: the mesh
+		// socket's queue (bounded, its drops counted by ssr) takes the
+		// burst meanwhile.
 		var b *pbuf
 		select {
 		case b = <-p.free:
-		default:
-			b = scratch
+		case <-done:
+			return
 		}
 		n, from, err := p.conn.ReadFromUDPAddrPort(b.b[tunOffset:])
 		if err != nil {
 			return
 		}
 		if !p.inbound(b.b[tunOffset:tunOffset+n], from, errBuf) {
-			if b != scratch {
-				p.free <- b
-			}
-			continue
-		}
-		if b == scratch {
-			p.stats.queueFull.Add(1)
+			p.free <- b
 			continue
 		}
 		b.n = n
@@ -464,8 +460,8 @@ func (p *Plane) sourceOK(src []byte, sender ssr.NodeID) bool {
 // writeTUN writes the queued packets from the mesh into the TUN in
 // batches, and answers unreachable reports.
 func (p *Plane) writeTUN(ctx context.Context) error {
-	batch := make([][]byte, 0, inQueue)
-	held := make([]*pbuf, 0, inQueue)
+	batch := make([][]byte, 0, writeBatch)
+	held := make([]*pbuf, 0, writeBatch)
 	errBuf := make([]byte, tunOffset+MinMTU)
 	for {
 		select {

@@ -114,7 +114,12 @@ type testMesh struct {
 	errs    chan error
 }
 
-func newTestMesh(t *testing.T, n int, cfg func(i int, c *Config)) *testMesh {
+func newTestMesh(t testing.TB, n int, cfg func(i int, c *Config)) *testMesh {
+	return newTestMeshDelay(t, n, time.Millisecond, cfg)
+}
+
+// newTestMeshDelay is newTestMesh with links of the given one-way delay.
+func newTestMeshDelay(t testing.TB, n int, delay time.Duration, cfg func(i int, c *Config)) *testMesh {
 	t.Helper()
 	nw := memnet.New(memnet.Config{Seed: 1})
 	hosts := make([]*memnet.Host, n)
@@ -127,7 +132,7 @@ func newTestMesh(t *testing.T, n int, cfg func(i int, c *Config)) *testMesh {
 		b := hosts[i+1].AddInterface(fmt.Sprintf("m%d", i), 1500)
 		ifs[i] = append(ifs[i], a.Name())
 		ifs[i+1] = append(ifs[i+1], b.Name())
-		nw.Connect(a, b, memnet.LinkConfig{Delay: time.Millisecond})
+		nw.Connect(a, b, memnet.LinkConfig{Delay: delay})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &testMesh{errs: make(chan error, 2*n)}

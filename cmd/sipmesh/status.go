@@ -112,8 +112,8 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 			st.LAN, sip.Requests, sip.Proxied, sip.Calls, sip.Transactions, sip.RateLimited, sip.Malformed)
 	}
 	if ip := st.IPNetwork; ip != nil {
-		fmt.Fprintf(w, "ip network: %s mtu %d, LAN %s, CLAT %s; packets in %d out %d; dropped: spoofed %d, not ours %d, malformed %d, queue full %d; icmp: no route %d, unreachable %d, too big %d\n",
-			ip.TUN, ip.MTU, ip.LANPrefix, ip.CLATPrefix, ip.FromMesh, ip.ToMesh, ip.Spoofed, ip.NotOurs, ip.Malformed, ip.QueueFull, ip.NoRoute, ip.Unreachable, ip.TooBig)
+		fmt.Fprintf(w, "ip network: %s mtu %d, LAN %s, CLAT %s; packets in %d out %d; dropped: spoofed %d, not ours %d, malformed %d; icmp: no route %d, unreachable %d, too big %d\n",
+			ip.TUN, ip.MTU, ip.LANPrefix, ip.CLATPrefix, ip.FromMesh, ip.ToMesh, ip.Spoofed, ip.NotOurs, ip.Malformed, ip.NoRoute, ip.Unreachable, ip.TooBig)
 	}
 	if g := st.Gateway; g != nil {
 		state := "down"
