@@ -55,7 +55,8 @@
 //
 // Bounds and cost: TUN reads and writes move batches (wireguard-go's
 // tun.Device; offloads on); the buffers are allocated once (64 from the
-// mesh, one TUN batch); a full TUN queue drops and counts; the ICMPv6
-// quoting state is 256 fixed slots. The sends copy into ssr's pooled
-// buffers; nothing on the hot path allocates.
+// mesh, one TUN batch of the MTU); when the TUN falls behind, the mesh
+// socket's bounded queue holds the burst (its drops counted by ssr); the
+// ICMPv6 quoting state is 256 fixed slots. The sends copy into ssr's
+// pooled buffers; nothing on the hot path allocates (TestNoAllocs).
 package meship
