@@ -51,6 +51,13 @@ var configKeyDocs = []struct {
 			}
 			return "open"
 		}},
+	{"ip-network", "", "IPv6 over the mesh (TUN " + IPNetworkTUN + ", the mesh /48, a LAN /116 and a CLAT /96 per node; needs root): on or off",
+		func(o Options) string {
+			if o.IPNetwork {
+				return "on"
+			}
+			return "off"
+		}},
 	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup`, `gateways` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",

@@ -578,6 +578,7 @@ func (n *Node) Status() NodeStatus {
 		st.Gateway = n.svc.role.status()
 	}
 	st.Gateways = n.svc.gws.list()
+	st.IPNetwork = n.ipStatus()
 	return st
 }
 

@@ -131,6 +131,40 @@ func (r *Route) addrRequest(typ uint16, flags uint16, ifname string, p netip.Pre
 	return r.requestLocked(typ, flags, msg)
 }
 
+// AddDeviceRoute routes p into the interface ifname (main table, no
+// gateway), as `ip route replace p dev ifname` does: an existing route for
+// p is replaced, so a start after a crash finds it in place. The route
+// goes with the interface; there is no remove: a TUN takes it along when
+// it closes.
+func (r *Route) AddDeviceRoute(ifname string, p netip.Prefix) error {
+	if !p.IsValid() {
+		return fmt.Errorf("netx: route: invalid prefix %v", p)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fd < 0 {
+		return os.ErrClosed
+	}
+	idx, err := r.ifIndexLocked(ifname)
+	if err != nil {
+		return err
+	}
+	p = p.Masked()
+	family := uint8(unix.AF_INET6)
+	if p.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	// struct rtmsg (rtnetlink(7)), then RTA_DST and RTA_OIF.
+	msg := []byte{family, uint8(p.Bits()), 0, 0, unix.RT_TABLE_MAIN, unix.RTPROT_STATIC, unix.RT_SCOPE_LINK, unix.RTN_UNICAST}
+	msg = binary.NativeEndian.AppendUint32(msg, 0) // rtm_flags
+	msg = appendAttr(msg, unix.RTA_DST, p.Addr().AsSlice())
+	msg = appendAttr(msg, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(idx)))
+	if err := r.requestLocked(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, msg); err != nil {
+		return fmt.Errorf("netx: routing %v into %s: %w", p, ifname, err)
+	}
+	return nil
+}
+
 // ifIndexLocked resolves ifname in the socket's namespace: the ioctl goes
 // through the netlink socket's own descriptor, so it sees the interfaces
 // of the namespace the socket lives in, not the calling thread's.
@@ -252,6 +286,17 @@ func AddAddress(ifname string, p netip.Prefix) (added bool, err error) {
 	}
 	defer r.Close()
 	return r.AddAddress(ifname, p)
+}
+
+// AddDeviceRoute routes p into ifname in the calling thread's network
+// namespace (see Route.AddDeviceRoute).
+func AddDeviceRoute(ifname string, p netip.Prefix) error {
+	r, err := OpenRoute()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.AddDeviceRoute(ifname, p)
 }
 
 // RemoveAddress removes p from ifname in the calling thread's network

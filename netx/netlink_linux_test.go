@@ -88,3 +88,36 @@ func TestRouteOtherNamespace(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestRouteDeviceRoutes routes an IPv6 and an IPv4 prefix into an
+// interface through rtnetlink, twice (the second replaces the first, as
+// a start after a crash must), and checks them with iproute2; a missing
+// interface is an error naming it.
+func TestRouteDeviceRoutes(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t, "nr")
+	ns.Run(t, "ip", "link", "add", "dum0", "type", "bridge")
+	ns.Run(t, "ip", "link", "set", "dum0", "up")
+	var r *netx.Route
+	if err := ns.Do(func() (err error) { r, err = netx.OpenRoute(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	v6, v4 := netip.MustParsePrefix("fdca:654::/32"), netip.MustParsePrefix("192.0.2.0/24")
+	for range 2 {
+		for _, p := range []netip.Prefix{v6, v4} {
+			if err := r.AddDeviceRoute("dum0", p); err != nil {
+				t.Fatalf("AddDeviceRoute(dum0, %v): %v", p, err)
+			}
+		}
+	}
+	for _, c := range []struct{ fam, want string }{{"-6", "fdca:654::/32 dev dum0"}, {"-4", "192.0.2.0/24 dev dum0"}} {
+		out := ns.Run(t, "ip", c.fam, "route", "show", "dev", "dum0")
+		if strings.Count(out, strings.TrimSuffix(c.want, " dev dum0")) != 1 {
+			t.Errorf("ip %s route: want one route %q:\n%s", c.fam, c.want, out)
+		}
+	}
+	if err := r.AddDeviceRoute("nosuch0", v6); err == nil || !strings.Contains(err.Error(), "nosuch0") {
+		t.Errorf("AddDeviceRoute on a missing interface: %v, want an error naming it", err)
+	}
+}

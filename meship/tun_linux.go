@@ -1,0 +1,139 @@
+package meship
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/sipmesh/sipmesh/netx"
+	"github.com/sipmesh/sipmesh/ssr"
+)
+
+// forwardingSysctl is IPv6 forwarding for every interface (ip-sysctl.rst):
+// the node routes between its LAN and the TUN.
+const forwardingSysctl = "/proc/sys/net/ipv6/conf/all/forwarding"
+
+// Kernel is what Open put in place; Close takes it all away.
+type Kernel struct {
+	Dev     Device
+	Name    string
+	MTU     int
+	lan     string
+	lanAddr netip.Prefix
+	lanOurs bool // the LAN address was not there before
+	fwdOurs bool // forwarding was off and Open turned it on
+}
+
+// Open creates the TUN name (wireguard-go's tun.CreateTUN) with mtu in
+// the calling thread's network namespace, brings it up, and gives it the
+// node's mesh address as a /48, which routes the whole mesh (MeshNet)
+// into it, and routes CLATNet into it. With lan set it puts LANAddr/116 on
+// that interface, so that
+// the kernel routes id's LAN prefix there and the LAN hosts have a router,
+// and it turns IPv6 forwarding on. Close undoes all of it; closing the TUN
+// removes the interface with its address and route.
+func Open(name string, mtu int, id ssr.NodeID, lan string) (*Kernel, error) {
+	dev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("meship: creating TUN %s: %w", name, err)
+	}
+	real, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("meship: TUN name: %w", err)
+	}
+	k := &Kernel{Dev: dev, Name: real, MTU: mtu, lan: lan}
+	if err := k.setup(id); err != nil {
+		k.Close()
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kernel) setup(id ssr.NodeID) error {
+	if err := linkUp(k.Name); err != nil {
+		return err
+	}
+	if _, err := netx.AddAddress(k.Name, netip.PrefixFrom(id.Addr(), MeshNet.Bits())); err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
+	// The CLAT prefixes of all nodes; this node's CLAT device has a more
+	// specific route for its own (the CLAT's wiring).
+	if err := netx.AddDeviceRoute(k.Name, CLATNet); err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
+	if k.lan == "" {
+		return nil
+	}
+	k.lanAddr = netip.PrefixFrom(LANAddr(id), spaceBits)
+	added, err := netx.AddAddress(k.lan, k.lanAddr)
+	if err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
+	k.lanOurs = added
+	was, err := os.ReadFile(forwardingSysctl)
+	if err != nil {
+		return fmt.Errorf("meship: reading IPv6 forwarding: %w", err)
+	}
+	if strings.TrimSpace(string(was)) != "1" {
+		if err := os.WriteFile(forwardingSysctl, []byte("1"), 0); err != nil {
+			return fmt.Errorf("meship: turning IPv6 forwarding on: %w", err)
+		}
+		k.fwdOurs = true
+	}
+	return nil
+}
+
+// AddRoute routes p into the TUN (`ip route replace p dev sipmesh0`): a
+// prefix outside the mesh whose packets the plane's Exit hook sends to an
+// exit (the NAT64 prefix on nodes that are not its gateway). The route
+// goes with the TUN.
+func (k *Kernel) AddRoute(p netip.Prefix) error {
+	if err := netx.AddDeviceRoute(k.Name, p); err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
+	return nil
+}
+
+// Close removes the LAN address and turns forwarding back off if Open
+// put them there, and closes the TUN (which removes it). The plane's Run
+// closes the TUN too; closing twice is harmless.
+func (k *Kernel) Close() error {
+	var errs []error
+	if k.lanOurs {
+		errs = append(errs, netx.RemoveAddress(k.lan, k.lanAddr))
+		k.lanOurs = false
+	}
+	if k.fwdOurs {
+		errs = append(errs, os.WriteFile(forwardingSysctl, []byte("0"), 0))
+		k.fwdOurs = false
+	}
+	k.Dev.Close()
+	return errors.Join(errs...)
+}
+
+// linkUp sets IFF_UP on ifname, as `ip link set up` does.
+func linkUp(ifname string) error {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("meship: bringing %s up: %w", ifname, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(ifname)
+	if err != nil {
+		return fmt.Errorf("meship: bringing %s up: %w", ifname, err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("meship: bringing %s up: %w", ifname, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("meship: bringing %s up: %w", ifname, err)
+	}
+	return nil
+}
