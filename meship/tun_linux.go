@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"strings"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
@@ -25,8 +23,8 @@ type Kernel struct {
 	MTU     int
 	lan     string
 	lanAddr netip.Prefix
-	lanOurs bool // the LAN address was not there before
-	fwdOurs bool // forwarding was off and Open turned it on
+	lanOurs bool         // the LAN address was not there before
+	fwd     func() error // releases the hold on IPv6 forwarding
 }
 
 // Open creates the TUN name (wireguard-go's tun.CreateTUN) with mtu in
@@ -76,32 +74,42 @@ func (k *Kernel) setup(id ssr.NodeID) error {
 		return fmt.Errorf("meship: %w", err)
 	}
 	k.lanOurs = added
-	was, err := os.ReadFile(forwardingSysctl)
-	if err != nil {
-		return fmt.Errorf("meship: reading IPv6 forwarding: %w", err)
-	}
-	if strings.TrimSpace(string(was)) != "1" {
-		if err := os.WriteFile(forwardingSysctl, []byte("1"), 0); err != nil {
-			return fmt.Errorf("meship: turning IPv6 forwarding on: %w", err)
-		}
-		k.fwdOurs = true
+	// Held, not set: the NAT64 and the CLAT want forwarding too, and the
+	// last of them to stop puts the old value back (netx.HoldSysctl).
+	if k.fwd, err = netx.HoldSysctl(forwardingSysctl, "1"); err != nil {
+		return fmt.Errorf("meship: turning IPv6 forwarding on: %w", err)
 	}
 	return nil
 }
 
-// AddRoute routes p into the TUN (`ip route replace p dev sipmesh0`): a
-// prefix outside the mesh whose packets the plane's Exit hook sends to an
-// exit (the NAT64 prefix on nodes that are not its gateway). The route
-// goes with the TUN.
+// ExitMetric is the metric of AddRoute's routes: above the kernel's
+// default (1024), so that a route for the same prefix into a local device
+// (a gateway's own NAT64 for its prefix) wins while that device is there,
+// and the route into the mesh takes over when it goes.
+const ExitMetric = 2048
+
+// AddRoute routes p into the TUN (`ip route replace p dev sipmesh0 metric
+// ExitMetric`): a prefix outside the mesh whose packets the plane's Exit
+// hook sends to an exit (a NAT64 prefix). The route goes with the TUN, or
+// with RemoveRoute.
 func (k *Kernel) AddRoute(p netip.Prefix) error {
-	if err := netx.AddDeviceRoute(k.Name, p); err != nil {
+	if err := netx.AddDeviceRouteMetric(k.Name, p, ExitMetric); err != nil {
 		return fmt.Errorf("meship: %w", err)
 	}
 	return nil
 }
 
-// Close removes the LAN address and turns forwarding back off if Open
-// put them there, and closes the TUN (which removes it). The plane's Run
+// RemoveRoute removes a route of AddRoute (none there: no error).
+func (k *Kernel) RemoveRoute(p netip.Prefix) error {
+	if err := netx.RemoveDeviceRoute(k.Name, p, ExitMetric); err != nil {
+		return fmt.Errorf("meship: %w", err)
+	}
+	return nil
+}
+
+// Close removes the LAN address if Open put it there, releases its hold
+// on forwarding (off again if it was off and nothing else holds it), and
+// closes the TUN (which removes it). The plane's Run
 // closes the TUN too; closing twice is harmless.
 func (k *Kernel) Close() error {
 	var errs []error
@@ -109,9 +117,9 @@ func (k *Kernel) Close() error {
 		errs = append(errs, netx.RemoveAddress(k.lan, k.lanAddr))
 		k.lanOurs = false
 	}
-	if k.fwdOurs {
-		errs = append(errs, os.WriteFile(forwardingSysctl, []byte("0"), 0))
-		k.fwdOurs = false
+	if k.fwd != nil {
+		errs = append(errs, k.fwd())
+		k.fwd = nil
 	}
 	k.Dev.Close()
 	return errors.Join(errs...)

@@ -24,5 +24,8 @@ func Open(name string, mtu int, id ssr.NodeID, lan string) (*Kernel, error) {
 // AddRoute fails: Linux only.
 func (k *Kernel) AddRoute(p netip.Prefix) error { return errors.New("meship: routes need Linux") }
 
+// RemoveRoute fails: Linux only.
+func (k *Kernel) RemoveRoute(p netip.Prefix) error { return errors.New("meship: routes need Linux") }
+
 // Close does nothing.
 func (k *Kernel) Close() error { return nil }

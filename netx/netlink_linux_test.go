@@ -120,4 +120,35 @@ func TestRouteDeviceRoutes(t *testing.T) {
 	if err := r.AddDeviceRoute("nosuch0", v6); err == nil || !strings.Contains(err.Error(), "nosuch0") {
 		t.Errorf("AddDeviceRoute on a missing interface: %v, want an error naming it", err)
 	}
+
+	// A fallback route with a high metric stays beside the preferred one
+	// of another device for the same prefix, takes over when that goes,
+	// and goes itself with RemoveDeviceRoute (twice: no error).
+	ns.Run(t, "ip", "link", "add", "dum1", "type", "bridge")
+	ns.Run(t, "ip", "link", "set", "dum1", "up")
+	p64 := netip.MustParsePrefix("64:ff9b::/96")
+	ns.Run(t, "ip", "-6", "route", "replace", p64.String(), "dev", "dum1")
+	for range 2 {
+		if err := r.AddDeviceRouteMetric("dum0", p64, 4242); err != nil {
+			t.Fatalf("AddDeviceRouteMetric: %v", err)
+		}
+	}
+	if out := ns.Run(t, "ip", "-6", "route", "show", p64.String()); strings.Count(out, "dev dum0 ") != 1 || !strings.Contains(out, "metric 4242") || !strings.Contains(out, "dev dum1") {
+		t.Errorf("want the route into dum1 and one into dum0 with metric 4242:\n%s", out)
+	}
+	if out := ns.Run(t, "ip", "-6", "route", "get", "64:ff9b::1"); !strings.Contains(out, "dev dum1") {
+		t.Errorf("the lower metric (dum1) should win:\n%s", out)
+	}
+	ns.Run(t, "ip", "link", "del", "dum1")
+	if out := ns.Run(t, "ip", "-6", "route", "get", "64:ff9b::1"); !strings.Contains(out, "dev dum0") {
+		t.Errorf("the fallback (dum0) should take over:\n%s", out)
+	}
+	for range 2 {
+		if err := r.RemoveDeviceRoute("dum0", p64, 4242); err != nil {
+			t.Fatalf("RemoveDeviceRoute: %v", err)
+		}
+	}
+	if out := ns.Run(t, "ip", "-6", "route", "show", p64.String()); strings.TrimSpace(out) != "" {
+		t.Errorf("route left after RemoveDeviceRoute:\n%s", out)
+	}
 }

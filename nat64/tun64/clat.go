@@ -78,7 +78,7 @@ func (w CLATWiring) Up() (*Wired, error) {
 	if !w.CLAT.Addr().Is6() || w.Device == "" || w.LAN == "" || w.Table <= 0 || w.Priority <= 0 {
 		return nil, fmt.Errorf("tun64: CLAT wiring %+v: need an IPv6 prefix, a device, a LAN interface, a table and a priority", w)
 	}
-	wd := &Wired{prev: map[string]string{}, undo: w.down}
+	wd := &Wired{undo: w.down}
 	fail := func(err error) (*Wired, error) {
 		return nil, errors.Join(err, wd.Down())
 	}

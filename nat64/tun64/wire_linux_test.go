@@ -102,7 +102,7 @@ func newWiringNS(t *testing.T) *netns.NS {
 
 // TestNetnsWiringRules: Up puts exactly the rules of Rules in place (each
 // once, also when Up runs twice), Down takes all of them away and puts
-// forwarding back as it was.
+// forwarding back as it was once the last holder is down.
 func TestNetnsWiringRules(t *testing.T) {
 	gw := newWiringNS(t)
 	dev := openIn(t, gw, "nat64", 1500)
@@ -119,6 +119,14 @@ func TestNetnsWiringRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkUnwired(t, gw)
+	// The second Up holds forwarding too (netx.HoldSysctl): it stays on
+	// until that one is down as well.
+	if v := strings.TrimSpace(gw.Run(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "1" {
+		t.Errorf("ip_forward %s after one of two Downs; want 1 (still held)", v)
+	}
+	if err := gw.Do(again.Down); err != nil {
+		t.Fatal(err)
+	}
 	if v := strings.TrimSpace(gw.Run(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "0" {
 		t.Errorf("ip_forward %s after Down; was 0", v)
 	}
