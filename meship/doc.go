@@ -31,7 +31,8 @@
 // only; link-local and multicast ones stay (RFC 4291 §2.5.6); a source in
 // the mesh's blocks must be this node's (BCP 38); the
 // destination's node is computed (NodeOf), or, outside the mesh, chosen by
-// Config.Exit (the lead wires a NAT64 gateway's choice there); no node →
+// Config.Exit (the gateway's choice of NAT64 exit, gateway/ipnet.go; an
+// exit the mesh cannot reach is reported to Config.ExitFailed); no node →
 // ICMPv6 Destination Unreachable, no route (RFC 4443 §3.1); over the MTU
 // → Packet Too Big (§3.2, RFC 8201); the mesh reports an exact target
 // unreachable (ssr's NotifyUnreachable) → Destination Unreachable, address

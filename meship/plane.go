@@ -105,7 +105,11 @@ type Config struct {
 	// packets for it from the mesh are written into the TUN, for the
 	// kernel to route on (into NAT64). nil: for nothing.
 	ExitFor func(dst netip.Addr) bool
-	Logger  *slog.Logger
+	// ExitFailed is told that the mesh could not carry packets to node id
+	// (a send failed, or ssr reported it unreachable), so that Exit picks
+	// another exit for new flows. nil: nobody is told.
+	ExitFailed func(id ssr.NodeID)
+	Logger     *slog.Logger
 }
 
 // Stats are the data plane's counters.
@@ -301,8 +305,10 @@ func (p *Plane) outbound(pkt, errBuf []byte) {
 		return
 	}
 	id, ok := nodeOf16(dst)
+	exit := false
 	if !ok && !inMesh(dst) && p.cfg.Exit != nil {
 		id, ok = p.cfg.Exit(netip.AddrFrom16([16]byte(dst)))
+		exit = true
 	}
 	if !ok || id == p.id {
 		// No node has that address (the reserved parts of the mesh), no
@@ -329,6 +335,9 @@ func (p *Plane) outbound(pkt, errBuf []byte) {
 	if _, err := p.conn.WriteToUDPAddrPort(pkt, netip.AddrPortFrom(id.Addr(), Port)); err != nil {
 		p.stats.sendErrors.Add(1)
 		p.log.Debug("mesh send failed", "to", id, "err", err)
+		if exit && p.cfg.ExitFailed != nil {
+			p.cfg.ExitFailed(id)
+		}
 		return
 	}
 	p.stats.toMesh.Add(1)
@@ -517,6 +526,10 @@ func closed(err error) bool {
 func (p *Plane) answerUnreachable(u ssr.Unreachable, errBuf []byte) {
 	if u.Mode != ssr.Exact || u.DstPort != Port {
 		return
+	}
+	if p.cfg.ExitFailed != nil {
+		// If it is an exit, new flows must go elsewhere.
+		p.cfg.ExitFailed(u.Target)
 	}
 	p.errMu.Lock()
 	r := p.recent[uint64(u.Target)%recentSlots] // a copy: the reader goes on

@@ -327,12 +327,21 @@ func TestExit(t *testing.T) {
 	run(t, func(t *testing.T) {
 		nat64 := netip.MustParsePrefix("64:ff9b::/96")
 		var exitID ssr.NodeID
+		failed := make(chan ssr.NodeID, 4)
 		m := newTestMesh(t, 3, func(i int, c *Config) {
 			c.Exit = func(dst netip.Addr) (ssr.NodeID, bool) {
 				return exitID, nat64.Contains(dst) && exitID != 0
 			}
 			if i == 2 {
 				c.ExitFor = nat64.Contains
+			}
+			if i == 0 {
+				c.ExitFailed = func(id ssr.NodeID) {
+					select {
+					case failed <- id:
+					default:
+					}
+				}
 			}
 		})
 		exitID = m.routers[2].ID()
@@ -359,6 +368,20 @@ func TestExit(t *testing.T) {
 		m.tuns[1].quiet(t, time.Second)
 		if s := m.planes[1].Stats(); s.NotOurs != 1 {
 			t.Errorf("node 1: %+v, want 1 not ours", s)
+		}
+		// An exit the mesh cannot reach: the sender gets Destination
+		// Unreachable and the exit choice hears of it (ExitFailed).
+		ghost := ssr.NodeID(0x5555555555555555)
+		exitID = ghost
+		m.tuns[0].in <- out
+		checkICMPError(t, m.tuns[0].next(t, 10*time.Second), icmpDestUnreach)
+		select {
+		case id := <-failed:
+			if id != ghost {
+				t.Errorf("ExitFailed(%v), want %v", id, ghost)
+			}
+		default:
+			t.Error("ExitFailed not called for an unreachable exit")
 		}
 	})
 }
