@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipmesh/sipmesh/meship"
 	"github.com/sipmesh/sipmesh/nat64/tun64"
 	"github.com/sipmesh/sipmesh/netx"
 	"github.com/sipmesh/sipmesh/registrar"
@@ -154,6 +155,12 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	}
 	if created {
 		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
+	}
+	if opts.IPNetwork && opts.LANInterface != "" && !opts.CLATPrefix.IsValid() {
+		// The CLAT prefix the whole mesh routes back to this node (meship:
+		// CLATNet + ID), so the IPv4 LAN reaches the Internet through the
+		// mesh and a gateway's NAT64 (clat.go).
+		n.opts.CLATPrefix = meship.CLATPrefix(n.router.ID())
 	}
 	if err := n.newServices(key, adminPub); err != nil {
 		return nil, err
