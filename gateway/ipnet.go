@@ -24,6 +24,10 @@ type IPNetworkStatus struct {
 	LANPrefix  string `json:"lan_prefix"`  // the node's /116 for its LAN hosts
 	LANAddress string `json:"lan_address"` // the node on the LAN (their router)
 	CLATPrefix string `json:"clat_prefix"` // its CLAT's /96 (RFC 6877, RFC 6052)
+	// NAT64Prefix is the NAT64 prefix in use (DNS64's) and NAT64Exit the
+	// gateway its packets leave the mesh through now; empty: none known.
+	NAT64Prefix string `json:"nat64_prefix,omitempty"`
+	NAT64Exit   string `json:"nat64_exit,omitempty"`
 	meship.Stats
 }
 
@@ -212,7 +216,14 @@ func (n *Node) ipStatus() *IPNetworkStatus {
 		return nil
 	}
 	id := p.ID()
-	return &IPNetworkStatus{TUN: k.Name, MTU: k.MTU,
+	st := &IPNetworkStatus{TUN: k.Name, MTU: k.MTU,
 		LANPrefix: meship.LANPrefix(id).String(), LANAddress: meship.LANAddr(id).String(),
 		CLATPrefix: meship.CLATPrefix(id).String(), Stats: p.Stats()}
+	if pfx, ok := n.NAT64Prefix(); ok {
+		st.NAT64Prefix = pfx.String()
+		if exit, ok := n.NAT64Exit(pfx.Addr()); ok {
+			st.NAT64Exit = exit.String()
+		}
+	}
+	return st
 }

@@ -114,6 +114,9 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 	if ip := st.IPNetwork; ip != nil {
 		fmt.Fprintf(w, "ip network: %s mtu %d, LAN %s, CLAT %s; packets in %d out %d; dropped: spoofed %d, not ours %d, malformed %d; icmp: no route %d, unreachable %d, too big %d\n",
 			ip.TUN, ip.MTU, ip.LANPrefix, ip.CLATPrefix, ip.FromMesh, ip.ToMesh, ip.Spoofed, ip.NotOurs, ip.Malformed, ip.NoRoute, ip.Unreachable, ip.TooBig)
+		if ip.NAT64Exit != "" {
+			fmt.Fprintf(w, "ip network: NAT64 %s through gateway %s\n", ip.NAT64Prefix, ip.NAT64Exit)
+		}
 	}
 	if g := st.Gateway; g != nil {
 		state := "down"
