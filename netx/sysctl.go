@@ -1,7 +1,9 @@
 package netx
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -68,7 +70,8 @@ func HoldSysctl(file, value string) (release func() error, err error) {
 			}
 			delete(sysctlHolds, k)
 			if h.changed {
-				if werr := os.WriteFile(file, []byte(h.old), 0o644); werr != nil {
+				// An interface's file may be gone with the interface.
+				if werr := os.WriteFile(file, []byte(h.old), 0o644); werr != nil && !errors.Is(werr, fs.ErrNotExist) {
 					err = fmt.Errorf("netx: putting %s back to %s: %w", file, h.old, werr)
 				}
 			}
