@@ -105,7 +105,7 @@ var configKeyDocs = []struct {
 			}
 			return "off"
 		}},
-	{"clat-prefix", "none", "this node's CLAT prefix (an IPv6 /96 routed to the node): IPv4 hosts on the LAN reach the IPv4 Internet through it and a gateway's NAT64 (RFC 6877; none: no CLAT)",
+	{"clat-prefix", "none", "this node's CLAT prefix (an IPv6 /96 routed to the node): IPv4 hosts on the LAN reach the IPv4 Internet through it and a gateway's NAT64 (RFC 6877; none: no CLAT, but with ip-network on a node with a LAN takes its own /96 in fdca:654::/32)",
 		func(o Options) string { return showPrefix(o.CLATPrefix) }},
 	{"nat64-pool", "", "the IPv4 addresses of the gateway's NAT64 (a prefix, at most a /24; every address in it), masqueraded out of the uplink",
 		func(o Options) string { return o.NAT64Pool.String() }},
