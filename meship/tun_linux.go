@@ -25,7 +25,7 @@ type Kernel struct {
 	MTU     int
 	lan     string
 	lanAddr netip.Prefix
-	lanOurs bool // the LAN address was not there before
+	lanOurs bool // the LAN address is to be removed
 	fwdOurs bool // forwarding was off and Open turned it on
 }
 
@@ -71,11 +71,13 @@ func (k *Kernel) setup(id ssr.NodeID) error {
 		return nil
 	}
 	k.lanAddr = netip.PrefixFrom(LANAddr(id), spaceBits)
-	added, err := netx.AddAddress(k.lan, k.lanAddr)
-	if err != nil {
+	if _, err := netx.AddAddress(k.lan, k.lanAddr); err != nil {
 		return fmt.Errorf("meship: %w", err)
 	}
-	k.lanOurs = added
+	// Removed at stop even if it was there already: it is derived from
+	// the node's ID, so only this node (a run killed with SIGKILL, which
+	// left it) puts it there.
+	k.lanOurs = true
 	was, err := os.ReadFile(forwardingSysctl)
 	if err != nil {
 		return fmt.Errorf("meship: reading IPv6 forwarding: %w", err)
@@ -100,8 +102,8 @@ func (k *Kernel) AddRoute(p netip.Prefix) error {
 	return nil
 }
 
-// Close removes the LAN address and turns forwarding back off if Open
-// put them there, and closes the TUN (which removes it). The plane's Run
+// Close removes the LAN address, turns forwarding back off if Open found
+// it off (after a SIGKILL it stays on: a router's normal state), and closes the TUN (which removes it). The plane's Run
 // closes the TUN too; closing twice is harmless.
 func (k *Kernel) Close() error {
 	var errs []error
