@@ -23,7 +23,7 @@ type Kernel struct {
 	MTU     int
 	lan     string
 	lanAddr netip.Prefix
-	lanOurs bool         // the LAN address was not there before
+	lanOurs bool         // the LAN address is to be removed
 	fwd     func() error // releases the hold on IPv6 forwarding
 }
 
@@ -69,13 +69,16 @@ func (k *Kernel) setup(id ssr.NodeID) error {
 		return nil
 	}
 	k.lanAddr = netip.PrefixFrom(LANAddr(id), spaceBits)
-	added, err := netx.AddAddress(k.lan, k.lanAddr)
-	if err != nil {
+	if _, err := netx.AddAddress(k.lan, k.lanAddr); err != nil {
 		return fmt.Errorf("meship: %w", err)
 	}
-	k.lanOurs = added
+	// Removed at stop even if it was there already: it is derived from
+	// the node's ID, so only this node (a run killed with SIGKILL, which
+	// left it) puts it there.
+	k.lanOurs = true
 	// Held, not set: the NAT64 and the CLAT want forwarding too, and the
 	// last of them to stop puts the old value back (netx.HoldSysctl).
+	var err error
 	if k.fwd, err = netx.HoldSysctl(forwardingSysctl, "1"); err != nil {
 		return fmt.Errorf("meship: turning IPv6 forwarding on: %w", err)
 	}
@@ -107,9 +110,10 @@ func (k *Kernel) RemoveRoute(p netip.Prefix) error {
 	return nil
 }
 
-// Close removes the LAN address if Open put it there, releases its hold
-// on forwarding (off again if it was off and nothing else holds it), and
-// closes the TUN (which removes it). The plane's Run
+// Close removes the LAN address, releases its hold on forwarding (off
+// again if Open found it off and nothing else holds it; after a SIGKILL
+// it stays on: a router's normal state), and closes the TUN (which
+// removes it). The plane's Run
 // closes the TUN too; closing twice is harmless.
 func (k *Kernel) Close() error {
 	var errs []error

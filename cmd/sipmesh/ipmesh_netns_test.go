@@ -29,7 +29,8 @@ import (
 // arrives intact, a packet to a node that does not exist is answered
 // with ICMPv6 Destination Unreachable, one to n4's CLAT prefix reaches n4
 // (no CLAT there: no route), the hosts reach each other again after the
-// link n2–n3 was cut and restored, `sipmesh ping` still works, and a
+// link n2–n3 was cut and restored, `sipmesh ping` still works, a node
+// killed with SIGKILL and started again carries packets again, and a
 // stopped node leaves neither its TUN nor its LAN prefix behind.
 func TestIPNetwork(t *testing.T) {
 	netns.RequireRoot(t)
@@ -176,6 +177,23 @@ func TestIPNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("n1 ip network: %+v", *st.IPNetwork)
+
+	// Killed (SIGKILL), n4 leaves its LAN address; started again it
+	// carries packets again, and its clean stop removes the address.
+	n4.cmd.Process.Kill()
+	n4.cmd.Wait()
+	if o, err := n4.ns.Try("ip", "link", "show", gateway.IPNetworkTUN); err == nil {
+		t.Errorf("%s still there after SIGKILL (the TUN goes with its file):\n%s", gateway.IPNetworkTUN, o)
+	}
+	n4.start(t, m.bin, m.tmp, m.ifaces[3])
+	waitFor(t, 30*time.Second, "ping6 h1→h4 after n4 restarted", func() (bool, string) {
+		o, err := h1.Try(ping, "-6", "-c", "1", "-W", "1", addr4.String())
+		return err == nil, o
+	})
+	n4.stop(t)
+	if o := n4.ns.Run(t, "ip", "-6", "addr", "show", "dev", "lan0"); strings.Contains(o, meship.LANAddr(n4.id).String()) {
+		t.Errorf("n4's LAN address still on lan0 after a SIGKILL, a restart and a stop:\n%s", o)
+	}
 
 	// Stopped, the node takes its TUN and LAN prefix away.
 	n1.stop(t)
