@@ -141,9 +141,11 @@ func TestIPNetworkThroughNAT64(t *testing.T) {
 	})
 	t.Logf("the mesh uses n1's NAT64 %v after start", time.Since(start).Round(time.Millisecond))
 	for _, nd := range []*nsNode{n3, n4} {
-		if o := nd.ns.Run(t, "ip", "-6", "route", "show", prefix); !strings.Contains(o, "dev "+gateway.IPNetworkTUN) {
-			t.Errorf("%s: no route for %s into %s: %q", nd.name, prefix, gateway.IPNetworkTUN, o)
-		}
+		// The routes follow the exits within a second (exitRouteEvery).
+		waitFor(t, 10*time.Second, nd.name+"'s route of the NAT64 prefix into the mesh", func() (bool, string) {
+			o, _ := nd.ns.Try("ip", "-6", "route", "show", prefix)
+			return strings.Contains(o, "dev "+gateway.IPNetworkTUN), o
+		})
 	}
 	if o := n1.ns.Run(t, "ip", "-6", "route", "get", "2001:db8:64::1"); !strings.Contains(o, "dev sipmesh-nat64") {
 		t.Errorf("n1: its own prefix must route into its NAT64 device: %q", o)
@@ -166,6 +168,26 @@ func TestIPNetworkThroughNAT64(t *testing.T) {
 	if src := <-seen; src != "10.98.53.1" {
 		t.Errorf("the server saw %s; want n1's uplink address 10.98.53.1", src)
 	}
+	// 4 MiB down to the phone: the server's full-sized IPv4 packets (DF)
+	// do not fit the mesh once translated, so n1's NAT64 answers with
+	// Fragmentation Needed for the mesh MTU (RFC 7915 §4.1) and the
+	// server's path MTU discovery adapts.
+	dl := time.Now()
+	big, err := tryFetch(phone, "http://"+n64Server+"/big", "tcp4", 60*time.Second)
+	if err != nil || big != string(bigBody) {
+		for _, nd := range []*nsNode{n1, n4} {
+			o, _ := nd.ns.Try(m.bin, "status", "--json", "--control", nd.sock)
+			t.Logf("%s status: %s", nd.name, o)
+		}
+		o, _ := inet.Try("ip", "route", "get", "10.98.53.1")
+		t.Logf("inet: %s", o)
+		o, _ = inet.Try("nstat", "-az")
+		t.Logf("inet nstat: %s", o)
+		t.Fatalf("4 MiB over 464XLAT: %v (%d bytes)", err, len(big))
+	}
+	<-seen
+	el := time.Since(dl)
+	t.Logf("HTTP 4 MiB to the IPv4 phone (CLAT, 3 mesh hops, NAT64): %v, %.1f Mbit/s", el.Round(time.Millisecond), float64(len(big)*8)/el.Seconds()/1e6)
 	if err := udpRoundTrip(phone, "udp4", netip.MustParseAddrPort(n64Server+":7"), "time?"); err != nil {
 		t.Errorf("UDP echo from the IPv4 phone: %v", err)
 	}
@@ -277,6 +299,6 @@ func tryFetch(ns *netns.NS, url, network string, limit time.Duration) (string, e
 		return "", err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	return string(b), err
 }
