@@ -265,7 +265,7 @@ func TestIPNetworkThroughNAT64(t *testing.T) {
 	n1.cmd.Wait()
 	killed := time.Now()
 	waitFor(t, 60*time.Second, "a new flow of the phone through n5", func() (bool, string) {
-		body, err := tryFetch(phone, "http://"+n64Server+"/", "tcp4", time.Second)
+		body, err := tryFetch(phone, "http://"+n64Server+"/", "tcp4", 300*time.Millisecond)
 		return err == nil && body == "hello from the IPv4 Internet", fmt.Sprint(err)
 	})
 	phoneBack := time.Since(killed)
@@ -273,7 +273,7 @@ func TestIPNetworkThroughNAT64(t *testing.T) {
 		t.Errorf("after the failover the server saw %s; want n5's uplink address 10.98.55.1", src)
 	}
 	waitFor(t, 60*time.Second, "a new flow of the IPv6 host through n5", func() (bool, string) {
-		body, err := tryFetch(h3, "http://["+n64Synth+"]/", "tcp6", time.Second)
+		body, err := tryFetch(h3, "http://["+n64Synth+"]/", "tcp6", 300*time.Millisecond)
 		return err == nil && body == "hello from the IPv4 Internet", fmt.Sprint(err)
 	})
 	hostBack := time.Since(killed)
