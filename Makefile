@@ -18,7 +18,7 @@ TEST_TIMEOUT ?= 20m## go test -timeout; the namespace and simulation tests are s
 BENCH        ?= .## benchmark name pattern for `make bench`
 BENCHTIME    ?= 1s## go test -benchtime for `make bench` (e.g. 5s or 1000x)
 PEER_ROUND   ?= 10s## length of one round of one server in `make bench-peers`
-PEER_ROWS    ?= dns,register,calls,gateway## rows `make bench-peers` measures
+PEER_ROWS    ?= dns,register,calls,rtp,gateway## rows `make bench-peers` measures
 FUZZTIME     ?= 10s## how long `make fuzz` runs each fuzz target
 STRESS_N     ?= 20000## mutated SIP messages `make stress` sends
 STRESS_SEED  ?= 1## seed of `make stress`'s mutations
@@ -38,8 +38,10 @@ BUILDFLAGS := -trimpath -ldflags "$(LDFLAGS)"
 # (configuration, web UI, provisioning, the uplink, the commands: code that
 # runs a few times a second at most) without inlining, which keeps the
 # mipsle binary some 200 KB smaller; the packages on the per-packet and
-# per-request paths (ssr and the DHT, the relay, SIP transport, registrar,
-# proxy, DNS) keep it. Later -gcflags patterns take precedence.
+# per-request paths (ssr and the DHT, the relay, SIP transport, the proxy,
+# DNS, NAT64 and the IP network) keep it. The registrar goes without: a
+# REGISTER's time is its digest, signature and DHT round trip, not calls
+# inside the registrar. Later -gcflags patterns take precedence.
 # The standard and third-party packages that only the control plane uses
 # (HTTP and TLS for the web UI and provisioning, X.509 and the public-key
 # algorithms behind them, JSON, DHCP, flags, tables, iptables and the
@@ -55,11 +57,12 @@ ROUTER_CONTROL_STD := net/http net/url mime crypto/tls crypto/x509 crypto/hpke \
 	fmt log/slog github.com/miekg/dns github.com/coreos/go-iptables/... \
 	github.com/insomniacslk/dhcp/... github.com/gobwas/...
 ROUTER_GCFLAGS := -gcflags='github.com/sipmesh/sipmesh/...=-l' \
-	$(foreach p,ssr/... sipalg sipnet registrar proxy dns64 nat64/...,-gcflags='github.com/sipmesh/sipmesh/$(p)=') \
+	$(foreach p,ssr/... sipalg sipnet proxy dns64 nat64/... meship,-gcflags='github.com/sipmesh/sipmesh/$(p)=') \
 	$(foreach p,$(ROUTER_CONTROL_STD),-gcflags='$(p)=-l')
 
-# Go files we own; testdata may hold deliberately malformed inputs.
-GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
+# Go files we own; testdata may hold deliberately malformed inputs, and
+# third_party/ is upstream code as released (third_party/sipgo/PATCHED.md).
+GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './third_party/*')
 
 .PHONY: help build test bench bench-peers demo cross package lint fmtcheck fuzz stress clean
 
@@ -104,12 +107,12 @@ bench: ## run the benchmarks (BENCH, BENCHTIME); installs the peers they compare
 # (about a minute on two cores) and go run would be silent meanwhile.
 # bench-peers installs the peers it measures against if they are missing
 # (Debian packages; needs root, as the namespaces do).
-PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux
+PEER_TOOLS := sipp:sip-tester kamailio:kamailio unbound:unbound dnsperf:dnsperf taskset:util-linux rtpengine:rtpengine-daemon
 
-bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
+bench-peers: ## as root: `sipmesh node` vs Kamailio/Unbound/rtpengine in network namespaces, one pinned core each (PEER_ROUND, PEER_ROWS)
 	@missing=; for t in $(PEER_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get install -y$$missing; fi
-	$(GO) test -tags peerbench -count=1 -timeout 60m -v -run '^TestPeers$$' ./internal/peerbench \
+	$(GO) test -tags peerbench -count=1 -timeout 90m -v -run '^TestPeers$$' ./internal/peerbench \
 		-args -peerbench.round $(PEER_ROUND) -peerbench.rows $(PEER_ROWS)
 
 demo: ## run the telephone demo: phones call across a 12-node in-memory mesh
@@ -172,7 +175,7 @@ lint: fmtcheck ## gofmt and go vet, plus staticcheck when it is installed
 
 stress: ## as root: STRESS_N mutated SIP messages at a real node in a network namespace, probed after each (cmd/sipmesh TestSIPStress)
 	@scripts/test-deps.sh
-	$(GO) test -count=1 -timeout 60m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
+	$(GO) test -count=1 -timeout 90m -v -run '^TestSIPStress$$' ./cmd/sipmesh -args -sipstress.n $(STRESS_N) -sipstress.seed $(STRESS_SEED)
 
 fuzz: ## run every Fuzz* target for FUZZTIME each (the corpus in testdata/fuzz is kept)
 	@set -eo pipefail; \

@@ -47,6 +47,11 @@ type GatewayRoleStatus struct {
 	// Refused counts the requests from the Internet the gateway answered
 	// 403 (proxy's uplink.go: foreign domains, REGISTER, scans).
 	Refused uint64 `json:"refused"`
+	// TCPOpen and TCPRefused are the Internet side's SIP connections
+	// (accepted and opened, proxy's uplinktcp.go) open now and refused
+	// over a limit.
+	TCPOpen    int    `json:"tcp_open"`
+	TCPRefused uint64 `json:"tcp_refused"`
 	// Announced is when the announcement was last written to the DHT.
 	Announced time.Time `json:"announced,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
@@ -256,7 +261,8 @@ func (g *gatewayRole) status() *GatewayRoleStatus {
 		st.Trunk = &ts
 	}
 	if u := g.n.svc.uplinkSIP; u != nil {
-		st.Refused = u.Stats().Refused
+		us := u.Stats()
+		st.Refused, st.TCPOpen, st.TCPRefused = us.Refused, us.TCPOpen, us.TCPRefused
 	}
 	g.n.svc.mu.Unlock()
 	st.Offers = []string{"uris"}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -102,22 +104,47 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The uplink's global IPv6 address, if it has one now: the gateway
+	// listens there too, locates AAAA records and reaches IPv6-only
+	// servers from there, with media through a relay of its own (the
+	// far end's family, RFC 4566 §5.7: c=IN IP6).
+	var v6 *uplink6
+	if a6, ok := n.uplinkAddr6(); ok {
+		if v6, err = n.listenUplink6(ctx, a6, meshAddr, log); err != nil {
+			log.Warn("no SIP on the uplink's IPv6 address", "addr", a6, "err", err)
+			v6 = nil
+		}
+	}
 	upUDP, err := nw.ListenPacket(ctx, "udp4", sipUp.String())
 	if err != nil {
+		v6.close()
 		return fmt.Errorf("SIP on the uplink %s: %w", sipUp, err)
+	}
+	// TCP on the same port (RFC 3261 §18: a server listens on both):
+	// providers and callers whose DNS says TCP reach the gateway over it.
+	upTCP, err := nw.Listen(ctx, "tcp4", sipUp.String())
+	if err != nil {
+		upUDP.Close()
+		v6.close()
+		return fmt.Errorf("SIP over TCP on the uplink %s: %w", sipUp, err)
 	}
 	meshUDP, err := n.router.ListenPacket(GatewaySIPPort)
 	if err != nil {
 		upUDP.Close()
+		upTCP.Close()
+		v6.close()
 		return fmt.Errorf("gateway SIP on the mesh: %w", err)
 	}
 	loc := n.locator()
+	loc.IPv6 = v6 != nil
 	// The trunk (trunk-* keys), registered from the uplink socket once the
 	// service runs; the provider's calls come back to it.
 	var trunk *uplink.Trunk
 	up := &proxy.UplinkConfig{Locate: func(ctx context.Context, u *sip.Uri) ([]uplink.Target, error) {
 		return loc.Locate(ctx, u)
-	}, Domain: n.opts.SIPDomain}
+	}, Domain: n.opts.SIPDomain,
+		// Servers that speak TCP are reached over it (RFC 3263 §4.1).
+		Dial: nw.Dial}
 	if n.opts.TrunkRegistrar != "" {
 		var reg sip.Uri
 		if err := sip.ParseUri(n.opts.TrunkRegistrar, &reg); err != nil {
@@ -132,9 +159,9 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		}
 		up.TrunkPrefix, up.TrunkTarget = n.opts.DialPrefix, target
 	}
-	svc, err := proxy.NewSIPService(proxy.SIPServiceConfig{
+	cfg := proxy.SIPServiceConfig{
 		Node: n.router.ID(), LANAddr: sipUp, MeshAddr: sipMesh,
-		LANUDP: upUDP, MeshUDP: meshUDP,
+		LANUDP: upUDP, MeshUDP: meshUDP, LANTCP: upTCP,
 		Registrar: reg, Locations: s.locs, Accounts: s.accounts, Relay: relay,
 		NodeSIPAddr: func(id ssr.NodeID) netip.AddrPort { return netip.AddrPortFrom(id.Addr(), n.opts.SIPPort) },
 		ServerName:  "sipmesh " + n.opts.Name,
@@ -149,10 +176,16 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 		Aliases: n.aliases(),
 		// Internet calls for sip:EXT@sip-domain are looked up.
 		Domains: domains(n.opts.SIPDomain),
-	})
+	}
+	if v6 != nil {
+		cfg.LAN6Addr, cfg.LAN6UDP, cfg.LAN6TCP, cfg.Relay6 = v6.addr, v6.udp, v6.tcp, v6.relay
+	}
+	svc, err := proxy.NewSIPService(cfg)
 	if err != nil {
 		upUDP.Close()
+		upTCP.Close()
 		meshUDP.Close()
+		v6.close()
 		return err
 	}
 	if n.opts.TrunkRegistrar != "" {
@@ -184,10 +217,17 @@ func (n *Node) runUplinkSIP(ctx context.Context) error {
 	n.svc.trunk = trunk
 	n.svc.mu.Unlock()
 	n.log.Info("gateway's Internet side up", "uplink", n.opts.UplinkInterface, "sip", sipUp, "mesh", sipMesh)
-	errc := make(chan error, 2)
+	runs := 2
+	if v6 != nil {
+		runs++
+	}
+	errc := make(chan error, runs)
 	rctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { errc <- relay.Run(rctx) }()
+	if v6 != nil {
+		go func() { errc <- v6.relay.Run(rctx) }()
+	}
 	go func() { errc <- svc.Run(rctx) }()
 	trunkDone := make(chan struct{})
 	// The trunk stops first and removes its binding (RFC 3261 §10.2.2)
@@ -284,4 +324,66 @@ func domains(d string) []string {
 		return nil
 	}
 	return []string{d}
+}
+
+// uplink6 is the gateway's Internet side on its uplink's IPv6 address.
+type uplink6 struct {
+	addr  netip.AddrPort
+	udp   net.PacketConn
+	tcp   net.Listener
+	relay *sipalg.Relay
+}
+
+func (u *uplink6) close() {
+	if u != nil {
+		u.udp.Close()
+		u.tcp.Close()
+	}
+}
+
+// uplinkAddr6 is the uplink interface's global IPv6 address, if it has
+// one: not link-local, and not a ULA (RFC 4193 §4.1: not reachable from
+// the Internet).
+func (n *Node) uplinkAddr6() (netip.Addr, bool) {
+	ifs, err := n.network.Interfaces()
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, i := range ifs {
+		if i.Name != n.opts.UplinkInterface {
+			continue
+		}
+		for _, p := range i.Addrs {
+			if a := p.Addr(); a.Is6() && !a.Is4In6() && a.IsGlobalUnicast() && !a.IsPrivate() && !ssr.MeshPrefix.Contains(a) {
+				return a.WithZone(""), true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// listenUplink6 opens the SIP sockets (UDP and TCP, the SIP port) and the
+// media relay of the uplink's IPv6 address a.
+func (n *Node) listenUplink6(ctx context.Context, a, meshAddr netip.Addr, log *slog.Logger) (*uplink6, error) {
+	nw := n.network
+	ap := netip.AddrPortFrom(a, n.opts.SIPPort)
+	relay, err := sipalg.NewRelay(sipalg.Config{
+		A: sipalg.SideConfig{Name: "uplink6", Addr: a, Listen: sipalg.NetworkListener(nw, a),
+			PortMin: n.opts.RelayPortMin, PortMax: n.opts.RelayPortMax, LatchAny: true},
+		B:      n.meshRelaySide(meshAddr),
+		Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	udp, err := nw.ListenPacket(ctx, "udp6", ap.String())
+	if err != nil {
+		return nil, err
+	}
+	tcp, err := nw.Listen(ctx, "tcp6", ap.String())
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
+	return &uplink6{addr: ap, udp: udp, tcp: tcp, relay: relay}, nil
 }

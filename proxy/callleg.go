@@ -52,7 +52,7 @@ type callLeg struct {
 func legKey(callID, tag string) string { return callID + "\x00" + tag }
 
 // legFor returns the dialog's state, creating it.
-func (s *SIPService) legFor(callID, callerTag, from, to string) (*callLeg, error) {
+func (s *SIPService) legFor(callID, callerTag, from, to string, relay *sipalg.Relay) (*callLeg, error) {
 	key := legKey(callID, callerTag)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -62,7 +62,7 @@ func (s *SIPService) legFor(callID, callerTag, from, to string) (*callLeg, error
 	if len(s.calls) >= s.cfg.MaxCalls {
 		return nil, errCallsFull
 	}
-	l := &callLeg{key: key, callID: callID, from: from, to: to, relay: s.cfg.Relay, created: time.Now()}
+	l := &callLeg{key: key, callID: callID, from: from, to: to, relay: relay, created: time.Now()}
 	s.calls[key] = l
 	return l, nil
 }

@@ -53,7 +53,9 @@
 // for another domain goes over the mesh to the Internet gateway
 // SIPServiceConfig.Outbound chooses; on the gateway, a second
 // SIPService with SIPServiceConfig.Uplink is the Internet side, which
-// locates the target (RFC 3263) and sends it from the uplink, routes
+// locates the target (RFC 3263) and sends it from the uplink (UDP, or
+// TCP over connections it opens itself, uplinktcp.go; IPv4, or IPv6 from
+// the uplink's global IPv6 address when the target has only that), routes
 // Internet calls for the mesh's public domain to the phones, and refuses
 // everything else 403; numbers by the dial prefix go to the gateway's
 // provider (its challenges answered with the trunk's credentials) and

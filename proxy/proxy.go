@@ -21,6 +21,7 @@ import (
 	"github.com/sipmesh/sipmesh/registrar"
 	"github.com/sipmesh/sipmesh/sipnet"
 	"github.com/sipmesh/sipmesh/ssr"
+	"github.com/sipmesh/sipmesh/uplink"
 )
 
 // The stateful proxy of the mesh domain (RFC 3261 §16).
@@ -66,7 +67,7 @@ type target struct {
 	route     *sip.RouteHeader // pushed on top: the flow token for another node
 	trunk     bool             // the gateway's SIP provider: its challenges are answered (uplink.go)
 	gateway   bool             // an Internet gateway: another is tried if it stays silent (uplink.go)
-	next      []netip.AddrPort // the domain's further servers, tried in turn on failure (RFC 3263 §4.3)
+	next      []uplink.Target  // the domain's further servers, tried in turn on failure (RFC 3263 §4.3)
 }
 
 // branch is one client transaction of a proxied request.
@@ -82,13 +83,13 @@ type branch struct {
 	cancelSent   bool
 	timedOut     bool // Timer C fired after a provisional: its 487 reads as 408
 	final        *sip.Response
-	local        bool             // final was generated here (no Via of ours to pop)
-	trunk        bool             // to the gateway's provider (uplink.go)
-	authed       bool             // sent again with the trunk's credentials
-	gateway      bool             // to an Internet gateway (uplink.go)
-	next         []netip.AddrPort // the located domain's further servers (uplink.go)
-	silent       bool             // the gateway did not answer in gatewayTry
-	tryT         *time.Timer      // fires gatewayTry after the send
+	local        bool            // final was generated here (no Via of ours to pop)
+	trunk        bool            // to the gateway's provider (uplink.go)
+	authed       bool            // sent again with the trunk's credentials
+	gateway      bool            // to an Internet gateway (uplink.go)
+	next         []uplink.Target // the located domain's further servers (uplink.go)
+	silent       bool            // the gateway did not answer in gatewayTry
+	tryT         *time.Timer     // fires gatewayTry after the send
 }
 
 type brEvent struct {
@@ -207,7 +208,7 @@ func (p *proxyTx) run() {
 		base.RemoveHeader("Proxy-Authorization")
 	}
 	recorded, flow := s.popRoutes(base, p.in)
-	if p.in == s.lan && s.trunkCall(base, p.src) {
+	if s.isLAN(p.in) && s.trunkCall(base, p.src) {
 		// The provider calls the trunk's Contact; the DID is in To
 		// (uplink.go).
 		base.Recipient.User = base.To().Address.User
@@ -512,7 +513,7 @@ func (s *SIPService) popRoutes(r *sip.Request, in *sock) (recorded bool, flow *t
 // socket addresses (with our port or none) or the mesh domain.
 func (s *SIPService) ourRoute(u *sip.Uri) bool {
 	h := registrar.CanonHost(u.Host)
-	for _, sk := range []*sock{s.lan, s.mesh} {
+	for _, sk := range s.socks() {
 		if sk.names(h, 0) {
 			return sk.names(h, u.Port)
 		}
@@ -585,7 +586,7 @@ func (s *SIPService) looped(req *sip.Request) bool {
 			continue
 		}
 		host := registrar.CanonHost(v.Host)
-		for _, sk := range []*sock{s.lan, s.mesh} {
+		for _, sk := range s.socks() {
 			if sk.names(host, v.Port) {
 				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
 					return true
@@ -676,7 +677,11 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 			if h := p.req.To(); h != nil {
 				to = partyName(h.DisplayName, h.Address)
 			}
-			leg, err := s.legFor(callID, fromTag, from, to)
+			relay := s.cfg.Relay
+			if p.in == s.lan6 || out == s.lan6 {
+				relay = s.cfg.Relay6 // the far end is on the IPv6 Internet
+			}
+			leg, err := s.legFor(callID, fromTag, from, to, relay)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -727,7 +732,7 @@ func (p *proxyTx) start(b *branch, invite bool) {
 		switch {
 		case errors.Is(b.err, sip.ErrUDPMTUCongestion) || errors.Is(b.err, ssr.ErrTooBig):
 			b.final, b.local = s.respond(p.req, 513, "Message Too Large"), true // RFC 3261 §21.5.14
-		case b.req.Transport() == "TCP":
+		case b.req.Transport() == "TCP" && s.dialer == nil:
 			// The phone's connection is gone: it is not reachable until
 			// it registers again.
 			b.final, b.local = s.respond(p.req, 480, "Temporarily Unavailable"), true
@@ -785,6 +790,12 @@ func (s *SIPService) connReady(r *sip.Request) error {
 		key, network = r.Destination(), "tcp"
 	}
 	c, err := s.ua.TransportLayer().GetConnection(network, key)
+	if err != nil && network == "tcp" && s.dialer != nil {
+		// A gateway's Internet side opens the connection (uplinktcp.go).
+		if err = s.dialUplink(key); err == nil {
+			c, err = s.ua.TransportLayer().GetConnection(network, key)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("no %s connection for %s: %w", network, key, err)
 	}

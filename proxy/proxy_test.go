@@ -64,6 +64,13 @@ var rigMTU = 1500
 
 func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 	t.Helper()
+	return newMeshRigWith(t, n, nil, mod...)
+}
+
+// newMeshRigWith is newMeshRig with nodeMod called first on each node's
+// configuration, with the node (its host: sockets of its own).
+func newMeshRigWith(t testing.TB, n int, nodeMod func(*meshRig, *meshNode, *SIPServiceConfig), mod ...func(*SIPServiceConfig)) *meshRig {
+	t.Helper()
 	m := &meshRig{t: t, nw: memnet.New(memnet.Config{Seed: 7}), loc: registrar.NewMemLocation(),
 		accts: newTestAccounts(t, append([]string{"201", "202", "203", "204"}, roomExts()...)...)}
 	m.mesh = m.nw.NewSegment("mesh", memnet.LinkConfig{Delay: 5 * time.Millisecond})
@@ -109,6 +116,9 @@ func newMeshRig(t testing.TB, n int, mod ...func(*SIPServiceConfig)) *meshRig {
 			Rate:      -1}
 		if testing.Verbose() && os.Getenv("SIPLOG") != "" {
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", i)
+		}
+		if nodeMod != nil {
+			nodeMod(m, nd, &cfg)
 		}
 		for _, f := range mod {
 			f(&cfg)
@@ -383,6 +393,14 @@ func (p *tphone) answer(req *sip.Request, code int, reason, tag, body string) {
 		res.SetBody([]byte(body))
 	}
 	src, err := netip.ParseAddrPort(req.Source())
+	if v := req.Via(); err != nil && v != nil {
+		// A parsed message's Source is its Via's host:port, without the
+		// brackets of an IPv6 address.
+		var a netip.Addr
+		if a, err = netip.ParseAddr(strings.Trim(v.Host, "[]")); err == nil {
+			src = netip.AddrPortFrom(a, uint16(v.Port))
+		}
+	}
 	if err != nil {
 		p.t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func (s *SIPService) recordedRoute(u *sip.Uri, callID string) bool {
 	if !ok || tag == "" {
 		return false
 	}
-	for _, sk := range []*sock{s.lan, s.mesh} {
+	for _, sk := range s.socks() {
 		if hmac.Equal([]byte(tag), []byte(s.rrTag(sk.addr, callID))) {
 			return true
 		}
@@ -72,14 +72,14 @@ func (s *SIPService) dstAllowed(ap netip.AddrPort) bool {
 		a.IsMulticast() || a.IsUnspecified() || a.IsInterfaceLocalMulticast() {
 		return false
 	}
-	if a == s.lan.addr.Addr() || a == s.mesh.addr.Addr().WithZone("") {
+	if a == s.lan.addr.Addr() || a == s.mesh.addr.Addr().WithZone("") || s.lan6 != nil && a == s.lan6.addr.Addr() {
 		// Never this service itself; the node's other service on the
 		// mesh address (a gateway's two sides) only at its own port.
 		return s.cfg.LocalPeer.IsValid() && ap == s.cfg.LocalPeer
 	}
 	if a.Is6() {
-		mp, err := s.mesh.addr.Addr().WithZone("").Prefix(64)
-		return err == nil && mp.Contains(a)
+		// The mesh, or on a gateway with an IPv6 uplink the Internet.
+		return sameNet64(a, s.mesh.addr.Addr()) || s.lan6 != nil && s.internetAllowed(ap)
 	}
 	if s.cfg.LANPrefix.IsValid() {
 		return s.cfg.LANPrefix.Contains(a)

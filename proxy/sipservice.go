@@ -125,6 +125,16 @@ type SIPServiceConfig struct {
 	// does while the port is free) maps it unchanged, and Via's rport
 	// (RFC 3581) lets responses follow the mapping anyway.
 	LANPublic func() netip.Addr
+	// LAN6Addr, LAN6UDP and LAN6TCP are a gateway's Internet side on
+	// its uplink's global IPv6 address (uplink.go): a located server with
+	// only IPv6 addresses (AAAA, RFC 3263 §4.2) is reached from there,
+	// and callers on the IPv6 Internet reach the gateway there. Media of
+	// those calls goes through Relay6, whose side A is on that address
+	// (SDP c=IN IP6, RFC 4566 §5.7). Zero: IPv4 only.
+	LAN6Addr netip.AddrPort
+	LAN6UDP  net.PacketConn
+	LAN6TCP  net.Listener
+	Relay6   *sipalg.Relay
 	// LocalPeer is the node's other SIP service on its mesh address (on a
 	// gateway with phones: the Internet side for the node's service, the
 	// node's service for the Internet side), the one destination on the
@@ -232,6 +242,7 @@ type SIPService struct {
 	guard   sipnet.Guard // screens every datagram sipgo reads; counts
 	domains map[string]bool
 	lan     *sock
+	lan6    *sock // the Internet side's IPv6 socket; nil without one
 	mesh    *sock
 	echo    *phones.EchoService // nil without EchoListen
 	conf    *phones.ConfService // nil without Rooms
@@ -241,6 +252,8 @@ type SIPService struct {
 	uplinkRefused      atomic.Uint64    // requests from the Internet refused 403 (uplink.go)
 	rrKey              [32]byte         // keys the Record-Route tags (routecheck.go)
 	tcp                *sipnet.Listener // LANTCP within TCPLimits; nil without TCP
+	dialer             *uplinkDialer    // TCP to Internet servers (uplinktcp.go); nil: none
+	tcp6               *sipnet.Listener // LAN6TCP within TCPLimits; nil without
 	// peerLog logs what peers caused (a request not forwarded, a TCP
 	// connection refused, sipgo's parse errors through sipLog): rate
 	// limited per source and in total, values truncated (ratelog).
@@ -271,6 +284,9 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		return nil, fmt.Errorf("sip service: LANAddr %v: want an IPv4 address and port", cfg.LANAddr)
 	case !cfg.MeshAddr.IsValid() || !cfg.MeshAddr.Addr().Is6() || cfg.MeshAddr.Addr().Is4In6():
 		return nil, fmt.Errorf("sip service: MeshAddr %v: want an IPv6 address and port", cfg.MeshAddr)
+	case cfg.LAN6UDP != nil && (cfg.Uplink == nil || !cfg.LAN6Addr.Addr().Is6() || cfg.LAN6Addr.Addr().Is4In6() ||
+		sameNet64(cfg.LAN6Addr.Addr(), cfg.MeshAddr.Addr()) || cfg.Relay6 == nil):
+		return nil, fmt.Errorf("sip service: LAN6Addr %v: want a gateway's IPv6 uplink address outside the mesh, with Relay6", cfg.LAN6Addr)
 	}
 	if cfg.TimerC <= 0 {
 		cfg.TimerC = DefaultTimerC
@@ -327,7 +343,31 @@ func NewSIPService(cfg SIPServiceConfig) (*SIPService, error) {
 		}
 		s.tcp = sipnet.LimitListener(cfg.LANTCP, lim)
 	}
+	if cfg.Uplink != nil && cfg.Uplink.Dial != nil {
+		lim := cfg.TCPLimits
+		lim.OnDrop = func(src netip.AddrPort, err error) {
+			s.peerLog.Info("sip tcp connection to the Internet over limit", "dst", src, "err", err)
+		}
+		if lim.ServerName == "" {
+			lim.ServerName = cfg.ServerName
+		}
+		s.dialer = newUplinkDialer(cfg.Uplink.Dial, lim)
+	}
 	s.lan = mk("lan", cfg.LANAddr, sipalg.SideA)
+	if cfg.LAN6UDP != nil {
+		s.lan6 = mk("lan6", cfg.LAN6Addr, sipalg.SideA)
+		s.domains[cfg.LAN6Addr.Addr().WithZone("").String()] = true
+		if cfg.LAN6TCP != nil {
+			lim := cfg.TCPLimits
+			if lim.OnDrop == nil {
+				lim.OnDrop = s.tcpDropped
+			}
+			if lim.ServerName == "" {
+				lim.ServerName = cfg.ServerName
+			}
+			s.tcp6 = sipnet.LimitListener(cfg.LAN6TCP, lim)
+		}
+	}
 	s.mesh = mk("mesh", cfg.MeshAddr, sipalg.SideB)
 	s.lan.public = cfg.LANPublic
 
@@ -405,6 +445,14 @@ func (s *SIPService) Stats() SIPStats {
 	if s.tcp != nil {
 		st.TCPOpen, st.TCPRefused, st.TCPAcceptErrors = s.tcp.Open(), s.tcp.Refused.Load(), s.tcp.AcceptErrors.Load()
 	}
+	if s.tcp6 != nil {
+		st.TCPOpen += s.tcp6.Open()
+		st.TCPRefused += s.tcp6.Refused.Load()
+	}
+	if s.dialer != nil {
+		st.TCPOpen += s.dialer.ln.Open()
+		st.TCPRefused += s.dialer.ln.Refused.Load()
+	}
 	return st
 }
 
@@ -422,13 +470,23 @@ func (s *SIPService) Run(ctx context.Context) error {
 	defer s.cancel()
 
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 6)
 	lan := s.guard.Conn(s.cfg.LANUDP)
 	mesh := s.guard.Conn(s.cfg.MeshUDP)
 	wg.Go(func() { errs[0] = s.srv.ServeUDP(lan); s.cancel() })
 	wg.Go(func() { errs[1] = s.srv.ServeUDP(mesh); s.cancel() })
 	if s.cfg.LANTCP != nil {
 		wg.Go(func() { errs[2] = s.srv.ServeTCP(s.tcp); s.cancel() })
+	}
+	if s.dialer != nil {
+		wg.Go(func() { errs[3] = s.srv.ServeTCP(s.dialer.ln); s.cancel() })
+	}
+	if s.cfg.LAN6UDP != nil {
+		lan6 := s.guard.Conn(s.cfg.LAN6UDP)
+		wg.Go(func() { errs[4] = s.srv.ServeUDP(lan6); s.cancel() })
+	}
+	if s.tcp6 != nil {
+		wg.Go(func() { errs[5] = s.srv.ServeTCP(s.tcp6); s.cancel() })
 	}
 	wg.Go(func() { s.janitor(s.ctx) })
 	s.log.Info("sip service started", "lan", s.cfg.LANAddr, "mesh", s.cfg.MeshAddr, "tcp", s.cfg.LANTCP != nil)
@@ -441,6 +499,15 @@ func (s *SIPService) Run(ctx context.Context) error {
 	s.cfg.MeshUDP.Close()
 	if s.tcp != nil {
 		s.tcp.Close()
+	}
+	if s.dialer != nil {
+		s.dialer.ln.Close()
+	}
+	if s.cfg.LAN6UDP != nil {
+		s.cfg.LAN6UDP.Close()
+	}
+	if s.tcp6 != nil {
+		s.tcp6.Close()
 	}
 	wg.Wait()
 	// Terminating every transaction wakes the handlers blocked on them.
@@ -512,7 +579,7 @@ func (s *SIPService) handle(req *sip.Request, tx sip.ServerTransaction) {
 		rec = &answeringTx{ServerTransaction: tx}
 		tx = rec
 	}
-	if s.cfg.Uplink != nil && in == s.lan {
+	if s.cfg.Uplink != nil && s.isLAN(in) {
 		if s.uplinkRefuses(req, tx, src) { // uplink.go: never an open relay
 			return
 		}
@@ -645,19 +712,51 @@ func (s *SIPService) needsAuth(req *sip.Request) bool {
 // arrival is the socket a request came in on.
 func (s *SIPService) arrival(tx sip.ServerTransaction) *sock {
 	if st, ok := tx.(*sip.ServerTx); ok && st.Connection() != nil {
-		if ap, ok := sipnet.AddrPortOf(st.Connection().LocalAddr()); ok && ap.Addr() == s.mesh.addr.Addr() {
-			return s.mesh
+		if ap, ok := sipnet.AddrPortOf(st.Connection().LocalAddr()); ok {
+			switch {
+			case ap.Addr() == s.mesh.addr.Addr():
+				return s.mesh
+			case s.lan6 != nil && ap.Addr().Is6() && !ap.Addr().Is4In6():
+				// The IPv6 socket, or a connection the service opened
+				// from another of the uplink's IPv6 addresses.
+				return s.lan6
+			}
 		}
 	}
 	return s.lan
 }
 
-// sockFor is the socket that reaches dst: the mesh for IPv6, else the LAN.
+// sockFor is the socket that reaches dst: the mesh for IPv6, else the LAN;
+// on a gateway with an IPv6 uplink (lan6), IPv6 outside the mesh's /64
+// is the Internet.
 func (s *SIPService) sockFor(dst netip.Addr) *sock {
-	if dst.Unmap().Is6() {
+	dst = dst.Unmap()
+	if dst.Is6() {
+		if s.lan6 != nil && !sameNet64(dst, s.mesh.addr.Addr()) {
+			return s.lan6
+		}
 		return s.mesh
 	}
 	return s.lan
+}
+
+// isLAN reports the service's LAN sockets (on a gateway: its Internet
+// side, IPv4 and IPv6).
+func (s *SIPService) isLAN(sk *sock) bool { return sk == s.lan || sk != nil && sk == s.lan6 }
+
+// socks are the service's sockets.
+func (s *SIPService) socks() []*sock {
+	if s.lan6 != nil {
+		return []*sock{s.lan, s.lan6, s.mesh}
+	}
+	return []*sock{s.lan, s.mesh}
+}
+
+// sameNet64 reports whether a and b share their first 64 bits (the mesh
+// is one /64, ssr.MeshPrefix).
+func sameNet64(a, b netip.Addr) bool {
+	p, err := a.WithZone("").Prefix(64)
+	return err == nil && b.Is6() && p.Contains(b.WithZone(""))
 }
 
 // respond builds a response of our own to req, with the registrar's Via
@@ -676,8 +775,11 @@ func (s *SIPService) strayResponse(res *sip.Response) {
 		branch, _ := res.Via().Params.Get("branch")
 		if data, to, ok := s.guard.RelayedAgain(branch); ok {
 			pc := s.cfg.LANUDP
-			if s.sockFor(to.Addr()) == s.mesh {
+			switch s.sockFor(to.Addr()) {
+			case s.mesh:
 				pc = s.cfg.MeshUDP
+			case s.lan6:
+				pc = s.cfg.LAN6UDP
 			}
 			pc.WriteTo(data, net.UDPAddrFromAddrPort(to))
 			return

@@ -25,11 +25,13 @@ import (
 // call that leaves over the mesh.
 //
 // On a gateway, a second SIPService is the Internet side
-// (SIPServiceConfig.Uplink): its "LAN" socket is on the uplink (IPv4)
+// (SIPServiceConfig.Uplink): its "LAN" socket is on the uplink (IPv4;
+// with a global IPv6 address a second one there, SIPServiceConfig.LAN6Addr)
 // and its mesh socket on the gateway port of the node's mesh address. A
 // request outside a dialog arriving on that mesh socket — only mesh nodes
 // reach it — for a domain not the mesh's is located by RFC 3263
-// (UplinkConfig.Locate: NAPTR, SRV, A) and sent from the uplink, with the
+// (UplinkConfig.Locate: NAPTR, SRV, A/AAAA) and sent from the uplink,
+// over UDP or over TCP (UplinkConfig.Dial, uplinktcp.go), with the
 // uplink address in Via and Record-Route (double record-routing, RFC 5658)
 // — behind a NAT router the public one there and in the SDP
 // (SIPServiceConfig.LANPublic) — and the media anchored on the gateway's relay between its mesh side and
@@ -87,6 +89,12 @@ type UplinkConfig struct {
 	TrunkHost     string
 	TrunkTarget   func() (netip.AddrPort, bool)
 	TrunkPassword string
+	// Dial opens a TCP connection from the uplink (netx.Network.Dial):
+	// to a located server whose NAPTR/SRV records offer TCP (RFC 3263
+	// §4.1), or a route set's hop with ;transport=tcp, when no
+	// connection to it is open (uplinktcp.go). Nil: the Internet side
+	// sends over UDP only, TCP targets are skipped.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // trunkCall reports a request the provider delivers to the trunk's
@@ -182,19 +190,20 @@ func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, co
 			}
 			return t, false, 503, "Service Unavailable (locating the domain's SIP server failed)"
 		}
-		// The uplink side speaks UDP: the UDP targets in RFC 3263's order,
-		// the first now, the next ones if it fails (§4.3,
-		// nextServerOnFailure).
-		var dsts []netip.AddrPort
+		// The targets in RFC 3263's order, the first now, the next ones if
+		// it fails (§4.3, nextServerOnFailure): UDP ones, and TCP ones
+		// when the service can open connections (UplinkConfig.Dial).
+		var ts []uplink.Target
 		for _, tg := range targets {
-			if tg.Transport == "UDP" && s.internetAllowed(tg.Addr) && len(dsts) < maxLocatedTries {
-				dsts = append(dsts, tg.Addr)
+			if (tg.Transport == "UDP" || tg.Transport == "TCP" && s.dialer != nil) &&
+				s.internetAllowed(tg.Addr) && len(ts) < maxLocatedTries {
+				ts = append(ts, tg)
 			}
 		}
-		if len(dsts) == 0 {
-			return t, false, 404, "Not Found (no SIP server over UDP for the domain)"
+		if len(ts) == 0 {
+			return t, false, 404, "Not Found (no SIP server the gateway can reach for the domain)"
 		}
-		return target{uri: r.Recipient, dst: dsts[0], transport: "UDP", next: dsts[1:]}, true, 0, ""
+		return target{uri: r.Recipient, dst: ts[0].Addr, transport: ts[0].Transport, next: ts[1:]}, true, 0, ""
 	case s.cfg.Outbound != nil && in == s.lan && s.cfg.Uplink == nil:
 		gw, err := s.cfg.Outbound(ctx, r)
 		if err != nil {
@@ -208,11 +217,17 @@ func (s *SIPService) toInternet(r *sip.Request, in *sock) (t target, ok bool, co
 
 // internetAllowed reports an address the uplink may send a request to:
 // not the gateway itself, loopback, link-local, multicast or
-// unspecified, and IPv4 (the uplink side's family).
+// unspecified, and IPv4, or IPv6 outside the mesh when the uplink has
+// an IPv6 address (lan6).
 func (s *SIPService) internetAllowed(ap netip.AddrPort) bool {
 	a := ap.Addr().Unmap()
-	return ap.Port() != 0 && a.Is4() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() &&
-		!a.IsUnspecified() && a != s.lan.addr.Addr() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	if ap.Port() == 0 || a.Zone() != "" || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
+		return false
+	}
+	if a.Is6() {
+		return s.lan6 != nil && a != s.lan6.addr.Addr() && !sameNet64(a, s.mesh.addr.Addr())
+	}
+	return a != s.lan.addr.Addr() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // toTrunk routes a number dialled with a dial prefix: from a LAN phone to
@@ -383,7 +398,7 @@ func (p *proxyTx) nextServerOnFailure(base *sip.Request, callID, fromTag string)
 		b.next, b.silent = nil, false
 		p.s.peerLog.Info("SIP server failed, trying the next one of the domain", "call_id", callID,
 			"failed", b.req.Destination(), "next", next[0])
-		t := target{uri: *b.req.Recipient.Clone(), dst: next[0], transport: "UDP", next: next[1:]}
+		t := target{uri: *b.req.Recipient.Clone(), dst: next[0].Addr, transport: next[0].Transport, next: next[1:]}
 		return p.startBranches(base, []target{t}, callID, fromTag) > 0
 	}
 	return false

@@ -629,6 +629,7 @@ func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketCo
 		mc.Close()
 		return nil, nil, local, fmt.Errorf("unicast socket %s: %w", uaddr, err)
 	}
+	setLinkBuffers(uc)
 	return mc, uc, local, nil
 }
 

@@ -13,7 +13,10 @@
 // uplink's round trip and loss for its announcement. The gateway role in
 // the node (package gateway) uses all three.
 //
-// Only the transports sipmesh speaks are located: UDP and TCP. NAPTR
+// Only the transports sipmesh speaks are located: UDP and TCP (the
+// gateway's Internet side reaches both; its trunk registers over UDP
+// only, Trunk). One address family's failed query (a resolver refusing
+// AAAA) does not hide the other's addresses. NAPTR
 // services for TLS, SCTP or WebSocket (SIPS+D2T, SIP+D2S, SIP+D2W, …)
 // are skipped, as RFC 3263 §4.1 tells a client to discard records for
 // transports it does not support; a sips: URI is refused.

@@ -247,12 +247,17 @@ func (l *Locator) addresses(ctx context.Context, out []Target, transport, host s
 		types = append(types, dns.TypeAAAA)
 	}
 	before := len(out)
+	var qerr error
 	for _, qt := range types {
 		addrs := addrsOf(extra, host, qt)
 		if len(addrs) == 0 {
 			r, err := l.query(ctx, host, qt)
 			if err != nil {
-				return out, err
+				// One family's failure does not hide the other's
+				// addresses: resolvers and middleboxes that answer A but
+				// fail AAAA (or the reverse) are common.
+				qerr = cmp.Or(qerr, err)
+				continue
 			}
 			addrs = addrsOf(r.Answer, host, qt)
 		}
@@ -267,6 +272,9 @@ func (l *Locator) addresses(ctx context.Context, out []Target, transport, host s
 		}
 	}
 	if len(out) == before {
+		if qerr != nil {
+			return out, qerr
+		}
 		return out, fmt.Errorf("%w: %s has no address", ErrNotFound, strings.TrimSuffix(host, "."))
 	}
 	return out, nil

@@ -34,6 +34,8 @@ _sip._udp.srvonly.org. 60 IN SRV 0 0 5080 pbx.srvonly.org.
 pbx.srvonly.org.      60 IN CNAME real.srvonly.org.
 real.srvonly.org.     60 IN A 198.51.100.7
 plain.com.            60 IN A 203.0.113.5
+noaaaa.example.net.   60 IN A 192.0.2.50
+noa.example.net.      60 IN AAAA 2001:db8::51
 plain.com.            60 IN A 127.0.0.1
 dead.com.             60 IN NAPTR 10 10 "s" "SIP+D2U" "" _sip._udp.dead.com.
 _sip._udp.dead.com.   60 IN SRV 10 0 5060 nowhere.dead.com.
@@ -82,6 +84,11 @@ func startDNS(t *testing.T) (Exchange, *int) {
 		}
 		if name == "fail.example." {
 			m.Rcode = dns.RcodeServerFailure
+		}
+		// One family's query fails, the other's answers.
+		if name == "noaaaa.example.net." && q.Question[0].Qtype == dns.TypeAAAA ||
+			name == "noa.example.net." && q.Question[0].Qtype == dns.TypeA {
+			m.Answer, m.Rcode = nil, dns.RcodeRefused
 		}
 		w.WriteMsg(m)
 	})
@@ -137,6 +144,10 @@ func TestLocate(t *testing.T) {
 		// A numeric host is its own target.
 		{"sip:dave@192.0.2.44:5062;transport=tcp", false, []string{"TCP 192.0.2.44:5062"}},
 		{"sip:dave@[2001:db8::44]", false, []string{"UDP [2001:db8::44]:5060"}},
+		// A resolver that refuses one family's query: the other's
+		// addresses still count.
+		{"sip:erin@noaaaa.example.net", true, []string{"UDP 192.0.2.50:5060"}},
+		{"sip:erin@noa.example.net", true, []string{"UDP [2001:db8::51]:5060"}},
 	} {
 		l.IPv6 = tc.ipv6
 		got, err := l.Locate(ctx, uri(t, tc.uri))

@@ -233,7 +233,17 @@ func (t *Trunk) register(ctx context.Context, expires time.Duration) (time.Durat
 		}
 		targets = targets[:0]
 		for _, x := range ts {
-			targets = append(targets, x.Transport+" "+x.Addr.String())
+			// UDP only: the calls the provider delivers come to the
+			// Contact's UDP port, and the calls the gateway sends through
+			// the trunk go to the target over UDP (proxy's toTrunk); a
+			// registration over TCP would need the connection kept open
+			// for both (RFC 5626), which the trunk does not do.
+			if x.Transport == "UDP" {
+				targets = append(targets, x.Transport+" "+x.Addr.String())
+			}
+		}
+		if len(targets) == 0 {
+			return 0, "", fmt.Errorf("%w: %s: no server over UDP", ErrNotFound, t.cfg.Registrar.Host)
 		}
 	}
 	var errs []error

@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/miekg/dns"
 
 	"github.com/sipmesh/sipmesh/internal/kamailio"
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
@@ -359,4 +361,72 @@ func TestTrunkKamailio(t *testing.T) {
 	if st.Registered || !strings.Contains(st.LastError, "credentials refused") || strings.Contains(st.LastError, "not-the-password") {
 		t.Fatalf("wrong password: %+v", st)
 	}
+}
+
+// fakeDNS answers from rrs, in process (no socket: usable in virtual
+// time).
+func fakeDNS(t *testing.T, zone string) Exchange {
+	t.Helper()
+	var rrs []dns.RR
+	zp := dns.NewZoneParser(strings.NewReader(zone), "", "")
+	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+		rrs = append(rrs, rr)
+	}
+	if err := zp.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for _, rr := range rrs {
+			if strings.EqualFold(rr.Header().Name, q.Question[0].Name) && rr.Header().Rrtype == q.Question[0].Qtype {
+				m.Answer = append(m.Answer, rr)
+			}
+		}
+		return m, nil
+	}
+}
+
+// TestTrunkUDPOnly: the trunk registers over UDP only (its Contact and
+// the calls through it are UDP): a provider whose NAPTR puts TCP first is
+// registered with at its UDP server, and one that offers TCP only is an
+// error, with no REGISTER sent anywhere.
+func TestTrunkUDPOnly(t *testing.T) {
+	const zone = `
+prov.example.     60 IN NAPTR 10 10 "s" "SIP+D2T" "" _sip._tcp.prov.example.
+prov.example.     60 IN NAPTR 20 10 "s" "SIP+D2U" "" _sip._udp.prov.example.
+_sip._tcp.prov.example. 60 IN SRV 10 0 5060 tcp.prov.example.
+_sip._udp.prov.example. 60 IN SRV 10 0 5060 udp.prov.example.
+tcp.prov.example. 60 IN A 192.0.2.6
+udp.prov.example. 60 IN A 192.0.2.17
+tcponly.example.  60 IN NAPTR 10 10 "s" "SIP+D2T" "" _sip._tcp.tcponly.example.
+_sip._tcp.tcponly.example. 60 IN SRV 10 0 5060 tcp.prov.example.
+`
+	synctest.Test(t, func(t *testing.T) {
+		reg := &fakeRegistrar{answer: func(n int, req *sip.Request, authed bool) *sip.Response {
+			return sip.NewResponseFromRequest(req, 200, "OK", nil)
+		}}
+		for _, tc := range []struct{ host, want string }{
+			{"prov.example", "UDP 192.0.2.17:5060"},
+			{"tcponly.example", ""},
+		} {
+			tr, err := NewTrunk(TrunkConfig{Name: "prov", Registrar: mustURI("sip:" + tc.host), AOR: mustURI("sip:5550100@" + tc.host),
+				Username: "5550100", Password: "right", Contact: mustURI("sip:gw@198.51.100.2:5060"), Expires: time.Hour,
+				Client: reg, Locator: &Locator{Exchange: fakeDNS(t, zone)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := len(reg.sent())
+			_, target, err := tr.register(context.Background(), time.Hour)
+			if tc.want == "" {
+				if !errors.Is(err, ErrNotFound) || len(reg.sent()) != before {
+					t.Errorf("%s: err %v, %d REGISTERs: want ErrNotFound and none", tc.host, err, len(reg.sent())-before)
+				}
+				continue
+			}
+			if err != nil || target != tc.want {
+				t.Errorf("%s: registered at %q (%v), want %q", tc.host, target, err, tc.want)
+			}
+		}
+	})
 }

@@ -290,9 +290,9 @@ func gatewayRefused(t *testing.T, m *lineMesh, i int) uint64 {
 	return st.Gateway.Refused
 }
 
-// startDnsmasq serves example.net's SIP location records on inetDNS:53
-// and waits until it answers.
-func startDnsmasq(t *testing.T, ns *netns.NS, bin string) {
+// startDnsmasq serves example.net's SIP location records on inetDNS:53,
+// and the records of extra (dnsmasq options), and waits until it answers.
+func startDnsmasq(t *testing.T, ns *netns.NS, bin string, extra ...string) {
 	t.Helper()
 	dir := t.TempDir()
 	cmd := ns.Command(context.Background(), bin, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
@@ -304,6 +304,7 @@ func startDnsmasq(t *testing.T, ns *netns.NS, bin string) {
 		"--host-record=sip.example.net,"+inetKamailio,
 		// The mesh's public domain, pointed at the gateway (sip-domain).
 		"--host-record=voice.example.org,"+inetGateway)
+	cmd.Args = append(cmd.Args, extra...)
 	startDaemon(t, cmd, filepath.Join(dir, "dnsmasq.log"), "dnsmasq")
 	nw := ns.Network()
 	waitFor(t, 10*time.Second, "dnsmasq to answer", func() (bool, string) {
@@ -330,8 +331,9 @@ func startDnsmasq(t *testing.T, ns *netns.NS, bin string) {
 }
 
 // startKamailioNS runs the reference Kamailio (testdata/kamailio, digest
-// authentication of REGISTER) as example.net on inetKamailio:5060.
-func startKamailioNS(t *testing.T, ns *netns.NS, bin string) (logPath string) {
+// authentication of REGISTER) as example.net on inetKamailio:5060, its
+// configuration changed by edits.
+func startKamailioNS(t *testing.T, ns *netns.NS, bin string, edits ...func(string) string) (logPath string) {
 	t.Helper()
 	cfg, err := os.ReadFile(filepath.Join("..", "..", "testdata", "kamailio", "kamailio.cfg"))
 	if err != nil {
@@ -340,6 +342,9 @@ func startKamailioNS(t *testing.T, ns *netns.NS, bin string) (logPath string) {
 	text := strings.Replace(string(cfg), "listen=udp:127.0.0.1:5070", "listen=udp:"+inetKamailio+":5060", 1)
 	if text == string(cfg) {
 		t.Fatal("kamailio.cfg: no listen line to move")
+	}
+	for _, e := range edits {
+		text = e(text)
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "kamailio.cfg")

@@ -5,7 +5,9 @@ package peerbench
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,7 +30,7 @@ import (
 var (
 	roundDur  = flag.Duration("peerbench.round", 10*time.Second, "length of one measurement round of one server")
 	rounds    = flag.Int("peerbench.rounds", 3, "A/B rounds per row; the table shows the median")
-	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls,gateway", "rows to measure, comma-separated")
+	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls,rtp,gateway", "rows to measure, comma-separated")
 	users     = flag.Int("peerbench.users", 100, "subscribers the REGISTER load cycles through")
 	window    = flag.Int("peerbench.window", 50, "SIPp's limit of calls in progress (-l): the load is closed-loop")
 	serverCPU = flag.String("peerbench.server-cpu", "1", "taskset -c list for the servers (both get the same)")
@@ -70,19 +73,24 @@ type rig struct {
 	inet            *netns.NS // the emulated Internet of the gateway row
 	sock            string
 	nodePID         int
-	peerPID         int // the peer server of the current row (its process group)
+	stops           map[int]func() // by PID: stop a daemon (SIGTERM, then SIGKILL)
+	nodeCfg         string         // n1's configuration (startNode)
+	peerPID         int            // the peer server of the current row (its process group)
 	kamailioPID     int
 	tools           map[string]string
 	added           map[int]bool // extensions addUser created
+	n2Log           string
+	phase           uint32       // the rtp row's last measurement phase
+	rtpTargets      []*rtpTarget // the rtp row's sipmesh and rtpengine
 }
 
 func TestPeers(t *testing.T) {
 	netns.RequireRoot(t)
 	r := &rig{t: t, dir: t.TempDir(), tools: map[string]string{}}
-	for _, tool := range []string{"sipp", "kamailio", "unbound", "dnsperf", "taskset"} {
+	for _, tool := range []string{"sipp", "kamailio", "unbound", "dnsperf", "taskset", "rtpengine"} {
 		p, err := exec.LookPath(tool)
 		if err != nil {
-			t.Fatalf("%s not found: `make bench-peers` installs it (sip-tester, kamailio, unbound, dnsperf, util-linux): %v", tool, err)
+			t.Fatalf("%s not found: `make bench-peers` installs it (sip-tester, kamailio, unbound, dnsperf, util-linux, rtpengine-daemon): %v", tool, err)
 		}
 		r.tools[tool] = p
 	}
@@ -100,10 +108,6 @@ func TestPeers(t *testing.T) {
 	// The callee of the calls row is another phone: an address of its own.
 	r.cli.Run(t, "ip", "addr", "add", nodeCallee+"/24", "dev", "eth0")
 	r.cli.Run(t, "ip", "addr", "add", peerCallee+"/24", "dev", "eth1")
-	// The node needs a mesh: alone it has no ring, never claims its name
-	// (n1.mesh would not resolve) and keeps no DHT. A second node, n2, on
-	// the other end of the mesh link, unpinned from the server core and
-	// given no load, is the smallest mesh.
 	// The Internet: both servers' uplinks on one bridge with the callee.
 	r.inet = netns.New(t, "inet")
 	r.inet.Run(t, "ip", "link", "add", "br0", "type", "bridge")
@@ -117,22 +121,31 @@ func TestPeers(t *testing.T) {
 		r.inet.Run(t, "ip", "link", "set", up.port, "master", "br0")
 		up.ns.Run(t, "ip", "addr", "add", up.addr+inetNetmask, "dev", "up0")
 	}
+	// The node needs a mesh: alone it has no ring, never claims its name
+	// (n1.mesh would not resolve) and keeps no DHT. A second node, n2, on
+	// the other end of the mesh link, on the client core, is the smallest
+	// mesh (the rtp row's callee sits on its LAN).
 	r.nbr = netns.New(t, "n2")
 	netns.Veth(t, r.node, "mesh0", r.nbr, "mesh0")
 	r.node.LinkLocal(t, "mesh0")
 	r.nbr.LinkLocal(t, "mesh0")
+	// n2 has a phone LAN of its own (the rtp row's callee is on it: the
+	// node relays media only for calls between a LAN and the mesh).
+	netns.Veth(t, r.nbr, "lan0", r.cli, "eth2")
+	r.cli.Run(t, "ip", "addr", "add", n2Callee+"/24", "dev", "eth2")
 
 	r.startNode()
 	want := strings.Split(*rowsFlag, ",")
 	var table, notes []string
 	for _, row := range []struct {
-		name  string
-		setup func() (sipmesh, peer func() (float64, string))
+		name, unit string
+		setup      func() (sipmesh, peer func() (float64, string))
 	}{
-		{"dns", r.dnsRow},
-		{"register", r.registerRow},
-		{"calls", r.callsRow},
-		{"gateway", r.gatewayRow},
+		{"dns", "/s", r.dnsRow},
+		{"register", "/s", r.registerRow},
+		{"calls", "/s", r.callsRow},
+		{"rtp", " streams", r.rtpRow},
+		{"gateway", "/s", r.gatewayRow}, // last: it restarts n1 as a gateway
 	} {
 		if !slices.Contains(want, row.name) {
 			continue
@@ -143,7 +156,7 @@ func TestPeers(t *testing.T) {
 		for i := range *rounds {
 			x, nx := r.withCPU(r.nodePID, ours)
 			y, ny := r.withCPU(r.peerPID, theirs)
-			note := fmt.Sprintf("%s round %d: sipmesh %.0f/s (%s), peer %.0f/s (%s)", row.name, i+1, x, nx, y, ny)
+			note := fmt.Sprintf("%s round %d: sipmesh %.0f%s (%s), peer %.0f%s (%s)", row.name, i+1, x, row.unit, nx, y, row.unit, ny)
 			t.Log(note)
 			notes = append(notes, note)
 			a, b = append(a, x), append(b, y)
@@ -154,6 +167,12 @@ func TestPeers(t *testing.T) {
 			ratio = ma / mb
 		}
 		table = append(table, fmt.Sprintf("%-9s %10.0f %10.0f %8.3f", row.name, ma, mb, ratio))
+		if row.name == "rtp" {
+			for _, note := range r.rtpNotes(int(ma)) {
+				t.Log(note)
+				notes = append(notes, note)
+			}
+		}
 		t.Logf("sipmesh node after %s: %s", row.name, r.status())
 		note := fmt.Sprintf("%s: node RSS %d kB idle before the load, %s", row.name, idle, r.settle(idle))
 		t.Log(note)
@@ -165,6 +184,11 @@ func TestPeers(t *testing.T) {
 	}
 	fmt.Printf("(per second, median of %d interleaved rounds of %v; servers pinned to CPU %s; ratio = sipmesh/peer)\n",
 		*rounds, *roundDur, *serverCPU)
+	if slices.Contains(want, "rtp") {
+		fmt.Printf("(rtp: concurrent 20 ms G.711 streams with p99 added latency <= 1 ms and loss < 0.1 %%, peer rtpengine\n"+
+			" with userspace forwarding; each step of the search lasts one round; sipmesh's media also crosses n2's relay,\n"+
+			" which runs on the load generator's CPU %s: a bias against sipmesh)\n", *clientCPU)
+	}
 	// The load is closed-loop (SIPp -l, dnsperf -q): a server that drops
 	// requests is measured at what it completes, and its losses show here.
 	for _, n := range notes {
@@ -232,29 +256,55 @@ func median(v []float64) float64 {
 func (r *rig) startNode() {
 	t := r.t
 	admin := filepath.Join(r.dir, "admin.key")
-	if _, _, err := gateway.LoadOrCreateAdminKey(admin); err != nil {
+	adminKey, _, err := gateway.LoadOrCreateAdminKey(admin)
+	if err != nil {
 		t.Fatal(err)
 	}
+	// n2 checks the subscriber records n1 signs with the administrator key.
+	adminPub := hex.EncodeToString(adminKey.Public().(ed25519.PublicKey))
 	sockDir, err := os.MkdirTemp("", "smpb")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	r.sock = filepath.Join(sockDir, "n1.sock")
-	// It is the mesh's Internet gateway too (uplink up0, the gateway
-	// row): its phones' calls to the Internet leave through it.
-	cfg := fmt.Sprintf("name %s\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\nadmin-key %s\n"+
-		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n"+
-		"uplink-interface up0\npublic-address %s\ndns-upstream %s\n",
-		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr, nodeUplink, inetNoDNS)
+	// The default configuration with its phone LAN; the gateway row
+	// restarts it as the mesh's Internet gateway (restartAsGateway).
+	r.nodeCfg = fmt.Sprintf("name %s\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\nadmin-key %s\n"+
+		"lan-interface lan0\nlan-address %s/24\ndhcp off\ndigest-algorithms MD5\n",
+		nodeName, filepath.Join(r.dir, "state"), r.sock, admin, nodeAddr)
+	logPath := r.runNode(r.nodeCfg)
+	nbrCfg := r.writeFile("n2.conf", fmt.Sprintf("name n2\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\n"+
+		"admin-public-key %s\nlan-interface lan0\nlan-address %s/24\ndhcp off\n",
+		filepath.Join(r.dir, "n2state"), filepath.Join(sockDir, "n2.sock"), adminPub, n2Addr))
+	n2Log := filepath.Join(r.dir, "n2.log")
+	r.n2Log = n2Log
+	r.daemon("sipmesh node n2", r.nbr, *clientCPU, n2Log, r.bin, "node", "--config", nbrCfg)
+	for _, l := range []string{logPath, n2Log} {
+		r.waitFor(30*time.Second, "the phone LAN of "+filepath.Base(l), func() (bool, string) {
+			b, _ := os.ReadFile(l)
+			return bytes.Contains(b, []byte("phone LAN up")), lastLines(string(b), 10)
+		})
+	}
+}
+
+// runNode starts n1 with configuration cfg, pinned to the server core,
+// and returns its log's path.
+func (r *rig) runNode(cfg string) string {
 	cfgPath := r.writeFile("node.conf", cfg)
 	logPath := filepath.Join(r.dir, "node.log")
 	// taskset and `ip netns exec` exec, so the PID is the node's own.
 	r.nodePID = r.daemon("sipmesh node", r.node, *serverCPU, logPath, r.bin, "node", "--config", cfgPath)
-	nbrCfg := r.writeFile("n2.conf", fmt.Sprintf("name n2\nstate-dir %s\ncontrol %s\nmesh-interface mesh0\n",
-		filepath.Join(r.dir, "n2state"), filepath.Join(sockDir, "n2.sock")))
-	r.daemon("sipmesh node n2", r.nbr, *clientCPU, filepath.Join(r.dir, "n2.log"), r.bin, "node", "--config", nbrCfg)
-	r.waitFor(30*time.Second, "the node's phone LAN", func() (bool, string) {
+	return logPath
+}
+
+// restartAsGateway restarts n1 as the mesh's Internet gateway (uplink
+// up0): the other rows measure the default configuration, this one the
+// gateway its phones' calls to the Internet leave through.
+func (r *rig) restartAsGateway() {
+	r.stops[r.nodePID]()
+	logPath := r.runNode(r.nodeCfg + fmt.Sprintf("uplink-interface up0\npublic-address %s\ndns-upstream %s\n", nodeUplink, inetNoDNS))
+	r.waitFor(30*time.Second, "the gateway's phone LAN", func() (bool, string) {
 		b, _ := os.ReadFile(logPath)
 		return bytes.Contains(b, []byte("phone LAN up")), lastLines(string(b), 10)
 	})
@@ -324,23 +374,31 @@ func (r *rig) daemon(name string, ns *netns.NS, cpus, logPath string, args ...st
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	t.Cleanup(func() {
-		defer logf.Close()
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-			t.Errorf("%s still running 10 s after SIGTERM; killed", name)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("%s log:\n%s", name, lastLines(string(b), 30))
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			defer logf.Close()
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-done
+				t.Errorf("%s still running 10 s after SIGTERM; killed", name)
+			}
+			if t.Failed() {
+				b, _ := os.ReadFile(logPath)
+				t.Logf("%s log:\n%s", name, lastLines(string(b), 30))
+			}
+		})
+	}
+	t.Cleanup(stop)
+	if r.stops == nil {
+		r.stops = map[int]func(){}
+	}
+	r.stops[cmd.Process.Pid] = stop
 	return cmd.Process.Pid
 }
 
@@ -640,6 +698,7 @@ func (r *rig) callsRow() (func() (float64, string), func() (float64, string)) {
 // calls through Kamailio as a plain outbound proxy (challenge, then
 // relay from its uplink address). The caller is authenticated on both.
 func (r *rig) gatewayRow() (func() (float64, string), func() (float64, string)) {
+	r.restartAsGateway()
 	r.startKamailio()
 	r.addUser(2000)
 	callerCSV := r.usersCSV("caller.csv", 2000, 1)
