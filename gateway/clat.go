@@ -13,7 +13,8 @@ import (
 // phones fetching the time, their firmware, their provisioning) reach
 // the IPv4 Internet through the mesh. The node translates their packets
 // statelessly (nat64.NewCLAT) to IPv6 from its CLAT prefix (clat-prefix:
-// a /96 the mesh routes back to this node) to the NAT64 prefix of the
+// a /96 the mesh routes back to this node; with ip-network on, by default
+// meship.CLATPrefix of the node's ID) to the NAT64 prefix of the
 // gateway it would use (nat64exit.go), which the kernel routes into the
 // mesh (or, on a gateway, into its own NAT64 device); the gateway's
 // NAT64 does the stateful part. The kernel brings the LAN's IPv4 packets
@@ -24,9 +25,9 @@ import (
 const (
 	// clatDevice is the CLAT's TUN device.
 	clatDevice = "sipmesh-clat"
-	// clatMTU is the device MTU (the IPv4 LAN's); the IPv6 side is the
-	// mesh's, also taken as 1500: bigger translations get Fragmentation
-	// Needed (DF) or IPv6 fragments (RFC 7915 §4.1).
+	// clatMTU is the device MTU and the IPv4 side's (the LAN's); the
+	// IPv6 side is the mesh's (Node.ipv6MTU): bigger translations get
+	// Fragmentation Needed (DF) or IPv6 fragments (RFC 7915 §4.1).
 	clatMTU = 1500
 	// clatTable and clatPriority are the routing table and policy rule
 	// priority of the LAN's IPv4 packets to the CLAT.
@@ -46,7 +47,7 @@ func (n *Node) runCLAT(ctx context.Context) error {
 	if !ok {
 		prefix = o.NAT64Prefix // until a gateway is known
 	}
-	tr, err := nat64.NewCLAT(nat64.CLATConfig{CLAT: o.CLATPrefix, Prefix: prefix, MTU4: clatMTU, MTU6: clatMTU})
+	tr, err := nat64.NewCLAT(nat64.CLATConfig{CLAT: o.CLATPrefix, Prefix: prefix, MTU4: clatMTU, MTU6: n.ipv6MTU()})
 	if err != nil {
 		log.Error("CLAT not running", "err", err)
 		return nil

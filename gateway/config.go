@@ -58,6 +58,12 @@ type Options struct {
 	// signed (an admission, AdmissionFile) get links; open, anyone may
 	// join. Needs the administrator's public key.
 	MeshAdmissionClosed bool
+	// IPNetwork makes the mesh an IPv6 network (package meship): a TUN
+	// (IPNetworkTUN) carrying the mesh /48, the node's LAN prefix on the
+	// LAN interface, IPv6 forwarding on. Off by default: it needs
+	// CAP_NET_ADMIN and changes the kernel's routing, which a node on a
+	// laptop may not want; routers turn it on.
+	IPNetwork bool
 	// Control is the path of the local control socket (HTTP+JSON over a
 	// Unix socket) that `sipmesh status` and `sipmesh ping` talk to; empty
 	// means none.
@@ -455,6 +461,7 @@ var setters = map[string]setter{
 		return nil
 	}},
 	"mesh-encryption": {fn: func(o *Options, v string) error { return parseOnOff(v, &o.MeshEncryption) }},
+	"ip-network":      {fn: func(o *Options, v string) error { return parseOnOff(v, &o.IPNetwork) }},
 	"mesh-admission": {fn: func(o *Options, v string) error {
 		switch v {
 		case "open", "closed":

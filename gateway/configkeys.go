@@ -51,6 +51,13 @@ var configKeyDocs = []struct {
 			}
 			return "open"
 		}},
+	{"ip-network", "", "IPv6 over the mesh (TUN " + IPNetworkTUN + ", the mesh /48, a LAN /116 and a CLAT /96 per node; needs root): on or off",
+		func(o Options) string {
+			if o.IPNetwork {
+				return "on"
+			}
+			return "off"
+		}},
 	{"control", "none", "control socket of `sipmesh status`, `ping`, `user`, `phone`, `forward`, `alias`, `lookup`, `gateways` (none: no socket)",
 		func(o Options) string { return o.Control }},
 	{"log-level", "", "least severe level logged: debug, info, warn or error",
@@ -98,7 +105,7 @@ var configKeyDocs = []struct {
 			}
 			return "off"
 		}},
-	{"clat-prefix", "none", "this node's CLAT prefix (an IPv6 /96 routed to the node): IPv4 hosts on the LAN reach the IPv4 Internet through it and a gateway's NAT64 (RFC 6877; none: no CLAT)",
+	{"clat-prefix", "none", "this node's CLAT prefix (an IPv6 /96 routed to the node): IPv4 hosts on the LAN reach the IPv4 Internet through it and a gateway's NAT64 (RFC 6877; none: no CLAT, but with ip-network on a node with a LAN takes its own /96 in fdca:654::/32)",
 		func(o Options) string { return showPrefix(o.CLATPrefix) }},
 	{"nat64-pool", "", "the IPv4 addresses of the gateway's NAT64 (a prefix, at most a /24; every address in it), masqueraded out of the uplink",
 		func(o Options) string { return o.NAT64Pool.String() }},

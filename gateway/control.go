@@ -62,6 +62,8 @@ type NodeStatus struct {
 	Gateway *GatewayRoleStatus `json:"gateway,omitempty"`
 	// Gateways are the live gateways this node knows, best first.
 	Gateways []GatewayInfo `json:"gateways,omitempty"`
+	// IPNetwork is the IPv6 data plane (ip-network on).
+	IPNetwork *IPNetworkStatus `json:"ip_network,omitempty"`
 }
 
 // PingResult is the answer of GET /ping.

@@ -24,10 +24,11 @@ import (
 const (
 	// nat64Device is the TUN device of the gateway's NAT64.
 	nat64Device = "sipmesh-nat64"
-	// nat64MTU is the device MTU: the translator's IPv6 side is the mesh,
-	// whose packets are at most this long (IPv6 minimum MTU room for the
-	// SSR header on a 1500-byte link is the mesh data plane's business;
-	// the translator sends Packet Too Big above MTU6, RFC 7915 §4.1).
+	// nat64MTU is the device MTU and the translator's IPv4 side (the
+	// uplink's). Its IPv6 side is the mesh (Node.ipv6MTU: the IP
+	// network's TUN MTU), so that IPv4 packets that would not fit the mesh
+	// once translated get Fragmentation Needed or are fragmented (RFC
+	// 7915 §4.1).
 	nat64MTU = 1500
 	// nat64Expire is how often idle sessions are swept (the packet path
 	// expires as it goes; this frees memory after a busy spell).
@@ -48,7 +49,7 @@ func (g *gatewayRole) runNAT64(ctx context.Context) error {
 	for a := o.NAT64Pool.Masked().Addr(); o.NAT64Pool.Contains(a) && len(pool) < maxPool; a = a.Next() {
 		pool = append(pool, a)
 	}
-	tr, err := nat64.New(nat64.Config{Prefix: o.NAT64Prefix, Pool: pool, MTU6: nat64MTU})
+	tr, err := nat64.New(nat64.Config{Prefix: o.NAT64Prefix, Pool: pool, MTU4: nat64MTU, MTU6: n.ipv6MTU()})
 	if err != nil {
 		return g.nat64Failed(log, err)
 	}

@@ -169,6 +169,24 @@ func (n *Node) WriteMetrics(out io.Writer) error {
 			})
 		}
 	}
+	if ip := n.ipStatus(); ip != nil {
+		all([]metric{
+			{"sipmesh_ip_packets_from_tun_total", metrics.Counter, "IPv6 packets the kernel routed into the mesh TUN.", float64(ip.FromTUN)},
+			{"sipmesh_ip_packets_to_mesh_total", metrics.Counter, "IPv6 packets sent to other nodes over the mesh.", float64(ip.ToMesh)},
+			{"sipmesh_ip_packets_from_mesh_total", metrics.Counter, "IPv6 packets other nodes sent to this one.", float64(ip.FromMesh)},
+			{"sipmesh_ip_packets_to_tun_total", metrics.Counter, "IPv6 packets written into the TUN (ICMPv6 errors included).", float64(ip.ToTUN)},
+			{"sipmesh_ip_malformed_total", metrics.Counter, "Packets that were not IPv6.", float64(ip.Malformed)},
+			{"sipmesh_ip_link_scope_total", metrics.Counter, "Link-local and multicast packets from the TUN (its router solicitations, MLD, redirects): not carried.", float64(ip.LinkScope)},
+			{"sipmesh_ip_spoofed_total", metrics.Counter, "Packets dropped: source not the sending side's.", float64(ip.Spoofed)},
+			{"sipmesh_ip_not_ours_total", metrics.Counter, "Packets from the mesh for addresses this node does not serve.", float64(ip.NotOurs)},
+			{"sipmesh_ip_no_route_total", metrics.Counter, "Packets with no node or exit (Destination Unreachable sent).", float64(ip.NoRoute)},
+			{"sipmesh_ip_too_big_total", metrics.Counter, "Packets over the MTU (Packet Too Big sent).", float64(ip.TooBig)},
+			{"sipmesh_ip_unreachable_total", metrics.Counter, "Mesh reports of an unreachable node answered with Destination Unreachable.", float64(ip.Unreachable)},
+			{"sipmesh_ip_icmp_limited_total", metrics.Counter, "ICMPv6 errors not sent for the rate limit.", float64(ip.ICMPLimited)},
+			{"sipmesh_ip_send_errors_total", metrics.Counter, "Mesh sends of IP packets that failed.", float64(ip.SendErrors)},
+			{"sipmesh_ip_tun_errors_total", metrics.Counter, "Packets the TUN refused or lost.", float64(ip.TUNErrors)},
+		})
+	}
 	return w.Flush()
 }
 

@@ -107,6 +107,22 @@ func (g *gatewayDir) nat64Exit(dst netip.Addr) (ssr.NodeID, bool) {
 	return id, bits >= 0
 }
 
+// nat64Prefixes returns the NAT64 prefixes that have an exit now, at
+// most max of them (the routes into the mesh, ipnet.go).
+func (g *gatewayDir) nat64Prefixes(max int) []netip.Prefix {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.recheckExitsLocked(g.now())
+	ps := make([]netip.Prefix, 0, min(len(g.exits), max))
+	for p := range g.exits {
+		if len(ps) == max {
+			break
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
 // nat64Prefix is the prefix DNS64 synthesizes with now (see above); ok
 // is false when no gateway offers NAT64.
 func (g *gatewayDir) nat64Prefix() (netip.Prefix, bool) {

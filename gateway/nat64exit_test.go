@@ -46,6 +46,10 @@ func TestNAT64ExitFailover(t *testing.T) {
 	if p, ok := g.nat64Prefix(); !ok || p != dns64.WellKnownPrefix {
 		t.Errorf("DNS64 prefix %v, %v", p, ok)
 	}
+	// The prefixes routed into the mesh (ipnet.go): one, offered twice.
+	if ps := g.nat64Prefixes(maxExitRoutes); !slices.Equal(ps, []netip.Prefix{dns64.WellKnownPrefix}) {
+		t.Errorf("routed prefixes %v, want only %v", ps, dns64.WellKnownPrefix)
+	}
 	nat64s := 0
 	for _, gi := range g.list() {
 		if gi.NAT64 == "64:ff9b::/96" && slices.Contains(gi.Offers, "nat64") {
@@ -100,6 +104,9 @@ func TestNAT64ExitFailover(t *testing.T) {
 	if p, ok := g.nat64Prefix(); !ok || p != nsp {
 		t.Errorf("DNS64 prefix %v, %v; want %v", p, ok, nsp)
 	}
+	if ps := g.nat64Prefixes(maxExitRoutes); !slices.Equal(ps, []netip.Prefix{nsp}) {
+		t.Errorf("routed prefixes %v, want only %v (the Well-Known Prefix's route goes)", ps, nsp)
+	}
 	// The data plane finds g2 unreachable: no exit until it answers.
 	g.failedExit(g2)
 	if id, ok := g.nat64Exit(dns64.Embed(nsp, netip.MustParseAddr("198.51.100.7"))); ok {
@@ -107,6 +114,9 @@ func TestNAT64ExitFailover(t *testing.T) {
 	}
 	if p, ok := g.nat64Prefix(); ok {
 		t.Errorf("DNS64 prefix %v with no usable NAT64 gateway", p)
+	}
+	if ps := g.nat64Prefixes(maxExitRoutes); len(ps) != 0 {
+		t.Errorf("routed prefixes %v with no usable NAT64 gateway", ps)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipmesh/sipmesh/meship"
 	"github.com/sipmesh/sipmesh/nat64/tun64"
 	"github.com/sipmesh/sipmesh/netx"
 	"github.com/sipmesh/sipmesh/registrar"
@@ -69,6 +70,8 @@ type Node struct {
 	openTUN  func(name string, mtu int) (tun64.Device, error)
 	wire     func(tun64.Wiring) (interface{ Down() error }, error)
 	wireCLAT func(tun64.CLATWiring) (interface{ Down() error }, error)
+
+	ip ipNet // the IP network (ip-network on)
 }
 
 // NewNode loads (or, on first start, creates) the node key in
@@ -84,11 +87,17 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	}
 	base := log.With("name", opts.Name)
 	n := &Node{opts: opts, base: base, log: base.With("component", "gateway.node"), network: network, start: time.Now()}
-	if _, kernel := network.(netx.Kernel); kernel {
+	_, kernel := network.(netx.Kernel)
+	if kernel {
 		n.addAddress, n.removeAddress = netx.AddAddress, netx.RemoveAddress
 		n.openTUN = tun64.OpenTUN
 		n.wire = func(w tun64.Wiring) (interface{ Down() error }, error) { return w.Up() }
 		n.wireCLAT = func(w tun64.CLATWiring) (interface{ Down() error }, error) { return w.Up() }
+	}
+	if opts.IPNetwork && !kernel {
+		// The TUN and routes are the kernel's: a node on an emulated
+		// network (memnet, a namespace's sockets) has none to give.
+		return nil, &ConfigError{Field: "ip-network", Err: errors.New("on needs the kernel's network, not an emulated one")}
 	}
 	key, created, err := LoadOrCreateKey(opts.StateDir)
 	if err != nil {
@@ -147,6 +156,12 @@ func NewNode(opts Options, network netx.Network, log *slog.Logger) (*Node, error
 	if created {
 		n.log.Info("created node key", "file", filepath.Join(opts.StateDir, KeyFile), "id", n.router.ID())
 	}
+	if opts.IPNetwork && opts.LANInterface != "" && !opts.CLATPrefix.IsValid() {
+		// The CLAT prefix the whole mesh routes back to this node (meship:
+		// CLATNet + ID), so the IPv4 LAN reaches the Internet through the
+		// mesh and a gateway's NAT64 (clat.go).
+		n.opts.CLATPrefix = meship.CLATPrefix(n.router.ID())
+	}
 	if err := n.newServices(key, adminPub); err != nil {
 		return nil, err
 	}
@@ -194,6 +209,13 @@ func (n *Node) Run(ctx context.Context) error {
 		svcErr = n.runServices(ctx)
 		cancel()
 	})
+	var ipErr error
+	if n.opts.IPNetwork {
+		wg.Go(func() {
+			ipErr = n.runIPNetwork(ctx)
+			cancel()
+		})
+	}
 	if ctl != nil {
 		wg.Go(func() {
 			ctlErr = ctl.serve(ctx)
@@ -203,7 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 	n.log.Info("node stopped")
-	if err := errors.Join(routerErr, ctlErr, svcErr); err != nil {
+	if err := errors.Join(routerErr, ctlErr, svcErr, ipErr); err != nil {
 		return fmt.Errorf("node %s: %w", n.opts.Name, err)
 	}
 	return nil

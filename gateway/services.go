@@ -170,7 +170,9 @@ func (n *Node) runServices(ctx context.Context) error {
 			run("nat64", s.role.runNAT64)
 		}
 	}
-	if n.opts.LANInterface != "" || s.role != nil {
+	if n.opts.LANInterface != "" || s.role != nil || n.opts.IPNetwork {
+		// The IP network needs the view too: its NAT64 exits and routes
+		// (ipnet.go), and the check of the exits' answers.
 		run("gateways", n.runGatewayDir)
 	}
 	var err error
@@ -578,6 +580,7 @@ func (n *Node) Status() NodeStatus {
 		st.Gateway = n.svc.role.status()
 	}
 	st.Gateways = n.svc.gws.list()
+	st.IPNetwork = n.ipStatus()
 	return st
 }
 

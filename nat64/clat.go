@@ -47,7 +47,7 @@ type CLATConfig struct {
 // translate IPv4 packets of LAN hosts to IPv6, In6 translates IPv6
 // packets from the NAT64 prefix to the CLAT prefix to IPv4.
 func NewCLAT(cfg CLATConfig) (*Translator, error) {
-	c, err := newPrefix(cfg.CLAT)
+	c, err := newCLATPrefix(cfg.CLAT)
 	if err != nil {
 		return nil, fmt.Errorf("nat64: CLAT prefix: %w", err)
 	}
@@ -70,6 +70,27 @@ func NewCLAT(cfg CLATConfig) (*Translator, error) {
 	}
 	t.clat = &c
 	return t, nil
+}
+
+// newCLATPrefix is newPrefix for the CLAT's own /96, whose u octet (bits
+// 64–71) may be set. RFC 6052 §2.2 keeps it zero so that an embedded
+// address reads as an IPv6 interface identifier; a CLAT prefix is never
+// synthesized by DNS64 or parsed by a NAT64 (the stateful NAT64 of RFC
+// 6146 maps its addresses as opaque IPv6 sources), only routed back to
+// the node and read by the CLAT itself, which takes the IPv4 address from
+// bits 96–127. A mesh node's CLAT /96 carries its whole 64-bit ID
+// (meship.CLATPrefix), which cannot leave the u octet free.
+func newCLATPrefix(p netip.Prefix) (prefix, error) {
+	if p.IsValid() && p.Bits() == 96 && p.Addr().Is6() && p.Addr().As16()[8] != 0 {
+		a := p.Addr().As16()
+		a[8] = 0
+		if _, err := newPrefix(netip.PrefixFrom(netip.AddrFrom16(a), 96)); err != nil {
+			return prefix{}, err
+		}
+		off, _ := v4Offsets(96)
+		return prefix{a: p.Addr().As16(), bytes: 12, off: off}, nil
+	}
+	return newPrefix(p)
 }
 
 // SetPrefix changes a CLAT's NAT64 prefix (the gateway it sends through

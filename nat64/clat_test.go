@@ -259,3 +259,40 @@ func TestCLATSeedCorpus(t *testing.T) {
 		}
 	}
 }
+
+// TestCLATPrefixUOctet: a mesh node's CLAT /96 carries its node ID in bits
+// 32–95, u octet included (newCLATPrefix): the CLAT takes it, embeds the
+// host's IPv4 address in bits 96–127, and takes answers to it only (one
+// with another u octet is another node's). Other malformed CLAT prefixes
+// are still refused.
+func TestCLATPrefixUOctet(t *testing.T) {
+	p := netip.MustParsePrefix("fdca:654:1234:5678:9abc:def0::/96")
+	tr, err := NewCLAT(CLATConfig{CLAT: p})
+	if err != nil {
+		t.Fatalf("NewCLAT with a u octet: %v", err)
+	}
+	out := make([]byte, 200)
+	n, _, err := tr.In4(pkt4(lanHost4, server4, 64, protoUDP, 1, 0, udpSeg(1000, 123, nil), true), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := p.Addr().As16()
+	copy(src[12:], lanHost4[:])
+	if !bytes.Equal(out[8:24], src[:]) {
+		t.Fatalf("source %x, want %x", out[8:24], src)
+	}
+	back := pkt6(wkp(server4), src, 60, protoUDP, udpSeg(123, 1000, nil), nil)
+	if n, _, err = tr.In6(back, out); err != nil || [4]byte(out[16:20]) != lanHost4 {
+		t.Fatalf("answer: %v, %x", err, out[:n])
+	}
+	other := src
+	other[8] ^= 1
+	if _, _, err := tr.In6(pkt6(wkp(server4), other, 60, protoUDP, udpSeg(123, 1000, nil), nil), out); err == nil {
+		t.Error("an answer to another u octet (another node's CLAT) was taken")
+	}
+	for _, bad := range []string{"fdca:654:1234:5678:9abc:def0::/64", "fdca:654:1234:5678:9abc:def0:0:1/96"} {
+		if _, err := NewCLAT(CLATConfig{CLAT: netip.MustParsePrefix(bad)}); err == nil {
+			t.Errorf("CLAT prefix %s taken", bad)
+		}
+	}
+}

@@ -131,6 +131,71 @@ func (r *Route) addrRequest(typ uint16, flags uint16, ifname string, p netip.Pre
 	return r.requestLocked(typ, flags, msg)
 }
 
+// AddDeviceRoute routes p into the interface ifname (main table, no
+// gateway), as `ip route replace p dev ifname` does: an existing route for
+// p is replaced, so a start after a crash finds it in place. The route
+// goes with the interface; a TUN takes it along when it closes.
+func (r *Route) AddDeviceRoute(ifname string, p netip.Prefix) error {
+	return r.deviceRoute(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, ifname, p, 0)
+}
+
+// AddDeviceRouteMetric is AddDeviceRoute with a route metric (`ip route
+// replace p dev ifname metric m`): IPv6 keeps routes for the same prefix
+// with different metrics side by side and uses the lowest, so a fallback
+// route with a high metric stays in place under a preferred one and takes
+// over when that one goes with its interface.
+func (r *Route) AddDeviceRouteMetric(ifname string, p netip.Prefix, metric uint32) error {
+	return r.deviceRoute(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, ifname, p, metric)
+}
+
+// RemoveDeviceRoute removes the route AddDeviceRouteMetric put in place
+// (`ip route del p dev ifname metric m`); one that is not there is no
+// error.
+func (r *Route) RemoveDeviceRoute(ifname string, p netip.Prefix, metric uint32) error {
+	err := r.deviceRoute(unix.RTM_DELROUTE, 0, ifname, p, metric)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+func (r *Route) deviceRoute(typ, flags uint16, ifname string, p netip.Prefix, metric uint32) error {
+	if !p.IsValid() {
+		return fmt.Errorf("netx: route: invalid prefix %v", p)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fd < 0 {
+		return os.ErrClosed
+	}
+	idx, err := r.ifIndexLocked(ifname)
+	if err != nil {
+		return err
+	}
+	p = p.Masked()
+	family := uint8(unix.AF_INET6)
+	if p.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	// struct rtmsg (rtnetlink(7)), then RTA_DST, RTA_OIF and RTA_PRIORITY
+	// (the metric; none: the kernel's default).
+	msg := []byte{family, uint8(p.Bits()), 0, 0, unix.RT_TABLE_MAIN, unix.RTPROT_STATIC, unix.RT_SCOPE_LINK, unix.RTN_UNICAST}
+	msg = binary.NativeEndian.AppendUint32(msg, 0) // rtm_flags
+	msg = appendAttr(msg, unix.RTA_DST, p.Addr().AsSlice())
+	msg = appendAttr(msg, unix.RTA_OIF, binary.NativeEndian.AppendUint32(nil, uint32(idx)))
+	if metric != 0 {
+		msg = appendAttr(msg, unix.RTA_PRIORITY, binary.NativeEndian.AppendUint32(nil, metric))
+	}
+	if err := r.requestLocked(typ, flags, msg); err != nil {
+		verb := "routing %v into %s"
+		if typ == unix.RTM_DELROUTE {
+			verb = "removing the route of %v into %s"
+		}
+		return fmt.Errorf("netx: "+verb+": %w", p, ifname, err)
+	}
+	return nil
+}
+
 // ifIndexLocked resolves ifname in the socket's namespace: the ioctl goes
 // through the netlink socket's own descriptor, so it sees the interfaces
 // of the namespace the socket lives in, not the calling thread's.
@@ -252,6 +317,39 @@ func AddAddress(ifname string, p netip.Prefix) (added bool, err error) {
 	}
 	defer r.Close()
 	return r.AddAddress(ifname, p)
+}
+
+// AddDeviceRoute routes p into ifname in the calling thread's network
+// namespace (see Route.AddDeviceRoute).
+func AddDeviceRoute(ifname string, p netip.Prefix) error {
+	r, err := OpenRoute()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.AddDeviceRoute(ifname, p)
+}
+
+// AddDeviceRouteMetric routes p into ifname with a metric in the calling
+// thread's network namespace (see Route.AddDeviceRouteMetric).
+func AddDeviceRouteMetric(ifname string, p netip.Prefix, metric uint32) error {
+	r, err := OpenRoute()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.AddDeviceRouteMetric(ifname, p, metric)
+}
+
+// RemoveDeviceRoute removes a route of AddDeviceRouteMetric in the calling
+// thread's network namespace (see Route.RemoveDeviceRoute).
+func RemoveDeviceRoute(ifname string, p netip.Prefix, metric uint32) error {
+	r, err := OpenRoute()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return r.RemoveDeviceRoute(ifname, p, metric)
 }
 
 // RemoveAddress removes p from ifname in the calling thread's network

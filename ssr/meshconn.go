@@ -97,6 +97,23 @@ type meshConn struct {
 	once   sync.Once
 	rd, wd deadline
 	drops  atomic.Uint64
+	// unreach, when set, hears the unreachable reports of datagrams sent
+	// to this socket's port number (NotifyUnreachable).
+	unreach atomic.Pointer[func(Unreachable)]
+}
+
+// NotifyUnreachable has fn called with every report that a datagram sent
+// to a node's port c.port (this socket's own number: a protocol that
+// talks port to port, like meship's IP packets) could not be delivered.
+// Without it such reports are only counted (unreachable_reports). fn runs
+// on the router's goroutine: it must not block nor call the router. A
+// mesh socket returned by ListenPacket implements it; nil stops the calls.
+func (c *meshConn) NotifyUnreachable(fn func(Unreachable)) {
+	if fn == nil {
+		c.unreach.Store(nil)
+		return
+	}
+	c.unreach.Store(&fn)
 }
 
 var _ net.PacketConn = (*meshConn)(nil)

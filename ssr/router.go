@@ -737,6 +737,14 @@ func (e *routerEnv) Deliver(ev Event) {
 		if ev.PingID == 0 {
 			r.stats.unreachable.Add(1)
 			r.log.Debug("datagram undeliverable", "target", ev.Target, "port", ev.DstPort, "at", ev.At, "reason", ev.Reason)
+			r.mu.Lock()
+			c := r.conns[ev.DstPort]
+			r.mu.Unlock()
+			if c != nil {
+				if fn := c.unreach.Load(); fn != nil {
+					(*fn)(ev)
+				}
+			}
 			return
 		}
 		r.resolvePing(ev.PingID, pingResult{err: unreachableError{ev.Reason, ev.At}})

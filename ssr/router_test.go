@@ -736,3 +736,62 @@ func benchPingPong(b *testing.B, a, c *ssr.Router) {
 		}
 	}
 }
+
+// TestNotifyUnreachable: a mesh socket that asked to hear them gets the
+// unreachable report of a datagram it sent to a node that does not
+// exist; another socket's reports do not reach it, and nil stops them.
+func TestNotifyUnreachable(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMesh(t, 3, line(3), 2*time.Millisecond)
+		m.waitRing(30 * time.Second)
+		ids := []ssr.NodeID{m.routers[0].ID(), m.routers[1].ID(), m.routers[2].ID()}
+		slices.Sort(ids)
+		ghost := ids[0] + (ids[1]-ids[0])/2
+		r := m.routers[0]
+		c, err := r.ListenPacket(41)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		other, err := r.ListenPacket(42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		got := make(chan ssr.Unreachable, 4)
+		n, ok := c.(interface{ NotifyUnreachable(func(ssr.Unreachable)) })
+		if !ok {
+			t.Fatalf("mesh socket %T has no NotifyUnreachable", c)
+		}
+		n.NotifyUnreachable(func(u ssr.Unreachable) { got <- u })
+		to := func(port int) *net.UDPAddr { return &net.UDPAddr{IP: ghost.Addr().AsSlice(), Port: port} }
+		// From port 42 to port 42: port 41's socket hears nothing.
+		if _, err := other.WriteTo([]byte("x"), to(42)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.WriteTo([]byte("x"), to(41)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case u := <-got:
+			if u.Target != ghost || u.DstPort != 41 || u.Mode != ssr.Exact {
+				t.Fatalf("report %+v, want exact to %v port 41", u, ghost)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no unreachable report within 10 s")
+		}
+		time.Sleep(5 * time.Second)
+		if len(got) != 0 {
+			t.Fatalf("%d more reports: %+v", len(got), <-got)
+		}
+		n.NotifyUnreachable(nil)
+		if _, err := c.WriteTo([]byte("x"), to(41)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second)
+		if len(got) != 0 {
+			t.Fatalf("a report after NotifyUnreachable(nil): %+v", <-got)
+		}
+	})
+}

@@ -296,7 +296,7 @@ func (m *lineMesh) waitBinding(i int, ext string, at int) {
 	})
 }
 
-func needTool(t *testing.T, tool, pkg string) string {
+func needTool(t testing.TB, tool, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(tool)
 	if err != nil {

@@ -259,7 +259,18 @@ remote-control:
 	})
 }
 
-// startInternetServers runs an HTTP server on n64Server:80 and a UDP echo
+// bigBody is what the Internet's HTTP server sends for /big: 4 MiB of a
+// repeating pattern.
+var bigBody = func() []byte {
+	b := make([]byte, 4<<20)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
+}()
+
+// startInternetServers runs an HTTP server on n64Server:80 (/big: bigBody)
+// and a UDP echo
 // on n64Server:7 in ns; the HTTP clients' addresses arrive on the channel.
 func startInternetServers(t *testing.T, ns *netns.NS) <-chan string {
 	t.Helper()
@@ -274,6 +285,10 @@ func startInternetServers(t *testing.T, ns *netns.NS) <-chan string {
 		select {
 		case seen <- host:
 		default:
+		}
+		if r.URL.Path == "/big" { // full-sized packets: path MTU discovery through the translators
+			w.Write(bigBody)
+			return
 		}
 		io.WriteString(w, "hello from the IPv4 Internet")
 	}), ReadHeaderTimeout: 10 * time.Second}

@@ -272,7 +272,7 @@ func (nd *nsNode) status(bin string) (gateway.NodeStatus, error) {
 
 // writeNodeKey stores a key derived from seed where the node looks for it,
 // as the node itself would on first start, and returns the node ID.
-func writeNodeKey(t *testing.T, stateDir string, seed byte) ssr.NodeID {
+func writeNodeKey(t testing.TB, stateDir string, seed byte) ssr.NodeID {
 	t.Helper()
 	s := make([]byte, ed25519.SeedSize)
 	copy(s, "sipmesh netns test node ")
@@ -293,7 +293,7 @@ func writeNodeKey(t *testing.T, stateDir string, seed byte) ssr.NodeID {
 }
 
 // buildSipmesh builds the binary once for the test.
-func buildSipmesh(t *testing.T) string {
+func buildSipmesh(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "sipmesh")
 	cmd := exec.Command("go", "build", "-o", bin, ".")
@@ -308,7 +308,7 @@ func buildSipmesh(t *testing.T) string {
 // waitFor polls cond every 100 ms until it holds, failing t after limit.
 // The nodes are separate processes on real time: there is no event to wait
 // on but their answers.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {

@@ -111,6 +111,13 @@ func printStatus(w io.Writer, st gateway.NodeStatus) {
 		fmt.Fprintf(w, "phone LAN %s; sip: requests %d, proxied %d, calls %d, transactions %d, rate limited %d, malformed %d\n",
 			st.LAN, sip.Requests, sip.Proxied, sip.Calls, sip.Transactions, sip.RateLimited, sip.Malformed)
 	}
+	if ip := st.IPNetwork; ip != nil {
+		fmt.Fprintf(w, "ip network: %s mtu %d, LAN %s, CLAT %s; packets in %d out %d; dropped: spoofed %d, not ours %d, malformed %d; icmp: no route %d, unreachable %d, too big %d\n",
+			ip.TUN, ip.MTU, ip.LANPrefix, ip.CLATPrefix, ip.FromMesh, ip.ToMesh, ip.Spoofed, ip.NotOurs, ip.Malformed, ip.NoRoute, ip.Unreachable, ip.TooBig)
+		if ip.NAT64Exit != "" {
+			fmt.Fprintf(w, "ip network: NAT64 %s through gateway %s\n", ip.NAT64Prefix, ip.NAT64Exit)
+		}
+	}
 	if g := st.Gateway; g != nil {
 		state := "down"
 		if g.Up {

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strconv"
+	"strings"
 )
 
 // CLATWiring is the kernel side of a node's CLAT (RFC 6877 464XLAT, the
@@ -25,7 +27,8 @@ import (
 //     its NAT64 device).
 //   - Forwarding on (restored by Down), rp_filter off on the device (the
 //     IPv4 answers come out of it from Internet addresses the main table
-//     may not route there), and the rules of Rules in chain ChainCLAT,
+//     may not route there; with conf/all/rp_filter set, see rpFilterOff),
+//     and the rules of Rules in chain ChainCLAT,
 //     jumped to from FORWARD, accepting the LAN ↔ device traffic.
 //
 // Up is idempotent and starts clean (the rule is deleted before it is
@@ -78,7 +81,7 @@ func (w CLATWiring) Up() (*Wired, error) {
 	if !w.CLAT.Addr().Is6() || w.Device == "" || w.LAN == "" || w.Table <= 0 || w.Priority <= 0 {
 		return nil, fmt.Errorf("tun64: CLAT wiring %+v: need an IPv6 prefix, a device, a LAN interface, a table and a priority", w)
 	}
-	wd := &Wired{prev: map[string]string{}, undo: w.down}
+	wd := &Wired{undo: w.down}
 	fail := func(err error) (*Wired, error) {
 		return nil, errors.Join(err, wd.Down())
 	}
@@ -101,13 +104,57 @@ func (w CLATWiring) Up() (*Wired, error) {
 	if err := wd.sysctls(forwardingSysctls, "1"); err != nil {
 		return fail(err)
 	}
-	if err := wd.sysctls([]string{"/proc/sys/net/ipv4/conf/" + w.Device + "/rp_filter"}, "0"); err != nil {
+	if err := wd.rpFilterOff(w.Device); err != nil {
 		return fail(err)
 	}
 	if err := addRules(w.Rules(), len(w.jumps())); err != nil {
 		return fail(err)
 	}
 	return wd, nil
+}
+
+// rpFilterOff turns reverse path filtering off on the CLAT device: its
+// IPv4 answers come from Internet addresses that the main table may not
+// route there (a node without an IPv4 default route: loose mode drops
+// them as well). The kernel filters with the larger of
+// conf/all/rp_filter and the device's own value (ip-sysctl.rst), so with
+// all at 1 (strict) or 2 (loose) the device's 0 alone changes nothing.
+// Then every other interface's value, and default's for interfaces to
+// come, is raised to the old all value where it is lower, and all is
+// set to 0: the filtering of every other interface stays exactly what it
+// was. All of it is held (netx.HoldSysctl) and put back by Down.
+func (wd *Wired) rpFilterOff(dev string) error {
+	const conf = "/proc/sys/net/ipv4/conf/"
+	all, err := os.ReadFile(conf + "all/rp_filter")
+	if err != nil {
+		return fmt.Errorf("tun64: %w", err)
+	}
+	a, _ := strconv.Atoi(strings.TrimSpace(string(all)))
+	if a != 0 {
+		entries, err := os.ReadDir(conf)
+		if err != nil {
+			return fmt.Errorf("tun64: %w", err)
+		}
+		for _, e := range entries {
+			if e.Name() == "all" || e.Name() == dev {
+				continue
+			}
+			f := conf + e.Name() + "/rp_filter"
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // an interface gone meanwhile
+			}
+			if v, _ := strconv.Atoi(strings.TrimSpace(string(b))); v < a {
+				if err := wd.sysctls([]string{f}, strconv.Itoa(a)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := wd.sysctls([]string{conf + "all/rp_filter"}, "0"); err != nil {
+			return err
+		}
+	}
+	return wd.sysctls([]string{conf + dev + "/rp_filter"}, "0")
 }
 
 // delRules deletes every copy of the policy rule (a crash may have left

@@ -22,8 +22,11 @@ package tun64
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
+
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/sipmesh/sipmesh/nat64"
 )
@@ -46,9 +49,16 @@ const (
 	Offset = 16
 	// maxPacket is the largest packet read: an IP datagram.
 	maxPacket = 65535
-	// maxBatch bounds the packets moved per read, and so the buffers held
-	// (two of maxPacket each): a router's memory is small.
-	maxBatch = 8
+	// maxBatch bounds the packets moved per read, and so the buffers held.
+	// A device with offloads (wireguard-go's Linux TUN) splits each GSO
+	// super-packet the kernel hands it (up to 64 KiB: TCP the uplink's GRO
+	// merged) into segments of at most the device MTU, one per buffer; 64
+	// holds the 45 full-sized segments of a 64 KiB TCP super-packet (MSS
+	// 1448). A larger split loses its rest (tun.ErrTooManySegments,
+	// logged and counted; TCP sends it again). The buffers are then of
+	// the device MTU, two per packet: some 200 KiB for a 1500-byte MTU.
+	// Without offloads a read is one packet of up to maxPacket.
+	maxBatch = 64
 	// growth is what translation can add to a packet: IPv6 and Fragment
 	// headers for the IPv4 header, and a quoted header's growth.
 	growth = 56
@@ -87,11 +97,19 @@ func Run(ctx context.Context, dev Device, tr *nat64.Translator, log *slog.Logger
 
 func loop(dev Device, tr *nat64.Translator, log *slog.Logger) error {
 	batch := min(max(dev.BatchSize(), 1), maxBatch)
+	size := maxPacket
+	if m, ok := dev.(interface{ MTU() (int, error) }); ok && batch > 1 {
+		// Offloads: every packet read is at most the device MTU (GSO
+		// super-packets come split).
+		if mtu, err := m.MTU(); err == nil && mtu > 0 && mtu < maxPacket {
+			size = mtu
+		}
+	}
 	in := make([][]byte, batch)
 	out := make([][]byte, batch)
 	for i := range in {
-		in[i] = make([]byte, Offset+maxPacket)
-		out[i] = make([]byte, Offset+maxPacket+growth)
+		in[i] = make([]byte, Offset+size)
+		out[i] = make([]byte, Offset+size+growth)
 	}
 	sizes := make([]int, batch)
 	writes := make([][]byte, 0, batch)
@@ -99,7 +117,7 @@ func loop(dev Device, tr *nat64.Translator, log *slog.Logger) error {
 	// since each needs headroom in front of it.
 	frag := make([]byte, Offset+maxPacket)
 	one := make([][]byte, 1)
-	var writeErrs uint64
+	var writeErrs, splitErrs uint64
 	emit := func(f []byte) {
 		n := copy(frag[Offset:], f)
 		one[0] = frag[:Offset+n]
@@ -109,6 +127,15 @@ func loop(dev Device, tr *nat64.Translator, log *slog.Logger) error {
 	}
 	for {
 		n, err := dev.Read(in, sizes, Offset)
+		if errors.Is(err, tun.ErrTooManySegments) {
+			// A super-packet split into more than the batch: the
+			// segments read are good, the rest is lost (see maxBatch).
+			splitErrs++
+			if splitErrs&(splitErrs-1) == 0 {
+				log.Warn("GSO packet larger than a batch: segments lost", "times", splitErrs)
+			}
+			err = nil
+		}
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.zx2c4.com/wireguard/tun"
+
 	"github.com/sipmesh/sipmesh/internal/leakcheck"
 	"github.com/sipmesh/sipmesh/nat64"
 )
@@ -128,5 +130,49 @@ func TestRun(t *testing.T) {
 	case <-dev.closed:
 	default:
 		t.Fatal("device left open")
+	}
+}
+
+// splitDevice reports tun.ErrTooManySegments with every read, as
+// wireguard-go's device does when a GSO super-packet splits into more
+// segments than the batch: the segments read are good.
+type splitDevice struct{ *chanDevice }
+
+func (d splitDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.chanDevice.Read(bufs, sizes, offset)
+	if err != nil {
+		return n, err
+	}
+	return n, tun.ErrTooManySegments
+}
+
+// TestRunTooManySegments: a split too large for the batch loses its rest,
+// not the NAT64: the segments read are translated and Run goes on.
+func TestRunTooManySegments(t *testing.T) {
+	leakcheck.Check(t)
+	tr, err := nat64.New(nat64.Config{Pool: []netip.Addr{netip.MustParseAddr("192.0.2.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := splitDevice{newChanDevice()}
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan error, 1)
+	go func() { res <- Run(ctx, dev, tr, nil) }()
+	host := netip.MustParseAddr("2001:db8::10")
+	server, _ := nat64.Embed(nat64.WellKnownPrefix, netip.MustParseAddr("198.51.100.7"))
+	for i := range 2 {
+		dev.in <- udp6(host, server, 40000, 123, []byte("time?"))
+		select {
+		case got := <-dev.out:
+			if got[0] != 0x45 {
+				t.Fatalf("packet %d: % x", i, got)
+			}
+		case err := <-res:
+			t.Fatalf("Run ended on a too large split: %v", err)
+		}
+	}
+	cancel()
+	if err := <-res; err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 }

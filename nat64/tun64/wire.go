@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/sipmesh/sipmesh/netx"
 )
 
 // Wiring is the kernel side of a gateway's NAT64: what joins the TUN
@@ -18,7 +19,8 @@ import (
 //     pool routed into it (ip route replace: idempotent; the routes go
 //     with the device when it closes).
 //   - IPv4 and IPv6 forwarding on (net.ipv4.ip_forward,
-//     net.ipv6.conf.all.forwarding), put back as they were by Down.
+//     net.ipv6.conf.all.forwarding), held by netx.HoldSysctl and put back
+//     as they were once the last holder (Down, the IP network) lets go.
 //   - The firewall rules of Rules: the pool masqueraded out of the uplink
 //     (the translator is the RFC 6146 NAT from IPv6 to its pool; the
 //     kernel's NAT44 then maps the pool to the uplink's address, which
@@ -91,8 +93,8 @@ var forwardingSysctls = []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net
 
 // Wired is a wiring in place; Down undoes it.
 type Wired struct {
-	prev map[string]string // sysctl file → its value before Up
-	undo func() error      // removes the rules (and routes) Up added
+	held []func() error // releases the sysctls Up holds (netx.HoldSysctl)
+	undo func() error   // removes the rules (and routes) Up added
 }
 
 // Up puts the wiring in place (see Wiring). On failure it undoes what it
@@ -101,7 +103,7 @@ func (w Wiring) Up() (*Wired, error) {
 	if !w.Prefix.Addr().Is6() || !w.Pool.Addr().Is4() || w.Device == "" || w.Uplink == "" {
 		return nil, fmt.Errorf("tun64: wiring %+v: need an IPv6 prefix, an IPv4 pool, a device and an uplink", w)
 	}
-	wd := &Wired{prev: map[string]string{}, undo: Unwire}
+	wd := &Wired{undo: Unwire}
 	fail := func(err error) (*Wired, error) {
 		return nil, errors.Join(err, wd.Down())
 	}
@@ -123,36 +125,31 @@ func (w Wiring) Up() (*Wired, error) {
 	return wd, nil
 }
 
-// sysctls sets each file to v, remembering the values before for Down.
+// sysctls holds each file at v (netx.HoldSysctl: the IP network wants
+// forwarding too, and the last holder to stop puts the old value back).
 func (wd *Wired) sysctls(files []string, v string) error {
 	for _, f := range files {
-		old, err := os.ReadFile(f)
+		release, err := netx.HoldSysctl(f, v)
 		if err != nil {
 			return fmt.Errorf("tun64: %w", err)
 		}
-		if o := strings.TrimSpace(string(old)); o != v {
-			if _, seen := wd.prev[f]; !seen {
-				wd.prev[f] = o
-			}
-			if err := os.WriteFile(f, []byte(v), 0o644); err != nil {
-				return fmt.Errorf("tun64: %s = %s: %w", f, v, err)
-			}
-		}
+		wd.held = append(wd.held, release)
 	}
 	return nil
 }
 
-// Down removes the rules and chains and puts the forwarding sysctls back.
+// Down removes the rules and chains and releases the sysctls (put back
+// as they were once no one else holds them).
 // Removing what is not there is no error, so Down after a partial Up,
 // twice, or with no Up in this process at all (Unwire) works.
 func (wd *Wired) Down() error {
 	var errs []error
-	for f, v := range wd.prev {
-		if err := os.WriteFile(f, []byte(v), 0o644); err != nil {
+	for _, release := range wd.held {
+		if err := release(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	wd.prev = nil
+	wd.held = nil
 	return errors.Join(append(errs, wd.undo())...)
 }
 

@@ -102,7 +102,7 @@ func newWiringNS(t *testing.T) *netns.NS {
 
 // TestNetnsWiringRules: Up puts exactly the rules of Rules in place (each
 // once, also when Up runs twice), Down takes all of them away and puts
-// forwarding back as it was.
+// forwarding back as it was once the last holder is down.
 func TestNetnsWiringRules(t *testing.T) {
 	gw := newWiringNS(t)
 	dev := openIn(t, gw, "nat64", 1500)
@@ -119,6 +119,14 @@ func TestNetnsWiringRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkUnwired(t, gw)
+	// The second Up holds forwarding too (netx.HoldSysctl): it stays on
+	// until that one is down as well.
+	if v := strings.TrimSpace(gw.Run(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "1" {
+		t.Errorf("ip_forward %s after one of two Downs; want 1 (still held)", v)
+	}
+	if err := gw.Do(again.Down); err != nil {
+		t.Fatal(err)
+	}
 	if v := strings.TrimSpace(gw.Run(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "0" {
 		t.Errorf("ip_forward %s after Down; was 0", v)
 	}
@@ -201,4 +209,44 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Exit(m.Run())
+}
+
+// TestNetnsCLATRPFilter: with conf/all/rp_filter strict (1), the CLAT
+// device's own 0 would change nothing (the kernel takes the larger), so
+// Up sets all to 0 and raises every other interface and default to 1,
+// leaving their filtering as it was; Down puts every value back.
+func TestNetnsCLATRPFilter(t *testing.T) {
+	gw := newWiringNS(t)
+	lan := netns.New(t, "lan")
+	netns.Veth(t, gw, "lan0", lan, "eth0")
+	dev := openIn(t, gw, "clat", 1500)
+	defer dev.Close()
+	get := func(iface string) string {
+		return strings.TrimSpace(gw.Run(t, "cat", "/proc/sys/net/ipv4/conf/"+iface+"/rp_filter"))
+	}
+	set := func(iface, v string) {
+		gw.Run(t, "sh", "-c", "echo "+v+" > /proc/sys/net/ipv4/conf/"+iface+"/rp_filter")
+	}
+	set("all", "1")
+	set("default", "0")
+	set("lan0", "0")
+	set("up0", "2")
+	w := CLATWiring{Device: "clat", CLAT: netip.MustParsePrefix("fd00:64:c1a7::/96"), LAN: "lan0", Table: 6464, Priority: 6464}
+	var wd *Wired
+	if err := gw.Do(func() (err error) { wd, err = w.Up(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	for iface, want := range map[string]string{"all": "0", "clat": "0", "lan0": "1", "default": "1", "up0": "2"} {
+		if got := get(iface); got != want {
+			t.Errorf("wired: %s rp_filter %s, want %s", iface, got, want)
+		}
+	}
+	if err := gw.Do(wd.Down); err != nil {
+		t.Fatal(err)
+	}
+	for iface, want := range map[string]string{"all": "1", "lan0": "0", "default": "0", "up0": "2"} {
+		if got := get(iface); got != want {
+			t.Errorf("after Down: %s rp_filter %s, want %s", iface, got, want)
+		}
+	}
 }
