@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -115,12 +116,38 @@ type trunkClient struct{ s *SIPService }
 
 func (c trunkClient) Do(ctx context.Context, req *sip.Request, opts ...sipgo.ClientRequestOption) (*sip.Response, error) {
 	c.s.lan.laddr.Copy(&req.Laddr)
+	if err := c.ready(ctx, req); err != nil {
+		return nil, err
+	}
 	return c.s.client.Do(ctx, req, opts...)
 }
 
 func (c trunkClient) DoDigestAuth(ctx context.Context, req *sip.Request, res *sip.Response, auth sipgo.DigestAuth) (*sip.Response, error) {
 	c.s.lan.laddr.Copy(&req.Laddr)
+	if err := c.ready(ctx, req); err != nil {
+		return nil, err
+	}
 	return c.s.client.DoDigestAuth(ctx, req, res, auth)
+}
+
+// ready waits until sipgo's transport layer holds the socket req leaves
+// on. The trunk starts with the service: a REGISTER sent before Run's
+// ServeUDP registered the Internet side's socket made sipgo open a socket
+// of its own on the same address (EADDRINUSE), and the trunk's back-off
+// then kept the gateway unregistered for half a minute.
+func (c trunkClient) ready(ctx context.Context, req *sip.Request) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if c.s.connReady(req) == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the Internet side's socket is not serving: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // KeepAlive sends a keep-alive from the Internet side's socket to dst
