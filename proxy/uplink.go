@@ -130,25 +130,30 @@ func (c trunkClient) DoDigestAuth(ctx context.Context, req *sip.Request, res *si
 	return c.s.client.DoDigestAuth(ctx, req, res, auth)
 }
 
-// ready waits until sipgo's transport layer holds the socket req leaves
-// on. The trunk starts with the service: a REGISTER sent before Run's
-// ServeUDP registered the Internet side's socket made sipgo open a socket
-// of its own on the same address (EADDRINUSE), and the trunk's back-off
-// then kept the gateway unregistered for half a minute.
+// ready waits, at most trunkReadyWait, until sipgo's transport layer
+// holds the socket req leaves on. The trunk starts with the service: a
+// REGISTER sent before Run's ServeUDP registered the Internet side's
+// socket made sipgo open a socket of its own on the same address
+// (EADDRINUSE), and the trunk's back-off then kept the gateway
+// unregistered for half a minute. Past the wait the request goes as
+// before (a network that names its sockets otherwise never matches).
 func (c trunkClient) ready(ctx context.Context, req *sip.Request) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for {
-		if c.s.connReady(req) == nil {
-			return nil
-		}
+	deadline := time.Now().Add(trunkReadyWait)
+	for c.s.connReady(req) != nil && time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the Internet side's socket is not serving: %w", ctx.Err())
 		case <-t.C:
 		}
 	}
+	return nil
 }
+
+// trunkReadyWait bounds ready: the socket is served within milliseconds
+// of the service's start.
+const trunkReadyWait = 2 * time.Second
 
 // KeepAlive sends a keep-alive from the Internet side's socket to dst
 // (the trunk's provider): a NAT router in front of the gateway keeps the
