@@ -60,9 +60,8 @@ ROUTER_GCFLAGS := -gcflags='github.com/sipmesh/sipmesh/...=-l' \
 	$(foreach p,ssr/... sipalg sipnet proxy dns64 nat64/... meship,-gcflags='github.com/sipmesh/sipmesh/$(p)=') \
 	$(foreach p,$(ROUTER_CONTROL_STD),-gcflags='$(p)=-l')
 
-# Go files we own; testdata may hold deliberately malformed inputs, and
-# third_party/ is upstream code as released (third_party/sipgo/PATCHED.md).
-GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './third_party/*')
+# Go files; testdata may hold deliberately malformed inputs.
+GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 
 .PHONY: help build test bench bench-peers demo cross package lint fmtcheck fuzz stress clean
 
