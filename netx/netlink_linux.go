@@ -94,6 +94,22 @@ func (r *Route) RemoveAddress(ifname string, p netip.Prefix) error {
 	return nil
 }
 
+// targetLocked is what an address or route request on ifname for p needs,
+// with r.mu held: the interface's index and p's address family.
+func (r *Route) targetLocked(ifname string, p netip.Prefix) (idx int, family uint8, err error) {
+	if r.fd < 0 {
+		return 0, 0, os.ErrClosed
+	}
+	if idx, err = r.ifIndexLocked(ifname); err != nil {
+		return 0, 0, err
+	}
+	family = unix.AF_INET6
+	if p.Addr().Unmap().Is4() {
+		family = unix.AF_INET
+	}
+	return idx, family, nil
+}
+
 // addrRequest sends an RTM_NEWADDR or RTM_DELADDR message for p on ifname
 // and waits for its acknowledgement.
 func (r *Route) addrRequest(typ uint16, flags uint16, ifname string, p netip.Prefix) error {
@@ -102,18 +118,11 @@ func (r *Route) addrRequest(typ uint16, flags uint16, ifname string, p netip.Pre
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.fd < 0 {
-		return os.ErrClosed
-	}
-	idx, err := r.ifIndexLocked(ifname)
+	idx, family, err := r.targetLocked(ifname, p)
 	if err != nil {
 		return err
 	}
 	a := p.Addr().Unmap()
-	family := uint8(unix.AF_INET6)
-	if a.Is4() {
-		family = unix.AF_INET
-	}
 	// struct ifaddrmsg (rtnetlink(7)), then the attributes. For IPv4,
 	// IFA_LOCAL is the interface's address and IFA_ADDRESS the peer's,
 	// which on a broadcast link is the same; IFA_BROADCAST is what `ip
@@ -165,18 +174,11 @@ func (r *Route) deviceRoute(typ, flags uint16, ifname string, p netip.Prefix, me
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.fd < 0 {
-		return os.ErrClosed
-	}
-	idx, err := r.ifIndexLocked(ifname)
+	idx, family, err := r.targetLocked(ifname, p)
 	if err != nil {
 		return err
 	}
 	p = p.Masked()
-	family := uint8(unix.AF_INET6)
-	if p.Addr().Is4() {
-		family = unix.AF_INET
-	}
 	// struct rtmsg (rtnetlink(7)), then RTA_DST, RTA_OIF and RTA_PRIORITY
 	// (the metric; none: the kernel's default).
 	msg := []byte{family, uint8(p.Bits()), 0, 0, unix.RT_TABLE_MAIN, unix.RTPROT_STATIC, unix.RT_SCOPE_LINK, unix.RTN_UNICAST}
