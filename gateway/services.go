@@ -108,7 +108,7 @@ func (n *Node) newServices(key ed25519.PrivateKey, adminPub ed25519.PublicKey) e
 	n.svc = &services{
 		dht:      d,
 		claims:   &Claims{DHT: d, Self: n.router.ID(), Since: since},
-		locs:     &registrar.DHTLocation{DHT: d},
+		locs:     &registrar.DHTLocation{DHT: d, Self: n.router.ID()},
 		accounts: &registrar.DHTAccounts{DHT: d, Admin: adminPub, Key: n.admin},
 		hosts:    make(chan provisioning.Lease, hostPublishQueue),
 	}

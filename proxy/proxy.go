@@ -377,8 +377,13 @@ func (p *proxyTx) lookup(ext string) ([]target, int, string) {
 	}
 	all, err := s.cfg.Locations.Bindings(ctx, registrar.AOR(ext))
 	if err != nil {
-		s.log.Warn("location lookup failed", "ext", ext, "err", err)
-		return nil, 503, "Service Unavailable (location store unavailable)"
+		if len(all) == 0 {
+			s.log.Warn("location lookup failed", "ext", ext, "err", err)
+			return nil, 503, "Service Unavailable (location store unavailable)"
+		}
+		// The phones registered with this node are known without the
+		// DHT: ring them rather than refuse the call.
+		s.log.Warn("location lookup failed; trying this node's own bindings", "ext", ext, "err", err)
 	}
 	bs := registrar.MergeBindings(all, time.Now())
 	// Highest q first (RFC 3261 §16.6); all are tried in parallel anyway.

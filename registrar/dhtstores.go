@@ -43,10 +43,38 @@ const bindingGrace = time.Minute
 // writes, under the AOR's key, one record with the bindings it registered
 // (signed with its node key, so no node can place bindings in another's
 // name), and a lookup merges every node's record.
+//
+// The node's own record is also kept here, as last written (own): only
+// this node writes it, so that copy is authoritative, and a lookup answers
+// with it in place of whatever version the DHT returned. A phone registered
+// with this node is then found by this node whatever the DHT says at that
+// moment: an owner that has just joined, lost its replicas' answers under
+// load, or a ring that is being repaired can return no record (measured:
+// bursts of 480s for a phone registered with the node itself while a
+// neighbour was starved of CPU), and a REGISTER's read-modify-write would
+// then drop this node's other bindings of the AOR from its record.
 type DHTLocation struct {
 	DHT DHT
 	Now func() time.Time // time.Now when nil
+	// Self is this node's ID, the writer of its DHT records: its own
+	// record is kept (zero: none kept, every lookup reads the DHT).
+	Self ssr.NodeID
+
+	mu  sync.Mutex
+	own map[string]ownRecord // AOR → this node's record as last written
 }
+
+// ownRecord is the node's own record of one AOR: its bindings (tombstones
+// included) and when the last of them expires.
+type ownRecord struct {
+	bs    []Binding
+	until time.Time
+}
+
+// maxOwnRecords bounds the own records kept: beyond it (a node with more
+// registered AORs than any real LAN has) lookups fall back to the DHT's
+// copy alone.
+const maxOwnRecords = 1 << 16
 
 var _ LocationStore = (*DHTLocation)(nil)
 
@@ -59,20 +87,26 @@ func (l *DHTLocation) now() time.Time {
 
 // Bindings implements LocationStore.
 func (l *DHTLocation) Bindings(ctx context.Context, aor string) ([]Binding, error) {
+	own, haveOwn := l.ownRecord(aor)
 	recs, err := l.DHT.Get(ctx, aorKeyPrefix+aor)
 	if err != nil {
-		return nil, fmt.Errorf("location of %s: %w", aor, err)
+		// The caller decides what a lookup without the other nodes'
+		// records is worth: own bindings come with the error.
+		return slices.Clone(own.bs), fmt.Errorf("location of %s: %w", aor, err)
 	}
-	var all []Binding
+	all := slices.Clone(own.bs)
 	for _, r := range recs {
 		if r.Tombstone {
 			continue
+		}
+		writer := dht.WriterID(r.Writer)
+		if haveOwn && writer == l.Self {
+			continue // the authoritative copy is own
 		}
 		var bl BindingList
 		if err := bl.UnmarshalBinary(r.Value); err != nil {
 			continue // one writer's bad record does not hide the others
 		}
-		writer := dht.WriterID(r.Writer)
 		for _, b := range bl {
 			// A node speaks only for the phones registered with it.
 			if b.Node == writer && b.AOR == aor {
@@ -83,15 +117,67 @@ func (l *DHTLocation) Bindings(ctx context.Context, aor string) ([]Binding, erro
 	return all, nil
 }
 
+// ownRecord returns this node's record of aor as last written, if kept
+// and not yet expired.
+func (l *DHTLocation) ownRecord(aor string) (ownRecord, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	o, ok := l.own[aor]
+	if ok && !o.until.After(l.now()) {
+		delete(l.own, aor)
+		return ownRecord{}, false
+	}
+	return o, ok
+}
+
+// keepOwn records bs as this node's record of aor (none: forgotten).
+func (l *DHTLocation) keepOwn(aor string, node ssr.NodeID, bs []Binding) {
+	if node != l.Self || l.Self == 0 {
+		return // a record of another node's is not ours to vouch for
+	}
+	now := l.now()
+	var until time.Time
+	for _, b := range bs {
+		if b.Expires.After(until) {
+			until = b.Expires
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !until.After(now) {
+		delete(l.own, aor)
+		return
+	}
+	if l.own == nil {
+		l.own = make(map[string]ownRecord)
+	}
+	if _, ok := l.own[aor]; !ok && len(l.own) >= maxOwnRecords {
+		for k, o := range l.own {
+			if !o.until.After(now) {
+				delete(l.own, k)
+			}
+		}
+		if len(l.own) >= maxOwnRecords {
+			return // lookups of this AOR read the DHT's copy
+		}
+	}
+	l.own[aor] = ownRecord{bs: slices.Clone(bs), until: until}
+}
+
 // SetBindings implements LocationStore.
 func (l *DHTLocation) SetBindings(ctx context.Context, aor string, node ssr.NodeID, bs []Binding) error {
 	if len(bs) == 0 {
+		l.keepOwn(aor, node, nil)
 		return l.DHT.Delete(ctx, aorKeyPrefix+aor)
 	}
 	val, err := BindingList(bs).MarshalBinary()
 	if err != nil {
 		return err
 	}
+	// Kept whether or not the DHT takes it: the phone that sent the
+	// REGISTER is reachable through this node either way, and a failed
+	// write is retried by the phone (503 with Retry-After).
+	l.keepOwn(aor, node, bs)
 	now := l.now()
 	ttl := bindingGrace
 	for _, b := range bs {

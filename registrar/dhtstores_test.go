@@ -182,3 +182,112 @@ func TestDHTAccountsCache(t *testing.T) {
 		t.Fatalf("%d cached accounts, bound %d", n, maxCachedAccount)
 	}
 }
+
+// forgetfulDHT answers Get with nothing (an owner that has just joined,
+// or lost its replicas' answers) or with an error, as set.
+type forgetfulDHT struct {
+	DHT
+	empty bool
+	err   error
+}
+
+func (f *forgetfulDHT) Get(ctx context.Context, key string) ([]dht.Record, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	if f.empty {
+		return nil, nil
+	}
+	return f.DHT.Get(ctx, key)
+}
+
+// TestDHTLocationOwnRecord: a node finds the phones registered with it
+// whatever the DHT answers, and a REGISTER's read-modify-write after an
+// empty answer keeps the node's other bindings of the AOR.
+func TestDHTLocationOwnRecord(t *testing.T) {
+	ctx := context.Background()
+	d := dhttest.NewShared(2)
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { return now }
+	f := &forgetfulDHT{DHT: d[0]}
+	loc := &DHTLocation{DHT: f, Now: clock, Self: d[0].ID()}
+	other := &DHTLocation{DHT: d[1], Now: clock, Self: d[1].ID()}
+	aor := AOR("201")
+	b := func(node ssr.NodeID, contact string, exp time.Duration) Binding {
+		return Binding{AOR: aor, Node: node, Contact: contact, Expires: now.Add(exp), CallID: "c", CSeq: 1}
+	}
+	if err := loc.SetBindings(ctx, aor, d[0].ID(), []Binding{b(d[0].ID(), "sip:201@10.0.0.2", time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.SetBindings(ctx, aor, d[1].ID(), []Binding{b(d[1].ID(), "sip:201@10.1.0.2", time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	contacts := func(bs []Binding) []string {
+		var out []string
+		for _, b := range MergeBindings(bs, now) {
+			out = append(out, b.Contact)
+		}
+		return out
+	}
+	got, err := loc.Bindings(ctx, aor)
+	if c := contacts(got); err != nil || len(c) != 2 {
+		t.Fatalf("both nodes' bindings: %v, %v", c, err)
+	}
+	f.empty = true
+	got, err = loc.Bindings(ctx, aor)
+	if c := contacts(got); err != nil || len(c) != 1 || c[0] != "sip:201@10.0.0.2" {
+		t.Fatalf("own binding after an empty DHT answer: %v, %v", c, err)
+	}
+	f.empty, f.err = false, errors.New("timeout")
+	got, err = loc.Bindings(ctx, aor)
+	if c := contacts(got); err == nil || len(c) != 1 {
+		t.Fatalf("own binding with the DHT's error: %v, %v", c, err)
+	}
+	// Another node's view is the DHT's: node 1 reads node 0's record.
+	got, _ = other.Bindings(ctx, aor)
+	if c := contacts(got); len(c) != 2 {
+		t.Fatalf("node 1 sees %v", c)
+	}
+	// A record written in another node's name is not kept as own.
+	f.err = nil
+	if err := loc.SetBindings(ctx, aor, d[1].ID(), []Binding{b(d[1].ID(), "sip:201@6.6.6.6", time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	f.empty = true
+	got, _ = loc.Bindings(ctx, aor)
+	if c := contacts(got); len(c) != 1 || c[0] != "sip:201@10.0.0.2" {
+		t.Fatalf("after a write in another's name: %v", c)
+	}
+	// Expired, the own record is forgotten; removed, too.
+	now = now.Add(2 * time.Hour)
+	if got, _ := loc.Bindings(ctx, aor); len(got) != 0 {
+		t.Fatalf("expired own record still answered: %+v", got)
+	}
+	if n := len(loc.own); n != 0 {
+		t.Fatalf("%d own records kept after expiry", n)
+	}
+	if err := loc.SetBindings(ctx, aor, d[0].ID(), []Binding{b(d[0].ID(), "sip:201@10.0.0.3", time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := loc.SetBindings(ctx, aor, d[0].ID(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := loc.Bindings(ctx, aor); len(got) != 0 {
+		t.Fatalf("removed own record still answered: %+v", got)
+	}
+}
+
+// TestDHTLocationOwnBound: the own records are bounded; past the bound a
+// new AOR is read from the DHT only.
+func TestDHTLocationOwnBound(t *testing.T) {
+	d := dhttest.NewShared(1)
+	now := time.Unix(1_700_000_000, 0)
+	loc := &DHTLocation{DHT: d[0], Now: func() time.Time { return now }, Self: d[0].ID()}
+	for i := range maxOwnRecords + 10 {
+		aor := AOR(strconv.Itoa(100000 + i))
+		loc.keepOwn(aor, d[0].ID(), []Binding{{AOR: aor, Node: d[0].ID(), Contact: "sip:x@10.0.0.2", Expires: now.Add(time.Hour)}})
+	}
+	if n := len(loc.own); n != maxOwnRecords {
+		t.Fatalf("%d own records kept, bound %d", n, maxOwnRecords)
+	}
+}

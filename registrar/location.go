@@ -73,7 +73,9 @@ func normalizeURI(u string) string {
 type LocationStore interface {
 	// Bindings returns the bindings of every node for aor, tombstones and
 	// expired entries included (the caller merges them with
-	// MergeBindings). No bindings is not an error.
+	// MergeBindings). No bindings is not an error. With an error it may
+	// still return what it knows for sure (the DHT store: this node's own
+	// record), for a caller that prefers part of the answer to none.
 	Bindings(ctx context.Context, aor string) ([]Binding, error)
 	// SetBindings replaces the record of node for aor with bs (all with
 	// Node == node); an empty bs deletes the record.

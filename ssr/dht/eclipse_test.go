@@ -61,7 +61,11 @@ func TestEclipseBeforeWrite(t *testing.T) {
 			}
 			hs[0].wait(id) // the attacker acknowledges (or stays silent): the outcome says nothing
 			r.run(10 * time.Second)
-			for _, f := range []*fnode{hs[3], hs[17], hs[30]} {
+			// Readers holding no copy themselves (a holder answers from
+			// its own copy when the owner has nothing).
+			copies := r.copies(key)
+			readers := slices.DeleteFunc(slices.Clone(hs), func(f *fnode) bool { _, ok := copies[f.id]; return ok })
+			for _, f := range []*fnode{readers[3], readers[len(readers)/2], readers[len(readers)-1]} {
 				res := getResult(t, f, key)
 				got := len(res.Records) == 1 && string(res.Records[0].Value) == "v"
 				if got != c.found {
@@ -210,5 +214,48 @@ func TestDenyAnswer(t *testing.T) {
 	}
 	if DenyAnswer(nil, encodeStore(nil, 0, storeReplica, &r)) != nil || DenyAnswer(nil, []byte{9}) != nil {
 		t.Fatal("answers what wants no answer")
+	}
+}
+
+// TestGetAnswersFromOwnCopy: when the owner and every node asked say "not
+// found" (the owner has just taken over, or its replicas stayed silent),
+// a reader that holds a copy itself answers with it; a reader without one
+// still finds nothing.
+func TestGetAnswersFromOwnCopy(t *testing.T) {
+	r := newFakeRing(t, 10, Params{Walk: -1})
+	r.run(time.Second)
+	key := "aor:sip:668@mesh"
+	hs := r.sorted()
+	if err := hs[0].put(key, "v", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	r.run(10 * time.Second)
+	copies := r.copies(key)
+	var holder, other *fnode
+	for _, f := range hs {
+		if _, ok := copies[f.id]; ok && holder == nil {
+			holder = f
+		} else if !ok && other == nil {
+			other = f
+		}
+	}
+	if holder == nil || other == nil {
+		t.Fatalf("copies on %d of %d nodes", len(copies), len(hs))
+	}
+	for _, f := range hs {
+		if f != holder {
+			f.n.st = newStore(f.n.p) // every other copy lost
+		}
+	}
+	// The holder is too busy to answer the owner's consults.
+	r.drop = func(m fmsg) bool {
+		msg, err := decode(m.payload)
+		return err == nil && m.target == holder.id && msg.typ == msgGet && msg.flags&getLocal != 0
+	}
+	if recs := other.get(key); len(recs) != 0 {
+		t.Fatalf("a reader without a copy found %+v", recs)
+	}
+	if recs := holder.get(key); len(recs) != 1 || string(recs[0].Value) != "v" {
+		t.Fatalf("holder's get: %+v", recs)
 	}
 }

@@ -23,7 +23,8 @@ type fakeRing struct {
 	island func(ssr.NodeID) int // nil: one island
 	seed   uint64
 	params Params
-	onStep func() // after every step, if set
+	onStep func()          // after every step, if set
+	drop   func(fmsg) bool // datagrams lost on the way, if set
 }
 
 type fnode struct {
@@ -165,7 +166,7 @@ func (r *fakeRing) run(d time.Duration) {
 		r.queue = nil
 		for _, m := range q {
 			src := r.nodes[m.from]
-			if src == nil || !src.alive {
+			if src == nil || !src.alive || r.drop != nil && r.drop(m) {
 				continue
 			}
 			to := m.target

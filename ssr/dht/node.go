@@ -635,7 +635,9 @@ func (n *Node) expireRequest(now time.Time, q *request) {
 				return
 			}
 			if q.answered {
-				n.finish(now, q, nil, nil) // not found, by every node that answered
+				// Not found by every node that answered: what this node
+				// holds itself, if anything, is the answer.
+				n.finish(now, q, nil, dropTombstones(n.Local(now, q.key)))
 				return
 			}
 		}
@@ -1081,13 +1083,22 @@ func (n *Node) handleGetReply(now time.Time, d ssr.Datagram, m *message) {
 	valid := validRecords(q.key, all)
 	if len(valid) == 0 {
 		q.answered = true
-		if n.walkNext(now, q, d.Src) {
+		// What this node holds itself is the answer if the owner has
+		// nothing: an owner that has just taken over, or whose replicas
+		// stayed silent under load, says "not found" about a key this
+		// node holds a copy of (it wrote it, or was a replica of the old
+		// ring). The copies were checked when stored.
+		if valid = n.Local(now, q.key); len(valid) == 0 && n.walkNext(now, q, d.Src) {
 			return // nothing there: ask the next node down the ring
 		}
 	} else if q.walked > 0 {
 		n.m.WalkFound++
 	}
-	n.finish(now, q, nil, slices.DeleteFunc(valid, func(r Record) bool { return r.Tombstone }))
+	n.finish(now, q, nil, dropTombstones(valid))
+}
+
+func dropTombstones(rs []Record) []Record {
+	return slices.DeleteFunc(rs, func(r Record) bool { return r.Tombstone })
 }
 
 // consultDone counts one replica's answer (or its silence) and answers
