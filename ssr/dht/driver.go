@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,14 +70,31 @@ type Driver struct {
 	diskBusy   atomic.Int32 // writes queued or running
 	loaded     loadReport
 
-	// Owned by the loop.
+	// Owned by the loop. A get for a key already asked for joins the one
+	// in flight (getting, joined): a proxy under load looks up the same
+	// few AORs many times a second, and each answer is as fresh as the
+	// request's own would be, give or take the round trip in flight.
 	waiters map[uint64]chan Result
+	getting map[string]inFlight
+	joined  map[uint64][]chan Result
+	joins   uint64
 	succ    []ssr.NodeID
 	pred    []ssr.NodeID
 
 	mu      sync.Mutex
 	metrics Metrics // snapshot, refreshed by the loop
 }
+
+// inFlight is a get being asked: its ID and when it was sent.
+type inFlight struct {
+	id uint64
+	at time.Time
+}
+
+// joinWithin is how old a get in flight may be for another to join it:
+// a get always ends (answer or timeout, well within it), so this only
+// guards against waiting on one that somehow never does.
+const joinWithin = 10 * time.Second
 
 type call struct {
 	op    Op
@@ -107,6 +125,8 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 		started: make(chan struct{}),
 		stopped: make(chan struct{}),
 		waiters: make(map[uint64]chan Result),
+		getting: make(map[string]inFlight),
+		joined:  make(map[uint64][]chan Result),
 	}
 	if cfg.StateDir != "" {
 		d.journal = openJournal(cfg.StateDir, d.log)
@@ -170,6 +190,13 @@ func (d *Driver) Run(ctx context.Context) error {
 			ch <- Result{ID: id, Err: ErrClosed}
 			delete(d.waiters, id)
 		}
+		for id, chs := range d.joined {
+			for _, ch := range chs {
+				ch <- Result{ID: id, Err: ErrClosed}
+			}
+			delete(d.joined, id)
+		}
+		clear(d.getting)
 	}()
 	close(d.started)
 	d.log.Info("dht starting", "port", Port)
@@ -309,6 +336,7 @@ func (d *Driver) handleCall(c call) {
 				m.DiskPending++
 			}
 		}
+		m.GetsJoined = d.joins
 		d.mu.Lock()
 		d.metrics = m
 		d.mu.Unlock()
@@ -325,7 +353,14 @@ func (d *Driver) handleCall(c call) {
 			id, err = d.node.Put(now, c.key, c.value, c.ttl)
 		}
 	case OpGet:
-		id, err = d.node.Get(now, c.key)
+		if g, ok := d.getting[c.key]; ok && now.Sub(g.at) < joinWithin {
+			d.joined[g.id] = append(d.joined[g.id], c.res)
+			d.joins++
+			return
+		}
+		if id, err = d.node.Get(now, c.key); err == nil {
+			d.getting[c.key] = inFlight{id: id, at: now}
+		}
 	case OpDelete:
 		id, err = d.node.Delete(now, c.key)
 	}
@@ -428,4 +463,13 @@ func (e *driverEnv) Complete(r Result) {
 		delete(e.waiters, r.ID)
 		ch <- r
 	}
+	if g, ok := e.getting[r.Key]; ok && g.id == r.ID {
+		delete(e.getting, r.Key)
+	}
+	for _, ch := range e.joined[r.ID] {
+		j := r
+		j.Records = slices.Clone(r.Records) // each caller owns its slice
+		ch <- j
+	}
+	delete(e.joined, r.ID)
 }

@@ -217,6 +217,57 @@ func TestDriverCancel(t *testing.T) {
 	})
 }
 
+// TestDriverJoinsGets: gets for one key while one is in flight join it:
+// every caller gets the records (its own copy of the slice), the node asks
+// once, and a get after the answer asks again (sees a later write).
+func TestDriverJoinsGets(t *testing.T) {
+	leakcheck.Check(t)
+	synctest.Test(t, func(t *testing.T) {
+		m := newMeshDHT(t, 4)
+		m.waitRing(t)
+		time.Sleep(2 * time.Second) // the drivers read the ring
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		const k = "aor:sip:202@mesh"
+		if err := m.drivers[0].Put(ctx, k, []byte("v1"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		d := m.drivers[3]
+		before := d.Metrics()
+		const n = 20
+		got := make([][]dht.Record, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				recs, err := d.Get(ctx, k)
+				if err != nil {
+					t.Errorf("get %d: %v", i, err)
+				}
+				got[i] = recs
+			})
+		}
+		wg.Wait()
+		for i, recs := range got {
+			if len(recs) != 1 || string(recs[0].Value) != "v1" {
+				t.Fatalf("get %d: %v", i, recs)
+			}
+			if i > 0 && &recs[0] == &got[0][0] {
+				t.Fatalf("gets %d and 0 share their records", i)
+			}
+		}
+		after := d.Metrics()
+		if asked, joined := after.Requests-before.Requests, after.GetsJoined-before.GetsJoined; asked+joined != n || asked > 2 {
+			t.Fatalf("%d gets asked the mesh, %d joined, of %d", asked, joined, n)
+		}
+		if err := m.drivers[1].Put(ctx, k, []byte("v2"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if recs, err := d.Get(ctx, k); err != nil || len(recs) != 2 {
+			t.Fatalf("get after a later write: %v, %v", recs, err)
+		}
+	})
+}
+
 // TestDriverRestartFromDisk: every driver of a mesh stops and a new mesh
 // starts on the same state directories and keys: every record resolves
 // again, the account signed by the administrator included.

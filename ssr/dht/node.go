@@ -207,6 +207,9 @@ type Metrics struct {
 	Retries    uint64 `json:"retries"`
 	Lookups    uint64 `json:"lookups"`     // completed gets
 	LookupHops uint64 `json:"lookup_hops"` // their hops, summed
+	// GetsJoined are a Driver's gets that joined one in flight for the
+	// same key instead of asking again.
+	GetsJoined uint64 `json:"gets_joined"`
 
 	// The records file, of a Driver with a StateDir.
 	DiskLoaded   uint64 `json:"disk_loaded,omitempty"`   // records loaded at start
