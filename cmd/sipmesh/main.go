@@ -167,6 +167,31 @@ func usageErrorf(format string, args ...any) error {
 	return &usageError{err: fmt.Errorf(format, args...)}
 }
 
+// subcommandFunc runs one subcommand with its arguments.
+type subcommandFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+// runAddDelList runs the add, del (delete, rm) or list (ls) subcommand
+// of command name ("user", "phone").
+func runAddDelList(ctx context.Context, name, usage, doc string, args []string, stdout, stderr io.Writer, add, del, list subcommandFunc) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+		fs := newFlagSet(name, usage, doc, stderr)
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		return usageErrorf("want a subcommand: add, del or list")
+	}
+	sub, rest := args[0], args[1:]
+	switch sub {
+	case "add":
+		return inSubcommand(name+" add", add(ctx, rest, stdout, stderr))
+	case "del", "delete", "rm":
+		return inSubcommand(name+" del", del(ctx, rest, stdout, stderr))
+	case "list", "ls":
+		return inSubcommand(name+" list", list(ctx, rest, stdout, stderr))
+	}
+	return usageErrorf("unknown subcommand %q (want add, del or list)", sub)
+}
+
 // inSubcommand marks a usage error of subcommand cmd ("sim dht") so that
 // the hint names its help.
 func inSubcommand(cmd string, err error) error {

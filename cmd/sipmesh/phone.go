@@ -29,23 +29,7 @@ node's state directory (phones.json, mode 0600); the mesh only ever holds
 digest hashes. A phone moved to another node is added again there.`
 
 func runPhone(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
-		fs := newFlagSet("phone", "add|del|list [flags] [MAC [EXT]]", phoneDoc, stderr)
-		if err := parseFlags(fs, args); err != nil {
-			return err
-		}
-		return usageErrorf("want a subcommand: add, del or list")
-	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "add":
-		return inSubcommand("phone add", runPhoneAdd(ctx, rest, stdout, stderr))
-	case "del", "delete", "rm":
-		return inSubcommand("phone del", runPhoneDel(ctx, rest, stdout, stderr))
-	case "list", "ls":
-		return inSubcommand("phone list", runPhoneList(ctx, rest, stdout, stderr))
-	}
-	return usageErrorf("unknown subcommand %q (want add, del or list)", sub)
+	return runAddDelList(ctx, "phone", "add|del|list [flags] [MAC [EXT]]", phoneDoc, args, stdout, stderr, runPhoneAdd, runPhoneDel, runPhoneList)
 }
 
 func runPhoneAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -39,23 +39,7 @@ or the mesh. The node signs the record with the mesh administrator key
 (config "admin-key"); a node without that key refuses changes.`
 
 func runUser(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
-		fs := newFlagSet("user", "add|del|list [flags] [EXT]", userDoc, stderr)
-		if err := parseFlags(fs, args); err != nil {
-			return err
-		}
-		return usageErrorf("want a subcommand: add, del or list")
-	}
-	sub, rest := args[0], args[1:]
-	switch sub {
-	case "add":
-		return inSubcommand("user add", runUserAdd(ctx, rest, stdout, stderr))
-	case "del", "delete", "rm":
-		return inSubcommand("user del", runUserDel(ctx, rest, stdout, stderr))
-	case "list", "ls":
-		return inSubcommand("user list", runUserList(ctx, rest, stdout, stderr))
-	}
-	return usageErrorf("unknown subcommand %q (want add, del or list)", sub)
+	return runAddDelList(ctx, "user", "add|del|list [flags] [EXT]", userDoc, args, stdout, stderr, runUserAdd, runUserDel, runUserList)
 }
 
 func runUserAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
