@@ -347,6 +347,9 @@ func (d *Driver) handleCall(c call) {
 	var err error
 	switch c.op {
 	case OpPut:
+		// A get after a write asks afresh: one in flight from before the
+		// write may miss it (a node reads its own writes).
+		delete(d.getting, c.key)
 		if c.rec != nil {
 			id, err = d.node.PutRecord(now, *c.rec)
 		} else {
@@ -362,6 +365,7 @@ func (d *Driver) handleCall(c call) {
 			d.getting[c.key] = inFlight{id: id, at: now}
 		}
 	case OpDelete:
+		delete(d.getting, c.key)
 		id, err = d.node.Delete(now, c.key)
 	}
 	if err != nil {
