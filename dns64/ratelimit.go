@@ -49,8 +49,16 @@ func (l *limiter) allow(src netip.Addr) bool {
 	if l.rate == 0 {
 		return true
 	}
+	return l.allowAt(src, l.now())
+}
+
+// allowAt is allow at time now: a batch of queries read at once takes
+// the time once.
+func (l *limiter) allowAt(src netip.Addr, now time.Time) bool {
+	if l.rate == 0 {
+		return true
+	}
 	src = src.Unmap().WithZone("")
-	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b, ok := l.buckets[src]
