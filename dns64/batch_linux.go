@@ -107,9 +107,10 @@ func newUDPBatch(conn net.PacketConn, size int) *udpBatch {
 	return b
 }
 
-// msg returns the datagram i of the batch.
+// msg returns the datagram i of the batch (cut to the buffer, as
+// recvmsg(2) cuts a longer one).
 func (b *udpBatch) msg(i int) []byte {
-	return b.bufs[i*b.size:][:b.hdrs[i].len]
+	return b.bufs[i*b.size:][:min(int(b.hdrs[i].len), b.size)]
 }
 
 // from returns the source of datagram i, without the IPv6 zone (the
