@@ -2,6 +2,7 @@ package dns64
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -249,4 +250,61 @@ func TestReplayNoAlloc(t *testing.T) {
 	if got := s.Stats().Replayed - before; got < 500 {
 		t.Fatalf("%d of the 501 queries replayed", got)
 	}
+}
+
+// FuzzServeUDPBatch sends arbitrary datagrams to a server on a kernel
+// socket (the batch reader, batch_linux.go), each followed by a
+// replayable query that must still be answered, in its own batch or in
+// the same one: whatever the bytes, the reader neither stops nor mixes up
+// the replies.
+func FuzzServeUDPBatch(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s[0])
+	}
+	f.Add([]byte{})
+	f.Add(make([]byte, 12))
+	f.Add(make([]byte, 2000)) // longer than the receive buffer (UDPSize)
+	srv := startServer(f, Config{
+		Network: netx.Kernel{},
+		Listen:  []Listen{{Addr: netip.MustParseAddr("127.0.0.1")}},
+		Port:    -1,
+		Zone:    testZone,
+		Rate:    1e9, Burst: 1 << 30, // the fuzzer is one source sending fast
+		Logger: slog.New(slog.DiscardHandler),
+	}, make(chan error, 1))
+	to := net.UDPAddrFromAddrPort(srv.Addrs()[0])
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { pc.Close() })
+	live := question("sipserver.mesh.", dns.TypeA)
+	var liveID uint16
+	buf := make([]byte, 65536)
+
+	f.Fuzz(func(t *testing.T, b []byte) {
+		b = b[:min(len(b), 4000)]
+		liveID++
+		live.Id = liveID
+		lb, _ := live.Pack()
+		for _, d := range [][]byte{b, lb} {
+			if _, err := pc.WriteTo(d, to); err != nil {
+				t.Fatalf("send: %v", err)
+			}
+		}
+		for {
+			pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("no answer to the liveness query after the input: %v", err)
+			}
+			var m dns.Msg
+			if err := m.Unpack(buf[:n]); err != nil {
+				t.Fatalf("reply does not parse: %v\n% x", err, buf[:n])
+			}
+			if m.Id == live.Id && len(m.Question) == 1 && m.Question[0].Name == "sipserver.mesh." && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 {
+				return
+			}
+		}
+	})
 }
