@@ -27,8 +27,8 @@ import (
 // allocated for a replayed query.
 //
 // The socket is bound to one address (Config.Listen), so replies leave
-// from the address the query came to without IP_PKTINFO (RFC 1123
-// §6.1.3.5: a reply must come from the address the query was sent to).
+// from the address the query came to without IP_PKTINFO (RFC 2181 §4.1:
+// clients expect the reply from the address they sent the query to).
 
 // batchSize bounds the datagrams read by one recvmmsg and so the buffers
 // of a socket: batchSize × UDPSize bytes (40 KB at the default 1232).

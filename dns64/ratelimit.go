@@ -28,14 +28,14 @@ type bucket struct {
 }
 
 // Per-source defaults of Config.Rate and Config.Burst: queries per second.
-// A ceiling above what a node answers from one address (issue 12: on one
-// PC core, replaying, some 60,000 to 80,000 a second in `make
-// bench-peers`; the 20,000 of SIP's ceiling made dnsperf's rate the
-// limit's), so a client alone — a LAN's caching resolver, a load
+// A ceiling above what a node answers from one address (issue 12: one
+// PC core replays some 60,000 to 80,000 a second in `make bench-peers`;
+// at 20,000, SIP's ceiling, the limit and not the node set what dnsperf
+// measured), so a client alone — a LAN's caching resolver, a load
 // generator — is served at what the node can do, while a flood beyond
 // that is dropped before anything else is spent on it. What one source
-// can make the node do past the replies it replays is bounded apart:
-// MaxInflight look-ups, ForwardRate upstream.
+// can make the node do besides replays is bounded apart: MaxInflight
+// look-ups, ForwardRate upstream.
 const (
 	DefaultRate  = 200000
 	DefaultBurst = 200000

@@ -52,10 +52,10 @@ type replayEntry struct {
 func newReplayCache() *replayCache { return &replayCache{m: make(map[string]replayEntry)} }
 
 // get returns the packed reply to query (a raw UDP query) with the ID of
-// the query it was built for, or nil (always on a nil cache). The reply is shared and never
-// changed: the caller sends it with the query's ID in front (the batch
-// writer sends the two parts from where they are, see batch_linux.go) or
-// copies it first (copyReply).
+// the query it was built for, or nil (always on a nil cache). The reply
+// is shared and never changed: the caller sends it with the query's ID
+// in front (RFC 1035 §4.1.1; the batch writer sends the two parts from
+// where they are, batch_linux.go) or copies it first (copyReply).
 func (c *replayCache) get(query []byte, now time.Time) []byte {
 	if c == nil || len(query) < dnsHeaderLen || len(query) > replayMaxQuery {
 		return nil
