@@ -20,11 +20,11 @@ import (
 // two syscalls (issue 12: 81 % of its CPU in recvmsg and sendmsg under
 // `make bench-peers`, 14 µs of CPU per query). Here one recvmmsg(2)
 // reads every query waiting, up to batchSize, and one sendmmsg(2) sends
-// the replayed replies to all of them. A reply is sent from where it is: two iovecs,
-// the query's ID from the receive buffer and the rest of the packed reply
-// from the replay cache (whose replies are never changed), to the source
-// address exactly as the kernel gave it (scope ID included). Nothing is
-// allocated for a replayed query.
+// the replayed replies to all of them. A reply is sent from where it is:
+// two iovecs, the query's ID from the receive buffer and the rest of the
+// packed reply from the replay cache (whose replies are never changed),
+// to the source address exactly as the kernel gave it (scope ID
+// included). Nothing is allocated for a replayed query.
 //
 // The socket is bound to one address (Config.Listen), so replies leave
 // from the address the query came to without IP_PKTINFO (RFC 2181 §4.1:
