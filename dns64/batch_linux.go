@@ -68,6 +68,9 @@ type udpBatch struct {
 	errno syscall.Errno
 	recvF func(fd uintptr) bool
 	sendF func(fd uintptr) bool
+
+	zoneIdx  uint32 // the last scope ID named (zone)
+	zoneName string
 }
 
 // newUDPBatch returns the batch reader of conn, or nil when conn is not a
@@ -133,9 +136,23 @@ func (b *udpBatch) addr(i int) net.Addr {
 	ap, scope := b.from(i)
 	a := net.UDPAddrFromAddrPort(ap)
 	if scope != 0 {
-		a.Zone = strconv.FormatUint(uint64(scope), 10) // the net package takes a numeric zone as the index
+		a.Zone = b.zone(scope)
 	}
 	return a
+}
+
+// zone names the interface of a scope ID, as the net package's own reads
+// do. One socket's link-local clients are on one interface: the last
+// name is kept, so a look-up (a netlink dump) is made once, not per
+// query; the index itself serves if the interface is gone.
+func (b *udpBatch) zone(scope uint32) string {
+	if scope != b.zoneIdx {
+		b.zoneIdx, b.zoneName = scope, strconv.FormatUint(uint64(scope), 10)
+		if ifi, err := net.InterfaceByIndex(int(scope)); err == nil {
+			b.zoneName = ifi.Name
+		}
+	}
+	return b.zoneName
 }
 
 // queue adds the reply to datagram i: reply (shared, unchanged) with the

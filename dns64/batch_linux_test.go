@@ -308,3 +308,22 @@ func FuzzServeUDPBatch(f *testing.F) {
 		}
 	})
 }
+
+// TestBatchZone: a link-local source's scope ID is named as the net
+// package names it (the interface), and kept; an index no interface has
+// stays a number (the net package takes it as the index).
+func TestBatchZone(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b udpBatch
+	for range 2 {
+		if z := b.zone(uint32(lo.Index)); z != "lo" {
+			t.Fatalf("zone of index %d: %q, want lo", lo.Index, z)
+		}
+	}
+	if z := b.zone(1 << 30); z != "1073741824" {
+		t.Fatalf("zone of an unknown index: %q", z)
+	}
+}
