@@ -32,4 +32,11 @@
 // zone are never capped). Identical upstream look-ups in progress share one
 // exchange. Log lines naming what a client asked for are rate-limited and
 // truncated (internal/ratelog).
+//
+// A repeated .mesh query over UDP is answered from the packed reply to
+// the same bytes (replay.go) before the miekg server sees it. On the
+// node's kernel sockets (Linux) the queries are read and the replayed
+// replies sent in batches, one recvmmsg(2) and one sendmmsg(2) for all
+// the queries waiting (batch_linux.go), with no allocation per replayed
+// query.
 package dns64

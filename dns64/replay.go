@@ -51,25 +51,38 @@ type replayEntry struct {
 
 func newReplayCache() *replayCache { return &replayCache{m: make(map[string]replayEntry)} }
 
-// lookup copies the reply to query (a raw UDP query) into buf with the
-// query's ID and returns it, or nil.
-func (c *replayCache) lookup(query, buf []byte, now time.Time) []byte {
-	if len(query) < dnsHeaderLen || len(query) > replayMaxQuery {
+// get returns the packed reply to query (a raw UDP query) with the ID of
+// the query it was built for, or nil (always on a nil cache). The reply
+// is shared and never changed: the caller sends it with the query's ID
+// in front (RFC 1035 §4.1.1; the batch writer sends the two parts from
+// where they are, batch_linux.go) or copies it first (copyReply).
+func (c *replayCache) get(query []byte, now time.Time) []byte {
+	if c == nil || len(query) < dnsHeaderLen || len(query) > replayMaxQuery {
 		return nil
 	}
 	c.mu.Lock()
 	e, ok := c.m[string(query[2:])] // no allocation: a map index with a converted key
 	c.mu.Unlock()
-	if !ok || !now.Before(e.until) || len(e.reply) > len(buf) {
+	if !ok || !now.Before(e.until) {
 		return nil
 	}
-	out := buf[:len(e.reply)]
-	copy(out, e.reply)
+	return e.reply
+}
+
+// copyReply copies reply into buf with the ID of query and returns it, or
+// nil when it does not fit.
+func copyReply(query, reply, buf []byte) []byte {
+	if reply == nil || len(reply) > len(buf) {
+		return nil
+	}
+	out := buf[:len(reply)]
+	copy(out, reply)
 	out[0], out[1] = query[0], query[1]
 	return out
 }
 
 // store keeps reply (packed) as the answer to query (packed, any ID).
+// reply must not be changed afterwards: replays send it as it is.
 func (c *replayCache) store(query, reply []byte, now time.Time) {
 	if len(query) < dnsHeaderLen || len(query) > replayMaxQuery {
 		return
@@ -131,20 +144,15 @@ func (h *handler) remember(req, m *dns.Msg) []byte {
 	return b
 }
 
-// replay answers query from the socket's cache when it can: it counts the
-// query and returns the reply to write (in r's buffer), or nil.
-func (r *limitedReader) replayOf(query []byte) []byte {
-	if r.replay == nil {
-		return nil
+// countReplayed adds the queries replayed since the last call to the
+// counters.
+func (r *limitedReader) countReplayed() {
+	if n := uint64(r.replayed); n > 0 {
+		r.replayed = 0
+		r.s.stats.queries.Add(n)
+		r.s.stats.mesh.Add(n)
+		r.s.stats.replayed.Add(n)
 	}
-	b := r.replay.lookup(query, r.out, r.s.cfg.Now())
-	if b == nil {
-		return nil
-	}
-	r.s.stats.queries.Add(1)
-	r.s.stats.mesh.Add(1)
-	r.s.stats.replayed.Add(1)
-	return b
 }
 
 // handOn copies a query that takes the full path out of the reader's

@@ -110,9 +110,8 @@ func TestReplayable(t *testing.T) {
 }
 
 // TestReplayKernelSocket: on a kernel UDP socket (the node's own) the
-// reader reads with miekg's session (the reply leaves from the address
-// the query came to) and replays the same way; shutdown still ends the
-// read.
+// reader reads in batches (batch_linux.go) and replays the same way;
+// shutdown still ends the read.
 func TestReplayKernelSocket(t *testing.T) {
 	leakcheck.Check(t)
 	cfg := Config{

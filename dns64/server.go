@@ -186,7 +186,7 @@ func (s *Server) Run(ctx context.Context) error {
 		udp := &handler{s: s, self: l.Self, replay: replay}
 		tcp := &handler{s: s, self: l.Self, tcp: true}
 		servers = append(servers,
-			&dns.Server{PacketConn: pc, Handler: udp, UDPSize: int(s.cfg.UDPSize),
+			&dns.Server{PacketConn: packetSocket{pc}, Handler: udp, UDPSize: int(s.cfg.UDPSize),
 				DecorateReader: s.limitReader(replay), MsgInvalidFunc: s.invalid},
 			&dns.Server{Listener: &limitListener{Listener: ln, s: s, slots: make(chan struct{}, s.cfg.MaxTCPConns)},
 				Handler: tcp, DecorateReader: s.limitReader(nil), MsgInvalidFunc: s.invalid,
@@ -370,28 +370,37 @@ func (s *Server) invalid(m []byte, err error) {
 // limitReader wraps the miekg reader so that queries over the per-source
 // rate are dropped before the server starts a goroutine for them, and
 // repeated .mesh queries on a UDP socket with a replay cache are answered
-// at once (replay.go).
+// at once (replay.go), on the node's kernel sockets in batches
+// (batch_linux.go).
 func (s *Server) limitReader(replay *replayCache) func(dns.Reader) dns.Reader {
 	return func(r dns.Reader) dns.Reader {
-		pcr, _ := r.(dns.PacketConnReader)
-		lr := &limitedReader{Reader: r, pcr: pcr, s: s, replay: replay}
-		if replay != nil {
-			lr.in = make([]byte, s.cfg.UDPSize)
-			lr.out = make([]byte, s.cfg.UDPSize)
-		}
-		return lr
+		return &limitedReader{Reader: r, s: s, replay: replay}
 	}
 }
 
 // limitedReader is used by one server's read loop only: its buffers need
-// no lock.
+// no lock. The UDP server reads through ReadPacketConn only: Run hides
+// its socket's type (packetSocket).
 type limitedReader struct {
 	dns.Reader
-	pcr     dns.PacketConnReader
-	s       *Server
-	replay  *replayCache // nil: no replaying (TCP)
-	in, out []byte       // the query read and the reply replayed
+	s      *Server
+	replay *replayCache // nil: no replaying (TCP)
+
+	started  bool
+	batch    *udpBatch // a kernel socket's batches; nil: one datagram at a time
+	in, out  []byte    // without batch: the query read and the reply replayed
+	now      time.Time // when the batch was read
+	replayed int       // queries replayed, not yet counted
 }
+
+// packetSocket hides the type of a UDP socket from the miekg server: on a
+// *net.UDPConn it would read through ReadUDP, which gives a SessionUDP
+// only miekg can make, and ask for IP_PKTINFO on every datagram to send
+// the reply from the query's destination address. The sockets here are
+// bound to one address each (Config.Listen), so the reply leaves from
+// the query's destination without it, and ReadPacketConn can read them
+// in batches.
+type packetSocket struct{ net.PacketConn }
 
 func addrPortOf(a net.Addr) netip.Addr {
 	switch a := a.(type) {
@@ -407,50 +416,21 @@ func addrPortOf(a net.Addr) netip.Addr {
 	return ap.Addr()
 }
 
-// ReadUDP reads like miekg's reader but into the reader's own buffer, so
-// a replayed query costs no buffer. It sets no read deadline: the server's
-// shutdown sets one in the past, which ends the read.
-func (r *limitedReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *dns.SessionUDP, error) {
-	if r.replay == nil {
-		for {
-			m, sess, err := r.Reader.ReadUDP(conn, timeout)
-			if err != nil || r.s.lim.allow(addrPortOf(sess.RemoteAddr())) {
-				return m, sess, err
-			}
-			r.s.stats.rateLimited.Add(1)
-		}
-	}
-	for {
-		n, sess, err := dns.ReadFromSessionUDP(conn, r.in)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !r.s.lim.allow(addrPortOf(sess.RemoteAddr())) {
-			r.s.stats.rateLimited.Add(1)
-			continue
-		}
-		if b := r.replayOf(r.in[:n]); b != nil {
-			if _, err := dns.WriteToSessionUDP(conn, b, sess); err != nil {
-				r.s.peerLog.Debug("write replayed reply", "to", sess.RemoteAddr(), "err", err)
-			}
-			continue
-		}
-		return r.handOn(r.in[:n]), sess, nil
-	}
-}
-
+// ReadPacketConn reads the next query the miekg server must answer, into
+// a buffer of its own: dropped and replayed queries never reach it. It
+// sets no read deadline: the server's shutdown sets one in the past, which
+// ends the read.
 func (r *limitedReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) ([]byte, net.Addr, error) {
-	if r.pcr == nil {
-		return nil, nil, errors.New("dns64: reader cannot read packet conns")
-	}
-	if r.replay == nil {
-		for {
-			m, from, err := r.pcr.ReadPacketConn(conn, timeout)
-			if err != nil || r.s.lim.allow(addrPortOf(from)) {
-				return m, from, err
-			}
-			r.s.stats.rateLimited.Add(1)
+	if !r.started {
+		r.started = true
+		r.batch = newUDPBatch(conn, int(r.s.cfg.UDPSize))
+		if r.batch == nil {
+			r.in = make([]byte, r.s.cfg.UDPSize)
+			r.out = make([]byte, r.s.cfg.UDPSize)
 		}
+	}
+	if r.batch != nil {
+		return r.readBatch()
 	}
 	for {
 		n, from, err := conn.ReadFrom(r.in)
@@ -461,14 +441,21 @@ func (r *limitedReader) ReadPacketConn(conn net.PacketConn, timeout time.Duratio
 			r.s.stats.rateLimited.Add(1)
 			continue
 		}
-		if b := r.replayOf(r.in[:n]); b != nil {
+		q := r.in[:n]
+		if b := copyReply(q, r.replay.get(q, r.s.cfg.Now()), r.out); b != nil {
+			r.replayed++
+			r.countReplayed()
 			if _, err := conn.WriteTo(b, from); err != nil {
-				r.s.peerLog.Debug("write replayed reply", "to", from, "err", err)
+				r.writeFailed(from, err)
 			}
 			continue
 		}
-		return r.handOn(r.in[:n]), from, nil
+		return r.handOn(q), from, nil
 	}
+}
+
+func (r *limitedReader) writeFailed(to net.Addr, err error) {
+	r.s.peerLog.Debug("write replayed reply", "to", to, "err", err)
 }
 
 func (r *limitedReader) ReadTCP(conn net.Conn, timeout time.Duration) ([]byte, error) {
