@@ -106,7 +106,9 @@ type meshConn struct {
 // to a node's port c.port (this socket's own number: a protocol that
 // talks port to port, like meship's IP packets) could not be delivered.
 // Without it such reports are only counted (unreachable_reports). fn runs
-// on the router's goroutine: it must not block nor call the router. A
+// with the router's core mutex held, on whichever goroutine made the Node
+// call (a link reader, a writer, the timer goroutine): it must not block
+// nor call the router. A
 // mesh socket returned by ListenPacket implements it; nil stops the calls.
 func (c *meshConn) NotifyUnreachable(fn func(Unreachable)) {
 	if fn == nil {
@@ -118,7 +120,8 @@ func (c *meshConn) NotifyUnreachable(fn func(Unreachable)) {
 
 var _ net.PacketConn = (*meshConn)(nil)
 
-// enqueue is called on the Node's goroutine and must not block.
+// enqueue is called with the router's core mutex held and must not block:
+// a full queue drops the datagram and counts it.
 func (c *meshConn) enqueue(p meshPacket) {
 	select {
 	case <-c.closed:

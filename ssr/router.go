@@ -24,12 +24,9 @@ import (
 const (
 	// DefaultPort is the UDP port of SSR frames on every mesh interface.
 	DefaultPort = 7447
-	// inboundQueue bounds the frames read from the links and not yet handed
-	// to the Node; it is also the number of receive buffers, so memory stays
-	// fixed whatever the load.
-	inboundQueue = 256
-	// requestQueue bounds application requests (sends, pings, status) waiting
-	// for the Node's goroutine; a writer blocks when it is full.
+	// requestQueue bounds the requests waiting for the timer goroutine: link
+	// state changes, and the sends and pings made before Run started (a
+	// writer then waits for Run).
 	requestQueue = 256
 	// readBufSize holds the largest frame on the wire (the core's largest,
 	// sealed) plus one byte, so a longer datagram shows up as oversized
@@ -98,10 +95,18 @@ type RouterConfig struct {
 // with them over UDP to their link-local addresses, and offers mesh sockets
 // (ListenPacket) bound to the node's mesh address.
 //
-// One goroutine (the one running Run) owns the Node: it handles inbound
-// frames, timers and application requests in turn, so the Node needs no
-// lock. Each link socket has one reader goroutine feeding it through a
-// bounded queue of reused buffers.
+// The Node is not safe for concurrent use; the core mutex owns it (and
+// LinkAuth, and the links' state). Each goroutine that has work for it
+// takes the mutex and does the work itself, so a datagram crosses no
+// goroutine hand-off inside the router: a link socket's reader handles the
+// frame it read (a relay's write to the next hop included), a mesh
+// socket's writer originates its datagram and writes it to the link
+// socket, and a datagram for this node goes from the reader straight into
+// the mesh socket's queue. Each hand-off (a channel send and a wake-up of
+// another goroutine) cost several microseconds of the round trip; the
+// mutex costs tens of nanoseconds while nobody else holds it. One more
+// goroutine (the one running Run) runs the Node's timers and the link
+// state changes.
 type Router struct {
 	cfg  RouterConfig
 	id   NodeID
@@ -110,14 +115,15 @@ type Router struct {
 	node *Node
 	auth *LinkAuth // between the links and the Node: every frame passes it
 
-	// Buffers circulate between free, the readers and inbound; there are
-	// exactly inboundQueue of them, so neither channel ever holds more.
-	free    chan *frameBuf
-	inbound chan *frameBuf
 	reqs    chan request
-	sendBuf sync.Pool // *[]byte payload copies of application sends
+	sendBuf sync.Pool     // *[]byte payload copies of sends queued before Run
+	kick    chan struct{} // the Node's next deadline moved earlier than armed
 
-	// Owned by the Run goroutine.
+	// core owns the Node: everything below up to stats is read and written
+	// with it held.
+	core        sync.Mutex
+	live        bool      // Run is running: frames, sends and timers go to the Node
+	armed       time.Time // the deadline the timer goroutine waits for
 	links       []*routerLink
 	owner       routerEnv
 	failPending bool // some link has failed set
@@ -125,7 +131,6 @@ type Router struct {
 	runOnce atomic.Bool
 	started chan struct{} // closed when Run starts owning the Node
 	stopped chan struct{} // closed when Run stops owning the Node
-	nodeMu  sync.Mutex    // serialises Node reads once stopped (Status)
 
 	stats routerStats
 
@@ -137,7 +142,8 @@ type Router struct {
 	nextEph uint16 // next ephemeral port to try
 }
 
-// routerLink is one mesh interface. Only the Run goroutine touches it.
+// routerLink is one mesh interface. Its fields are the core mutex's, but
+// for the atomics (the link watchers read them).
 type routerLink struct {
 	id        LinkID
 	name      string
@@ -156,35 +162,27 @@ type routerLink struct {
 	noCarrier atomic.Bool
 }
 
-// frameBuf is one receive buffer and what was read into it.
-type frameBuf struct {
-	b    [readBufSize]byte
-	n    int
-	link LinkID
-	from netip.AddrPort
-}
-
 type reqKind uint8
 
 const (
 	reqSend reqKind = iota + 1
 	reqPing
-	reqStatus
 	reqLinkUp
 	reqLinkState
 	reqCarrier // reqLinkState from a link event (netx.LinkWatcher)
 )
 
-// request is an application request for the Node's goroutine. It travels
-// by value through a channel, so it costs no allocation.
+// request is work for the Node: an application's, done by the caller with
+// the core mutex held, or one queued for the timer goroutine (link state
+// changes; sends and pings before Run started). It travels by value through
+// the channel, so it costs no allocation.
 type request struct {
 	kind             reqKind
 	target           NodeID
 	mode             Mode
 	srcPort, dstPort uint16
-	payload          *[]byte // reqSend: a pooled copy, returned after Send
+	payload          *[]byte // reqSend queued: a pooled copy, returned after Send
 	pingID           uint32
-	status           chan<- RouterStatus
 	link             LinkID
 	uc               netx.AddrPortConn
 	local            netip.Addr
@@ -256,9 +254,8 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		id:      id,
 		addr:    id.Addr(),
 		log:     log,
-		free:    make(chan *frameBuf, inboundQueue),
-		inbound: make(chan *frameBuf, inboundQueue),
 		reqs:    make(chan request, requestQueue),
+		kick:    make(chan struct{}, 1),
 		started: make(chan struct{}),
 		stopped: make(chan struct{}),
 		sockets: make(map[net.PacketConn]bool),
@@ -286,9 +283,6 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 			group: netip.AddrPortFrom(cfg.Group.WithZone(name), cfg.Port),
 		})
 		r.node.AddLink(LinkID(i))
-	}
-	for range inboundQueue {
-		r.free <- new(frameBuf)
 	}
 	return r, nil
 }
@@ -320,6 +314,13 @@ func (r *Router) Run(ctx context.Context) error {
 	}()
 
 	r.log.Info("router starting", "addr", r.addr, "interfaces", r.cfg.Interfaces, "port", r.cfg.Port)
+	// What was queued before Run goes first, then the Node is live: from
+	// here on callers do their work themselves (Router says why).
+	r.core.Lock()
+	r.drainRequests()
+	r.live = true
+	r.core.Unlock()
+	close(r.started)
 	for _, l := range r.links {
 		wg.Go(func() { r.openLink(ctx, &wg, l.id, l.name) })
 	}
@@ -327,48 +328,87 @@ func (r *Router) Run(ctx context.Context) error {
 	if lw, ok := r.cfg.Network.(netx.LinkWatcher); ok {
 		wg.Go(func() { r.watchLinkEvents(ctx, lw) })
 	}
-	close(r.started)
 	r.loop(ctx)
 	return nil
 }
 
-// loop is the Node's goroutine: it serialises frames, timers and requests.
+// loop runs the Node's timers and the queued requests. Frames and
+// application sends do not pass through it.
 func (r *Router) loop(ctx context.Context) {
 	// Fires at once: the Node has not started, its deadline is the zero time.
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	var armed time.Time
 	for {
-		if next := r.node.NextDeadline(); !next.Equal(armed) {
-			armed = next
-			timer.Reset(time.Until(next))
-		}
+		r.core.Lock()
+		next := r.node.NextDeadline()
+		r.armed = next
+		r.core.Unlock()
+		// Since Go 1.23 Reset discards a value the timer sent and nobody
+		// received, so the channel never holds a stale expiry.
+		timer.Reset(time.Until(next))
 		select {
 		case <-ctx.Done():
 			return
-		case fb := <-r.inbound:
-			if r.auth != nil {
-				r.auth.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
-			} else {
-				r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
-			}
-			r.free <- fb
+		case <-r.kick:
+			// A frame or a send set an earlier deadline: re-arm.
 		case req := <-r.reqs:
+			r.core.Lock()
 			r.handleRequest(req)
+			r.unlockCore()
 		case <-timer.C:
-			armed = time.Time{}
+			r.core.Lock()
 			if r.auth != nil {
 				r.auth.Tick(time.Now())
 			} else {
 				r.node.Tick(time.Now())
 			}
-		}
-		if r.failPending {
-			r.applyFailures()
+			r.unlockCore()
 		}
 	}
 }
 
+// drainRequests handles what is queued, without waiting.
+func (r *Router) drainRequests() {
+	for {
+		select {
+		case req := <-r.reqs:
+			r.handleRequest(req)
+		default:
+			return
+		}
+	}
+}
+
+// lockLive takes the core mutex if the router runs and reports whether it
+// did; after Run has returned nobody may touch the Node but Status.
+func (r *Router) lockLive() bool {
+	r.core.Lock()
+	if r.live {
+		return true
+	}
+	r.core.Unlock()
+	return false
+}
+
+// unlockCore ends a Node call: it takes down the links whose sends failed
+// (Env methods must not call back into the Node, so this waits until the
+// call returned), tells the timer goroutine when the call moved the next
+// deadline earlier than the one it waits for, and releases the mutex.
+func (r *Router) unlockCore() {
+	if r.failPending {
+		r.applyFailures()
+	}
+	if r.live && r.node.NextDeadline().Before(r.armed) {
+		r.armed = time.Time{} // kick once; the loop arms the new one
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	r.core.Unlock()
+}
+
+// handleRequest does req; the core mutex is held.
 func (r *Router) handleRequest(req request) {
 	now := time.Now()
 	if r.auth != nil {
@@ -392,8 +432,6 @@ func (r *Router) handleRequest(req request) {
 		if p != nil { // else the caller gave up while it was queued
 			r.node.Ping(now, req.target, req.pingID)
 		}
-	case reqStatus:
-		req.status <- r.statusLocked(now)
 	case reqLinkUp:
 		l := r.links[req.link]
 		l.uc, l.local, l.port, l.lastErr = req.uc, req.local, req.srcPort, ""
@@ -441,7 +479,7 @@ func (r *Router) linkDown(l *routerLink, why string) {
 }
 
 // watchLinks checks the mesh interfaces every linkRetry and tells the
-// Node's goroutine when one it uses went down (admin down, link-local
+// timer goroutine when one it uses went down (admin down, link-local
 // address gone) or one it took down came back. A send error takes a link
 // down sooner; this is how it comes back.
 func (r *Router) watchLinks(ctx context.Context) {
@@ -461,7 +499,7 @@ func (r *Router) watchLinks(ctx context.Context) {
 			i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == l.name })
 			up := i >= 0 && ifs[i].Up && ifs[i].LinkLocal().IsValid() && !l.noCarrier.Load()
 			if up != l.isDown.Load() {
-				continue // the Node's goroutine already agrees
+				continue // the Node already agrees
 			}
 			select {
 			case r.reqs <- request{kind: reqLinkState, link: l.id, up: up}:
@@ -473,7 +511,7 @@ func (r *Router) watchLinks(ctx context.Context) {
 }
 
 // watchLinkEvents hands the link watcher's carrier changes of the mesh
-// interfaces to the Node's goroutine as they happen (on Linux a netlink
+// interfaces to the timer goroutine as they happen (on Linux a netlink
 // RTM_NEWLINK, within milliseconds of a cable pulled or a veth peer gone),
 // so the neighbours on a dead link are dropped at once and the frames for
 // them repaired, instead of after NeighbourTimeout or the next poll.
@@ -508,12 +546,13 @@ func linkGone(err error) bool {
 	return false
 }
 
-// shutdown stops the Node's goroutine from being reachable and closes every
+// shutdown makes the Node unreachable and closes every
 // link socket, which ends the readers.
 func (r *Router) shutdown() {
-	r.nodeMu.Lock()
+	r.core.Lock()
+	r.live = false
 	close(r.stopped)
-	r.nodeMu.Unlock()
+	r.core.Unlock()
 	r.mu.Lock()
 	r.closing = true
 	socks := make([]net.PacketConn, 0, len(r.sockets))
@@ -542,7 +581,7 @@ func (r *Router) track(c net.PacketConn) bool {
 
 // openLink opens the two sockets of one mesh interface, retrying until it
 // succeeds or ctx ends, then starts their readers and hands the unicast
-// socket to the Node's goroutine.
+// socket to the timer goroutine.
 func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, name string) {
 	log := r.log.With("iface", name)
 	t := time.NewTimer(0)
@@ -633,22 +672,19 @@ func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketCo
 	return mc, uc, local, nil
 }
 
-// read is the reader goroutine of one link socket. It exits when the socket
-// is closed or the router stops.
+// read is the reader goroutine of one link socket: it hands each frame to
+// the Node itself (Router says why). It exits when the socket is closed or
+// the router stops. A reader busy in the Node leaves frames waiting in the
+// socket's kernel buffer (LinkSocketBuffer), which bounds them and counts
+// what overflows, as it does for any UDP socket.
 func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon bool) {
 	name := r.cfg.Interfaces[id]
 	local = local.WithZone("")
 	var errs int
+	buf := make([]byte, readBufSize)
 	for {
-		var fb *frameBuf
-		select {
-		case fb = <-r.free:
-		case <-r.stopped:
-			return
-		}
-		n, from, err := c.ReadFromUDPAddrPort(fb.b[:])
+		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			r.free <- fb
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -676,15 +712,20 @@ func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon b
 			// interface); their own sockets report those.
 			r.stats.otherIface.Add(1)
 		default:
-			fb.n, fb.link, fb.from = n, id, from
-			r.inbound <- fb // never blocks: at most inboundQueue buffers exist
-			continue
+			if !r.lockLive() {
+				return // stopped
+			}
+			if r.auth != nil {
+				r.auth.HandleFrame(time.Now(), id, from, buf[:n])
+			} else {
+				r.node.HandleFrame(time.Now(), id, from, buf[:n])
+			}
+			r.unlockCore()
 		}
-		r.free <- fb
 	}
 }
 
-// routerEnv is the Node's Env. Its methods run on the Node's goroutine.
+// routerEnv is the Node's Env. Its methods run with the core mutex held.
 type routerEnv struct{ r *Router }
 
 // SendFrame implements Env.
@@ -779,28 +820,72 @@ func (r *Router) resolvePing(id uint32, res pingResult) {
 	p.ch <- res // buffered for the one result
 }
 
-// errGaveUp is enqueue's report that the caller's done channel closed
-// (context cancelled, deadline passed); callers replace it with their reason.
+// errGaveUp is do's report that the caller's done channel closed (context
+// cancelled, deadline passed); callers replace it with their reason.
 var errGaveUp = errors.New("ssr: gave up waiting for the router")
 
-// enqueue hands a request to the Node's goroutine. It blocks while the
-// queue is full, until done or done2 is closed (nil: never) or the router
-// stops.
-func (r *Router) enqueue(req request, done, done2 <-chan struct{}) error {
-	select {
-	case <-r.stopped:
-		return ErrRouterClosed
-	default:
+// do carries out an application request (a send of b, a ping) on the
+// caller's goroutine with the core mutex held. Before Run has started it
+// queues the request for Run (a send as a pooled copy of b); with the
+// queue full it waits for Run, or until done or done2 is closed (nil:
+// never) or the router stops. Queued requests are all done before the
+// first direct one, so one writer's datagrams leave in the order written.
+func (r *Router) do(req request, b []byte, done, done2 <-chan struct{}) error {
+	for {
+		r.core.Lock()
+		if r.live {
+			r.handle(req, b)
+			r.unlockCore()
+			return nil
+		}
+		if isClosed(r.stopped) {
+			r.core.Unlock()
+			return ErrRouterClosed
+		}
+		if req.kind == reqSend && req.payload == nil {
+			p := r.sendBuf.Get().(*[]byte)
+			*p = append((*p)[:0], b...)
+			req.payload = p
+		}
+		select {
+		case r.reqs <- req:
+			r.core.Unlock()
+			return nil
+		default:
+		}
+		r.core.Unlock()
+		select {
+		case <-r.started:
+		case <-r.stopped:
+		case <-done:
+			if req.payload != nil {
+				r.sendBuf.Put(req.payload)
+			}
+			return errGaveUp
+		case <-done2:
+			if req.payload != nil {
+				r.sendBuf.Put(req.payload)
+			}
+			return errGaveUp
+		}
 	}
-	select {
-	case r.reqs <- req:
-		return nil
-	case <-r.stopped:
-		return ErrRouterClosed
-	case <-done:
-		return errGaveUp
-	case <-done2:
-		return errGaveUp
+}
+
+// handle does an application request with the core mutex held: a send of
+// b straight into the Node, which seals it and writes it to the link
+// socket before returning, or a ping.
+func (r *Router) handle(req request, b []byte) {
+	if req.kind != reqSend || req.payload != nil {
+		r.handleRequest(req)
+		return
+	}
+	now := time.Now()
+	if r.auth != nil {
+		r.auth.SetNow(now)
+	}
+	if err := r.node.Send(now, req.target, req.mode, req.srcPort, req.dstPort, b); err != nil {
+		// Sizes are checked before; this is a core change.
+		r.log.Warn("send refused", "target", req.target, "err", err)
 	}
 }
 
@@ -829,13 +914,7 @@ func (r *Router) send(key NodeID, mode Mode, srcPort, dstPort uint16, b []byte, 
 	if max := r.maxPayload(); len(b) > max {
 		return fmt.Errorf("%w: %d bytes (at most %d)", ErrTooBig, len(b), max)
 	}
-	p := r.sendBuf.Get().(*[]byte)
-	*p = append((*p)[:0], b...)
-	err := r.enqueue(request{kind: reqSend, target: key, mode: mode, srcPort: srcPort, dstPort: dstPort, payload: p}, done, done2)
-	if err != nil {
-		r.sendBuf.Put(p)
-	}
-	return err
+	return r.do(request{kind: reqSend, target: key, mode: mode, srcPort: srcPort, dstPort: dstPort}, b, done, done2)
 }
 
 // Ping sends an echo request to dst and waits for the reply, ctx's end, or
@@ -855,7 +934,7 @@ func (r *Router) Ping(ctx context.Context, dst NodeID) (PingReply, time.Duration
 		delete(r.pings, id)
 		r.mu.Unlock()
 	}()
-	if err := r.enqueue(request{kind: reqPing, target: dst, pingID: id}, ctx.Done(), nil); err != nil {
+	if err := r.do(request{kind: reqPing, target: dst, pingID: id}, nil, ctx.Done(), nil); err != nil {
 		if err == errGaveUp {
 			err = ctx.Err()
 		}
@@ -931,29 +1010,21 @@ type DriverStats struct {
 }
 
 // Status returns a snapshot of the router. Before Run it shows identity
-// only; while Run runs the Node's goroutine takes the snapshot.
+// only; after Run returned, the state the Node was left in.
 func (r *Router) Status() RouterStatus {
 	select {
 	case <-r.started:
 	default:
 		return r.staticStatus()
 	}
-	ch := make(chan RouterStatus, 1)
-	if err := r.enqueue(request{kind: reqStatus, status: ch}, nil, nil); err == nil {
-		select {
-		case st := <-ch:
-			return st
-		case <-r.stopped:
-		}
-	}
-	// Stopped: nobody owns the Node any more; nodeMu keeps concurrent
-	// Status calls from sharing its scratch space.
-	r.nodeMu.Lock()
-	defer r.nodeMu.Unlock()
+	r.core.Lock()
+	defer r.core.Unlock()
 	st := r.statusLocked(time.Now())
-	st.Running = false
-	for i := range st.Interfaces {
-		st.Interfaces[i].Up = false
+	if !r.live {
+		st.Running = false
+		for i := range st.Interfaces {
+			st.Interfaces[i].Up = false
+		}
 	}
 	return st
 }
@@ -979,8 +1050,7 @@ func (r *Router) driverStats() DriverStats {
 	}
 }
 
-// statusLocked reads the Node: call it on the Node's goroutine, or with
-// nodeMu held after the router stopped.
+// statusLocked reads the Node: call it with the core mutex held.
 func (r *Router) statusLocked(now time.Time) RouterStatus {
 	n := r.node
 	st := RouterStatus{
