@@ -148,6 +148,7 @@ type routerLink struct {
 	id        LinkID
 	name      string
 	uc        netx.AddrPortConn // unicast socket: sends everything, receives unicast
+	bc        *batchConn        // uc's batched I/O (Linux kernel sockets), or nil
 	local     netip.Addr        // our link-local address on it
 	port      uint16            // the unicast socket's port
 	group     netip.AddrPort    // beacon group with the interface as zone
@@ -185,6 +186,7 @@ type request struct {
 	pingID           uint32
 	link             LinkID
 	uc               netx.AddrPortConn
+	bc               *batchConn
 	local            netip.Addr
 	up               bool // reqLinkState
 }
@@ -390,13 +392,17 @@ func (r *Router) lockLive() bool {
 	return false
 }
 
-// unlockCore ends a Node call: it takes down the links whose sends failed
+// unlockCore ends a Node call: it sends the frames the call queued on the
+// links (batched, one system call per link), takes down the links whose
+// sends failed
 // (Env methods must not call back into the Node, so this waits until the
 // call returned), tells the timer goroutine when the call moved the next
 // deadline earlier than the one it waits for, and releases the mutex.
 func (r *Router) unlockCore() {
+	r.flushLinks()
 	if r.failPending {
 		r.applyFailures()
+		r.flushLinks() // what taking the links down sent; its errors wait for the next call
 	}
 	if r.live && r.node.NextDeadline().Before(r.armed) {
 		r.armed = time.Time{} // kick once; the loop arms the new one
@@ -406,6 +412,15 @@ func (r *Router) unlockCore() {
 		}
 	}
 	r.core.Unlock()
+}
+
+// flushLinks sends the frames the Node call queued on each link (SendFrame).
+func (r *Router) flushLinks() {
+	for _, l := range r.links {
+		if l.bc != nil && l.bc.txN > 0 {
+			l.bc.flush()
+		}
+	}
 }
 
 // handleRequest does req; the core mutex is held.
@@ -434,7 +449,7 @@ func (r *Router) handleRequest(req request) {
 		}
 	case reqLinkUp:
 		l := r.links[req.link]
-		l.uc, l.local, l.port, l.lastErr = req.uc, req.local, req.srcPort, ""
+		l.uc, l.bc, l.local, l.port, l.lastErr = req.uc, req.bc, req.local, req.srcPort, ""
 	case reqLinkState, reqCarrier:
 		l := r.links[req.link]
 		why := "interface down or without its link-local address"
@@ -593,7 +608,7 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 			return
 		case <-t.C:
 		}
-		mc, uc, local, err := r.dialLink(ctx, name)
+		mc, uc, local, ifindex, err := r.dialLink(ctx, name)
 		if err == nil {
 			if !r.track(uc) {
 				mc.Close()
@@ -608,10 +623,15 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 				log.Info("mesh interface up", "local", local)
 			}
 			pc := netx.AsAddrPortConn(uc)
+			bc := newBatchConn(uc, ifindex, name, func(to netip.AddrPort, err error) { r.sendFailed(r.links[id], to, err) })
 			wg.Go(func() { r.read(id, netx.AsAddrPortConn(mc), local, true) })
-			wg.Go(func() { r.read(id, pc, local, false) })
+			if bc != nil {
+				wg.Go(func() { r.readBatch(id, bc, local) })
+			} else {
+				wg.Go(func() { r.read(id, pc, local, false) })
+			}
 			select {
-			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, local: local, srcPort: netx.AddrPortOf(uc.LocalAddr()).Port()}:
+			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, bc: bc, local: local, srcPort: netx.AddrPortOf(uc.LocalAddr()).Port()}:
 			case <-ctx.Done():
 			}
 			return
@@ -635,25 +655,25 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 // to [::]:port) refuses a second bind of the port; the unicast socket then
 // takes an ephemeral port, which works the same because neighbours answer
 // to the beacon's source port.
-func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketConn, local netip.Addr, err error) {
+func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketConn, local netip.Addr, ifindex int, err error) {
 	ifs, err := r.cfg.Network.Interfaces()
 	if err != nil {
-		return nil, nil, local, fmt.Errorf("listing interfaces: %w", err)
+		return nil, nil, local, 0, fmt.Errorf("listing interfaces: %w", err)
 	}
 	i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == name })
 	if i < 0 {
-		return nil, nil, local, fmt.Errorf("no interface %s", name)
+		return nil, nil, local, 0, fmt.Errorf("no interface %s", name)
 	}
 	if !ifs[i].Up {
-		return nil, nil, local, fmt.Errorf("interface %s is down", name)
+		return nil, nil, local, 0, fmt.Errorf("interface %s is down", name)
 	}
 	local = ifs[i].LinkLocal()
 	if !local.IsValid() {
-		return nil, nil, local, fmt.Errorf("interface %s has no IPv6 link-local address", name)
+		return nil, nil, local, 0, fmt.Errorf("interface %s has no IPv6 link-local address", name)
 	}
 	mc, err = r.cfg.Network.ListenMulticast(ctx, name, netip.AddrPortFrom(r.cfg.Group, r.cfg.Port))
 	if err != nil {
-		return nil, nil, local, fmt.Errorf("beacon socket [%s%%%s]:%d: %w", r.cfg.Group, name, r.cfg.Port, err)
+		return nil, nil, local, 0, fmt.Errorf("beacon socket [%s%%%s]:%d: %w", r.cfg.Group, name, r.cfg.Port, err)
 	}
 	uaddr := netip.AddrPortFrom(local, r.cfg.Port)
 	uc, err = r.cfg.Network.ListenPacket(ctx, "udp6", uaddr.String())
@@ -666,10 +686,10 @@ func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketCo
 	}
 	if err != nil {
 		mc.Close()
-		return nil, nil, local, fmt.Errorf("unicast socket %s: %w", uaddr, err)
+		return nil, nil, local, 0, fmt.Errorf("unicast socket %s: %w", uaddr, err)
 	}
 	setLinkBuffers(uc)
-	return mc, uc, local, nil
+	return mc, uc, local, ifs[i].Index, nil
 }
 
 // read is the reader goroutine of one link socket: it hands each frame to
@@ -685,43 +705,98 @@ func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon b
 	for {
 		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			r.stats.readErrors.Add(1)
-			errs++
-			if errs == 1 || errs%1000 == 0 {
-				r.log.Warn("mesh read failed", "iface", name, "err", err, "count", errs)
-			}
-			// Do not spin on a socket that keeps failing.
-			select {
-			case <-time.After(10 * time.Millisecond):
-			case <-r.stopped:
+			if r.readFailed(name, err, &errs) {
 				return
 			}
 			continue
 		}
-		switch {
-		case n > maxWireFrame:
-			r.stats.oversize.Add(1)
-		case from.Addr().WithZone("") == local:
-			// Our own beacon, looped back by the kernel.
-		case beacon && from.Addr().Zone() != "" && from.Addr().Zone() != name:
-			// A multicast socket also hears the group on its siblings'
-			// interfaces (Linux matches memberships by group, not by
-			// interface); their own sockets report those.
-			r.stats.otherIface.Add(1)
-		default:
-			if !r.lockLive() {
-				return // stopped
-			}
-			if r.auth != nil {
-				r.auth.HandleFrame(time.Now(), id, from, buf[:n])
-			} else {
-				r.node.HandleFrame(time.Now(), id, from, buf[:n])
-			}
-			r.unlockCore()
+		if !r.wanted(name, local, beacon, n, from) {
+			continue
 		}
+		if !r.lockLive() {
+			return // stopped
+		}
+		r.handleFrame(time.Now(), id, from, buf[:n])
+		r.unlockCore()
+	}
+}
+
+// readBatch is read for a unicast socket with batched I/O: a burst of
+// frames is read with one system call and handled under one hold of the
+// core mutex, and what the Node sends meanwhile leaves in one system call
+// per link when the mutex is released (unlockCore).
+func (r *Router) readBatch(id LinkID, bc *batchConn, local netip.Addr) {
+	name := r.cfg.Interfaces[id]
+	local = local.WithZone("")
+	var errs int
+	for {
+		n, err := bc.read()
+		if err != nil {
+			if r.readFailed(name, err, &errs) {
+				return
+			}
+			continue
+		}
+		if !r.lockLive() {
+			return // stopped
+		}
+		now := time.Now()
+		for i := range n {
+			b, from := bc.frame(i)
+			if r.wanted(name, local, false, len(b), from) {
+				r.handleFrame(now, id, from, b)
+			}
+		}
+		r.unlockCore()
+	}
+}
+
+// readFailed counts and logs a failed read and reports whether the reader
+// must stop (the socket closed, or the router stopped). It waits a little
+// first: a socket that keeps failing must not spin.
+func (r *Router) readFailed(name string, err error, errs *int) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	r.stats.readErrors.Add(1)
+	*errs++
+	if *errs == 1 || *errs%1000 == 0 {
+		r.log.Warn("mesh read failed", "iface", name, "err", err, "count", *errs)
+	}
+	select {
+	case <-time.After(10 * time.Millisecond):
+		return false
+	case <-r.stopped:
+		return true
+	}
+}
+
+// wanted reports whether a frame of n bytes read on link name from from
+// goes to the Node, and counts the ones that do not.
+func (r *Router) wanted(name string, local netip.Addr, beacon bool, n int, from netip.AddrPort) bool {
+	switch {
+	case n > maxWireFrame:
+		r.stats.oversize.Add(1)
+	case from.Addr().WithZone("") == local:
+		// Our own beacon, looped back by the kernel.
+	case beacon && from.Addr().Zone() != "" && from.Addr().Zone() != name:
+		// A multicast socket also hears the group on its siblings'
+		// interfaces (Linux matches memberships by group, not by
+		// interface); their own sockets report those.
+		r.stats.otherIface.Add(1)
+	default:
+		return true
+	}
+	return false
+}
+
+// handleFrame passes a frame read from a link to the Node, through link
+// security; the core mutex is held.
+func (r *Router) handleFrame(now time.Time, id LinkID, from netip.AddrPort, b []byte) {
+	if r.auth != nil {
+		r.auth.HandleFrame(now, id, from, b)
+	} else {
+		r.node.HandleFrame(now, id, from, b)
 	}
 }
 
@@ -742,20 +817,38 @@ func (e *routerEnv) SendFrame(link LinkID, to netip.AddrPort, frame []byte) {
 	if !to.IsValid() {
 		to = l.group
 	}
+	if l.bc != nil {
+		// Queued for unlockCore, which sends the frames of this Node call
+		// together; the Node's frame is only valid during the call, so the
+		// batch holds a copy.
+		if l.bc.add(frame, to) {
+			return
+		}
+		l.bc.flush() // full, or not an address of the link: keep the order
+		if l.bc.add(frame, to) {
+			return
+		}
+	}
 	if _, err := l.uc.WriteToUDPAddrPort(frame, to); err != nil {
-		r.stats.sendErrors.Add(1)
-		l.lastErr = err.Error()
-		if linkGone(err) {
-			l.failed, r.failPending = true, true
-		}
-		// A cut cable makes every beacon fail: log the first, then a
-		// summary every logEvery.
-		if now := time.Now(); now.Sub(l.lastLog) >= logEvery {
-			r.log.Warn("mesh send failed", "iface", l.name, "to", to, "err", err, "suppressed", l.suppressd)
-			l.lastLog, l.suppressd = now, 0
-		} else {
-			l.suppressd++
-		}
+		r.sendFailed(l, to, err)
+	}
+}
+
+// sendFailed counts a frame the link socket refused and takes the link
+// down (after the Node call) if the error says the interface is gone.
+func (r *Router) sendFailed(l *routerLink, to netip.AddrPort, err error) {
+	r.stats.sendErrors.Add(1)
+	l.lastErr = err.Error()
+	if linkGone(err) {
+		l.failed, r.failPending = true, true
+	}
+	// A cut cable makes every beacon fail: log the first, then a summary
+	// every logEvery.
+	if now := time.Now(); now.Sub(l.lastLog) >= logEvery {
+		r.log.Warn("mesh send failed", "iface", l.name, "to", to, "err", err, "suppressed", l.suppressd)
+		l.lastLog, l.suppressd = now, 0
+	} else {
+		l.suppressd++
 	}
 }
 
