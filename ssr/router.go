@@ -857,14 +857,7 @@ func (e *routerEnv) Deliver(ev Event) {
 	r := e.r
 	switch ev := ev.(type) {
 	case Datagram:
-		r.mu.Lock()
-		c := r.conns[ev.DstPort]
-		r.mu.Unlock()
-		if c == nil {
-			r.stats.noListener.Add(1)
-			return
-		}
-		c.enqueue(meshPacket{src: ev.Src, srcPort: ev.SrcPort, payload: ev.Payload, hops: ev.Hops})
+		e.deliverDatagram(ev)
 	case PingReply:
 		r.resolvePing(ev.ID, pingResult{reply: ev})
 	case Unreachable:
@@ -883,6 +876,19 @@ func (e *routerEnv) Deliver(ev Event) {
 		}
 		r.resolvePing(ev.PingID, pingResult{err: unreachableError{ev.Reason, ev.At}})
 	}
+}
+
+// deliverDatagram queues a datagram at the mesh socket bound to its port.
+func (e *routerEnv) deliverDatagram(d Datagram) {
+	r := e.r
+	r.mu.Lock()
+	c := r.conns[d.DstPort]
+	r.mu.Unlock()
+	if c == nil {
+		r.stats.noListener.Add(1)
+		return
+	}
+	c.enqueue(meshPacket{src: d.Src, srcPort: d.SrcPort, payload: d.Payload, hops: d.Hops})
 }
 
 // unreachableError is an Unreachable report; it is an ErrUnreachable.
