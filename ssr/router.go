@@ -561,13 +561,11 @@ func linkGone(err error) bool {
 	return false
 }
 
-// shutdown makes the Node unreachable and closes every
-// link socket, which ends the readers.
+// shutdown closes every link socket, which ends the readers, and makes the
+// Node unreachable. The sockets are closed first: a goroutine holding the
+// core mutex while it waits for a full send buffer then gets an error
+// instead of holding the mutex (and shutdown) forever.
 func (r *Router) shutdown() {
-	r.core.Lock()
-	r.live = false
-	close(r.stopped)
-	r.core.Unlock()
 	r.mu.Lock()
 	r.closing = true
 	socks := make([]net.PacketConn, 0, len(r.sockets))
@@ -579,6 +577,10 @@ func (r *Router) shutdown() {
 	for _, c := range socks {
 		c.Close()
 	}
+	r.core.Lock()
+	r.live = false
+	close(r.stopped)
+	r.core.Unlock()
 }
 
 // track registers a link socket for shutdown; it refuses (and closes the
@@ -838,6 +840,9 @@ func (e *routerEnv) SendFrame(link LinkID, to netip.AddrPort, frame []byte) {
 // down (after the Node call) if the error says the interface is gone.
 func (r *Router) sendFailed(l *routerLink, to netip.AddrPort, err error) {
 	r.stats.sendErrors.Add(1)
+	if errors.Is(err, net.ErrClosed) {
+		return // the router is stopping (shutdown closed the socket)
+	}
 	l.lastErr = err.Error()
 	if linkGone(err) {
 		l.failed, r.failPending = true, true
