@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -236,21 +237,37 @@ func meshRoundTrip(b *testing.B, rig *meshRig) time.Duration {
 	return b.Elapsed() / time.Duration(b.N)
 }
 
+// cpuTime is the CPU time (user and system) the process has used. All
+// ends of a round trip run in this process, and the kernel's forwarding
+// at B runs in the softirq of the sending system call, so the difference
+// over a benchmark is what a round trip costs: on a shared machine a
+// steadier measure than the wall clock.
+func cpuTime(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // BenchmarkMeshVsKernelUDP compares, over the same two veth hops A–B–C, the
 // round trip of a 64-byte datagram between mesh sockets (SSR routers in
 // each namespace, this process) with that of plain kernel UDP forwarded by
 // B's IPv6 stack, and with that of the same kernel UDP through WireGuard
 // on both links (wireguard-go). ns/op is the round trip. The others report
 // added-us/hop: the extra latency one hop adds over a kernel-forwarded
-// hop, against the kernel baseline of the same run.
+// hop, against the kernel baseline of the same run. kernel-udp and the
+// mesh report cpu-us/rt too, the CPU time of a round trip (cpuTime).
 func BenchmarkMeshVsKernelUDP(b *testing.B) {
 	netns.RequireRoot(b)
 	t := newBenchTopo(b)
 	const hops = 2
 	var kernel time.Duration
 	b.Run("kernel-udp", func(b *testing.B) {
+		cpu := cpuTime(b)
 		kernel = kernelRoundTrip(b, t)
 		b.ReportMetric(float64(kernel)/1e3, "rtt-us")
+		b.ReportMetric(float64(cpuTime(b)-cpu)/1e3/float64(b.N), "cpu-us/rt")
 	})
 	// The bar of the encrypted mesh (wg_bench_test.go): WireGuard on
 	// every link of the same path.
@@ -277,8 +294,10 @@ func BenchmarkMeshVsKernelUDP(b *testing.B) {
 			rig := newMeshRig(b, t, enc)
 			defer rig.stop()
 			b.ResetTimer()
+			cpu := cpuTime(b)
 			mesh := meshRoundTrip(b, rig)
 			b.ReportMetric(float64(mesh)/1e3, "rtt-us")
+			b.ReportMetric(float64(cpuTime(b)-cpu)/1e3/float64(b.N), "cpu-us/rt")
 			b.ReportMetric(float64(mesh-base)/1e3/(2*hops), "added-us/hop")
 		})
 	}
