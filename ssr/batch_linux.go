@@ -41,14 +41,20 @@ type batchConn struct {
 	// fail hears each frame the kernel refused (the core mutex is held).
 	fail func(to netip.AddrPort, err error)
 
-	rx      batchHalf
-	rxN     int
-	rxErr   syscall.Errno
-	readFn  func(fd uintptr) bool
-	tx      batchHalf
-	txN     int // frames waiting in tx
-	txSent  int // frames of tx flushed so far
-	writeFn func(fd uintptr) bool
+	rx    batchHalf
+	rxN   int
+	rxErr syscall.Errno
+	// The last source address read, with its zone: giving an address a
+	// zone interns the zone's name (unique.Make), a map look-up that a
+	// stream of frames from one neighbour need not repeat.
+	lastRaw   [16]byte
+	lastScope uint32
+	lastAddr  netip.Addr
+	readFn    func(fd uintptr) bool
+	tx        batchHalf
+	txN       int // frames waiting in tx
+	txSent    int // frames of tx flushed so far
+	writeFn   func(fd uintptr) bool
 }
 
 // batchHalf is a vector of linkBatch messages, each one buffer and one
@@ -122,15 +128,18 @@ func (b *batchConn) frame(i int) ([]byte, netip.AddrPort) {
 	if sa.Family != unix.AF_INET6 {
 		return buf, netip.AddrPort{}
 	}
-	a := netip.AddrFrom16(sa.Addr)
-	if a.IsLinkLocalUnicast() {
-		if sa.Scope_id == b.ifindex {
-			a = a.WithZone(b.name)
-		} else {
-			a = a.WithZone(strconv.Itoa(int(sa.Scope_id)))
+	if !b.lastAddr.IsValid() || sa.Addr != b.lastRaw || sa.Scope_id != b.lastScope {
+		a := netip.AddrFrom16(sa.Addr)
+		if a.IsLinkLocalUnicast() {
+			if sa.Scope_id == b.ifindex {
+				a = a.WithZone(b.name)
+			} else {
+				a = a.WithZone(strconv.Itoa(int(sa.Scope_id)))
+			}
 		}
+		b.lastRaw, b.lastScope, b.lastAddr = sa.Addr, sa.Scope_id, a.Unmap()
 	}
-	return buf, netip.AddrPortFrom(a.Unmap(), netPort(sa.Port))
+	return buf, netip.AddrPortFrom(b.lastAddr, netPort(sa.Port))
 }
 
 // netPort converts a port from a socket address (network byte order).

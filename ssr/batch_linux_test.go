@@ -7,6 +7,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // batchPair is a batched socket and a plain peer on the loopback.
@@ -142,5 +145,34 @@ func TestBatchNoAlloc(t *testing.T) {
 	})
 	if avg != 0 {
 		t.Errorf("%.1f allocations per batch, want 0", avg)
+	}
+}
+
+// TestBatchZones: a link-local source read on the link's interface gets
+// the link's name as zone (what package net reports, and the Node keys
+// neighbours by), one on another interface its number; the cached last
+// source does not leak into the next one.
+func TestBatchZones(t *testing.T) {
+	b := &batchConn{ifindex: 7, name: "mesh0"}
+	b.rx.init()
+	set := func(i int, addr string, scope uint32, port uint16) {
+		sa := &b.rx.names[i]
+		sa.Family = unix.AF_INET6
+		sa.Addr = netip.MustParseAddr(addr).As16()
+		sa.Scope_id = scope
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		b.rx.msgs[i].n = 3
+	}
+	set(0, "fe80::1", 7, 7447)
+	set(1, "fe80::1", 7, 7448)
+	set(2, "fe80::1", 9, 7447)
+	set(3, "fd00::2", 0, 7447)
+	want := []string{"[fe80::1%mesh0]:7447", "[fe80::1%mesh0]:7448", "[fe80::1%9]:7447", "[fd00::2]:7447"}
+	for i, w := range want {
+		buf, from := b.frame(i)
+		if from.String() != w || len(buf) != 3 {
+			t.Errorf("frame %d: %d bytes from %v, want 3 from %s", i, len(buf), from, w)
+		}
 	}
 }
