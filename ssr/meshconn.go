@@ -108,8 +108,8 @@ type meshConn struct {
 // Without it such reports are only counted (unreachable_reports). fn runs
 // with the router's core mutex held, on whichever goroutine made the Node
 // call (a link reader, a writer, the timer goroutine): it must not block
-// nor call the router. A
-// mesh socket returned by ListenPacket implements it; nil stops the calls.
+// nor call the router. A mesh socket returned by ListenPacket implements
+// it; nil stops the calls.
 func (c *meshConn) NotifyUnreachable(fn func(Unreachable)) {
 	if fn == nil {
 		c.unreach.Store(nil)
