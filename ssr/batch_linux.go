@@ -52,8 +52,9 @@ type batchConn struct {
 	lastAddr  netip.Addr
 	readFn    func(fd uintptr) bool
 	tx        batchHalf
-	txN       int // frames waiting in tx
-	txSent    int // frames of tx flushed so far
+	txTo      [linkBatch]netip.AddrPort // their destinations, for error reports
+	txN       int                       // frames waiting in tx
+	txSent    int                       // frames of tx flushed so far
 	writeFn   func(fd uintptr) bool
 }
 
@@ -66,6 +67,10 @@ type batchHalf struct {
 	bufs  [linkBatch][readBufSize]byte
 }
 
+// init runs twice per link socket, once: not inlined, which would only
+// grow the router binary.
+//
+//go:noinline
 func (h *batchHalf) init() {
 	for i := range h.msgs {
 		h.iov[i].Base = &h.bufs[i][0]
@@ -171,6 +176,7 @@ func (b *batchConn) add(frame []byte, to netip.AddrPort) bool {
 	p[0], p[1] = byte(to.Port()>>8), byte(to.Port())
 	h.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 	h.iov[i].SetLen(copy(h.bufs[i][:], frame))
+	b.txTo[i] = to
 	b.txN++
 	return true
 }
@@ -185,7 +191,7 @@ func (b *batchConn) flush() {
 	b.txSent = 0
 	if err := b.rc.Write(b.writeFn); err != nil {
 		for ; b.txSent < b.txN; b.txSent++ {
-			b.fail(b.txAddr(b.txSent), err)
+			b.fail(b.txTo[b.txSent], err)
 		}
 	}
 	b.txN = 0
@@ -202,21 +208,11 @@ func (b *batchConn) send(fd uintptr) bool {
 			return false
 		case e != 0:
 			// sendmmsg(2) fails only when the first message failed.
-			b.fail(b.txAddr(b.txSent), e)
+			b.fail(b.txTo[b.txSent], e)
 			b.txSent++
 		default:
 			b.txSent += int(r)
 		}
 	}
 	return true
-}
-
-// txAddr is the destination of queued frame i, for error reports.
-func (b *batchConn) txAddr(i int) netip.AddrPort {
-	sa := &b.tx.names[i]
-	a := netip.AddrFrom16(sa.Addr)
-	if sa.Scope_id != 0 {
-		a = a.WithZone(b.name)
-	}
-	return netip.AddrPortFrom(a, netPort(sa.Port))
 }
