@@ -67,8 +67,8 @@ type batchHalf struct {
 	bufs  [linkBatch][readBufSize]byte
 }
 
-// init runs twice per link socket, once: not inlined, which would only
-// grow the router binary.
+// init wires h once, when its link socket opens; inlining it (twice in
+// newBatchConn) would only grow the router binary.
 //
 //go:noinline
 func (h *batchHalf) init() {
