@@ -173,7 +173,8 @@ func admissionMessage(pub ed25519.PublicKey) []byte {
 // frames read from the links (HandleFrame) and the Node's timer (Tick); it
 // passes authenticated frames to the Node and seals the Node's frames (it
 // is the Node's Env) before the driver's Env transmits them. Like the
-// Node it is not safe for concurrent use: the Node's goroutine owns both.
+// Node it is not safe for concurrent use: one owner (the Router's core
+// mutex) holds both.
 type LinkAuth struct {
 	key     ed25519.PrivateKey
 	pub     ed25519.PublicKey

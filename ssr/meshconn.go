@@ -106,8 +106,10 @@ type meshConn struct {
 // to a node's port c.port (this socket's own number: a protocol that
 // talks port to port, like meship's IP packets) could not be delivered.
 // Without it such reports are only counted (unreachable_reports). fn runs
-// on the router's goroutine: it must not block nor call the router. A
-// mesh socket returned by ListenPacket implements it; nil stops the calls.
+// with the router's core mutex held, on whichever goroutine made the Node
+// call (a link reader, a writer, the timer goroutine): it must not block
+// nor call the router. A mesh socket returned by ListenPacket implements
+// it; nil stops the calls.
 func (c *meshConn) NotifyUnreachable(fn func(Unreachable)) {
 	if fn == nil {
 		c.unreach.Store(nil)
@@ -118,7 +120,8 @@ func (c *meshConn) NotifyUnreachable(fn func(Unreachable)) {
 
 var _ net.PacketConn = (*meshConn)(nil)
 
-// enqueue is called on the Node's goroutine and must not block.
+// enqueue is called with the router's core mutex held and must not block:
+// a full queue drops the datagram and counts it.
 func (c *meshConn) enqueue(p meshPacket) {
 	select {
 	case <-c.closed:
@@ -247,41 +250,57 @@ func (c *meshConn) Dropped() uint64 { return c.drops.Load() }
 
 // deadline is a settable point in time that closes a channel when it
 // passes, as in package net's pipe: readers blocked on the channel see a
-// deadline set after they started waiting, as net.Conn requires.
+// deadline set after they started waiting, as net.Conn requires. One timer
+// serves every deadline a socket is given, so that a reader that sets one
+// before each read (as SIP and RTP loops do) allocates nothing; a channel
+// is made anew only after a deadline passed.
 type deadline struct {
 	mu     sync.Mutex
-	timer  *time.Timer
-	cancel chan struct{} // closed when the deadline passes; nil until first set
+	timer  *time.Timer   // fires expire; nil until a deadline in the future is set
+	at     time.Time     // the deadline; zero: none
+	cancel chan struct{} // closed when the deadline passes; nil until first needed
 }
 
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cancel == nil {
+	if d.cancel == nil || isClosed(d.cancel) {
 		d.cancel = make(chan struct{})
 	}
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.cancel // the timer fired: wait until its close is done
-	}
-	d.timer = nil
-	closed := isClosed(d.cancel)
+	d.at = t
 	if t.IsZero() {
-		if closed {
-			d.cancel = make(chan struct{})
+		if d.timer != nil {
+			d.timer.Stop()
 		}
 		return
 	}
-	if dur := time.Until(t); dur > 0 {
-		if closed {
-			d.cancel = make(chan struct{})
-		}
-		ch := d.cancel
-		d.timer = time.AfterFunc(dur, func() { close(ch) })
-		return
-	}
-	if !closed {
+	dur := time.Until(t)
+	if dur <= 0 {
 		close(d.cancel)
+		return
 	}
+	if d.timer == nil {
+		d.timer = time.AfterFunc(dur, d.expire)
+	} else {
+		d.timer.Reset(dur)
+	}
+}
+
+// expire runs when the timer fires. The timer may have fired for a
+// deadline that set has replaced since (it was running when set reset it):
+// only a deadline that has passed closes the channel, and one still ahead
+// (a wall clock stepped back) re-arms the timer.
+func (d *deadline) expire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.at.IsZero() || isClosed(d.cancel) {
+		return
+	}
+	if dur := time.Until(d.at); dur > 0 {
+		d.timer.Reset(dur)
+		return
+	}
+	close(d.cancel)
 }
 
 // wait returns the channel closed at the deadline. Before any deadline was

@@ -24,12 +24,9 @@ import (
 const (
 	// DefaultPort is the UDP port of SSR frames on every mesh interface.
 	DefaultPort = 7447
-	// inboundQueue bounds the frames read from the links and not yet handed
-	// to the Node; it is also the number of receive buffers, so memory stays
-	// fixed whatever the load.
-	inboundQueue = 256
-	// requestQueue bounds application requests (sends, pings, status) waiting
-	// for the Node's goroutine; a writer blocks when it is full.
+	// requestQueue bounds the requests waiting for the timer goroutine: link
+	// state changes, and the sends and pings made before Run started (a
+	// writer then waits for Run).
 	requestQueue = 256
 	// readBufSize holds the largest frame on the wire (the core's largest,
 	// sealed) plus one byte, so a longer datagram shows up as oversized
@@ -98,10 +95,18 @@ type RouterConfig struct {
 // with them over UDP to their link-local addresses, and offers mesh sockets
 // (ListenPacket) bound to the node's mesh address.
 //
-// One goroutine (the one running Run) owns the Node: it handles inbound
-// frames, timers and application requests in turn, so the Node needs no
-// lock. Each link socket has one reader goroutine feeding it through a
-// bounded queue of reused buffers.
+// The Node is not safe for concurrent use; the core mutex owns it (and
+// LinkAuth, and the links' state). Each goroutine that has work for it
+// takes the mutex and does the work itself, so a datagram crosses no
+// goroutine hand-off inside the router: a link socket's reader handles the
+// frame it read (a relay's write to the next hop included), a mesh
+// socket's writer originates its datagram and writes it to the link
+// socket, and a datagram for this node goes from the reader straight into
+// the mesh socket's queue. A hand-off (a channel send, and the scheduler
+// waking the goroutine on the other end) costs microseconds per frame on a
+// small router; the mutex costs tens of nanoseconds while nobody else holds
+// it. One more goroutine (the one running Run) runs the Node's timers and
+// the link state changes.
 type Router struct {
 	cfg  RouterConfig
 	id   NodeID
@@ -110,14 +115,15 @@ type Router struct {
 	node *Node
 	auth *LinkAuth // between the links and the Node: every frame passes it
 
-	// Buffers circulate between free, the readers and inbound; there are
-	// exactly inboundQueue of them, so neither channel ever holds more.
-	free    chan *frameBuf
-	inbound chan *frameBuf
 	reqs    chan request
-	sendBuf sync.Pool // *[]byte payload copies of application sends
+	sendBuf sync.Pool     // *[]byte payload copies of sends queued before Run
+	kick    chan struct{} // the Node's next deadline moved earlier than armed
 
-	// Owned by the Run goroutine.
+	// core owns the Node: everything below up to stats is read and written
+	// with it held.
+	core        sync.Mutex
+	live        bool      // Run is running: frames, sends and timers go to the Node
+	armed       time.Time // the deadline the timer goroutine waits for
 	links       []*routerLink
 	owner       routerEnv
 	failPending bool // some link has failed set
@@ -125,7 +131,6 @@ type Router struct {
 	runOnce atomic.Bool
 	started chan struct{} // closed when Run starts owning the Node
 	stopped chan struct{} // closed when Run stops owning the Node
-	nodeMu  sync.Mutex    // serialises Node reads once stopped (Status)
 
 	stats routerStats
 
@@ -137,11 +142,13 @@ type Router struct {
 	nextEph uint16 // next ephemeral port to try
 }
 
-// routerLink is one mesh interface. Only the Run goroutine touches it.
+// routerLink is one mesh interface. Its fields are the core mutex's, but
+// for the atomics (the link watchers read them).
 type routerLink struct {
 	id        LinkID
 	name      string
 	uc        netx.AddrPortConn // unicast socket: sends everything, receives unicast
+	bc        *batchConn        // uc's batched I/O (Linux kernel sockets), or nil
 	local     netip.Addr        // our link-local address on it
 	port      uint16            // the unicast socket's port
 	group     netip.AddrPort    // beacon group with the interface as zone
@@ -156,37 +163,30 @@ type routerLink struct {
 	noCarrier atomic.Bool
 }
 
-// frameBuf is one receive buffer and what was read into it.
-type frameBuf struct {
-	b    [readBufSize]byte
-	n    int
-	link LinkID
-	from netip.AddrPort
-}
-
 type reqKind uint8
 
 const (
 	reqSend reqKind = iota + 1
 	reqPing
-	reqStatus
 	reqLinkUp
 	reqLinkState
 	reqCarrier // reqLinkState from a link event (netx.LinkWatcher)
 )
 
-// request is an application request for the Node's goroutine. It travels
-// by value through a channel, so it costs no allocation.
+// request is work for the Node: an application's, done by the caller with
+// the core mutex held, or one queued for the timer goroutine (link state
+// changes; sends and pings before Run started). It travels by value through
+// the channel, so it costs no allocation.
 type request struct {
 	kind             reqKind
 	target           NodeID
 	mode             Mode
 	srcPort, dstPort uint16
-	payload          *[]byte // reqSend: a pooled copy, returned after Send
+	payload          *[]byte // reqSend queued: a pooled copy, returned after Send
 	pingID           uint32
-	status           chan<- RouterStatus
 	link             LinkID
 	uc               netx.AddrPortConn
+	bc               *batchConn
 	local            netip.Addr
 	up               bool // reqLinkState
 }
@@ -256,9 +256,8 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		id:      id,
 		addr:    id.Addr(),
 		log:     log,
-		free:    make(chan *frameBuf, inboundQueue),
-		inbound: make(chan *frameBuf, inboundQueue),
 		reqs:    make(chan request, requestQueue),
+		kick:    make(chan struct{}, 1),
 		started: make(chan struct{}),
 		stopped: make(chan struct{}),
 		sockets: make(map[net.PacketConn]bool),
@@ -286,9 +285,6 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 			group: netip.AddrPortFrom(cfg.Group.WithZone(name), cfg.Port),
 		})
 		r.node.AddLink(LinkID(i))
-	}
-	for range inboundQueue {
-		r.free <- new(frameBuf)
 	}
 	return r, nil
 }
@@ -320,6 +316,13 @@ func (r *Router) Run(ctx context.Context) error {
 	}()
 
 	r.log.Info("router starting", "addr", r.addr, "interfaces", r.cfg.Interfaces, "port", r.cfg.Port)
+	// What was queued before Run goes first, then the Node is live: from
+	// here on callers do their work themselves (Router says why).
+	r.core.Lock()
+	r.drainRequests()
+	r.live = true
+	r.core.Unlock()
+	close(r.started)
 	for _, l := range r.links {
 		wg.Go(func() { r.openLink(ctx, &wg, l.id, l.name) })
 	}
@@ -327,48 +330,100 @@ func (r *Router) Run(ctx context.Context) error {
 	if lw, ok := r.cfg.Network.(netx.LinkWatcher); ok {
 		wg.Go(func() { r.watchLinkEvents(ctx, lw) })
 	}
-	close(r.started)
 	r.loop(ctx)
 	return nil
 }
 
-// loop is the Node's goroutine: it serialises frames, timers and requests.
+// loop runs the Node's timers and the queued requests. Frames and
+// application sends do not pass through it.
 func (r *Router) loop(ctx context.Context) {
 	// Fires at once: the Node has not started, its deadline is the zero time.
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	var armed time.Time
 	for {
-		if next := r.node.NextDeadline(); !next.Equal(armed) {
-			armed = next
-			timer.Reset(time.Until(next))
-		}
+		r.core.Lock()
+		next := r.node.NextDeadline()
+		r.armed = next
+		r.core.Unlock()
+		// Since Go 1.23 Reset discards a value the timer sent and nobody
+		// received, so the channel never holds a stale expiry.
+		timer.Reset(time.Until(next))
 		select {
 		case <-ctx.Done():
 			return
-		case fb := <-r.inbound:
-			if r.auth != nil {
-				r.auth.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
-			} else {
-				r.node.HandleFrame(time.Now(), fb.link, fb.from, fb.b[:fb.n])
-			}
-			r.free <- fb
+		case <-r.kick:
+			// A frame or a send set an earlier deadline: re-arm.
 		case req := <-r.reqs:
+			r.core.Lock()
 			r.handleRequest(req)
+			r.unlockCore()
 		case <-timer.C:
-			armed = time.Time{}
+			r.core.Lock()
 			if r.auth != nil {
 				r.auth.Tick(time.Now())
 			} else {
 				r.node.Tick(time.Now())
 			}
-		}
-		if r.failPending {
-			r.applyFailures()
+			r.unlockCore()
 		}
 	}
 }
 
+// drainRequests handles what is queued, without waiting.
+func (r *Router) drainRequests() {
+	for {
+		select {
+		case req := <-r.reqs:
+			r.handleRequest(req)
+		default:
+			return
+		}
+	}
+}
+
+// lockLive takes the core mutex if the router runs and reports whether it
+// did; after Run has returned nobody may touch the Node but Status.
+func (r *Router) lockLive() bool {
+	r.core.Lock()
+	if r.live {
+		return true
+	}
+	r.core.Unlock()
+	return false
+}
+
+// unlockCore ends a Node call: it sends the frames the call queued on the
+// links (batched, one system call per link), takes down the links whose
+// sends failed (Env methods must not call back into the Node, so this
+// waits until the call returned), tells the timer goroutine when the call
+// moved the next deadline earlier than the one it waits for, and releases
+// the mutex.
+func (r *Router) unlockCore() {
+	r.flushLinks()
+	if r.failPending {
+		r.applyFailures()
+		r.flushLinks() // what taking the links down sent; its errors wait for the next call
+	}
+	if r.live && r.node.NextDeadline().Before(r.armed) {
+		r.armed = time.Time{} // kick once; the loop arms the new one
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	r.core.Unlock()
+}
+
+// flushLinks sends the frames the Node call queued on each link (SendFrame).
+func (r *Router) flushLinks() {
+	for _, l := range r.links {
+		if l.bc != nil && l.bc.txN > 0 {
+			l.bc.flush()
+		}
+	}
+}
+
+// handleRequest does req; the core mutex is held.
 func (r *Router) handleRequest(req request) {
 	now := time.Now()
 	if r.auth != nil {
@@ -392,11 +447,9 @@ func (r *Router) handleRequest(req request) {
 		if p != nil { // else the caller gave up while it was queued
 			r.node.Ping(now, req.target, req.pingID)
 		}
-	case reqStatus:
-		req.status <- r.statusLocked(now)
 	case reqLinkUp:
 		l := r.links[req.link]
-		l.uc, l.local, l.port, l.lastErr = req.uc, req.local, req.srcPort, ""
+		l.uc, l.bc, l.local, l.port, l.lastErr = req.uc, req.bc, req.local, req.srcPort, ""
 	case reqLinkState, reqCarrier:
 		l := r.links[req.link]
 		why := "interface down or without its link-local address"
@@ -441,7 +494,7 @@ func (r *Router) linkDown(l *routerLink, why string) {
 }
 
 // watchLinks checks the mesh interfaces every linkRetry and tells the
-// Node's goroutine when one it uses went down (admin down, link-local
+// timer goroutine when one it uses went down (admin down, link-local
 // address gone) or one it took down came back. A send error takes a link
 // down sooner; this is how it comes back.
 func (r *Router) watchLinks(ctx context.Context) {
@@ -461,7 +514,7 @@ func (r *Router) watchLinks(ctx context.Context) {
 			i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == l.name })
 			up := i >= 0 && ifs[i].Up && ifs[i].LinkLocal().IsValid() && !l.noCarrier.Load()
 			if up != l.isDown.Load() {
-				continue // the Node's goroutine already agrees
+				continue // the Node already agrees
 			}
 			select {
 			case r.reqs <- request{kind: reqLinkState, link: l.id, up: up}:
@@ -473,7 +526,7 @@ func (r *Router) watchLinks(ctx context.Context) {
 }
 
 // watchLinkEvents hands the link watcher's carrier changes of the mesh
-// interfaces to the Node's goroutine as they happen (on Linux a netlink
+// interfaces to the timer goroutine as they happen (on Linux a netlink
 // RTM_NEWLINK, within milliseconds of a cable pulled or a veth peer gone),
 // so the neighbours on a dead link are dropped at once and the frames for
 // them repaired, instead of after NeighbourTimeout or the next poll.
@@ -508,12 +561,11 @@ func linkGone(err error) bool {
 	return false
 }
 
-// shutdown stops the Node's goroutine from being reachable and closes every
-// link socket, which ends the readers.
+// shutdown closes every link socket, which ends the readers, and makes the
+// Node unreachable. The sockets are closed first: a goroutine holding the
+// core mutex while it waits for a full send buffer then gets an error
+// instead of holding the mutex (and shutdown) forever.
 func (r *Router) shutdown() {
-	r.nodeMu.Lock()
-	close(r.stopped)
-	r.nodeMu.Unlock()
 	r.mu.Lock()
 	r.closing = true
 	socks := make([]net.PacketConn, 0, len(r.sockets))
@@ -525,6 +577,10 @@ func (r *Router) shutdown() {
 	for _, c := range socks {
 		c.Close()
 	}
+	r.core.Lock()
+	r.live = false
+	close(r.stopped)
+	r.core.Unlock()
 }
 
 // track registers a link socket for shutdown; it refuses (and closes the
@@ -542,7 +598,7 @@ func (r *Router) track(c net.PacketConn) bool {
 
 // openLink opens the two sockets of one mesh interface, retrying until it
 // succeeds or ctx ends, then starts their readers and hands the unicast
-// socket to the Node's goroutine.
+// socket to the timer goroutine.
 func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, name string) {
 	log := r.log.With("iface", name)
 	t := time.NewTimer(0)
@@ -554,7 +610,7 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 			return
 		case <-t.C:
 		}
-		mc, uc, local, err := r.dialLink(ctx, name)
+		mc, uc, local, ifindex, err := r.dialLink(ctx, name)
 		if err == nil {
 			if !r.track(uc) {
 				mc.Close()
@@ -569,10 +625,15 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 				log.Info("mesh interface up", "local", local)
 			}
 			pc := netx.AsAddrPortConn(uc)
+			bc := newBatchConn(uc, ifindex, name, func(to netip.AddrPort, err error) { r.sendFailed(r.links[id], to, err) })
 			wg.Go(func() { r.read(id, netx.AsAddrPortConn(mc), local, true) })
-			wg.Go(func() { r.read(id, pc, local, false) })
+			if bc != nil {
+				wg.Go(func() { r.readBatch(id, bc, local) })
+			} else {
+				wg.Go(func() { r.read(id, pc, local, false) })
+			}
 			select {
-			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, local: local, srcPort: netx.AddrPortOf(uc.LocalAddr()).Port()}:
+			case r.reqs <- request{kind: reqLinkUp, link: id, uc: pc, bc: bc, local: local, srcPort: netx.AddrPortOf(uc.LocalAddr()).Port()}:
 			case <-ctx.Done():
 			}
 			return
@@ -596,25 +657,25 @@ func (r *Router) openLink(ctx context.Context, wg *sync.WaitGroup, id LinkID, na
 // to [::]:port) refuses a second bind of the port; the unicast socket then
 // takes an ephemeral port, which works the same because neighbours answer
 // to the beacon's source port.
-func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketConn, local netip.Addr, err error) {
+func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketConn, local netip.Addr, ifindex int, err error) {
 	ifs, err := r.cfg.Network.Interfaces()
 	if err != nil {
-		return nil, nil, local, fmt.Errorf("listing interfaces: %w", err)
+		return nil, nil, local, 0, fmt.Errorf("listing interfaces: %w", err)
 	}
 	i := slices.IndexFunc(ifs, func(x netx.Interface) bool { return x.Name == name })
 	if i < 0 {
-		return nil, nil, local, fmt.Errorf("no interface %s", name)
+		return nil, nil, local, 0, fmt.Errorf("no interface %s", name)
 	}
 	if !ifs[i].Up {
-		return nil, nil, local, fmt.Errorf("interface %s is down", name)
+		return nil, nil, local, 0, fmt.Errorf("interface %s is down", name)
 	}
 	local = ifs[i].LinkLocal()
 	if !local.IsValid() {
-		return nil, nil, local, fmt.Errorf("interface %s has no IPv6 link-local address", name)
+		return nil, nil, local, 0, fmt.Errorf("interface %s has no IPv6 link-local address", name)
 	}
 	mc, err = r.cfg.Network.ListenMulticast(ctx, name, netip.AddrPortFrom(r.cfg.Group, r.cfg.Port))
 	if err != nil {
-		return nil, nil, local, fmt.Errorf("beacon socket [%s%%%s]:%d: %w", r.cfg.Group, name, r.cfg.Port, err)
+		return nil, nil, local, 0, fmt.Errorf("beacon socket [%s%%%s]:%d: %w", r.cfg.Group, name, r.cfg.Port, err)
 	}
 	uaddr := netip.AddrPortFrom(local, r.cfg.Port)
 	uc, err = r.cfg.Network.ListenPacket(ctx, "udp6", uaddr.String())
@@ -627,64 +688,121 @@ func (r *Router) dialLink(ctx context.Context, name string) (mc, uc net.PacketCo
 	}
 	if err != nil {
 		mc.Close()
-		return nil, nil, local, fmt.Errorf("unicast socket %s: %w", uaddr, err)
+		return nil, nil, local, 0, fmt.Errorf("unicast socket %s: %w", uaddr, err)
 	}
 	setLinkBuffers(uc)
-	return mc, uc, local, nil
+	return mc, uc, local, ifs[i].Index, nil
 }
 
-// read is the reader goroutine of one link socket. It exits when the socket
-// is closed or the router stops.
+// read is the reader goroutine of one link socket: it hands each frame to
+// the Node itself (Router says why). It exits when the socket is closed or
+// the router stops. A reader busy in the Node leaves frames waiting in the
+// socket's kernel buffer (LinkSocketBuffer), which bounds them and counts
+// what overflows, as it does for any UDP socket.
 func (r *Router) read(id LinkID, c netx.AddrPortConn, local netip.Addr, beacon bool) {
 	name := r.cfg.Interfaces[id]
 	local = local.WithZone("")
 	var errs int
+	buf := make([]byte, readBufSize)
 	for {
-		var fb *frameBuf
-		select {
-		case fb = <-r.free:
-		case <-r.stopped:
-			return
-		}
-		n, from, err := c.ReadFromUDPAddrPort(fb.b[:])
+		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			r.free <- fb
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			r.stats.readErrors.Add(1)
-			errs++
-			if errs == 1 || errs%1000 == 0 {
-				r.log.Warn("mesh read failed", "iface", name, "err", err, "count", errs)
-			}
-			// Do not spin on a socket that keeps failing.
-			select {
-			case <-time.After(10 * time.Millisecond):
-			case <-r.stopped:
+			if r.readFailed(name, err, &errs) {
 				return
 			}
 			continue
 		}
-		switch {
-		case n > maxWireFrame:
-			r.stats.oversize.Add(1)
-		case from.Addr().WithZone("") == local:
-			// Our own beacon, looped back by the kernel.
-		case beacon && from.Addr().Zone() != "" && from.Addr().Zone() != name:
-			// A multicast socket also hears the group on its siblings'
-			// interfaces (Linux matches memberships by group, not by
-			// interface); their own sockets report those.
-			r.stats.otherIface.Add(1)
-		default:
-			fb.n, fb.link, fb.from = n, id, from
-			r.inbound <- fb // never blocks: at most inboundQueue buffers exist
+		if !r.wanted(name, local, beacon, n, from) {
 			continue
 		}
-		r.free <- fb
+		if !r.lockLive() {
+			return // stopped
+		}
+		r.handleFrame(time.Now(), id, from, buf[:n])
+		r.unlockCore()
 	}
 }
 
-// routerEnv is the Node's Env. Its methods run on the Node's goroutine.
+// readBatch is read for a unicast socket with batched I/O: a burst of
+// frames is read with one system call and handled under one hold of the
+// core mutex, and what the Node sends meanwhile leaves in one system call
+// per link when the mutex is released (unlockCore).
+func (r *Router) readBatch(id LinkID, bc *batchConn, local netip.Addr) {
+	name := r.cfg.Interfaces[id]
+	local = local.WithZone("")
+	var errs int
+	for {
+		n, err := bc.read()
+		if err != nil {
+			if r.readFailed(name, err, &errs) {
+				return
+			}
+			continue
+		}
+		if !r.lockLive() {
+			return // stopped
+		}
+		now := time.Now()
+		for i := range n {
+			b, from := bc.frame(i)
+			if r.wanted(name, local, false, len(b), from) {
+				r.handleFrame(now, id, from, b)
+			}
+		}
+		r.unlockCore()
+	}
+}
+
+// readFailed counts and logs a failed read and reports whether the reader
+// must stop (the socket closed, or the router stopped). It waits a little
+// first: a socket that keeps failing must not spin.
+func (r *Router) readFailed(name string, err error, errs *int) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	r.stats.readErrors.Add(1)
+	*errs++
+	if *errs == 1 || *errs%1000 == 0 {
+		r.log.Warn("mesh read failed", "iface", name, "err", err, "count", *errs)
+	}
+	select {
+	case <-time.After(10 * time.Millisecond):
+		return false
+	case <-r.stopped:
+		return true
+	}
+}
+
+// wanted reports whether a frame of n bytes read on link name from from
+// goes to the Node, and counts the ones that do not.
+func (r *Router) wanted(name string, local netip.Addr, beacon bool, n int, from netip.AddrPort) bool {
+	switch {
+	case n > maxWireFrame:
+		r.stats.oversize.Add(1)
+	case from.Addr().WithZone("") == local:
+		// Our own beacon, looped back by the kernel.
+	case beacon && from.Addr().Zone() != "" && from.Addr().Zone() != name:
+		// A multicast socket also hears the group on its siblings'
+		// interfaces (Linux matches memberships by group, not by
+		// interface); their own sockets report those.
+		r.stats.otherIface.Add(1)
+	default:
+		return true
+	}
+	return false
+}
+
+// handleFrame passes a frame read from a link to the Node, through link
+// security; the core mutex is held.
+func (r *Router) handleFrame(now time.Time, id LinkID, from netip.AddrPort, b []byte) {
+	if r.auth != nil {
+		r.auth.HandleFrame(now, id, from, b)
+	} else {
+		r.node.HandleFrame(now, id, from, b)
+	}
+}
+
+// routerEnv is the Node's Env. Its methods run with the core mutex held.
 type routerEnv struct{ r *Router }
 
 // SendFrame implements Env.
@@ -701,20 +819,41 @@ func (e *routerEnv) SendFrame(link LinkID, to netip.AddrPort, frame []byte) {
 	if !to.IsValid() {
 		to = l.group
 	}
+	if l.bc != nil {
+		// Queued for unlockCore, which sends the frames of this Node call
+		// together; the Node's frame is only valid during the call, so the
+		// batch holds a copy.
+		if l.bc.add(frame, to) {
+			return
+		}
+		l.bc.flush() // full, or not an address of the link: keep the order
+		if l.bc.add(frame, to) {
+			return
+		}
+	}
 	if _, err := l.uc.WriteToUDPAddrPort(frame, to); err != nil {
-		r.stats.sendErrors.Add(1)
-		l.lastErr = err.Error()
-		if linkGone(err) {
-			l.failed, r.failPending = true, true
-		}
-		// A cut cable makes every beacon fail: log the first, then a
-		// summary every logEvery.
-		if now := time.Now(); now.Sub(l.lastLog) >= logEvery {
-			r.log.Warn("mesh send failed", "iface", l.name, "to", to, "err", err, "suppressed", l.suppressd)
-			l.lastLog, l.suppressd = now, 0
-		} else {
-			l.suppressd++
-		}
+		r.sendFailed(l, to, err)
+	}
+}
+
+// sendFailed counts a frame the link socket refused and takes the link
+// down (after the Node call) if the error says the interface is gone.
+func (r *Router) sendFailed(l *routerLink, to netip.AddrPort, err error) {
+	r.stats.sendErrors.Add(1)
+	if errors.Is(err, net.ErrClosed) {
+		return // the router is stopping (shutdown closed the socket)
+	}
+	l.lastErr = err.Error()
+	if linkGone(err) {
+		l.failed, r.failPending = true, true
+	}
+	// A cut cable makes every beacon fail: log the first, then a summary
+	// every logEvery.
+	if now := time.Now(); now.Sub(l.lastLog) >= logEvery {
+		r.log.Warn("mesh send failed", "iface", l.name, "to", to, "err", err, "suppressed", l.suppressd)
+		l.lastLog, l.suppressd = now, 0
+	} else {
+		l.suppressd++
 	}
 }
 
@@ -723,14 +862,7 @@ func (e *routerEnv) Deliver(ev Event) {
 	r := e.r
 	switch ev := ev.(type) {
 	case Datagram:
-		r.mu.Lock()
-		c := r.conns[ev.DstPort]
-		r.mu.Unlock()
-		if c == nil {
-			r.stats.noListener.Add(1)
-			return
-		}
-		c.enqueue(meshPacket{src: ev.Src, srcPort: ev.SrcPort, payload: ev.Payload, hops: ev.Hops})
+		e.deliverDatagram(ev)
 	case PingReply:
 		r.resolvePing(ev.ID, pingResult{reply: ev})
 	case Unreachable:
@@ -749,6 +881,19 @@ func (e *routerEnv) Deliver(ev Event) {
 		}
 		r.resolvePing(ev.PingID, pingResult{err: unreachableError{ev.Reason, ev.At}})
 	}
+}
+
+// deliverDatagram queues a datagram at the mesh socket bound to its port.
+func (e *routerEnv) deliverDatagram(d Datagram) {
+	r := e.r
+	r.mu.Lock()
+	c := r.conns[d.DstPort]
+	r.mu.Unlock()
+	if c == nil {
+		r.stats.noListener.Add(1)
+		return
+	}
+	c.enqueue(meshPacket{src: d.Src, srcPort: d.SrcPort, payload: d.Payload, hops: d.Hops})
 }
 
 // unreachableError is an Unreachable report; it is an ErrUnreachable.
@@ -779,28 +924,72 @@ func (r *Router) resolvePing(id uint32, res pingResult) {
 	p.ch <- res // buffered for the one result
 }
 
-// errGaveUp is enqueue's report that the caller's done channel closed
-// (context cancelled, deadline passed); callers replace it with their reason.
+// errGaveUp is do's report that the caller's done channel closed (context
+// cancelled, deadline passed); callers replace it with their reason.
 var errGaveUp = errors.New("ssr: gave up waiting for the router")
 
-// enqueue hands a request to the Node's goroutine. It blocks while the
-// queue is full, until done or done2 is closed (nil: never) or the router
-// stops.
-func (r *Router) enqueue(req request, done, done2 <-chan struct{}) error {
-	select {
-	case <-r.stopped:
-		return ErrRouterClosed
-	default:
+// do carries out an application request (a send of b, a ping) on the
+// caller's goroutine with the core mutex held. Before Run has started it
+// queues the request for Run (a send as a pooled copy of b); with the
+// queue full it waits for Run, or until done or done2 is closed (nil:
+// never) or the router stops. Queued requests are all done before the
+// first direct one, so one writer's datagrams leave in the order written.
+func (r *Router) do(req request, b []byte, done, done2 <-chan struct{}) error {
+	for {
+		r.core.Lock()
+		if r.live {
+			r.handle(req, b)
+			r.unlockCore()
+			return nil
+		}
+		if isClosed(r.stopped) {
+			r.core.Unlock()
+			return ErrRouterClosed
+		}
+		if req.kind == reqSend && req.payload == nil {
+			p := r.sendBuf.Get().(*[]byte)
+			*p = append((*p)[:0], b...)
+			req.payload = p
+		}
+		select {
+		case r.reqs <- req:
+			r.core.Unlock()
+			return nil
+		default:
+		}
+		r.core.Unlock()
+		select {
+		case <-r.started:
+		case <-r.stopped:
+		case <-done:
+			if req.payload != nil {
+				r.sendBuf.Put(req.payload)
+			}
+			return errGaveUp
+		case <-done2:
+			if req.payload != nil {
+				r.sendBuf.Put(req.payload)
+			}
+			return errGaveUp
+		}
 	}
-	select {
-	case r.reqs <- req:
-		return nil
-	case <-r.stopped:
-		return ErrRouterClosed
-	case <-done:
-		return errGaveUp
-	case <-done2:
-		return errGaveUp
+}
+
+// handle does an application request with the core mutex held: a send of
+// b straight into the Node, which seals it and writes it to the link
+// socket before returning, or a ping.
+func (r *Router) handle(req request, b []byte) {
+	if req.kind != reqSend || req.payload != nil {
+		r.handleRequest(req)
+		return
+	}
+	now := time.Now()
+	if r.auth != nil {
+		r.auth.SetNow(now)
+	}
+	if err := r.node.Send(now, req.target, req.mode, req.srcPort, req.dstPort, b); err != nil {
+		// Sizes are checked before; this is a core change.
+		r.log.Warn("send refused", "target", req.target, "err", err)
 	}
 }
 
@@ -829,13 +1018,7 @@ func (r *Router) send(key NodeID, mode Mode, srcPort, dstPort uint16, b []byte, 
 	if max := r.maxPayload(); len(b) > max {
 		return fmt.Errorf("%w: %d bytes (at most %d)", ErrTooBig, len(b), max)
 	}
-	p := r.sendBuf.Get().(*[]byte)
-	*p = append((*p)[:0], b...)
-	err := r.enqueue(request{kind: reqSend, target: key, mode: mode, srcPort: srcPort, dstPort: dstPort, payload: p}, done, done2)
-	if err != nil {
-		r.sendBuf.Put(p)
-	}
-	return err
+	return r.do(request{kind: reqSend, target: key, mode: mode, srcPort: srcPort, dstPort: dstPort}, b, done, done2)
 }
 
 // Ping sends an echo request to dst and waits for the reply, ctx's end, or
@@ -855,7 +1038,7 @@ func (r *Router) Ping(ctx context.Context, dst NodeID) (PingReply, time.Duration
 		delete(r.pings, id)
 		r.mu.Unlock()
 	}()
-	if err := r.enqueue(request{kind: reqPing, target: dst, pingID: id}, ctx.Done(), nil); err != nil {
+	if err := r.do(request{kind: reqPing, target: dst, pingID: id}, nil, ctx.Done(), nil); err != nil {
 		if err == errGaveUp {
 			err = ctx.Err()
 		}
@@ -931,29 +1114,21 @@ type DriverStats struct {
 }
 
 // Status returns a snapshot of the router. Before Run it shows identity
-// only; while Run runs the Node's goroutine takes the snapshot.
+// only; after Run returned, the state the Node was left in.
 func (r *Router) Status() RouterStatus {
 	select {
 	case <-r.started:
 	default:
 		return r.staticStatus()
 	}
-	ch := make(chan RouterStatus, 1)
-	if err := r.enqueue(request{kind: reqStatus, status: ch}, nil, nil); err == nil {
-		select {
-		case st := <-ch:
-			return st
-		case <-r.stopped:
-		}
-	}
-	// Stopped: nobody owns the Node any more; nodeMu keeps concurrent
-	// Status calls from sharing its scratch space.
-	r.nodeMu.Lock()
-	defer r.nodeMu.Unlock()
+	r.core.Lock()
+	defer r.core.Unlock()
 	st := r.statusLocked(time.Now())
-	st.Running = false
-	for i := range st.Interfaces {
-		st.Interfaces[i].Up = false
+	if !r.live {
+		st.Running = false
+		for i := range st.Interfaces {
+			st.Interfaces[i].Up = false
+		}
 	}
 	return st
 }
@@ -979,8 +1154,7 @@ func (r *Router) driverStats() DriverStats {
 	}
 }
 
-// statusLocked reads the Node: call it on the Node's goroutine, or with
-// nodeMu held after the router stopped.
+// statusLocked reads the Node: call it with the core mutex held.
 func (r *Router) statusLocked(now time.Time) RouterStatus {
 	n := r.node
 	st := RouterStatus{

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -296,15 +297,25 @@ func (c *conn) zoneIndex(zone string) (int, error) {
 }
 
 // ReadFromUDPAddrPort reads a datagram; a link-local source carries the
-// receiving interface's name as zone.
+// receiving interface's name as zone. It calls recvfrom(2) itself: x/sys's
+// Recvfrom asks the kernel for the socket's protocol (getsockopt
+// SO_PROTOCOL, to tell L2TP from UDP) on every IPv6 datagram, a second
+// system call per read that package net's sockets, which nodes run on, do
+// not make, and that would weigh on every benchmark using these sockets.
 func (c *conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	var (
 		n   int
-		sa  unix.Sockaddr
+		rsa unix.RawSockaddrAny
 		err error
 	)
 	rerr := c.rc.Read(func(fd uintptr) bool {
-		n, sa, err = unix.Recvfrom(int(fd), b, 0)
+		l := uint32(unix.SizeofSockaddrAny)
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
+			0, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)))
+		n, err = int(r), nil
+		if e != 0 {
+			n, err = 0, e
+		}
 		return err != unix.EAGAIN
 	})
 	if rerr != nil {
@@ -313,17 +324,25 @@ func (c *conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	if err != nil {
 		return 0, netip.AddrPort{}, &net.OpError{Op: "read", Net: "udp", Source: c.LocalAddr(), Err: os.NewSyscallError("recvfrom", err)}
 	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet6:
+	switch rsa.Addr.Family {
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
 		a := netip.AddrFrom16(sa.Addr)
 		if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {
-			a = a.WithZone(c.zoneName(int(sa.ZoneId)))
+			a = a.WithZone(c.zoneName(int(sa.Scope_id)))
 		}
-		return n, netip.AddrPortFrom(a.Unmap(), uint16(sa.Port)), nil
-	case *unix.SockaddrInet4:
-		return n, netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), nil
+		return n, netip.AddrPortFrom(a.Unmap(), port(sa.Port)), nil
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return n, netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port(sa.Port)), nil
 	}
 	return n, netip.AddrPort{}, nil
+}
+
+// port converts a sockaddr's port, stored in network byte order.
+func port(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // WriteToUDPAddrPort sends a datagram; a zone names an interface of the

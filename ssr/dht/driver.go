@@ -306,8 +306,8 @@ func (d *Driver) loop(ctx context.Context, in <-chan ssr.Datagram) {
 	}
 }
 
-// refreshRing reads the router's successors and predecessors. It blocks on
-// the router's goroutine briefly; the router never waits for this one.
+// refreshRing reads the router's successors and predecessors. It waits
+// briefly for the router's mutex; the router never waits for this one.
 func (d *Driver) refreshRing() {
 	st := d.r.Status()
 	d.succ, d.pred = d.succ[:0], d.pred[:0]
