@@ -145,6 +145,9 @@ func jsonSafe(r ssrsim.Report) ssrsim.Report {
 		fix(&p.DeliveryClose)
 		fix(&p.StretchP50)
 		fix(&p.StretchP95)
+		fix(&p.Established)
+		fix(&p.EstStretchP50)
+		fix(&p.EstStretchP95)
 	}
 	fixPhase(&r.Phase)
 	fix(&r.HopsP50)
@@ -165,7 +168,8 @@ func printReport(w io.Writer, r ssrsim.Report) {
 	if !math.IsNaN(r.DeliveryExact) {
 		fmt.Fprintf(tw, "delivery exact\t%.4f  (%d probes)\n", r.DeliveryExact, r.Probes)
 		fmt.Fprintf(tw, "delivery closest\t%.4f  (%d probes)\n", r.DeliveryClose, r.Probes)
-		fmt.Fprintf(tw, "stretch p50 / p95\t%.2f / %.2f  (hops p50 %.0f)\n", r.StretchP50, r.StretchP95, r.HopsP50)
+		fmt.Fprintf(tw, "stretch p50 / p95\t%.2f / %.2f  (first datagram; hops p50 %.0f)\n", r.StretchP50, r.StretchP95, r.HopsP50)
+		fmt.Fprintf(tw, "established flows\t%.4f delivered, stretch %.2f / %.2f  (after the answer)\n", r.Established, r.EstStretchP50, r.EstStretchP95)
 		fmt.Fprintf(tw, "route cache p95\t%.0f entries\n", r.RouteCacheP95)
 		fmt.Fprintf(tw, "control traffic\t%.2f frames/node/s\n", r.ControlPerNode)
 		printFailures(tw, "failed probes", r.Failures)
@@ -174,7 +178,8 @@ func printReport(w io.Writer, r ssrsim.Report) {
 		fmt.Fprintf(tw, "churn\t%d left, %d joined (%.0f %%)\n", c.Left, c.Joined, 100*c.Fraction)
 		fmt.Fprintf(tw, "  ring consistent\t%v after %.0f s (virtual)\n", c.RingConsistent, c.ConvergeS)
 		fmt.Fprintf(tw, "  delivery exact / closest\t%.4f / %.4f\n", c.DeliveryExact, c.DeliveryClose)
-		fmt.Fprintf(tw, "  stretch p50 / p95\t%.2f / %.2f\n", c.StretchP50, c.StretchP95)
+		fmt.Fprintf(tw, "  stretch p50 / p95\t%.2f / %.2f  (first datagram)\n", c.StretchP50, c.StretchP95)
+		fmt.Fprintf(tw, "  established flows\t%.4f delivered, stretch %.2f / %.2f\n", c.Established, c.EstStretchP50, c.EstStretchP95)
 		printFailures(tw, "  failed probes", c.Failures)
 	}
 	fmt.Fprintf(tw, "time\t%.0f s virtual in %.1f s wall, peak RSS %.0f MB\n", r.VirtualS, r.WallS, r.PeakRSSMB)
