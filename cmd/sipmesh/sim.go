@@ -36,7 +36,10 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlagSet("sim", "[flags]", `Sim runs the real SSR code for --nodes routers on the in-memory network in
 virtual time, waits for a consistent ring, measures delivery of random exact
 and closest (DHT) datagrams and their stretch, and with --churn lets that
-fraction of nodes leave and as many join, then measures again.
+fraction of nodes leave and as many join, then measures again. Each exact
+datagram starts a flow, as a call does: it is answered, and the source sends
+again on the route the answer taught it; stretch is reported for the first
+datagram and for the established flow.
 'sipmesh help sim dht' describes the DHT simulation.`, stderr)
 	nodes := fs.Int("nodes", 100, "number of nodes")
 	topo := fs.String("topology", "random", "line, grid or random (geometric radio mesh)")
