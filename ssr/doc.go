@@ -41,15 +41,15 @@
 //     source caches the answer's route the same way. The flow's later
 //     datagrams (a call's media after its INVITE and answer) take that
 //     route with no decision on the way. `sipmesh sim` reports the stretch
-//     of both: at 5,000 nodes p50 1.30 and p95 4.50 for the first
-//     datagram, 1.00 and 1.16 for the established flow. With link
-//     security (every Router) an exact datagram to a node without an
-//     end-to-end session waits for the handshake's round trip (e2e.go), so
-//     even a call's INVITE takes a taught route: in ssrsim with Auth, at
-//     1,000 nodes, first sealed datagrams have stretch p50 1.00 and p95
-//     1.06 (1.81 without). What still pays for the decisions: the
-//     handshake itself, closest datagrams (DHT requests) and routing
-//     control.
+//     of both: p50 and p95 1.30 and 4.50 for the first datagram, 1.00 and
+//     1.16 for the established flow at 5,000 nodes; 1.41 and 4.86, 1.00
+//     and 1.66 at 10,000. With link security (every Router) an exact
+//     datagram to a node without an end-to-end session waits for the
+//     handshake's round trip (e2e.go), so even a call's INVITE takes a
+//     taught route: in ssrsim with Auth, first sealed datagrams have
+//     stretch p50 1.00 and p95 1.06 at 1,000 nodes (1.81 without), 1.00
+//     and 1.08 at 2,000. What still pays for the decisions: the handshake
+//     itself, closest datagrams (DHT requests) and routing control.
 //
 // Repair (what a broken link does). One node's local view never declares a
 // live node gone: a node that loses its route to a target with a link (a
