@@ -88,7 +88,22 @@ type probe struct {
 	got       int // receiving node, -1 until delivered
 	hops      int
 	why       string // the unreachable report's reason, if one came back
+	// An exact probe starts a flow, as a call does (INVITE, answer,
+	// media): its receiver answers with a reply probe, and the reply's
+	// arrival makes the source send the established probe, which shows
+	// the route the flow keeps using. next is the probe this one caused.
+	stage probeStage
+	next  *probe
 }
+
+// probeStage is a probe's place in its flow.
+type probeStage uint8
+
+const (
+	stageFirst       probeStage = iota // the first datagram: no route known
+	stageReply                         // the answer, from the first's receiver
+	stageEstablished                   // the source's next datagram, after the answer
+)
 
 // New builds the topology and its nodes; nothing runs until Run.
 func New(cfg Config) (*Sim, error) {
@@ -261,6 +276,16 @@ func (n *simNode) Deliver(ev ssr.Event) {
 	}
 	if p := n.sim.probes[tag]; p != nil && p.got < 0 {
 		p.got, p.hops = n.idx, d.Hops
+		if p.mode == ssr.Exact && p.stage < stageEstablished && p.got == p.want {
+			// The flow's next datagram goes back the other way. Not from
+			// inside the node's frame handling: from a clock event.
+			s, from, to := n.sim, p.want, p.src
+			s.clock.AfterFunc(0, func() {
+				if s.nodes[from].alive && s.nodes[to].alive {
+					p.next = s.probe(from, ssr.Exact, s.nodes[to].id, p.stage+1)
+				}
+			})
+		}
 	}
 }
 
@@ -438,8 +463,12 @@ func responsible(r []*simNode, key ssr.NodeID) int {
 // Probe sends one tagged datagram from src: to dst's ID (exact) or to key
 // (closest). The expected receiver is computed when it is sent.
 func (s *Sim) Probe(src int, mode ssr.Mode, key ssr.NodeID) *probe {
+	return s.probe(src, mode, key, stageFirst)
+}
+
+func (s *Sim) probe(src int, mode ssr.Mode, key ssr.NodeID, stage probeStage) *probe {
 	s.seq++
-	p := &probe{src: src, key: key, mode: mode, got: -1}
+	p := &probe{src: src, key: key, mode: mode, got: -1, stage: stage}
 	p.want = responsible(s.ring(), key)
 	s.probes[s.seq] = p
 	var b [8]byte
@@ -454,11 +483,28 @@ func (s *Sim) Probe(src int, mode ssr.Mode, key ssr.NodeID) *probe {
 	return p
 }
 
+// established returns the established probe of the flow p started, if
+// the reply arrived and it was sent.
+func (p *probe) established() *probe {
+	if p.next == nil {
+		return nil
+	}
+	return p.next.next
+}
+
 // DeliveryResult summarises a batch of probes.
 type DeliveryResult struct {
 	Exact, Closest         float64 // fraction delivered to the right node
 	StretchP50, StretchP95 float64 // exact probes: hops taken / shortest path
 	HopsP50                float64
+	// The established flows: each delivered exact probe was answered, and
+	// the answer's arrival made its source send again (probe stages).
+	// Established is the fraction of those second datagrams delivered,
+	// EstablishedP50/P95 their stretch: the route a call's media keeps
+	// using, where the figures above are the first datagram's (a call's
+	// INVITE), which finds its way with no route known.
+	Established                    float64
+	EstablishedP50, EstablishedP95 float64
 	// Failures counts the probes that went wrong by what happened: the
 	// reason of the unreachable report that came back, "wrong node", or
 	// "lost" (no report).
@@ -484,7 +530,8 @@ func (s *Sim) MeasureDelivery(count int, spread, settle time.Duration) DeliveryR
 	s.RunFor(settle)
 	_ = sorted
 	var res DeliveryResult
-	var stretch, hops []float64
+	var stretch, hops, est []float64
+	estSent := 0
 	alive := s.aliveMask()
 	dist := make([]int32, len(s.nodes))
 	var queue []int
@@ -501,6 +548,17 @@ func (s *Sim) MeasureDelivery(count int, spread, settle time.Duration) DeliveryR
 					stretch = append(stretch, 1)
 				}
 				hops = append(hops, float64(p.hops))
+				if e := p.established(); e != nil {
+					estSent++
+					if e.got == e.want {
+						res.Established++
+						if d := dist[p.want]; d > 0 {
+							est = append(est, float64(e.hops)/float64(d))
+						} else if d == 0 {
+							est = append(est, 1)
+						}
+					}
+				}
 			}
 		} else {
 			res.closestN++
@@ -527,6 +585,8 @@ func (s *Sim) MeasureDelivery(count int, spread, settle time.Duration) DeliveryR
 	res.Closest /= float64(max(res.closestN, 1))
 	res.StretchP50, res.StretchP95 = stats.Quantile(stretch, 0.5), stats.Quantile(stretch, 0.95)
 	res.HopsP50 = stats.Quantile(hops, 0.5)
+	res.Established /= float64(max(estSent, 1))
+	res.EstablishedP50, res.EstablishedP95 = stats.Quantile(est, 0.5), stats.Quantile(est, 0.95)
 	clear(s.probes)
 	return res
 }

@@ -104,6 +104,17 @@ func TestSimReport(t *testing.T) {
 	if r.StretchP50 < 1 || r.RouteCacheP95 <= 0 || r.ControlPerNode <= 0 || r.Diameter <= 0 {
 		t.Errorf("implausible report: %+v", r)
 	}
+	// Every delivered exact probe started a flow: answered, and sent
+	// again on the route the answer taught its source.
+	phases := []*Phase{&r.Phase}
+	if r.Churn != nil {
+		phases = append(phases, &r.Churn.Phase)
+	}
+	for _, p := range phases {
+		if p.Established < 0.99 || p.EstStretchP50 < 1 || p.EstStretchP95 < p.EstStretchP50 {
+			t.Errorf("established flows: delivered %v, stretch %v / %v", p.Established, p.EstStretchP50, p.EstStretchP95)
+		}
+	}
 }
 
 func TestBadConfig(t *testing.T) {
