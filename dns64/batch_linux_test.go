@@ -292,20 +292,7 @@ func FuzzServeUDPBatch(f *testing.F) {
 				t.Fatalf("send: %v", err)
 			}
 		}
-		for {
-			pc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			n, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				t.Fatalf("no answer to the liveness query after the input: %v", err)
-			}
-			var m dns.Msg
-			if err := m.Unpack(buf[:n]); err != nil {
-				t.Fatalf("reply does not parse: %v\n% x", err, buf[:n])
-			}
-			if m.Id == live.Id && len(m.Question) == 1 && m.Question[0].Name == "sipserver.mesh." && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 {
-				return
-			}
-		}
+		awaitLiveness(t, pc, buf, live.Id)
 	})
 }
 

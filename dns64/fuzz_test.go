@@ -195,22 +195,29 @@ func FuzzServeUDP(f *testing.F) {
 		if _, err := pc.WriteTo(lb, to); err != nil {
 			t.Fatalf("send: %v", err)
 		}
-		// Replies to the input (none, or one) and to the liveness query
-		// arrive in either order; stale replies of earlier inputs whose
-		// look-ups took longer may arrive too.
-		for {
-			pc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			n, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				t.Fatalf("no answer to the liveness query after the input: %v", err)
-			}
-			var m dns.Msg
-			if err := m.Unpack(buf[:n]); err != nil {
-				t.Fatalf("reply does not parse: %v\n% x", err, buf[:n])
-			}
-			if m.Id == live.Id && len(m.Question) == 1 && m.Question[0].Name == "sipserver.mesh." && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 {
-				return
-			}
-		}
+		awaitLiveness(t, pc, buf, live.Id)
 	})
+}
+
+// awaitLiveness reads replies on pc until the answer to the liveness
+// query id (sipserver.mesh A) arrives: the server survived the input.
+// Replies to the input (none, or one) and to the liveness query arrive in
+// either order; stale replies of earlier inputs whose look-ups took
+// longer may arrive too. Every reply must parse.
+func awaitLiveness(t *testing.T, pc net.PacketConn, buf []byte, id uint16) {
+	t.Helper()
+	for {
+		pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no answer to the liveness query after the input: %v", err)
+		}
+		var m dns.Msg
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatalf("reply does not parse: %v\n% x", err, buf[:n])
+		}
+		if m.Id == id && len(m.Question) == 1 && m.Question[0].Name == "sipserver.mesh." && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1 {
+			return
+		}
+	}
 }

@@ -112,57 +112,48 @@ func kernelRoundTrip(b *testing.B, t *benchTopo) time.Duration {
 // an echo at cAddr in c and returns the mean round trip. With warm, it
 // first waits for one echo (a tunnel's handshakes), untimed.
 func udpRoundTrip(b *testing.B, a, c *netns.NS, aAddr, cAddr netip.Addr, warm bool) time.Duration {
+	pcA, dst, stop := udpEcho(b, a, c, aAddr, cAddr)
+	defer stop()
+	if warm {
+		warmUp(b, pcA, dst)
+		b.ResetTimer()
+	}
+	pingPong(b, pcA, dst)
+	return b.Elapsed() / time.Duration(b.N)
+}
+
+// udpEcho opens a kernel UDP socket at aAddr in a and an echo at cAddr in
+// c; stop closes both and waits for the echo.
+func udpEcho(b *testing.B, a, c *netns.NS, aAddr, cAddr netip.Addr) (pcA addrPortConn, dst netip.AddrPort, stop func()) {
 	ctx := context.Background()
-	dst := netip.AddrPortFrom(cAddr, 9000)
+	dst = netip.AddrPortFrom(cAddr, 9000)
 	pcC, err := c.Network().ListenPacket(ctx, "udp6", dst.String())
 	if err != nil {
 		b.Fatal(err)
 	}
-	pcA, err := a.Network().ListenPacket(ctx, "udp6", netip.AddrPortFrom(aAddr, 0).String())
+	pa, err := a.Network().ListenPacket(ctx, "udp6", netip.AddrPortFrom(aAddr, 0).String())
 	if err != nil {
 		pcC.Close()
 		b.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	defer func() {
-		pcA.Close()
+	wg.Go(func() { echo(pcC.(addrPortConn)) })
+	return pa.(addrPortConn), dst, func() {
+		pa.Close()
 		pcC.Close()
 		wg.Wait()
-	}()
-	wg.Go(func() { echo(pcC.(addrPortConn)) })
-	if warm {
-		warmUp(b, pcA.(addrPortConn), dst)
-		b.ResetTimer()
 	}
-	pingPong(b, pcA.(addrPortConn), dst)
-	return b.Elapsed() / time.Duration(b.N)
 }
 
 // kernelBaseline is kernelRoundTrip outside a benchmark of its own: n
 // round trips, their mean. (testing.Benchmark cannot run inside a running
 // benchmark: both take the package's benchmark lock, and it waits forever.)
 func kernelBaseline(b *testing.B, t *benchTopo, n int) time.Duration {
-	ctx := context.Background()
-	dst := netip.AddrPortFrom(t.cAddr, 9000)
-	pcC, err := t.c.Network().ListenPacket(ctx, "udp6", dst.String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	pcA, err := t.a.Network().ListenPacket(ctx, "udp6", netip.AddrPortFrom(t.aAddr, 0).String())
-	if err != nil {
-		pcC.Close()
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer func() {
-		pcA.Close()
-		pcC.Close()
-		wg.Wait()
-	}()
-	wg.Go(func() { echo(pcC.(addrPortConn)) })
+	pcA, dst, stop := udpEcho(b, t.a, t.c, t.aAddr, t.cAddr)
+	defer stop()
 	i := 0
 	start := time.Now()
-	pingPongLoop(b, func() bool { i++; return i <= n }, pcA.(addrPortConn), dst)
+	pingPongLoop(b, func() bool { i++; return i <= n }, pcA, dst)
 	return time.Since(start) / time.Duration(n)
 }
 
