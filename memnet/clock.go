@@ -30,8 +30,27 @@ type RealClock struct{}
 // Now returns time.Now().
 func (RealClock) Now() time.Time { return time.Now() }
 
-// AfterFunc wraps time.AfterFunc.
-func (RealClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+// AfterFunc wraps time.AfterFunc. A call due at once (d <= 0) runs in a
+// goroutine of its own, as time.AfterFunc would run it, but without a
+// timer: Go 1.26.8 runs a testing/synctest bubble's timer that is due at
+// once on the system stack of the goroutine that made it, and that path
+// crashed the race-enabled proxy tests once (SIGSEGV in
+// runtime.(*timer).modify, a link delivery during
+// TestPartyLineTwoClaimants). Its Timer's Stop reports false: the call
+// may already be running.
+func (RealClock) AfterFunc(d time.Duration, f func()) Timer {
+	if d <= 0 {
+		go f()
+		return startedTimer{}
+	}
+	return time.AfterFunc(d, f)
+}
+
+// startedTimer is the Timer of a call already started.
+type startedTimer struct{}
+
+// Stop implements Timer: too late.
+func (startedTimer) Stop() bool { return false }
 
 // VirtualClock is a discrete-event scheduler for the single-threaded
 // simulator: time stands still except inside Step and RunUntil, which pop

@@ -280,17 +280,9 @@ func (n *Network) sendLocked(out, to *Interface, src, dst netip.AddrPort, b []by
 func (l *Link) armLocked(now int64) {
 	l.armed = true
 	d := time.Duration(l.q.front().due - now)
-	switch vc := l.net.vc; {
-	case vc != nil:
+	if vc := l.net.vc; vc != nil {
 		vc.schedule(d, l.fire)
-	case d <= 0 && l.net.clock == Clock(RealClock{}):
-		// What time.AfterFunc(0) does, without its timer: Go 1.26.8 runs a
-		// testing/synctest bubble's timer that is due at once on the
-		// system stack of the goroutine that made it, and that path
-		// crashed the race-enabled proxy tests once (SIGSEGV in
-		// runtime.(*timer).modify, TestPartyLineTwoClaimants).
-		go l.fire()
-	default:
+	} else {
 		l.net.clock.AfterFunc(d, l.fire)
 	}
 }

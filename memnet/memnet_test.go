@@ -995,3 +995,21 @@ func TestWatchLinksCarrier(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// TestRealClockDueAtOnce: a call due at once runs (in its own goroutine)
+// and its Timer cannot stop it; a later one can be stopped.
+func TestRealClockDueAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ran := make(chan struct{})
+		tm := RealClock{}.AfterFunc(0, func() { close(ran) })
+		<-ran
+		if tm.Stop() {
+			t.Error("Stop of a call already started reported true")
+		}
+		later := RealClock{}.AfterFunc(time.Second, func() { t.Error("a stopped call ran") })
+		if !later.Stop() {
+			t.Error("Stop of a pending call reported false")
+		}
+		time.Sleep(2 * time.Second)
+	})
+}
