@@ -30,7 +30,7 @@ import (
 var (
 	roundDur  = flag.Duration("peerbench.round", 10*time.Second, "length of one measurement round of one server")
 	rounds    = flag.Int("peerbench.rounds", 3, "A/B rounds per row; the table shows the median")
-	rowsFlag  = flag.String("peerbench.rows", "dns,register,calls,rtp,gateway", "rows to measure, comma-separated")
+	rowsFlag  = flag.String("peerbench.rows", "dns,register,reg-write,calls,rtp,gateway", "rows to measure, comma-separated")
 	users     = flag.Int("peerbench.users", 100, "subscribers the REGISTER load cycles through")
 	window    = flag.Int("peerbench.window", 50, "SIPp's limit of calls in progress (-l): the load is closed-loop")
 	serverCPU = flag.String("peerbench.server-cpu", "1", "taskset -c list for the servers (both get the same)")
@@ -143,6 +143,7 @@ func TestPeers(t *testing.T) {
 	}{
 		{"dns", "/s", r.dnsRow},
 		{"register", "/s", r.registerRow},
+		{"reg-write", "/s", r.regWriteRow},
 		{"calls", "/s", r.callsRow},
 		{"rtp", " streams", r.rtpRow},
 		{"gateway", "/s", r.gatewayRow}, // last: it restarts n1 as a gateway
@@ -546,13 +547,21 @@ func (r *rig) startKamailio() {
 	r.peerPID = r.kamailioPID
 }
 
-// usersCSV is SIPp's injection file: extension;[authentication ...].
-func (r *rig) usersCSV(name string, first, n int) string {
+// usersCSV is SIPp's injection file: extension;[authentication ...];expires.
+func (r *rig) usersCSV(name string, first, n int, expires ...int) string {
+	if len(expires) == 0 {
+		expires = []int{3600}
+	}
 	var b strings.Builder
 	b.WriteString("SEQUENTIAL\n")
-	for i := range n {
-		u := first + i
-		fmt.Fprintf(&b, "%d;[authentication username=%d password=pw%d]\n", u, u, u)
+	// Field 2 is the REGISTER's Expires (register.xml): SIPp takes the
+	// lines in order, so with several values each user cycles through
+	// them.
+	for _, e := range expires {
+		for i := range n {
+			u := first + i
+			fmt.Fprintf(&b, "%d;[authentication username=%d password=pw%d];%d\n", u, u, u, e)
+		}
 	}
 	return r.writeFile(name, b.String())
 }
@@ -675,12 +684,29 @@ func readSippStat(path string) (sippResult, error) {
 
 // registerRow: SIPp REGISTER + 401 + authenticated REGISTER + 200,
 // cycling through *users subscribers, against the node and Kamailio.
+// Each user refreshes its binding many times a second: the node's
+// registrar stores a refresh that changes nothing but the expiry only
+// every so often (registrar.DHTLocation), so this row measures mostly
+// refreshes; regWriteRow measures a REGISTER that is stored each time.
 func (r *rig) registerRow() (func() (float64, string), func() (float64, string)) {
+	return r.registerLoad("users.csv", 3600)
+}
+
+// regWriteRow is registerRow with every user's Expires alternating
+// between an hour and half an hour: each REGISTER changes the binding,
+// so the node stores each one in the DHT (signed, sent to the key's
+// owner and replicas), and Kamailio updates its location table.
+func (r *rig) regWriteRow() (func() (float64, string), func() (float64, string)) {
+	return r.registerLoad("users-write.csv", 3600, 1800)
+}
+
+// registerLoad is the register rows' load with the Expires values given.
+func (r *rig) registerLoad(csvName string, expires ...int) (func() (float64, string), func() (float64, string)) {
 	r.startKamailio()
 	for i := range *users {
 		r.addUser(2000 + i)
 	}
-	csvPath := r.usersCSV("users.csv", 2000, *users)
+	csvPath := r.usersCSV(csvName, 2000, *users, expires...)
 	// The accounts reach the node's registrar through its DHT: wait until
 	// one registration goes through on each side.
 	for _, s := range []string{nodeAddr, peerAddr} {
