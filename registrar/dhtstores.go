@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sipmesh/sipmesh/internal/ttlmap"
@@ -62,14 +63,33 @@ type DHTLocation struct {
 
 	mu  sync.Mutex
 	own map[string]ownRecord // AOR → this node's record as last written
+
+	refreshes atomic.Uint64 // writes not stored: the DHT's copy said the same
 }
 
 // ownRecord is the node's own record of one AOR: its bindings (tombstones
-// included) and when the last of them expires.
+// included) and when the last of them expires, and what the DHT holds of
+// it (pub) for the refresh shortcut (SetBindings).
 type ownRecord struct {
 	bs    []Binding
 	until time.Time
+	// pub is the list last stored in the DHT (nil: unknown, the next
+	// write stores). It may lag bs by refreshes that changed only
+	// expiries (republishable).
+	pub []Binding
+	// seen is the newest Updated of any other node's binding of the AOR
+	// in the reads since pub was stored (only ever raised: a slow read
+	// that started earlier does not lower it), and fresh says a read
+	// succeeded since the last write: without one, the other nodes'
+	// records are unknown and the write stores.
+	seen  time.Time
+	fresh bool
 }
+
+// refreshSlack bounds how much earlier than this node other nodes may
+// see a binding lapse because a refresh was not republished: a quarter of
+// the binding's interval, at most a minute (republishable).
+const refreshSlack = time.Minute
 
 // maxOwnRecords bounds the own records kept: beyond it (a node with more
 // registered AORs than any real LAN has) lookups fall back to the DHT's
@@ -95,6 +115,7 @@ func (l *DHTLocation) Bindings(ctx context.Context, aor string) ([]Binding, erro
 		return slices.Clone(own.bs), fmt.Errorf("location of %s: %w", aor, err)
 	}
 	all := slices.Clone(own.bs)
+	var seen time.Time
 	for _, r := range recs {
 		if r.Tombstone {
 			continue
@@ -111,10 +132,88 @@ func (l *DHTLocation) Bindings(ctx context.Context, aor string) ([]Binding, erro
 			// A node speaks only for the phones registered with it.
 			if b.Node == writer && b.AOR == aor {
 				all = append(all, b)
+				if writer != l.Self && b.Updated.After(seen) {
+					seen = b.Updated
+				}
 			}
 		}
 	}
+	if haveOwn {
+		l.sawOthers(aor, seen)
+	}
 	return all, nil
+}
+
+// sawOthers notes a successful read of aor whose other nodes' bindings
+// were updated at the latest at seen.
+func (l *DHTLocation) sawOthers(aor string, seen time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	o, ok := l.own[aor]
+	if !ok {
+		return
+	}
+	o.fresh = true
+	if seen.After(o.seen) {
+		o.seen = seen
+	}
+	l.own[aor] = o
+}
+
+// republishable says whether bs, this node's new record of an AOR, may
+// stay unpublished because the DHT's copy (o.pub) already tells other
+// nodes the same: a phone refreshing long before its binding lapses (NAT
+// keep-alive refreshes, or a load generator) then costs no signed DHT
+// write (an ed25519 signature, the STORE to the key's owner and its
+// replicas, their checks). Only the expiries (and the Call-ID, CSeq and
+// Updated of the refreshing REGISTER) may differ, and each published
+// expiry must be no later than the new one and at most
+// min(interval/4, refreshSlack) earlier: a phone that keeps refreshing is
+// republished at least that often, so the DHT's copy never lapses while it
+// lives, and others may see the binding end that much early only if it
+// stops. The node itself answers from bs (Bindings), so the phone's 200
+// lists its real expiry (RFC 3261 §10.3 step 8).
+//
+// A roaming phone must never be shadowed by the stale copy: the last read
+// must have succeeded (fresh) and no other node's binding of the AOR may
+// be as new as the oldest published one (seen); else the write stores, and
+// its Updated, newer than every other copy, wins every reader's merge
+// again (MergeBindings).
+func republishable(o ownRecord, bs []Binding, now time.Time) bool {
+	if o.pub == nil || !o.fresh || len(o.pub) != len(bs) {
+		return false
+	}
+	for i := range bs {
+		b := &bs[i]
+		var p *Binding
+		for j := range o.pub {
+			if o.pub[j].key() == b.key() {
+				p = &o.pub[j]
+				break
+			}
+		}
+		if p == nil || !o.seen.Before(p.Updated) {
+			return false
+		}
+		if b.Removed || p.Removed {
+			// A tombstone's expiry is another node's copy's: stored
+			// exactly as computed.
+			if !p.Removed || !b.Removed || !p.Expires.Equal(b.Expires) || p.Contact != b.Contact || p.Instance != b.Instance || p.RegID != b.RegID {
+				return false
+			}
+			continue
+		}
+		if p.AOR != b.AOR || p.Node != b.Node || p.Contact != b.Contact || p.Q != b.Q ||
+			p.Instance != b.Instance || p.RegID != b.RegID || p.Source != b.Source ||
+			p.Transport != b.Transport || p.UserAgent != b.UserAgent {
+			return false
+		}
+		left, pubLeft := b.Expires.Sub(now), p.Expires.Sub(now)
+		if pubLeft > left || pubLeft < left-min(left/4, refreshSlack) {
+			return false
+		}
+	}
+	return true
 }
 
 // ownRecord returns this node's record of aor as last written, if kept
@@ -164,11 +263,32 @@ func (l *DHTLocation) keepOwn(aor string, node ssr.NodeID, bs []Binding) {
 	l.own[aor] = ownRecord{bs: slices.Clone(bs), until: until}
 }
 
+// published notes what the DHT holds of this node's record of aor after a
+// write of bs: bs when it was stored, unknown (nil) when the write failed.
+// A read is needed again before the next write may be skipped.
+func (l *DHTLocation) published(aor string, bs []Binding, stored bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	o, ok := l.own[aor]
+	if !ok {
+		return
+	}
+	o.pub, o.fresh, o.seen = nil, false, time.Time{}
+	if stored {
+		o.pub = slices.Clone(bs)
+	}
+	l.own[aor] = o
+}
+
 // SetBindings implements LocationStore.
 func (l *DHTLocation) SetBindings(ctx context.Context, aor string, node ssr.NodeID, bs []Binding) error {
 	if len(bs) == 0 {
 		l.keepOwn(aor, node, nil)
 		return l.DHT.Delete(ctx, aorKeyPrefix+aor)
+	}
+	now := l.now()
+	if l.refresh(aor, node, bs, now) {
+		return nil
 	}
 	val, err := BindingList(bs).MarshalBinary()
 	if err != nil {
@@ -178,15 +298,45 @@ func (l *DHTLocation) SetBindings(ctx context.Context, aor string, node ssr.Node
 	// REGISTER is reachable through this node either way, and a failed
 	// write is retried by the phone (503 with Retry-After).
 	l.keepOwn(aor, node, bs)
-	now := l.now()
 	ttl := bindingGrace
 	for _, b := range bs {
 		ttl = max(ttl, b.Expires.Sub(now)+bindingGrace)
 	}
-	if err := l.DHT.Put(ctx, aorKeyPrefix+aor, val, ttl); err != nil {
+	err = l.DHT.Put(ctx, aorKeyPrefix+aor, val, ttl)
+	if node == l.Self && l.Self != 0 {
+		l.published(aor, bs, err == nil)
+	}
+	if err != nil {
 		return fmt.Errorf("storing %d bindings of %s: %w", len(bs), aor, err)
 	}
 	return nil
+}
+
+// Refreshes counts the writes of this node's records that were not
+// stored because the DHT's copy already said the same (republishable).
+func (l *DHTLocation) Refreshes() uint64 { return l.refreshes.Load() }
+
+// refresh takes bs as this node's record of aor without a DHT write when
+// the DHT's copy already says the same (republishable), and says so.
+func (l *DHTLocation) refresh(aor string, node ssr.NodeID, bs []Binding, now time.Time) bool {
+	if node != l.Self || l.Self == 0 {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	o, ok := l.own[aor]
+	if !ok || !o.until.After(now) || !republishable(o, bs, now) {
+		return false
+	}
+	o.bs, o.fresh = slices.Clone(bs), false
+	for _, b := range bs {
+		if b.Expires.After(o.until) {
+			o.until = b.Expires
+		}
+	}
+	l.refreshes.Add(1)
+	l.own[aor] = o
+	return true
 }
 
 // accountLifetime is how long an account record lives in the DHT; nodes

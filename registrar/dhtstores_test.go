@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -289,5 +290,128 @@ func TestDHTLocationOwnBound(t *testing.T) {
 	}
 	if n := len(loc.own); n != maxOwnRecords {
 		t.Fatalf("%d own records kept, bound %d", n, maxOwnRecords)
+	}
+}
+
+// countingDHT counts the writes that reach the DHT.
+type countingDHT struct {
+	DHT
+	puts int
+}
+
+func (c *countingDHT) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	c.puts++
+	return c.DHT.Put(ctx, key, value, ttl)
+}
+
+// TestRoamRefreshShortcut: a refresh that changes only the expiry is not
+// stored in the DHT while the stored copy still says the same within the
+// slack, and a phone roaming A→B→A is never lost or shadowed by a stale
+// copy: back at A, A stores again, and A's later refreshes do not let B's
+// copy win any reader's merge.
+func TestRoamRefreshShortcut(t *testing.T) {
+	d := dhttest.NewShared(3)
+	cntA, cntB := &countingDHT{DHT: d[0]}, &countingDHT{DHT: d[1]}
+	gA := newRig(t, func(c *RegistrarConfig) { c.noAuth = true })
+	clock := gA.clock
+	locA := &DHTLocation{DHT: cntA, Now: clock.Now, Self: d[0].ID()}
+	locB := &DHTLocation{DHT: cntB, Now: clock.Now, Self: d[1].ID()}
+	gA = newRig(t, func(c *RegistrarConfig) { c.noAuth, c.Node, c.Locations, c.Now = true, d[0].ID(), locA, clock.Now })
+	gB := newRig(t, func(c *RegistrarConfig) { c.noAuth, c.Node, c.Locations, c.Now = true, d[1].ID(), locB, clock.Now })
+	gB.seq = 1000
+	reader := &DHTLocation{DHT: d[2], Now: clock.Now} // a third node: the DHT's view only
+	phone := "<sip:201@192.168.1.50:5062>"
+	// seen is what the third node finds: the binding's node and seconds left.
+	seen := func(step string, node ssr.NodeID, left time.Duration) {
+		t.Helper()
+		bs, err := reader.Bindings(context.Background(), AOR("201"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := MergeBindings(bs, clock.Now())
+		if len(m) != 1 || m[0].Node != node || m[0].Expires.Sub(clock.Now()) != left {
+			t.Fatalf("%s: the third node sees %+v, want node %v with %v left", step, m, node, left)
+		}
+	}
+	register := func(g *rig, cseq int, expires string, want string) {
+		t.Helper()
+		res := g.send(g.build(reg{contacts: []string{phone}, expires: expires, cseq: cseq}))
+		wantCode(t, res, 200)
+		if got := contactsOf(res); len(got) != 1 || got[0] != want {
+			t.Fatalf("200 lists %q, want %q", got, want)
+		}
+	}
+	puts := func(step string, c *countingDHT, want int) {
+		t.Helper()
+		if c.puts != want {
+			t.Fatalf("%s: %d writes stored, want %d", step, c.puts, want)
+		}
+	}
+
+	register(gA, 1, "3600", "sip:201@192.168.1.50:5062 3600")
+	puts("first registration", cntA, 1)
+	seen("first registration", d[0].ID(), time.Hour)
+	// An early refresh: the 200 has the full hour, the DHT's copy stays.
+	clock.Advance(10 * time.Second)
+	register(gA, 2, "3600", "sip:201@192.168.1.50:5062 3600")
+	puts("early refresh", cntA, 1)
+	if locA.Refreshes() != 1 {
+		t.Fatalf("%d refreshes not stored, want 1", locA.Refreshes())
+	}
+	seen("early refresh", d[0].ID(), time.Hour-10*time.Second)
+
+	// Roaming to B, then back to A: each move is stored and wins.
+	clock.Advance(time.Second)
+	register(gB, 3, "3600", "sip:201@192.168.1.50:5062 3600")
+	seen("at B", d[1].ID(), time.Hour)
+	clock.Advance(time.Second)
+	register(gA, 4, "3600", "sip:201@192.168.1.50:5062 3600")
+	puts("back at A", cntA, 2)
+	seen("back at A", d[0].ID(), time.Hour)
+	// B still holds its copy; A's refreshes must not let it win.
+	for i := range 5 {
+		clock.Advance(time.Second)
+		register(gA, 5+i, "3600", "sip:201@192.168.1.50:5062 3600")
+		seen("refresh after the return", d[0].ID(), time.Hour-time.Duration(i+1)*time.Second)
+	}
+	puts("refreshes after the return", cntA, 2)
+
+	// Past the slack the refresh is stored: the copy never lags more.
+	clock.Advance(refreshSlack)
+	register(gA, 20, "3600", "sip:201@192.168.1.50:5062 3600")
+	puts("refresh past the slack", cntA, 3)
+	seen("refresh past the slack", d[0].ID(), time.Hour)
+	// A shorter interval is stored at once: no node may see it longer.
+	clock.Advance(time.Second)
+	register(gA, 21, "600", "sip:201@192.168.1.50:5062 600")
+	puts("shorter interval", cntA, 4)
+	seen("shorter interval", d[0].ID(), 10*time.Minute)
+	// A short interval allows a quarter of it as slack, no more.
+	clock.Advance(time.Minute)
+	register(gA, 22, "120", "sip:201@192.168.1.50:5062 120")
+	puts("short interval", cntA, 5)
+	clock.Advance(20 * time.Second)
+	register(gA, 23, "120", "sip:201@192.168.1.50:5062 120")
+	puts("refresh within a quarter", cntA, 5)
+	clock.Advance(11 * time.Second)
+	register(gA, 24, "120", "sip:201@192.168.1.50:5062 120")
+	puts("refresh past a quarter", cntA, 6)
+	seen("refresh past a quarter", d[0].ID(), 2*time.Minute)
+	// A new source (the phone's NAT moved it) is stored at once.
+	clock.Advance(time.Second)
+	gA.src = netip.MustParseAddrPort("192.168.1.50:5070")
+	register(gA, 25, "120", "sip:201@192.168.1.50:5062 120")
+	puts("new source", cntA, 7)
+	// Removal is stored: the third node sees nothing (B's copy hidden).
+	clock.Advance(time.Second)
+	res := gA.send(gA.build(reg{contacts: []string{phone}, expires: "0", cseq: 26}))
+	wantCode(t, res, 200)
+	if got := contactsOf(res); len(got) != 0 {
+		t.Fatalf("200 after removal lists %q", got)
+	}
+	puts("removal", cntA, 8)
+	bs, err := reader.Bindings(context.Background(), AOR("201"))
+	if m := MergeBindings(bs, clock.Now()); err != nil || len(m) != 0 {
+		t.Fatalf("after removal the third node sees %+v (%v)", m, err)
 	}
 }

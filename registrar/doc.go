@@ -22,7 +22,12 @@
 // Accounts (location.go, accounts.go): interfaces with in-memory versions
 // for tests and single nodes, and DHT-backed ones for the mesh
 // (dhtstores.go: every node's bindings of an AOR in a record signed by
-// that node; account records signed by the mesh administrator key).
+// that node; account records signed by the mesh administrator key). A
+// refresh that changes nothing but a binding's expiry, early in its
+// interval, is not written to the DHT again (no signature, no STORE): the
+// node answers from its own copy, and other nodes see the stored expiry,
+// at most min(interval/4, 1 min) short, until a later refresh stores it
+// (DHTLocation.SetBindings; a phone that moved is always stored).
 // Binding and account records have versioned binary encodings, the bytes
 // the DHT stores. The request checks every SIP role applies first
 // (CheckRequest) live here too (check.go), for the proxy.

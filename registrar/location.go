@@ -87,23 +87,54 @@ type LocationStore interface {
 // updated entry wins; removed and expired ones are dropped. The result is
 // sorted by contact for stable answers.
 func MergeBindings(all []Binding, now time.Time) []Binding {
-	win := make(map[string]Binding, len(all))
-	for _, b := range all {
-		k := b.key()
-		if w, ok := win[k]; ok && !newer(b, w) {
-			continue
+	// The winner of each key, in order of first appearance: a linear
+	// search, as an AOR has a handful of entries (a map per call was a
+	// measurable share of a REGISTER's cost). The fold is the same as
+	// with a map: an entry replaces the winner so far only if newer.
+	var wins []int
+	if len(all) <= mergeLinear {
+		var keyBuf [mergeLinear]string
+		var winBuf [mergeLinear]int
+		keys := keyBuf[:0]
+		wins = winBuf[:0]
+		for i := range all {
+			k := all[i].key()
+			w := slices.Index(keys, k)
+			switch {
+			case w < 0:
+				keys, wins = append(keys, k), append(wins, i)
+			case newer(all[i], all[wins[w]]):
+				wins[w] = i
+			}
 		}
-		win[k] = b
+	} else {
+		// Many writers' entries (bounded by the DHT's, not by us): a map
+		// keeps the fold linear.
+		at := make(map[string]int, len(all))
+		for i := range all {
+			k := all[i].key()
+			w, ok := at[k]
+			switch {
+			case !ok:
+				at[k] = len(wins)
+				wins = append(wins, i)
+			case newer(all[i], all[wins[w]]):
+				wins[w] = i
+			}
+		}
 	}
-	out := make([]Binding, 0, len(win))
-	for _, b := range win {
-		if !b.Removed && b.Expires.After(now) {
-			out = append(out, b)
+	out := make([]Binding, 0, len(wins))
+	for _, i := range wins {
+		if b := &all[i]; !b.Removed && b.Expires.After(now) {
+			out = append(out, *b)
 		}
 	}
 	slices.SortFunc(out, func(a, b Binding) int { return strings.Compare(a.Contact, b.Contact) })
 	return out
 }
+
+// mergeLinear is how many entries MergeBindings folds by linear search.
+const mergeLinear = 16
 
 // newer orders two entries with the same key: later update first, then
 // (for equal clocks on two nodes) higher CSeq of the same call, then the

@@ -7,8 +7,12 @@ import (
 	"crypto/md5"
 	"crypto/sha256"
 	"errors"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -316,4 +320,51 @@ func FuzzParseDigest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		parseDigest(s) // must not panic or loop
 	})
+}
+
+// TestMergeBindingsFold: MergeBindings (linear search for a handful of
+// entries, a map beyond) picks what the plain map fold picks, ties and
+// order included.
+func TestMergeBindingsFold(t *testing.T) {
+	ref := func(all []Binding, now time.Time) []Binding {
+		win := make(map[string]Binding, len(all))
+		var order []string
+		for _, b := range all {
+			k := b.key()
+			w, ok := win[k]
+			if !ok {
+				order = append(order, k)
+			} else if !newer(b, w) {
+				continue
+			}
+			win[k] = b
+		}
+		var out []Binding
+		for _, k := range order {
+			if b := win[k]; !b.Removed && b.Expires.After(now) {
+				out = append(out, b)
+			}
+		}
+		slices.SortFunc(out, func(a, b Binding) int { return strings.Compare(a.Contact, b.Contact) })
+		return out
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Unix(1_700_000_000, 0)
+	for range 2000 {
+		all := make([]Binding, rng.IntN(3*mergeLinear))
+		for i := range all {
+			all[i] = Binding{
+				AOR: "sip:201@mesh", Node: ssr.NodeID(rng.IntN(3) + 1),
+				Contact: "sip:201@10.0.0." + strconv.Itoa(rng.IntN(6)),
+				Expires: now.Add(time.Duration(rng.IntN(3)-1) * time.Minute),
+				Updated: now.Add(-time.Duration(rng.IntN(3)) * time.Second),
+				Removed: rng.IntN(5) == 0,
+				CallID:  "c" + strconv.Itoa(rng.IntN(2)), CSeq: uint32(rng.IntN(3)),
+			}
+		}
+		got, want := MergeBindings(all, now), ref(all, now)
+		if !slices.EqualFunc(got, want, func(a, b Binding) bool { return a == b }) {
+			t.Fatalf("%d entries: merged %+v, want %+v", len(all), got, want)
+		}
+	}
 }

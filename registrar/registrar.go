@@ -310,14 +310,30 @@ func answerable(req *sip.Request) bool {
 // sipgo's parser can leave a bare LF inside a value, and echoing it would
 // break the response's framing (header injection).
 func echoSafe(req *sip.Request) bool {
-	for _, name := range []string{"Via", "From", "To", "Call-ID", "CSeq"} {
-		for _, h := range req.GetHeaders(name) {
-			if strings.ContainsAny(h.Value(), "\r\n") {
+	// One pass over the headers, each serialized into a scanner instead of
+	// a string per header: this runs on every request.
+	var sc crlfScanner
+	for _, h := range req.Headers() {
+		switch sip.HeaderToLower(h.Name()) {
+		case "via", "from", "to", "call-id", "cseq":
+			h.StringWrite(&sc)
+			if sc.found {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// crlfScanner is an io.StringWriter that only notes whether a CR or LF
+// was written.
+type crlfScanner struct{ found bool }
+
+func (c *crlfScanner) WriteString(s string) (int, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		c.found = true
+	}
+	return len(s), nil
 }
 
 // reqHeaders are the headers of a request the registrar reads, collected

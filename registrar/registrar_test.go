@@ -713,3 +713,33 @@ func TestTxKey(t *testing.T) {
 		t.Error("itoa")
 	}
 }
+
+// TestEchoSafe: a CR or LF left inside a header the response copies (RFC
+// 3261 §8.2.6.2) makes the request unanswerable; one in a header that is
+// not copied does not.
+func TestEchoSafe(t *testing.T) {
+	build := func(display, callID, other string) *sip.Request {
+		req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: "mesh"})
+		req.AppendHeader(&sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: "192.168.1.50", Port: 5062, Params: sip.NewParams()})
+		req.AppendHeader(&sip.FromHeader{DisplayName: display, Address: sip.Uri{Scheme: "sip", User: "201", Host: "mesh"}, Params: sip.NewParams()})
+		req.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: "201", Host: "mesh"}, Params: sip.NewParams()})
+		cid := sip.CallIDHeader(callID)
+		req.AppendHeader(&cid)
+		req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.REGISTER})
+		req.AppendHeader(sip.NewHeader("X-Other", other))
+		return req
+	}
+	for _, c := range []struct {
+		display, callID, other string
+		want                   bool
+	}{
+		{"Phone", "c1", "x", true},
+		{"Phone", "c1", "x\ny", true}, // not echoed
+		{"Pho\nne", "c1", "x", false},
+		{"Phone", "c\r1", "x", false},
+	} {
+		if got := echoSafe(build(c.display, c.callID, c.other)); got != c.want {
+			t.Errorf("echoSafe(display %q, Call-ID %q, X-Other %q) = %v, want %v", c.display, c.callID, c.other, got, c.want)
+		}
+	}
+}

@@ -13,6 +13,11 @@
 // keys over is its predecessor: with replicas there, the new owner already
 // holds them.
 //
+// A Driver answers its own node's gets of the keys that node owns from
+// its store when the owner would answer a GET from it anyway (it holds a
+// record, its neighbours are settled: Node.GetOwned), without a message
+// to itself.
+//
 // Records. A record is identified by (key, writer public key): several
 // writers may hold a value under one key, and a read returns all of them.
 // It carries a sequence number chosen by its writer, a lifetime, a

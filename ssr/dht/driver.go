@@ -356,6 +356,10 @@ func (d *Driver) handleCall(c call) {
 			id, err = d.node.Put(now, c.key, c.value, c.ttl)
 		}
 	case OpGet:
+		if recs, ok := d.node.GetOwned(now, c.key); ok {
+			c.res <- Result{Op: OpGet, Key: c.key, Records: recs, Owner: d.node.ID(), Attempts: 1}
+			return
+		}
 		if g, ok := d.getting[c.key]; ok && now.Sub(g.at) < joinWithin {
 			d.joined[g.id] = append(d.joined[g.id], c.res)
 			d.joins++

@@ -1,6 +1,7 @@
 package dht
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
@@ -179,6 +180,7 @@ type Metrics struct {
 
 	PutsServed     uint64 `json:"puts_served"`     // STOREs from writers, as owner
 	GetsServed     uint64 `json:"gets_served"`     // GETs, as owner
+	GetsOwned      uint64 `json:"gets_owned"`      // own gets answered from the store, as owner (GetOwned)
 	ConsultsServed uint64 `json:"consults_served"` // GETs of an owner asking its replicas
 	BusyAnswers    uint64 `json:"busy_answers"`    // GETs answered "busy": nothing here, no room to consult
 	Stored         uint64 `json:"stored"`          // new versions stored, any source
@@ -520,6 +522,36 @@ func (n *Node) Get(now time.Time, key string) (uint64, error) {
 	n.m.Requests++
 	n.launch(now, q)
 	return id, nil
+}
+
+// GetOwned answers a get of key at once from this node's store when the
+// DHT's rules make that store the answer: this node owns the key by its
+// ring view, holds a record under it, and its nearest neighbours did not
+// change within HandoffWindow — exactly when handleGet would answer a GET
+// from its store without consulting the replicas. A node's own lookups of
+// the keys it owns (a registrar's REGISTERs for AORs hashed to it) then
+// cost no message through the router to itself and back. ok is false when
+// the get must be asked by Get; the records (tombstones dropped, as Get
+// completes) share no memory with the store.
+func (n *Node) GetOwned(now time.Time, key string) (recs []Record, ok bool) {
+	n.start(now)
+	if len(key) == 0 || len(key) > MaxKey || n.rank(KeyOf(key)) != 0 || now.Sub(n.nearChanged) < n.p.HandoffWindow {
+		return nil, false
+	}
+	es := n.st.forKey(now, key)
+	if len(es) == 0 {
+		return nil, false // handleGet consults the replicas, or a walk follows
+	}
+	for _, e := range es {
+		if r := e.record(now); !r.Tombstone {
+			r.Value = bytes.Clone(r.Value)
+			recs = append(recs, r)
+		}
+	}
+	n.m.Requests++
+	n.m.GetsOwned++
+	n.m.Lookups++
+	return recs, true
 }
 
 // launch sends a request's first attempt and waits for its answer.

@@ -609,3 +609,72 @@ func TestGetBusyIsNotNotFound(t *testing.T) {
 		t.Fatalf("asker's result %+v (done %v), want ErrBusy", res, ok)
 	}
 }
+
+// TestGetOwned: the owner of a key answers its own get from its store
+// exactly when it would answer a GET from it (handleGet): it holds a
+// record and its neighbours did not change within HandoffWindow; a node
+// that does not own the key, holds nothing, or just saw its ring change
+// asks by Get. The answer is the Get's: same records, tombstones dropped,
+// no memory shared with the store.
+func TestGetOwned(t *testing.T) {
+	r := newFakeRing(t, 4, Params{})
+	r.run(30 * time.Second) // past HandoffWindow since the ring formed
+	key := "aor:sip:201@mesh"
+	owner := r.nodes[responsible(r.ring(anyNode(r, 0).id), KeyOf(key))]
+	if len(owner.n.replicas()) == 0 {
+		t.Fatal("set-up: the owner has no replicas")
+	}
+	other := r.nodes[owner.n.replicas()[0]] // holds a copy, does not own it
+	if _, ok := owner.n.GetOwned(r.now, key); ok {
+		t.Fatal("answered a key it holds nothing under")
+	}
+	id, err := other.n.Put(r.now, key, []byte("v1"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := other.wait(id); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	id, err = owner.n.Get(r.now, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viaNet := owner.wait(id)
+	recs, ok := owner.n.GetOwned(r.now, key)
+	if !ok || viaNet.Err != nil || len(recs) != 1 || len(viaNet.Records) != 1 ||
+		string(recs[0].Value) != "v1" || recs[0].Seq != viaNet.Records[0].Seq || recs[0].Verify() != nil {
+		t.Fatalf("owned answer %+v (%v), the Get's %+v", recs, ok, viaNet)
+	}
+	recs[0].Value[0] = 'X'
+	if again, _ := owner.n.GetOwned(r.now, key); string(again[0].Value) != "v1" {
+		t.Fatal("the answer shares memory with the store")
+	}
+	if m := owner.n.Metrics(); m.GetsOwned != 2 {
+		t.Fatalf("gets owned %d, want 2", m.GetsOwned)
+	}
+	if len(other.n.Local(r.now, key)) != 1 {
+		t.Fatal("set-up: the replica holds no copy")
+	}
+	if _, ok := other.n.GetOwned(r.now, key); ok {
+		t.Fatal("a replica answered from its store")
+	}
+	// A deletion: the owner holds a tombstone, the answer is empty, as
+	// the Get's.
+	id, err = other.n.Delete(r.now, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.wait(id)
+	if recs, ok := owner.n.GetOwned(r.now, key); !ok || len(recs) != 0 {
+		t.Fatalf("after the deletion: %+v (%v)", recs, ok)
+	}
+	// Right after a ring change the owner would consult its replicas.
+	owner.n.nearChanged = r.now
+	if _, ok := owner.n.GetOwned(r.now, key); ok {
+		t.Fatal("answered from the store right after a ring change")
+	}
+	r.run(owner.n.p.HandoffWindow)
+	if _, ok := owner.n.GetOwned(r.now, key); !ok {
+		t.Fatal("no owned answer after the handoff window")
+	}
+}
