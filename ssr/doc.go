@@ -89,7 +89,10 @@
 //     for FastInterval (100 ms) is probed every FastInterval/2 with a
 //     unicast echo (ping ID 0) it answers at once; unheard for FastTimeout
 //     (350 ms) it is taken out of routing until it is heard again, and the
-//     frames that follow are repaired through other neighbours. A link with
+//     frames that follow are repaired through other neighbours (with no
+//     other neighbour there is nothing to repair through: the only one is
+//     kept and probed, so a neighbour starved of CPU for a moment does not
+//     empty the node's ring view; beacons and link events still apply). A link with
 //     traffic both ways (a call) costs nothing extra: the traffic is the
 //     proof of life. A one-way stream costs about 6 probes and 6 answers per
 //     second on each link it crosses. An idle mesh stays at its beacons.

@@ -899,7 +899,7 @@ func (n *Node) watchBusy(now time.Time) {
 		}
 		silent := now.Sub(nb.pending)
 		switch {
-		case silent >= n.p.FastTimeout:
+		case silent >= n.p.FastTimeout && n.otherNbr(id):
 			n.stats.Suspected++
 			nb.sym, nb.suspect, nb.pending = false, true, time.Time{}
 			n.cutEdge(n.id, id)
@@ -910,6 +910,25 @@ func (n *Node) watchBusy(now time.Time) {
 		}
 		n.soonAt(now.Add(n.p.FastInterval / 2))
 	}
+}
+
+// otherNbr says whether a symmetric neighbour other than id is left to
+// route through. Taking a silent neighbour out of routing is worth it
+// only when the frames that follow can be repaired through another: with
+// none, the cut only makes this node forget the neighbour, its ring with
+// it, for as long as the neighbour is slow to answer (a node starved of
+// CPU for half a second, measured under SIP load: the ring view of a
+// two-node mesh flapped between the neighbour and nothing, and each flap
+// restarted the DHT's hand-off window). The neighbour is then kept and
+// probed until it answers or the neighbour timeout (beacons) or the
+// link layer says it is gone.
+func (n *Node) otherNbr(id NodeID) bool {
+	for o, nb := range n.nbrs {
+		if o != id && nb.sym {
+			return true
+		}
+	}
+	return false
 }
 
 // probe sends a keepalive to a neighbour: an echo request with ping ID 0,
