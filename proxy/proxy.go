@@ -254,7 +254,7 @@ func (p *proxyTx) run() {
 			p.endLegIfUnanswered(invite)
 			return
 		}
-		if n := len(r.String()); n > sipnet.MaxMessage {
+		if n := messageSize(r); n > sipnet.MaxMessage {
 			// RFC 3261 §21.5.14: too large to send on (the UDP of the LAN
 			// and the mesh's frames, sipnet.MaxMessage), so not 500.
 			s.peerLog.Info("request too large to forward", "call_id", callID, "bytes", n)
@@ -633,17 +633,39 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// build makes the request of one branch (RFC 3261 §16.6).
+// messageSize is the length of r as sent, counted without building it.
+func messageSize(r *sip.Request) int {
+	var c byteCounter
+	r.StringWrite(&c)
+	return int(c)
+}
+
+// byteCounter is an io.StringWriter that only counts.
+type byteCounter int
+
+func (c *byteCounter) WriteString(s string) (int, error) {
+	*c += byteCounter(len(s))
+	return len(s), nil
+}
+
+// build makes the request of one branch (RFC 3261 §16.6) from a copy of
+// base, which stays as it is for the branches started later (forwarding
+// on busy, hunt groups).
 func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag string) (*sip.Request, *sock, error) {
+	return p.buildFrom(base.Clone(), t, rr, callID, fromTag)
+}
+
+// buildFrom makes the request of one branch out of r itself (a copy of
+// the request received that nothing else uses).
+func (p *proxyTx) buildFrom(r *sip.Request, t target, rr bool, callID, fromTag string) (*sip.Request, *sock, error) {
 	s := p.s
-	r := base.Clone()
 	r.Recipient = *t.uri.Clone()
 	if t.route != nil {
 		r.PrependHeader(t.route.Clone())
 	}
 	// Step 3: Max-Forwards (sipgo's Clone shares the header: replace it).
 	mf := sip.MaxForwardsHeader(70)
-	if old := base.MaxForwards(); old != nil {
+	if old := r.MaxForwards(); old != nil {
 		mf = sip.MaxForwardsHeader(old.Val() - 1)
 		r.ReplaceHeader(&mf)
 	} else {
@@ -1112,7 +1134,7 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	fromTag, _ := req.From().Params.Get("tag")
 	toTag, _ := req.To().Params.Get("tag")
 	p.leg = s.findLeg(callID, fromTag, toTag)
-	r, _, err := p.build(base, t, false, callID, fromTag)
+	r, _, err := p.buildFrom(base, t, false, callID, fromTag) // base is this ACK's only branch
 	if err != nil {
 		s.peerLog.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return

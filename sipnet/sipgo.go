@@ -236,11 +236,21 @@ type guardConn struct {
 }
 
 func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, _, err := g.ReadMessageFrom(b)
+	return n, addr, err
+}
+
+// ReadMessageFrom is ReadFrom that also returns the message the guard
+// parsed from b[:n] (nil for responses and keep-alives, which it does not
+// parse): sipgo's UDP transport takes it (sip.MessageReader) instead of
+// parsing every request twice, which cost an eighth of the node's
+// allocations under call load (issue 12).
+func (g *guardConn) ReadMessageFrom(b []byte) (int, net.Addr, sip.Message, error) {
 	s := g.g
 	for {
 		n, addr, err := g.PacketConn.ReadFrom(b)
 		if err != nil {
-			return n, addr, err
+			return n, addr, nil, err
 		}
 		src, ok := AddrPortOf(addr)
 		if !ok {
@@ -248,14 +258,14 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		data := b[:n]
 		if strings.HasPrefix(string(data[:min(n, 8)]), "SIP/") {
-			return n, net.UDPAddrFromAddrPort(src), nil // a response: not limited
+			return n, net.UDPAddrFromAddrPort(src), nil, nil // a response: not limited
 		}
 		if s.Limiter != nil && !s.Limiter.Allow(src.Addr(), time.Now()) {
 			s.RateLimited.Add(1)
 			continue
 		}
 		if n <= 4 {
-			return n, net.UDPAddrFromAddrPort(src), nil // keep-alive
+			return n, net.UDPAddrFromAddrPort(src), nil, nil // keep-alive
 		}
 		if !endsSomething(data) && !s.admit(src.Addr()) {
 			s.Overloaded.Add(1)
@@ -272,7 +282,7 @@ func (g *guardConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		if req, ok := msg.(*sip.Request); ok && s.retransmission(g.PacketConn, req, src) {
 			continue
 		}
-		return n, net.UDPAddrFromAddrPort(src), nil
+		return n, net.UDPAddrFromAddrPort(src), msg, nil
 	}
 }
 

@@ -237,10 +237,12 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 	}
 	txl.serverTransactions.unlock()
 
-	// Connections are singleflight operations
+	// Connections are singleflight operations. The deadline bounds getting
+	// the connection only: released at once, not held (a context and a
+	// timer) while the handler below works on the transaction.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	conn, err := txl.tpl.serverRequestConnection(ctx, req)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("server tx get connection failed: %w", err)
 	}
