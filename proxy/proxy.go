@@ -3,10 +3,10 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -584,7 +584,7 @@ func uriTransport(u *sip.Uri) string {
 // §4.2): a Via of ours whose branch carries the hash this request would
 // get now means the request came back unchanged.
 func (s *SIPService) looped(req *sip.Request) bool {
-	prefix := "z9hG4bKsm" + loopHash(req) + "."
+	var prefix string // made for the first Via of ours: most requests have none
 	for _, h := range req.GetHeaders("Via") {
 		v, ok := h.(*sip.ViaHeader)
 		if !ok {
@@ -593,6 +593,9 @@ func (s *SIPService) looped(req *sip.Request) bool {
 		host := registrar.CanonHost(v.Host)
 		for _, sk := range s.socks() {
 			if sk.names(host, v.Port) {
+				if prefix == "" {
+					prefix = "z9hG4bKsm" + loopHash(req) + "."
+				}
 				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
 					return true
 				}
@@ -603,28 +606,52 @@ func (s *SIPService) looped(req *sip.Request) bool {
 }
 
 // loopHash covers what decides where a request goes (§16.6 step 8):
-// Request-URI, top Route, Call-ID, tags and CSeq number.
+// Request-URI, top Route, Call-ID, tags and CSeq number: the hex of their
+// 64-bit FNV-1a, hashed as they are written, without copies (computed for
+// every branch of every request).
 func loopHash(req *sip.Request) string {
-	h := fnv.New64a()
-	h.Write([]byte(req.Recipient.String()))
+	h := fnv64a(fnvOffset64)
+	req.Recipient.StringWrite(&h)
 	if rt := req.Route(); rt != nil {
-		h.Write([]byte(rt.Value()))
+		h.WriteString(rt.Value())
 	}
 	if c := req.CallID(); c != nil {
-		h.Write([]byte(*c))
+		h.WriteString(string(*c))
 	}
 	if f := req.From(); f != nil {
 		t, _ := f.Params.Get("tag")
-		h.Write([]byte("|" + t))
+		h.WriteString("|")
+		h.WriteString(t)
 	}
 	if to := req.To(); to != nil {
 		t, _ := to.Params.Get("tag")
-		h.Write([]byte("|" + t))
+		h.WriteString("|")
+		h.WriteString(t)
 	}
 	if c := req.CSeq(); c != nil {
-		h.Write([]byte("|" + strconv.FormatUint(uint64(c.SeqNo), 10)))
+		var n [20]byte
+		h.WriteString("|")
+		h.WriteString(string(strconv.AppendUint(n[:0], uint64(c.SeqNo), 10)))
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	var sum [8]byte
+	binary.BigEndian.PutUint64(sum[:], uint64(h))
+	return hex.EncodeToString(sum[:])
+}
+
+// fnv64a is the 64-bit FNV-1a hash (hash/fnv's New64a) as an
+// io.StringWriter.
+type fnv64a uint64
+
+const fnvOffset64, fnvPrime64 = 14695981039346656037, 1099511628211
+
+func (h *fnv64a) WriteString(s string) (int, error) {
+	x := *h
+	for i := 0; i < len(s); i++ {
+		x ^= fnv64a(s[i])
+		x *= fnvPrime64
+	}
+	*h = x
+	return len(s), nil
 }
 
 func randomHex(n int) string {
