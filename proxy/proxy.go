@@ -108,6 +108,9 @@ type proxyTx struct {
 	tx  sip.ServerTransaction
 	in  *sock
 	src netip.AddrPort
+	// hash is loopHash(req) as received, once made (loop): the branch
+	// of every request sent on.
+	hash string
 
 	upDest    string
 	leg       *callLeg
@@ -638,6 +641,14 @@ func loopHash(req *sip.Request) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// loopHash is loopHash(p.req), made once for all branches.
+func (p *proxyTx) loopHash() string {
+	if p.hash == "" {
+		p.hash = loopHash(p.req)
+	}
+	return p.hash
+}
+
 // fnv64a is the 64-bit FNV-1a hash (hash/fnv's New64a) as an
 // io.StringWriter.
 type fnv64a uint64
@@ -716,7 +727,7 @@ func (p *proxyTx) buildFrom(r *sip.Request, t target, rr bool, callID, fromTag s
 	adv := out.advertised()
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.transport,
 		Host: adv.Addr().WithZone("").String(), Port: int(adv.Port())}
-	via.Params.Add("branch", "z9hG4bKsm"+loopHash(p.req)+"."+randomHex(6))
+	via.Params.Add("branch", "z9hG4bKsm"+p.loopHash()+"."+randomHex(6))
 	if adv != out.addr {
 		via.Params.Add("rport", "")
 	}
@@ -1144,7 +1155,11 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	if s.looped(req) {
 		return
 	}
-	base := req.Clone()
+	// The ACK is changed into the request sent on in place, not copied:
+	// nothing reads it after this (an ACK gets no response, RFC 3261
+	// §17.2.3) but the branch's loop hash, taken before.
+	p := &proxyTx{s: s, req: req, in: in, src: src, hash: loopHash(req)}
+	base := req
 	fixVia(base, src)
 	recorded, flow := s.popRoutes(base, in)
 	var t target
@@ -1156,7 +1171,6 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 			return // an ACK needs no lookup: nothing to route it to
 		}
 	}
-	p := &proxyTx{s: s, req: req, in: in, src: src}
 	callID := string(*req.CallID())
 	fromTag, _ := req.From().Params.Get("tag")
 	toTag, _ := req.To().Params.Get("tag")
