@@ -286,3 +286,45 @@ func TestSipgoTakesParsedMessages(t *testing.T) {
 	close(c.done)
 	<-served
 }
+
+// fastConn is a scriptConn with the allocation-free read and write
+// (AddrPortConn); its ReadFrom and WriteTo must not be used.
+type fastConn struct{ scriptConn }
+
+func (c *fastConn) ReadFrom([]byte) (int, net.Addr, error) { panic("ReadFrom on an AddrPortConn") }
+func (c *fastConn) WriteTo([]byte, net.Addr) (int, error) { panic("WriteTo on an AddrPortConn") }
+
+func (c *fastConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
+	n, a, err := c.scriptConn.ReadFrom(b)
+	if err != nil {
+		return n, netip.AddrPort{}, err
+	}
+	ap := a.(*net.UDPAddr).AddrPort()
+	// As a dual-stack socket reports an IPv4 source.
+	return n, netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port()), nil
+}
+
+func (c *fastConn) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
+	return c.scriptConn.WriteTo(b, net.UDPAddrFromAddrPort(to))
+}
+
+// TestGuardAddrPortConn: on a conn with the allocation-free read and write
+// (a *net.UDPConn, memnet's, the mesh's), the guard uses them, with the
+// source unmapped as AddrPortOf does.
+func TestGuardAddrPortConn(t *testing.T) {
+	src := netip.MustParseAddrPort("10.0.0.5:5060")
+	c := &fastConn{scriptConn{in: []datagram{{guardInvite, src}}}}
+	pc := (&Guard{}).Conn(c)
+	buf := make([]byte, 2048)
+	n, addr, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != guardInvite || addr.String() != src.String() {
+		t.Fatalf("read %q from %v, %v", buf[:n], addr, err)
+	}
+	// sipgo's addresses: IPv4 as 16-byte IPs.
+	if _, err := pc.WriteTo([]byte("x"), &net.UDPAddr{IP: net.ParseIP("10.0.0.6"), Port: 5062}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.out) != 1 || c.out[0].addr != netip.MustParseAddrPort("10.0.0.6:5062") {
+		t.Errorf("written %v, want one datagram to 10.0.0.6:5062", c.out)
+	}
+}
