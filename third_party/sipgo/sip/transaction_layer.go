@@ -283,12 +283,9 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 	}
 	txl.serverTransactions.unlock()
 
-	// Connections are singleflight operations. The deadline bounds getting
-	// the connection only: released at once, not held (a context and a
-	// timer) while the handler below works on the transaction.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	conn, err := txl.tpl.serverRequestConnection(ctx, req)
-	cancel()
+	// Connections are singleflight operations, bounded in time by
+	// serverRequestConnection where it has to wait (resolving, dialing).
+	conn, err := txl.tpl.serverRequestConnection(context.Background(), req)
 	if err != nil {
 		return fmt.Errorf("server tx get connection failed: %w", err)
 	}
@@ -331,9 +328,7 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 func (txl *TransactionLayer) serverTxCreate(req *Request, key string) (*ServerTx, error) {
 	// Connection must exist by transport layer or it will be created
 	// What if connection setup can not be made fast enough?
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := txl.tpl.serverRequestConnection(ctx, req)
+	conn, err := txl.tpl.serverRequestConnection(context.Background(), req)
 	if err != nil {
 		return nil, fmt.Errorf("server tx get connection failed: %w", err)
 	}
