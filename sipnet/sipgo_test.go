@@ -292,7 +292,7 @@ func TestSipgoTakesParsedMessages(t *testing.T) {
 type fastConn struct{ scriptConn }
 
 func (c *fastConn) ReadFrom([]byte) (int, net.Addr, error) { panic("ReadFrom on an AddrPortConn") }
-func (c *fastConn) WriteTo([]byte, net.Addr) (int, error) { panic("WriteTo on an AddrPortConn") }
+func (c *fastConn) WriteTo([]byte, net.Addr) (int, error)  { panic("WriteTo on an AddrPortConn") }
 
 func (c *fastConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	n, a, err := c.scriptConn.ReadFrom(b)
