@@ -826,6 +826,16 @@ func (p *proxyTx) start(b *branch, invite bool) {
 			case res := <-tx.Responses():
 				p.event(brEvent{b: b, res: res})
 				if res.StatusCode >= 200 {
+					if !invite {
+						// The Completed state of a non-INVITE client
+						// transaction (Timer K, 5 s over UDP) only absorbs
+						// retransmissions of the final response (RFC 3261
+						// §17.1.2.2); the stray-response handler drops
+						// them as well, so the transaction, its request and
+						// its response go now (a BYE's 4 KB each, 5 s long,
+						// for every call under load).
+						tx.Terminate()
+					}
 					return
 				}
 			case <-tx.Done():
