@@ -17,7 +17,10 @@
 // set this node recorded (an HMAC tag in its Record-Route) and only to
 // mesh nodes and LAN hosts, never loopback or link-local addresses
 // (routecheck.go, RFC 3261 §16.4, §26). Unauthenticated transactions end
-// at once, each source gets a fair share of the live transactions, TCP
+// at once, so does the client transaction of a forwarded non-INVITE
+// request at its final response (no Timer K: retransmissions of that
+// response are dropped as strays, as Timer K would absorb them; RFC 3261
+// §17.1.2.2), each source gets a fair share of the live transactions, TCP
 // is served through sipnet's limiting listener, requests too large to
 // forward get 513, and peer-caused log lines are rate-limited (ratelog).
 // Calls that cross between the IPv4 LAN and the IPv6 mesh get their SDP

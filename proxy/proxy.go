@@ -3,10 +3,10 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -108,6 +108,9 @@ type proxyTx struct {
 	tx  sip.ServerTransaction
 	in  *sock
 	src netip.AddrPort
+	// hash is loopHash(req) as received, once made (loop): the branch
+	// of every request sent on.
+	hash string
 
 	upDest    string
 	leg       *callLeg
@@ -254,7 +257,7 @@ func (p *proxyTx) run() {
 			p.endLegIfUnanswered(invite)
 			return
 		}
-		if n := len(r.String()); n > sipnet.MaxMessage {
+		if n := messageSize(r); n > sipnet.MaxMessage {
 			// RFC 3261 §21.5.14: too large to send on (the UDP of the LAN
 			// and the mesh's frames, sipnet.MaxMessage), so not 500.
 			s.peerLog.Info("request too large to forward", "call_id", callID, "bytes", n)
@@ -584,7 +587,7 @@ func uriTransport(u *sip.Uri) string {
 // §4.2): a Via of ours whose branch carries the hash this request would
 // get now means the request came back unchanged.
 func (s *SIPService) looped(req *sip.Request) bool {
-	prefix := "z9hG4bKsm" + loopHash(req) + "."
+	var prefix string // made for the first Via of ours: most requests have none
 	for _, h := range req.GetHeaders("Via") {
 		v, ok := h.(*sip.ViaHeader)
 		if !ok {
@@ -593,6 +596,9 @@ func (s *SIPService) looped(req *sip.Request) bool {
 		host := registrar.CanonHost(v.Host)
 		for _, sk := range s.socks() {
 			if sk.names(host, v.Port) {
+				if prefix == "" {
+					prefix = "z9hG4bKsm" + loopHash(req) + "."
+				}
 				if b, _ := v.Params.Get("branch"); strings.HasPrefix(b, prefix) {
 					return true
 				}
@@ -603,28 +609,60 @@ func (s *SIPService) looped(req *sip.Request) bool {
 }
 
 // loopHash covers what decides where a request goes (§16.6 step 8):
-// Request-URI, top Route, Call-ID, tags and CSeq number.
+// Request-URI, top Route, Call-ID, tags and CSeq number: the hex of their
+// 64-bit FNV-1a, hashed as they are written, without copies (computed for
+// every branch of every request).
 func loopHash(req *sip.Request) string {
-	h := fnv.New64a()
-	h.Write([]byte(req.Recipient.String()))
+	h := fnv64a(fnvOffset64)
+	req.Recipient.StringWrite(&h)
 	if rt := req.Route(); rt != nil {
-		h.Write([]byte(rt.Value()))
+		h.WriteString(rt.Value())
 	}
 	if c := req.CallID(); c != nil {
-		h.Write([]byte(*c))
+		h.WriteString(string(*c))
 	}
 	if f := req.From(); f != nil {
 		t, _ := f.Params.Get("tag")
-		h.Write([]byte("|" + t))
+		h.WriteString("|")
+		h.WriteString(t)
 	}
 	if to := req.To(); to != nil {
 		t, _ := to.Params.Get("tag")
-		h.Write([]byte("|" + t))
+		h.WriteString("|")
+		h.WriteString(t)
 	}
 	if c := req.CSeq(); c != nil {
-		h.Write([]byte("|" + strconv.FormatUint(uint64(c.SeqNo), 10)))
+		var n [20]byte
+		h.WriteString("|")
+		h.WriteString(string(strconv.AppendUint(n[:0], uint64(c.SeqNo), 10)))
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	var sum [8]byte
+	binary.BigEndian.PutUint64(sum[:], uint64(h))
+	return hex.EncodeToString(sum[:])
+}
+
+// loopHash is loopHash(p.req), made once for all branches.
+func (p *proxyTx) loopHash() string {
+	if p.hash == "" {
+		p.hash = loopHash(p.req)
+	}
+	return p.hash
+}
+
+// fnv64a is the 64-bit FNV-1a hash (hash/fnv's New64a) as an
+// io.StringWriter.
+type fnv64a uint64
+
+const fnvOffset64, fnvPrime64 = 14695981039346656037, 1099511628211
+
+func (h *fnv64a) WriteString(s string) (int, error) {
+	x := *h
+	for i := 0; i < len(s); i++ {
+		x ^= fnv64a(s[i])
+		x *= fnvPrime64
+	}
+	*h = x
+	return len(s), nil
 }
 
 func randomHex(n int) string {
@@ -633,17 +671,39 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// build makes the request of one branch (RFC 3261 §16.6).
+// messageSize is the length of r as sent, counted without building it.
+func messageSize(r *sip.Request) int {
+	var c byteCounter
+	r.StringWrite(&c)
+	return int(c)
+}
+
+// byteCounter is an io.StringWriter that only counts.
+type byteCounter int
+
+func (c *byteCounter) WriteString(s string) (int, error) {
+	*c += byteCounter(len(s))
+	return len(s), nil
+}
+
+// build makes the request of one branch (RFC 3261 §16.6) from a copy of
+// base, which stays as it is for the branches started later (forwarding
+// on busy, hunt groups).
 func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag string) (*sip.Request, *sock, error) {
+	return p.buildFrom(base.Clone(), t, rr, callID, fromTag)
+}
+
+// buildFrom makes the request of one branch out of r itself (a copy of
+// the request received that nothing else uses).
+func (p *proxyTx) buildFrom(r *sip.Request, t target, rr bool, callID, fromTag string) (*sip.Request, *sock, error) {
 	s := p.s
-	r := base.Clone()
 	r.Recipient = *t.uri.Clone()
 	if t.route != nil {
 		r.PrependHeader(t.route.Clone())
 	}
 	// Step 3: Max-Forwards (sipgo's Clone shares the header: replace it).
 	mf := sip.MaxForwardsHeader(70)
-	if old := base.MaxForwards(); old != nil {
+	if old := r.MaxForwards(); old != nil {
 		mf = sip.MaxForwardsHeader(old.Val() - 1)
 		r.ReplaceHeader(&mf)
 	} else {
@@ -667,7 +727,7 @@ func (p *proxyTx) build(base *sip.Request, t target, rr bool, callID, fromTag st
 	adv := out.advertised()
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: t.transport,
 		Host: adv.Addr().WithZone("").String(), Port: int(adv.Port())}
-	via.Params.Add("branch", "z9hG4bKsm"+loopHash(p.req)+"."+randomHex(6))
+	via.Params.Add("branch", "z9hG4bKsm"+p.loopHash()+"."+randomHex(6))
 	if adv != out.addr {
 		via.Params.Add("rport", "")
 	}
@@ -766,6 +826,16 @@ func (p *proxyTx) start(b *branch, invite bool) {
 			case res := <-tx.Responses():
 				p.event(brEvent{b: b, res: res})
 				if res.StatusCode >= 200 {
+					if !invite {
+						// The Completed state of a non-INVITE client
+						// transaction (Timer K, 5 s over UDP) only absorbs
+						// retransmissions of the final response (RFC 3261
+						// §17.1.2.2); the stray-response handler drops
+						// them as well, so the transaction, its request and
+						// its response go now (a BYE's 4 KB each, 5 s long,
+						// for every call under load).
+						tx.Terminate()
+					}
 					return
 				}
 			case <-tx.Done():
@@ -1095,7 +1165,11 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 	if s.looped(req) {
 		return
 	}
-	base := req.Clone()
+	// The ACK is changed into the request sent on in place, not copied:
+	// nothing reads it after this (an ACK gets no response, RFC 3261
+	// §17.2.3) but the branch's loop hash, taken before.
+	p := &proxyTx{s: s, req: req, in: in, src: src, hash: loopHash(req)}
+	base := req
 	fixVia(base, src)
 	recorded, flow := s.popRoutes(base, in)
 	var t target
@@ -1107,12 +1181,11 @@ func (s *SIPService) forwardACK(req *sip.Request, in *sock, src netip.AddrPort) 
 			return // an ACK needs no lookup: nothing to route it to
 		}
 	}
-	p := &proxyTx{s: s, req: req, in: in, src: src}
 	callID := string(*req.CallID())
 	fromTag, _ := req.From().Params.Get("tag")
 	toTag, _ := req.To().Params.Get("tag")
 	p.leg = s.findLeg(callID, fromTag, toTag)
-	r, _, err := p.build(base, t, false, callID, fromTag)
+	r, _, err := p.buildFrom(base, t, false, callID, fromTag) // base is this ACK's only branch
 	if err != nil {
 		s.peerLog.Info("ACK not forwarded", "call_id", callID, "err", err)
 		return

@@ -6,7 +6,8 @@
 // message limit, the guard in front of sipgo's reads (Guard: per-source
 // ceiling on requests, fair shares of live transactions under load, a 400
 // for what sipgo cannot parse, the records that answer retransmissions of
-// answered requests, answered.go), a resolver that never queries the
+// answered requests, answered.go; the requests it parses go to sipgo as
+// parsed, not parsed twice), a resolver that never queries the
 // host's DNS, and a quiet logger. It also owns the per-source rate limit
 // itself (a bounded table of token buckets, ratelimit.go, on the bounded
 // LRU map of lru.go), the checks of raw bytes that sipgo's

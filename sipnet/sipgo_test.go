@@ -2,12 +2,14 @@ package sipnet
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -176,5 +178,153 @@ func TestGuardAnswered(t *testing.T) {
 	}
 	if g.Answers() != 8 {
 		t.Errorf("%d records, want the bound 8", g.Answers())
+	}
+}
+
+// TestGuardHandsParsedMessages: the guard parses each request it passes
+// (for the 400 and the retransmission records) and hands that message to
+// sipgo's UDP transport (sip.MessageReader), which must not parse it again
+// nor see it change when the read buffer is reused.
+func TestGuardHandsParsedMessages(t *testing.T) {
+	src := netip.MustParseAddrPort("10.0.0.5:5060")
+	invite := strings.Replace(guardInvite, "Content-Length: 0\r\n\r\n", "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n", 1)
+	bye := strings.Replace(strings.Replace(guardInvite, "INVITE sip", "BYE sip", 1), "1 INVITE", "2 BYE", 1)
+	bye = strings.Replace(bye, "Call-ID: c1", "Call-ID: c2", 1)
+	c := &scriptConn{in: []datagram{{invite, src}, {"SIP/2.0 200 OK\r\n\r\n", src}, {"\r\n\r\n", src}, {bye, src}}}
+	mr, ok := (&Guard{}).Conn(c).(sip.MessageReader)
+	if !ok {
+		t.Fatal("the guard's conn is no sip.MessageReader: sipgo parses every request twice")
+	}
+	buf := make([]byte, 2048)
+	var msgs []sip.Message
+	for {
+		n, _, msg, err := mr.ReadMessageFrom(buf)
+		if err != nil {
+			break
+		}
+		if msg == nil && !strings.HasPrefix(string(buf[:n]), "SIP/2.0") && string(buf[:n]) != "\r\n\r\n" {
+			t.Errorf("request %q read without its message", buf[:n])
+		}
+		msgs = append(msgs, msg)
+	}
+	if len(msgs) != 4 || msgs[1] != nil || msgs[2] != nil {
+		t.Fatalf("messages %v: want the INVITE, nothing for the response and the keep-alive, the BYE", msgs)
+	}
+	inv, ok := msgs[0].(*sip.Request)
+	// The BYE was read into the same buffer after the INVITE.
+	if !ok || !inv.IsInvite() || inv.CallID().Value() != "c1" || string(inv.Body()) != "v=0\n" {
+		t.Errorf("the INVITE changed with the buffer: %v", msgs[0])
+	}
+	if r, ok := msgs[3].(*sip.Request); !ok || r.Method != sip.BYE || r.CallID().Value() != "c2" {
+		t.Errorf("BYE read as %v", msgs[3])
+	}
+}
+
+// parsedConn is a sip.MessageReader whose one datagram is bytes no parser
+// accepts, handed out with msg: sipgo serves msg only if it takes the
+// message instead of parsing the bytes. Later reads wait for done.
+type parsedConn struct {
+	scriptConn
+	msg  sip.Message
+	done chan struct{}
+}
+
+func (c *parsedConn) ReadMessageFrom(b []byte) (int, net.Addr, sip.Message, error) {
+	if c.msg == nil {
+		<-c.done
+		return 0, nil, nil, net.ErrClosed
+	}
+	msg := c.msg
+	c.msg = nil
+	return copy(b, "not SIP at all"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.0.0.5:5060")), msg, nil
+}
+
+func (c *parsedConn) LocalAddr() net.Addr {
+	return net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.0.0.1:5060"))
+}
+
+func (c *parsedConn) Close() error { return nil }
+
+// TestSipgoTakesParsedMessages checks the sipgo side of the hook
+// (third_party/sipgo PATCHED.md): ServeUDP hands a MessageReader's message
+// to the handler, with the datagram's source, and answers through the conn.
+func TestSipgoTakesParsedMessages(t *testing.T) {
+	msg, err := sip.ParseMessage([]byte(guardInvite))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(quiet)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ua.Close()
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *sip.Request, 1)
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		got <- req
+		tx.Terminate()
+	})
+	c := &parsedConn{msg: msg, done: make(chan struct{})}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeUDP(c) }()
+	select {
+	case req := <-got:
+		if req != msg {
+			t.Errorf("the handler got another request than the conn's message")
+		}
+		if req.Source() != "10.0.0.5:5060" || req.Transport() != "UDP" {
+			t.Errorf("source %q transport %q, want the datagram's source over UDP", req.Source(), req.Transport())
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the conn's message never reached the handler")
+	}
+	close(c.done)
+	<-served
+}
+
+// fastConn is a scriptConn with the allocation-free read and write
+// (AddrPortConn); its ReadFrom and WriteTo must not be used.
+type fastConn struct{ scriptConn }
+
+func (c *fastConn) ReadFrom([]byte) (int, net.Addr, error) { panic("ReadFrom on an AddrPortConn") }
+func (c *fastConn) WriteTo([]byte, net.Addr) (int, error)  { panic("WriteTo on an AddrPortConn") }
+
+func (c *fastConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
+	n, a, err := c.scriptConn.ReadFrom(b)
+	if err != nil {
+		return n, netip.AddrPort{}, err
+	}
+	ap := a.(*net.UDPAddr).AddrPort()
+	// As a dual-stack socket reports an IPv4 source.
+	return n, netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port()), nil
+}
+
+func (c *fastConn) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
+	return c.scriptConn.WriteTo(b, net.UDPAddrFromAddrPort(to))
+}
+
+// TestGuardAddrPortConn: on a conn with the allocation-free read and write
+// (a *net.UDPConn, memnet's, the mesh's), the guard uses them, with the
+// source unmapped as AddrPortOf does.
+func TestGuardAddrPortConn(t *testing.T) {
+	src := netip.MustParseAddrPort("10.0.0.5:5060")
+	c := &fastConn{scriptConn{in: []datagram{{guardInvite, src}}}}
+	pc := (&Guard{}).Conn(c)
+	buf := make([]byte, 2048)
+	n, addr, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != guardInvite || addr.String() != src.String() {
+		t.Fatalf("read %q from %v, %v", buf[:n], addr, err)
+	}
+	// sipgo's addresses: IPv4 as 16-byte IPs.
+	if _, err := pc.WriteTo([]byte("x"), &net.UDPAddr{IP: net.ParseIP("10.0.0.6"), Port: 5062}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.out) != 1 || c.out[0].addr != netip.MustParseAddrPort("10.0.0.6:5062") {
+		t.Errorf("written %v, want one datagram to 10.0.0.6:5062", c.out)
 	}
 }

@@ -460,6 +460,10 @@ func (l *TransportLayer) ClientRequestConnection(ctx context.Context, req *Reque
 // Based on: https://datatracker.ietf.org/doc/html/rfc3261#section-18.2.2
 //
 // NOTE: this normally should be called one time for request transaction
+// serverConnectionTimeout bounds getting the connection of a server
+// transaction when it has to be resolved or dialed.
+const serverConnectionTimeout = 10 * time.Second
+
 func (l *TransportLayer) serverRequestConnection(ctx context.Context, req *Request) (c Connection, err error) {
 	network := NetworkToLower(req.Transport())
 	transport := l.getTransport(network)
@@ -539,6 +543,15 @@ func (l *TransportLayer) serverRequestConnection(ctx context.Context, req *Reque
 		// IP:       net.ParseIP(uriNetIP(viaHost)),
 	}
 
+	// Only from here on may getting the connection wait (resolving the
+	// Via host, dialing): bounded, unless the caller's ctx already is. The
+	// connection that already exists, the common case, needs neither a
+	// context nor its timer.
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, serverConnectionTimeout)
+		defer cancel()
+	}
 	if err := l.resolveRemoteAddr(ctx, network, uriNetIP(viaHost), viaPort, req.Recipient.Scheme, &raddr); err != nil {
 		return nil, err
 	}

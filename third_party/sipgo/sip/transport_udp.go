@@ -142,8 +142,20 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 		t.pool.deleteExactN(addrs, conn)
 	}()
 
+	// A MessageReader conn parses what it reads (a filter in front of the
+	// transport that looks into messages); its messages are taken as they
+	// are instead of being parsed a second time.
+	mr, _ := conn.PacketConn.(MessageReader)
 	for {
-		num, raddr, err := conn.ReadFrom(buf)
+		var num int
+		var raddr net.Addr
+		var err error
+		var msg Message
+		if mr != nil {
+			num, raddr, msg, err = conn.readMessageFrom(mr, buf)
+		} else {
+			num, raddr, err = conn.ReadFrom(buf)
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				t.log.Debug("Read connection closed", "laddr", laddr, "error", err)
@@ -175,6 +187,9 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 			if len(filtered) == 0 {
 				continue
 			}
+			if len(filtered) != len(data) || &filtered[0] != &data[0] {
+				msg = nil // the filter changed the data: parse what it returned
+			}
 			data = filtered
 		}
 
@@ -185,9 +200,27 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 			acceptedAddr[rastr] = struct{}{}
 		}
 
-		t.parseAndHandle(data, rastr, handler)
+		if msg != nil {
+			t.handleParsed(msg, rastr, handler)
+		} else {
+			t.parseAndHandle(data, rastr, handler)
+		}
 		lastRaddr = rastr
 	}
+}
+
+// MessageReader is a net.PacketConn given to Serve (ServeUDP) that parses
+// the datagrams it reads itself, such as a filter in front of the
+// transport that must look into each message (rate limits by method,
+// answers to retransmitted requests). The transport takes the message it
+// returns instead of parsing the same bytes a second time.
+type MessageReader interface {
+	net.PacketConn
+	// ReadMessageFrom reads a datagram into b as ReadFrom does and returns
+	// the message parsed from b[:n]; msg is nil when the datagram was not
+	// parsed (a keep-alive, say), and the transport parses it as usual.
+	// The message must not refer to b, which the next read reuses.
+	ReadMessageFrom(b []byte) (n int, addr net.Addr, msg Message, err error)
 }
 
 // This should performe better to avoid any interface allocation
@@ -233,7 +266,11 @@ func (t *TransportUDP) parseAndHandle(data []byte, src string, handler MessageHa
 		t.log.Error("failed to parse", "data", string(data), "error", err)
 		return
 	}
+	t.handleParsed(msg, src, handler)
+}
 
+// handleParsed passes up msg, read from src.
+func (t *TransportUDP) handleParsed(msg Message, src string, handler MessageHandler) {
 	msg.SetTransport(t.Network())
 	// Current transaction are taking connection but for UDP they can forward on different src address
 	msg.SetSource(src) // By default we expect our source is behind NAT. https://datatracker.ietf.org/doc/html/rfc3581#section-6
@@ -310,6 +347,15 @@ func (c *UDPConnection) ReadFrom(b []byte) (n int, addr net.Addr, err error) {
 		logSIPRead("UDP", c.PacketConn.LocalAddr().String(), addr.String(), b[:n])
 	}
 	return n, addr, err
+}
+
+// readMessageFrom is ReadFrom through mr, c's PacketConn.
+func (c *UDPConnection) readMessageFrom(mr MessageReader, b []byte) (n int, addr net.Addr, msg Message, err error) {
+	n, addr, msg, err = mr.ReadMessageFrom(b)
+	if SIPDebug && err == nil {
+		logSIPRead("UDP", c.PacketConn.LocalAddr().String(), addr.String(), b[:n])
+	}
+	return n, addr, msg, err
 }
 
 func (c *UDPConnection) WriteTo(b []byte, addr net.Addr) (n int, err error) {
