@@ -83,7 +83,7 @@ type rig struct {
 	phase           uint32       // the rtp row's last measurement phase
 	rtpTargets      []*rtpTarget // the rtp row's sipmesh and rtpengine
 	n2PID           int
-	rtpSched0       []int // processes the rtp row moved to SCHED_FIFO (rtpSched)
+	rtpNice0        map[int]int // processes of the rtp row's latency settings → their nice value (rtpSched)
 }
 
 func TestPeers(t *testing.T) {
@@ -190,9 +190,9 @@ func TestPeers(t *testing.T) {
 	if slices.Contains(want, "rtp") {
 		fmt.Printf("(rtp: concurrent 20 ms G.711 streams with p99 added latency <= 1 ms and loss < 0.1 %%, peer rtpengine\n"+
 			" with userspace forwarding; one-way delay from the send call to the kernel's receive timestamp, relays and\n"+
-			" generator at SCHED_FIFO %d (0: normal class); each step of the search lasts one round and at least %d packets;\n"+
+			" generator at nice -20 with a 100 us slice: %v; each step of the search lasts one round and at least %d packets;\n"+
 			" sipmesh's media also crosses n2's relay, which runs on the load generator's CPU %s: a bias against sipmesh)\n",
-			*rtpFIFO, rtpMinPackets, *clientCPU)
+			*rtpLatency, rtpMinPackets, *clientCPU)
 	}
 	// The load is closed-loop (SIPp -l, dnsperf -q): a server that drops
 	// requests is measured at what it completes, and its losses show here.
