@@ -367,12 +367,15 @@ func rcvbufErrors(ns *netns.NS) uint64 {
 // So for the row the relays under test (n1, n2, rtpengine, the bare relay)
 // and the load generator run at nice -20 with a 100 µs slice
 // (sched_setattr(2) sched_runtime, the latency hint of EEVDF since Linux
-// 6.12): a woken relay preempts a task with a longer slice at once, and
-// keeps its share against the host's nice-0/10 load. All get the same
-// treatment, and the normal class stays: SCHED_FIFO livelocked the Go
-// generator (several runtime threads on one core at one real-time
-// priority, one spinning: 94 % CPU, no progress, SIGQUIT unanswered). The
-// processes' own values return when the row ends.
+// 6.12): a woken relay preempts a task with a longer slice, and keeps its
+// share against the host's nice-0/10 load. What remains is the kernel's:
+// on a kernel built PREEMPT_NONE a task inside a system call is preempted
+// only where it returns or reschedules, and a VM's vCPU may be descheduled
+// by its host (steal time); both show as rare stalls of several ms. All
+// get the same treatment, and the normal class stays: SCHED_FIFO
+// livelocked the Go generator (several runtime threads on one core at one
+// real-time priority, one spinning: 94 % CPU, no progress, SIGQUIT
+// unanswered). The processes' own values return when the row ends.
 const (
 	rtpNice  = -20
 	rtpSlice = 100 * time.Microsecond
