@@ -82,6 +82,8 @@ type rig struct {
 	n2Log           string
 	phase           uint32       // the rtp row's last measurement phase
 	rtpTargets      []*rtpTarget // the rtp row's sipmesh and rtpengine
+	n2PID           int
+	rtpNice0        map[int]int // processes of the rtp row's latency settings → their nice value (rtpSched)
 }
 
 func TestPeers(t *testing.T) {
@@ -173,6 +175,7 @@ func TestPeers(t *testing.T) {
 				t.Log(note)
 				notes = append(notes, note)
 			}
+			r.rtpRestore()
 		}
 		t.Logf("sipmesh node after %s: %s", row.name, r.status())
 		note := fmt.Sprintf("%s: node RSS %d kB idle before the load, %s", row.name, idle, r.settle(idle))
@@ -187,8 +190,10 @@ func TestPeers(t *testing.T) {
 		*rounds, *roundDur, *serverCPU)
 	if slices.Contains(want, "rtp") {
 		fmt.Printf("(rtp: concurrent 20 ms G.711 streams with p99 added latency <= 1 ms and loss < 0.1 %%, peer rtpengine\n"+
-			" with userspace forwarding; each step of the search lasts one round; sipmesh's media also crosses n2's relay,\n"+
-			" which runs on the load generator's CPU %s: a bias against sipmesh)\n", *clientCPU)
+			" with userspace forwarding; one-way delay from the send call to the kernel's receive timestamp, relays and\n"+
+			" generator at nice -20 with a 100 us slice: %v; each step of the search lasts one round and at least %d packets;\n"+
+			" sipmesh's media also crosses n2's relay, which runs on the load generator's CPU %s: a bias against sipmesh)\n",
+			*rtpLatency, rtpMinPackets, *clientCPU)
 	}
 	// The load is closed-loop (SIPp -l, dnsperf -q): a server that drops
 	// requests is measured at what it completes, and its losses show here.
@@ -280,7 +285,7 @@ func (r *rig) startNode() {
 		filepath.Join(r.dir, "n2state"), filepath.Join(sockDir, "n2.sock"), adminPub, n2Addr))
 	n2Log := filepath.Join(r.dir, "n2.log")
 	r.n2Log = n2Log
-	r.daemon("sipmesh node n2", r.nbr, *clientCPU, n2Log, r.bin, "node", "--config", nbrCfg)
+	r.n2PID = r.daemon("sipmesh node n2", r.nbr, *clientCPU, n2Log, r.bin, "node", "--config", nbrCfg)
 	for _, l := range []string{logPath, n2Log} {
 		r.waitFor(30*time.Second, "the phone LAN of "+filepath.Base(l), func() (bool, string) {
 			b, _ := os.ReadFile(l)

@@ -10,19 +10,32 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // The RTP load of the rtp row: G.711 streams as phones send them (RFC
 // 3551 §4.5.14: PCMU, 8 kHz, 20 ms packets of 160 bytes, 12 bytes of RTP
 // header, RFC 3550 §5.1), one packet every 20 ms per stream and direction,
 // the streams' send instants spread evenly over the 20 ms as independent
-// calls would be. Each packet carries its send time; the receivers take
-// the one-way delay of every packet. Sender and receivers are one process
-// on one clock (CLOCK_MONOTONIC is not per namespace), so no clock sync
-// is involved.
+// calls would be. Each packet carries its send time, taken right before
+// the sendmmsg call that hands it to the kernel; the receivers take the
+// one-way delay of every packet to the kernel's receive timestamp
+// (SO_TIMESTAMPNS, socket(7): taken when the datagram reaches the
+// receiving socket's stack, before any reader runs). So neither the
+// generator's pacing nor the receivers' own scheduling on the shared
+// client core is charged to the relay: what is left is the path, the
+// relay's wake-up and its work. Both stamps are CLOCK_REALTIME, as the
+// kernel's receive timestamp is; sender and receivers are one process on
+// one machine, so no clock sync is involved (NTP slews the clock by at
+// most 500 ppm, 0.5 µs per ms of delay).
+//
+// The delay at the reader (when recvmmsg returned) is kept beside it as
+// a diagnosis: its excess over the kernel's is the receivers' scheduling
+// delay, the noise the kernel stamp removes.
 const (
 	rtpHeader  = 12
 	rtpPayload = 160
@@ -53,27 +66,77 @@ type rtpGen struct {
 	caller, callee *ipv4.PacketConn
 	callerAddr     netip.AddrPort
 	calleeAddr     netip.AddrPort
-	t0             time.Time
 	phase          atomic.Uint32 // packets of other phases are not counted
 
 	mu   sync.Mutex
-	hist []uint32 // delay in µs → packets, this phase
-	recv uint64
-	done sync.WaitGroup
+	hist []uint32 // delay to the kernel's receive timestamp in µs → packets, this phase
+	// readHist is the delay to the reader's return from recvmmsg (the
+	// diagnosis of the package comment).
+	readHist []uint32
+	recv     uint64
+	// unstamped counts packets without a kernel timestamp: measured at
+	// the reader instead (never less delay than they had) and shown.
+	unstamped uint64
+	done      sync.WaitGroup
 }
 
-// newRTPGen starts the receivers on the two sockets; close them to stop.
-func newRTPGen(caller, callee net.PacketConn) *rtpGen {
+// newRTPGen turns on the kernel's receive timestamps of the two sockets
+// and starts their receivers; close them to stop.
+func newRTPGen(caller, callee net.PacketConn) (*rtpGen, error) {
+	for _, c := range []net.PacketConn{caller, callee} {
+		if err := setSockopt(c, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			return nil, fmt.Errorf("SO_TIMESTAMPNS: %w", err)
+		}
+	}
 	g := &rtpGen{
 		caller: ipv4.NewPacketConn(caller), callee: ipv4.NewPacketConn(callee),
 		callerAddr: caller.LocalAddr().(*net.UDPAddr).AddrPort(),
 		calleeAddr: callee.LocalAddr().(*net.UDPAddr).AddrPort(),
-		t0:         time.Now(), hist: make([]uint32, histMax+1),
+		hist:       make([]uint32, histMax+1), readHist: make([]uint32, histMax+1),
 	}
 	g.done.Add(2)
 	go g.receive(g.caller)
 	go g.receive(g.callee)
-	return g
+	return g, nil
+}
+
+// setSockopt sets an integer socket option on a net.PacketConn's socket.
+func setSockopt(c net.PacketConn, level, opt, v int) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("%T has no file descriptor", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, v) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// rxStamp is the kernel's receive timestamp in a message's control data
+// (SCM_TIMESTAMPNS: a struct timespec, 16 bytes on 64-bit Linux, 8 on
+// 32-bit), in ns of CLOCK_REALTIME; ok false when there is none.
+func rxStamp(oob []byte) (ns int64, ok bool) {
+	cms, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0, false
+	}
+	for _, cm := range cms {
+		if cm.Header.Level != unix.SOL_SOCKET || cm.Header.Type != unix.SCM_TIMESTAMPNS {
+			continue
+		}
+		switch d := cm.Data; len(d) {
+		case 16:
+			return int64(binary.NativeEndian.Uint64(d))*1e9 + int64(binary.NativeEndian.Uint64(d[8:])), true
+		case 8:
+			return int64(int32(binary.NativeEndian.Uint32(d)))*1e9 + int64(int32(binary.NativeEndian.Uint32(d[4:]))), true
+		}
+	}
+	return 0, false
 }
 
 func (g *rtpGen) close() {
@@ -82,14 +145,15 @@ func (g *rtpGen) close() {
 	g.done.Wait()
 }
 
-// receive reads batches (recvmmsg) and records each packet's delay; the
-// receive time is taken once per batch, after the call returns, so a
-// packet is never credited with less delay than it had.
+// receive reads batches (recvmmsg) and records each packet's delay to
+// its kernel receive timestamp, and to the reader's return (taken once
+// per batch, after the call returns, so never less than the packet had).
 func (g *rtpGen) receive(c *ipv4.PacketConn) {
 	defer g.done.Done()
 	ms := make([]ipv4.Message, rtpMaxBatch)
 	for i := range ms {
 		ms[i].Buffers = [][]byte{make([]byte, 2048)}
+		ms[i].OOB = make([]byte, 128) // one SCM_TIMESTAMPNS: 32 bytes
 	}
 	for {
 		n, err := c.ReadBatch(ms, 0)
@@ -99,7 +163,7 @@ func (g *rtpGen) receive(c *ipv4.PacketConn) {
 			}
 			continue // ECONNREFUSED from an ICMP error and the like
 		}
-		now := time.Since(g.t0)
+		read := time.Now().UnixNano()
 		phase := g.phase.Load()
 		g.mu.Lock()
 		for _, m := range ms[:n] {
@@ -108,8 +172,14 @@ func (g *rtpGen) receive(c *ipv4.PacketConn) {
 				binary.BigEndian.Uint32(b[rtpHeader+8:]) != phase {
 				continue
 			}
-			d := (now - time.Duration(binary.BigEndian.Uint64(b[rtpHeader:]))) / time.Microsecond
-			g.hist[min(max(int(d), 0), histMax)]++
+			sent := int64(binary.BigEndian.Uint64(b[rtpHeader:]))
+			rx, ok := rxStamp(m.OOB[:m.NN])
+			if !ok {
+				rx = read
+				g.unstamped++
+			}
+			g.hist[min(max(int((rx-sent)/1e3), 0), histMax)]++
+			g.readHist[min(max(int((read-sent)/1e3), 0), histMax)]++
 			g.recv++
 		}
 		g.mu.Unlock()
@@ -120,6 +190,8 @@ func (g *rtpGen) receive(c *ipv4.PacketConn) {
 type phaseResult struct {
 	sent, recv uint64
 	p50, p99   time.Duration
+	readP99    time.Duration // p99 at the reader (the diagnosis)
+	unstamped  uint64
 }
 
 func (p phaseResult) loss() float64 {
@@ -130,7 +202,11 @@ func (p phaseResult) loss() float64 {
 }
 
 func (p phaseResult) String() string {
-	return fmt.Sprintf("p50 %v p99 %v loss %.3f%%", p.p50, p.p99, 100*p.loss())
+	s := fmt.Sprintf("p50 %v p99 %v (reader %v) loss %.3f%% of %d", p.p50, p.p99, p.readP99, 100*p.loss(), p.sent)
+	if p.unstamped > 0 {
+		s += fmt.Sprintf(", %d without a kernel timestamp", p.unstamped)
+	}
+	return s
 }
 
 // run sends every stream both ways for d, paced (see the package
@@ -141,7 +217,8 @@ func (g *rtpGen) run(streams []rtpStream, d time.Duration, count bool, phase uin
 	if count {
 		g.mu.Lock()
 		clear(g.hist)
-		g.recv = 0
+		clear(g.readHist)
+		g.recv, g.unstamped = 0, 0
 		g.mu.Unlock()
 	}
 	g.phase.Store(phase)
@@ -154,20 +231,29 @@ func (g *rtpGen) run(streams []rtpStream, d time.Duration, count bool, phase uin
 	toCallee := make([]ipv4.Message, 0, rtpMaxBatch)
 	toCaller := make([]ipv4.Message, 0, rtpMaxBatch)
 	var sent uint64
-	fill := func(b []byte, i, dir int, stamp time.Duration) {
+	fill := func(b []byte, i, dir int) {
 		b[0], b[1] = 0x80, 0 // V=2, PT 0 (PCMU)
 		binary.BigEndian.PutUint16(b[2:], seq[2*i+dir])
 		seq[2*i+dir]++
 		binary.BigEndian.PutUint32(b[4:], uint32(seq[2*i+dir])*160)
 		binary.BigEndian.PutUint32(b[8:], ssrcBase+uint32(2*i+dir))
-		binary.BigEndian.PutUint64(b[rtpHeader:], uint64(stamp))
 		binary.BigEndian.PutUint32(b[rtpHeader+8:], phase)
+	}
+	// The send time goes in right before the system call: a generator
+	// that runs late sends late, and the packet's delay starts there.
+	stamp := func(ms []ipv4.Message) {
+		now := uint64(time.Now().UnixNano())
+		for _, m := range ms {
+			binary.BigEndian.PutUint64(m.Buffers[0][rtpHeader:], now)
+		}
 	}
 	flush := func() {
 		if len(toCallee) > 0 {
+			stamp(toCallee)
 			sent += uint64(writeAll(g.caller, toCallee))
 		}
 		if len(toCaller) > 0 {
+			stamp(toCaller)
 			sent += uint64(writeAll(g.callee, toCaller))
 		}
 		toCallee, toCaller = toCallee[:0], toCaller[:0]
@@ -186,10 +272,9 @@ func (g *rtpGen) run(streams []rtpStream, d time.Duration, count bool, phase uin
 				if len(toCallee) == rtpMaxBatch {
 					flush()
 				}
-				stamp := time.Since(g.t0)
 				b1, b2 := bufs[len(toCallee)], bufs[rtpMaxBatch+len(toCaller)]
-				fill(b1, i, 0, stamp)
-				fill(b2, i, 1, stamp)
+				fill(b1, i, 0)
+				fill(b2, i, 1)
 				toCallee = append(toCallee, ipv4.Message{Buffers: [][]byte{b1}, Addr: net.UDPAddrFromAddrPort(streams[i].toCallee)})
 				toCaller = append(toCaller, ipv4.Message{Buffers: [][]byte{b2}, Addr: net.UDPAddrFromAddrPort(streams[i].toCaller)})
 			}
@@ -204,17 +289,19 @@ func (g *rtpGen) run(streams []rtpStream, d time.Duration, count bool, phase uin
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	res := phaseResult{sent: sent, recv: g.recv}
-	res.p50 = g.quantile(0.5)
-	res.p99 = g.quantile(0.99)
+	res.p50 = g.quantile(g.hist, 0.5)
+	res.p99 = g.quantile(g.hist, 0.99)
+	res.readP99 = g.quantile(g.readHist, 0.99)
+	res.unstamped = g.unstamped
 	return res
 }
 
-// quantile reads the delay histogram (g.mu held); an empty one is
+// quantile reads a delay histogram (g.mu held); an empty one is
 // reported as the histogram's range.
-func (g *rtpGen) quantile(q float64) time.Duration {
+func (g *rtpGen) quantile(hist []uint32, q float64) time.Duration {
 	want := uint64(q * float64(g.recv))
 	var acc uint64
-	for us, c := range g.hist {
+	for us, c := range hist {
 		acc += uint64(c)
 		if acc > want {
 			return time.Duration(us) * time.Microsecond
