@@ -68,11 +68,11 @@ func TestCheapestDecision(t *testing.T) {
 	}
 }
 
-// TestWorthRedirect: a relay five hops short of the planned end (a ring
+// TestRedirectTo: a relay five hops short of the planned end (a ring
 // position before the target) does not start a 40-hop leg to a node only
 // half a position nearer, but takes the target itself, and a nearby node
 // that saves most of the end's remaining decisions.
-func TestWorthRedirect(t *testing.T) {
+func TestRedirectTo(t *testing.T) {
 	const sp = NodeID(1) << 40
 	self := NodeID(1) << 60
 	now := time.Unix(1000, 0)
@@ -97,16 +97,16 @@ func TestWorthRedirect(t *testing.T) {
 
 	far := target - 32*sp // one halving better, 40 hops away
 	n.cache.insert(chain(100, far, 40), now, true)
-	if n.worthRedirect(frame, far, end, all) {
+	if _, ok := n.redirectTo(frame, far, end, all); ok {
 		t.Errorf("redirect to a node 40 hops away that saves one halving: want none")
 	}
 	nearby := target - 2*sp // five halvings better, 3 hops away
 	n.cache.insert(chain(200, nearby, 3), now, true)
-	if best := n.cache.closestBefore(target); best != nearby || !n.worthRedirect(frame, best, end, all) {
-		t.Errorf("redirect to a node 3 hops away that saves five halvings: want it (best %v)", best)
+	if c, ok := n.redirectTo(frame, n.cache.closestBefore(target), end, all); c != nearby || !ok {
+		t.Errorf("redirect to a node 3 hops away that saves five halvings: got %v (%v), want %v", c, ok, nearby)
 	}
 	n.cache.insert(chain(300, target, 30), now, true)
-	if !n.worthRedirect(frame, target, end, all) {
+	if c, ok := n.redirectTo(frame, target, end, all); c != target || !ok {
 		t.Errorf("redirect to the target itself: want it")
 	}
 }

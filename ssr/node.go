@@ -718,18 +718,19 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		// some to nodes long gone. The target itself is worth any route:
 		// the frame then needs no further decision, and a route that
 		// turns out broken is repaired like any other (only a redirect
-		// short of the target risks a zig-zag across the mesh).
+		// short of the target risks a zig-zag across the mesh, so one is
+		// taken only when it is expected to save hops: redirectTo).
 		fresh := now.Add(-reviseFresh)
 		usable := func(c NodeID) bool { return c == r.target || n.cache.fresh(c, fresh) }
-		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) &&
-			usable(best) && n.worthRedirect(r, best, end, usable) {
-			best = n.cheapest(r, best, end, usable)
-			if path := n.cache.route(best, now); len(path) > 0 && n.fits(r, len(path)) {
-				n.stats.Redirected++
-				r.route = append(r.route[:pos+1], path...)
-				r.vhops++
-				n.tidy(r)
-				return false
+		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) && usable(best) {
+			if c, ok := n.redirectTo(r, best, end, usable); ok {
+				if path := n.cache.route(c, now); len(path) > 0 && n.fits(r, len(path)) {
+					n.stats.Redirected++
+					r.route = append(r.route[:pos+1], path...)
+					r.vhops++
+					n.tidy(r)
+					return false
+				}
 			}
 		}
 	}
@@ -826,22 +827,24 @@ func (n *Node) cheapest(r *routed, best, bound NodeID, ok func(NodeID) bool) Nod
 	return pick
 }
 
-// worthRedirect reports whether a relay should send r to a candidate before
-// its target instead of on to the planned end: only when the cheapest such
-// candidate is expected to cost fewer hops than the rest of the route plus
-// what the end will need (decisionCost). A redirect starts a new leg across
-// the mesh; one that gains little on the ring only adds a zig-zag.
-func (n *Node) worthRedirect(r *routed, best, end NodeID, ok func(NodeID) bool) bool {
+// redirectTo picks where a relay should send r instead of on to the planned
+// end — the cheapest candidate closer to the target than the end (best, the
+// nearest of them, if no estimate is possible) — and reports whether that is
+// worth it: only when the candidate is expected to cost fewer hops than the
+// rest of the route plus what the end will need (decisionCost). A redirect
+// starts a new leg across the mesh; one that gains little on the ring only
+// adds a zig-zag.
+func (n *Node) redirectTo(r *routed, best, end NodeID, ok func(NodeID) bool) (NodeID, bool) {
 	if best == r.target || n.legHops == 0 {
-		return true
+		return best, true
 	}
 	sp := n.ringSpacing()
 	if sp == 0 {
-		return true
+		return best, true
 	}
 	c := n.cheapest(r, best, end, ok)
 	rest := len(r.route) - 1 - int(r.pos)
-	return n.decisionCost(c, r.target, sp) < float64(rest)+n.futureHops(end, r.target, sp)
+	return c, n.decisionCost(c, r.target, sp) < float64(rest)+n.futureHops(end, r.target, sp)
 }
 
 // worthLearning decides whether the route back to an unknown source of a
