@@ -627,3 +627,18 @@ func (c *cache) predecessors(dst []NodeID, k int) []NodeID {
 	}
 	return dst
 }
+
+// meanDepth is the mean hop count of the cached routes (0 if none).
+func (c *cache) meanDepth() float64 {
+	var sum, k int64
+	for i := range c.ents {
+		if e := &c.ents[i]; !e.free {
+			sum += int64(e.depth)
+			k++
+		}
+	}
+	if k == 0 {
+		return 0
+	}
+	return float64(sum) / float64(k)
+}

@@ -38,6 +38,14 @@
 //     so stretch is mostly the number of decisions; every one avoided
 //     counts (FORMAT.md, step 5). Every decision takes only routes that fit
 //     the frame's remaining physical hop budget.
+//   - Decisions weigh a route's length against ring progress (decisionCost):
+//     among the 16 cached nodes nearest before the target, the one with the
+//     least route length plus legHops per halving of its remaining ring
+//     distance (legHops: the mean cached route length), not only the
+//     nearest; a relay redirects only when that beats the rest of the
+//     planned route plus what its end will need. All candidates lie between
+//     the decider (or the planned end) and the target, so routing still
+//     terminates.
 //   - Only a flow's first datagram pays for the decisions. Its receiver
 //     caches the route back from the datagram's history (loops and
 //     neighbour short-cuts cut by tidy), and inserting a route into the

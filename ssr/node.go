@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -55,6 +56,10 @@ type Node struct {
 	fingerCycle   time.Time
 	fingerIvl     time.Duration
 	fingerChanged bool
+	// legHops estimates the physical hops of one routing decision's leg:
+	// the mean depth of the cached routes, updated each ring round (see
+	// decisionCost).
+	legHops float64
 
 	// Global maximum (thesis §2.1.4.2: the node whose successor wraps
 	// around announces itself so that partitions of the ring heal). Spread
@@ -713,15 +718,19 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		// some to nodes long gone. The target itself is worth any route:
 		// the frame then needs no further decision, and a route that
 		// turns out broken is repaired like any other (only a redirect
-		// short of the target risks a zig-zag across the mesh).
-		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) &&
-			(best == r.target || n.cache.fresh(best, now.Add(-reviseFresh))) {
-			if path := n.cache.route(best, now); len(path) > 0 && n.fits(r, len(path)) {
-				n.stats.Redirected++
-				r.route = append(r.route[:pos+1], path...)
-				r.vhops++
-				n.tidy(r)
-				return false
+		// short of the target risks a zig-zag across the mesh, so one is
+		// taken only when it is expected to save hops: redirectTo).
+		fresh := now.Add(-reviseFresh)
+		usable := func(c NodeID) bool { return c == r.target || n.cache.fresh(c, fresh) }
+		if best := n.cache.closestBefore(r.target); best != n.id && cw(best, r.target) < cw(end, r.target) && usable(best) {
+			if c, ok := n.redirectTo(r, best, end, usable); ok {
+				if path := n.cache.route(c, now); len(path) > 0 && n.fits(r, len(path)) {
+					n.stats.Redirected++
+					r.route = append(r.route[:pos+1], path...)
+					r.vhops++
+					n.tidy(r)
+					return false
+				}
 			}
 		}
 	}
@@ -741,6 +750,101 @@ func (n *Node) improve(now time.Time, r *routed) bool {
 		}
 	}
 	return false
+}
+
+// decisionCost is the hops a frame is expected to need if sent to c on its
+// cached route: the route's length, then the decisions still to come from
+// c, each a leg across the mesh of about legHops, one per halving of c's
+// distance to key in ring positions (Chord's fingers halve it). Greedy
+// routing (thesis §2.1.4.2) takes the nearest node in ID space whatever its
+// route's length; this weighs a shorter route against ID progress, so a
+// node a little farther from the target on the ring but far nearer in the
+// mesh wins when it saves more hops than the decision it costs.
+func (n *Node) decisionCost(c, key NodeID, spacing float64) float64 {
+	return float64(n.cache.depth(c)) + n.futureHops(c, key, spacing)
+}
+
+// futureHops is the hops expected after a frame reaches x (see
+// decisionCost).
+func (n *Node) futureHops(x, key NodeID, spacing float64) float64 {
+	if x == key {
+		return 0
+	}
+	return n.legHops * math.Log2(1+float64(cw(x, key))/spacing)
+}
+
+// ringSpacing estimates the mean ID distance between ring neighbours from
+// the span of this node's successors and predecessors (IDs are uniform);
+// 0 if the ring is too small to tell.
+func (n *Node) ringSpacing() float64 {
+	var b [16]NodeID
+	k := min(n.p.SuccessorList, 8)
+	s := n.cache.successors(b[:0], k)
+	s = n.cache.predecessors(s, k)
+	if k == 0 || len(s) < 2*k {
+		return 0
+	}
+	for _, id := range s[:k] {
+		if slices.Contains(s[k:], id) {
+			return 0 // the successors reach round to the predecessors
+		}
+	}
+	return (float64(cw(n.id, s[k-1])) + float64(cw(s[2*k-1], n.id))) / float64(2*k)
+}
+
+// cheapest returns, among best and the fallbackCandidates cached nodes
+// nearest before r's target that are virtually closer to it than bound and
+// pass ok, the one of least decisionCost whose route fits r. Every
+// candidate lies in (bound, target] and bound is this node or the planned
+// end, so a decision still makes progress and routing terminates. The
+// target itself is always taken when known.
+func (n *Node) cheapest(r *routed, best, bound NodeID, ok func(NodeID) bool) NodeID {
+	if best == r.target || n.legHops == 0 {
+		return best
+	}
+	sp := n.ringSpacing()
+	if sp == 0 {
+		return best
+	}
+	pick, pc := best, n.decisionCost(best, r.target, sp)
+	if !n.fits(r, n.cache.depth(best)) {
+		pc = math.Inf(1)
+	}
+	n.cache.before(r.target, fallbackCandidates, func(c NodeID) bool {
+		if cw(c, r.target) >= cw(bound, r.target) {
+			return false
+		}
+		if c == pick || !ok(c) {
+			return true
+		}
+		if d := n.cache.depth(c); d > 0 && n.fits(r, d) {
+			if cc := n.decisionCost(c, r.target, sp); cc < pc {
+				pick, pc = c, cc
+			}
+		}
+		return true
+	})
+	return pick
+}
+
+// redirectTo picks where a relay should send r instead of on to the planned
+// end — the cheapest candidate closer to the target than the end (best, the
+// nearest of them, if no estimate is possible) — and reports whether that is
+// worth it: only when the candidate is expected to cost fewer hops than the
+// rest of the route plus what the end will need (decisionCost). A redirect
+// starts a new leg across the mesh; one that gains little on the ring only
+// adds a zig-zag.
+func (n *Node) redirectTo(r *routed, best, end NodeID, ok func(NodeID) bool) (NodeID, bool) {
+	if best == r.target || n.legHops == 0 {
+		return best, true
+	}
+	sp := n.ringSpacing()
+	if sp == 0 {
+		return best, true
+	}
+	c := n.cheapest(r, best, end, ok)
+	rest := len(r.route) - 1 - int(r.pos)
+	return c, n.decisionCost(c, r.target, sp) < float64(rest)+n.futureHops(end, r.target, sp)
 }
 
 // worthLearning decides whether the route back to an unknown source of a
@@ -993,6 +1097,7 @@ func (n *Node) decide(now time.Time, r *routed) {
 		n.unreachable(now, r, whyVHops)
 		return
 	}
+	best = n.cheapest(r, best, r.target, func(NodeID) bool { return true })
 	path := n.cache.route(best, now)
 	if back := n.bounceFrom(r); back != 0 && len(path) > 0 && path[0] == back {
 		// Split horizon for repairs: the node that just re-routed this
@@ -1401,6 +1506,7 @@ func (n *Node) ringRound(now time.Time) {
 	s = n.cache.predecessors(s, 1)
 	n.ids2 = s
 	n.cache.expire(now, n.expiryPins(s))
+	n.legHops = n.cache.meanDepth()
 	var succ, pred NodeID
 	if len(s) == 2 {
 		succ, pred = s[0], s[1]
