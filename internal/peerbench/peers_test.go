@@ -216,31 +216,43 @@ func (r *rig) withCPU(pgid int, run func() (float64, string)) (float64, string) 
 }
 
 // groupCPU sums user and system time of the processes in group pgid
-// (proc(5): fields 5 pgrp, 14 utime, 15 stime, in clock ticks of 1/100 s
-// on Linux).
+// (proc(5): fields 14 utime, 15 stime, in clock ticks of 1/100 s on
+// Linux).
 func groupCPU(pgid int) time.Duration {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var ticks int64
+	groupStats(pgid, func(_ int, f []string) {
+		if len(f) >= 13 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			s, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + s
+		}
+	})
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// groupStats calls fn with the PID and the /proc/PID/stat fields of each
+// process in group pgid (proc(5): field 5 pgrp). The command name (field
+// 2) may hold spaces: f counts from after its closing parenthesis, so
+// f[0] is field 3.
+func groupStats(pgid int, fn func(pid int, f []string)) {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range stats {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			continue
 		}
-		// The command name (field 2) may hold spaces: fields count
-		// from after its closing parenthesis.
 		i := bytes.LastIndexByte(b, ')')
 		if i < 0 {
 			continue
 		}
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 13 || f[2] != strconv.Itoa(pgid) {
+		if len(f) < 3 || f[2] != strconv.Itoa(pgid) {
 			continue
 		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + s
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			fn(pid, f)
+		}
 	}
-	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 func median(v []float64) float64 {

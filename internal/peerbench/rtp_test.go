@@ -403,26 +403,10 @@ func setLatency(pid, nice int, slice time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// groupPIDs lists the processes of process group pgid (proc(5): field 5 of
-// /proc/PID/stat).
+// groupPIDs lists the processes of process group pgid.
 func groupPIDs(pgid int) []int {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var pids []int
-	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		if f := strings.Fields(string(b[i+1:])); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-	}
+	groupStats(pgid, func(pid int, _ []string) { pids = append(pids, pid) })
 	return pids
 }
 
