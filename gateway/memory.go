@@ -24,12 +24,8 @@ const (
 	loadWork = 2000
 	// quietTicks is how many ticks the heap is returned after a burst:
 	// what it left lives up to 64·T1 = 32 s (SIP Timers J and M, the
-	// records that replace them) and is dropped by a sweep every 10 s
-	// (the proxy's janitor), and the end is seen up to a tick late: up
-	// to 52 s after the load. With 4 ticks (40 s) the last release came
-	// before the records died, and after a REGISTER load the node stayed
-	// 16 MB above idle 60 s later (the scavenger returns the rest slowly).
-	quietTicks = 6
+	// records that replace them), so 40 s.
+	quietTicks = 4
 )
 
 // loadWatch tells from a running count of work, read once a tick, when
