@@ -230,30 +230,26 @@ func (b *udpBatch) recv() error {
 // recvmmsg and sendmmsg run under RawConn.Read and Write: false asks to
 // wait until the socket is ready (the socket is non-blocking).
 func (b *udpBatch) recvmmsg(fd uintptr) bool {
-	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(b.hdrs)), 0, 0, 0)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		b.got, b.errno = int(n), e
-		return true
-	}
+	return b.mmsg(unix.SYS_RECVMMSG, fd, unsafe.Pointer(&b.hdrs[0]), len(b.hdrs))
 }
 
 func (b *udpBatch) sendmmsg(fd uintptr) bool {
+	out := b.out[b.sent:b.nout]
+	return b.mmsg(unix.SYS_SENDMMSG, fd, unsafe.Pointer(&out[0]), len(out))
+}
+
+// mmsg makes one recvmmsg or sendmmsg call (trap) on the n headers at
+// hdrs, again after EINTR; it notes the count and error in b.
+func (b *udpBatch) mmsg(trap, fd uintptr, hdrs unsafe.Pointer, n int) bool {
 	for {
-		out := b.out[b.sent:b.nout]
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)), 0, 0, 0)
+		r, _, e := unix.Syscall6(trap, fd, uintptr(hdrs), uintptr(n), 0, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			return false
 		}
-		b.got, b.errno = int(n), e
+		b.got, b.errno = int(r), e
 		return true
 	}
 }
