@@ -800,6 +800,7 @@ func (s *SIPService) janitor(ctx context.Context) {
 		case now := <-t.C:
 			s.reapCalls(now)
 			s.guard.Sweep(now) // expired records of answered requests, also when no new ones come
+			s.cfg.Registrar.Sweep(now)
 			for _, h := range s.peerLogs {
 				h.Flush(ctx) // a flood that stopped is reported
 			}

@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,20 +54,36 @@ type nonceMinter struct {
 	macs sync.Pool // of keyed HMAC-SHA-256 states
 
 	mu   sync.Mutex
-	seen map[string]nonceUse // nonce → highest nc
+	seen map[uint64]nonceUse // nonce's sequence number → highest nc
 	// order is a FIFO of tracked nonces for eviction and expiry: entries
 	// are appended in first-use order, which is close to mint order.
-	order []string
+	order []uint64
 	head  int
+	// peak is the most nonces seen held since the map was last made: Go
+	// maps keep their size after deletes, so a table a burst of load grew
+	// is made anew once it holds a quarter of that (issue 12: a node's
+	// memory returns to idle after load).
+	peak int
 }
 
+// A tracked nonce is keyed by its sequence number, not its text: the
+// number is unique among this minter's nonces and covered by the tag
+// check verified, and 8 bytes instead of a 43-byte string and its
+// header keep the full table (maxTrackedNonces) near 2 MB instead of 10.
 type nonceUse struct {
 	nc     uint32
-	minted time.Time
+	minted int64 // Unix milliseconds, as in the nonce
+}
+
+// nonceID is what check verified of a nonce: its sequence number and
+// when it was minted.
+type nonceID struct {
+	seq    uint64
+	minted int64 // Unix milliseconds
 }
 
 func newNonceMinter(lifetime time.Duration) *nonceMinter {
-	m := &nonceMinter{lifetime: lifetime, seen: make(map[string]nonceUse)}
+	m := &nonceMinter{lifetime: lifetime, seen: make(map[uint64]nonceUse)}
 	if _, err := rand.Read(m.key[:]); err != nil {
 		panic("gateway: no randomness for nonce key: " + err.Error())
 	}
@@ -109,35 +127,38 @@ var (
 // check verifies that nonce is ours and fresh. It does not count its use:
 // that happens only after the response proved the password (use), so a
 // forged response cannot burn an honest client's counter.
-func (m *nonceMinter) check(nonce string, now time.Time) (minted time.Time, err error) {
-	b, err := base64.RawURLEncoding.DecodeString(nonce)
-	if err != nil || len(b) != 8+nonceRandLen+nonceTagLen {
-		return time.Time{}, errNonceForged
+func (m *nonceMinter) check(nonce string, now time.Time) (id nonceID, err error) {
+	var b [8 + nonceRandLen + nonceTagLen]byte
+	if base64.RawURLEncoding.DecodedLen(len(nonce)) != len(b) {
+		return id, errNonceForged
+	}
+	if n, err := base64.RawURLEncoding.Decode(b[:], []byte(nonce)); err != nil || n != len(b) {
+		return id, errNonceForged
 	}
 	if !hmac.Equal(b[8+nonceRandLen:], m.tag(b[:8], b[8:8+nonceRandLen])) {
-		return time.Time{}, errNonceForged
+		return id, errNonceForged
 	}
-	minted = time.UnixMilli(int64(binary.BigEndian.Uint64(b[:8])))
-	if age := now.Sub(minted); age > m.lifetime || age < -time.Minute {
-		return minted, errNonceStale
+	id = nonceID{seq: binary.BigEndian.Uint64(b[8 : 8+nonceRandLen]), minted: int64(binary.BigEndian.Uint64(b[:8]))}
+	if age := now.Sub(time.UnixMilli(id.minted)); age > m.lifetime || age < -time.Minute {
+		return id, errNonceStale
 	}
-	return minted, nil
+	return id, nil
 }
 
-// use records nc for nonce and fails if it is not above the last one
+// use records nc for the nonce and fails if it is not above the last one
 // seen. qop-less responses pass nc 0: the first use is allowed, any
 // second one is a replay.
-func (m *nonceMinter) use(nonce string, nc uint32, minted, now time.Time) error {
+func (m *nonceMinter) use(id nonceID, nc uint32, now time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.expireLocked(now)
-	u, ok := m.seen[nonce]
+	u, ok := m.seen[id.seq]
 	if ok {
 		if nc <= u.nc || nc == 0 {
 			return errNonceReused
 		}
 		u.nc = nc
-		m.seen[nonce] = u
+		m.seen[id.seq] = u
 		return nil
 	}
 	// Unknown nonce: either first use, or evicted from a full table. A
@@ -149,37 +170,41 @@ func (m *nonceMinter) use(nonce string, nc uint32, minted, now time.Time) error 
 	if len(m.seen) >= maxTrackedNonces {
 		m.evictOldestLocked()
 	}
-	// A copy: nonce is a substring of the parsed Authorization header,
-	// and keeping it for the nonce's lifetime (minutes, 65,536 of them)
-	// would keep every whole header alive with it.
-	nonce = strings.Clone(nonce)
-	m.seen[nonce] = nonceUse{nc: nc, minted: minted}
-	m.order = append(m.order, nonce)
+	m.seen[id.seq] = nonceUse{nc: nc, minted: id.minted}
+	m.order = append(m.order, id.seq)
+	m.peak = max(m.peak, len(m.seen))
 	return nil
 }
 
 // spent reports, without recording anything, whether use would refuse
-// nc for nonce: a count not above the last one seen, or a count above 1
-// for a nonce not tracked (first use, or evicted: use's rules).
-func (m *nonceMinter) spent(nonce string, nc uint32) bool {
+// nc for the nonce: a count not above the last one seen, or a count above
+// 1 for a nonce not tracked (first use, or evicted: use's rules).
+func (m *nonceMinter) spent(id nonceID, nc uint32) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	u, ok := m.seen[nonce]
+	u, ok := m.seen[id.seq]
 	if ok {
 		return nc <= u.nc || nc == 0
 	}
 	return nc > 1
 }
 
+// sweep drops the nonces expired at now, also when no new ones come.
+func (m *nonceMinter) sweep(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.expireLocked(now)
+}
+
 func (m *nonceMinter) expireLocked(now time.Time) {
+	oldest := now.Add(-m.lifetime).UnixMilli()
 	for m.head < len(m.order) {
 		n := m.order[m.head]
 		u, ok := m.seen[n]
-		if ok && now.Sub(u.minted) <= m.lifetime {
+		if ok && u.minted >= oldest {
 			break
 		}
 		delete(m.seen, n)
-		m.order[m.head] = ""
 		m.head++
 	}
 	m.compactLocked()
@@ -188,7 +213,6 @@ func (m *nonceMinter) expireLocked(now time.Time) {
 func (m *nonceMinter) evictOldestLocked() {
 	for m.head < len(m.order) {
 		n := m.order[m.head]
-		m.order[m.head] = ""
 		m.head++
 		if _, ok := m.seen[n]; ok {
 			delete(m.seen, n)
@@ -199,8 +223,16 @@ func (m *nonceMinter) evictOldestLocked() {
 }
 
 // compactLocked drops the consumed head of order once it is half of the
-// slice, so order stays O(tracked nonces).
+// slice, so order stays O(tracked nonces), and makes the map and the
+// slice anew when a burst left them four times larger than what they
+// hold.
 func (m *nonceMinter) compactLocked() {
+	if m.peak > 1024 && len(m.seen) <= m.peak/4 {
+		m.seen = maps.Clone(m.seen)
+		m.order = slices.Clone(m.order[m.head:])
+		m.head, m.peak = 0, len(m.seen)
+		return
+	}
 	if m.head > 1024 && m.head*2 > len(m.order) {
 		m.order = append(m.order[:0], m.order[m.head:]...)
 		m.head = 0
@@ -403,7 +435,7 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 	if cred.qop != "" && cred.qop != "auth" {
 		return authChallenge, "unsupported qop"
 	}
-	minted, err := m.check(cred.nonce, now)
+	id, err := m.check(cred.nonce, now)
 	switch {
 	case errors.Is(err, errNonceStale):
 		return authStale, "stale nonce"
@@ -414,7 +446,7 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 	if cred.qop != "" {
 		nc = cred.nc
 	}
-	if m.spent(cred.nonce, nc) {
+	if m.spent(id, nc) {
 		// A reused nonce gets a fresh challenge whatever the response: were
 		// the password checked first, the right one would get stale=true
 		// and a wrong one 403, an oracle (RFC 7616 §3.3: stale=true only
@@ -435,7 +467,7 @@ func (m *nonceMinter) verifyDigest(hdrs []string, method, ext string, acct *Acco
 	if cred.qop != "" && cred.nc == 0 {
 		return authForbidden, "bad nonce count"
 	}
-	if err := m.use(cred.nonce, nc, minted, now); err != nil {
+	if err := m.use(id, nc, now); err != nil {
 		// Only a concurrent use of the same nonce gets here (spent saw it
 		// unused): a fresh challenge, as for any reused nonce.
 		return authStale, "nonce already used"

@@ -265,22 +265,27 @@ func TestNonceTableBounded(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	for i := range maxTrackedNonces + 100 {
 		n := m.mint(now)
-		minted, err := m.check(n, now)
+		id, err := m.check(n, now)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := m.use(n, 1, minted, now); err != nil {
+		if err := m.use(id, 1, now); err != nil {
 			t.Fatalf("use %d: %v", i, err)
 		}
 	}
 	if m.tracked() > maxTrackedNonces {
 		t.Errorf("tracking %d nonces, bound %d", m.tracked(), maxTrackedNonces)
 	}
-	// After the lifetime every entry expires.
+	// After the lifetime every entry expires, also without a new use,
+	// and the map the burst grew is made anew.
 	later := now.Add(2 * time.Minute)
+	m.sweep(later)
+	if m.tracked() != 0 || m.peak != 0 || cap(m.order) != 0 {
+		t.Errorf("after sweep: %d tracked, peak %d, order cap %d; want none", m.tracked(), m.peak, cap(m.order))
+	}
 	n := m.mint(later)
-	minted, _ := m.check(n, later)
-	m.use(n, 1, minted, later)
+	id, _ := m.check(n, later)
+	m.use(id, 1, later)
 	if m.tracked() != 1 {
 		t.Errorf("after expiry %d tracked, want 1", m.tracked())
 	}

@@ -207,6 +207,15 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 	return r, nil
 }
 
+// Sweep drops the nonces and cached answers expired at now. Both tables
+// otherwise expire only as new requests come, so the node that owns the
+// registrar calls it now and then: what a burst of load left is freed
+// when the load ends, not at the next REGISTER.
+func (r *Registrar) Sweep(now time.Time) {
+	r.nonces.sweep(now)
+	r.txc.sweep(now)
+}
+
 // Stats returns the counters.
 func (r *Registrar) Stats() RegistrarStats {
 	s := RegistrarStats{

@@ -417,6 +417,12 @@ func (t *txCache) dropOldestLocked() {
 	}
 }
 
+func (t *txCache) sweep(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expireLocked(now)
+}
+
 func (t *txCache) len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
